@@ -1,0 +1,232 @@
+"""Load, convert and save models: the only module that touches ONNX protobuf helpers.
+
+Every pass works on an onnx-graphsurgeon `gs.Graph`; this module turns files into graphs and graphs
+back into checked, atomically written files.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+from onnx import TensorProto, helper, numpy_helper, version_converter
+
+from .errors import ModelLoadError, UnsupportedModelError
+
+TWO_GB = 2**31 - 1024
+DTYPES = {"int4": TensorProto.INT4, "uint4": TensorProto.UINT4, "int8": TensorProto.INT8,
+          "uint8": TensorProto.UINT8, "int16": TensorProto.INT16, "uint16": TensorProto.UINT16,
+          "int32": TensorProto.INT32}
+NP_STORAGE = {"int4": np.int8, "uint4": np.uint8, "int8": np.int8, "uint8": np.uint8,
+              "int16": np.int16, "uint16": np.uint16, "int32": np.int32}
+
+
+def _check_external_data(model: onnx.ModelProto, base: Path) -> None:
+    """Refuse external-data locations that escape the model's directory or do not exist."""
+    root = base.resolve()
+    for tensor in _all_tensors(model):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        loc = entries.get("location", "")
+        target = (root / loc).resolve()
+        if os.path.isabs(loc) or not target.is_relative_to(root):
+            raise ModelLoadError(f"tensor '{tensor.name}': external data location '{loc}' escapes the "
+                                 f"model directory {root}; refusing to read it")
+        if not target.is_file():
+            raise ModelLoadError(f"tensor '{tensor.name}': external data file '{loc}' not found next to "
+                                 f"the model in {root}")
+
+
+def _all_tensors(model: onnx.ModelProto):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+
+
+def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """Read a model (external data included) or deep-copy a proto; the source is never modified."""
+    if isinstance(source, onnx.ModelProto):
+        return copy.deepcopy(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    data = path.read_bytes()
+    if not data:
+        raise ModelLoadError(f"{path}: empty file, not an ONNX model")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: not a valid ONNX model (protobuf parse failed: {exc}); "
+                             "is the file truncated or of another format?") from None
+    if not model.HasField("graph") or not model.opset_import:
+        raise ModelLoadError(f"{path}: not an ONNX model (no graph or opset_import)")
+    _check_external_data(model, path.parent)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: cannot read external data: {exc}") from None
+    return model
+
+
+def model_hash(model: onnx.ModelProto) -> str:
+    """Stable content hash (SHA-256 of the deterministic serialization)."""
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def opset_version(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise UnsupportedModelError("model imports no default-domain (ai.onnx) opset")
+
+
+def upgrade_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
+    """Convert to `version` with the ONNX version converter (no-op when already at or above it)."""
+    current = opset_version(model)
+    if current >= version:
+        return model
+    try:
+        converted = version_converter.convert_version(model, version)
+    except Exception as exc:  # the converter raises bare RuntimeError/IndexError
+        raise UnsupportedModelError(f"cannot upgrade opset {current} -> {version}: {exc}. Re-export the "
+                                    f"model with opset >= {version}") from None
+    # The converter can keep the old opset entries of other domains; keep ours exact.
+    return converted
+
+
+def drop_initializer_inputs(model: onnx.ModelProto) -> None:
+    """IR < 4 models list initializers as graph inputs; remove them so they are constants."""
+    inits = {t.name for t in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in inits]
+    if len(keep) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference with data propagation; returns the model unchanged if inference fails."""
+    if model.ByteSize() > TWO_GB:
+        return model
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # shape inference is best effort for exotic models
+        return model
+
+
+def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    return gs.import_onnx(model)
+
+
+def to_model(graph: gs.Graph, *, opset: int | None = None, ir_version: int | None = None,
+             extra_opsets: dict[str, int] | None = None) -> onnx.ModelProto:
+    """Export a graph with the given default opset (and any custom-domain imports kept)."""
+    if opset is not None:
+        graph.opset = opset
+    if extra_opsets:
+        graph.import_domains = [helper.make_opsetid(d, v) for d, v in sorted(extra_opsets.items())]
+    packed = {t.name: t.packed_dtype for t in graph.tensors().values()
+              if isinstance(t, gs.Constant) and getattr(t, "packed_dtype", None)}
+    model = gs.export_onnx(graph, do_type_check=False)
+    for init in model.graph.initializer:
+        if init.name in packed:
+            values = numpy_helper.to_array(init)
+            init.CopyFrom(helper.make_tensor(init.name, DTYPES[packed[init.name]], values.shape,
+                                             values.flatten().tolist()))
+    if ir_version is not None:
+        model.ir_version = ir_version
+    return model
+
+
+def min_ir_version(opset: int) -> int:
+    """Smallest IR version that supports `opset` (ORT refuses models whose IR version is too new)."""
+    table = {21: 10, 22: 10, 23: 11, 24: 11, 25: 12}
+    return table.get(opset, 8 if opset <= 17 else (9 if opset <= 20 else 12))
+
+
+def check_model(model: onnx.ModelProto, full: bool = True) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=full)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UnsupportedModelError(f"output failed onnx.checker: {first}") from None
+
+
+def serialize(model: onnx.ModelProto) -> bytes:
+    return model.SerializeToString(deterministic=True)
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write atomically: a temporary file in the same directory, then rename over the target.
+
+    Models above 2 GB are written with their tensors in one external-data file `<name>.data` next to
+    the model (also staged and renamed), since protobuf cannot serialize them inline.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() <= TWO_GB:
+        _atomic_write(path, serialize(model))
+        return path
+    data_name = path.name + ".data"
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        staged = Path(tmp) / path.name
+        onnx.save_model(model, staged, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        os.replace(Path(tmp) / data_name, path.parent / data_name)
+        os.replace(staged, path)
+    return path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, data)
+
+
+def tensor_to_array(t: onnx.TensorProto) -> np.ndarray:
+    return numpy_helper.to_array(t)
+
+
+def constant(name: str, values: np.ndarray, dtype: str | None = None) -> gs.Constant:
+    """A graph constant; `dtype` ('int4', 'uint16', ...) sets the exported element type."""
+    if dtype is None:
+        return gs.Constant(name, np.array(values, order="C"))
+    arr = np.array(values, dtype=NP_STORAGE[dtype], order="C")  # keeps 0-d scalars 0-d
+    const = gs.Constant(name, arr)
+    if dtype in ("int4", "uint4"):
+        # onnx-graphsurgeon cannot export 4-bit types: keep 8-bit storage and repack in to_model().
+        const.packed_dtype = dtype
+    return const
+
+
+def elem_type_name(dtype) -> str:
+    """Name of a gs tensor's dtype ('float32', 'float16', ...) whether numpy or TensorProto enum."""
+    if dtype is None:
+        return "unknown"
+    if isinstance(dtype, int):
+        return helper.tensor_dtype_to_np_dtype(dtype).name if dtype != TensorProto.BFLOAT16 else "bfloat16"
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return str(dtype)

@@ -1,0 +1,70 @@
+"""Q/DQ node creation and naming: the one place that builds QuantizeLinear / DequantizeLinear.
+
+Activation (shared encoding constants per encoding class):
+
+    producer ── t ──► QuantizeLinear ── t_quantized ──► DequantizeLinear ── t_dequantized ──► consumers
+
+Weight / bias (quantized offline, only the DequantizeLinear is in the graph):
+
+    W_quantized (int8, per-channel) ──► DequantizeLinear(axis) ── W_dequantized ──► Conv
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from . import ir
+
+
+@dataclass(frozen=True)
+class Encoding:
+    scale: np.ndarray        # float32 scalar or 1-D
+    zero_point: np.ndarray   # integer storage, same shape as scale
+    dtype: str               # 'uint8', 'int8', 'int4', 'uint16', 'int32', ...
+    bits: int
+    axis: int | None = None
+
+    def constants(self, base: str) -> tuple[gs.Constant, gs.Constant]:
+        scale = gs.Constant(f"{base}_scale", np.asarray(self.scale, np.float32))
+        zp = ir.constant(f"{base}_zero_point", np.asarray(self.zero_point), self.dtype)
+        return scale, zp
+
+
+def _attrs(axis: int | None) -> dict:
+    return {} if axis is None else {"axis": int(axis)}
+
+
+def insert_activation_qdq(graph: gs.Graph, t: gs.Variable, enc: Encoding,
+                          consts: tuple[gs.Constant, gs.Constant]) -> gs.Variable:
+    """Route every reader of `t` (and the graph output, if `t` is one) through a Q/DQ pair."""
+    readers = list(t.outputs)
+    q = gs.Variable(f"{t.name}_quantized", dtype=ir.NP_STORAGE[enc.dtype], shape=t.shape)
+    dq = gs.Variable(f"{t.name}_dequantized", dtype=np.float32, shape=t.shape)
+    graph.nodes.append(gs.Node("QuantizeLinear", name=f"{t.name}_QuantizeLinear",
+                               inputs=[t, *consts], outputs=[q]))
+    graph.nodes.append(gs.Node("DequantizeLinear", name=f"{t.name}_DequantizeLinear",
+                               inputs=[q, *consts], outputs=[dq]))
+    for node in readers:
+        for i, inp in enumerate(node.inputs):
+            if inp is t:
+                node.inputs[i] = dq
+    for i, out in enumerate(graph.outputs):
+        if out is t:  # the graph output keeps its name; the float tensor is renamed
+            name = t.name
+            t.name, dq.name = f"{name}_float", name
+            graph.outputs[i] = dq
+    return dq
+
+
+def replace_with_dq(graph: gs.Graph, node: gs.Node, index: int, q_values: np.ndarray, enc: Encoding,
+                    base: str) -> None:
+    """Feed input `index` of `node` from DequantizeLinear(q_values) instead of a float constant."""
+    q = ir.constant(f"{base}_quantized", q_values, enc.dtype)
+    scale, zp = enc.constants(base)
+    out = gs.Variable(f"{base}_dequantized", dtype=np.float32, shape=list(q_values.shape))
+    graph.nodes.append(gs.Node("DequantizeLinear", name=f"{base}_DequantizeLinear",
+                               inputs=[q, scale, zp], outputs=[out], attrs=_attrs(enc.axis)))
+    node.inputs[index] = out

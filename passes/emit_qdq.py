@@ -1,0 +1,165 @@
+"""Write the QDQ model for the bit plan, following the target profile's conventions.
+
+Per quantized node (ort-cpu profile shown):
+
+    x ─Q─DQ─┐
+    W_q ─DQ─┼─► Conv ─► (Relu absorbed) ─Q─DQ─► ...
+    b_q ─DQ─┘            output encoding: zero point 0 when the Relu was absorbed
+
+* activations: per tensor, asymmetric (or symmetric if the target says so), range = union of the
+  ranges of every tensor sharing the encoding, widened to contain 0;
+* weights: symmetric per-channel on the layer's output-channel axis, narrow range, zero point 0;
+* bias: int32 with scale = input_scale * weight_scale when the target asks for it (else float).
+  A weight channel whose scale is so small that its bias would overflow int32 gets its scale raised.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from dfq_onnx import numerics
+from dfq_onnx.errors import UnsupportedModelError
+from dfq_onnx.graph_utils import const_values, node_label
+from dfq_onnx.pass_base import Pass, PassResult
+from dfq_onnx.qdq import Encoding, insert_activation_qdq, replace_with_dq
+from dfq_onnx.state import CompileState
+
+INT32_MAX = float(np.iinfo(np.int32).max)
+
+
+def activation_encoding(target, lo: float, hi: float, bits: int) -> Encoding:
+    dtype = target.act_dtype(bits)
+    signed = dtype.startswith("int")
+    if target.act_symmetric:
+        scale, zp = numerics.symmetric_act_params(lo, hi, bits, signed)
+    else:
+        scale, zp = numerics.affine_params(lo, hi, bits, signed)
+    return Encoding(np.float32(scale), np.asarray(zp), dtype, bits)
+
+
+def tensor_bits(state: CompileState) -> dict[str, int]:
+    """Activation bits of each quantized tensor: its readers' group, else its producer's group."""
+    bits: dict[str, int] = {}
+    node_group = {}
+    for g in state.groups:
+        a = state.plan.bits[g.id][1]
+        for t in g.activations:
+            bits[t] = a
+        for op in g.ops:
+            node_group[op] = a
+    default = state.options.act_bits or state.target.default_act_bits
+    for t in state.spec.act_tensors:
+        if t not in bits:
+            tensor = state.graph.tensors().get(t)
+            prod = tensor.inputs[0] if tensor is not None and tensor.inputs else None
+            bits[t] = node_group.get(node_label(prod), default) if prod is not None else default
+    return bits
+
+
+class EmitQDQ(Pass):
+    """Insert Q/DQ nodes for the bit plan (activations, weights, biases, elementwise constants)."""
+
+    name = "EmitQDQ"
+
+    def run(self, state: CompileState) -> PassResult:
+        graph, spec, target = state.graph, state.spec, state.target
+        if any(n.op == "QuantizeLinear" for n in graph.nodes):
+            return PassResult(False, "already emitted")
+        self._absorb_activations(graph, spec)
+        encodings = self._activation_encodings(state)
+        tensors = graph.tensors()
+        shared: dict[str, tuple] = {}
+        by_dq: dict[str, Encoding] = {}   # dequantized tensor name -> its encoding
+        for name in spec.act_tensors:
+            rep = spec.encoding_of[name]
+            if rep not in shared:
+                shared[rep] = encodings[rep].constants(rep)
+            dq = insert_activation_qdq(graph, tensors[name], encodings[rep], shared[rep])
+            by_dq[dq.name] = encodings[rep]
+        weight_bits = {layer: state.plan.bits[g.id][0] for g in state.groups for layer in g.layers}
+        nodes = {node_label(n): n for n in graph.nodes}
+        for name, layer in spec.layers.items():
+            if layer.role == "weighted":
+                self._quantize_weights(state, nodes[name], layer, weight_bits[name], by_dq)
+        for node_name, const_name in spec.const_inputs:
+            self._quantize_constant_input(state, nodes[node_name], const_name)
+        graph.cleanup().toposort()
+        n_q = sum(1 for n in graph.nodes if n.op == "QuantizeLinear")
+        n_dq = sum(1 for n in graph.nodes if n.op == "DequantizeLinear")
+        return PassResult(True, f"{n_q} QuantizeLinear, {n_dq} DequantizeLinear, "
+                                f"{len(spec.absorbed)} activations absorbed")
+
+    @staticmethod
+    def _absorb_activations(graph: gs.Graph, spec) -> None:
+        nodes = {node_label(n): n for n in graph.nodes}
+        tensors = graph.tensors()
+        for act_name, src in spec.absorbed.items():
+            act = nodes[act_name]
+            producer = tensors[src].inputs[0]
+            out = act.outputs[0]
+            act.outputs.clear()
+            act.inputs.clear()
+            producer.outputs.clear()
+            producer.outputs.append(out)
+
+    @staticmethod
+    def _activation_encodings(state: CompileState) -> dict[str, Encoding]:
+        spec, bits = state.spec, tensor_bits(state)
+        classes: dict[str, list[str]] = {}
+        for t in spec.act_tensors:
+            classes.setdefault(spec.encoding_of[t], []).append(t)
+        out = {}
+        for rep, members in classes.items():
+            missing = [t for t in members if t not in state.ranges]
+            if missing:
+                raise UnsupportedModelError(f"no activation range for tensor '{missing[0]}'")
+            lo = min(state.ranges[t].lo for t in members)
+            hi = max(state.ranges[t].hi for t in members)
+            out[rep] = activation_encoding(state.target, lo, hi, max(bits[t] for t in members))
+        for t in spec.act_tensors:
+            out[t] = out[spec.encoding_of[t]]
+        return out
+
+    @staticmethod
+    def _quantize_weights(state: CompileState, node: gs.Node, layer, w_bits: int,
+                          by_dq: dict[str, Encoding]) -> None:
+        target = state.target
+        w = const_values(node.inputs[1]).astype(np.float32)
+        axis = layer.axis if target.per_channel else None
+        scale = numerics.weight_scales(w, w_bits, axis)
+        x_enc = by_dq.get(node.inputs[0].name)
+        bias = const_values(node.inputs[2]).astype(np.float32) if layer.bias else None
+        int_bias = target.bias_mode == "int32" and bias is not None and x_enc is not None
+        if int_bias:  # keep |b / (s_x * s_w)| within int32
+            floor = np.abs(bias) / (float(x_enc.scale) * INT32_MAX)
+            scale = np.maximum(scale, floor.reshape(scale.shape) if scale.ndim else floor.max()).astype(
+                np.float32)
+        dtype = target.weight_dtype(w_bits)
+        q = numerics.quantize(w, scale, 0, w_bits, dtype.startswith("int"), axis,
+                              narrow=target.narrow_range)
+        enc = Encoding(scale, np.zeros(scale.shape, np.int64), dtype, w_bits, axis)
+        replace_with_dq(state.graph, node, 1, q, enc, layer.weight)
+        if int_bias:
+            qb, bscale = numerics.bias_int32(bias, float(x_enc.scale), scale)
+            benc = Encoding(bscale, np.zeros(bscale.shape, np.int64), "int32", 32,
+                            0 if bscale.ndim else None)
+            replace_with_dq(state.graph, node, 2, qb, benc, layer.bias)
+        report = state.report
+        report.layers.append({"node": layer.node, "op": layer.op, "weight_bits": w_bits,
+                              "weight_dtype": dtype, "params": int(w.size), "per_channel_axis": axis,
+                              "weight_scale_min": float(scale.min()), "weight_scale_max": float(scale.max()),
+                              "input_scale": None if x_enc is None else float(x_enc.scale),
+                              "input_zero_point": None if x_enc is None else int(x_enc.zero_point),
+                              "act_bits": None if x_enc is None else x_enc.bits,
+                              "bias": "int32" if int_bias else ("float" if bias is not None else None)})
+
+    @staticmethod
+    def _quantize_constant_input(state: CompileState, node: gs.Node, const_name: str) -> None:
+        for i, t in enumerate(node.inputs):
+            if t.name == const_name and isinstance(t, gs.Constant):
+                values = const_values(t).astype(np.float32)
+                bits = state.target.default_act_bits
+                enc = activation_encoding(state.target, float(values.min()), float(values.max()), bits)
+                q = numerics.quantize(values, enc.scale, enc.zero_point, bits, enc.dtype.startswith("int"))
+                replace_with_dq(state.graph, node, i, q, enc, f"{node_label(node)}_{const_name}")

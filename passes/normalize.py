@@ -1,0 +1,111 @@
+"""Normalize an exported model into the graph every later pass expects.
+
+Steps, in order (each is recorded in the report):
+
+1. refuse what cannot be quantized: already-quantized models (Q/DQ or QLinear* nodes), float16/bfloat16
+   tensors, custom-domain ops ORT cannot run, control flow whose body holds quantizable layers;
+2. drop initializers listed as graph inputs (IR < 4 exports) so they become constants;
+3. fix dynamic input dimensions from user hints (`input_shapes`), leaving the batch dimension free;
+4. upgrade the opset to what the requested encodings need (13 for per-channel, 21 for int4/16-bit);
+5. shape inference, then constant folding of shape subgraphs and `Constant` nodes into initializers
+   (Paddle keeps all weights as Constant nodes; PyTorch computes pads with Shape/Gather/Concat).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnxruntime as ort
+
+from dfq_onnx import ir
+from dfq_onnx.errors import UnsupportedModelError
+from dfq_onnx.pass_base import Pass, PassResult
+from dfq_onnx.state import CompileState
+
+log = logging.getLogger(__name__)
+
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
+                 "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd"}
+CONTROL_FLOW = {"If", "Loop", "Scan"}
+QUANTIZABLE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+KNOWN_DOMAINS = {"", "ai.onnx", "com.microsoft", "ai.onnx.ml"}
+LOW_PRECISION = {10: "float16", 16: "bfloat16"}
+
+
+def _subgraph_ops(node) -> set[str]:
+    ops = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.HasField("g") else list(attr.graphs)
+        for g in graphs:
+            for n in g.node:
+                ops.add(n.op_type)
+                ops |= _subgraph_ops(n)
+    return ops
+
+
+def check_supported(model) -> None:
+    """Raise UnsupportedModelError naming the first node or tensor the compiler refuses."""
+    g = model.graph
+    for node in g.node:
+        where = f"node '{node.name or node.output[0]}' ({node.op_type})"
+        if node.op_type in QUANTIZED_OPS:
+            raise UnsupportedModelError(f"{where}: the model is already quantized; pass the FP32 model")
+        if node.domain not in KNOWN_DOMAINS:
+            raise UnsupportedModelError(f"{where}: custom domain '{node.domain}' is unknown to ONNX Runtime, "
+                                        "so the model cannot be calibrated; export it with standard ops")
+        if node.op_type in CONTROL_FLOW and _subgraph_ops(node) & QUANTIZABLE:
+            raise UnsupportedModelError(f"{where}: control flow around quantizable layers "
+                                        f"({', '.join(sorted(_subgraph_ops(node) & QUANTIZABLE))}) is not "
+                                        "supported; unroll or export without the branch")
+    tensors = [(i.name, i.type.tensor_type.elem_type) for i in list(g.input) + list(g.output)]
+    tensors += [(t.name, t.data_type) for t in g.initializer]
+    for name, elem in tensors:
+        if elem in LOW_PRECISION:
+            raise UnsupportedModelError(f"tensor '{name}' is {LOW_PRECISION[elem]}: dfq-onnx quantizes FP32 "
+                                        "models; convert the model to float32 first")
+
+
+def fix_input_dims(model, hints: dict[str, tuple[int, ...]]) -> None:
+    """Set dynamic input dimensions from hints; unknown input names are an error."""
+    inputs = {i.name: i for i in model.graph.input}
+    for name, shape in hints.items():
+        if name not in inputs:
+            raise UnsupportedModelError(f"--input-shape names '{name}', but the model's inputs are "
+                                        f"{', '.join(inputs)}")
+        dims = inputs[name].type.tensor_type.shape.dim
+        if len(dims) != len(shape):
+            raise UnsupportedModelError(f"--input-shape {name}: rank {len(shape)} given, the model's input "
+                                        f"has rank {len(dims)}")
+        for i, (dim, value) in enumerate(zip(dims, shape)):
+            if i > 0 and not dim.HasField("dim_value"):
+                dim.dim_value = int(value)
+
+
+class Normalize(Pass):
+    """Load-time normalization: validation, opset upgrade, shape inference, constant folding."""
+
+    name = "Normalize"
+
+    def __init__(self, required_opset: int = 13):
+        self.required_opset = required_opset
+
+    def run(self, state: CompileState) -> PassResult:
+        model = state.source
+        if model is None:  # already normalized
+            return PassResult(False, "already normalized")
+        check_supported(model)
+        state.source_opset = ir.opset_version(model)
+        ir.drop_initializer_inputs(model)
+        fix_input_dims(model, state.options.input_shapes)
+        model = ir.upgrade_opset(model, max(self.required_opset, state.target.min_opset))
+        model = ir.infer_shapes(model)
+        ort.set_default_logger_severity(3)
+        graph = ir.to_graph(model)
+        before = len(graph.nodes)
+        graph.fold_constants(fold_shapes=True, error_ok=True).cleanup().toposort()
+        state.graph = graph
+        state.source = None
+        opset = ir.opset_version(model)
+        state.report.model.update({"opset_in": state.source_opset, "opset": opset,
+                                   "nodes_in": before, "nodes": len(graph.nodes)})
+        return PassResult(True, f"opset {state.source_opset}->{opset}, {before}->{len(graph.nodes)} nodes")

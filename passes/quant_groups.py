@@ -1,0 +1,178 @@
+"""Decide where quantizers go and which of them must share an encoding or a bit-width.
+
+Quantized nodes are the target's `weighted` ops with a constant float weight, and its `elementwise`
+ops on float tensors. Every float activation read or written by a quantized node gets a Q/DQ pair;
+`passthrough` ops (Reshape, MaxPool, ...) whose input is quantized pass the same encoding to their
+output, so the runtime can run them on 8-bit data:
+
+    Conv ──Q──DQ── MaxPool ──Q──DQ── Conv        (both pairs share one scale / zero point)
+
+A Relu (or Clip(0, hi)) that is the only reader of a quantized node's output is absorbed when the
+target's activations are asymmetric: its output encoding has zero point at 0, which clips exactly
+like the Relu, and the runtime fuses the Conv into its integer kernel.
+
+Bit-width groups: quantized nodes reading the same activation encoding must agree on its activation
+bits, so they are merged (union-find); a group's weight bits apply to all its weighted layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from dfq_onnx.graph_utils import const_values, is_const, is_float, is_graph_output, node_label
+from dfq_onnx.graph_utils import weight_output_axis
+from dfq_onnx.pass_base import Pass, PassResult
+from dfq_onnx.state import CompileState, LayerSpec, QuantGroup, QuantSpec
+
+ABSORBABLE = ("Relu", "Clip")
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _weighted_spec(node: gs.Node, role: str) -> LayerSpec | None:
+    if len(node.inputs) < 2 or not is_const(node.inputs[1]) or not is_float(node.inputs[1]):
+        return None
+    if node.op == "MatMul" and const_values(node.inputs[1]).ndim < 2:
+        return None
+    if node.op == "Gemm" and node.attrs.get("transA", 0):
+        return None
+    bias = node.inputs[2] if len(node.inputs) > 2 and is_const(node.inputs[2]) else None
+    if bias is not None and node.op == "Gemm" and const_values(bias).ndim != 1:
+        bias = None
+    if bias is not None and len(bias.outputs) > 1:
+        bias = None
+    return LayerSpec(node=node_label(node), op=node.op, role=role, weight=node.inputs[1].name,
+                     bias=bias.name if bias is not None else None, axis=weight_output_axis(node))
+
+
+def _absorbable(node: gs.Node) -> bool:
+    if node.op == "Relu":
+        return True
+    if node.op == "Clip" and len(node.inputs) >= 2 and is_const(node.inputs[1]):
+        return float(np.min(const_values(node.inputs[1]))) == 0.0
+    return False
+
+
+def _feeds_weighted(graph: gs.Graph, target) -> set[int]:
+    """ids of nodes from which a weighted layer is reachable through target-known ops only.
+
+    Elementwise ops in the tail after the last weighted layer (detector box decoding, score
+    concatenation) stay float: quantizing them buys no integer kernel and can mix unrelated ranges.
+    """
+    reach: set[int] = set()
+    for node in reversed(graph.nodes):
+        role = target.role(node.op)
+        if role == "weighted" or (role is not None and any(
+                id(c) in reach for out in node.outputs for c in out.outputs)):
+            reach.add(id(node))
+    return reach
+
+
+def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
+    layers = {}
+    reach = _feeds_weighted(graph, target)
+    for node in graph.nodes:
+        role = target.role(node.op)
+        if role == "elementwise" and id(node) not in reach:
+            continue
+        if role == "weighted":
+            spec = _weighted_spec(node, role)
+            if spec and all(is_float(t) for t in node.inputs[:1]):
+                layers[spec.node] = spec
+        elif role == "elementwise" and any(is_float(t) and not is_const(t) for t in node.inputs):
+            if all(is_float(t) for t in node.inputs if t.name):
+                layers[node_label(node)] = LayerSpec(node=node_label(node), op=node.op, role=role)
+    return layers
+
+
+def build_spec(graph: gs.Graph, target) -> QuantSpec:
+    layers = quantized_layers(graph, target)
+    nodes = {node_label(n): n for n in graph.nodes}
+    acts: dict[str, None] = {}
+    consts: list[tuple[str, str]] = []
+    absorbed: dict[str, str] = {}
+    for name, spec in layers.items():
+        node = nodes[name]
+        ins = node.inputs[:1] if spec.role == "weighted" else node.inputs
+        for t in ins:
+            if is_const(t) and spec.role == "elementwise" and is_float(t):
+                consts.append((name, t.name))
+            elif t.name and is_float(t) and not is_const(t):
+                acts[t.name] = None
+        for out in node.outputs[:1]:
+            readers = out.outputs
+            if (target.fuse_relu and not target.act_symmetric and len(readers) == 1
+                    and readers[0].op in ABSORBABLE and _absorbable(readers[0])
+                    and not is_graph_output(graph, out)):
+                absorbed[node_label(readers[0])] = out.name
+                out = readers[0].outputs[0]
+            if target.quantize_graph_outputs or not is_graph_output(graph, out):
+                acts[out.name] = None
+    uf = _UnionFind()
+    for node in graph.nodes:  # topological order: passthrough chains propagate
+        if target.role(node.op) == "passthrough" and node.inputs and node.inputs[0].name in acts:
+            out = node.outputs[0]
+            if is_float(out):
+                acts[out.name] = None
+                uf.union(node.inputs[0].name, out.name)
+    names = tuple(acts)
+    return QuantSpec(layers=layers, act_tensors=names, encoding_of={t: uf.find(t) for t in names},
+                     absorbed=absorbed, const_inputs=tuple(consts))
+
+
+def build_groups(graph: gs.Graph, spec: QuantSpec) -> list[QuantGroup]:
+    nodes = {node_label(n): n for n in graph.nodes}
+    uf = _UnionFind()
+    reads: dict[str, list[str]] = {}
+    for name, layer in spec.layers.items():
+        uf.find(name)
+        ins = nodes[name].inputs[:1] if layer.role == "weighted" else nodes[name].inputs
+        for t in ins:
+            if t.name in spec.encoding_of:
+                cls = spec.encoding_of[t.name]
+                reads.setdefault(cls, []).append(name)
+    for readers in reads.values():
+        for other in readers[1:]:
+            uf.union(readers[0], other)
+    members: dict[str, list[str]] = {}
+    for name in spec.layers:  # graph order
+        members.setdefault(uf.find(name), []).append(name)
+    groups = []
+    for i, names in enumerate(members.values()):
+        weighted = tuple(n for n in names if spec.layers[n].role == "weighted")
+        acts = tuple(sorted({t.name for n in names for t in nodes[n].inputs
+                             if t.name in spec.encoding_of}))
+        params = sum(int(np.prod(nodes[n].inputs[1].shape)) for n in weighted)
+        groups.append(QuantGroup(id=f"g{i}", layers=weighted, ops=tuple(names), activations=acts,
+                                 params=params))
+    return groups
+
+
+class FindQuantGroups(Pass):
+    """Analysis: quantized nodes, activation quantizers, shared encodings and bit-width groups."""
+
+    name = "FindQuantGroups"
+
+    def run(self, state: CompileState) -> PassResult:
+        spec = build_spec(state.graph, state.target)
+        state.spec = spec
+        state.groups = build_groups(state.graph, spec)
+        n_w = sum(1 for s in spec.layers.values() if s.role == "weighted")
+        return PassResult(False, f"{n_w} weighted + {len(spec.layers) - n_w} other quantized nodes, "
+                                 f"{len(spec.act_tensors)} activations, {len(state.groups)} groups")
