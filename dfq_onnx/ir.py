@@ -112,6 +112,7 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> None:
     if len(keep) != len(model.graph.input):
         del model.graph.input[:]
         model.graph.input.extend(keep)
+        model.ir_version = max(model.ir_version, 4)  # IR >= 4 allows initializers that are not inputs
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -82,6 +82,14 @@ def load_calib_npz(graph: gs.Graph, path: str) -> dict[str, np.ndarray]:
     return feeds
 
 
+def _batch_size(graph: gs.Graph, preferred: int) -> int:
+    """The model's static batch dimension if it has one, else `preferred`."""
+    for t in graph.inputs:
+        if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0:
+            return t.shape[0]
+    return preferred
+
+
 def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: list[str],
                    source: str) -> dict[str, Range]:
     """Run the FP32 graph over `feeds` and return each tensor's activation range."""
@@ -92,7 +100,7 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
     lo = {t: np.inf for t in tensors}
     hi = {t: -np.inf for t in tensors}
     pct: dict[str, list[tuple[float, float]]] = {t: [] for t in tensors}
-    batches = list(runtime.iter_batches(feeds, opts.calib_batch))
+    batches = list(runtime.iter_batches(feeds, _batch_size(state.graph, opts.calib_batch)))
     for chunk in tqdm(batches, desc=f"calibrate ({source})", disable=not opts.progress, leave=False):
         outs = sess.run(None, chunk)
         state.forward_passes += 1

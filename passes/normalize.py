@@ -8,7 +8,9 @@ Steps, in order (each is recorded in the report):
 3. fix dynamic input dimensions from user hints (`input_shapes`), leaving the batch dimension free;
 4. upgrade the opset to what the requested encodings need (13 for per-channel, 21 for int4/16-bit);
 5. shape inference, then constant folding of shape subgraphs and `Constant` nodes into initializers
-   (Paddle keeps all weights as Constant nodes; PyTorch computes pads with Shape/Gather/Concat).
+   (Paddle keeps all weights as Constant nodes; PyTorch computes pads with Shape/Gather/Concat);
+6. canonical forms: two-input `Sum` becomes `Add` (Caffe2 exports), inference-time `Dropout` and
+   `Identity` are removed, so later passes and the runtime's fusions see one spelling.
 """
 
 from __future__ import annotations
@@ -81,6 +83,50 @@ def fix_input_dims(model, hints: dict[str, tuple[int, ...]]) -> None:
                 dim.dim_value = int(value)
 
 
+def _bypass(graph, node) -> bool:
+    """Remove a single-input identity-like node, keeping graph output names intact."""
+    src, dst = node.inputs[0], node.outputs[0]
+    if any(o is dst for o in graph.outputs):
+        if any(i is src for i in graph.inputs) or any(o is src for o in graph.outputs):
+            return False
+        producer = src.inputs[0] if src.inputs else None
+        if producer is None:
+            return False
+        node.outputs.clear()
+        node.inputs.clear()
+        for reader in list(src.outputs):
+            for i, t in enumerate(reader.inputs):
+                if t is src:
+                    reader.inputs[i] = dst
+        producer.outputs[producer.outputs.index(src)] = dst
+        return True
+    for reader in list(dst.outputs):
+        for i, t in enumerate(reader.inputs):
+            if t is dst:
+                reader.inputs[i] = src
+    node.outputs.clear()
+    node.inputs.clear()
+    return True
+
+
+def canonicalize(graph) -> dict[str, int]:
+    """Sum(a, b) -> Add(a, b); drop inference Dropout / Identity. Returns counts of rewrites."""
+    counts = {"Sum->Add": 0, "Dropout removed": 0, "Identity removed": 0}
+    for node in list(graph.nodes):
+        if node.op == "Sum" and len(node.inputs) == 2:
+            node.op = "Add"
+            counts["Sum->Add"] += 1
+        elif node.op in ("Dropout", "Identity") and node.inputs:
+            if node.op == "Dropout" and (len(node.outputs) > 1 and node.outputs[1].outputs):
+                continue
+            if node.op == "Dropout" and len(node.inputs) > 2 and node.inputs[2].name:
+                continue  # explicit training_mode input
+            if _bypass(graph, node):
+                counts[f"{node.op} removed"] += 1
+    graph.cleanup().toposort()
+    return {k: v for k, v in counts.items() if v}
+
+
 class Normalize(Pass):
     """Load-time normalization: validation, opset upgrade, shape inference, constant folding."""
 
@@ -103,9 +149,10 @@ class Normalize(Pass):
         graph = ir.to_graph(model)
         before = len(graph.nodes)
         graph.fold_constants(fold_shapes=True, error_ok=True).cleanup().toposort()
+        rewritten = canonicalize(graph)
         state.graph = graph
         state.source = None
         opset = ir.opset_version(model)
-        state.report.model.update({"opset_in": state.source_opset, "opset": opset,
+        state.report.model.update({"opset_in": state.source_opset, "opset": opset, "canonicalized": rewritten,
                                    "nodes_in": before, "nodes": len(graph.nodes)})
         return PassResult(True, f"opset {state.source_opset}->{opset}, {before}->{len(graph.nodes)} nodes")
