@@ -20,9 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, markdown_table, optimized_op_counts, output_sqnr_db, session  # noqa: E402
+from dfq_onnx.models.corpus import corpus_models, default_input_shapes  # noqa: E402
 
 from dfq_onnx import DfqError, quantize  # noqa: E402
-from dfq_onnx.models.corpus import corpus_models, default_input_shapes  # noqa: E402
 
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearConcat",
                    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu",

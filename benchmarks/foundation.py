@@ -21,23 +21,24 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (SHARED_DATA, gaussian_calib, latency_ms, load_cifar, machine_info,  # noqa: E402
-                    markdown_table, optimized_op_counts, ort_quantize_static, require_shared, top1,
-                    write_input_npz)
-
 import onnx  # noqa: E402
+from common import (  # noqa: E402
+    SHARED_DATA,
+    gaussian_calib,
+    latency_ms,
+    load_cifar,
+    machine_info,
+    markdown_table,
+    optimized_op_counts,
+    ort_quantize_static,
+    require_shared,
+    top1,
+    write_input_npz,
+)
 
 from dfq_onnx import quantize  # noqa: E402
 
 KERNELS = ("QLinearConv", "QLinearAdd", "QGemm", "QLinearGlobalAveragePool")
-
-
-def ort_preprocessed(fp32: Path, out: Path, calib: dict) -> Path:
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(pre))
-    return ort_quantize_static(pre, out, calib)
 
 
 def latencies(models: dict[str, Path], batch: int, rounds: int) -> dict[str, float]:
@@ -56,9 +57,10 @@ def bench(name: str, tmp: Path, rounds: int) -> tuple[list, list, list]:
     calib_npz = write_input_npz(tmp / "calib.npz", {"input": x_cal})
     noise = {"input": gaussian_calib(len(x_cal), seed=0)}
     paths = {"FP32": fp32,
-             "ORT W8A8 real": ort_quantize_static(fp32, tmp / "ort_real.onnx", {"input": x_cal}),
-             "ORT+pre W8A8 real": ort_preprocessed(fp32, tmp / "ort_pre.onnx", {"input": x_cal}),
-             "ORT W8A8 noise": ort_quantize_static(fp32, tmp / "ort_noise.onnx", noise)}
+             "ORT W8A8 real": ort_quantize_static(fp32, tmp / "ort_real.onnx", {"input": x_cal},
+                                                  pre_process=False),
+             "ORT+pre W8A8 real": ort_quantize_static(fp32, tmp / "ort_pre.onnx", {"input": x_cal}),
+             "ORT+pre W8A8 noise": ort_quantize_static(fp32, tmp / "ort_noise.onnx", noise)}
     for label, calib in (("dfq W8A8 real", str(calib_npz)), ("dfq W8A8 analytic", "analytic"),
                          ("dfq W8A8 noise", "noise")):
         out = tmp / (label.replace(" ", "_") + ".onnx")

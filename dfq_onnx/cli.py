@@ -99,7 +99,8 @@ def _cmd_inspect(args) -> int:
     for g in info["groups"]:
         print(f"    {g['id']:>5}  params {g['params']:>9}  {', '.join(g['ops'])}")
     if info["float_ops"]:
-        print("  left in float on this target: " + ", ".join(f"{k} x{v}" for k, v in info["float_ops"].items()))
+        left = ", ".join(f"{k} x{v}" for k, v in info["float_ops"].items())
+        print(f"  left in float on this target: {left}")
     for s in info["skipped"]:
         print(f"  skipped {s['node']}: {s['reason']}")
     return 0

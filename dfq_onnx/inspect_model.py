@@ -23,8 +23,8 @@ def inspect(path, target: TargetProfile, options: QuantizeOptions) -> dict:
                          model_hash=ir.model_hash(source))
     run_passes([Normalize(target.min_opset), FoldBatchNorm(), FindQuantGroups()], state)
     graph = state.graph
-    float_ops = Counter(n.op for n in graph.nodes if n.op not in {l.op for l in state.spec.layers.values()}
-                        and target.role(n.op) is None)
+    quantized_ops = {layer.op for layer in state.spec.layers.values()}
+    float_ops = Counter(n.op for n in graph.nodes if n.op not in quantized_ops and target.role(n.op) is None)
     return {
         "model": str(path), "opset": state.source_opset, "ir_version": source.ir_version,
         "producer": f"{source.producer_name} {source.producer_version}".strip(),

@@ -96,10 +96,16 @@ def upgrade_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
     current = opset_version(model)
     if current >= version:
         return model
+    for node in model.graph.node:
+        if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type, version, ""):
+            raise UnsupportedModelError(
+                f"node '{node.name or node.output[0]}' ({node.op_type}) does not exist in opset {version}, "
+                f"so the model cannot be upgraded from opset {current}; re-export it with opset >= {version}")
     try:
         converted = version_converter.convert_version(model, version)
     except Exception as exc:  # the converter raises bare RuntimeError/IndexError
-        raise UnsupportedModelError(f"cannot upgrade opset {current} -> {version}: {exc}. Re-export the "
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(f"cannot upgrade opset {current} -> {version} ({first}); re-export the "
                                     f"model with opset >= {version}") from None
     # The converter can keep the old opset entries of other domains; keep ours exact.
     return converted

@@ -79,8 +79,8 @@ def quantize(x: np.ndarray, scale, zero_point, bits: int, signed: bool, axis: in
     qmin, qmax = qrange(bits, signed, narrow)
     s = _broadcast(np.asarray(scale, np.float32), x.ndim, axis)
     z = _broadcast(np.asarray(zero_point, np.int64), x.ndim, axis)
-    q = np.rint(np.asarray(x, np.float32) / s).astype(np.int64) + z
-    return np.clip(q, qmin, qmax)
+    q = np.rint(np.asarray(x, np.float32).astype(np.float64) / s) + z  # saturate before the int cast
+    return np.clip(q, qmin, qmax).astype(np.int64)
 
 
 def dequantize(q: np.ndarray, scale, zero_point, axis: int | None = None) -> np.ndarray:
@@ -162,7 +162,7 @@ def kl_softmax(ref_logits: np.ndarray, test_logits: np.ndarray, axis: int = -1) 
 
 def relu_normal_moments(mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std of max(0, X) for X ~ N(mu, sigma^2) (clipped-normal moments, per channel)."""
-    from math import erf, sqrt, pi
+    from math import erf, pi, sqrt
 
     mu = np.asarray(mu, np.float64)
     sigma = np.maximum(np.asarray(sigma, np.float64), 1e-12)

@@ -12,6 +12,7 @@ class Report:
     model: dict[str, Any] = field(default_factory=dict)
     passes: list[dict[str, Any]] = field(default_factory=list)
     layers: list[dict[str, Any]] = field(default_factory=list)
+    activations: list[dict[str, Any]] = field(default_factory=list)
     groups: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -25,7 +26,8 @@ class Report:
         passes = self.passes if timings else [{k: v for k, v in p.items() if k != "seconds"}
                                               for p in self.passes]
         return {"model": self.model, "passes": passes, "forward_passes": self.forward_passes,
-                "groups": self.groups, "layers": self.layers, "skipped": self.skipped,
+                "groups": self.groups, "layers": self.layers, "activations": self.activations,
+                "skipped": self.skipped,
                 "warnings": self.warnings, "notes": self.notes}
 
     def to_json(self, timings: bool = True) -> str:

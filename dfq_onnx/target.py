@@ -20,6 +20,7 @@ except ModuleNotFoundError:  # Python 3.10
 from .errors import TargetError
 
 ROLES = ("weighted", "elementwise", "passthrough", "activation")
+DTYPE_NAMES = ("int4", "uint4", "int8", "uint8", "int16", "uint16")
 _TOP = {"name", "description", "min_opset", "default_weight_bits", "default_act_bits",
         "quantize_graph_outputs", "activation", "weight", "bias", "opset", "candidates", "ops"}
 _SECTIONS = {
@@ -85,11 +86,17 @@ def _check_keys(where: str, table: dict, allowed: set[str]) -> None:
         raise TargetError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(allowed))})")
 
 
-def _bits_map(where: str, table: dict) -> Mapping[int, str]:
+def _bits_map(where: str, table) -> Mapping[int, str]:
+    if not isinstance(table, dict):
+        raise TargetError(f"{where}: expected a table like {{ 8 = \"int8\" }}")
     try:
-        return MappingProxyType({int(k): str(v) for k, v in table.items()})
+        out = {int(k): str(v) for k, v in table.items()}
     except ValueError:
         raise TargetError(f"{where}: keys must be bit-widths (integers), got {sorted(table)}") from None
+    for bits, name in out.items():
+        if name not in DTYPE_NAMES:
+            raise TargetError(f"{where}: {bits} = '{name}' is not a known type ({', '.join(DTYPE_NAMES)})")
+    return MappingProxyType(out)
 
 
 def _pairs(where: str, seq) -> tuple[tuple[int, int], ...]:
@@ -99,9 +106,25 @@ def _pairs(where: str, seq) -> tuple[tuple[int, int], ...]:
         raise TargetError(f"{where}: expected a list of [weight_bits, act_bits] pairs") from None
 
 
+_TYPES = {"name": str, "description": str, "min_opset": int, "default_weight_bits": int,
+          "default_act_bits": int, "quantize_graph_outputs": bool, "activation": dict, "weight": dict,
+          "bias": dict, "opset": dict, "candidates": dict, "ops": dict}
+
+
 def parse_profile(data: dict, source: str) -> TargetProfile:
     """Validate a parsed TOML document and build the profile (errors name `source` and the key)."""
     _check_keys(source, data, _TOP)
+    for key, typ in _TYPES.items():
+        if key in data and not isinstance(data[key], typ):
+            raise TargetError(f"{source}: key '{key}' must be a {typ.__name__} "
+                              f"(got {type(data[key]).__name__} {data[key]!r})")
+    try:
+        return _build(data, source)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise TargetError(f"{source}: invalid value ({exc})") from None
+
+
+def _build(data: dict, source: str) -> TargetProfile:
     for section, allowed in _SECTIONS.items():
         _check_keys(f"{source} [{section}]", data.get(section, {}), allowed)
     for key in ("name", "min_opset", "activation", "weight", "candidates", "ops"):

@@ -30,6 +30,7 @@ from dfq_onnx.state import CompileState, Range
 
 KEEP = {"Identity", "Dropout", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Resize",
         "Upsample", "Cast", "DepthToSpace", "SpaceToDepth", "Expand", "Tile", "Split"}
+LINEAR = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 RESHAPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Gather"}
 
 
@@ -208,7 +209,7 @@ def propagate(node: gs.Node, ins: list[Est | None]) -> Est | None:
         return x.clip(*bounds) if bounds else None
     if op in ("Sigmoid", "HardSigmoid", "Softmax", "Tanh", "HardSwish"):
         return _bounded(node, x)
-    if op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.inputs) > 1 and is_const(node.inputs[1]):
+    if op in LINEAR and len(node.inputs) > 1 and is_const(node.inputs[1]):
         return _linear(node, x, _channels(node.inputs[0]))
     if op == "Pad":
         return _pad(node, x)
@@ -231,11 +232,30 @@ def _bounded(node: gs.Node, x: Est) -> Est:
     return Est.of(0.5, 0.5, 0.0, 1.0, False)  # Softmax
 
 
+SILU_MIN = -0.2784645  # min over x of x * sigmoid(x)
+
+
+def _is_gate_of(gate: gs.Tensor, x: gs.Tensor) -> bool:
+    """True when `gate` = Sigmoid(x) / HardSigmoid(x) (so Mul(x, gate) is SiLU / HardSwish)."""
+    prod = gate.inputs[0] if len(gate.inputs) == 1 else None
+    return prod is not None and prod.op in ("Sigmoid", "HardSigmoid") and prod.inputs[0] is x
+
+
+def _silu(x: Est) -> Est:
+    """x * sigmoid(x): its upper tail is x itself and its minimum is -0.2785, so for ranges (and,
+    approximately, moments) it is max(x, -0.2785)."""
+    return x.clip(SILU_MIN, np.inf)
+
+
 def _binary(node: gs.Node, ins: list[Est | None]) -> Est | None:
     op = node.op
     if op not in ("Add", "Sum", "Sub", "Mul", "Div") or len(node.inputs) != 2:
         return None
     a, b = node.inputs
+    if op == "Mul" and (_is_gate_of(b, a) or _is_gate_of(a, b)):
+        x = ins[0] if _is_gate_of(b, a) else ins[1]
+        if x is not None and node.inputs[1 if _is_gate_of(b, a) else 0].inputs[0].op == "Sigmoid":
+            return _silu(x)
     if is_const(a) and op in ("Add", "Mul", "Sum"):
         a, b, ins = b, a, [ins[1], ins[0]]
     if ins[0] is None:

@@ -63,7 +63,7 @@ class EmitQDQ(Pass):
     name = "EmitQDQ"
 
     def run(self, state: CompileState) -> PassResult:
-        graph, spec, target = state.graph, state.spec, state.target
+        graph, spec = state.graph, state.spec
         if any(n.op == "QuantizeLinear" for n in graph.nodes):
             return PassResult(False, "already emitted")
         self._absorb_activations(graph, spec)
@@ -77,11 +77,26 @@ class EmitQDQ(Pass):
                 shared[rep] = encodings[rep].constants(rep)
             dq = insert_activation_qdq(graph, tensors[name], encodings[rep], shared[rep])
             by_dq[dq.name] = encodings[rep]
+            r = state.ranges[name]
+            state.report.activations.append({
+                "tensor": name, "shares_encoding_with": None if rep == name else rep,
+                "dtype": encodings[rep].dtype, "bits": encodings[rep].bits,
+                "scale": float(encodings[rep].scale), "zero_point": int(encodings[rep].zero_point),
+                "range": [r.lo, r.hi], "range_source": r.source})
         weight_bits = {layer: state.plan.bits[g.id][0] for g in state.groups for layer in g.layers}
         nodes = {node_label(n): n for n in graph.nodes}
+        done: dict[str, gs.Tensor] = {}   # weight name -> its DequantizeLinear output (shared weights)
         for name, layer in spec.layers.items():
-            if layer.role == "weighted":
-                self._quantize_weights(state, nodes[name], layer, weight_bits[name], by_dq)
+            if layer.role != "weighted":
+                continue
+            if layer.weight in done:
+                node = nodes[name]
+                node.inputs[1] = done[layer.weight]
+                self._report_layer(state, layer, weight_bits[name], None, by_dq.get(node.inputs[0].name),
+                                   const_values(done[layer.weight].inputs[0].inputs[0]), "shared")
+                continue
+            self._quantize_weights(state, nodes[name], layer, weight_bits[name], by_dq)
+            done[layer.weight] = nodes[name].inputs[1]
         for node_name, const_name in spec.const_inputs:
             self._quantize_constant_input(state, nodes[node_name], const_name)
         graph.cleanup().toposort()
@@ -145,14 +160,20 @@ class EmitQDQ(Pass):
             benc = Encoding(bscale, np.zeros(bscale.shape, np.int64), "int32", 32,
                             0 if bscale.ndim else None)
             replace_with_dq(state.graph, node, 2, qb, benc, layer.bias)
-        report = state.report
-        report.layers.append({"node": layer.node, "op": layer.op, "weight_bits": w_bits,
-                              "weight_dtype": dtype, "params": int(w.size), "per_channel_axis": axis,
-                              "weight_scale_min": float(scale.min()), "weight_scale_max": float(scale.max()),
-                              "input_scale": None if x_enc is None else float(x_enc.scale),
-                              "input_zero_point": None if x_enc is None else int(x_enc.zero_point),
-                              "act_bits": None if x_enc is None else x_enc.bits,
-                              "bias": "int32" if int_bias else ("float" if bias is not None else None)})
+        EmitQDQ._report_layer(state, layer, w_bits, scale, x_enc, w,
+                              "int32" if int_bias else ("float" if bias is not None else None))
+
+    @staticmethod
+    def _report_layer(state, layer, w_bits, scale, x_enc, w, bias_kind) -> None:
+        state.report.layers.append({
+            "node": layer.node, "op": layer.op, "weight": layer.weight, "weight_bits": w_bits,
+            "weight_dtype": state.target.weight_dtype(w_bits), "params": int(np.size(w)),
+            "per_channel_axis": layer.axis if state.target.per_channel else None,
+            "weight_scale_min": None if scale is None else float(np.min(scale)),
+            "weight_scale_max": None if scale is None else float(np.max(scale)),
+            "input_scale": None if x_enc is None else float(x_enc.scale),
+            "input_zero_point": None if x_enc is None else int(x_enc.zero_point),
+            "act_bits": None if x_enc is None else x_enc.bits, "bias": bias_kind})
 
     @staticmethod
     def _quantize_constant_input(state: CompileState, node: gs.Node, const_name: str) -> None:

@@ -18,8 +18,15 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfq_onnx import numerics
-from dfq_onnx.graph_utils import const_values, is_const, is_graph_output, node_label, producer, unique_name
-from dfq_onnx.graph_utils import weight_output_axis
+from dfq_onnx.graph_utils import (
+    const_values,
+    is_const,
+    is_graph_output,
+    node_label,
+    producer,
+    unique_name,
+    weight_output_axis,
+)
 from dfq_onnx.pass_base import Pass, PassResult
 from dfq_onnx.state import BNStats, CompileState
 

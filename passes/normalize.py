@@ -20,7 +20,7 @@ import logging
 import onnxruntime as ort
 
 from dfq_onnx import ir
-from dfq_onnx.errors import UnsupportedModelError
+from dfq_onnx.errors import UnsupportedModelError, UsageError
 from dfq_onnx.pass_base import Pass, PassResult
 from dfq_onnx.state import CompileState
 
@@ -72,11 +72,11 @@ def fix_input_dims(model, hints: dict[str, tuple[int, ...]]) -> None:
     inputs = {i.name: i for i in model.graph.input}
     for name, shape in hints.items():
         if name not in inputs:
-            raise UnsupportedModelError(f"--input-shape names '{name}', but the model's inputs are "
+            raise UsageError(f"--input-shape names '{name}', but the model's inputs are "
                                         f"{', '.join(inputs)}")
         dims = inputs[name].type.tensor_type.shape.dim
         if len(dims) != len(shape):
-            raise UnsupportedModelError(f"--input-shape {name}: rank {len(shape)} given, the model's input "
+            raise UsageError(f"--input-shape {name}: rank {len(shape)} given, the model's input "
                                         f"has rank {len(dims)}")
         for i, (dim, value) in enumerate(zip(dims, shape)):
             if i > 0 and not dim.HasField("dim_value"):
@@ -107,6 +107,22 @@ def _bypass(graph, node) -> bool:
     node.outputs.clear()
     node.inputs.clear()
     return True
+
+
+def name_nodes(graph) -> int:
+    """Give every unnamed (or duplicate-named) node a unique name: passes key layers by node name."""
+    taken: set[str] = set()
+    renamed = 0
+    for i, node in enumerate(graph.nodes):
+        if not node.name or node.name in taken:
+            base = f"{node.op}_{i}"
+            name, k = base, 1
+            while name in taken:
+                name, k = f"{base}_{k}", k + 1
+            node.name = name
+            renamed += 1
+        taken.add(node.name)
+    return renamed
 
 
 def canonicalize(graph) -> dict[str, int]:
@@ -150,6 +166,7 @@ class Normalize(Pass):
         before = len(graph.nodes)
         graph.fold_constants(fold_shapes=True, error_ok=True).cleanup().toposort()
         rewritten = canonicalize(graph)
+        rewritten["nodes named"] = name_nodes(graph)
         state.graph = graph
         state.source = None
         opset = ir.opset_version(model)

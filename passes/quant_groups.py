@@ -20,8 +20,14 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.graph_utils import const_values, is_const, is_float, is_graph_output, node_label
-from dfq_onnx.graph_utils import weight_output_axis
+from dfq_onnx.graph_utils import (
+    const_values,
+    is_const,
+    is_float,
+    is_graph_output,
+    node_label,
+    weight_output_axis,
+)
 from dfq_onnx.pass_base import Pass, PassResult
 from dfq_onnx.state import CompileState, LayerSpec, QuantGroup, QuantSpec
 
@@ -119,7 +125,9 @@ def build_spec(graph: gs.Graph, target) -> QuantSpec:
             readers = out.outputs
             if (target.fuse_relu and not target.act_symmetric and len(readers) == 1
                     and readers[0].op in ABSORBABLE and _absorbable(readers[0])
-                    and not is_graph_output(graph, out)):
+                    and not is_graph_output(graph, out)
+                    and (target.quantize_graph_outputs
+                         or not is_graph_output(graph, readers[0].outputs[0]))):
                 absorbed[node_label(readers[0])] = out.name
                 out = readers[0].outputs[0]
             if target.quantize_graph_outputs or not is_graph_output(graph, out):
@@ -147,6 +155,9 @@ def build_groups(graph: gs.Graph, spec: QuantSpec) -> list[QuantGroup]:
             if t.name in spec.encoding_of:
                 cls = spec.encoding_of[t.name]
                 reads.setdefault(cls, []).append(name)
+    for name, layer in spec.layers.items():  # layers sharing a weight share its bit-width
+        if layer.weight is not None:
+            reads.setdefault("weight:" + layer.weight, []).append(name)
     for readers in reads.values():
         for other in readers[1:]:
             uf.union(readers[0], other)

@@ -1,0 +1,398 @@
+"""Tiny hand-built ONNX graphs (2-11 nodes) for tests: one structure each, seeded, opset 17 by default.
+
+Every model takes ``input`` float32 [N, ...] (batch dimension named "N") and returns ``output``.
+Nodes are named after their role ("conv1", "bn1", "relu1", ...) so tests can refer to them. The good
+builders (``GOOD_BUILDERS``) pass ``onnx.checker.check_model(full_check=True)`` and run in ONNX Runtime;
+the ``bad_*`` builders make the inputs the compiler must refuse or repair: fp16, already quantized,
+custom domain, control flow around a Conv, opset 7 (Upsample, which the version converter rewrites
+into Resize, or the experimental ImageScaler, which it cannot convert).
+
+``with_data_bn_stats`` refits BN statistics to the model's own activations (it runs ONNX Runtime).
+This module (with ``dfq_onnx/ir.py``) may use the protobuf helpers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = [
+    "GOOD_BUILDERS", "bad_already_quantized", "bad_custom_domain", "bad_fp16", "bad_if_conv",
+    "bad_old_opset", "concat_branches", "constant_weights", "conv_bn_relu", "conv_bn_relu_residual",
+    "conv_clip6", "conv_silu", "convtranspose_bn", "gemm_bn", "matmul_bn", "shared_weight",
+    "with_data_bn_stats",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _ir_for(opset: int) -> int:
+    """Smallest IR version that ORT and the checker accept for `opset`."""
+    if opset <= 8:
+        return 3
+    if opset <= 10:
+        return 5
+    return 8 if opset <= 17 else (9 if opset <= 20 else 10)
+
+
+def _vi(name: str, shape, elem=TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _init(name: str, values: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.ascontiguousarray(values), name)
+
+
+def _model(nodes, inputs, outputs, inits, opset: int = 17, name: str = "tiny",
+           extra_opsets: dict[str, int] | None = None, ir_version: int | None = None) -> onnx.ModelProto:
+    ir_version = ir_version if ir_version is not None else _ir_for(opset)
+    if ir_version < 4:  # IR 3 requires every initializer to be listed as a graph input too
+        listed = {i.name for i in inputs}
+        inputs = list(inputs) + [_vi(t.name, list(t.dims), t.data_type) for t in inits
+                                 if t.name not in listed]
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=inits)
+    opsets = [helper.make_opsetid("", opset)]
+    opsets += [helper.make_opsetid(d, v) for d, v in sorted((extra_opsets or {}).items())]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="dfq-onnx-tests")
+    model.ir_version = ir_version
+    return model
+
+
+def _conv_w(rng, c_out: int, c_in: int, k: int) -> np.ndarray:
+    """He-initialized conv weight [c_out, c_in, k, k]."""
+    std = np.sqrt(2.0 / (c_in * k * k))
+    return (rng.standard_normal((c_out, c_in, k, k)) * std).astype(np.float32)
+
+
+def _bn(rng, prefix: str, c: int, x: str, y: str, inits: list) -> onnx.NodeProto:
+    """BatchNormalization with random (positive-variance) statistics."""
+    gamma = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    beta = rng.normal(0.0, 0.3, c).astype(np.float32)
+    mean = rng.normal(0.0, 0.3, c).astype(np.float32)
+    var = rng.uniform(0.5, 2.0, c).astype(np.float32)
+    names = [f"{prefix}.{p}" for p in ("scale", "bias", "mean", "var")]
+    inits += [_init(n, v) for n, v in zip(names, (gamma, beta, mean, var), strict=True)]
+    return helper.make_node("BatchNormalization", [x, *names], [y], name=prefix, epsilon=1e-5)
+
+
+def _conv(name: str, x: str, w: str, y: str, b: str | None = None, **attrs) -> onnx.NodeProto:
+    attrs.setdefault("pads", [1, 1, 1, 1])
+    return helper.make_node("Conv", [x, w] + ([b] if b else []), [y], name=name, **attrs)
+
+
+# --------------------------------------------------------------------------- good models
+
+
+def conv_bn_relu(c_in: int = 3, c_mid: int = 8, c_out: int = 4, hw: int | None = 8, seed: int = 0,
+                 opset: int = 17, init_as_inputs: bool = False, relu_output: bool = False) -> onnx.ModelProto:
+    """input -> conv1 (no bias) -> bn1 -> relu1 -> conv2 (bias) -> output.
+
+    `hw=None` makes the spatial dimensions dynamic ("H", "W"). `init_as_inputs` writes IR 3, which
+    lists every initializer as a graph input too (as old exporters did). `relu_output=True` ends the
+    graph at relu1 (3 nodes, relu1 writes `output`).
+    """
+    rng = np.random.default_rng(seed)
+    inits = [_init("conv1.weight", _conv_w(rng, c_mid, c_in, 3)),
+             _init("conv2.weight", _conv_w(rng, c_out, c_mid, 3)),
+             _init("conv2.bias", rng.normal(0, 0.1, c_out).astype(np.float32))]
+    nodes = [_conv("conv1", "input", "conv1.weight", "conv1_out"),
+             _bn(rng, "bn1", c_mid, "conv1_out", "bn1_out", inits),
+             helper.make_node("Relu", ["bn1_out"], ["relu1_out"], name="relu1"),
+             _conv("conv2", "relu1_out", "conv2.weight", "output", "conv2.bias")]
+    if relu_output:
+        nodes = nodes[:2] + [helper.make_node("Relu", ["bn1_out"], ["output"], name="relu1")]
+        inits = [t for t in inits if not t.name.startswith("conv2.")]
+    h, w = (hw, hw) if hw is not None else ("H", "W")
+    out_c = c_mid if relu_output else c_out
+    return _model(nodes, [_vi("input", ["N", c_in, h, w])], [_vi("output", ["N", out_c, h, w])], inits, opset,
+                  "conv_bn_relu", ir_version=3 if init_as_inputs else None)
+
+
+def conv_bn_relu_residual(c: int = 8, hw: int = 8, classes: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """A residual block and a classifier head (10 nodes)::
+
+        input ─┬─ conv1 ─ bn1 ─ relu1 ─ conv2 ─ bn2 ─┐
+               └──────────────────────────────────── add ─ relu2 ─ gap ─ flatten ─ fc ─ output
+    """
+    rng = np.random.default_rng(seed)
+    inits = [_init("conv1.weight", _conv_w(rng, c, c, 3)), _init("conv2.weight", _conv_w(rng, c, c, 3)),
+             _init("fc.weight", (rng.standard_normal((classes, c)) / np.sqrt(c)).astype(np.float32)),
+             _init("fc.bias", rng.normal(0, 0.1, classes).astype(np.float32))]
+    nodes = [_conv("conv1", "input", "conv1.weight", "conv1_out"),
+             _bn(rng, "bn1", c, "conv1_out", "bn1_out", inits),
+             helper.make_node("Relu", ["bn1_out"], ["relu1_out"], name="relu1"),
+             _conv("conv2", "relu1_out", "conv2.weight", "conv2_out"),
+             _bn(rng, "bn2", c, "conv2_out", "bn2_out", inits),
+             helper.make_node("Add", ["input", "bn2_out"], ["add_out"], name="add"),
+             helper.make_node("Relu", ["add_out"], ["relu2_out"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["relu2_out"], ["gap_out"], name="gap"),
+             helper.make_node("Flatten", ["gap_out"], ["flat_out"], name="flatten", axis=1),
+             helper.make_node("Gemm", ["flat_out", "fc.weight", "fc.bias"], ["output"], name="fc", transB=1)]
+    return _model(nodes, [_vi("input", ["N", c, hw, hw])], [_vi("output", ["N", classes])], inits,
+                  name="conv_bn_relu_residual")
+
+
+def gemm_bn(k: int = 16, n: int = 8, trans_b: int = 0, bias: bool = True, seed: int = 0) -> onnx.ModelProto:
+    """input [N, k] -> fc (Gemm, transB=`trans_b`) -> bn -> output [N, n]."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    inits = [_init("fc.weight", w.T.copy() if trans_b else w)]
+    ins = ["input", "fc.weight"]
+    if bias:
+        inits.append(_init("fc.bias", rng.normal(0, 0.1, n).astype(np.float32)))
+        ins.append("fc.bias")
+    nodes = [helper.make_node("Gemm", ins, ["fc_out"], name="fc", transB=trans_b),
+             _bn(rng, "bn", n, "fc_out", "output", inits)]
+    return _model(nodes, [_vi("input", ["N", k])], [_vi("output", ["N", n])], inits, name="gemm_bn")
+
+
+def matmul_bn(k: int = 16, n: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """input [N, k] -> mm (MatMul, 2-D constant weight) -> bn -> output [N, n]."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("mm.weight", (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32))]
+    nodes = [helper.make_node("MatMul", ["input", "mm.weight"], ["mm_out"], name="mm"),
+             _bn(rng, "bn", n, "mm_out", "output", inits)]
+    return _model(nodes, [_vi("input", ["N", k])], [_vi("output", ["N", n])], inits, name="matmul_bn")
+
+
+def convtranspose_bn(c_in: int = 4, c_out: int = 6, hw: int = 5, group: int = 1,
+                     seed: int = 0) -> onnx.ModelProto:
+    """input -> up (ConvTranspose, stride 2, `group`) -> bn -> output; weight [c_in, c_out/group, 3, 3]."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((c_in, c_out // group, 3, 3)) / np.sqrt(9 * c_in / group)).astype(np.float32)
+    inits = [_init("up.weight", w)]
+    nodes = [helper.make_node("ConvTranspose", ["input", "up.weight"], ["up_out"], name="up", group=group,
+                              strides=[2, 2]),
+             _bn(rng, "bn", c_out, "up_out", "output", inits)]
+    out_hw = 2 * hw + 1   # (hw - 1) * stride + kernel
+    return _model(nodes, [_vi("input", ["N", c_in, hw, hw])], [_vi("output", ["N", c_out, out_hw, out_hw])],
+                  inits, name="convtranspose_bn")
+
+
+def concat_branches(c_in: int = 3, c: int = 4, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """Two conv-bn-relu branches on the input, concatenated on channels, max-pooled, then a conv::
+
+        input ─┬─ conv_a ─ bn_a ─ relu_a ─┐
+               └─ conv_b ─ bn_b ─ relu_b ─ concat ─ pool ─ conv_c ─ output
+    """
+    rng = np.random.default_rng(seed)
+    inits = [_init("conv_a.weight", _conv_w(rng, c, c_in, 3)),
+             _init("conv_b.weight", _conv_w(rng, c, c_in, 1)),
+             _init("conv_c.weight", _conv_w(rng, c, 2 * c, 3)),
+             _init("conv_c.bias", rng.normal(0, 0.1, c).astype(np.float32))]
+    nodes = []
+    for br, pads in (("a", [1, 1, 1, 1]), ("b", [0, 0, 0, 0])):
+        nodes += [_conv(f"conv_{br}", "input", f"conv_{br}.weight", f"conv_{br}_out", pads=pads),
+                  _bn(rng, f"bn_{br}", c, f"conv_{br}_out", f"bn_{br}_out", inits),
+                  helper.make_node("Relu", [f"bn_{br}_out"], [f"relu_{br}_out"], name=f"relu_{br}")]
+    nodes += [helper.make_node("Concat", ["relu_a_out", "relu_b_out"], ["cat_out"], name="concat", axis=1),
+              helper.make_node("MaxPool", ["cat_out"], ["pool_out"], name="pool", kernel_shape=[2, 2],
+                               strides=[2, 2]),
+              _conv("conv_c", "pool_out", "conv_c.weight", "output", "conv_c.bias")]
+    return _model(nodes, [_vi("input", ["N", c_in, hw, hw])], [_vi("output", ["N", c, hw // 2, hw // 2])],
+                  inits, name="concat_branches")
+
+
+def conv_clip6(c_in: int = 3, c: int = 8, c_out: int = 4, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """MobileNet-style: conv1-bn1-ReLU6, depthwise dw (group=c)-bn2-ReLU6, pointwise pw -> output."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("conv1.weight", _conv_w(rng, c, c_in, 3)), _init("dw.weight", _conv_w(rng, c, 1, 3)),
+             _init("pw.weight", _conv_w(rng, c_out, c, 1)),
+             _init("pw.bias", rng.normal(0, 0.1, c_out).astype(np.float32)),
+             _init("clip.min", np.array(0.0, np.float32)), _init("clip.max", np.array(6.0, np.float32))]
+    nodes = [_conv("conv1", "input", "conv1.weight", "conv1_out"),
+             _bn(rng, "bn1", c, "conv1_out", "bn1_out", inits),
+             helper.make_node("Clip", ["bn1_out", "clip.min", "clip.max"], ["clip1_out"], name="clip1"),
+             _conv("dw", "clip1_out", "dw.weight", "dw_out", group=c),
+             _bn(rng, "bn2", c, "dw_out", "bn2_out", inits),
+             helper.make_node("Clip", ["bn2_out", "clip.min", "clip.max"], ["clip2_out"], name="clip2"),
+             _conv("pw", "clip2_out", "pw.weight", "output", "pw.bias", pads=[0, 0, 0, 0])]
+    return _model(nodes, [_vi("input", ["N", c_in, hw, hw])], [_vi("output", ["N", c_out, hw, hw])], inits,
+                  name="conv_clip6")
+
+
+def constant_weights(c_in: int = 3, c: int = 8, classes: int = 5, hw: int = 8, seed: int = 0,
+                     opset: int = 17) -> onnx.ModelProto:
+    """Weights in `Constant` nodes (Paddle style) and a PyTorch-style shape subgraph before a MatMul::
+
+        input ─ conv ─ relu ─ gap ─┬──────────────────────────────── reshape ─ fc (MatMul) ─ output
+                                   └─ shape ─ gather[1] ─ concat([-1], C) ─┘
+    The shape subgraph only reads the static channel dimension, so it folds to the constant [-1, C].
+    """
+    rng = np.random.default_rng(seed)
+
+    def const(name, values):
+        return helper.make_node("Constant", [], [name], name=f"{name}_const", value=_init(name, values))
+
+    inits = [_init("gather.index", np.array([1], np.int64)), _init("shape.head", np.array([-1], np.int64))]
+    nodes = [const("conv.weight", _conv_w(rng, c, c_in, 3)),
+             const("conv.bias", rng.normal(0, 0.1, c).astype(np.float32)),
+             const("fc.weight", (rng.standard_normal((c, classes)) / np.sqrt(c)).astype(np.float32)),
+             _conv("conv", "input", "conv.weight", "conv_out", "conv.bias"),
+             helper.make_node("Relu", ["conv_out"], ["relu_out"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["relu_out"], ["gap_out"], name="gap"),
+             helper.make_node("Shape", ["gap_out"], ["shape_out"], name="shape"),
+             helper.make_node("Gather", ["shape_out", "gather.index"], ["gather_out"], name="gather", axis=0),
+             helper.make_node("Concat", ["shape.head", "gather_out"], ["newshape"], name="concat", axis=0),
+             helper.make_node("Reshape", ["gap_out", "newshape"], ["flat_out"], name="reshape"),
+             helper.make_node("MatMul", ["flat_out", "fc.weight"], ["output"], name="fc")]
+    return _model(nodes, [_vi("input", ["N", c_in, hw, hw])], [_vi("output", ["N", classes])], inits, opset,
+                  "constant_weights")
+
+
+def shared_weight(c: int = 4, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """One weight initializer read by two convs; only conv_a is followed by a BN::
+
+        input ─┬─ conv_a(W) ─ bn ─ relu ─┐
+               └─ conv_b(W) ──────────── add ─ output
+    """
+    rng = np.random.default_rng(seed)
+    inits = [_init("shared.weight", _conv_w(rng, c, c, 3))]
+    nodes = [_conv("conv_a", "input", "shared.weight", "conv_a_out"),
+             _bn(rng, "bn", c, "conv_a_out", "bn_out", inits),
+             helper.make_node("Relu", ["bn_out"], ["relu_out"], name="relu"),
+             _conv("conv_b", "input", "shared.weight", "conv_b_out"),
+             helper.make_node("Add", ["relu_out", "conv_b_out"], ["output"], name="add")]
+    return _model(nodes, [_vi("input", ["N", c, hw, hw])], [_vi("output", ["N", c, hw, hw])], inits,
+                  name="shared_weight")
+
+
+def conv_silu(c_in: int = 3, c: int = 8, c_out: int = 4, hw: int = 8, seed: int = 0,
+              tail: bool = False) -> onnx.ModelProto:
+    """No BN: conv1 (bias) -> x * sigmoid(x) (SiLU as sigmoid + mul) -> conv2 -> output.
+
+    `tail=True` appends a detector-style decoding after the last weighted layer:
+    conv2 -> tail_sigmoid -> tail_mul (x constant 4.0) -> output.
+    """
+    rng = np.random.default_rng(seed)
+    inits = [_init("conv1.weight", _conv_w(rng, c, c_in, 3)),
+             _init("conv1.bias", rng.normal(0, 0.1, c).astype(np.float32)),
+             _init("conv2.weight", _conv_w(rng, c_out, c, 3)),
+             _init("conv2.bias", rng.normal(0, 0.1, c_out).astype(np.float32))]
+    conv2_out = "conv2_out" if tail else "output"
+    nodes = [_conv("conv1", "input", "conv1.weight", "conv1_out", "conv1.bias"),
+             helper.make_node("Sigmoid", ["conv1_out"], ["sig_out"], name="sigmoid"),
+             helper.make_node("Mul", ["conv1_out", "sig_out"], ["silu_out"], name="mul"),
+             _conv("conv2", "silu_out", "conv2.weight", conv2_out, "conv2.bias")]
+    if tail:
+        inits.append(_init("tail.stride", np.array(4.0, np.float32)))
+        nodes += [helper.make_node("Sigmoid", ["conv2_out"], ["tail_sig_out"], name="tail_sigmoid"),
+                  helper.make_node("Mul", ["tail_sig_out", "tail.stride"], ["output"], name="tail_mul")]
+    return _model(nodes, [_vi("input", ["N", c_in, hw, hw])], [_vi("output", ["N", c_out, hw, hw])], inits,
+                  name="conv_silu")
+
+
+GOOD_BUILDERS = {"conv_bn_relu": conv_bn_relu, "conv_bn_relu_residual": conv_bn_relu_residual,
+                 "gemm_bn": gemm_bn, "matmul_bn": matmul_bn, "concat_branches": concat_branches,
+                 "conv_clip6": conv_clip6, "constant_weights": constant_weights,
+                 "shared_weight": shared_weight, "conv_silu": conv_silu}
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def bad_fp16(c: int = 3, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """A float16 conv model (input, weight and output float16): valid ONNX that runs in ORT."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("conv.weight", _conv_w(rng, 4, c, 3).astype(np.float16))]
+    nodes = [_conv("conv", "input", "conv.weight", "output")]
+    return _model(nodes, [_vi("input", ["N", c, hw, hw], TensorProto.FLOAT16)],
+                  [_vi("output", ["N", 4, hw, hw], TensorProto.FLOAT16)], inits, name="fp16")
+
+
+def bad_already_quantized(c: int = 3, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """A QDQ model: input -> q_in (QuantizeLinear) -> dq_in -> conv -> output."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("conv.weight", _conv_w(rng, 4, c, 3)), _init("in.scale", np.array(0.02, np.float32)),
+             _init("in.zero_point", np.array(128, np.uint8))]
+    nodes = [helper.make_node("QuantizeLinear", ["input", "in.scale", "in.zero_point"], ["input_q"],
+                              name="q_in"),
+             helper.make_node("DequantizeLinear", ["input_q", "in.scale", "in.zero_point"], ["input_dq"],
+                              name="dq_in"),
+             _conv("conv", "input_dq", "conv.weight", "output")]
+    return _model(nodes, [_vi("input", ["N", c, hw, hw])], [_vi("output", ["N", 4, hw, hw])], inits,
+                  name="already_quantized")
+
+
+def bad_custom_domain(c: int = 3, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """conv -> custom (com.example::FancyAct) -> output. Passes the checker; ORT cannot run it."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("conv.weight", _conv_w(rng, 4, c, 3))]
+    nodes = [_conv("conv", "input", "conv.weight", "conv_out"),
+             helper.make_node("FancyAct", ["conv_out"], ["output"], name="custom", domain="com.example")]
+    return _model(nodes, [_vi("input", ["N", c, hw, hw])], [_vi("output", ["N", 4, hw, hw])], inits,
+                  name="custom_domain", extra_opsets={"com.example": 1})
+
+
+def bad_if_conv(c: int = 3, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """An If node ('branch') on a bool input 'flag' whose then-branch holds a Conv ('branch_conv')."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("conv.weight", _conv_w(rng, c, c, 3))]
+    then_g = helper.make_graph([_conv("branch_conv", "input", "conv.weight", "then_out")], "then", [],
+                               [_vi("then_out", ["N", c, hw, hw])])
+    else_g = helper.make_graph([helper.make_node("Identity", ["input"], ["else_out"], name="branch_id")],
+                               "else", [], [_vi("else_out", ["N", c, hw, hw])])
+    nodes = [helper.make_node("If", ["flag"], ["output"], name="branch", then_branch=then_g,
+                              else_branch=else_g)]
+    return _model(nodes, [_vi("input", ["N", c, hw, hw]), _vi("flag", [], TensorProto.BOOL)],
+                  [_vi("output", ["N", c, hw, hw])], inits, name="if_conv")
+
+
+def bad_old_opset(c: int = 3, hw: int = 8, seed: int = 0, op: str = "Upsample") -> onnx.ModelProto:
+    """Opset 7, IR 3 (initializers listed as inputs): conv -> relu -> `op` ('legacy') -> output.
+
+    op="Upsample": Upsample-7 (scales attribute; removed at opset 10). The version converter rewrites
+    it into Resize, exactly.
+    op="ImageScaler": the experimental op of ONNX <= 1.4 that old model-zoo exports (tiny-YOLOv2)
+    carry. It has no schema in today's ONNX, so neither the checker nor the converter accept it.
+    """
+    rng = np.random.default_rng(seed)
+    inits = [_init("conv.weight", _conv_w(rng, 4, c, 3))]
+    if op == "Upsample":
+        legacy = helper.make_node("Upsample", ["relu_out"], ["output"], name="legacy", mode="nearest",
+                                  scales=[1.0, 1.0, 2.0, 2.0])
+        out_hw = 2 * hw
+    elif op == "ImageScaler":
+        legacy = helper.make_node("ImageScaler", ["relu_out"], ["output"], name="legacy", scale=0.5,
+                                  bias=[0.1, 0.2, 0.3, 0.4])
+        out_hw = hw
+    else:
+        raise ValueError(f"op must be 'Upsample' or 'ImageScaler', not {op!r}")
+    nodes = [_conv("conv", "input", "conv.weight", "conv_out"),
+             helper.make_node("Relu", ["conv_out"], ["relu_out"], name="relu"), legacy]
+    return _model(nodes, [_vi("input", [1, c, hw, hw])], [_vi("output", [1, 4, out_hw, out_hw])], inits, 7,
+                  "old_opset")
+
+
+# --------------------------------------------------------------------------- trained-looking statistics
+
+
+def with_data_bn_stats(model: onnx.ModelProto, n: int = 256, seed: int = 0) -> onnx.ModelProto:
+    """A copy whose BatchNormalization mean/var are the statistics of its input on N(0, 1) data.
+
+    That is what a trained network's running statistics are (on its own input distribution), so the
+    BN statistics then describe the real activations. BNs are refitted one at a time in graph order,
+    since each refit changes the inputs of the ones after it.
+    """
+    import onnxruntime as ort
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    inp = out.graph.input[0]
+    dims = [d.dim_value if d.HasField("dim_value") else n for d in inp.type.tensor_type.shape.dim]
+    x = np.random.default_rng(seed).standard_normal([n] + dims[1:]).astype(np.float32)
+    for bn in [node for node in out.graph.node if node.op_type == "BatchNormalization"]:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(out)
+        del probe.graph.output[:]
+        probe.graph.output.append(helper.make_empty_tensor_value_info(bn.input[0]))
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        z = sess.run(None, {inp.name: x})[0]
+        axes = tuple(i for i in range(z.ndim) if i != 1)
+        mean, var = z.mean(axis=axes), z.var(axis=axes)
+        inits[bn.input[3]].CopyFrom(_init(bn.input[3], mean.astype(np.float32)))
+        inits[bn.input[4]].CopyFrom(_init(bn.input[4], np.maximum(var, 1e-6).astype(np.float32)))
+    return out

@@ -1,0 +1,64 @@
+"""Helpers for the tests: ORT runs on in-memory models, inputs, and partial pipelines on a CompileState."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from dfq_onnx import ir
+from dfq_onnx.options import QuantizeOptions
+from dfq_onnx.pass_base import run_passes
+from dfq_onnx.report import Report
+from dfq_onnx.state import CompileState
+from dfq_onnx.target import load_target
+
+
+def session(model: onnx.ModelProto, optimized_path: str | None = None,
+            level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    opts.graph_optimization_level = level
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return session(model).run(None, feeds)
+
+
+def normal_feeds(model: onnx.ModelProto, n: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    """N(0, 1) float32 samples for every float input (batch n; dynamic dims must not occur elsewhere)."""
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else n for d in inp.type.tensor_type.shape.dim]
+        feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
+    return feeds
+
+
+def compile_state(model: onnx.ModelProto, passes, target: str = "ort-cpu", **options) -> CompileState:
+    """Run `passes` on a fresh CompileState for `model` (progress bars off)."""
+    options.setdefault("progress", False)
+    state = CompileState(graph=None, target=load_target(target), options=QuantizeOptions(**options),
+                         report=Report(), source=ir.load_model(model))
+    return run_passes(passes, state)
+
+
+def state_model(state: CompileState) -> onnx.ModelProto:
+    """The state's graph as a runnable model (graph copied, state untouched)."""
+    graph = state.graph.copy()
+    return ir.to_model(graph, ir_version=ir.min_ir_version(graph.opset))
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def nodes_by_op(model: onnx.ModelProto, op: str) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == op]

@@ -1,0 +1,23 @@
+"""Shared pytest configuration: quiet onnx-graphsurgeon, and the path of the optional shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_configure(config):
+    # onnx-graphsurgeon prints warnings to stdout, which would pollute the CLI tests' capsys.
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    G_LOGGER.severity = G_LOGGER.ERROR
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not available at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,93 @@
+"""Calibrate: npz validation, seeded noise, percentile vs min/max, dynamic dimensions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _util import compile_state
+from dfq_onnx.models import builders
+from dfq_onnx.passes.calibrate import Calibrate, load_calib_npz
+from dfq_onnx.passes.fold_bn import FoldBatchNorm
+from dfq_onnx.passes.normalize import Normalize
+from dfq_onnx.passes.quant_groups import FindQuantGroups
+
+import dfq_onnx
+from dfq_onnx.errors import PassError, UsageError
+
+
+def _calibrate(model, **opts):
+    return compile_state(model, [Normalize(), FoldBatchNorm(), FindQuantGroups(), Calibrate()], **opts)
+
+
+@pytest.fixture
+def graph():
+    return compile_state(builders.conv_bn_relu(c_in=3, hw=8), [Normalize()]).graph
+
+
+@pytest.mark.parametrize("arrays, words", [
+    ({"x": np.zeros((4, 3, 8, 8), np.float32)}, ["'input'", "found x"]),                 # wrong name
+    ({"input": np.zeros((4, 3, 9, 9), np.float32)}, ["'input'", "[4, 3, 9, 9]"]),        # wrong shape
+    ({"input": np.zeros((4, 3, 8), np.float32)}, ["'input'", "[4, 3, 8]"]),              # wrong rank
+    ({"input": np.zeros((4, 3, 8, 8), np.int64)}, ["'input'", "int64"]),                 # wrong dtype
+    ({"input": np.zeros((0, 3, 8, 8), np.float32)}, ["non-zero number of samples"]),
+], ids=["missing-name", "wrong-shape", "wrong-rank", "wrong-dtype", "empty"])
+def test_npz_validation_errors_name_the_array(graph, tmp_path, arrays, words):
+    path = tmp_path / "calib.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(UsageError) as info:
+        load_calib_npz(graph, str(path))
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_npz_error_through_the_api_is_a_usage_error(tmp_path):
+    np.savez(tmp_path / "calib.npz", images=np.zeros((4, 3, 8, 8), np.float32))
+    with pytest.raises(PassError) as info:
+        dfq_onnx.quantize(builders.conv_bn_relu(), calib=str(tmp_path / "calib.npz"), progress=False)
+    assert isinstance(info.value.cause, UsageError) and info.value.exit_code == 2
+    assert "'input'" in str(info.value)
+
+
+def test_npz_float64_is_accepted_as_float32(graph, tmp_path):
+    np.savez(tmp_path / "calib.npz", input=np.ones((2, 3, 8, 8), np.float64))
+    assert load_calib_npz(graph, str(tmp_path / "calib.npz"))["input"].dtype == np.float32
+
+
+def test_noise_calibration_is_deterministic_by_seed():
+    model = builders.conv_silu()
+    a, b, c = (_calibrate(model, calib="noise", seed=s).ranges for s in (3, 3, 4))
+    assert a == b
+    assert a.keys() == c.keys() and a != c
+
+
+def test_noise_calibration_counts_forward_passes():
+    state = _calibrate(builders.conv_silu(), calib="noise", calib_samples=64, calib_batch=32)
+    assert state.forward_passes == 2                  # 64 samples in batches of 32
+    assert {r.source for r in state.ranges.values()} == {"noise"}
+
+
+def test_percentile_is_narrower_than_minmax():
+    model = builders.conv_silu()
+    mm = _calibrate(model, calib="noise", calib_samples=128).ranges
+    pc = _calibrate(model, calib="noise", calib_samples=128, act_range="percentile", percentile=99.9).ranges
+    assert mm.keys() == pc.keys()
+    for t in mm:
+        assert mm[t].lo <= pc[t].lo and pc[t].hi <= mm[t].hi, t
+    # N(0,1) input: the 0.1/99.9 % quantiles are ~ -+3.1, the extremes of 128*3*64 samples ~ -+4.3
+    assert mm["input"].hi - pc["input"].hi > 0.5 and pc["input"].lo - mm["input"].lo > 0.5
+
+
+def test_dynamic_spatial_dims_need_a_hint_for_noise_calibration():
+    model = builders.conv_bn_relu(hw=None)
+    with pytest.raises(PassError) as info:
+        dfq_onnx.quantize(model, calib="noise", progress=False)
+    assert isinstance(info.value.cause, UsageError) and info.value.exit_code == 2
+    assert "--input-shape input:" in str(info.value) and "'input'" in str(info.value)
+    _, report = dfq_onnx.quantize(model, calib="noise", input_shapes={"input": (1, 3, 8, 8)},
+                                  progress=False)
+    assert report.forward_passes == 2                 # 64 noise samples in batches of 32
+
+
+def test_dynamic_dims_need_no_hint_when_all_ranges_are_analytic():
+    out, report = dfq_onnx.quantize(builders.conv_bn_relu(hw=None), progress=False)
+    assert report.forward_passes == 0

@@ -1,0 +1,95 @@
+"""FindQuantGroups: quantized nodes, activation quantizers, absorbed activations, shared encodings, groups."""
+
+from __future__ import annotations
+
+import numpy as np
+from _util import compile_state, normal_feeds, run
+from dfq_onnx.models import builders
+from dfq_onnx.passes.fold_bn import FoldBatchNorm
+from dfq_onnx.passes.normalize import Normalize
+from dfq_onnx.passes.quant_groups import FindQuantGroups
+
+import dfq_onnx
+from dfq_onnx.target import builtin_targets
+
+
+def _spec(model, target="ort-cpu"):
+    state = compile_state(model, [Normalize(), FoldBatchNorm(), FindQuantGroups()], target=target)
+    return state, state.spec
+
+
+def test_residual_quantized_tensors_and_absorbed_relus():
+    state, spec = _spec(builders.conv_bn_relu_residual())
+    # weighted: conv1, conv2, fc; elementwise: add, gap. Relu has role "activation", Flatten "passthrough".
+    assert {n: s.role for n, s in spec.layers.items()} == {
+        "conv1": "weighted", "conv2": "weighted", "fc": "weighted",
+        "add": "elementwise", "gap": "elementwise"}
+    # relu1 is conv1's only reader and relu2 is add's only reader: both absorbed into the producer's
+    # output encoding. bn2_out (conv2's output after the fold) feeds add, not a Relu.
+    assert spec.absorbed == {"relu1": "bn1_out", "relu2": "add_out"}
+    # 7 quantizers: the input; conv1's output seen after relu1; conv2's output; add's output after relu2;
+    # gap's output; flatten's output (passthrough); the graph output (quantize_graph_outputs = true).
+    assert set(spec.act_tensors) == {"input", "relu1_out", "bn2_out", "relu2_out", "gap_out", "flat_out",
+                                     "output"}
+    assert state.report.passes[-1]["modified"] is False   # analysis pass
+
+
+def test_residual_weighted_layer_specs():
+    _, spec = _spec(builders.conv_bn_relu_residual())
+    conv1, fc = spec.layers["conv1"], spec.layers["fc"]
+    assert (conv1.weight, conv1.bias, conv1.axis) == ("conv1.weight", "conv1.bias_folded", 0)
+    assert (fc.weight, fc.bias, fc.axis) == ("fc.weight", "fc.bias", 0)      # transB=1: rows are outputs
+
+
+def test_passthrough_shares_the_encoding():
+    _, spec = _spec(builders.conv_bn_relu_residual())
+    assert spec.encoding_of["flat_out"] == spec.encoding_of["gap_out"]             # Flatten
+    _, spec = _spec(builders.concat_branches())
+    assert spec.encoding_of["pool_out"] == spec.encoding_of["cat_out"]             # MaxPool
+    assert spec.encoding_of["relu_a_out"] != spec.encoding_of["relu_b_out"]        # Concat inputs: own
+
+
+def test_shared_activation_merges_groups():
+    state, _ = _spec(builders.conv_bn_relu_residual())
+    groups = {g.ops: g for g in state.groups}
+    # conv1 and add both read `input`, so they must agree on its bits: one group. conv2, gap and fc
+    # read activations nobody else reads: one group each -> 4 groups.
+    assert set(groups) == {("conv1", "add"), ("conv2",), ("gap",), ("fc",)}
+    g = groups[("conv1", "add")]
+    assert g.layers == ("conv1",) and set(g.activations) == {"input", "bn2_out"}
+    assert g.params == 8 * 8 * 3 * 3                                   # conv1 weight only
+    state, _ = _spec(builders.concat_branches(c_in=3, c=4))
+    assert state.groups[0].layers == ("conv_a", "conv_b")              # both read `input`
+    assert state.groups[0].params == 4 * 3 * 3 * 3 + 4 * 3 * 1 * 1
+
+
+def test_tail_elementwise_ops_after_last_weighted_layer_stay_float():
+    _, spec = _spec(builders.conv_silu(tail=True))
+    # the SiLU between the convs is quantized; the Sigmoid and Mul after conv2 (the last weighted layer)
+    # are not: they buy no integer kernel.
+    assert set(spec.layers) == {"conv1", "sigmoid", "mul", "conv2"}
+    assert "conv2_out" in spec.act_tensors and "tail_sig_out" not in spec.act_tensors
+    assert "output" not in spec.act_tensors
+
+
+def test_clip_relu6_absorbed():
+    _, spec = _spec(builders.conv_clip6())
+    assert spec.absorbed == {"clip1": "bn1_out", "clip2": "bn2_out"}
+    assert spec.layers["dw"].axis == 0 and spec.layers["dw"].role == "weighted"   # depthwise, group=C
+
+
+def test_relu_writing_the_graph_output_is_absorbed_into_its_quantizer():
+    _, spec = _spec(builders.conv_bn_relu(relu_output=True))
+    assert spec.absorbed == {"relu1": "bn1_out"} and "output" in spec.act_tensors
+
+
+def test_relu_before_unquantized_graph_output_is_kept(tmp_path):
+    toml = tmp_path / "float-outputs.toml"
+    toml.write_text(builtin_targets()["ort-cpu"].read_text().replace("quantize_graph_outputs = true",
+                                                                     "quantize_graph_outputs = false"))
+    model = builders.conv_bn_relu(relu_output=True)
+    out, _ = dfq_onnx.quantize(model, target=str(toml), calib="noise", progress=False)
+    feeds = normal_feeds(model, n=8)
+    assert run(out, feeds)[0].min() >= 0.0
+    # W8A8 with noise-calibrated ranges: a few quantization steps of error at most on outputs up to ~5
+    np.testing.assert_allclose(run(out, feeds)[0], run(model, feeds)[0], atol=0.2)
