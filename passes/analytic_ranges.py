@@ -13,7 +13,9 @@ description is propagated through the graph in topological order:
 * data-movement ops keep the estimate (Pad / Slice / Concat on the channel axis edit the channels).
 
 The range of a tensor is [min_c(mu_c - k sigma_c), max_c(mu_c + k sigma_c)] intersected with its
-clip interval, with k the MSE-optimal Gaussian clipping threshold for the activation bit-width.
+clip interval, with k the MSE-optimal clipping threshold for the activation bit-width: of a Laplace
+distribution for activations (heavy tails, as ACIQ measured; 6.99 sigma at 8 bits) and of a Gaussian for
+the standardized graph inputs (3.92 sigma at 8 bits).
 Tensors the rules cannot reach are left to `Calibrate`, which measures them on Gaussian noise; the
 report counts both.
 """
@@ -24,7 +26,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfq_onnx.graph_utils import const_values, is_const, is_float, node_label
-from dfq_onnx.moments import Est, gaussian_clip_k
+from dfq_onnx.moments import Est, gaussian_clip_k, laplace_clip_k
 from dfq_onnx.pass_base import Pass, PassResult
 from dfq_onnx.state import CompileState, Range
 
@@ -302,16 +304,18 @@ class AnalyticRanges(Pass):
 
     def run(self, state: CompileState) -> PassResult:
         bits = state.options.act_bits or state.target.default_act_bits
-        k = gaussian_clip_k(bits)
+        k, k_input = laplace_clip_k(bits), gaussian_clip_k(bits)
+        inputs = {t.name for t in state.graph.inputs}
         est = estimate(state)
         done = 0
         for t in state.spec.act_tensors:
             e = est.get(t)
             if e is not None and np.all(np.isfinite(e.mu)) and np.all(np.isfinite(e.sigma)):
-                lo, hi = e.range(k)
+                lo, hi = e.range(k_input if t in inputs else k)
                 state.ranges[t] = Range(lo, hi, "analytic")
                 done += 1
         total = len(state.spec.act_tensors)
         state.report.notes["analytic_ranges"] = {"tensors": done, "of": total, "k_sigma": k,
+                                                 "k_sigma_inputs": k_input,
                                                  "bn_layers": len(state.bn_stats)}
         return PassResult(False, f"{done}/{total} ranges from BN statistics (k={k:.2f} sigma)")

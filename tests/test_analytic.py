@@ -28,10 +28,12 @@ def _analytic_and_measured(model, tmp_path, n=256):
 
 @pytest.mark.parametrize("name", ["conv_bn_relu", "concat_branches", "conv_clip6", "gemm_bn"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_analytic_ranges_within_factor_two_of_measured(name, seed, tmp_path):
+def test_analytic_ranges_within_sensible_factor_of_measured(name, seed, tmp_path):
     # The BN statistics are refitted to the model's own activations on N(0, 1) inputs, as training
-    # would leave them. Analytic ranges clip at the MSE-optimal k = 3.92 sigma, measured ones are the
-    # min/max of 256 samples: observed width ratios are 0.6-1.5; a factor 2 either way is the bound.
+    # would leave them. Analytic ranges clip at the MSE-optimal k for Laplace tails (6.99 sigma at 8
+    # bits; 3.92 for the Gaussian inputs), measured ones are the min/max of 256 samples of Gaussian
+    # data (whose max over ~2k values is ~3.5 sigma), so analytic ranges run up to ~2.5x wider on
+    # purpose; below 0.5x would mean clipping real signal. Bound: [0.5, 3].
     model = builders.with_data_bn_stats(builders.GOOD_BUILDERS[name](seed=seed), n=256, seed=10)
     analytic, measured = _analytic_and_measured(model, tmp_path)
     assert analytic.keys() == measured.keys()
@@ -39,7 +41,7 @@ def test_analytic_ranges_within_factor_two_of_measured(name, seed, tmp_path):
         a = analytic[t]
         assert a.source == "analytic"
         ratio = (a.hi - a.lo) / (m.hi - m.lo)
-        assert 0.5 <= ratio <= 2.0, (
+        assert 0.5 <= ratio <= 3.0, (
             f"{t}: analytic [{a.lo:.2f}, {a.hi:.2f}], measured [{m.lo:.2f}, {m.hi:.2f}]")
 
 
