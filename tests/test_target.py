@@ -132,3 +132,14 @@ def test_check_pair():
     assert "W2A8" in str(info.value) and "W8A8" in str(info.value)   # names the legal pairs
     with pytest.raises(TargetError, match="no 3-bit weight type"):
         t.weight_dtype(3)
+
+
+def test_every_builtin_profile_loads_and_quantizes_a_builder_model():
+    from dfq_onnx.models import builders
+    from dfq_onnx.target import builtin_targets
+
+    import dfq_onnx
+
+    for name in builtin_targets():
+        model, report = dfq_onnx.quantize(builders.conv_bn_relu_residual(), target=name, progress=False)
+        assert report.model["target"] == name and report.layers
