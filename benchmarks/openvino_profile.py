@@ -87,7 +87,8 @@ def main() -> None:
     print(f"\nspeed-up vs FP32: {speed:.2f}x; ONNX Runtime top-1 of the same QDQ file, same images: "
           f"{ort_acc:.2f}")
     int8 = {k: v for k, v in prec.items() if k.endswith(":u8") or k.endswith(":i8")}
-    print("OpenVINO execution nodes running u8/i8: " + ", ".join(f"{k} x{v}" for k, v in sorted(int8.items())))
+    listing = ", ".join(f"{k} x{v}" for k, v in sorted(int8.items()))
+    print(f"OpenVINO execution nodes running u8/i8: {listing}")
 
 
 if __name__ == "__main__":

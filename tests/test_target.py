@@ -136,9 +136,9 @@ def test_check_pair():
 
 def test_every_builtin_profile_loads_and_quantizes_a_builder_model():
     from dfq_onnx.models import builders
-    from dfq_onnx.target import builtin_targets
 
     import dfq_onnx
+    from dfq_onnx.target import builtin_targets
 
     for name in builtin_targets():
         model, report = dfq_onnx.quantize(builders.conv_bn_relu_residual(), target=name, progress=False)
