@@ -46,6 +46,38 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     return out, report
 
 
+def synthesize(model, *, output=None, samples: int = 64, steps: int | None = None, seed: int = 0,
+               input_shapes: dict | None = None, cache_dir: str | None = None, use_cache: bool = True,
+               progress: bool = True):
+    """Synthetic calibration samples for `model` (no data): returns the SynthesisResult; with `output`,
+    writes one array per model input (plus `labels` when the objective assigns them) to an .npz."""
+    import numpy as np
+
+    from .passes.fold_bn import FoldBatchNorm
+    from .passes.normalize import Normalize
+    from .passes.synthesize import SynthesisOptions, Synthesize
+
+    opts = QuantizeOptions(input_shapes=dict(input_shapes or {}), seed=seed, progress=progress)
+    source = ir.load_model(model)
+    state = CompileState(graph=None, target=load_target("ort-cpu"), options=opts, report=Report(),
+                         model_hash=ir.model_hash(source), source=source)
+    extra = {"steps": steps} if steps is not None else {}
+    synth = Synthesize(SynthesisOptions(samples=samples, seed=seed, cache_dir=cache_dir, use_cache=use_cache,
+                                        progress=progress, **extra))
+    run_passes([Normalize(), FoldBatchNorm(), synth], state)
+    result = state.synthetic
+    if output is not None:
+        arrays = dict(result.inputs)
+        if result.labels is not None:
+            arrays["labels"] = np.asarray(result.labels)
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        ir.write_bytes_atomic(output, buf.getvalue())
+    return result
+
+
 def _options_dict(opts: QuantizeOptions) -> dict:
     d = dataclasses.asdict(opts)
     d.pop("progress", None)

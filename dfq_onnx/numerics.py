@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SUPPORTED_BITS = (2, 3, 4, 8, 16)
+SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 
 
 def qrange(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:

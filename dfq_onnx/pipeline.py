@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from .allocate import Budget
 from .options import QuantizeOptions
 from .pass_base import Pass
+from .passes.allocate import AllocateBits
 from .passes.analytic_ranges import AnalyticRanges
 from .passes.calibrate import Calibrate
 from .passes.emit_qdq import EmitQDQ
@@ -11,23 +13,48 @@ from .passes.fold_bn import FoldBatchNorm
 from .passes.normalize import Normalize
 from .passes.plan_uniform import UniformPlan
 from .passes.quant_groups import FindQuantGroups
+from .passes.sensitivity import ScoreSensitivity, SensitivityOptions
+from .passes.synthesize import SynthesisOptions, Synthesize
 from .target import TargetProfile
 
 
+SCORE_SAMPLES = 256   # scoring samples for sensitivity (bounds its cost on large calibration sets)
+
+
 def required_opset(target: TargetProfile, options: QuantizeOptions) -> int:
-    w = options.weight_bits or target.default_weight_bits
-    a = options.act_bits or target.default_act_bits
-    return target.opset_for([target.weight_dtype(w), target.act_dtype(a)])
+    """Opset the encodings need: every legal candidate's types for a mixed plan, else the uniform pair."""
+    if options.mixed:
+        pairs = [p for p in target.pairs if p[0] in options.score_bits or p[0] == target.default_weight_bits]
+    else:
+        pairs = [(options.weight_bits or target.default_weight_bits, options.act_bits or target.default_act_bits)]
+    return target.opset_for([t for w, a in pairs for t in (target.weight_dtype(w), target.act_dtype(a))])
+
+
+def _synthesis(options: QuantizeOptions) -> Synthesize:
+    extra = {"steps": options.synth_steps} if options.synth_steps is not None else {}
+    return Synthesize(SynthesisOptions(samples=options.synth_samples, seed=options.seed,
+                                       cache_dir=options.cache_dir, use_cache=options.use_cache,
+                                       progress=options.progress, **extra))
+
+
+def _mixed(options: QuantizeOptions) -> list[Pass]:
+    budget = Budget(avg_weight_bits=options.avg_weight_bits, size_mb=options.size_mb,
+                    bops_ratio=options.bops_ratio)
+    scoring = SensitivityOptions(weight_bits=options.score_bits, hops=options.hops, samples=SCORE_SAMPLES,
+                                 pairs=options.allocator == "ilp-pairs", cache_dir=options.cache_dir,
+                                 use_cache=options.use_cache, progress=options.progress)
+    return [ScoreSensitivity(scoring), AllocateBits(budget, options.allocator, options.max_drop)]
 
 
 def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pass]:
-    analytic = [AnalyticRanges()] if options.calib == "analytic" else []
+    synthesize = options.calib == "synthetic" or (options.mixed and not options.calib.endswith(".npz"))
     return [
         Normalize(required_opset(target, options)),
         FoldBatchNorm(),
         FindQuantGroups(),
-        *analytic,
+        *([_synthesis(options)] if synthesize else []),
+        *([AnalyticRanges()] if options.calib == "analytic" else []),
         Calibrate(),
-        UniformPlan(),
+        *(_mixed(options) if options.mixed else [UniformPlan()]),
         EmitQDQ(),
     ]

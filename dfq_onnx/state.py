@@ -69,6 +69,8 @@ class CompileState:
     spec: "QuantSpec | None" = None
     groups: list[QuantGroup] = field(default_factory=list)
     plan: BitPlan | None = None
+    synthetic: object | None = None    # SynthesisResult of the Synthesize pass (samples, labels, losses)
+    sensitivity: object | None = None  # SensitivityTable of the ScoreSensitivity pass
     forward_passes: int = 0
     model_out: object | None = None   # the emitted onnx.ModelProto
 

@@ -131,9 +131,12 @@ class Calibrate(Pass):
         opts = state.options
         if opts.calib.endswith(".npz"):
             feeds, source = load_calib_npz(state.graph, opts.calib), "data"
+        elif opts.calib == "synthetic" and state.calib is not None:
+            feeds, source = state.calib, "synthetic"
         else:
             feeds, source = noise_inputs(state.graph, opts.calib_samples, opts.seed), "noise"
-        state.calib = feeds
+        if state.calib is None or source == "data":
+            state.calib = feeds   # scoring samples for later passes (synthetic ones are kept)
         state.ranges.update(collect_ranges(state, feeds, missing, source))
         n = len(next(iter(feeds.values())))
         state.report.notes.setdefault("calibration", {})[source] = {"samples": n, "tensors": len(missing)}

@@ -48,10 +48,11 @@ def test_inspect_prints_groups(model_path, capsys):
     assert info["batchnorm"] == 2 and len(info["groups"]) == 4 and info["opset"] == 17
 
 
-def test_targets_lists_ort_cpu(capsys):
+def test_targets_lists_every_profile(capsys):
     assert main(["targets"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("ort-cpu") and "W8A8" in out and "W4A8" in out
+    names = [line.split()[0] for line in out.splitlines() if line and not line.startswith(" ")]
+    assert names == ["openvino", "ort-cpu"] and "W8A8" in out and "W4A8" in out
 
 
 def _fails(argv, tmp_path, capsys, code):
@@ -100,11 +101,11 @@ def test_output_equal_to_input_is_refused(model_path, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, words", [
     (["--target", "no-such-target"], ["no-such-target", "ort-cpu"]),
-    (["--weight-bits", "5"], ["--weight-bits 5"]),
-    (["--weight-bits", "2"], ["no 2-bit weight type"]),               # no int2 on ort-cpu
+    (["--weight-bits", "9"], ["--weight-bits 9"]),
+    (["--act-bits", "4"], ["no 4-bit activation type"]),              # activations are 8/16-bit only
     (["--weight-bits", "16"], ["W16A8", "not legal"]),                # int16 exists, W16A8 is not a pair
     (["--calib", "missing.npz"], ["missing.npz", "not found"]),
-], ids=["unknown-target", "bad-weight-bits", "no-2-bit-type", "illegal-pair", "missing-npz"])
+], ids=["unknown-target", "bad-weight-bits", "no-4-bit-act-type", "illegal-pair", "missing-npz"])
 def test_usage_problems_exit_2(model_path, tmp_path, capsys, extra, words):
     argv = ["-q", "quantize", str(model_path), "-o", str(tmp_path / "out.onnx"), *extra]
     line = _fails(argv, tmp_path, capsys, 2)

@@ -145,7 +145,7 @@ def test_relu_normal_moments_vs_monte_carlo(mu, sigma):
 
 
 @pytest.mark.parametrize("call", [
-    lambda: nx.qrange(5, True),
+    lambda: nx.qrange(9, True),
     lambda: nx.qrange(8, False, narrow=True),
     lambda: nx.affine_params(float("nan"), 1.0, 8, False),
     lambda: nx.affine_params(2.0, 1.0, 8, False),

@@ -106,7 +106,7 @@ def test_wrongly_typed_value_is_target_error(tmp_path, edit):
 
 
 def test_unknown_dtype_name_is_target_error(tmp_path):
-    path = _write(tmp_path, ORT_CPU_TEXT.replace('8 = "int8", 4 = "int4"', '8 = "int7", 4 = "int4"'))
+    path = _write(tmp_path, ORT_CPU_TEXT.replace('8 = "int8", 6 = "int8"', '8 = "int7", 6 = "int8"'))
     with pytest.raises(TargetError, match="int7"):
         load_target(path)
 
@@ -127,11 +127,13 @@ def test_check_pair():
     t = load_target("ort-cpu")
     t.check_pair(8, 8)
     t.check_pair(4, 8)
+    t.check_pair(2, 8)            # a 2-bit grid stored as int4
     with pytest.raises(TargetError) as info:
-        t.check_pair(2, 8)
-    assert "W2A8" in str(info.value) and "W8A8" in str(info.value)   # names the legal pairs
-    with pytest.raises(TargetError, match="no 3-bit weight type"):
-        t.weight_dtype(3)
+        t.check_pair(4, 4)
+    assert "W4A4" in str(info.value) and "W8A8" in str(info.value)   # names the legal pairs
+    assert t.weight_dtype(3) == "int4"
+    with pytest.raises(TargetError, match="no 7-bit weight type"):
+        t.weight_dtype(7)
 
 
 def test_every_builtin_profile_loads_and_quantizes_a_builder_model():

@@ -1,0 +1,297 @@
+"""The probe model: one ONNX Runtime session that evaluates any per-group weight bit-width configuration.
+
+Built once from the FP32 (BN-folded) graph; a configuration is a feed, never a rebuild. Every weighted
+layer becomes a switch over K+1 weight slots (slot 0 = FP32, slot k = Emit's weights at bits_k), driven
+by one int64 scalar input per quantizer group:
+
+    select_g ─ Equal(0) ─ is0 ─┐             ┌ then: Conv(x, W_0, b_0) ─┐
+             ─ Equal(1) ─ is1 ─┼─► If(is0) ──┤                          ├─► y
+                               │             └ else: If(is1) ─ then: Conv(x, W_1, b_1)
+                               │                            └ else: Conv(x, W_2, b_2)
+    x ─Q─DQ──────────────────── (outer-scope input of every branch)      y ─Q─DQ─► ...
+
+Only the taken branch runs, and inside it the weight is a constant, so ONNX Runtime keeps its fast
+constant-weight kernels (NCHWc convolutions with prepacked filters); a Gather/one-hot selection makes
+the weight a run-time tensor and costs 1.5x more on ResNet-56. b_k is the int32 bias round trip
+(scale input_scale * weight_scale_k) when the target asks for int32 biases.
+
+Activation Q/DQ pairs are those Emit writes for the same ranges and activation bits (constant scale and
+zero point, shared per encoding class, Relu/Clip absorbed into a zero-point-0 output encoding), and
+constant inputs of elementwise ops are fake-quantized like Emit does. Slot k of a weight holds exactly
+the float values Emit's DequantizeLinear produces for `bits_k` (`emitted_weight`), so a configuration
+and the QDQ model Emit writes for the same plan compute the same function. With
+`quantize_activations=False` no activation Q/DQ is inserted and the Relus stay (a weights-only study).
+
+Memory bound: every weighted layer holds K+1 float32 copies of its weight (and bias), K = number of
+weight candidates, so the probe's constants take (K+1) x 4 bytes x parameters -- ResNet-56 (0.85 M
+parameters, K=3): 14 MB; ResNet-50 (25.6 M): 410 MB -- and ORT may keep one prepacked (e.g. NCHWc
+reordered) copy of each, at most doubling that. Activation memory is that of one plain forward pass
+of `batch` samples, since only the taken branch of each switch runs. A probe above protobuf's 2 GB
+is refused (score fewer candidates).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+
+from . import ir, numerics
+from .errors import UnsupportedModelError
+from .graph_utils import const_values, node_label
+from .passes.emit_qdq import activation_encoding
+from .qdq import Encoding, insert_activation_qdq, replace_with_dq
+from .sensitivity_table import resolve_metrics, total_loss
+from .state import QuantGroup, QuantSpec, Range
+
+log = logging.getLogger(__name__)
+
+INT32_MAX = float(np.iinfo(np.int32).max)
+FP32 = None   # the weight "bit-width" of an unquantized group
+
+
+def emitted_weight(w: np.ndarray, bias: np.ndarray | None, x_scale: float | None, bits: int,
+                   axis: int | None, target) -> tuple[np.ndarray, np.ndarray | None]:
+    """Float values of W (and b) after Emit's DequantizeLinear at `bits` (mirrors EmitQDQ).
+
+    s_w = absmax_c(W) / (2^(b-1) - 1), raised so that |b| / (s_x s_w) fits int32;
+    W_hat = s_w * clip(round(W / s_w), -(2^(b-1) - 1), 2^(b-1) - 1);  b_hat = s_x s_w round(b / (s_x s_w)).
+    Without an input scale (float input) the bias stays float.
+    """
+    axis = axis if target.per_channel else None
+    scale = numerics.weight_scales(w, bits, axis)
+    int_bias = target.bias_mode == "int32" and bias is not None and x_scale is not None
+    if int_bias:
+        floor = np.abs(bias) / (float(x_scale) * INT32_MAX)
+        floor = floor.reshape(scale.shape) if scale.ndim else floor.max()
+        scale = np.maximum(scale, floor).astype(np.float32)
+    signed = target.weight_dtype(bits).startswith("int")
+    q = numerics.quantize(w, scale, 0, bits, signed, axis, narrow=target.narrow_range)
+    w_hat = numerics.dequantize(q, scale, np.zeros(scale.shape, np.int64), axis)
+    if not int_bias:
+        return w_hat, bias
+    qb, bscale = numerics.bias_int32(bias, float(x_scale), scale)
+    return w_hat, numerics.dequantize(qb, bscale, np.zeros(bscale.shape, np.int64),
+                                      0 if bscale.ndim else None)
+
+
+def activation_encodings(spec: QuantSpec, ranges: Mapping[str, Range], target, bits: int) -> dict:
+    """Encoding per activation tensor: the union of its class's ranges (as EmitQDQ computes it)."""
+    classes: dict[str, list[str]] = {}
+    for t in spec.act_tensors:
+        classes.setdefault(spec.encoding_of[t], []).append(t)
+    out = {}
+    for rep, members in classes.items():
+        missing = [t for t in members if t not in ranges]
+        if missing:
+            raise UnsupportedModelError(f"no activation range for tensor '{missing[0]}'")
+        lo, hi = min(ranges[t].lo for t in members), max(ranges[t].hi for t in members)
+        out[rep] = activation_encoding(target, lo, hi, bits)
+    return {t: out[spec.encoding_of[t]] for t in spec.act_tensors}
+
+
+def _absorb(graph: gs.Graph, spec: QuantSpec) -> None:
+    """Remove each absorbed Relu/Clip: its producer writes the activation's output tensor."""
+    nodes, tensors = {node_label(n): n for n in graph.nodes}, graph.tensors()
+    for act_name, src in spec.absorbed.items():
+        act, producer = nodes[act_name], tensors[src].inputs[0]
+        out = act.outputs[0]
+        act.outputs.clear()
+        act.inputs.clear()
+        producer.outputs.clear()
+        producer.outputs.append(out)
+
+
+def _quantize_activations(graph: gs.Graph, spec: QuantSpec, encodings: dict, target) -> dict:
+    """Q/DQ on every activation tensor and elementwise constant; returns DQ tensor name -> encoding."""
+    _absorb(graph, spec)
+    tensors, shared, by_dq = graph.tensors(), {}, {}
+    for name in spec.act_tensors:
+        rep = spec.encoding_of[name]
+        if rep not in shared:
+            shared[rep] = encodings[rep].constants(rep)
+        by_dq[insert_activation_qdq(graph, tensors[name], encodings[rep], shared[rep]).name] = encodings[rep]
+    nodes = {node_label(n): n for n in graph.nodes}
+    for node_name, const_name in spec.const_inputs:
+        _quantize_constant(graph, nodes[node_name], const_name, target)
+    return by_dq
+
+
+def _quantize_constant(graph: gs.Graph, node: gs.Node, const_name: str, target) -> None:
+    """A float constant input of an elementwise op through Q/DQ (as EmitQDQ._quantize_constant_input)."""
+    for i, t in enumerate(node.inputs):
+        if t.name == const_name and isinstance(t, gs.Constant):
+            values, bits = const_values(t).astype(np.float32), target.default_act_bits
+            enc = activation_encoding(target, float(values.min()), float(values.max()), bits)
+            q = numerics.quantize(values, enc.scale, enc.zero_point, bits, enc.dtype.startswith("int"))
+            replace_with_dq(graph, node, i, q, enc, f"{node_label(node)}_{const_name}")
+
+
+def _branch(node: gs.Node, layer, w: np.ndarray, b: np.ndarray | None, tag: str, opset: int) -> gs.Graph:
+    """A one-node subgraph: `node` with constant weight `w` (and bias `b`), other inputs from outside."""
+    ins = list(node.inputs)
+    ins[1] = gs.Constant(f"{tag}_weight", np.ascontiguousarray(w, np.float32))
+    if layer.bias is not None:
+        ins[2] = gs.Constant(f"{tag}_bias", np.ascontiguousarray(b, np.float32))
+    out = gs.Variable(f"{tag}_output", dtype=np.float32)
+    body = gs.Node(node.op, name=tag, inputs=ins, outputs=[out], attrs=dict(node.attrs))
+    return gs.Graph(nodes=[body], outputs=[out], name=tag, opset=opset)
+
+
+def _switch(graph: gs.Graph, node: gs.Node, layer, slots: list, conds: list[gs.Variable]) -> None:
+    """Replace `node` by If(select == 0, slot 0, If(select == 1, slot 1, ... slot K))."""
+    label, opset, out = node_label(node), graph.opset, node.outputs[0]
+    tail = _branch(node, layer, *slots[-1], f"{label}_slot{len(slots) - 1}", opset)
+    for k in range(len(slots) - 2, -1, -1):
+        result = out if k == 0 else gs.Variable(f"{label}_switch{k}_output", dtype=np.float32)
+        switch = gs.Node("If", name=f"{label}_switch{k}", inputs=[conds[k]], outputs=[result], attrs={
+            "then_branch": _branch(node, layer, *slots[k], f"{label}_slot{k}", opset), "else_branch": tail})
+        if k:
+            tail = gs.Graph(nodes=[switch], outputs=[result], name=f"{label}_else{k}", opset=opset)
+    node.outputs.clear()
+    graph.nodes.append(switch)
+
+
+def _select_weights(graph: gs.Graph, spec: QuantSpec, groups, bits: tuple[int, ...], by_dq: dict,
+                    target) -> dict[str, str]:
+    """Replace every weighted layer by a switch over its K+1 weight slots, driven by select_<group>."""
+    nodes = {node_label(n): n for n in graph.nodes}
+    selects: dict[str, str] = {}
+    done: dict[str, list[np.ndarray]] = {}   # shared weight -> its slots (later readers keep a float bias)
+    for group in groups:
+        if not group.layers:
+            continue
+        select = gs.Variable(f"select_{group.id}", dtype=np.int64, shape=[])
+        graph.inputs.append(select)
+        selects[group.id] = select.name
+        conds = [gs.Variable(f"select_{group.id}_is{k}", dtype=np.bool_, shape=[]) for k in range(len(bits))]
+        for k, cond in enumerate(conds):
+            graph.nodes.append(gs.Node("Equal", name=f"{cond.name}_Equal", outputs=[cond], inputs=[
+                select, gs.Constant(f"{cond.name}_slot", np.array(k, np.int64))]))
+        for name in group.layers:
+            node, layer = nodes[name], spec.layers[name]
+            b = const_values(node.inputs[2]).astype(np.float32) if layer.bias else None
+            if layer.weight in done:
+                slots = [(w, b) for w in done[layer.weight]]
+            else:
+                w = const_values(node.inputs[1]).astype(np.float32)
+                x_enc = by_dq.get(node.inputs[0].name)
+                x_scale = None if x_enc is None else float(x_enc.scale)
+                slots = [(w, b)] + [emitted_weight(w, b, x_scale, k, layer.axis, target) for k in bits]
+                done[layer.weight] = [s[0] for s in slots]
+            _switch(graph, node, layer, slots, conds)
+    return selects
+
+
+@dataclass(frozen=True)
+class ProbeModel:
+    model: object                    # onnx.ModelProto
+    bits: tuple[int, ...]            # weight bits of slots 1..K (slot 0 is FP32)
+    selects: dict[str, str]          # group id -> its int64 select input
+    inputs: tuple[str, ...]          # the model's data inputs
+
+
+def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], ranges: Mapping[str, Range],
+                target, weight_bits: tuple[int, ...], act_bits: int,
+                quantize_activations: bool = True) -> ProbeModel:
+    """The probe model for `weight_bits` candidates (see the module docstring); `graph` is untouched."""
+    g = graph.copy()
+    inputs = tuple(t.name for t in g.inputs)
+    by_dq: dict[str, Encoding] = {}
+    if quantize_activations:
+        encodings = activation_encodings(spec, ranges, target, act_bits)
+        by_dq = _quantize_activations(g, spec, encodings, target)
+    selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target)
+    g.cleanup().toposort()
+    model = ir.to_model(g, ir_version=ir.min_ir_version(g.opset))
+    if model.ByteSize() > ir.TWO_GB:
+        raise UnsupportedModelError(f"the probe model ({model.ByteSize() / 2**30:.1f} GB) exceeds 2 GB; "
+                                    "score fewer weight candidates")
+    log.debug("probe: %d groups, %d nodes, %.1f MB", len(selects), len(g.nodes), model.ByteSize() / 2**20)
+    return ProbeModel(model, tuple(weight_bits), selects, inputs)
+
+
+def session(model, optimize: bool = True, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session; `optimize=False` runs the graph as written (no fusion into integer kernels)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(ir.serialize(model), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UnsupportedModelError(f"ONNX Runtime cannot load the probe model: {first}") from None
+
+
+class Probe:
+    """One session over a ProbeModel; `run(config, feeds)` evaluates a configuration.
+
+    A configuration maps group id -> weight bits (one of `bits`) or None (FP32); absent groups are FP32.
+    """
+
+    def __init__(self, probe: ProbeModel, optimize: bool = True, threads: int = 0):
+        self.probe = probe
+        self.session = session(probe.model, optimize, threads)
+        self.slot = {FP32: 0, **{b: i + 1 for i, b in enumerate(probe.bits)}}
+
+    def select_feeds(self, config: Mapping[str, int | None]) -> dict[str, np.ndarray]:
+        unknown = sorted(set(config) - set(self.probe.selects))
+        if unknown:
+            raise UnsupportedModelError(f"group '{unknown[0]}' has no weights in the probe model")
+        bad = [b for b in config.values() if b not in self.slot]
+        if bad:
+            raise UnsupportedModelError(f"weight bits {bad[0]} not among the probe's candidates "
+                                        f"{self.probe.bits}")
+        return {name: np.array(self.slot[config.get(g)], np.int64) for g, name in self.probe.selects.items()}
+
+    def run(self, config: Mapping[str, int | None], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, {**feeds, **self.select_feeds(config)})
+
+
+class Evaluator:
+    """Loss of configurations at the model output vs FP32: on all samples and on two half-batches.
+
+    The FP32 reference outputs are computed once (one plain forward pass) and kept; each distinct
+    configuration is run once (memoized). `loss(config)` returns [all, even rows, odd rows].
+    """
+
+    def __init__(self, probe: Probe, reference_model, samples: dict[str, np.ndarray],
+                 labels: np.ndarray | None, metric: str, batch: int | None = None):
+        self.probe, self.samples, self.labels = probe, samples, labels
+        self.n = len(next(iter(samples.values())))
+        self.batch = batch or self.n
+        self.evaluations = self.forward_passes = 0
+        self.reference = self._forward(session(reference_model).run, {})
+        names = [o.name for o in probe.session.get_outputs()]
+        self.kinds = resolve_metrics(metric, self.reference, labels, names)
+        self.halves = (np.arange(0, self.n, 2), np.arange(1, self.n, 2))
+        self._memo: dict[frozenset, np.ndarray] = {}
+
+    def _forward(self, run, extra: dict) -> list[np.ndarray]:
+        outs: list[list[np.ndarray]] = []
+        for start in range(0, self.n, self.batch):
+            res = run(None, {**{k: v[start:start + self.batch] for k, v in self.samples.items()}, **extra})
+            self.forward_passes += 1
+            outs = outs or [[] for _ in res]
+            for acc, r in zip(outs, res):
+                acc.append(r)
+        return [np.concatenate(a, axis=0) for a in outs]
+
+    def loss(self, config: Mapping[str, int | None]) -> np.ndarray:
+        key = frozenset((g, b) for g, b in config.items() if b is not FP32)
+        if key not in self._memo:
+            outs = self._forward(self.probe.session.run, self.probe.select_feeds(config))
+            self.evaluations += 1
+            self._memo[key] = np.array([total_loss(self.kinds, self.reference, outs, self.labels, rows)
+                                        for rows in (None, *self.halves)])
+        return self._memo[key]
+
+    def seen(self, config: Mapping[str, int | None]) -> bool:
+        return frozenset((g, b) for g, b in config.items() if b is not FP32) in self._memo

@@ -1,0 +1,99 @@
+"""Turn the sensitivity table into a BitPlan under the user's budget (see `dfq_onnx.allocate`).
+
+Allocators: `ilp-pairs` (singles + pairwise terms, CLADO style; the default), `ilp` (singles only,
+HAWQ-V3 style), `greedy` (Pandey et al.'s Pareto walk), `uniform` (the budget's bit-width for all).
+Groups without weights, or that the table did not score, take the base candidate.
+"""
+
+from __future__ import annotations
+
+from dfq_onnx.allocate import Budget, Problem, costs, plan_cost
+from dfq_onnx.costs import group_costs
+from dfq_onnx.errors import UsageError
+from dfq_onnx.ilp import greedy, solve
+from dfq_onnx.pass_base import Pass, PassResult
+from dfq_onnx.state import BitPlan, CompileState
+
+ALLOCATORS = ("ilp-pairs", "ilp", "greedy", "uniform")
+
+
+def build_problem(state: CompileState) -> Problem:
+    table, target = state.sensitivity, state.target
+    legal = [c for c in table.candidates if c in target.pairs]
+    if not legal:
+        raise UsageError(f"none of the scored candidates is legal on target '{target.name}'")
+    params, macs = group_costs(state.graph, state.groups)
+    groups = tuple(g for g in table.groups if params.get(g, 0) > 0)
+    pairs = {k: {cc: v for cc, v in t.items() if cc[0] in legal and cc[1] in legal}
+             for k, t in table.pairs.items() if k[0] in groups and k[1] in groups}
+    # no tie constraints needed here: FindQuantGroups already merged layers sharing weights/activations
+    return Problem(groups, {g: tuple(legal) for g in groups},
+                   {g: {c: table.singles[g][c] for c in legal} for g in groups},
+                   {g: params[g] for g in groups}, {g: macs[g] for g in groups}, pairs)
+
+
+class AllocateBits(Pass):
+    """Analysis: choose (weight bits, activation bits) per group under the budget."""
+
+    name = "AllocateBits"
+
+    def __init__(self, budget: Budget, allocator: str = "ilp-pairs", max_drop: float | None = None,
+                 time_limit: float = 30.0):
+        if allocator not in ALLOCATORS:
+            raise UsageError(f"--allocator {allocator}: expected one of {', '.join(ALLOCATORS)}")
+        if not budget.any() and max_drop is None:
+            raise UsageError("AllocateBits needs a budget (--avg-weight-bits, --size-mb, --bops-ratio) "
+                             "or --max-drop")
+        self.budget, self.allocator, self.max_drop, self.time_limit = budget, allocator, max_drop, time_limit
+
+    def run(self, state: CompileState) -> PassResult:
+        p = build_problem(state)
+        table = state.sensitivity
+        if self.allocator == "uniform":
+            choice = self._uniform(p)
+            status = "uniform"
+        elif self.allocator == "greedy":
+            a = greedy(p, self.budget)
+            choice, status = a.choice, a.status
+        elif self.max_drop is not None:
+            a = solve(p, self.budget, use_pairs=self.allocator == "ilp-pairs", time_limit=self.time_limit,
+                      max_loss=self.max_drop, minimize="avg_weight_bits")
+            choice, status = a.choice, a.status
+        else:
+            a = solve(p, self.budget, use_pairs=self.allocator == "ilp-pairs", time_limit=self.time_limit)
+            choice, status = a.choice, a.status
+        base = table.base or (8, 8)
+        bits = {g.id: choice.get(g.id, base) for g in state.groups}
+        state.plan = BitPlan(bits)
+        used = plan_cost(p, choice)
+        total = sum(p.params.values()) or 1
+        avg = used["avg_weight_bits"] / total
+        state.report.groups = [self._row(state, p, g, bits[g.id]) for g in state.groups]
+        predicted = table.predict(bits, pairs=self.allocator == "ilp-pairs")
+        budget = {k: v for k, v in vars(self.budget).items() if v is not None}
+        state.report.notes["allocation"] = {
+            "allocator": self.allocator, "status": status, "avg_weight_bits": avg, "size_mb": used["size_mb"],
+            "predicted_loss": predicted, "budget": budget, "max_drop": self.max_drop}
+        return PassResult(False, f"{self.allocator}: {status}, avg weight bits {avg:.3f} over "
+                                 f"{len(p.groups)} scored groups")
+
+    def _uniform(self, p: Problem) -> dict:
+        lim_bits = self.budget.avg_weight_bits
+        if lim_bits is None:
+            raise UsageError("--allocator uniform needs --avg-weight-bits")
+        cands = sorted({c for g in p.groups for c in p.candidates[g]}, key=lambda c: -c[0])
+        for c in cands:
+            if c[0] <= lim_bits + 1e-9:
+                return {g: c for g in p.groups}
+        raise UsageError(f"no uniform candidate fits --avg-weight-bits {lim_bits}")
+
+    @staticmethod
+    def _row(state: CompileState, p: Problem, g, bits) -> dict:
+        table = state.sensitivity
+        row = {"group": g.id, "layers": list(g.layers), "ops": list(g.ops), "params": g.params,
+               "weight_bits": bits[0], "act_bits": bits[1]}
+        if g.id in p.groups:
+            c = costs(p, g.id, bits)
+            row.update({"size_mb": c["size_mb"], "macs": p.macs[g.id],
+                        "bops": c["bops_ratio"], "predicted_loss": table.singles[g.id].get(bits, 0.0)})
+        return row

@@ -1,0 +1,303 @@
+"""Score how much each quantizer group's weight bit-width hurts the model output (the ILP's input).
+
+For every group with weights and every candidate c = (w, a) -- w from `weight_bits` where the target
+allows (w, a), a the activation bits -- configurations are run on ONE probe model in ONE session
+(`dfq_onnx.probe`), each costing one ORT forward pass of the scoring batch, and the terms of
+`dfq_onnx.sensitivity_table` are formed against the cached FP32 outputs:
+
+    singles    Omega_i(c)   = L(i at c) - L(all FP32 weights)                       G*K evaluations
+    incontext  I_i(c)       = L(others at base, i at c) - L(all at base)            G*(K-1) + 1
+    pairs      C_ij(c, c')  = L(i at c, j at c') - L(ref) - Omega_i(c) - Omega_j(c') P*K_low^2
+               for groups within `hops` and c, c' below the base (e.g. {2,4} x {2,4})
+
+plus one FP32 forward pass and one reference evaluation.
+
+Hops: quantized nodes (weighted and elementwise) are adjacent when data flows from one to the other
+through non-quantized nodes only (Relu, Pad, MaxPool, ...); two groups are within k hops when some
+node of one reaches some node of the other in at most k such edges (undirected). In a ResNet block
+conv1 -> conv2 is 1 hop and conv2 -> next block's conv1 is 2 (via the Add, in the conv1 group); with
+k = 2 ResNet-56 has 128 pairs (counting through skip connections for free would give 1189).
+
+Shrinkage: each term T is also formed on the even and the odd samples (T_a, T_b, same configurations,
+so noise common to both cancels in differences). sigma = |T_a - T_b| / 2 estimates the standard error
+of T, and T' = sign(T) max(|T| - lambda sigma, 0) with lambda = `shrink` (0 disables): terms the
+samples cannot tell from 0 become 0 and do not steer the allocator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from dfq_onnx.passes.calibrate import noise_inputs
+from tqdm import tqdm
+
+from dfq_onnx import cache, ir, numerics
+from dfq_onnx.errors import UsageError
+from dfq_onnx.graph_utils import node_label
+from dfq_onnx.pass_base import Pass, PassResult
+from dfq_onnx.probe import Evaluator, Probe, build_probe
+from dfq_onnx.sensitivity_table import METRICS, SensitivityTable, load_json, save_json_atomic, summary
+from dfq_onnx.state import CompileState
+
+log = logging.getLogger(__name__)
+ENGINE_VERSION = 1       # bump when the terms change: old cache entries are then ignored
+
+
+@dataclass(frozen=True)
+class SensitivityOptions:
+    weight_bits: tuple[int, ...] = (2, 4, 8)
+    base_bits: int = 8
+    hops: int = 2
+    pairs: bool = True
+    metric: str = "auto"              # "auto" | "kl" | "ce" | "mse" | "sqnr"
+    batch: int | None = None          # samples per ORT run (None: all at once)
+    samples: int | None = None        # score on the first n samples (None: all)
+    quantize_activations: bool = True
+    shrink: float = 1.0
+    use_cache: bool = True
+    cache_dir: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        bits = tuple(sorted(int(b) for b in self.weight_bits))
+        object.__setattr__(self, "weight_bits", bits)
+        if not bits or len(set(bits)) != len(bits) or not set(bits) <= set(numerics.SUPPORTED_BITS):
+            raise UsageError(f"sensitivity weight bits {bits}: expected distinct values from "
+                             f"{numerics.SUPPORTED_BITS}")
+        if self.base_bits not in bits:
+            raise UsageError(f"sensitivity base bits {self.base_bits} must be one of the weight bits {bits}")
+        if self.hops < 1 or (self.batch is not None and self.batch < 1) or self.shrink < 0:
+            raise UsageError(f"sensitivity: hops ({self.hops}) and batch ({self.batch}) must be positive and "
+                             f"shrink ({self.shrink}) non-negative")
+        if self.samples is not None and self.samples < 2:
+            raise UsageError(f"sensitivity samples {self.samples}: need at least 2 (two half-batches)")
+        if self.metric not in METRICS:
+            raise UsageError(f"sensitivity metric '{self.metric}': expected one of {', '.join(METRICS)}")
+
+
+def candidate_bits(options: SensitivityOptions, target, act_bits: int) -> tuple[int, ...]:
+    """The weight bits the target allows with `act_bits` (the others are logged and skipped)."""
+    legal = tuple(b for b in options.weight_bits if (b, act_bits) in target.pairs)
+    dropped = [b for b in options.weight_bits if b not in legal]
+    if dropped:
+        log.info("target '%s' has no %s: not scored", target.name,
+                 ", ".join(f"W{b}A{act_bits}" for b in dropped))
+    if options.base_bits not in legal:
+        raise UsageError(f"base W{options.base_bits}A{act_bits} is not legal on target '{target.name}'")
+    return legal
+
+
+def near_pairs(graph, groups, hops: int) -> list[tuple[str, str]]:
+    """Pairs (in group order) of weighted groups within `hops` (see the module docstring)."""
+    group_of = {op: g.id for g in groups for op in g.ops}
+    adj: dict[str, set[str]] = {g.id: set() for g in groups}
+    for node in graph.nodes:
+        src = group_of.get(node_label(node))
+        if src is None:
+            continue
+        stack, seen = [c for t in node.outputs for c in t.outputs], set()
+        while stack:
+            c = stack.pop()
+            if id(c) in seen:
+                continue
+            seen.add(id(c))
+            dst = group_of.get(node_label(c))
+            if dst is None:
+                stack.extend(cc for t in c.outputs for cc in t.outputs)
+            elif dst != src:
+                adj[src].add(dst)
+                adj[dst].add(src)
+    order = {g.id: i for i, g in enumerate(groups) if g.layers}
+    pairs = set()
+    for g in order:
+        seen, front = {g}, {g}
+        for _ in range(hops):
+            front = {h for f in front for h in adj[f]} - seen
+            seen |= front
+        pairs |= {(g, h) for h in seen if h in order and order[h] > order[g]}
+    return sorted(pairs, key=lambda p: (order[p[0]], order[p[1]]))
+
+
+def _plan(groups: list[str], bits, base: int, pairs, low) -> dict[str, list[dict]]:
+    """The configurations of each phase (group -> weight bits; absent = FP32)."""
+    all_base = {g: base for g in groups}
+    return {"singles": [{}] + [{g: b} for g in groups for b in bits],
+            "incontext": [all_base] + [{**all_base, g: b} for g in groups for b in bits if b != base],
+            "pairs": [{g: c, h: d} for g, h in pairs for c in low for d in low]}
+
+
+def _evaluate(ev: Evaluator, plan: dict[str, list[dict]], progress: bool) -> dict[str, dict]:
+    """Run every configuration once; per phase: evaluations, forward passes, seconds."""
+    keys = {frozenset(c.items()) for phase in plan.values() for c in phase}
+    stats = {}
+    with tqdm(total=len(keys), desc="sensitivity", unit="eval", disable=not progress, leave=False) as bar:
+        for phase, configs in plan.items():
+            start, e0, f0 = time.perf_counter(), ev.evaluations, ev.forward_passes
+            for config in configs:
+                if not ev.seen(config):
+                    ev.loss(config)
+                    bar.update(1)
+            stats[phase] = {"evaluations": ev.evaluations - e0, "forward_passes": ev.forward_passes - f0,
+                            "seconds": round(time.perf_counter() - start, 3)}
+    return stats
+
+
+def shrink(term: np.ndarray, lam: float) -> float:
+    """Soft threshold of [T, T_a, T_b] at lam * |T_a - T_b| / 2."""
+    sigma = abs(term[1] - term[2]) / 2.0
+    return float(np.sign(term[0]) * max(abs(term[0]) - lam * sigma, 0.0))
+
+
+def assemble(ev: Evaluator, groups, bits, base, pairs, low, act: int, lam: float) -> dict:
+    """The table's terms from the evaluator's (memoized) losses."""
+    L, ref, all_base = ev.loss, ev.loss({}), {g: base for g in groups}
+    singles = {g: {(b, act): shrink(L({g: b}) - ref, lam) for b in bits} for g in groups}
+    base_loss = L(all_base)
+    incontext = {g: {(b, act): 0.0 if b == base else shrink(L({**all_base, g: b}) - base_loss, lam)
+                     for b in bits} for g in groups}
+    terms = {(g, h): {((c, act), (d, act)): shrink(L({g: c, h: d}) - L({g: c}) - L({h: d}) + ref, lam)
+                      for c in low for d in low} for g, h in pairs}
+    return {"singles": singles, "incontext": incontext, "pairs": terms,
+            "reference_loss": float(ref[0]), "base_loss": float(base_loss[0])}
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def cache_key(state: CompileState, options: SensitivityOptions, bits, act: int, samples, labels) -> dict:
+    model = state.model_hash or ir.model_hash(ir.to_model(state.graph.copy(), ir_version=8))
+    ranges = sorted((t, r.lo, r.hi) for t, r in state.ranges.items())
+    target = repr(dataclasses.replace(state.target, source=""))
+    opts = {k: v for k, v in dataclasses.asdict(options).items()
+            if k not in ("batch", "use_cache", "cache_dir", "progress")}
+    return {"engine": ENGINE_VERSION, "model": model, "target": hashlib.sha256(target.encode()).hexdigest(),
+            "options": opts, "bits": list(bits), "act_bits": act, "ranges": ranges,
+            "samples": _digest(*(samples[k] for k in sorted(samples))),
+            "labels": None if labels is None else _digest(labels)}
+
+
+def scoring_data(state: CompileState, options: SensitivityOptions):
+    """The scoring samples (calibration/synthetic set, else Gaussian noise) and labels if known."""
+    samples = state.calib
+    if samples is None:
+        samples = noise_inputs(state.graph, state.options.calib_samples, state.options.seed)
+    labels = getattr(getattr(state, "synthetic", None), "labels", None)
+    n = options.samples or len(next(iter(samples.values())))
+    samples = {k: v[:n] for k, v in samples.items()}
+    return samples, None if labels is None else np.asarray(labels)[:n]
+
+
+@dataclass
+class Scoring:
+    """One scoring run: the evaluator over the probe model and what to evaluate."""
+
+    evaluator: Evaluator
+    groups: list[str]
+    bits: tuple[int, ...]
+    act: int
+    pairs: list[tuple[str, str]]
+    options: SensitivityOptions
+    phases: dict = dataclasses.field(default_factory=dict)
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    @property
+    def low(self) -> list[int]:
+        return [b for b in self.bits if b < self.options.base_bits]
+
+    def run(self) -> "Scoring":
+        plan = _plan(self.groups, self.bits, self.options.base_bits, self.pairs, self.low)
+        self.phases = _evaluate(self.evaluator, plan, self.options.progress)
+        return self
+
+    def table(self, shrink: float | None = None) -> SensitivityTable:
+        ev, opts = self.evaluator, self.options
+        lam = opts.shrink if shrink is None else shrink
+        terms = assemble(ev, self.groups, self.bits, opts.base_bits, self.pairs, self.low, self.act, lam)
+        return SensitivityTable(
+            groups=tuple(self.groups), candidates=tuple((b, self.act) for b in self.bits),
+            metric=",".join(ev.kinds), samples=ev.n, evaluations=ev.evaluations,
+            forward_passes=ev.forward_passes, seconds=time.perf_counter() - self.started,
+            base=(opts.base_bits, self.act), phases=self.phases,
+            meta={"hops": opts.hops, "shrink": lam, "batch": ev.batch,
+                  "quantize_activations": opts.quantize_activations,
+                  "not_legal": [b for b in opts.weight_bits if b not in self.bits]}, **terms)
+
+
+def fit_batch(graph, samples: dict, labels, batch: int | None):
+    """A static batch dimension fixes the rows per run: trim the samples to a multiple of it."""
+    static = next((t.shape[0] for t in graph.inputs
+                   if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0), None)
+    if static is None:
+        return samples, labels, batch
+    n = len(next(iter(samples.values())))
+    keep = n // static * static
+    if keep < 2:
+        raise UsageError(f"the model's static batch {static} leaves {keep} of {n} scoring samples; need 2")
+    if keep < n:
+        log.info("static batch %d: scoring on %d of %d samples", static, keep, n)
+    trimmed = {k: v[:keep] for k, v in samples.items()}
+    return trimmed, None if labels is None else labels[:keep], static
+
+
+def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -> Scoring:
+    """Build the probe model, its session and the FP32 reference outputs (one forward pass)."""
+    samples, labels, batch = fit_batch(state.graph, samples, labels, options.batch)
+    act = state.options.act_bits or state.target.default_act_bits
+    bits = candidate_bits(options, state.target, act)
+    pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, bits, act,
+                     options.quantize_activations)
+    fp32 = ir.to_model(state.graph.copy(), ir_version=ir.min_ir_version(state.graph.opset))
+    ev = Evaluator(Probe(pm), fp32, samples, labels, options.metric, batch)
+    pairs = near_pairs(state.graph, state.groups, options.hops) if options.pairs else []
+    return Scoring(ev, [g.id for g in state.groups if g.layers], bits, act, pairs, options)
+
+
+def score(state: CompileState, options: SensitivityOptions, samples=None,
+          labels=None) -> tuple[SensitivityTable, bool]:
+    """The sensitivity table of the state's graph (from the cache when possible) and whether it was cached."""
+    if samples is None:
+        samples, labels = scoring_data(state, options)
+    n = len(next(iter(samples.values())))
+    if n < 2:
+        raise UsageError(f"sensitivity scoring needs at least 2 samples, got {n}")
+    act = state.options.act_bits or state.target.default_act_bits
+    bits = candidate_bits(options, state.target, act)
+    path = cache.cache_path("sensitivity", cache_key(state, options, bits, act, samples, labels),
+                            options.cache_dir).with_suffix(".json")
+    if options.use_cache and (hit := load_json(path)) is not None:
+        log.info("sensitivity table from cache %s", path)
+        return hit, True
+    table = prepare(state, options, samples, labels).run().table()
+    if options.use_cache:
+        save_json_atomic(path, table)
+    return table, False
+
+
+class ScoreSensitivity(Pass):
+    """Analysis: per-group loss of each weight bit-width at the model output, in context and in pairs."""
+
+    name = "ScoreSensitivity"
+
+    def __init__(self, options: SensitivityOptions | None = None):
+        self.options = options or SensitivityOptions()
+
+    def run(self, state: CompileState) -> PassResult:
+        table, hit = score(state, self.options)
+        state.sensitivity = table
+        if not hit:
+            state.forward_passes += table.forward_passes
+        state.report.notes["sensitivity"] = {**summary(table), "cache_hit": hit}
+        how = "from cache" if hit else f"{table.evaluations} evaluations, {table.forward_passes} ORT runs"
+        return PassResult(False, f"{len(table.groups)} groups x {len(table.candidates)} candidates, "
+                                 f"{len(table.pairs)} pairs ({table.metric}), {how}")

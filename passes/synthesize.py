@@ -1,0 +1,194 @@
+"""Synthetic calibration inputs by gradient-free search executed in ONNX Runtime (`--calib synthetic`).
+
+    images (1/f noise) --+--> candidates x +- sigma*U(eps) of every sample --> ONE ORT run per step
+                         ^        (N samples x 2P antithetic candidates)       | per-channel stats,
+                         |                                                     | logits (extra outputs)
+                         +---- Adam step on each sample's latent <-- ranks <-- per-sample losses
+
+Objectives (`dfq_onnx.synth_objectives`): "bn" matches the per-channel mean/std of every folded-BN
+output to (beta, |gamma|) plus a weak N(0, 1) input prior (ZeroQ); "label" (used when the model has no
+BN statistics) makes each sample's target class dominate the output, with a smoothness prior and an
+activation-range penalty; "bn+label" adds both. The search (`dfq_onnx.search`) is antithetic ES with
+rank-based fitness shaping and Adam, in a coarse-to-fine low-resolution latent for images and the raw
+input otherwise. The result is cached on disk (`dfq_onnx.cache`) keyed by the model hash and every
+option that changes it, so a rerun performs no ORT run.
+
+Memory: one step evaluates N * 2P rows. ORT keeps a few live activations per row, so rows per call
+are bounded by MEMORY_BUDGET / (4 bytes * (3 * largest activation + outputs per row)); ResNet-20 on
+CIFAR needs ~0.2 MB per row, so 64 x 16 rows fit in one call, a 224x224 model is split into chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from dfq_onnx import cache
+from dfq_onnx.errors import UsageError
+from dfq_onnx.pass_base import Pass, PassResult
+from dfq_onnx.search import ESConfig, Stage, es_minimize, pink_noise, squash, stage_factors
+from dfq_onnx.state import CompileState
+from dfq_onnx.synth_runner import build_objective, resolve_shapes
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("auto", "bn", "label", "bn+label")
+ENGINE_VERSION = 1      # bump when the algorithm changes: old cache entries are then ignored
+STAGES = 3              # coarse-to-fine latent stages (H/8, H/4, H/2 for 32x32 inputs)
+SIGMA, LR = 0.3, 0.05   # ES perturbation scale and Adam step, in latent (pixel) units
+
+
+@dataclass(frozen=True)
+class SynthesisOptions:
+    samples: int = 64
+    steps: int = 80             # ES steps in total, split over the stages
+    population: int = 2         # antithetic pairs per sample and step (2P rows per sample per step)
+    seed: int = 0
+    objective: str = "auto"     # "bn" | "label" | "bn+label" | "auto" (bn if BN statistics exist)
+    cache_dir: str | None = None
+    use_cache: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.samples < 1 or self.steps < 0 or self.population < 1:
+            raise UsageError(f"synthesis: samples ({self.samples}) and population ({self.population}) must "
+                             f"be positive and steps ({self.steps}) non-negative")
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"--synth-objective {self.objective}: expected one of {', '.join(OBJECTIVES)}")
+
+
+@dataclass(frozen=True)
+class SynthesisResult:
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    loss_start: float
+    loss_end: float
+    forward_passes: int         # ORT run calls (one per chunk of rows)
+    samples_evaluated: int      # rows evaluated over all calls
+    seconds: float
+    cache_hit: bool
+    objective: str
+
+
+def resolve_objective(requested: str, bn_stats: dict) -> str:
+    if requested == "auto":
+        return "bn" if bn_stats else "label"
+    if "bn" in requested and not bn_stats:
+        raise UsageError(f"synthesis objective '{requested}' needs BatchNormalization statistics, and the "
+                         "model has none folded; use objective 'label' (or 'auto')")
+    return requested
+
+
+def _key(model_hash: str, options: SynthesisOptions, kind: str, shapes: dict) -> dict:
+    return {"engine": ENGINE_VERSION, "model": model_hash, "samples": options.samples,
+            "steps": options.steps, "population": options.population, "seed": options.seed,
+            "objective": kind, "shapes": {k: list(v) for k, v in sorted(shapes.items())}}
+
+
+def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
+               input_shapes: dict[str, tuple] | None = None) -> SynthesisResult:
+    """Search `options.samples` inputs minimizing the objective (see module docstring)."""
+    start = time.perf_counter()
+    shapes = resolve_shapes(graph, input_shapes or {})
+    kind = resolve_objective(options.objective, bn_stats)
+    path = cache.cache_path("synthetic", _key(model_hash, options, kind, shapes), options.cache_dir)
+    if options.use_cache and (hit := _from_cache(path, shapes, start)) is not None:
+        return hit
+    rng = np.random.default_rng(options.seed)
+    n = options.samples
+    latent = {name: pink_noise(rng, n, shape) for name, shape in shapes.items()}
+    import dfq_onnx.synth_objectives as O
+    objective, runner = build_objective(kind, graph, bn_stats, shapes, n, rng, squash(latent) if O.REF_INIT else None)
+    idx = np.arange(n)
+    loss_start = float(runner.losses(objective, squash(latent), idx).mean())
+    images = _search(latent, shapes, objective, runner, options, rng)
+    loss_end = float(runner.losses(objective, images, idx).mean())
+    labels = objective.label.labels if objective.label is not None else None
+    result = SynthesisResult(images, labels, loss_start, loss_end, runner.calls, runner.rows,
+                             time.perf_counter() - start, False, kind)
+    if options.use_cache:
+        cache.save_npz_atomic(path, _to_arrays(result))
+    return result
+
+
+def _search(latent, shapes, objective, runner, options, rng):
+    """Coarse-to-fine ES: per stage, parameters around the current (pre-squash) images."""
+    factors = stage_factors(next(iter(shapes.values())), STAGES)
+    per_stage = [options.steps // len(factors) + (i < options.steps % len(factors))
+                 for i in range(len(factors))]
+    cfg = ESConfig(options.steps, options.population, SIGMA, LR)
+    with tqdm(total=options.steps, desc="synthesize", disable=not options.progress, leave=False) as bar:
+        for factor, steps in zip(factors, per_stage):
+            latent = _run_stage(Stage(latent, factor), objective, runner, cfg, steps, rng, bar)
+    return squash(latent)
+
+
+def _run_stage(stage: Stage, objective, runner, cfg: ESConfig, steps: int, rng, bar) -> dict:
+    """ES on one stage's parameters; every candidate of every sample goes into one batch of rows."""
+    n = stage.samples
+
+    def loss(cand: np.ndarray) -> np.ndarray:
+        m = cand.shape[1]
+        rows = np.repeat(np.arange(n), m)
+        feeds = squash(stage(cand.reshape(n * m, -1), rows))
+        return runner.losses(objective, feeds, rows).reshape(n, m)
+
+    def on_step(value: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.4f}")
+
+    theta = es_minimize(loss, np.zeros((n, stage.dims)), cfg, steps, rng, on_step)
+    return stage(theta, np.arange(n))
+
+
+def _to_arrays(result: SynthesisResult) -> dict[str, np.ndarray]:
+    arrays = {f"input/{k}": v for k, v in result.inputs.items()}
+    if result.labels is not None:
+        arrays["labels"] = result.labels
+    meta = [result.loss_start, result.loss_end, result.forward_passes, result.samples_evaluated,
+            result.seconds]
+    arrays["meta"] = np.array(meta, np.float64)
+    arrays["objective"] = np.array(result.objective)
+    return arrays
+
+
+def _from_cache(path, shapes, start) -> SynthesisResult | None:
+    arrays = cache.load_npz(path)
+    if arrays is None or any(f"input/{k}" not in arrays for k in shapes):
+        return None
+    inputs = {k: arrays[f"input/{k}"] for k in shapes}
+    if any(v.shape[1:] != tuple(shapes[k]) for k, v in inputs.items()):
+        return None
+    meta = arrays["meta"]
+    log.info("synthetic inputs from cache %s (searched in %.1fs, %d ORT runs)", path, meta[4], meta[2])
+    return SynthesisResult(inputs, arrays.get("labels"), float(meta[0]), float(meta[1]), 0, 0,
+                           time.perf_counter() - start, True, str(arrays["objective"]))
+
+
+class Synthesize(Pass):
+    """Generate synthetic calibration inputs by gradient-free search in ONNX Runtime."""
+
+    name = "Synthesize"
+
+    def __init__(self, options: SynthesisOptions | None = None):
+        self.options = options or SynthesisOptions()
+
+    def run(self, state: CompileState) -> PassResult:
+        result = synthesize(state.graph, state.bn_stats, self.options, state.model_hash,
+                            state.options.input_shapes)
+        state.calib = result.inputs
+        state.synthetic = result
+        state.forward_passes += result.forward_passes
+        state.report.notes["synthesis"] = {
+            "objective": result.objective, "samples": self.options.samples, "steps": self.options.steps,
+            "population": self.options.population, "seed": self.options.seed,
+            "loss_start": round(result.loss_start, 6), "loss_end": round(result.loss_end, 6),
+            "forward_passes": result.forward_passes, "rows_evaluated": result.samples_evaluated,
+            "cache_hit": result.cache_hit}
+        how = "from cache" if result.cache_hit else f"{result.forward_passes} ORT runs"
+        return PassResult(False, f"{self.options.samples} samples ({result.objective}), loss "
+                                 f"{result.loss_start:.4f} -> {result.loss_end:.4f}, {how}")

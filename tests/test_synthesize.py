@@ -1,0 +1,241 @@
+"""Synthesize: objective values vs numpy on the raw tensors, search progress, determinism, cache, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _util import compile_state
+from dfq_onnx.models import builders
+from dfq_onnx.passes.fold_bn import FoldBatchNorm
+from dfq_onnx.passes.normalize import Normalize
+from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize, _key, synthesize
+
+from dfq_onnx import cache, runtime, synth_runner
+from dfq_onnx.errors import UsageError
+from dfq_onnx.search import bilinear_matrix, centred_ranks
+from dfq_onnx.synth_runner import build_objective
+
+SHAPES = {"input": (8, 8, 8)}
+FAST = dict(samples=8, steps=12, population=2, progress=False, use_cache=False)
+
+
+@pytest.fixture(scope="module")
+def bn_state():
+    model = builders.with_data_bn_stats(builders.conv_bn_relu_residual(c=8, hw=8, classes=10))
+    return compile_state(model, [Normalize(), FoldBatchNorm()])
+
+
+@pytest.fixture(scope="module")
+def free_state():
+    """A BN-free classifier (conv - relu - gap - fc, 5 classes)."""
+    model = builders.constant_weights(c_in=3, c=8, classes=5, hw=8)
+    return compile_state(model, [Normalize(), FoldBatchNorm()])
+
+
+def _numpy_bn_objective(state, x):
+    """L_bn + 0.05 * P_in recomputed from the raw BN-output tensors (module docstring formula)."""
+    stats = list(state.bn_stats.values())
+    sess = runtime.session(runtime.observer_model(state.graph, [s.tensor for s in stats]))
+    raw = sess.run(None, {"input": x})
+    per_layer = []
+    for s, t in zip(stats, raw):
+        t = t.astype(np.float64)
+        m, sd = t.mean(axis=(2, 3)), t.std(axis=(2, 3))
+        err = ((m - s.beta) ** 2 + (sd - np.abs(s.gamma)) ** 2) / (s.gamma ** 2 + s.eps)
+        per_layer.append(err.mean(axis=1))
+    xd = x.astype(np.float64)
+    prior = (xd.mean(axis=(2, 3)) ** 2 + (xd.std(axis=(2, 3)) - 1) ** 2).mean(axis=1)
+    return np.mean(per_layer, axis=0) + 0.05 * prior
+
+
+def test_bn_objective_matches_numpy_on_exposed_tensors(bn_state):
+    rng = np.random.default_rng(0)
+    objective, runner = build_objective("bn", bn_state.graph, bn_state.bn_stats, SHAPES, 4, rng)
+    assert len(objective.bn) == 2 and all(t.spatial for t in objective.bn)
+    x = (rng.standard_normal((6, 8, 8, 8)) * 1.3 + 0.2).astype(np.float32)
+    engine = runner.losses(objective, {"input": x}, np.arange(6))
+    np.testing.assert_allclose(engine, _numpy_bn_objective(bn_state, x), rtol=1e-4, atol=1e-6)
+
+
+def test_label_margin_matches_numpy_logits(free_state):
+    rng = np.random.default_rng(1)
+    objective, runner = build_objective("label", free_state.graph, {}, {"input": (3, 8, 8)}, 10, rng)
+    assert sorted(objective.label.labels[:5]) == [0, 1, 2, 3, 4]           # round robin over 5 classes
+    x = rng.standard_normal((10, 3, 8, 8)).astype(np.float32)
+    logits = runtime.session(runtime.observer_model(free_state.graph, ["output"])).run(None, {"input": x})[0]
+    idx = np.arange(10)
+    labels = objective.label.labels
+    other = np.where(np.arange(5)[None, :] == labels[:, None], -np.inf, logits).max(axis=1)
+    expected = (logits[idx, labels] - other) / objective.label.sigma_ref
+    margin = objective.margin(runner.run({"input": x}), idx)
+    np.testing.assert_allclose(margin, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_search_lowers_bn_loss():
+    # Random BN statistics (not fitted to N(0, 1) inputs), so the starting images are far from them.
+    state = compile_state(builders.conv_bn_relu_residual(c=8, hw=8, seed=5), [Normalize(), FoldBatchNorm()])
+    opts = SynthesisOptions(**{**FAST, "steps": 40, "population": 4}, objective="bn")
+    result = synthesize(state.graph, state.bn_stats, opts, "m")
+    assert result.objective == "bn" and result.labels is None
+    assert result.loss_end < 0.8 * result.loss_start
+    x = result.inputs["input"]
+    assert x.shape == (8, 8, 8, 8) and x.dtype == np.float32 and np.all(np.abs(x) < 2.5)
+    # the one-row probe, initial and final evaluation (8 rows each), 40 steps of 8 samples x 8 candidates:
+    assert result.forward_passes == 1 + 1 + 40 + 1
+    assert result.samples_evaluated == 1 + 8 + 40 * 8 * 8 + 8
+
+
+def test_same_seed_same_arrays_other_seed_differs(bn_state):
+    def run(seed):
+        return synthesize(bn_state.graph, bn_state.bn_stats, SynthesisOptions(**FAST, seed=seed), "m")
+    a, b, c = run(3), run(3), run(4)
+    np.testing.assert_array_equal(a.inputs["input"], b.inputs["input"])
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.loss_end == b.loss_end
+    assert not np.array_equal(a.inputs["input"], c.inputs["input"])
+
+
+def test_cache_hit_on_rerun_runs_nothing(bn_state, tmp_path, monkeypatch):
+    opts = SynthesisOptions(**{**FAST, "use_cache": True}, cache_dir=str(tmp_path))
+    first = synthesize(bn_state.graph, bn_state.bn_stats, opts, "hash-a")
+    assert not first.cache_hit and len(list((tmp_path / "synthetic").glob("*.npz"))) == 1
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("ORT session created on a cache hit")
+    monkeypatch.setattr(runtime, "session", no_session)
+    again = synthesize(bn_state.graph, bn_state.bn_stats, opts, "hash-a")
+    assert again.cache_hit and again.forward_passes == 0 and again.samples_evaluated == 0
+    np.testing.assert_array_equal(again.inputs["input"], first.inputs["input"])
+    assert (again.loss_start, again.loss_end, again.objective) == (first.loss_start, first.loss_end,
+                                                                    first.objective)
+    monkeypatch.undo()
+    other = synthesize(bn_state.graph, bn_state.bn_stats, opts, "hash-b")     # another model: a miss
+    assert not other.cache_hit
+
+
+def test_cache_key_covers_result_options_only(tmp_path):
+    base = SynthesisOptions(steps=5)
+    same = SynthesisOptions(steps=5, progress=False, cache_dir=str(tmp_path), use_cache=False)
+    key = _key("m", base, "bn", SHAPES)
+    assert key == _key("m", same, "bn", SHAPES)
+    for other in (_key("m", SynthesisOptions(steps=6), "bn", SHAPES), _key("m", base, "bn+label", SHAPES),
+                  _key("m2", base, "bn", SHAPES), _key("m", SynthesisOptions(steps=5, seed=1), "bn", SHAPES),
+                  _key("m", base, "bn", {"input": (8, 6, 6)})):
+        assert cache.cache_path("synthetic", other, tmp_path) != cache.cache_path("synthetic", key, tmp_path)
+    parts = {"model": "m", "steps": 3}
+    path = cache.save_npz_atomic(cache.cache_path("synthetic", parts, tmp_path), {"a": np.arange(3)})
+    np.testing.assert_array_equal(cache.load_npz(path)["a"], np.arange(3))
+    path.write_bytes(b"not an npz")
+    assert cache.load_npz(path) is None                                        # corrupt entry = miss
+
+
+def test_label_objective_raises_target_margin(free_state):
+    def run(steps):
+        opts = SynthesisOptions(**{**FAST, "steps": steps, "population": 4})
+        return synthesize(free_state.graph, {}, opts, "m")
+    start, end = run(0), run(24)
+    assert end.objective == "label" and end.labels is not None
+    np.testing.assert_array_equal(start.labels, end.labels)
+
+    def target_margin(result):
+        logits = runtime.session(runtime.observer_model(free_state.graph, ["output"])).run(
+            None, result.inputs)[0]
+        rows = np.arange(len(logits))
+        other = np.where(np.arange(5)[None, :] == result.labels[:, None], -np.inf, logits).max(axis=1)
+        return logits[rows, result.labels] - other
+    assert target_margin(end).mean() > target_margin(start).mean() + 0.1
+    assert end.loss_end < start.loss_end
+
+
+def test_label_objective_on_a_spatial_output():
+    state = compile_state(builders.conv_silu(hw=8), [Normalize(), FoldBatchNorm()])
+    result = synthesize(state.graph, {}, SynthesisOptions(**FAST), "m")
+    assert result.objective == "label" and set(result.labels) <= set(range(4))
+    assert result.loss_end < result.loss_start
+
+
+def test_static_batch_and_memory_chunks_give_the_same_losses(bn_state, monkeypatch):
+    rng = np.random.default_rng(2)
+    x = {"input": rng.standard_normal((10, 8, 8, 8)).astype(np.float32)}
+    objective, runner = build_objective("bn", bn_state.graph, bn_state.bn_stats, SHAPES, 4, rng)
+    monkeypatch.setattr(synth_runner, "MEMORY_BUDGET", 1)                  # one row per ORT call
+    _, small = build_objective("bn", bn_state.graph, bn_state.bn_stats, SHAPES, 4, rng)
+    assert small.rows_per_call == 1
+    calls = small.calls
+    np.testing.assert_allclose(small.losses(objective, x, np.arange(10)),
+                               runner.losses(objective, x, np.arange(10)), rtol=1e-5)
+    assert small.calls - calls == 10
+
+
+def test_dynamic_spatial_dims_need_input_shape():
+    state = compile_state(builders.conv_bn_relu(hw=None), [Normalize(), FoldBatchNorm()])
+    with pytest.raises(UsageError, match=r"'input'.*--input-shape input:"):
+        synthesize(state.graph, state.bn_stats, SynthesisOptions(**FAST), "m")
+    result = synthesize(state.graph, state.bn_stats, SynthesisOptions(**{**FAST, "steps": 2}), "m",
+                        input_shapes={"input": (1, 3, 6, 6)})
+    assert result.inputs["input"].shape == (8, 3, 6, 6)
+
+
+def test_bad_inputs_and_options_are_usage_errors(bn_state, free_state):
+    graph = bn_state.graph.copy()
+    graph.inputs[0].dtype = np.int64
+    with pytest.raises(UsageError, match="'input'.*not float32"):
+        synthesize(graph, bn_state.bn_stats, SynthesisOptions(**FAST), "m")
+    with pytest.raises(UsageError, match="BatchNormalization statistics"):
+        synthesize(free_state.graph, {}, SynthesisOptions(**FAST, objective="bn"), "m")
+    with pytest.raises(UsageError, match="synth-objective"):
+        SynthesisOptions(objective="zeroq")
+    with pytest.raises(UsageError):
+        SynthesisOptions(samples=0)
+
+
+def test_pass_sets_calibration_and_report(bn_state, tmp_path):
+    state = compile_state(builders.with_data_bn_stats(builders.conv_bn_relu_residual(c=8, hw=8)),
+                          [Normalize(), FoldBatchNorm()])
+    before = state.forward_passes
+    result = Synthesize(SynthesisOptions(**FAST)).run(state)
+    assert result.modified is False and "8 samples" in result.summary
+    assert state.calib["input"].shape == (8, 8, 8, 8) and state.synthetic.inputs is state.calib
+    assert state.forward_passes - before == state.synthetic.forward_passes > 0
+    notes = state.report.notes["synthesis"]
+    assert notes["objective"] == state.synthetic.objective and notes["cache_hit"] is False
+
+
+def test_search_helpers():
+    a = bilinear_matrix(8, 2)
+    np.testing.assert_allclose(a.sum(axis=1), 1.0)                         # interpolation rows sum to 1
+    np.testing.assert_allclose(a @ np.array([1.0, 1.0]), 1.0)
+    ranks = centred_ranks(np.array([[3.0, 1.0, 2.0, 1.0]]))
+    np.testing.assert_allclose(ranks, [[0.5, -0.5, 1 / 6, -1 / 6]])         # ties: earlier is better
+
+
+def _static_batch_graph(graph, hard_reshape: bool):
+    """`graph` with input batch fixed to 1; optionally a head that hard-codes it (Reshape to [1, -1])."""
+    import onnx_graphsurgeon as gs
+
+    g = graph.copy()
+    g.inputs[0].shape = [1] + list(g.inputs[0].shape[1:])
+    if hard_reshape:
+        out = g.outputs[0]
+        flat = gs.Variable("flat_hard", dtype=np.float32)
+        g.nodes.append(gs.Node("Reshape", inputs=[out, gs.Constant("hard_shape", np.array([1, -1]))],
+                               outputs=[flat]))
+        g.outputs = [flat]
+    return g
+
+
+@pytest.mark.parametrize("hard_reshape, rows_per_call", [(False, None), (True, 1)],
+                         ids=["batch-freed", "batch-kept"])
+def test_static_batch_models(bn_state, hard_reshape, rows_per_call):
+    graph = _static_batch_graph(bn_state.graph, hard_reshape)
+    rng = np.random.default_rng(3)
+    objective, runner = build_objective("bn+label", graph, bn_state.bn_stats, SHAPES, 4, rng)
+    if rows_per_call is None:
+        assert runner.static is None and runner.rows_per_call > 100       # the batch axis was freed
+    else:
+        assert runner.static == 1 and runner.rows_per_call == 1           # Reshape [1, -1] forbids it
+    x = {"input": rng.standard_normal((3, 8, 8, 8)).astype(np.float32)}
+    calls = runner.calls
+    losses = runner.losses(objective, x, np.arange(3))
+    assert losses.shape == (3,) and np.all(np.isfinite(losses))
+    assert runner.calls - calls == (1 if rows_per_call is None else 3)
