@@ -17,7 +17,6 @@ from .passes.sensitivity import ScoreSensitivity, SensitivityOptions
 from .passes.synthesize import SynthesisOptions, Synthesize
 from .target import TargetProfile
 
-
 SCORE_SAMPLES = 256   # scoring samples for sensitivity (bounds its cost on large calibration sets)
 
 
@@ -26,7 +25,8 @@ def required_opset(target: TargetProfile, options: QuantizeOptions) -> int:
     if options.mixed:
         pairs = [p for p in target.pairs if p[0] in options.score_bits or p[0] == target.default_weight_bits]
     else:
-        pairs = [(options.weight_bits or target.default_weight_bits, options.act_bits or target.default_act_bits)]
+        pairs = [(options.weight_bits or target.default_weight_bits,
+                  options.act_bits or target.default_act_bits)]
     return target.opset_for([t for w, a in pairs for t in (target.weight_dtype(w), target.act_dtype(a))])
 
 

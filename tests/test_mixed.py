@@ -39,7 +39,7 @@ def test_plan_respects_the_budget_as_read_from_the_emitted_initializers(tmp_path
     avg = sum(layer["weight_bits"] * layer["params"] for layer in report.layers) / total
     assert avg <= budget + 1e-9
     assert report.notes["allocation"]["avg_weight_bits"] == pytest.approx(avg)
-    for name, (storage, size, peak) in _weight_bits_from_model(out).items():
+    for name, (storage, _size, peak) in _weight_bits_from_model(out).items():
         bits = layers[name.removesuffix("_quantized")]["weight_bits"]
         assert storage == (4 if bits <= 4 else 8)
         assert peak <= 2 ** (bits - 1) - 1          # values use only the chosen grid
