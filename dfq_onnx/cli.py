@@ -41,7 +41,8 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--size-mb", type=float, help="weight size budget in MB")
     m.add_argument("--bops-ratio", type=float, help="BOPs budget relative to uniform W8A8")
     m.add_argument("--max-drop", type=float, help="cheapest plan whose predicted output loss (KL) <= X")
-    m.add_argument("--allocator", default="ilp-pairs", choices=("ilp-pairs", "ilp", "greedy", "uniform"))
+    m.add_argument("--allocator", default="ilp", choices=("ilp-pairs", "ilp", "greedy", "uniform"),
+                   help="ilp: singles (default); ilp-pairs: + pairwise terms; greedy; uniform")
     m.add_argument("--hops", type=int, default=2, help="pairwise terms for groups within this many hops")
 
 

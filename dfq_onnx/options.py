@@ -34,8 +34,8 @@ class QuantizeOptions:
     size_mb: float | None = None
     bops_ratio: float | None = None
     max_drop: float | None = None        # predicted loss target (KL at the output) instead of a budget
-    allocator: str = "ilp-pairs"
-    score_bits: tuple[int, ...] = (2, 4, 8)
+    allocator: str = "ilp"                # "ilp-pairs" adds pairwise terms (more evaluations)
+    score_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     hops: int = 2
 
     @property

@@ -1,7 +1,7 @@
 """Turn the sensitivity table into a BitPlan under the user's budget (see `dfq_onnx.allocate`).
 
-Allocators: `ilp-pairs` (singles + pairwise terms, CLADO style; the default), `ilp` (singles only,
-HAWQ-V3 style), `greedy` (Pandey et al.'s Pareto walk), `uniform` (the budget's bit-width for all).
+Allocators: `ilp` (singles only, HAWQ-V3 style; the default), `ilp-pairs` (singles + pairwise terms,
+CLADO style), `greedy` (Pandey et al.'s Pareto walk), `uniform` (the budget's bit-width for all).
 Groups without weights, or that the table did not score, take the base candidate.
 """
 
@@ -37,7 +37,7 @@ class AllocateBits(Pass):
 
     name = "AllocateBits"
 
-    def __init__(self, budget: Budget, allocator: str = "ilp-pairs", max_drop: float | None = None,
+    def __init__(self, budget: Budget, allocator: str = "ilp", max_drop: float | None = None,
                  time_limit: float = 30.0):
         if allocator not in ALLOCATORS:
             raise UsageError(f"--allocator {allocator}: expected one of {', '.join(ALLOCATORS)}")
