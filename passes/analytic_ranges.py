@@ -16,8 +16,9 @@ The range of a tensor is [min_c(mu_c - k sigma_c), max_c(mu_c + k sigma_c)] inte
 clip interval, with k the MSE-optimal clipping threshold for the activation bit-width: of a Laplace
 distribution for activations (heavy tails, as ACIQ measured; 6.99 sigma at 8 bits) and of a Gaussian for
 the standardized graph inputs (3.92 sigma at 8 bits).
-Tensors the rules cannot reach are left to `Calibrate`, which measures them on Gaussian noise; the
-report counts both.
+Tensors the rules cannot reach, or whose estimate went through more than one linear layer without
+BN statistics since its last anchor (independence assumptions compound there), are left to
+`Calibrate`, which measures them on Gaussian noise; the report counts both.
 """
 
 from __future__ import annotations
@@ -280,21 +281,28 @@ def _binary(node: gs.Node, ins: list[Est | None]) -> Est | None:
     return _mul(ins[0], ins[1]) if op == "Mul" else None
 
 
-def estimate(state: CompileState) -> dict[str, Est]:
-    """Estimates for every float tensor the rules reach."""
+MAX_UNANCHORED = 1  # linear layers without BN an estimate may pass through and still be trusted
+
+
+def estimate(state: CompileState) -> tuple[dict[str, Est], dict[str, int]]:
+    """Estimates for every float tensor the rules reach, and how many linear layers without BN
+    statistics each estimate went through since its last anchor (a BN output or a graph input)."""
     graph = state.graph
     bn_by_layer = state.bn_stats
     est: dict[str, Est] = {t.name: Est.of(0.0, 1.0) for t in graph.inputs if is_float(t)}
+    depth: dict[str, int] = {t: 0 for t in est}
     for node in graph.nodes:
         stats = bn_by_layer.get(node_label(node))
+        ins_depth = max([depth.get(t.name, 0) for t in node.inputs if t.name and not is_const(t)], default=0)
         if stats is not None and node.outputs and node.outputs[0].name == stats.tensor:
-            out = Est.of(stats.beta, np.abs(stats.gamma))
+            out, d = Est.of(stats.beta, np.abs(stats.gamma)), 0
         else:
             ins = [None if is_const(t) or not t.name else est.get(t.name) for t in node.inputs]
-            out = propagate(node, ins)
+            out, d = propagate(node, ins), ins_depth + (1 if node.op in LINEAR else 0)
         if out is not None and node.outputs and is_float(node.outputs[0]):
             est[node.outputs[0].name] = out
-    return est
+            depth[node.outputs[0].name] = d
+    return est, depth
 
 
 class AnalyticRanges(Pass):
@@ -306,10 +314,12 @@ class AnalyticRanges(Pass):
         bits = state.options.act_bits or state.target.default_act_bits
         k, k_input = laplace_clip_k(bits), gaussian_clip_k(bits)
         inputs = {t.name for t in state.graph.inputs}
-        est = estimate(state)
+        est, depth = estimate(state)
         done = 0
         for t in state.spec.act_tensors:
             e = est.get(t)
+            if depth.get(t, 0) > MAX_UNANCHORED:
+                continue   # moments pushed through several BN-free layers drift: measure instead
             if e is not None and np.all(np.isfinite(e.mu)) and np.all(np.isfinite(e.sigma)):
                 lo, hi = e.range(k_input if t in inputs else k)
                 state.ranges[t] = Range(lo, hi, "analytic")
