@@ -40,7 +40,6 @@ BANDS, MAX_MIX = 4, 4
 
 @dataclass(frozen=True)
 class ESConfig:
-    steps: int
     population: int          # antithetic pairs per sample and step
     sigma: float = 0.3
     lr: float = 0.05

@@ -156,30 +156,30 @@ def _labels(rng: np.random.Generator, n: int, channels: int) -> np.ndarray:
     return rng.permutation(channels)[np.arange(n) % channels]
 
 
-def build_objective(kind: str, graph: gs.Graph, bn_stats: dict, shapes: dict, n: int,
-                    rng: np.random.Generator, reference: dict | None = None) -> tuple[Objective, Runner]:
-    """The objective of `kind` and its runner; label objectives get their targets and references
-    from one run on N(0, 1) inputs (the samples' classes are a seeded round robin)."""
+def build_objective(kind: str, graph: gs.Graph, bn_stats: dict, shapes: dict,
+                    reference: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[Objective, Runner]:
+    """The objective of `kind` and its runner. Label objectives take their output scale and the
+    activation peaks they tolerate from one run on `reference` (the starting images); the samples'
+    classes are a seeded round robin and, for spatial outputs, their windows are seeded too."""
     bn = _bn_targets(graph, bn_stats) if "bn" in kind else ()
-    output = act = None
+    output, act = None, ()
     if "label" in kind:
         out = float_output(graph)
         if out is None:
             raise UsageError("synthesis objective 'label' needs a float32 model output; the model has none")
         output = out.name
-        act = tuple(nd.outputs[0].name for nd in graph.nodes
-                    if nd.op in LAYERS and nd.outputs[0].name != output) if kind == "label" else ()
-    objective = Objective(kind, bn, act or (), output)
+        if kind == "label":
+            act = tuple(nd.outputs[0].name for nd in graph.nodes
+                        if nd.op in LAYERS and nd.outputs[0] is not out)
+    objective = Objective(kind, bn, act, output)
     runner = Runner(graph, objective, shapes)
     if "label" not in kind:
         return objective, runner
-    if reference is None:
-        reference = {k: rng.standard_normal((n,) + s).astype(np.float32) for k, s in shapes.items()}
-    _, ms, y = objective.split(runner.run(reference))
-    channels = y.shape[1] if y.ndim >= 2 else 1
-    labels = _labels(rng, n, channels)
+    n = len(next(iter(reference.values())))
+    _, peaks, y = objective.split(runner.run(reference))
+    labels = _labels(rng, n, y.shape[1] if y.ndim >= 2 else 1)
     masks = target_masks(rng, n, y.shape[2:]) if y.ndim >= 3 else None
     sigma_ref, mu_ref = output_scale(reduce_output(y, masks))
-    act_ref = np.maximum(ms.mean(axis=0), 1e-12) if ms is not None else np.zeros(0)
+    act_ref = np.maximum(peaks.mean(axis=0), 1e-12) if peaks is not None else np.zeros(0)
     spec = LabelSpec(labels.astype(np.int64), masks, sigma_ref, mu_ref, act_ref)
     return dataclasses.replace(objective, label=spec), runner

@@ -1,21 +1,25 @@
 """Synthetic calibration inputs by gradient-free search executed in ONNX Runtime (`--calib synthetic`).
 
-    images (1/f noise) --+--> candidates x +- sigma*U(eps) of every sample --> ONE ORT run per step
-                         ^        (N samples x 2P antithetic candidates)       | per-channel stats,
-                         |                                                     | logits (extra outputs)
-                         +---- Adam step on each sample's latent <-- ranks <-- per-sample losses
+    1/f random images --> per sample: theta +- sigma*eps (P antithetic pairs) --> N x 2P rows
+           ^                                                                        | ONE ORT run:
+           |                                                                        v stats model
+    Adam step per sample <-- centred ranks <-- per-sample losses <-- per-channel mean/mean-square
+                                                                     of BN outputs (+ logits, peaks)
 
-Objectives (`dfq_onnx.synth_objectives`): "bn" matches the per-channel mean/std of every folded-BN
-output to (beta, |gamma|) plus a weak N(0, 1) input prior (ZeroQ); "label" (used when the model has no
-BN statistics) makes each sample's target class dominate the output, with a smoothness prior and an
-activation-range penalty; "bn+label" adds both. The search (`dfq_onnx.search`) is antithetic ES with
-rank-based fitness shaping and Adam, in a coarse-to-fine low-resolution latent for images and the raw
-input otherwise. The result is cached on disk (`dfq_onnx.cache`) keyed by the model hash and every
-option that changes it, so a rerun performs no ORT run.
+Objectives (`dfq_onnx.synth_objectives`): "bn" matches the per-channel spatial mean/std of every
+folded-BN output to (beta, |gamma|) plus a weak N(0, 1) input prior (ZeroQ, per sample); "label"
+(chosen by "auto" when the model has no BN statistics) makes each sample's target class dominate the
+output, with a smoothness prior and an activation-peak penalty; "bn+label" adds both. The search
+(`dfq_onnx.search`) is antithetic ES with rank-based fitness shaping and Adam, coarse to fine, over
+band gains, a colour mix and a low-resolution residual latent of each image (the raw input for other
+ranks). The result is cached on disk (`dfq_onnx.cache`) keyed by the model hash and every option
+that changes it, so a rerun performs no ORT run.
 
-Memory: one step evaluates N * 2P rows. ORT keeps a few live activations per row, so rows per call
-are bounded by MEMORY_BUDGET / (4 bytes * (3 * largest activation + outputs per row)); ResNet-20 on
-CIFAR needs ~0.2 MB per row, so 64 x 16 rows fit in one call, a 224x224 model is split into chunks.
+Defaults: 64 samples, 80 steps of P = 2 pairs: 64 * 4 * 80 = 20480 rows in 80 single-call steps,
+plus the probe, first and last evaluations (83 ORT runs). Memory: ORT keeps a few activations per
+row alive, so `synth_runner` caps the rows per call at 1 GiB / (4 bytes * (3 * largest activation
++ outputs per row)): ~0.2 MB per row for a CIFAR ResNet (all 256 rows in one call, ~50 MB); a
+224 x 224 model with a 96 x 112 x 112 activation needs ~15 MB per row: 74 rows per call.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ class SynthesisOptions:
     steps: int = 80             # ES steps in total, split over the stages
     population: int = 2         # antithetic pairs per sample and step (2P rows per sample per step)
     seed: int = 0
-    objective: str = "auto"     # "bn" | "label" | "bn+label" | "auto" (bn if BN statistics exist)
+    objective: str = "auto"     # "bn" | "label" | "bn+label" | "auto" (bn if BN statistics exist,
+                                #  else label)
     cache_dir: str | None = None
     use_cache: bool = True
     progress: bool = True
@@ -96,22 +101,26 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     shapes = resolve_shapes(graph, input_shapes or {})
     kind = resolve_objective(options.objective, bn_stats)
     path = cache.cache_path("synthetic", _key(model_hash, options, kind, shapes), options.cache_dir)
-    if options.use_cache and (hit := _from_cache(path, shapes, start)) is not None:
+    use_cache = options.use_cache and bool(model_hash)      # no hash, no safe key
+    if use_cache and (hit := _from_cache(path, shapes, start)) is not None:
         return hit
     rng = np.random.default_rng(options.seed)
     n = options.samples
     latent = {name: pink_noise(rng, n, shape) for name, shape in shapes.items()}
-    import dfq_onnx.synth_objectives as O
-    objective, runner = build_objective(kind, graph, bn_stats, shapes, n, rng, squash(latent) if O.REF_INIT else None)
+    start_images = squash(latent)
+    objective, runner = build_objective(kind, graph, bn_stats, shapes, start_images, rng)
     idx = np.arange(n)
-    loss_start = float(runner.losses(objective, squash(latent), idx).mean())
+    loss_start = float(runner.losses(objective, start_images, idx).mean())
     images = _search(latent, shapes, objective, runner, options, rng)
     loss_end = float(runner.losses(objective, images, idx).mean())
     labels = objective.label.labels if objective.label is not None else None
     result = SynthesisResult(images, labels, loss_start, loss_end, runner.calls, runner.rows,
                              time.perf_counter() - start, False, kind)
-    if options.use_cache:
-        cache.save_npz_atomic(path, _to_arrays(result))
+    if use_cache:
+        try:
+            cache.save_npz_atomic(path, _to_arrays(result))
+        except OSError as exc:          # a read-only or full cache directory must not fail the compile
+            log.warning("cannot write the synthesis cache %s: %s", path, exc)
     return result
 
 
@@ -120,7 +129,7 @@ def _search(latent, shapes, objective, runner, options, rng):
     factors = stage_factors(next(iter(shapes.values())), STAGES)
     per_stage = [options.steps // len(factors) + (i < options.steps % len(factors))
                  for i in range(len(factors))]
-    cfg = ESConfig(options.steps, options.population, SIGMA, LR)
+    cfg = ESConfig(options.population, SIGMA, LR)
     with tqdm(total=options.steps, desc="synthesize", disable=not options.progress, leave=False) as bar:
         for factor, steps in zip(factors, per_stage):
             latent = _run_stage(Stage(latent, factor), objective, runner, cfg, steps, rng, bar)

@@ -12,7 +12,7 @@ from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize, _key, synth
 
 from dfq_onnx import cache, runtime, synth_runner
 from dfq_onnx.errors import UsageError
-from dfq_onnx.search import bilinear_matrix, centred_ranks
+from dfq_onnx.search import Stage, bilinear_matrix, centred_ranks, frequency_bands
 from dfq_onnx.synth_runner import build_objective
 
 SHAPES = {"input": (8, 8, 8)}
@@ -30,6 +30,10 @@ def free_state():
     """A BN-free classifier (conv - relu - gap - fc, 5 classes)."""
     model = builders.constant_weights(c_in=3, c=8, classes=5, hw=8)
     return compile_state(model, [Normalize(), FoldBatchNorm()])
+
+
+def _ref(rng, shape=(4, 8, 8, 8)):
+    return {"input": rng.standard_normal(shape).astype(np.float32)}
 
 
 def _numpy_bn_objective(state, x):
@@ -50,25 +54,33 @@ def _numpy_bn_objective(state, x):
 
 def test_bn_objective_matches_numpy_on_exposed_tensors(bn_state):
     rng = np.random.default_rng(0)
-    objective, runner = build_objective("bn", bn_state.graph, bn_state.bn_stats, SHAPES, 4, rng)
+    objective, runner = build_objective("bn", bn_state.graph, bn_state.bn_stats, SHAPES, _ref(rng), rng)
     assert len(objective.bn) == 2 and all(t.spatial for t in objective.bn)
     x = (rng.standard_normal((6, 8, 8, 8)) * 1.3 + 0.2).astype(np.float32)
     engine = runner.losses(objective, {"input": x}, np.arange(6))
     np.testing.assert_allclose(engine, _numpy_bn_objective(bn_state, x), rtol=1e-4, atol=1e-6)
 
 
-def test_label_margin_matches_numpy_logits(free_state):
+def test_label_objective_matches_numpy_on_exposed_tensors(free_state):
     rng = np.random.default_rng(1)
-    objective, runner = build_objective("label", free_state.graph, {}, {"input": (3, 8, 8)}, 10, rng)
-    assert sorted(objective.label.labels[:5]) == [0, 1, 2, 3, 4]           # round robin over 5 classes
-    x = rng.standard_normal((10, 3, 8, 8)).astype(np.float32)
-    logits = runtime.session(runtime.observer_model(free_state.graph, ["output"])).run(None, {"input": x})[0]
-    idx = np.arange(10)
-    labels = objective.label.labels
+    ref = _ref(rng, (10, 3, 8, 8))
+    objective, runner = build_objective("label", free_state.graph, {}, {"input": (3, 8, 8)}, ref, rng)
+    spec = objective.label
+    assert sorted(spec.labels[:5]) == [0, 1, 2, 3, 4]                    # round robin over 5 classes
+    assert objective.act == ("conv_out",)                                 # fc's output is the logits
+    x = (rng.standard_normal((10, 3, 8, 8)) * 2).astype(np.float32)
+    sess = runtime.session(runtime.observer_model(free_state.graph, ["conv_out", "output"]))
+    conv, logits = sess.run(None, {"input": x})
+    rows, labels = np.arange(10), spec.labels
     other = np.where(np.arange(5)[None, :] == labels[:, None], -np.inf, logits).max(axis=1)
-    expected = (logits[idx, labels] - other) / objective.label.sigma_ref
-    margin = objective.margin(runner.run({"input": x}), idx)
-    np.testing.assert_allclose(margin, expected, rtol=1e-5, atol=1e-6)
+    margin = (logits[rows, labels] - other) / spec.sigma_ref
+    np.testing.assert_allclose(objective.margin(runner.run({"input": x}), rows), margin, rtol=1e-5, atol=1e-6)
+    xd = x.astype(np.float64)
+    tv = sum(np.mean(np.diff(xd, axis=a) ** 2, axis=(1, 2, 3)) for a in (2, 3)) / 2
+    peak = np.abs(conv).reshape(10, -1).max(axis=1)
+    expected = (np.maximum(0, 3 - margin) + 0.1 * tv / 2
+                + 10 * np.maximum(np.log(peak / spec.act_ref[0]), 0) ** 2)
+    np.testing.assert_allclose(runner.losses(objective, {"input": x}, rows), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_search_lowers_bn_loss():
@@ -157,9 +169,9 @@ def test_label_objective_on_a_spatial_output():
 def test_static_batch_and_memory_chunks_give_the_same_losses(bn_state, monkeypatch):
     rng = np.random.default_rng(2)
     x = {"input": rng.standard_normal((10, 8, 8, 8)).astype(np.float32)}
-    objective, runner = build_objective("bn", bn_state.graph, bn_state.bn_stats, SHAPES, 4, rng)
+    objective, runner = build_objective("bn", bn_state.graph, bn_state.bn_stats, SHAPES, _ref(rng), rng)
     monkeypatch.setattr(synth_runner, "MEMORY_BUDGET", 1)                  # one row per ORT call
-    _, small = build_objective("bn", bn_state.graph, bn_state.bn_stats, SHAPES, 4, rng)
+    _, small = build_objective("bn", bn_state.graph, bn_state.bn_stats, SHAPES, _ref(rng), rng)
     assert small.rows_per_call == 1
     calls = small.calls
     np.testing.assert_allclose(small.losses(objective, x, np.arange(10)),
@@ -202,6 +214,11 @@ def test_pass_sets_calibration_and_report(bn_state, tmp_path):
 
 
 def test_search_helpers():
+    u = np.random.default_rng(0).standard_normal((2, 3, 16, 12))
+    np.testing.assert_allclose(frequency_bands(u).sum(axis=1), u, atol=1e-5)   # the bands add up
+    stage = Stage({"input": u}, factor=4)
+    assert stage.dims == 9 + 3 * 4 + 3 * 4 * 3                              # mix + band gains + latent
+    np.testing.assert_allclose(stage(np.zeros((2, stage.dims)), np.arange(2))["input"], u, atol=1e-5)
     a = bilinear_matrix(8, 2)
     np.testing.assert_allclose(a.sum(axis=1), 1.0)                         # interpolation rows sum to 1
     np.testing.assert_allclose(a @ np.array([1.0, 1.0]), 1.0)
@@ -229,7 +246,7 @@ def _static_batch_graph(graph, hard_reshape: bool):
 def test_static_batch_models(bn_state, hard_reshape, rows_per_call):
     graph = _static_batch_graph(bn_state.graph, hard_reshape)
     rng = np.random.default_rng(3)
-    objective, runner = build_objective("bn+label", graph, bn_state.bn_stats, SHAPES, 4, rng)
+    objective, runner = build_objective("bn+label", graph, bn_state.bn_stats, SHAPES, _ref(rng), rng)
     if rows_per_call is None:
         assert runner.static is None and runner.rows_per_call > 100       # the batch axis was freed
     else:
@@ -239,3 +256,11 @@ def test_static_batch_models(bn_state, hard_reshape, rows_per_call):
     losses = runner.losses(objective, x, np.arange(3))
     assert losses.shape == (3,) and np.all(np.isfinite(losses))
     assert runner.calls - calls == (1 if rows_per_call is None else 3)
+
+
+def test_unwritable_cache_dir_only_warns(bn_state, tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    opts = SynthesisOptions(**{**FAST, "steps": 2, "use_cache": True}, cache_dir=str(blocker))
+    result = synthesize(bn_state.graph, bn_state.bn_stats, opts, "m")
+    assert not result.cache_hit and "cannot write the synthesis cache" in caplog.text
