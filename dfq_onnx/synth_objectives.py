@@ -59,8 +59,8 @@ class StatTarget:
     spatial: bool = True      # rank >= 3: stats over space; rank 2: the tensor itself
 
 
-def _var(graph: gs.Graph, name: str, shape=None) -> gs.Variable:
-    return gs.Variable(name, dtype=np.float32, shape=shape)
+def _var(graph: gs.Graph, name: str) -> gs.Variable:
+    return gs.Variable(name, dtype=np.float32)
 
 
 def _channel_stats(graph: gs.Graph, t: gs.Tensor, tag: str) -> list[gs.Variable]:
@@ -86,13 +86,9 @@ def _peak(graph: gs.Graph, t: gs.Tensor, tag: str) -> gs.Variable:
     return out
 
 
-def _rank(t: gs.Tensor) -> int | None:
-    return len(t.shape) if t.shape is not None else None
-
-
 def stats_model(graph: gs.Graph, bn: list[StatTarget], act: list[str], output: str | None):
-    """A copy of `graph` whose outputs are: per BN tensor (mean, var) or the tensor itself (rank 2),
-    per activation tensor its mean square, then `output` (if any). Returns (model, output names)."""
+    """A copy of `graph` whose outputs are: per BN tensor its channel (mean, mean square) or the tensor
+    itself (rank 2), per activation tensor its peak, then `output` (if any). Returns (model, names)."""
     g = graph.copy()
     table = g.tensors()
     outs: list[gs.Variable] = []
@@ -230,18 +226,19 @@ class Objective:
         return total
 
     def label_terms(self, peaks, y, xs, idx) -> np.ndarray:
-        spec = self.label
-        masks = spec.masks[idx] if spec.masks is not None else None
-        margin = margins(reduce_output(y, masks), spec.labels[idx], spec.mu_ref) / spec.sigma_ref
+        """L_B per row (module docstring)."""
+        margin = self._margin(y, idx)
         total = np.maximum(0.0, MARGIN_CAP - margin) + W_TV * sum(total_variation(x) for x in xs) / TV_NOISE
         if peaks is not None:
-            excess = np.log(np.maximum(peaks, 1e-12) / spec.act_ref)
+            excess = np.log(np.maximum(peaks, 1e-12) / self.label.act_ref)
             total += W_ACT * (np.maximum(excess, 0.0) ** 2).mean(axis=1)
         return total
 
     def margin(self, outs: list[np.ndarray], idx: np.ndarray) -> np.ndarray:
         """Normalized target margin per row (label objectives only)."""
-        _, _, y = self.split(outs)
+        return self._margin(self.split(outs)[2], idx)
+
+    def _margin(self, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
         spec = self.label
         masks = spec.masks[idx] if spec.masks is not None else None
         return margins(reduce_output(y, masks), spec.labels[idx], spec.mu_ref) / spec.sigma_ref

@@ -41,7 +41,7 @@ from dfq_onnx.synth_runner import build_objective, resolve_shapes
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("auto", "bn", "label", "bn+label")
-ENGINE_VERSION = 1      # bump when the algorithm changes: old cache entries are then ignored
+ENGINE_VERSION = 2      # bump when the algorithm changes: old cache entries are then ignored
 STAGES = 3              # coarse-to-fine latent stages (H/8, H/4, H/2 for 32x32 inputs)
 SIGMA, LR = 0.3, 0.05   # ES perturbation scale and Adam step, in latent (pixel) units
 
