@@ -52,8 +52,9 @@ ENGINE_VERSION = 1       # bump when the terms change: old cache entries are the
 class SensitivityOptions:
     weight_bits: tuple[int, ...] = (2, 4, 8)
     base_bits: int = 8
-    hops: int = 2
+    hops: int = 2                     # 0: no pairs
     pairs: bool = True
+    pair_bits: tuple[int, ...] | None = None   # candidates of the pair terms (None: all below base)
     metric: str = "auto"              # "auto" | "kl" | "ce" | "mse" | "sqnr"
     batch: int | None = None          # samples per ORT run (None: all at once)
     samples: int | None = None        # score on the first n samples (None: all)
@@ -71,9 +72,15 @@ class SensitivityOptions:
                              f"{numerics.SUPPORTED_BITS}")
         if self.base_bits not in bits:
             raise UsageError(f"sensitivity base bits {self.base_bits} must be one of the weight bits {bits}")
-        if self.hops < 1 or (self.batch is not None and self.batch < 1) or self.shrink < 0:
-            raise UsageError(f"sensitivity: hops ({self.hops}) and batch ({self.batch}) must be positive and "
+        if self.hops < 0 or (self.batch is not None and self.batch < 1) or self.shrink < 0:
+            raise UsageError(f"sensitivity: batch ({self.batch}) must be positive, hops ({self.hops}) and "
                              f"shrink ({self.shrink}) non-negative")
+        if self.pair_bits is not None:
+            pair = tuple(sorted(int(b) for b in self.pair_bits))
+            object.__setattr__(self, "pair_bits", pair)
+            if not set(pair) <= set(bits) or any(b >= self.base_bits for b in pair):
+                raise UsageError(f"sensitivity pair bits {pair} must be weight bits below the base "
+                                 f"{self.base_bits}")
         if self.samples is not None and self.samples < 2:
             raise UsageError(f"sensitivity samples {self.samples}: need at least 2 (two half-batches)")
         if self.metric not in METRICS:
@@ -213,7 +220,8 @@ class Scoring:
 
     @property
     def low(self) -> list[int]:
-        return [b for b in self.bits if b < self.options.base_bits]
+        pair_bits = self.options.pair_bits
+        return [b for b in self.bits if b < self.options.base_bits and (pair_bits is None or b in pair_bits)]
 
     def run(self) -> "Scoring":
         plan = _plan(self.groups, self.bits, self.options.base_bits, self.pairs, self.low)

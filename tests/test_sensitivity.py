@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import onnx
@@ -208,7 +209,8 @@ def test_json_round_trip_and_prediction(scored):
 
 @pytest.mark.parametrize("kwargs, words", [
     ({"weight_bits": (4, 9)}, "distinct values"), ({"base_bits": 16}, "base bits"),
-    ({"hops": 0}, "hops"), ({"metric": "top1"}, "metric"), ({"samples": 1}, "at least 2"),
+    ({"hops": -1}, "hops"), ({"pair_bits": (4, 8)}, "pair bits"), ({"pair_bits": (3,)}, "pair bits"),
+    ({"metric": "top1"}, "metric"), ({"samples": 1}, "at least 2"),
     ({"shrink": -1.0}, "shrink"), ({"weight_bits": (4, 4, 8)}, "distinct"),
 ])
 def test_bad_options_raise_usage_error(kwargs, words):
@@ -243,3 +245,12 @@ def test_static_batch_runs_in_chunks_of_it():
     table, _ = score(state, opts, samples=samples)
     assert table.samples == 4 and table.metric == "sqnr"       # trimmed to 2 runs of the static batch 2
     assert table.forward_passes == 2 * (table.evaluations + 1)
+
+
+def test_pair_bits_bound_the_pair_candidates(scored):
+    state, _ = scored
+    opts = SensitivityOptions(weight_bits=(2, 4, 8), pair_bits=(2,), hops=1, use_cache=False, progress=False)
+    table, _ = score(state, opts)
+    assert table.candidates == ((2, 8), (4, 8), (8, 8))
+    assert [list(t) for t in table.pairs.values()] == [[((2, 8), (2, 8))]]
+    assert score(state, dataclasses.replace(opts, hops=0))[0].pairs == {}
