@@ -44,14 +44,13 @@ import onnxruntime as ort
 from . import ir, numerics
 from .errors import UnsupportedModelError
 from .graph_utils import const_values, node_label
-from .passes.emit_qdq import activation_encoding
+from .passes.emit_qdq import activation_encoding, quantize_weight
 from .qdq import Encoding, insert_activation_qdq, replace_with_dq
 from .sensitivity_table import resolve_metrics, total_loss
 from .state import QuantGroup, QuantSpec, Range
 
 log = logging.getLogger(__name__)
 
-INT32_MAX = float(np.iinfo(np.int32).max)
 FP32 = None   # the weight "bit-width" of an unquantized group
 
 
@@ -63,19 +62,11 @@ def emitted_weight(w: np.ndarray, bias: np.ndarray | None, x_scale: float | None
     W_hat = s_w * clip(round(W / s_w), -(2^(b-1) - 1), 2^(b-1) - 1);  b_hat = s_x s_w round(b / (s_x s_w)).
     Without an input scale (float input) the bias stays float.
     """
+    q, scale, qb, bscale = quantize_weight(target, w, bias, x_scale, bits, axis)
     axis = axis if target.per_channel else None
-    scale = numerics.weight_scales(w, bits, axis)
-    int_bias = target.bias_mode == "int32" and bias is not None and x_scale is not None
-    if int_bias:
-        floor = np.abs(bias) / (float(x_scale) * INT32_MAX)
-        floor = floor.reshape(scale.shape) if scale.ndim else floor.max()
-        scale = np.maximum(scale, floor).astype(np.float32)
-    signed = target.weight_dtype(bits).startswith("int")
-    q = numerics.quantize(w, scale, 0, bits, signed, axis, narrow=target.narrow_range)
     w_hat = numerics.dequantize(q, scale, np.zeros(scale.shape, np.int64), axis)
-    if not int_bias:
+    if qb is None:
         return w_hat, bias
-    qb, bscale = numerics.bias_int32(bias, float(x_scale), scale)
     return w_hat, numerics.dequantize(qb, bscale, np.zeros(bscale.shape, np.int64),
                                       0 if bscale.ndim else None)
 

@@ -38,6 +38,29 @@ def activation_encoding(target, lo: float, hi: float, bits: int) -> Encoding:
     return Encoding(np.float32(scale), np.asarray(zp), dtype, bits)
 
 
+def quantize_weight(target, w: np.ndarray, bias: np.ndarray | None, x_scale: float | None, bits: int,
+                    axis: int | None):
+    """Emit's weight (and int32 bias) quantization, shared with the sensitivity probe.
+
+    Returns (q, scale, q_bias, bias_scale); q_bias is None when the bias stays float (the target asks
+    for float bias, there is no bias, or the input is not quantized). A weight scale is raised where
+    |b / (s_x * s_w)| would overflow int32.
+    """
+    axis = axis if target.per_channel else None
+    scale = numerics.weight_scales(w, bits, axis)
+    int_bias = target.bias_mode == "int32" and bias is not None and x_scale is not None
+    if int_bias:
+        floor = np.abs(bias) / (float(x_scale) * INT32_MAX)
+        scale = np.maximum(scale, floor.reshape(scale.shape) if scale.ndim else floor.max()).astype(
+            np.float32)
+    signed = target.weight_dtype(bits).startswith("int")
+    q = numerics.quantize(w, scale, 0, bits, signed, axis, narrow=target.narrow_range)
+    if not int_bias:
+        return q, scale, None, None
+    qb, bscale = numerics.bias_int32(bias, float(x_scale), scale)
+    return q, scale, qb, bscale
+
+
 def tensor_bits(state: CompileState) -> dict[str, int]:
     """Activation bits of each quantized tensor: its readers' group, else its producer's group."""
     bits: dict[str, int] = {}
@@ -142,21 +165,14 @@ class EmitQDQ(Pass):
         target = state.target
         w = const_values(node.inputs[1]).astype(np.float32)
         axis = layer.axis if target.per_channel else None
-        scale = numerics.weight_scales(w, w_bits, axis)
         x_enc = by_dq.get(node.inputs[0].name)
         bias = const_values(node.inputs[2]).astype(np.float32) if layer.bias else None
-        int_bias = target.bias_mode == "int32" and bias is not None and x_enc is not None
-        if int_bias:  # keep |b / (s_x * s_w)| within int32
-            floor = np.abs(bias) / (float(x_enc.scale) * INT32_MAX)
-            scale = np.maximum(scale, floor.reshape(scale.shape) if scale.ndim else floor.max()).astype(
-                np.float32)
-        dtype = target.weight_dtype(w_bits)
-        q = numerics.quantize(w, scale, 0, w_bits, dtype.startswith("int"), axis,
-                              narrow=target.narrow_range)
-        enc = Encoding(scale, np.zeros(scale.shape, np.int64), dtype, w_bits, axis)
+        q, scale, qb, bscale = quantize_weight(target, w, bias, None if x_enc is None else x_enc.scale,
+                                               w_bits, layer.axis)
+        int_bias = qb is not None
+        enc = Encoding(scale, np.zeros(scale.shape, np.int64), target.weight_dtype(w_bits), w_bits, axis)
         replace_with_dq(state.graph, node, 1, q, enc, layer.weight)
         if int_bias:
-            qb, bscale = numerics.bias_int32(bias, float(x_enc.scale), scale)
             benc = Encoding(bscale, np.zeros(bscale.shape, np.int64), "int32", 32,
                             0 if bscale.ndim else None)
             replace_with_dq(state.graph, node, 2, qb, benc, layer.bias)
