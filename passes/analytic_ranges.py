@@ -51,9 +51,6 @@ def _const_per_channel(t: gs.Tensor, channels: int | None) -> np.ndarray | None:
         return v.reshape(1)
     squeezed = v.squeeze()
     if squeezed.ndim == 1 and channels is not None and squeezed.size == channels:
-        dims = [d for d in v.shape if d != 1]
-        lead = v.shape[-1 - (len(v.shape) - 1 - list(v.shape).index(dims[0]))] if dims else 1
-        del lead
         axis_from_end = v.ndim - 1 - list(v.shape).index(squeezed.size)
         if axis_from_end >= 1 or v.ndim <= 2:  # [C,1,1] or [1,C,1,1] or [1,C] on a channel axis
             return squeezed
@@ -104,8 +101,7 @@ def _linear(node: gs.Node, x: Est, channels_in: int | None) -> Est | None:
             if group != 1:
                 return None
             wk = w.reshape(w.shape[0], w.shape[1], -1)
-            taps = wk.shape[-1]
-            mu = np.einsum("iok,i->o", wk, m) / max(1, taps) * max(1, taps)
+            mu = np.einsum("iok,i->o", wk, m)
             var = np.einsum("iok,i->o", wk ** 2, v)
         return Est.of(mu + b, np.sqrt(var))
     if w.ndim != 2:
