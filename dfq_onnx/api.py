@@ -41,6 +41,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     report.model["params"] = sum(g.params for g in state.groups)
     if output is not None:
         ir.save_model(out, output)
+    if opts.pareto is not None and state.pareto is not None:
+        _write_pareto(opts.pareto, state.pareto, report, profile.name)
     if report_path is not None:
         ir.write_bytes_atomic(report_path, report.to_json().encode())
     return out, report
@@ -76,6 +78,22 @@ def synthesize(model, *, output=None, samples: int = 64, steps: int | None = Non
         np.savez(buf, **arrays)
         ir.write_bytes_atomic(output, buf.getvalue())
     return result
+
+
+def _write_pareto(path, points: list[dict], report: Report, target: str) -> None:
+    """The curve as JSON and as a PNG beside it (same stem), both written atomically."""
+    import json
+
+    from .pareto import plot_png
+
+    alloc = report.notes.get("allocation", {})
+    chosen = {"avg_weight_bits": alloc.get("avg_weight_bits"), "measured": alloc.get("measured_loss")}
+    doc = {"target": target, "model": report.model.get("name"), "points": points, "written_plan": chosen}
+    ir.write_bytes_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+    title = f"{report.model.get('name') or 'model'} on {target}"
+    png = Path(path).with_suffix(".png")
+    ir.write_bytes_atomic(png, plot_png(points, chosen, title))
+    report.notes.setdefault("allocation", {})["pareto_files"] = [str(path), str(png)]
 
 
 def _options_dict(opts: QuantizeOptions) -> dict:

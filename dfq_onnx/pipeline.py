@@ -44,7 +44,8 @@ def _mixed(options: QuantizeOptions) -> list[Pass]:
                                  pairs=options.allocator == "ilp-pairs", pair_bits=(2, 4),
                                  cache_dir=options.cache_dir,
                                  use_cache=options.use_cache, progress=options.progress)
-    return [ScoreSensitivity(scoring), AllocateBits(budget, options.allocator, options.max_drop)]
+    return [ScoreSensitivity(scoring), AllocateBits(budget, options.allocator, options.max_drop,
+                                                 pareto=options.pareto is not None)]
 
 
 def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pass]:

@@ -271,9 +271,37 @@ def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -
     return Scoring(ev, [g.id for g in state.groups if g.layers], bits, act, pairs, options)
 
 
+class PlanMeter:
+    """Measures whole plans (group -> weight bits) on the probe: the same loss as the table's terms, on the
+    same samples, one ORT forward pass per distinct plan. Used by AllocateBits to verify a `--max-drop`
+    plan and to measure the Pareto points. When the table came from the cache the probe is built on the
+    first call only."""
+
+    def __init__(self, state: CompileState, options: SensitivityOptions, samples, labels,
+                 scoring: Scoring | None = None):
+        self._state, self._options, self._samples, self._labels = state, options, samples, labels
+        self._scoring = scoring
+        self._counted = scoring.evaluator.forward_passes if scoring is not None else 0   # already reported
+
+    @property
+    def evaluator(self) -> Evaluator:
+        if self._scoring is None:
+            self._scoring = prepare(self._state, dataclasses.replace(self._options, pairs=False),
+                                    self._samples, self._labels)
+        return self._scoring.evaluator
+
+    def __call__(self, bits: dict[str, int]) -> float:
+        ev = self.evaluator
+        loss = float(ev.loss(bits)[0])
+        self._state.forward_passes += ev.forward_passes - self._counted
+        self._counted = ev.forward_passes
+        return loss
+
+
 def score(state: CompileState, options: SensitivityOptions, samples=None,
           labels=None) -> tuple[SensitivityTable, bool]:
-    """The sensitivity table of the state's graph (from the cache when possible) and whether it was cached."""
+    """The sensitivity table of the state's graph (from the cache when possible) and whether it was cached.
+    Leaves a PlanMeter on the state (`state.meter`) for measuring whole plans."""
     if samples is None:
         samples, labels = scoring_data(state, options)
     n = len(next(iter(samples.values())))
@@ -285,8 +313,11 @@ def score(state: CompileState, options: SensitivityOptions, samples=None,
                             options.cache_dir).with_suffix(".json")
     if options.use_cache and (hit := load_json(path)) is not None:
         log.info("sensitivity table from cache %s", path)
+        state.meter = PlanMeter(state, options, samples, labels)
         return hit, True
-    table = prepare(state, options, samples, labels).run().table()
+    scoring = prepare(state, options, samples, labels).run()
+    table = scoring.table()
+    state.meter = PlanMeter(state, options, samples, labels, scoring)
     if options.use_cache:
         save_json_atomic(path, table)
     return table, False
