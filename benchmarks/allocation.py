@@ -47,7 +47,7 @@ def end_to_end(model: Path, workdir: Path) -> dict:
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - start
     passes = json.loads(rep.read_text())["passes"]
-    return {"wall": wall, "passes": {p["name"]: p["seconds"] for p in passes}}
+    return {"wall": wall, "passes": {p["pass"]: p["seconds"] for p in passes}}
 
 
 def run_model(name: str, args, x, y, rows: list, e2e_rows: list, workdir: Path) -> None:

@@ -282,10 +282,14 @@ class Probe:
 
 
 class Evaluator:
-    """Loss of configurations at the model output vs FP32: on all samples and on two half-batches.
+    """Loss of configurations at the model output: on all samples and on two half-batches.
 
     The FP32 reference outputs are computed once (one plain forward pass) and kept; each distinct
-    configuration is run once (memoized). `loss(config)` returns [all, even rows, odd rows].
+    configuration is run once (memoized). `loss(config)` returns [all, even rows, odd rows] of the loss
+    vs the FP32 model; `relative(config)` the same vs the probe's own outputs with every weight FP32
+    (activations still quantized): the damage the weights add on top of activation quantization. That
+    one is >= 0 for kl/mse/sqnr and has no cross term with the activation noise (which averages to 0 but
+    makes small vs-FP32 differences noisy, often negative), so the scorer builds its terms from it.
     """
 
     def __init__(self, probe: Probe, reference_model, samples: dict[str, np.ndarray],
@@ -300,6 +304,8 @@ class Evaluator:
         self.kinds = resolve_metrics(metric, self.reference, labels, names)
         self.halves = (np.arange(0, self.n, 2), np.arange(1, self.n, 2))
         self._memo: dict[frozenset, np.ndarray] = {}
+        self._relative: dict[frozenset, np.ndarray] = {}
+        self._base: list[np.ndarray] | None = None
 
     def _forward(self, run) -> list[np.ndarray]:
         outs: list[list[np.ndarray]] = []
@@ -314,11 +320,23 @@ class Evaluator:
     def loss(self, config: Mapping[str, int | None]) -> np.ndarray:
         key = frozenset((g, b) for g, b in config.items() if b is not FP32)
         if key not in self._memo:
+            if key and self._base is None:
+                self.loss({})
             outs = self._forward(lambda feeds, key: self.probe.run_batch(config, feeds, key))
             self.evaluations += 1
-            self._memo[key] = np.array([total_loss(self.kinds, self.reference, outs, self.labels, rows)
-                                        for rows in (None, *self.halves)])
+            if not key:
+                self._base = outs
+            rows = (None, *self.halves)
+            self._memo[key] = np.array([total_loss(self.kinds, self.reference, outs, self.labels, r)
+                                        for r in rows])
+            self._relative[key] = np.array([total_loss(self.kinds, self._base, outs, self.labels, r)
+                                            for r in rows])
         return self._memo[key]
+
+    def relative(self, config: Mapping[str, int | None]) -> np.ndarray:
+        """Like `loss`, against the all-FP32-weights probe outputs instead of the FP32 model."""
+        self.loss(config)
+        return self._relative[frozenset((g, b) for g, b in config.items() if b is not FP32)]
 
     def seen(self, config: Mapping[str, int | None]) -> bool:
         return frozenset((g, b) for g, b in config.items() if b is not FP32) in self._memo

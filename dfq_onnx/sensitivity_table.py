@@ -3,9 +3,12 @@
 With L(config) the loss at the model output against the FP32 model on the scoring samples:
 
     ref             = L(every weight FP32)                 (activations fake-quantized, or FP32)
-    singles         Omega_i(c)   = L(i at c, others FP32) - ref
+    singles         Omega_i(c)   = D(i at c, others FP32)
     incontext       I_i(c)       = L(i at c, others at base) - L(all at base)
-    pairs           C_ij(c, c')  = L(i at c, j at c', others FP32) - ref - Omega_i(c) - Omega_j(c')
+    pairs           C_ij(c, c')  = D(i at c, j at c', others FP32) - Omega_i(c) - Omega_j(c')
+
+where D is the metric against the outputs with every weight FP32 (activations as in ref) instead of
+against the FP32 model: the damage the weights add to activation quantization (passes/sensitivity.py).
 
 The additive prediction the bit allocator minimizes (groups at FP32 contribute 0):
 

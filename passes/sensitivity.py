@@ -5,12 +5,15 @@ allows (w, a), a the activation bits -- configurations are run on ONE probe mode
 (`dfq_onnx.probe`), each costing one ORT forward pass of the scoring batch, and the terms of
 `dfq_onnx.sensitivity_table` are formed against the cached FP32 outputs:
 
-    singles    Omega_i(c)   = L(i at c) - L(all FP32 weights)                       G*K evaluations
+    singles    Omega_i(c)   = D(i at c)                                             G*K evaluations
     incontext  I_i(c)       = L(others at base, i at c) - L(all at base)            G*(K-1) + 1
-    pairs      C_ij(c, c')  = L(i at c, j at c') - L(ref) - Omega_i(c) - Omega_j(c') P*K_low^2
+    pairs      C_ij(c, c')  = D(i at c, j at c') - D(i at c) - D(j at c')           P*K_low^2
                for groups within `hops` and c, c' below the base (e.g. {2,4} x {2,4})
 
-plus one FP32 forward pass and one reference evaluation.
+plus one FP32 forward pass and one reference evaluation. L is the loss vs the FP32 model, D the same
+metric vs the probe's outputs with every weight FP32 (activations quantized): the damage the weights
+add (`Evaluator.relative`). D has no cross term with the activation noise, which makes small
+L-differences noisy and often negative; singles are then made monotone in the bits (`monotone`).
 
 Hops: quantized nodes (weighted and elementwise) are adjacent when data flows from one to the other
 through non-quantized nodes only (Relu, Pad, MaxPool, ...); two groups are within k hops when some
@@ -45,7 +48,7 @@ from dfq_onnx.sensitivity_table import METRICS, SensitivityTable, load_json, sav
 from dfq_onnx.state import CompileState
 
 log = logging.getLogger(__name__)
-ENGINE_VERSION = 1       # bump when the terms change: old cache entries are then ignored
+ENGINE_VERSION = 2       # bump when the terms change: old cache entries are then ignored
 
 
 @dataclass(frozen=True)
@@ -163,15 +166,25 @@ def shrink(term: np.ndarray, lam: float) -> float:
     return float(np.sign(term[0]) * max(abs(term[0]) - lam * sigma, 0.0))
 
 
+def monotone(terms: dict) -> dict:
+    """Fewer bits never cost less: each candidate's loss is raised to that of any candidate with more
+    weight bits (a running max from the most precise down; removes noise inversions)."""
+    out, floor = {}, 0.0
+    for c in sorted(terms, key=lambda c: -c[0]):
+        floor = max(floor, terms[c])
+        out[c] = floor
+    return {c: out[c] for c in terms}
+
+
 def assemble(ev: Evaluator, groups, bits, base, pairs, low, act: int, lam: float,
              incontext: bool = True) -> dict:
     """The table's terms from the evaluator's (memoized) losses (no in-context terms when not scored)."""
-    L, ref, all_base = ev.loss, ev.loss({}), {g: base for g in groups}
-    singles = {g: {(b, act): shrink(L({g: b}) - ref, lam) for b in bits} for g in groups}
+    L, R, ref, all_base = ev.loss, ev.relative, ev.loss({}), {g: base for g in groups}
+    singles = {g: monotone({(b, act): shrink(R({g: b}), lam) for b in bits}) for g in groups}
     base_loss = L(all_base)
     context = {g: {(b, act): 0.0 if b == base else shrink(L({**all_base, g: b}) - base_loss, lam)
                    for b in bits} if incontext else {} for g in groups}
-    terms = {(g, h): {((c, act), (d, act)): shrink(L({g: c, h: d}) - L({g: c}) - L({h: d}) + ref, lam)
+    terms = {(g, h): {((c, act), (d, act)): shrink(R({g: c, h: d}) - R({g: c}) - R({h: d}), lam)
                       for c in low for d in low} for g, h in pairs}
     return {"singles": singles, "incontext": context, "pairs": terms,
             "reference_loss": float(ref[0]), "base_loss": float(base_loss[0])}

@@ -133,9 +133,12 @@ def test_pair_terms_of_independent_groups_vanish():
     terms = assemble(ev, [a, b], (4, 8), 8, [(a, b)], [4], 8, lam=0.0)
     single = terms["singles"][a][(4, 8)] + terms["singles"][b][(4, 8)]
     assert single > 1e-4 and abs(terms["pairs"][(a, b)][((4, 8), (4, 8))]) < 1e-9 * single
-    # the other branch at base changes nothing on a's output: I_a(4) = Omega_a(4) - Omega_a(8)
-    s = terms["singles"][a]
-    assert terms["incontext"][a][(4, 8)] == pytest.approx(s[(4, 8)] - s[(8, 8)], rel=1e-9)
+    # the other branch at base changes nothing on a's output: I_a(4) = L(a at 4) - L(a at 8)
+    want = ev.loss({a: 4})[0] - ev.loss({a: 8})[0]
+    assert terms["incontext"][a][(4, 8)] == pytest.approx(want, rel=1e-9)
+    # singles are the damage on top of activation quantization: >= 0 and monotone in the bits
+    for g in (a, b):
+        assert terms["singles"][g][(4, 8)] >= terms["singles"][g][(8, 8)] >= 0.0
 
 
 def test_hops_in_a_residual_block():
