@@ -21,6 +21,10 @@ from onnx import TensorProto, helper, numpy_helper, version_converter
 from .errors import ModelLoadError, UnsupportedModelError
 
 TWO_GB = 2**31 - 1024
+MAPPABLE = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.INT8, TensorProto.UINT8,
+            TensorProto.INT16, TensorProto.UINT16, TensorProto.INT32, TensorProto.UINT32, TensorProto.INT64,
+            TensorProto.UINT64}
+LAZY_BYTES = 2**30      # external data above this is memory-mapped at import, never copied into the proto
 DTYPES = {"int4": TensorProto.INT4, "uint4": TensorProto.UINT4, "int8": TensorProto.INT8,
           "uint8": TensorProto.UINT8, "int16": TensorProto.INT16, "uint16": TensorProto.UINT16,
           "int32": TensorProto.INT32}
@@ -39,18 +43,40 @@ def _check_external_data(model: onnx.ModelProto, base: Path) -> None:
         target = (root / loc).resolve()
         if os.path.isabs(loc) or not target.is_relative_to(root):
             raise ModelLoadError(f"tensor '{tensor.name}': external data location '{loc}' escapes the "
-                                 f"model directory {root}; refusing to read it")
+                                 f"model directory {root}; refusing to read it (keep the data file next to "
+                                 "the model and use a relative location)")
         if not target.is_file():
             raise ModelLoadError(f"tensor '{tensor.name}': external data file '{loc}' not found next to "
-                                 f"the model in {root}")
+                                 f"the model in {root}; copy it there with the model")
 
 
 def _all_tensors(model: onnx.ModelProto):
-    yield from model.graph.initializer
-    for node in model.graph.node:
+    yield from _graph_tensors(model.graph)
+
+
+def _graph_tensors(graph: onnx.GraphProto):
+    """Initializers and tensor attributes of `graph` and of every subgraph (If/Loop/Scan bodies)."""
+    yield from graph.initializer
+    for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR:
                 yield attr.t
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                yield from attr.tensors
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graph_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _graph_tensors(g)
+
+
+def _external_bytes(model: onnx.ModelProto) -> int:
+    total = 0
+    for tensor in _all_tensors(model):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            entries = {e.key: e.value for e in tensor.external_data}
+            total += int(entries.get("length", 0) or 0)
+    return total
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -59,10 +85,10 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         return copy.deepcopy(source)
     path = Path(source)
     if not path.is_file():
-        raise ModelLoadError(f"{path}: no such file")
+        raise ModelLoadError(f"{path}: no such file; check the model path")
     data = path.read_bytes()
     if not data:
-        raise ModelLoadError(f"{path}: empty file, not an ONNX model")
+        raise ModelLoadError(f"{path}: empty file, not an ONNX model; re-export or re-download it")
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
@@ -70,8 +96,12 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: not a valid ONNX model (protobuf parse failed: {exc}); "
                              "is the file truncated or of another format?") from None
     if not model.HasField("graph") or not model.opset_import:
-        raise ModelLoadError(f"{path}: not an ONNX model (no graph or opset_import)")
+        raise ModelLoadError(f"{path}: not an ONNX model (no graph or opset_import); pass an .onnx model "
+                             "file")
     _check_external_data(model, path.parent)
+    if _external_bytes(model) > LAZY_BYTES:
+        _absolute_locations(model, path.parent)   # read later, memory-mapped, by to_graph()
+        return model
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError) as exc:
@@ -79,9 +109,77 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _absolute_locations(model: onnx.ModelProto, base: Path) -> None:
+    """Point (already validated) external-data locations at absolute paths, so the proto is usable
+    wherever it goes next (the graph importer memory-maps them)."""
+    for tensor in _all_tensors(model):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = str((base / entry.value).resolve())
+
+
+def _external_array(tensor: onnx.TensorProto) -> np.ndarray | None:
+    """A copy-on-write memory map of an external tensor's data (None for types numpy cannot map)."""
+    if tensor.data_type not in MAPPABLE:
+        return None
+    entries = {e.key: e.value for e in tensor.external_data}
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+    shape = tuple(int(d) for d in tensor.dims)
+    count = int(np.prod(shape, dtype=np.int64))
+    if count == 0:
+        return np.zeros(shape, dtype)
+    offset = int(entries.get("offset", 0) or 0)
+    length = entries.get("length")
+    if length is not None and int(length) < count * dtype.itemsize:
+        raise ModelLoadError(f"tensor '{tensor.name}': external data is {length} bytes, its shape "
+                             f"{list(shape)} needs {count * dtype.itemsize}")
+    try:
+        return np.memmap(entries["location"], dtype=dtype, mode="c", offset=offset, shape=shape)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"tensor '{tensor.name}': cannot map external data "
+                             f"{entries['location']}: {exc}") from None
+
+
 def model_hash(model: onnx.ModelProto) -> str:
-    """Stable content hash (SHA-256 of the deterministic serialization)."""
-    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    """Stable content hash: SHA-256 of the deterministic serialization, plus the bytes of any tensor
+    still held in external data (streamed, so models above 2 GB hash too)."""
+    external = [t for t in _all_tensors(model) if t.data_location == TensorProto.EXTERNAL]
+    if not external and model.ByteSize() <= TWO_GB:
+        return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    h = hashlib.sha256()
+    for tensor in _all_tensors(model):   # contents, then the structure without them
+        if tensor.data_location == TensorProto.EXTERNAL:
+            arr = _external_array(tensor)
+            data = memoryview(arr.reshape(-1).view(np.uint8)) if arr is not None else b""
+        else:
+            data = memoryview(tensor.raw_data) if tensor.HasField("raw_data") else b""
+        h.update(tensor.name.encode())
+        for start in range(0, len(data), 1 << 26):
+            h.update(data[start:start + (1 << 26)])
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model) if model.ByteSize() <= TWO_GB else _copy_without_raw(model, skeleton)
+    for tensor in _all_tensors(skeleton):
+        tensor.ClearField("raw_data")
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = Path(entry.value).name
+    h.update(skeleton.SerializeToString(deterministic=True))
+    return h.hexdigest()
+
+
+def _copy_without_raw(model: onnx.ModelProto, dst: onnx.ModelProto) -> None:
+    """Copy `model` into `dst` tensor by tensor without ever holding two copies of the raw data."""
+    saved = []
+    for tensor in _all_tensors(model):
+        if tensor.HasField("raw_data"):
+            saved.append((tensor, tensor.raw_data))
+            tensor.ClearField("raw_data")
+    try:
+        dst.CopyFrom(model)
+    finally:
+        for tensor, raw in saved:
+            tensor.raw_data = raw
 
 
 def opset_version(model: onnx.ModelProto) -> int:
@@ -132,7 +230,18 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
-    return gs.import_onnx(model)
+    """Import into onnx-graphsurgeon; constants still in external data become memory maps."""
+    graph = gs.import_onnx(model)
+    for tensor in graph.tensors().values():
+        lazy = getattr(tensor, "_values", None) if isinstance(tensor, gs.Constant) else None
+        proto = getattr(lazy, "tensor", None)
+        if isinstance(proto, onnx.TensorProto) and proto.data_location == TensorProto.EXTERNAL:
+            arr = _external_array(proto)
+            if arr is None:
+                raise UnsupportedModelError(f"tensor '{proto.name}': cannot read external data of type "
+                                            f"{TensorProto.DataType.Name(proto.data_type)} lazily")
+            tensor.values = arr
+    return graph
 
 
 def to_model(graph: gs.Graph, *, opset: int | None = None, ir_version: int | None = None,
@@ -162,7 +271,12 @@ def min_ir_version(opset: int) -> int:
 
 
 def check_model(model: onnx.ModelProto, full: bool = True) -> None:
+    """onnx.checker (models above 2 GB are checked from a temporary external-data copy)."""
     try:
+        if model.ByteSize() > TWO_GB:
+            with tempfile.TemporaryDirectory(prefix="dfq-check-") as tmp:
+                onnx.checker.check_model(str(save_model(model, Path(tmp) / "model.onnx")), full_check=full)
+            return
         onnx.checker.check_model(model, full_check=full)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
@@ -173,25 +287,55 @@ def serialize(model: onnx.ModelProto) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, return_all: bool = False):
     """Write atomically: a temporary file in the same directory, then rename over the target.
 
     Models above 2 GB are written with their tensors in one external-data file `<name>.data` next to
-    the model (also staged and renamed), since protobuf cannot serialize them inline.
+    the model (also staged and renamed), since protobuf cannot serialize them inline; `model` is left
+    as it was. Returns the path (with `return_all`, every file written).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if model.ByteSize() <= TWO_GB:
         _atomic_write(path, serialize(model))
-        return path
+        return [path] if return_all else path
     data_name = path.name + ".data"
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        staged = Path(tmp) / path.name
-        onnx.save_model(model, staged, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-        os.replace(Path(tmp) / data_name, path.parent / data_name)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix="." + path.name + ".") as tmp:
+        staged, staged_data = Path(tmp) / path.name, Path(tmp) / data_name
+        _write_external(model, staged, staged_data, data_name)
+        os.replace(staged_data, path.parent / data_name)
         os.replace(staged, path)
-    return path
+    return [path, path.parent / data_name] if return_all else path
+
+
+def _write_external(model: onnx.ModelProto, path: Path, data_path: Path, location: str,
+                    threshold: int = 1024) -> None:
+    """Save `model` with every tensor of >= `threshold` bytes moved to `data_path`, then put the data
+    back into the proto (onnx.save_model would strip the caller's proto)."""
+    moved: list[tuple[onnx.TensorProto, bytes]] = []
+    try:
+        with open(data_path, "wb") as fh:
+            for tensor in _all_tensors(model):
+                if not tensor.HasField("raw_data") or len(tensor.raw_data) < threshold:
+                    continue
+                raw = tensor.raw_data
+                offset = fh.seek(0, os.SEEK_END)
+                offset += -offset % 4096
+                fh.seek(offset)
+                fh.write(raw)
+                tensor.ClearField("raw_data")
+                moved.append((tensor, raw))
+                tensor.data_location = TensorProto.EXTERNAL
+                entries = (("location", location), ("offset", str(offset)), ("length", str(len(raw))))
+                for key, value in entries:
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
+        _atomic_write(path, serialize(model))
+    finally:
+        for tensor, raw in moved:
+            del tensor.external_data[:]
+            tensor.data_location = TensorProto.DEFAULT
+            tensor.raw_data = raw
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -184,6 +184,7 @@ class EmitQDQ(Pass):
         state.report.layers.append({
             "node": layer.node, "op": layer.op, "weight": layer.weight, "weight_bits": w_bits,
             "weight_dtype": state.target.weight_dtype(w_bits), "params": int(np.size(w)),
+            "shape": [int(d) for d in np.shape(w)],
             "per_channel_axis": layer.axis if state.target.per_channel else None,
             "weight_scale_min": None if scale is None else float(np.min(scale)),
             "weight_scale_max": None if scale is None else float(np.max(scale)),
