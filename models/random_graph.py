@@ -85,7 +85,8 @@ class _Builder:
             y = ys[int(self.rng.integers(len(ys)))]
             self.node("Add", [x, y], self.shapes[x])
         elif op == "concat":
-            ys = [t for t in self.order if four_d(self.shapes[t]) and self.shapes[t][1:] == self.shapes[x][1:]]
+            hw = self.shapes[x][1:]
+            ys = [t for t in self.order if four_d(self.shapes[t]) and self.shapes[t][1:] == hw]
             y = ys[int(self.rng.integers(len(ys)))]
             c = self.shapes[x][0] + self.shapes[y][0]
             self.node("Concat", [x, y], (c, *self.shapes[x][1:]), axis=1)
@@ -141,6 +142,7 @@ def random_model(ops: list[str] | tuple[str, ...], seed: int = 0, c: int = 3, hw
                                                                                   ["N", c, hw, hw])],
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", *shape])],
                               initializer=b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="dfq-onnx-tests")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="dfq-onnx-tests")
     model.ir_version = 8
     return model
