@@ -62,7 +62,8 @@ def test_sigint_to_a_running_process(tmp_path):
     cmd = [sys.executable, "-m", "dfq_onnx.cli", "quantize", str(src), "-o", str(out_dir / "q.onnx"),
            "--report", str(out_dir / "r.json"), "--cache-dir", str(cache_dir), "--avg-weight-bits", "5",
            "--synth-samples", "32", "--synth-steps", "400"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     seen = []
     for line in proc.stderr:           # the pass log: interrupt once FindQuantGroups is done
         seen.append(line)
