@@ -312,7 +312,7 @@ def _write_external(model: onnx.ModelProto, path: Path, data_path: Path, locatio
                     threshold: int = 1024) -> None:
     """Save `model` with every tensor of >= `threshold` bytes moved to `data_path`, then put the data
     back into the proto (onnx.save_model would strip the caller's proto)."""
-    moved: list[tuple[onnx.TensorProto, bytes]] = []
+    moved: list[tuple[onnx.TensorProto, bytes, bool]] = []
     try:
         with open(data_path, "wb") as fh:
             for tensor in _all_tensors(model):
@@ -324,7 +324,7 @@ def _write_external(model: onnx.ModelProto, path: Path, data_path: Path, locatio
                 fh.seek(offset)
                 fh.write(raw)
                 tensor.ClearField("raw_data")
-                moved.append((tensor, raw))
+                moved.append((tensor, raw, tensor.HasField("data_location")))
                 tensor.data_location = TensorProto.EXTERNAL
                 entries = (("location", location), ("offset", str(offset)), ("length", str(len(raw))))
                 for key, value in entries:
@@ -332,15 +332,25 @@ def _write_external(model: onnx.ModelProto, path: Path, data_path: Path, locatio
                     entry.key, entry.value = key, value
         _atomic_write(path, serialize(model))
     finally:
-        for tensor, raw in moved:
+        for tensor, raw, had_location in moved:
             del tensor.external_data[:]
-            tensor.data_location = TensorProto.DEFAULT
+            if had_location:
+                tensor.data_location = TensorProto.DEFAULT
+            else:
+                tensor.ClearField("data_location")
             tensor.raw_data = raw
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())     # mkstemp creates 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
