@@ -15,6 +15,7 @@ Steps, in order (each is recorded in the report):
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import onnxruntime as ort
@@ -173,6 +174,9 @@ class Normalize(Pass):
         rewritten["nodes named"] = name_nodes(graph)
         state.graph = graph
         state.source = None
+        # fold_constants leaves a copy of the graph in reference cycles that share the constants' arrays
+        # (memory maps of large external weights): free it now, not at some later collection.
+        gc.collect()
         opset = ir.opset_version(model)
         state.report.model.update({"opset_in": state.source_opset, "opset": opset, "canonicalized": rewritten,
                                    "nodes_in": before, "nodes": len(graph.nodes)})
