@@ -43,7 +43,20 @@ def screenshot(html: Path, png: Path, width: int = 1280, height: int = 4200) -> 
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
         if proc.returncode != 0 or not png.is_file():
             sys.exit(f"[report_screenshot] chromium failed ({proc.returncode}): {proc.stderr[-500:]}")
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+    _crop_blank_bottom(png)
+    return seconds
+
+
+def _crop_blank_bottom(png: Path, margin: int = 24) -> None:
+    """The window is taller than the page: cut the white rows below the content."""
+    import numpy as np
+    from PIL import Image
+
+    img = Image.open(png).convert("RGB")
+    rows = np.flatnonzero((np.asarray(img) < 250).any(axis=(1, 2)))
+    if rows.size:
+        img.crop((0, 0, img.width, min(img.height, int(rows[-1]) + margin))).save(png, optimize=True)
 
 
 def main() -> None:

@@ -109,6 +109,11 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def has_external_data(model: onnx.ModelProto) -> bool:
+    """True when some tensor is still on disk (a large model loaded lazily)."""
+    return any(t.data_location == TensorProto.EXTERNAL for t in _all_tensors(model))
+
+
 def _absolute_locations(model: onnx.ModelProto, base: Path) -> None:
     """Point (already validated) external-data locations at absolute paths, so the proto is usable
     wherever it goes next (the graph importer memory-maps them)."""

@@ -40,6 +40,8 @@ def _num(v: Any, digits: int = 4) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"
+        if v == 0:
+            return "0"          # not "-0"
         return f"{v:.{digits}g}"
     return _e(v)
 
