@@ -101,3 +101,20 @@ def test_analytic_report_compares_on_noise(tmp_path):
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["forward_passes"] == 0 and data["comparison"]["source"] == "noise"
     assert data["comparison"]["forward_passes"] == 2 and data["sensitivity"] is None
+
+
+def test_corrupt_cache_entries_are_warnings_in_the_report(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(builders.with_data_bn_stats(builders.conv_bn_relu_residual()), src)
+    argv = ["-q", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--report", str(tmp_path / "r.json"),
+            "--cache-dir", str(tmp_path / "cache"), *MIXED[:-1]]
+    assert main(argv) == 0
+    first = (tmp_path / "q.onnx").read_bytes()
+    entries = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert len(entries) == 2                                   # synthetic samples, sensitivity table
+    for p in entries:
+        p.write_bytes(b"not a cache entry")
+    assert main(argv) == 0
+    warnings = json.loads((tmp_path / "r.json").read_text())["warnings"]
+    assert len(warnings) == 2 and all("ignoring unreadable" in w for w in warnings)
+    assert (tmp_path / "q.onnx").read_bytes() == first         # recomputed, same result
