@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED_DATA, load_cifar, machine_info, markdown_table, require_shared  # noqa: E402
 from dfq_onnx.passes.analytic_ranges import AnalyticRanges  # noqa: E402
-from dfq_onnx.passes.calibrate import Calibrate  # noqa: E402
+from dfq_onnx.passes.calibrate import Calibrate, noise_inputs  # noqa: E402
 from dfq_onnx.passes.emit_qdq import EmitQDQ  # noqa: E402
 from dfq_onnx.passes.fold_bn import FoldBatchNorm  # noqa: E402
 from dfq_onnx.passes.normalize import Normalize  # noqa: E402
@@ -65,7 +65,11 @@ def bench_target():
 
 
 def make_state(name: str) -> CompileState:
-    source = ir.load_model(SHARED_DATA / f"{name}_cifar10.onnx")
+    return make_state_from(SHARED_DATA / f"{name}_cifar10.onnx")
+
+
+def make_state_from(path) -> CompileState:
+    source = ir.load_model(path)
     state = CompileState(graph=None, target=bench_target(), options=QuantizeOptions(progress=False),
                          report=Report(), model_hash=ir.model_hash(source), source=source)
     passes = [Normalize(21), FoldBatchNorm(), FindQuantGroups(), AnalyticRanges(), Calibrate()]
@@ -111,28 +115,38 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def cost(state: CompileState, x: np.ndarray, rounds: int) -> list:
-    """Interleaved timing of a plain FP32 forward and a probe evaluation on the same batch."""
+def cost(state: CompileState, x: np.ndarray | dict, rounds: int) -> list:
+    """Interleaved timing on the same batch: a plain FP32 forward; a whole-probe evaluation of a random
+    {2,4,8} configuration; a segmented single (one random group at 2 bits, the scorer's common case,
+    from the cached prefix of its segment)."""
+    feeds = x if isinstance(x, dict) else {"input": x}
+    n = len(next(iter(feeds.values())))
     t0 = time.perf_counter()
     pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, BITS, 8)
     probe = Probe(pm)
     build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    seg = Probe(pm, segmented=True)
+    seg_build = time.perf_counter() - t0
     fp32 = runtime.session(ir.to_model(state.graph.copy(), ir_version=ir.min_ir_version(state.graph.opset)))
     configs = random_configs(list(pm.selects), rounds + 1, seed=1)
-    times = {"fp32": [], "probe": []}
-    fp32.run(None, {"input": x})
-    probe.run(configs[-1], {"input": x})
-    for config in configs[:rounds]:
-        t = time.perf_counter()
-        fp32.run(None, {"input": x})
-        times["fp32"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        probe.run(config, {"input": x})
-        times["probe"].append(time.perf_counter() - t)
+    rng = np.random.default_rng(2)
+    singles = [{g: 2} for g in rng.choice(list(pm.selects), rounds)]
+    times = {"fp32": [], "probe": [], "single": []}
+    fp32.run(None, feeds)
+    probe.run(configs[-1], feeds)
+    seg.run_batch({}, feeds, key=0)
+    for config, single in zip(configs[:rounds], singles):
+        for k, f in (("fp32", lambda: fp32.run(None, feeds)),
+                     ("probe", lambda c=config: probe.run(c, feeds)),
+                     ("single", lambda c=single: seg.run_batch(c, feeds, key=0))):
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    low = {k: min(v) * 1e3 for k, v in times.items()}
-    return [len(x), round(build, 2), round(pm.model.ByteSize() / 2**20, 1), med["fp32"], med["probe"],
-            med["probe"] / med["fp32"], low["fp32"], low["probe"], low["probe"] / low["fp32"]]
+    return [n, round(build, 2), round(seg_build, 2), len(seg.runner.segments),
+            round(pm.model.ByteSize() / 2**20, 1), med["fp32"], med["probe"], med["probe"] / med["fp32"],
+            med["single"], med["single"] / med["fp32"]]
 
 
 def synthetic_samples(state: CompileState, n: int):
@@ -196,18 +210,25 @@ def main() -> None:
     ap.add_argument("--metrics", default="kl,ce", help="metrics scored on the real samples")
     ap.add_argument("--no-synthetic", action="store_true")
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--cost-models", default="", help="extra ONNX models (paths) for the cost table only")
+    ap.add_argument("--cost-batch", type=int, default=32, help="batch of the extra cost models (noise)")
     args = ap.parse_args()
     args.metrics = args.metrics.split(",")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     require_shared()
     cost_rows, phase_rows, faith_rows = [], [], []
-    for name in args.models.split(","):
+    for path in filter(None, args.cost_models.split(",")):
+        state = make_state_from(path)
+        feeds = noise_inputs(state.graph, args.cost_batch, 0)
+        cost_rows.append([Path(path).stem, *cost(state, feeds, args.rounds)])
+        log.info("cost %s: %s", path, cost_rows[-1])
+    for name in filter(None, args.models.split(",")):
         faithfulness(name, args, cost_rows, phase_rows, faith_rows)
     print(f"\n{machine_info()}\n")
     print("### (a) Cost of one evaluation vs a plain FP32 forward (same batch, interleaved rounds)\n")
-    print(markdown_table(["model", "batch", "probe build s", "probe MB", "FP32 ms (median)",
-                          "probe ms (median)", "ratio (median)", "FP32 ms (min)", "probe ms (min)",
-                          "ratio (min)"], cost_rows))
+    print(markdown_table(["model", "batch", "probe build s", "segments build s", "segments", "probe MB",
+                          "FP32 ms", "whole-probe config ms", "ratio", "segmented single ms", "ratio"],
+                         cost_rows))
     print("\n### Scoring phases\n")
     print(markdown_table(["model", "scoring samples, metric", "phase", "evaluations", "ORT runs", "wall s",
                           "s / evaluation"], phase_rows))

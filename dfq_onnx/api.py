@@ -31,7 +31,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     """
     opts = _with_overrides(options or QuantizeOptions(), overrides)
     profile = target if isinstance(target, TargetProfile) else load_target(target)
-    _check_outputs(model, output, report_path)
+    _check_outputs(model, output, report_path, opts.pareto)
     source = ir.load_model(model)
     report = Report()
     report.model.update({"name": source.graph.name, "producer": source.producer_name,
@@ -50,7 +50,17 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
             from .report_data import fill
 
             fill(state, source, out)
-    _write_outputs(out, output, report, report_path)
+    curve: list[Path] = []
+    try:
+        if opts.pareto is not None and state.pareto is not None:
+            curve = _write_pareto(opts.pareto, state.pareto, report, profile.name)
+        _write_outputs(out, output, report, report_path)
+    except BaseException as exc:
+        for path in curve:
+            path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {exc.filename or opts.pareto}: {exc.strerror or exc}") from None
+        raise
     return out, report
 
 
@@ -63,12 +73,13 @@ def _with_overrides(options: QuantizeOptions, overrides: dict) -> QuantizeOption
     return dataclasses.replace(options, **overrides)
 
 
-def _check_outputs(model, output, report_path) -> None:
+def _check_outputs(model, output, report_path, curve=None) -> None:
     """Refuse output paths that would overwrite the input or cannot be written, before any work."""
     src = None if isinstance(model, onnx.ModelProto) else Path(model).resolve()
-    paths = [Path(p) for p in (output, report_path) if p is not None]
-    if len(paths) == 2 and paths[0].resolve() == paths[1].resolve():
-        raise UsageError(f"--report {report_path}: the report path must differ from the output model")
+    paths = [Path(p) for p in (output, report_path, curve) if p is not None]
+    if len({p.resolve() for p in paths}) < len(paths):
+        raise UsageError(f"--report {report_path}: the report path must differ from the output model "
+                         "(and from --pareto)")
     for path in paths:
         if src is not None and path.resolve() == src:
             raise UsageError(f"{path}: an output path must differ from the input model (the input is never "
@@ -154,6 +165,23 @@ def synthesize(model, *, output=None, samples: int = 64, steps: int | None = Non
         np.savez(buf, **arrays)
         ir.write_bytes_atomic(output, buf.getvalue())
     return result
+
+
+def _write_pareto(path, points: list[dict], report: Report, target: str) -> list[Path]:
+    """The curve as JSON and as a PNG beside it (same stem), both written atomically."""
+    import json
+
+    from .pareto import plot_png
+
+    alloc = report.notes.get("allocation", {})
+    chosen = {"avg_weight_bits": alloc.get("avg_weight_bits"), "measured": alloc.get("measured_loss")}
+    doc = {"target": target, "model": report.model.get("name"), "points": points, "written_plan": chosen}
+    ir.write_bytes_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+    title = f"{report.model.get('name') or 'model'} on {target}"
+    png = Path(path).with_suffix(".png")
+    ir.write_bytes_atomic(png, plot_png(points, chosen, title))
+    report.notes.setdefault("allocation", {})["pareto_files"] = [str(path), str(png)]
+    return [Path(path), png]
 
 
 def _options_dict(opts: QuantizeOptions) -> dict:

@@ -40,7 +40,12 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--avg-weight-bits", type=float, help="parameter-weighted average weight bits")
     m.add_argument("--size-mb", type=float, help="weight size budget in MB")
     m.add_argument("--bops-ratio", type=float, help="BOPs budget relative to uniform W8A8")
-    m.add_argument("--max-drop", type=float, help="cheapest plan whose predicted output loss (KL) <= X")
+    m.add_argument("--max-drop", type=float,
+                   help="cheapest plan whose output loss vs FP32 on the scoring samples (KL for classifiers, "
+                        "noise/signal power otherwise) is <= X, verified by measuring the plan")
+    m.add_argument("--pareto", metavar="CURVE.json",
+                   help="sweep average-weight-bit budgets and write the curve (JSON, and a PNG beside it); "
+                        "without a budget the knee of the curve is written")
     m.add_argument("--allocator", default="ilp", choices=("ilp-pairs", "ilp", "greedy", "uniform"),
                    help="ilp: singles (default); ilp-pairs: + pairwise terms; greedy; uniform")
     m.add_argument("--hops", type=int, default=2, help="pairwise terms for groups within this many hops")
@@ -100,7 +105,7 @@ def _options(args):
                            cache_dir=args.cache_dir, use_cache=not args.no_cache,
                            avg_weight_bits=args.avg_weight_bits, size_mb=args.size_mb,
                            bops_ratio=args.bops_ratio, max_drop=args.max_drop, allocator=args.allocator,
-                           hops=args.hops)
+                           hops=args.hops, pareto=args.pareto)
 
 
 def _cmd_quantize(args) -> int:

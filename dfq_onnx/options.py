@@ -37,10 +37,11 @@ class QuantizeOptions:
     allocator: str = "ilp"                # "ilp-pairs" adds pairwise terms (more evaluations)
     score_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     hops: int = 2
+    pareto: str | None = None            # write the Pareto curve here (JSON + PNG); a budget is optional
 
     @property
     def mixed(self) -> bool:
-        budgets = (self.avg_weight_bits, self.size_mb, self.bops_ratio, self.max_drop)
+        budgets = (self.avg_weight_bits, self.size_mb, self.bops_ratio, self.max_drop, self.pareto)
         return any(v is not None for v in budgets)
 
     def __post_init__(self):
@@ -66,6 +67,8 @@ class QuantizeOptions:
         if self.mixed and (self.weight_bits is not None):
             raise UsageError("--weight-bits sets a uniform plan; drop it when giving a mixed-precision "
                              "budget")
+        if self.pareto is not None and not str(self.pareto).endswith(".json"):
+            raise UsageError(f"--pareto {self.pareto}: expected a .json path (the PNG is written beside it)")
         if self.synth_samples < 1 or self.hops < 0:
             raise UsageError("--synth-samples must be positive and --hops non-negative")
         if not 50.0 < self.percentile <= 100.0:

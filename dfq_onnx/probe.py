@@ -23,6 +23,10 @@ the float values Emit's DequantizeLinear produces for `bits_k` (`emitted_weight`
 and the QDQ model Emit writes for the same plan compute the same function. With
 `quantize_activations=False` no activation Q/DQ is inserted and the Relus stay (a weights-only study).
 
+Segmented evaluation (`Probe(..., segmented=True)`, what the scorer uses): the probe is also cut into
+segments with fast FP32-weight twins, and a configuration runs from the first segment it changes, on the
+cached FP32 prefix (`dfq_onnx.segments`): a single costs about half a forward instead of 1.3-2.9x.
+
 Memory bound: every weighted layer holds K+1 float32 copies of its weight (and bias), K = number of
 weight candidates, so the probe's constants take (K+1) x 4 bytes x parameters -- ResNet-56 (0.85 M
 parameters, K=3): 14 MB; ResNet-50 (25.6 M): 410 MB -- and ORT may keep one prepacked (e.g. NCHWc
@@ -185,6 +189,9 @@ class ProbeModel:
     bits: tuple[int, ...]            # weight bits of slots 1..K (slot 0 is FP32)
     selects: dict[str, str]          # group id -> its int64 select input
     inputs: tuple[str, ...]          # the model's data inputs
+    graph: gs.Graph | None = None        # the probe as a gs graph (for dfq_onnx.segments)
+    fast_graph: gs.Graph | None = None   # the same before switching: FP32 weights, activation Q/DQ
+    layer_group: dict | None = None      # weighted layer -> group id
 
 
 def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], ranges: Mapping[str, Range],
@@ -197,6 +204,7 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
     if quantize_activations:
         encodings = activation_encodings(spec, ranges, target, act_bits)
         by_dq = _quantize_activations(g, spec, encodings, target)
+    fast = g.copy().cleanup().toposort()
     selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target)
     g.cleanup().toposort()
     model = ir.to_model(g, ir_version=ir.min_ir_version(g.opset))
@@ -204,13 +212,21 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
         raise UnsupportedModelError(f"the probe model ({model.ByteSize() / 2**30:.1f} GB) exceeds 2 GB; "
                                     "score fewer weight candidates")
     log.debug("probe: %d groups, %d nodes, %.1f MB", len(selects), len(g.nodes), model.ByteSize() / 2**20)
-    return ProbeModel(model, tuple(weight_bits), selects, inputs)
+    layer_group = {layer: grp.id for grp in groups for layer in grp.layers}
+    return ProbeModel(model, tuple(weight_bits), selects, inputs, g, fast, layer_group)
 
 
-def session(model, optimize: bool = True, threads: int = 0) -> ort.InferenceSession:
-    """A CPU session; `optimize=False` runs the graph as written (no fusion into integer kernels)."""
+def session(model, optimize: bool = True, threads: int = 0,
+            fuse_qdq: bool = True) -> ort.InferenceSession:
+    """A CPU session; `optimize=False` runs the graph as written (no fusion into integer kernels);
+    `fuse_qdq=False` keeps the other optimizations (layouts, Conv+activation fusion) but runs Q/DQ as
+    written, so segments of one probe compute the same function however they are cut."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if not fuse_qdq:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        # many small sessions run back to back: idle pools must not spin on the cores the next one needs
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
     if not optimize:
@@ -228,10 +244,28 @@ class Probe:
     A configuration maps group id -> weight bits (one of `bits`) or None (FP32); absent groups are FP32.
     """
 
-    def __init__(self, probe: ProbeModel, optimize: bool = True, threads: int = 0):
+    def __init__(self, probe: ProbeModel, optimize: bool = True, threads: int = 0, segmented: bool = False):
         self.probe = probe
         self.session = session(probe.model, optimize, threads)
         self.slot = {FP32: 0, **{b: i + 1 for i, b in enumerate(probe.bits)}}
+        self.runner = None
+        if segmented and probe.graph is not None:
+            from .segments import SegmentedRunner
+
+            self.runner = SegmentedRunner(
+                probe.graph, probe.fast_graph, probe.layer_group, probe.selects, probe.inputs,
+                lambda m: session(m, optimize, threads, fuse_qdq=False))
+
+    def run_batch(self, config: Mapping[str, int | None], feeds: dict[str, np.ndarray],
+                  key=None) -> list[np.ndarray]:
+        """Outputs for `config` on one batch; with a segmented runner and a batch `key`, from the first
+        segment the configuration changes (dfq_onnx.segments)."""
+        select = self.select_feeds(config)
+        if self.runner is None or key is None:
+            return self.session.run(None, {**feeds, **select})
+        changed = {g for g, b in config.items() if b is not FP32}
+        by_group = {g: select[name] for g, name in self.probe.selects.items()}
+        return self.runner.run(key, feeds, by_group, changed)
 
     def select_feeds(self, config: Mapping[str, int | None]) -> dict[str, np.ndarray]:
         unknown = sorted(set(config) - set(self.probe.selects))
@@ -260,16 +294,17 @@ class Evaluator:
         self.n = len(next(iter(samples.values())))
         self.batch = batch or self.n
         self.evaluations = self.forward_passes = 0
-        self.reference = self._forward(session(reference_model).run, {})
+        ref = session(reference_model)
+        self.reference = self._forward(lambda feeds, _key: ref.run(None, feeds))
         names = [o.name for o in probe.session.get_outputs()]
         self.kinds = resolve_metrics(metric, self.reference, labels, names)
         self.halves = (np.arange(0, self.n, 2), np.arange(1, self.n, 2))
         self._memo: dict[frozenset, np.ndarray] = {}
 
-    def _forward(self, run, extra: dict) -> list[np.ndarray]:
+    def _forward(self, run) -> list[np.ndarray]:
         outs: list[list[np.ndarray]] = []
         for start in range(0, self.n, self.batch):
-            res = run(None, {**{k: v[start:start + self.batch] for k, v in self.samples.items()}, **extra})
+            res = run({k: v[start:start + self.batch] for k, v in self.samples.items()}, start)
             self.forward_passes += 1
             outs = outs or [[] for _ in res]
             for acc, r in zip(outs, res):
@@ -279,7 +314,7 @@ class Evaluator:
     def loss(self, config: Mapping[str, int | None]) -> np.ndarray:
         key = frozenset((g, b) for g, b in config.items() if b is not FP32)
         if key not in self._memo:
-            outs = self._forward(self.probe.session.run, self.probe.select_feeds(config))
+            outs = self._forward(lambda feeds, key: self.probe.run_batch(config, feeds, key))
             self.evaluations += 1
             self._memo[key] = np.array([total_loss(self.kinds, self.reference, outs, self.labels, rows)
                                         for rows in (None, *self.halves)])

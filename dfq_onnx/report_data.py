@@ -55,15 +55,12 @@ def sensitivity_section(state: CompileState) -> dict | None:
 
 
 def pareto_section(state: CompileState) -> list[dict] | None:
-    """Points {budget, predicted, measured, bits} the allocator left on the state (`state.pareto`)."""
+    """The points AllocateBits left on the state (`state.pareto`, see dfq_onnx/pareto.py: budget,
+    avg_weight_bits, size_mb, bops_ratio, predicted, measured, bits), as plain JSON values."""
     points = getattr(state, "pareto", None)
     if not points:
         return None
-    out = []
-    for p in points:
-        d = p if isinstance(p, dict) else getattr(p, "__dict__", {})
-        out.append({k: _plain(d.get(k)) for k in ("budget", "predicted", "measured", "bits")})
-    return out
+    return [_plain(p if isinstance(p, dict) else getattr(p, "__dict__", {})) for p in points]
 
 
 def _plain(v):

@@ -154,18 +154,32 @@ def _pareto(r: dict) -> str:
         if isinstance(v, dict):
             v = next((x for x in v.values() if isinstance(x, (int, float))), None)
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    xkey = "avg_weight_bits" if any(val(p, "avg_weight_bits") is not None for p in pts) else "budget"
     for key, style in (("predicted", "o-"), ("measured", "s--")):
-        xy = [(val(p, "budget"), val(p, key)) for p in pts]
+        xy = [(val(p, xkey), val(p, key)) for p in pts]
         xy = sorted((x, y) for x, y in xy if x is not None and y is not None)
         if xy:
             ax.plot(*zip(*xy), style, label=key)
-    ax.set_xlabel("budget")
-    ax.set_ylabel("loss / accuracy")
+    ax.set_xlabel(xkey.replace("_", " "))
+    ax.set_ylabel("output loss")
+    ax.set_yscale("symlog", linthresh=1e-3)
     ax.legend()
     ax.set_title("Pareto curve", fontsize=10)
-    rows = [[_num(val(p, "budget")), _num(val(p, "predicted")), _num(val(p, "measured")), _e(p.get("bits"))]
-            for p in pts]
-    return _png(fig) + _table(["budget", "predicted", "measured", "bits"], rows, left=0)
+    cols = [k for k in ("budget", "budget_avg_weight_bits", "avg_weight_bits", "size_mb", "bops_ratio",
+                        "predicted", "measured") if any(k in p for p in pts)]
+    rows = [[_num(val(p, k)) for k in cols] + [_e(_bits_text(p.get("bits")))] for p in pts]
+    return _png(fig) + _table([c.replace("_", " ") for c in cols] + ["bits"], rows, left=0)
+
+
+def _bits_text(bits) -> str:
+    """{group: [w, a]} -> 'W4A8 x12, W8A8 x3' (counts per candidate), else the value as text."""
+    if not isinstance(bits, dict):
+        return "-" if bits is None else str(bits)
+    counts: dict[str, int] = {}
+    for v in bits.values():
+        name = f"W{v[0]}A{v[1]}" if isinstance(v, (list, tuple)) and len(v) == 2 else str(v)
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{k} x{n}" for k, n in sorted(counts.items()))
 
 
 def _layers(r: dict) -> str:

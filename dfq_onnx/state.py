@@ -71,6 +71,8 @@ class CompileState:
     plan: BitPlan | None = None
     synthetic: object | None = None    # SynthesisResult of the Synthesize pass (samples, labels, losses)
     sensitivity: object | None = None  # SensitivityTable of the ScoreSensitivity pass
+    meter: object | None = None        # PlanMeter of ScoreSensitivity: measures whole plans on the probe
+    pareto: list | None = None         # Pareto points of AllocateBits (--pareto), see dfq_onnx/pareto.py
     forward_passes: int = 0
     model_out: object | None = None   # the emitted onnx.ModelProto
 

@@ -7,7 +7,8 @@ Groups without weights, or that the table did not score, take the base candidate
 
 from __future__ import annotations
 
-from dfq_onnx.allocate import Budget, Problem, costs, plan_cost
+from dfq_onnx import pareto
+from dfq_onnx.allocate import Allocation, Budget, Problem, costs, plan_cost, predicted_loss
 from dfq_onnx.costs import group_costs
 from dfq_onnx.errors import UsageError
 from dfq_onnx.ilp import greedy, solve
@@ -33,35 +34,61 @@ def build_problem(state: CompileState) -> Problem:
 
 
 class AllocateBits(Pass):
-    """Analysis: choose (weight bits, activation bits) per group under the budget."""
+    """Analysis: choose (weight bits, activation bits) per group under the budget, or the cheapest plan
+    meeting --max-drop (verified on the probe), optionally sweeping the Pareto curve (dfq_onnx/pareto.py)."""
 
     name = "AllocateBits"
 
     def __init__(self, budget: Budget, allocator: str = "ilp", max_drop: float | None = None,
-                 time_limit: float = 30.0):
+                 time_limit: float = 30.0, pareto: bool = False):
         if allocator not in ALLOCATORS:
             raise UsageError(f"--allocator {allocator}: expected one of {', '.join(ALLOCATORS)}")
-        if not budget.any() and max_drop is None:
-            raise UsageError("AllocateBits needs a budget (--avg-weight-bits, --size-mb, --bops-ratio) "
-                             "or --max-drop")
+        if not budget.any() and max_drop is None and not pareto:
+            raise UsageError("AllocateBits needs a budget (--avg-weight-bits, --size-mb, --bops-ratio), "
+                             "--max-drop or --pareto")
         self.budget, self.allocator, self.max_drop, self.time_limit = budget, allocator, max_drop, time_limit
+        self.pareto = pareto
+
+    def _allocate(self, p: Problem, budget: Budget) -> Allocation:
+        if self.allocator == "uniform":
+            choice = self._uniform(p, budget)
+            return Allocation(choice, predicted_loss(p, choice, False), "uniform")
+        if self.allocator == "greedy":
+            return greedy(p, budget)
+        return solve(p, budget, use_pairs=self.allocator == "ilp-pairs", time_limit=self.time_limit)
 
     def run(self, state: CompileState) -> PassResult:
         p = build_problem(state)
         table = state.sensitivity
-        if self.allocator == "uniform":
-            choice = self._uniform(p)
-            status = "uniform"
-        elif self.allocator == "greedy":
-            a = greedy(p, self.budget)
-            choice, status = a.choice, a.status
-        elif self.max_drop is not None:
-            a = solve(p, self.budget, use_pairs=self.allocator == "ilp-pairs", time_limit=self.time_limit,
-                      max_loss=self.max_drop, minimize="avg_weight_bits")
+        ref, notes = table.reference_loss, {}
+
+        def measure(choice) -> float:
+            return state.meter({g: c[0] for g, c in choice.items()})
+
+        if self.pareto:
+            state.pareto = pareto.sweep(p, lambda b: self._allocate(p, b), measure, ref)
+            notes["pareto_points"] = len(state.pareto)
+        if self.max_drop is not None:
+            if self.allocator in ("uniform", "greedy"):
+                raise UsageError(f"--max-drop needs an ILP allocator (ilp or ilp-pairs), "
+                                 f"not '{self.allocator}'")
+            res = pareto.max_drop(
+                p, lambda allowance: solve(p, self.budget, use_pairs=self.allocator == "ilp-pairs",
+                                           time_limit=self.time_limit, max_loss=allowance,
+                                           minimize="avg_weight_bits"),
+                measure, ref, self.max_drop)
+            choice, status = res.choice, "met" if res.met else "missed"
+            notes["max_drop"] = {"target": self.max_drop, "measured": res.measured, "met": res.met,
+                                 "steps": res.steps}
+            if not res.met:
+                state.report.warnings.append(f"--max-drop {self.max_drop:g}: no plan measured within it; "
+                                             f"the most precise plan measures {res.measured:.4g}")
+        elif self.budget.any():
+            a = self._allocate(p, self.budget)
             choice, status = a.choice, a.status
         else:
-            a = solve(p, self.budget, use_pairs=self.allocator == "ilp-pairs", time_limit=self.time_limit)
-            choice, status = a.choice, a.status
+            point = pareto.default_point(state.pareto)
+            choice, status = {g: tuple(c) for g, c in point["bits"].items()}, "Pareto (near-lossless point)"
         base = table.base or (8, 8)
         bits = {g.id: choice.get(g.id, base) for g in state.groups}
         state.plan = BitPlan(bits)
@@ -73,12 +100,14 @@ class AllocateBits(Pass):
         budget = {k: v for k, v in vars(self.budget).items() if v is not None}
         state.report.notes["allocation"] = {
             "allocator": self.allocator, "status": status, "avg_weight_bits": avg, "size_mb": used["size_mb"],
-            "predicted_loss": predicted, "budget": budget, "max_drop": self.max_drop}
+            "predicted_loss": predicted, "measured_loss": measure(choice) if state.meter else None,
+            "budget": budget, "max_drop": self.max_drop, **notes}
         return PassResult(False, f"{self.allocator}: {status}, avg weight bits {avg:.3f} over "
                                  f"{len(p.groups)} scored groups")
 
-    def _uniform(self, p: Problem) -> dict:
-        lim_bits = self.budget.avg_weight_bits
+    @staticmethod
+    def _uniform(p: Problem, budget: Budget) -> dict:
+        lim_bits = budget.avg_weight_bits
         if lim_bits is None:
             raise UsageError("--allocator uniform needs --avg-weight-bits")
         cands = sorted({c for g in p.groups for c in p.candidates[g]}, key=lambda c: -c[0])

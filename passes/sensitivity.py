@@ -54,12 +54,14 @@ class SensitivityOptions:
     base_bits: int = 8
     hops: int = 2                     # 0: no pairs
     pairs: bool = True
+    incontext: bool = True            # False: skip the in-context phase (the allocator reads singles/pairs)
     pair_bits: tuple[int, ...] | None = None   # candidates of the pair terms (None: all below base)
     metric: str = "auto"              # "auto" | "kl" | "ce" | "mse" | "sqnr"
     batch: int | None = None          # samples per ORT run (None: all at once)
     samples: int | None = None        # score on the first n samples (None: all)
     quantize_activations: bool = True
     shrink: float = 1.0
+    segmented: bool = True            # run configurations from the first changed segment (dfq_onnx.segments)
     use_cache: bool = True
     cache_dir: str | None = None
     progress: bool = True
@@ -130,11 +132,12 @@ def near_pairs(graph, groups, hops: int) -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda p: (order[p[0]], order[p[1]]))
 
 
-def _plan(groups: list[str], bits, base: int, pairs, low) -> dict[str, list[dict]]:
+def _plan(groups: list[str], bits, base: int, pairs, low, incontext: bool = True) -> dict[str, list[dict]]:
     """The configurations of each phase (group -> weight bits; absent = FP32)."""
     all_base = {g: base for g in groups}
     return {"singles": [{}] + [{g: b} for g in groups for b in bits],
-            "incontext": [all_base] + [{**all_base, g: b} for g in groups for b in bits if b != base],
+            "incontext": [all_base] + ([{**all_base, g: b} for g in groups for b in bits if b != base]
+                                       if incontext else []),
             "pairs": [{g: c, h: d} for g, h in pairs for c in low for d in low]}
 
 
@@ -160,16 +163,17 @@ def shrink(term: np.ndarray, lam: float) -> float:
     return float(np.sign(term[0]) * max(abs(term[0]) - lam * sigma, 0.0))
 
 
-def assemble(ev: Evaluator, groups, bits, base, pairs, low, act: int, lam: float) -> dict:
-    """The table's terms from the evaluator's (memoized) losses."""
+def assemble(ev: Evaluator, groups, bits, base, pairs, low, act: int, lam: float,
+             incontext: bool = True) -> dict:
+    """The table's terms from the evaluator's (memoized) losses (no in-context terms when not scored)."""
     L, ref, all_base = ev.loss, ev.loss({}), {g: base for g in groups}
     singles = {g: {(b, act): shrink(L({g: b}) - ref, lam) for b in bits} for g in groups}
     base_loss = L(all_base)
-    incontext = {g: {(b, act): 0.0 if b == base else shrink(L({**all_base, g: b}) - base_loss, lam)
-                     for b in bits} for g in groups}
+    context = {g: {(b, act): 0.0 if b == base else shrink(L({**all_base, g: b}) - base_loss, lam)
+                   for b in bits} if incontext else {} for g in groups}
     terms = {(g, h): {((c, act), (d, act)): shrink(L({g: c, h: d}) - L({g: c}) - L({h: d}) + ref, lam)
                       for c in low for d in low} for g, h in pairs}
-    return {"singles": singles, "incontext": incontext, "pairs": terms,
+    return {"singles": singles, "incontext": context, "pairs": terms,
             "reference_loss": float(ref[0]), "base_loss": float(base_loss[0])}
 
 
@@ -224,14 +228,16 @@ class Scoring:
         return [b for b in self.bits if b < self.options.base_bits and (pair_bits is None or b in pair_bits)]
 
     def run(self) -> "Scoring":
-        plan = _plan(self.groups, self.bits, self.options.base_bits, self.pairs, self.low)
+        plan = _plan(self.groups, self.bits, self.options.base_bits, self.pairs, self.low,
+                     self.options.incontext)
         self.phases = _evaluate(self.evaluator, plan, self.options.progress)
         return self
 
     def table(self, shrink: float | None = None) -> SensitivityTable:
         ev, opts = self.evaluator, self.options
         lam = opts.shrink if shrink is None else shrink
-        terms = assemble(ev, self.groups, self.bits, opts.base_bits, self.pairs, self.low, self.act, lam)
+        terms = assemble(ev, self.groups, self.bits, opts.base_bits, self.pairs, self.low, self.act, lam,
+                         opts.incontext)
         return SensitivityTable(
             groups=tuple(self.groups), candidates=tuple((b, self.act) for b in self.bits),
             metric=",".join(ev.kinds), samples=ev.n, evaluations=ev.evaluations,
@@ -266,14 +272,42 @@ def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -
     pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, bits, act,
                      options.quantize_activations)
     fp32 = ir.to_model(state.graph.copy(), ir_version=ir.min_ir_version(state.graph.opset))
-    ev = Evaluator(Probe(pm), fp32, samples, labels, options.metric, batch)
+    ev = Evaluator(Probe(pm, segmented=options.segmented), fp32, samples, labels, options.metric, batch)
     pairs = near_pairs(state.graph, state.groups, options.hops) if options.pairs else []
     return Scoring(ev, [g.id for g in state.groups if g.layers], bits, act, pairs, options)
 
 
+class PlanMeter:
+    """Measures whole plans (group -> weight bits) on the probe: the same loss as the table's terms, on the
+    same samples, one ORT forward pass per distinct plan. Used by AllocateBits to verify a `--max-drop`
+    plan and to measure the Pareto points. When the table came from the cache the probe is built on the
+    first call only."""
+
+    def __init__(self, state: CompileState, options: SensitivityOptions, samples, labels,
+                 scoring: Scoring | None = None):
+        self._state, self._options, self._samples, self._labels = state, options, samples, labels
+        self._scoring = scoring
+        self._counted = scoring.evaluator.forward_passes if scoring is not None else 0   # already reported
+
+    @property
+    def evaluator(self) -> Evaluator:
+        if self._scoring is None:
+            self._scoring = prepare(self._state, dataclasses.replace(self._options, pairs=False),
+                                    self._samples, self._labels)
+        return self._scoring.evaluator
+
+    def __call__(self, bits: dict[str, int]) -> float:
+        ev = self.evaluator
+        loss = float(ev.loss(bits)[0])
+        self._state.forward_passes += ev.forward_passes - self._counted
+        self._counted = ev.forward_passes
+        return loss
+
+
 def score(state: CompileState, options: SensitivityOptions, samples=None,
           labels=None) -> tuple[SensitivityTable, bool]:
-    """The sensitivity table of the state's graph (from the cache when possible) and whether it was cached."""
+    """The sensitivity table of the state's graph (from the cache when possible) and whether it was cached.
+    Leaves a PlanMeter on the state (`state.meter`) for measuring whole plans."""
     if samples is None:
         samples, labels = scoring_data(state, options)
     n = len(next(iter(samples.values())))
@@ -285,8 +319,11 @@ def score(state: CompileState, options: SensitivityOptions, samples=None,
                             options.cache_dir).with_suffix(".json")
     if options.use_cache and (hit := load_json(path)) is not None:
         log.info("sensitivity table from cache %s", path)
+        state.meter = PlanMeter(state, options, samples, labels)
         return hit, True
-    table = prepare(state, options, samples, labels).run().table()
+    scoring = prepare(state, options, samples, labels).run()
+    table = scoring.table()
+    state.meter = PlanMeter(state, options, samples, labels, scoring)
     if options.use_cache:
         save_json_atomic(path, table)
     return table, False

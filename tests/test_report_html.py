@@ -118,3 +118,18 @@ def test_corrupt_cache_entries_are_warnings_in_the_report(tmp_path):
     warnings = json.loads((tmp_path / "r.json").read_text())["warnings"]
     assert len(warnings) == 2 and all("ignoring unreadable" in w for w in warnings)
     assert (tmp_path / "q.onnx").read_bytes() == first         # recomputed, same result
+
+
+def test_pareto_sweep_appears_in_the_html_report(tmp_path):
+    import dfq_onnx
+
+    curve, html = tmp_path / "curve.json", tmp_path / "r.html"
+    dfq_onnx.quantize(builders.conv_bn_relu_residual(), calib="noise", pareto=str(curve), progress=False,
+                      cache_dir=str(tmp_path / "c"), score_bits=(2, 4, 8), synth_samples=16, synth_steps=4,
+                      report_path=html)
+    points = json.loads(curve.read_text())["points"]
+    text = html.read_text()
+    _self_contained(text, _parse(text))
+    section = text.split("<h2>Pareto curve</h2>")[1].split("<h2>")[0]
+    assert section.count("<tr>") == len(points) + 1 and section.count("<img") == 1
+    assert "avg weight bits" in section and "measured" in section

@@ -254,3 +254,31 @@ def test_pair_bits_bound_the_pair_candidates(scored):
     assert table.candidates == ((2, 8), (4, 8), (8, 8))
     assert [list(t) for t in table.pairs.values()] == [[((2, 8), (2, 8))]]
     assert score(state, dataclasses.replace(opts, hops=0))[0].pairs == {}
+
+
+@pytest.mark.parametrize("name", ["conv_bn_relu_residual", "concat_branches", "conv_silu"])
+def test_segmented_probe_equals_the_whole_probe(name):
+    """Configurations run from the first changed segment give exactly the whole probe's outputs."""
+    model = builders.GOOD_BUILDERS[name]()
+    state, feeds = _state(model), normal_feeds(model, n=8, seed=6)
+    pm = _probe(state)
+    whole, seg = probe.Probe(pm, optimize=False), probe.Probe(pm, optimize=False, segmented=True)
+    groups = list(pm.selects)
+    configs = [{}, *({g: 4} for g in groups), {g: (4, 8)[i % 2] for i, g in enumerate(groups)}]
+    for config in configs:
+        for w, g in zip(whole.run(config, feeds), seg.run_batch(config, feeds, key=0)):
+            np.testing.assert_array_equal(g, w, err_msg=f"{name} {config}")
+
+
+def test_segmented_probe_reuses_the_cached_prefix():
+    model = builders.conv_bn_relu_residual()
+    state, feeds = _state(model), normal_feeds(model, n=4, seed=7)
+    pm = _probe(state)
+    seg = probe.Probe(pm, optimize=False, segmented=True)
+    runner = seg.runner
+    assert len(runner.segments) >= 2
+    last = sorted(runner.segments[-1]["groups"])[0]
+    seg.run_batch({}, feeds, key=0)                       # fills the cache: every segment once
+    before = runner.segment_runs
+    seg.run_batch({last: 4}, feeds, key=0)                # only the last segment runs
+    assert runner.segment_runs - before == 1
