@@ -173,11 +173,12 @@ def model_hash(model: onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
-def _copy_without_raw(model: onnx.ModelProto, dst: onnx.ModelProto) -> None:
-    """Copy `model` into `dst` tensor by tensor without ever holding two copies of the raw data."""
+def _copy_without_raw(model: onnx.ModelProto, dst: onnx.ModelProto, min_bytes: int = 0) -> None:
+    """Copy `model` into `dst` without the raw data of tensors of >= `min_bytes` (never holding two
+    copies of it: the bytes are taken out, the proto copied, and the bytes put back)."""
     saved = []
     for tensor in _all_tensors(model):
-        if tensor.HasField("raw_data"):
+        if tensor.HasField("raw_data") and len(tensor.raw_data) >= min_bytes:
             saved.append((tensor, tensor.raw_data))
             tensor.ClearField("raw_data")
     try:
@@ -225,13 +226,27 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> None:
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """ONNX shape inference with data propagation; returns the model unchanged if inference fails."""
-    if model.ByteSize() > TWO_GB:
-        return model
+    """ONNX shape inference with data propagation; returns the model unchanged if inference fails.
+
+    Above 2 GB (which protobuf cannot hand to the C++ inference) it runs on a copy without the large
+    tensors' bytes (shapes and small constants are all it reads) and the value types are copied back.
+    """
+    large = model.ByteSize() > TWO_GB
+    src = model
+    if large:
+        src = onnx.ModelProto()
+        _copy_without_raw(model, src, min_bytes=1 << 20)
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(src, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # shape inference is best effort for exotic models
         return model
+    if not large:
+        return inferred
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    for mine, theirs in zip(model.graph.output, inferred.graph.output):
+        mine.CopyFrom(theirs)
+    return model
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
