@@ -5,8 +5,9 @@ checker, runs in ONNX Runtime and matches FP32 within an SQNR bound.
 The bound: one 8-bit per-tensor quantizer on Gaussian-like data costs ~38 dB (49.9 dB minus a ~12 dB
 crest factor); a graph here has up to ~12 quantizers (-11 dB when their noise adds) and analytic ranges
 of standardized inputs can be ~3x wider than the data seen at test time (-10 dB): 38 - 11 - 10 ~ 17 dB,
-so 12 dB leaves a margin for sampling noise. Over 500 random draws the worst case was 13.4 dB
-(a GlobalAveragePool -> Gemm head read straight off the input, analytic ranges).
+so 12 dB leaves a margin for sampling noise. Over 800 random draws the worst case was 13.4 dB
+(a GlobalAveragePool -> Gemm head read straight off the input, analytic ranges), after fixing the one
+failure fuzzing found (the explicit example below: 0 dB before the fix, 30 dB after).
 BN statistics are refitted to the graph's own activations (what a trained network's are), since the
 analytic ranges read them.
 """
@@ -18,7 +19,7 @@ import onnx
 from _util import run
 from dfq_onnx.models.builders import with_data_bn_stats
 from dfq_onnx.models.random_graph import OPS, random_model
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import dfq_onnx
@@ -33,6 +34,8 @@ def _sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
 
 @given(ops=st.lists(st.sampled_from(OPS), min_size=1, max_size=8), seed=st.integers(0, 2**16),
        c=st.integers(1, 4), hw=st.integers(1, 7), calib=st.sampled_from(["analytic", "noise"]))
+@example(ops=["reshape", "conv", "concat", "conv", "relu", "maxpool", "clip", "maxpool"], seed=195, c=1, hw=1,
+         calib="analytic")   # found by fuzzing: 3x3 conv on a 1x1 map, analytic range ~200x too wide (0 dB)
 @settings(max_examples=200)
 def test_random_graph_quantizes_and_matches_fp32(ops, seed, c, hw, calib):
     model = with_data_bn_stats(random_model(ops, seed=seed, c=c, hw=hw), n=64, seed=seed)
