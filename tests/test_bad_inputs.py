@@ -167,3 +167,19 @@ def test_unwritable_report_removes_the_written_model(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "Permission denied" in err and "r.json" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("case", ["not-onnx", "truncated", "empty-graph", "custom-domain", "loop-around-conv",
+                                  "fp16", "external-traversal", "unknown-target"])
+def test_bad_input_to_inspect(case, tmp_path, capsys):
+    make, extra, code, problem, _ = CASES[case]
+    src = make(tmp_path)
+    before = _snapshot(tmp_path)
+    rc = main(["-q", "inspect", str(src), *[a for a in extra if not a.startswith("--no-")]])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert rc == code and len(lines) == 1 and lines[0].startswith("dfq-onnx: error: "), captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    for word in problem:
+        assert word in lines[0], (word, lines[0])
+    assert _snapshot(tmp_path) == before
