@@ -197,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dfq-onnx: interrupted; no output written", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not a user error: still one line, the traceback under --debug
+        if args.debug:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"dfq-onnx: internal error: {type(exc).__name__}: {first}; no output written; rerun with "
+              "--debug for the traceback and please report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

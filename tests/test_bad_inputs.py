@@ -183,3 +183,22 @@ def test_bad_input_to_inspect(case, tmp_path, capsys):
     for word in problem:
         assert word in lines[0], (word, lines[0])
     assert _snapshot(tmp_path) == before
+
+
+def test_an_internal_error_is_one_line_too(tmp_path, capsys, monkeypatch):
+    from dfq_onnx import ir
+
+    src = _save(builders.conv_bn_relu(), tmp_path / "m.onnx")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug\nsecond line")
+
+    monkeypatch.setattr(ir, "to_model", broken)
+    argv = ["-q", "quantize", str(src), "-o", str(tmp_path / "q.onnx")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error: RuntimeError: simulated bug;" in err
+    assert "--debug" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    with pytest.raises(RuntimeError):
+        main(["--debug", *argv])
