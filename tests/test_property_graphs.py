@@ -9,7 +9,9 @@ so 12 dB leaves a margin for sampling noise. Over 800 random draws the worst cas
 (a GlobalAveragePool -> Gemm head read straight off the input, analytic ranges), after fixing the one
 failure fuzzing found (the explicit example below: 0 dB before the fix, 30 dB after).
 BN statistics are refitted to the graph's own activations (what a trained network's are), since the
-analytic ranges read them.
+analytic ranges read them. Noise calibration uses 256 samples: on a 1x1 map 64 samples put the range at
+~2.4 sigma and the fresh test inputs clip beyond it (11.6 dB seen once in 500 draws at 64 samples; the
+same graph gives 27.7 dB at 1024) -- a sample-size effect, not a compiler bug.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def _sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
 def test_random_graph_quantizes_and_matches_fp32(ops, seed, c, hw, calib):
     model = with_data_bn_stats(random_model(ops, seed=seed, c=c, hw=hw), n=64, seed=seed)
     onnx.checker.check_model(model, full_check=True)
-    quantized, report = dfq_onnx.quantize(model, calib=calib, calib_samples=64, seed=seed, progress=False)
+    quantized, report = dfq_onnx.quantize(model, calib=calib, calib_samples=256, seed=seed, progress=False)
     onnx.checker.check_model(quantized, full_check=True)
     x = np.random.default_rng(seed + 1).standard_normal((64, c, hw, hw)).astype(np.float32)
     ref, got = run(model, {"input": x})[0], run(quantized, {"input": x})[0]
