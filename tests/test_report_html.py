@@ -133,3 +133,28 @@ def test_pareto_sweep_appears_in_the_html_report(tmp_path):
     section = text.split("<h2>Pareto curve</h2>")[1].split("<h2>")[0]
     assert section.count("<tr>") == len(points) + 1 and section.count("<img") == 1
     assert "avg weight bits" in section and "measured" in section
+
+
+def test_renders_in_headless_chromium(tmp_path):
+    # A real browser, networking pointed at a dead proxy: a page needing anything external would break.
+    import shutil
+    import subprocess
+
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium (apt-get install -y chromium)")
+    src = tmp_path / "m.onnx"
+    onnx.save(builders.conv_bn_relu_residual(), src)
+    html = tmp_path / "r.html"
+    assert main(["-q", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--report", str(html)]) == 0
+    png = tmp_path / "shot.png"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+           "--proxy-server=127.0.0.1:9", "--window-size=1000,1400", f"--screenshot={png}", html.as_uri()]
+    subprocess.run(cmd, capture_output=True, timeout=120, check=True)
+    pixels = np.asarray(Image.open(png).convert("L"))
+    assert pixels.shape == (1400, 1000)
+    assert (pixels < 100).mean() > 0.005 and (pixels > 240).mean() > 0.5    # text and plots on white
