@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import logging
 import os
 from pathlib import Path
@@ -46,7 +45,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
                                                       ir.min_ir_version(state.graph.opset)))
         out.producer_name, out.producer_version = "dfq-onnx", _version()
         state.graph = None    # the graph's arrays now live in `out`: free them before the checker's copies
-        gc.collect()          # (onnx-graphsurgeon tensors sit in reference cycles)
+        ir.collect_if_large(source)
         ir.check_model(out)
         report.model["params"] = sum(g.params for g in state.groups)
         if report_path is not None:

@@ -7,6 +7,7 @@ back into checked, atomically written files.
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import os
 import tempfile
@@ -107,6 +108,19 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path}: cannot read external data: {exc}") from None
     return model
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    """Size of the model with its external data (what a compile may hold in memory)."""
+    return model.ByteSize() + _external_bytes(model)
+
+
+def collect_if_large(model: onnx.ModelProto, threshold: int = 1 << 28) -> None:
+    """gc.collect() for models above 256 MB: onnx-graphsurgeon graphs sit in reference cycles, so a
+    discarded graph (and the weight arrays it shares) waits for a cyclic collection; for small models
+    that costs more time (tens of ms per call in a large process) than the memory is worth."""
+    if model_bytes(model) > threshold:
+        gc.collect()
 
 
 def has_external_data(model: onnx.ModelProto) -> bool:

@@ -15,7 +15,6 @@ Steps, in order (each is recorded in the report):
 
 from __future__ import annotations
 
-import gc
 import logging
 
 import onnxruntime as ort
@@ -176,7 +175,7 @@ class Normalize(Pass):
         state.source = None
         # fold_constants leaves a copy of the graph in reference cycles that share the constants' arrays
         # (memory maps of large external weights): free it now, not at some later collection.
-        gc.collect()
+        ir.collect_if_large(model)
         opset = ir.opset_version(model)
         state.report.model.update({"opset_in": state.source_opset, "opset": opset, "canonicalized": rewritten,
                                    "nodes_in": before, "nodes": len(graph.nodes)})
