@@ -20,64 +20,24 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from .errors import ModelLoadError, UnsupportedModelError
+from .external_data import (  # noqa: F401 - has_external_data, model_bytes re-exported
+    absolute_locations,
+    all_tensors,
+    check_external_data,
+    copy_without_raw,
+    external_array,
+    external_bytes,
+    has_external_data,
+    model_bytes,
+)
 
 TWO_GB = 2**31 - 1024
-MAPPABLE = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.INT8, TensorProto.UINT8,
-            TensorProto.INT16, TensorProto.UINT16, TensorProto.INT32, TensorProto.UINT32, TensorProto.INT64,
-            TensorProto.UINT64}
 LAZY_BYTES = 2**30      # external data above this is memory-mapped at import, never copied into the proto
 DTYPES = {"int4": TensorProto.INT4, "uint4": TensorProto.UINT4, "int8": TensorProto.INT8,
           "uint8": TensorProto.UINT8, "int16": TensorProto.INT16, "uint16": TensorProto.UINT16,
           "int32": TensorProto.INT32}
 NP_STORAGE = {"int4": np.int8, "uint4": np.uint8, "int8": np.int8, "uint8": np.uint8,
               "int16": np.int16, "uint16": np.uint16, "int32": np.int32}
-
-
-def _check_external_data(model: onnx.ModelProto, base: Path) -> None:
-    """Refuse external-data locations that escape the model's directory or do not exist."""
-    root = base.resolve()
-    for tensor in _all_tensors(model):
-        if tensor.data_location != TensorProto.EXTERNAL:
-            continue
-        entries = {e.key: e.value for e in tensor.external_data}
-        loc = entries.get("location", "")
-        target = (root / loc).resolve()
-        if os.path.isabs(loc) or not target.is_relative_to(root):
-            raise ModelLoadError(f"tensor '{tensor.name}': external data location '{loc}' escapes the "
-                                 f"model directory {root}; refusing to read it (keep the data file next to "
-                                 "the model and use a relative location)")
-        if not target.is_file():
-            raise ModelLoadError(f"tensor '{tensor.name}': external data file '{loc}' not found next to "
-                                 f"the model in {root}; copy it there with the model")
-
-
-def _all_tensors(model: onnx.ModelProto):
-    yield from _graph_tensors(model.graph)
-
-
-def _graph_tensors(graph: onnx.GraphProto):
-    """Initializers and tensor attributes of `graph` and of every subgraph (If/Loop/Scan bodies)."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.TENSORS:
-                yield from attr.tensors
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graph_tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _graph_tensors(g)
-
-
-def _external_bytes(model: onnx.ModelProto) -> int:
-    total = 0
-    for tensor in _all_tensors(model):
-        if tensor.data_location == TensorProto.EXTERNAL:
-            entries = {e.key: e.value for e in tensor.external_data}
-            total += int(entries.get("length", 0) or 0)
-    return total
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -99,20 +59,15 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     if not model.HasField("graph") or not model.opset_import:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph or opset_import); pass an .onnx model "
                              "file")
-    _check_external_data(model, path.parent)
-    if _external_bytes(model) > LAZY_BYTES:
-        _absolute_locations(model, path.parent)   # read later, memory-mapped, by to_graph()
+    check_external_data(model, path.parent)
+    if external_bytes(model) > LAZY_BYTES:
+        absolute_locations(model, path.parent)   # read later, memory-mapped, by to_graph()
         return model
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path}: cannot read external data: {exc}") from None
     return model
-
-
-def model_bytes(model: onnx.ModelProto) -> int:
-    """Size of the model with its external data (what a compile may hold in memory)."""
-    return model.ByteSize() + _external_bytes(model)
 
 
 def collect_if_large(model: onnx.ModelProto, threshold: int = 1 << 28) -> None:
@@ -123,53 +78,16 @@ def collect_if_large(model: onnx.ModelProto, threshold: int = 1 << 28) -> None:
         gc.collect()
 
 
-def has_external_data(model: onnx.ModelProto) -> bool:
-    """True when some tensor is still on disk (a large model loaded lazily)."""
-    return any(t.data_location == TensorProto.EXTERNAL for t in _all_tensors(model))
-
-
-def _absolute_locations(model: onnx.ModelProto, base: Path) -> None:
-    """Point (already validated) external-data locations at absolute paths, so the proto is usable
-    wherever it goes next (the graph importer memory-maps them)."""
-    for tensor in _all_tensors(model):
-        if tensor.data_location == TensorProto.EXTERNAL:
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = str((base / entry.value).resolve())
-
-
-def _external_array(tensor: onnx.TensorProto) -> np.ndarray | None:
-    """A copy-on-write memory map of an external tensor's data (None for types numpy cannot map)."""
-    if tensor.data_type not in MAPPABLE:
-        return None
-    entries = {e.key: e.value for e in tensor.external_data}
-    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
-    shape = tuple(int(d) for d in tensor.dims)
-    count = int(np.prod(shape, dtype=np.int64))
-    if count == 0:
-        return np.zeros(shape, dtype)
-    offset = int(entries.get("offset", 0) or 0)
-    length = entries.get("length")
-    if length is not None and int(length) < count * dtype.itemsize:
-        raise ModelLoadError(f"tensor '{tensor.name}': external data is {length} bytes, its shape "
-                             f"{list(shape)} needs {count * dtype.itemsize}")
-    try:
-        return np.memmap(entries["location"], dtype=dtype, mode="c", offset=offset, shape=shape)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"tensor '{tensor.name}': cannot map external data "
-                             f"{entries['location']}: {exc}") from None
-
-
 def model_hash(model: onnx.ModelProto) -> str:
     """Stable content hash: SHA-256 of the deterministic serialization, plus the bytes of any tensor
     still held in external data (streamed, so models above 2 GB hash too)."""
-    external = [t for t in _all_tensors(model) if t.data_location == TensorProto.EXTERNAL]
+    external = [t for t in all_tensors(model) if t.data_location == TensorProto.EXTERNAL]
     if not external and model.ByteSize() <= TWO_GB:
         return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
     h = hashlib.sha256()
-    for tensor in _all_tensors(model):   # contents, then the structure without them
+    for tensor in all_tensors(model):   # contents, then the structure without them
         if tensor.data_location == TensorProto.EXTERNAL:
-            arr = _external_array(tensor)
+            arr = external_array(tensor)
             data = memoryview(arr.reshape(-1).view(np.uint8)) if arr is not None else b""
         else:
             data = memoryview(tensor.raw_data) if tensor.HasField("raw_data") else b""
@@ -177,29 +95,14 @@ def model_hash(model: onnx.ModelProto) -> str:
         for start in range(0, len(data), 1 << 26):
             h.update(data[start:start + (1 << 26)])
     skeleton = onnx.ModelProto()
-    skeleton.CopyFrom(model) if model.ByteSize() <= TWO_GB else _copy_without_raw(model, skeleton)
-    for tensor in _all_tensors(skeleton):
+    skeleton.CopyFrom(model) if model.ByteSize() <= TWO_GB else copy_without_raw(model, skeleton)
+    for tensor in all_tensors(skeleton):
         tensor.ClearField("raw_data")
         for entry in tensor.external_data:
             if entry.key == "location":
                 entry.value = Path(entry.value).name
     h.update(skeleton.SerializeToString(deterministic=True))
     return h.hexdigest()
-
-
-def _copy_without_raw(model: onnx.ModelProto, dst: onnx.ModelProto, min_bytes: int = 0) -> None:
-    """Copy `model` into `dst` without the raw data of tensors of >= `min_bytes` (never holding two
-    copies of it: the bytes are taken out, the proto copied, and the bytes put back)."""
-    saved = []
-    for tensor in _all_tensors(model):
-        if tensor.HasField("raw_data") and len(tensor.raw_data) >= min_bytes:
-            saved.append((tensor, tensor.raw_data))
-            tensor.ClearField("raw_data")
-    try:
-        dst.CopyFrom(model)
-    finally:
-        for tensor, raw in saved:
-            tensor.raw_data = raw
 
 
 def opset_version(model: onnx.ModelProto) -> int:
@@ -249,7 +152,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     src = model
     if large:
         src = onnx.ModelProto()
-        _copy_without_raw(model, src, min_bytes=1 << 20)
+        copy_without_raw(model, src, min_bytes=1 << 20)
     try:
         inferred = onnx.shape_inference.infer_shapes(src, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # shape inference is best effort for exotic models
@@ -270,7 +173,7 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
         lazy = getattr(tensor, "_values", None) if isinstance(tensor, gs.Constant) else None
         proto = getattr(lazy, "tensor", None)
         if isinstance(proto, onnx.TensorProto) and proto.data_location == TensorProto.EXTERNAL:
-            arr = _external_array(proto)
+            arr = external_array(proto)
             if arr is None:
                 raise UnsupportedModelError(f"tensor '{proto.name}': cannot read external data of type "
                                             f"{TensorProto.DataType.Name(proto.data_type)} lazily")
@@ -349,7 +252,7 @@ def _write_external(model: onnx.ModelProto, path: Path, data_path: Path, locatio
     moved: list[tuple[onnx.TensorProto, bytes, bool]] = []
     try:
         with open(data_path, "wb") as fh:
-            for tensor in _all_tensors(model):
+            for tensor in all_tensors(model):
                 if not tensor.HasField("raw_data") or len(tensor.raw_data) < threshold:
                     continue
                 raw = tensor.raw_data

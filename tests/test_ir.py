@@ -109,8 +109,8 @@ def test_ort_sessions_of_models_above_two_gb_go_through_external_data(tmp_path, 
     model = builders.conv_bn_relu_residual()
     want, _ = dfq_onnx.quantize(model, calib="noise", progress=False)
     monkeypatch.setattr(ir, "TWO_GB", 1000)
-    real_copy = ir._copy_without_raw
-    monkeypatch.setattr(ir, "_copy_without_raw", lambda m, d, min_bytes=0: real_copy(m, d, min_bytes=256))
+    real_copy = ir.copy_without_raw
+    monkeypatch.setattr(ir, "copy_without_raw", lambda m, d, min_bytes=0: real_copy(m, d, min_bytes=256))
     got, report = dfq_onnx.quantize(model, calib="noise", progress=False, output=tmp_path / "q.onnx")
     assert report.forward_passes > 0
     assert got.SerializeToString() == want.SerializeToString()   # shape inference ran on a stripped copy
