@@ -1,7 +1,9 @@
 """Structure corpus: every real exported model quantizes at W8A8 and runs in ORT.
 
     pip install --no-deps rapidocr-onnxruntime nudenet     # model files only
-    python benchmarks/corpus.py [--calib analytic|noise] [--only NAME]
+    python benchmarks/corpus.py [--calib analytic|noise] [--only NAME] [--no-shared]
+
+The shared CIFAR-10 ResNet-20/56 (../shared/data) are appended when present (--no-shared: not).
 
 Per model: status (or the one-line error), seconds, quantized nodes, integer kernels in ORT's optimized
 graph, and the output SQNR vs FP32 on standard-normal inputs (the light models' weights are constants,
@@ -19,8 +21,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, markdown_table, optimized_op_counts, output_sqnr_db, session  # noqa: E402
-from dfq_onnx.models.corpus import corpus_models, default_input_shapes  # noqa: E402
+from common import (  # noqa: E402
+    RESNET20,
+    RESNET56,
+    machine_info,
+    markdown_table,
+    optimized_op_counts,
+    output_sqnr_db,
+    session,
+)
+from dfq_onnx.models.corpus import CorpusModel, corpus_models, default_input_shapes  # noqa: E402
 
 from dfq_onnx import DfqError, quantize  # noqa: E402
 
@@ -63,10 +73,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calib", default="analytic")
     ap.add_argument("--only", default=None)
+    ap.add_argument("--no-shared", action="store_true", help="leave out the shared ResNet-20/56")
     args = ap.parse_args()
+    models = corpus_models()
+    if not args.no_shared:
+        models += [CorpusModel(p.stem, p, "shared") for p in (RESNET20, RESNET56) if p.is_file()]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for model in corpus_models():
+        for model in models:
             if args.only and args.only not in model.name:
                 continue
             rows.append(run_one(model, args.calib, Path(tmp)))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
 import onnx
 
 from . import ir
+from .errors import OutputError, UsageError
 from .options import QuantizeOptions
 from .pass_base import run_passes
 from .pipeline import default_pipeline
@@ -23,10 +26,12 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     """Quantize `model` (a path or a ModelProto, never modified) and return the QDQ model and report.
 
     `overrides` are QuantizeOptions fields (weight_bits=4, calib="noise", ...). When `output` is given
-    the model is checked and written atomically; `report_path` writes the JSON report.
+    the model is checked and written atomically; `report_path` writes the report (self-contained HTML
+    when it ends in .html, else JSON).
     """
-    opts = dataclasses.replace(options or QuantizeOptions(), **overrides)
+    opts = _with_overrides(options or QuantizeOptions(), overrides)
     profile = target if isinstance(target, TargetProfile) else load_target(target)
+    _check_outputs(model, output, report_path, opts.pareto)
     source = ir.load_model(model)
     report = Report()
     report.model.update({"name": source.graph.name, "producer": source.producer_name,
@@ -34,18 +39,102 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
                          "target": profile.name, "options": _options_dict(opts)})
     state = CompileState(graph=None, target=profile, options=opts, report=report,
                          model_hash=ir.model_hash(source), source=source)
-    run_passes(default_pipeline(profile, opts), state)
-    out = ir.to_model(state.graph, ir_version=max(source.ir_version, ir.min_ir_version(state.graph.opset)))
-    out.producer_name, out.producer_version = "dfq-onnx", _version()
-    ir.check_model(out)
-    report.model["params"] = sum(g.params for g in state.groups)
-    if output is not None:
-        ir.save_model(out, output)
-    if opts.pareto is not None and state.pareto is not None:
-        _write_pareto(opts.pareto, state.pareto, report, profile.name)
-    if report_path is not None:
-        ir.write_bytes_atomic(report_path, report.to_json().encode())
+    with _warnings_into(report):
+        run_passes(default_pipeline(profile, opts), state)
+        out = ir.to_model(state.graph, ir_version=max(source.ir_version,
+                                                      ir.min_ir_version(state.graph.opset)))
+        out.producer_name, out.producer_version = "dfq-onnx", _version()
+        state.graph = None    # the graph's arrays now live in `out`: free them before the checker's copies
+        ir.collect_if_large(source)
+        ir.check_model(out)
+        report.model["params"] = sum(g.params for g in state.groups)
+        if report_path is not None:
+            from .report_data import fill
+
+            fill(state, source, out)
+    curve: list[Path] = []
+    try:
+        if opts.pareto is not None and state.pareto is not None:
+            curve = _write_pareto(opts.pareto, state.pareto, report, profile.name)
+        _write_outputs(out, output, report, report_path)
+    except BaseException as exc:
+        for path in curve:
+            path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {exc.filename or opts.pareto}: {exc.strerror or exc}") from None
+        raise
     return out, report
+
+
+def _with_overrides(options: QuantizeOptions, overrides: dict) -> QuantizeOptions:
+    known = {f.name for f in dataclasses.fields(QuantizeOptions)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UsageError(f"unknown option '{unknown[0]}'; QuantizeOptions fields are "
+                         f"{', '.join(sorted(known))}")
+    return dataclasses.replace(options, **overrides)
+
+
+def _check_outputs(model, output, report_path, curve=None) -> None:
+    """Refuse output paths that would overwrite the input or cannot be written, before any work."""
+    src = None if isinstance(model, onnx.ModelProto) else Path(model).resolve()
+    paths = [Path(p) for p in (output, report_path, curve) if p is not None]
+    if len({p.resolve() for p in paths}) < len(paths):
+        raise UsageError(f"--report {report_path}: the report path must differ from the output model "
+                         "(and from --pareto)")
+    for path in paths:
+        if src is not None and path.resolve() == src:
+            raise UsageError(f"{path}: an output path must differ from the input model (the input is never "
+                             "modified)")
+        if path.is_dir():
+            raise UsageError(f"{path}: is a directory; give a file name")
+        parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise UsageError(f"{path}: cannot write there ({parent or path.parent} is not a writable "
+                             "directory)")
+
+
+def _write_outputs(out, output, report: Report, report_path) -> None:
+    """Write the model, then the report; if the report cannot be written, remove the model again."""
+    text = None
+    if report_path is not None:
+        html = Path(report_path).suffix.lower() in (".html", ".htm")
+        text = report.to_html() if html else report.to_json()
+    written: list[Path] = []
+    try:
+        if output is not None:
+            written += ir.save_model(out, output, return_all=True)
+        if report_path is not None:
+            ir.write_bytes_atomic(report_path, text.encode())
+    except OSError as exc:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {exc.filename or output}: {exc.strerror or exc}") from None
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _warnings_into(report: Report):
+    """Copy dfq_onnx warnings logged while compiling into the report's `warnings` list."""
+    handler = _ListHandler(report.warnings)
+    logger = logging.getLogger("dfq_onnx")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, sink: list):
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(f"{record.name}: {record.getMessage()}")
 
 
 def synthesize(model, *, output=None, samples: int = 64, steps: int | None = None, seed: int = 0,
@@ -80,7 +169,7 @@ def synthesize(model, *, output=None, samples: int = 64, steps: int | None = Non
     return result
 
 
-def _write_pareto(path, points: list[dict], report: Report, target: str) -> None:
+def _write_pareto(path, points: list[dict], report: Report, target: str) -> list[Path]:
     """The curve as JSON and as a PNG beside it (same stem), both written atomically."""
     import json
 
@@ -94,6 +183,7 @@ def _write_pareto(path, points: list[dict], report: Report, target: str) -> None
     png = Path(path).with_suffix(".png")
     ir.write_bytes_atomic(png, plot_png(points, chosen, title))
     report.notes.setdefault("allocation", {})["pareto_files"] = [str(path), str(png)]
+    return [Path(path), png]
 
 
 def _options_dict(opts: QuantizeOptions) -> dict:

@@ -58,15 +58,23 @@ def _add_synth_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `dfq-onnx: error: <problem> (see dfq-onnx ... --help)`, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"dfq-onnx: error: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dfq-onnx", description="Data-free mixed-precision ONNX quantizer")
+    ap = _Parser(prog="dfq-onnx", description="Data-free mixed-precision ONNX quantizer")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars or pass log")
     sub = ap.add_subparsers(dest="command", required=True)
     q = sub.add_parser("quantize", help="quantize a model into a QDQ ONNX model")
     q.add_argument("model")
     q.add_argument("-o", "--output", required=True)
-    q.add_argument("--report", help="write the JSON report here")
+    q.add_argument("--report", help="write the report here: REPORT.html (self-contained HTML with plots) "
+                                    "or REPORT.json")
     _add_quant_options(q)
     i = sub.add_parser("inspect", help="opset, quantizable groups, BN count, unsupported ops")
     i.add_argument("model")
@@ -189,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dfq-onnx: interrupted; no output written", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not a user error: still one line, the traceback under --debug
+        if args.debug:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"dfq-onnx: internal error: {type(exc).__name__}: {first}; no output written; rerun with "
+              "--debug for the traceback and please report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,6 +31,10 @@ class InfeasibleBudgetError(UsageError):
     """No bit plan satisfies the requested budget."""
 
 
+class OutputError(DfqError):
+    """An output file cannot be written (exit code 1); nothing is left behind."""
+
+
 class PassError(DfqError):
     """A pass failed; the message carries the pass name and the passes that ran before it."""
 

@@ -7,6 +7,7 @@ back into checked, atomically written files.
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import os
 import tempfile
@@ -19,38 +20,24 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from .errors import ModelLoadError, UnsupportedModelError
+from .external_data import (  # noqa: F401 - has_external_data, model_bytes re-exported
+    absolute_locations,
+    all_tensors,
+    check_external_data,
+    copy_without_raw,
+    external_array,
+    external_bytes,
+    has_external_data,
+    model_bytes,
+)
 
 TWO_GB = 2**31 - 1024
+LAZY_BYTES = 2**30      # external data above this is memory-mapped at import, never copied into the proto
 DTYPES = {"int4": TensorProto.INT4, "uint4": TensorProto.UINT4, "int8": TensorProto.INT8,
           "uint8": TensorProto.UINT8, "int16": TensorProto.INT16, "uint16": TensorProto.UINT16,
           "int32": TensorProto.INT32}
 NP_STORAGE = {"int4": np.int8, "uint4": np.uint8, "int8": np.int8, "uint8": np.uint8,
               "int16": np.int16, "uint16": np.uint16, "int32": np.int32}
-
-
-def _check_external_data(model: onnx.ModelProto, base: Path) -> None:
-    """Refuse external-data locations that escape the model's directory or do not exist."""
-    root = base.resolve()
-    for tensor in _all_tensors(model):
-        if tensor.data_location != TensorProto.EXTERNAL:
-            continue
-        entries = {e.key: e.value for e in tensor.external_data}
-        loc = entries.get("location", "")
-        target = (root / loc).resolve()
-        if os.path.isabs(loc) or not target.is_relative_to(root):
-            raise ModelLoadError(f"tensor '{tensor.name}': external data location '{loc}' escapes the "
-                                 f"model directory {root}; refusing to read it")
-        if not target.is_file():
-            raise ModelLoadError(f"tensor '{tensor.name}': external data file '{loc}' not found next to "
-                                 f"the model in {root}")
-
-
-def _all_tensors(model: onnx.ModelProto):
-    yield from model.graph.initializer
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -59,10 +46,10 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         return copy.deepcopy(source)
     path = Path(source)
     if not path.is_file():
-        raise ModelLoadError(f"{path}: no such file")
+        raise ModelLoadError(f"{path}: no such file; check the model path")
     data = path.read_bytes()
     if not data:
-        raise ModelLoadError(f"{path}: empty file, not an ONNX model")
+        raise ModelLoadError(f"{path}: empty file, not an ONNX model; re-export or re-download it")
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
@@ -70,8 +57,12 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: not a valid ONNX model (protobuf parse failed: {exc}); "
                              "is the file truncated or of another format?") from None
     if not model.HasField("graph") or not model.opset_import:
-        raise ModelLoadError(f"{path}: not an ONNX model (no graph or opset_import)")
-    _check_external_data(model, path.parent)
+        raise ModelLoadError(f"{path}: not an ONNX model (no graph or opset_import); pass an .onnx model "
+                             "file")
+    check_external_data(model, path.parent)
+    if external_bytes(model) > LAZY_BYTES:
+        absolute_locations(model, path.parent)   # read later, memory-mapped, by to_graph()
+        return model
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError) as exc:
@@ -79,9 +70,39 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def collect_if_large(model: onnx.ModelProto, threshold: int = 1 << 28) -> None:
+    """gc.collect() for models above 256 MB: onnx-graphsurgeon graphs sit in reference cycles, so a
+    discarded graph (and the weight arrays it shares) waits for a cyclic collection; for small models
+    that costs more time (tens of ms per call in a large process) than the memory is worth."""
+    if model_bytes(model) > threshold:
+        gc.collect()
+
+
 def model_hash(model: onnx.ModelProto) -> str:
-    """Stable content hash (SHA-256 of the deterministic serialization)."""
-    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    """Stable content hash: SHA-256 of the deterministic serialization, plus the bytes of any tensor
+    still held in external data (streamed, so models above 2 GB hash too)."""
+    external = [t for t in all_tensors(model) if t.data_location == TensorProto.EXTERNAL]
+    if not external and model.ByteSize() <= TWO_GB:
+        return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    h = hashlib.sha256()
+    for tensor in all_tensors(model):   # contents, then the structure without them
+        if tensor.data_location == TensorProto.EXTERNAL:
+            arr = external_array(tensor)
+            data = memoryview(arr.reshape(-1).view(np.uint8)) if arr is not None else b""
+        else:
+            data = memoryview(tensor.raw_data) if tensor.HasField("raw_data") else b""
+        h.update(tensor.name.encode())
+        for start in range(0, len(data), 1 << 26):
+            h.update(data[start:start + (1 << 26)])
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model) if model.ByteSize() <= TWO_GB else copy_without_raw(model, skeleton)
+    for tensor in all_tensors(skeleton):
+        tensor.ClearField("raw_data")
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = Path(entry.value).name
+    h.update(skeleton.SerializeToString(deterministic=True))
+    return h.hexdigest()
 
 
 def opset_version(model: onnx.ModelProto) -> int:
@@ -122,17 +143,42 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> None:
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """ONNX shape inference with data propagation; returns the model unchanged if inference fails."""
-    if model.ByteSize() > TWO_GB:
-        return model
+    """ONNX shape inference with data propagation; returns the model unchanged if inference fails.
+
+    Above 2 GB (which protobuf cannot hand to the C++ inference) it runs on a copy without the large
+    tensors' bytes (shapes and small constants are all it reads) and the value types are copied back.
+    """
+    large = model.ByteSize() > TWO_GB
+    src = model
+    if large:
+        src = onnx.ModelProto()
+        copy_without_raw(model, src, min_bytes=1 << 20)
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(src, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # shape inference is best effort for exotic models
         return model
+    if not large:
+        return inferred
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    for mine, theirs in zip(model.graph.output, inferred.graph.output):
+        mine.CopyFrom(theirs)
+    return model
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
-    return gs.import_onnx(model)
+    """Import into onnx-graphsurgeon; constants still in external data become memory maps."""
+    graph = gs.import_onnx(model)
+    for tensor in graph.tensors().values():
+        lazy = getattr(tensor, "_values", None) if isinstance(tensor, gs.Constant) else None
+        proto = getattr(lazy, "tensor", None)
+        if isinstance(proto, onnx.TensorProto) and proto.data_location == TensorProto.EXTERNAL:
+            arr = external_array(proto)
+            if arr is None:
+                raise UnsupportedModelError(f"tensor '{proto.name}': cannot read external data of type "
+                                            f"{TensorProto.DataType.Name(proto.data_type)} lazily")
+            tensor.values = arr
+    return graph
 
 
 def to_model(graph: gs.Graph, *, opset: int | None = None, ir_version: int | None = None,
@@ -162,7 +208,12 @@ def min_ir_version(opset: int) -> int:
 
 
 def check_model(model: onnx.ModelProto, full: bool = True) -> None:
+    """onnx.checker (models above 2 GB are checked from a temporary external-data copy)."""
     try:
+        if model.ByteSize() > TWO_GB:
+            with tempfile.TemporaryDirectory(prefix="dfq-check-") as tmp:
+                onnx.checker.check_model(str(save_model(model, Path(tmp) / "model.onnx")), full_check=full)
+            return
         onnx.checker.check_model(model, full_check=full)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
@@ -173,30 +224,70 @@ def serialize(model: onnx.ModelProto) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, return_all: bool = False):
     """Write atomically: a temporary file in the same directory, then rename over the target.
 
     Models above 2 GB are written with their tensors in one external-data file `<name>.data` next to
-    the model (also staged and renamed), since protobuf cannot serialize them inline.
+    the model (also staged and renamed), since protobuf cannot serialize them inline; `model` is left
+    as it was. Returns the path (with `return_all`, every file written).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if model.ByteSize() <= TWO_GB:
         _atomic_write(path, serialize(model))
-        return path
+        return [path] if return_all else path
     data_name = path.name + ".data"
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        staged = Path(tmp) / path.name
-        onnx.save_model(model, staged, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-        os.replace(Path(tmp) / data_name, path.parent / data_name)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix="." + path.name + ".") as tmp:
+        staged, staged_data = Path(tmp) / path.name, Path(tmp) / data_name
+        _write_external(model, staged, staged_data, data_name)
+        os.replace(staged_data, path.parent / data_name)
         os.replace(staged, path)
-    return path
+    return [path, path.parent / data_name] if return_all else path
+
+
+def _write_external(model: onnx.ModelProto, path: Path, data_path: Path, location: str,
+                    threshold: int = 1024) -> None:
+    """Save `model` with every tensor of >= `threshold` bytes moved to `data_path`, then put the data
+    back into the proto (onnx.save_model would strip the caller's proto)."""
+    moved: list[tuple[onnx.TensorProto, bytes, bool]] = []
+    try:
+        with open(data_path, "wb") as fh:
+            for tensor in all_tensors(model):
+                if not tensor.HasField("raw_data") or len(tensor.raw_data) < threshold:
+                    continue
+                raw = tensor.raw_data
+                offset = fh.seek(0, os.SEEK_END)
+                offset += -offset % 4096
+                fh.seek(offset)
+                fh.write(raw)
+                tensor.ClearField("raw_data")
+                moved.append((tensor, raw, tensor.HasField("data_location")))
+                tensor.data_location = TensorProto.EXTERNAL
+                entries = (("location", location), ("offset", str(offset)), ("length", str(len(raw))))
+                for key, value in entries:
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
+        _atomic_write(path, serialize(model))
+    finally:
+        for tensor, raw, had_location in moved:
+            del tensor.external_data[:]
+            if had_location:
+                tensor.data_location = TensorProto.DEFAULT
+            else:
+                tensor.ClearField("data_location")
+            tensor.raw_data = raw
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())     # mkstemp creates 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)

@@ -77,10 +77,31 @@ def quantize(x: np.ndarray, scale, zero_point, bits: int, signed: bool, axis: in
              narrow: bool = False) -> np.ndarray:
     """QuantizeLinear: integers (int64 array) in the (un)signed `bits` range."""
     qmin, qmax = qrange(bits, signed, narrow)
-    s = _broadcast(np.asarray(scale, np.float32), x.ndim, axis)
-    z = _broadcast(np.asarray(zero_point, np.int64), x.ndim, axis)
-    q = np.rint(np.asarray(x, np.float32).astype(np.float64) / s) + z  # saturate before the int cast
-    return np.clip(q, qmin, qmax).astype(np.int64)
+    s = _broadcast(np.asarray(scale, np.float32), np.ndim(x), axis)
+    z = _broadcast(np.asarray(zero_point, np.int64), np.ndim(x), axis)
+
+    def rows(xs, ss, zs):
+        q = np.rint(np.asarray(xs, np.float32).astype(np.float64) / ss) + zs  # saturate before the int cast
+        return np.clip(q, qmin, qmax).astype(np.int64)
+    return _by_rows(rows, x, np.int64, s, z)
+
+
+CHUNK = 1 << 22     # elements per block of float64 temporaries (32 MB) in the row-wise helpers
+
+
+def _by_rows(fn, x, dtype, *params) -> np.ndarray:
+    """fn(x[i:j], p[i:j] ...) over blocks of rows, so float64 temporaries stay ~CHUNK elements for any
+    tensor size (a 2 GB weight would otherwise need several 4 GB temporaries). Parameters broadcast
+    along axis 0 are sliced with the rows; element-wise `fn` gives the same result as one call."""
+    x = np.asarray(x) if not isinstance(x, np.ndarray) else x
+    if x.ndim == 0 or x.size <= CHUNK:
+        return fn(x, *params)
+    out = np.empty(x.shape, dtype)
+    step = max(1, CHUNK // max(1, x.size // x.shape[0]))
+    for i in range(0, x.shape[0], step):
+        part = [p[i:i + step] if np.ndim(p) == x.ndim and np.shape(p)[0] > 1 else p for p in params]
+        out[i:i + step] = fn(x[i:i + step], *part)
+    return out
 
 
 def dequantize(q: np.ndarray, scale, zero_point, axis: int | None = None) -> np.ndarray:
@@ -126,7 +147,8 @@ def fold_bn(w: np.ndarray, b: np.ndarray | None, gamma, beta, mean, var, eps: fl
         raise ValueError("BatchNormalization variance + epsilon must be positive")
     factor = gamma / np.sqrt(var + eps)
     b0 = np.zeros_like(mean) if b is None else np.asarray(b, np.float64)
-    w_new = (np.asarray(w, np.float64) * _broadcast(factor, np.ndim(w), out_axis)).astype(np.float32)
+    w_new = _by_rows(lambda ws, fs: (np.asarray(ws, np.float64) * fs).astype(np.float32), w, np.float32,
+                     _broadcast(factor, np.ndim(w), out_axis))
     b_new = ((b0 - mean) * factor + beta).astype(np.float32)
     return w_new, b_new
 

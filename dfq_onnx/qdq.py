@@ -61,10 +61,18 @@ def insert_activation_qdq(graph: gs.Graph, t: gs.Variable, enc: Encoding,
 
 def replace_with_dq(graph: gs.Graph, node: gs.Node, index: int, q_values: np.ndarray, enc: Encoding,
                     base: str) -> None:
-    """Feed input `index` of `node` from DequantizeLinear(q_values) instead of a float constant."""
+    """Feed input `index` of `node` from DequantizeLinear(q_values) instead of a float constant.
+
+    A float constant no node reads any more has its array dropped at once: onnx-graphsurgeon tensors sit
+    in reference cycles that only a later cyclic collection frees, and a large model would otherwise
+    hold its float and its integer weights together until the end of the pass.
+    """
+    old = node.inputs[index]
     q = ir.constant(f"{base}_quantized", q_values, enc.dtype)
     scale, zp = enc.constants(base)
     out = gs.Variable(f"{base}_dequantized", dtype=np.float32, shape=list(q_values.shape))
     graph.nodes.append(gs.Node("DequantizeLinear", name=f"{base}_DequantizeLinear",
                                inputs=[q, scale, zp], outputs=[out], attrs=_attrs(enc.axis)))
     node.inputs[index] = out
+    if isinstance(old, gs.Constant) and not old.outputs and not any(t is old for t in graph.outputs):
+        old.values = np.empty((0,), np.float32)

@@ -1,4 +1,5 @@
-"""The compile report: per-pass timings, per-layer encodings, warnings, skips; written as JSON."""
+"""The compile report: per-pass timings, per-layer encodings, warnings, skips; written as JSON or
+self-contained HTML (`dfq_onnx.report_html`)."""
 
 from __future__ import annotations
 
@@ -18,20 +19,38 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
     forward_passes: int = 0
+    comparison: dict[str, Any] | None = None       # FP32 vs quantized outputs (dfq_onnx.report_data)
+    sensitivity: dict[str, Any] | None = None      # groups x candidates loss matrix
+    pareto: list[dict[str, Any]] | None = None     # {budget, predicted, measured, bits} points
 
     def skip(self, node: str, reason: str) -> None:
         self.skipped.append({"node": node, "reason": reason})
 
     def to_dict(self, timings: bool = True) -> dict[str, Any]:
-        passes = self.passes if timings else [{k: v for k, v in p.items() if k != "seconds"}
-                                              for p in self.passes]
-        return {"model": self.model, "passes": passes, "forward_passes": self.forward_passes,
-                "groups": self.groups, "layers": self.layers, "activations": self.activations,
-                "skipped": self.skipped,
-                "warnings": self.warnings, "notes": self.notes}
+        d = {"model": self.model, "passes": self.passes, "forward_passes": self.forward_passes,
+             "groups": self.groups, "layers": self.layers, "activations": self.activations,
+             "skipped": self.skipped,
+             "warnings": self.warnings, "notes": self.notes, "comparison": self.comparison,
+             "sensitivity": self.sensitivity, "pareto": self.pareto}
+        return d if timings else _without_timings(d)
 
     def to_json(self, timings: bool = True) -> str:
         return json.dumps(self.to_dict(timings), indent=2, sort_keys=True, default=_jsonable) + "\n"
+
+    def to_html(self) -> str:
+        from .report_html import render
+
+        return render(json.loads(self.to_json()))
+
+
+def _without_timings(obj):
+    """A copy without wall-clock entries (keys 'seconds' or '*_seconds'), for comparing runs."""
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items()
+                if not (k == "seconds" or k.endswith("_seconds"))}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
 
 
 def _jsonable(obj):

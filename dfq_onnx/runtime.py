@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
@@ -18,12 +21,22 @@ def session(model, threads: int = 0, optimized_path: str | None = None) -> ort.I
         opts.intra_op_num_threads = threads
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
-    data = model if isinstance(model, bytes) else ir.serialize(model)
     try:
+        if not isinstance(model, bytes) and model.ByteSize() > ir.TWO_GB:
+            return _large_session(model, opts)
+        data = model if isinstance(model, bytes) else ir.serialize(model)
         return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         first = str(exc).strip().splitlines()[0]
         raise UnsupportedModelError(f"ONNX Runtime cannot load the model: {first}") from None
+
+
+def _large_session(model, opts: ort.SessionOptions) -> ort.InferenceSession:
+    """Protobuf cannot serialize a model above 2 GB: stage it with external data in a temporary
+    directory and let ORT load it from there (ORT holds the weights once loaded)."""
+    with tempfile.TemporaryDirectory(prefix="dfq-ort-") as tmp:
+        path = ir.save_model(model, Path(tmp) / "model.onnx")
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def observer_model(graph: gs.Graph, tensors: list[str]):

@@ -19,7 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
     "GOOD_BUILDERS", "bad_already_quantized", "bad_custom_domain", "bad_fp16", "bad_if_conv",
-    "bad_old_opset", "concat_branches", "constant_weights", "conv_bn_relu", "conv_bn_relu_residual",
+    "bad_empty_graph", "bad_loop_conv", "bad_old_opset",
+    "concat_branches", "constant_weights", "conv_bn_relu", "conv_bn_relu_residual",
     "conv_clip6", "conv_silu", "convtranspose_bn", "gemm_bn", "matmul_bn", "shared_weight",
     "with_data_bn_stats",
 ]
@@ -364,6 +365,27 @@ def bad_old_opset(c: int = 3, hw: int = 8, seed: int = 0, op: str = "Upsample") 
              helper.make_node("Relu", ["conv_out"], ["relu_out"], name="relu"), legacy]
     return _model(nodes, [_vi("input", [1, c, hw, hw])], [_vi("output", [1, 4, out_hw, out_hw])], inits, 7,
                   "old_opset")
+
+
+def bad_empty_graph() -> onnx.ModelProto:
+    """A valid model whose graph has no nodes: 'input' is passed straight to the output."""
+    return _model([], [_vi("input", ["N", 4])], [_vi("input", ["N", 4])], [], name="empty")
+
+
+def bad_loop_conv(c: int = 3, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """A Loop ('loop', 2 iterations) whose body applies a Conv ('body_conv') to the carried tensor."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("conv.weight", _conv_w(rng, c, c, 3)), _init("trips", np.array(2, np.int64)),
+             _init("cond", np.array(True))]
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="body_cond"),
+         _conv("body_conv", "x_in", "conv.weight", "x_out")], "body",
+        [_vi("iter", [1], TensorProto.INT64), _vi("cond_in", None, TensorProto.BOOL),
+         _vi("x_in", ["N", c, hw, hw])],
+        [_vi("cond_out", None, TensorProto.BOOL), _vi("x_out", ["N", c, hw, hw])])
+    nodes = [helper.make_node("Loop", ["trips", "cond", "input"], ["output"], name="loop", body=body)]
+    return _model(nodes, [_vi("input", ["N", c, hw, hw])], [_vi("output", ["N", c, hw, hw])], inits,
+                  name="loop_conv")
 
 
 # --------------------------------------------------------------------------- trained-looking statistics

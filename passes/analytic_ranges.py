@@ -23,6 +23,8 @@ BN statistics since its last anchor (independence assumptions compound there), a
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -95,8 +97,15 @@ def _linear(node: gs.Node, x: Est, channels_in: int | None) -> Est | None:
             o, ig = w.shape[0], w.shape[1]
             ws = w.reshape(group, o // group, ig, -1)
             mg, vg = m.reshape(group, ig), v.reshape(group, ig)
-            mu = np.einsum("goik,gi->go", ws, mg).reshape(o)
-            var = np.einsum("goik,gi->go", ws ** 2, vg).reshape(o)
+            masks = _tap_masks(node, w.shape[2:])
+            if masks is None:
+                mu = np.einsum("goik,gi->go", ws, mg).reshape(o)
+                var = np.einsum("goik,gi->go", ws ** 2, vg).reshape(o)
+            else:   # the map is smaller than the kernel: per channel, the position of largest variance
+                mus = np.stack([np.einsum("goik,gi,k->go", ws, mg, mk).reshape(o) for mk in masks])
+                vs = np.stack([np.einsum("goik,gi,k->go", ws ** 2, vg, mk).reshape(o) for mk in masks])
+                best = np.argmax(vs, axis=0)
+                mu, var = mus[best, np.arange(o)], vs[best, np.arange(o)]
         else:  # ConvTranspose: W [Cin, Cout/g, k...], summed over input channels and kernel taps
             if group != 1:
                 return None
@@ -117,6 +126,43 @@ def _linear(node: gs.Node, x: Est, channels_in: int | None) -> Est | None:
     aligned = channels_in is not None and len(node.inputs[0].shape or []) == 2
     return Est.of(alpha * (m @ w) + beta * np.asarray(b), np.abs(alpha) * np.sqrt(v @ (w ** 2)),
                   aligned=aligned)
+
+
+def _tap_masks(node: gs.Node, kshape: tuple[int, ...]) -> list[np.ndarray] | None:
+    """Kernel taps that read input (not padding) at each distinct output position, as 0/1 masks over
+    the flattened taps, when some spatial axis is smaller than the kernel's extent (e.g. a 3x3 conv on a
+    1x1 map reads only its centre tap); None when every tap reads data somewhere (the usual case) or
+    the geometry is unknown. Variances only grow with taps, so per axis a position where every tap is
+    valid dominates and the others need not be considered."""
+    shape = node.inputs[0].shape
+    n = len(kshape)
+    if not shape or len(shape) != n + 2 or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return None
+    sizes = list(shape[2:])
+    if not all(isinstance(s, int) and s > 0 for s in sizes):
+        return None
+    pads = list(node.attrs.get("pads", [0] * 2 * n))
+    strides = list(node.attrs.get("strides", [1] * n))
+    dil = list(node.attrs.get("dilations", [1] * n))
+    per_axis = []
+    for a in range(n):
+        k, s, d, pb, pe = kshape[a], strides[a], dil[a], pads[a], pads[a + n]
+        out = (sizes[a] + pb + pe - d * (k - 1) - 1) // s + 1
+        if out <= 0:
+            return None
+        pos = np.arange(out)[:, None] * s - pb + np.arange(k)[None, :] * d
+        rows = np.unique((pos >= 0) & (pos < sizes[a]), axis=0)
+        full = rows.all(axis=1)
+        per_axis.append(rows[full][:1] if full.any() else rows)
+    if all(r.all() for r in per_axis):
+        return None
+    masks = []
+    for combo in itertools.product(*per_axis):
+        mask = combo[0]
+        for r in combo[1:]:
+            mask = np.multiply.outer(mask, r)
+        masks.append(np.asarray(mask, np.float64).reshape(-1))
+    return masks
 
 
 def _pad(node: gs.Node, x: Est) -> Est:

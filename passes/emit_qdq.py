@@ -163,7 +163,7 @@ class EmitQDQ(Pass):
     def _quantize_weights(state: CompileState, node: gs.Node, layer, w_bits: int,
                           by_dq: dict[str, Encoding]) -> None:
         target = state.target
-        w = const_values(node.inputs[1]).astype(np.float32)
+        w = const_values(node.inputs[1]).astype(np.float32, copy=False)   # no copy of a large float32 weight
         axis = layer.axis if target.per_channel else None
         x_enc = by_dq.get(node.inputs[0].name)
         bias = const_values(node.inputs[2]).astype(np.float32) if layer.bias else None
@@ -184,6 +184,7 @@ class EmitQDQ(Pass):
         state.report.layers.append({
             "node": layer.node, "op": layer.op, "weight": layer.weight, "weight_bits": w_bits,
             "weight_dtype": state.target.weight_dtype(w_bits), "params": int(np.size(w)),
+            "shape": [int(d) for d in np.shape(w)],
             "per_channel_axis": layer.axis if state.target.per_channel else None,
             "weight_scale_min": None if scale is None else float(np.min(scale)),
             "weight_scale_max": None if scale is None else float(np.max(scale)),

@@ -48,6 +48,9 @@ def _subgraph_ops(node) -> set[str]:
 def check_supported(model) -> None:
     """Raise UnsupportedModelError naming the first node or tensor the compiler refuses."""
     g = model.graph
+    if not g.node:
+        raise UnsupportedModelError(f"graph '{g.name}' has no nodes: there is nothing to quantize; check "
+                                    "that the export wrote the network")
     for node in g.node:
         where = f"node '{node.name or node.output[0]}' ({node.op_type})"
         if node.op_type in QUANTIZED_OPS:
@@ -58,7 +61,8 @@ def check_supported(model) -> None:
         if node.op_type in CONTROL_FLOW and _subgraph_ops(node) & QUANTIZABLE:
             raise UnsupportedModelError(f"{where}: control flow around quantizable layers "
                                         f"({', '.join(sorted(_subgraph_ops(node) & QUANTIZABLE))}) is not "
-                                        "supported; unroll or export without the branch")
+                                        "supported; export the model without control flow (unrolled) "
+                                        "around them")
     tensors = [(i.name, i.type.tensor_type.elem_type) for i in list(g.input) + list(g.output)]
     tensors += [(t.name, t.data_type) for t in g.initializer]
     for name, elem in tensors:
@@ -169,6 +173,9 @@ class Normalize(Pass):
         rewritten["nodes named"] = name_nodes(graph)
         state.graph = graph
         state.source = None
+        # fold_constants leaves a copy of the graph in reference cycles that share the constants' arrays
+        # (memory maps of large external weights): free it now, not at some later collection.
+        ir.collect_if_large(model)
         opset = ir.opset_version(model)
         state.report.model.update({"opset_in": state.source_opset, "opset": opset, "canonicalized": rewritten,
                                    "nodes_in": before, "nodes": len(graph.nodes)})

@@ -63,3 +63,17 @@ def test_silu_range_matches_measured(tmp_path):
     a, m = analytic["silu_out"], measured["silu_out"]
     assert a.lo >= -0.3                       # min of x * sigmoid(x) is -0.2785
     assert a.hi >= 0.7 * m.hi
+
+
+@pytest.mark.parametrize("hw", [1, 2, 3, 8])
+def test_conv_on_a_map_smaller_than_its_kernel_counts_only_taps_that_read_data(hw, tmp_path):
+    # Found by random-graph fuzzing: a 3x3 conv (pad 1) on a 1x1 map reads only its centre tap;
+    # summing all 9 taps' variance made the range several times too wide (~200x in the fuzzed graph,
+    # whose centre tap was small) and the 8-bit output all zero. conv2 here has no BN after it.
+    model = builders.with_data_bn_stats(builders.conv_bn_relu(hw=hw, seed=3), n=256, seed=10)
+    analytic, measured = _analytic_and_measured(model, tmp_path, n=512)
+    assert "output" in measured
+    for t, m in measured.items():
+        a = analytic[t]
+        ratio = (a.hi - a.lo) / (m.hi - m.lo)
+        assert 0.5 <= ratio <= 3.0, (hw, t, a, m)

@@ -158,3 +158,20 @@ def test_relu_normal_moments_vs_monte_carlo(mu, sigma):
 def test_bad_inputs_raise_value_error(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_row_blocks_give_the_same_result_as_one_call(monkeypatch):
+    # quantize / fold_bn work in blocks of rows on large tensors (bounded float64 temporaries)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    per_ch = nx.weight_scales(w, 8, 0)
+    g, b, m, v = (rng.uniform(0.5, 1.5, 6) for _ in range(4))
+    for axis, scale in ((0, per_ch), (None, np.float32(0.02)), (1, nx.weight_scales(w, 8, 1))):
+        want = nx.quantize(w, scale, 0, 8, True, axis)
+        want_w, want_b = nx.fold_bn(w, None, g, b, m, v, 1e-5, 0)
+        monkeypatch.setattr(nx, "CHUNK", 40)         # 1 row of 45 elements per block
+        np.testing.assert_array_equal(nx.quantize(w, scale, 0, 8, True, axis), want)
+        got_w, got_b = nx.fold_bn(w, None, g, b, m, v, 1e-5, 0)
+        np.testing.assert_array_equal(got_w, want_w)
+        np.testing.assert_array_equal(got_b, want_b)
+        monkeypatch.undo()
