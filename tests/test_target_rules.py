@@ -13,10 +13,10 @@ import numpy as np
 import onnx
 import pytest
 from _util import initializers, normal_feeds, run
+from dfq_onnx.models import builders
 
 from dfq_onnx import quantize
 from dfq_onnx.errors import DfqError
-from dfq_onnx.models import builders
 from dfq_onnx.target import builtin_targets
 
 TARGETS = sorted(builtin_targets())
@@ -51,7 +51,7 @@ def test_tensorrt_symmetric_int8_zero_point_zero():
     q, _ = quantize(builders.conv_bn_relu_residual(), target="tensorrt", calib="noise", progress=False)
     qs = _quantizers(q)
     assert qs
-    for name, (scale, zp) in qs.items():
+    for name, (_, zp) in qs.items():
         assert zp.dtype == np.int8 and np.all(zp == 0), name
     inits = initializers(q)
     for n in q.graph.node:
@@ -95,7 +95,8 @@ def test_concat_inputs_share_scale(target):
         encs.append((dq.input[1], dq.input[2]))
     assert len(set(encs)) == 1, encs   # one scale / zero-point initializer pair for all inputs
     qs = _quantizers(q)
-    scales = {float(s) for t, (s, _) in qs.items() if t in ("relu_a_out", "relu_b_out", "bn_a_out", "bn_b_out")}
+    branches = ("relu_a_out", "relu_b_out", "bn_a_out", "bn_b_out")
+    scales = {float(s) for t, (s, _) in qs.items() if t in branches}
     assert len(scales) == 1
 
 
