@@ -19,11 +19,13 @@ from .target import TargetProfile, load_target
 
 def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | TargetProfile = "ort-cpu",
              options: QuantizeOptions | None = None, output: str | os.PathLike | None = None,
-             report_path: str | os.PathLike | None = None, **overrides) -> tuple[onnx.ModelProto, Report]:
+             report_path: str | os.PathLike | None = None, encodings_path: str | os.PathLike | None = None,
+             **overrides) -> tuple[onnx.ModelProto, Report]:
     """Quantize `model` (a path or a ModelProto, never modified) and return the QDQ model and report.
 
     `overrides` are QuantizeOptions fields (weight_bits=4, calib="noise", ...). When `output` is given
-    the model is checked and written atomically; `report_path` writes the JSON report.
+    the model is checked and written atomically; `report_path` writes the JSON report;
+    `encodings_path` the AIMET/QNN quantization-overrides JSON of the emitted encodings.
     """
     opts = dataclasses.replace(options or QuantizeOptions(), **overrides)
     profile = target if isinstance(target, TargetProfile) else load_target(target)
@@ -43,6 +45,11 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
         ir.save_model(out, output)
     if report_path is not None:
         ir.write_bytes_atomic(report_path, report.to_json().encode())
+    if encodings_path is not None:
+        from .encodings import export_encodings, to_json
+
+        enc = export_encodings(state.graph, report, profile.act_symmetric)
+        ir.write_bytes_atomic(encodings_path, to_json(enc).encode())
     return out, report
 
 

@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("model")
     q.add_argument("-o", "--output", required=True)
     q.add_argument("--report", help="write the JSON report here")
+    q.add_argument("--export-encodings", metavar="FILE.json",
+                   help="also write the encodings as an AIMET/QNN quantization-overrides JSON")
     _add_quant_options(q)
     i = sub.add_parser("inspect", help="opset, quantizable groups, BN count, unsupported ops")
     i.add_argument("model")
@@ -101,7 +103,7 @@ def _cmd_quantize(args) -> int:
     if Path(args.output).resolve() == Path(args.model).resolve():
         raise UsageError("-o/--output must differ from the input model (the input is never modified)")
     _, report = quantize(args.model, target=args.target, options=_options(args), output=args.output,
-                         report_path=args.report)
+                         report_path=args.report, encodings_path=args.export_encodings)
     n = len(report.layers)
     print(f"wrote {args.output}: {n} weighted layers quantized, {report.forward_passes} forward passes"
           + (f", report {args.report}" if args.report else ""))
