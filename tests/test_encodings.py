@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import pytest
 from _util import initializers
+from dfq_onnx.models import builders
 
 from dfq_onnx import quantize
 from dfq_onnx.cli import main
-from dfq_onnx.models import builders
 
 SIGNED = {onnx.TensorProto.INT8, onnx.TensorProto.INT4, onnx.TensorProto.INT16}
 
