@@ -37,10 +37,12 @@ class QuantizeOptions:
     allocator: str = "ilp"                # "ilp-pairs" adds pairwise terms (more evaluations)
     score_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     hops: int = 2
+    latency_ms: float | None = None      # whole-model latency budget (needs latency_table)
+    latency_table: str | None = None     # JSON written by `dfq-onnx profile-target`
 
     @property
     def mixed(self) -> bool:
-        budgets = (self.avg_weight_bits, self.size_mb, self.bops_ratio, self.max_drop)
+        budgets = (self.avg_weight_bits, self.size_mb, self.bops_ratio, self.max_drop, self.latency_ms)
         return any(v is not None for v in budgets)
 
     def __post_init__(self):
@@ -66,6 +68,13 @@ class QuantizeOptions:
         if self.mixed and (self.weight_bits is not None):
             raise UsageError("--weight-bits sets a uniform plan; drop it when giving a mixed-precision "
                              "budget")
+        if self.latency_ms is not None and not self.latency_ms > 0:
+            raise UsageError(f"--latency-ms {self.latency_ms}: expected a positive number")
+        if self.latency_ms is not None and self.latency_table is None:
+            raise UsageError("--latency-ms needs --latency-table FILE (write one with `dfq-onnx "
+                             "profile-target TARGET MODEL -o FILE`)")
+        if self.latency_table is not None and not Path(self.latency_table).is_file():
+            raise UsageError(f"--latency-table {self.latency_table}: file not found")
         if self.synth_samples < 1 or self.hops < 0:
             raise UsageError("--synth-samples must be positive and --hops non-negative")
         if not 50.0 < self.percentile <= 100.0:

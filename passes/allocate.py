@@ -7,10 +7,13 @@ Groups without weights, or that the table did not score, take the base candidate
 
 from __future__ import annotations
 
+import dataclasses
+
 from dfq_onnx.allocate import Budget, Problem, costs, plan_cost
 from dfq_onnx.costs import group_costs
 from dfq_onnx.errors import UsageError
 from dfq_onnx.ilp import greedy, solve
+from dfq_onnx.latency import LatencyTable
 from dfq_onnx.pass_base import Pass, PassResult
 from dfq_onnx.state import BitPlan, CompileState
 
@@ -27,8 +30,11 @@ def build_problem(state: CompileState) -> Problem:
     pairs = {k: {cc: v for cc, v in t.items() if cc[0] in legal and cc[1] in legal}
              for k, t in table.pairs.items() if k[0] in groups and k[1] in groups}
     # no tie constraints needed here: FindQuantGroups already merged layers sharing weights/activations
-    return Problem(groups, {g: tuple(legal) for g in groups},
-                   {g: {c: table.singles[g][c] for c in legal} for g in groups},
+    by_id = {g.id: g for g in state.groups}
+    cands = {g: tuple(c for c in legal if c in target.pairs_for(
+        [state.spec.layers[n].op for n in by_id[g].layers])) for g in groups}   # per-op legal pairs
+    return Problem(groups, cands,
+                   {g: {c: table.singles[g][c] for c in cands[g]} for g in groups},
                    {g: params[g] for g in groups}, {g: macs[g] for g in groups}, pairs)
 
 
@@ -38,16 +44,22 @@ class AllocateBits(Pass):
     name = "AllocateBits"
 
     def __init__(self, budget: Budget, allocator: str = "ilp", max_drop: float | None = None,
-                 time_limit: float = 30.0):
+                 time_limit: float = 30.0, latency_table: str | None = None):
         if allocator not in ALLOCATORS:
             raise UsageError(f"--allocator {allocator}: expected one of {', '.join(ALLOCATORS)}")
         if not budget.any() and max_drop is None:
             raise UsageError("AllocateBits needs a budget (--avg-weight-bits, --size-mb, --bops-ratio) "
                              "or --max-drop")
         self.budget, self.allocator, self.max_drop, self.time_limit = budget, allocator, max_drop, time_limit
+        self.latency = LatencyTable.load(latency_table) if latency_table else None
+        if self.latency is not None and budget.latency_ms is not None:   # ILP share: minus overhead
+            self.budget = dataclasses.replace(budget, latency_ms=self.latency.budget(budget.latency_ms))
 
     def run(self, state: CompileState) -> PassResult:
         p = build_problem(state)
+        if self.latency is not None:
+            p = dataclasses.replace(p, latency=self.latency.for_problem(state.target.name, state.groups,
+                                                                        p.groups))
         table = state.sensitivity
         if self.allocator == "uniform":
             choice = self._uniform(p)
@@ -74,6 +86,9 @@ class AllocateBits(Pass):
         state.report.notes["allocation"] = {
             "allocator": self.allocator, "status": status, "avg_weight_bits": avg, "size_mb": used["size_mb"],
             "predicted_loss": predicted, "budget": budget, "max_drop": self.max_drop}
+        if self.latency is not None:
+            state.report.notes["allocation"]["predicted_latency_ms"] = \
+                used["latency_ms"] + self.latency.overhead_ms
         return PassResult(False, f"{self.allocator}: {status}, avg weight bits {avg:.3f} over "
                                  f"{len(p.groups)} scored groups")
 
