@@ -43,13 +43,15 @@ from dfq_onnx import quantize  # noqa: E402
 from dfq_onnx.profile_target import profile_target  # noqa: E402
 from dfq_onnx.target import builtin_targets  # noqa: E402
 
+THREADS = 2   # set by --threads
+
 
 def interleaved(paths: dict[str, Path], batch: int, rounds: int, runs: int) -> dict[str, float]:
     x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
     samples: dict[str, list[float]] = {k: [] for k in paths}
     for _ in range(rounds):
         for name, path in paths.items():
-            samples[name].append(latency_ms(path, {"input": x}, runs=runs, warmup=3))
+            samples[name].append(latency_ms(path, {"input": x}, runs=runs, warmup=3, threads=THREADS))
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -93,7 +95,8 @@ def part_budget(fp32: Path, tmp: Path, rounds: int, avg_bits: float, n_test: int
                 cache_dir: str | None) -> tuple[list, dict]:
     table_path = tmp / "latency.json"
     start = time.perf_counter()
-    table = profile_target(fp32, "ort-cpu", batch=64, rounds=rounds, runs=10, output=table_path)
+    table = profile_target(fp32, "ort-cpu", batch=64, rounds=rounds, runs=10, threads=THREADS,
+                           output=table_path)
     profile_s = time.perf_counter() - start
     x_cal, _ = load_cifar("calib")
     calib = write_input_npz(tmp / "calib.npz", {"input": x_cal})
@@ -127,7 +130,10 @@ def main() -> None:
     ap.add_argument("--avg-weight-bits", type=float, default=4.5)
     ap.add_argument("--test-images", type=int, default=10000)
     ap.add_argument("--cache-dir", default=None, help="sensitivity cache (default: the user cache)")
+    ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads for every timing")
     args = ap.parse_args()
+    global THREADS
+    THREADS = args.threads
     require_shared()
     fp32 = SHARED_DATA / f"{args.model}_cifar10.onnx"
     parts = args.parts.split(",")
@@ -141,16 +147,16 @@ def main() -> None:
                                   f"ORT top-1 % ({args.test_images} images)"],
                                  part_profiles(fp32, tmp, args.test_images)))
         if "ortcpu" in parts:
-            print(f"\n### ort-cpu latency, median ms ({args.model}, 2 threads, {args.rounds} interleaved "
-                  "rounds)\n")
+            print(f"\n### ort-cpu latency, median ms ({args.model}, {THREADS} thread(s), "
+                  f"{args.rounds} interleaved rounds)\n")
             print(markdown_table(["batch", "FP32", "ORT W8A8", "ORT+pre W8A8", "dfq W8A8", "dfq / best ORT",
                                   "dfq / FP32"], part_ortcpu(fp32, tmp, args.rounds)))
         if "budget" in parts:
             rows, info = part_budget(fp32, tmp, args.rounds, args.avg_weight_bits, args.test_images,
                                      args.cache_dir)
             t = info["table"]
-            print(f"\n### Latency budget ({args.model}, ort-cpu, batch 64, --avg-weight-bits "
-                  f"{args.avg_weight_bits})\n")
+            print(f"\n### Latency budget ({args.model}, ort-cpu, batch 64, {THREADS} thread(s), "
+                  f"--avg-weight-bits {args.avg_weight_bits})\n")
             print(f"profile-target: {len(t['groups'])} groups x {len(t['model_ms'])} storage classes in "
                   f"{info['profile_s']:.0f} s; whole model measured / predicted by the table (ms):")
             print(json.dumps({k: [round(t["model_ms"][k], 2), round(t["predicted_model_ms"][k], 2)]
