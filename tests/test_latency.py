@@ -21,11 +21,11 @@ def table_path(tmp_path_factory):
     out = tmp / "latency.json"
     assert main(["-q", "profile-target", "ort-cpu", str(model), "-o", str(out), "--batch", "2",
                  "--rounds", "1", "--runs", "2", "--threads", "1"]) == 0
-    return model, out
+    return model, out, str(tmp / "cache")
 
 
 def test_profile_target_table(table_path):
-    _, path = table_path
+    _, path, _ = table_path
     t = json.loads(path.read_text())
     assert t["target"] == "ort-cpu" and t["batch"] == 2 and t["base"] == "8x8"
     assert sorted(t["groups"]) == ["g0", "g1", "g3"]          # conv1, conv2, fc (the Add has no weights)
@@ -39,7 +39,7 @@ def test_profile_target_table(table_path):
 
 
 def test_profile_target_without_runtime_is_a_usage_error(table_path, tmp_path, capsys):
-    model, _ = table_path
+    model, _, _ = table_path
     assert main(["profile-target", "tensorrt", str(model), "-o", str(tmp_path / "t.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "runtime" in err[0] and not (tmp_path / "t.json").exists()
@@ -59,10 +59,10 @@ def _crafted(path, tmp_path, slow: str) -> str:
 def test_binding_latency_budget_changes_the_plan(table_path, tmp_path):
     """avg 5 bits over {2, 4, 8} needs low-bit convs; W4 is the slow class here, so a budget only
     all-fast plans meet moves every layer off W4 (to the lossier W2 or back to W8)."""
-    model, path = table_path
+    model, path, cache = table_path
     table = _crafted(path, tmp_path, slow="4x8")
-    common = dict(calib="noise", avg_weight_bits=5.0, score_bits=(2, 4, 8), progress=False,
-                  cache_dir=str(tmp_path / "cache"), latency_table=table)
+    common = dict(calib="noise", avg_weight_bits=5.0, score_bits=(2, 4, 8), hops=0, progress=False,
+                  cache_dir=cache, latency_table=table)
     _, free = dfq_onnx.quantize(str(model), **common)
     _, bound = dfq_onnx.quantize(str(model), latency_ms=3.5, **common)
     bits = {r["node"]: r["weight_bits"] for r in free.layers}
@@ -76,14 +76,14 @@ def test_binding_latency_budget_changes_the_plan(table_path, tmp_path):
 
 
 def test_latency_table_for_another_target_or_model(table_path, tmp_path):
-    model, path = table_path
+    model, path, cache = table_path
     with pytest.raises(DfqError, match="measured for target 'ort-cpu'"):
         dfq_onnx.quantize(str(model), target="openvino", calib="noise", avg_weight_bits=5.0,
-                          score_bits=(2, 4, 8), progress=False, cache_dir=str(tmp_path),
+                          score_bits=(2, 4, 8), hops=0, progress=False, cache_dir=cache,
                           latency_table=str(path), latency_ms=100.0)
     with pytest.raises(DfqError, match="does not match this model"):
         dfq_onnx.quantize(builders.concat_branches(), calib="noise", avg_weight_bits=5.0,
-                          score_bits=(2, 4, 8), progress=False, cache_dir=str(tmp_path),
+                          score_bits=(2, 4, 8), hops=0, progress=False, cache_dir=cache,
                           latency_table=str(path), latency_ms=100.0)
 
 
