@@ -12,7 +12,17 @@ import logging
 import os
 
 from . import ir
-from .latency import Timer, concrete, cut_group, expand, interleaved, storage_classes, table_json
+from .latency import (
+    Timer,
+    concrete,
+    copy_graph,
+    cut_group,
+    expand,
+    interleaved,
+    packed_types,
+    storage_classes,
+    table_json,
+)
 from .options import QuantizeOptions
 from .pass_base import run_passes
 from .passes.analytic_ranges import AnalyticRanges
@@ -61,10 +71,12 @@ def profile_target(model: str | os.PathLike, target: str | TargetProfile, *, bat
     for cls, pair in classes.items():
         plan = {g.id: (pair if pair in profile.pairs_for(ops_of.get(g.id, [])) else base)
                 for g in state.groups}
-        graph = concrete(_emitted(state, plan), batch)
-        full[cls] = ir.to_model(graph.copy(), ir_version=ir.min_ir_version(graph.opset))
+        emitted = _emitted(state, plan)
+        packed = packed_types(emitted)
+        graph = concrete(emitted, batch, packed)
+        full[cls] = ir.to_model(copy_graph(graph, packed), ir_version=ir.min_ir_version(graph.opset))
         for g in groups:
-            models[(cls, g.id)] = cut_group(graph, g.ops)
+            models[(cls, g.id)] = cut_group(graph, g.ops, packed)
     bar = None
     if progress:
         from tqdm import tqdm

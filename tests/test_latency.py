@@ -92,3 +92,19 @@ def test_latency_ms_needs_a_table(tmp_path, capsys):
     onnx.save(builders.conv_bn_relu(), path)
     assert main(["quantize", str(path), "-o", str(tmp_path / "o.onnx"), "--latency-ms", "3"]) == 2
     assert "--latency-table" in capsys.readouterr().err
+
+
+def test_profiled_models_keep_int4_storage():
+    """The timed models must store 4-bit weights as INT4 (gs copies drop that unless carried over)."""
+    from dfq_onnx.latency import concrete, copy_graph, cut_group, packed_types
+    from dfq_onnx.profile_target import _emitted, _prepared
+    from dfq_onnx.target import load_target
+
+    state = _prepared(builders.conv_bn_relu_residual(), load_target("ort-cpu"), {})
+    emitted = _emitted(state, {g.id: (4, 8) for g in state.groups})
+    packed = packed_types(emitted)
+    graph = concrete(emitted, 2, packed)
+    cut = cut_group(graph, state.groups[0].ops, packed)
+    full = dfq_onnx.ir.to_model(copy_graph(graph, packed))
+    for model in (cut, full):
+        assert onnx.TensorProto.INT4 in {t.data_type for t in model.graph.initializer}
