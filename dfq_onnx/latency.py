@@ -13,7 +13,7 @@ a shared machine's drift hits all alike. The table is additive with one calibrat
     model_ms(plan) ~= overhead_ms + sum_g ms_g(plan_g),   overhead_ms = model_ms(base) - sum_g ms_g(base)
 
 where model_ms(base) is the whole model at the target's default pair, timed in the same rounds.
-A `--latency-ms T` budget becomes the ILP constraint  sum_g ms_g(c) x[g,c] <= T - overhead_ms.
+A `--latency-ms T` budget becomes the ILP constraint  sum_g (ms_g(c) + overhead_ms / G) x[g,c] <= T.
 """
 
 from __future__ import annotations
@@ -66,22 +66,23 @@ class LatencyTable:
             raise UsageError(f"--latency-table {path}: malformed table ({exc!r})") from None
 
     def for_problem(self, target: str, groups, problem_groups) -> dict[str, dict[Cand, float]]:
-        """Per-group latency for the ILP; refuses a table measured for another target or model."""
+        """Per-group latency for the ILP, the overhead spread evenly over the groups so that the sum
+        over groups is the whole-model prediction; refuses a table of another target or model."""
         if target != self.target:
             raise UsageError(f"the latency table was measured for target '{self.target}', not '{target}'; "
                              f"run `dfq-onnx profile-target {target} MODEL`")
         layers = {g.id: tuple(g.layers) for g in groups}
+        if set(problem_groups) != set(self.groups):
+            raise UsageError("the latency table does not match this model (its groups differ); re-run "
+                             "`dfq-onnx profile-target` on it")
+        share = self.overhead_ms / max(len(problem_groups), 1)
         out = {}
         for g in problem_groups:
             if self.layers.get(g) != layers.get(g):
                 raise UsageError(f"the latency table does not match this model (group '{g}' differs); "
                                  "re-run `dfq-onnx profile-target` on it")
-            out[g] = self.groups[g]
+            out[g] = {c: ms + share for c, ms in self.groups[g].items()}
         return out
-
-    def budget(self, latency_ms: float) -> float:
-        """The ILP's share of a whole-model budget."""
-        return latency_ms - self.overhead_ms
 
 
 def storage_classes(target) -> dict[tuple[str, str], Cand]:

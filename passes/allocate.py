@@ -52,8 +52,6 @@ class AllocateBits(Pass):
                              "or --max-drop")
         self.budget, self.allocator, self.max_drop, self.time_limit = budget, allocator, max_drop, time_limit
         self.latency = LatencyTable.load(latency_table) if latency_table else None
-        if self.latency is not None and budget.latency_ms is not None:   # ILP share: minus overhead
-            self.budget = dataclasses.replace(budget, latency_ms=self.latency.budget(budget.latency_ms))
 
     def run(self, state: CompileState) -> PassResult:
         p = build_problem(state)
@@ -87,8 +85,8 @@ class AllocateBits(Pass):
             "allocator": self.allocator, "status": status, "avg_weight_bits": avg, "size_mb": used["size_mb"],
             "predicted_loss": predicted, "budget": budget, "max_drop": self.max_drop}
         if self.latency is not None:
-            state.report.notes["allocation"]["predicted_latency_ms"] = \
-                used["latency_ms"] + self.latency.overhead_ms
+            state.report.notes["allocation"]["predicted_latency_ms"] = used["latency_ms"]
+            state.report.notes["allocation"]["latency_overhead_ms"] = self.latency.overhead_ms
         return PassResult(False, f"{self.allocator}: {status}, avg weight bits {avg:.3f} over "
                                  f"{len(p.groups)} scored groups")
 

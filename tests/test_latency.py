@@ -71,7 +71,7 @@ def test_binding_latency_budget_changes_the_plan(table_path, tmp_path):
     assert 4 not in bits_bound.values() and bits_bound != bits
     assert free.notes["allocation"]["predicted_latency_ms"] == pytest.approx(0.5 + 3 + 3 + 1)
     assert bound.notes["allocation"]["predicted_latency_ms"] <= 3.5
-    with pytest.raises(DfqError, match="--latency-ms"):
+    with pytest.raises(DfqError, match=r"--latency-ms 3.4 is below .*feasible range 3.5 "):
         dfq_onnx.quantize(str(model), latency_ms=3.4, **common)
 
 
