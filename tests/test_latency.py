@@ -108,3 +108,13 @@ def test_profiled_models_keep_int4_storage():
     full = dfq_onnx.ir.to_model(copy_graph(graph, packed))
     for model in (cut, full):
         assert onnx.TensorProto.INT4 in {t.data_type for t in model.graph.initializer}
+
+
+def test_profile_target_openvino(table_path, tmp_path):
+    pytest.importorskip("openvino")
+    from dfq_onnx.profile_target import profile_target
+
+    model, _, _ = table_path
+    t = profile_target(model, "openvino", batch=2, rounds=1, runs=1, threads=1)
+    assert t["runtime"].startswith("openvino") and sorted(t["groups"]) == ["g0", "g1", "g3"]
+    assert t["predicted_model_ms"]["8x8"] == pytest.approx(t["model_ms"]["8x8"])
