@@ -22,12 +22,14 @@ from .target import TargetProfile, load_target
 
 def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | TargetProfile = "ort-cpu",
              options: QuantizeOptions | None = None, output: str | os.PathLike | None = None,
-             report_path: str | os.PathLike | None = None, **overrides) -> tuple[onnx.ModelProto, Report]:
+             report_path: str | os.PathLike | None = None, encodings_path: str | os.PathLike | None = None,
+             **overrides) -> tuple[onnx.ModelProto, Report]:
     """Quantize `model` (a path or a ModelProto, never modified) and return the QDQ model and report.
 
     `overrides` are QuantizeOptions fields (weight_bits=4, calib="noise", ...). When `output` is given
     the model is checked and written atomically; `report_path` writes the report (self-contained HTML
-    when it ends in .html, else JSON).
+    when it ends in .html, else JSON); `encodings_path` the AIMET/QNN quantization-overrides JSON of
+    the emitted encodings.
     """
     opts = _with_overrides(options or QuantizeOptions(), overrides)
     profile = target if isinstance(target, TargetProfile) else load_target(target)
@@ -44,6 +46,12 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
         out = ir.to_model(state.graph, ir_version=max(source.ir_version,
                                                       ir.min_ir_version(state.graph.opset)))
         out.producer_name, out.producer_version = "dfq-onnx", _version()
+        extra = []
+        if encodings_path is not None:
+            from .encodings import export_encodings, to_json
+
+            enc = export_encodings(state.graph, report, profile.act_symmetric)
+            extra.append((encodings_path, to_json(enc).encode()))
         state.graph = None    # the graph's arrays now live in `out`: free them before the checker's copies
         ir.collect_if_large(source)
         ir.check_model(out)
@@ -56,7 +64,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     try:
         if opts.pareto is not None and state.pareto is not None:
             curve = _write_pareto(opts.pareto, state.pareto, report, profile.name)
-        _write_outputs(out, output, report, report_path)
+        _write_outputs(out, output, report, report_path, extra)
     except BaseException as exc:
         for path in curve:
             path.unlink(missing_ok=True)
@@ -94,8 +102,9 @@ def _check_outputs(model, output, report_path, curve=None) -> None:
                              "directory)")
 
 
-def _write_outputs(out, output, report: Report, report_path) -> None:
-    """Write the model, then the report; if the report cannot be written, remove the model again."""
+def _write_outputs(out, output, report: Report, report_path, extra=()) -> None:
+    """Write the model, the `extra` (path, bytes) files, then the report; if one cannot be written,
+    remove what was written."""
     text = None
     if report_path is not None:
         html = Path(report_path).suffix.lower() in (".html", ".htm")
@@ -104,6 +113,9 @@ def _write_outputs(out, output, report: Report, report_path) -> None:
     try:
         if output is not None:
             written += ir.save_model(out, output, return_all=True)
+        for path, data in extra:
+            ir.write_bytes_atomic(path, data)
+            written.append(Path(path))
         if report_path is not None:
             ir.write_bytes_atomic(report_path, text.encode())
     except OSError as exc:

@@ -49,6 +49,9 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--allocator", default="ilp", choices=("ilp-pairs", "ilp", "greedy", "uniform"),
                    help="ilp: singles (default); ilp-pairs: + pairwise terms; greedy; uniform")
     m.add_argument("--hops", type=int, default=2, help="pairwise terms for groups within this many hops")
+    m.add_argument("--latency-ms", type=float,
+                   help="whole-model latency budget in ms (needs --latency-table)")
+    m.add_argument("--latency-table", metavar="FILE", help="latency table from `dfq-onnx profile-target`")
 
 
 def _add_synth_options(p: argparse.ArgumentParser) -> None:
@@ -75,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("-o", "--output", required=True)
     q.add_argument("--report", help="write the report here: REPORT.html (self-contained HTML with plots) "
                                     "or REPORT.json")
+    q.add_argument("--export-encodings", metavar="FILE.json",
+                   help="also write the encodings as an AIMET/QNN quantization-overrides JSON")
     _add_quant_options(q)
     i = sub.add_parser("inspect", help="opset, quantizable groups, BN count, unsupported ops")
     i.add_argument("model")
@@ -82,6 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--input-shape", type=_shape_hint, action="append", default=[], metavar="NAME:D0,..")
     sub.add_parser("targets", help="list the available target profiles")
+    pt = sub.add_parser("profile-target", help="measure per-group latency at each legal precision (JSON "
+                                               "table for --latency-ms budgets)")
+    pt.add_argument("target", help="target profile name or .toml path")
+    pt.add_argument("model")
+    pt.add_argument("-o", "--output", required=True, help="latency table (JSON)")
+    pt.add_argument("--batch", type=int, default=64, help="batch size to time (default 64)")
+    pt.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median; default 5)")
+    pt.add_argument("--runs", type=int, default=10, help="timed runs per model per round (default 10)")
+    pt.add_argument("--threads", type=int, default=2, help="runtime threads (default 2)")
+    pt.add_argument("--input-shape", type=_shape_hint, action="append", default=[], metavar="NAME:D0,..")
     s = sub.add_parser("synthesize", help="write synthetic calibration samples to an .npz")
     s.add_argument("model")
     s.add_argument("-o", "--output", required=True)
@@ -105,7 +120,8 @@ def _options(args):
                            cache_dir=args.cache_dir, use_cache=not args.no_cache,
                            avg_weight_bits=args.avg_weight_bits, size_mb=args.size_mb,
                            bops_ratio=args.bops_ratio, max_drop=args.max_drop, allocator=args.allocator,
-                           hops=args.hops, pareto=args.pareto)
+                           hops=args.hops, pareto=args.pareto, latency_ms=args.latency_ms,
+                           latency_table=args.latency_table)
 
 
 def _cmd_quantize(args) -> int:
@@ -114,7 +130,7 @@ def _cmd_quantize(args) -> int:
     if Path(args.output).resolve() == Path(args.model).resolve():
         raise UsageError("-o/--output must differ from the input model (the input is never modified)")
     _, report = quantize(args.model, target=args.target, options=_options(args), output=args.output,
-                         report_path=args.report)
+                         report_path=args.report, encodings_path=args.export_encodings)
     n = len(report.layers)
     print(f"wrote {args.output}: {n} weighted layers quantized, {report.forward_passes} forward passes"
           + (f", report {args.report}" if args.report else ""))
@@ -171,6 +187,21 @@ def _cmd_targets(args) -> int:
     return 0
 
 
+def _cmd_profile_target(args) -> int:
+    from .profile_target import profile_target
+
+    if min(args.batch, args.rounds, args.runs, args.threads) < 1:
+        raise UsageError("--batch, --rounds, --runs and --threads must be positive")
+    table = profile_target(args.model, args.target, batch=args.batch, input_shapes=dict(args.input_shape),
+                           rounds=args.rounds, runs=args.runs, threads=args.threads, output=args.output,
+                           progress=not args.quiet)
+    base = table["base"]
+    print(f"wrote {args.output}: {len(table['groups'])} groups, {table['runtime']}, batch {table['batch']}; "
+          f"whole model {table['model_ms'][base]:.3f} ms at W{base.replace('x', 'A')} "
+          f"(FP32 {table['fp32_ms']:.3f} ms)")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -180,7 +211,7 @@ def _cmd_demo(args) -> int:
 
 
 COMMANDS = {"quantize": _cmd_quantize, "inspect": _cmd_inspect, "targets": _cmd_targets, "demo": _cmd_demo,
-            "synthesize": _cmd_synthesize}
+            "synthesize": _cmd_synthesize, "profile-target": _cmd_profile_target}
 
 
 def main(argv: list[str] | None = None) -> int:

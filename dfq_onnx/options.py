@@ -38,10 +38,13 @@ class QuantizeOptions:
     score_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     hops: int = 2
     pareto: str | None = None            # write the Pareto curve here (JSON + PNG); a budget is optional
+    latency_ms: float | None = None      # whole-model latency budget (needs latency_table)
+    latency_table: str | None = None     # JSON written by `dfq-onnx profile-target`
 
     @property
     def mixed(self) -> bool:
-        budgets = (self.avg_weight_bits, self.size_mb, self.bops_ratio, self.max_drop, self.pareto)
+        budgets = (self.avg_weight_bits, self.size_mb, self.bops_ratio, self.max_drop, self.pareto,
+                   self.latency_ms)
         return any(v is not None for v in budgets)
 
     def __post_init__(self):
@@ -69,6 +72,13 @@ class QuantizeOptions:
                              "budget")
         if self.pareto is not None and not str(self.pareto).endswith(".json"):
             raise UsageError(f"--pareto {self.pareto}: expected a .json path (the PNG is written beside it)")
+        if self.latency_ms is not None and not self.latency_ms > 0:
+            raise UsageError(f"--latency-ms {self.latency_ms}: expected a positive number")
+        if self.latency_ms is not None and self.latency_table is None:
+            raise UsageError("--latency-ms needs --latency-table FILE (write one with `dfq-onnx "
+                             "profile-target TARGET MODEL -o FILE`)")
+        if self.latency_table is not None and not Path(self.latency_table).is_file():
+            raise UsageError(f"--latency-table {self.latency_table}: file not found")
         if self.synth_samples < 1 or self.hops < 0:
             raise UsageError("--synth-samples must be positive and --hops non-negative")
         if not 50.0 < self.percentile <= 100.0:

@@ -39,13 +39,14 @@ def _synthesis(options: QuantizeOptions) -> Synthesize:
 
 def _mixed(options: QuantizeOptions) -> list[Pass]:
     budget = Budget(avg_weight_bits=options.avg_weight_bits, size_mb=options.size_mb,
-                    bops_ratio=options.bops_ratio)
+                    bops_ratio=options.bops_ratio, latency_ms=options.latency_ms)
     scoring = SensitivityOptions(weight_bits=options.score_bits, hops=options.hops, samples=SCORE_SAMPLES,
                                  pairs=options.allocator == "ilp-pairs", pair_bits=(2, 4), incontext=False,
                                  cache_dir=options.cache_dir,
                                  use_cache=options.use_cache, progress=options.progress)
     return [ScoreSensitivity(scoring), AllocateBits(budget, options.allocator, options.max_drop,
-                                                 pareto=options.pareto is not None)]
+                                                 pareto=options.pareto is not None,
+                                                 latency_table=options.latency_table)]
 
 
 def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pass]:

@@ -7,7 +7,7 @@ never in if/elif code.
 from __future__ import annotations
 
 import importlib.resources
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
@@ -22,13 +22,17 @@ from .errors import TargetError
 ROLES = ("weighted", "elementwise", "passthrough", "activation")
 DTYPE_NAMES = ("int4", "uint4", "int8", "uint8", "int16", "uint16")
 _TOP = {"name", "description", "min_opset", "default_weight_bits", "default_act_bits",
-        "quantize_graph_outputs", "activation", "weight", "bias", "opset", "candidates", "ops"}
+        "quantize_graph_outputs", "activation", "weight", "bias", "opset", "candidates", "ops",
+        "placement", "fixed_outputs", "latency"}
 _SECTIONS = {
     "activation": {"symmetric", "dtypes", "fuse_relu"},
-    "weight": {"symmetric", "per_channel", "narrow_range", "dtypes"},
+    "weight": {"symmetric", "per_channel", "narrow_range", "dtypes", "blocked"},
     "bias": {"mode"},
-    "candidates": {"pairs", "integer_kernels", "cost"},
+    "candidates": {"pairs", "integer_kernels", "cost", "ops"},
+    "placement": {"quantize_outputs", "add_fuses_weighted_input", "shared_encoding_ops"},
+    "latency": {"runtime"},
 }
+RUNTIMES = ("onnxruntime", "openvino", "none")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,13 @@ class TargetProfile:
     integer_kernels: tuple[tuple[int, int], ...]
     cost: Mapping[tuple[int, int], float]
     ops: Mapping[str, str]
+    blocked_weights: bool = False                  # blocked (block_size) weight DQ allowed
+    quantize_outputs: bool = True                  # Q/DQ on quantized ops' outputs, not only their inputs
+    add_fuses_weighted_input: bool = False         # Add input from a weighted op stays float (fused)
+    shared_encoding_ops: tuple[str, ...] = ()      # ops whose inputs and output share one encoding
+    fixed_outputs: Mapping[str, tuple[float, float]] = field(default_factory=dict)   # op -> (min, span)
+    op_pairs: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    runtime: str = "none"                          # runtime that profile-target measures with
 
     def role(self, op_type: str) -> str | None:
         return self.ops.get(op_type)
@@ -73,6 +84,21 @@ class TargetProfile:
 
     def opset_for(self, dtypes) -> int:
         return max([self.min_opset] + [self.dtype_opset.get(d, 0) for d in dtypes])
+
+    def pairs_for(self, ops) -> tuple[tuple[int, int], ...]:
+        """Pairs legal for every op in `ops` (the profile's pairs, narrowed by [candidates.ops])."""
+        legal = set(self.pairs)
+        for op in ops:
+            legal &= set(self.op_pairs.get(op, self.pairs))
+        return tuple(p for p in self.pairs if p in legal)
+
+    def fixed_encoding(self, op: str, bits: int) -> tuple[float, int] | None:
+        """(scale, zero point) an op's output must use: scale = span / 2^bits, zero point = -min / scale."""
+        if op not in self.fixed_outputs:
+            return None
+        lo, span = self.fixed_outputs[op]
+        scale = span / float(1 << bits)
+        return scale, int(round(-lo / scale))
 
     def check_pair(self, w_bits: int, a_bits: int) -> None:
         if (w_bits, a_bits) not in self.pairs:
@@ -108,7 +134,8 @@ def _pairs(where: str, seq) -> tuple[tuple[int, int], ...]:
 
 _TYPES = {"name": str, "description": str, "min_opset": int, "default_weight_bits": int,
           "default_act_bits": int, "quantize_graph_outputs": bool, "activation": dict, "weight": dict,
-          "bias": dict, "opset": dict, "candidates": dict, "ops": dict}
+          "bias": dict, "opset": dict, "candidates": dict, "ops": dict, "placement": dict,
+          "fixed_outputs": dict, "latency": dict}
 
 
 def parse_profile(data: dict, source: str) -> TargetProfile:
@@ -145,6 +172,11 @@ def _build(data: dict, source: str) -> TargetProfile:
     bias_mode = data.get("bias", {}).get("mode", "float")
     if bias_mode not in ("float", "int32"):
         raise TargetError(f"{source} [bias] mode: '{bias_mode}' must be 'float' or 'int32'")
+    pairs = _pairs(f"{source} [candidates] pairs", cand.get("pairs", [[8, 8]]))
+    place = data.get("placement", {})
+    runtime = str(data.get("latency", {}).get("runtime", "none"))
+    if runtime not in RUNTIMES:
+        raise TargetError(f"{source} [latency] runtime: '{runtime}' must be one of {', '.join(RUNTIMES)}")
     return TargetProfile(
         name=str(data["name"]), description=str(data.get("description", "")), source=source,
         min_opset=int(data["min_opset"]),
@@ -159,10 +191,57 @@ def _build(data: dict, source: str) -> TargetProfile:
         weight_dtypes=_bits_map(f"{source} [weight] dtypes", wt.get("dtypes", {8: "int8"})),
         bias_mode=bias_mode,
         dtype_opset=MappingProxyType({str(k): int(v) for k, v in data.get("opset", {}).items()}),
-        pairs=_pairs(f"{source} [candidates] pairs", cand.get("pairs", [[8, 8]])),
+        pairs=pairs,
         integer_kernels=_pairs(f"{source} [candidates] integer_kernels", cand.get("integer_kernels", [])),
         cost=MappingProxyType(cost), ops=MappingProxyType(ops),
+        blocked_weights=bool(wt.get("blocked", False)),
+        quantize_outputs=bool(place.get("quantize_outputs", True)),
+        add_fuses_weighted_input=bool(place.get("add_fuses_weighted_input", False)),
+        shared_encoding_ops=_op_list(source, ops, place.get("shared_encoding_ops", [])),
+        fixed_outputs=_fixed_outputs(source, ops, data.get("fixed_outputs", {})),
+        op_pairs=_op_pairs(source, ops, pairs, cand.get("ops", {})),
+        runtime=runtime,
     )
+
+
+def _op_list(source: str, ops: dict, names) -> tuple[str, ...]:
+    where = f"{source} [placement] shared_encoding_ops"
+    if not isinstance(names, list):
+        raise TargetError(f"{where}: expected a list of op types like [\"Concat\"]")
+    for op in names:
+        if op not in ops:
+            raise TargetError(f"{where}: '{op}' is not listed in [ops]")
+    return tuple(str(op) for op in names)
+
+
+def _fixed_outputs(source: str, ops: dict, table: dict) -> Mapping[str, tuple[float, float]]:
+    out = {}
+    for op, enc in table.items():
+        where = f"{source} [fixed_outputs] {op}"
+        if op not in ops:
+            raise TargetError(f"{where}: '{op}' is not listed in [ops]")
+        if not isinstance(enc, dict) or set(enc) != {"min", "span"}:
+            raise TargetError(f"{where}: expected {{ min = <float>, span = <float> }} "
+                              "(scale = span / 2^bits, zero point = -min / scale)")
+        lo, span = float(enc["min"]), float(enc["span"])
+        if not span > 0 or not (lo <= 0 <= lo + span):
+            raise TargetError(f"{where}: range [{lo}, {lo + span}] must have span > 0 and contain 0")
+        out[str(op)] = (lo, span)
+    return MappingProxyType(out)
+
+
+def _op_pairs(source: str, ops: dict, pairs, table: dict) -> Mapping[str, tuple[tuple[int, int], ...]]:
+    out = {}
+    for op, seq in table.items():
+        where = f"{source} [candidates.ops] {op}"
+        if op not in ops:
+            raise TargetError(f"{where}: '{op}' is not listed in [ops]")
+        own = _pairs(where, seq)
+        extra = [p for p in own if p not in pairs]
+        if extra:
+            raise TargetError(f"{where}: W{extra[0][0]}A{extra[0][1]} is not in [candidates] pairs")
+        out[str(op)] = own
+    return MappingProxyType(out)
 
 
 def builtin_targets() -> dict[str, Path]:

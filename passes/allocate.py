@@ -7,11 +7,14 @@ Groups without weights, or that the table did not score, take the base candidate
 
 from __future__ import annotations
 
+import dataclasses
+
 from dfq_onnx import pareto
 from dfq_onnx.allocate import Allocation, Budget, Problem, costs, plan_cost, predicted_loss
 from dfq_onnx.costs import group_costs
 from dfq_onnx.errors import UsageError
 from dfq_onnx.ilp import greedy, solve
+from dfq_onnx.latency import LatencyTable
 from dfq_onnx.pass_base import Pass, PassResult
 from dfq_onnx.state import BitPlan, CompileState
 
@@ -28,8 +31,11 @@ def build_problem(state: CompileState) -> Problem:
     pairs = {k: {cc: v for cc, v in t.items() if cc[0] in legal and cc[1] in legal}
              for k, t in table.pairs.items() if k[0] in groups and k[1] in groups}
     # no tie constraints needed here: FindQuantGroups already merged layers sharing weights/activations
-    return Problem(groups, {g: tuple(legal) for g in groups},
-                   {g: {c: table.singles[g][c] for c in legal} for g in groups},
+    by_id = {g.id: g for g in state.groups}
+    cands = {g: tuple(c for c in legal if c in target.pairs_for(
+        [state.spec.layers[n].op for n in by_id[g].layers])) for g in groups}   # per-op legal pairs
+    return Problem(groups, cands,
+                   {g: {c: table.singles[g][c] for c in cands[g]} for g in groups},
                    {g: params[g] for g in groups}, {g: macs[g] for g in groups}, pairs)
 
 
@@ -40,7 +46,7 @@ class AllocateBits(Pass):
     name = "AllocateBits"
 
     def __init__(self, budget: Budget, allocator: str = "ilp", max_drop: float | None = None,
-                 time_limit: float = 30.0, pareto: bool = False):
+                 time_limit: float = 30.0, pareto: bool = False, latency_table: str | None = None):
         if allocator not in ALLOCATORS:
             raise UsageError(f"--allocator {allocator}: expected one of {', '.join(ALLOCATORS)}")
         if not budget.any() and max_drop is None and not pareto:
@@ -48,6 +54,7 @@ class AllocateBits(Pass):
                              "--max-drop or --pareto")
         self.budget, self.allocator, self.max_drop, self.time_limit = budget, allocator, max_drop, time_limit
         self.pareto = pareto
+        self.latency = LatencyTable.load(latency_table) if latency_table else None
 
     def _allocate(self, p: Problem, budget: Budget) -> Allocation:
         if self.allocator == "uniform":
@@ -59,6 +66,9 @@ class AllocateBits(Pass):
 
     def run(self, state: CompileState) -> PassResult:
         p = build_problem(state)
+        if self.latency is not None:
+            p = dataclasses.replace(p, latency=self.latency.for_problem(state.target.name, state.groups,
+                                                                        p.groups))
         table = state.sensitivity
         ref, notes = table.reference_loss, {}
 
@@ -102,6 +112,9 @@ class AllocateBits(Pass):
             "allocator": self.allocator, "status": status, "avg_weight_bits": avg, "size_mb": used["size_mb"],
             "predicted_loss": predicted, "measured_loss": measure(choice) if state.meter else None,
             "budget": budget, "max_drop": self.max_drop, **notes}
+        if self.latency is not None:
+            state.report.notes["allocation"]["predicted_latency_ms"] = used["latency_ms"]
+            state.report.notes["allocation"]["latency_overhead_ms"] = self.latency.overhead_ms
         return PassResult(False, f"{self.allocator}: {status}, avg weight bits {avg:.3f} over "
                                  f"{len(p.groups)} scored groups")
 

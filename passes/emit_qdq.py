@@ -9,7 +9,9 @@ Per quantized node (ort-cpu profile shown):
 * activations: per tensor, asymmetric (or symmetric if the target says so), range = union of the
   ranges of every tensor sharing the encoding, widened to contain 0;
 * weights: symmetric per-channel on the layer's output-channel axis, narrow range, zero point 0;
-* bias: int32 with scale = input_scale * weight_scale when the target asks for it (else float).
+* bias: int32 with scale = input_scale * weight_scale when the target asks for it (else float);
+* fixed output encodings (target [fixed_outputs], e.g. Sigmoid on QNN HTP): scale = span / 2^bits,
+  zero point = -min / scale, whatever the measured range.
   A weight channel whose scale is so small that its bias would overflow int32 gets its scale raised.
 """
 
@@ -59,6 +61,18 @@ def quantize_weight(target, w: np.ndarray, bias: np.ndarray | None, x_scale: flo
         return q, scale, None, None
     qb, bscale = numerics.bias_int32(bias, float(x_scale), scale)
     return q, scale, qb, bscale
+
+
+def _fixed_encoding(state: CompileState, members: list[str], bits: int) -> Encoding | None:
+    """The target's fixed output encoding (e.g. Sigmoid on HTP) when a member is such an op's output."""
+    tensors = state.graph.tensors()
+    for t in members:
+        prod = tensors[t].inputs[0] if t in tensors and tensors[t].inputs else None
+        fixed = state.target.fixed_encoding(prod.op, bits) if prod is not None else None
+        if fixed is not None:
+            dtype = state.target.act_dtype(bits)
+            return Encoding(np.float32(fixed[0]), np.asarray(fixed[1]), dtype, bits)
+    return None
 
 
 def tensor_bits(state: CompileState) -> dict[str, int]:
@@ -154,7 +168,9 @@ class EmitQDQ(Pass):
                 raise UnsupportedModelError(f"no activation range for tensor '{missing[0]}'")
             lo = min(state.ranges[t].lo for t in members)
             hi = max(state.ranges[t].hi for t in members)
-            out[rep] = activation_encoding(state.target, lo, hi, max(bits[t] for t in members))
+            b = max(bits[t] for t in members)
+            out[rep] = (_fixed_encoding(state, members, b)
+                        or activation_encoding(state.target, lo, hi, b))
         for t in spec.act_tensors:
             out[t] = out[spec.encoding_of[t]]
         return out

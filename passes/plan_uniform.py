@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dfq_onnx.errors import TargetError
 from dfq_onnx.pass_base import Pass, PassResult
 from dfq_onnx.state import BitPlan, CompileState
 
@@ -16,6 +17,13 @@ class UniformPlan(Pass):
         w = opts.weight_bits or target.default_weight_bits
         a = opts.act_bits or target.default_act_bits
         target.check_pair(w, a)
+        for g in state.groups:   # per-op narrowing ([candidates.ops])
+            ops = [state.spec.layers[n].op for n in g.layers]
+            if (w, a) not in target.pairs_for(ops):
+                op = next(o for o in ops if (w, a) not in target.pairs_for([o]))
+                node = next(n for n in g.layers if state.spec.layers[n].op == op)
+                raise TargetError(f"W{w}A{a} is not legal for {op} on target '{target.name}' (node '{node}'; "
+                                  f"legal: {', '.join(f'W{x}A{y}' for x, y in target.pairs_for([op]))})")
         state.plan = BitPlan.uniform(state.groups, w, a)
         state.report.groups = [{"group": g.id, "layers": list(g.layers), "ops": list(g.ops),
                                 "activations": list(g.activations), "params": g.params,

@@ -107,6 +107,30 @@ def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
     return layers
 
 
+def _fused_add_input(t: gs.Tensor, node: gs.Node, layers: dict, graph: gs.Graph, target) -> bool:
+    """An Add input the target fuses into its producer: written by a quantized weighted op, read only here.
+
+        Conv ──► Add ◄──Q──DQ── residual         (TensorRT: Conv + residual Add is one INT8 kernel)
+    """
+    if not target.add_fuses_weighted_input or node.op != "Add" or not t.inputs:
+        return False
+    prod = layers.get(node_label(t.inputs[0]))
+    return prod is not None and prod.role == "weighted" and len(t.outputs) == 1 \
+        and not is_graph_output(graph, t)
+
+
+def _share_encodings(graph: gs.Graph, target, layers: dict, acts: dict, uf: _UnionFind) -> None:
+    """Inputs and output of the target's shared-encoding ops (Concat) take one encoding; a fixed
+    output encoding (Sigmoid on HTP) is never merged into another range."""
+    for node in graph.nodes:
+        if node.op not in target.shared_encoding_ops or node_label(node) not in layers:
+            continue
+        members = [t.name for t in [*node.inputs, *node.outputs[:1]] if t.name in acts
+                   and not (t.inputs and t.inputs[0].op in target.fixed_outputs)]
+        for other in members[1:]:
+            uf.union(members[0], other)
+
+
 def build_spec(graph: gs.Graph, target) -> QuantSpec:
     layers = quantized_layers(graph, target)
     nodes = {node_label(n): n for n in graph.nodes}
@@ -119,8 +143,11 @@ def build_spec(graph: gs.Graph, target) -> QuantSpec:
         for t in ins:
             if is_const(t) and spec.role == "elementwise" and is_float(t):
                 consts.append((name, t.name))
-            elif t.name and is_float(t) and not is_const(t):
+            elif t.name and is_float(t) and not is_const(t) \
+                    and not _fused_add_input(t, node, layers, graph, target):
                 acts[t.name] = None
+        if not target.quantize_outputs:   # inputs-only placement: the readers' inputs carry Q/DQ
+            continue
         for out in node.outputs[:1]:
             readers = out.outputs
             if (target.fuse_relu and not target.act_symmetric and len(readers) == 1
@@ -136,9 +163,11 @@ def build_spec(graph: gs.Graph, target) -> QuantSpec:
     for node in graph.nodes:  # topological order: passthrough chains propagate
         if target.role(node.op) == "passthrough" and node.inputs and node.inputs[0].name in acts:
             out = node.outputs[0]
-            if is_float(out):
+            if is_float(out) and (target.quantize_outputs or out.name in acts
+                                  or any(node_label(c) in layers for c in out.outputs)):
                 acts[out.name] = None
                 uf.union(node.inputs[0].name, out.name)
+    _share_encodings(graph, target, layers, acts, uf)
     names = tuple(acts)
     return QuantSpec(layers=layers, act_tensors=names, encoding_of={t: uf.find(t) for t in names},
                      absorbed=absorbed, const_inputs=tuple(consts))

@@ -52,7 +52,8 @@ def test_targets_lists_every_profile(capsys):
     assert main(["targets"]) == 0
     out = capsys.readouterr().out
     names = [line.split()[0] for line in out.splitlines() if line and not line.startswith(" ")]
-    assert names == ["openvino", "ort-cpu"] and "W8A8" in out and "W4A8" in out
+    assert names == ["generic", "openvino", "ort-cpu", "qnn-htp", "tensorrt"]
+    assert "W8A8" in out and "W4A8" in out
 
 
 def _fails(argv, tmp_path, capsys, code):
