@@ -44,6 +44,22 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--allocator", default="ilp", choices=("ilp-pairs", "ilp", "greedy", "uniform"),
                    help="ilp: singles (default); ilp-pairs: + pairwise terms; greedy; uniform")
     m.add_argument("--hops", type=int, default=2, help="pairwise terms for groups within this many hops")
+    _add_accuracy_options(p)
+
+
+def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
+    from .options import QuantizeOptions
+
+    d = QuantizeOptions()
+    a = p.add_argument_group("data-free accuracy passes (defaults from the ablation in BENCHMARKS.md)")
+    flag = argparse.BooleanOptionalAction
+    a.add_argument("--cle", action=flag, default=d.cle, help="cross-layer equalization (Nagel et al. 2019)")
+    a.add_argument("--bias-absorption", action=flag, default=d.bias_absorption,
+                   help="high-bias absorption into the next layer (BN statistics)")
+    a.add_argument("--bias-correction", action=flag, default=d.bias_correction,
+                   help="analytic bias correction of the weight-quantization mean shift (BN statistics)")
+    a.add_argument("--dfmpc", action=flag, default=d.dfmpc,
+                   help="DF-MPC: low-precision layers compensated by the higher-precision layer after them")
 
 
 def _add_synth_options(p: argparse.ArgumentParser) -> None:
@@ -92,7 +108,8 @@ def _options(args):
                            cache_dir=args.cache_dir, use_cache=not args.no_cache,
                            avg_weight_bits=args.avg_weight_bits, size_mb=args.size_mb,
                            bops_ratio=args.bops_ratio, max_drop=args.max_drop, allocator=args.allocator,
-                           hops=args.hops)
+                           hops=args.hops, cle=args.cle, bias_absorption=args.bias_absorption,
+                           bias_correction=args.bias_correction, dfmpc=args.dfmpc)
 
 
 def _cmd_quantize(args) -> int:

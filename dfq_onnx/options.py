@@ -37,6 +37,11 @@ class QuantizeOptions:
     allocator: str = "ilp"                # "ilp-pairs" adds pairwise terms (more evaluations)
     score_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     hops: int = 2
+    # data-free accuracy passes (issue 7; defaults from the ablation in BENCHMARKS.md)
+    cle: bool = False                    # cross-layer equalization (passes/equalize.py)
+    bias_absorption: bool = False        # high-bias absorption (passes/absorb_bias.py)
+    bias_correction: bool = False        # analytic bias correction (passes/bias_correction.py)
+    dfmpc: bool = False                  # DF-MPC compensation of low- by higher-precision layers
 
     @property
     def mixed(self) -> bool:

@@ -73,6 +73,7 @@ class CompileState:
     sensitivity: object | None = None  # SensitivityTable of the ScoreSensitivity pass
     forward_passes: int = 0
     model_out: object | None = None   # the emitted onnx.ModelProto
+    weight_gain: dict[str, np.ndarray] = field(default_factory=dict)  # DF-MPC: layer -> c (see passes/dfmpc)
 
 
 @dataclass(frozen=True)

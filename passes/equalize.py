@@ -1,0 +1,113 @@
+"""Cross-layer equalization (Nagel et al. 2019, "Data-Free Quantization Through Weight Equalization and
+Bias Correction", sec. 4.1).
+
+For a pair of linear layers  y = W2 f(W1 x + b1) + b2  whose path f is per-channel positively
+homogeneous (ReLU, identity, zero Pad, MaxPool; see `dfq_onnx.layer_pairs`), f(S^-1 z) = S^-1 f(z) for
+S = diag(s), s > 0, so
+
+    W1' = S^-1 W1      b1' = S^-1 b1      W2' = W2 S          (columns of W2: its input channels)
+
+computes the same function. With r1_i = max|W1[i, ...]| (output channel i of the first layer) and
+r2_i = max|W2[:, i, ...]| (input channel i of the second; for a depthwise second layer that is its
+own row i), Nagel's choice
+
+    s_i = sqrt(r1_i / r2_i)        gives        r1_i' = r1_i / s_i = r2_i s_i = sqrt(r1_i r2_i)
+
+which maximizes the total per-channel precision sum_i (r1_i' / R1')(r2_i' / R2') of per-tensor weight
+grids (their eq. 11). Chains (conv -> depthwise -> pointwise) are equalized by sweeping all pairs until
+every scale is within `tol` of 1. With per-channel weight grids (most targets) the first layer's grid
+is invariant to S, and the gain comes from the second layer's rows and the intermediate activation,
+whose per-tensor range sees the rescaled channels.
+
+ReLU6 = Clip(0, hi) is scale-equivariant only on channels that never reach hi. After the BN fold the
+first layer's channel i is N(beta_i, gamma_i^2) (the kept statistics), so with u_i = beta_i + K |gamma_i|
+(K = `clip_sigma`) a channel with u_i < hi keeps its Clip inactive as long as s_i >= u_i / hi; such
+channels get s_i = max(s_i, u_i / hi), channels with u_i >= hi keep s_i = 1, and a Clip pair without
+statistics is skipped. FP32 is then preserved except for values more than K sigma above a channel's mean.
+
+The kept BN statistics of the first layer follow the rescaling (beta_i / s_i, gamma_i / s_i): analytic
+ranges, synthetic calibration and bias correction read them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from dfq_onnx import corrections as cm
+from dfq_onnx.graph_utils import const_values, node_label
+from dfq_onnx.layer_pairs import LayerPair, find_pairs, linear_kind
+from dfq_onnx.pass_base import Pass, PassResult
+from dfq_onnx.state import CompileState
+
+CLIP_SIGMA = 6.0   # K: a channel is taken never to exceed beta + K |gamma| (Gaussian tail ~1e-9)
+
+
+def rescale_pair(state: CompileState, pair: LayerPair, s: np.ndarray) -> None:
+    """W1 /= s (rows), b1 /= s, W2 *= s (columns), BN statistics of the first layer / s."""
+    first, second = pair.first, pair.second
+    k1, k2 = linear_kind(first), linear_kind(second)
+    w1, w2 = first.inputs[1], second.inputs[1]
+    w1.values = cm.scale_out(const_values(w1), 1.0 / s, k1)
+    if len(first.inputs) > 2 and first.inputs[2].name:
+        b1 = first.inputs[2]
+        b1.values = (const_values(b1).astype(np.float64) / s).astype(const_values(b1).dtype)
+    w2.values = cm.scale_in(const_values(w2), s, k2)
+    label = node_label(first)
+    stats = state.bn_stats.get(label)
+    if stats is not None:
+        state.bn_stats[label] = dataclasses.replace(stats, beta=stats.beta / s, gamma=stats.gamma / s)
+
+
+class EqualizeCrossLayer(Pass):
+    """Rescale consecutive layers' channels so their weight ranges match (function preserved)."""
+
+    name = "CrossLayerEqualization"
+
+    def __init__(self, sweeps: int = 50, tol: float = 1e-4, clip_sigma: float = CLIP_SIGMA):
+        self.sweeps, self.tol, self.clip_sigma = sweeps, tol, clip_sigma
+
+    def _scales(self, state: CompileState, pair: LayerPair) -> np.ndarray:
+        k1, k2 = linear_kind(pair.first), linear_kind(pair.second)
+        r1 = cm.out_absmax(const_values(pair.first.inputs[1]), k1)
+        r2 = cm.in_absmax(const_values(pair.second.inputs[1]), k2)
+        s = cm.cle_scales(r1, r2)
+        if pair.act == "clip":
+            stats = state.bn_stats[node_label(pair.first)]
+            top = stats.beta + self.clip_sigma * np.abs(stats.gamma)
+            s = np.where(top < pair.clip_hi, np.maximum(s, top / pair.clip_hi), 1.0)
+        return s
+
+    def run(self, state: CompileState) -> PassResult:
+        pairs, skipped = find_pairs(state.graph)
+        usable = []
+        for p in pairs:
+            if p.act == "clip" and node_label(p.first) not in state.bn_stats:
+                skipped.append({"layer": node_label(p.first), "reason": f"Clip(0, {p.clip_hi:g}) after it "
+                                "and no BN statistics to show which channels stay below the bound"})
+            else:
+                usable.append(p)
+        total = {p.label: np.ones(const_values(p.first.inputs[1]).shape[linear_kind(p.first).out_axis()])
+                 for p in usable}
+        sweeps = 0
+        for sweep in range(1, self.sweeps + 1):
+            sweeps = sweep
+            worst = 0.0
+            for p in usable:
+                s = self._scales(state, p)
+                change = float(np.max(np.abs(np.log(s)))) if s.size else 0.0
+                if change < self.tol:
+                    continue
+                rescale_pair(state, p, s)
+                total[p.label] *= s
+                worst = max(worst, change)
+            if worst < self.tol:
+                break
+        changed = {k: v for k, v in total.items() if np.max(np.abs(np.log(v))) >= self.tol}
+        state.report.notes["cross_layer_equalization"] = {
+            "pairs": [{"pair": p.label, "activation": p.act, "scale_min": float(total[p.label].min()),
+                       "scale_max": float(total[p.label].max())} for p in usable if p.label in changed],
+            "sweeps": sweeps, "skipped": skipped}
+        return PassResult(bool(changed), f"{len(changed)} of {len(usable)} pairs equalized in {sweeps} "
+                                         f"sweeps, {len(skipped)} layers skipped")
