@@ -25,6 +25,18 @@ first layer's channel i is N(beta_i, gamma_i^2) (the kept statistics), so with u
 channels get s_i = max(s_i, u_i / hi), channels with u_i >= hi keep s_i = 1, and a Clip pair without
 statistics is skipped. FP32 is then preserved except for values more than K sigma above a channel's mean.
 
+Per-channel weight grids (`criterion="activations"`; "auto" picks it when the target quantizes
+weights per channel): the first layer's grid is invariant to S, so r1_i is replaced by the range of the
+intermediate activation's channel i, a_i, from the BN statistics (|beta_i| + K_a |gamma_i|, clipped by
+ReLU / ReLU6; K_a the analytic ranges' clipping threshold for the activation bits), the quantity whose
+per-tensor grid S does change:
+
+    s_i = sqrt(a_i / r2_i)          (a_i / s_i = r2_i s_i: activation and weight column balanced)
+    s_i = a_i / max_j a_j           (second layer depthwise: its per-channel grid is invariant too, so
+                                     only the activation matters and every channel gets the full range)
+
+Pairs whose first layer has no BN statistics keep Nagel's weight ranges.
+
 The kept BN statistics of the first layer follow the rescaling (beta_i / s_i, gamma_i / s_i): analytic
 ranges, synthetic calibration and bias correction read them.
 """
@@ -38,6 +50,7 @@ import numpy as np
 from dfq_onnx import corrections as cm
 from dfq_onnx.graph_utils import const_values, node_label
 from dfq_onnx.layer_pairs import LayerPair, find_pairs, linear_kind
+from dfq_onnx.moments import laplace_clip_k
 from dfq_onnx.pass_base import Pass, PassResult
 from dfq_onnx.state import CompileState
 
@@ -65,14 +78,31 @@ class EqualizeCrossLayer(Pass):
 
     name = "CrossLayerEqualization"
 
-    def __init__(self, sweeps: int = 50, tol: float = 1e-4, clip_sigma: float = CLIP_SIGMA):
-        self.sweeps, self.tol, self.clip_sigma = sweeps, tol, clip_sigma
+    def __init__(self, sweeps: int = 50, tol: float = 1e-4, clip_sigma: float = CLIP_SIGMA,
+                 criterion: str = "weights"):
+        if criterion not in ("weights", "activations", "auto"):
+            raise ValueError(f"CLE criterion '{criterion}': expected weights, activations or auto")
+        self.sweeps, self.tol, self.clip_sigma, self.criterion = sweeps, tol, clip_sigma, criterion
 
-    def _scales(self, state: CompileState, pair: LayerPair) -> np.ndarray:
+    @staticmethod
+    def _act_range(state: CompileState, pair: LayerPair) -> np.ndarray:
+        stats = state.bn_stats[node_label(pair.first)]
+        k = laplace_clip_k(state.options.act_bits or state.target.default_act_bits)
+        top, bottom = stats.beta + k * np.abs(stats.gamma), stats.beta - k * np.abs(stats.gamma)
+        if pair.act == "identity":
+            return np.maximum(np.abs(top), np.abs(bottom))
+        return np.clip(top, 0.0, pair.clip_hi)
+
+    def _scales(self, state: CompileState, pair: LayerPair, by_act: bool) -> np.ndarray:
         k1, k2 = linear_kind(pair.first), linear_kind(pair.second)
-        r1 = cm.out_absmax(const_values(pair.first.inputs[1]), k1)
         r2 = cm.in_absmax(const_values(pair.second.inputs[1]), k2)
-        s = cm.cle_scales(r1, r2)
+        if by_act and node_label(pair.first) in state.bn_stats:
+            a = self._act_range(state, pair)
+            w2 = const_values(pair.second.inputs[1])
+            depthwise = k2.op == "Conv" and k2.group > 1 and w2.shape[1] == 1 and w2.shape[0] == k2.group
+            s = np.where(a > 0, a / max(float(a.max()), 1e-30), 1.0) if depthwise else cm.cle_scales(a, r2)
+        else:
+            s = cm.cle_scales(cm.out_absmax(const_values(pair.first.inputs[1]), k1), r2)
         if pair.act == "clip":
             stats = state.bn_stats[node_label(pair.first)]
             top = stats.beta + self.clip_sigma * np.abs(stats.gamma)
@@ -90,12 +120,13 @@ class EqualizeCrossLayer(Pass):
                 usable.append(p)
         total = {p.label: np.ones(const_values(p.first.inputs[1]).shape[linear_kind(p.first).out_axis()])
                  for p in usable}
+        by_act = self.criterion == "activations" or (self.criterion == "auto" and state.target.per_channel)
         sweeps = 0
         for sweep in range(1, self.sweeps + 1):
             sweeps = sweep
             worst = 0.0
             for p in usable:
-                s = self._scales(state, p)
+                s = self._scales(state, p, by_act)
                 change = float(np.max(np.abs(np.log(s)))) if s.size else 0.0
                 if change < self.tol:
                     continue
@@ -108,6 +139,6 @@ class EqualizeCrossLayer(Pass):
         state.report.notes["cross_layer_equalization"] = {
             "pairs": [{"pair": p.label, "activation": p.act, "scale_min": float(total[p.label].min()),
                        "scale_max": float(total[p.label].max())} for p in usable if p.label in changed],
-            "sweeps": sweeps, "skipped": skipped}
+            "sweeps": sweeps, "skipped": skipped, "criterion": "activations" if by_act else "weights"}
         return PassResult(bool(changed), f"{len(changed)} of {len(usable)} pairs equalized in {sweeps} "
                                          f"sweeps, {len(skipped)} layers skipped")

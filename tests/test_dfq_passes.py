@@ -20,6 +20,7 @@ from dfq_onnx.passes.plan_uniform import UniformPlan
 from dfq_onnx.passes.quant_groups import FindQuantGroups
 from onnx import TensorProto, helper, numpy_helper
 
+import dfq_onnx
 from dfq_onnx import corrections as cm
 from dfq_onnx import numerics
 from dfq_onnx.cli import _options, _parser
@@ -243,3 +244,21 @@ def test_cli_flags():
                                  "--dfmpc", "--bias-absorption"])
     opts = _options(args)
     assert opts.cle and opts.dfmpc and opts.bias_absorption and not opts.bias_correction
+
+
+def test_mixed_plan_end_to_end_with_all_passes(tmp_path):
+    """Every pass on, mixed budget: the probe scores bias-corrected candidates, DF-MPC and CorrectBias
+    see the final plan, and the output is a valid QDQ model that runs."""
+    model = builders.with_data_bn_stats(builders.conv_bn_relu_residual())
+    out, report = dfq_onnx.quantize(model, calib="noise", avg_weight_bits=3.0, progress=False,
+                                    cache_dir=str(tmp_path), score_bits=(2, 4, 8), cle=True,
+                                    bias_absorption=True, bias_correction=True, dfmpc=True)
+    onnx.checker.check_model(out, full_check=True)
+    names = [p["pass"] for p in report.passes]
+    assert names.index("CrossLayerEqualization") < names.index("FindQuantGroups")
+    assert names.index("AllocateBits") < names.index("DFMPC") < names.index("CorrectBias") < \
+        names.index("EmitQDQ")
+    for key in ("cross_layer_equalization", "bias_absorption", "bias_correction", "dfmpc"):
+        assert key in report.notes
+    feeds = normal_feeds(model, n=8)
+    assert np.all(np.isfinite(run(out, feeds)[0]))
