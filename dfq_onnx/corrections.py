@@ -72,12 +72,33 @@ def scale_in(w: np.ndarray, s: np.ndarray, kind: Linear) -> np.ndarray:
     return kind._ungroup(g * s, w.shape).astype(w.dtype)
 
 
-def apply_to_input(w: np.ndarray, x: np.ndarray, kind: Linear) -> np.ndarray:
-    """sum over input channels and taps of W[o, i, t] x[i] for a per-input-channel vector x: the layer's
-    output (without bias) for an input that is constant x[i] on channel i (no padding)."""
+def apply_to_input(w: np.ndarray, x: np.ndarray, kind: Linear, taps: np.ndarray | None = None) -> np.ndarray:
+    """sum over input channels and taps of W[o, i, t] f_t x[i] for a per-input-channel vector x: the
+    layer's output (without bias), averaged over output positions, for an input that is constant x[i]
+    on channel i; f_t = fraction of output positions where tap t reads inside the (zero-padded) input
+    (`valid_tap_fraction`; None: every tap always inside)."""
     g = kind._grouped(np.asarray(w, np.float64))
+    if taps is not None:
+        g = g * np.asarray(taps, np.float64).reshape(1, 1, 1, -1)
     xg = np.asarray(x, np.float64).reshape(g.shape[0], g.shape[2])
     return np.einsum("goit,gi->go", g, xg).reshape(-1)
+
+
+def valid_tap_fraction(spatial: tuple[int, ...], kernel: tuple[int, ...], strides, pads, dilations
+                       ) -> np.ndarray:
+    """For each kernel tap (row-major over `kernel`), the fraction of a convolution's output positions at
+    which it reads inside the input rather than its zero padding. `pads` = [begin..., end...]."""
+    n = len(spatial)
+    per_axis = []
+    for a in range(n):
+        size, k, s, d = spatial[a], kernel[a], strides[a], dilations[a]
+        out = (size + pads[a] + pads[a + n] - d * (k - 1) - 1) // s + 1
+        pos = np.arange(max(out, 1))[:, None] * s - pads[a] + np.arange(k)[None, :] * d
+        per_axis.append(((pos >= 0) & (pos < size)).mean(axis=0))
+    frac = per_axis[0]
+    for f in per_axis[1:]:
+        frac = np.multiply.outer(frac, f)
+    return np.asarray(frac, np.float64).reshape(-1)
 
 
 def cle_scales(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
@@ -93,22 +114,26 @@ def absorb_amounts(beta: np.ndarray, gamma: np.ndarray, k: float = 3.0) -> np.nd
     return np.maximum(0.0, np.asarray(beta, np.float64) - k * np.abs(np.asarray(gamma, np.float64)))
 
 
-def mean_shift(w_hat: np.ndarray, w: np.ndarray, mu: np.ndarray, kind: Linear) -> np.ndarray:
-    """E[W_hat x] - E[W x] = (W_hat - W) E[x] per output channel (E[x] per input channel)."""
-    return apply_to_input(np.asarray(w_hat, np.float64) - np.asarray(w, np.float64), mu, kind)
+def mean_shift(w_hat: np.ndarray, w: np.ndarray, mu: np.ndarray, kind: Linear,
+               taps: np.ndarray | None = None) -> np.ndarray:
+    """E[W_hat x] - E[W x] = (W_hat - W) E[x] per output channel (E[x] per input channel), averaged
+    over output positions when `taps` gives each tap's in-bounds fraction."""
+    return apply_to_input(np.asarray(w_hat, np.float64) - np.asarray(w, np.float64), mu, kind, taps)
 
 
-def dfmpc_gains(w: np.ndarray, w_hat: np.ndarray, mu: np.ndarray, var: np.ndarray, kind: Linear
-                ) -> np.ndarray:
+def dfmpc_gains(w: np.ndarray, w_hat: np.ndarray, mu: np.ndarray, var: np.ndarray, kind: Linear,
+                taps: np.ndarray | None = None) -> np.ndarray:
     """Per-output-channel c_o minimizing E[((c W_hat_o - W_o) . x)^2] (see passes/dfmpc.py).
 
     With E[x x^T] = diag(var) + mu mu^T over (input channel, tap) -- channels and taps independent:
         c_o = (sum W Wh var + (W.mu)(Wh.mu)) / (sum Wh^2 var + (Wh.mu)^2)
-    Channels whose denominator is 0 or whose c is not positive keep c = 1.
+    Channels whose denominator is 0 or whose c is not positive keep c = 1. `taps` weights each tap by
+    the fraction of positions where it reads data rather than zero padding.
     """
     w64, wh = np.asarray(w, np.float64), np.asarray(w_hat, np.float64)
-    num = apply_to_input(w64 * wh, var, kind) + apply_to_input(w64, mu, kind) * apply_to_input(wh, mu, kind)
-    den = apply_to_input(wh * wh, var, kind) + apply_to_input(wh, mu, kind) ** 2
+    mw, mh = apply_to_input(w64, mu, kind, taps), apply_to_input(wh, mu, kind, taps)
+    num = apply_to_input(w64 * wh, var, kind, taps) + mw * mh
+    den = apply_to_input(wh * wh, var, kind, taps) + mh ** 2
     ok = (den > 0) & np.isfinite(num) & np.isfinite(den)
     c = np.where(ok, num / np.where(ok, den, 1.0), 1.0)
     return np.where(c > 0, c, 1.0)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .corrections import Linear
+from .corrections import Linear, valid_tap_fraction
 from .graph_utils import const_values, is_const, is_float, is_graph_output, node_label
 
 PASSTHROUGH = ("MaxPool",)
@@ -27,6 +27,7 @@ class LayerPair:
     act: str                   # "identity" | "relu" | "clip"
     clip_hi: float             # upper bound of a Clip(0, hi) on the path (inf otherwise)
     padded: bool               # the second layer (or a Pad on the path) pads with zeros
+    tensors: tuple[str, ...] = ()   # the path's tensors, first's output to second's input
 
     @property
     def label(self) -> str:
@@ -88,7 +89,9 @@ def conv_pads(node: gs.Node) -> bool:
 def _follow(graph: gs.Graph, first: gs.Node) -> tuple[LayerPair | None, str]:
     act, hi, padded = "identity", np.inf, False
     t = first.outputs[0]
+    path = []
     while True:
+        path.append(t.name)
         if is_graph_output(graph, t):
             return None, f"'{t.name}' is a graph output"
         if len(t.outputs) != 1:
@@ -123,7 +126,7 @@ def _follow(graph: gs.Graph, first: gs.Node) -> tuple[LayerPair | None, str]:
     if w1.shape[k1.out_axis()] != k2.in_channels(w2):
         return None, f"channel counts of '{node_label(first)}' and '{node_label(second)}' differ"
     padded = padded or (second.op == "Conv" and conv_pads(second))
-    return LayerPair(first, second, act, hi, padded), ""
+    return LayerPair(first, second, act, hi, padded, tuple(path)), ""
 
 
 def find_pairs(graph: gs.Graph) -> tuple[list[LayerPair], list[dict[str, str]]]:
@@ -142,3 +145,51 @@ def find_pairs(graph: gs.Graph) -> tuple[list[LayerPair], list[dict[str, str]]]:
         else:
             pairs.append(pair)
     return pairs, skipped
+
+
+def _spatial_pads(node: gs.Node, spatial: tuple[int, ...], kernel, strides, dilations) -> list[int]:
+    n = len(spatial)
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for a in range(n):
+            out = -(-spatial[a] // strides[a])
+            total = max((out - 1) * strides[a] + (kernel[a] - 1) * dilations[a] + 1 - spatial[a], 0)
+            small, big = total // 2, total - total // 2
+            begin.append(small if auto == "SAME_UPPER" else big)
+            end.append(big if auto == "SAME_UPPER" else small)
+        return begin + end
+    if auto == "VALID":
+        return [0] * (2 * n)
+    return [int(p) for p in node.attrs.get("pads", [0] * (2 * n))]
+
+
+def tap_fractions(node: gs.Node) -> np.ndarray | None:
+    """Per kernel tap of a Conv, the fraction of output positions reading inside the unpadded input --
+    its own padding plus a zero `Pad` node right before it (static-shape exports). None when every tap
+    always reads data (no padding, a Gemm, or unknown shapes)."""
+    if node.op != "Conv" or not is_const(node.inputs[1]):
+        return None
+    kernel = tuple(int(k) for k in const_values(node.inputs[1]).shape[2:])
+    n = len(kernel)
+    x = node.inputs[0]
+    pre = x.inputs[0] if len(x.inputs) == 1 else None
+    extra = [0] * (2 * n)
+    if pre is not None and pre.op == "Pad" and _zero_pad(pre):
+        pads = const_values(pre.inputs[1]).astype(np.int64)
+        rank = pads.size // 2
+        extra = [int(p) for p in pads[2:rank]] + [int(p) for p in pads[rank + 2:]]
+        x = pre.inputs[0]
+    shape = x.shape
+    if shape is None or len(shape) != n + 2 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+        return None
+    spatial = tuple(int(d) for d in shape[2:])
+    strides = [int(s) for s in node.attrs.get("strides", [1] * n)]
+    dilations = [int(d) for d in node.attrs.get("dilations", [1] * n)]
+    padded = tuple(s + extra[a] + extra[a + n] for a, s in enumerate(spatial))
+    own = _spatial_pads(node, padded, kernel, strides, dilations)
+    pads = [own[a] + extra[a] for a in range(n)] + [own[a + n] + extra[a + n] for a in range(n)]
+    if not any(pads):
+        return None
+    return valid_tap_fraction(spatial, kernel, strides, pads, dilations)

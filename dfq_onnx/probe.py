@@ -148,20 +148,21 @@ def _switch(graph: gs.Graph, node: gs.Node, layer, slots: list, conds: list[gs.V
     graph.nodes.append(switch)
 
 
-def _slot(w, b, x_scale, bits: int, layer, target, node, mu) -> tuple:
-    """Emit's weights at `bits`; with input means `mu`, the bias carries CorrectBias's correction."""
-    if mu is None or b is None:
+def _slot(w, b, x_scale, bits: int, layer, target, node, mean) -> tuple:
+    """Emit's weights at `bits`; with `mean` = (E[x], tap fractions), the bias carries CorrectBias's
+    correction b - (W_hat - W) E[x] (passes/bias_correction.py)."""
+    if mean is None or b is None:
         return emitted_weight(w, b, x_scale, bits, layer.axis, target)
     from .corrections import mean_shift
     from .layer_pairs import linear_kind
 
     w_hat, _ = emitted_weight(w, b, x_scale, bits, layer.axis, target)
-    b_corr = (b - mean_shift(w_hat, w, mu, linear_kind(node))).astype(np.float32)
+    b_corr = (b - mean_shift(w_hat, w, mean[0], linear_kind(node), mean[1])).astype(np.float32)
     return emitted_weight(w, b_corr, x_scale, bits, layer.axis, target)
 
 
 def _select_weights(graph: gs.Graph, spec: QuantSpec, groups, bits: tuple[int, ...], by_dq: dict,
-                    target, input_means: Mapping[str, np.ndarray] | None = None) -> dict[str, str]:
+                    target, input_means: Mapping[str, tuple] | None = None) -> dict[str, str]:
     """Replace every weighted layer by a switch over its K+1 weight slots, driven by select_<group>."""
     nodes = {node_label(n): n for n in graph.nodes}
     selects: dict[str, str] = {}
@@ -203,7 +204,7 @@ class ProbeModel:
 def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], ranges: Mapping[str, Range],
                 target, weight_bits: tuple[int, ...], act_bits: int,
                 quantize_activations: bool = True,
-                input_means: Mapping[str, np.ndarray] | None = None) -> ProbeModel:
+                input_means: Mapping[str, tuple] | None = None) -> ProbeModel:
     """The probe model for `weight_bits` candidates (see the module docstring); `graph` is untouched."""
     g = graph.copy()
     inputs = tuple(t.name for t in g.inputs)

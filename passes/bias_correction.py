@@ -3,21 +3,23 @@ causes in each layer's output.
 
     E[W_hat x + b'] = E[W x + b]   <=>   b' = b - (W_hat - W) E[x]
 
-per output channel, where (W_hat - W) E[x] sums over input channels and kernel taps. W_hat is exactly
-the weight EmitQDQ writes for the plan's bit-width (`emit_qdq.quantize_weight` with the same input
-scale, hence the same int32-bias scale floor), so the pass needs the plan: it runs after UniformPlan /
-AllocateBits, before EmitQDQ. E[x] per input channel comes from the kept BN statistics through the
-analytic estimate of `passes.analytic_ranges.estimate`: N(beta, gamma^2) at a folded BN's output, the
-clipped-normal mean E[max(0, X)] = mu Phi(mu/sigma) + sigma phi(mu/sigma) after ReLU (clip quadrature
-for ReLU6), sums through Add; graph inputs are taken as standardized (E[x] = 0, no correction). Layers
-whose input estimate is missing, not per channel, or went through more than one BN-free linear layer
-are skipped with the reason. The border pixels of zero-padded convolutions see fewer non-zero inputs;
-the correction is the interior one.
+per output channel, where (W_hat - W) E[x] sums over input channels and kernel taps; each tap is
+weighted by the fraction of output positions at which it reads data rather than zero padding (the
+correction exact on average over the feature map; on an 8x8 map a 3x3 conv's corner tap misses 23 %).
+
+W_hat is exactly the weight EmitQDQ writes for the plan's bit-width (`emit_qdq.quantize_weight` with
+the same input scale, hence the same int32-bias scale floor), so the pass needs the plan: it runs
+after UniformPlan / AllocateBits, before EmitQDQ. E[x] per input channel comes from the kept BN
+statistics through the analytic estimate of `passes.analytic_ranges.estimate`: N(beta, gamma^2) at a
+folded BN's output, the clipped-normal mean E[max(0, X)] = mu Phi(mu/sigma) + sigma phi(mu/sigma)
+after ReLU (clip quadrature for ReLU6), sums through Add; graph inputs are taken as standardized
+(E[x] = 0, no correction). Layers whose input estimate is missing, not per channel, or went through
+more than one BN-free linear layer are skipped with the reason.
 
 When DF-MPC rescaled a layer's effective weight to c W_hat (`state.weight_gain`, passes/dfmpc.py), the
 reference weight in the stored coordinates is W / c. The sensitivity probe applies the same correction
-for every candidate bit-width (`input_means`, `SensitivityOptions.bias_correction`), so the allocator
-scores corrected errors.
+for every candidate bit-width (`SensitivityOptions.bias_correction`), so the allocator scores
+corrected errors.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from dfq_onnx.passes.emit_qdq import EmitQDQ
 
 from dfq_onnx import corrections as cm
 from dfq_onnx.graph_utils import const_values, node_label
-from dfq_onnx.layer_pairs import linear_kind
+from dfq_onnx.layer_pairs import linear_kind, tap_fractions
 from dfq_onnx.pass_base import Pass, PassResult
 from dfq_onnx.probe import emitted_weight
 from dfq_onnx.state import CompileState
@@ -80,14 +82,14 @@ def layer_bits(state: CompileState) -> dict[str, int]:
 
 
 def corrected_bias(target, w: np.ndarray, b: np.ndarray, w_ref: np.ndarray, mu: np.ndarray, kind,
-                   x_scale: float | None, bits: int, axis: int | None) -> np.ndarray:
+                   x_scale: float | None, bits: int, axis: int | None, taps=None) -> np.ndarray:
     """b - (W_hat - W_ref) mu, W_hat = Emit's weight for `bits`; recomputed once if the corrected bias
-    moves Emit's int32 scale floor (and with it W_hat)."""
+    moves Emit's int32 scale floor (and with it W_hat). `taps`: in-bounds fraction of each kernel tap."""
     w_hat, _ = emitted_weight(w, b, x_scale, bits, axis, target)
-    b_new = b - cm.mean_shift(w_hat, w_ref, mu, kind)
+    b_new = b - cm.mean_shift(w_hat, w_ref, mu, kind, taps)
     w_hat2, _ = emitted_weight(w, b_new.astype(np.float32), x_scale, bits, axis, target)
     if not np.array_equal(w_hat, w_hat2):
-        b_new = b - cm.mean_shift(w_hat2, w_ref, mu, kind)
+        b_new = b - cm.mean_shift(w_hat2, w_ref, mu, kind, taps)
     return b_new
 
 
@@ -115,7 +117,7 @@ class CorrectBias(Pass):
             b = const_values(node.inputs[2]).astype(np.float32) if spec.bias else np.zeros(
                 w.shape[kind.out_axis()], np.float32)
             b_new = corrected_bias(state.target, w, b, w_ref, mu, kind, scales.get(node.inputs[0].name),
-                                   bits[label], spec.axis)
+                                   bits[label], spec.axis, tap_fractions(node))
             delta = b_new - b
             if not np.any(delta):
                 continue

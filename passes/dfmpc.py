@@ -30,8 +30,13 @@ least-squares one for its fixed integer codes; the next layer absorbs it at its 
 Pairs are compensated in graph order; ReLU6 (the gain would move its bound) and pairs whose next layer
 is not at higher precision are skipped with the reason. The kept BN statistics of the first layer
 follow (beta / c, gamma / c), and `state.weight_gain[first] = c` tells CorrectBias that the reference
-weight in the stored coordinates is W1 / c. Runs after the bit plan, before CorrectBias and EmitQDQ;
-activation ranges are those measured before (the tensor between the layers changes by c ~ 1).
+weight in the stored coordinates is W1 / c. Runs after the bit plan, before CorrectBias and EmitQDQ.
+The tensors between the layers now carry channel o divided by c_o, so their activation ranges (measured
+before the plan) are widened by max_o(u_o / c_o) / max_o(u_o), u_o = max(0, beta_o + K |gamma_o|) the
+channel's analytic upper range (max_o 1 / c_o without statistics): a gain c_o < 1 would otherwise push
+its channel into the clipping of a stale range. Gains are clipped to [1 / max_gain, max_gain] (2): at 2
+bits the least-squares gain of a row whose codes kept little of it can approach 0, and 1 / c_o would
+then dominate the per-tensor activation range (measured: c = 0.01, a 147x wider range).
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ from dfq_onnx.passes.bias_correction import input_moments, input_scales, layer_b
 
 from dfq_onnx import corrections as cm
 from dfq_onnx.graph_utils import const_values, node_label
-from dfq_onnx.layer_pairs import find_pairs, linear_kind
+from dfq_onnx.layer_pairs import find_pairs, linear_kind, tap_fractions
+from dfq_onnx.moments import laplace_clip_k
 from dfq_onnx.pass_base import Pass, PassResult
 from dfq_onnx.probe import emitted_weight
 from dfq_onnx.state import CompileState
@@ -54,8 +60,8 @@ class CompensateDFMPC(Pass):
 
     name = "DFMPC"
 
-    def __init__(self, require_higher: bool = True):
-        self.require_higher = require_higher
+    def __init__(self, require_higher: bool = True, max_gain: float = 2.0):
+        self.require_higher, self.max_gain = require_higher, max_gain
 
     def run(self, state: CompileState) -> PassResult:
         if state.weight_gain:
@@ -78,12 +84,12 @@ class CompensateDFMPC(Pass):
             if reason:
                 skipped.append({"layer": first, "reason": reason})
                 continue
-            done.append(self._compensate(state, p, moments.get(first), scales, bits[first]))
+            done.append(self._compensate(state, p, moments.get(first), scales, bits[first], self.max_gain))
         state.report.notes["dfmpc"] = {"pairs": done, "skipped": skipped}
         return PassResult(bool(done), f"{len(done)} pairs compensated, {len(skipped)} layers skipped")
 
     @staticmethod
-    def _compensate(state: CompileState, p, moments, scales, bits: int) -> dict:
+    def _compensate(state: CompileState, p, moments, scales, bits: int, max_gain: float) -> dict:
         k1, k2 = linear_kind(p.first), linear_kind(p.second)
         w1 = const_values(p.first.inputs[1]).astype(np.float32)
         has_bias = len(p.first.inputs) > 2 and p.first.inputs[2].name
@@ -92,7 +98,7 @@ class CompensateDFMPC(Pass):
         w_hat, _ = emitted_weight(w1, b1, scales.get(p.first.inputs[0].name), bits, spec.axis, state.target)
         cin = k1.in_channels(w1)
         mu, var = moments if moments is not None else (np.zeros(cin), np.ones(cin))
-        c = cm.dfmpc_gains(w1, w_hat, mu, var, k1)
+        c = np.clip(cm.dfmpc_gains(w1, w_hat, mu, var, k1, tap_fractions(p.first)), 1.0 / max_gain, max_gain)
         if has_bias:
             p.first.inputs[2].values = (b1.astype(np.float64) / c).astype(np.float32)
         w2 = p.second.inputs[1]
@@ -100,7 +106,16 @@ class CompensateDFMPC(Pass):
         label = node_label(p.first)
         state.weight_gain[label] = c
         stats = state.bn_stats.get(label)
+        widen = float(np.max(1.0 / c))
         if stats is not None:
+            k = laplace_clip_k(state.options.act_bits or state.target.default_act_bits)
+            u = np.maximum(stats.beta + k * np.abs(stats.gamma), 0.0)
+            widen = float(np.max(u / c) / np.max(u)) if np.max(u) > 0 else 1.0
             state.bn_stats[label] = dataclasses.replace(stats, beta=stats.beta / c, gamma=stats.gamma / c)
+        widen = max(widen, 1.0)
+        for t in p.tensors:
+            r = state.ranges.get(t)
+            if r is not None:
+                state.ranges[t] = dataclasses.replace(r, lo=r.lo * widen, hi=r.hi * widen)
         return {"pair": p.label, "moments": "bn" if moments is not None else "identity",
-                "gain_min": float(c.min()), "gain_max": float(c.max())}
+                "gain_min": float(c.min()), "gain_max": float(c.max()), "range_widened": widen}

@@ -270,7 +270,10 @@ def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -
     if options.bias_correction:
         from dfq_onnx.passes.bias_correction import input_moments
 
-        means = {layer: m[0] for layer, m in input_moments(state)[0].items()}
+        from dfq_onnx.layer_pairs import tap_fractions
+
+        nodes = {node_label(n): n for n in state.graph.nodes}
+        means = {layer: (m[0], tap_fractions(nodes[layer])) for layer, m in input_moments(state)[0].items()}
     pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, bits, act,
                      options.quantize_activations, input_means=means)
     fp32 = ir.to_model(state.graph.copy(), ir_version=ir.min_ir_version(state.graph.opset))
