@@ -109,7 +109,9 @@ def effnet_rows(path: Path, plans, configs, n: int, results: Path, rows: dict) -
     samples_path = results.with_name(f"effnet_synth_{n}.npz")
     if not samples_path.is_file():
         start = time.perf_counter()
-        res = dfq_onnx.synthesize(str(path), output=str(samples_path), samples=n, progress=False)
+        from dfq_onnx.api import synthesize
+
+        res = synthesize(str(path), output=str(samples_path), samples=n, progress=False)
         rows[key] = {"seconds": round(time.perf_counter() - start, 1), "objective": res.objective,
                      "loss_start": res.loss_start, "loss_end": res.loss_end}
         _save(results, rows)

@@ -262,3 +262,36 @@ def test_mixed_plan_end_to_end_with_all_passes(tmp_path):
         assert key in report.notes
     feeds = normal_feeds(model, n=8)
     assert np.all(np.isfinite(run(out, feeds)[0]))
+
+
+@pytest.mark.parametrize("name", ["conv_bn_relu_residual", "conv_clip6"])
+def test_probe_with_bias_correction_equals_emitted_model(name):
+    """The sensitivity probe's bias-corrected slots compute what CorrectBias + EmitQDQ write."""
+    import copy
+
+    from dfq_onnx.passes.bias_correction import input_moments
+
+    from dfq_onnx import probe
+    from dfq_onnx.graph_utils import node_label
+    from dfq_onnx.layer_pairs import tap_fractions
+    from dfq_onnx.report import Report
+
+    model = builders.with_data_bn_stats(builders.GOOD_BUILDERS[name]())
+    state = compile_state(model, [Normalize(21), FoldBatchNorm(), FindQuantGroups(), AnalyticRanges(),
+                                  Calibrate()])
+    nodes = {node_label(n): n for n in state.graph.nodes}
+    means = {k: (m[0], tap_fractions(nodes[k])) for k, m in input_moments(state)[0].items()}
+    assert means                                     # something to correct
+    pm = probe.build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, (3, 8), 8,
+                           input_means=means)
+    feeds = normal_feeds(model, n=8, seed=5)
+    config = {g: (3, 8)[i % 2] for i, g in enumerate(pm.selects)}
+    s = copy.copy(state)
+    s.graph, s.report, s.spec = state.graph.copy(), Report(), copy.deepcopy(state.spec)
+    s.plan = BitPlan({g.id: (config.get(g.id, 8), 8) for g in state.groups})
+    CorrectBias().run(s)
+    assert s.report.notes["bias_correction"]["layers"]
+    EmitQDQ().run(s)
+    want = probe.session(state_model(s), optimize=False).run(None, feeds)[0]
+    got = probe.Probe(pm, optimize=False).run(config, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
