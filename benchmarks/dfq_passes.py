@@ -37,8 +37,11 @@ from dfq_onnx import ir  # noqa: E402
 CONFIGS = {"base": {}, "cle": {"cle": True}, "absorb": {"bias_absorption": True},
            "bc": {"bias_correction": True}, "dfmpc": {"dfmpc": True},
            "bc+dfmpc": {"bias_correction": True, "dfmpc": True},
-           "cle+bc": {"cle": True, "bias_correction": True}}
-OFF = {"cle": False, "bias_absorption": False, "bias_correction": False, "dfmpc": False}
+           "cle+bc": {"cle": True, "bias_correction": True},
+           "cle-act": {"cle": True, "cle_criterion": "activations"},
+           "cle-act+bc": {"cle": True, "cle_criterion": "activations", "bias_correction": True}}
+OFF = {"cle": False, "bias_absorption": False, "bias_correction": False, "dfmpc": False,
+       "cle_criterion": "weights"}
 PLANS = {"w4": {"weight_bits": 4, "act_bits": 8}, "w3": {"weight_bits": 3, "act_bits": 8},
          "w8": {"weight_bits": 8, "act_bits": 8}, "mixed4": {"avg_weight_bits": 4.0, "act_bits": 8}}
 
@@ -104,9 +107,11 @@ def resnet_rows(models, plans, configs, results: Path, rows: dict) -> None:
                     logging.info("%s %s %s: %.2f (%s, %.0fs)", name, plan, config, acc, counts, seconds)
 
 
-def effnet_rows(path: Path, plans, configs, n: int, results: Path, rows: dict) -> None:
+def effnet_rows(path: Path, plans, configs, n: int, results: Path, rows: dict, npz: str | None) -> None:
+    """SQNR of the logits vs FP32 on synthetic samples (`npz` from `dfq-onnx synthesize`, else generated
+    here) and on N(0, 1) noise."""
     key = f"effnet|samples{n}"
-    samples_path = results.with_name(f"effnet_synth_{n}.npz")
+    samples_path = Path(npz) if npz else results.with_name(f"effnet_synth_{n}.npz")
     if not samples_path.is_file():
         start = time.perf_counter()
         from dfq_onnx.api import synthesize
@@ -117,7 +122,8 @@ def effnet_rows(path: Path, plans, configs, n: int, results: Path, rows: dict) -
         _save(results, rows)
     with np.load(samples_path) as z:
         feeds = {"input": z["input"]}
-    ref = session(path).run(None, feeds)[0]
+    noise = {"input": np.random.default_rng(0).standard_normal(feeds["input"].shape).astype(np.float32)}
+    ref, ref_noise = session(path).run(None, feeds)[0], session(path).run(None, noise)[0]
     with tempfile.TemporaryDirectory(prefix="dfq_passes_") as td:
         for plan in plans:
             for config in configs:
@@ -126,9 +132,11 @@ def effnet_rows(path: Path, plans, configs, n: int, results: Path, rows: dict) -
                     continue
                 out = Path(td) / f"effnet_{plan}_{config}.onnx"
                 seconds, counts = quantize_to(path, out, plan, config)
-                test = session(out).run(None, feeds)[0]
+                sess = session(out)
+                test, test_noise = sess.run(None, feeds)[0], sess.run(None, noise)[0]
                 agree = float(np.mean(test.argmax(1) == ref.argmax(1)) * 100)
                 rows[key] = {"sqnr_db": output_sqnr_db(ref, test), "top1_agreement": agree,
+                             "sqnr_noise_db": output_sqnr_db(ref_noise, test_noise),
                              "compile_s": round(seconds, 1), **counts}
                 _save(results, rows)
                 logging.info("effnet %s %s: %.2f dB (%s)", plan, config, rows[key]["sqnr_db"], counts)
@@ -160,10 +168,12 @@ def tables(rows: dict) -> str:
     if eff:
         plans = [p for p in PLANS if any(k.startswith(f"effnet|{p}|") for k in eff)]
         configs = [c for c in CONFIGS if any(k.endswith(f"|{c}") for k in eff)]
-        body = [[p] + [(f"{eff[f'effnet|{p}|{c}']['sqnr_db']:.2f} dB / "
+        body = [[p] + [(f"{eff[f'effnet|{p}|{c}']['sqnr_db']:.2f} / "
+                        f"{eff[f'effnet|{p}|{c}'].get('sqnr_noise_db', float('nan')):.2f} dB, "
                         f"{eff[f'effnet|{p}|{c}']['top1_agreement']:.1f} %")
                        if f"effnet|{p}|{c}" in eff else "-" for c in configs] for p in plans]
-        out.append("**efficientnet_lite0** (output SQNR vs FP32 / top-1 agreement with FP32)\n\n"
+        out.append("**efficientnet_lite0** (logit SQNR vs FP32 on synthetic / noise samples, top-1 agreement "
+                   "with FP32 on the synthetic samples)\n\n"
                    + markdown_table(["plan"] + configs, body))
     return "\n\n".join(out)
 
@@ -177,6 +187,7 @@ def main() -> int:
     ap.add_argument("--effnet-plans", default="w4,w8")
     ap.add_argument("--effnet-configs", default="base,cle,absorb,bc,cle+bc")
     ap.add_argument("--effnet-samples", type=int, default=32)
+    ap.add_argument("--effnet-npz", default=None, help="synthetic samples from `dfq-onnx synthesize`")
     ap.add_argument("--results", default="dfq_passes_results.json")
     ap.add_argument("--tables-only", action="store_true")
     args = ap.parse_args()
@@ -190,7 +201,7 @@ def main() -> int:
             resnet_rows(models, args.plans.split(","), args.configs.split(","), results, rows)
         if args.effnet and Path(args.effnet).is_file():
             effnet_rows(Path(args.effnet), args.effnet_plans.split(","), args.effnet_configs.split(","),
-                        args.effnet_samples, results, rows)
+                        args.effnet_samples, results, rows, args.effnet_npz)
     print(machine_info())
     print(tables(rows))
     return 0

@@ -54,6 +54,8 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("data-free accuracy passes (defaults from the ablation in BENCHMARKS.md)")
     flag = argparse.BooleanOptionalAction
     a.add_argument("--cle", action=flag, default=d.cle, help="cross-layer equalization (Nagel et al. 2019)")
+    a.add_argument("--cle-criterion", choices=("weights", "activations", "auto"), default=d.cle_criterion,
+                   help="CLE ranges: weights (Nagel), activations (per-channel weight grids), auto")
     a.add_argument("--bias-absorption", action=flag, default=d.bias_absorption,
                    help="high-bias absorption into the next layer (BN statistics)")
     a.add_argument("--bias-correction", action=flag, default=d.bias_correction,
@@ -108,8 +110,9 @@ def _options(args):
                            cache_dir=args.cache_dir, use_cache=not args.no_cache,
                            avg_weight_bits=args.avg_weight_bits, size_mb=args.size_mb,
                            bops_ratio=args.bops_ratio, max_drop=args.max_drop, allocator=args.allocator,
-                           hops=args.hops, cle=args.cle, bias_absorption=args.bias_absorption,
-                           bias_correction=args.bias_correction, dfmpc=args.dfmpc)
+                           hops=args.hops, cle=args.cle, cle_criterion=args.cle_criterion,
+                           bias_absorption=args.bias_absorption, bias_correction=args.bias_correction,
+                           dfmpc=args.dfmpc)
 
 
 def _cmd_quantize(args) -> int:

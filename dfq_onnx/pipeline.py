@@ -57,7 +57,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
     return [
         Normalize(required_opset(target, options)),
         FoldBatchNorm(),
-        *([EqualizeCrossLayer()] if options.cle else []),
+        *([EqualizeCrossLayer(criterion=options.cle_criterion)] if options.cle else []),
         *([AbsorbHighBias()] if options.bias_absorption else []),
         FindQuantGroups(),
         *([_synthesis(options)] if synthesize else []),

@@ -190,6 +190,8 @@ def cache_key(state: CompileState, options: SensitivityOptions, bits, act: int, 
     opts = {k: v for k, v in dataclasses.asdict(options).items()
             if k not in ("batch", "use_cache", "cache_dir", "progress")}
     graph_passes = [p for p in ("cle", "bias_absorption") if getattr(state.options, p, False)]
+    if options.bias_correction:
+        graph_passes.append("bias_correction:taps")   # version of the per-candidate correction
     return {"engine": ENGINE_VERSION, "model": model, "graph_passes": graph_passes,
             "target": hashlib.sha256(target.encode()).hexdigest(),
             "options": opts, "bits": list(bits), "act_bits": act, "ranges": ranges,
