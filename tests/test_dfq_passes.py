@@ -65,11 +65,12 @@ FP32_MODELS = {name: build for name, build in builders.GOOD_BUILDERS.items()}
 
 
 @pytest.mark.parametrize("name", sorted(FP32_MODELS))
-@pytest.mark.parametrize("passes", ["cle", "absorb", "cle+absorb"])
+@pytest.mark.parametrize("passes", ["cle", "cle-act", "absorb", "cle+absorb"])
 def test_passes_preserve_fp32(name, passes):
     model = builders.with_data_bn_stats(FP32_MODELS[name]()) if name != "constant_weights" else \
         FP32_MODELS[name]()
-    extra = {"cle": [EqualizeCrossLayer()], "absorb": [AbsorbHighBias(padded=True)],
+    extra = {"cle": [EqualizeCrossLayer()], "cle-act": [EqualizeCrossLayer(criterion="activations")],
+             "absorb": [AbsorbHighBias(padded=True)],
              "cle+absorb": [EqualizeCrossLayer(), AbsorbHighBias()]}[passes]
     ref = compile_state(model, [Normalize(), FoldBatchNorm()])
     state = compile_state(model, [Normalize(), FoldBatchNorm(), *extra])
@@ -295,3 +296,21 @@ def test_probe_with_bias_correction_equals_emitted_model(name):
     want = probe.session(state_model(s), optimize=False).run(None, feeds)[0]
     got = probe.Probe(pm, optimize=False).run(config, feeds)[0]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_cle_activation_criterion_balances_activation_and_weight_columns():
+    """criterion="activations": a_i / s_i = r2_i s_i, a_i the channel's analytic activation range."""
+    from dfq_onnx.moments import laplace_clip_k
+
+    model = builders.with_data_bn_stats(builders.conv_bn_relu(c_mid=8))
+    ref = compile_state(model, [Normalize(), FoldBatchNorm()])
+    st = ref.bn_stats["conv1"]
+    a = np.clip(st.beta + laplace_clip_k(8) * np.abs(st.gamma), 0, None)
+    r2 = np.abs(ref.graph.nodes[2].inputs[1].values).max(axis=(0, 2, 3))
+    state = compile_state(model, [Normalize(), FoldBatchNorm(), EqualizeCrossLayer(criterion="activations")])
+    st2 = state.bn_stats["conv1"]
+    a2 = np.clip(st2.beta + laplace_clip_k(8) * np.abs(st2.gamma), 0, None)
+    r2e = np.abs(state.graph.nodes[2].inputs[1].values).max(axis=(0, 2, 3))
+    np.testing.assert_allclose(a2, np.sqrt(a * r2), rtol=1e-5)
+    np.testing.assert_allclose(r2e, np.sqrt(a * r2), rtol=1e-5)
+    assert state.report.notes["cross_layer_equalization"]["criterion"] == "activations"
