@@ -23,7 +23,8 @@ ReLU6 = Clip(0, hi) is scale-equivariant only on channels that never reach hi. A
 first layer's channel i is N(beta_i, gamma_i^2) (the kept statistics), so with u_i = beta_i + K |gamma_i|
 (K = `clip_sigma`) a channel with u_i < hi keeps its Clip inactive as long as s_i >= u_i / hi; such
 channels get s_i = max(s_i, u_i / hi), channels with u_i >= hi keep s_i = 1, and a Clip pair without
-statistics is skipped. FP32 is then preserved except for values more than K sigma above a channel's mean.
+statistics is skipped. FP32 is then preserved except for values more than K sigma above a channel's mean
+(K = 20, since BN outputs have heavy tails: see CLIP_SIGMA).
 
 Per-channel weight grids (`criterion="activations"`; "auto" picks it when the target quantizes
 weights per channel): the first layer's grid is invariant to S, so r1_i is replaced by the range of the
@@ -54,7 +55,10 @@ from dfq_onnx.moments import laplace_clip_k
 from dfq_onnx.pass_base import Pass, PassResult
 from dfq_onnx.state import CompileState
 
-CLIP_SIGMA = 6.0   # K: a channel is taken never to exceed beta + K |gamma| (Gaussian tail ~1e-9)
+# K: a channel is taken never to exceed beta + K |gamma|. Real BN outputs are far from Gaussian in the
+# tail: on EfficientNet-Lite0 (synthetic samples) CLE kept the FP32 logits at 26 dB SQNR with K = 6,
+# 59 dB with K = 10 and 123 dB (float precision) with K = 20.
+CLIP_SIGMA = 20.0
 
 
 def rescale_pair(state: CompileState, pair: LayerPair, s: np.ndarray) -> None:

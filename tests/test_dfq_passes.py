@@ -13,7 +13,7 @@ from dfq_onnx.passes.bias_correction import CorrectBias
 from dfq_onnx.passes.calibrate import Calibrate
 from dfq_onnx.passes.dfmpc import CompensateDFMPC
 from dfq_onnx.passes.emit_qdq import EmitQDQ
-from dfq_onnx.passes.equalize import EqualizeCrossLayer
+from dfq_onnx.passes.equalize import CLIP_SIGMA, EqualizeCrossLayer
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.plan_uniform import UniformPlan
@@ -109,8 +109,8 @@ def test_cle_depthwise_chain_and_relu6_bound():
     for layer in ("conv1", "dw"):   # channels sat reach the Clip bound of 6, the others stay far below
         st = ref.bn_stats[layer]
         ref.bn_stats[layer] = type(st)(**{**vars(st), "beta": st.beta + 5.0 * sat,
-                                          "gamma": np.where(sat, st.gamma, 0.3 * st.gamma)})
-    top = ref.bn_stats["conv1"].beta + 6.0 * np.abs(ref.bn_stats["conv1"].gamma)
+                                          "gamma": np.where(sat, st.gamma, 0.05 * st.gamma)})
+    top = ref.bn_stats["conv1"].beta + CLIP_SIGMA * np.abs(ref.bn_stats["conv1"].gamma)
     before = ref.graph.nodes[0].inputs[1].values.copy()
     EqualizeCrossLayer().run(ref)
     pairs = [p["pair"] for p in ref.report.notes["cross_layer_equalization"]["pairs"]]
