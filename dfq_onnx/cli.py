@@ -52,6 +52,24 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--latency-ms", type=float,
                    help="whole-model latency budget in ms (needs --latency-table)")
     m.add_argument("--latency-table", metavar="FILE", help="latency table from `dfq-onnx profile-target`")
+    _add_accuracy_options(p)
+
+
+def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
+    from .options import QuantizeOptions
+
+    d = QuantizeOptions()
+    a = p.add_argument_group("data-free accuracy passes (defaults from the ablation in BENCHMARKS.md)")
+    flag = argparse.BooleanOptionalAction
+    a.add_argument("--cle", action=flag, default=d.cle, help="cross-layer equalization (Nagel et al. 2019)")
+    a.add_argument("--cle-criterion", choices=("weights", "activations", "auto"), default=d.cle_criterion,
+                   help="CLE ranges: weights (Nagel), activations (per-channel weight grids), auto")
+    a.add_argument("--bias-absorption", action=flag, default=d.bias_absorption,
+                   help="high-bias absorption into the next layer (BN statistics)")
+    a.add_argument("--bias-correction", action=flag, default=d.bias_correction,
+                   help="analytic bias correction of the weight-quantization mean shift (BN statistics)")
+    a.add_argument("--dfmpc", action=flag, default=d.dfmpc,
+                   help="DF-MPC: low-precision layers compensated by the higher-precision layer after them")
 
 
 def _add_synth_options(p: argparse.ArgumentParser) -> None:
@@ -121,7 +139,9 @@ def _options(args):
                            avg_weight_bits=args.avg_weight_bits, size_mb=args.size_mb,
                            bops_ratio=args.bops_ratio, max_drop=args.max_drop, allocator=args.allocator,
                            hops=args.hops, pareto=args.pareto, latency_ms=args.latency_ms,
-                           latency_table=args.latency_table)
+                           latency_table=args.latency_table, cle=args.cle, cle_criterion=args.cle_criterion,
+                           bias_absorption=args.bias_absorption, bias_correction=args.bias_correction,
+                           dfmpc=args.dfmpc)
 
 
 def _cmd_quantize(args) -> int:

@@ -40,6 +40,12 @@ class QuantizeOptions:
     pareto: str | None = None            # write the Pareto curve here (JSON + PNG); a budget is optional
     latency_ms: float | None = None      # whole-model latency budget (needs latency_table)
     latency_table: str | None = None     # JSON written by `dfq-onnx profile-target`
+    # data-free accuracy passes (issue 7; defaults from the ablation in BENCHMARKS.md)
+    cle: bool = False                    # cross-layer equalization (passes/equalize.py)
+    cle_criterion: str = "weights"       # "weights" (Nagel) | "activations" | "auto" (see passes/equalize.py)
+    bias_absorption: bool = False        # high-bias absorption (passes/absorb_bias.py)
+    bias_correction: bool = False        # analytic bias correction (passes/bias_correction.py)
+    dfmpc: bool = False                  # DF-MPC compensation of low- by higher-precision layers
 
     @property
     def mixed(self) -> bool:
@@ -81,5 +87,7 @@ class QuantizeOptions:
             raise UsageError(f"--latency-table {self.latency_table}: file not found")
         if self.synth_samples < 1 or self.hops < 0:
             raise UsageError("--synth-samples must be positive and --hops non-negative")
+        if self.cle_criterion not in ("weights", "activations", "auto"):
+            raise UsageError(f"--cle-criterion {self.cle_criterion}: expected weights, activations or auto")
         if not 50.0 < self.percentile <= 100.0:
             raise UsageError(f"--percentile {self.percentile}: expected a value in (50, 100]")

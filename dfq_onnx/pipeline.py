@@ -5,10 +5,14 @@ from __future__ import annotations
 from .allocate import Budget
 from .options import QuantizeOptions
 from .pass_base import Pass
+from .passes.absorb_bias import AbsorbHighBias
 from .passes.allocate import AllocateBits
 from .passes.analytic_ranges import AnalyticRanges
+from .passes.bias_correction import CorrectBias
 from .passes.calibrate import Calibrate
+from .passes.dfmpc import CompensateDFMPC
 from .passes.emit_qdq import EmitQDQ
+from .passes.equalize import EqualizeCrossLayer
 from .passes.fold_bn import FoldBatchNorm
 from .passes.normalize import Normalize
 from .passes.plan_uniform import UniformPlan
@@ -42,6 +46,7 @@ def _mixed(options: QuantizeOptions) -> list[Pass]:
                     bops_ratio=options.bops_ratio, latency_ms=options.latency_ms)
     scoring = SensitivityOptions(weight_bits=options.score_bits, hops=options.hops, samples=SCORE_SAMPLES,
                                  pairs=options.allocator == "ilp-pairs", pair_bits=(2, 4), incontext=False,
+                                 bias_correction=options.bias_correction,
                                  cache_dir=options.cache_dir,
                                  use_cache=options.use_cache, progress=options.progress)
     return [ScoreSensitivity(scoring), AllocateBits(budget, options.allocator, options.max_drop,
@@ -54,10 +59,14 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
     return [
         Normalize(required_opset(target, options)),
         FoldBatchNorm(),
+        *([EqualizeCrossLayer(criterion=options.cle_criterion)] if options.cle else []),
+        *([AbsorbHighBias()] if options.bias_absorption else []),
         FindQuantGroups(),
         *([_synthesis(options)] if synthesize else []),
         *([AnalyticRanges()] if options.calib == "analytic" else []),
         Calibrate(),
         *(_mixed(options) if options.mixed else [UniformPlan()]),
+        *([CompensateDFMPC()] if options.dfmpc else []),
+        *([CorrectBias()] if options.bias_correction else []),
         EmitQDQ(),
     ]

@@ -152,8 +152,21 @@ def _switch(graph: gs.Graph, node: gs.Node, layer, slots: list, conds: list[gs.V
     graph.nodes.append(switch)
 
 
+def _slot(w, b, x_scale, bits: int, layer, target, node, mean) -> tuple:
+    """Emit's weights at `bits`; with `mean` = (E[x], tap fractions), the bias carries CorrectBias's
+    correction b - (W_hat - W) E[x] (passes/bias_correction.py)."""
+    if mean is None or b is None:
+        return emitted_weight(w, b, x_scale, bits, layer.axis, target)
+    from .corrections import mean_shift
+    from .layer_pairs import linear_kind
+
+    w_hat, _ = emitted_weight(w, b, x_scale, bits, layer.axis, target)
+    b_corr = (b - mean_shift(w_hat, w, mean[0], linear_kind(node), mean[1])).astype(np.float32)
+    return emitted_weight(w, b_corr, x_scale, bits, layer.axis, target)
+
+
 def _select_weights(graph: gs.Graph, spec: QuantSpec, groups, bits: tuple[int, ...], by_dq: dict,
-                    target) -> dict[str, str]:
+                    target, input_means: Mapping[str, tuple] | None = None) -> dict[str, str]:
     """Replace every weighted layer by a switch over its K+1 weight slots, driven by select_<group>."""
     nodes = {node_label(n): n for n in graph.nodes}
     selects: dict[str, str] = {}
@@ -177,7 +190,8 @@ def _select_weights(graph: gs.Graph, spec: QuantSpec, groups, bits: tuple[int, .
                 w = const_values(node.inputs[1]).astype(np.float32)
                 x_enc = by_dq.get(node.inputs[0].name)
                 x_scale = None if x_enc is None else float(x_enc.scale)
-                slots = [(w, b)] + [emitted_weight(w, b, x_scale, k, layer.axis, target) for k in bits]
+                mu = (input_means or {}).get(name)
+                slots = [(w, b)] + [_slot(w, b, x_scale, k, layer, target, node, mu) for k in bits]
                 done[layer.weight] = [s[0] for s in slots]
             _switch(graph, node, layer, slots, conds)
     return selects
@@ -196,7 +210,8 @@ class ProbeModel:
 
 def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], ranges: Mapping[str, Range],
                 target, weight_bits: tuple[int, ...], act_bits: int,
-                quantize_activations: bool = True) -> ProbeModel:
+                quantize_activations: bool = True,
+                input_means: Mapping[str, tuple] | None = None) -> ProbeModel:
     """The probe model for `weight_bits` candidates (see the module docstring); `graph` is untouched."""
     g = graph.copy()
     inputs = tuple(t.name for t in g.inputs)
@@ -205,7 +220,7 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
         encodings = activation_encodings(spec, ranges, target, act_bits)
         by_dq = _quantize_activations(g, spec, encodings, target)
     fast = g.copy().cleanup().toposort()
-    selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target)
+    selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target, input_means)
     g.cleanup().toposort()
     model = ir.to_model(g, ir_version=ir.min_ir_version(g.opset))
     if model.ByteSize() > ir.TWO_GB:

@@ -75,6 +75,7 @@ class CompileState:
     pareto: list | None = None         # Pareto points of AllocateBits (--pareto), see dfq_onnx/pareto.py
     forward_passes: int = 0
     model_out: object | None = None   # the emitted onnx.ModelProto
+    weight_gain: dict[str, np.ndarray] = field(default_factory=dict)  # DF-MPC: layer -> c (see passes/dfmpc)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ class SensitivityOptions:
     batch: int | None = None          # samples per ORT run (None: all at once)
     samples: int | None = None        # score on the first n samples (None: all)
     quantize_activations: bool = True
+    bias_correction: bool = False     # each candidate's weights with its analytic bias correction
     shrink: float = 1.0
     segmented: bool = True            # run configurations from the first changed segment (dfq_onnx.segments)
     use_cache: bool = True
@@ -205,7 +206,11 @@ def cache_key(state: CompileState, options: SensitivityOptions, bits, act: int, 
     target = repr(dataclasses.replace(state.target, source=""))
     opts = {k: v for k, v in dataclasses.asdict(options).items()
             if k not in ("batch", "use_cache", "cache_dir", "progress")}
-    return {"engine": ENGINE_VERSION, "model": model, "target": hashlib.sha256(target.encode()).hexdigest(),
+    graph_passes = [p for p in ("cle", "bias_absorption") if getattr(state.options, p, False)]
+    if options.bias_correction:
+        graph_passes.append("bias_correction:taps")   # version of the per-candidate correction
+    return {"engine": ENGINE_VERSION, "model": model, "graph_passes": graph_passes,
+            "target": hashlib.sha256(target.encode()).hexdigest(),
             "options": opts, "bits": list(bits), "act_bits": act, "ranges": ranges,
             "samples": _digest(*(samples[k] for k in sorted(samples))),
             "labels": None if labels is None else _digest(labels)}
@@ -282,8 +287,16 @@ def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -
     samples, labels, batch = fit_batch(state.graph, samples, labels, options.batch)
     act = state.options.act_bits or state.target.default_act_bits
     bits = candidate_bits(options, state.target, act)
+    means = None
+    if options.bias_correction:
+        from dfq_onnx.passes.bias_correction import input_moments
+
+        from dfq_onnx.layer_pairs import tap_fractions
+
+        nodes = {node_label(n): n for n in state.graph.nodes}
+        means = {layer: (m[0], tap_fractions(nodes[layer])) for layer, m in input_moments(state)[0].items()}
     pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, bits, act,
-                     options.quantize_activations)
+                     options.quantize_activations, input_means=means)
     fp32 = ir.to_model(state.graph.copy(), ir_version=ir.min_ir_version(state.graph.opset))
     ev = Evaluator(Probe(pm, segmented=options.segmented), fp32, samples, labels, options.metric, batch)
     pairs = near_pairs(state.graph, state.groups, options.hops) if options.pairs else []

@@ -1,0 +1,130 @@
+"""Analytic bias correction (Nagel et al. 2019, sec. 4.2): cancel the mean shift that weight quantization
+causes in each layer's output.
+
+    E[W_hat x + b'] = E[W x + b]   <=>   b' = b - (W_hat - W) E[x]
+
+per output channel, where (W_hat - W) E[x] sums over input channels and kernel taps; each tap is
+weighted by the fraction of output positions at which it reads data rather than zero padding (the
+correction exact on average over the feature map; on an 8x8 map a 3x3 conv's corner tap misses 23 %).
+
+W_hat is exactly the weight EmitQDQ writes for the plan's bit-width (`emit_qdq.quantize_weight` with
+the same input scale, hence the same int32-bias scale floor), so the pass needs the plan: it runs
+after UniformPlan / AllocateBits, before EmitQDQ. E[x] per input channel comes from the kept BN
+statistics through the analytic estimate of `passes.analytic_ranges.estimate`: N(beta, gamma^2) at a
+folded BN's output, the clipped-normal mean E[max(0, X)] = mu Phi(mu/sigma) + sigma phi(mu/sigma)
+after ReLU (clip quadrature for ReLU6), sums through Add; graph inputs are taken as standardized
+(E[x] = 0, no correction). Layers whose input estimate is missing, not per channel, or went through
+more than one BN-free linear layer are skipped with the reason.
+
+When DF-MPC rescaled a layer's effective weight to c W_hat (`state.weight_gain`, passes/dfmpc.py), the
+reference weight in the stored coordinates is W / c. The sensitivity probe applies the same correction
+for every candidate bit-width (`SensitivityOptions.bias_correction`), so the allocator scores
+corrected errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from dfq_onnx.passes.absorb_bias import add_to_bias
+from dfq_onnx.passes.analytic_ranges import MAX_UNANCHORED, estimate
+from dfq_onnx.passes.emit_qdq import EmitQDQ
+
+from dfq_onnx import corrections as cm
+from dfq_onnx.graph_utils import const_values, node_label
+from dfq_onnx.layer_pairs import linear_kind, tap_fractions
+from dfq_onnx.pass_base import Pass, PassResult
+from dfq_onnx.probe import emitted_weight
+from dfq_onnx.state import CompileState
+
+
+def input_moments(state: CompileState) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[dict]]:
+    """layer -> (E[x], Var[x]) per input channel of each rescalable Conv/Gemm, and the skipped layers."""
+    est, depth = estimate(state)
+    inputs = {t.name for t in state.graph.inputs}
+    out, skipped = {}, []
+    for node in state.graph.nodes:
+        if node.op not in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
+            continue
+        kind, x, label = linear_kind(node), node.inputs[0], node_label(node)
+        e = est.get(x.name)
+        reason = None
+        if kind is None:
+            reason = f"{node.op} weight is not a constant used by this node only"
+        elif x.name in inputs:
+            reason = "reads a graph input (standardized: E[x] = 0)"
+        elif e is None:
+            reason = f"no analytic estimate of '{x.name}'"
+        elif depth.get(x.name, 0) > MAX_UNANCHORED:
+            reason = f"'{x.name}' is more than {MAX_UNANCHORED} BN-free linear layer from BN statistics"
+        else:
+            m, v = e.moments()
+            cin = kind.in_channels(const_values(node.inputs[1]))
+            if not e.aligned or m.size not in (1, cin):
+                reason = f"estimate of '{x.name}' is not per channel"
+            elif np.all(np.isfinite(m)) and np.all(np.isfinite(v)):
+                out[label] = (np.broadcast_to(m, (cin,)).copy(), np.broadcast_to(v, (cin,)).copy())
+                continue
+            else:
+                reason = f"estimate of '{x.name}' is not finite"
+        skipped.append({"layer": label, "reason": reason})
+    return out, skipped
+
+
+def input_scales(state: CompileState) -> dict[str, float]:
+    """Input scale of each quantized tensor as EmitQDQ will encode it (for its int32-bias floor)."""
+    return {t: float(enc.scale) for t, enc in EmitQDQ._activation_encodings(state).items()}
+
+
+def layer_bits(state: CompileState) -> dict[str, int]:
+    return {layer: state.plan.bits[g.id][0] for g in state.groups for layer in g.layers}
+
+
+def corrected_bias(target, w: np.ndarray, b: np.ndarray, w_ref: np.ndarray, mu: np.ndarray, kind,
+                   x_scale: float | None, bits: int, axis: int | None, taps=None) -> np.ndarray:
+    """b - (W_hat - W_ref) mu, W_hat = Emit's weight for `bits`; recomputed once if the corrected bias
+    moves Emit's int32 scale floor (and with it W_hat). `taps`: in-bounds fraction of each kernel tap."""
+    w_hat, _ = emitted_weight(w, b, x_scale, bits, axis, target)
+    b_new = b - cm.mean_shift(w_hat, w_ref, mu, kind, taps)
+    w_hat2, _ = emitted_weight(w, b_new.astype(np.float32), x_scale, bits, axis, target)
+    if not np.array_equal(w_hat, w_hat2):
+        b_new = b - cm.mean_shift(w_hat2, w_ref, mu, kind, taps)
+    return b_new
+
+
+class CorrectBias(Pass):
+    """Remove the output mean shift of each layer's weight quantization at the plan's bit-widths."""
+
+    name = "CorrectBias"
+
+    def run(self, state: CompileState) -> PassResult:
+        if "bias_correction" in state.report.notes:
+            return PassResult(False, "already corrected")
+        moments, skipped = input_moments(state)
+        scales, bits = input_scales(state), layer_bits(state)
+        nodes = {node_label(n): n for n in state.graph.nodes}
+        done = []
+        for label, (mu, _) in moments.items():
+            node, spec = nodes[label], state.spec.layers.get(label)
+            if spec is None or label not in bits:
+                skipped.append({"layer": label, "reason": "not quantized"})
+                continue
+            kind = linear_kind(node)
+            w = const_values(node.inputs[1]).astype(np.float32)
+            gain = state.weight_gain.get(label)
+            w_ref = w if gain is None else cm.scale_out(w.astype(np.float64), 1.0 / gain, kind)
+            b = const_values(node.inputs[2]).astype(np.float32) if spec.bias else np.zeros(
+                w.shape[kind.out_axis()], np.float32)
+            b_new = corrected_bias(state.target, w, b, w_ref, mu, kind, scales.get(node.inputs[0].name),
+                                   bits[label], spec.axis, tap_fractions(node))
+            delta = b_new - b
+            if not np.any(delta):
+                continue
+            add_to_bias(state.graph, node, delta)
+            if spec.bias is None:
+                state.spec.layers[label] = dataclasses.replace(spec, bias=node.inputs[2].name)
+            done.append({"layer": label, "weight_bits": bits[label],
+                         "max_abs_shift": float(np.max(np.abs(delta)))})
+        state.report.notes["bias_correction"] = {"layers": done, "skipped": skipped}
+        return PassResult(bool(done), f"{len(done)} layers corrected, {len(skipped)} skipped")
