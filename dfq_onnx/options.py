@@ -44,8 +44,17 @@ class QuantizeOptions:
     cle: bool = False                    # cross-layer equalization (passes/equalize.py)
     cle_criterion: str = "weights"       # "weights" (Nagel) | "activations" | "auto" (see passes/equalize.py)
     bias_absorption: bool = False        # high-bias absorption (passes/absorb_bias.py)
-    bias_correction: bool = False        # analytic bias correction (passes/bias_correction.py)
+    bias_correction: bool | None = None  # analytic bias correction (passes/bias_correction.py);
+                                         # None: on for mixed-precision plans, off for uniform ones
+                                         # (BENCHMARKS.md, issue 7 ablation)
     dfmpc: bool = False                  # DF-MPC compensation of low- by higher-precision layers
+
+    @property
+    def correct_bias(self) -> bool:
+        """Whether CorrectBias runs: the user's choice, else on for mixed plans (the allocator scores
+        every candidate with its correction, so it only keeps bits where the corrected layer measures
+        well; on uniform plans the ablation found a ResNet-56 W4A8 row it hurts)."""
+        return self.mixed if self.bias_correction is None else self.bias_correction
 
     @property
     def mixed(self) -> bool:

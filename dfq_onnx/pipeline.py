@@ -46,7 +46,7 @@ def _mixed(options: QuantizeOptions) -> list[Pass]:
                     bops_ratio=options.bops_ratio, latency_ms=options.latency_ms)
     scoring = SensitivityOptions(weight_bits=options.score_bits, hops=options.hops, samples=SCORE_SAMPLES,
                                  pairs=options.allocator == "ilp-pairs", pair_bits=(2, 4), incontext=False,
-                                 bias_correction=options.bias_correction,
+                                 bias_correction=options.correct_bias,
                                  cache_dir=options.cache_dir,
                                  use_cache=options.use_cache, progress=options.progress)
     return [ScoreSensitivity(scoring), AllocateBits(budget, options.allocator, options.max_drop,
@@ -67,6 +67,6 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         Calibrate(),
         *(_mixed(options) if options.mixed else [UniformPlan()]),
         *([CompensateDFMPC()] if options.dfmpc else []),
-        *([CorrectBias()] if options.bias_correction else []),
+        *([CorrectBias()] if options.correct_bias else []),
         EmitQDQ(),
     ]
