@@ -7,8 +7,8 @@
 Per model: dfq-onnx uniform W8A8 with activation ranges from Gaussian noise (N(0,1), as many samples
 as the synthetic set), analytic (BN statistics, where the model has them) and synthetic (seed 0);
 output SQNR vs the FP32 model (worst output, dB) on two held-out sets: synthetic samples of another
-seed (1) and fresh N(0,1) noise. Synthesis time, ORT runs and rows are reported for the calibration
-set (0 runs when it came from the cache; pass --cache-dir to a fresh folder to time it).
+seed (1) and fresh N(0,1) noise (--held-out samples each). Synthesis time, ORT runs and rows are
+reported for the calibration set (0 runs when it came from the cache; a fresh --cache-dir times it).
 """
 
 from __future__ import annotations
@@ -67,16 +67,17 @@ def sqnr(ref_sess, q_sess, feeds: dict[str, np.ndarray], batch: int = 8) -> floa
     return worst
 
 
-def bench(name: str, path: Path, shapes: dict, samples: int, cache_dir: str | None, tmp: Path) -> list:
+def bench(name: str, path: Path, shapes: dict, samples: int, held_out: int, cache_dir: str | None,
+          tmp: Path) -> list:
     hints = {k: tuple(v) for k, v in shapes.items()}
     t0 = time.perf_counter()
     syn = dfq_api.synthesize(path, samples=samples, seed=0, input_shapes=hints, cache_dir=cache_dir,
                              progress=False)
     seconds = time.perf_counter() - t0
-    held = dfq_api.synthesize(path, samples=samples, seed=1, input_shapes=hints, cache_dir=cache_dir,
+    held = dfq_api.synthesize(path, samples=held_out, seed=1, input_shapes=hints, cache_dir=cache_dir,
                               progress=False)
     calib_npz = write_input_npz(tmp / f"{name}_syn.npz", syn.inputs)
-    evals = {"held-out synthetic": held.inputs, "noise": noise(shapes, samples, 123)}
+    evals = {"held-out synthetic": held.inputs, "noise": noise(shapes, held_out, 123)}
     ref = session(path)
     row = [name, syn.objective, syn.steps, f"{seconds:.0f}", syn.forward_passes, syn.samples_evaluated,
            f"{syn.loss_start:.3f} -> {syn.loss_end:.3f}"]
@@ -97,6 +98,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=None)
     ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--held-out", type=int, default=16, help="held-out samples per evaluation set")
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args()
     print(machine_info())
@@ -104,11 +106,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_sqnr_") as tmp:
         for name, (path, shapes) in models().items():
-            if args.only and args.only not in name:
+            if args.only and not any(part in name for part in args.only.split(",")):
                 continue
-            rows.append(bench(name, path, shapes, args.samples, args.cache_dir, Path(tmp)))
+            rows.append(bench(name, path, shapes, args.samples, args.held_out, args.cache_dir, Path(tmp)))
             print(" | ".join(str(c) for c in rows[-1]), file=sys.stderr, flush=True)
-    print(f"\nW8A8 output SQNR vs FP32 (worst float output, dB), {args.samples} samples per set\n")
+    print(f"\nW8A8 output SQNR vs FP32 (worst float output, dB); calibration sets of {args.samples} "
+          f"samples, evaluation sets of {args.held_out}\n")
     head = ["model", "objective", "steps", "synth s", "ORT runs", "rows", "loss"]
     for calib in ("noise", "analytic", "synthetic"):
         head += [f"{calib} calib: on held-out synth", f"{calib} calib: on noise"]
