@@ -269,6 +269,7 @@ def test_unwritable_cache_dir_only_warns(bn_state, tmp_path, caplog):
 
 def test_latent_size_and_step_budget_follow_the_model_size():
     from dfq_onnx.passes.synthesize import MAX_STEPS, MIN_STEPS, budgeted_steps
+
     from dfq_onnx.search import stage_factors
 
     assert stage_factors((3, 32, 32), 3) == [8, 4, 2]                  # latent 4, 8, 16 pixels ...
