@@ -67,15 +67,15 @@ def sqnr(ref_sess, q_sess, feeds: dict[str, np.ndarray], batch: int = 8) -> floa
     return worst
 
 
-def bench(name: str, path: Path, shapes: dict, samples: int, held_out: int, cache_dir: str | None,
-          tmp: Path) -> list:
+def bench(name: str, path: Path, shapes: dict, samples: int, held_out: int, steps: int | None,
+          cache_dir: str | None, tmp: Path) -> list:
     hints = {k: tuple(v) for k, v in shapes.items()}
     t0 = time.perf_counter()
     syn = dfq_api.synthesize(path, samples=samples, seed=0, input_shapes=hints, cache_dir=cache_dir,
-                             progress=False)
+                             steps=steps, progress=False)
     seconds = time.perf_counter() - t0
     held = dfq_api.synthesize(path, samples=held_out, seed=1, input_shapes=hints, cache_dir=cache_dir,
-                              progress=False)
+                              steps=steps, progress=False)
     calib_npz = write_input_npz(tmp / f"{name}_syn.npz", syn.inputs)
     evals = {"held-out synthetic": held.inputs, "noise": noise(shapes, held_out, 123)}
     ref = session(path)
@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("--only", default=None)
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--held-out", type=int, default=16, help="held-out samples per evaluation set")
+    ap.add_argument("--steps", type=int, default=None, help="ES steps (default: the pass's budget)")
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args()
     print(machine_info())
@@ -108,7 +109,8 @@ def main() -> None:
         for name, (path, shapes) in models().items():
             if args.only and not any(part in name for part in args.only.split(",")):
                 continue
-            rows.append(bench(name, path, shapes, args.samples, args.held_out, args.cache_dir, Path(tmp)))
+            rows.append(bench(name, path, shapes, args.samples, args.held_out, args.steps, args.cache_dir,
+                              Path(tmp)))
             print(" | ".join(str(c) for c in rows[-1]), file=sys.stderr, flush=True)
     print(f"\nW8A8 output SQNR vs FP32 (worst float output, dB); calibration sets of {args.samples} "
           f"samples, evaluation sets of {args.held_out}\n")
