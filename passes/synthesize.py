@@ -23,7 +23,8 @@ depthwise networks being memory-bound), and at least 12 steps. CIFAR ResNet-56 (
 EfficientNet-Lite0 at 224 x 224 (E = 6.7M), 32 samples: 27 steps. Memory: ORT keeps a few activations per
 row alive, so `synth_runner` caps the rows per call at 1 GiB / (4 bytes * (3 * largest activation
 + outputs per row)): ~0.2 MB per row for a CIFAR ResNet (all 256 rows in one call, ~50 MB); a
-224 x 224 model with a 96 x 112 x 112 activation needs ~15 MB per row: 74 rows per call.
+224 x 224 model with a 96 x 112 x 112 activation needs ~15 MB per row: 72 rows per call. That is an
+estimate, not a bound: on EfficientNet-Lite0 the process peaked at ~7 GB RSS (ORT's arena).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 OBJECTIVES = ("auto", "bn", "label", "bn+label")
 ENGINE_VERSION = 3      # bump when the algorithm changes: old cache entries are then ignored
-STAGES = 3              # coarse-to-fine latent stages (H/8, H/4, H/2 for 32x32 inputs)
+STAGES = 3              # coarse-to-fine latent stages (latent short side 4, 8, 16 pixels)
 SIGMA, LR = 0.3, 0.05   # ES perturbation scale and Adam step, in latent (pixel) units
 MAX_STEPS, MIN_STEPS, ELEMENT_BUDGET = 80, 12, 24e9   # default steps: see the module docstring
 
