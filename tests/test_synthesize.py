@@ -281,3 +281,16 @@ def test_latent_size_and_step_budget_follow_the_model_size():
     assert budgeted_steps(large, 6_740_000) == 27                      # EfficientNet-Lite0, 224 x 224
     assert budgeted_steps(large, 10 ** 9) == MIN_STEPS                 # never fewer than MIN_STEPS
     assert budgeted_steps(SynthesisOptions(samples=32, steps=5), 10 ** 9) == 5    # given steps are kept
+
+
+def test_default_calibration_is_synthetic_and_a_rerun_hits_the_cache(tmp_path):
+    import dfq_onnx
+    from dfq_onnx import ir
+
+    model = builders.conv_bn_relu_residual(c=8, hw=8)
+    first, r1 = dfq_onnx.quantize(model, cache_dir=str(tmp_path), progress=False)
+    again, r2 = dfq_onnx.quantize(model, cache_dir=str(tmp_path), progress=False)
+    assert r1.model["options"]["calib"] == "synthetic"
+    assert r1.notes["synthesis"]["cache_hit"] is False and r1.notes["synthesis"]["forward_passes"] > 0
+    assert r2.notes["synthesis"]["cache_hit"] is True and r2.notes["synthesis"]["forward_passes"] == 0
+    assert ir.serialize(first) == ir.serialize(again)                  # same samples, same model bytes
