@@ -16,7 +16,7 @@ ALLOCATORS = ("ilp-pairs", "ilp", "greedy", "uniform")
 class QuantizeOptions:
     weight_bits: int | None = None       # None: the target's default
     act_bits: int | None = None
-    calib: str = "analytic"              # "synthetic" | "analytic" | "noise" | path to an .npz of inputs
+    calib: str = "synthetic"             # "synthetic" | "analytic" | "noise" | path to an .npz of inputs
     calib_samples: int = 64              # samples generated for noise calibration
     calib_batch: int = 32
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # hints for dynamic dims
@@ -69,7 +69,8 @@ class QuantizeOptions:
                 raise UsageError(f"--{name.replace('_', '-')} {value}: expected one of "
                                  f"{', '.join(map(str, SUPPORTED_BITS))}")
         if self.calib not in CALIB_MODES and not str(self.calib).endswith(".npz"):
-            raise UsageError(f"--calib {self.calib}: expected 'noise', 'analytic' or a path to an .npz file")
+            raise UsageError(f"--calib {self.calib}: expected 'synthetic', 'analytic', 'noise' or a path "
+                             "to an .npz file")
         if self.calib.endswith(".npz") and not Path(self.calib).is_file():
             raise UsageError(f"--calib {self.calib}: file not found")
         if self.calib_samples < 1 or self.calib_batch < 1:

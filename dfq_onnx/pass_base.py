@@ -53,7 +53,8 @@ def run_passes(passes: Sequence[Pass], state: CompileState) -> CompileState:
             raise
         except Exception as exc:
             after = f" (after {', '.join(done)})" if done else ""
-            raise PassError(f"{name} failed{after}: {type(exc).__name__}: {exc}", exc) from exc
+            first = (str(exc).strip().splitlines() or [""])[0]     # one line; --debug has the rest
+            raise PassError(f"{name} failed{after}: {type(exc).__name__}: {first}", exc) from exc
         seconds = time.perf_counter() - start
         entry = {"pass": name, "modified": result.modified, "seconds": round(seconds, 4),
                  "forward_passes": state.forward_passes - before, "summary": result.summary}

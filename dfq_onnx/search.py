@@ -8,7 +8,7 @@ the images u0 of the current stage, split into NB = 4 octave bands b (FFT masks,
 
 with a_b in R^C the log-gain of each channel in band b (contrast per scale), M = I + dM a C x C
 colour mix (C <= 4), and z in R^{C x h x w} a low-resolution residual latent. Each stage starts at
-theta = 0 (u = u0) and uses a finer latent (h = H/8, H/4, H/2 for 32 x 32: coarse to fine); the
+theta = 0 (u = u0) and uses a finer latent (short side 4, 8, 16: coarse to fine); the
 gains and the mix reach every frequency, the latent adds new low-frequency structure. B = 2.5 keeps
 the inputs standardized-looking (real CIFAR/ImageNet inputs lie in [-2.1, 2.6]). Other ranks are
 searched directly: u = u0 + z. The first images are random fields with a 1/f^1.5 amplitude
@@ -36,6 +36,7 @@ import numpy as np
 PINK_ALPHA, CHANNEL_CORR = 1.5, 0.8
 BOUND = 2.5          # |x| < BOUND: standardized inputs rarely leave it
 BANDS, MAX_MIX = 4, 4
+LATENT_SIDES = (4, 8, 16)   # latent short side per stage, coarse to fine
 
 
 @dataclass(frozen=True)
@@ -116,11 +117,14 @@ class Stage:
 
 
 def stage_factors(shape: tuple[int, ...], stages: int) -> list[int]:
-    """Latent down-sampling factors, coarse to fine: [..., 8, 4, 2] (1 = direct, for non-images)."""
+    """Latent down-sampling factors, coarse to fine (1 = direct, for non-images): the latent's short
+    side is 4, 8, 16 pixels whatever the input size (factors 8, 4, 2 at 32 x 32; 56, 28, 14 at 224 x
+    224), because ES with a few candidates per step only estimates a descent direction in a few
+    hundred dimensions per sample; finer detail comes from the band gains."""
     if len(shape) != 3:
         return [1]
     side = min(shape[1:])
-    factors = [f for f in (16, 8, 4, 2) if side // f >= 2]
+    factors = [side // s for s in LATENT_SIDES if side // s >= 2]
     return factors[-stages:] if factors else [1]
 
 

@@ -82,6 +82,18 @@ def _per_row_numel(graph: gs.Graph) -> int:
     return max((int(np.prod(t.shape[1:])) for t in graph.tensors().values() if known(t)), default=1)
 
 
+def row_elements(graph: gs.Graph, shapes: dict[str, tuple[int, ...]]) -> int:
+    """Activation elements per row: outputs of every Conv/Gemm/MatMul with a known shape (the cost
+    proxy of the step budget), else the largest known tensor or input."""
+    total = 0
+    for node in graph.nodes:
+        out = node.outputs[0] if node.op in LAYERS and node.outputs else None
+        dims = out.shape[1:] if out is not None and out.shape else [None]
+        if all(isinstance(d, int) and d > 0 for d in dims):
+            total += int(np.prod(dims))
+    return total or max(_per_row_numel(graph), *(int(np.prod(s)) for s in shapes.values()))
+
+
 class Runner:
     """Evaluates rows on the statistics model; counts ORT calls and rows."""
 

@@ -15,11 +15,16 @@ band gains, a colour mix and a low-resolution residual latent of each image (the
 ranks). The result is cached on disk (`dfq_onnx.cache`) keyed by the model hash and every option
 that changes it, so a rerun performs no ORT run.
 
-Defaults: 64 samples, 80 steps of P = 2 pairs: 64 * 4 * 80 = 20480 rows in 80 single-call steps,
-plus the probe, first and last evaluations (83 ORT runs). Memory: ORT keeps a few activations per
+Defaults: 64 samples, up to 80 steps of P = 2 pairs: 64 * 4 * 80 = 20480 rows in 80 single-call
+steps, plus the probe, first and last evaluations (83 ORT runs). Unless steps are given, they are
+capped by a compute budget, deterministic in the model: rows * E <= 24e9, E = activation elements
+per row (outputs of every Conv/Gemm/MatMul; ORT's time per row is about proportional to it on CPU,
+depthwise networks being memory-bound), and at least 12 steps. CIFAR ResNet-56 (E = 0.53M) keeps 80;
+EfficientNet-Lite0 at 224 x 224 (E = 6.7M), 32 samples: 27 steps. Memory: ORT keeps a few activations per
 row alive, so `synth_runner` caps the rows per call at 1 GiB / (4 bytes * (3 * largest activation
 + outputs per row)): ~0.2 MB per row for a CIFAR ResNet (all 256 rows in one call, ~50 MB); a
-224 x 224 model with a 96 x 112 x 112 activation needs ~15 MB per row: 74 rows per call.
+224 x 224 model with a 96 x 112 x 112 activation needs ~15 MB per row: 72 rows per call. That is an
+estimate, not a bound: on EfficientNet-Lite0 the process peaked at ~7 GB RSS (ORT's arena).
 """
 
 from __future__ import annotations
@@ -36,20 +41,21 @@ from dfq_onnx.errors import UsageError
 from dfq_onnx.pass_base import Pass, PassResult
 from dfq_onnx.search import ESConfig, Stage, es_minimize, pink_noise, squash, stage_factors
 from dfq_onnx.state import CompileState
-from dfq_onnx.synth_runner import build_objective, resolve_shapes
+from dfq_onnx.synth_runner import build_objective, resolve_shapes, row_elements
 
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("auto", "bn", "label", "bn+label")
-ENGINE_VERSION = 2      # bump when the algorithm changes: old cache entries are then ignored
-STAGES = 3              # coarse-to-fine latent stages (H/8, H/4, H/2 for 32x32 inputs)
+ENGINE_VERSION = 3      # bump when the algorithm changes: old cache entries are then ignored
+STAGES = 3              # coarse-to-fine latent stages (latent short side 4, 8, 16 pixels)
 SIGMA, LR = 0.3, 0.05   # ES perturbation scale and Adam step, in latent (pixel) units
+MAX_STEPS, MIN_STEPS, ELEMENT_BUDGET = 80, 12, 24e9   # default steps: see the module docstring
 
 
 @dataclass(frozen=True)
 class SynthesisOptions:
     samples: int = 64
-    steps: int = 80             # ES steps in total, split over the stages
+    steps: int | None = None    # ES steps in total, split over the stages (None: budgeted, <= 80)
     population: int = 2         # antithetic pairs per sample and step (2P rows per sample per step)
     seed: int = 0
     objective: str = "auto"     # "bn" | "label" | "bn+label" | "auto" (bn if BN statistics exist,
@@ -59,7 +65,7 @@ class SynthesisOptions:
     progress: bool = True
 
     def __post_init__(self):
-        if self.samples < 1 or self.steps < 0 or self.population < 1:
+        if self.samples < 1 or (self.steps is not None and self.steps < 0) or self.population < 1:
             raise UsageError(f"synthesis: samples ({self.samples}) and population ({self.population}) must "
                              f"be positive and steps ({self.steps}) non-negative")
         if self.objective not in OBJECTIVES:
@@ -77,6 +83,7 @@ class SynthesisResult:
     seconds: float
     cache_hit: bool
     objective: str
+    steps: int = 0              # ES steps of the search (also reported on a cache hit)
 
 
 def resolve_objective(requested: str, bn_stats: dict) -> str:
@@ -88,9 +95,17 @@ def resolve_objective(requested: str, bn_stats: dict) -> str:
     return requested
 
 
-def _key(model_hash: str, options: SynthesisOptions, kind: str, shapes: dict) -> dict:
+def budgeted_steps(options: SynthesisOptions, elements_per_row: int) -> int:
+    """The given steps, else MAX_STEPS capped by ELEMENT_BUDGET (module docstring), >= MIN_STEPS."""
+    if options.steps is not None:
+        return options.steps
+    per_step = options.samples * 2 * options.population * max(elements_per_row, 1)
+    return int(min(MAX_STEPS, max(MIN_STEPS, ELEMENT_BUDGET // per_step)))
+
+
+def _key(model_hash: str, options: SynthesisOptions, kind: str, shapes: dict, steps: int) -> dict:
     return {"engine": ENGINE_VERSION, "model": model_hash, "samples": options.samples,
-            "steps": options.steps, "population": options.population, "seed": options.seed,
+            "steps": steps, "population": options.population, "seed": options.seed,
             "objective": kind, "shapes": {k: list(v) for k, v in sorted(shapes.items())}}
 
 
@@ -100,7 +115,8 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     start = time.perf_counter()
     shapes = resolve_shapes(graph, input_shapes or {})
     kind = resolve_objective(options.objective, bn_stats)
-    path = cache.cache_path("synthetic", _key(model_hash, options, kind, shapes), options.cache_dir)
+    steps = budgeted_steps(options, row_elements(graph, shapes))
+    path = cache.cache_path("synthetic", _key(model_hash, options, kind, shapes, steps), options.cache_dir)
     use_cache = options.use_cache and bool(model_hash)      # no hash, no safe key
     if use_cache and (hit := _from_cache(path, shapes, start)) is not None:
         return hit
@@ -111,11 +127,11 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     objective, runner = build_objective(kind, graph, bn_stats, shapes, start_images, rng)
     idx = np.arange(n)
     loss_start = float(runner.losses(objective, start_images, idx).mean())
-    images = _search(latent, shapes, objective, runner, options, rng)
+    images = _search(latent, shapes, objective, runner, options, steps, rng)
     loss_end = float(runner.losses(objective, images, idx).mean())
     labels = objective.label.labels if objective.label is not None else None
     result = SynthesisResult(images, labels, loss_start, loss_end, runner.calls, runner.rows,
-                             time.perf_counter() - start, False, kind)
+                             time.perf_counter() - start, False, kind, steps)
     if use_cache:
         try:
             cache.save_npz_atomic(path, _to_arrays(result))
@@ -124,13 +140,12 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     return result
 
 
-def _search(latent, shapes, objective, runner, options, rng):
+def _search(latent, shapes, objective, runner, options, total, rng):
     """Coarse-to-fine ES: per stage, parameters around the current (pre-squash) images."""
     factors = stage_factors(next(iter(shapes.values())), STAGES)
-    per_stage = [options.steps // len(factors) + (i < options.steps % len(factors))
-                 for i in range(len(factors))]
+    per_stage = [total // len(factors) + (i < total % len(factors)) for i in range(len(factors))]
     cfg = ESConfig(options.population, SIGMA, LR)
-    with tqdm(total=options.steps, desc="synthesize", disable=not options.progress, leave=False) as bar:
+    with tqdm(total=total, desc="synthesize", disable=not options.progress, leave=False) as bar:
         for factor, steps in zip(factors, per_stage):
             latent = _run_stage(Stage(latent, factor), objective, runner, cfg, steps, rng, bar)
     return squash(latent)
@@ -159,7 +174,7 @@ def _to_arrays(result: SynthesisResult) -> dict[str, np.ndarray]:
     if result.labels is not None:
         arrays["labels"] = result.labels
     meta = [result.loss_start, result.loss_end, result.forward_passes, result.samples_evaluated,
-            result.seconds]
+            result.seconds, result.steps]
     arrays["meta"] = np.array(meta, np.float64)
     arrays["objective"] = np.array(result.objective)
     return arrays
@@ -172,10 +187,12 @@ def _from_cache(path, shapes, start) -> SynthesisResult | None:
     inputs = {k: arrays[f"input/{k}"] for k in shapes}
     if any(v.shape[1:] != tuple(shapes[k]) for k, v in inputs.items()):
         return None
-    meta = arrays["meta"]
+    meta = arrays.get("meta")
+    if meta is None or meta.shape != (6,) or "objective" not in arrays:
+        return None
     log.info("synthetic inputs from cache %s (searched in %.1fs, %d ORT runs)", path, meta[4], meta[2])
     return SynthesisResult(inputs, arrays.get("labels"), float(meta[0]), float(meta[1]), 0, 0,
-                           time.perf_counter() - start, True, str(arrays["objective"]))
+                           time.perf_counter() - start, True, str(arrays["objective"]), int(meta[5]))
 
 
 class Synthesize(Pass):
@@ -193,7 +210,7 @@ class Synthesize(Pass):
         state.synthetic = result
         state.forward_passes += result.forward_passes
         state.report.notes["synthesis"] = {
-            "objective": result.objective, "samples": self.options.samples, "steps": self.options.steps,
+            "objective": result.objective, "samples": self.options.samples, "steps": result.steps,
             "population": self.options.population, "seed": self.options.seed,
             "loss_start": round(result.loss_start, 6), "loss_end": round(result.loss_end, 6),
             "forward_passes": result.forward_passes, "rows_evaluated": result.samples_evaluated,

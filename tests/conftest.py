@@ -29,3 +29,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not available at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Synthetic calibration (the default) caches its samples: keep them out of the user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DFQ_ONNX_CACHE_DIR", str(tmp_path_factory.mktemp("dfq-cache")))
+    yield
+    mp.undo()

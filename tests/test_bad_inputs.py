@@ -193,8 +193,8 @@ def test_an_internal_error_is_one_line_too(tmp_path, capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("simulated bug\nsecond line")
 
-    monkeypatch.setattr(ir, "to_model", broken)
-    argv = ["-q", "quantize", str(src), "-o", str(tmp_path / "q.onnx")]
+    monkeypatch.setattr(ir, "to_model", broken)    # hit after the passes: analytic ranges run no ORT
+    argv = ["-q", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--calib", "analytic"]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "internal error: RuntimeError: simulated bug;" in err
@@ -202,3 +202,19 @@ def test_an_internal_error_is_one_line_too(tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
     with pytest.raises(RuntimeError):
         main(["--debug", *argv])
+
+
+def test_a_bug_inside_a_pass_is_one_line(tmp_path, capsys, monkeypatch):
+    from dfq_onnx import ir
+
+    src = _save(builders.conv_bn_relu(), tmp_path / "m.onnx")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug\nsecond line")
+
+    monkeypatch.setattr(ir, "to_model", broken)       # the synthesis pass exports the graph first
+    argv = ["-q", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--calib", "synthetic", "--no-cache"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Synthesize failed" in err and "simulated bug" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

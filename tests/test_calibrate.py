@@ -89,5 +89,5 @@ def test_dynamic_spatial_dims_need_a_hint_for_noise_calibration():
 
 
 def test_dynamic_dims_need_no_hint_when_all_ranges_are_analytic():
-    out, report = dfq_onnx.quantize(builders.conv_bn_relu(hw=None), progress=False)
+    out, report = dfq_onnx.quantize(builders.conv_bn_relu(hw=None), calib="analytic", progress=False)
     assert report.forward_passes == 0

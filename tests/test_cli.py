@@ -21,7 +21,8 @@ def model_path(tmp_path):
 
 def test_quantize_end_to_end(model_path, tmp_path, capsys):
     out, report = tmp_path / "q.onnx", tmp_path / "report.json"
-    assert main(["-q", "quantize", str(model_path), "-o", str(out), "--report", str(report)]) == 0
+    assert main(["-q", "quantize", str(model_path), "-o", str(out), "--report", str(report),
+                 "--calib", "analytic"]) == 0
     onnx.checker.check_model(onnx.load(out), full_check=True)
     data = json.loads(report.read_text())
     assert len(data["layers"]) == 3                      # conv1, conv2, fc

@@ -96,8 +96,8 @@ def test_pareto_section_renders_when_points_exist():
 def test_analytic_report_compares_on_noise(tmp_path):
     src = tmp_path / "m.onnx"
     onnx.save(builders.conv_bn_relu(), src)
-    assert main(["-q", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--report",
-                 str(tmp_path / "r.json")]) == 0
+    assert main(["-q", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--calib", "analytic",
+                 "--report", str(tmp_path / "r.json")]) == 0
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["forward_passes"] == 0 and data["comparison"]["source"] == "noise"
     assert data["comparison"]["forward_passes"] == 2 and data["sensitivity"] is None

@@ -35,7 +35,8 @@ def test_resnet20_w8a8_analytic(shared_data, tmp_path):
     path = shared_data / "resnet20_cifar10.onnx"
     if not path.is_file():
         pytest.skip(f"{path} not available")
-    out, report = dfq_onnx.quantize(path, output=tmp_path / "resnet20_w8a8.onnx", progress=False)
+    out, report = dfq_onnx.quantize(path, output=tmp_path / "resnet20_w8a8.onnx", calib="analytic",
+                                    progress=False)
     onnx.checker.check_model(str(tmp_path / "resnet20_w8a8.onnx"), full_check=True)
     assert report.forward_passes == 0 and report.notes["bn_folded"] == 19
     x, labels = _cifar(shared_data, 1000)

@@ -128,11 +128,12 @@ def test_cache_hit_on_rerun_runs_nothing(bn_state, tmp_path, monkeypatch):
 def test_cache_key_covers_result_options_only(tmp_path):
     base = SynthesisOptions(steps=5)
     same = SynthesisOptions(steps=5, progress=False, cache_dir=str(tmp_path), use_cache=False)
-    key = _key("m", base, "bn", SHAPES)
-    assert key == _key("m", same, "bn", SHAPES)
-    for other in (_key("m", SynthesisOptions(steps=6), "bn", SHAPES), _key("m", base, "bn+label", SHAPES),
-                  _key("m2", base, "bn", SHAPES), _key("m", SynthesisOptions(steps=5, seed=1), "bn", SHAPES),
-                  _key("m", base, "bn", {"input": (8, 6, 6)})):
+    key = _key("m", base, "bn", SHAPES, 5)
+    assert key == _key("m", same, "bn", SHAPES, 5)
+    for other in (_key("m", SynthesisOptions(steps=6), "bn", SHAPES, 6),
+                  _key("m", base, "bn+label", SHAPES, 5), _key("m2", base, "bn", SHAPES, 5),
+                  _key("m", SynthesisOptions(steps=5, seed=1), "bn", SHAPES, 5),
+                  _key("m", base, "bn", {"input": (8, 6, 6)}, 5)):
         assert cache.cache_path("synthetic", other, tmp_path) != cache.cache_path("synthetic", key, tmp_path)
     parts = {"model": "m", "steps": 3}
     path = cache.save_npz_atomic(cache.cache_path("synthetic", parts, tmp_path), {"a": np.arange(3)})
@@ -264,3 +265,32 @@ def test_unwritable_cache_dir_only_warns(bn_state, tmp_path, caplog):
     opts = SynthesisOptions(**{**FAST, "steps": 2, "use_cache": True}, cache_dir=str(blocker))
     result = synthesize(bn_state.graph, bn_state.bn_stats, opts, "m")
     assert not result.cache_hit and "cannot write the synthesis cache" in caplog.text
+
+
+def test_latent_size_and_step_budget_follow_the_model_size():
+    from dfq_onnx.passes.synthesize import MAX_STEPS, MIN_STEPS, budgeted_steps
+
+    from dfq_onnx.search import stage_factors
+
+    assert stage_factors((3, 32, 32), 3) == [8, 4, 2]                  # latent 4, 8, 16 pixels ...
+    assert stage_factors((3, 224, 224), 3) == [56, 28, 14]             # ... whatever the input size
+    assert stage_factors((3, 48, 192), 3) == [12, 6, 3]                # short side decides
+    assert stage_factors((16,), 3) == [1]                              # non-images: the raw input
+    small, large = SynthesisOptions(samples=64), SynthesisOptions(samples=32)
+    assert budgeted_steps(small, 530_000) == MAX_STEPS                 # CIFAR ResNet-56 size: all steps
+    assert budgeted_steps(large, 6_740_000) == 27                      # EfficientNet-Lite0, 224 x 224
+    assert budgeted_steps(large, 10 ** 9) == MIN_STEPS                 # never fewer than MIN_STEPS
+    assert budgeted_steps(SynthesisOptions(samples=32, steps=5), 10 ** 9) == 5    # given steps are kept
+
+
+def test_default_calibration_is_synthetic_and_a_rerun_hits_the_cache(tmp_path):
+    import dfq_onnx
+    from dfq_onnx import ir
+
+    model = builders.conv_bn_relu_residual(c=8, hw=8)
+    first, r1 = dfq_onnx.quantize(model, cache_dir=str(tmp_path), progress=False)
+    again, r2 = dfq_onnx.quantize(model, cache_dir=str(tmp_path), progress=False)
+    assert r1.model["options"]["calib"] == "synthetic"
+    assert r1.notes["synthesis"]["cache_hit"] is False and r1.notes["synthesis"]["forward_passes"] > 0
+    assert r2.notes["synthesis"]["cache_hit"] is True and r2.notes["synthesis"]["forward_passes"] == 0
+    assert ir.serialize(first) == ir.serialize(again)                  # same samples, same model bytes
