@@ -39,10 +39,11 @@ from dfq_onnx import quantize  # noqa: E402
 log = logging.getLogger("benchmarks.allocation")
 
 
-def end_to_end(model: Path, workdir: Path) -> dict:
+def end_to_end(model: Path, workdir: Path, extra: list[str]) -> dict:
     out, rep = workdir / "e2e.onnx", workdir / "e2e.json"
     cmd = [sys.executable, "-m", "dfq_onnx.cli", "-q", "quantize", str(model), "-o", str(out),
-           "--avg-weight-bits", "4", "--cache-dir", str(workdir / "e2e-cache"), "--report", str(rep)]
+           "--avg-weight-bits", "4", "--cache-dir", str(workdir / "e2e-cache"), "--report", str(rep),
+           *extra]
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - start
@@ -60,17 +61,18 @@ def run_model(name: str, args, x, y, rows: list, e2e_rows: list, workdir: Path) 
         acc = top1(path, x, y)
         rows.append([name, f"ORT quantize_static W{wb}A8 (real calib)", wb, "-", acc, fp32 - acc, "", ""])
     cache = workdir / f"cache-{name}"
+    extra = {} if args.bias_correction is None else {"bias_correction": args.bias_correction}
     for budget in args.budgets:
         for allocator in args.allocators:
             out = workdir / f"{name}_{budget}_{allocator}.onnx"
             start = time.perf_counter()
             if allocator == "uniform" and float(budget).is_integer():
                 _, rep = quantize(model, output=out, weight_bits=int(budget), progress=False,
-                                  cache_dir=str(cache))
+                                  cache_dir=str(cache), **extra)
                 avg, measured, predicted = float(budget), "", ""
             else:
                 _, rep = quantize(model, output=out, avg_weight_bits=float(budget), allocator=allocator,
-                                  progress=False, cache_dir=str(cache))
+                                  progress=False, cache_dir=str(cache), **extra)
                 alloc = rep.notes["allocation"]
                 avg, measured, predicted = alloc["avg_weight_bits"], alloc["measured_loss"], \
                     alloc["predicted_loss"]
@@ -79,7 +81,8 @@ def run_model(name: str, args, x, y, rows: list, e2e_rows: list, workdir: Path) 
                      time.perf_counter() - start)
             rows.append([name, f"dfq-onnx {allocator}", budget, avg, acc, fp32 - acc, measured, predicted])
     if not args.no_e2e:
-        e2e = end_to_end(model, workdir)
+        flag = {None: [], True: ["--bias-correction"], False: ["--no-bias-correction"]}[args.bias_correction]
+        e2e = end_to_end(model, workdir, flag)
         e2e_rows.append([name, e2e["wall"], *(e2e["passes"].get(k, 0.0) for k in
                                               ("Synthesize", "ScoreSensitivity", "AllocateBits", "EmitQDQ"))])
 
@@ -90,6 +93,8 @@ def main() -> None:
     ap.add_argument("--budgets", default="3,4,5")
     ap.add_argument("--allocators", default="uniform,greedy,ilp,ilp-pairs")
     ap.add_argument("--no-e2e", action="store_true")
+    ap.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
+                    help="force the analytic bias correction on/off (default: the pipeline's default)")
     args = ap.parse_args()
     args.budgets = [float(b) if "." in b else int(b) for b in args.budgets.split(",")]
     args.allocators = args.allocators.split(",")
