@@ -259,17 +259,19 @@ class Probe:
     A configuration maps group id -> weight bits (one of `bits`) or None (FP32); absent groups are FP32.
     """
 
-    def __init__(self, probe: ProbeModel, optimize: bool = True, threads: int = 0, segmented: bool = False):
+    def __init__(self, probe: ProbeModel, optimize: bool = True, threads: int = 0, segmented: bool = False,
+                 samples: int | None = None):
         self.probe = probe
         self.session = session(probe.model, optimize, threads)
         self.slot = {FP32: 0, **{b: i + 1 for i, b in enumerate(probe.bits)}}
         self.runner = None
         if segmented and probe.graph is not None:
-            from .segments import SegmentedRunner
+            from .segments import CACHE_BYTES, SegmentedRunner
 
+            bound = None if samples is None else CACHE_BYTES // 4 // max(samples, 1)
             self.runner = SegmentedRunner(
                 probe.graph, probe.fast_graph, probe.layer_group, probe.selects, probe.inputs,
-                lambda m: session(m, optimize, threads, fuse_qdq=False))
+                lambda m: session(m, optimize, threads, fuse_qdq=False), max_cache_elements=bound)
 
     def run_batch(self, config: Mapping[str, int | None], feeds: dict[str, np.ndarray],
                   key=None) -> list[np.ndarray]:

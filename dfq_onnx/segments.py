@@ -20,8 +20,10 @@ two groups (singles, pairs), so:
 
 Memory bound: the cache holds, per scoring batch, the tensors crossing the S - 1 cuts plus the model
 outputs -- at most (S - 1) x the largest crossing set x batch -- for every batch of the scoring set
-(the sum over cuts is reported as `cache_bytes`); when it would exceed `max_cache_bytes` fewer cuts
-are used. Sessions: 2 S, holding the probe's constants once more in the fast halves (FP32 weights).
+(the sum over cuts is reported as `cache_bytes`); cuts whose crossing tensors would push the per-sample
+total over `max_cache_elements` are not taken (the scorer passes CACHE_BYTES / 4 / samples, so the cache
+stays under CACHE_BYTES = 2 GiB for any scoring set). Sessions: 2 S, holding the probe's constants
+once more in the fast halves (FP32 weights).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from . import ir
 from .graph_utils import node_label
 
 log = logging.getLogger(__name__)
+CACHE_BYTES = 2 << 30      # bound of the prefix cache over the whole scoring set
 
 
 def _live_sets(nodes: list[gs.Node], skip: set[str]) -> list[list[str]]:

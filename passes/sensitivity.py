@@ -298,7 +298,9 @@ def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -
     pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, bits, act,
                      options.quantize_activations, input_means=means)
     fp32 = ir.to_model(state.graph.copy(), ir_version=ir.min_ir_version(state.graph.opset))
-    ev = Evaluator(Probe(pm, segmented=options.segmented), fp32, samples, labels, options.metric, batch)
+    n = len(next(iter(samples.values())))
+    ev = Evaluator(Probe(pm, segmented=options.segmented, samples=n), fp32, samples, labels, options.metric,
+                   batch)
     pairs = near_pairs(state.graph, state.groups, options.hops) if options.pairs else []
     return Scoring(ev, [g.id for g in state.groups if g.layers], bits, act, pairs, options)
 

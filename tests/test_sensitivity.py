@@ -285,3 +285,15 @@ def test_segmented_probe_reuses_the_cached_prefix():
     before = runner.segment_runs
     seg.run_batch({last: 4}, feeds, key=0)                # only the last segment runs
     assert runner.segment_runs - before == 1
+
+
+def test_segment_cuts_respect_the_cache_bound():
+    from dfq_onnx.segments import choose_cuts
+
+    model = builders.conv_bn_relu_residual()
+    state = _state(model)
+    pm = _probe(state)
+    nodes, layers = list(pm.fast_graph.nodes), set(pm.layer_group)
+    assert choose_cuts(nodes, layers, set(pm.inputs), 12)      # unbounded: the model has cut points
+    sizes = {t: 10**6 for t in pm.fast_graph.tensors()}
+    assert choose_cuts(nodes, layers, set(pm.inputs), 12, sizes, max_cache=10**6 - 1) == []
