@@ -62,3 +62,13 @@ def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 def nodes_by_op(model: onnx.ModelProto, op: str) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.op_type == op]
+
+
+def point_external_data_to(path, location: str) -> None:
+    """Rewrite the external-data location recorded in the model file at `path`."""
+    model = onnx.load(path, load_external_data=False)
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(model, path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import onnx
 import pytest
+from _util import point_external_data_to
 from dfq_onnx.models import builders
 
 from dfq_onnx.cli import main
@@ -23,12 +24,7 @@ def _external(path, location=None):
     onnx.save_model(builders.conv_bn_relu(), path, save_as_external_data=True, all_tensors_to_one_file=True,
                     location="weights.bin", size_threshold=0)
     if location is not None:
-        model = onnx.load(path, load_external_data=False)
-        for t in model.graph.initializer:
-            for entry in t.external_data:
-                if entry.key == "location":
-                    entry.value = location
-        onnx.save(model, path)
+        point_external_data_to(path, location)
     return path
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 import pytest
+from _util import point_external_data_to
 from dfq_onnx.models import builders
 
 from dfq_onnx import ir
@@ -25,15 +26,6 @@ def test_external_data_loads(tmp_path):
     assert all(t.data_location == onnx.TensorProto.DEFAULT for t in loaded.graph.initializer)
 
 
-def _point_external_data_to(path, location):
-    model = onnx.load(path, load_external_data=False)
-    for t in model.graph.initializer:
-        for entry in t.external_data:
-            if entry.key == "location":
-                entry.value = location
-    onnx.save(model, path)
-
-
 @pytest.mark.parametrize("location, words", [("../outside.bin", "escapes"), ("/etc/passwd", "escapes"),
                                              ("gone.bin", "not found")])
 def test_unsafe_or_missing_external_data_is_refused(tmp_path, location, words):
@@ -41,7 +33,7 @@ def test_unsafe_or_missing_external_data_is_refused(tmp_path, location, words):
     sub.mkdir()
     _save_external(builders.conv_bn_relu(), sub / "m.onnx")
     (tmp_path / "outside.bin").write_bytes((sub / "weights.bin").read_bytes())
-    _point_external_data_to(sub / "m.onnx", location)
+    point_external_data_to(sub / "m.onnx", location)
     with pytest.raises(ModelLoadError, match=words) as info:
         ir.load_model(sub / "m.onnx")
     assert location.split("/")[-1] in str(info.value)
