@@ -64,11 +64,12 @@ def _live_sets(nodes: list[gs.Node], skip: set[str]) -> list[list[str]]:
 
 def choose_cuts(nodes: list[gs.Node], weighted: set[str], inputs: set[str], max_segments: int,
                 sizes: Mapping[str, int] | None = None, max_cache: int | None = None,
-                minor: set[str] = frozenset()) -> list[int]:
+                minor: set[str] = frozenset(), live: list[list[str]] | None = None) -> list[int]:
     """Node indices where segments start (besides 0): cuts with the fewest live activation tensors,
     balanced by weighted layers; fewer cuts when the crossing tensors would exceed `max_cache` elements.
-    `minor` tensors (integer shape computations) cross cuts too but do not count."""
-    live = [[t for t in ts if t not in minor] for ts in _live_sets(nodes, inputs)]
+    `minor` tensors (integer shape computations) cross cuts too but do not count; `live` is
+    `_live_sets(nodes, inputs)` when the caller has it already."""
+    live = [[t for t in ts if t not in minor] for ts in (live or _live_sets(nodes, inputs))]
     n_weighted = sum(node_label(n) in weighted for n in nodes)
     if n_weighted < 2 or max_segments < 2:
         return []
@@ -102,10 +103,10 @@ class SegmentedRunner:
         fast_nodes = list(fast_graph.nodes)
         minor = {n for n, t in fast_graph.tensors().items()
                  if t.dtype is not None and not np.issubdtype(np.dtype(t.dtype), np.floating)}
-        cuts = choose_cuts(fast_nodes, set(layer_group), set(data_inputs), max_segments,
-                           _sizes(fast_graph), max_cache_elements, minor)
-        bounds = [0, *cuts, len(fast_nodes)]
         live = _live_sets(fast_nodes, set(data_inputs))
+        cuts = choose_cuts(fast_nodes, set(layer_group), set(data_inputs), max_segments,
+                           _sizes(fast_graph), max_cache_elements, minor, live)
+        bounds = [0, *cuts, len(fast_nodes)]
         self.outputs = [t.name for t in fast_graph.outputs]
         self.data_inputs, self.selects = data_inputs, dict(selects)
         self.segments = []
