@@ -2,6 +2,7 @@
 
     python benchmarks/allocation.py [--models resnet20,resnet56] [--budgets 3,4,5]
                                     [--allocators uniform,greedy,ilp,ilp-pairs] [--no-e2e]
+                                    [--metrics auto,kl]
 
 Per model (CIFAR-10 ResNets of ../shared/data), top-1 on the 10,000 test images of:
   - FP32; ORT quantize_static W8A8 and W4A8 (real calibration images, per-channel, quant_pre_process);
@@ -55,31 +56,34 @@ def run_model(name: str, args, x, y, rows: list, e2e_rows: list, workdir: Path) 
     model = SHARED_DATA / f"{name}_cifar10.onnx"
     x_cal, _ = load_cifar("calib")
     fp32 = top1(model, x, y)
-    rows.append([name, "FP32", "-", "-", fp32, "", "", ""])
+    rows.append([name, "FP32", "-", "-", "-", fp32, "", "", ""])
     for wb in (8, 4):
         path = ort_quantize_static(model, workdir / f"ort_w{wb}.onnx", {"input": x_cal}, weight_bits=wb)
         acc = top1(path, x, y)
-        rows.append([name, f"ORT quantize_static W{wb}A8 (real calib)", wb, "-", acc, fp32 - acc, "", ""])
+        rows.append([name, f"ORT quantize_static W{wb}A8 (real calib)", "-", wb, "-", acc, fp32 - acc,
+                     "", ""])
     cache = workdir / f"cache-{name}"
     extra = {} if args.bias_correction is None else {"bias_correction": args.bias_correction}
-    for budget in args.budgets:
-        for allocator in args.allocators:
-            out = workdir / f"{name}_{budget}_{allocator}.onnx"
-            start = time.perf_counter()
-            if allocator == "uniform" and float(budget).is_integer():
-                _, rep = quantize(model, output=out, weight_bits=int(budget), progress=False,
-                                  cache_dir=str(cache), **extra)
-                avg, measured, predicted = float(budget), "", ""
-            else:
-                _, rep = quantize(model, output=out, avg_weight_bits=float(budget), allocator=allocator,
-                                  progress=False, cache_dir=str(cache), **extra)
-                alloc = rep.notes["allocation"]
-                avg, measured, predicted = alloc["avg_weight_bits"], alloc["measured_loss"], \
-                    alloc["predicted_loss"]
-            acc = top1(out, x, y)
-            log.info("%s budget %s %s: top-1 %.2f (%.1fs)", name, budget, allocator, acc,
-                     time.perf_counter() - start)
-            rows.append([name, f"dfq-onnx {allocator}", budget, avg, acc, fp32 - acc, measured, predicted])
+    runs = [(b, a, m) for b in args.budgets for a in args.allocators for m in args.metrics
+            if not (a == "uniform" and float(b).is_integer() and m != args.metrics[0])]
+    for budget, allocator, metric in runs:
+        out = workdir / f"{name}_{budget}_{allocator}_{metric}.onnx"
+        start = time.perf_counter()
+        if allocator == "uniform" and float(budget).is_integer():
+            _, rep = quantize(model, output=out, weight_bits=int(budget), progress=False,
+                              cache_dir=str(cache), **extra)
+            avg, measured, predicted, metric = float(budget), "", "", "-"
+        else:
+            _, rep = quantize(model, output=out, avg_weight_bits=float(budget), allocator=allocator,
+                              metric=metric, progress=False, cache_dir=str(cache), **extra)
+            alloc = rep.notes["allocation"]
+            avg, measured, predicted = alloc["avg_weight_bits"], alloc["measured_loss"], \
+                alloc["predicted_loss"]
+        acc = top1(out, x, y)
+        log.info("%s budget %s %s: top-1 %.2f (%.1fs)", name, budget, allocator, acc,
+                 time.perf_counter() - start)
+        rows.append([name, f"dfq-onnx {allocator}", metric, budget, avg, acc, fp32 - acc, measured,
+                     predicted])
     if not args.no_e2e:
         flag = {None: [], True: ["--bias-correction"], False: ["--no-bias-correction"]}[args.bias_correction]
         e2e = end_to_end(model, workdir, flag)
@@ -93,11 +97,13 @@ def main() -> None:
     ap.add_argument("--budgets", default="3,4,5")
     ap.add_argument("--allocators", default="uniform,greedy,ilp,ilp-pairs")
     ap.add_argument("--no-e2e", action="store_true")
+    ap.add_argument("--metrics", default="auto", help="sensitivity metrics of the mixed rows (comma list)")
     ap.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                     help="force the analytic bias correction on/off (default: the pipeline's default)")
     args = ap.parse_args()
     args.budgets = [float(b) if "." in b else int(b) for b in args.budgets.split(",")]
     args.allocators = args.allocators.split(",")
+    args.metrics = args.metrics.split(",")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     require_shared()
     x, y = load_cifar("test")
@@ -107,7 +113,7 @@ def main() -> None:
             run_model(name, args, x, y, rows, e2e_rows, Path(tmp))
     print(f"\n{machine_info()}\n")
     print("### Top-1 on CIFAR-10 test (10,000 images), activations 8-bit\n")
-    print(markdown_table(["model", "method", "budget (avg weight bits)", "avg weight bits", "top-1",
+    print(markdown_table(["model", "method", "metric", "budget (avg weight bits)", "avg weight bits", "top-1",
                           "drop vs FP32", "measured loss (probe)", "predicted loss"], rows))
     if e2e_rows:
         print("\n### End to end, `--avg-weight-bits 4`, fresh process, empty cache (seconds)\n")

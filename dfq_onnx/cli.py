@@ -49,6 +49,8 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--allocator", default="ilp", choices=("ilp-pairs", "ilp", "greedy", "uniform"),
                    help="ilp: singles (default); ilp-pairs: + pairwise terms; greedy; uniform")
     m.add_argument("--hops", type=int, default=2, help="pairwise terms for groups within this many hops")
+    m.add_argument("--metric", default="auto", choices=("auto", "kl", "mse", "sqnr"),
+                   help="sensitivity loss at the model output vs FP32 (auto: per output kind; see README)")
     m.add_argument("--latency-ms", type=float,
                    help="whole-model latency budget in ms (needs --latency-table)")
     m.add_argument("--latency-table", metavar="FILE", help="latency table from `dfq-onnx profile-target`")
@@ -139,7 +141,7 @@ def _options(args):
                            cache_dir=args.cache_dir, use_cache=not args.no_cache,
                            avg_weight_bits=args.avg_weight_bits, size_mb=args.size_mb,
                            bops_ratio=args.bops_ratio, max_drop=args.max_drop, allocator=args.allocator,
-                           hops=args.hops, pareto=args.pareto, latency_ms=args.latency_ms,
+                           hops=args.hops, metric=args.metric, pareto=args.pareto, latency_ms=args.latency_ms,
                            latency_table=args.latency_table, cle=args.cle, cle_criterion=args.cle_criterion,
                            bias_absorption=args.bias_absorption, bias_correction=args.bias_correction,
                            dfmpc=args.dfmpc)

@@ -37,6 +37,7 @@ class QuantizeOptions:
     allocator: str = "ilp"                # "ilp-pairs" adds pairwise terms (more evaluations)
     score_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     hops: int = 2
+    metric: str = "auto"                 # sensitivity metric at the output (dfq_onnx/sensitivity_table.py)
     pareto: str | None = None            # write the Pareto curve here (JSON + PNG); a budget is optional
     latency_ms: float | None = None      # whole-model latency budget (needs latency_table)
     latency_table: str | None = None     # JSON written by `dfq-onnx profile-target`
@@ -97,6 +98,10 @@ class QuantizeOptions:
             raise UsageError(f"--latency-table {self.latency_table}: file not found")
         if self.synth_samples < 1 or self.hops < 0:
             raise UsageError("--synth-samples must be positive and --hops non-negative")
+        from .sensitivity_table import METRICS
+
+        if self.metric not in METRICS:
+            raise UsageError(f"--metric {self.metric}: expected one of {', '.join(METRICS)}")
         if self.cle_criterion not in ("weights", "activations", "auto"):
             raise UsageError(f"--cle-criterion {self.cle_criterion}: expected weights, activations or auto")
         if not 50.0 < self.percentile <= 100.0:

@@ -45,6 +45,7 @@ def _mixed(options: QuantizeOptions) -> list[Pass]:
     budget = Budget(avg_weight_bits=options.avg_weight_bits, size_mb=options.size_mb,
                     bops_ratio=options.bops_ratio, latency_ms=options.latency_ms)
     scoring = SensitivityOptions(weight_bits=options.score_bits, hops=options.hops, samples=SCORE_SAMPLES,
+                                 metric=options.metric,
                                  pairs=options.allocator == "ilp-pairs", pair_bits=(2, 4), incontext=False,
                                  bias_correction=options.correct_bias,
                                  cache_dir=options.cache_dir,

@@ -40,6 +40,16 @@ def test_quantize_with_noise_and_npz(model_path, tmp_path):
         assert out.is_file()
 
 
+def test_metric_option_reaches_the_scorer(model_path, tmp_path):
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    argv = ["-q", "quantize", str(model_path), "-o", str(out), "--avg-weight-bits", "6", "--calib", "noise",
+            "--cache-dir", str(tmp_path / "cache"), "--report", str(report)]
+    assert main([*argv, "--metric", "mse"]) == 0
+    assert json.loads(report.read_text())["notes"]["sensitivity"]["metric"] == "mse"
+    assert main(argv) == 0                                     # auto: KL on the classifier output
+    assert json.loads(report.read_text())["notes"]["sensitivity"]["metric"] == "kl"
+
+
 def test_inspect_prints_groups(model_path, capsys):
     assert main(["-q", "inspect", str(model_path)]) == 0
     out = capsys.readouterr().out
@@ -116,7 +126,8 @@ def test_usage_problems_exit_2(model_path, tmp_path, capsys, extra, words):
 
 
 @pytest.mark.parametrize("extra", [["--weight-bits", "eight"], ["--input-shape", "input:1,x,8"],
-                                   ["--input-shape", "1,3,8,8"], ["--act-range", "max"]])
+                                   ["--input-shape", "1,3,8,8"], ["--act-range", "max"],
+                                   ["--metric", "psnr"]])
 def test_argparse_errors_exit_2(model_path, tmp_path, capsys, extra):
     with pytest.raises(SystemExit) as info:
         main(["-q", "quantize", str(model_path), "-o", str(tmp_path / "out.onnx"), *extra])
