@@ -60,8 +60,11 @@ def profile_target(model: str | os.PathLike, target: str | TargetProfile, *, bat
     """Measure the latency table; with `output`, write it atomically as JSON. Returns the table."""
     import json
 
+    from .api import check_outputs
+
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     timer = Timer(profile.runtime, threads)
+    check_outputs(model, output, None)
     state = _prepared(model, profile, input_shapes or {})
     base = (profile.default_weight_bits, profile.default_act_bits)
     groups = [g for g in state.groups if g.layers]

@@ -365,6 +365,24 @@ class ScoreSensitivity(Pass):
     def __init__(self, options: SensitivityOptions | None = None):
         self.options = options or SensitivityOptions()
 
+    def check(self, state: CompileState) -> None:
+        """Before synthesis: the base pair is legal, and (in the default pipeline, which scores on the
+        synthetic samples unless --calib is a file) at least 2 scoring samples survive a static batch."""
+        act = state.options.act_bits or state.target.default_act_bits
+        if (self.options.base_bits, act) not in state.target.pairs:
+            given = f"--act-bits {act}: " if state.options.act_bits else ""
+            raise UsageError(f"{given}base W{self.options.base_bits}A{act} is not legal on target "
+                             f"'{state.target.name}'")
+        if state.options.calib.endswith(".npz"):
+            return
+        n = min(state.options.synth_samples, self.options.samples or state.options.synth_samples)
+        static = next((t.shape[0] for t in state.graph.inputs
+                       if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0), 1)
+        if n // static * static < 2:
+            raise UsageError(f"--synth-samples {state.options.synth_samples}: sensitivity scoring needs at "
+                             f"least 2 samples" + (f" (a multiple of the model's static batch {static})"
+                                                   if static > 1 else ""))
+
     def run(self, state: CompileState) -> PassResult:
         table, hit = score(state, self.options)
         state.sensitivity = table
