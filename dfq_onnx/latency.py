@@ -96,23 +96,9 @@ def storage_classes(target) -> dict[tuple[str, str], Cand]:
     return out
 
 
-def packed_types(graph: gs.Graph) -> dict[str, str]:
-    """4-bit storage of constants by name (gs copies and re-imports drop it; see ir.constant)."""
-    return {t.name: t.packed_dtype for t in graph.tensors().values()
-            if isinstance(t, gs.Constant) and getattr(t, "packed_dtype", None)}
-
-
-def copy_graph(graph: gs.Graph, packed: dict[str, str]) -> gs.Graph:
-    g = graph.copy()
-    for t in g.tensors().values():
-        if isinstance(t, gs.Constant) and t.name in packed:
-            t.packed_dtype = packed[t.name]
-    return g
-
-
-def concrete(graph: gs.Graph, batch: int, packed: dict[str, str] | None = None):
+def concrete(graph: gs.Graph, batch: int):
     """Export `graph` with a fixed batch and inferred shapes, re-imported (shapes on every tensor)."""
-    g = copy_graph(graph, packed if packed is not None else packed_types(graph))
+    g = ir.copy_graph(graph)
     keep = {id(t) for t in [*g.inputs, *g.outputs]}
     for t in g.tensors().values():
         if isinstance(t, gs.Variable) and id(t) not in keep:
@@ -142,9 +128,9 @@ def _float_source(t: gs.Tensor, members: set[str]) -> tuple[gs.Tensor | None, bo
     return t, False
 
 
-def cut_group(graph: gs.Graph, ops: tuple[str, ...], packed: dict[str, str]):
+def cut_group(graph: gs.Graph, ops: tuple[str, ...]):
     """The subgraph of one group (its ops, their Q/DQ and weight DQs) as a model; `graph` is concrete."""
-    g = copy_graph(graph, packed)
+    g = ir.copy_graph(graph)
     nodes = {n.name: n for n in g.nodes}
     members = set(ops)
     inputs: dict[str, gs.Tensor] = {}

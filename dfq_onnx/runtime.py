@@ -41,7 +41,7 @@ def _large_session(model, opts: ort.SessionOptions) -> ort.InferenceSession:
 
 def observer_model(graph: gs.Graph, tensors: list[str]):
     """A copy of `graph` whose outputs are the named tensors (for statistics collection)."""
-    g = graph.copy()
+    g = ir.copy_graph(graph)
     table = g.tensors()
     missing = [t for t in tensors if t not in table]
     if missing:

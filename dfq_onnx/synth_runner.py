@@ -18,7 +18,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from . import runtime
+from . import ir, runtime
 from .errors import UsageError
 from .graph_utils import is_float
 from .synth_objectives import (
@@ -64,7 +64,7 @@ def _static_batch(graph: gs.Graph) -> int | None:
 
 def _dynamic_copy(graph: gs.Graph) -> gs.Graph:
     """A copy with a free batch axis: input dim 0 renamed, intermediate shapes left to ORT."""
-    g = graph.copy()
+    g = ir.copy_graph(graph)
     inputs = {id(t) for t in g.inputs}
     for t in g.inputs:
         if t.shape:

@@ -201,7 +201,7 @@ def _digest(*arrays) -> str:
 
 
 def cache_key(state: CompileState, options: SensitivityOptions, bits, act: int, samples, labels) -> dict:
-    model = state.model_hash or ir.model_hash(ir.to_model(state.graph.copy(), ir_version=8))
+    model = state.model_hash or ir.model_hash(ir.to_model(ir.copy_graph(state.graph), ir_version=8))
     ranges = sorted((t, r.lo, r.hi) for t, r in state.ranges.items())
     target = repr(dataclasses.replace(state.target, source=""))
     opts = {k: v for k, v in dataclasses.asdict(options).items()
@@ -297,7 +297,7 @@ def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -
         means = {layer: (m[0], tap_fractions(nodes[layer])) for layer, m in input_moments(state)[0].items()}
     pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, bits, act,
                      options.quantize_activations, input_means=means)
-    fp32 = ir.to_model(state.graph.copy(), ir_version=ir.min_ir_version(state.graph.opset))
+    fp32 = ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
     n = len(next(iter(samples.values())))
     ev = Evaluator(Probe(pm, segmented=options.segmented, samples=n), fp32, samples, labels, options.metric,
                    batch)

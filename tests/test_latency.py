@@ -95,17 +95,16 @@ def test_latency_ms_needs_a_table(tmp_path, capsys):
 
 
 def test_profiled_models_keep_int4_storage():
-    """The timed models must store 4-bit weights as INT4 (gs copies drop that unless carried over)."""
-    from dfq_onnx.latency import concrete, copy_graph, cut_group, packed_types
+    """The timed models must store 4-bit weights as INT4 (through copies and a re-import)."""
+    from dfq_onnx.latency import concrete, cut_group
     from dfq_onnx.profile_target import _emitted, _prepared
     from dfq_onnx.target import load_target
 
     state = _prepared(builders.conv_bn_relu_residual(), load_target("ort-cpu"), {})
     emitted = _emitted(state, {g.id: (4, 8) for g in state.groups})
-    packed = packed_types(emitted)
-    graph = concrete(emitted, 2, packed)
-    cut = cut_group(graph, state.groups[0].ops, packed)
-    full = dfq_onnx.ir.to_model(copy_graph(graph, packed))
+    graph = concrete(emitted, 2)          # exported and re-imported
+    cut = cut_group(graph, state.groups[0].ops)
+    full = dfq_onnx.ir.to_model(dfq_onnx.ir.copy_graph(graph))
     for model in (cut, full):
         assert onnx.TensorProto.INT4 in {t.data_type for t in model.graph.initializer}
 

@@ -10,7 +10,7 @@ from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize, _key, synthesize
 
-from dfq_onnx import cache, runtime, synth_runner
+from dfq_onnx import cache, ir, runtime, synth_runner
 from dfq_onnx.errors import UsageError
 from dfq_onnx.search import Stage, bilinear_matrix, centred_ranks, frequency_bands
 from dfq_onnx.synth_runner import build_objective
@@ -190,7 +190,7 @@ def test_dynamic_spatial_dims_need_input_shape():
 
 
 def test_bad_inputs_and_options_are_usage_errors(bn_state, free_state):
-    graph = bn_state.graph.copy()
+    graph = ir.copy_graph(bn_state.graph)
     graph.inputs[0].dtype = np.int64
     with pytest.raises(UsageError, match="'input'.*not float32"):
         synthesize(graph, bn_state.bn_stats, SynthesisOptions(**FAST), "m")
@@ -231,7 +231,7 @@ def _static_batch_graph(graph, hard_reshape: bool):
     """`graph` with input batch fixed to 1; optionally a head that hard-codes it (Reshape to [1, -1])."""
     import onnx_graphsurgeon as gs
 
-    g = graph.copy()
+    g = ir.copy_graph(graph)
     g.inputs[0].shape = [1] + list(g.inputs[0].shape[1:])
     if hard_reshape:
         out = g.outputs[0]
