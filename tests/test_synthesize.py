@@ -180,6 +180,25 @@ def test_static_batch_and_memory_chunks_give_the_same_losses(bn_state, monkeypat
     assert small.calls - calls == 10
 
 
+def test_rows_per_call_leave_outputs_bitwise_equal_and_bound_memory(bn_state, monkeypatch):
+    rng = np.random.default_rng(3)
+    x = {"input": rng.standard_normal((10, 8, 8, 8)).astype(np.float32)}
+    _, runner = build_objective("bn", bn_state.graph, bn_state.bn_stats, SHAPES, _ref(rng), rng)
+    assert runner.rows_per_call >= 10 and runner.static is None
+    whole = runner.run(x)                                     # one call
+    runner.rows_per_call = 3                                  # 3 + 3 + 3 + 1 rows
+    assert all(np.array_equal(a, b) for a, b in zip(whole, runner.run(x)))
+    # no memory pattern: ORT would plan and keep one block per chunk size (3 and 1 here)
+    assert runner.session.get_session_options().enable_mem_pattern is False
+    # budget for exactly 5 rows of LIVE largest activations (8 x 8 x 8 here): the outputs per row
+    # (BN means and mean squares) push a fifth row over it
+    largest = synth_runner._per_row_numel(bn_state.graph)
+    assert largest == 8 * 8 * 8
+    monkeypatch.setattr(synth_runner, "MEMORY_BUDGET", 4 * synth_runner.LIVE * largest * 5)
+    _, bounded = build_objective("bn", bn_state.graph, bn_state.bn_stats, SHAPES, _ref(rng), rng)
+    assert bounded.rows_per_call == 4
+
+
 def test_dynamic_spatial_dims_need_input_shape():
     state = compile_state(builders.conv_bn_relu(hw=None), [Normalize(), FoldBatchNorm()])
     with pytest.raises(UsageError, match=r"'input'.*--input-shape input:"):
