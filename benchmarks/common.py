@@ -2,7 +2,7 @@
 
 Imported by sibling scripts as ``from common import ...`` (this module does not
 import itself as a package). Everything here is deliberately small and
-dependency-free beyond numpy / onnx / onnxruntime.
+dependency-free beyond numpy / onnx / onnxruntime (and dfq_onnx's timing loop).
 
 Data lives outside the repository in ``<repo>/../shared/data`` (see
 :data:`SHARED_DATA`): the CIFAR-10 ResNet-20/56 ONNX models (opset 17, BN
@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import collections
 import datetime
+import functools
 import os
 import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader
+
+from dfq_onnx.latency import interleaved_medians, median_ms
 
 # --------------------------------------------------------------------------- #
 # Shared data
@@ -316,14 +318,17 @@ def latency_ms(
     """
     sess = _as_session(model_path, threads=threads)
     feeds = random_feeds(sess, feeds_or_batch) if isinstance(feeds_or_batch, int) else dict(feeds_or_batch)
-    for _ in range(warmup):
-        sess.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(statistics.median(times))
+    return float(median_ms(lambda: sess.run(None, feeds), runs, warmup))
+
+
+def interleaved_latency_ms(paths: Mapping[str, str | os.PathLike], feeds: Mapping[str, np.ndarray],
+                           rounds: int, runs: int, warmup: int, threads: int = 2) -> dict[str, float]:
+    """Per model, the median over `rounds` interleaved rounds of its median ms per ``sess.run`` (one
+    session per model; see dfq_onnx.latency.interleaved_medians)."""
+    sessions = {k: session(p, threads=threads) for k, p in paths.items()}
+    calls = {k: functools.partial(s.run, None, dict(feeds)) for k, s in sessions.items()}
+    return {k: float(statistics.median(v))
+            for k, v in interleaved_medians(calls, rounds, runs, warmup).items()}
 
 
 def optimized_op_counts(model_path: str | os.PathLike, threads: int = 1) -> collections.Counter:
@@ -406,6 +411,7 @@ __all__ = [
     "ort_quantize_static",
     "random_feeds",
     "latency_ms",
+    "interleaved_latency_ms",
     "optimized_op_counts",
     "markdown_table",
     "machine_info",

@@ -13,7 +13,6 @@ onnx.checker(full_check), and byte-identical re-runs.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ import onnx  # noqa: E402
 from common import (  # noqa: E402
     SHARED_DATA,
     gaussian_calib,
-    latency_ms,
+    interleaved_latency_ms,
     load_cifar,
     machine_info,
     markdown_table,
@@ -43,11 +42,7 @@ KERNELS = ("QLinearConv", "QLinearAdd", "QGemm", "QLinearGlobalAveragePool")
 
 def latencies(models: dict[str, Path], batch: int, rounds: int) -> dict[str, float]:
     x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
-    samples: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(rounds):
-        for name, path in models.items():
-            samples[name].append(latency_ms(path, {"input": x}, runs=20 if batch > 1 else 100, warmup=5))
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return interleaved_latency_ms(models, {"input": x}, rounds, runs=20 if batch > 1 else 100, warmup=5)
 
 
 def bench(name: str, tmp: Path, rounds: int) -> tuple[list, list, list]:

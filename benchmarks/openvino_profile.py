@@ -11,10 +11,10 @@ vs the FP32 model, and the runtime precisions OpenVINO chose for its execution n
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED_DATA, load_cifar, machine_info, markdown_table, require_shared, top1  # noqa: E402
 
 from dfq_onnx import quantize  # noqa: E402
+from dfq_onnx.latency import interleaved_medians  # noqa: E402
 
 
 def compile_ov(path: Path, batch: int):
@@ -48,17 +49,6 @@ def precisions(compiled) -> Counter:
     return counts
 
 
-def latency(compiled, x, runs=20) -> float:
-    for _ in range(3):
-        compiled(x)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        compiled(x)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="resnet56")
@@ -74,10 +64,9 @@ def main() -> None:
         acc = {k: ov_top1(c, x, y, 64) for k, c in models.items()}
         n = acc["FP32"][1]
         ort_acc = top1(q, x[:n], y[:n])
-        lat = {k: [] for k in models}
-        for _ in range(args.rounds):
-            for k, c in models.items():
-                lat[k].append(latency(c, x[:64]))
+        batch = x[:64]
+        lat = interleaved_medians({k: functools.partial(c, batch) for k, c in models.items()}, args.rounds,
+                                  runs=20, warmup=3)
         prec = precisions(models["dfq W8A8 (openvino profile)"])
     print(machine_info(), f"openvino {ov.__version__}")
     rows = [[k, f"{acc[k][0]:.2f}", f"{statistics.median(lat[k]):.2f}"] for k in models]

@@ -80,7 +80,7 @@ def make_state_from(path) -> CompileState:
 
 def emit(state: CompileState, config: dict[str, int]):
     s = copy.copy(state)
-    s.graph, s.report = state.graph.copy(), Report()
+    s.graph, s.report = ir.copy_graph(state.graph), Report()
     s.plan = BitPlan({g.id: (config.get(g.id, 8), 8) for g in state.groups})
     EmitQDQ().run(s)
     return ir.to_model(s.graph, ir_version=ir.min_ir_version(s.graph.opset))
@@ -144,7 +144,8 @@ def cost(state: CompileState, x: np.ndarray | dict, rounds: int) -> list:
     t0 = time.perf_counter()
     seg = Probe(pm, segmented=True)
     seg_build = time.perf_counter() - t0
-    fp32 = runtime.session(ir.to_model(state.graph.copy(), ir_version=ir.min_ir_version(state.graph.opset)))
+    fp32 = runtime.session(ir.to_model(ir.copy_graph(state.graph),
+                                       ir_version=ir.min_ir_version(state.graph.opset)))
     configs = random_configs(list(pm.selects), rounds + 1, seed=1)
     rng = np.random.default_rng(2)
     singles = [{g: 2} for g in rng.choice(list(pm.selects), rounds)]
@@ -194,7 +195,7 @@ def faithfulness(name: str, args, cost_rows: list, phase_rows: list, faith_rows:
     state = make_state(name)
     x_test, y_test = load_cifar("test")
     x_cal, y_cal = load_cifar("calib", args.samples)
-    fp32_model = ir.to_model(state.graph.copy(), ir_version=ir.min_ir_version(state.graph.opset))
+    fp32_model = ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
     fp32 = top1(fp32_model, x_test, y_test)
     if name == "resnet56":
         cost_rows.append([name, *cost(state, x_cal, args.rounds)])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import onnx  # noqa: E402
 from common import (  # noqa: E402
     SHARED_DATA,
-    latency_ms,
+    interleaved_latency_ms,
     load_cifar,
     machine_info,
     markdown_table,
@@ -48,11 +47,7 @@ THREADS = 2   # set by --threads
 
 def interleaved(paths: dict[str, Path], batch: int, rounds: int, runs: int) -> dict[str, float]:
     x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
-    samples: dict[str, list[float]] = {k: [] for k in paths}
-    for _ in range(rounds):
-        for name, path in paths.items():
-            samples[name].append(latency_ms(path, {"input": x}, runs=runs, warmup=3, threads=THREADS))
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return interleaved_latency_ms(paths, {"input": x}, rounds, runs=runs, warmup=3, threads=THREADS)
 
 
 def part_profiles(fp32: Path, tmp: Path, n_test: int) -> list[list]:

@@ -33,7 +33,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     """
     opts = _with_overrides(options or QuantizeOptions(), overrides)
     profile = target if isinstance(target, TargetProfile) else load_target(target)
-    _check_outputs(model, output, report_path, opts.pareto)
+    check_outputs(model, output, report_path, opts.pareto, encodings_path)
     source = ir.load_model(model)
     report = Report()
     report.model.update({"name": source.graph.name, "producer": source.producer_name,
@@ -83,13 +83,16 @@ def _with_overrides(options: QuantizeOptions, overrides: dict) -> QuantizeOption
     return dataclasses.replace(options, **overrides)
 
 
-def _check_outputs(model, output, report_path, curve=None) -> None:
+def check_outputs(model, output, report_path, curve=None, encodings=None) -> None:
     """Refuse output paths that would overwrite the input or cannot be written, before any work."""
     src = None if isinstance(model, onnx.ModelProto) else Path(model).resolve()
-    paths = [Path(p) for p in (output, report_path, curve) if p is not None]
-    if len({p.resolve() for p in paths}) < len(paths):
-        raise UsageError(f"--report {report_path}: the report path must differ from the output model "
-                         "(and from --pareto)")
+    paths = [Path(p) for p in (output, report_path, curve, encodings) if p is not None]
+    seen: set[Path] = set()
+    for path in paths:
+        if path.resolve() in seen:
+            raise UsageError(f"{path}: given twice; the output model, the report path, --pareto and "
+                             "--export-encodings must differ")
+        seen.add(path.resolve())
     for path in paths:
         if src is not None and path.resolve() == src:
             raise UsageError(f"{path}: an output path must differ from the input model (the input is never "
@@ -161,6 +164,7 @@ def synthesize(model, *, output=None, samples: int = 64, steps: int | None = Non
     from .passes.synthesize import SynthesisOptions, Synthesize
 
     opts = QuantizeOptions(input_shapes=dict(input_shapes or {}), seed=seed, progress=progress)
+    check_outputs(model, output, None)
     source = ir.load_model(model)
     state = CompileState(graph=None, target=load_target("ort-cpu"), options=opts, report=Report(),
                          model_hash=ir.model_hash(source), source=source)

@@ -10,17 +10,11 @@ import numpy as np
 
 from . import runtime
 from .api import quantize
+from .latency import median_ms
 
 
 def _latency_ms(sess, feeds: dict[str, np.ndarray], runs: int = 50) -> float:
-    for _ in range(5):
-        sess.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        sess.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000.0)
+    return float(median_ms(lambda: sess.run(None, feeds), runs, warmup=5))
 
 
 def _accuracy(sess, feeds, labels) -> float:

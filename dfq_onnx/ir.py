@@ -36,6 +36,7 @@ LAZY_BYTES = 2**30      # external data above this is memory-mapped at import, n
 DTYPES = {"int4": TensorProto.INT4, "uint4": TensorProto.UINT4, "int8": TensorProto.INT8,
           "uint8": TensorProto.UINT8, "int16": TensorProto.INT16, "uint16": TensorProto.UINT16,
           "int32": TensorProto.INT32}
+PACKED = {TensorProto.INT4: "int4", TensorProto.UINT4: "uint4"}     # exported from 8-bit storage
 NP_STORAGE = {"int4": np.int8, "uint4": np.uint8, "int8": np.int8, "uint8": np.uint8,
               "int16": np.int16, "uint16": np.uint16, "int32": np.int32}
 
@@ -167,7 +168,8 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
-    """Import into onnx-graphsurgeon; constants still in external data become memory maps."""
+    """Import into onnx-graphsurgeon; constants still in external data become memory maps; 4-bit
+    constants get 8-bit storage and `packed_dtype`, as `constant()` makes them (gs cannot export them)."""
     graph = gs.import_onnx(model)
     for tensor in graph.tensors().values():
         lazy = getattr(tensor, "_values", None) if isinstance(tensor, gs.Constant) else None
@@ -178,7 +180,28 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
                 raise UnsupportedModelError(f"tensor '{proto.name}': cannot read external data of type "
                                             f"{TensorProto.DataType.Name(proto.data_type)} lazily")
             tensor.values = arr
+        elif isinstance(proto, onnx.TensorProto) and proto.data_type in PACKED:
+            tensor.values = numpy_helper.to_array(proto).astype(NP_STORAGE[PACKED[proto.data_type]])
+            tensor.packed_dtype = PACKED[proto.data_type]
     return graph
+
+
+def packed_types(graph: gs.Graph) -> dict[str, str]:
+    """4-bit storage of the graph's constants by name (see `constant`)."""
+    return {t.name: t.packed_dtype for t in graph.tensors().values()
+            if isinstance(t, gs.Constant) and getattr(t, "packed_dtype", None)}
+
+
+def copy_graph(graph: gs.Graph) -> gs.Graph:
+    """`graph.copy()` that keeps the 4-bit storage of constants: gs's copy drops `packed_dtype`, and
+    the copy would then export int4 weights as int8. Copy graphs with this, never with `.copy()`."""
+    packed = packed_types(graph)
+    copy = graph.copy()
+    if packed:
+        for t in copy.tensors().values():
+            if isinstance(t, gs.Constant) and t.name in packed:
+                t.packed_dtype = packed[t.name]
+    return copy
 
 
 def to_model(graph: gs.Graph, *, opset: int | None = None, ir_version: int | None = None,
@@ -188,8 +211,7 @@ def to_model(graph: gs.Graph, *, opset: int | None = None, ir_version: int | Non
         graph.opset = opset
     if extra_opsets:
         graph.import_domains = [helper.make_opsetid(d, v) for d, v in sorted(extra_opsets.items())]
-    packed = {t.name: t.packed_dtype for t in graph.tensors().values()
-              if isinstance(t, gs.Constant) and getattr(t, "packed_dtype", None)}
+    packed = packed_types(graph)
     model = gs.export_onnx(graph, do_type_check=False)
     for init in model.graph.initializer:
         if init.name in packed:

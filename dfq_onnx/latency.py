@@ -18,11 +18,13 @@ A `--latency-ms T` budget becomes the ILP constraint  sum_g (ms_g(c) + overhead_
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Hashable, Mapping, TypeVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -32,6 +34,7 @@ from .errors import UsageError
 
 FORMAT = "dfq-onnx latency table 1"
 Cand = tuple[int, int]
+K = TypeVar("K", bound=Hashable)
 
 
 def _key(c: Cand) -> str:
@@ -93,23 +96,9 @@ def storage_classes(target) -> dict[tuple[str, str], Cand]:
     return out
 
 
-def packed_types(graph: gs.Graph) -> dict[str, str]:
-    """4-bit storage of constants by name (gs copies and re-imports drop it; see ir.constant)."""
-    return {t.name: t.packed_dtype for t in graph.tensors().values()
-            if isinstance(t, gs.Constant) and getattr(t, "packed_dtype", None)}
-
-
-def copy_graph(graph: gs.Graph, packed: dict[str, str]) -> gs.Graph:
-    g = graph.copy()
-    for t in g.tensors().values():
-        if isinstance(t, gs.Constant) and t.name in packed:
-            t.packed_dtype = packed[t.name]
-    return g
-
-
-def concrete(graph: gs.Graph, batch: int, packed: dict[str, str] | None = None):
+def concrete(graph: gs.Graph, batch: int):
     """Export `graph` with a fixed batch and inferred shapes, re-imported (shapes on every tensor)."""
-    g = copy_graph(graph, packed if packed is not None else packed_types(graph))
+    g = ir.copy_graph(graph)
     keep = {id(t) for t in [*g.inputs, *g.outputs]}
     for t in g.tensors().values():
         if isinstance(t, gs.Variable) and id(t) not in keep:
@@ -139,9 +128,9 @@ def _float_source(t: gs.Tensor, members: set[str]) -> tuple[gs.Tensor | None, bo
     return t, False
 
 
-def cut_group(graph: gs.Graph, ops: tuple[str, ...], packed: dict[str, str]):
+def cut_group(graph: gs.Graph, ops: tuple[str, ...]):
     """The subgraph of one group (its ops, their Q/DQ and weight DQs) as a model; `graph` is concrete."""
-    g = copy_graph(graph, packed)
+    g = ir.copy_graph(graph)
     nodes = {n.name: n for n in g.nodes}
     members = set(ops)
     inputs: dict[str, gs.Tensor] = {}
@@ -207,27 +196,38 @@ class Timer:
         compiled = self.core.compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": str(self.threads)})
         return lambda feeds: compiled(feeds)
 
-    @staticmethod
-    def time(fn, feeds, runs: int) -> float:
-        fn(feeds)
-        samples = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn(feeds)
-            samples.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(samples)
+
+def median_ms(fn: Callable[[], object], runs: int, warmup: int = 1) -> float:
+    """Median wall time (ms) of `fn()` over `runs` timed calls, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def interleaved_medians(callables: Mapping[K, Callable[[], object]], rounds: int, runs: int,
+                        warmup: int = 1, progress=None) -> dict[K, list[float]]:
+    """Per callable, its `median_ms(fn, runs, warmup)` in each of `rounds` rounds. Every round times
+    every callable once, in turn, so a shared machine's drift hits all of them alike; the caller takes
+    the median (or min) over the rounds. `progress.update(1)` after each timing, if given."""
+    samples: dict[K, list[float]] = {k: [] for k in callables}
+    for _ in range(rounds):
+        for k, fn in callables.items():
+            samples[k].append(median_ms(fn, runs, warmup))
+            if progress is not None:
+                progress.update(1)
+    return samples
 
 
 def interleaved(timer: Timer, models: dict, rounds: int, runs: int, progress=None) -> dict:
     """Median over `rounds` of each model's per-round median; every model timed once per round."""
     compiled = {k: (timer.compile(m), random_feeds(m)) for k, m in models.items()}
-    samples: dict = {k: [] for k in models}
-    for _ in range(rounds):
-        for k, (fn, feeds) in compiled.items():
-            samples[k].append(Timer.time(fn, feeds, runs))
-            if progress is not None:
-                progress.update(1)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    calls = {k: functools.partial(fn, feeds) for k, (fn, feeds) in compiled.items()}
+    return {k: statistics.median(v) for k, v in interleaved_medians(calls, rounds, runs, 1, progress).items()}
 
 
 def expand(target, groups, by_class: dict[tuple[str, str], dict[str, float]]) -> dict[str, dict]:

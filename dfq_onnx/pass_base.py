@@ -33,6 +33,10 @@ class Pass:
     def run(self, state: CompileState) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def check(self, state: CompileState) -> None:
+        """Usage checks that need only the graph and its quantizer groups (no ORT run); `CheckUsage`
+        runs them for every later pass before any of those runs. Raise a DfqError naming the option."""
+
     def __repr__(self) -> str:
         return self.name or type(self).__name__
 

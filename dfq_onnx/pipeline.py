@@ -10,6 +10,7 @@ from .passes.allocate import AllocateBits
 from .passes.analytic_ranges import AnalyticRanges
 from .passes.bias_correction import CorrectBias
 from .passes.calibrate import Calibrate
+from .passes.check_usage import CheckUsage
 from .passes.dfmpc import CompensateDFMPC
 from .passes.emit_qdq import EmitQDQ
 from .passes.equalize import EqualizeCrossLayer
@@ -56,13 +57,16 @@ def _mixed(options: QuantizeOptions) -> list[Pass]:
 
 
 def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pass]:
+    """The passes for `options`; CheckUsage runs the later passes' usage checks before any of them."""
     synthesize = options.calib == "synthetic" or (options.mixed and not options.calib.endswith(".npz"))
-    return [
+    head = [
         Normalize(required_opset(target, options)),
         FoldBatchNorm(),
         *([EqualizeCrossLayer(criterion=options.cle_criterion)] if options.cle else []),
         *([AbsorbHighBias()] if options.bias_absorption else []),
         FindQuantGroups(),
+    ]
+    tail = [
         *([_synthesis(options)] if synthesize else []),
         *([AnalyticRanges()] if options.calib == "analytic" else []),
         Calibrate(),
@@ -71,3 +75,4 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([CorrectBias()] if options.correct_bias else []),
         EmitQDQ(),
     ]
+    return [*head, CheckUsage(tail), *tail]

@@ -213,13 +213,13 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
                 quantize_activations: bool = True,
                 input_means: Mapping[str, tuple] | None = None) -> ProbeModel:
     """The probe model for `weight_bits` candidates (see the module docstring); `graph` is untouched."""
-    g = graph.copy()
+    g = ir.copy_graph(graph)
     inputs = tuple(t.name for t in g.inputs)
     by_dq: dict[str, Encoding] = {}
     if quantize_activations:
         encodings = activation_encodings(spec, ranges, target, act_bits)
         by_dq = _quantize_activations(g, spec, encodings, target)
-    fast = g.copy().cleanup().toposort()
+    fast = ir.copy_graph(g).cleanup().toposort()
     selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target, input_means)
     g.cleanup().toposort()
     model = ir.to_model(g, ir_version=ir.min_ir_version(g.opset))

@@ -12,17 +12,7 @@ import logging
 import os
 
 from . import ir
-from .latency import (
-    Timer,
-    concrete,
-    copy_graph,
-    cut_group,
-    expand,
-    interleaved,
-    packed_types,
-    storage_classes,
-    table_json,
-)
+from .latency import Timer, concrete, cut_group, expand, interleaved, storage_classes, table_json
 from .options import QuantizeOptions
 from .pass_base import run_passes
 from .passes.analytic_ranges import AnalyticRanges
@@ -49,7 +39,7 @@ def _prepared(model, profile: TargetProfile, input_shapes: dict) -> CompileState
 
 
 def _emitted(state: CompileState, plan: dict) -> object:
-    st = dataclasses.replace(state, graph=state.graph.copy(), report=Report(), plan=BitPlan(plan))
+    st = dataclasses.replace(state, graph=ir.copy_graph(state.graph), report=Report(), plan=BitPlan(plan))
     run_passes([EmitQDQ()], st)
     return st.graph
 
@@ -60,23 +50,24 @@ def profile_target(model: str | os.PathLike, target: str | TargetProfile, *, bat
     """Measure the latency table; with `output`, write it atomically as JSON. Returns the table."""
     import json
 
+    from .api import check_outputs
+
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     timer = Timer(profile.runtime, threads)
+    check_outputs(model, output, None)
     state = _prepared(model, profile, input_shapes or {})
     base = (profile.default_weight_bits, profile.default_act_bits)
     groups = [g for g in state.groups if g.layers]
     ops_of = {g.id: [state.spec.layers[n].op for n in g.layers] for g in groups}
     classes = storage_classes(profile)
-    models, full = {}, {"fp32": ir.to_model(concrete(state.graph, batch).copy())}
+    models, full = {}, {"fp32": ir.to_model(ir.copy_graph(concrete(state.graph, batch)))}
     for cls, pair in classes.items():
         plan = {g.id: (pair if pair in profile.pairs_for(ops_of.get(g.id, [])) else base)
                 for g in state.groups}
-        emitted = _emitted(state, plan)
-        packed = packed_types(emitted)
-        graph = concrete(emitted, batch, packed)
-        full[cls] = ir.to_model(copy_graph(graph, packed), ir_version=ir.min_ir_version(graph.opset))
+        graph = concrete(_emitted(state, plan), batch)
+        full[cls] = ir.to_model(ir.copy_graph(graph), ir_version=ir.min_ir_version(graph.opset))
         for g in groups:
-            models[(cls, g.id)] = cut_group(graph, g.ops, packed)
+            models[(cls, g.id)] = cut_group(graph, g.ops)
     bar = None
     if progress:
         from tqdm import tqdm

@@ -13,10 +13,13 @@ from . import ir
 from .errors import UnsupportedModelError
 
 
-def session(model, threads: int = 0, optimized_path: str | None = None) -> ort.InferenceSession:
-    """A CPU session from a ModelProto (or bytes); ORT warnings silenced."""
+def session(model, threads: int = 0, optimized_path: str | None = None,
+            mem_pattern: bool = True) -> ort.InferenceSession:
+    """A CPU session from a ModelProto (or bytes); ORT warnings silenced. `mem_pattern=False` when the
+    batch size varies between runs: ORT plans one block per input shape and its arena keeps them all."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.enable_mem_pattern = mem_pattern
     if threads:
         opts.intra_op_num_threads = threads
     if optimized_path:
@@ -41,7 +44,7 @@ def _large_session(model, opts: ort.SessionOptions) -> ort.InferenceSession:
 
 def observer_model(graph: gs.Graph, tensors: list[str]):
     """A copy of `graph` whose outputs are the named tensors (for statistics collection)."""
-    g = graph.copy()
+    g = ir.copy_graph(graph)
     table = g.tensors()
     missing = [t for t in tensors if t not in table]
     if missing:

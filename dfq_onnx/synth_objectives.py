@@ -89,7 +89,7 @@ def _peak(graph: gs.Graph, t: gs.Tensor, tag: str) -> gs.Variable:
 def stats_model(graph: gs.Graph, bn: list[StatTarget], act: list[str], output: str | None):
     """A copy of `graph` whose outputs are: per BN tensor its channel (mean, mean square) or the tensor
     itself (rank 2), per activation tensor its peak, then `output` (if any). Returns (model, names)."""
-    g = graph.copy()
+    g = ir.copy_graph(graph)
     table = g.tensors()
     outs: list[gs.Variable] = []
     for i, target in enumerate(bn):

@@ -3,9 +3,15 @@
 `Runner` owns one session of the statistics model (`synth_objectives.stats_model`) and evaluates any
 number of rows, split into calls of at most `rows_per_call` rows:
 
-    rows_per_call = MEMORY_BUDGET / (4 bytes * (3 * largest per-row activation + outputs per row))
+    rows_per_call = MEMORY_BUDGET / (4 bytes * (LIVE * largest per-row activation + outputs per row))
 
-(ORT keeps about three activations alive at a time in a chain of convolutions). A model exported
+LIVE = 8: in a chain of convolutions with the statistics branch ORT keeps about four tensors of the
+largest size alive (a BN output, its square, the activation, the next layer's output), and its arena
+grows in powers of two. Measured on EfficientNet-Lite0 at 224 x 224 (largest activation 96 x 112 x 112):
+~45 MB of peak RSS per row, the estimate 38.5 MB; with LIVE = 3 the 72-row calls peaked at 7.5 GB.
+The session runs without ORT's memory pattern, which plans (and keeps in the arena) one block per
+input shape: the last, shorter chunk of a step would double it. Rows are independent, so how they are
+split into calls does not change any output (BENCHMARKS.md, issue 8 memory). A model exported
 with a static batch dimension is run with that dimension made dynamic when the graph allows it
 (checked by a two-row probe), else in chunks of its static batch, padding the last one.
 """
@@ -18,7 +24,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from . import runtime
+from . import ir, runtime
 from .errors import UsageError
 from .graph_utils import is_float
 from .synth_objectives import (
@@ -35,6 +41,7 @@ from .synth_objectives import (
 log = logging.getLogger(__name__)
 
 MEMORY_BUDGET = 1 << 30
+LIVE = 8            # tensors of the largest activation's size per row that ORT's arena holds (above)
 LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
@@ -64,7 +71,7 @@ def _static_batch(graph: gs.Graph) -> int | None:
 
 def _dynamic_copy(graph: gs.Graph) -> gs.Graph:
     """A copy with a free batch axis: input dim 0 renamed, intermediate shapes left to ORT."""
-    g = graph.copy()
+    g = ir.copy_graph(graph)
     inputs = {id(t) for t in g.inputs}
     for t in g.inputs:
         if t.shape:
@@ -103,21 +110,21 @@ class Runner:
         self.static = _static_batch(graph)
         largest = max(_per_row_numel(graph), *(int(np.prod(s)) for s in shapes.values()))
         self._setup(graph, objective)
-        per_row = 4 * (3 * largest + sum(int(np.prod(o.shape[1:])) for o in self.probe))
+        per_row = 4 * (LIVE * largest + sum(int(np.prod(o.shape[1:])) for o in self.probe))
         self.rows_per_call = max(1, MEMORY_BUDGET // per_row) if self.static is None else self.static
 
     def _setup(self, graph: gs.Graph, objective: Objective) -> None:
         args = (list(objective.bn), list(objective.act), objective.output)
         if self.static is not None:
             try:
-                self.session = runtime.session(stats_model(_dynamic_copy(graph), *args)[0])
+                self.session = runtime.session(stats_model(_dynamic_copy(graph), *args)[0], mem_pattern=False)
                 self.probe = self._call(self._zeros(2))
                 if all(len(o) == 2 for o in self.probe):
                     self.static = None
                     return
             except Exception as exc:  # noqa: BLE001 - ORT's error types derive from Exception only
                 log.info("static batch %d kept (dynamic copy fails: %s)", self.static, exc)
-        self.session = runtime.session(stats_model(graph, *args)[0])
+        self.session = runtime.session(stats_model(graph, *args)[0], mem_pattern=False)
         self.probe = self._call(self._zeros(self.static or 1))
 
     def _zeros(self, n: int) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from dfq_onnx import pareto
-from dfq_onnx.allocate import Allocation, Budget, Problem, costs, plan_cost, predicted_loss
+from dfq_onnx.allocate import Allocation, Budget, Problem, check_feasible, costs, plan_cost, predicted_loss
 from dfq_onnx.costs import group_costs
 from dfq_onnx.errors import UsageError
 from dfq_onnx.ilp import greedy, solve
@@ -28,6 +28,7 @@ def build_problem(state: CompileState) -> Problem:
         raise UsageError(f"none of the scored candidates is legal on target '{target.name}'")
     params, macs = group_costs(state.graph, state.groups)
     groups = tuple(g for g in table.groups if params.get(g, 0) > 0)
+    cands = _candidates(state, legal, groups)
     # Only damaging interactions (C > 0) reach the ILP. Negative terms mostly come from the loss saturating
     # when two low-bit layers each already break the output (D_ij < D_i + D_j); summed over a chain of
     # such pairs they cancel real damage, and the ILP buys exactly those chains (ResNet-20 at 3 bits:
@@ -35,12 +36,31 @@ def build_problem(state: CompileState) -> Problem:
     pairs = {k: {cc: max(v, 0.0) for cc, v in t.items() if cc[0] in legal and cc[1] in legal}
              for k, t in table.pairs.items() if k[0] in groups and k[1] in groups}
     # no tie constraints needed here: FindQuantGroups already merged layers sharing weights/activations
-    by_id = {g.id: g for g in state.groups}
-    cands = {g: tuple(c for c in legal if c in target.pairs_for(
-        [state.spec.layers[n].op for n in by_id[g].layers])) for g in groups}   # per-op legal pairs
     return Problem(groups, cands,
                    {g: {c: table.singles[g][c] for c in cands[g]} for g in groups},
                    {g: params[g] for g in groups}, {g: macs[g] for g in groups}, pairs)
+
+
+def _candidates(state: CompileState, legal, groups) -> dict[str, tuple]:
+    """Per group, the `legal` candidates every op of the group allows ([candidates.ops])."""
+    by_id = {g.id: g for g in state.groups}
+    return {g: tuple(c for c in legal if c in state.target.pairs_for(
+        [state.spec.layers[n].op for n in by_id[g].layers])) for g in groups}
+
+
+def cost_problem(state: CompileState) -> Problem:
+    """The allocation problem without losses (all zero), before scoring: the candidates ScoreSensitivity
+    will score (options' score bits legal with the activation bits), per group narrowed by its ops."""
+    target, opts = state.target, state.options
+    act = opts.act_bits or target.default_act_bits
+    legal = [(b, act) for b in sorted(opts.score_bits) if (b, act) in target.pairs]
+    if not legal:
+        raise UsageError(f"none of the scored candidates is legal on target '{target.name}'")
+    params, macs = group_costs(state.graph, state.groups)
+    groups = tuple(g.id for g in state.groups if g.layers and params.get(g.id, 0) > 0)
+    cands = _candidates(state, legal, groups)
+    return Problem(groups, cands, {g: dict.fromkeys(cands[g], 0.0) for g in groups},
+                   {g: params[g] for g in groups}, {g: macs[g] for g in groups})
 
 
 class AllocateBits(Pass):
@@ -56,6 +76,10 @@ class AllocateBits(Pass):
         if not budget.any() and max_drop is None and not pareto:
             raise UsageError("AllocateBits needs a budget (--avg-weight-bits, --size-mb, --bops-ratio), "
                              "--max-drop or --pareto")
+        if max_drop is not None and allocator in ("uniform", "greedy"):
+            raise UsageError(f"--max-drop needs an ILP allocator (ilp or ilp-pairs), not '{allocator}'")
+        if allocator == "uniform" and budget.any() and budget.avg_weight_bits is None:
+            raise UsageError("--allocator uniform needs --avg-weight-bits")
         self.budget, self.allocator, self.max_drop, self.time_limit = budget, allocator, max_drop, time_limit
         self.pareto = pareto
         self.latency = LatencyTable.load(latency_table) if latency_table else None
@@ -67,6 +91,18 @@ class AllocateBits(Pass):
         if self.allocator == "greedy":
             return greedy(p, budget)
         return solve(p, budget, use_pairs=self.allocator == "ilp-pairs", time_limit=self.time_limit)
+
+    def check(self, state: CompileState) -> None:
+        """Before scoring: every group has a legal candidate, the latency table is this model's and
+        target's, and the budget is within what the legal candidates allow."""
+        p = cost_problem(state)
+        if self.latency is not None:
+            p = dataclasses.replace(p, latency=self.latency.for_problem(state.target.name, state.groups,
+                                                                        p.groups))
+        if self.budget.any():
+            check_feasible(p, self.budget)
+        if self.allocator == "uniform" and self.budget.avg_weight_bits is not None:
+            self._uniform(p, self.budget)
 
     def run(self, state: CompileState) -> PassResult:
         p = build_problem(state)
@@ -83,9 +119,6 @@ class AllocateBits(Pass):
             state.pareto = pareto.sweep(p, lambda b: self._allocate(p, b), measure, ref)
             notes["pareto_points"] = len(state.pareto)
         if self.max_drop is not None:
-            if self.allocator in ("uniform", "greedy"):
-                raise UsageError(f"--max-drop needs an ILP allocator (ilp or ilp-pairs), "
-                                 f"not '{self.allocator}'")
             res = pareto.max_drop(
                 p, lambda allowance: solve(p, self.budget, use_pairs=self.allocator == "ilp-pairs",
                                            time_limit=self.time_limit, max_loss=allowance,

@@ -12,10 +12,15 @@ class UniformPlan(Pass):
 
     name = "UniformPlan"
 
-    def run(self, state: CompileState) -> PassResult:
+    @staticmethod
+    def _bits(state: CompileState) -> tuple[int, int]:
         opts, target = state.options, state.target
-        w = opts.weight_bits or target.default_weight_bits
-        a = opts.act_bits or target.default_act_bits
+        return opts.weight_bits or target.default_weight_bits, opts.act_bits or target.default_act_bits
+
+    def check(self, state: CompileState) -> None:
+        """The pair is legal on the target and for every op of every group."""
+        target = state.target
+        w, a = self._bits(state)
         target.check_pair(w, a)
         for g in state.groups:   # per-op narrowing ([candidates.ops])
             ops = [state.spec.layers[n].op for n in g.layers]
@@ -24,6 +29,10 @@ class UniformPlan(Pass):
                 node = next(n for n in g.layers if state.spec.layers[n].op == op)
                 raise TargetError(f"W{w}A{a} is not legal for {op} on target '{target.name}' (node '{node}'; "
                                   f"legal: {', '.join(f'W{x}A{y}' for x, y in target.pairs_for([op]))})")
+
+    def run(self, state: CompileState) -> PassResult:
+        self.check(state)
+        w, a = self._bits(state)
         state.plan = BitPlan.uniform(state.groups, w, a)
         state.report.groups = [{"group": g.id, "layers": list(g.layers), "ops": list(g.ops),
                                 "activations": list(g.activations), "params": g.params,

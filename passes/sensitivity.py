@@ -201,7 +201,7 @@ def _digest(*arrays) -> str:
 
 
 def cache_key(state: CompileState, options: SensitivityOptions, bits, act: int, samples, labels) -> dict:
-    model = state.model_hash or ir.model_hash(ir.to_model(state.graph.copy(), ir_version=8))
+    model = state.model_hash or ir.model_hash(ir.to_model(ir.copy_graph(state.graph), ir_version=8))
     ranges = sorted((t, r.lo, r.hi) for t, r in state.ranges.items())
     target = repr(dataclasses.replace(state.target, source=""))
     opts = {k: v for k, v in dataclasses.asdict(options).items()
@@ -297,7 +297,7 @@ def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -
         means = {layer: (m[0], tap_fractions(nodes[layer])) for layer, m in input_moments(state)[0].items()}
     pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, bits, act,
                      options.quantize_activations, input_means=means)
-    fp32 = ir.to_model(state.graph.copy(), ir_version=ir.min_ir_version(state.graph.opset))
+    fp32 = ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
     n = len(next(iter(samples.values())))
     ev = Evaluator(Probe(pm, segmented=options.segmented, samples=n), fp32, samples, labels, options.metric,
                    batch)
@@ -364,6 +364,24 @@ class ScoreSensitivity(Pass):
 
     def __init__(self, options: SensitivityOptions | None = None):
         self.options = options or SensitivityOptions()
+
+    def check(self, state: CompileState) -> None:
+        """Before synthesis: the base pair is legal, and (in the default pipeline, which scores on the
+        synthetic samples unless --calib is a file) at least 2 scoring samples survive a static batch."""
+        act = state.options.act_bits or state.target.default_act_bits
+        if (self.options.base_bits, act) not in state.target.pairs:
+            given = f"--act-bits {act}: " if state.options.act_bits else ""
+            raise UsageError(f"{given}base W{self.options.base_bits}A{act} is not legal on target "
+                             f"'{state.target.name}'")
+        if state.options.calib.endswith(".npz"):
+            return
+        n = min(state.options.synth_samples, self.options.samples or state.options.synth_samples)
+        static = next((t.shape[0] for t in state.graph.inputs
+                       if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0), 1)
+        if n // static * static < 2:
+            raise UsageError(f"--synth-samples {state.options.synth_samples}: sensitivity scoring needs at "
+                             f"least 2 samples" + (f" (a multiple of the model's static batch {static})"
+                                                   if static > 1 else ""))
 
     def run(self, state: CompileState) -> PassResult:
         table, hit = score(state, self.options)

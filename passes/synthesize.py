@@ -21,10 +21,10 @@ capped by a compute budget, deterministic in the model: rows * E <= 24e9, E = ac
 per row (outputs of every Conv/Gemm/MatMul; ORT's time per row is about proportional to it on CPU,
 depthwise networks being memory-bound), and at least 12 steps. CIFAR ResNet-56 (E = 0.53M) keeps 80;
 EfficientNet-Lite0 at 224 x 224 (E = 6.7M), 32 samples: 27 steps. Memory: ORT keeps a few activations per
-row alive, so `synth_runner` caps the rows per call at 1 GiB / (4 bytes * (3 * largest activation
-+ outputs per row)): ~0.2 MB per row for a CIFAR ResNet (all 256 rows in one call, ~50 MB); a
-224 x 224 model with a 96 x 112 x 112 activation needs ~15 MB per row: 72 rows per call. That is an
-estimate, not a bound: on EfficientNet-Lite0 the process peaked at ~7 GB RSS (ORT's arena).
+row alive, so `synth_runner` caps the rows per call at 1 GiB / (4 bytes * (8 * largest activation
++ outputs per row)): ~0.5 MB per row for a CIFAR ResNet (all 256 rows in one call); a 224 x 224 model
+with a 96 x 112 x 112 activation needs ~38 MB per row: 27 rows per call. On EfficientNet-Lite0 the
+process peaks at 2.3 GB RSS (7.5 GB with 72-row calls and ORT's memory pattern; same samples).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def compile_state(model: onnx.ModelProto, passes, target: str = "ort-cpu", **opt
 
 def state_model(state: CompileState) -> onnx.ModelProto:
     """The state's graph as a runnable model (graph copied, state untouched)."""
-    graph = state.graph.copy()
+    graph = ir.copy_graph(state.graph)
     return ir.to_model(graph, ir_version=ir.min_ir_version(graph.opset))
 
 

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import dfq_onnx
 from dfq_onnx import corrections as cm
-from dfq_onnx import numerics
+from dfq_onnx import ir, numerics
 from dfq_onnx.cli import _options, _parser
 from dfq_onnx.layer_pairs import find_pairs
 from dfq_onnx.state import BitPlan
@@ -171,7 +171,8 @@ def test_mean_shift_matches_sampled_error():
 
 
 def _uniform(model, w_bits, extra):
-    passes = [Normalize(), FoldBatchNorm(), FindQuantGroups(), AnalyticRanges(), Calibrate(), UniformPlan()]
+    # opset 21: weights below 5 bits are stored as int4 (the pipeline's required_opset does the same)
+    passes = [Normalize(21), FoldBatchNorm(), FindQuantGroups(), AnalyticRanges(), Calibrate(), UniformPlan()]
     return compile_state(model, passes + extra, weight_bits=w_bits, act_bits=8)
 
 
@@ -220,8 +221,8 @@ def test_dfmpc_reduces_reconstruction_error_low_to_high():
     fp32 = run(model, feeds)[0]
     errs = {}
     for name, extra in (("off", []), ("on", [CompensateDFMPC()])):
-        state = compile_state(model, [Normalize(), FoldBatchNorm(), FindQuantGroups(), AnalyticRanges(),
-                                      Calibrate()], act_bits=8)
+        state = compile_state(model, [Normalize(21), FoldBatchNorm(), FindQuantGroups(), AnalyticRanges(),
+                                      Calibrate()], act_bits=8)      # opset 21: fc1's W2 is int4
         g_of = {layer: g.id for g in state.groups for layer in g.layers}
         state.plan = BitPlan({g.id: (8, 8) for g in state.groups} | {g_of["fc1"]: (2, 8)})
         for p in extra:
@@ -288,7 +289,7 @@ def test_probe_with_bias_correction_equals_emitted_model(name):
     feeds = normal_feeds(model, n=8, seed=5)
     config = {g: (3, 8)[i % 2] for i, g in enumerate(pm.selects)}
     s = copy.copy(state)
-    s.graph, s.report, s.spec = state.graph.copy(), Report(), copy.deepcopy(state.spec)
+    s.graph, s.report, s.spec = ir.copy_graph(state.graph), Report(), copy.deepcopy(state.spec)
     s.plan = BitPlan({g.id: (config.get(g.id, 8), 8) for g in state.groups})
     CorrectBias().run(s)
     assert s.report.notes["bias_correction"]["layers"]

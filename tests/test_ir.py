@@ -107,3 +107,38 @@ def test_ort_sessions_of_models_above_two_gb_go_through_external_data(tmp_path, 
     assert report.forward_passes > 0
     assert got.SerializeToString() == want.SerializeToString()   # shape inference ran on a stripped copy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx", "q.onnx.data"]
+
+
+def _int4_graph():
+    """y = x + DequantizeLinear(w: int4, scale 0.5), w = [[-8, -1], [3, 7]]."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    w = ir.constant("w", np.array([[-8, -1], [3, 7]]), "int4")
+    x, y, dq = (gs.Variable(n, np.float32, [2, 2]) for n in ("x", "y", "dq"))
+    nodes = [gs.Node("DequantizeLinear", inputs=[w, ir.constant("s", np.float32(0.5))], outputs=[dq]),
+             gs.Node("Add", inputs=[x, dq], outputs=[y])]
+    return gs.Graph(nodes=nodes, inputs=[x], outputs=[y], opset=21)
+
+
+@pytest.mark.parametrize("how", ["copy", "reimport", "reimport+copy", "copy+cleanup"])
+def test_int4_weight_survives_copy_and_export(how):
+    import numpy as np
+    import onnxruntime as ort
+
+    graph = _int4_graph()
+    if how.startswith("reimport"):
+        graph = ir.to_graph(ir.to_model(graph, ir_version=10))
+    if "copy" in how:
+        graph = ir.copy_graph(graph)
+    if how.endswith("cleanup"):
+        graph.cleanup().toposort()
+    model = ir.to_model(graph, ir_version=10)
+    onnx.checker.check_model(model, full_check=True)
+    (w,) = [t for t in model.graph.initializer if t.name == "w"]
+    assert w.data_type == onnx.TensorProto.INT4           # not widened to INT8
+    assert ir.tensor_to_array(w).astype(np.int8).tolist() == [[-8, -1], [3, 7]]
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.ones((2, 2), np.float32)
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], x + 0.5 * np.array([[-8, -1], [3, 7]]))
+    assert ir.copy_graph(graph) is not graph and graph.nodes[0].inputs[0].packed_dtype == "int4"

@@ -95,17 +95,16 @@ def test_latency_ms_needs_a_table(tmp_path, capsys):
 
 
 def test_profiled_models_keep_int4_storage():
-    """The timed models must store 4-bit weights as INT4 (gs copies drop that unless carried over)."""
-    from dfq_onnx.latency import concrete, copy_graph, cut_group, packed_types
+    """The timed models must store 4-bit weights as INT4 (through copies and a re-import)."""
+    from dfq_onnx.latency import concrete, cut_group
     from dfq_onnx.profile_target import _emitted, _prepared
     from dfq_onnx.target import load_target
 
     state = _prepared(builders.conv_bn_relu_residual(), load_target("ort-cpu"), {})
     emitted = _emitted(state, {g.id: (4, 8) for g in state.groups})
-    packed = packed_types(emitted)
-    graph = concrete(emitted, 2, packed)
-    cut = cut_group(graph, state.groups[0].ops, packed)
-    full = dfq_onnx.ir.to_model(copy_graph(graph, packed))
+    graph = concrete(emitted, 2)          # exported and re-imported
+    cut = cut_group(graph, state.groups[0].ops)
+    full = dfq_onnx.ir.to_model(dfq_onnx.ir.copy_graph(graph))
     for model in (cut, full):
         assert onnx.TensorProto.INT4 in {t.data_type for t in model.graph.initializer}
 
@@ -118,3 +117,23 @@ def test_profile_target_openvino(table_path, tmp_path):
     t = profile_target(model, "openvino", batch=2, rounds=1, runs=1, threads=1)
     assert t["runtime"].startswith("openvino") and sorted(t["groups"]) == ["g0", "g1", "g3"]
     assert t["predicted_model_ms"]["8x8"] == pytest.approx(t["model_ms"]["8x8"])
+
+
+def test_interleaved_medians_times_every_callable_once_per_round(monkeypatch):
+    # a fake clock: each call of a callable advances it by its next duration (ms); the first call of
+    # each round is the warm-up, which must not count
+    from dfq_onnx import latency
+
+    clock = [0.0]
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: clock[0])
+    durations = {"a": iter([50, 1, 3, 2, 50, 4, 4, 9]), "b": iter([50, 7, 5, 6, 50, 1, 2, 3])}
+    order = []
+
+    def call(k):
+        order.append(k)
+        clock[0] += next(durations[k]) / 1e3
+
+    fns = {k: (lambda k=k: call(k)) for k in durations}
+    out = latency.interleaved_medians(fns, rounds=2, runs=3, warmup=1)
+    assert order == ["a"] * 4 + ["b"] * 4 + ["a"] * 4 + ["b"] * 4      # interleaved, whole rounds
+    assert {k: [round(ms, 6) for ms in v] for k, v in out.items()} == {"a": [2.0, 4.0], "b": [6.0, 2.0]}

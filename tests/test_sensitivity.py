@@ -45,7 +45,7 @@ def _state(model, opset: int = 21, **options):
 def _emit(state, plan: dict) -> onnx.ModelProto:
     """Emit's QDQ model for `plan` on a copy of the state."""
     s = copy.copy(state)
-    s.graph, s.report = state.graph.copy(), Report()
+    s.graph, s.report = ir.copy_graph(state.graph), Report()
     s.plan = BitPlan({g.id: plan.get(g.id, (8, 8)) for g in state.groups})
     EmitQDQ().run(s)
     return state_model(s)
@@ -56,7 +56,7 @@ def _probe(state, bits=(4, 8), **kw):
 
 
 def _fp32(state) -> onnx.ModelProto:
-    return ir.to_model(state.graph.copy(), ir_version=ir.min_ir_version(state.graph.opset))
+    return ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
 
 
 @pytest.mark.parametrize("name", PROBED)

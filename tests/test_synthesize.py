@@ -10,7 +10,7 @@ from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize, _key, synthesize
 
-from dfq_onnx import cache, runtime, synth_runner
+from dfq_onnx import cache, ir, runtime, synth_runner
 from dfq_onnx.errors import UsageError
 from dfq_onnx.search import Stage, bilinear_matrix, centred_ranks, frequency_bands
 from dfq_onnx.synth_runner import build_objective
@@ -180,6 +180,25 @@ def test_static_batch_and_memory_chunks_give_the_same_losses(bn_state, monkeypat
     assert small.calls - calls == 10
 
 
+def test_rows_per_call_leave_outputs_bitwise_equal_and_bound_memory(bn_state, monkeypatch):
+    rng = np.random.default_rng(3)
+    x = {"input": rng.standard_normal((10, 8, 8, 8)).astype(np.float32)}
+    _, runner = build_objective("bn", bn_state.graph, bn_state.bn_stats, SHAPES, _ref(rng), rng)
+    assert runner.rows_per_call >= 10 and runner.static is None
+    whole = runner.run(x)                                     # one call
+    runner.rows_per_call = 3                                  # 3 + 3 + 3 + 1 rows
+    assert all(np.array_equal(a, b) for a, b in zip(whole, runner.run(x)))
+    # no memory pattern: ORT would plan and keep one block per chunk size (3 and 1 here)
+    assert runner.session.get_session_options().enable_mem_pattern is False
+    # budget for exactly 5 rows of LIVE largest activations (8 x 8 x 8 here): the outputs per row
+    # (BN means and mean squares) push a fifth row over it
+    largest = synth_runner._per_row_numel(bn_state.graph)
+    assert largest == 8 * 8 * 8
+    monkeypatch.setattr(synth_runner, "MEMORY_BUDGET", 4 * synth_runner.LIVE * largest * 5)
+    _, bounded = build_objective("bn", bn_state.graph, bn_state.bn_stats, SHAPES, _ref(rng), rng)
+    assert bounded.rows_per_call == 4
+
+
 def test_dynamic_spatial_dims_need_input_shape():
     state = compile_state(builders.conv_bn_relu(hw=None), [Normalize(), FoldBatchNorm()])
     with pytest.raises(UsageError, match=r"'input'.*--input-shape input:"):
@@ -190,7 +209,7 @@ def test_dynamic_spatial_dims_need_input_shape():
 
 
 def test_bad_inputs_and_options_are_usage_errors(bn_state, free_state):
-    graph = bn_state.graph.copy()
+    graph = ir.copy_graph(bn_state.graph)
     graph.inputs[0].dtype = np.int64
     with pytest.raises(UsageError, match="'input'.*not float32"):
         synthesize(graph, bn_state.bn_stats, SynthesisOptions(**FAST), "m")
@@ -231,7 +250,7 @@ def _static_batch_graph(graph, hard_reshape: bool):
     """`graph` with input batch fixed to 1; optionally a head that hard-codes it (Reshape to [1, -1])."""
     import onnx_graphsurgeon as gs
 
-    g = graph.copy()
+    g = ir.copy_graph(graph)
     g.inputs[0].shape = [1] + list(g.inputs[0].shape[1:])
     if hard_reshape:
         out = g.outputs[0]
