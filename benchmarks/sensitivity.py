@@ -180,7 +180,8 @@ def synthetic_samples(state: CompileState, n: int):
 
 def predictors(scoring, table, table0, config) -> dict[str, float]:
     cand = {g: (b, 8) for g, b in config.items()}
-    ctx = table.base_loss + sum(table.incontext[g][c] for g, c in cand.items())
+    ctx = (table.base_loss + sum(table.incontext[g][c] for g, c in cand.items())
+           if all(table.incontext.values()) else float("nan"))
     damaging = table.predict(cand, pairs=False) + sum(
         max(terms.get((cand[g], cand[h]), 0.0), 0.0) for (g, h), terms in table.pairs.items()
         if g in cand and h in cand)
@@ -211,7 +212,8 @@ def faithfulness(name: str, args, cost_rows: list, phase_rows: list, faith_rows:
     if synth is not None:
         sets.append((f"synthetic {args.synthetic_samples}, auto", synth[0], synth[1], "auto"))
     for label, samples, labels, metric in sets:
-        opts = SensitivityOptions(weight_bits=BITS, metric=metric, use_cache=False, progress=False)
+        opts = SensitivityOptions(weight_bits=BITS, metric=metric, use_cache=False, progress=False,
+                                  incontext=not args.no_incontext)
         scoring = prepare(state, opts, samples, labels).run()
         table, table0 = scoring.table(), scoring.table(shrink=0.0)
         for phase, st in table.phases.items():
@@ -237,6 +239,7 @@ def main() -> None:
     ap.add_argument("--synthetic-samples", type=int, default=256)
     ap.add_argument("--metrics", default="kl,ce", help="metrics scored on the real samples")
     ap.add_argument("--no-synthetic", action="store_true")
+    ap.add_argument("--no-incontext", action="store_true", help="skip the in-context phase (column: nan)")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--cost-models", default="", help="extra ONNX models (paths) for the cost table only")
     ap.add_argument("--cost-batch", type=int, default=32, help="batch of the extra cost models (noise)")
