@@ -1,7 +1,7 @@
 """Synthetic calibration acceptance (issue 3): the whole table in one run, ORT quantize_static beside it.
 
     python benchmarks/synthetic.py [--models resnet20,resnet56] [--seeds 0,1,2] [--bits 8,4]
-                                   [--noise-seeds 0,1,2,3,4] [--real-subsets 4] [--no-ort]
+                                   [--noise-seeds 0,1,2,3,4] [--real-subsets 4] [--no-ort] [--views 8]
 
 Per model: synthesis of 64 samples per seed (no cache: timed), its ORT forward passes and rows, and
 forward passes per second vs a plain ORT forward of the model on the same number of rows (the plain
@@ -104,14 +104,14 @@ def bn_losses(state: CompileState, sets: dict[str, np.ndarray]) -> dict[str, flo
 
 
 def accuracy(fp32: Path, calibs: dict[str, tuple[str, int]], bits: list[int], tmp: Path, x_test, y_test,
-             x_cal, ort_baseline: bool = True) -> dict[str, dict[int, float]]:
+             x_cal, ort_baseline: bool = True, views: int = 8) -> dict[str, dict[int, float]]:
     acc: dict[str, dict[int, float]] = {}
     for name, (calib, seed) in calibs.items():
         acc[name] = {}
         for wb in bits:
             out = tmp / f"{''.join(c if c.isalnum() else '_' for c in name)}_{wb}.onnx"
             quantize(fp32, output=out, calib=calib, weight_bits=wb, act_bits=8, seed=seed, progress=False,
-                     cache_dir=str(tmp / "cache"))
+                     cache_dir=str(tmp / "cache"), synth_views=views)
             acc[name][wb] = top1(out, x_test, y_test)
             print(f"  {name} W{wb}A8: {acc[name][wb]:.2f}", flush=True)
     if not ort_baseline:
@@ -171,7 +171,7 @@ def summary(acc: dict[str, dict[int, float]], bits: list[int], samples: int) -> 
 
 
 def bench(model: str, seeds: list[int], bits: list[int], samples: int, tmp: Path, noise_seeds: list[int],
-          real_subsets: int, ort_baseline: bool) -> list[str]:
+          real_subsets: int, ort_baseline: bool, views: int = 8) -> list[str]:
     fp32 = SHARED_DATA / f"{model}_cifar10.onnx"
     state = folded_state(fp32)
     x_test, y_test = load_cifar("test")
@@ -192,7 +192,7 @@ def bench(model: str, seeds: list[int], bits: list[int], samples: int, tmp: Path
         sub = {"input": x_cal[k * samples:(k + 1) * samples]}
         calibs[f"real #{k} ({samples})"] = (str(write_input_npz(tmp / f"real_{k}.npz", sub)), 0)
     calibs["real (1000)"] = (str(write_input_npz(tmp / "real.npz", {"input": x_cal})), 0)
-    acc = accuracy(fp32, calibs, bits, tmp, x_test, y_test, x_cal, ort_baseline)
+    acc = accuracy(fp32, calibs, bits, tmp, x_test, y_test, x_cal, ort_baseline, views)
     fp = top1(fp32, x_test, y_test)
     out = [f"\n### {model}: top-1 % on CIFAR-10 test (10,000 images), FP32 {fp:.2f}\n"]
     rows = [[name] + [f"{acc[name][wb]:.2f}" for wb in bits] + [
@@ -221,6 +221,7 @@ def main() -> None:
     ap.add_argument("--noise-seeds", default="0", help="seeds of the Gaussian-noise calibration rows")
     ap.add_argument("--real-subsets", type=int, default=1, help="disjoint real subsets of --samples images")
     ap.add_argument("--no-ort", action="store_true", help="skip the ORT quantize_static rows")
+    ap.add_argument("--views", type=int, default=8, help="--synth-views of the synthetic rows (1: samples)")
     args = ap.parse_args()
     require_shared()
     onnx.checker.check_model(onnx.load(SHARED_DATA / "resnet20_cifar10.onnx"))
@@ -233,7 +234,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench_synth_") as tmp:
             noise_seeds = [int(s) for s in args.noise_seeds.split(",")]
             for line in bench(model, seeds, bits, args.samples, Path(tmp), noise_seeds, args.real_subsets,
-                              not args.no_ort):
+                              not args.no_ort, args.views):
                 print(line, flush=True)
     print(f"\nload average at end: {os.getloadavg()}; total {time.perf_counter() - t0:.0f} s")
 
