@@ -6,9 +6,11 @@
 
 Per model: dfq-onnx uniform W8A8 with activation ranges from Gaussian noise (N(0,1), as many samples
 as the synthetic set), analytic (BN statistics, where the model has them) and synthetic (seed 0);
-output SQNR vs the FP32 model (worst output, dB) on two held-out sets: synthetic samples of another
-seed (1) and fresh N(0,1) noise (--held-out samples each). Synthesis time, ORT runs and rows are
-reported for the calibration set (0 runs when it came from the cache; a fresh --cache-dir times it).
+output SQNR vs the FP32 model (worst output, dB), the synthetic ranges measured on the samples only
+and, as the default pipeline does, on `--views` views of each image-like sample, on two held-out
+sets: synthetic samples of another seed (1) and fresh N(0,1) noise (--held-out samples each).
+Synthesis time, ORT runs and rows are reported for the calibration set (0 runs when it came from
+the cache; a fresh --cache-dir times it).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def sqnr(ref_sess, q_sess, feeds: dict[str, np.ndarray], batch: int = 8) -> floa
 
 
 def bench(name: str, path: Path, shapes: dict, samples: int, held_out: int, steps: int | None,
-          cache_dir: str | None, tmp: Path) -> list:
+          cache_dir: str | None, tmp: Path, views: int = 8) -> list:
     hints = {k: tuple(v) for k, v in shapes.items()}
     t0 = time.perf_counter()
     syn = dfq_api.synthesize(path, samples=samples, seed=0, input_shapes=hints, cache_dir=cache_dir,
@@ -81,14 +83,22 @@ def bench(name: str, path: Path, shapes: dict, samples: int, held_out: int, step
     ref = session(path)
     row = [name, syn.objective, syn.steps, f"{seconds:.0f}", syn.forward_passes, syn.samples_evaluated,
            f"{syn.loss_start:.3f} -> {syn.loss_end:.3f}"]
-    for calib in ("noise", "analytic", str(calib_npz)):
+    for calib in ("noise", "analytic", str(calib_npz), "synthetic"):
         out = tmp / f"{name}_q.onnx"
+        t1 = time.perf_counter()
         try:
+            # the npz row: ranges on the samples only; "synthetic": the default pipeline on the same
+            # (cached) samples, with --synth-views views per image-like sample
             quantize(path, output=out, calib=calib, weight_bits=8, act_bits=8, input_shapes=hints,
-                     calib_samples=samples, calib_batch=8, seed=0, progress=False)
+                     calib_samples=samples, calib_batch=8, seed=0, progress=False, synth_samples=samples,
+                     synth_steps=steps, synth_views=views, cache_dir=cache_dir)
         except DfqError as exc:
             row += [f"refused: {str(exc)[:40]}"] * 2
             continue
+        if calib == "synthetic":
+            took = time.perf_counter() - t1
+            print(f"{name}: quantize, synthetic + views (cached samples): {took:.1f} s", file=sys.stderr,
+                  flush=True)
         q = session(out)
         row += [f"{sqnr(ref, q, feeds):.1f}" for feeds in evals.values()]
     return row
@@ -101,6 +111,7 @@ def main() -> None:
     ap.add_argument("--held-out", type=int, default=16, help="held-out samples per evaluation set")
     ap.add_argument("--steps", type=int, default=None, help="ES steps (default: the pass's budget)")
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--views", type=int, default=8, help="--synth-views of the last calibration column")
     args = ap.parse_args()
     print(machine_info())
     print(f"load average at start: {os.getloadavg()}")
@@ -110,12 +121,12 @@ def main() -> None:
             if args.only and not any(part in name for part in args.only.split(",")):
                 continue
             rows.append(bench(name, path, shapes, args.samples, args.held_out, args.steps, args.cache_dir,
-                              Path(tmp)))
+                              Path(tmp), args.views))
             print(" | ".join(str(c) for c in rows[-1]), file=sys.stderr, flush=True)
     print(f"\nW8A8 output SQNR vs FP32 (worst float output, dB); calibration sets of {args.samples} "
           f"samples, evaluation sets of {args.held_out}\n")
     head = ["model", "objective", "steps", "synth s", "ORT runs", "rows", "loss"]
-    for calib in ("noise", "analytic", "synthetic"):
+    for calib in ("noise", "analytic", "synthetic (samples only)", f"synthetic ({args.views} views)"):
         head += [f"{calib} calib: on held-out synth", f"{calib} calib: on noise"]
     print(markdown_table(head, rows))
     print(f"\nload average at end: {os.getloadavg()}")

@@ -36,6 +36,9 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
                    help="concrete shape for an input with dynamic dims (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     _add_synth_options(p)
+    p.add_argument("--synth-views", type=int, default=8,
+                   help="calibration rows per synthetic image sample: itself, its mirror image, shifted "
+                        "copies (default 8; 1 = the samples only)")
     m = p.add_argument_group("mixed precision (any budget switches from uniform to ILP allocation)")
     m.add_argument("--avg-weight-bits", type=float, help="parameter-weighted average weight bits")
     m.add_argument("--size-mb", type=float, help="weight size budget in MB")
@@ -138,6 +141,7 @@ def _options(args):
                            calib_samples=args.calib_samples, act_range=args.act_range,
                            input_shapes=dict(args.input_shape), seed=args.seed, progress=not args.quiet,
                            synth_samples=args.synth_samples, synth_steps=args.synth_steps,
+                           synth_views=args.synth_views,
                            cache_dir=args.cache_dir, use_cache=not args.no_cache,
                            avg_weight_bits=args.avg_weight_bits, size_mb=args.size_mb,
                            bops_ratio=args.bops_ratio, max_drop=args.max_drop, allocator=args.allocator,

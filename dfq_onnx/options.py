@@ -27,6 +27,7 @@ class QuantizeOptions:
     # synthetic calibration (passes/synthesize.py)
     synth_samples: int = 64
     synth_steps: int | None = None       # None: the pass's default
+    synth_views: int = 8                 # calibration rows per synthetic image sample (dfq_onnx/augment.py)
     cache_dir: str | None = None         # None: per-user cache directory
     use_cache: bool = True
     # mixed precision (a budget switches UniformPlan for ScoreSensitivity + AllocateBits)
@@ -102,6 +103,8 @@ class QuantizeOptions:
 
         if self.metric not in METRICS:
             raise UsageError(f"--metric {self.metric}: expected one of {', '.join(METRICS)}")
+        if self.synth_views < 1:
+            raise UsageError(f"--synth-views {self.synth_views}: expected a positive number")
         if self.cle_criterion not in ("weights", "activations", "auto"):
             raise UsageError(f"--cle-criterion {self.cle_criterion}: expected weights, activations or auto")
         if not 50.0 < self.percentile <= 100.0:

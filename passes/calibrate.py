@@ -3,7 +3,9 @@
 The FP32 graph is run once per batch with every activation quantizer's tensor exposed as an output;
 per tensor the running min/max (or the mean over batches of a percentile) is kept, so memory is
 bounded by one batch of activations. Analytic ranges (`AnalyticRanges`) fill what they can first;
-this pass measures only what is still missing.
+this pass measures only what is still missing. Synthetic samples of image-like inputs are measured
+together with `synth_views - 1` mirrored/shifted views of each (`dfq_onnx.augment`): more extremes
+for the min/max at the cost of forward rows only; a user's data and noise are measured as given.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import onnx_graphsurgeon as gs
 from tqdm import tqdm
 
 from dfq_onnx import runtime
+from dfq_onnx.augment import with_views
 from dfq_onnx.errors import UnsupportedModelError, UsageError
 from dfq_onnx.graph_utils import is_float
 from dfq_onnx.pass_base import Pass, PassResult
@@ -137,7 +140,12 @@ class Calibrate(Pass):
             feeds, source = noise_inputs(state.graph, opts.calib_samples, opts.seed), "noise"
         if state.calib is None or source == "data":
             state.calib = feeds   # scoring samples for later passes (synthetic ones are kept)
-        state.ranges.update(collect_ranges(state, feeds, missing, source))
         n = len(next(iter(feeds.values())))
-        state.report.notes.setdefault("calibration", {})[source] = {"samples": n, "tensors": len(missing)}
-        return PassResult(False, f"{len(missing)} ranges from {n} {source} samples")
+        if source == "synthetic":
+            feeds = with_views(feeds, opts.synth_views, opts.seed)
+        rows = len(next(iter(feeds.values())))
+        state.ranges.update(collect_ranges(state, feeds, missing, source))
+        state.report.notes.setdefault("calibration", {})[source] = {"samples": n, "rows": rows,
+                                                                    "tensors": len(missing)}
+        views = f" ({rows} rows with views)" if rows != n else ""
+        return PassResult(False, f"{len(missing)} ranges from {n} {source} samples{views}")

@@ -1,0 +1,53 @@
+"""Cheap views of synthetic image samples for range calibration: mirror images and small shifts.
+
+Min/max activation ranges measured on N samples are the extremes of N draws: they grow with N, and
+their spread from one draw of N samples to another is what makes a calibration set lucky or not.
+Searched samples are costly (each is ES-optimized for many steps); views of them are free (one more
+forward row each in `Calibrate`). View 0 is the sample itself, view 1 its mirror image (flip of the
+last axis); views k >= 2 shift it by (dy, dx), each drawn uniformly from +-1 .. +-side/8 pixels
+(never 0: a view is never the sample itself), with reflect padding, and mirror it with probability
+1/2, each sample and view drawn independently from one seeded generator (deterministic in the seed).
+
+Only image-like inputs get views: every input is rank 4 [N, C, H, W] with C <= 4 channels and
+H, W >= 8 (a photo-like grid on which a mirror image or a shift is another plausible image). Any other
+model (sequences, feature vectors, multi-input models mixing kinds) is calibrated on the samples alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_CHANNELS, MIN_SIDE, SHIFT_FRACTION = 4, 8, 8
+
+
+def is_image_like(shape: tuple[int, ...]) -> bool:
+    """A per-batch shape [N, C, H, W] with few channels and a spatial grid of at least 8 x 8."""
+    return len(shape) == 4 and 1 <= shape[1] <= MAX_CHANNELS and min(shape[2:]) >= MIN_SIDE
+
+
+def _shift(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """[C, H, W] translated by (dy, dx) pixels, the uncovered border filled by reflection."""
+    h, w = x.shape[1:]
+    pad = np.pad(x, ((0, 0), (abs(dy),) * 2, (abs(dx),) * 2), mode="reflect")
+    return pad[:, abs(dy) - dy:abs(dy) - dy + h, abs(dx) - dx:abs(dx) - dx + w]
+
+
+def with_views(feeds: dict[str, np.ndarray], views: int, seed: int) -> dict[str, np.ndarray]:
+    """`feeds` followed by views 1..views-1 of every sample (module docstring), concatenated on axis 0;
+    unchanged when views <= 1 or an input is not image-like. The same transform is applied to every
+    input of a sample."""
+    if views <= 1 or not feeds or not all(is_image_like(v.shape) for v in feeds.values()):
+        return feeds
+    n = len(next(iter(feeds.values())))
+    rng = np.random.default_rng([seed, views])
+    out = {k: [v] for k, v in feeds.items()}
+    for view in range(1, views):
+        first = view == 1
+        flips = np.ones(n, bool) if first else rng.random(n) < 0.5
+        moves = np.zeros((n, 2)) if first else rng.uniform(-1.0, 1.0, (n, 2))   # in units of side / 8
+        for k, v in feeds.items():
+            reach = np.maximum(np.array(v.shape[2:]) // SHIFT_FRACTION, 1)
+            dy, dx = (np.sign(moves) * np.ceil(np.abs(moves) * reach)).astype(int).T
+            rows = [_shift(v[i, :, :, ::-1] if flips[i] else v[i], int(dy[i]), int(dx[i])) for i in range(n)]
+            out[k].append(np.stack(rows).astype(v.dtype, copy=False))
+    return {k: np.concatenate(parts) for k, parts in out.items()}
