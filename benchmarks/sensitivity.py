@@ -223,7 +223,8 @@ def faithfulness(name: str, args, cost_rows: list, phase_rows: list, faith_rows:
         col = {k: np.array([p[k] for p in preds]) for k in preds[0]}
         first = min(30, len(configs))
         faith_rows.append([name, label, f"{min(drops):.1f}..{max(drops):.1f}", len(table.pairs),
-                           *(f"{spearman(v[:first], drops[:first]):.3f} / {spearman(v, drops):.3f}"
+                           *("-" if np.isnan(v).any() else
+                             f"{spearman(v[:first], drops[:first]):.3f} / {spearman(v, drops):.3f}"
                              for v in col.values())])
         for k in ("singles+pairs", "singles+pairs (C > 0, as the ILP)"):
             mean, lo, hi, share = paired_bootstrap(col["singles"], col[k], drops)
