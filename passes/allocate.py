@@ -21,14 +21,24 @@ from dfq_onnx.state import BitPlan, CompileState
 ALLOCATORS = ("ilp-pairs", "ilp", "greedy", "uniform")
 
 
-def build_problem(state: CompileState) -> Problem:
-    table, target = state.sensitivity, state.target
-    legal = [c for c in table.candidates if c in target.pairs]
+def _frame(state: CompileState, scored, group_ids) -> tuple:
+    """What both problems share: the `scored` candidates legal on the target, the groups of `group_ids`
+    with weights, each group's candidates narrowed by its ops ([candidates.ops]), their params and MACs."""
+    target = state.target
+    legal = [c for c in scored if c in target.pairs]
     if not legal:
         raise UsageError(f"none of the scored candidates is legal on target '{target.name}'")
     params, macs = group_costs(state.graph, state.groups)
-    groups = tuple(g for g in table.groups if params.get(g, 0) > 0)
-    cands = _candidates(state, legal, groups)
+    groups = tuple(g for g in group_ids if params.get(g, 0) > 0)
+    by_id = {g.id: g for g in state.groups}
+    cands = {g: tuple(c for c in legal if c in target.pairs_for(
+        [state.spec.layers[n].op for n in by_id[g].layers])) for g in groups}
+    return legal, groups, cands, {g: params[g] for g in groups}, {g: macs[g] for g in groups}
+
+
+def build_problem(state: CompileState) -> Problem:
+    table = state.sensitivity
+    legal, groups, cands, params, macs = _frame(state, table.candidates, table.groups)
     # Only damaging interactions (C > 0) reach the ILP. Negative terms mostly come from the loss saturating
     # when two low-bit layers each already break the output (D_ij < D_i + D_j); summed over a chain of
     # such pairs they cancel real damage, and the ILP buys exactly those chains (ResNet-20 at 3 bits:
@@ -36,31 +46,18 @@ def build_problem(state: CompileState) -> Problem:
     pairs = {k: {cc: max(v, 0.0) for cc, v in t.items() if cc[0] in legal and cc[1] in legal}
              for k, t in table.pairs.items() if k[0] in groups and k[1] in groups}
     # no tie constraints needed here: FindQuantGroups already merged layers sharing weights/activations
-    return Problem(groups, cands,
-                   {g: {c: table.singles[g][c] for c in cands[g]} for g in groups},
-                   {g: params[g] for g in groups}, {g: macs[g] for g in groups}, pairs)
-
-
-def _candidates(state: CompileState, legal, groups) -> dict[str, tuple]:
-    """Per group, the `legal` candidates every op of the group allows ([candidates.ops])."""
-    by_id = {g.id: g for g in state.groups}
-    return {g: tuple(c for c in legal if c in state.target.pairs_for(
-        [state.spec.layers[n].op for n in by_id[g].layers])) for g in groups}
+    return Problem(groups, cands, {g: {c: table.singles[g][c] for c in cands[g]} for g in groups},
+                   params, macs, pairs)
 
 
 def cost_problem(state: CompileState) -> Problem:
     """The allocation problem without losses (all zero), before scoring: the candidates ScoreSensitivity
     will score (options' score bits legal with the activation bits), per group narrowed by its ops."""
-    target, opts = state.target, state.options
-    act = opts.act_bits or target.default_act_bits
-    legal = [(b, act) for b in sorted(opts.score_bits) if (b, act) in target.pairs]
-    if not legal:
-        raise UsageError(f"none of the scored candidates is legal on target '{target.name}'")
-    params, macs = group_costs(state.graph, state.groups)
-    groups = tuple(g.id for g in state.groups if g.layers and params.get(g.id, 0) > 0)
-    cands = _candidates(state, legal, groups)
-    return Problem(groups, cands, {g: dict.fromkeys(cands[g], 0.0) for g in groups},
-                   {g: params[g] for g in groups}, {g: macs[g] for g in groups})
+    opts = state.options
+    act = opts.act_bits or state.target.default_act_bits
+    _, groups, cands, params, macs = _frame(state, [(b, act) for b in sorted(opts.score_bits)],
+                                            [g.id for g in state.groups if g.layers])
+    return Problem(groups, cands, {g: dict.fromkeys(cands[g], 0.0) for g in groups}, params, macs)
 
 
 class AllocateBits(Pass):
