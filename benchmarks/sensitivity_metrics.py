@@ -25,22 +25,19 @@ import sensitivity as bench  # noqa: E402
 from common import load_cifar, machine_info, markdown_table, require_shared  # noqa: E402
 from dfq_onnx.passes.sensitivity import SensitivityOptions, prepare  # noqa: E402
 
-from dfq_onnx import ir  # noqa: E402
+from dfq_onnx import ir, numerics  # noqa: E402
 
 BOUND = {"js": np.log(2.0), "hellinger": 1.0, "tv": 1.0, "flip": 1.0}
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
 def metric(kind: str, ref: np.ndarray, test: np.ndarray) -> float:
-    p, q = softmax(ref.astype(np.float64)), softmax(test.astype(np.float64))
-    lp, lq = np.log(np.maximum(p, 1e-30)), np.log(np.maximum(q, 1e-30))
     if kind == "kl":
-        v = (p * (lp - lq)).sum(-1)
-    elif kind == "js":
+        return numerics.kl_softmax(ref, test, axis=-1)
+    if kind == "mse":
+        return numerics.mse(ref, test)
+    p, q = numerics.softmax(ref), numerics.softmax(test)
+    lp, lq = np.log(np.maximum(p, 1e-30)), np.log(np.maximum(q, 1e-30))
+    if kind == "js":
         lm = np.log((p + q) / 2)
         v = 0.5 * (p * (lp - lm)).sum(-1) + 0.5 * (q * (lq - lm)).sum(-1)
     elif kind == "hellinger":
@@ -49,8 +46,6 @@ def metric(kind: str, ref: np.ndarray, test: np.ndarray) -> float:
         v = 0.5 * np.abs(p - q).sum(-1)
     elif kind == "flip":
         v = (ref.argmax(-1) != test.argmax(-1)).astype(float)
-    elif kind == "mse":
-        v = ((ref - test) ** 2).mean(-1)
     else:
         raise ValueError(kind)
     return float(v.mean())
@@ -80,7 +75,7 @@ def main() -> None:
     def run(config):
         key = frozenset(config.items())
         if key not in outputs:
-            outputs[key] = ev._forward(lambda feeds, k: ev.probe.run_batch(config, feeds, k))[0]
+            outputs[key] = ev.outputs(config)[0]
         return outputs[key]
 
     base = run({})

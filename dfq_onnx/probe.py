@@ -339,7 +339,7 @@ class Evaluator:
         if key not in self._memo:
             if key and self._base is None:
                 self.loss({})
-            outs = self._forward(lambda feeds, key: self.probe.run_batch(config, feeds, key))
+            outs = self.outputs(config)
             self.evaluations += 1
             if not key:
                 self._base = outs
@@ -349,6 +349,10 @@ class Evaluator:
             self._relative[key] = np.array([total_loss(self.kinds, self._base, outs, self.labels, r)
                                             for r in rows])
         return self._memo[key]
+
+    def outputs(self, config: Mapping[str, int | None]) -> list[np.ndarray]:
+        """The probe's outputs for `config` on all samples (one forward pass per batch, not memoized)."""
+        return self._forward(lambda feeds, key: self.probe.run_batch(config, feeds, key))
 
     def relative(self, config: Mapping[str, int | None]) -> np.ndarray:
         """Like `loss`, against the all-FP32-weights probe outputs instead of the FP32 model."""
