@@ -23,6 +23,8 @@ def _shape_hint(text: str) -> tuple[str, tuple[int, ...]]:
 
 
 def _add_quant_options(p: argparse.ArgumentParser) -> None:
+    from .sensitivity_table import METRICS
+
     p.add_argument("--target", default="ort-cpu", help="target profile name or .toml path (default ort-cpu)")
     p.add_argument("--weight-bits", type=int, default=None, help="uniform weight bits (target default)")
     p.add_argument("--act-bits", type=int, default=None, help="uniform activation bits (target default)")
@@ -52,7 +54,7 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--allocator", default="ilp", choices=("ilp-pairs", "ilp", "greedy", "uniform"),
                    help="ilp: singles (default); ilp-pairs: + pairwise terms; greedy; uniform")
     m.add_argument("--hops", type=int, default=2, help="pairwise terms for groups within this many hops")
-    m.add_argument("--metric", default="auto", choices=("auto", "kl", "mse", "sqnr"),
+    m.add_argument("--metric", default="auto", choices=[k for k in METRICS if k != "ce"],   # ce: labels
                    help="sensitivity loss at the model output vs FP32 (auto: per output kind; see README)")
     m.add_argument("--latency-ms", type=float,
                    help="whole-model latency budget in ms (needs --latency-table)")
