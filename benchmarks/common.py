@@ -28,7 +28,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader
 
-from dfq_onnx.latency import interleaved_medians, median_ms
+from dfq_onnx.backends.latency import interleaved_medians, median_ms
 
 # --------------------------------------------------------------------------- #
 # Shared data
@@ -324,7 +324,7 @@ def latency_ms(
 def interleaved_latency_ms(paths: Mapping[str, str | os.PathLike], feeds: Mapping[str, np.ndarray],
                            rounds: int, runs: int, warmup: int, threads: int = 2) -> dict[str, float]:
     """Per model, the median over `rounds` interleaved rounds of its median ms per ``sess.run`` (one
-    session per model; see dfq_onnx.latency.interleaved_medians)."""
+    session per model; see dfq_onnx.backends.latency.interleaved_medians)."""
     sessions = {k: session(p, threads=threads) for k, p in paths.items()}
     calls = {k: functools.partial(s.run, None, dict(feeds)) for k, s in sessions.items()}
     return {k: float(statistics.median(v))

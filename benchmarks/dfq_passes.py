@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED_DATA, load_cifar, machine_info, markdown_table, output_sqnr_db, session, top1  # noqa: E402
 
 import dfq_onnx  # noqa: E402
-from dfq_onnx import ir  # noqa: E402
+from dfq_onnx.core import ir  # noqa: E402
 
 CONFIGS = {"base": {}, "cle": {"cle": True}, "absorb": {"bias_absorption": True},
            "bc": {"bias_correction": True}, "dfmpc": {"dfmpc": True},

@@ -19,8 +19,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, markdown_table  # noqa: E402
 
-from dfq_onnx.allocate import Budget, Problem  # noqa: E402
-from dfq_onnx.ilp import solve  # noqa: E402
+from dfq_onnx.allocation.ilp import solve  # noqa: E402
+from dfq_onnx.allocation.problem import Budget, Problem  # noqa: E402
 
 CANDS = ((2, 8), (3, 8), (4, 8), (8, 8))
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED_DATA, load_cifar, machine_info, markdown_table, require_shared, top1  # noqa: E402
 
 from dfq_onnx import quantize  # noqa: E402
-from dfq_onnx.latency import interleaved_medians  # noqa: E402
+from dfq_onnx.backends.latency import interleaved_medians  # noqa: E402
 
 
 def compile_ov(path: Path, batch: int):

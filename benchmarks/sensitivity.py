@@ -46,13 +46,14 @@ from dfq_onnx.passes.normalize import Normalize  # noqa: E402
 from dfq_onnx.passes.quant_groups import FindQuantGroups  # noqa: E402
 from dfq_onnx.passes.sensitivity import SensitivityOptions, prepare  # noqa: E402
 
-from dfq_onnx import ir, runtime  # noqa: E402
-from dfq_onnx.options import QuantizeOptions  # noqa: E402
-from dfq_onnx.pass_base import run_passes  # noqa: E402
-from dfq_onnx.probe import Probe, build_probe, session  # noqa: E402
-from dfq_onnx.report import Report  # noqa: E402
-from dfq_onnx.state import BitPlan, CompileState  # noqa: E402
-from dfq_onnx.target import load_target  # noqa: E402
+from dfq_onnx.backends import runtime  # noqa: E402
+from dfq_onnx.core import ir  # noqa: E402
+from dfq_onnx.core.options import QuantizeOptions  # noqa: E402
+from dfq_onnx.core.pass_base import run_passes  # noqa: E402
+from dfq_onnx.core.report import Report  # noqa: E402
+from dfq_onnx.core.state import BitPlan, CompileState  # noqa: E402
+from dfq_onnx.core.target import load_target  # noqa: E402
+from dfq_onnx.sensitivity.probe import Probe, build_probe, session  # noqa: E402
 
 log = logging.getLogger("benchmarks.sensitivity")
 BITS = (2, 4, 8)

@@ -25,7 +25,10 @@ import sensitivity as bench  # noqa: E402
 from common import load_cifar, machine_info, markdown_table, require_shared  # noqa: E402
 from dfq_onnx.passes.sensitivity import SensitivityOptions, prepare  # noqa: E402
 
-from dfq_onnx import ir, numerics  # noqa: E402
+from dfq_onnx.core import (
+    ir,  # noqa: E402
+    numerics,  # noqa: E402
+)
 
 BOUND = {"js": np.log(2.0), "hellinger": 1.0, "tv": 1.0, "flip": 1.0}
 

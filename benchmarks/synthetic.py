@@ -48,14 +48,15 @@ from dfq_onnx.passes.fold_bn import FoldBatchNorm  # noqa: E402
 from dfq_onnx.passes.normalize import Normalize  # noqa: E402
 from dfq_onnx.passes.synthesize import SynthesisOptions, synthesize  # noqa: E402
 
-from dfq_onnx import ir, quantize  # noqa: E402
-from dfq_onnx.options import QuantizeOptions  # noqa: E402
-from dfq_onnx.pass_base import run_passes  # noqa: E402
-from dfq_onnx.report import Report  # noqa: E402
-from dfq_onnx.search import pink_noise, squash  # noqa: E402
-from dfq_onnx.state import CompileState  # noqa: E402
-from dfq_onnx.synth_runner import build_objective  # noqa: E402
-from dfq_onnx.target import load_target  # noqa: E402
+from dfq_onnx import quantize  # noqa: E402
+from dfq_onnx.core import ir  # noqa: E402
+from dfq_onnx.core.options import QuantizeOptions  # noqa: E402
+from dfq_onnx.core.pass_base import run_passes  # noqa: E402
+from dfq_onnx.core.report import Report  # noqa: E402
+from dfq_onnx.core.state import CompileState  # noqa: E402
+from dfq_onnx.core.target import load_target  # noqa: E402
+from dfq_onnx.synth.runner import build_objective  # noqa: E402
+from dfq_onnx.synth.search import pink_noise, squash  # noqa: E402
 
 
 def folded_state(path: Path) -> CompileState:

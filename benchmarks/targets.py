@@ -39,8 +39,8 @@ from common import (  # noqa: E402
 )
 
 from dfq_onnx import quantize  # noqa: E402
-from dfq_onnx.profile_target import profile_target  # noqa: E402
-from dfq_onnx.target import builtin_targets  # noqa: E402
+from dfq_onnx.commands.profile_target import profile_target  # noqa: E402
+from dfq_onnx.core.target import builtin_targets  # noqa: E402
 
 THREADS = 2   # set by --threads
 

@@ -1,6 +1,6 @@
 """dfq-onnx: data-free, mixed-precision, graph-to-graph ONNX quantization compiler.
 
-The public names are loaded lazily so that `import dfq_onnx.numerics` stays free of onnx/onnxruntime.
+The public names are loaded lazily so that `import dfq_onnx.core.numerics` stays free of onnx/onnxruntime.
 """
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "quantize": "api", "QuantizeOptions": "options", "TargetProfile": "target", "load_target": "target",
-    "DfqError": "errors", "UsageError": "errors", "ModelLoadError": "errors",
-    "UnsupportedModelError": "errors", "InfeasibleBudgetError": "errors",
+    "quantize": "api", "QuantizeOptions": "core.options", "TargetProfile": "core.target",
+    "load_target": "core.target", "DfqError": "core.errors", "UsageError": "core.errors",
+    "ModelLoadError": "core.errors", "UnsupportedModelError": "core.errors",
+    "InfeasibleBudgetError": "core.errors",
 }
 __all__ = sorted(_EXPORTS)
 

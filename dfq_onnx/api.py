@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 from pathlib import Path
 
 import onnx
 
-from . import ir
-from .errors import OutputError, UsageError
-from .options import QuantizeOptions
-from .pass_base import run_passes
-from .pipeline import default_pipeline
-from .report import Report
-from .state import CompileState
-from .target import TargetProfile, load_target
+from dfq_onnx.core import ir
+from dfq_onnx.core.errors import OutputError, UsageError
+from dfq_onnx.core.options import QuantizeOptions
+from dfq_onnx.core.pass_base import run_passes
+from dfq_onnx.core.report import Report
+from dfq_onnx.core.state import CompileState
+from dfq_onnx.core.target import TargetProfile, load_target
+from dfq_onnx.pipeline import default_pipeline
 
 
 def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | TargetProfile = "ort-cpu",
@@ -48,7 +49,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
         out.producer_name, out.producer_version = "dfq-onnx", _version()
         extra = []
         if encodings_path is not None:
-            from .encodings import export_encodings, to_json
+            from dfq_onnx.backends.encodings import export_encodings, to_json
 
             enc = export_encodings(state.graph, report, profile.act_symmetric)
             extra.append((encodings_path, to_json(enc).encode()))
@@ -57,7 +58,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
         ir.check_model(out)
         report.model["params"] = sum(g.params for g in state.groups)
         if report_path is not None:
-            from .report_data import fill
+            from dfq_onnx.report.data import fill
 
             fill(state, source, out)
     curve: list[Path] = []
@@ -111,7 +112,12 @@ def _write_outputs(out, output, report: Report, report_path, extra=()) -> None:
     text = None
     if report_path is not None:
         html = Path(report_path).suffix.lower() in (".html", ".htm")
-        text = report.to_html() if html else report.to_json()
+        if html:
+            from dfq_onnx.report.html import render
+
+            text = render(json.loads(report.to_json()))
+        else:
+            text = report.to_json()
     written: list[Path] = []
     try:
         if output is not None:
@@ -159,9 +165,9 @@ def synthesize(model, *, output=None, samples: int = 64, steps: int | None = Non
     writes one array per model input (plus `labels` when the objective assigns them) to an .npz."""
     import numpy as np
 
-    from .passes.fold_bn import FoldBatchNorm
-    from .passes.normalize import Normalize
-    from .passes.synthesize import SynthesisOptions, Synthesize
+    from dfq_onnx.passes.fold_bn import FoldBatchNorm
+    from dfq_onnx.passes.normalize import Normalize
+    from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize
 
     opts = QuantizeOptions(input_shapes=dict(input_shapes or {}), seed=seed, progress=progress)
     check_outputs(model, output, None)
@@ -189,7 +195,7 @@ def _write_pareto(path, points: list[dict], report: Report, target: str) -> list
     """The curve as JSON and as a PNG beside it (same stem), both written atomically."""
     import json
 
-    from .pareto import plot_png
+    from dfq_onnx.allocation.pareto import plot_png
 
     alloc = report.notes.get("allocation", {})
     chosen = {"avg_weight_bits": alloc.get("avg_weight_bits"), "measured": alloc.get("measured_loss")}

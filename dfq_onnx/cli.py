@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import DfqError, UsageError
+from dfq_onnx.core.errors import DfqError, UsageError
 
 
 def _shape_hint(text: str) -> tuple[str, tuple[int, ...]]:
@@ -23,7 +23,7 @@ def _shape_hint(text: str) -> tuple[str, tuple[int, ...]]:
 
 
 def _add_quant_options(p: argparse.ArgumentParser) -> None:
-    from .sensitivity_table import METRICS
+    from dfq_onnx.sensitivity.table import METRICS
 
     p.add_argument("--target", default="ort-cpu", help="target profile name or .toml path (default ort-cpu)")
     p.add_argument("--weight-bits", type=int, default=None, help="uniform weight bits (target default)")
@@ -63,7 +63,7 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
-    from .options import QuantizeOptions
+    from dfq_onnx.core.options import QuantizeOptions
 
     d = QuantizeOptions()
     a = p.add_argument_group("data-free accuracy passes (defaults from the ablation in BENCHMARKS.md)")
@@ -137,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _options(args):
-    from .options import QuantizeOptions
+    from dfq_onnx.core.options import QuantizeOptions
 
     return QuantizeOptions(weight_bits=args.weight_bits, act_bits=args.act_bits, calib=args.calib,
                            calib_samples=args.calib_samples, act_range=args.act_range,
@@ -154,7 +154,7 @@ def _options(args):
 
 
 def _cmd_quantize(args) -> int:
-    from .api import quantize
+    from dfq_onnx.api import quantize
 
     if Path(args.output).resolve() == Path(args.model).resolve():
         raise UsageError("-o/--output must differ from the input model (the input is never modified)")
@@ -167,9 +167,9 @@ def _cmd_quantize(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    from .inspect_model import inspect
-    from .options import QuantizeOptions
-    from .target import load_target
+    from dfq_onnx.commands.inspect_model import inspect
+    from dfq_onnx.core.options import QuantizeOptions
+    from dfq_onnx.core.target import load_target
 
     info = inspect(args.model, load_target(args.target),
                    QuantizeOptions(input_shapes=dict(args.input_shape), progress=False))
@@ -193,7 +193,7 @@ def _cmd_inspect(args) -> int:
 
 
 def _cmd_synthesize(args) -> int:
-    from .api import synthesize
+    from dfq_onnx.api import synthesize
 
     if not args.output.endswith(".npz"):
         raise UsageError(f"-o {args.output}: the samples are written as an .npz file")
@@ -207,7 +207,7 @@ def _cmd_synthesize(args) -> int:
 
 
 def _cmd_targets(args) -> int:
-    from .target import builtin_targets, load_target
+    from dfq_onnx.core.target import builtin_targets, load_target
 
     for name in builtin_targets():
         t = load_target(name)
@@ -217,7 +217,7 @@ def _cmd_targets(args) -> int:
 
 
 def _cmd_profile_target(args) -> int:
-    from .profile_target import profile_target
+    from dfq_onnx.commands.profile_target import profile_target
 
     if min(args.batch, args.rounds, args.runs, args.threads) < 1:
         raise UsageError("--batch, --rounds, --runs and --threads must be positive")
@@ -232,7 +232,7 @@ def _cmd_profile_target(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
+    from dfq_onnx.commands.demo import run_demo
 
     print(run_demo(Path(args.output_dir), weight_bits=args.weight_bits, act_bits=args.act_bits,
                    progress=not args.quiet))

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from .allocate import Budget
-from .options import QuantizeOptions
-from .pass_base import Pass
-from .passes.absorb_bias import AbsorbHighBias
-from .passes.allocate import AllocateBits
-from .passes.analytic_ranges import AnalyticRanges
-from .passes.bias_correction import CorrectBias
-from .passes.calibrate import Calibrate
-from .passes.check_usage import CheckUsage
-from .passes.dfmpc import CompensateDFMPC
-from .passes.emit_qdq import EmitQDQ
-from .passes.equalize import EqualizeCrossLayer
-from .passes.fold_bn import FoldBatchNorm
-from .passes.normalize import Normalize
-from .passes.plan_uniform import UniformPlan
-from .passes.quant_groups import FindQuantGroups
-from .passes.sensitivity import ScoreSensitivity, SensitivityOptions
-from .passes.synthesize import SynthesisOptions, Synthesize
-from .target import TargetProfile
+from dfq_onnx.allocation.problem import Budget
+from dfq_onnx.core.options import QuantizeOptions
+from dfq_onnx.core.pass_base import Pass
+from dfq_onnx.core.target import TargetProfile
+from dfq_onnx.passes.absorb_bias import AbsorbHighBias
+from dfq_onnx.passes.allocate import AllocateBits
+from dfq_onnx.passes.analytic_ranges import AnalyticRanges
+from dfq_onnx.passes.bias_correction import CorrectBias
+from dfq_onnx.passes.calibrate import Calibrate
+from dfq_onnx.passes.check_usage import CheckUsage
+from dfq_onnx.passes.dfmpc import CompensateDFMPC
+from dfq_onnx.passes.emit_qdq import EmitQDQ
+from dfq_onnx.passes.equalize import EqualizeCrossLayer
+from dfq_onnx.passes.fold_bn import FoldBatchNorm
+from dfq_onnx.passes.normalize import Normalize
+from dfq_onnx.passes.plan_uniform import UniformPlan
+from dfq_onnx.passes.quant_groups import FindQuantGroups
+from dfq_onnx.passes.sensitivity import ScoreSensitivity, SensitivityOptions
+from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize
 
 SCORE_SAMPLES = 256   # scoring samples for sensitivity (bounds its cost on large calibration sets)
 

@@ -20,11 +20,11 @@ import dataclasses
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx import corrections as cm
-from dfq_onnx.graph_utils import const_values, node_label, unique_name
-from dfq_onnx.layer_pairs import LayerPair, find_pairs, linear_kind
-from dfq_onnx.pass_base import Pass, PassResult
-from dfq_onnx.state import CompileState
+from dfq_onnx.core.graph_utils import const_values, node_label, unique_name
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import CompileState
+from dfq_onnx.corrections import formulas as cm
+from dfq_onnx.corrections.layer_pairs import LayerPair, find_pairs, linear_kind
 
 
 def add_to_bias(graph: gs.Graph, node: gs.Node, delta: np.ndarray) -> None:

@@ -1,4 +1,4 @@
-"""Turn the sensitivity table into a BitPlan under the user's budget (see `dfq_onnx.allocate`).
+"""Turn the sensitivity table into a BitPlan under the user's budget (see `dfq_onnx.allocation.problem`).
 
 Allocators: `ilp` (singles only, HAWQ-V3 style; the default), `ilp-pairs` (singles + pairwise terms,
 CLADO style), `greedy` (Pandey et al.'s Pareto walk), `uniform` (the budget's bit-width for all).
@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 
-from dfq_onnx import pareto
-from dfq_onnx.allocate import Allocation, Budget, Problem, check_feasible, costs, plan_cost, predicted_loss
-from dfq_onnx.costs import group_costs
-from dfq_onnx.errors import UsageError
-from dfq_onnx.ilp import greedy, solve
-from dfq_onnx.latency import LatencyTable
-from dfq_onnx.pass_base import Pass, PassResult
-from dfq_onnx.state import BitPlan, CompileState
+from dfq_onnx.allocation import pareto
+from dfq_onnx.allocation.costs import group_costs
+from dfq_onnx.allocation.ilp import greedy, solve
+from dfq_onnx.allocation.problem import (
+    Allocation,
+    Budget,
+    Problem,
+    check_feasible,
+    costs,
+    plan_cost,
+    predicted_loss,
+)
+from dfq_onnx.backends.latency import LatencyTable
+from dfq_onnx.core.errors import UsageError
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import BitPlan, CompileState
 
 ALLOCATORS = ("ilp-pairs", "ilp", "greedy", "uniform")
 
@@ -62,7 +70,8 @@ def cost_problem(state: CompileState) -> Problem:
 
 class AllocateBits(Pass):
     """Analysis: choose (weight bits, activation bits) per group under the budget, or the cheapest plan
-    meeting --max-drop (verified on the probe), optionally sweeping the Pareto curve (dfq_onnx/pareto.py)."""
+    meeting --max-drop (verified on the probe), optionally sweeping the Pareto curve
+    (allocation/pareto.py)."""
 
     name = "AllocateBits"
 

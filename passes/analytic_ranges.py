@@ -1,6 +1,6 @@
 """Data-free activation ranges from the kept BatchNormalization statistics.
 
-Each activation is described as a per-channel clipped Gaussian (`dfq_onnx.moments.Est`) and the
+Each activation is described as a per-channel clipped Gaussian (`dfq_onnx.core.moments.Est`) and the
 description is propagated through the graph in topological order:
 
 * a layer whose BatchNormalization was folded produces N(beta_c, gamma_c^2) per channel (that is
@@ -28,10 +28,10 @@ import itertools
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.graph_utils import const_values, is_const, is_float, node_label
-from dfq_onnx.moments import Est, gaussian_clip_k, laplace_clip_k
-from dfq_onnx.pass_base import Pass, PassResult
-from dfq_onnx.state import CompileState, Range
+from dfq_onnx.core.graph_utils import const_values, is_const, is_float, node_label
+from dfq_onnx.core.moments import Est, gaussian_clip_k, laplace_clip_k
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import CompileState, Range
 
 KEEP = {"Identity", "Dropout", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Resize",
         "Upsample", "Cast", "DepthToSpace", "SpaceToDepth", "Expand", "Tile", "Split"}

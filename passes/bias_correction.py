@@ -7,7 +7,7 @@ per output channel, where (W_hat - W) E[x] sums over input channels and kernel t
 weighted by the fraction of output positions at which it reads data rather than zero padding (the
 correction exact on average over the feature map; on an 8x8 map a 3x3 conv's corner tap misses 23 %).
 
-W_hat is exactly the weight EmitQDQ writes for the plan's bit-width (`emit_qdq.quantize_weight` with
+W_hat is exactly the weight EmitQDQ writes for the plan's bit-width (`backends.qdq.quantize_weight` with
 the same input scale, hence the same int32-bias scale floor), so the pass needs the plan: it runs
 after UniformPlan / AllocateBits, before EmitQDQ. E[x] per input channel comes from the kept BN
 statistics through the analytic estimate of `passes.analytic_ranges.estimate`: N(beta, gamma^2) at a
@@ -31,12 +31,12 @@ from dfq_onnx.passes.absorb_bias import add_to_bias
 from dfq_onnx.passes.analytic_ranges import MAX_UNANCHORED, estimate
 from dfq_onnx.passes.emit_qdq import EmitQDQ
 
-from dfq_onnx import corrections as cm
-from dfq_onnx.graph_utils import const_values, node_label
-from dfq_onnx.layer_pairs import linear_kind, tap_fractions
-from dfq_onnx.pass_base import Pass, PassResult
-from dfq_onnx.probe import emitted_weight
-from dfq_onnx.state import CompileState
+from dfq_onnx.core.graph_utils import const_values, node_label
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import CompileState
+from dfq_onnx.corrections import formulas as cm
+from dfq_onnx.corrections.layer_pairs import linear_kind, tap_fractions
+from dfq_onnx.sensitivity.probe import emitted_weight
 
 
 def input_moments(state: CompileState) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[dict]]:

@@ -4,7 +4,7 @@ The FP32 graph is run once per batch with every activation quantizer's tensor ex
 per tensor the running min/max (or the mean over batches of a percentile) is kept, so memory is
 bounded by one batch of activations. Analytic ranges (`AnalyticRanges`) fill what they can first;
 this pass measures only what is still missing. Synthetic samples of image-like inputs are measured
-together with `synth_views - 1` mirrored/shifted views of each (`dfq_onnx.augment`): more extremes
+together with `synth_views - 1` mirrored/shifted views of each (`dfq_onnx.synth.augment`): more extremes
 for the min/max at the cost of forward rows only; a user's data and noise are measured as given.
 """
 
@@ -16,12 +16,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from tqdm import tqdm
 
-from dfq_onnx import runtime
-from dfq_onnx.augment import with_views
-from dfq_onnx.errors import UnsupportedModelError, UsageError
-from dfq_onnx.graph_utils import is_float
-from dfq_onnx.pass_base import Pass, PassResult
-from dfq_onnx.state import CompileState, Range
+from dfq_onnx.backends import runtime
+from dfq_onnx.core.errors import UnsupportedModelError, UsageError
+from dfq_onnx.core.graph_utils import is_float
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import CompileState, Range
+from dfq_onnx.synth.augment import with_views
 
 
 def input_shape(t: gs.Variable, batch: int) -> tuple[int, ...]:

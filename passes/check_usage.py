@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from dfq_onnx.errors import DfqError, PassError
-from dfq_onnx.pass_base import Pass, PassResult
-from dfq_onnx.state import CompileState
+from dfq_onnx.core.errors import DfqError, PassError
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import CompileState
 
 
 class CheckUsage(Pass):

@@ -2,7 +2,7 @@
 (Chen et al., "Data-Free Quantization via Mixed-Precision Compensation without Fine-Tuning", Pattern
 Recognition 143, 2023; arXiv:2307.00498).
 
-Pair  y = W2 f(W1 x + b1)  (f = ReLU or identity on the path, `dfq_onnx.layer_pairs`), W1 emitted at
+Pair  y = W2 f(W1 x + b1)  (f = ReLU or identity on the path, `corrections.layer_pairs`), W1 emitted at
 b_1 bits as W_hat (fixed by EmitQDQ), W2 at b_2 > b_1 bits. Allow the next layer's input channels a
 gain c_o > 0 and divide the first layer's bias by it:
 
@@ -46,13 +46,13 @@ import dataclasses
 import numpy as np
 from dfq_onnx.passes.bias_correction import input_moments, input_scales, layer_bits
 
-from dfq_onnx import corrections as cm
-from dfq_onnx.graph_utils import const_values, node_label
-from dfq_onnx.layer_pairs import find_pairs, linear_kind, tap_fractions
-from dfq_onnx.moments import laplace_clip_k
-from dfq_onnx.pass_base import Pass, PassResult
-from dfq_onnx.probe import emitted_weight
-from dfq_onnx.state import CompileState
+from dfq_onnx.core.graph_utils import const_values, node_label
+from dfq_onnx.core.moments import laplace_clip_k
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import CompileState
+from dfq_onnx.corrections import formulas as cm
+from dfq_onnx.corrections.layer_pairs import find_pairs, linear_kind, tap_fractions
+from dfq_onnx.sensitivity.probe import emitted_weight
 
 
 class CompensateDFMPC(Pass):

@@ -20,47 +20,18 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx import numerics
-from dfq_onnx.errors import UnsupportedModelError
-from dfq_onnx.graph_utils import const_values, node_label
-from dfq_onnx.pass_base import Pass, PassResult
-from dfq_onnx.qdq import Encoding, insert_activation_qdq, replace_with_dq
-from dfq_onnx.state import CompileState
-
-INT32_MAX = float(np.iinfo(np.int32).max)
-
-
-def activation_encoding(target, lo: float, hi: float, bits: int) -> Encoding:
-    dtype = target.act_dtype(bits)
-    signed = dtype.startswith("int")
-    if target.act_symmetric:
-        scale, zp = numerics.symmetric_act_params(lo, hi, bits, signed)
-    else:
-        scale, zp = numerics.affine_params(lo, hi, bits, signed)
-    return Encoding(np.float32(scale), np.asarray(zp), dtype, bits)
-
-
-def quantize_weight(target, w: np.ndarray, bias: np.ndarray | None, x_scale: float | None, bits: int,
-                    axis: int | None):
-    """Emit's weight (and int32 bias) quantization, shared with the sensitivity probe.
-
-    Returns (q, scale, q_bias, bias_scale); q_bias is None when the bias stays float (the target asks
-    for float bias, there is no bias, or the input is not quantized). A weight scale is raised where
-    |b / (s_x * s_w)| would overflow int32.
-    """
-    axis = axis if target.per_channel else None
-    scale = numerics.weight_scales(w, bits, axis)
-    int_bias = target.bias_mode == "int32" and bias is not None and x_scale is not None
-    if int_bias:
-        floor = np.abs(bias) / (float(x_scale) * INT32_MAX)
-        scale = np.maximum(scale, floor.reshape(scale.shape) if scale.ndim else floor.max()).astype(
-            np.float32)
-    signed = target.weight_dtype(bits).startswith("int")
-    q = numerics.quantize(w, scale, 0, bits, signed, axis, narrow=target.narrow_range)
-    if not int_bias:
-        return q, scale, None, None
-    qb, bscale = numerics.bias_int32(bias, float(x_scale), scale)
-    return q, scale, qb, bscale
+from dfq_onnx.backends.qdq import (
+    Encoding,
+    activation_encoding,
+    insert_activation_qdq,
+    quantize_weight,
+    replace_with_dq,
+)
+from dfq_onnx.core import numerics
+from dfq_onnx.core.errors import UnsupportedModelError
+from dfq_onnx.core.graph_utils import const_values, node_label
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import CompileState
 
 
 def _fixed_encoding(state: CompileState, members: list[str], bits: int) -> Encoding | None:

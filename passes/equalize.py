@@ -2,7 +2,7 @@
 Bias Correction", sec. 4.1).
 
 For a pair of linear layers  y = W2 f(W1 x + b1) + b2  whose path f is per-channel positively
-homogeneous (ReLU, identity, zero Pad, MaxPool; see `dfq_onnx.layer_pairs`), f(S^-1 z) = S^-1 f(z) for
+homogeneous (ReLU, identity, zero Pad, MaxPool; `corrections.layer_pairs`), f(S^-1 z) = S^-1 f(z) for
 S = diag(s), s > 0, so
 
     W1' = S^-1 W1      b1' = S^-1 b1      W2' = W2 S          (columns of W2: its input channels)
@@ -48,12 +48,12 @@ import dataclasses
 
 import numpy as np
 
-from dfq_onnx import corrections as cm
-from dfq_onnx.graph_utils import const_values, node_label
-from dfq_onnx.layer_pairs import LayerPair, find_pairs, linear_kind
-from dfq_onnx.moments import laplace_clip_k
-from dfq_onnx.pass_base import Pass, PassResult
-from dfq_onnx.state import CompileState
+from dfq_onnx.core.graph_utils import const_values, node_label
+from dfq_onnx.core.moments import laplace_clip_k
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import CompileState
+from dfq_onnx.corrections import formulas as cm
+from dfq_onnx.corrections.layer_pairs import LayerPair, find_pairs, linear_kind
 
 # K: a channel is taken never to exceed beta + K |gamma|. Real BN outputs are far from Gaussian in the
 # tail: on EfficientNet-Lite0 (synthetic samples) CLE kept the FP32 logits at 26 dB SQNR with K = 6,

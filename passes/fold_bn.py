@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx import numerics
-from dfq_onnx.graph_utils import (
+from dfq_onnx.core import numerics
+from dfq_onnx.core.graph_utils import (
     const_values,
     is_const,
     is_graph_output,
@@ -27,8 +27,8 @@ from dfq_onnx.graph_utils import (
     unique_name,
     weight_output_axis,
 )
-from dfq_onnx.pass_base import Pass, PassResult
-from dfq_onnx.state import BNStats, CompileState
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import BNStats, CompileState
 
 FOLDABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

@@ -19,10 +19,10 @@ import logging
 
 import onnxruntime as ort
 
-from dfq_onnx import ir
-from dfq_onnx.errors import UnsupportedModelError, UsageError
-from dfq_onnx.pass_base import Pass, PassResult
-from dfq_onnx.state import CompileState
+from dfq_onnx.core import ir
+from dfq_onnx.core.errors import UnsupportedModelError, UsageError
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import CompileState
 
 log = logging.getLogger(__name__)
 

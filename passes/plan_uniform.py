@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dfq_onnx.errors import TargetError
-from dfq_onnx.pass_base import Pass, PassResult
-from dfq_onnx.state import BitPlan, CompileState
+from dfq_onnx.core.errors import TargetError
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import BitPlan, CompileState
 
 
 class UniformPlan(Pass):

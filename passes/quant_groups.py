@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.graph_utils import (
+from dfq_onnx.core.graph_utils import (
     const_values,
     is_const,
     is_float,
@@ -28,8 +28,8 @@ from dfq_onnx.graph_utils import (
     node_label,
     weight_output_axis,
 )
-from dfq_onnx.pass_base import Pass, PassResult
-from dfq_onnx.state import CompileState, LayerSpec, QuantGroup, QuantSpec
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import CompileState, LayerSpec, QuantGroup, QuantSpec
 
 ABSORBABLE = ("Relu", "Clip")
 

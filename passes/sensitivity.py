@@ -2,8 +2,8 @@
 
 For every group with weights and every candidate c = (w, a) -- w from `weight_bits` where the target
 allows (w, a), a the activation bits -- configurations are run on ONE probe model in ONE session
-(`dfq_onnx.probe`), each costing one ORT forward pass of the scoring batch, and the terms of
-`dfq_onnx.sensitivity_table` are formed against the cached FP32 outputs:
+(`dfq_onnx.sensitivity.probe`), each costing one ORT forward pass of the scoring batch, and the terms of
+`dfq_onnx.sensitivity.table` are formed against the cached FP32 outputs:
 
     singles    Omega_i(c)   = D(i at c)                                             G*K evaluations
     incontext  I_i(c)       = L(others at base, i at c) - L(all at base)            G*(K-1) + 1
@@ -39,13 +39,13 @@ import numpy as np
 from dfq_onnx.passes.calibrate import noise_inputs
 from tqdm import tqdm
 
-from dfq_onnx import cache, ir, numerics
-from dfq_onnx.errors import UsageError
-from dfq_onnx.graph_utils import node_label
-from dfq_onnx.pass_base import Pass, PassResult
-from dfq_onnx.probe import Evaluator, Probe, build_probe
-from dfq_onnx.sensitivity_table import METRICS, SensitivityTable, load_json, save_json_atomic, summary
-from dfq_onnx.state import CompileState
+from dfq_onnx.core import cache, ir, numerics
+from dfq_onnx.core.errors import UsageError
+from dfq_onnx.core.graph_utils import node_label
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import CompileState
+from dfq_onnx.sensitivity.probe import Evaluator, Probe, build_probe
+from dfq_onnx.sensitivity.table import METRICS, SensitivityTable, load_json, save_json_atomic, summary
 
 log = logging.getLogger(__name__)
 ENGINE_VERSION = 2       # bump when the terms change: old cache entries are then ignored
@@ -65,7 +65,7 @@ class SensitivityOptions:
     quantize_activations: bool = True
     bias_correction: bool = False     # each candidate's weights with its analytic bias correction
     shrink: float = 1.0
-    segmented: bool = True            # run configurations from the first changed segment (dfq_onnx.segments)
+    segmented: bool = True            # run configurations from the first changed segment (segments.py)
     use_cache: bool = True
     cache_dir: str | None = None
     progress: bool = True
@@ -291,7 +291,7 @@ def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -
     if options.bias_correction:
         from dfq_onnx.passes.bias_correction import input_moments
 
-        from dfq_onnx.layer_pairs import tap_fractions
+        from dfq_onnx.corrections.layer_pairs import tap_fractions
 
         nodes = {node_label(n): n for n in state.graph.nodes}
         means = {layer: (m[0], tap_fractions(nodes[layer])) for layer, m in input_moments(state)[0].items()}

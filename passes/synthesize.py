@@ -6,13 +6,13 @@
     Adam step per sample <-- centred ranks <-- per-sample losses <-- per-channel mean/mean-square
                                                                      of BN outputs (+ logits, peaks)
 
-Objectives (`dfq_onnx.synth_objectives`): "bn" matches the per-channel spatial mean/std of every
+Objectives (`dfq_onnx.synth.objectives`): "bn" matches the per-channel spatial mean/std of every
 folded-BN output to (beta, |gamma|) plus a weak N(0, 1) input prior (ZeroQ, per sample); "label"
 (chosen by "auto" when the model has no BN statistics) makes each sample's target class dominate the
 output, with a smoothness prior and an activation-peak penalty; "bn+label" adds both. The search
-(`dfq_onnx.search`) is antithetic ES with rank-based fitness shaping and Adam, coarse to fine, over
+(`dfq_onnx.synth.search`) is antithetic ES with rank-based fitness shaping and Adam, coarse to fine, over
 band gains, a colour mix and a low-resolution residual latent of each image (the raw input for other
-ranks). The result is cached on disk (`dfq_onnx.cache`) keyed by the model hash and every option
+ranks). The result is cached on disk (`dfq_onnx.core.cache`) keyed by the model hash and every option
 that changes it, so a rerun performs no ORT run.
 
 Defaults: 64 samples, up to 80 steps of P = 2 pairs: 64 * 4 * 80 = 20480 rows in 80 single-call
@@ -36,12 +36,12 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from dfq_onnx import cache
-from dfq_onnx.errors import UsageError
-from dfq_onnx.pass_base import Pass, PassResult
-from dfq_onnx.search import ESConfig, Stage, es_minimize, pink_noise, squash, stage_factors
-from dfq_onnx.state import CompileState
-from dfq_onnx.synth_runner import build_objective, resolve_shapes, row_elements
+from dfq_onnx.core import cache
+from dfq_onnx.core.errors import UsageError
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import CompileState
+from dfq_onnx.synth.runner import build_objective, resolve_shapes, row_elements
+from dfq_onnx.synth.search import ESConfig, Stage, es_minimize, pink_noise, squash, stage_factors
 
 log = logging.getLogger(__name__)
 

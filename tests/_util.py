@@ -6,12 +6,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from dfq_onnx import ir
-from dfq_onnx.options import QuantizeOptions
-from dfq_onnx.pass_base import run_passes
-from dfq_onnx.report import Report
-from dfq_onnx.state import CompileState
-from dfq_onnx.target import load_target
+from dfq_onnx.core import ir
+from dfq_onnx.core.options import QuantizeOptions
+from dfq_onnx.core.pass_base import run_passes
+from dfq_onnx.core.report import Report
+from dfq_onnx.core.state import CompileState
+from dfq_onnx.core.target import load_target
 
 
 def session(model: onnx.ModelProto, optimized_path: str | None = None,

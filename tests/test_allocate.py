@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dfq_onnx.allocate import Budget, Problem, brute_force, plan_cost, predicted_loss
-from dfq_onnx.errors import InfeasibleBudgetError, UsageError
-from dfq_onnx.ilp import greedy, solve
+from dfq_onnx.allocation.ilp import greedy, solve
+from dfq_onnx.allocation.problem import Budget, Problem, brute_force, plan_cost, predicted_loss
+from dfq_onnx.core.errors import InfeasibleBudgetError, UsageError
 
 C3 = ((2, 8), (4, 8), (8, 8))
 

@@ -12,9 +12,9 @@ from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.quant_groups import FindQuantGroups
 from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize
 
-from dfq_onnx.augment import _shift, is_image_like, with_views
-from dfq_onnx.errors import UsageError
-from dfq_onnx.options import QuantizeOptions
+from dfq_onnx.core.errors import UsageError
+from dfq_onnx.core.options import QuantizeOptions
+from dfq_onnx.synth.augment import _shift, is_image_like, with_views
 
 
 def _images(n=5, c=3, hw=16, seed=0):

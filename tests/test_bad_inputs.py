@@ -139,7 +139,7 @@ def test_every_issue_case_is_covered():
 
 
 def test_debug_shows_a_traceback_for_a_model_error(tmp_path):
-    from dfq_onnx.errors import DfqError
+    from dfq_onnx.core.errors import DfqError
 
     src = _save(builders.bad_fp16(), tmp_path / "m.onnx")
     with pytest.raises(DfqError):
@@ -148,7 +148,7 @@ def test_debug_shows_a_traceback_for_a_model_error(tmp_path):
 
 
 def test_unwritable_report_removes_the_written_model(tmp_path, capsys, monkeypatch):
-    from dfq_onnx import ir
+    from dfq_onnx.core import ir
 
     src = _save(builders.conv_bn_relu(), tmp_path / "m.onnx")
     real = ir.write_bytes_atomic
@@ -182,7 +182,7 @@ def test_bad_input_to_inspect(case, tmp_path, capsys):
 
 
 def test_an_internal_error_is_one_line_too(tmp_path, capsys, monkeypatch):
-    from dfq_onnx import ir
+    from dfq_onnx.core import ir
 
     src = _save(builders.conv_bn_relu(), tmp_path / "m.onnx")
 
@@ -201,7 +201,7 @@ def test_an_internal_error_is_one_line_too(tmp_path, capsys, monkeypatch):
 
 
 def test_a_bug_inside_a_pass_is_one_line(tmp_path, capsys, monkeypatch):
-    from dfq_onnx import ir
+    from dfq_onnx.core import ir
 
     src = _save(builders.conv_bn_relu(), tmp_path / "m.onnx")
 

@@ -12,7 +12,7 @@ from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.quant_groups import FindQuantGroups
 
 import dfq_onnx
-from dfq_onnx.errors import PassError, UsageError
+from dfq_onnx.core.errors import PassError, UsageError
 
 
 def _calibrate(model, **opts):

@@ -145,7 +145,7 @@ def test_bad_input_shape_hint_exits_2(model_path, tmp_path, capsys, hint):
 
 
 def test_malformed_target_file_is_a_usage_error(model_path, tmp_path, capsys):
-    from dfq_onnx.target import builtin_targets
+    from dfq_onnx.core.target import builtin_targets
 
     toml = tmp_path / "bad.toml"
     text = builtin_targets()["ort-cpu"].read_text()
@@ -155,7 +155,7 @@ def test_malformed_target_file_is_a_usage_error(model_path, tmp_path, capsys):
 
 
 def test_debug_shows_the_exception(tmp_path):
-    from dfq_onnx.errors import ModelLoadError
+    from dfq_onnx.core.errors import ModelLoadError
 
     with pytest.raises(ModelLoadError):
         main(["--debug", "-q", "quantize", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "o.onnx")])

@@ -12,7 +12,7 @@ import onnx
 from dfq_onnx.models import builders
 
 import dfq_onnx
-from dfq_onnx.report import _without_timings
+from dfq_onnx.core.report import _without_timings
 
 MIXED = ["--avg-weight-bits", "5", "--synth-samples", "8", "--synth-steps", "3", "--no-cache"]
 

@@ -21,11 +21,11 @@ from dfq_onnx.passes.quant_groups import FindQuantGroups
 from onnx import TensorProto, helper, numpy_helper
 
 import dfq_onnx
-from dfq_onnx import corrections as cm
-from dfq_onnx import ir, numerics
 from dfq_onnx.cli import _options, _parser
-from dfq_onnx.layer_pairs import find_pairs
-from dfq_onnx.state import BitPlan
+from dfq_onnx.core import ir, numerics
+from dfq_onnx.core.state import BitPlan
+from dfq_onnx.corrections import formulas as cm
+from dfq_onnx.corrections.layer_pairs import find_pairs
 
 RTOL = 1e-5
 
@@ -273,10 +273,10 @@ def test_probe_with_bias_correction_equals_emitted_model(name):
 
     from dfq_onnx.passes.bias_correction import input_moments
 
-    from dfq_onnx import probe
-    from dfq_onnx.graph_utils import node_label
-    from dfq_onnx.layer_pairs import tap_fractions
-    from dfq_onnx.report import Report
+    from dfq_onnx.core.graph_utils import node_label
+    from dfq_onnx.core.report import Report
+    from dfq_onnx.corrections.layer_pairs import tap_fractions
+    from dfq_onnx.sensitivity import probe
 
     model = builders.with_data_bn_stats(builders.GOOD_BUILDERS[name]())
     state = compile_state(model, [Normalize(21), FoldBatchNorm(), FindQuantGroups(), AnalyticRanges(),
@@ -301,7 +301,7 @@ def test_probe_with_bias_correction_equals_emitted_model(name):
 
 def test_cle_activation_criterion_balances_activation_and_weight_columns():
     """criterion="activations": a_i / s_i = r2_i s_i, a_i the channel's analytic activation range."""
-    from dfq_onnx.moments import laplace_clip_k
+    from dfq_onnx.core.moments import laplace_clip_k
 
     model = builders.with_data_bn_stats(builders.conv_bn_relu(c_mid=8))
     ref = compile_state(model, [Normalize(), FoldBatchNorm()])

@@ -11,7 +11,7 @@ from _util import initializers, nodes_by_op, normal_feeds, run, session
 from dfq_onnx.models import builders
 
 import dfq_onnx
-from dfq_onnx import numerics
+from dfq_onnx.core import numerics
 
 GOOD = sorted(builders.GOOD_BUILDERS)
 

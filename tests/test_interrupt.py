@@ -14,11 +14,12 @@ import onnx
 import pytest
 from dfq_onnx.models import builders
 
-from dfq_onnx import cache, pipeline
+from dfq_onnx import pipeline
 from dfq_onnx.cli import main
-from dfq_onnx.options import QuantizeOptions
-from dfq_onnx.sensitivity_table import load_json
-from dfq_onnx.target import load_target
+from dfq_onnx.core import cache
+from dfq_onnx.core.options import QuantizeOptions
+from dfq_onnx.core.target import load_target
+from dfq_onnx.sensitivity.table import load_json
 
 MIXED = ["--avg-weight-bits", "5", "--synth-samples", "8", "--synth-steps", "2"]
 PASSES = [type(p) for p in pipeline.default_pipeline(load_target("ort-cpu"),

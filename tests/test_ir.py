@@ -1,4 +1,4 @@
-"""dfq_onnx.ir: loading with external data (and refusing unsafe locations), atomic saving."""
+"""dfq_onnx.core.ir: loading with external data (and refusing unsafe locations), atomic saving."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from _util import point_external_data_to
 from dfq_onnx.models import builders
 
-from dfq_onnx import ir
-from dfq_onnx.errors import ModelLoadError
+from dfq_onnx.core import ir
+from dfq_onnx.core.errors import ModelLoadError
 
 
 def _save_external(model, path):

@@ -10,7 +10,7 @@ from dfq_onnx.models import builders
 
 import dfq_onnx
 from dfq_onnx.cli import main
-from dfq_onnx.errors import DfqError
+from dfq_onnx.core.errors import DfqError
 
 
 @pytest.fixture(scope="module")
@@ -96,22 +96,22 @@ def test_latency_ms_needs_a_table(tmp_path, capsys):
 
 def test_profiled_models_keep_int4_storage():
     """The timed models must store 4-bit weights as INT4 (through copies and a re-import)."""
-    from dfq_onnx.latency import concrete, cut_group
-    from dfq_onnx.profile_target import _emitted, _prepared
-    from dfq_onnx.target import load_target
+    from dfq_onnx.backends.latency import concrete, cut_group
+    from dfq_onnx.commands.profile_target import _emitted, _prepared
+    from dfq_onnx.core.target import load_target
 
     state = _prepared(builders.conv_bn_relu_residual(), load_target("ort-cpu"), {})
     emitted = _emitted(state, {g.id: (4, 8) for g in state.groups})
     graph = concrete(emitted, 2)          # exported and re-imported
     cut = cut_group(graph, state.groups[0].ops)
-    full = dfq_onnx.ir.to_model(dfq_onnx.ir.copy_graph(graph))
+    full = dfq_onnx.core.ir.to_model(dfq_onnx.core.ir.copy_graph(graph))
     for model in (cut, full):
         assert onnx.TensorProto.INT4 in {t.data_type for t in model.graph.initializer}
 
 
 def test_profile_target_openvino(table_path, tmp_path):
     pytest.importorskip("openvino")
-    from dfq_onnx.profile_target import profile_target
+    from dfq_onnx.commands.profile_target import profile_target
 
     model, _, _ = table_path
     t = profile_target(model, "openvino", batch=2, rounds=1, runs=1, threads=1)
@@ -122,7 +122,7 @@ def test_profile_target_openvino(table_path, tmp_path):
 def test_interleaved_medians_times_every_callable_once_per_round(monkeypatch):
     # a fake clock: each call of a callable advances it by its next duration (ms); the first call of
     # each round is the warm-up, which must not count
-    from dfq_onnx import latency
+    from dfq_onnx.backends import latency
 
     clock = [0.0]
     monkeypatch.setattr(latency.time, "perf_counter", lambda: clock[0])

@@ -1,11 +1,11 @@
-"""dfq_onnx.moments: clipped-Gaussian moments and the MSE-optimal clipping threshold."""
+"""dfq_onnx.core.moments: clipped-Gaussian moments and the MSE-optimal clipping threshold."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dfq_onnx.moments import Est, clipped_moments, gaussian_clip_k
+from dfq_onnx.core.moments import Est, clipped_moments, gaussian_clip_k
 
 INF = float("inf")
 

@@ -10,12 +10,12 @@ from dfq_onnx.models import builders
 from dfq_onnx.passes.normalize import Normalize
 
 import dfq_onnx
-from dfq_onnx import ir
-from dfq_onnx.errors import PassError, UnsupportedModelError
-from dfq_onnx.options import QuantizeOptions
-from dfq_onnx.report import Report
-from dfq_onnx.state import CompileState
-from dfq_onnx.target import load_target
+from dfq_onnx.core import ir
+from dfq_onnx.core.errors import PassError, UnsupportedModelError
+from dfq_onnx.core.options import QuantizeOptions
+from dfq_onnx.core.report import Report
+from dfq_onnx.core.state import CompileState
+from dfq_onnx.core.target import load_target
 
 ATOL, RTOL = 1e-5, 1e-5   # normalization must not change the FP32 function beyond float rounding
 

@@ -1,4 +1,4 @@
-"""dfq_onnx.numerics: pure numpy, tested without onnx or onnxruntime."""
+"""dfq_onnx.core.numerics: pure numpy, tested without onnx or onnxruntime."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfq_onnx import numerics as nx
+from dfq_onnx.core import numerics as nx
 
 
 def test_numerics_and_moments_import_neither_onnx_nor_onnxruntime():
-    code = ("import sys, dfq_onnx.numerics, dfq_onnx.moments; "
+    code = ("import sys, dfq_onnx.core.numerics, dfq_onnx.core.moments; "
             "print(sorted(m for m in ('onnx', 'onnxruntime', 'onnx_graphsurgeon') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

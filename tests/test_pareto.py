@@ -11,10 +11,10 @@ from dfq_onnx.models import builders
 from test_allocate import random_problem
 
 import dfq_onnx
-from dfq_onnx.allocate import Budget, predicted_loss
-from dfq_onnx.errors import InfeasibleBudgetError
-from dfq_onnx.ilp import solve
-from dfq_onnx.pareto import default_point, max_drop, sweep
+from dfq_onnx.allocation.ilp import solve
+from dfq_onnx.allocation.pareto import default_point, max_drop, sweep
+from dfq_onnx.allocation.problem import Budget, predicted_loss
+from dfq_onnx.core.errors import InfeasibleBudgetError
 
 
 def _additive(p):

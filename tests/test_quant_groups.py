@@ -10,7 +10,7 @@ from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.quant_groups import FindQuantGroups
 
 import dfq_onnx
-from dfq_onnx.target import builtin_targets
+from dfq_onnx.core.target import builtin_targets
 
 
 def _spec(model, target="ort-cpu"):

@@ -26,12 +26,13 @@ from dfq_onnx.passes.sensitivity import (
 from onnx import TensorProto, helper, numpy_helper
 
 import dfq_onnx
-from dfq_onnx import ir, probe
-from dfq_onnx.errors import DfqError, PassError, UsageError
-from dfq_onnx.pass_base import run_passes
-from dfq_onnx.report import Report
-from dfq_onnx.sensitivity_table import SensitivityTable, output_loss, resolve_metrics
-from dfq_onnx.state import BitPlan
+from dfq_onnx.core import ir
+from dfq_onnx.core.errors import DfqError, PassError, UsageError
+from dfq_onnx.core.pass_base import run_passes
+from dfq_onnx.core.report import Report
+from dfq_onnx.core.state import BitPlan
+from dfq_onnx.sensitivity import probe
+from dfq_onnx.sensitivity.table import SensitivityTable, output_loss, resolve_metrics
 
 PROBED = ["conv_bn_relu_residual", "concat_branches", "conv_clip6", "gemm_bn", "matmul_bn", "shared_weight",
           "conv_silu"]
@@ -288,7 +289,7 @@ def test_segmented_probe_reuses_the_cached_prefix():
 
 
 def test_segment_cuts_respect_the_cache_bound():
-    from dfq_onnx.segments import choose_cuts
+    from dfq_onnx.sensitivity.segments import choose_cuts
 
     model = builders.conv_bn_relu_residual()
     state = _state(model)

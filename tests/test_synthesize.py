@@ -10,10 +10,12 @@ from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize, _key, synthesize
 
-from dfq_onnx import cache, ir, runtime, synth_runner
-from dfq_onnx.errors import UsageError
-from dfq_onnx.search import Stage, bilinear_matrix, centred_ranks, frequency_bands
-from dfq_onnx.synth_runner import build_objective
+from dfq_onnx.backends import runtime
+from dfq_onnx.core import cache, ir
+from dfq_onnx.core.errors import UsageError
+from dfq_onnx.synth import runner as synth_runner
+from dfq_onnx.synth.runner import build_objective
+from dfq_onnx.synth.search import Stage, bilinear_matrix, centred_ranks, frequency_bands
 
 SHAPES = {"input": (8, 8, 8)}
 FAST = dict(samples=8, steps=12, population=2, progress=False, use_cache=False)
@@ -289,7 +291,7 @@ def test_unwritable_cache_dir_only_warns(bn_state, tmp_path, caplog):
 def test_latent_size_and_step_budget_follow_the_model_size():
     from dfq_onnx.passes.synthesize import MAX_STEPS, MIN_STEPS, budgeted_steps
 
-    from dfq_onnx.search import stage_factors
+    from dfq_onnx.synth.search import stage_factors
 
     assert stage_factors((3, 32, 32), 3) == [8, 4, 2]                  # latent 4, 8, 16 pixels ...
     assert stage_factors((3, 224, 224), 3) == [56, 28, 14]             # ... whatever the input size
@@ -304,7 +306,7 @@ def test_latent_size_and_step_budget_follow_the_model_size():
 
 def test_default_calibration_is_synthetic_and_a_rerun_hits_the_cache(tmp_path):
     import dfq_onnx
-    from dfq_onnx import ir
+    from dfq_onnx.core import ir
 
     model = builders.conv_bn_relu_residual(c=8, hw=8)
     first, r1 = dfq_onnx.quantize(model, cache_dir=str(tmp_path), progress=False)

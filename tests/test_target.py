@@ -11,8 +11,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from dfq_onnx.errors import TargetError, UsageError
-from dfq_onnx.target import builtin_targets, load_target
+from dfq_onnx.core.errors import TargetError, UsageError
+from dfq_onnx.core.target import builtin_targets, load_target
 
 ORT_CPU_TEXT = builtin_targets()["ort-cpu"].read_text()
 
@@ -140,7 +140,7 @@ def test_every_builtin_profile_loads_and_quantizes_a_builder_model():
     from dfq_onnx.models import builders
 
     import dfq_onnx
-    from dfq_onnx.target import builtin_targets
+    from dfq_onnx.core.target import builtin_targets
 
     for name in builtin_targets():
         model, report = dfq_onnx.quantize(builders.conv_bn_relu_residual(), target=name, progress=False)

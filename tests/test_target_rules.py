@@ -16,8 +16,8 @@ from _util import initializers, normal_feeds, run
 from dfq_onnx.models import builders
 
 from dfq_onnx import quantize
-from dfq_onnx.errors import DfqError
-from dfq_onnx.target import builtin_targets
+from dfq_onnx.core.errors import DfqError
+from dfq_onnx.core.target import builtin_targets
 
 TARGETS = sorted(builtin_targets())
 

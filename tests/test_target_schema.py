@@ -9,8 +9,8 @@ import pytest
 from dfq_onnx.models import builders
 
 from dfq_onnx.cli import main
-from dfq_onnx.errors import TargetError
-from dfq_onnx.target import builtin_targets, load_target
+from dfq_onnx.core.errors import TargetError
+from dfq_onnx.core.target import builtin_targets, load_target
 
 QNN = builtin_targets()["qnn-htp"].read_text()
 

@@ -20,8 +20,8 @@ from dfq_onnx.passes.quant_groups import FindQuantGroups
 from dfq_onnx.passes.sensitivity import ScoreSensitivity, SensitivityOptions
 from dfq_onnx.passes.synthesize import Synthesize
 
+from dfq_onnx.backends.latency import FORMAT
 from dfq_onnx.cli import main
-from dfq_onnx.latency import FORMAT
 
 
 @pytest.fixture

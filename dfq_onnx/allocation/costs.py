@@ -1,0 +1,44 @@
+"""Per-layer cost facts from the graph: parameters and multiply-accumulates per sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from dfq_onnx.core.graph_utils import const_values, node_label
+
+
+def _static(shape) -> list[int] | None:
+    if shape is None or any(not isinstance(d, int) or d <= 0 for d in shape[1:]):
+        return None
+    return list(shape)
+
+
+def layer_macs(node: gs.Node) -> int:
+    """MACs of one sample through a weighted node (0 when shapes are unknown).
+
+    Conv: out_elements * (C_in / group) * prod(kernel); ConvTranspose: in_elements * C_out/group * kernel;
+    Gemm / MatMul: rows * K * N, rows = product of the output's non-batch leading dims.
+    """
+    w = const_values(node.inputs[1])
+    if node.op == "Conv":
+        out = _static(node.outputs[0].shape)
+        return int(np.prod(out[1:]) * np.prod(w.shape[1:])) if out else 0
+    if node.op == "ConvTranspose":
+        inp = _static(node.inputs[0].shape)
+        return int(np.prod(inp[1:]) * np.prod(w.shape[1:])) if inp else 0
+    out = _static(node.outputs[0].shape)
+    if out is None or w.ndim < 2:
+        return 0
+    k = w.shape[0] if not (node.op == "Gemm" and node.attrs.get("transB", 0)) else w.shape[1]
+    return int(np.prod(out[1:]) * k)
+
+
+def group_costs(graph: gs.Graph, groups) -> tuple[dict[str, int], dict[str, int]]:
+    """(params, MACs) per quantizer group."""
+    nodes = {node_label(n): n for n in graph.nodes}
+    params, macs = {}, {}
+    for g in groups:
+        params[g.id] = g.params
+        macs[g.id] = sum(layer_macs(nodes[name]) for name in g.layers if name in nodes)
+    return params, macs

@@ -1,0 +1,114 @@
+"""Q/DQ node creation and naming: the one place that builds QuantizeLinear / DequantizeLinear.
+
+Activation (shared encoding constants per encoding class):
+
+    producer ── t ──► QuantizeLinear ── t_quantized ──► DequantizeLinear ── t_dequantized ──► consumers
+
+Weight / bias (quantized offline, only the DequantizeLinear is in the graph):
+
+    W_quantized (int8, per-channel) ──► DequantizeLinear(axis) ── W_dequantized ──► Conv
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from dfq_onnx.core import ir, numerics
+
+
+@dataclass(frozen=True)
+class Encoding:
+    scale: np.ndarray        # float32 scalar or 1-D
+    zero_point: np.ndarray   # integer storage, same shape as scale
+    dtype: str               # 'uint8', 'int8', 'int4', 'uint16', 'int32', ...
+    bits: int
+    axis: int | None = None
+
+    def constants(self, base: str) -> tuple[gs.Constant, gs.Constant]:
+        scale = gs.Constant(f"{base}_scale", np.asarray(self.scale, np.float32))
+        zp = ir.constant(f"{base}_zero_point", np.asarray(self.zero_point), self.dtype)
+        return scale, zp
+
+
+def _attrs(axis: int | None) -> dict:
+    return {} if axis is None else {"axis": int(axis)}
+
+
+def insert_activation_qdq(graph: gs.Graph, t: gs.Variable, enc: Encoding,
+                          consts: tuple[gs.Constant, gs.Constant]) -> gs.Variable:
+    """Route every reader of `t` (and the graph output, if `t` is one) through a Q/DQ pair."""
+    readers = list(t.outputs)
+    q = gs.Variable(f"{t.name}_quantized", dtype=ir.NP_STORAGE[enc.dtype], shape=t.shape)
+    dq = gs.Variable(f"{t.name}_dequantized", dtype=np.float32, shape=t.shape)
+    graph.nodes.append(gs.Node("QuantizeLinear", name=f"{t.name}_QuantizeLinear",
+                               inputs=[t, *consts], outputs=[q]))
+    graph.nodes.append(gs.Node("DequantizeLinear", name=f"{t.name}_DequantizeLinear",
+                               inputs=[q, *consts], outputs=[dq]))
+    for node in readers:
+        for i, inp in enumerate(node.inputs):
+            if inp is t:
+                node.inputs[i] = dq
+    for i, out in enumerate(graph.outputs):
+        if out is t:  # the graph output keeps its name; the float tensor is renamed
+            name = t.name
+            t.name, dq.name = f"{name}_float", name
+            graph.outputs[i] = dq
+    return dq
+
+
+def replace_with_dq(graph: gs.Graph, node: gs.Node, index: int, q_values: np.ndarray, enc: Encoding,
+                    base: str) -> None:
+    """Feed input `index` of `node` from DequantizeLinear(q_values) instead of a float constant.
+
+    A float constant no node reads any more has its array dropped at once: onnx-graphsurgeon tensors sit
+    in reference cycles that only a later cyclic collection frees, and a large model would otherwise
+    hold its float and its integer weights together until the end of the pass.
+    """
+    old = node.inputs[index]
+    q = ir.constant(f"{base}_quantized", q_values, enc.dtype)
+    scale, zp = enc.constants(base)
+    out = gs.Variable(f"{base}_dequantized", dtype=np.float32, shape=list(q_values.shape))
+    graph.nodes.append(gs.Node("DequantizeLinear", name=f"{base}_DequantizeLinear",
+                               inputs=[q, scale, zp], outputs=[out], attrs=_attrs(enc.axis)))
+    node.inputs[index] = out
+    if isinstance(old, gs.Constant) and not old.outputs and not any(t is old for t in graph.outputs):
+        old.values = np.empty((0,), np.float32)
+
+
+INT32_MAX = float(np.iinfo(np.int32).max)
+
+
+def activation_encoding(target, lo: float, hi: float, bits: int) -> Encoding:
+    dtype = target.act_dtype(bits)
+    signed = dtype.startswith("int")
+    if target.act_symmetric:
+        scale, zp = numerics.symmetric_act_params(lo, hi, bits, signed)
+    else:
+        scale, zp = numerics.affine_params(lo, hi, bits, signed)
+    return Encoding(np.float32(scale), np.asarray(zp), dtype, bits)
+
+
+def quantize_weight(target, w: np.ndarray, bias: np.ndarray | None, x_scale: float | None, bits: int,
+                    axis: int | None):
+    """Emit's weight (and int32 bias) quantization, shared with the sensitivity probe.
+
+    Returns (q, scale, q_bias, bias_scale); q_bias is None when the bias stays float (the target asks
+    for float bias, there is no bias, or the input is not quantized). A weight scale is raised where
+    |b / (s_x * s_w)| would overflow int32.
+    """
+    axis = axis if target.per_channel else None
+    scale = numerics.weight_scales(w, bits, axis)
+    int_bias = target.bias_mode == "int32" and bias is not None and x_scale is not None
+    if int_bias:
+        floor = np.abs(bias) / (float(x_scale) * INT32_MAX)
+        scale = np.maximum(scale, floor.reshape(scale.shape) if scale.ndim else floor.max()).astype(
+            np.float32)
+    signed = target.weight_dtype(bits).startswith("int")
+    q = numerics.quantize(w, scale, 0, bits, signed, axis, narrow=target.narrow_range)
+    if not int_bias:
+        return q, scale, None, None
+    qb, bscale = numerics.bias_int32(bias, float(x_scale), scale)
+    return q, scale, qb, bscale

@@ -1,0 +1,77 @@
+"""ONNX Runtime session helpers: sessions from in-memory models, batched runs, tensor statistics."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+
+from dfq_onnx.core import ir
+from dfq_onnx.core.errors import UnsupportedModelError
+
+
+def session(model, threads: int = 0, optimized_path: str | None = None,
+            mem_pattern: bool = True) -> ort.InferenceSession:
+    """A CPU session from a ModelProto (or bytes); ORT warnings silenced. `mem_pattern=False` when the
+    batch size varies between runs: ORT plans one block per input shape and its arena keeps them all."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.enable_mem_pattern = mem_pattern
+    if threads:
+        opts.intra_op_num_threads = threads
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
+    try:
+        if not isinstance(model, bytes) and model.ByteSize() > ir.TWO_GB:
+            return _large_session(model, opts)
+        data = model if isinstance(model, bytes) else ir.serialize(model)
+        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UnsupportedModelError(f"ONNX Runtime cannot load the model: {first}") from None
+
+
+def _large_session(model, opts: ort.SessionOptions) -> ort.InferenceSession:
+    """Protobuf cannot serialize a model above 2 GB: stage it with external data in a temporary
+    directory and let ORT load it from there (ORT holds the weights once loaded)."""
+    with tempfile.TemporaryDirectory(prefix="dfq-ort-") as tmp:
+        path = ir.save_model(model, Path(tmp) / "model.onnx")
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def observer_model(graph: gs.Graph, tensors: list[str]):
+    """A copy of `graph` whose outputs are the named tensors (for statistics collection)."""
+    g = ir.copy_graph(graph)
+    table = g.tensors()
+    missing = [t for t in tensors if t not in table]
+    if missing:
+        raise UnsupportedModelError(f"tensor '{missing[0]}' not found in the graph")
+    outs = []
+    for name in tensors:
+        t = table[name]
+        if t.dtype is None:
+            t.dtype = np.float32
+        outs.append(t)
+    g.outputs = outs
+    return ir.to_model(g)
+
+
+def iter_batches(feeds: dict[str, np.ndarray], batch: int):
+    n = len(next(iter(feeds.values())))
+    for start in range(0, n, batch):
+        yield {k: v[start:start + batch] for k, v in feeds.items()}
+
+
+def run_batched(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
+    """Run all samples in batches and concatenate each output along axis 0."""
+    outs: list[list[np.ndarray]] = []
+    for chunk in iter_batches(feeds, batch):
+        res = sess.run(None, chunk)
+        if not outs:
+            outs = [[] for _ in res]
+        for acc, r in zip(outs, res):
+            acc.append(r)
+    return [np.concatenate(a, axis=0) for a in outs]

@@ -1,0 +1,41 @@
+"""`dfq-onnx inspect`: what the compiler sees in a model, without quantizing it."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from dfq_onnx.core import ir
+from dfq_onnx.core.options import QuantizeOptions
+from dfq_onnx.core.pass_base import run_passes
+from dfq_onnx.core.report import Report
+from dfq_onnx.core.state import CompileState
+from dfq_onnx.core.target import TargetProfile
+from dfq_onnx.passes.fold_bn import FoldBatchNorm
+from dfq_onnx.passes.normalize import Normalize
+from dfq_onnx.passes.quant_groups import FindQuantGroups
+
+
+def inspect(path, target: TargetProfile, options: QuantizeOptions) -> dict:
+    """Opset, op counts, BN count, quantizable groups and the ops the target leaves in float."""
+    source = ir.load_model(path)
+    ops_in = Counter(n.op_type for n in source.graph.node)
+    state = CompileState(graph=None, target=target, options=options, report=Report(), source=source,
+                         model_hash=ir.model_hash(source))
+    run_passes([Normalize(target.min_opset), FoldBatchNorm(), FindQuantGroups()], state)
+    graph = state.graph
+    quantized_ops = {layer.op for layer in state.spec.layers.values()}
+    float_ops = Counter(n.op for n in graph.nodes if n.op not in quantized_ops and target.role(n.op) is None)
+    return {
+        "model": str(path), "opset": state.source_opset, "ir_version": source.ir_version,
+        "producer": f"{source.producer_name} {source.producer_version}".strip(),
+        "inputs": {t.name: [d if isinstance(d, int) else str(d) for d in (t.shape or [])]
+                   for t in graph.inputs},
+        "outputs": [t.name for t in graph.outputs], "nodes": len(source.graph.node),
+        "op_counts": dict(sorted(ops_in.items())), "batchnorm": ops_in.get("BatchNormalization", 0),
+        "bn_foldable": len(state.bn_stats),
+        "quantized_nodes": len(state.spec.layers), "activation_quantizers": len(state.spec.act_tensors),
+        "groups": [{"id": g.id, "layers": list(g.layers), "ops": list(g.ops), "params": g.params}
+                   for g in state.groups],
+        "float_ops": dict(sorted(float_ops.items())),
+        "skipped": state.report.skipped,
+    }

@@ -1,0 +1,141 @@
+"""Report sections gathered from the final compile state: per-layer sensitivity, the sensitivity table,
+the Pareto curve, and the FP32-vs-quantized output comparison.
+
+The comparison runs the FP32 model and the emitted QDQ model in ONNX Runtime on the samples the
+compile used (synthetic, then calibration data; Gaussian noise when ranges were all analytic), at most
+`COMPARE_SAMPLES` of them (its ORT runs are counted apart from the compile's), and reports per
+output: SQNR (dB), max |error|, and for [N, classes]
+outputs the top-1 agreement.
+
+    SQNR = 10 log10( sum(y_fp32^2) / sum((y_fp32 - y_q)^2) )
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from dfq_onnx.backends import runtime
+from dfq_onnx.core import ir
+from dfq_onnx.core.errors import DfqError
+from dfq_onnx.core.state import CompileState
+
+log = logging.getLogger(__name__)
+
+COMPARE_SAMPLES = 64
+
+
+def _cand_name(c) -> str:
+    return f"W{c[0]}A{c[1]}"
+
+
+def layer_sensitivity(state: CompileState) -> None:
+    """Add the group, its per-candidate sensitivity and its predicted contribution to each layer row."""
+    group_of = {layer: g.id for g in state.groups for layer in g.layers}
+    table = state.sensitivity
+    for row in state.report.layers:
+        gid = group_of.get(row["node"])
+        row["group"] = gid
+        singles = getattr(table, "singles", {}).get(gid) if table is not None else None
+        row["sensitivity"] = ({_cand_name(c): float(v) for c, v in sorted(singles.items())}
+                              if singles else None)
+        bits = state.plan.bits.get(gid) if state.plan is not None and gid else None
+        row["predicted_loss"] = float(singles[bits]) if singles and bits in singles else None
+
+
+def sensitivity_section(state: CompileState) -> dict | None:
+    """The singles of the sensitivity table as a matrix (groups x candidates), or None."""
+    table = state.sensitivity
+    if table is None or not getattr(table, "singles", None):
+        return None
+    cands = sorted(table.candidates)
+    groups = [g for g in table.groups if g in table.singles]
+    return {"metric": table.metric, "candidates": [_cand_name(c) for c in cands], "groups": groups,
+            "loss": [[float(table.singles[g].get(c, float("nan"))) for c in cands] for g in groups]}
+
+
+def pareto_section(state: CompileState) -> list[dict] | None:
+    """The points AllocateBits left on the state (`state.pareto`, see dfq_onnx/allocation/pareto.py: budget,
+    avg_weight_bits, size_mb, bops_ratio, predicted, measured, bits), as plain JSON values."""
+    points = getattr(state, "pareto", None)
+    if not points:
+        return None
+    return [_plain(p if isinstance(p, dict) else getattr(p, "__dict__", {})) for p in points]
+
+
+def _plain(v):
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _samples(state: CompileState, source) -> tuple[dict[str, np.ndarray] | None, str]:
+    synth = getattr(state.synthetic, "inputs", None)
+    if synth:
+        return synth, "synthetic"
+    if state.calib:
+        return state.calib, "calibration"
+    rng = np.random.default_rng(state.options.seed)
+    feeds = {}
+    inits = {t.name for t in source.graph.initializer}
+    for inp in source.graph.input:
+        if inp.name in inits:
+            continue
+        tt = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tt.shape.dim]
+        if tt.elem_type != 1 or any(d <= 0 for d in dims[1:]):
+            return None, "no samples (non-float or dynamic input)"
+        feeds[inp.name] = rng.standard_normal([8] + dims[1:]).astype(np.float32)
+    return feeds, "noise"
+
+
+def compare_outputs(state: CompileState, source, quantized) -> dict:
+    """FP32 vs quantized outputs on the compile's samples (see module docstring)."""
+    feeds, kind = _samples(state, source)
+    if feeds is None:
+        return {"samples": 0, "source": kind, "outputs": []}
+    if ir.has_external_data(source) or source.ByteSize() > ir.TWO_GB or quantized.ByteSize() > ir.TWO_GB:
+        # an ORT session would load (and pre-pack) every FP32 weight the compile kept on disk
+        return {"samples": 0, "source": f"skipped: FP32 weights above {ir.LAZY_BYTES >> 20} MiB stay on disk",
+                "outputs": []}
+    n = min(COMPARE_SAMPLES, len(next(iter(feeds.values()))))
+    feeds = {k: v[:n] for k, v in feeds.items()}
+    try:
+        ref_sess, q_sess = runtime.session(source), runtime.session(quantized)
+        batch = _static_batch(ref_sess) or 16
+        ref = runtime.run_batched(ref_sess, feeds, batch)
+        got = runtime.run_batched(q_sess, feeds, batch)
+    except (DfqError, RuntimeError, ValueError) as exc:   # the comparison never fails the compile
+        log.warning("FP32-vs-quantized comparison skipped: %s", str(exc).splitlines()[0])
+        return {"samples": 0, "source": kind, "outputs": []}
+    outs = []
+    for meta, r, g in zip(ref_sess.get_outputs(), ref, got):
+        r, g = r.astype(np.float64), g.astype(np.float64)
+        noise = float(np.sum((r - g) ** 2))
+        sqnr = None if noise == 0 else round(10 * np.log10(max(float(np.sum(r * r)), 1e-30) / noise), 4)
+        row = {"output": meta.name, "shape": list(r.shape), "sqnr_db": sqnr,   # None: identical
+               "max_abs_error": float(np.max(np.abs(r - g))) if r.size else 0.0}
+        if r.ndim == 2 and r.shape[1] > 1:
+            row["top1_agreement"] = float(np.mean(r.argmax(1) == g.argmax(1)))
+        outs.append(row)
+    return {"samples": n, "source": kind, "outputs": outs, "forward_passes": 2 * -(-n // batch)}
+
+
+def _static_batch(sess) -> int | None:
+    for inp in sess.get_inputs():
+        if inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] > 0:
+            return inp.shape[0]
+    return None
+
+
+def fill(state: CompileState, source, quantized) -> None:
+    """Add every section above to `state.report`."""
+    layer_sensitivity(state)
+    state.report.sensitivity = sensitivity_section(state)
+    state.report.pareto = pareto_section(state)
+    state.report.comparison = compare_outputs(state, source, quantized)

@@ -1,0 +1,191 @@
+"""Segmented probe: evaluate a configuration from the first segment it changes, on fast segments elsewhere.
+
+The switch probe (`sensitivity.probe`) runs every weighted layer inside an If. ONNX Runtime cannot carry
+its blocked (NCHWc) layout across an If, so on an ImageNet-size network every layer pays two layout
+reorders: an evaluation then costs ~2x a plain FP32 forward (EfficientNet-Lite0: 2.2x; ResNet-56 on
+32x32 images, where layout matters little: 1.3x). Most configurations the scorer runs change one or
+two groups (singles, pairs), so:
+
+  * The graph (in topological order) is cut where few tensors cross -- between blocks, where one
+    activation tensor is live -- into S segments balanced by weighted layers (S <= `max_segments`).
+  * Each segment exists twice: its probe version (switches, select inputs for its groups) and its fast
+    version (the same nodes with the FP32 weights as constants -- no If, so NCHWc kernels and fusions
+    apply). Both carry the same activation Q/DQ, so the fast version computes exactly what the probe
+    version computes with every select at FP32.
+  * The first evaluation of a batch runs the fast segments and caches every tensor that crosses a cut
+    and every model output. A configuration then starts at the first segment holding a non-FP32 group
+    (everything before it is the cache), runs probe segments where a group is quantized and fast
+    segments elsewhere. A single at relative depth p costs about (1 - p) fast forwards plus one probe
+    segment: about half a forward on average.
+
+Memory bound: the cache holds, per scoring batch, the tensors crossing the S - 1 cuts plus the model
+outputs -- at most (S - 1) x the largest crossing set x batch -- for every batch of the scoring set
+(the sum over cuts is reported as `cache_bytes`); cuts whose crossing tensors would push the per-sample
+total over `max_cache_elements` are not taken (the scorer passes CACHE_BYTES / 4 / samples, so the cache
+stays under CACHE_BYTES = 2 GiB for any scoring set). Sessions: 2 S, holding the probe's constants
+once more in the fast halves (FP32 weights).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from dfq_onnx.core import ir
+from dfq_onnx.core.graph_utils import node_label
+
+log = logging.getLogger(__name__)
+CACHE_BYTES = 2 << 30      # bound of the prefix cache over the whole scoring set
+
+
+def _live_sets(nodes: list[gs.Node], skip: set[str]) -> list[list[str]]:
+    """live[i]: tensors produced before node i and read at or after it (graph inputs/constants excluded)."""
+    produced, last = {}, {}
+    for i, n in enumerate(nodes):
+        for t in n.inputs:
+            if isinstance(t, gs.Variable) and t.name not in skip:
+                last[t.name] = i
+        for t in n.outputs:
+            produced[t.name] = i
+    starts: dict[int, list[str]] = {}
+    for t, p in produced.items():
+        if last.get(t, -1) > p:
+            starts.setdefault(p + 1, []).append(t)
+    live, current = [], set()
+    for i in range(len(nodes) + 1):
+        current |= set(starts.get(i, ()))
+        current = {t for t in current if last[t] >= i}
+        live.append(sorted(current))
+    return live
+
+
+def choose_cuts(nodes: list[gs.Node], weighted: set[str], inputs: set[str], max_segments: int,
+                sizes: Mapping[str, int] | None = None, max_cache: int | None = None,
+                minor: set[str] = frozenset(), live: list[list[str]] | None = None) -> list[int]:
+    """Node indices where segments start (besides 0): cuts with the fewest live activation tensors,
+    balanced by weighted layers; fewer cuts when the crossing tensors would exceed `max_cache` elements.
+    `minor` tensors (integer shape computations) cross cuts too but do not count; `live` is
+    `_live_sets(nodes, inputs)` when the caller has it already."""
+    live = [[t for t in ts if t not in minor] for ts in (live or _live_sets(nodes, inputs))]
+    n_weighted = sum(node_label(n) in weighted for n in nodes)
+    if n_weighted < 2 or max_segments < 2:
+        return []
+    least = min((len(s) for s in live[1:]), default=0)
+    candidates = [i for i in range(1, len(nodes)) if 0 < len(live[i]) <= max(least, 1)]
+    per = n_weighted / min(max_segments, n_weighted)
+    cuts, seen, total = [], 0, 0
+    counts = np.cumsum([node_label(n) in weighted for n in nodes])   # weighted layers in nodes[:i+1]
+    for i in candidates:
+        done = int(counts[i - 1])
+        if done - seen >= per - 1e-9 and done < n_weighted:
+            size = sum((sizes or {}).get(t, 0) for t in live[i])
+            if max_cache is not None and total + size > max_cache:
+                continue
+            cuts.append(i)
+            seen, total = done, total + size
+    return cuts
+
+
+class SegmentedRunner:
+    """Runs configurations of a switch probe from the first changed segment (see the module docstring).
+
+    `probe_graph` is the probe's gs graph (switch nodes named `<layer>_switch0`, Equal nodes named
+    `select_<group>_is<k>_Equal`), `fast_graph` the same graph before switching (FP32 weights);
+    `layer_group` maps weighted layer -> group id, `selects` group id -> select input name.
+    """
+
+    def __init__(self, probe_graph: gs.Graph, fast_graph: gs.Graph, layer_group: Mapping[str, str],
+                 selects: Mapping[str, str], data_inputs: tuple[str, ...], session_factory,
+                 max_segments: int = 12, max_cache_elements: int | None = None):
+        fast_nodes = list(fast_graph.nodes)
+        minor = {n for n, t in fast_graph.tensors().items()
+                 if t.dtype is not None and not np.issubdtype(np.dtype(t.dtype), np.floating)}
+        live = _live_sets(fast_nodes, set(data_inputs))
+        cuts = choose_cuts(fast_nodes, set(layer_group), set(data_inputs), max_segments,
+                           _sizes(fast_graph), max_cache_elements, minor, live)
+        bounds = [0, *cuts, len(fast_nodes)]
+        self.outputs = [t.name for t in fast_graph.outputs]
+        self.data_inputs, self.selects = data_inputs, dict(selects)
+        self.segments = []
+        probe_nodes = {node_label(n): n for n in probe_graph.nodes}
+        ptensors, ftensors = probe_graph.tensors(), fast_graph.tensors()
+        for a, b in zip(bounds, bounds[1:]):
+            chunk = fast_nodes[a:b]
+            ins = [*(t for t in data_inputs if any(x.name == t for n in chunk for x in n.inputs)),
+                   *(live[a] if a else [])]
+            outs = [*(live[b] if b < len(fast_nodes) else []),
+                    *(t for t in self.outputs if any(o.name == t for n in chunk for o in n.outputs))]
+            outs = list(dict.fromkeys(outs))
+            layers = [node_label(n) for n in chunk if node_label(n) in layer_group]
+            groups = sorted({layer_group[layer] for layer in layers})
+            fast = _subgraph(chunk, ins, outs, ftensors, fast_graph.opset)
+            pchunk = [probe_nodes.get(f"{node_label(n)}_switch0", probe_nodes.get(node_label(n)))
+                      for n in chunk]
+            prefixes = tuple(f"{selects[g]}_is" for g in groups)
+            equal = [n for n in probe_graph.nodes if n.op == "Equal" and n.name.startswith(prefixes)]
+            probe = _subgraph(equal + pchunk, ins + [selects[g] for g in groups], outs, ptensors,
+                              probe_graph.opset) if groups else None
+            self.segments.append({"inputs": ins, "outputs": outs, "groups": set(groups),
+                                  "fast": session_factory(fast),
+                                  "probe": session_factory(probe) if probe is not None else None})
+        self._cache: dict[object, dict[str, np.ndarray]] = {}
+        self.segment_runs = 0
+        log.debug("segmented probe: %d segments", len(self.segments))
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(v.nbytes for c in self._cache.values() for v in c.values())
+
+    def _run_segment(self, seg: dict, env: dict[str, np.ndarray], select: dict[str, np.ndarray] | None):
+        feeds = {t: env[t] for t in seg["inputs"]}
+        self.segment_runs += 1
+        if select is None:
+            res = seg["fast"].run(seg["outputs"], feeds)
+        else:
+            feeds.update({self.selects[g]: select[g] for g in seg["groups"]})
+            res = seg["probe"].run(seg["outputs"], feeds)
+        env.update(zip(seg["outputs"], res))
+
+    def run(self, key, feeds: dict[str, np.ndarray], select: dict[str, np.ndarray],
+            changed: set[str]) -> list[np.ndarray]:
+        """Model outputs for the configuration whose select feeds are `select` (group -> int64 scalar)
+        and whose non-FP32 groups are `changed`; `key` identifies the batch `feeds` (cached)."""
+        if key not in self._cache:
+            env = dict(feeds)
+            for seg in self.segments:
+                self._run_segment(seg, env, None)
+            self._cache[key] = env
+        cached = self._cache[key]
+        first = next((i for i, seg in enumerate(self.segments) if seg["groups"] & changed), None)
+        if first is None:
+            return [cached[t] for t in self.outputs]
+        env = dict(cached)
+        for seg in self.segments[first:]:
+            self._run_segment(seg, env, select if seg["groups"] & changed else None)
+        return [env[t] for t in self.outputs]
+
+
+def _sizes(graph: gs.Graph) -> dict[str, int]:
+    """Elements per sample of each tensor with a known static shape (batch dimension excluded)."""
+    out = {}
+    for name, t in graph.tensors().items():
+        shape = getattr(t, "shape", None)
+        if shape and all(isinstance(d, int) and d > 0 for d in shape[1:]):
+            out[name] = int(np.prod(shape[1:], dtype=np.int64))
+    return out
+
+
+def _subgraph(nodes: list[gs.Node], inputs: list[str], outputs: list[str], tensors, opset: int):
+    """An ONNX model of `nodes` (shared, not modified) reading `inputs` and producing `outputs`."""
+    def var(name: str) -> gs.Variable:
+        t = tensors[name]
+        if t.dtype is None:      # activations crossing a cut are float32 (the graphs are the probe's own)
+            t.dtype = np.float32
+        return t
+
+    g = gs.Graph(nodes=list(nodes), inputs=[var(t) for t in inputs], outputs=[var(t) for t in outputs],
+                 opset=opset)
+    return ir.to_model(g, ir_version=ir.min_ir_version(opset))

@@ -1,0 +1,205 @@
+"""ORT side of synthetic-data search: input shapes, the objective's reference run, chunked batch runs.
+
+`Runner` owns one session of the statistics model (`synth_objectives.stats_model`) and evaluates any
+number of rows, split into calls of at most `rows_per_call` rows:
+
+    rows_per_call = MEMORY_BUDGET / (4 bytes * (LIVE * largest per-row activation + outputs per row))
+
+LIVE = 8: in a chain of convolutions with the statistics branch ORT keeps about four tensors of the
+largest size alive (a BN output, its square, the activation, the next layer's output), and its arena
+grows in powers of two. Measured on EfficientNet-Lite0 at 224 x 224 (largest activation 96 x 112 x 112):
+~45 MB of peak RSS per row, the estimate 38.5 MB; with LIVE = 3 the 72-row calls peaked at 7.5 GB.
+The session runs without ORT's memory pattern, which plans (and keeps in the arena) one block per
+input shape: the last, shorter chunk of a step would double it. Rows are independent, so how they are
+split into calls does not change any output (BENCHMARKS.md, issue 8 memory). A model exported
+with a static batch dimension is run with that dimension made dynamic when the graph allows it
+(checked by a two-row probe), else in chunks of its static batch, padding the last one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from dfq_onnx.backends import runtime
+from dfq_onnx.core import ir
+from dfq_onnx.core.errors import UsageError
+from dfq_onnx.core.graph_utils import is_float
+from dfq_onnx.synth.objectives import (
+    LabelSpec,
+    Objective,
+    StatTarget,
+    float_output,
+    output_scale,
+    reduce_output,
+    stats_model,
+    target_masks,
+)
+
+log = logging.getLogger(__name__)
+
+MEMORY_BUDGET = 1 << 30
+LIVE = 8            # tensors of the largest activation's size per row that ORT's arena holds (above)
+LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def resolve_shapes(graph: gs.Graph, hints: dict[str, tuple]) -> dict[str, tuple[int, ...]]:
+    """Per-sample shape (batch axis dropped) of every graph input; hints fill dynamic dimensions."""
+    shapes = {}
+    for t in graph.inputs:
+        if not is_float(t):
+            raise UsageError(f"input '{t.name}' is {t.dtype}, not float32: synthetic data can only be "
+                             "searched for float inputs; pass --calib FILE.npz")
+        dims = list(hints.get(t.name) or t.shape or [])
+        if t.shape is not None and len(dims) != len(t.shape):
+            raise UsageError(f"--input-shape {t.name}: rank {len(dims)} given, the input has rank "
+                             f"{len(t.shape)}")
+        if not dims or any(not isinstance(d, (int, np.integer)) or d <= 0 for d in dims[1:]):
+            example = ",".join(str(d) if isinstance(d, int) and d > 0 else "1" for d in (t.shape or [1]))
+            raise UsageError(f"input '{t.name}' has a dynamic non-batch dimension ({t.shape}); pass "
+                             f"--input-shape {t.name}:{example} with the real sizes")
+        shapes[t.name] = tuple(int(d) for d in dims[1:])
+    return shapes
+
+
+def _static_batch(graph: gs.Graph) -> int | None:
+    dims = [t.shape[0] for t in graph.inputs if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0]
+    return dims[0] if dims else None
+
+
+def _dynamic_copy(graph: gs.Graph) -> gs.Graph:
+    """A copy with a free batch axis: input dim 0 renamed, intermediate shapes left to ORT."""
+    g = ir.copy_graph(graph)
+    inputs = {id(t) for t in g.inputs}
+    for t in g.inputs:
+        if t.shape:
+            t.shape = ["N"] + list(t.shape[1:])
+    for t in g.tensors().values():
+        if isinstance(t, gs.Variable) and id(t) not in inputs:
+            t.shape = None
+    return g
+
+
+def _per_row_numel(graph: gs.Graph) -> int:
+    def known(t):
+        dims = t.shape[1:] if isinstance(t, gs.Variable) and t.shape else [None]
+        return all(isinstance(d, int) and d > 0 for d in dims)
+    return max((int(np.prod(t.shape[1:])) for t in graph.tensors().values() if known(t)), default=1)
+
+
+def row_elements(graph: gs.Graph, shapes: dict[str, tuple[int, ...]]) -> int:
+    """Activation elements per row: outputs of every Conv/Gemm/MatMul with a known shape (the cost
+    proxy of the step budget), else the largest known tensor or input."""
+    total = 0
+    for node in graph.nodes:
+        out = node.outputs[0] if node.op in LAYERS and node.outputs else None
+        dims = out.shape[1:] if out is not None and out.shape else [None]
+        if all(isinstance(d, int) and d > 0 for d in dims):
+            total += int(np.prod(dims))
+    return total or max(_per_row_numel(graph), *(int(np.prod(s)) for s in shapes.values()))
+
+
+class Runner:
+    """Evaluates rows on the statistics model; counts ORT calls and rows."""
+
+    def __init__(self, graph: gs.Graph, objective: Objective, shapes: dict[str, tuple[int, ...]]):
+        self.calls = self.rows = 0
+        self.shapes = shapes
+        self.static = _static_batch(graph)
+        largest = max(_per_row_numel(graph), *(int(np.prod(s)) for s in shapes.values()))
+        self._setup(graph, objective)
+        per_row = 4 * (LIVE * largest + sum(int(np.prod(o.shape[1:])) for o in self.probe))
+        self.rows_per_call = max(1, MEMORY_BUDGET // per_row) if self.static is None else self.static
+
+    def _setup(self, graph: gs.Graph, objective: Objective) -> None:
+        args = (list(objective.bn), list(objective.act), objective.output)
+        if self.static is not None:
+            try:
+                self.session = runtime.session(stats_model(_dynamic_copy(graph), *args)[0], mem_pattern=False)
+                self.probe = self._call(self._zeros(2))
+                if all(len(o) == 2 for o in self.probe):
+                    self.static = None
+                    return
+            except Exception as exc:  # noqa: BLE001 - ORT's error types derive from Exception only
+                log.info("static batch %d kept (dynamic copy fails: %s)", self.static, exc)
+        self.session = runtime.session(stats_model(graph, *args)[0], mem_pattern=False)
+        self.probe = self._call(self._zeros(self.static or 1))
+
+    def _zeros(self, n: int) -> dict[str, np.ndarray]:
+        return {k: np.zeros((n,) + s, np.float32) for k, s in self.shapes.items()}
+
+    def _call(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.calls += 1
+        self.rows += len(next(iter(feeds.values())))
+        return self.session.run(None, feeds)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """All outputs for all rows of `feeds`, concatenated along axis 0."""
+        n = len(next(iter(feeds.values())))
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, n, self.rows_per_call):
+            chunk = {k: v[start:start + self.rows_per_call] for k, v in feeds.items()}
+            real = len(next(iter(chunk.values())))
+            if self.static is not None and real < self.static:
+                pad = self.static - real
+                chunk = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in chunk.items()}
+            outs = [o[:real] for o in self._call(chunk)]
+            parts = parts or [[] for _ in outs]
+            for acc, o in zip(parts, outs):
+                acc.append(o)
+        return [np.concatenate(p, axis=0) if len(p) > 1 else p[0] for p in parts]
+
+    def losses(self, objective: Objective, feeds: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+        return objective.losses(self.run(feeds), list(feeds.values()), idx)
+
+
+def _bn_targets(graph: gs.Graph, bn_stats: dict) -> tuple[StatTarget, ...]:
+    table = graph.tensors()
+    targets = []
+    for s in bn_stats.values():
+        t = table.get(s.tensor)
+        if t is None:
+            continue
+        flat = (t.shape is not None and len(t.shape) == 2) or (t.inputs and t.inputs[0].op == "Gemm")
+        targets.append(StatTarget(s.tensor, np.asarray(s.beta, np.float64), np.asarray(s.gamma, np.float64),
+                                  float(s.eps), not flat))
+    return tuple(targets)
+
+
+def _labels(rng: np.random.Generator, n: int, channels: int) -> np.ndarray:
+    """Round robin over a seeded permutation of the classes; one channel: 0 = raise, 1 = lower it."""
+    if channels == 1:
+        return np.arange(n) % 2
+    return rng.permutation(channels)[np.arange(n) % channels]
+
+
+def build_objective(kind: str, graph: gs.Graph, bn_stats: dict, shapes: dict,
+                    reference: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[Objective, Runner]:
+    """The objective of `kind` and its runner. Label objectives take their output scale and the
+    activation peaks they tolerate from one run on `reference` (the starting images); the samples'
+    classes are a seeded round robin and, for spatial outputs, their windows are seeded too."""
+    bn = _bn_targets(graph, bn_stats) if "bn" in kind else ()
+    output, act = None, ()
+    if "label" in kind:
+        out = float_output(graph)
+        if out is None:
+            raise UsageError("synthesis objective 'label' needs a float32 model output; the model has none")
+        output = out.name
+        if kind == "label":
+            act = tuple(nd.outputs[0].name for nd in graph.nodes
+                        if nd.op in LAYERS and nd.outputs[0] is not out)
+    objective = Objective(kind, bn, act, output)
+    runner = Runner(graph, objective, shapes)
+    if "label" not in kind:
+        return objective, runner
+    n = len(next(iter(reference.values())))
+    _, peaks, y = objective.split(runner.run(reference))
+    labels = _labels(rng, n, y.shape[1] if y.ndim >= 2 else 1)
+    masks = target_masks(rng, n, y.shape[2:]) if y.ndim >= 3 else None
+    sigma_ref, mu_ref = output_scale(reduce_output(y, masks))
+    act_ref = np.maximum(peaks.mean(axis=0), 1e-12) if peaks is not None else np.zeros(0)
+    spec = LabelSpec(labels.astype(np.int64), masks, sigma_ref, mu_ref, act_ref)
+    return dataclasses.replace(objective, label=spec), runner
