@@ -13,6 +13,11 @@ like the Relu, and the runtime fuses the Conv into its integer kernel.
 
 Bit-width groups: quantized nodes reading the same activation encoding must agree on its activation
 bits, so they are merged (union-find); a group's weight bits apply to all its weighted layers.
+
+Ops the target lists in [forms] (ORT CPU: MatMul with a constant 2-D weight, Gather from a constant
+2-D table) are weighted layers encoded by an emit form instead (dfq_onnx/core/candidates.py): no
+activation quantizer on their input or output, and elementwise ops next to them stay float unless a
+statically quantized layer reads them.
 """
 
 from __future__ import annotations
@@ -67,6 +72,22 @@ def _weighted_spec(node: gs.Node, role: str) -> LayerSpec | None:
                      bias=bias.name if bias is not None else None, axis=weight_output_axis(node))
 
 
+def _form_spec(node: gs.Node, target) -> LayerSpec | None:
+    """A MatMul [.., K] x W[K, N] or a Gather from a table [V, D] (axis 0) encoded by a target form."""
+    if not target.forms_for(node.op) or len(node.inputs) < 2:
+        return None
+    index = 0 if node.op == "Gather" else 1
+    w, other = node.inputs[index], node.inputs[1 - index]
+    if not (is_const(w) and is_float(w) and const_values(w).ndim == 2) or is_const(other):
+        return None
+    if node.op == "Gather" and (node.attrs.get("axis", 0) != 0 or is_float(other)):
+        return None
+    if node.op == "MatMul" and not is_float(other):
+        return None
+    return LayerSpec(node=node_label(node), op=node.op, role="weighted", weight=w.name,
+                     axis=0 if node.op == "Gather" else 1, weight_index=index, form=True)
+
+
 def _absorbable(node: gs.Node) -> bool:
     if node.op == "Relu":
         return True
@@ -76,7 +97,7 @@ def _absorbable(node: gs.Node) -> bool:
 
 
 def _feeds_weighted(graph: gs.Graph, target) -> set[int]:
-    """ids of nodes from which a weighted layer is reachable through target-known ops only.
+    """ids of nodes from which a statically quantized weighted layer is reachable through target-known ops.
 
     Elementwise ops in the tail after the last weighted layer (detector box decoding, score
     concatenation) stay float: quantizing them buys no integer kernel and can mix unrelated ranges.
@@ -84,6 +105,9 @@ def _feeds_weighted(graph: gs.Graph, target) -> set[int]:
     reach: set[int] = set()
     for node in reversed(graph.nodes):
         role = target.role(node.op)
+        static = role == "weighted" and _form_spec(node, target) is None and _weighted_spec(node, role)
+        if role == "weighted" and not static:
+            continue        # encoded by a form, or no constant weight (attention MatMul): stays float
         if role == "weighted" or (role is not None and any(
                 id(c) in reach for out in node.outputs for c in out.outputs)):
             reach.add(id(node))
@@ -95,9 +119,12 @@ def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
     reach = _feeds_weighted(graph, target)
     for node in graph.nodes:
         role = target.role(node.op)
-        if role == "elementwise" and id(node) not in reach:
+        form = _form_spec(node, target)
+        if form is not None:
+            layers[form.node] = form
+        elif role == "elementwise" and id(node) not in reach:
             continue
-        if role == "weighted":
+        elif role == "weighted":
             spec = _weighted_spec(node, role)
             if spec and all(is_float(t) for t in node.inputs[:1]):
                 layers[spec.node] = spec
@@ -138,6 +165,8 @@ def build_spec(graph: gs.Graph, target) -> QuantSpec:
     consts: list[tuple[str, str]] = []
     absorbed: dict[str, str] = {}
     for name, spec in layers.items():
+        if spec.form:
+            continue
         node = nodes[name]
         ins = node.inputs[:1] if spec.role == "weighted" else node.inputs
         for t in ins:
@@ -198,7 +227,7 @@ def build_groups(graph: gs.Graph, spec: QuantSpec) -> list[QuantGroup]:
         weighted = tuple(n for n in names if spec.layers[n].role == "weighted")
         acts = tuple(sorted({t.name for n in names for t in nodes[n].inputs
                              if t.name in spec.encoding_of}))
-        params = sum(int(np.prod(nodes[n].inputs[1].shape)) for n in weighted)
+        params = sum(int(np.prod(nodes[n].inputs[spec.layers[n].weight_index].shape)) for n in weighted)
         groups.append(QuantGroup(id=f"g{i}", layers=weighted, ops=tuple(names), activations=acts,
                                  params=params))
     return groups

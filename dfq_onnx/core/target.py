@@ -17,13 +17,14 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from dfq_onnx.core import candidates
 from dfq_onnx.core.errors import TargetError
 
 ROLES = ("weighted", "elementwise", "passthrough", "activation")
 DTYPE_NAMES = ("int4", "uint4", "int8", "uint8", "int16", "uint16")
 _TOP = {"name", "description", "min_opset", "default_weight_bits", "default_act_bits",
         "quantize_graph_outputs", "activation", "weight", "bias", "opset", "candidates", "ops",
-        "placement", "fixed_outputs", "latency"}
+        "placement", "fixed_outputs", "latency", "forms"}
 _SECTIONS = {
     "activation": {"symmetric", "dtypes", "fuse_relu"},
     "weight": {"symmetric", "per_channel", "narrow_range", "dtypes", "blocked"},
@@ -32,6 +33,9 @@ _SECTIONS = {
     "placement": {"quantize_outputs", "add_fuses_weighted_input", "shared_encoding_ops"},
     "latency": {"runtime"},
 }
+FORM_SETTINGS = {"weight_only_kernel": ("MatMulNBits", "DequantizeLinear"),
+                 "gather_kernel": ("GatherBlockQuantized", "Gather"), "accuracy_level": (0, 1, 2, 3, 4)}
+FORM_OPS = ("MatMul", "Gather")
 RUNTIMES = ("onnxruntime", "openvino", "none")
 
 
@@ -66,6 +70,20 @@ class TargetProfile:
     fixed_outputs: Mapping[str, tuple[float, float]] = field(default_factory=dict)   # op -> (min, span)
     op_pairs: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     runtime: str = "none"                          # runtime that profile-target measures with
+    forms: Mapping[str, tuple[tuple, ...]] = field(default_factory=dict)   # op -> form candidates
+    form_settings: Mapping[str, object] = field(default_factory=dict)      # [forms] kernels, accuracy
+
+    def forms_for(self, op: str) -> tuple[tuple, ...]:
+        """The emit-form candidates of `op` (core/candidates.py); () when it is statically quantized."""
+        return self.forms.get(op, ())
+
+    def uniform_form(self, op: str, w_bits: int) -> tuple | None:
+        """What a uniform W<w_bits> plan uses for a form op: its first candidate with those weight bits,
+        else the first with more (None when the op has no forms or none fits)."""
+        cands = self.forms_for(op)
+        exact = [c for c in cands if c[0] == w_bits]
+        wider = sorted((c for c in cands if c[0] > w_bits), key=lambda c: c[0])
+        return (exact or wider or [None])[0]
 
     def role(self, op_type: str) -> str | None:
         return self.ops.get(op_type)
@@ -135,7 +153,7 @@ def _pairs(where: str, seq) -> tuple[tuple[int, int], ...]:
 _TYPES = {"name": str, "description": str, "min_opset": int, "default_weight_bits": int,
           "default_act_bits": int, "quantize_graph_outputs": bool, "activation": dict, "weight": dict,
           "bias": dict, "opset": dict, "candidates": dict, "ops": dict, "placement": dict,
-          "fixed_outputs": dict, "latency": dict}
+          "fixed_outputs": dict, "latency": dict, "forms": dict}
 
 
 def parse_profile(data: dict, source: str) -> TargetProfile:
@@ -201,7 +219,33 @@ def _build(data: dict, source: str) -> TargetProfile:
         fixed_outputs=_fixed_outputs(source, ops, data.get("fixed_outputs", {})),
         op_pairs=_op_pairs(source, ops, pairs, cand.get("ops", {})),
         runtime=runtime,
+        **_forms(source, data.get("forms", {})),
     )
+
+
+def _forms(source: str, table: dict) -> dict:
+    """[forms]: op -> list of candidate names (core/candidates.py), plus the kernel settings."""
+    forms, settings = {}, {}
+    for key, value in table.items():
+        where = f"{source} [forms] {key}"
+        if key in FORM_SETTINGS:
+            if value not in FORM_SETTINGS[key]:
+                legal = ", ".join(map(str, FORM_SETTINGS[key]))
+                raise TargetError(f"{where}: '{value}' must be one of {legal}")
+            settings[key] = value
+        elif key in FORM_OPS:
+            if not isinstance(value, list) or not value:
+                raise TargetError(f"{where}: expected a list of candidate names like [\"W8A8-dyn\"]")
+            try:
+                cands = tuple(candidates.parse(v) for v in value)
+            except ValueError as exc:
+                raise TargetError(f"{where}: {exc}") from None
+            if key == "Gather" and any(candidates.form(c) == "dyn" for c in cands):
+                raise TargetError(f"{where}: a Gather table has no activation input to quantize dynamically")
+            forms[key] = cands
+        else:
+            raise TargetError(f"{where}: unknown key (allowed: {', '.join([*FORM_OPS, *FORM_SETTINGS])})")
+    return {"forms": MappingProxyType(forms), "form_settings": MappingProxyType(settings)}
 
 
 def _op_list(source: str, ops: dict, names) -> tuple[str, ...]:

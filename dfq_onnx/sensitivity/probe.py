@@ -45,6 +45,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from dfq_onnx.backends import forms
 from dfq_onnx.backends.qdq import (
     Encoding,
     activation_encoding,
@@ -132,25 +133,31 @@ def _quantize_constant(graph: gs.Graph, node: gs.Node, const_name: str, target) 
             replace_with_dq(graph, node, i, q, enc, f"{node_label(node)}_{const_name}")
 
 
-def _branch(node: gs.Node, layer, w: np.ndarray, b: np.ndarray | None, tag: str, opset: int) -> gs.Graph:
-    """A one-node subgraph: `node` with constant weight `w` (and bias `b`), other inputs from outside."""
+def _branch(node: gs.Node, layer, slot: tuple, tag: str, opset: int) -> gs.Graph:
+    """A small subgraph: `node` with constant weight and bias of `slot` = (w, b, sim), other inputs from
+    outside; `sim` = (candidate, target settings) of a form layer, whose kernel's treatment of the
+    activation input runs first (backends/forms.simulation_nodes)."""
+    w, b, sim = slot
     ins = list(node.inputs)
-    ins[1] = gs.Constant(f"{tag}_weight", np.ascontiguousarray(w, np.float32))
+    ins[layer.weight_index] = gs.Constant(f"{tag}_weight", np.ascontiguousarray(w, np.float32))
     if layer.bias is not None:
         ins[2] = gs.Constant(f"{tag}_bias", np.ascontiguousarray(b, np.float32))
+    pre: list[gs.Node] = []
+    if sim is not None:
+        pre, ins[0] = forms.simulation_nodes(ins[0], sim[0], sim[1], tag, opset)
     out = gs.Variable(f"{tag}_output", dtype=np.float32)
     body = gs.Node(node.op, name=tag, inputs=ins, outputs=[out], attrs=dict(node.attrs))
-    return gs.Graph(nodes=[body], outputs=[out], name=tag, opset=opset)
+    return gs.Graph(nodes=[*pre, body], outputs=[out], name=tag, opset=opset)
 
 
 def _switch(graph: gs.Graph, node: gs.Node, layer, slots: list, conds: list[gs.Variable]) -> None:
     """Replace `node` by If(select == 0, slot 0, If(select == 1, slot 1, ... slot K))."""
     label, opset, out = node_label(node), graph.opset, node.outputs[0]
-    tail = _branch(node, layer, *slots[-1], f"{label}_slot{len(slots) - 1}", opset)
+    tail = _branch(node, layer, slots[-1], f"{label}_slot{len(slots) - 1}", opset)
     for k in range(len(slots) - 2, -1, -1):
         result = out if k == 0 else gs.Variable(f"{label}_switch{k}_output", dtype=np.float32)
         switch = gs.Node("If", name=f"{label}_switch{k}", inputs=[conds[k]], outputs=[result], attrs={
-            "then_branch": _branch(node, layer, *slots[k], f"{label}_slot{k}", opset), "else_branch": tail})
+            "then_branch": _branch(node, layer, slots[k], f"{label}_slot{k}", opset), "else_branch": tail})
         if k:
             tail = gs.Graph(nodes=[switch], outputs=[result], name=f"{label}_else{k}", opset=opset)
     node.outputs.clear()
@@ -161,42 +168,54 @@ def _slot(w, b, x_scale, bits: int, layer, target, node, mean) -> tuple:
     """Emit's weights at `bits`; with `mean` = (E[x], tap fractions), the bias carries CorrectBias's
     correction b - (W_hat - W) E[x] (passes/bias_correction.py)."""
     if mean is None or b is None:
-        return emitted_weight(w, b, x_scale, bits, layer.axis, target)
+        return (*emitted_weight(w, b, x_scale, bits, layer.axis, target), None)
     from dfq_onnx.corrections.formulas import mean_shift
     from dfq_onnx.corrections.layer_pairs import linear_kind
 
     w_hat, _ = emitted_weight(w, b, x_scale, bits, layer.axis, target)
     b_corr = (b - mean_shift(w_hat, w, mean[0], linear_kind(node), mean[1])).astype(np.float32)
-    return emitted_weight(w, b_corr, x_scale, bits, layer.axis, target)
+    return (*emitted_weight(w, b_corr, x_scale, bits, layer.axis, target), None)
+
+
+def _form_slots(node: gs.Node, layer, keys: tuple, target) -> list[tuple]:
+    """Slots of a form layer: FP32, then each candidate's weights and activation treatment."""
+    w = const_values(node.inputs[layer.weight_index]).astype(np.float32)
+    settings = target.form_settings
+    return [(w, None, None)] + [(forms.weight_hat(node.op, w, c), None, (c, settings)) for c in keys]
 
 
 def _select_weights(graph: gs.Graph, spec: QuantSpec, groups, bits: tuple[int, ...], by_dq: dict,
-                    target, input_means: Mapping[str, tuple] | None = None) -> dict[str, str]:
-    """Replace every weighted layer by a switch over its K+1 weight slots, driven by select_<group>."""
+                    target, input_means: Mapping[str, tuple] | None = None,
+                    form_keys: Mapping[str, tuple] | None = None) -> dict[str, str]:
+    """Replace every weighted layer by a switch over its K+1 weight slots, driven by select_<group>
+    (slot k + 1 = weight bits bits[k], or for a form group the candidate form_keys[group][k])."""
     nodes = {node_label(n): n for n in graph.nodes}
     selects: dict[str, str] = {}
     done: dict[str, list[np.ndarray]] = {}   # shared weight -> its slots (later readers keep a float bias)
     for group in groups:
         if not group.layers:
             continue
+        keys = (form_keys or {}).get(group.id, bits)
         select = gs.Variable(f"select_{group.id}", dtype=np.int64, shape=[])
         graph.inputs.append(select)
         selects[group.id] = select.name
-        conds = [gs.Variable(f"select_{group.id}_is{k}", dtype=np.bool_, shape=[]) for k in range(len(bits))]
+        conds = [gs.Variable(f"select_{group.id}_is{k}", dtype=np.bool_, shape=[]) for k in range(len(keys))]
         for k, cond in enumerate(conds):
             graph.nodes.append(gs.Node("Equal", name=f"{cond.name}_Equal", outputs=[cond], inputs=[
                 select, gs.Constant(f"{cond.name}_slot", np.array(k, np.int64))]))
         for name in group.layers:
             node, layer = nodes[name], spec.layers[name]
             b = const_values(node.inputs[2]).astype(np.float32) if layer.bias else None
-            if layer.weight in done:
-                slots = [(w, b) for w in done[layer.weight]]
+            if layer.form:
+                slots = _form_slots(node, layer, keys, target)
+            elif layer.weight in done:
+                slots = [(w, b, None) for w in done[layer.weight]]
             else:
                 w = const_values(node.inputs[1]).astype(np.float32)
                 x_enc = by_dq.get(node.inputs[0].name)
                 x_scale = None if x_enc is None else float(x_enc.scale)
                 mu = (input_means or {}).get(name)
-                slots = [(w, b)] + [_slot(w, b, x_scale, k, layer, target, node, mu) for k in bits]
+                slots = [(w, b, None)] + [_slot(w, b, x_scale, k, layer, target, node, mu) for k in bits]
                 done[layer.weight] = [s[0] for s in slots]
             _switch(graph, node, layer, slots, conds)
     return selects
@@ -211,12 +230,14 @@ class ProbeModel:
     graph: gs.Graph | None = None        # the probe as a gs graph (for dfq_onnx.sensitivity.segments)
     fast_graph: gs.Graph | None = None   # the same before switching: FP32 weights, activation Q/DQ
     layer_group: dict | None = None      # weighted layer -> group id
+    form_keys: dict | None = None        # form group -> its candidates (slots 1..K), core/candidates.py
 
 
 def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], ranges: Mapping[str, Range],
                 target, weight_bits: tuple[int, ...], act_bits: int,
                 quantize_activations: bool = True,
-                input_means: Mapping[str, tuple] | None = None) -> ProbeModel:
+                input_means: Mapping[str, tuple] | None = None,
+                form_keys: Mapping[str, tuple] | None = None) -> ProbeModel:
     """The probe model for `weight_bits` candidates (see the module docstring); `graph` is untouched."""
     g = ir.copy_graph(graph)
     inputs = tuple(t.name for t in g.inputs)
@@ -225,7 +246,7 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
         encodings = activation_encodings(spec, ranges, target, act_bits)
         by_dq = _quantize_activations(g, spec, encodings, target)
     fast = ir.copy_graph(g).cleanup().toposort()
-    selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target, input_means)
+    selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target, input_means, form_keys)
     g.cleanup().toposort()
     model = ir.to_model(g, ir_version=ir.min_ir_version(g.opset))
     if model.ByteSize() > ir.TWO_GB:
@@ -233,7 +254,7 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
                                     "score fewer weight candidates")
     log.debug("probe: %d groups, %d nodes, %.1f MB", len(selects), len(g.nodes), model.ByteSize() / 2**20)
     layer_group = {layer: grp.id for grp in groups for layer in grp.layers}
-    return ProbeModel(model, tuple(weight_bits), selects, inputs, g, fast, layer_group)
+    return ProbeModel(model, tuple(weight_bits), selects, inputs, g, fast, layer_group, dict(form_keys or {}))
 
 
 def session(model, optimize: bool = True, threads: int = 0,
@@ -269,6 +290,8 @@ class Probe:
         self.probe = probe
         self.session = session(probe.model, optimize, threads)
         self.slot = {FP32: 0, **{b: i + 1 for i, b in enumerate(probe.bits)}}
+        self.form_slot = {g: {FP32: 0, **{c: i + 1 for i, c in enumerate(keys)}}
+                          for g, keys in (probe.form_keys or {}).items()}
         self.runner = None
         if segmented and probe.graph is not None:
             from dfq_onnx.sensitivity.segments import CACHE_BYTES, SegmentedRunner
@@ -293,11 +316,12 @@ class Probe:
         unknown = sorted(set(config) - set(self.probe.selects))
         if unknown:
             raise UnsupportedModelError(f"group '{unknown[0]}' has no weights in the probe model")
-        bad = [b for b in config.values() if b not in self.slot]
+        slots = {g: self.form_slot.get(g, self.slot) for g in self.probe.selects}
+        bad = [(g, b) for g, b in config.items() if b not in slots[g]]
         if bad:
-            raise UnsupportedModelError(f"weight bits {bad[0]} not among the probe's candidates "
-                                        f"{self.probe.bits}")
-        return {name: np.array(self.slot[config.get(g)], np.int64) for g, name in self.probe.selects.items()}
+            raise UnsupportedModelError(f"group '{bad[0][0]}': {bad[0][1]} is not among the probe's "
+                                        f"candidates {tuple(slots[bad[0][0]])[1:]}")
+        return {name: np.array(slots[g][config.get(g)], np.int64) for g, name in self.probe.selects.items()}
 
     def run(self, config: Mapping[str, int | None], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, {**feeds, **self.select_feeds(config)})
