@@ -18,8 +18,11 @@ def layer_macs(node: gs.Node) -> int:
     """MACs of one sample through a weighted node (0 when shapes are unknown).
 
     Conv: out_elements * (C_in / group) * prod(kernel); ConvTranspose: in_elements * C_out/group * kernel;
-    Gemm / MatMul: rows * K * N, rows = product of the output's non-batch leading dims.
+    Gemm / MatMul: rows * K * N, rows = product of the output's non-batch leading dims; Gather (an
+    embedding table lookup): 0.
     """
+    if node.op == "Gather":
+        return 0
     w = const_values(node.inputs[1])
     if node.op == "Conv":
         out = _static(node.outputs[0].shape)

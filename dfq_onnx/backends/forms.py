@@ -186,3 +186,25 @@ def simulation_nodes(x: gs.Tensor, cand, settings, tag: str, opset: int) -> tupl
     for i, n in enumerate(nodes):
         n.name = f"{tag}_sim{i}"
     return nodes, v("x_hat")
+
+
+def group_forms(graph: gs.Graph, spec, groups, target, weight_bits, base_bits: int) -> dict[str, tuple]:
+    """Form group -> (its candidates, its base candidate): the target's forms legal for every layer of
+    the group (blocks dividing each weight), with weight bits among `weight_bits` or float; the base is
+    the uniform plan's candidate at `base_bits`."""
+    nodes = {n.name: n for n in graph.nodes}
+    out = {}
+    for g in groups:
+        layers = [spec.layers[n] for n in g.layers]
+        if not layers or not all(layer.form for layer in layers):
+            continue
+        legal = None
+        for layer in layers:
+            shape = nodes[layer.node].inputs[layer.weight_index].shape
+            own = [c for c in target.forms_for(layer.op) if fits(layer.op, c, shape)
+                   and (c[0] in weight_bits or c[0] == candidates.FLOAT_BITS)]
+            legal = own if legal is None else [c for c in legal if c in own]
+        base = max((target.uniform_form(layer.op, base_bits) for layer in layers), key=lambda c: c[0])
+        if legal and base in legal:
+            out[g.id] = (tuple(legal), base)
+    return out

@@ -57,6 +57,7 @@ from dfq_onnx.core import ir, numerics
 from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.graph_utils import const_values, node_label
 from dfq_onnx.core.state import QuantGroup, QuantSpec, Range
+from dfq_onnx.sensitivity.gather_rows import remap_nodes, remap_table
 from dfq_onnx.sensitivity.table import resolve_metrics, total_loss
 
 log = logging.getLogger(__name__)
@@ -134,10 +135,11 @@ def _quantize_constant(graph: gs.Graph, node: gs.Node, const_name: str, target) 
 
 
 def _branch(node: gs.Node, layer, slot: tuple, tag: str, opset: int) -> gs.Graph:
-    """A small subgraph: `node` with constant weight and bias of `slot` = (w, b, sim), other inputs from
-    outside; `sim` = (candidate, target settings) of a form layer, whose kernel's treatment of the
-    activation input runs first (backends/forms.simulation_nodes)."""
-    w, b, sim = slot
+    """A small subgraph: `node` with constant weight and bias of `slot` = (w, b, sim[, rows]), other inputs
+    from outside; `sim` = (candidate, target settings) of a form layer, whose kernel's treatment of the
+    activation input runs first (backends/forms.simulation_nodes); `rows` (a Gather's table cut to
+    the rows the samples read, sensitivity/gather_rows.py) remaps its indices first."""
+    w, b, sim = slot[:3]
     ins = list(node.inputs)
     ins[layer.weight_index] = gs.Constant(f"{tag}_weight", np.ascontiguousarray(w, np.float32))
     if layer.bias is not None:
@@ -145,6 +147,9 @@ def _branch(node: gs.Node, layer, slot: tuple, tag: str, opset: int) -> gs.Graph
     pre: list[gs.Node] = []
     if sim is not None:
         pre, ins[0] = forms.simulation_nodes(ins[0], sim[0], sim[1], tag, opset)
+    if len(slot) > 3:
+        more, ins[1] = remap_nodes(ins[1], slot[3], tag)
+        pre += more
     out = gs.Variable(f"{tag}_output", dtype=np.float32)
     body = gs.Node(node.op, name=tag, inputs=ins, outputs=[out], attrs=dict(node.attrs))
     return gs.Graph(nodes=[*pre, body], outputs=[out], name=tag, opset=opset)
@@ -177,16 +182,22 @@ def _slot(w, b, x_scale, bits: int, layer, target, node, mean) -> tuple:
     return (*emitted_weight(w, b_corr, x_scale, bits, layer.axis, target), None)
 
 
-def _form_slots(node: gs.Node, layer, keys: tuple, target) -> list[tuple]:
-    """Slots of a form layer: FP32, then each candidate's weights and activation treatment."""
+def _form_slots(node: gs.Node, layer, keys: tuple, target, rows: np.ndarray | None = None) -> list[tuple]:
+    """Slots of a form layer: FP32, then each candidate's weights and activation treatment; a Gather
+    with `rows` keeps only those rows of its table (sensitivity/gather_rows.py)."""
     w = const_values(node.inputs[layer.weight_index]).astype(np.float32)
-    settings = target.form_settings
-    return [(w, None, None)] + [(forms.weight_hat(node.op, w, c), None, (c, settings)) for c in keys]
+    settings = target.form_settings if layer.weight_index == 1 else None    # a Gather has no activation in
+    if rows is None:
+        return [(w, None, None)] + [(forms.weight_hat(node.op, w, c), None, settings and (c, settings))
+                                    for c in keys]
+    sub, table = w[rows], remap_table(len(w), rows)
+    return [(sub, None, None, table)] + [(forms.weight_hat(node.op, sub, c), None, None, table) for c in keys]
 
 
 def _select_weights(graph: gs.Graph, spec: QuantSpec, groups, bits: tuple[int, ...], by_dq: dict,
                     target, input_means: Mapping[str, tuple] | None = None,
-                    form_keys: Mapping[str, tuple] | None = None) -> dict[str, str]:
+                    form_keys: Mapping[str, tuple] | None = None,
+                    form_rows: Mapping[str, np.ndarray] | None = None) -> dict[str, str]:
     """Replace every weighted layer by a switch over its K+1 weight slots, driven by select_<group>
     (slot k + 1 = weight bits bits[k], or for a form group the candidate form_keys[group][k])."""
     nodes = {node_label(n): n for n in graph.nodes}
@@ -207,7 +218,7 @@ def _select_weights(graph: gs.Graph, spec: QuantSpec, groups, bits: tuple[int, .
             node, layer = nodes[name], spec.layers[name]
             b = const_values(node.inputs[2]).astype(np.float32) if layer.bias else None
             if layer.form:
-                slots = _form_slots(node, layer, keys, target)
+                slots = _form_slots(node, layer, keys, target, (form_rows or {}).get(name))
             elif layer.weight in done:
                 slots = [(w, b, None) for w in done[layer.weight]]
             else:
@@ -237,7 +248,8 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
                 target, weight_bits: tuple[int, ...], act_bits: int,
                 quantize_activations: bool = True,
                 input_means: Mapping[str, tuple] | None = None,
-                form_keys: Mapping[str, tuple] | None = None) -> ProbeModel:
+                form_keys: Mapping[str, tuple] | None = None,
+                form_rows: Mapping[str, np.ndarray] | None = None) -> ProbeModel:
     """The probe model for `weight_bits` candidates (see the module docstring); `graph` is untouched."""
     g = ir.copy_graph(graph)
     inputs = tuple(t.name for t in g.inputs)
@@ -246,7 +258,8 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
         encodings = activation_encodings(spec, ranges, target, act_bits)
         by_dq = _quantize_activations(g, spec, encodings, target)
     fast = ir.copy_graph(g).cleanup().toposort()
-    selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target, input_means, form_keys)
+    selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target, input_means, form_keys,
+                              form_rows)
     g.cleanup().toposort()
     model = ir.to_model(g, ir_version=ir.min_ir_version(g.opset))
     if model.ByteSize() > ir.TWO_GB:

@@ -208,7 +208,8 @@ def load_json(path: str | os.PathLike) -> SensitivityTable | None:
 def summary(table: SensitivityTable, top: int = 5) -> dict:
     """Report notes: cost, and the most sensitive groups at the lowest candidate."""
     low = min(table.candidates)
-    worst = sorted(table.singles, key=lambda g: -table.singles[g].get(low, 0.0))[:top]
+    worst = [g for g in sorted(table.singles, key=lambda g: -table.singles[g].get(low, 0.0))
+             if low in table.singles[g]][:top]
     return {"metric": table.metric, "samples": table.samples, "groups": len(table.groups),
             "candidates": [cand_name(c) for c in table.candidates], "pairs": len(table.pairs),
             "evaluations": table.evaluations, "forward_passes": table.forward_passes,
