@@ -25,6 +25,7 @@ from dfq_onnx.allocation.costs import layer_macs
 from dfq_onnx.allocation.ilp import solve
 from dfq_onnx.allocation.problem import Budget, Problem
 from dfq_onnx.backends.act_precision import touched
+from dfq_onnx.backends.chunks import rows_per_chunk
 from dfq_onnx.core import cache, ir
 from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.core.pass_base import Pass, PassResult
@@ -51,7 +52,13 @@ def decides(state: CompileState) -> bool:
 
 def act_evaluator(state: CompileState, samples, labels, metric: str, batch: int | None = None) -> Evaluator:
     """The activation probe (every switchable group over float and the target's bits; Emit's weights at
-    the default bits) and its evaluator on `samples`."""
+    the default bits) and its evaluator on `samples`, in chunks of `batch` rows (default: the model's
+    static batch, else the user's --calib-batch, else `rows_per_chunk` of its activation footprint)."""
+    from dfq_onnx.passes.sensitivity import fit_batch
+
+    samples, labels, static = fit_batch(state.graph, samples, labels, batch)
+    batch = static or state.options.calib_batch or rows_per_chunk(
+        state.graph, {k: v.shape[1:] for k, v in samples.items()})
     base = state.target.default_act_bits
     groups = switchable(state.act_groups)
     pm = build_probe(state.graph, state.spec, [], state.ranges, state.target, (), base,
