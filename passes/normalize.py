@@ -10,7 +10,10 @@ Steps, in order (each is recorded in the report):
 5. shape inference, then constant folding of shape subgraphs and `Constant` nodes into initializers
    (Paddle keeps all weights as Constant nodes; PyTorch computes pads with Shape/Gather/Concat);
 6. canonical forms: two-input `Sum` becomes `Add` (Caffe2 exports), inference-time `Dropout` and
-   `Identity` are removed, so later passes and the runtime's fusions see one spelling.
+   `Identity` are removed, so later passes and the runtime's fusions see one spelling;
+7. shapes re-inferred on the folded graph; constant-zero `Pad` folded into the Conv / AveragePool
+   reading it and shape-computed Reshape targets made constant (`dfq_onnx.core.rewrites`), so the
+   runtime fuses the quantized graph as it fuses the float one.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 
 import onnxruntime as ort
 
-from dfq_onnx.core import ir
+from dfq_onnx.core import ir, rewrites
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
@@ -171,6 +174,11 @@ class Normalize(Pass):
         graph.fold_constants(fold_shapes=True, error_ok=True).cleanup().toposort()
         rewritten = canonicalize(graph)
         rewritten["nodes named"] = name_nodes(graph)
+        ir.refresh_shapes(graph)
+        rewritten["Pad folded"] = rewrites.fold_zero_pads(graph)
+        rewritten["Reshape target constant"] = rewrites.fold_shape_reshapes(graph)
+        graph.cleanup().toposort()
+        rewritten = {k: v for k, v in rewritten.items() if v}
         state.graph = graph
         state.source = None
         # fold_constants leaves a copy of the graph in reference cycles that share the constants' arrays

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from dfq_onnx.backends.act_precision import build_act_groups
 from dfq_onnx.core.graph_utils import (
     const_values,
     is_const,
@@ -97,7 +98,8 @@ def _absorbable(node: gs.Node) -> bool:
 
 
 def _feeds_weighted(graph: gs.Graph, target) -> set[int]:
-    """ids of nodes from which a statically quantized weighted layer is reachable through target-known ops.
+    """ids of nodes from which a statically quantized weighted layer is reachable through target-known ops
+    (ops the target encodes by a form, e.g. every MatMul on ORT CPU, do not count).
 
     Elementwise ops in the tail after the last weighted layer (detector box decoding, score
     concatenation) stay float: quantizing them buys no integer kernel and can mix unrelated ranges.
@@ -105,9 +107,8 @@ def _feeds_weighted(graph: gs.Graph, target) -> set[int]:
     reach: set[int] = set()
     for node in reversed(graph.nodes):
         role = target.role(node.op)
-        static = role == "weighted" and _form_spec(node, target) is None and _weighted_spec(node, role)
-        if role == "weighted" and not static:
-            continue        # encoded by a form, or no constant weight (attention MatMul): stays float
+        if role == "weighted" and target.forms_for(node.op):
+            continue        # the target encodes this op by a form (any of them: the attention MatMul too)
         if role == "weighted" or (role is not None and any(
                 id(c) in reach for out in node.outputs for c in out.outputs)):
             reach.add(id(node))
@@ -242,6 +243,7 @@ class FindQuantGroups(Pass):
         spec = build_spec(state.graph, state.target)
         state.spec = spec
         state.groups = build_groups(state.graph, spec)
+        state.act_groups = build_act_groups(state.graph, spec, state.target)
         n_w = sum(1 for s in spec.layers.values() if s.role == "weighted")
         return PassResult(False, f"{n_w} weighted + {len(spec.layers) - n_w} other quantized nodes, "
                                  f"{len(spec.act_tensors)} activations, {len(state.groups)} groups")
