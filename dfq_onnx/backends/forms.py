@@ -1,10 +1,15 @@
 """Emit forms besides static Q/DQ (core/candidates.py): the weights each stores and the nodes it writes.
 
-Dynamic int8, "W8A8-dyn" (ORT quantize_dynamic's form, fused by ORT into DynamicQuantizeMatMul /
-MatMulIntegerToFloat); weights symmetric per output column, narrow range, as static Q/DQ stores them:
+Dynamic int8, "W<b>A8-dyn" (ORT quantize_dynamic's form, fused by ORT into DynamicQuantizeMatMul /
+MatMulIntegerToFloat). 8-bit weights: symmetric per output column, narrow range, as static Q/DQ stores
+them; fewer bits: asymmetric per column with a clipped range (core/blockwise.py, blocks = whole columns),
+codes and zero points shifted by 2^(b-1) into signed storage (MLAS's fast int8 kernels multiply uint8 by
+int8; uint8 x uint8 ran 1.6x slower), 4-bit storage widened by a Cast that ORT folds when it loads the
+model, so the kernel is the same int8 one and only the file shrinks:
 
     x ─► DynamicQuantizeLinear ─► x_q, s_x, z_x                  (one per tensor, shared by its readers)
-    MatMulInteger(x_q, W_q int8 [K, N], z_x, 0) ─► Cast(float) ─► Mul(·, s_x * s_w[N]) ─► y
+    [W_q int4 ─► Cast(int8)]
+    MatMulInteger(x_q, W_q [K, N], z_x, z_w[N]) ─► Cast(float) ─► Mul(·, s_x * s_w[N]) ─► y
 
 Weight-only, block-wise "W<b>A32-b<B>" (dfq_onnx/core/blockwise.py; activations stay float):
 
@@ -26,10 +31,16 @@ from dfq_onnx.core.errors import UnsupportedModelError
 CONTRIB = "com.microsoft"
 
 
-def dynamic_weight(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """(W_q int8 [K, N], s_w [N]): symmetric per-column, narrow range (as static weights)."""
-    scale = numerics.weight_scales(w, bits, 1)
-    return numerics.quantize(w, scale, 0, bits, True, 1, narrow=True), scale
+def dynamic_weight(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(W_q [K, N], s_w [N], z_w [N], storage type) of a dynamic candidate (module docstring)."""
+    if bits >= 8:
+        scale = numerics.weight_scales(w, bits, 1)
+        q = numerics.quantize(w, scale, 0, bits, True, 1, narrow=True)
+        return q, scale, np.zeros(scale.shape, np.int64), "int8"
+    q, scale, zero = blockwise.quantize_blocks(np.asarray(w, np.float32).T, bits, w.shape[0], clip=True)
+    shift = 1 << (bits - 1)       # signed storage: MLAS's fast kernels are uint8 x int8
+    return (q.T.astype(np.int64) - shift, scale[:, 0], zero[:, 0].astype(np.int64) - shift,
+            "int4" if bits <= 4 else "int8")
 
 
 def reduction_length(op: str, w: np.ndarray) -> int:
@@ -51,8 +62,8 @@ def weight_hat(op: str, w: np.ndarray, cand) -> np.ndarray:
     if f == "float":
         return w
     if f == "dyn":
-        q, scale = dynamic_weight(w, cand[0])
-        return numerics.dequantize(q, scale, np.zeros(scale.shape, np.int64), 1)
+        q, scale, zero, _ = dynamic_weight(w, cand[0])
+        return numerics.dequantize(q, scale, zero, 1)
     b = candidates.block(cand, reduction_length(op, w))
     return blockwise.fake_quantize(w, cand[0], b, 0 if op == "MatMul" else 1)
 
@@ -75,13 +86,18 @@ def _quantized_input(graph: gs.Graph, x: gs.Tensor, shared: dict) -> tuple:
 def emit_dynamic(graph: gs.Graph, node: gs.Node, w: np.ndarray, bits: int, shared: dict) -> dict:
     """Replace MatMul `node` by the dynamic int8 form; `shared` maps x -> its DynamicQuantizeLinear."""
     label, y = node.name, node.outputs[0]
-    q, scale = dynamic_weight(w, bits)
+    q, scale, zero, storage = dynamic_weight(w, bits)
     xq, xs, xz = _quantized_input(graph, node.inputs[0], shared)
-    wq = ir.constant(f"{label}_weight_quantized", q, "int8")
-    wz = ir.constant(f"{label}_weight_zero_point", np.zeros(scale.shape), "int8")
+    wq = ir.constant(f"{label}_weight_quantized", q, storage)
+    wz = ir.constant(f"{label}_weight_zero_point", zero, "int8")
     acc = _var(graph, f"{label}_int32", np.int32)
     acc_f = _var(graph, f"{label}_int32_float", np.float32)
     both = _var(graph, f"{label}_scale", np.float32, list(scale.shape))
+    if storage == "int4":
+        wide_q = _var(graph, f"{label}_weight_int8", np.int8, list(q.shape))
+        graph.nodes.append(gs.Node("Cast", name=f"{label}_weight_Cast", inputs=[wq], outputs=[wide_q],
+                                   attrs={"to": 3}))
+        wq = wide_q
     graph.nodes += [
         gs.Node("MatMulInteger", name=f"{label}_MatMulInteger", inputs=[xq, wq, xz, wz], outputs=[acc]),
         gs.Node("Mul", name=f"{label}_scales_Mul", inputs=[xs, gs.Constant(f"{label}_weight_scale",
@@ -91,7 +107,7 @@ def emit_dynamic(graph: gs.Graph, node: gs.Node, w: np.ndarray, bits: int, share
         gs.Node("Mul", name=f"{label}_output_Mul", inputs=[acc_f, both], outputs=[y]),
     ]
     node.outputs.clear()
-    return {"weight_dtype": "int8", "scale_min": float(scale.min()), "scale_max": float(scale.max())}
+    return {"weight_dtype": storage, "scale_min": float(scale.min()), "scale_max": float(scale.max())}
 
 
 def emit_nbits(graph: gs.Graph, node: gs.Node, w: np.ndarray, bits: int, block: int, accuracy: int) -> dict:

@@ -4,7 +4,8 @@
                     (the target's [candidates] pairs)
     (w, a, form)    an emit form of the target's [forms] (built by dfq_onnx/backends/forms.py):
       "dyn"         a = 8: activations quantized at run time, per tensor (DynamicQuantizeLinear),
-                    w-bit per-channel symmetric weights in int8 storage (ORT: DynamicQuantizeMatMul)
+                    w-bit per-channel weights (8: symmetric int8; fewer: asymmetric, clipped, in 4-bit
+                    storage widened at load) on the int8 kernel (ORT: DynamicQuantizeMatMul)
       "b<B>"        a = 32: weight-only, w-bit weights in blocks of B along the reduction axis (a
                     Gather table: along its rows), one float scale and one w-bit zero point per block
                     (asymmetric); activations stay float (ORT: MatMulNBits, GatherBlockQuantized)
@@ -14,8 +15,9 @@
 Names: W8A8, W8A8-dyn, W4A32-b32, W8A32-row, W32A32. In a sensitivity configuration a static-Q/DQ
 group is keyed by its weight bits (an int, as before forms existed) and a form group by its candidate.
 
-Storage per weight (the size budget): w bits, plus (32 + w) / B bits for the scale and zero point of a
-block of B weights; static and dynamic candidates count w (their per-channel scales are negligible).
+Storage per weight (the size budget): w bits (5..7-bit dynamic grids: 8, their int8 storage), plus
+(32 + w) / B bits for the scale and zero point of a block of B weights; static and dynamic candidates
+count no scales (per-channel scales are negligible).
 """
 
 from __future__ import annotations
@@ -75,4 +77,5 @@ def key(c: Cand):
 def storage_bits(c: Cand, length: int) -> float:
     """Stored bits per weight, scales and zero points included, for a reduction axis of `length`."""
     b = block(c, length)
-    return float(c[0]) + ((FLOAT_BITS + c[0]) / b if b else 0.0)
+    stored = 8 if form(c) == "dyn" and 4 < c[0] < 8 else c[0]
+    return float(stored) + ((FLOAT_BITS + c[0]) / b if b else 0.0)

@@ -54,12 +54,12 @@ from dfq_onnx.backends.qdq import (
     quantize_weight,
     replace_with_dq,
 )
-from dfq_onnx.core import ir, numerics
+from dfq_onnx.core import candidates, ir, numerics
 from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.graph_utils import const_values, node_label
 from dfq_onnx.core.state import ActGroup, QuantGroup, QuantSpec, Range
 from dfq_onnx.sensitivity.act_switch import insert_act_switches, select_input
-from dfq_onnx.sensitivity.gather_rows import remap_nodes, remap_table
+from dfq_onnx.sensitivity.form_switch import form_switch, slot_of
 
 log = logging.getLogger(__name__)
 
@@ -135,35 +135,25 @@ def _quantize_constant(graph: gs.Graph, node: gs.Node, const_name: str, target) 
             replace_with_dq(graph, node, i, q, enc, f"{node_label(node)}_{const_name}")
 
 
-def _branch(node: gs.Node, layer, slot: tuple, tag: str, opset: int) -> gs.Graph:
-    """A small subgraph: `node` with constant weight and bias of `slot` = (w, b, sim[, rows]), other inputs
-    from outside; `sim` = (candidate, target settings) of a form layer, whose kernel's treatment of the
-    activation input runs first (backends/forms.simulation_nodes); `rows` (a Gather's table cut to
-    the rows the samples read, sensitivity/gather_rows.py) remaps its indices first."""
-    w, b, sim = slot[:3]
+def _branch(node: gs.Node, layer, w: np.ndarray, b: np.ndarray | None, tag: str, opset: int) -> gs.Graph:
+    """A one-node subgraph: `node` with constant weight `w` (and bias `b`), other inputs from outside."""
     ins = list(node.inputs)
-    ins[layer.weight_index] = gs.Constant(f"{tag}_weight", np.ascontiguousarray(w, np.float32))
+    ins[1] = gs.Constant(f"{tag}_weight", np.ascontiguousarray(w, np.float32))
     if layer.bias is not None:
         ins[2] = gs.Constant(f"{tag}_bias", np.ascontiguousarray(b, np.float32))
-    pre: list[gs.Node] = []
-    if sim is not None:
-        pre, ins[0] = forms.simulation_nodes(ins[0], sim[0], sim[1], tag, opset)
-    if len(slot) > 3:
-        more, ins[1] = remap_nodes(ins[1], slot[3], tag)
-        pre += more
     out = gs.Variable(f"{tag}_output", dtype=np.float32)
     body = gs.Node(node.op, name=tag, inputs=ins, outputs=[out], attrs=dict(node.attrs))
-    return gs.Graph(nodes=[*pre, body], outputs=[out], name=tag, opset=opset)
+    return gs.Graph(nodes=[body], outputs=[out], name=tag, opset=opset)
 
 
 def _switch(graph: gs.Graph, node: gs.Node, layer, slots: list, conds: list[gs.Variable]) -> None:
     """Replace `node` by If(select == 0, slot 0, If(select == 1, slot 1, ... slot K))."""
     label, opset, out = node_label(node), graph.opset, node.outputs[0]
-    tail = _branch(node, layer, slots[-1], f"{label}_slot{len(slots) - 1}", opset)
+    tail = _branch(node, layer, *slots[-1], f"{label}_slot{len(slots) - 1}", opset)
     for k in range(len(slots) - 2, -1, -1):
         result = out if k == 0 else gs.Variable(f"{label}_switch{k}_output", dtype=np.float32)
         switch = gs.Node("If", name=f"{label}_switch{k}", inputs=[conds[k]], outputs=[result], attrs={
-            "then_branch": _branch(node, layer, slots[k], f"{label}_slot{k}", opset), "else_branch": tail})
+            "then_branch": _branch(node, layer, *slots[k], f"{label}_slot{k}", opset), "else_branch": tail})
         if k:
             tail = gs.Graph(nodes=[switch], outputs=[result], name=f"{label}_else{k}", opset=opset)
     node.outputs.clear()
@@ -174,55 +164,57 @@ def _slot(w, b, x_scale, bits: int, layer, target, node, mean) -> tuple:
     """Emit's weights at `bits`; with `mean` = (E[x], tap fractions), the bias carries CorrectBias's
     correction b - (W_hat - W) E[x] (passes/bias_correction.py)."""
     if mean is None or b is None:
-        return (*emitted_weight(w, b, x_scale, bits, layer.axis, target), None)
+        return emitted_weight(w, b, x_scale, bits, layer.axis, target)
     from dfq_onnx.corrections.formulas import mean_shift
     from dfq_onnx.corrections.layer_pairs import linear_kind
 
     w_hat, _ = emitted_weight(w, b, x_scale, bits, layer.axis, target)
     b_corr = (b - mean_shift(w_hat, w, mean[0], linear_kind(node), mean[1])).astype(np.float32)
-    return (*emitted_weight(w, b_corr, x_scale, bits, layer.axis, target), None)
+    return emitted_weight(w, b_corr, x_scale, bits, layer.axis, target)
 
 
-def _form_slots(node: gs.Node, layer, keys: tuple, target, rows: np.ndarray | None = None) -> list[tuple]:
-    """Slots of a form layer: FP32, then each candidate's weights and activation treatment; a Gather
-    with `rows` keeps only those rows of its table (sensitivity/gather_rows.py)."""
+def _form_weights(node: gs.Node, layer, keys: tuple, rows: np.ndarray | None) -> list[np.ndarray]:
+    """Slot weights of a form layer: FP32, then each non-float candidate's (form_switch.py); a Gather
+    with `rows` keeps only those rows of its table."""
     w = const_values(node.inputs[layer.weight_index]).astype(np.float32)
-    settings = target.form_settings if layer.weight_index == 1 else None    # a Gather has no activation in
-    if rows is None:
-        return [(w, None, None)] + [(forms.weight_hat(node.op, w, c), None, settings and (c, settings))
-                                    for c in keys]
-    sub, table = w[rows], remap_table(len(w), rows)
-    return [(sub, None, None, table)] + [(forms.weight_hat(node.op, sub, c), None, None, table) for c in keys]
+    w = w if rows is None else w[rows]
+    return [w] + [forms.weight_hat(node.op, w, c) for c in keys if candidates.form(c) != "float"]
 
 
 def _select_weights(graph: gs.Graph, spec: QuantSpec, groups, bits: tuple[int, ...], by_dq: dict,
                     target, input_means: Mapping[str, tuple] | None = None,
                     form_keys: Mapping[str, tuple] | None = None,
-                    form_rows: Mapping[str, np.ndarray] | None = None) -> dict[str, str]:
+                    form_rows: Mapping[str, np.ndarray] | None = None,
+                    attached: dict | None = None) -> dict[str, str]:
     """Replace every weighted layer by a switch over its K+1 weight slots, driven by select_<group>
-    (slot k + 1 = weight bits bits[k], or for a form group the candidate form_keys[group][k])."""
+    (slot k + 1 = weight bits bits[k]); a form group (`form_keys`) gets form switches instead
+    (sensitivity/form_switch.py), whose added nodes go to `attached` (layer -> node names)."""
     nodes = {node_label(n): n for n in graph.nodes}
     selects: dict[str, str] = {}
     done: dict[str, list[np.ndarray]] = {}   # shared weight -> its slots (later readers keep a float bias)
     for group in groups:
         if not group.layers:
             continue
-        keys = (form_keys or {}).get(group.id, bits)
-        select, conds = select_input(graph, group.id, len(keys) + 1)
+        keys = (form_keys or {}).get(group.id)
+        select, conds = select_input(graph, group.id, 1 if keys else len(bits) + 1)
         selects[group.id] = select.name
         for name in group.layers:
             node, layer = nodes[name], spec.layers[name]
+            if keys:
+                rows = (form_rows or {}).get(name)
+                added = form_switch(graph, node, layer, keys, _form_weights(node, layer, keys, rows), select,
+                                    target.form_settings, rows)
+                (attached if attached is not None else {}).setdefault(name, []).extend(added)
+                continue
             b = const_values(node.inputs[2]).astype(np.float32) if layer.bias else None
-            if layer.form:
-                slots = _form_slots(node, layer, keys, target, (form_rows or {}).get(name))
-            elif layer.weight in done:
-                slots = [(w, b, None) for w in done[layer.weight]]
+            if layer.weight in done:
+                slots = [(w, b) for w in done[layer.weight]]
             else:
                 w = const_values(node.inputs[1]).astype(np.float32)
                 x_enc = by_dq.get(node.inputs[0].name)
                 x_scale = None if x_enc is None else float(x_enc.scale)
                 mu = (input_means or {}).get(name)
-                slots = [(w, b, None)] + [_slot(w, b, x_scale, k, layer, target, node, mu) for k in bits]
+                slots = [(w, b)] + [_slot(w, b, x_scale, k, layer, target, node, mu) for k in bits]
                 done[layer.weight] = [s[0] for s in slots]
             _switch(graph, node, layer, slots, conds)
     return selects
@@ -322,7 +314,7 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
         by_dq.update({reads[t]: encs[ag.id][act_bits] for ag in act_groups for t in ag.tensors
                       if act_bits in encs[ag.id]})   # int32 biases at the base activation scale
     selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target, input_means, form_keys,
-                              form_rows)
+                              form_rows, act[1])
     g.cleanup().toposort()
     model = ir.to_model(g, ir_version=ir.min_ir_version(g.opset))
     if model.ByteSize() > ir.TWO_GB:
@@ -346,6 +338,9 @@ def session(model, optimize: bool = True, threads: int = 0,
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
         # many small sessions run back to back: idle pools must not spin on the cores the next one needs
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # nor keep an arena each at its own peak (MiniLM-L3, 12 segments: 1.8 GB with arenas, 1.45 without,
+        # same speed)
+        opts.enable_cpu_mem_arena = False
     if threads:
         opts.intra_op_num_threads = threads
     if not optimize:
@@ -369,8 +364,7 @@ class Probe:
         self.probe, self._optimize, self._threads = probe, optimize, threads
         self._session = None
         self.slot = {FP32: 0, **{b: i + 1 for i, b in enumerate(probe.bits)}}
-        self.form_slot = {g: {FP32: 0, **{c: i + 1 for i, c in enumerate(keys)}}
-                          for g, keys in (probe.form_keys or {}).items()}
+        self.form_slot = {g: slot_of(keys) for g, keys in (probe.form_keys or {}).items()}
         self.act_slot = {FP32: 0, **{b: i + 1 for i, b in enumerate(probe.act_bits)}}
         self.selects = {**probe.selects, **probe.act_selects}
         self.runner = None

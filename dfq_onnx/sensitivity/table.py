@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dfq_onnx.core import numerics
+from dfq_onnx.core import candidates, numerics
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.options import METRICS
 
@@ -44,12 +44,11 @@ JSON_VERSION = 1
 
 
 def cand_name(c: Cand) -> str:
-    return f"W{c[0]}A{c[1]}"
+    return candidates.name(c)
 
 
 def parse_cand(text: str) -> Cand:
-    w, _, a = text[1:].partition("A")
-    return int(w), int(a)
+    return candidates.parse(text)
 
 
 # ----------------------------------------------------------------------------------------- metrics
