@@ -69,6 +69,25 @@ def act_evaluator(state: CompileState, samples, labels, metric: str, batch: int 
     return Evaluator(Probe(pm, segmented=True, samples=n), fp32, samples, labels, metric, batch)
 
 
+def plan_evaluator(state: CompileState, options, samples, labels) -> Evaluator:
+    """For whole plans with activation decisions: weight switches over the scored candidates (with their
+    bias correction, as the weight probe) and activation switches, one whole-probe session (a plan
+    changes every segment, so it is not segmented)."""
+    from dfq_onnx.passes.sensitivity import candidate_bits, fit_batch, input_means
+
+    samples, labels, static = fit_batch(state.graph, samples, labels, options.batch)
+    batch = static or state.options.calib_batch or rows_per_chunk(
+        state.graph, {k: v.shape[1:] for k, v in samples.items()})
+    base = state.target.default_act_bits
+    groups = switchable(state.act_groups)
+    pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target,
+                     candidate_bits(options, state.target, base), base,
+                     input_means=input_means(state, options), act_groups=tuple(groups),
+                     act_choices=scored_bits(groups))
+    fp32 = ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
+    return Evaluator(Probe(pm), fp32, samples, labels, options.metric, batch)
+
+
 def activation_terms(state: CompileState, samples, labels, metric: str, key: dict, use_cache: bool,
                      cache_dir, pairs: bool = False) -> tuple[ActTerms, Evaluator | None]:
     """The activation terms (from the cache when possible) and the evaluator that measured them."""
@@ -111,7 +130,8 @@ def act_choices(state: CompileState, terms: ActTerms, allowance: bool = True) ->
             (w, a) in target.pairs_for([state.spec.layers[r].op]) for r in ag.readers
             if state.spec.layers[r].role == "weighted")]
         cands[k] = tuple(a for a in legal if a == base or a == FLOAT_BITS or a in terms.singles[k])
-        loss[k] = {a: 0.0 if a == FLOAT_BITS else terms.singles[k][a] for a in cands[k]}
+        base_loss = terms.singles[k][base]
+        loss[k] = {a: (0.0 if a == FLOAT_BITS else terms.singles[k][a]) - base_loss for a in cands[k]}
         elem[k] = {a: ag.elements * target.act_element_cost.get(a, 0.0) for a in cands[k]}
         keep = target.float_output_ops
         takes[k] = {a: () if a == base else touched(ag, state.spec.layers, keep if a == FLOAT_BITS else ())
@@ -195,13 +215,13 @@ def measured(state: CompileState, ev: Evaluator, chosen: dict[str, int]) -> dict
 
 
 def summary(state: CompileState, terms: ActTerms, acts: ActChoices, chosen: dict[str, int]) -> dict:
-    by_id = {ag.id: ag for ag in state.act_groups}
+    by_id, base = {ag.id: ag for ag in state.act_groups}, acts.base
     return {"weight_loss": terms.weight_loss, "act_loss": terms.act_loss,
             "outliers": {k: {"tensors": list(by_id[k].tensors),
-                             "loss": {str(a): v for a, v in acts.loss[k].items()},
+                             "loss": {str(a): v + terms.singles[k][base] for a, v in acts.loss[k].items()},
                              "choice": chosen.get(k, acts.base)} for k in acts.groups},
             "cost_allowance": acts.allowance, "cost": acts.cost(chosen),
-            "predicted_reduction": sum(acts.loss[k][acts.base] - acts.loss[k][a] for k, a in chosen.items()),
+            "predicted_reduction": -sum(acts.loss[k][a] for k, a in chosen.items()),
             "screening_evaluations": terms.evaluations, "seconds": round(terms.seconds, 3),
             "groups": len(terms.groups)}
 

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from dfq_onnx.passes.act_precision import activation_terms, decides
 from dfq_onnx.passes.calibrate import noise_inputs
 from tqdm import tqdm
 
@@ -43,7 +44,8 @@ from dfq_onnx.core import cache, ir, numerics
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.core.pass_base import Pass, PassResult
-from dfq_onnx.core.state import CompileState
+from dfq_onnx.core.state import FLOAT_BITS, CompileState
+from dfq_onnx.sensitivity.act_scoring import switchable, terms_to_dict
 from dfq_onnx.sensitivity.evaluator import Evaluator
 from dfq_onnx.sensitivity.probe import Probe, build_probe
 from dfq_onnx.sensitivity.table import METRICS, SensitivityTable, load_json, save_json_atomic, summary
@@ -283,21 +285,25 @@ def fit_batch(graph, samples: dict, labels, batch: int | None):
     return trimmed, None if labels is None else labels[:keep], static
 
 
+def input_means(state: CompileState, options: SensitivityOptions) -> dict | None:
+    """Per weighted layer (E[x], tap fractions) for the candidates' bias correction, when it is on."""
+    if not options.bias_correction:
+        return None
+    from dfq_onnx.passes.bias_correction import input_moments
+
+    from dfq_onnx.corrections.layer_pairs import tap_fractions
+
+    nodes = {node_label(n): n for n in state.graph.nodes}
+    return {layer: (m[0], tap_fractions(nodes[layer])) for layer, m in input_moments(state)[0].items()}
+
+
 def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -> Scoring:
     """Build the probe model, its session and the FP32 reference outputs (one forward pass)."""
     samples, labels, batch = fit_batch(state.graph, samples, labels, options.batch)
     act = state.options.act_bits or state.target.default_act_bits
     bits = candidate_bits(options, state.target, act)
-    means = None
-    if options.bias_correction:
-        from dfq_onnx.passes.bias_correction import input_moments
-
-        from dfq_onnx.corrections.layer_pairs import tap_fractions
-
-        nodes = {node_label(n): n for n in state.graph.nodes}
-        means = {layer: (m[0], tap_fractions(nodes[layer])) for layer, m in input_moments(state)[0].items()}
     pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, bits, act,
-                     options.quantize_activations, input_means=means)
+                     options.quantize_activations, input_means=input_means(state, options))
     fp32 = ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
     n = len(next(iter(samples.values())))
     ev = Evaluator(Probe(pm, segmented=options.segmented, samples=n), fp32, samples, labels, options.metric,
@@ -307,15 +313,17 @@ def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -
 
 
 class PlanMeter:
-    """Measures whole plans (group -> weight bits) on the probe: the same loss as the table's terms, on the
-    same samples, one ORT forward pass per distinct plan. Used by AllocateBits to verify a `--max-drop`
-    plan and to measure the Pareto points. When the table came from the cache the probe is built on the
-    first call only."""
+    """Measures whole plans (group -> weight bits, and activation group -> precision) on the probe: the same
+    loss as the table's terms, on the same samples, one ORT forward pass per distinct plan. Used by
+    AllocateBits to verify a `--max-drop` plan, measure the Pareto points and the written plan. When the
+    table came from the cache the probe is built on the first call only; a plan with activation decisions
+    is measured on a second probe with activation switches (built on first use)."""
 
     def __init__(self, state: CompileState, options: SensitivityOptions, samples, labels,
                  scoring: Scoring | None = None):
         self._state, self._options, self._samples, self._labels = state, options, samples, labels
         self._scoring = scoring
+        self._acts: Evaluator | None = None
         self._counted = scoring.evaluator.forward_passes if scoring is not None else 0   # already reported
 
     @property
@@ -325,18 +333,38 @@ class PlanMeter:
                                     self._samples, self._labels)
         return self._scoring.evaluator
 
-    def __call__(self, bits: dict[str, int]) -> float:
-        ev = self.evaluator
-        loss = float(ev.loss(bits)[0])
-        self._state.forward_passes += ev.forward_passes - self._counted
-        self._counted = ev.forward_passes
+    def _act_evaluator(self) -> Evaluator:
+        if self._acts is None:
+            from dfq_onnx.passes.act_precision import plan_evaluator
+
+            self._acts = plan_evaluator(self._state, self._options, self._samples, self._labels)
+        return self._acts
+
+    def __call__(self, bits: dict[str, int], acts: dict[str, int] | None = None) -> float:
+        base = self._state.target.default_act_bits
+        changed = {k: a for k, a in (acts or {}).items() if a != base}
+        if not changed:
+            ev = self.evaluator
+            loss = float(ev.loss(bits)[0])
+        else:
+            ev = self._act_evaluator()
+            every = {ag.id: base for ag in switchable(self._state.act_groups)}
+            every.update({k: None if a == FLOAT_BITS else a for k, a in changed.items()})
+            loss = float(ev.loss({**bits, **every})[0])
+        self._state.forward_passes += self._passes() - self._counted
+        self._counted = self._passes()
         return loss
+
+    def _passes(self) -> int:
+        return (self._scoring.evaluator.forward_passes if self._scoring is not None else 0) + (
+            self._acts.forward_passes if self._acts is not None else 0)
 
 
 def score(state: CompileState, options: SensitivityOptions, samples=None,
           labels=None) -> tuple[SensitivityTable, bool]:
     """The sensitivity table of the state's graph (from the cache when possible) and whether it was cached.
-    Leaves a PlanMeter on the state (`state.meter`) for measuring whole plans."""
+    Leaves a PlanMeter on the state (`state.meter`) for measuring whole plans. Where activation precision
+    is a decision (passes/act_precision.py), the table carries the activation terms too."""
     if samples is None:
         samples, labels = scoring_data(state, options)
     n = len(next(iter(samples.values())))
@@ -344,18 +372,25 @@ def score(state: CompileState, options: SensitivityOptions, samples=None,
         raise UsageError(f"sensitivity scoring needs at least 2 samples, got {n}")
     act = state.options.act_bits or state.target.default_act_bits
     bits = candidate_bits(options, state.target, act)
-    path = cache.cache_path("sensitivity", cache_key(state, options, bits, act, samples, labels),
-                            options.cache_dir).with_suffix(".json")
-    if options.use_cache and (hit := load_json(path)) is not None:
+    key = cache_key(state, options, bits, act, samples, labels)
+    path = cache.cache_path("sensitivity", key, options.cache_dir).with_suffix(".json")
+    hit = load_json(path) if options.use_cache else None
+    if hit is not None:
         log.info("sensitivity table from cache %s", path)
-        state.meter = PlanMeter(state, options, samples, labels)
-        return hit, True
-    scoring = prepare(state, options, samples, labels).run()
-    table = scoring.table()
-    state.meter = PlanMeter(state, options, samples, labels, scoring)
-    if options.use_cache:
-        save_json_atomic(path, table)
-    return table, False
+        state.meter, table = PlanMeter(state, options, samples, labels), hit
+    else:
+        scoring = prepare(state, options, samples, labels).run()
+        table = scoring.table()
+        state.meter = PlanMeter(state, options, samples, labels, scoring)
+        if options.use_cache:
+            save_json_atomic(path, table)
+    if decides(state):
+        terms, ev = activation_terms(state, samples, labels, options.metric, key, options.use_cache,
+                                     options.cache_dir, pairs=options.pairs)
+        table = dataclasses.replace(table, activations=terms_to_dict(terms))
+        if ev is not None:
+            state.forward_passes += ev.forward_passes
+    return table, hit is not None
 
 
 class ScoreSensitivity(Pass):

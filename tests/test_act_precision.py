@@ -198,3 +198,21 @@ def test_screening_finds_the_outlier_with_few_evaluations():
     assert _group_of(state, "conv2_out") in terms.singles
     assert terms.evaluations < 2 * len(terms.groups)
     assert dataclasses.asdict(terms)["weight_loss"] == pytest.approx(float(ev.loss({})[0]))
+
+
+@pytest.mark.parametrize("allocator", ["ilp", "ilp-pairs", "greedy"])
+def test_mixed_budget_decides_activations_jointly(allocator):
+    model = act_builders.outlier_attention()
+    out, report = dfq_onnx.quantize(model, calib="noise", progress=False, use_cache=False,
+                                    avg_weight_bits=6, allocator=allocator, score_bits=(2, 4, 6, 8))
+    alloc = report.notes["allocation"]
+    f2 = next(k for k, o in report.notes["activations"]["outliers"].items() if o["tensors"] == ["f2_out"])
+    assert alloc["acts"][f2] == FLOAT_BITS and alloc["avg_weight_bits"] <= 6 + 1e-9
+    assert "f2_out" not in {n.input[0] for n in nodes_by_op(out, "QuantizeLinear")}
+    # the written plan is measured on the probe with activation switches; it beats all-A8 at the same bits
+    base, rep8 = dfq_onnx.quantize(model, calib="noise", progress=False, use_cache=False, act_bits=8,
+                                   avg_weight_bits=6, allocator=allocator, score_bits=(2, 4, 6, 8))
+    assert alloc["measured_loss"] < rep8.notes["allocation"]["measured_loss"]
+    feeds = normal_feeds(model, n=8, seed=9)
+    ref = run(model, feeds)[0]
+    assert np.mean((run(out, feeds)[0] - ref) ** 2) < np.mean((run(base, feeds)[0] - ref) ** 2)
