@@ -14,7 +14,6 @@ same terms and AllocateBits decides them jointly with the weights (passes/alloca
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
@@ -40,6 +39,7 @@ from dfq_onnx.sensitivity.act_scoring import (
 )
 from dfq_onnx.sensitivity.evaluator import Evaluator
 from dfq_onnx.sensitivity.probe import Probe, build_probe
+from dfq_onnx.sensitivity.table import SensitivityTable, load_json, save_json_atomic
 
 log = logging.getLogger(__name__)
 ENGINE = 1     # bump when the activation terms change: old cache entries are then ignored
@@ -88,23 +88,26 @@ def plan_evaluator(state: CompileState, options, samples, labels) -> Evaluator:
     return Evaluator(Probe(pm), fp32, samples, labels, options.metric, batch)
 
 
-def activation_terms(state: CompileState, samples, labels, metric: str, key: dict, use_cache: bool,
-                     cache_dir, pairs: bool = False) -> tuple[ActTerms, Evaluator | None]:
-    """The activation terms (from the cache when possible) and the evaluator that measured them."""
-    path = cache.cache_path("activations", {**key, "act_engine": ENGINE, "act_pairs": pairs},
-                            cache_dir).with_suffix(".json")
-    if use_cache and path.is_file():
-        try:
-            return terms_from_dict(json.loads(path.read_text())), None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable activation cache entry %s: %s", path, exc)
+def activation_terms(state: CompileState, samples, labels, metric: str,
+                     pairs: bool = False) -> tuple[ActTerms, Evaluator]:
+    """The activation terms (sensitivity/act_scoring.py) and the evaluator that measured them."""
     ev = act_evaluator(state, samples, labels, metric)
-    terms = score_activations(ev, state.act_groups, state.target.default_act_bits, pairs=pairs)
+    return score_activations(ev, state.act_groups, state.target.default_act_bits, pairs=pairs), ev
+
+
+def cached_terms(state: CompileState, samples, labels, metric: str, key: dict, use_cache: bool,
+                 cache_dir) -> tuple[ActTerms, Evaluator | None]:
+    """`activation_terms` through the cache (a sensitivity-table JSON entry carrying only them)."""
+    path = cache.cache_path("activations", {**key, "act_engine": ENGINE}, cache_dir).with_suffix(".json")
+    hit = load_json(path) if use_cache else None
+    if hit is not None and hit.activations:
+        return terms_from_dict(hit.activations), None
+    terms, ev = activation_terms(state, samples, labels, metric)
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(terms_to_dict(terms), indent=1, sort_keys=True))
-        tmp.replace(path)
+        save_json_atomic(path, SensitivityTable(
+            groups=(), candidates=(), singles={}, incontext={}, pairs={}, metric=",".join(ev.kinds),
+            samples=ev.n, evaluations=ev.evaluations, forward_passes=ev.forward_passes,
+            seconds=terms.seconds, activations=terms_to_dict(terms)))
     return terms, ev
 
 
@@ -170,8 +173,7 @@ class ChooseActivationPrecision(Pass):
         samples, labels = scoring_data(state, opts)
         key = cache_key(state, opts, (state.target.default_weight_bits,), state.target.default_act_bits,
                         samples, labels)
-        terms, ev = activation_terms(state, samples, labels, self.metric, key, self.use_cache,
-                                     self.cache_dir)
+        terms, ev = cached_terms(state, samples, labels, self.metric, key, self.use_cache, self.cache_dir)
         acts = act_choices(state, terms)
         alloc = solve(Problem((), {}, {}, {}, acts=acts), Budget())
         chosen = {k: a for k, a in alloc.acts.items() if a != acts.base}

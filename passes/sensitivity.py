@@ -372,25 +372,24 @@ def score(state: CompileState, options: SensitivityOptions, samples=None,
         raise UsageError(f"sensitivity scoring needs at least 2 samples, got {n}")
     act = state.options.act_bits or state.target.default_act_bits
     bits = candidate_bits(options, state.target, act)
-    key = cache_key(state, options, bits, act, samples, labels)
+    key = {**cache_key(state, options, bits, act, samples, labels), "activations": decides(state)}
     path = cache.cache_path("sensitivity", key, options.cache_dir).with_suffix(".json")
-    hit = load_json(path) if options.use_cache else None
-    if hit is not None:
+    if options.use_cache and (hit := load_json(path)) is not None:
         log.info("sensitivity table from cache %s", path)
-        state.meter, table = PlanMeter(state, options, samples, labels), hit
-    else:
-        scoring = prepare(state, options, samples, labels).run()
-        table = scoring.table()
-        state.meter = PlanMeter(state, options, samples, labels, scoring)
-        if options.use_cache:
-            save_json_atomic(path, table)
-    if decides(state):
-        terms, ev = activation_terms(state, samples, labels, options.metric, key, options.use_cache,
-                                     options.cache_dir, pairs=options.pairs)
-        table = dataclasses.replace(table, activations=terms_to_dict(terms))
-        if ev is not None:
-            state.forward_passes += ev.forward_passes
-    return table, hit is not None
+        state.meter = PlanMeter(state, options, samples, labels)
+        return hit, True
+    scoring = prepare(state, options, samples, labels).run()
+    table = scoring.table()
+    state.meter = PlanMeter(state, options, samples, labels, scoring)
+    if decides(state):     # the activation terms, on their own probe (passes/act_precision.py)
+        terms, ev = activation_terms(state, samples, labels, options.metric, pairs=options.pairs)
+        table = dataclasses.replace(table, activations=terms_to_dict(terms),
+                                    evaluations=table.evaluations + ev.evaluations,
+                                    forward_passes=table.forward_passes + ev.forward_passes,
+                                    seconds=time.perf_counter() - scoring.started)
+    if options.use_cache:
+        save_json_atomic(path, table)
+    return table, False
 
 
 class ScoreSensitivity(Pass):
