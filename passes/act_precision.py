@@ -218,7 +218,7 @@ def measured(state: CompileState, ev: Evaluator, chosen: dict[str, int]) -> dict
 
 def summary(state: CompileState, terms: ActTerms, acts: ActChoices, chosen: dict[str, int]) -> dict:
     by_id, base = {ag.id: ag for ag in state.act_groups}, acts.base
-    return {"weight_loss": terms.weight_loss, "act_loss": terms.act_loss,
+    return {"weight_loss": terms.weight_loss, "act_loss": terms.act_loss, "base": base,
             "outliers": {k: {"tensors": list(by_id[k].tensors),
                              "loss": {str(a): v + terms.singles[k][base] for a, v in acts.loss[k].items()},
                              "choice": chosen.get(k, acts.base)} for k in acts.groups},

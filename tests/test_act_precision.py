@@ -216,3 +216,18 @@ def test_mixed_budget_decides_activations_jointly(allocator):
     feeds = normal_feeds(model, n=8, seed=9)
     ref = run(model, feeds)[0]
     assert np.mean((run(out, feeds)[0] - ref) ** 2) < np.mean((run(base, feeds)[0] - ref) ** 2)
+
+
+def test_cli_and_report_say_what_was_decided(tmp_path, capsys):
+    from dfq_onnx.cli import main
+
+    src = tmp_path / "m.onnx"
+    onnx.save(act_builders.outlier_attention(), src)
+    argv = ["-q", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--calib", "noise", "--no-cache"]
+    assert main(argv + ["--report", str(tmp_path / "r.html")]) == 0
+    out = capsys.readouterr().out
+    assert "activations: 2 outlier groups of" in out and "float" in out and "output loss" in out
+    html = (tmp_path / "r.html").read_text()
+    assert "Activation precision" in html and "f2_out" in html and "left float by the plan" in html
+    assert main(argv + ["--act-bits", "8"]) == 0
+    assert "activations:" not in capsys.readouterr().out      # --act-bits: a uniform plan, nothing decided
