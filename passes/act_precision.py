@@ -24,7 +24,6 @@ from dfq_onnx.allocation.costs import layer_macs
 from dfq_onnx.allocation.ilp import solve
 from dfq_onnx.allocation.problem import Budget, Problem
 from dfq_onnx.backends.act_precision import touched
-from dfq_onnx.backends.chunks import rows_per_chunk
 from dfq_onnx.core import cache, ir
 from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.core.pass_base import Pass, PassResult
@@ -54,11 +53,9 @@ def act_evaluator(state: CompileState, samples, labels, metric: str, batch: int 
     """The activation probe (every switchable group over float and the target's bits; Emit's weights at
     the default bits) and its evaluator on `samples`, in chunks of `batch` rows (default: the model's
     static batch, else the user's --calib-batch, else `rows_per_chunk` of its activation footprint)."""
-    from dfq_onnx.passes.sensitivity import fit_batch
+    from dfq_onnx.passes.sensitivity import chunked
 
-    samples, labels, static = fit_batch(state.graph, samples, labels, batch)
-    batch = static or state.options.calib_batch or rows_per_chunk(
-        state.graph, {k: v.shape[1:] for k, v in samples.items()})
+    samples, labels, batch = chunked(state, samples, labels, batch)
     base = state.target.default_act_bits
     groups = switchable(state.act_groups)
     pm = build_probe(state.graph, state.spec, [], state.ranges, state.target, (), base,
@@ -73,11 +70,9 @@ def plan_evaluator(state: CompileState, options, samples, labels) -> Evaluator:
     """For whole plans with activation decisions: weight switches over the scored candidates (with their
     bias correction, as the weight probe) and activation switches, one whole-probe session (a plan
     changes every segment, so it is not segmented)."""
-    from dfq_onnx.passes.sensitivity import candidate_bits, fit_batch, input_means
+    from dfq_onnx.passes.sensitivity import candidate_bits, chunked, input_means
 
-    samples, labels, static = fit_batch(state.graph, samples, labels, options.batch)
-    batch = static or state.options.calib_batch or rows_per_chunk(
-        state.graph, {k: v.shape[1:] for k, v in samples.items()})
+    samples, labels, batch = chunked(state, samples, labels, options.batch)
     base = state.target.default_act_bits
     groups = switchable(state.act_groups)
     pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target,
@@ -88,10 +83,10 @@ def plan_evaluator(state: CompileState, options, samples, labels) -> Evaluator:
     return Evaluator(Probe(pm), fp32, samples, labels, options.metric, batch)
 
 
-def activation_terms(state: CompileState, samples, labels, metric: str,
-                     pairs: bool = False) -> tuple[ActTerms, Evaluator]:
+def activation_terms(state: CompileState, samples, labels, metric: str, pairs: bool = False,
+                     batch: int | None = None) -> tuple[ActTerms, Evaluator]:
     """The activation terms (sensitivity/act_scoring.py) and the evaluator that measured them."""
-    ev = act_evaluator(state, samples, labels, metric)
+    ev = act_evaluator(state, samples, labels, metric, batch)
     return score_activations(ev, state.act_groups, state.target.default_act_bits, pairs=pairs), ev
 
 

@@ -40,6 +40,7 @@ from dfq_onnx.passes.act_precision import activation_terms, decides
 from dfq_onnx.passes.calibrate import noise_inputs
 from tqdm import tqdm
 
+from dfq_onnx.backends.chunks import rows_per_chunk
 from dfq_onnx.core import cache, ir, numerics
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import node_label
@@ -63,7 +64,8 @@ class SensitivityOptions:
     incontext: bool = True            # False: skip the in-context phase (the allocator reads singles/pairs)
     pair_bits: tuple[int, ...] | None = None   # candidates of the pair terms (None: all below base)
     metric: str = "auto"              # "auto" | "kl" | "ce" | "mse" | "sqnr"
-    batch: int | None = None          # samples per ORT run (None: all at once)
+    batch: int | None = None          # samples per ORT run (None: the model's static batch, else
+                                      # --calib-batch, else rows_per_chunk of its activation footprint)
     samples: int | None = None        # score on the first n samples (None: all)
     quantize_activations: bool = True
     bias_correction: bool = False     # each candidate's weights with its analytic bias correction
@@ -297,9 +299,21 @@ def input_means(state: CompileState, options: SensitivityOptions) -> dict | None
     return {layer: (m[0], tap_fractions(nodes[layer])) for layer, m in input_moments(state)[0].items()}
 
 
+def chunked(state: CompileState, samples: dict, labels, batch: int | None = None):
+    """(samples, labels, rows per ORT run): trimmed to a static batch, else `batch`, else the user's
+    --calib-batch, else `rows_per_chunk` of the model's activation footprint (backends/chunks.py), so
+    scoring memory is one chunk of activations whatever the number of samples; results do not depend
+    on it (rows are independent)."""
+    samples, labels, rows = fit_batch(state.graph, samples, labels, batch)
+    if rows is None:
+        rows = state.options.calib_batch or rows_per_chunk(
+            state.graph, {k: v.shape[1:] for k, v in samples.items()})
+    return samples, labels, rows
+
+
 def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -> Scoring:
     """Build the probe model, its session and the FP32 reference outputs (one forward pass)."""
-    samples, labels, batch = fit_batch(state.graph, samples, labels, options.batch)
+    samples, labels, batch = chunked(state, samples, labels, options.batch)
     act = state.options.act_bits or state.target.default_act_bits
     bits = candidate_bits(options, state.target, act)
     pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, bits, act,
@@ -382,7 +396,7 @@ def score(state: CompileState, options: SensitivityOptions, samples=None,
     table = scoring.table()
     state.meter = PlanMeter(state, options, samples, labels, scoring)
     if decides(state):     # the activation terms, on their own probe (passes/act_precision.py)
-        terms, ev = activation_terms(state, samples, labels, options.metric, pairs=options.pairs)
+        terms, ev = activation_terms(state, samples, labels, options.metric, options.pairs, options.batch)
         table = dataclasses.replace(table, activations=terms_to_dict(terms),
                                     evaluations=table.evaluations + ev.evaluations,
                                     forward_passes=table.forward_passes + ev.forward_passes,

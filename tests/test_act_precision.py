@@ -231,3 +231,20 @@ def test_cli_and_report_say_what_was_decided(tmp_path, capsys):
     assert "Activation precision" in html and "f2_out" in html and "left float by the plan" in html
     assert main(argv + ["--act-bits", "8"]) == 0
     assert "activations:" not in capsys.readouterr().out      # --act-bits: a uniform plan, nothing decided
+
+
+@pytest.mark.parametrize("name", ["outlier_attention", "outlier_residual"])
+def test_scoring_terms_do_not_depend_on_the_chunk_size(name):
+    """Rows are independent: the weight and activation terms are identical in any chunking."""
+    from dfq_onnx.passes.sensitivity import SensitivityOptions, score
+
+    model = getattr(act_builders, name)()
+    tables = []
+    for batch in (1, 7, None):
+        state = _state(model, calib_samples=24)
+        opts = SensitivityOptions(weight_bits=(4, 8), batch=batch, use_cache=False, progress=False, hops=1)
+        tables.append(score(state, opts)[0])
+    for t in tables[1:]:
+        assert t.singles == tables[0].singles and t.pairs == tables[0].pairs
+        assert t.activations["singles"] == tables[0].activations["singles"]
+        assert t.activations["screened"] == tables[0].activations["screened"]
