@@ -222,7 +222,9 @@ def _cmd_targets(args) -> int:
     for name in builtin_targets():
         t = load_target(name)
         pairs = " ".join(f"W{w}A{a}" for w, a in t.pairs)
-        print(f"{name:12s} {t.description}\n{'':12s} legal: {pairs}")
+        acts = ", ".join("float" if a == 32 else f"A{a}" for a in t.act_choices)
+        print(f"{name:12s} {t.description}\n{'':12s} legal: {pairs}"
+              + (f"\n{'':12s} per activation group: {acts}" if len(t.act_choices) > 1 else ""))
     return 0
 
 
