@@ -41,7 +41,7 @@ from dfq_onnx.sensitivity.probe import Probe, build_probe
 from dfq_onnx.sensitivity.table import SensitivityTable, load_json, save_json_atomic
 
 log = logging.getLogger(__name__)
-ENGINE = 1     # bump when the activation terms change: old cache entries are then ignored
+ENGINE = 2     # bump when the activation terms change: old cache entries are then ignored
 
 
 def decides(state: CompileState) -> bool:

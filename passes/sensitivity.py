@@ -52,7 +52,7 @@ from dfq_onnx.sensitivity.probe import Probe, build_probe
 from dfq_onnx.sensitivity.table import METRICS, SensitivityTable, load_json, save_json_atomic, summary
 
 log = logging.getLogger(__name__)
-ENGINE_VERSION = 2       # bump when the terms change: old cache entries are then ignored
+ENGINE_VERSION = 3       # bump when the terms change: old cache entries are then ignored
 
 
 @dataclass(frozen=True)
