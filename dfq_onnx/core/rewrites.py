@@ -29,6 +29,7 @@ import onnx_graphsurgeon as gs
 from dfq_onnx.core.graph_utils import const_values, is_const
 
 POOLS = ("Conv", "AveragePool")
+INT_TYPES = (6, 7)          # TensorProto.INT32, INT64
 
 
 def _pad_amounts(node: gs.Node) -> np.ndarray | None:
@@ -104,6 +105,10 @@ def _shape_entries(t: gs.Tensor) -> list | None:
     if prod.op == "Shape" and not prod.attrs.get("start") and prod.attrs.get("end") is None:
         src = prod.inputs[0]
         return [(src, k) for k in range(len(src.shape))] if src.shape is not None else None
+    if prod.op == "Cast" and prod.attrs.get("to") in INT_TYPES:     # Paddle: Shape -> Cast(int32) -> ...
+        return _shape_entries(prod.inputs[0])
+    if prod.op == "Slice":
+        return _slice_entries(prod)
     if prod.op == "Concat":
         parts = [_shape_entries(i) for i in prod.inputs]
         return None if any(p is None for p in parts) else [e for p in parts for e in p]
@@ -115,6 +120,19 @@ def _shape_entries(t: gs.Tensor) -> list | None:
         idx = const_values(prod.inputs[1]).reshape(-1)
         return None if base is None else [base[int(i)] for i in idx]
     return None
+
+
+def _slice_entries(node: gs.Node) -> list | None:
+    base = _shape_entries(node.inputs[0])
+    args = [const_values(t).reshape(-1) if is_const(t) else None for t in node.inputs[1:] if t.name]
+    if base is None or any(a is None for a in args) or len(args) < 2:
+        return None
+    starts, ends = args[0], args[1]
+    axes = args[2] if len(args) > 2 else np.zeros(1, np.int64)
+    steps = args[3] if len(args) > 3 else np.ones(1, np.int64)
+    if len(starts) != 1 or int(axes[0]) not in (0, -1):
+        return None
+    return base[slice(int(starts[0]), int(min(ends[0], len(base))), int(steps[0]))]
 
 
 def _scalar_entry(t: gs.Tensor):
@@ -141,13 +159,27 @@ def _resolve(entries: list, data: gs.Tensor) -> list[int] | None:
             continue
         src, k = e
         dim = src.shape[k]
-        if data.shape is not None and p < len(data.shape) and _same_dim(dim, data.shape[p]):
+        if src is data and k == p:
+            out.append(0)
+        elif data.shape is not None and p < len(data.shape) and _same_dim(dim, data.shape[p]):
             out.append(0)
         elif isinstance(dim, (int, np.integer)) and dim > 0:
             out.append(int(dim))
         else:
             return None
     return out
+
+
+def _known(shape) -> bool:
+    return shape is not None and all(isinstance(d, str) or (isinstance(d, (int, np.integer)) and d >= 0)
+                                      for d in shape)
+
+
+def noop_reshapes(graph: gs.Graph) -> list[gs.Node]:
+    """Reshape / Flatten nodes whose output shape is their input shape (a version converter's
+    Flatten -> Softmax -> Reshape around a 2-D Softmax), for the caller to bypass."""
+    return [n for n in graph.nodes if n.op in ("Reshape", "Flatten") and _known(n.inputs[0].shape)
+            and _known(n.outputs[0].shape) and list(n.inputs[0].shape) == list(n.outputs[0].shape)]
 
 
 def fold_shape_reshapes(graph: gs.Graph) -> int:
