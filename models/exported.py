@@ -17,7 +17,7 @@ import onnx
 from dfq_onnx.models.builders import _bn, _conv_w, _init, _model, _vi
 from onnx import helper, numpy_helper
 
-__all__ = ["attention", "paddle_style", "same_pad_flatten"]
+__all__ = ["attention", "paddle_style", "same_pad_flatten", "wrapped_softmax"]
 
 
 def same_pad_flatten(c_in: int = 3, c: int = 8, classes: int = 5, hw: int = 9, seed: int = 0,
@@ -119,3 +119,21 @@ def attention(t: int = 6, d: int = 8, seed: int = 0) -> onnx.ModelProto:
               helper.make_node("MatMul", ["probs", "v"], ["context"], name="context"),
               helper.make_node("MatMul", ["context", "wo"], ["output"], name="proj_o")]
     return _model(nodes, [_vi("input", ["N", t, d])], [_vi("output", ["N", t, d])], inits, name="attention")
+
+
+def wrapped_softmax(t: int = 4, d: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """A last-axis Softmax as the version converter keeps opset-11 semantics on a 3-D tensor::
+
+        input [N, t, d] ─ MatMul ─ x ─ Flatten(axis 2) ─ Softmax(axis 1) ─ Reshape(Shape(x)) ─ MatMul ─ output
+    """
+    rng = np.random.default_rng(seed)
+    inits = [_init("w1", (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)),
+             _init("w2", (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32))]
+    nodes = [helper.make_node("MatMul", ["input", "w1"], ["x"], name="mm1"),
+             helper.make_node("Flatten", ["x"], ["flat"], name="flatten", axis=2),
+             helper.make_node("Softmax", ["flat"], ["probs"], name="softmax", axis=1),
+             helper.make_node("Shape", ["x"], ["x_shape"], name="shape"),
+             helper.make_node("Reshape", ["probs", "x_shape"], ["restored"], name="reshape"),
+             helper.make_node("MatMul", ["restored", "w2"], ["output"], name="mm2")]
+    return _model(nodes, [_vi("input", ["N", t, d])], [_vi("output", ["N", t, d])], inits,
+                  name="wrapped_softmax")

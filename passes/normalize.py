@@ -167,6 +167,7 @@ def fusable_forms(graph) -> dict[str, int]:
         if not folded or not ir.refresh_shapes(graph):
             break
     counts["no-op Reshape/Flatten removed"] = sum(_bypass(graph, n) for n in rewrites.noop_reshapes(graph))
+    counts["Softmax unwrapped"] = rewrites.fold_flattened_softmax(graph)
     counts["Mul/Add folded into layer"] = fold_affine(graph)
     return counts
 

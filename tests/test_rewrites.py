@@ -57,3 +57,12 @@ def test_quantized_output_runs_pad_and_flatten_on_integer_data(tmp_path):
     ops = [n.op_type for n in onnx.load(path).graph.node]
     assert "Pad" not in ops and "Shape" not in ops and ops.count("QuantizeLinear") == 1
     assert ops.count("QLinearConv") == 2 and "QGemm" in ops
+
+
+def test_softmax_wrapped_for_opset_11_becomes_a_last_axis_softmax():
+    model = exported.wrapped_softmax()
+    state, out = _normalized(model)
+    assert state.report.model["canonicalized"]["Softmax unwrapped"] == 1
+    assert [n.op_type for n in out.graph.node] == ["MatMul", "Softmax", "MatMul"]
+    feeds = normal_feeds(model, n=3)
+    np.testing.assert_allclose(run(out, feeds)[0], run(model, feeds)[0], rtol=1e-5, atol=1e-6)

@@ -19,6 +19,11 @@ position p ("copy this dimension", allowzero = 0), a statically known one its va
                             [-1] ─────┴ Concat ─► Reshape(x, ·)    ==>   Reshape(x, [0, -1])
 
 so the Reshape runs on quantized data and the shape subgraph disappears.
+
+A Softmax the version converter wrapped to keep opset-11 semantics on the last axis (Flatten(axis =
+rank - 1) -> Softmax(axis 1) -> Reshape back to the input's shape) is Softmax(axis = -1) from opset 13:
+
+    x ─ Flatten(r - 1) ─ Softmax(1) ─ Reshape(x's shape)      ==>   x ─ Softmax(-1)
 """
 
 from __future__ import annotations
@@ -193,5 +198,39 @@ def fold_shape_reshapes(graph: gs.Graph) -> int:
         if shape is None or sum(1 for v in shape if v == -1) > 1:
             continue
         node.inputs[1] = gs.Constant(f"{node.name}_shape", np.asarray(shape, np.int64))
+        folded += 1
+    return folded
+
+
+def _restores(reshape: gs.Node, x: gs.Tensor) -> bool:
+    """Whether `reshape` gives its data x's shape: its target is Shape(x), or x's static shape."""
+    entries = _shape_entries(reshape.inputs[1])
+    if entries is None or x.shape is None or len(entries) != len(x.shape):
+        return False
+    return all((isinstance(e, tuple) and e[0] is x and e[1] == k) or
+               (isinstance(e, int) and isinstance(d, (int, np.integer)) and e == d > 0)
+               for k, (e, d) in enumerate(zip(entries, x.shape)))
+
+
+def fold_flattened_softmax(graph: gs.Graph) -> int:
+    """Unwrap Flatten -> Softmax -> Reshape over the last axis (module docstring); returns how many."""
+    outputs = {id(t) for t in graph.outputs}
+    folded = 0
+    for sm in [n for n in graph.nodes if n.op == "Softmax" and n.attrs.get("axis", -1) in (1, -1)]:
+        flat = sm.inputs[0].inputs[0] if len(sm.inputs[0].inputs) == 1 else None
+        readers = sm.outputs[0].outputs
+        if flat is None or flat.op != "Flatten" or len(sm.inputs[0].outputs) != 1 or len(readers) != 1:
+            continue
+        x, reshape = flat.inputs[0], readers[0]
+        rank = len(x.shape) if x.shape is not None else None
+        if reshape.op != "Reshape" or rank is None or flat.attrs.get("axis", 1) % max(rank, 1) != rank - 1:
+            continue
+        y = reshape.outputs[0]
+        if not _restores(reshape, x) or id(sm.outputs[0]) in outputs:
+            continue
+        sm.inputs[0] = x
+        sm.attrs["axis"] = -1
+        reshape.outputs.clear()
+        sm.outputs[0] = y
         folded += 1
     return folded
