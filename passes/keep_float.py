@@ -51,6 +51,7 @@ class KeepFloat(Pass):
         dropped = len(state.groups)
         state.spec = QuantSpec(layers={}, act_tensors=(), encoding_of={}, absorbed={}, const_inputs=())
         state.groups = []
+        state.act_groups = []
         log.warning("the integer model ran slower than FP32 (%.3f vs %.3f ms at batch %d, %s): writing the "
                     "model float", note["integer_ms"], table.fp32_ms, table.batch, self.path)
         return PassResult(False, f"integer form does not pay ({note['integer_ms']:.3f} ms vs FP32 "
