@@ -26,6 +26,7 @@ A model that cannot be compiled (missing wheel, unsupported, timeout) gets a row
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import subprocess
@@ -94,7 +95,8 @@ def fp32_forward_rss(m: ZooModel, rows: int, timeout: float) -> int | None:
 
 def ort_output(m: ZooModel, work: Path) -> tuple[Path, float]:
     start = time.perf_counter()
-    path = ort_quantize_static(m.path, work / f"{m.name}.ort.onnx", m.feeds(16, seed=2), calib_batch=8)
+    with contextlib.chdir(work):        # quant_pre_process leaves temporary files in the working directory
+        path = ort_quantize_static(m.path, work / f"{m.name}.ort.onnx", m.feeds(16, seed=2), calib_batch=8)
     return path, time.perf_counter() - start
 
 

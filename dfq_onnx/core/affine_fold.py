@@ -116,6 +116,8 @@ def _fold_one(graph: gs.Graph, node: gs.Node) -> bool:
     bias = layer.inputs[2] if len(layer.inputs) > 2 and layer.inputs[2].name else None
     if bias is not None and const_values(bias).size not in (1, n):
         return False
+    if node.op in ("Add", "Sub") and layer.op == "Gemm" and float(layer.attrs.get("beta", 1.0)) != 1.0:
+        return False        # Gemm adds beta * C: a shift folds into C only at beta 1
     b = _bias(layer, n)
     if node.op in ("Mul", "Div"):
         s = c if node.op == "Mul" else 1.0 / c

@@ -70,6 +70,8 @@ def _foldable_reader(node: gs.Node, x: gs.Tensor) -> bool:
     if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", b"NOTSET", b"VALID"):
         return False
     has_pads = any(node.attrs.get("pads", [0]))
+    if node.op == "AveragePool" and node.attrs.get("ceil_mode", 0):
+        return False        # ceil-mode windows past the padding average differently
     return node.op == "Conv" or not has_pads or node.attrs.get("count_include_pad", 0) == 1
 
 
