@@ -17,6 +17,7 @@ from dfq_onnx.passes.dfmpc import CompensateDFMPC
 from dfq_onnx.passes.emit_qdq import EmitQDQ
 from dfq_onnx.passes.equalize import EqualizeCrossLayer
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
+from dfq_onnx.passes.keep_float import KeepFloat
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.plan_uniform import UniformPlan
 from dfq_onnx.passes.quant_groups import FindQuantGroups
@@ -76,6 +77,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([EqualizeCrossLayer(criterion=options.cle_criterion)] if options.cle else []),
         *([AbsorbHighBias()] if options.bias_absorption else []),
         FindQuantGroups(),
+        *([KeepFloat(options.latency_table)] if options.latency_table and not options.mixed else []),
     ]
     tail = [
         *([_synthesis(options)] if synthesize else []),

@@ -55,7 +55,8 @@ def test_act_groups_are_the_encoding_classes_with_readers_and_writers():
     f2 = next(ag for ag in state.act_groups if "f2_out" in ag.tensors)
     assert f2.writers == ("f2",) and f2.elements == 8 * 16       # [N, 8, 16]
     probs = next(ag for ag in state.act_groups if "probs_out" in ag.tensors)   # Softmax output (generic)
-    assert "ctx" not in probs.readers and probs.writers == ("softmax",)
+    # the attention-context MatMul of two activations is quantized like an elementwise op (quant_groups)
+    assert "ctx" in probs.readers and probs.writers == ("softmax",)
     # a shared Concat encoding (qnn-htp) is one group; its fixed outputs are not a decision
     htp = _state(builders.concat_branches(), target="qnn-htp")
     concat = next(ag for ag in htp.act_groups if "cat_out" in ag.tensors)
