@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 
 import numpy as np
 import onnx
@@ -227,7 +228,8 @@ def test_cli_and_report_say_what_was_decided(tmp_path, capsys):
     argv = ["-q", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--calib", "noise", "--no-cache"]
     assert main(argv + ["--report", str(tmp_path / "r.html")]) == 0
     out = capsys.readouterr().out
-    assert "activations: 2 outlier groups of" in out and "float" in out and "output loss" in out
+    assert re.search(r"activations: [1-9]\d* outlier groups of \d+ \([1-9]\d* float\)", out), out
+    assert "output loss" in out
     html = (tmp_path / "r.html").read_text()
     assert "Activation precision" in html and "f2_out" in html and "left float by the plan" in html
     assert main(argv + ["--act-bits", "8"]) == 0
