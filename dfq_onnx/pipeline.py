@@ -25,6 +25,7 @@ from dfq_onnx.passes.sensitivity import ScoreSensitivity, SensitivityOptions
 from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize
 
 SCORE_SAMPLES = 256   # scoring samples for sensitivity (bounds its cost on large calibration sets)
+ACT_SAMPLES = 32      # scoring samples of the default activation decision (outliers are large effects)
 
 
 def required_opset(target: TargetProfile, options: QuantizeOptions) -> int:
@@ -64,7 +65,7 @@ def _mixed(options: QuantizeOptions) -> list[Pass]:
 
 
 def _activations(options: QuantizeOptions) -> ChooseActivationPrecision:
-    return ChooseActivationPrecision(samples=SCORE_SAMPLES, metric=options.metric,
+    return ChooseActivationPrecision(samples=ACT_SAMPLES, metric=options.metric,
                                      use_cache=options.use_cache, cache_dir=options.cache_dir)
 
 
