@@ -10,6 +10,8 @@ Per model of `zoo.py` (one table, rows per model):
   passes (the report's count), the calibration's rows per ORT call; `dfq mixed`: the same with
   `--avg-weight-bits X` (zoo.py: 4.5 for EfficientNet-Lite0 as in the issue, 6 otherwise). Token
   models are calibrated on a `--calib` npz of token ids (they have no float input to search).
+  A compile is stopped past `--timeout` seconds or `--max-rss-gb` (6: the machine is shared) and
+  its row says where it stopped.
 * `FP32 fwd`: peak RSS of a plain ORT FP32 forward of as many rows as the compile's calibration
   took per call (same `/usr/bin/time -v`), and the memory bound of the acceptance, 2x that + 0.5 GB.
 * latency: ORT CPU, 2 threads, median of `--rounds` interleaved rounds, FP32 / ORT quantize_static
@@ -28,7 +30,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,23 +58,56 @@ ort.InferenceSession(str(m.path), o, providers=["CPUExecutionProvider"]).run(Non
 """
 
 
-def timed(cmd: list[str], timeout: float) -> dict:
-    """Run under /usr/bin/time -v: wall s, peak RSS bytes, exit code, last stderr line."""
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of a process and its descendants (/proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def timed(cmd: list[str], timeout: float, max_rss: float) -> dict:
+    """Run under /usr/bin/time -v: wall s, peak RSS bytes, exit code, last stderr line. The run is
+    stopped (its row says so) past `timeout` seconds or `max_rss` bytes (the machine is shared)."""
     start = time.perf_counter()
-    try:
-        proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout:.0f} s"}
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], stdout=subprocess.DEVNULL, stderr=err,
+                                text=True, start_new_session=True)
+        stopped = None
+        while proc.poll() is None:
+            time.sleep(0.5)
+            rss = _tree_rss(proc.pid)
+            if time.perf_counter() - start > timeout or rss > max_rss:
+                stopped = (f"stopped after {time.perf_counter() - start:.0f} s" if rss <= max_rss else
+                           f"stopped at {rss / GB:.1f} GB RSS after {time.perf_counter() - start:.0f} s")
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        err.seek(0)
+        stderr = err.read()
+    if stopped:
+        return {"error": stopped}
     wall = time.perf_counter() - start
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("\t")]
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("\t")]
     out = {"wall": wall, "rss": int(rss.group(1)) * 1024 if rss else None, "code": proc.returncode}
     if proc.returncode:
         out["error"] = (lines[-1] if lines else f"exit {proc.returncode}")[:120]
     return out
 
 
-def compile_dfq(m: ZooModel, work: Path, extra: list[str], tag: str, timeout: float) -> dict:
+def compile_dfq(m: ZooModel, work: Path, extra: list[str], tag: str, timeout: float, max_rss: float) -> dict:
     out, report = work / f"{m.name}.{tag}.onnx", work / f"{m.name}.{tag}.json"
     cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))      # empty: samples are searched
     calib = []
@@ -79,7 +116,7 @@ def compile_dfq(m: ZooModel, work: Path, extra: list[str], tag: str, timeout: fl
         calib = ["--calib", str(work / "tokens.npz")]
     cmd = ["dfq-onnx", "-q", "quantize", str(m.path), "-o", str(out), "--report", str(report),
            "--cache-dir", str(cache), *m.cli_args(), *calib, *extra]
-    res = timed(cmd, timeout)
+    res = timed(cmd, timeout, max_rss)
     if "error" not in res and report.is_file():
         rep = json.loads(report.read_text())
         res["passes"] = rep.get("forward_passes")
@@ -90,7 +127,7 @@ def compile_dfq(m: ZooModel, work: Path, extra: list[str], tag: str, timeout: fl
 
 def fp32_forward_rss(m: ZooModel, rows: int, timeout: float) -> int | None:
     code = FORWARD.format(bench=str(Path(__file__).resolve().parent), name=m.name, rows=rows)
-    return timed([sys.executable, "-c", code], timeout).get("rss")
+    return timed([sys.executable, "-c", code], timeout, float("inf")).get("rss")
 
 
 def ort_output(m: ZooModel, work: Path) -> tuple[Path, float]:
@@ -120,7 +157,7 @@ def bench(m: ZooModel, runs: list[str], args, work: Path) -> list[list]:
     compiled = {}
     for run in runs:
         extra = [] if run == "w8a8" else ["--avg-weight-bits", str(m.mixed_bits)]
-        compiled[run] = compile_dfq(m, work, extra, run, args.timeout)
+        compiled[run] = compile_dfq(m, work, extra, run, args.timeout, args.max_rss_gb * GB)
         res = compiled[run]
         if res.get("rows"):
             res["fp32_rss"] = fp32_forward_rss(m, res["rows"], args.timeout)
@@ -151,6 +188,8 @@ def main() -> None:
     ap.add_argument("--runs", default="w8a8,mixed")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per compile")
+    ap.add_argument("--max-rss-gb", type=float, default=6.0,
+                    help="stop a compile above this RSS (the machine is shared)")
     ap.add_argument("--work", default=None, help="directory for outputs (default: a temporary one)")
     args = ap.parse_args()
     wanted = args.models.split(",")
