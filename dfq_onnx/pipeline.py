@@ -19,6 +19,7 @@ from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.plan_uniform import UniformPlan
 from dfq_onnx.passes.quant_groups import FindQuantGroups
+from dfq_onnx.passes.score_prior import ScoreTopPrior
 from dfq_onnx.passes.sensitivity import ScoreSensitivity, SensitivityOptions
 from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize
 
@@ -70,6 +71,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([_synthesis(options)] if synthesize else []),
         *([AnalyticRanges()] if options.calib == "analytic" else []),
         Calibrate(),
+        *([ScoreTopPrior()] if options.calib == "synthetic" else []),
         *(_mixed(options) if options.mixed else [UniformPlan()]),
         *([CompensateDFMPC()] if options.dfmpc else []),
         *([CorrectBias()] if options.correct_bias else []),
