@@ -218,6 +218,8 @@ class Synthesize(Pass):
         self.options = options or SynthesisOptions()
 
     def run(self, state: CompileState) -> PassResult:
+        if state.spec is not None and not state.spec.act_tensors:     # KeepFloat: nothing to calibrate
+            return PassResult(False, "no quantized activation")
         result = synthesize(state.graph, state.bn_stats, self.options, state.model_hash,
                             state.options.input_shapes)
         state.calib = result.inputs

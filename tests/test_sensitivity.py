@@ -31,7 +31,7 @@ from dfq_onnx.core.errors import DfqError, PassError, UsageError
 from dfq_onnx.core.pass_base import run_passes
 from dfq_onnx.core.report import Report
 from dfq_onnx.core.state import BitPlan
-from dfq_onnx.sensitivity import probe
+from dfq_onnx.sensitivity import evaluator, probe
 from dfq_onnx.sensitivity.table import SensitivityTable, output_loss, resolve_metrics
 
 PROBED = ["conv_bn_relu_residual", "concat_branches", "conv_clip6", "gemm_bn", "matmul_bn", "shared_weight",
@@ -129,7 +129,7 @@ def test_pair_terms_of_independent_groups_vanish():
     assert set(near_pairs(state.graph, state.groups, hops=5)) == {(groups["a1"], groups["a2"]),
                                                                  (groups["b1"], groups["b2"])}
     samples = normal_feeds(_two_branches(), n=16, seed=6)
-    ev = probe.Evaluator(probe.Probe(_probe(state)), _fp32(state), samples, None, "mse")
+    ev = evaluator.Evaluator(probe.Probe(_probe(state)), _fp32(state), samples, None, "mse")
     a, b = groups["a2"], groups["b2"]
     terms = assemble(ev, [a, b], (4, 8), 8, [(a, b)], [4], 8, lam=0.0)
     single = terms["singles"][a][(4, 8)] + terms["singles"][b][(4, 8)]
@@ -173,7 +173,7 @@ def test_metrics_against_numpy():
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     model = builders.conv_bn_relu_residual()
-    state = _state(model, calib_samples=32)
+    state = _state(model, calib_samples=32, act_bits=8)   # weights only (activations: test_act_precision)
     # W7 has no storage type on ort-cpu, so it is scored away as illegal: candidates W4A8, W8A8
     opts = SensitivityOptions(weight_bits=(4, 7, 8), cache_dir=str(tmp_path_factory.mktemp("cache")),
                               progress=False, hops=3)
@@ -243,7 +243,7 @@ def test_static_batch_runs_in_chunks_of_it():
     model = builders.conv_bn_relu()
     for vi in (model.graph.input[0], model.graph.output[0]):
         vi.type.tensor_type.shape.dim[0].dim_value = 2
-    state = _state(model)
+    state = _state(model, act_bits=8)      # weight terms only: one reference run
     samples = {"input": np.random.default_rng(8).standard_normal((5, 3, 8, 8)).astype(np.float32)}
     opts = SensitivityOptions(weight_bits=(4, 8), use_cache=False, progress=False)
     table, _ = score(state, opts, samples=samples)

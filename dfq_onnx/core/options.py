@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.numerics import SUPPORTED_BITS
+from dfq_onnx.core.target import FLOAT_BITS
 
 CALIB_MODES = ("synthetic", "noise", "analytic")
 ALLOCATORS = ("ilp-pairs", "ilp", "greedy", "uniform")
@@ -16,10 +17,11 @@ METRICS = ("auto", "kl", "ce", "mse", "sqnr")    # sensitivity losses at the out
 @dataclass(frozen=True)
 class QuantizeOptions:
     weight_bits: int | None = None       # None: the target's default
-    act_bits: int | None = None
+    act_bits: int | None = None          # None: the target's default, or chosen per activation group
+                                         # where the target offers choices; 32: float (weight-only)
     calib: str = "synthetic"             # "synthetic" | "analytic" | "noise" | path to an .npz of inputs
     calib_samples: int = 64              # samples generated for noise calibration
-    calib_batch: int = 32
+    calib_batch: int | None = None       # rows per forward call; None: from the activation footprint
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # hints for dynamic dims
     seed: int = 0
     act_range: str = "minmax"            # "minmax" | "percentile"
@@ -68,15 +70,17 @@ class QuantizeOptions:
     def __post_init__(self):
         for name in ("weight_bits", "act_bits"):
             value = getattr(self, name)
-            if value is not None and value not in SUPPORTED_BITS:
+            legal = SUPPORTED_BITS + ((FLOAT_BITS,) if name == "act_bits" else ())
+            if value is not None and value not in legal:
                 raise UsageError(f"--{name.replace('_', '-')} {value}: expected one of "
-                                 f"{', '.join(map(str, SUPPORTED_BITS))}")
+                                 f"{', '.join(map(str, legal))}" + (" (32: float activations)"
+                                                                    if name == "act_bits" else ""))
         if self.calib not in CALIB_MODES and not str(self.calib).endswith(".npz"):
             raise UsageError(f"--calib {self.calib}: expected 'synthetic', 'analytic', 'noise' or a path "
                              "to an .npz file")
         if self.calib.endswith(".npz") and not Path(self.calib).is_file():
             raise UsageError(f"--calib {self.calib}: file not found")
-        if self.calib_samples < 1 or self.calib_batch < 1:
+        if self.calib_samples < 1 or (self.calib_batch is not None and self.calib_batch < 1):
             raise UsageError("calibration sample and batch counts must be positive")
         if self.act_range not in ("minmax", "percentile"):
             raise UsageError(f"--act-range {self.act_range}: expected 'minmax' or 'percentile'")
