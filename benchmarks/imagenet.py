@@ -111,7 +111,8 @@ def dfq_row(model: Path, flags: list[str], work: Path, tag: str, seed: int, max_
     cmd = [sys.executable, "-m", "dfq_onnx.cli", "-q", "quantize", str(model), "-o", str(out), "--no-cache",
            "--report", str(rep), "--seed", str(seed), *flags]
     res = time_v(cmd, max_rss_gb)
-    res["cmd"] = " ".join(["dfq-onnx quantize MODEL -o OUT", *flags] + (["--seed", str(seed)] if seed else []))
+    shown = ["dfq-onnx quantize MODEL -o OUT", *flags] + (["--seed", str(seed)] if seed else [])
+    res["cmd"] = " ".join(shown)
     if res["code"] != 0 or not out.exists():
         res["error"] = "killed: peak RSS above --max-rss-gb" if res["killed"] else res["stderr"].strip()
         return res
@@ -169,7 +170,8 @@ def _rows(name, args, model, work, real_npz, x, y, ref, subset) -> list[list]:
         wall = time.perf_counter() - start
         top, agree = evaluate(path, x, y, ref_arg)
         what = f"{len(subset)} real images" if name == "ort-real" else "64 N(0, 1) images"
-        return [[name, f"ORT quantize_static, {what}", f"{top:.1f}", f"{agree:.1f}", f"{wall:.0f}", "-", "-", "-"]]
+        return [[name, f"ORT quantize_static, {what}", f"{top:.1f}", f"{agree:.1f}", f"{wall:.0f}", "-", "-",
+                 "-"]]
     flags = FLAGS.get(name, ["--calib", str(real_npz)])
     seeds = [int(s) for s in args.seeds.split(",")] if name == "default" else [0]
     out = []
