@@ -12,8 +12,9 @@ Steps, in order (each is recorded in the report):
 6. canonical forms: two-input `Sum` becomes `Add` (Caffe2 exports), inference-time `Dropout` and
    `Identity` are removed, so later passes and the runtime's fusions see one spelling;
 7. shapes re-inferred on the folded graph; constant-zero `Pad` folded into the Conv / AveragePool
-   reading it and shape-computed Reshape targets made constant (`dfq_onnx.core.rewrites`), so the
-   runtime fuses the quantized graph as it fuses the float one.
+   reading it, shape-computed Reshape targets made constant (`dfq_onnx.core.rewrites`), constant
+   per-channel Mul / Add / Sub / Div folded into the layer producing them (`dfq_onnx.core.affine_fold`),
+   so the runtime fuses the quantized graph as it fuses the float one.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import onnxruntime as ort
 
 from dfq_onnx.core import ir, rewrites
+from dfq_onnx.core.affine_fold import fold_affine
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
@@ -75,7 +77,8 @@ def check_supported(model) -> None:
 
 
 def fix_input_dims(model, hints: dict[str, tuple[int, ...]]) -> None:
-    """Set dynamic input dimensions from hints; unknown input names are an error."""
+    """Set dynamic input dimensions from hints (unknown input names are an error); dimensions written
+    as -1 become symbolic ("N" for the batch axis), as ONNX spells a dynamic dimension."""
     inputs = {i.name: i for i in model.graph.input}
     for name, shape in hints.items():
         if name not in inputs:
@@ -86,8 +89,12 @@ def fix_input_dims(model, hints: dict[str, tuple[int, ...]]) -> None:
             raise UsageError(f"--input-shape {name}: rank {len(shape)} given, the model's input "
                                         f"has rank {len(dims)}")
         for i, (dim, value) in enumerate(zip(dims, shape)):
-            if i > 0 and not dim.HasField("dim_value"):
+            if i > 0 and not (dim.HasField("dim_value") and dim.dim_value > 0):
                 dim.dim_value = int(value)
+    for t in [*model.graph.input, *model.graph.output]:    # Paddle writes dynamic dims as -1
+        for i, dim in enumerate(t.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.dim_param = "N" if i == 0 else f"{t.name}_dim{i}"
 
 
 def _bypass(graph, node) -> bool:
@@ -150,6 +157,21 @@ def canonicalize(graph) -> dict[str, int]:
     return {k: v for k, v in counts.items() if v}
 
 
+def fusable_forms(graph) -> dict[str, int]:
+    """Step 7: shapes re-inferred, then the rewrites that let the runtime fuse the quantized graph."""
+    ir.refresh_shapes(graph)
+    counts = {"Pad folded": rewrites.fold_zero_pads(graph), "Reshape target constant": 0}
+    for _ in range(3):      # a constant target gives the next Reshape's input its shape
+        folded = rewrites.fold_shape_reshapes(graph)
+        counts["Reshape target constant"] += folded
+        if not folded or not ir.refresh_shapes(graph):
+            break
+    counts["no-op Reshape/Flatten removed"] = sum(_bypass(graph, n) for n in rewrites.noop_reshapes(graph))
+    counts["Softmax unwrapped"] = rewrites.fold_flattened_softmax(graph)
+    counts["Mul/Add folded into layer"] = fold_affine(graph)
+    return counts
+
+
 class Normalize(Pass):
     """Load-time normalization: validation, opset upgrade, shape inference, constant folding."""
 
@@ -174,9 +196,7 @@ class Normalize(Pass):
         graph.fold_constants(fold_shapes=True, error_ok=True).cleanup().toposort()
         rewritten = canonicalize(graph)
         rewritten["nodes named"] = name_nodes(graph)
-        ir.refresh_shapes(graph)
-        rewritten["Pad folded"] = rewrites.fold_zero_pads(graph)
-        rewritten["Reshape target constant"] = rewrites.fold_shape_reshapes(graph)
+        rewritten.update(fusable_forms(graph))
         graph.cleanup().toposort()
         rewritten = {k: v for k, v in rewritten.items() if v}
         state.graph = graph

@@ -15,16 +15,18 @@ band gains, a colour mix and a low-resolution residual latent of each image (the
 ranks). The result is cached on disk (`dfq_onnx.core.cache`) keyed by the model hash and every option
 that changes it, so a rerun performs no ORT run.
 
-Defaults: 64 samples, up to 80 steps of P = 2 pairs: 64 * 4 * 80 = 20480 rows in 80 single-call
-steps, plus the probe, first and last evaluations (83 ORT runs). Unless steps are given, they are
-capped by a compute budget, deterministic in the model: rows * E <= 24e9, E = activation elements
-per row (outputs of every Conv/Gemm/MatMul; ORT's time per row is about proportional to it on CPU,
-depthwise networks being memory-bound), and at least 12 steps. CIFAR ResNet-56 (E = 0.53M) keeps 80;
-EfficientNet-Lite0 at 224 x 224 (E = 6.7M), 32 samples: 27 steps. Memory: ORT keeps a few activations per
-row alive, so `synth_runner` caps the rows per call at 1 GiB / (4 bytes * (8 * largest activation
-+ outputs per row)): ~0.5 MB per row for a CIFAR ResNet (all 256 rows in one call); a 224 x 224 model
-with a 96 x 112 x 112 activation needs ~38 MB per row: 27 rows per call. On EfficientNet-Lite0 the
-process peaks at 2.3 GB RSS (7.5 GB with 72-row calls and ORT's memory pattern; same samples).
+Defaults (engine 4): 64 samples drawn from the search's natural-image prior (1/f random fields,
+`dfq_onnx.synth.search.pink_noise`) and, for the BN objective, no search: on every model with labels
+here the BN-matching search made the calibration worse than the fields it starts from (ResNet-20 /
+ResNet-56 W8A8 and W4A8, EfficientNet-Lite0 W8A8; BENCHMARKS.md, issue 13), at ~20,000 forward rows.
+The prior costs no forward pass (the samples are generated in numpy, one sample at a time: memory
+is the samples themselves). The label objectives (models without BN statistics, or asked for) keep
+the search, up to 80 steps of P = 2 pairs capped by a compute budget deterministic in the model:
+rows * E <= 6e9, E = activation elements per row (outputs of every Conv/Gemm/MatMul; from the
+graph's shapes, else from one one-row ORT run), about a minute of ORT on 2 cores; a budget below 12
+steps searches nothing (a few steps move nothing but cost the same per step). `steps` given
+explicitly are always run, whatever the objective. Runs of the search are chunked in rows so
+that ORT's activations fit a fixed memory budget (`synth_runner`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -48,16 +51,17 @@ from dfq_onnx.synth.tokens import has_token_inputs, sample_tokens, token_layout,
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("auto", "bn", "label", "bn+label")
-ENGINE_VERSION = 3      # bump when the algorithm changes: old cache entries are then ignored
+ENGINE_VERSION = 4      # bump when the algorithm changes: old cache entries are then ignored
 STAGES = 3              # coarse-to-fine latent stages (latent short side 4, 8, 16 pixels)
 SIGMA, LR = 0.3, 0.05   # ES perturbation scale and Adam step, in latent (pixel) units
-MAX_STEPS, MIN_STEPS, ELEMENT_BUDGET = 80, 12, 24e9   # default steps: see the module docstring
+MAX_STEPS, MIN_STEPS, ELEMENT_BUDGET = 80, 12, 6e9   # default steps: see the module docstring
 
 
 @dataclass(frozen=True)
 class SynthesisOptions:
     samples: int = 64
-    steps: int | None = None    # ES steps in total, split over the stages (None: budgeted, <= 80)
+    steps: int | None = None    # ES steps in total, split over the stages (None: 0 for the BN
+                                #  objective, budgeted <= 80 for the label objectives)
     population: int = 2         # antithetic pairs per sample and step (2P rows per sample per step)
     seed: int = 0
     objective: str = "auto"     # "bn" | "label" | "bn+label" | "auto" (bn if BN statistics exist,
@@ -78,8 +82,8 @@ class SynthesisOptions:
 class SynthesisResult:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
-    loss_start: float
-    loss_end: float
+    loss_start: float | None    # None: no search (the prior's samples; the objective is not run)
+    loss_end: float | None
     forward_passes: int         # ORT run calls (one per chunk of rows)
     samples_evaluated: int      # rows evaluated over all calls
     seconds: float
@@ -97,12 +101,19 @@ def resolve_objective(requested: str, bn_stats: dict) -> str:
     return requested
 
 
-def budgeted_steps(options: SynthesisOptions, elements_per_row: int) -> int:
-    """The given steps, else MAX_STEPS capped by ELEMENT_BUDGET (module docstring), >= MIN_STEPS."""
+def budgeted_steps(options: SynthesisOptions, kind: str, elements_per_row: Callable[[], tuple[int, int]]
+                   ) -> tuple[int, int]:
+    """(steps, forward passes spent finding them): the given steps; else none for the BN objective,
+    MAX_STEPS capped by ELEMENT_BUDGET for the label ones and none below MIN_STEPS (module docstring).
+    `elements_per_row` is called only when the budget needs it."""
     if options.steps is not None:
-        return options.steps
-    per_step = options.samples * 2 * options.population * max(elements_per_row, 1)
-    return int(min(MAX_STEPS, max(MIN_STEPS, ELEMENT_BUDGET // per_step)))
+        return options.steps, 0
+    if kind == "bn":
+        return 0, 0
+    elements, passes = elements_per_row()
+    per_step = options.samples * 2 * options.population * max(elements, 1)
+    steps = int(min(MAX_STEPS, ELEMENT_BUDGET // per_step))
+    return (steps if steps >= MIN_STEPS else 0), passes
 
 
 def _key(model_hash: str, options: SynthesisOptions, kind: str, shapes: dict, steps: int) -> dict:
@@ -113,18 +124,21 @@ def _key(model_hash: str, options: SynthesisOptions, kind: str, shapes: dict, st
 
 def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
                input_shapes: dict[str, tuple] | None = None) -> SynthesisResult:
-    """Search `options.samples` inputs minimizing the objective (see module docstring)."""
+    """`options.samples` inputs from the prior, searched to minimize the objective when steps > 0."""
     start = time.perf_counter()
     shapes = resolve_shapes(graph, input_shapes or {})
     kind = resolve_objective(options.objective, bn_stats)
-    steps = budgeted_steps(options, row_elements(graph, shapes))
+    steps, probes = budgeted_steps(options, kind, lambda: row_elements(graph, shapes))
+    rng = np.random.default_rng(options.seed)
+    n = options.samples
+    latent = {name: pink_noise(rng, n, shape) for name, shape in shapes.items()}
+    if steps == 0:
+        return SynthesisResult(squash(latent), None, None, None, probes, probes,
+                               time.perf_counter() - start, False, kind, 0)
     path = cache.cache_path("synthetic", _key(model_hash, options, kind, shapes, steps), options.cache_dir)
     use_cache = options.use_cache and bool(model_hash)      # no hash, no safe key
     if use_cache and (hit := _from_cache(path, shapes, start)) is not None:
         return hit
-    rng = np.random.default_rng(options.seed)
-    n = options.samples
-    latent = {name: pink_noise(rng, n, shape) for name, shape in shapes.items()}
     start_images = squash(latent)
     objective, runner = build_objective(kind, graph, bn_stats, shapes, start_images, rng)
     idx = np.arange(n)
@@ -132,8 +146,8 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     images = _search(latent, shapes, objective, runner, options, steps, rng)
     loss_end = float(runner.losses(objective, images, idx).mean())
     labels = objective.label.labels if objective.label is not None else None
-    result = SynthesisResult(images, labels, loss_start, loss_end, runner.calls, runner.rows,
-                             time.perf_counter() - start, False, kind, steps)
+    result = SynthesisResult(images, labels, loss_start, loss_end, runner.calls + probes,
+                             runner.rows + probes, time.perf_counter() - start, False, kind, steps)
     if use_cache:
         try:
             cache.save_npz_atomic(path, _to_arrays(result))
@@ -225,6 +239,8 @@ class Synthesize(Pass):
         self.options = options or SynthesisOptions()
 
     def run(self, state: CompileState) -> PassResult:
+        if state.spec is not None and not state.spec.act_tensors and not state.options.mixed:
+            return PassResult(False, "no quantized activation")     # KeepFloat / forms: nothing to calibrate
         if has_token_inputs(state.graph):
             result = synthesize_tokens(state.graph, self.options, state.options.input_shapes)
         else:
@@ -233,12 +249,17 @@ class Synthesize(Pass):
         state.calib = result.inputs
         state.synthetic = result
         state.forward_passes += result.forward_passes
+        searched = result.loss_start is not None
         state.report.notes["synthesis"] = {
             "objective": result.objective, "samples": self.options.samples, "steps": result.steps,
             "population": self.options.population, "seed": self.options.seed,
-            "loss_start": round(result.loss_start, 6), "loss_end": round(result.loss_end, 6),
+            "loss_start": round(result.loss_start, 6) if searched else None,
+            "loss_end": round(result.loss_end, 6) if searched else None,
             "forward_passes": result.forward_passes, "rows_evaluated": result.samples_evaluated,
             "cache_hit": result.cache_hit}
+        if not searched:
+            return PassResult(False, f"{self.options.samples} samples from the 1/f prior (no search: "
+                                     f"{result.objective} objective)")
         how = "from cache" if result.cache_hit else f"{result.forward_passes} ORT runs"
         return PassResult(False, f"{self.options.samples} samples ({result.objective}), loss "
                                  f"{result.loss_start:.4f} -> {result.loss_end:.4f}, {how}")

@@ -19,6 +19,11 @@ position p ("copy this dimension", allowzero = 0), a statically known one its va
                             [-1] ─────┴ Concat ─► Reshape(x, ·)    ==>   Reshape(x, [0, -1])
 
 so the Reshape runs on quantized data and the shape subgraph disappears.
+
+A Softmax the version converter wrapped to keep opset-11 semantics on the last axis (Flatten(axis =
+rank - 1) -> Softmax(axis 1) -> Reshape back to the input's shape) is Softmax(axis = -1) from opset 13:
+
+    x ─ Flatten(r - 1) ─ Softmax(1) ─ Reshape(x's shape)      ==>   x ─ Softmax(-1)
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import onnx_graphsurgeon as gs
 from dfq_onnx.core.graph_utils import const_values, is_const
 
 POOLS = ("Conv", "AveragePool")
+INT_TYPES = (6, 7)          # TensorProto.INT32, INT64
 
 
 def _pad_amounts(node: gs.Node) -> np.ndarray | None:
@@ -64,6 +70,8 @@ def _foldable_reader(node: gs.Node, x: gs.Tensor) -> bool:
     if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", b"NOTSET", b"VALID"):
         return False
     has_pads = any(node.attrs.get("pads", [0]))
+    if node.op == "AveragePool" and node.attrs.get("ceil_mode", 0):
+        return False        # ceil-mode windows past the padding average differently
     return node.op == "Conv" or not has_pads or node.attrs.get("count_include_pad", 0) == 1
 
 
@@ -104,6 +112,10 @@ def _shape_entries(t: gs.Tensor) -> list | None:
     if prod.op == "Shape" and not prod.attrs.get("start") and prod.attrs.get("end") is None:
         src = prod.inputs[0]
         return [(src, k) for k in range(len(src.shape))] if src.shape is not None else None
+    if prod.op == "Cast" and prod.attrs.get("to") in INT_TYPES:     # Paddle: Shape -> Cast(int32) -> ...
+        return _shape_entries(prod.inputs[0])
+    if prod.op == "Slice":
+        return _slice_entries(prod)
     if prod.op == "Concat":
         parts = [_shape_entries(i) for i in prod.inputs]
         return None if any(p is None for p in parts) else [e for p in parts for e in p]
@@ -115,6 +127,19 @@ def _shape_entries(t: gs.Tensor) -> list | None:
         idx = const_values(prod.inputs[1]).reshape(-1)
         return None if base is None else [base[int(i)] for i in idx]
     return None
+
+
+def _slice_entries(node: gs.Node) -> list | None:
+    base = _shape_entries(node.inputs[0])
+    args = [const_values(t).reshape(-1) if is_const(t) else None for t in node.inputs[1:] if t.name]
+    if base is None or any(a is None for a in args) or len(args) < 2:
+        return None
+    starts, ends = args[0], args[1]
+    axes = args[2] if len(args) > 2 else np.zeros(1, np.int64)
+    steps = args[3] if len(args) > 3 else np.ones(1, np.int64)
+    if len(starts) != 1 or int(axes[0]) not in (0, -1):
+        return None
+    return base[slice(int(starts[0]), int(min(ends[0], len(base))), int(steps[0]))]
 
 
 def _scalar_entry(t: gs.Tensor):
@@ -141,13 +166,27 @@ def _resolve(entries: list, data: gs.Tensor) -> list[int] | None:
             continue
         src, k = e
         dim = src.shape[k]
-        if data.shape is not None and p < len(data.shape) and _same_dim(dim, data.shape[p]):
+        if src is data and k == p:
+            out.append(0)
+        elif data.shape is not None and p < len(data.shape) and _same_dim(dim, data.shape[p]):
             out.append(0)
         elif isinstance(dim, (int, np.integer)) and dim > 0:
             out.append(int(dim))
         else:
             return None
     return out
+
+
+def _known(shape) -> bool:
+    return shape is not None and all(isinstance(d, str) or (isinstance(d, (int, np.integer)) and d >= 0)
+                                      for d in shape)
+
+
+def noop_reshapes(graph: gs.Graph) -> list[gs.Node]:
+    """Reshape / Flatten nodes whose output shape is their input shape (a version converter's
+    Flatten -> Softmax -> Reshape around a 2-D Softmax), for the caller to bypass."""
+    return [n for n in graph.nodes if n.op in ("Reshape", "Flatten") and _known(n.inputs[0].shape)
+            and _known(n.outputs[0].shape) and list(n.inputs[0].shape) == list(n.outputs[0].shape)]
 
 
 def fold_shape_reshapes(graph: gs.Graph) -> int:
@@ -161,5 +200,39 @@ def fold_shape_reshapes(graph: gs.Graph) -> int:
         if shape is None or sum(1 for v in shape if v == -1) > 1:
             continue
         node.inputs[1] = gs.Constant(f"{node.name}_shape", np.asarray(shape, np.int64))
+        folded += 1
+    return folded
+
+
+def _restores(reshape: gs.Node, x: gs.Tensor) -> bool:
+    """Whether `reshape` gives its data x's shape: its target is Shape(x), or x's static shape."""
+    entries = _shape_entries(reshape.inputs[1])
+    if entries is None or x.shape is None or len(entries) != len(x.shape):
+        return False
+    return all((isinstance(e, tuple) and e[0] is x and e[1] == k) or
+               (isinstance(e, int) and isinstance(d, (int, np.integer)) and e == d > 0)
+               for k, (e, d) in enumerate(zip(entries, x.shape)))
+
+
+def fold_flattened_softmax(graph: gs.Graph) -> int:
+    """Unwrap Flatten -> Softmax -> Reshape over the last axis (module docstring); returns how many."""
+    outputs = {id(t) for t in graph.outputs}
+    folded = 0
+    for sm in [n for n in graph.nodes if n.op == "Softmax" and n.attrs.get("axis", -1) in (1, -1)]:
+        flat = sm.inputs[0].inputs[0] if len(sm.inputs[0].inputs) == 1 else None
+        readers = sm.outputs[0].outputs
+        if flat is None or flat.op != "Flatten" or len(sm.inputs[0].outputs) != 1 or len(readers) != 1:
+            continue
+        x, reshape = flat.inputs[0], readers[0]
+        rank = len(x.shape) if x.shape is not None else None
+        if reshape.op != "Reshape" or rank is None or flat.attrs.get("axis", 1) % max(rank, 1) != rank - 1:
+            continue
+        y = reshape.outputs[0]
+        if not _restores(reshape, x) or id(sm.outputs[0]) in outputs:
+            continue
+        sm.inputs[0] = x
+        sm.attrs["axis"] = -1
+        reshape.outputs.clear()
+        sm.outputs[0] = y
         folded += 1
     return folded
