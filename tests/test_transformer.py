@@ -60,6 +60,8 @@ def test_token_model_compiles_with_no_data_to_the_fast_forms(build, objective):
     assert report.notes["synthesis"]["objective"] == objective     # scoring samples with no data
     assert report.notes["allocation"]["avg_weight_bits"] <= 6 + 1e-9
     assert _cosine(want, run(mixed, feeds)[-1]).min() > 0.98
+    skipped = {s["layer"]: s["reason"] for s in report.notes["bias_correction"]["skipped"]}
+    assert all("target form" in skipped[g] for g in ("l0_q", "l0_f2"))      # says why, per layer
 
 
 def _one_node(op: str, w: np.ndarray, x_shape: list) -> gs.Graph:
