@@ -2,7 +2,8 @@
 
 The terms and how they are measured are in `dfq_onnx.sensitivity.scoring` (weights) and
 `dfq_onnx.sensitivity.act_scoring` (activation groups, where activation precision is a decision); this
-pass picks the scoring samples (synthetic / calibration set, else Gaussian noise), chunks them
+pass picks the scoring samples (synthetic / calibration set, else Gaussian noise; a token model's
+at most SCORE_TOKENS tokens: one evaluation runs every row through the probe), chunks them
 (`rows_per_chunk`, results independent of it), builds the probe, caches the table keyed by the model,
 ranges, target, options and samples, and leaves a PlanMeter that measures whole plans.
 """
@@ -39,8 +40,11 @@ from dfq_onnx.sensitivity.scoring import (  # noqa: F401  (the scoring API, re-e
     shrink,
 )
 from dfq_onnx.sensitivity.table import SensitivityTable, load_json, save_json_atomic, summary
+from dfq_onnx.synth.tokens import has_token_inputs
 
 log = logging.getLogger(__name__)
+SCORE_TOKENS = 2048      # token models score on at most this many tokens (16 rows of 128) ...
+MIN_TOKEN_ROWS = 8       # ... and at least this many rows (the shrinkage splits them in two halves)
 ENGINE_VERSION = 4       # bump when the terms change: old cache entries are then ignored (4: form candidates)
 
 
@@ -76,6 +80,9 @@ def scoring_data(state: CompileState, options: SensitivityOptions):
         samples = noise_inputs(state.graph, state.options.calib_samples, state.options.seed)
     labels = getattr(getattr(state, "synthetic", None), "labels", None)
     n = options.samples or len(next(iter(samples.values())))
+    if has_token_inputs(state.graph):      # sequences: the scoring cost is in tokens, not rows
+        length = max(int(v.shape[1]) for v in samples.values() if v.ndim == 2)
+        n = min(n, max(MIN_TOKEN_ROWS, SCORE_TOKENS // length))
     samples = {k: v[:n] for k, v in samples.items()}
     return samples, None if labels is None else np.asarray(labels)[:n]
 

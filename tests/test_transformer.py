@@ -178,3 +178,13 @@ def test_form_probe_scores_what_emit_writes():
         assert np.abs(want - fp32).max() > 1e-2 * float(np.abs(want).max())   # the forms change the output
         np.testing.assert_allclose(p.run(config, feeds)[-1], want, rtol=1e-3,
                                    atol=1e-3 * float(np.abs(want).max()))
+
+
+def test_token_models_score_on_a_token_budget():
+    from dfq_onnx.passes.sensitivity import MIN_TOKEN_ROWS, SCORE_TOKENS, SensitivityOptions, scoring_data
+
+    for seq, want in ((16, 64), (128, SCORE_TOKENS // 128), (512, MIN_TOKEN_ROWS)):
+        state = compile_state(token_builders.token_encoder(seq=seq, d=32, ffn=32), [Normalize(21)])
+        state.calib = {k: np.ones((64, seq), np.int64) for k in ("input_ids", "attention_mask")}
+        samples, _ = scoring_data(state, SensitivityOptions(samples=256, progress=False))
+        assert len(samples["input_ids"]) == want
