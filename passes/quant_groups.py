@@ -12,6 +12,10 @@ A Relu (or Clip(0, hi)) that is the only reader of a quantized node's output is 
 target's activations are asymmetric: its output encoding has zero point at 0, which clips exactly
 like the Relu, and the runtime fuses the Conv into its integer kernel.
 
+A graph output computed by one of the target's `float_output_ops` (ORT CPU: Gemm / MatMul, whose
+integer kernels QGemm / MatMulIntegerToFloat write float) stays float: a Q/DQ there adds no integer
+kernel, only rounding and a clipped range (a classifier's top scores; BENCHMARKS.md, issue 13).
+
 Bit-width groups: quantized nodes reading the same activation encoding must agree on its activation
 bits, so they are merged (union-find); a group's weight bits apply to all its weighted layers.
 
@@ -170,6 +174,13 @@ def _share_encodings(graph: gs.Graph, target, layers: dict, acts: dict, uf: _Uni
             uf.union(members[0], other)
 
 
+def _output_quantized(graph: gs.Graph, node: gs.Node, out: gs.Tensor, target) -> bool:
+    """Whether `node`'s output `out` gets a Q/DQ: every tensor but graph outputs the target keeps float
+    (all of them, or those of its `float_output_ops`; module docstring)."""
+    return not is_graph_output(graph, out) or (target.quantize_graph_outputs
+                                               and node.op not in target.float_output_ops)
+
+
 def build_spec(graph: gs.Graph, target) -> QuantSpec:
     layers = quantized_layers(graph, target)
     nodes = {node_label(n): n for n in graph.nodes}
@@ -194,11 +205,10 @@ def build_spec(graph: gs.Graph, target) -> QuantSpec:
             if (target.fuse_relu and not target.act_symmetric and len(readers) == 1
                     and readers[0].op in ABSORBABLE and _absorbable(readers[0])
                     and not is_graph_output(graph, out)
-                    and (target.quantize_graph_outputs
-                         or not is_graph_output(graph, readers[0].outputs[0]))):
+                    and _output_quantized(graph, node, readers[0].outputs[0], target)):
                 absorbed[node_label(readers[0])] = out.name
                 out = readers[0].outputs[0]
-            if target.quantize_graph_outputs or not is_graph_output(graph, out):
+            if _output_quantized(graph, node, out, target):
                 acts[out.name] = None
     uf = _UnionFind()
     for node in graph.nodes:  # topological order: passthrough chains propagate
