@@ -5,18 +5,24 @@ Steps, in order (each is recorded in the report):
 1. refuse what cannot be quantized: already-quantized models (Q/DQ or QLinear* nodes), float16/bfloat16
    tensors, custom-domain ops ORT cannot run, control flow whose body holds quantizable layers;
 2. drop initializers listed as graph inputs (IR < 4 exports) so they become constants;
-3. fix dynamic input dimensions from user hints (`input_shapes`), leaving the batch dimension free;
-4. upgrade the opset to what the requested encodings need (13 for per-channel, 21 for int4/16-bit);
-5. shape inference, then constant folding of shape subgraphs and `Constant` nodes into initializers
+3. upgrade the opset to what the requested encodings need (13 for per-channel, 21 for int4/16-bit);
+4. shape inference, then constant folding of shape subgraphs and `Constant` nodes into initializers
    (Paddle keeps all weights as Constant nodes; PyTorch computes pads with Shape/Gather/Concat);
-6. canonical forms: two-input `Sum` becomes `Add` (Caffe2 exports), inference-time `Dropout` and
-   `Identity` are removed, so later passes and the runtime's fusions see one spelling.
+5. canonical forms: two-input `Sum` becomes `Add` (Caffe2 exports), inference-time `Dropout` and
+   `Identity` are removed, so later passes and the runtime's fusions see one spelling;
+6. user hints for dynamic input dimensions (`input_shapes`, the batch dimension left free) size the
+   calibration only: the graph's tensors are *annotated* with the shapes inferred for the hinted
+   sizes, while the computation stays what it was. Folding runs before the hints are applied, so a
+   shape subgraph that reads a dynamic dimension (Shape -> Gather -> Reshape) is never baked into a
+   constant, and the written model keeps the source's dynamic dimensions (`ir.carry_over` restores
+   its declared inputs and outputs).
 """
 
 from __future__ import annotations
 
 import logging
 
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from dfq_onnx.core import ir
@@ -72,7 +78,7 @@ def check_supported(model) -> None:
 
 
 def fix_input_dims(model, hints: dict[str, tuple[int, ...]]) -> None:
-    """Set dynamic input dimensions from hints; unknown input names are an error."""
+    """Set dynamic input dimensions of `model` (a copy) from hints; unknown input names are an error."""
     inputs = {i.name: i for i in model.graph.input}
     for name, shape in hints.items():
         if name not in inputs:
@@ -85,6 +91,28 @@ def fix_input_dims(model, hints: dict[str, tuple[int, ...]]) -> None:
         for i, (dim, value) in enumerate(zip(dims, shape)):
             if i > 0 and not dim.HasField("dim_value"):
                 dim.dim_value = int(value)
+
+
+def hinted_shapes(model, hints: dict[str, tuple[int, ...]]) -> dict[str, list]:
+    """Tensor name -> shape inferred with the hinted input sizes (empty without hints), from a copy of
+    `model` without its weights' bytes (inference reads their dims only)."""
+    if not hints:
+        return {}
+    probe = type(model)()
+    ir.copy_without_raw(model, probe, min_bytes=1 << 16)
+    fix_input_dims(probe, hints)
+    probe = ir.infer_shapes(probe)
+    g = probe.graph
+    return {vi.name: ir.value_info_shape(vi) for vi in [*g.input, *g.value_info, *g.output]
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+
+
+def annotate_shapes(graph, shapes: dict[str, list]) -> None:
+    """Give the graph's variables the hinted shapes (analysis and calibration read them); the nodes
+    are not touched, so nothing computed from a dynamic dimension becomes a constant."""
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Variable) and t.name in shapes:
+            t.shape = shapes[t.name]
 
 
 def _bypass(graph, node) -> bool:
@@ -162,8 +190,8 @@ class Normalize(Pass):
         check_supported(model)
         state.source_opset = ir.opset_version(model)
         ir.drop_initializer_inputs(model)
-        fix_input_dims(model, state.options.input_shapes)
         model = ir.upgrade_opset(model, max(self.required_opset, state.target.min_opset))
+        hinted = hinted_shapes(model, state.options.input_shapes)
         model = ir.infer_shapes(model)
         ort.set_default_logger_severity(3)
         graph = ir.to_graph(model)
@@ -171,6 +199,7 @@ class Normalize(Pass):
         graph.fold_constants(fold_shapes=True, error_ok=True).cleanup().toposort()
         rewritten = canonicalize(graph)
         rewritten["nodes named"] = name_nodes(graph)
+        annotate_shapes(graph, hinted)
         state.graph = graph
         state.source = None
         # fold_constants leaves a copy of the graph in reference cycles that share the constants' arrays
