@@ -200,6 +200,7 @@ def ort_quantize_static(
     act_type: str = "uint8",
     calib_batch: int = 64,
     pre_process: bool = True,
+    skip_symbolic_shape: bool = False,
 ) -> Path:
     """Baseline: ``onnxruntime.quantization.quantize_static`` (QDQ, MinMax).
 
@@ -222,7 +223,8 @@ def ort_quantize_static(
     W4A8 70.24 with / 62.86 without; ResNet-56 W4A8 80.46 with / 81.54
     without. The W4A8 reference figures (70.08, 80.57) match the
     pre-processed path; the W8A8 reference (80.71) matches neither exactly.
-    Pass ``pre_process=False`` for the raw-graph variant.
+    Pass ``pre_process=False`` for the raw-graph variant, ``skip_symbolic_shape=True`` for models whose
+    dynamic dimensions ORT's symbolic shape inference cannot follow (PP-OCR det).
 
     4-bit: ``QuantType.QInt4`` needs opset 21 for standard-domain Q/DQ. ORT
     1.32 does *not* upgrade the opset for 4-bit weights; on an opset<21 model
@@ -248,7 +250,7 @@ def ort_quantize_static(
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             pre_path = Path(td) / "preprocessed.onnx"
-            quant_pre_process(str(model_in), str(pre_path))
+            quant_pre_process(str(model_in), str(pre_path), skip_symbolic_shape=skip_symbolic_shape)
             model_in = pre_path
         if weight_bits == 4:
             m = onnx.load(str(model_in))

@@ -10,7 +10,8 @@ from dfq_onnx.core.numerics import SUPPORTED_BITS
 
 CALIB_MODES = ("synthetic", "noise", "analytic")
 ALLOCATORS = ("ilp-pairs", "ilp", "greedy", "uniform")
-METRICS = ("auto", "kl", "ce", "mse", "sqnr")    # sensitivity losses at the output (sensitivity/table.py)
+# sensitivity losses at the output (sensitivity/table.py)
+METRICS = ("auto", "kl", "ce", "mse", "sqnr", "cosine")
 
 
 @dataclass(frozen=True)
