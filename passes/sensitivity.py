@@ -42,9 +42,9 @@ from tqdm import tqdm
 from dfq_onnx.core import cache, ir, numerics
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import node_label
+from dfq_onnx.core.outputs import output_producers
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
-from dfq_onnx.sensitivity.outputs import output_producers
 from dfq_onnx.sensitivity.probe import Evaluator, Probe, build_probe
 from dfq_onnx.sensitivity.table import METRICS, SensitivityTable, load_json, save_json_atomic, summary
 

@@ -11,7 +11,7 @@ from dfq_onnx.passes.normalize import Normalize
 from onnx import TensorProto, helper, numpy_helper
 
 from dfq_onnx.core.errors import UsageError
-from dfq_onnx.sensitivity.outputs import output_producers
+from dfq_onnx.core.outputs import output_producers
 from dfq_onnx.sensitivity.table import auto_metric, output_loss, resolve_metrics
 
 
@@ -97,7 +97,7 @@ def test_resolve_metrics_with_and_without_graph_information():
     rng = np.random.default_rng(3)
     seq, emb = rng.normal(size=(4, 5, 3)), rng.normal(size=(4, 8))
     assert resolve_metrics("auto", [emb, seq], None) == ("kl", "sqnr")     # shapes only: the old rule
-    from dfq_onnx.sensitivity.outputs import Producer
+    from dfq_onnx.core.outputs import Producer
 
     producers = {"emb": Producer("ReduceMean", "embedding"), "seq": Producer("Softmax", "distribution", 2)}
     assert resolve_metrics("auto", [emb, seq], None, ["emb", "seq"], producers) == ("cosine", "kl")

@@ -25,7 +25,7 @@ Metrics, per model output, summed over outputs (all are 0 at FP32 and grow with 
     cosine  mean over samples of 1 - cos(y_ref, y_test) (each sample's output flattened): embeddings,
             where only the direction counts (for small noise it is half the noise-to-signal power of
             the noise component orthogonal to y_ref, so it adds like sqnr)
-"auto" picks per output by its shape and by what computes it (`dfq_onnx.sensitivity.outputs`): kl after
+"auto" picks per output by its shape and by what computes it (`dfq_onnx.core.outputs`): kl after
 a Softmax / LogSoftmax / linear layer (classifier or per-step logits), cosine for a 2-D output after
 pooling or normalization (an embedding), sqnr for anything else (probability maps, token states);
 without graph information, kl for [N, K > 1] and sqnr otherwise. `auto_metric` also says why.

@@ -1,4 +1,5 @@
-"""What computes each model output: the graph side of the `auto` metric (`table.auto_metric`).
+"""What computes each model output: the graph side of the `auto` metric (`sensitivity.table.auto_metric`)
+and of the synthesis objective for sequence outputs.
 
 Each graph output is traced back through data-movement ops (Identity, Cast, Reshape, Transpose,
 Squeeze, Unsqueeze, Flatten, Slice, Gather, Split, Dropout, a Concat of one computed tensor) to the
