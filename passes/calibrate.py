@@ -6,6 +6,8 @@ bounded by one batch of activations. Analytic ranges (`AnalyticRanges`) fill wha
 this pass measures only what is still missing. Synthetic samples of image-like inputs are measured
 together with `synth_views - 1` mirrored/shifted views of each (`dfq_onnx.synth.augment`): more extremes
 for the min/max at the cost of forward rows only; a user's data and noise are measured as given.
+Every observed tensor is an output of the run, so rows per call are capped to keep them within
+MEMORY_BUDGET (PP-OCRv4 det at 736 x 736 observes ~150 MB per row: 6 rows per call instead of 32).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dfq_onnx.core.graph_utils import is_float
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState, Range
 from dfq_onnx.synth.augment import with_views
+
+MEMORY_BUDGET = 1 << 30     # bytes of observed activations per ORT call (one row at least)
 
 
 def input_shape(t: gs.Variable, batch: int) -> tuple[int, ...]:
@@ -85,12 +89,18 @@ def load_calib_npz(graph: gs.Graph, path: str) -> dict[str, np.ndarray]:
     return feeds
 
 
-def _batch_size(graph: gs.Graph, preferred: int) -> int:
-    """The model's static batch dimension if it has one, else `preferred`."""
+def _batch_size(graph: gs.Graph, preferred: int, tensors: list[str] = ()) -> int:
+    """The model's static batch dimension if it has one, else `preferred`, lowered so that one call's
+    observed tensors (all held until the call returns) take at most MEMORY_BUDGET bytes."""
     for t in graph.inputs:
         if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0:
             return t.shape[0]
-    return preferred
+    table = graph.tensors()
+    per_row = 0
+    for name in tensors:
+        dims = table[name].shape[1:] if name in table and table[name].shape else []
+        per_row += int(np.prod(dims)) if all(isinstance(d, int) and d > 0 for d in dims) else 0
+    return max(1, min(preferred, MEMORY_BUDGET // max(4 * per_row, 1)))
 
 
 def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: list[str],
@@ -103,7 +113,7 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
     lo = {t: np.inf for t in tensors}
     hi = {t: -np.inf for t in tensors}
     pct: dict[str, list[tuple[float, float]]] = {t: [] for t in tensors}
-    batches = list(runtime.iter_batches(feeds, _batch_size(state.graph, opts.calib_batch)))
+    batches = list(runtime.iter_batches(feeds, _batch_size(state.graph, opts.calib_batch, tensors)))
     for chunk in tqdm(batches, desc=f"calibrate ({source})", disable=not opts.progress, leave=False):
         outs = sess.run(None, chunk)
         state.forward_passes += 1

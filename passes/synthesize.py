@@ -45,7 +45,7 @@ from dfq_onnx.synth.search import ESConfig, Stage, es_minimize, pink_noise, squa
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("auto", "bn", "label", "bn+label")
+OBJECTIVES = ("auto", "bn", "label", "bn+label", "sequence", "bn+sequence")
 ENGINE_VERSION = 3      # bump when the algorithm changes: old cache entries are then ignored
 STAGES = 3              # coarse-to-fine latent stages (latent short side 4, 8, 16 pixels)
 SIGMA, LR = 0.3, 0.05   # ES perturbation scale and Adam step, in latent (pixel) units
