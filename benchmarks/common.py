@@ -200,7 +200,6 @@ def ort_quantize_static(
     act_type: str = "uint8",
     calib_batch: int = 64,
     pre_process: bool = True,
-    skip_symbolic_shape: bool = False,
 ) -> Path:
     """Baseline: ``onnxruntime.quantization.quantize_static`` (QDQ, MinMax).
 
@@ -223,8 +222,13 @@ def ort_quantize_static(
     W4A8 70.24 with / 62.86 without; ResNet-56 W4A8 80.46 with / 81.54
     without. The W4A8 reference figures (70.08, 80.57) match the
     pre-processed path; the W8A8 reference (80.71) matches neither exactly.
-    Pass ``pre_process=False`` for the raw-graph variant, ``skip_symbolic_shape=True`` for models whose
-    dynamic dimensions ORT's symbolic shape inference cannot follow (PP-OCR det).
+    Pass ``pre_process=False`` for the raw-graph variant. Where ORT's symbolic shape inference fails
+    (it asserts on Paddle's non-zero-axis shape Concats) pre-processing runs without it, as ORT's error
+    message suggests.
+
+    Per-channel weights need opset 13 (DequantizeLinear's ``axis``): ORT 1.32 writes the attribute on
+    an opset 11/12 model anyway (an invalid model ORT then refuses to load), so such models (Paddle
+    exports) are converted to opset 13 first.
 
     4-bit: ``QuantType.QInt4`` needs opset 21 for standard-domain Q/DQ. ORT
     1.32 does *not* upgrade the opset for 4-bit weights; on an opset<21 model
@@ -250,15 +254,18 @@ def ort_quantize_static(
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             pre_path = Path(td) / "preprocessed.onnx"
-            quant_pre_process(str(model_in), str(pre_path), skip_symbolic_shape=skip_symbolic_shape)
+            try:
+                quant_pre_process(str(model_in), str(pre_path))
+            except Exception:  # noqa: BLE001 - ORT's symbolic shape inference asserts on some exports
+                quant_pre_process(str(model_in), str(pre_path), skip_symbolic_shape=True)
             model_in = pre_path
-        if weight_bits == 4:
-            m = onnx.load(str(model_in))
-            opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
-            if opset < 21:
-                m = onnx.version_converter.convert_version(m, 21)
-                model_in = Path(td) / "opset21.onnx"
-                onnx.save(m, str(model_in))
+        need = 21 if weight_bits == 4 else 13 if per_channel else 0
+        m = onnx.load(str(model_in))
+        opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+        if opset < need:
+            m = onnx.version_converter.convert_version(m, need)
+            model_in = Path(td) / f"opset{need}.onnx"
+            onnx.save(m, str(model_in))
         quantize_static(
             str(model_in),
             str(out_path),

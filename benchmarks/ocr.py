@@ -191,10 +191,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.ort_quantize:
         model, npz, out = args.ort_quantize
-        try:
-            ort_quantize_static(model, out, dict(np.load(npz)), calib_batch=8)
-        except Exception:      # noqa: BLE001 - symbolic shape inference fails on some dynamic models
-            ort_quantize_static(model, out, dict(np.load(npz)), calib_batch=8, skip_symbolic_shape=True)
+        ort_quantize_static(model, out, dict(np.load(npz)), calib_batch=8)
         return
     configs = args.configs.split(",")
     work = Path(args.work)

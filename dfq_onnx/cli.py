@@ -33,6 +33,9 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
                         "search in ORT, cached), 'analytic' (BN statistics), 'noise', or FILE.npz "
                         "holding one preprocessed float32 array per model input")
     p.add_argument("--calib-samples", type=int, default=64, help="noise samples (default 64)")
+    p.add_argument("--calib-batch", type=int, default=None, metavar="ROWS",
+                   help="rows per calibration forward pass (default: from the model's activation "
+                        "footprint, bounded memory; the ranges do not depend on it)")
     p.add_argument("--act-range", choices=("minmax", "percentile"), default="minmax")
     p.add_argument("--input-shape", type=_shape_hint, action="append", default=[], metavar="NAME:D0,D1,..",
                    help="concrete shape for an input with dynamic dims (repeatable)")
@@ -140,7 +143,8 @@ def _options(args):
     from dfq_onnx.core.options import QuantizeOptions
 
     return QuantizeOptions(weight_bits=args.weight_bits, act_bits=args.act_bits, calib=args.calib,
-                           calib_samples=args.calib_samples, act_range=args.act_range,
+                           calib_samples=args.calib_samples, calib_batch=args.calib_batch,
+                           act_range=args.act_range,
                            input_shapes=dict(args.input_shape), seed=args.seed, progress=not args.quiet,
                            synth_samples=args.synth_samples, synth_steps=args.synth_steps,
                            synth_views=args.synth_views,

@@ -1,13 +1,17 @@
 """Activation ranges from data: a user's calibration set, or Gaussian noise (the peers' baseline).
 
-The FP32 graph is run once per batch with every activation quantizer's tensor exposed as an output;
-per tensor the running min/max (or the mean over batches of a percentile) is kept, so memory is
-bounded by one batch of activations. Analytic ranges (`AnalyticRanges`) fill what they can first;
-this pass measures only what is still missing. Synthetic samples of image-like inputs are measured
-together with `synth_views - 1` mirrored/shifted views of each (`dfq_onnx.synth.augment`): more extremes
-for the min/max at the cost of forward rows only; a user's data and noise are measured as given.
-Every observed tensor is an output of the run, so rows per call are capped to keep them within
-MEMORY_BUDGET (PP-OCRv4 det at 736 x 736 observes ~150 MB per row: 6 rows per call instead of 32).
+The FP32 graph is run over the rows in chunks (`backends.chunks.rows_per_chunk` of the model's
+activation footprint, or the user's `calib_batch`), each activation quantizer's tensor reduced to its
+min/max inside the graph (`backends.observers`), so memory is one model plus one chunk of activations
+whatever the number of samples, and the ranges are the same whatever the chunk size. Chunks are sized
+as if every observed tensor lived to the end of the call: ORT's layout transform reorders each observed
+NCHWc convolution output back to NCHW for its reduction, and its default node order runs those copies
+late (BENCHMARKS.md, issue 14). With `act_range="percentile"` a tensor's range is the mean over rows of
+each row's percentiles. Analytic ranges (`AnalyticRanges`) fill what they can first; this pass measures
+only what is still missing. Synthetic samples of image-like inputs are measured together with
+`synth_views - 1` mirrored/shifted views of each (`dfq_onnx.synth.augment`), built chunk by chunk:
+more extremes for the min/max at the cost of forward rows only; a user's data and noise are measured
+as given.
 """
 
 from __future__ import annotations
@@ -18,14 +22,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from tqdm import tqdm
 
-from dfq_onnx.backends import runtime
+from dfq_onnx.backends import observers, runtime
+from dfq_onnx.backends.chunks import rows_per_chunk
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 from dfq_onnx.core.graph_utils import is_float
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState, Range
-from dfq_onnx.synth.augment import with_views
-
-MEMORY_BUDGET = 1 << 30     # bytes of observed activations per ORT call (one row at least)
+from dfq_onnx.synth.augment import view_count, view_rows
 
 
 def input_shape(t: gs.Variable, batch: int) -> tuple[int, ...]:
@@ -89,46 +92,70 @@ def load_calib_npz(graph: gs.Graph, path: str) -> dict[str, np.ndarray]:
     return feeds
 
 
-def _batch_size(graph: gs.Graph, preferred: int, tensors: list[str] = ()) -> int:
-    """The model's static batch dimension if it has one, else `preferred`, lowered so that one call's
-    observed tensors (all held until the call returns) take at most MEMORY_BUDGET bytes."""
-    for t in graph.inputs:
+def chunk_rows(state: CompileState, held: list[str] = ()) -> int:
+    """Rows per forward call: the model's static batch dimension if it has one, else the user's
+    `calib_batch`, else `rows_per_chunk` of the model's activation footprint (backends/chunks.py)."""
+    for t in state.graph.inputs:
         if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0:
             return t.shape[0]
-    table = graph.tensors()
-    per_row = 0
-    for name in tensors:
-        dims = table[name].shape[1:] if name in table and table[name].shape else []
-        per_row += int(np.prod(dims)) if all(isinstance(d, int) and d > 0 for d in dims) else 0
-    return max(1, min(preferred, MEMORY_BUDGET // max(4 * per_row, 1)))
+    if state.options.calib_batch is not None:
+        return state.options.calib_batch
+    return rows_per_chunk(state.graph, held=held)
+
+
+def _percentiles(arr: np.ndarray, rows: int, q: float) -> np.ndarray:
+    """[rows, 2] per-row (100 - q, q) percentiles; a tensor whose axis 0 is not the rows counts as one."""
+    flat = arr.reshape(rows, -1) if arr.ndim and arr.shape[0] == rows else arr.reshape(1, -1)
+    return np.percentile(flat, [100.0 - q, q], axis=1).T
 
 
 def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: list[str],
-                   source: str) -> dict[str, Range]:
-    """Run the FP32 graph over `feeds` and return each tensor's activation range."""
+                   source: str, views: int = 1) -> dict[str, Range]:
+    """Run the FP32 graph over `feeds` (and `views` rows per sample, `synth.augment`) in chunks and
+    return each tensor's activation range. Min/max: exact reductions inside the graph (observers.py),
+    the same whatever the chunk size. Percentile: the mean over rows of each row's percentile, from the
+    tensors themselves (chunks sized to hold them)."""
     if not tensors:
         return {}
     opts = state.options
-    sess = runtime.session(runtime.observer_model(state.graph, tensors))
+    pct = opts.act_range == "percentile"
+    observe = runtime.observer_model if pct else observers.range_model
+    model = observe(state.graph, tensors)
+    sess = runtime.session(model, mem_pattern=False)
+    rows = len(next(iter(feeds.values()))) * view_count(feeds, views)
+    step = chunk_rows(state, held=tensors)
     lo = {t: np.inf for t in tensors}
     hi = {t: -np.inf for t in tensors}
-    pct: dict[str, list[tuple[float, float]]] = {t: [] for t in tensors}
-    batches = list(runtime.iter_batches(feeds, _batch_size(state.graph, opts.calib_batch, tensors)))
-    for chunk in tqdm(batches, desc=f"calibrate ({source})", disable=not opts.progress, leave=False):
-        outs = sess.run(None, chunk)
+    per_row: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    for start in tqdm(range(0, rows, step), desc=f"calibrate ({source})", disable=not opts.progress,
+                      leave=False):
+        outs = sess.run(None, _chunk(state, feeds, views, start, min(start + step, rows), step))
         state.forward_passes += 1
+        if not pct:
+            for name, (a, b) in observers.ranges_of(outs, tensors).items():
+                lo[name], hi[name] = min(lo[name], a), max(hi[name], b)
+            continue
+        n = min(start + step, rows) - start
         for name, arr in zip(tensors, outs):
             if not np.all(np.isfinite(arr)):
                 raise UnsupportedModelError(f"tensor '{name}' is not finite on the calibration data")
-            lo[name] = min(lo[name], float(arr.min()))
-            hi[name] = max(hi[name], float(arr.max()))
-            if opts.act_range == "percentile":
-                q = np.percentile(arr, [100.0 - opts.percentile, opts.percentile])
-                pct[name].append((float(q[0]), float(q[1])))
-    if opts.act_range == "percentile":
-        return {t: Range(float(np.mean([p[0] for p in pct[t]])), float(np.mean([p[1] for p in pct[t]])),
+            per_row[name].append(_percentiles(arr[:n] if arr.ndim and len(arr) > n else arr, n,
+                                              opts.percentile))
+    if pct:
+        return {t: Range(*(float(v) for v in np.concatenate(per_row[t]).mean(axis=0)),
                          f"{source}/p{opts.percentile}") for t in tensors}
     return {t: Range(lo[t], hi[t], source) for t in tensors}
+
+
+def _chunk(state: CompileState, feeds: dict[str, np.ndarray], views: int, start: int, stop: int,
+           step: int) -> dict[str, np.ndarray]:
+    """Rows [start, stop); a model with a static batch gets its last chunk padded with copies of the
+    last row (which change no min/max; percentile rows beyond `stop` are dropped by the caller)."""
+    chunk = view_rows(feeds, views, state.options.seed, start, stop)
+    static = any(t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0 for t in state.graph.inputs)
+    if static and stop - start < step:
+        chunk = {k: np.concatenate([v, np.repeat(v[-1:], step - len(v), 0)]) for k, v in chunk.items()}
+    return chunk
 
 
 class Calibrate(Pass):
@@ -151,10 +178,9 @@ class Calibrate(Pass):
         if state.calib is None or source == "data":
             state.calib = feeds   # scoring samples for later passes (synthetic ones are kept)
         n = len(next(iter(feeds.values())))
-        if source == "synthetic":
-            feeds = with_views(feeds, opts.synth_views, opts.seed)
-        rows = len(next(iter(feeds.values())))
-        state.ranges.update(collect_ranges(state, feeds, missing, source))
+        views = opts.synth_views if source == "synthetic" else 1
+        rows = n * view_count(feeds, views)
+        state.ranges.update(collect_ranges(state, feeds, missing, source, views))
         state.report.notes.setdefault("calibration", {})[source] = {"samples": n, "rows": rows,
                                                                     "tensors": len(missing)}
         views = f" ({rows} rows with views)" if rows != n else ""

@@ -10,22 +10,24 @@ Steps, in order (each is recorded in the report):
    (Paddle keeps all weights as Constant nodes; PyTorch computes pads with Shape/Gather/Concat);
 5. canonical forms: two-input `Sum` becomes `Add` (Caffe2 exports), inference-time `Dropout` and
    `Identity` are removed, so later passes and the runtime's fusions see one spelling;
-6. user hints for dynamic input dimensions (`input_shapes`, the batch dimension left free) size the
-   calibration only: the graph's tensors are *annotated* with the shapes inferred for the hinted
-   sizes, while the computation stays what it was. Folding runs before the hints are applied, so a
-   shape subgraph that reads a dynamic dimension (Shape -> Gather -> Reshape) is never baked into a
-   constant, and the written model keeps the source's dynamic dimensions (`ir.carry_over` restores
-   its declared inputs and outputs).
+6. shapes re-inferred on the folded graph; constant-zero `Pad` folded into the Conv / AveragePool
+   reading it and shape-computed Reshape targets made constant (`dfq_onnx.core.rewrites`), so the
+   runtime fuses the quantized graph as it fuses the float one;
+7. user hints for dynamic input dimensions (`input_shapes`, the batch dimension left free) size the
+   calibration only: the graph's tensors are then *annotated* with the shapes inferred for the hinted
+   sizes, while the computation stays what it was. Folding and the rewrites run before the hints are
+   applied, so a shape subgraph that reads a dynamic dimension (Shape -> Gather -> Reshape) is never
+   baked into a constant, and the written model keeps the source's dynamic dimensions (`ir.carry_over`
+   restores its declared inputs and outputs).
 """
 
 from __future__ import annotations
 
 import logging
 
-import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from dfq_onnx.core import ir
+from dfq_onnx.core import ir, rewrites
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
@@ -77,42 +79,25 @@ def check_supported(model) -> None:
                                         "models; convert the model to float32 first")
 
 
-def fix_input_dims(model, hints: dict[str, tuple[int, ...]]) -> None:
-    """Set dynamic input dimensions of `model` (a copy) from hints; unknown input names are an error."""
-    inputs = {i.name: i for i in model.graph.input}
+def annotate_shapes(graph, hints: dict[str, tuple[int, ...]]) -> None:
+    """Give the graph's inputs the hinted sizes (dynamic non-batch dimensions only) and its variables
+    the shapes inferred from them (analysis and calibration read them); the nodes are not touched, so
+    nothing computed from a dynamic dimension becomes a constant. Unknown input names and wrong ranks
+    are usage errors."""
+    if not hints:
+        return
+    inputs = {t.name: t for t in graph.inputs}
     for name, shape in hints.items():
         if name not in inputs:
-            raise UsageError(f"--input-shape names '{name}', but the model's inputs are "
-                                        f"{', '.join(inputs)}")
-        dims = inputs[name].type.tensor_type.shape.dim
-        if len(dims) != len(shape):
-            raise UsageError(f"--input-shape {name}: rank {len(shape)} given, the model's input "
-                                        f"has rank {len(dims)}")
-        for i, (dim, value) in enumerate(zip(dims, shape)):
-            if i > 0 and not dim.HasField("dim_value"):
-                dim.dim_value = int(value)
-
-
-def hinted_shapes(model, hints: dict[str, tuple[int, ...]]) -> dict[str, list]:
-    """Tensor name -> shape inferred with the hinted input sizes (empty without hints), from a copy of
-    `model` without its weights' bytes (inference reads their dims only)."""
-    if not hints:
-        return {}
-    probe = type(model)()
-    ir.copy_without_raw(model, probe, min_bytes=1 << 16)
-    fix_input_dims(probe, hints)
-    probe = ir.infer_shapes(probe)
-    g = probe.graph
-    return {vi.name: ir.value_info_shape(vi) for vi in [*g.input, *g.value_info, *g.output]
-            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
-
-
-def annotate_shapes(graph, shapes: dict[str, list]) -> None:
-    """Give the graph's variables the hinted shapes (analysis and calibration read them); the nodes
-    are not touched, so nothing computed from a dynamic dimension becomes a constant."""
-    for t in graph.tensors().values():
-        if isinstance(t, gs.Variable) and t.name in shapes:
-            t.shape = shapes[t.name]
+            raise UsageError(f"--input-shape names '{name}', but the model's inputs are {', '.join(inputs)}")
+        dims = inputs[name].shape
+        if dims is not None and len(dims) != len(shape):
+            raise UsageError(f"--input-shape {name}: rank {len(shape)} given, the model's input has rank "
+                             f"{len(dims)}")
+        dims = dims if dims is not None else [None] * len(shape)
+        inputs[name].shape = [d if i == 0 or (isinstance(d, int) and d > 0) else int(v)
+                              for i, (d, v) in enumerate(zip(dims, shape))]
+    ir.refresh_shapes(graph)
 
 
 def _bypass(graph, node) -> bool:
@@ -191,7 +176,6 @@ class Normalize(Pass):
         state.source_opset = ir.opset_version(model)
         ir.drop_initializer_inputs(model)
         model = ir.upgrade_opset(model, max(self.required_opset, state.target.min_opset))
-        hinted = hinted_shapes(model, state.options.input_shapes)
         model = ir.infer_shapes(model)
         ort.set_default_logger_severity(3)
         graph = ir.to_graph(model)
@@ -199,7 +183,12 @@ class Normalize(Pass):
         graph.fold_constants(fold_shapes=True, error_ok=True).cleanup().toposort()
         rewritten = canonicalize(graph)
         rewritten["nodes named"] = name_nodes(graph)
-        annotate_shapes(graph, hinted)
+        ir.refresh_shapes(graph)
+        rewritten["Pad folded"] = rewrites.fold_zero_pads(graph)
+        rewritten["Reshape target constant"] = rewrites.fold_shape_reshapes(graph)
+        graph.cleanup().toposort()
+        rewritten = {k: v for k, v in rewritten.items() if v}
+        annotate_shapes(graph, state.options.input_shapes)
         state.graph = graph
         state.source = None
         # fold_constants leaves a copy of the graph in reference cycles that share the constants' arrays

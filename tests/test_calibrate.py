@@ -85,7 +85,7 @@ def test_dynamic_spatial_dims_need_a_hint_for_noise_calibration():
     assert "--input-shape input:" in str(info.value) and "'input'" in str(info.value)
     _, report = dfq_onnx.quantize(model, calib="noise", input_shapes={"input": (1, 3, 8, 8)},
                                   progress=False)
-    assert report.forward_passes == 2                 # 64 noise samples in batches of 32
+    assert report.forward_passes == 1                 # 64 noise rows of a tiny model fit one chunk
 
 
 def test_dynamic_dims_need_no_hint_when_all_ranges_are_analytic():

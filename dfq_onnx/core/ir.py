@@ -214,6 +214,33 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
+def refresh_shapes(graph: gs.Graph) -> int:
+    """Re-infer the variables' shapes of `graph` (after constant folding made pads and shape inputs
+    constant, dimensions inference left symbolic become known). Inference runs on an export without
+    the stale value_info and without the bytes of large constants (shapes and small constants are all it
+    reads). Returns how many tensors changed shape; graphs above LAZY_BYTES of constants keep theirs."""
+    if sum(t.values.nbytes for t in graph.tensors().values() if isinstance(t, gs.Constant)) > LAZY_BYTES:
+        return 0
+    model = onnx.ModelProto()
+    copy_without_raw(gs.export_onnx(graph, do_type_check=False), model, min_bytes=1 << 20)
+    del model.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False,
+                                                     data_prop=True)
+    except Exception:  # best effort, as infer_shapes
+        return 0
+    shapes = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+        if vi.type.tensor_type.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                               for d in vi.type.tensor_type.shape.dim]
+    changed = 0
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Variable) and t.name in shapes and t.shape != shapes[t.name]:
+            t.shape, changed = shapes[t.name], changed + 1
+    return changed
+
+
 def packed_types(graph: gs.Graph) -> dict[str, str]:
     """4-bit storage of the graph's constants by name (see `constant`)."""
     return {t.name: t.packed_dtype for t in graph.tensors().values()

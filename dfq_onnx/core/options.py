@@ -20,7 +20,7 @@ class QuantizeOptions:
     act_bits: int | None = None
     calib: str = "synthetic"             # "synthetic" | "analytic" | "noise" | path to an .npz of inputs
     calib_samples: int = 64              # samples generated for noise calibration
-    calib_batch: int = 32
+    calib_batch: int | None = None       # rows per forward call; None: from the activation footprint
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # hints for dynamic dims
     seed: int = 0
     act_range: str = "minmax"            # "minmax" | "percentile"
@@ -77,7 +77,7 @@ class QuantizeOptions:
                              "to an .npz file")
         if self.calib.endswith(".npz") and not Path(self.calib).is_file():
             raise UsageError(f"--calib {self.calib}: file not found")
-        if self.calib_samples < 1 or self.calib_batch < 1:
+        if self.calib_samples < 1 or (self.calib_batch is not None and self.calib_batch < 1):
             raise UsageError("calibration sample and batch counts must be positive")
         if self.act_range not in ("minmax", "percentile"):
             raise UsageError(f"--act-range {self.act_range}: expected 'minmax' or 'percentile'")

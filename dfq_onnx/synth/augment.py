@@ -32,22 +32,52 @@ def _shift(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return pad[:, abs(dy) - dy:abs(dy) - dy + h, abs(dx) - dx:abs(dx) - dx + w]
 
 
+def _view_params(n: int, views: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per view and sample: mirror flag [views, n] and shift [views, n, 2] in units of side / 8."""
+    rng = np.random.default_rng([seed, views])
+    flips, moves = np.zeros((views, n), bool), np.zeros((views, n, 2))
+    for view in range(1, views):
+        flips[view] = True if view == 1 else rng.random(n) < 0.5
+        if view > 1:
+            moves[view] = rng.uniform(-1.0, 1.0, (n, 2))
+    return flips, moves
+
+
+def view_count(feeds: dict[str, np.ndarray], views: int) -> int:
+    """Rows per sample that `view_rows` yields: `views` for image-like inputs, else 1."""
+    if views <= 1 or not feeds or not all(is_image_like(v.shape) for v in feeds.values()):
+        return 1
+    return views
+
+
+def view_rows(feeds: dict[str, np.ndarray], views: int, seed: int, start: int, stop: int
+              ) -> dict[str, np.ndarray]:
+    """Rows [start, stop) of `with_views(feeds, views, seed)` without building the others: row r is
+    view r // n of sample r % n. Any split of the rows into calls yields the same rows."""
+    n = len(next(iter(feeds.values())))
+    if view_count(feeds, views) == 1:
+        return {k: v[start:stop] for k, v in feeds.items()}
+    flips, moves = _view_params(n, views, seed)
+    out = {}
+    for k, v in feeds.items():
+        reach = np.maximum(np.array(v.shape[2:]) // SHIFT_FRACTION, 1)
+        rows = []
+        for r in range(start, min(stop, n * views)):
+            view, i = divmod(r, n)
+            if view == 0:
+                rows.append(v[i])
+                continue
+            dy, dx = (np.sign(moves[view, i]) * np.ceil(np.abs(moves[view, i]) * reach)).astype(int)
+            rows.append(_shift(v[i, :, :, ::-1] if flips[view, i] else v[i], int(dy), int(dx)))
+        out[k] = np.stack(rows).astype(v.dtype, copy=False)
+    return out
+
+
 def with_views(feeds: dict[str, np.ndarray], views: int, seed: int) -> dict[str, np.ndarray]:
     """`feeds` followed by views 1..views-1 of every sample (module docstring), concatenated on axis 0;
     unchanged when views <= 1 or an input is not image-like. The same transform is applied to every
     input of a sample."""
-    if views <= 1 or not feeds or not all(is_image_like(v.shape) for v in feeds.values()):
+    if view_count(feeds, views) == 1:
         return feeds
     n = len(next(iter(feeds.values())))
-    rng = np.random.default_rng([seed, views])
-    out = {k: [v] for k, v in feeds.items()}
-    for view in range(1, views):
-        first = view == 1
-        flips = np.ones(n, bool) if first else rng.random(n) < 0.5
-        moves = np.zeros((n, 2)) if first else rng.uniform(-1.0, 1.0, (n, 2))   # in units of side / 8
-        for k, v in feeds.items():
-            reach = np.maximum(np.array(v.shape[2:]) // SHIFT_FRACTION, 1)
-            dy, dx = (np.sign(moves) * np.ceil(np.abs(moves) * reach)).astype(int).T
-            rows = [_shift(v[i, :, :, ::-1] if flips[i] else v[i], int(dy[i]), int(dx[i])) for i in range(n)]
-            out[k].append(np.stack(rows).astype(v.dtype, copy=False))
-    return {k: np.concatenate(parts) for k, parts in out.items()}
+    return view_rows(feeds, views, seed, 0, n * views)

@@ -1,0 +1,74 @@
+"""Observer models: the FP32 graph with the statistics of chosen tensors as its outputs.
+
+Range observer (min/max calibration): every observed tensor t feeds two reductions inside the graph,
+and a call returns two numbers per row and tensor instead of the tensor:
+
+    t ──┬──► (the model's readers)
+        ├──► ReduceMin ──► t/min        per row: min over all axes but the first
+        └──► ReduceMax ──► t/max        per row: max
+
+Each reduction is listed right after its tensor's producer. ORT may still run it late (its NCHWc layout
+transform adds a reorder copy before it, scheduled after the convolutions), so callers size chunks as
+if the observed tensors were outputs (`chunks.rows_per_chunk(held=...)`). Min and max are exact, so
+the range over all rows is the min/max over calls whatever the split. An infinity is always seen, a
+NaN only where ORT's reductions return it (they may skip one); a non-finite range is refused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from dfq_onnx.core import ir
+from dfq_onnx.core.errors import UnsupportedModelError
+
+STATS = ("ReduceMin", "ReduceMax")
+
+
+def _reduce(g: gs.Graph, op: str, t: gs.Tensor, y: gs.Variable, name: str) -> gs.Node:
+    """`op` over every axis but the first (ORT parallelizes over the rows; a reduction over all axes
+    runs on one thread), or over all axes when the rank is unknown or below 2."""
+    rank = len(t.shape) if t.shape is not None else 0
+    if rank < 2:
+        return gs.Node(op, name=name, inputs=[t], outputs=[y], attrs={"keepdims": 0})
+    axes = np.arange(1, rank, dtype=np.int64)
+    if g.opset >= 18:                            # axes became an input of ReduceMin / ReduceMax at 18
+        return gs.Node(op, name=name, inputs=[t, gs.Constant(f"{name}_axes", axes)], outputs=[y],
+                       attrs={"keepdims": 0})
+    return gs.Node(op, name=name, inputs=[t], outputs=[y], attrs={"keepdims": 0, "axes": axes.tolist()})
+
+
+def range_model(graph: gs.Graph, tensors: list[str]):
+    """A copy of `graph` whose outputs are the per-row (min, max) of each named tensor, in order."""
+    g = ir.copy_graph(graph)
+    table = g.tensors()
+    missing = [t for t in tensors if t not in table]
+    if missing:
+        raise UnsupportedModelError(f"tensor '{missing[0]}' not found in the graph")
+    reducers: dict[str, list[gs.Node]] = {}
+    outs = []
+    for i, name in enumerate(tensors):
+        for op in STATS:
+            y = gs.Variable(f"__observe_{i}_{op}", dtype=np.float32)
+            reducers.setdefault(name, []).append(_reduce(g, op, table[name], y, f"__observe_{i}_{op}"))
+            outs.append(y)
+    # each reduction right after its tensor's producer: ORT runs nodes in the listed order where it is
+    # topological, and a reduction listed last would keep every observed tensor alive to the end
+    order = [r for t in g.inputs for r in reducers.pop(t.name, [])]
+    for node in g.nodes:
+        order.append(node)
+        order += [r for t in node.outputs for r in reducers.pop(t.name, [])]
+    g.nodes = order + [r for rs in reducers.values() for r in rs]
+    g.outputs = outs
+    return ir.to_model(g)
+
+
+def ranges_of(outputs: list[np.ndarray], tensors: list[str]) -> dict[str, tuple[float, float]]:
+    """(min, max) per tensor from one call of `range_model`; raises on a non-finite tensor."""
+    out = {}
+    for i, name in enumerate(tensors):
+        lo, hi = float(np.min(outputs[2 * i])), float(np.max(outputs[2 * i + 1]))
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise UnsupportedModelError(f"tensor '{name}' is not finite on the calibration data")
+        out[name] = (lo, hi)
+    return out

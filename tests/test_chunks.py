@@ -1,0 +1,74 @@
+"""Chunked forward passes: the per-row activation footprint, the chunk-size rule, and outputs that are
+byte-identical whatever the chunk size (min/max, percentile, synthetic samples with views)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _util import compile_state
+from dfq_onnx.models import builders
+from dfq_onnx.passes.fold_bn import FoldBatchNorm
+from dfq_onnx.passes.normalize import Normalize
+
+import dfq_onnx
+from dfq_onnx.backends import observers, runtime
+from dfq_onnx.backends.chunks import ARENA, live_bytes_per_row, rows_per_chunk
+from dfq_onnx.core import ir
+from dfq_onnx.core.errors import UnsupportedModelError
+
+
+@pytest.fixture
+def graph():
+    return compile_state(builders.conv_bn_relu(c_in=3, c_mid=8, c_out=4, hw=8),
+                         [Normalize(), FoldBatchNorm()]).graph
+
+
+def test_live_bytes_follow_the_topological_order(graph):
+    # float32 input 3x8x8 (alive throughout) + conv1 (BN folded) out 8x8x8 + relu1 out 8x8x8 at the
+    # Relu; the conv1 output dies there, so conv2's 4x8x8 output never meets it
+    assert live_bytes_per_row(graph) == 4 * (192 + 512 + 512)
+    # a held tensor (an observer output) stays alive to the end, where conv2's output joins it
+    assert live_bytes_per_row(graph, held=["bn1_out"]) == 4 * (192 + 512 + 512 + 256)
+
+
+def test_rows_per_chunk_fits_the_budget(graph):
+    per_row = ARENA * live_bytes_per_row(graph)
+    assert rows_per_chunk(graph, budget_bytes=5 * per_row) == 5
+    assert rows_per_chunk(graph, budget_bytes=5 * per_row - 1) == 4
+    assert rows_per_chunk(graph, budget_bytes=1) == 1                       # at least one row
+
+
+def test_range_observer_matches_numpy_and_refuses_infinities(graph):
+    tensors = ["input", "bn1_out", "output"]
+    sess = runtime.session(observers.range_model(graph, tensors))
+    x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    got = observers.ranges_of(sess.run(None, {"input": x}), tensors)
+    ref = runtime.session(runtime.observer_model(graph, tensors)).run(None, {"input": x})
+    assert got == {t: (float(r.min()), float(r.max())) for t, r in zip(tensors, ref)}
+    x[2, 1, 3, 3] = np.inf
+    with pytest.raises(UnsupportedModelError, match="'input' is not finite"):
+        observers.ranges_of(sess.run(None, {"input": x}), tensors)
+
+
+def _bytes(model) -> bytes:
+    return ir.serialize(model)
+
+
+@pytest.mark.parametrize("opts", [
+    {"calib": "noise", "calib_samples": 13},
+    {"calib": "noise", "calib_samples": 13, "act_range": "percentile", "percentile": 99.0},
+    {"calib": "synthetic", "synth_samples": 3, "synth_steps": 2, "synth_views": 4, "use_cache": False},
+], ids=["minmax", "percentile", "synthetic-views"])
+def test_output_is_byte_identical_whatever_the_chunk_size(opts):
+    model = builders.conv_bn_relu_residual()
+    outs = {b: _bytes(dfq_onnx.quantize(model, calib_batch=b, progress=False, **opts)[0])
+            for b in (1, 5, None)}
+    assert outs[1] == outs[5] == outs[None]
+
+
+def test_static_batch_models_pad_their_last_chunk():
+    model = builders.conv_bn_relu(hw=8)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 4
+    a, report = dfq_onnx.quantize(model, calib="noise", calib_samples=10, progress=False)
+    assert report.forward_passes == 3                     # 10 rows in calls of the static 4

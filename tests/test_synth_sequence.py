@@ -1,0 +1,85 @@
+"""Objective S (synth/sequence.py): target label sequences, margins vs numpy, search progress."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _util import compile_state
+from dfq_onnx.models import builders
+from dfq_onnx.passes.fold_bn import FoldBatchNorm
+from dfq_onnx.passes.normalize import Normalize
+from dfq_onnx.passes.synthesize import SynthesisOptions, synthesize
+
+from dfq_onnx.core.errors import UsageError
+from dfq_onnx.synth.runner import build_objective
+from dfq_onnx.synth.sequence import (
+    MARGIN_CAP,
+    build_spec,
+    sequence_loss,
+    sequence_margins,
+    target_sequences,
+)
+
+SHAPES = {"input": (3, 4, 12)}     # T = 12 positions, 6 classes
+
+
+@pytest.fixture(scope="module")
+def seq_state():
+    return compile_state(builders.conv_sequence(w=12), [Normalize(), FoldBatchNorm()])
+
+
+def test_target_sequences_alternate_runs_and_background():
+    rng = np.random.default_rng(0)
+    t = target_sequences(rng, 50, 40, 7, background=3)
+    assert t.shape == (50, 40) and t.min() >= 0 and t.max() < 7
+    for row in t:
+        runs, prev, length = [], None, 0
+        for c in row:
+            if c == prev:
+                length += 1
+            else:
+                if prev is not None:
+                    runs.append((prev, length))
+                prev, length = c, 1
+        runs.append((prev, length))
+        # class runs last 1-2 positions (two same-class runs may touch when no gap separates them: never)
+        assert all(length <= 3 for c, length in runs if c == 3)
+        assert any(c != 3 for c, _ in runs)
+    assert 0.2 < np.mean(t != 3) < 0.6          # about a third of the positions carry a class
+
+
+def test_margins_against_numpy():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(4, 5, 6))
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    spec = build_spec(rng, p)
+    assert spec.log_output and 0 <= spec.background < 6
+    idx = np.arange(4)
+    z = np.log(p)
+    expect = np.empty((4, 5))
+    for i in range(4):
+        for t in range(5):
+            k = spec.targets[i, t]
+            expect[i, t] = (z[i, t, k] - np.max(np.delete(z[i, t], k))) / spec.sigma_ref
+    np.testing.assert_allclose(sequence_margins(p, spec, idx), expect, rtol=1e-9)
+    np.testing.assert_allclose(sequence_loss(p, spec, idx), np.maximum(0, MARGIN_CAP - expect).mean(1))
+    assert not build_spec(rng, logits).log_output            # logits are used as they are
+
+
+def test_sequence_search_raises_the_target_margins(seq_state):
+    opts = SynthesisOptions(samples=8, steps=30, objective="sequence", progress=False, use_cache=False)
+    result = synthesize(seq_state.graph, seq_state.bn_stats, opts, "m")
+    assert result.objective == "sequence" and result.loss_end < result.loss_start
+    rng = np.random.default_rng(opts.seed)
+    objective, _ = build_objective("sequence", seq_state.graph, {}, SHAPES, result.inputs, rng)
+    assert objective.sequence.targets.shape == (8, 12)
+    both = SynthesisOptions(samples=8, steps=4, objective="bn+sequence", progress=False, use_cache=False)
+    assert synthesize(seq_state.graph, seq_state.bn_stats, both, "m").objective == "bn+sequence"
+
+
+def test_sequence_objective_needs_a_per_position_output():
+    state = compile_state(builders.conv_bn_relu_residual(), [Normalize(), FoldBatchNorm()])
+    rng = np.random.default_rng(0)
+    ref = {"input": rng.standard_normal((4, 8, 8, 8)).astype(np.float32)}
+    with pytest.raises(UsageError, match=r"per-position output \[N, T, C\]"):
+        build_objective("sequence", state.graph, {}, {"input": (8, 8, 8)}, ref, rng)
