@@ -40,6 +40,7 @@ from dfq_onnx.core import cache
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
+from dfq_onnx.synth.compose import plan_pieces
 from dfq_onnx.synth.runner import build_objective, resolve_shapes, row_elements
 from dfq_onnx.synth.search import ESConfig, Stage, es_minimize, pink_noise, squash, stage_factors
 
@@ -115,20 +116,24 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     start = time.perf_counter()
     shapes = resolve_shapes(graph, input_shapes or {})
     kind = resolve_objective(options.objective, bn_stats)
-    steps = budgeted_steps(options, row_elements(graph, shapes))
-    path = cache.cache_path("synthetic", _key(model_hash, options, kind, shapes, steps), options.cache_dir)
+    plan = plan_pieces(graph, kind, shapes)       # sequence outputs along an input axis: synth/compose.py
+    search_graph, search_shapes = (plan.graph, plan.shapes) if plan else (graph, shapes)
+    steps = budgeted_steps(options, row_elements(graph, shapes) // (plan.pieces if plan else 1))
+    key = {**_key(model_hash, options, kind, shapes, steps), "pieces": plan.pieces if plan else 1}
+    path = cache.cache_path("synthetic", key, options.cache_dir)
     use_cache = options.use_cache and bool(model_hash)      # no hash, no safe key
     if use_cache and (hit := _from_cache(path, shapes, start)) is not None:
         return hit
     rng = np.random.default_rng(options.seed)
     n = options.samples
-    latent = {name: pink_noise(rng, n, shape) for name, shape in shapes.items()}
+    latent = {name: pink_noise(rng, n, shape) for name, shape in search_shapes.items()}
     start_images = squash(latent)
-    objective, runner = build_objective(kind, graph, bn_stats, shapes, start_images, rng)
+    objective, runner = build_objective(kind, search_graph, bn_stats, search_shapes, start_images, rng)
     idx = np.arange(n)
     loss_start = float(runner.losses(objective, start_images, idx).mean())
-    images = _search(latent, shapes, objective, runner, options, steps, rng)
+    images = _search(latent, search_shapes, objective, runner, options, steps, rng)
     loss_end = float(runner.losses(objective, images, idx).mean())
+    images = plan.compose(images) if plan else images
     labels = objective.label.labels if objective.label is not None else None
     result = SynthesisResult(images, labels, loss_start, loss_end, runner.calls, runner.rows,
                              time.perf_counter() - start, False, kind, steps)

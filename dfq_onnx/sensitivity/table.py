@@ -266,5 +266,6 @@ def summary(table: SensitivityTable, top: int = 5) -> dict:
             "candidates": [cand_name(c) for c in table.candidates], "pairs": len(table.pairs),
             "evaluations": table.evaluations, "forward_passes": table.forward_passes,
             "seconds": round(table.seconds, 3), "reference_loss": table.reference_loss,
+            "base_loss": table.base_loss,
             "phases": table.phases, **table.meta, f"most_sensitive_{cand_name(low)}":
                 {g: table.singles[g][low] for g in worst}}
