@@ -83,3 +83,37 @@ def test_sequence_objective_needs_a_per_position_output():
     ref = {"input": rng.standard_normal((4, 8, 8, 8)).astype(np.float32)}
     with pytest.raises(UsageError, match=r"per-position output \[N, T, C\]"):
         build_objective("sequence", state.graph, {}, {"input": (8, 8, 8)}, ref, rng)
+
+
+def test_alignment_probe_and_composition():
+    from dfq_onnx.synth.compose import aligned_axis, plan_pieces
+
+    def dynamic(width):
+        return compile_state(builders.conv_sequence(w=None), [Normalize(), FoldBatchNorm()],
+                             input_shapes={"input": (1, 3, 4, width)})
+
+    state = dynamic(16)
+    plan = plan_pieces(state.graph, "sequence", {"input": (3, 4, 16)})
+    # output [N, W, 6] follows the width (per-sample axis 2, axis 3 with the batch): 4 pieces of 4 columns
+    assert (plan.name, plan.axis, plan.pieces, plan.piece_shape) == ("input", 3, 4, (3, 4, 4))
+    assert plan.graph.inputs[0].shape[1:] == [3, 4, 4]
+    pieces = {"input": np.arange(5 * 3 * 4 * 4, dtype=np.float32).reshape(5, 3, 4, 4)}
+    lines = plan.compose(pieces)["input"]
+    assert lines.shape == (5, 3, 4, 16)
+    for i in range(5):            # sample i = pieces i, i+1, i+2, i+3 (mod 5) side by side
+        for r in range(4):
+            np.testing.assert_array_equal(lines[i, :, :, 4 * r:4 * r + 4], pieces["input"][(i + r) % 5])
+    assert plan_pieces(state.graph, "bn", {"input": (3, 4, 16)}) is None          # not a sequence objective
+    assert plan_pieces(dynamic(8).graph, "sequence", {"input": (3, 4, 8)}).pieces == 2   # >= 4 positions each
+    static = compile_state(builders.conv_sequence(w=16), [Normalize(), FoldBatchNorm()])
+    assert plan_pieces(static.graph, "sequence", {"input": (3, 4, 16)}) is None     # a static width: no probe
+    classifier = compile_state(builders.conv_bn_relu_residual(), [Normalize(), FoldBatchNorm()])
+    assert aligned_axis(classifier.graph, {"input": (8, 8, 8)}, "output") is None
+
+
+def test_composed_search_returns_full_size_samples():
+    wide = compile_state(builders.conv_sequence(w=None), [Normalize(), FoldBatchNorm()],
+                         input_shapes={"input": (1, 3, 4, 16)})
+    opts = SynthesisOptions(samples=6, steps=6, objective="sequence", progress=False, use_cache=False)
+    result = synthesize(wide.graph, wide.bn_stats, opts, "m", {"input": (1, 3, 4, 16)})
+    assert result.inputs["input"].shape == (6, 3, 4, 16)
