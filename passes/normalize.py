@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from dfq_onnx.core import ir, rewrites
@@ -82,8 +83,9 @@ def check_supported(model) -> None:
 def annotate_shapes(graph, hints: dict[str, tuple[int, ...]]) -> None:
     """Give the graph's inputs the hinted sizes (dynamic non-batch dimensions only) and its variables
     the shapes inferred from them (analysis and calibration read them); the nodes are not touched, so
-    nothing computed from a dynamic dimension becomes a constant. Unknown input names and wrong ranks
-    are usage errors."""
+    nothing computed from a dynamic dimension becomes a constant. The shapes come from a copy whose
+    shape subgraphs and Reshape targets are folded at the hinted sizes (inference alone stops at a
+    Reshape whose target is computed). Unknown input names and wrong ranks are usage errors."""
     if not hints:
         return
     inputs = {t.name: t for t in graph.inputs}
@@ -97,7 +99,18 @@ def annotate_shapes(graph, hints: dict[str, tuple[int, ...]]) -> None:
         dims = dims if dims is not None else [None] * len(shape)
         inputs[name].shape = [d if i == 0 or (isinstance(d, int) and d > 0) else int(v)
                               for i, (d, v) in enumerate(zip(dims, shape))]
-    ir.refresh_shapes(graph)
+    probe = ir.copy_graph(graph)
+    for _ in range(8):       # inference and folding feed each other: a folded target, the next shapes
+        ir.refresh_shapes(probe)
+        folded = rewrites.fold_shape_reshapes(probe)
+        before = len(probe.nodes)
+        probe.fold_constants(fold_shapes=True, error_ok=True).cleanup()
+        if not folded and len(probe.nodes) == before:
+            break
+    known = {t.name: t.shape for t in probe.tensors().values() if isinstance(t, gs.Variable)}
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Variable) and known.get(t.name) is not None:
+            t.shape = known[t.name]
 
 
 def _bypass(graph, node) -> bool:
@@ -185,8 +198,14 @@ class Normalize(Pass):
         rewritten["nodes named"] = name_nodes(graph)
         ir.refresh_shapes(graph)
         rewritten["Pad folded"] = rewrites.fold_zero_pads(graph)
-        rewritten["Reshape target constant"] = rewrites.fold_shape_reshapes(graph)
-        graph.cleanup().toposort()
+        for _ in range(16):     # a folded Reshape target lets inference reach the next one
+            done = {"Reshape target constant": rewrites.fold_shape_reshapes(graph),
+                    "Softmax unflattened": rewrites.fold_flattened_softmax(graph)}
+            for k, v in done.items():
+                rewritten[k] = rewritten.get(k, 0) + v
+            graph.cleanup().toposort()
+            if not any(done.values()) or not ir.refresh_shapes(graph):
+                break
         rewritten = {k: v for k, v in rewritten.items() if v}
         annotate_shapes(graph, state.options.input_shapes)
         state.graph = graph

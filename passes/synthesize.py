@@ -43,6 +43,7 @@ from dfq_onnx.core.state import CompileState
 from dfq_onnx.synth.compose import plan_pieces
 from dfq_onnx.synth.runner import build_objective, resolve_shapes, row_elements
 from dfq_onnx.synth.search import ESConfig, Stage, es_minimize, pink_noise, squash, stage_factors
+from dfq_onnx.synth.sequence import sequence_output
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,12 @@ class SynthesisResult:
     steps: int = 0              # ES steps of the search (also reported on a cache hit)
 
 
-def resolve_objective(requested: str, bn_stats: dict) -> str:
+def resolve_objective(requested: str, bn_stats: dict, graph=None) -> str:
+    """`auto`: a per-position output [N, T, C] (`synth.sequence.sequence_output`) takes objective S
+    (with L_A where BN statistics exist), any other model "bn" with BN statistics, else "label"."""
     if requested == "auto":
+        if graph is not None and sequence_output(graph) is not None:
+            return "bn+sequence" if bn_stats else "sequence"
         return "bn" if bn_stats else "label"
     if "bn" in requested and not bn_stats:
         raise UsageError(f"synthesis objective '{requested}' needs BatchNormalization statistics, and the "
@@ -115,7 +120,7 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     """Search `options.samples` inputs minimizing the objective (see module docstring)."""
     start = time.perf_counter()
     shapes = resolve_shapes(graph, input_shapes or {})
-    kind = resolve_objective(options.objective, bn_stats)
+    kind = resolve_objective(options.objective, bn_stats, graph)
     plan = plan_pieces(graph, kind, shapes)       # sequence outputs along an input axis: synth/compose.py
     search_graph, search_shapes = (plan.graph, plan.shapes) if plan else (graph, shapes)
     steps = budgeted_steps(options, row_elements(graph, shapes) // (plan.pieces if plan else 1))

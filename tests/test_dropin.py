@@ -75,3 +75,43 @@ def test_static_models_keep_their_shape_annotations():
     out, _ = dfq_onnx.quantize(source, calib="noise", progress=False)
     assert _dims(out.graph.input[0]) == _dims(source.graph.input[0])
     assert len(out.graph.value_info) > 0      # nothing was resized: the inferred shapes stay valid
+
+
+def _model(nodes, inits, in_shape, out_shape):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", 1, in_shape)],
+                              [helper.make_tensor_value_info("output", 1, out_shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_shape_subgraphs_fold_without_pinning_the_width():
+    """Paddle's Reshape target (Shape -> Cast -> Slice[0:2] -> Cast -> Concat(-1)) and the version
+    converter's Flatten -> Softmax -> Reshape(Shape(x)) become a constant target [0, 0, -1] and one
+    Softmax; shapes are known at the hinted width; any width still runs."""
+    from _util import compile_state
+    from dfq_onnx.passes.normalize import Normalize
+    from onnx import numpy_helper
+
+    def const(name, values):
+        return numpy_helper.from_array(np.asarray(values, np.int64), name)
+
+    nodes = [helper.make_node("Shape", ["input"], ["s"]),
+             helper.make_node("Cast", ["s"], ["s32"], to=6),
+             helper.make_node("Slice", ["s32", "zero", "two", "zero"], ["head"]),
+             helper.make_node("Cast", ["head"], ["head64"], to=7),
+             helper.make_node("Concat", ["head64", "minus1"], ["target"], axis=0),
+             helper.make_node("Reshape", ["input", "target"], ["flat3"]),
+             helper.make_node("Flatten", ["flat3"], ["f2"], axis=2),
+             helper.make_node("Softmax", ["f2"], ["p2"], axis=-1),
+             helper.make_node("Shape", ["flat3"], ["s3"]),
+             helper.make_node("Reshape", ["p2", "s3"], ["output"])]
+    model = _model(nodes, [const("zero", [0]), const("two", [2]), const("minus1", [-1])],
+                   ["N", 4, 2, "W"], ["N", 4, "L"])
+    state = compile_state(model, [Normalize()], input_shapes={"input": (1, 4, 2, 5)})
+    assert [n.op for n in state.graph.nodes] == ["Reshape", "Softmax"]
+    np.testing.assert_array_equal(state.graph.nodes[0].inputs[1].values, [0, 0, -1])
+    assert state.graph.nodes[1].outputs[0].shape[1:] == [4, 10]
+    out, _ = dfq_onnx.quantize(model, input_shapes={"input": (1, 4, 2, 5)}, calib="noise", progress=False)
+    assert _dims(out.graph.input[0]) == ["N", 4, 2, "W"]
+    x = np.random.default_rng(0).standard_normal((3, 4, 2, 7)).astype(np.float32)
+    ref = _session(model).run(None, {"input": x})[0]
+    np.testing.assert_allclose(_session(out).run(None, {"input": x})[0], ref, atol=0.02)

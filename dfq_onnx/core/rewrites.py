@@ -11,14 +11,23 @@ and every reader is such a layer with explicit (NOTSET / VALID) padding; an Aver
 pads must count the padding (count_include_pad=1) to average the same zeros.
 
 Reshape targets computed from shapes (`x.view(x.size(0), -1)` exports Shape -> Gather -> Unsqueeze ->
-Concat -> Reshape) become constants: an entry that copies dimension k of a tensor whose dimension k is
-the same (equal static size or equal symbolic name) as dimension p of the Reshape's data becomes 0 at
-position p ("copy this dimension", allowzero = 0), a statically known one its value:
+Concat -> Reshape; Paddle writes Shape -> Cast -> Slice -> Cast -> Concat) become constants: an entry
+that copies dimension k of a tensor whose dimension k is the same (equal static size or equal symbolic
+name) as dimension p of the Reshape's data becomes 0 at position p ("copy this dimension", allowzero =
+0), a statically known one its value:
 
     Shape(s) ─ Gather(0) ─ Unsqueeze ─┐
                             [-1] ─────┴ Concat ─► Reshape(x, ·)    ==>   Reshape(x, [0, -1])
 
 so the Reshape runs on quantized data and the shape subgraph disappears.
+
+A last-axis Softmax that the opset-13 version converter spelled out as Flatten -> Softmax -> Reshape to
+the input's own shape is one Softmax again (opset 13 normalizes the given axis only, and on the last
+axis both forms compute the same):
+
+    x ── Flatten(axis r-1) ── Softmax(axis -1 or 1) ── Reshape(·, Shape(x))   ==>   x ── Softmax(axis -1)
+
+(also LogSoftmax and Hardmax), which keeps the shapes known to inference and the runtime's kernel one.
 """
 
 from __future__ import annotations
@@ -114,7 +123,27 @@ def _shape_entries(t: gs.Tensor) -> list | None:
         base = _shape_entries(prod.inputs[0])
         idx = const_values(prod.inputs[1]).reshape(-1)
         return None if base is None else [base[int(i)] for i in idx]
+    if prod.op == "Slice":
+        return _sliced(prod)
+    if prod.op == "Cast":        # Paddle: Shape -> Cast(int32) -> Slice -> Cast(int64); integer values kept
+        return _shape_entries(prod.inputs[0])
     return None
+
+
+def _sliced(node: gs.Node) -> list | None:
+    """Entries of Slice(shape entries, start, end) on axis 0 with step 1 (Paddle writes x.shape[0:2]
+    this way), Python's slice clamping being ONNX's."""
+    args = [t if t.name else None for t in node.inputs[1:]]
+    if len(args) < 2 or any(a is not None and not is_const(a) for a in args):
+        return None
+    vals = [None if a is None else [int(v) for v in const_values(a).reshape(-1)] for a in args]
+    starts, ends = vals[0], vals[1]
+    axes = vals[2] if len(vals) > 2 else None
+    steps = vals[3] if len(vals) > 3 else None
+    if len(starts) != 1 or len(ends) != 1 or axes not in (None, [0]) or steps not in (None, [1]):
+        return None
+    base = _shape_entries(node.inputs[0])
+    return None if base is None else base[starts[0]:ends[0]]
 
 
 def _scalar_entry(t: gs.Tensor):
@@ -161,5 +190,46 @@ def fold_shape_reshapes(graph: gs.Graph) -> int:
         if shape is None or sum(1 for v in shape if v == -1) > 1:
             continue
         node.inputs[1] = gs.Constant(f"{node.name}_shape", np.asarray(shape, np.int64))
+        folded += 1
+    return folded
+
+
+NORMALIZERS = ("Softmax", "LogSoftmax", "Hardmax")
+
+
+def _unflattened(node: gs.Node) -> tuple[gs.Node, gs.Tensor] | None:
+    """(Reshape, x) when `node` (a Softmax) reads Flatten(x, r-1) and feeds only Reshape(., Shape(x))."""
+    flat = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
+    if flat is None or flat.op != "Flatten" or len(node.inputs[0].outputs) != 1:
+        return None
+    x = flat.inputs[0]
+    rank = len(x.shape) if x.shape is not None else None
+    if rank is None or flat.attrs.get("axis", 1) % rank != rank - 1:
+        return None
+    if node.attrs.get("axis", -1) not in (1, -1):
+        return None
+    readers = node.outputs[0].outputs
+    if len(readers) != 1 or readers[0].op != "Reshape":
+        return None
+    target = readers[0].inputs[1].inputs[0] if readers[0].inputs[1].inputs else None
+    if target is None or target.op != "Shape" or target.inputs[0] is not x or target.attrs:
+        return None
+    return readers[0], x
+
+
+def fold_flattened_softmax(graph: gs.Graph) -> int:
+    """Flatten -> Softmax -> Reshape(Shape(x)) back to one last-axis Softmax (module docstring)."""
+    outputs = {id(t) for t in graph.outputs}
+    folded = 0
+    for node in [n for n in graph.nodes if n.op in NORMALIZERS]:
+        found = _unflattened(node)
+        if found is None or id(node.outputs[0]) in outputs:
+            continue
+        reshape, x = found
+        out = reshape.outputs[0]
+        reshape.outputs.clear()
+        node.outputs[0] = out
+        node.inputs[0] = x
+        node.attrs["axis"] = -1
         folded += 1
     return folded

@@ -23,6 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx_graphsurgeon as gs
+
+from dfq_onnx.core.graph_utils import is_float
+from dfq_onnx.core.outputs import producer_of
 
 MARGIN_CAP = 3.0
 RUN_CLASS, RUN_BACKGROUND = (1, 2), (1, 3)   # run lengths (inclusive) of target classes and background
@@ -36,6 +40,17 @@ class SequenceSpec:
     log_output: bool          # the output is a distribution: margins of log y
     sigma_ref: float
     background: int
+
+
+def sequence_output(graph: gs.Graph) -> gs.Tensor | None:
+    """The first float output when it is a per-position distribution or logits [N, T, C]: rank 3,
+    computed by a Softmax on its last axis, a LogSoftmax or a linear layer (`core.outputs`)."""
+    out = next((t for t in graph.outputs if is_float(t)), None)
+    if out is None or out.shape is None or len(out.shape) != 3:
+        return None
+    p = producer_of(out)
+    last = p.axis is None or p.axis == 2
+    return out if (p.role == "logits" or (p.role == "distribution" and last)) else None
 
 
 def is_distribution(y: np.ndarray) -> bool:
