@@ -127,14 +127,21 @@ def compile_all(configs: list[str], charset, args, work: Path) -> tuple[dict, di
     return paths, costs
 
 
-def tool_loss(work: Path, cfg: str) -> str:
-    report = work / f"{cfg}_rec.json"
-    if not report.is_file():
+def tool_loss(work: Path, cfg: str, configs: list[str]) -> str:
+    """The rec loss the tool predicts / measures for a plan, on its own scoring samples and metric: a
+    mixed plan's from its report; the uniform W8A8 plan's is the sensitivity table's base loss (every
+    group at W8A8) of a mixed compile, measured on the same samples."""
+    mixed = [c for c in configs if "avg" in c]
+    name = cfg if "avg" in cfg else (mixed[0] if cfg == "dfq" and mixed else None)
+    report = work / f"{name}_rec.json" if name else None
+    if report is None or not report.is_file():
         return "-"
-    alloc = json.loads(report.read_text()).get("notes", {}).get("allocation")
-    if not alloc:
-        return "-"
-    return f"{alloc['predicted_loss']:.4g} / {alloc['measured_loss']:.4g}"
+    notes = json.loads(report.read_text()).get("notes", {})
+    if cfg == "dfq":
+        sens = notes.get("sensitivity", {})
+        return f"- / {sens['base_loss']:.4g} ({sens.get('metric')})" if "base_loss" in sens else "-"
+    alloc = notes.get("allocation", {})
+    return f"{alloc['predicted_loss']:.4g} / {alloc['measured_loss']:.4g}" if alloc else "-"
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -210,7 +217,7 @@ def main() -> None:
 
 
 def report(configs, results, costs, lat, work) -> None:
-    rows = [[c, r["exact"], r["cer"], r["page_cer"], r["cls_acc"], tool_loss(work, c)]
+    rows = [[c, r["exact"], r["cer"], r["page_cer"], r["cls_acc"], tool_loss(work, c, configs)]
             for c, r in results.items()]
     print(markdown_table(["config", "rec line exact %", "rec CER %", "page CER %", "cls acc %",
                           "rec loss predicted / measured"], rows))
