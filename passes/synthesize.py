@@ -40,10 +40,12 @@ from dfq_onnx.core import cache
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
+from dfq_onnx.synth.augment import is_image_like
 from dfq_onnx.synth.compose import plan_pieces
 from dfq_onnx.synth.runner import build_objective, resolve_shapes, row_elements
-from dfq_onnx.synth.search import ESConfig, Stage, es_minimize, pink_noise, squash, stage_factors
+from dfq_onnx.synth.search import ESConfig, Stage, es_minimize, pink_noise, squash, stage_factors, unsquash
 from dfq_onnx.synth.sequence import sequence_output
+from dfq_onnx.synth.strokes import stroke_start
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +126,19 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     plan = plan_pieces(graph, kind, shapes)       # sequence outputs along an input axis: synth/compose.py
     search_graph, search_shapes = (plan.graph, plan.shapes) if plan else (graph, shapes)
     steps = budgeted_steps(options, row_elements(graph, shapes) // (plan.pieces if plan else 1))
-    key = {**_key(model_hash, options, kind, shapes, steps), "pieces": plan.pieces if plan else 1}
+    strokes = plan is not None and is_image_like((1, *shapes[plan.name]))   # line drawings: synth/strokes.py
+    key = {**_key(model_hash, options, kind, shapes, steps), "pieces": plan.pieces if plan else 1,
+           "start": "strokes" if strokes else "pink"}
     path = cache.cache_path("synthetic", key, options.cache_dir)
     use_cache = options.use_cache and bool(model_hash)      # no hash, no safe key
     if use_cache and (hit := _from_cache(path, shapes, start)) is not None:
         return hit
     rng = np.random.default_rng(options.seed)
     n = options.samples
-    latent = {name: pink_noise(rng, n, shape) for name, shape in search_shapes.items()}
+    if strokes:
+        latent = {k: unsquash(v) for k, v in plan.split(stroke_start(graph, plan, rng, n)).items()}
+    else:
+        latent = {name: pink_noise(rng, n, shape) for name, shape in search_shapes.items()}
     start_images = squash(latent)
     objective, runner = build_objective(kind, search_graph, bn_stats, search_shapes, start_images, rng)
     idx = np.arange(n)

@@ -117,3 +117,33 @@ def test_composed_search_returns_full_size_samples():
     opts = SynthesisOptions(samples=6, steps=6, objective="sequence", progress=False, use_cache=False)
     result = synthesize(wide.graph, wide.bn_stats, opts, "m", {"input": (1, 3, 4, 16)})
     assert result.inputs["input"].shape == (6, 3, 4, 16)
+
+
+def test_stroke_drawings():
+    from dfq_onnx.synth.strokes import read_scores, stroke_images
+
+    x = stroke_images(np.random.default_rng(0), 6, (3, 16, 64), axis=2)
+    assert x.shape == (6, 3, 16, 64) and x.dtype == np.float32
+    assert x.min() >= -1.0 and x.max() <= 1.0
+    ink = np.abs(x - np.median(x, axis=(1, 2, 3), keepdims=True)) > 0.1
+    assert 0.02 < ink.mean() < 0.6                 # strokes, not an empty page nor a filled one
+    np.testing.assert_array_equal(x, stroke_images(np.random.default_rng(0), 6, (3, 16, 64), axis=2))
+    tall = stroke_images(np.random.default_rng(0), 2, (1, 64, 16), axis=1)     # read top to bottom
+    assert tall.shape == (2, 1, 64, 16)
+    # reading scores: rows whose positions the non-background classes win with confidence rank first
+    y = np.full((3, 5, 4), 0.01)
+    y[:, :, 0] = 0.97                              # class 0 wins everywhere: the background
+    y[1, 1:4, 2], y[1, 1:4, 0] = 0.9, 0.08
+    y[2, 2, 3], y[2, 2, 0] = 0.6, 0.38
+    assert list(np.argsort(-read_scores(y))) == [1, 2, 0]
+
+
+def test_sequence_search_starts_from_drawings_on_image_recognizers():
+    model = builders.conv_sequence(h=8, w=None)
+    state = compile_state(model, [Normalize(), FoldBatchNorm()], input_shapes={"input": (1, 3, 8, 32)})
+    opts = SynthesisOptions(samples=4, steps=0, objective="sequence", progress=False, use_cache=False)
+    x = synthesize(state.graph, state.bn_stats, opts, "m", {"input": (1, 3, 8, 32)}).inputs["input"]
+    assert x.shape == (4, 3, 8, 32)
+    # drawings: channels equal up to a tint and noise, paper and ink levels far apart
+    assert np.abs(x - x.mean(axis=1, keepdims=True)).mean() < 0.1
+    assert (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3))).min() > 0.5

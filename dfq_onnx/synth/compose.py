@@ -44,6 +44,12 @@ class Composition:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {self.name: self.piece_shape}
 
+    def split(self, full: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Sample i's piece i mod R of full-size samples (the pieces a search starts from)."""
+        x = full[self.name]
+        parts = np.split(x, self.pieces, axis=self.axis)
+        return {self.name: np.stack([parts[i % self.pieces][i] for i in range(len(x))])}
+
     def compose(self, pieces: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = pieces[self.name]
         parts = [np.roll(x, -r, axis=0) for r in range(self.pieces)]
