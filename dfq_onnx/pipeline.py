@@ -5,8 +5,9 @@ from __future__ import annotations
 from dfq_onnx.allocation.problem import Budget
 from dfq_onnx.core.options import QuantizeOptions
 from dfq_onnx.core.pass_base import Pass
-from dfq_onnx.core.target import TargetProfile
+from dfq_onnx.core.target import FLOAT_BITS, TargetProfile
 from dfq_onnx.passes.absorb_bias import AbsorbHighBias
+from dfq_onnx.passes.act_precision import ChooseActivationPrecision
 from dfq_onnx.passes.allocate import AllocateBits
 from dfq_onnx.passes.analytic_ranges import AnalyticRanges
 from dfq_onnx.passes.bias_correction import CorrectBias
@@ -26,13 +27,18 @@ SCORE_SAMPLES = 256   # scoring samples for sensitivity (bounds its cost on larg
 
 
 def required_opset(target: TargetProfile, options: QuantizeOptions) -> int:
-    """Opset the encodings need: every legal candidate's types for a mixed plan, else the uniform pair."""
+    """Opset the encodings need: every legal candidate's types for a mixed plan, else the uniform pair;
+    and the activation choices' types when activation precision is a decision."""
     if options.mixed:
         pairs = [p for p in target.pairs if p[0] in options.score_bits or p[0] == target.default_weight_bits]
     else:
         pairs = [(options.weight_bits or target.default_weight_bits,
                   options.act_bits or target.default_act_bits)]
-    return target.opset_for([t for w, a in pairs for t in (target.weight_dtype(w), target.act_dtype(a))])
+    dtypes = [target.weight_dtype(w) for w, _ in pairs]
+    dtypes += [target.act_dtype(a) for _, a in pairs if a != FLOAT_BITS]
+    if options.act_bits is None:
+        dtypes += [target.act_dtype(a) for a in target.act_choices if a != FLOAT_BITS]
+    return target.opset_for(dtypes)
 
 
 def _synthesis(options: QuantizeOptions) -> Synthesize:
@@ -56,6 +62,11 @@ def _mixed(options: QuantizeOptions) -> list[Pass]:
                                                  latency_table=options.latency_table)]
 
 
+def _activations(options: QuantizeOptions) -> ChooseActivationPrecision:
+    return ChooseActivationPrecision(samples=SCORE_SAMPLES, metric=options.metric,
+                                     use_cache=options.use_cache, cache_dir=options.cache_dir)
+
+
 def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pass]:
     """The passes for `options`; CheckUsage runs the later passes' usage checks before any of them."""
     synthesize = options.calib == "synthetic" or (options.mixed and not options.calib.endswith(".npz"))
@@ -71,6 +82,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([AnalyticRanges()] if options.calib == "analytic" else []),
         Calibrate(),
         *(_mixed(options) if options.mixed else [UniformPlan()]),
+        *([_activations(options)] if not options.mixed and options.act_bits is None else []),
         *([CompensateDFMPC()] if options.dfmpc else []),
         *([CorrectBias()] if options.correct_bias else []),
         EmitQDQ(),

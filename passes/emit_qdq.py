@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from dfq_onnx.backends import act_precision
 from dfq_onnx.backends.qdq import (
     Encoding,
     activation_encoding,
@@ -47,22 +48,17 @@ def _fixed_encoding(state: CompileState, members: list[str], bits: int) -> Encod
 
 
 def tensor_bits(state: CompileState) -> dict[str, int]:
-    """Activation bits of each quantized tensor: its readers' group, else its producer's group."""
-    bits: dict[str, int] = {}
-    node_group = {}
-    for g in state.groups:
-        a = state.plan.bits[g.id][1]
-        for t in g.activations:
-            bits[t] = a
-        for op in g.ops:
-            node_group[op] = a
+    """Activation bits of each quantized tensor: the plan's activation group choice, else its readers'
+    group, else its producer's group (backends/act_precision.py)."""
     default = state.options.act_bits or state.target.default_act_bits
-    for t in state.spec.act_tensors:
-        if t not in bits:
-            tensor = state.graph.tensors().get(t)
-            prod = tensor.inputs[0] if tensor is not None and tensor.inputs else None
-            bits[t] = node_group.get(node_label(prod), default) if prod is not None else default
-    return bits
+    return act_precision.tensor_bits(state.graph, state.spec, state.groups, state.plan, state.act_groups,
+                                     default)
+
+
+def planned_spec(state: CompileState):
+    """The spec without the activation groups the plan leaves in float (no Q/DQ, Relu kept)."""
+    floats = act_precision.float_tensors(state.plan, state.act_groups)
+    return act_precision.without(state.spec, state.graph, floats)
 
 
 class EmitQDQ(Pass):
@@ -71,11 +67,11 @@ class EmitQDQ(Pass):
     name = "EmitQDQ"
 
     def run(self, state: CompileState) -> PassResult:
-        graph, spec = state.graph, state.spec
+        graph, spec = state.graph, planned_spec(state)
         if any(n.op == "QuantizeLinear" for n in graph.nodes):
             return PassResult(False, "already emitted")
         self._absorb_activations(graph, spec)
-        encodings = self._activation_encodings(state)
+        encodings = self._activation_encodings(state, spec)
         tensors = graph.tensors()
         shared: dict[str, tuple] = {}
         by_dq: dict[str, Encoding] = {}   # dequantized tensor name -> its encoding
@@ -127,8 +123,9 @@ class EmitQDQ(Pass):
             producer.outputs.append(out)
 
     @staticmethod
-    def _activation_encodings(state: CompileState) -> dict[str, Encoding]:
-        spec, bits = state.spec, tensor_bits(state)
+    def _activation_encodings(state: CompileState, spec=None) -> dict[str, Encoding]:
+        """Encoding of each quantized tensor of the plan (float groups have none)."""
+        spec, bits = spec or planned_spec(state), tensor_bits(state)
         classes: dict[str, list[str]] = {}
         for t in spec.act_tensors:
             classes.setdefault(spec.encoding_of[t], []).append(t)

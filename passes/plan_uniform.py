@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dfq_onnx.core.errors import TargetError
 from dfq_onnx.core.pass_base import Pass, PassResult
-from dfq_onnx.core.state import BitPlan, CompileState
+from dfq_onnx.core.state import FLOAT_BITS, BitPlan, CompileState
 
 
 class UniformPlan(Pass):
@@ -18,9 +18,17 @@ class UniformPlan(Pass):
         return opts.weight_bits or target.default_weight_bits, opts.act_bits or target.default_act_bits
 
     def check(self, state: CompileState) -> None:
-        """The pair is legal on the target and for every op of every group."""
+        """The pair is legal on the target and for every op of every group (float activations: the
+        target offers them and the weight bits have a type)."""
         target = state.target
         w, a = self._bits(state)
+        if a == FLOAT_BITS:
+            if FLOAT_BITS not in target.act_choices:
+                legal = list(target.act_choices) or [target.default_act_bits]
+                raise TargetError(f"--act-bits 32: target '{target.name}' has no float activations "
+                                  f"(activation choices: {legal})")
+            target.weight_dtype(w)
+            return
         target.check_pair(w, a)
         for g in state.groups:   # per-op narrowing ([candidates.ops])
             ops = [state.spec.layers[n].op for n in g.layers]
@@ -34,6 +42,8 @@ class UniformPlan(Pass):
         self.check(state)
         w, a = self._bits(state)
         state.plan = BitPlan.uniform(state.groups, w, a)
+        if a == FLOAT_BITS:   # every activation group float: weight-only quantization
+            state.plan = BitPlan(state.plan.bits, acts={ag.id: a for ag in state.act_groups})
         state.report.groups = [{"group": g.id, "layers": list(g.layers), "ops": list(g.ops),
                                 "activations": list(g.activations), "params": g.params,
                                 "weight_bits": w, "act_bits": a} for g in state.groups]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from dfq_onnx.backends.act_precision import build_act_groups
 from dfq_onnx.core.graph_utils import (
     const_values,
     is_const,
@@ -213,6 +214,7 @@ class FindQuantGroups(Pass):
         spec = build_spec(state.graph, state.target)
         state.spec = spec
         state.groups = build_groups(state.graph, spec)
+        state.act_groups = build_act_groups(state.graph, spec, state.target)
         n_w = sum(1 for s in spec.layers.values() if s.role == "weighted")
         return PassResult(False, f"{n_w} weighted + {len(spec.layers) - n_w} other quantized nodes, "
                                  f"{len(spec.act_tensors)} activations, {len(state.groups)} groups")

@@ -45,7 +45,8 @@ from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.core.outputs import output_producers
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
-from dfq_onnx.sensitivity.probe import Evaluator, Probe, build_probe
+from dfq_onnx.sensitivity.evaluator import Evaluator
+from dfq_onnx.sensitivity.probe import Probe, build_probe
 from dfq_onnx.sensitivity.table import METRICS, SensitivityTable, load_json, save_json_atomic, summary
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from dfq_onnx.core.errors import DfqError, PassError, UsageError
 from dfq_onnx.core.pass_base import run_passes
 from dfq_onnx.core.report import Report
 from dfq_onnx.core.state import BitPlan
-from dfq_onnx.sensitivity import probe
+from dfq_onnx.sensitivity import evaluator, probe
 from dfq_onnx.sensitivity.table import SensitivityTable, output_loss, resolve_metrics
 
 PROBED = ["conv_bn_relu_residual", "concat_branches", "conv_clip6", "gemm_bn", "matmul_bn", "shared_weight",
@@ -129,7 +129,7 @@ def test_pair_terms_of_independent_groups_vanish():
     assert set(near_pairs(state.graph, state.groups, hops=5)) == {(groups["a1"], groups["a2"]),
                                                                  (groups["b1"], groups["b2"])}
     samples = normal_feeds(_two_branches(), n=16, seed=6)
-    ev = probe.Evaluator(probe.Probe(_probe(state)), _fp32(state), samples, None, "mse")
+    ev = evaluator.Evaluator(probe.Probe(_probe(state)), _fp32(state), samples, None, "mse")
     a, b = groups["a2"], groups["b2"]
     terms = assemble(ev, [a, b], (4, 8), 8, [(a, b)], [4], 8, lam=0.0)
     single = terms["singles"][a][(4, 8)] + terms["singles"][b][(4, 8)]

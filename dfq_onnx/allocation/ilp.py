@@ -9,6 +9,7 @@ import time
 
 import pulp
 
+from dfq_onnx.allocation import act_problem
 from dfq_onnx.allocation.problem import (
     Allocation,
     Budget,
@@ -59,6 +60,10 @@ def solve(p: Problem, b: Budget, use_pairs: bool = True, time_limit: float = 30.
     loss = [p.loss[g][c] * x[g, c] for g in p.groups for c in p.candidates[g]]
     if use_pairs:
         loss += _pair_terms(prob, p, x)
+    z = None
+    if p.acts is not None and p.acts.groups:
+        terms, z = act_problem.add_to_model(prob, p.acts, x)
+        loss += terms
     for key, limit in limits(p, b).items():
         prob += pulp.lpSum(costs(p, g, c)[key] * x[g, c] for g in p.groups for c in p.candidates[g]) <= limit
     if max_loss is not None:
@@ -80,7 +85,9 @@ def solve(p: Problem, b: Budget, use_pairs: bool = True, time_limit: float = 30.
     choice = {g: next(c for c in p.candidates[g] if (x[g, c].value() or 0) > 0.5) for g in p.groups}
     hit_limit = seconds >= time_limit * 0.98   # solvers report their best plan as 'Optimal' at the limit
     status_name = "Optimal" if name == "Optimal" and not hit_limit else "Feasible (time limit)"
-    return Allocation(choice, predicted_loss(p, choice, use_pairs), status_name, seconds)
+    acts = act_problem.read_choice(p.acts, z) if z is not None else {}
+    loss = predicted_loss(p, choice, use_pairs) + (p.acts.predicted(acts) if acts else 0.0)
+    return Allocation(choice, loss, status_name, seconds, acts)
 
 
 def _pair_terms(prob, p: Problem, x) -> list:

@@ -39,6 +39,7 @@ class Problem:
     pairs: dict[tuple[str, str], dict[tuple[Cand, Cand], float]] = field(default_factory=dict)
     latency: dict[str, dict[Cand, float]] = field(default_factory=dict)
     ties: tuple[tuple[str, str], ...] = ()
+    acts: object | None = None       # activation decisions (allocation/act_problem.py ActChoices)
 
     def __post_init__(self):
         for g in self.groups:
@@ -67,6 +68,7 @@ class Allocation:
     predicted_loss: float
     status: str
     solver_seconds: float = 0.0
+    acts: dict[str, int] = field(default_factory=dict)   # activation group -> precision (decisions only)
 
 
 def costs(p: Problem, g: str, c: Cand) -> dict[str, float]:
@@ -135,8 +137,16 @@ def check_feasible(p: Problem, b: Budget) -> None:
                 f"{_describe(p, key, hi)}")
 
 
+def _act_options(p: Problem):
+    acts = p.acts
+    if acts is None:
+        return [{}]
+    return [dict(zip(acts.groups, combo)) for combo in itertools.product(*(acts.candidates[k]
+                                                                          for k in acts.groups))]
+
+
 def brute_force(p: Problem, b: Budget, use_pairs: bool = True) -> Allocation:
-    """Exhaustive search (tests and tiny problems only)."""
+    """Exhaustive search (tests and tiny problems only), activation decisions included."""
     lim = limits(p, b)
     best, best_loss = None, float("inf")
     for combo in itertools.product(*(p.candidates[g] for g in p.groups)):
@@ -146,9 +156,18 @@ def brute_force(p: Problem, b: Budget, use_pairs: bool = True) -> Allocation:
         used = plan_cost(p, choice)
         if any(used[k] > v + 1e-9 for k, v in lim.items()):
             continue
-        loss = predicted_loss(p, choice, use_pairs)
-        if loss < best_loss - 1e-12:
-            best, best_loss = choice, loss
+        for acts in _act_options(p):
+            if p.acts is not None and not _act_ok(p, choice, acts):
+                continue
+            loss = predicted_loss(p, choice, use_pairs) + (p.acts.predicted(acts) if acts else 0.0)
+            if loss < best_loss - 1e-12:
+                best, best_loss = (choice, acts), loss
     if best is None:
         raise InfeasibleBudgetError("no plan satisfies the budget")
-    return Allocation(best, best_loss, "Optimal")
+    return Allocation(best[0], best_loss, "Optimal", acts=best[1])
+
+
+def _act_ok(p: Problem, choice: dict[str, Cand], acts: dict[str, int]) -> bool:
+    if any(choice.get(g) == c and acts.get(k) == a for g, c, k, a in p.acts.illegal):
+        return False
+    return p.acts.allowance is None or p.acts.cost(acts) <= p.acts.allowance + 1e-9

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.numerics import SUPPORTED_BITS
+from dfq_onnx.core.target import FLOAT_BITS
 
 CALIB_MODES = ("synthetic", "noise", "analytic")
 ALLOCATORS = ("ilp-pairs", "ilp", "greedy", "uniform")
@@ -17,7 +18,8 @@ METRICS = ("auto", "kl", "ce", "mse", "sqnr", "cosine")
 @dataclass(frozen=True)
 class QuantizeOptions:
     weight_bits: int | None = None       # None: the target's default
-    act_bits: int | None = None
+    act_bits: int | None = None          # None: the target's default, or chosen per activation group
+                                         # where the target offers choices; 32: float (weight-only)
     calib: str = "synthetic"             # "synthetic" | "analytic" | "noise" | path to an .npz of inputs
     calib_samples: int = 64              # samples generated for noise calibration
     calib_batch: int | None = None       # rows per forward call; None: from the activation footprint
@@ -69,9 +71,11 @@ class QuantizeOptions:
     def __post_init__(self):
         for name in ("weight_bits", "act_bits"):
             value = getattr(self, name)
-            if value is not None and value not in SUPPORTED_BITS:
+            legal = SUPPORTED_BITS + ((FLOAT_BITS,) if name == "act_bits" else ())
+            if value is not None and value not in legal:
                 raise UsageError(f"--{name.replace('_', '-')} {value}: expected one of "
-                                 f"{', '.join(map(str, SUPPORTED_BITS))}")
+                                 f"{', '.join(map(str, legal))}" + (" (32: float activations)"
+                                                                    if name == "act_bits" else ""))
         if self.calib not in CALIB_MODES and not str(self.calib).endswith(".npz"):
             raise UsageError(f"--calib {self.calib}: expected 'synthetic', 'analytic', 'noise' or a path "
                              "to an .npz file")

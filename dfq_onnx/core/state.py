@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.core.options import QuantizeOptions
 from dfq_onnx.core.report import Report
-from dfq_onnx.core.target import TargetProfile
+from dfq_onnx.core.target import FLOAT_BITS, TargetProfile  # noqa: F401 (FLOAT_BITS: plan values)
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,30 @@ class QuantGroup:
 
 
 @dataclass(frozen=True)
+class ActGroup:
+    """Activation tensors sharing one encoding (a class of `QuantSpec.encoding_of`): one precision decision.
+
+    `readers` / `writers` are the quantized nodes reading / writing a member (a weighted layer whose
+    absorbed Relu writes a member counts as its writer); `elements` is the per-sample element count of
+    the members (0 when a shape is unknown); `choices` the precisions the target allows for it.
+    """
+
+    id: str
+    rep: str
+    tensors: tuple[str, ...]
+    readers: tuple[str, ...]
+    writers: tuple[str, ...]
+    elements: int
+    choices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class BitPlan:
-    """Group id -> (weight bits, activation bits)."""
+    """Group id -> (weight bits, activation bits); `acts`: activation group id -> its own precision
+    (FLOAT_BITS = float), overriding the activation bits of the group that reads it."""
 
     bits: dict[str, tuple[int, int]]
+    acts: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def uniform(cls, groups, w_bits: int, a_bits: int) -> "BitPlan":
@@ -68,6 +88,7 @@ class CompileState:
     ranges: dict[str, Range] = field(default_factory=dict)
     spec: "QuantSpec | None" = None
     groups: list[QuantGroup] = field(default_factory=list)
+    act_groups: list[ActGroup] = field(default_factory=list)   # FindQuantGroups: one per encoding class
     plan: BitPlan | None = None
     synthetic: object | None = None    # SynthesisResult of the Synthesize pass (samples, labels, losses)
     sensitivity: object | None = None  # SensitivityTable of the ScoreSensitivity pass

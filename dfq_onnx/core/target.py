@@ -19,13 +19,16 @@ except ModuleNotFoundError:  # Python 3.10
 
 from dfq_onnx.core.errors import TargetError
 
+FLOAT_BITS = 32   # activation "bits" of a tensor left in float (no Q/DQ): W8A32 is weight-only quantization
+
 ROLES = ("weighted", "elementwise", "passthrough", "activation")
 DTYPE_NAMES = ("int4", "uint4", "int8", "uint8", "int16", "uint16")
 _TOP = {"name", "description", "min_opset", "default_weight_bits", "default_act_bits",
         "quantize_graph_outputs", "activation", "weight", "bias", "opset", "candidates", "ops",
         "placement", "fixed_outputs", "latency"}
 _SECTIONS = {
-    "activation": {"symmetric", "dtypes", "fuse_relu"},
+    "activation": {"symmetric", "dtypes", "fuse_relu", "choices", "element_cost", "float_output_ops",
+                   "cost_allowance"},
     "weight": {"symmetric", "per_channel", "narrow_range", "dtypes", "blocked"},
     "bias": {"mode"},
     "candidates": {"pairs", "integer_kernels", "cost", "ops"},
@@ -66,6 +69,10 @@ class TargetProfile:
     fixed_outputs: Mapping[str, tuple[float, float]] = field(default_factory=dict)   # op -> (min, span)
     op_pairs: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     runtime: str = "none"                          # runtime that profile-target measures with
+    act_choices: tuple[int, ...] = ()              # per-activation-group precisions (32 = float), () = none
+    act_element_cost: Mapping[int, float] = field(default_factory=dict)   # extra cost per element at bits
+    float_output_ops: tuple[str, ...] = ()         # weighted ops keeping an integer kernel, float output
+    act_cost_allowance: float = 0.0                # default plan: extra activation cost / all-base cost
 
     def role(self, op_type: str) -> str | None:
         return self.ops.get(op_type)
@@ -201,7 +208,40 @@ def _build(data: dict, source: str) -> TargetProfile:
         fixed_outputs=_fixed_outputs(source, ops, data.get("fixed_outputs", {})),
         op_pairs=_op_pairs(source, ops, pairs, cand.get("ops", {})),
         runtime=runtime,
+        **_act_choices(source, ops, act, int(data.get("default_act_bits", 8))),
     )
+
+
+def _act_choices(source: str, ops: dict, act: dict, default: int) -> dict:
+    """[activation] choices / element_cost / float_output_ops: the activation-precision decision."""
+    where = f"{source} [activation]"
+    choices = act.get("choices", [])
+    if not isinstance(choices, list) or not all(isinstance(c, int) for c in choices):
+        raise TargetError(f"{where} choices: expected a list of bit-widths like [8, 16, 32] (32 = float)")
+    dtypes = {int(k) for k in act.get("dtypes", {8: "uint8"})}
+    bad = [c for c in choices if c != FLOAT_BITS and c not in dtypes]
+    if bad:
+        raise TargetError(f"{where} choices: {bad[0]} has no type in [activation] dtypes (or use 32 = float)")
+    if choices and default not in choices:
+        raise TargetError(f"{where} choices: must contain default_act_bits {default}")
+    cost = act.get("element_cost", {})
+    if not isinstance(cost, dict):
+        raise TargetError(f"{where} element_cost: expected a table like {{ 16 = 0.5 }}")
+    try:
+        cost = {int(k): float(v) for k, v in cost.items()}
+    except ValueError:
+        raise TargetError(f"{where} element_cost: keys must be bit-widths, values numbers") from None
+    if any(k not in choices for k in cost):
+        raise TargetError(f"{where} element_cost: {sorted(set(cost) - set(choices))[0]} is not in choices")
+    outs = act.get("float_output_ops", [])
+    if not isinstance(outs, list) or any(op not in ops for op in outs):
+        raise TargetError(f"{where} float_output_ops: expected a list of op types listed in [ops]")
+    allowance = act.get("cost_allowance", 0.0)
+    if not isinstance(allowance, (int, float)) or allowance < 0:
+        raise TargetError(f"{where} cost_allowance: expected a non-negative number (a share of the "
+                          "all-default-bits plan's cost)")
+    return {"act_choices": tuple(sorted(set(choices))), "act_element_cost": MappingProxyType(cost),
+            "float_output_ops": tuple(str(o) for o in outs), "act_cost_allowance": float(allowance)}
 
 
 def _op_list(source: str, ops: dict, names) -> tuple[str, ...]:

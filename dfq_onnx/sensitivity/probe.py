@@ -38,13 +38,14 @@ is refused (score fewer candidates).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from dfq_onnx.backends.act_precision import without
 from dfq_onnx.backends.qdq import (
     Encoding,
     activation_encoding,
@@ -55,8 +56,8 @@ from dfq_onnx.backends.qdq import (
 from dfq_onnx.core import ir, numerics
 from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.graph_utils import const_values, node_label
-from dfq_onnx.core.state import QuantGroup, QuantSpec, Range
-from dfq_onnx.sensitivity.table import resolve_metrics, total_loss
+from dfq_onnx.core.state import ActGroup, QuantGroup, QuantSpec, Range
+from dfq_onnx.sensitivity.act_switch import insert_act_switches, select_input
 
 log = logging.getLogger(__name__)
 
@@ -179,13 +180,8 @@ def _select_weights(graph: gs.Graph, spec: QuantSpec, groups, bits: tuple[int, .
     for group in groups:
         if not group.layers:
             continue
-        select = gs.Variable(f"select_{group.id}", dtype=np.int64, shape=[])
-        graph.inputs.append(select)
+        select, conds = select_input(graph, group.id, len(bits) + 1)
         selects[group.id] = select.name
-        conds = [gs.Variable(f"select_{group.id}_is{k}", dtype=np.bool_, shape=[]) for k in range(len(bits))]
-        for k, cond in enumerate(conds):
-            graph.nodes.append(gs.Node("Equal", name=f"{cond.name}_Equal", outputs=[cond], inputs=[
-                select, gs.Constant(f"{cond.name}_slot", np.array(k, np.int64))]))
         for name in group.layers:
             node, layer = nodes[name], spec.layers[name]
             b = const_values(node.inputs[2]).astype(np.float32) if layer.bias else None
@@ -202,6 +198,27 @@ def _select_weights(graph: gs.Graph, spec: QuantSpec, groups, bits: tuple[int, .
     return selects
 
 
+def _fix_weights(graph: gs.Graph, spec: QuantSpec, bits: int, x_enc: Mapping[str, Encoding], target) -> None:
+    """Every weighted layer's weight (and bias) replaced by Emit's values at `bits`, as constants (the
+    activation probe measures its groups with the weights the plan will have)."""
+    nodes = {node_label(n): n for n in graph.nodes}
+    done: dict[str, gs.Constant] = {}
+    for name, layer in spec.layers.items():
+        if layer.role != "weighted" or name not in nodes:
+            continue
+        node = nodes[name]
+        b = const_values(node.inputs[2]).astype(np.float32) if layer.bias else None
+        enc = x_enc.get(node.inputs[0].name)
+        w_hat, b_hat = emitted_weight(const_values(node.inputs[1]).astype(np.float32), b,
+                                      None if enc is None else float(enc.scale), bits, layer.axis, target)
+        if layer.weight not in done:
+            done[layer.weight] = gs.Constant(f"{layer.weight}_w{bits}",
+                                             np.ascontiguousarray(w_hat, np.float32))
+        node.inputs[1] = done[layer.weight]
+        if layer.bias is not None:
+            node.inputs[2] = gs.Constant(f"{name}_b{bits}", np.ascontiguousarray(b_hat, np.float32))
+
+
 @dataclass(frozen=True)
 class ProbeModel:
     model: object                    # onnx.ModelProto
@@ -209,31 +226,71 @@ class ProbeModel:
     selects: dict[str, str]          # group id -> its int64 select input
     inputs: tuple[str, ...]          # the model's data inputs
     graph: gs.Graph | None = None        # the probe as a gs graph (for dfq_onnx.sensitivity.segments)
-    fast_graph: gs.Graph | None = None   # the same before switching: FP32 weights, activation Q/DQ
+    fast_graph: gs.Graph | None = None   # the same before switching: FP32 weights, switched activations float
     layer_group: dict | None = None      # weighted layer -> group id
+    act_bits: tuple[int, ...] = ()       # activation bits of slots 1..K of the activation switches (0: float)
+    act_selects: dict = field(default_factory=dict)   # activation group id -> its select input
+    attached: dict = field(default_factory=dict)      # node label -> activation switch nodes of its segment
+    act_units: dict = field(default_factory=dict)     # node label -> activation group ids it carries
+
+    @property
+    def units(self) -> dict[str, tuple[str, ...]]:
+        """Node label -> the group ids (weights and activations) whose select it reads (segments.py)."""
+        out = {layer: (g,) for layer, g in (self.layer_group or {}).items()}
+        for label, ids in self.act_units.items():
+            out[label] = tuple(dict.fromkeys(out.get(label, ()) + tuple(ids)))
+        return out
+
+
+def group_encodings(act_groups, ranges: Mapping[str, Range], target, bits) -> dict:
+    """Activation group id -> {bits: Encoding of the union of its members' ranges} (as EmitQDQ)."""
+    out = {}
+    for ag in act_groups:
+        missing = [t for t in ag.tensors if t not in ranges]
+        if missing:
+            raise UnsupportedModelError(f"no activation range for tensor '{missing[0]}'")
+        lo, hi = min(ranges[t].lo for t in ag.tensors), max(ranges[t].hi for t in ag.tensors)
+        out[ag.id] = {b: activation_encoding(target, lo, hi, b) for b in bits}
+    return out
 
 
 def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], ranges: Mapping[str, Range],
                 target, weight_bits: tuple[int, ...], act_bits: int,
                 quantize_activations: bool = True,
-                input_means: Mapping[str, tuple] | None = None) -> ProbeModel:
-    """The probe model for `weight_bits` candidates (see the module docstring); `graph` is untouched."""
+                input_means: Mapping[str, tuple] | None = None,
+                act_groups: tuple[ActGroup, ...] = (), act_choices: tuple[int, ...] = (),
+                fixed_weight_bits: int | None = None) -> ProbeModel:
+    """The probe model for `weight_bits` candidates (see the module docstring); `graph` is untouched.
+    `act_groups` get activation switches over float and `act_choices` (dfq_onnx.sensitivity.act_switch)
+    instead of fixed Q/DQ; they are float in the fast twin. `fixed_weight_bits`: every weight is Emit's at
+    those bits (constants; give no `groups` then)."""
     g = ir.copy_graph(graph)
     inputs = tuple(t.name for t in g.inputs)
     by_dq: dict[str, Encoding] = {}
+    fixed = without(spec, g, {t for ag in act_groups for t in ag.tensors}, consts=False)
+    encs = group_encodings(act_groups, ranges, target, act_choices) if act_groups else {}
+    if fixed_weight_bits is not None:   # weights see the base encodings of their inputs (int32 bias)
+        _fix_weights(g, spec, fixed_weight_bits, activation_encodings(spec, ranges, target, act_bits), target)
     if quantize_activations:
-        encodings = activation_encodings(spec, ranges, target, act_bits)
-        by_dq = _quantize_activations(g, spec, encodings, target)
+        encodings = activation_encodings(fixed, ranges, target, act_bits)
+        by_dq = _quantize_activations(g, fixed, encodings, target)
     fast = ir.copy_graph(g).cleanup().toposort()
+    act = ({}, {}, {})
+    if act_groups:
+        *act, reads = insert_act_switches(g, list(act_groups), encs, tuple(act_choices))
+        by_dq.update({reads[t]: encs[ag.id][act_bits] for ag in act_groups for t in ag.tensors
+                      if act_bits in encs[ag.id]})   # int32 biases at the base activation scale
     selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target, input_means)
     g.cleanup().toposort()
     model = ir.to_model(g, ir_version=ir.min_ir_version(g.opset))
     if model.ByteSize() > ir.TWO_GB:
         raise UnsupportedModelError(f"the probe model ({model.ByteSize() / 2**30:.1f} GB) exceeds 2 GB; "
                                     "score fewer weight candidates")
-    log.debug("probe: %d groups, %d nodes, %.1f MB", len(selects), len(g.nodes), model.ByteSize() / 2**20)
+    log.debug("probe: %d groups, %d activation switches, %d nodes, %.1f MB", len(selects), len(act[0]),
+              len(g.nodes), model.ByteSize() / 2**20)
     layer_group = {layer: grp.id for grp in groups for layer in grp.layers}
-    return ProbeModel(model, tuple(weight_bits), selects, inputs, g, fast, layer_group)
+    return ProbeModel(model, tuple(weight_bits), selects, inputs, g, fast, layer_group,
+                      tuple(act_choices) if act_groups else (), *act)
 
 
 def session(model, optimize: bool = True, threads: int = 0,
@@ -261,22 +318,33 @@ def session(model, optimize: bool = True, threads: int = 0,
 class Probe:
     """One session over a ProbeModel; `run(config, feeds)` evaluates a configuration.
 
-    A configuration maps group id -> weight bits (one of `bits`) or None (FP32); absent groups are FP32.
+    A configuration maps group id -> weight bits (one of `bits`) or None (FP32), and activation group id ->
+    activation bits (one of `act_bits`) or None (float); absent groups are FP32 / float.
     """
 
     def __init__(self, probe: ProbeModel, optimize: bool = True, threads: int = 0, segmented: bool = False,
                  samples: int | None = None):
-        self.probe = probe
-        self.session = session(probe.model, optimize, threads)
+        self.probe, self._optimize, self._threads = probe, optimize, threads
+        self._session = None
         self.slot = {FP32: 0, **{b: i + 1 for i, b in enumerate(probe.bits)}}
+        self.act_slot = {FP32: 0, **{b: i + 1 for i, b in enumerate(probe.act_bits)}}
+        self.selects = {**probe.selects, **probe.act_selects}
         self.runner = None
         if segmented and probe.graph is not None:
             from dfq_onnx.sensitivity.segments import CACHE_BYTES, SegmentedRunner
 
             bound = None if samples is None else CACHE_BYTES // 4 // max(samples, 1)
             self.runner = SegmentedRunner(
-                probe.graph, probe.fast_graph, probe.layer_group, probe.selects, probe.inputs,
-                lambda m: session(m, optimize, threads, fuse_qdq=False), max_cache_elements=bound)
+                probe.graph, probe.fast_graph, probe.units, self.selects, probe.inputs,
+                lambda m: session(m, optimize, threads, fuse_qdq=False), max_cache_elements=bound,
+                attached=probe.attached)
+
+    @property
+    def session(self):
+        """The whole probe's session, built on first use (a segmented scorer may never need it)."""
+        if self._session is None:
+            self._session = session(self.probe.model, self._optimize, self._threads)
+        return self._session
 
     def run_batch(self, config: Mapping[str, int | None], feeds: dict[str, np.ndarray],
                   key=None) -> list[np.ndarray]:
@@ -286,84 +354,22 @@ class Probe:
         if self.runner is None or key is None:
             return self.session.run(None, {**feeds, **select})
         changed = {g for g, b in config.items() if b is not FP32}
-        by_group = {g: select[name] for g, name in self.probe.selects.items()}
+        by_group = {g: select[name] for g, name in self.selects.items()}
         return self.runner.run(key, feeds, by_group, changed)
 
     def select_feeds(self, config: Mapping[str, int | None]) -> dict[str, np.ndarray]:
-        unknown = sorted(set(config) - set(self.probe.selects))
+        unknown = sorted(set(config) - set(self.selects))
         if unknown:
-            raise UnsupportedModelError(f"group '{unknown[0]}' has no weights in the probe model")
-        bad = [b for b in config.values() if b not in self.slot]
-        if bad:
-            raise UnsupportedModelError(f"weight bits {bad[0]} not among the probe's candidates "
-                                        f"{self.probe.bits}")
-        return {name: np.array(self.slot[config.get(g)], np.int64) for g, name in self.probe.selects.items()}
+            raise UnsupportedModelError(f"group '{unknown[0]}' has no switch in the probe model")
+        for g, b in config.items():
+            slots, bits = ((self.slot, self.probe.bits) if g in self.probe.selects
+                           else (self.act_slot, self.probe.act_bits))
+            if b not in slots:
+                raise UnsupportedModelError(f"group '{g}': bits {b} not among the probe's candidates {bits}")
+        feeds = {name: np.array(self.slot[config.get(g)], np.int64) for g, name in self.probe.selects.items()}
+        feeds.update({name: np.array(self.act_slot[config.get(g)], np.int64)
+                      for g, name in self.probe.act_selects.items()})
+        return feeds
 
     def run(self, config: Mapping[str, int | None], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, {**feeds, **self.select_feeds(config)})
-
-
-class Evaluator:
-    """Loss of configurations at the model output: on all samples and on two half-batches.
-
-    The FP32 reference outputs are computed once (one plain forward pass) and kept; each distinct
-    configuration is run once (memoized). `loss(config)` returns [all, even rows, odd rows] of the loss
-    vs the FP32 model; `relative(config)` the same vs the probe's own outputs with every weight FP32
-    (activations still quantized): the damage the weights add on top of activation quantization. That
-    one is >= 0 for kl/mse/sqnr and has no cross term with the activation noise (which averages to 0 but
-    makes small vs-FP32 differences noisy, often negative), so the scorer builds its terms from it.
-    """
-
-    def __init__(self, probe: Probe, reference_model, samples: dict[str, np.ndarray],
-                 labels: np.ndarray | None, metric: str, batch: int | None = None,
-                 producers: dict | None = None):
-        self.probe, self.samples, self.labels = probe, samples, labels
-        self.n = len(next(iter(samples.values())))
-        self.batch = batch or self.n
-        self.evaluations = self.forward_passes = 0
-        ref = session(reference_model)
-        self.reference = self._forward(lambda feeds, _key: ref.run(None, feeds))
-        names = [o.name for o in probe.session.get_outputs()]
-        self.kinds = resolve_metrics(metric, self.reference, labels, names, producers)
-        self.halves = (np.arange(0, self.n, 2), np.arange(1, self.n, 2))
-        self._memo: dict[frozenset, np.ndarray] = {}
-        self._relative: dict[frozenset, np.ndarray] = {}
-        self._base: list[np.ndarray] | None = None
-
-    def _forward(self, run) -> list[np.ndarray]:
-        outs: list[list[np.ndarray]] = []
-        for start in range(0, self.n, self.batch):
-            res = run({k: v[start:start + self.batch] for k, v in self.samples.items()}, start)
-            self.forward_passes += 1
-            outs = outs or [[] for _ in res]
-            for acc, r in zip(outs, res):
-                acc.append(r)
-        return [np.concatenate(a, axis=0) for a in outs]
-
-    def loss(self, config: Mapping[str, int | None]) -> np.ndarray:
-        key = frozenset((g, b) for g, b in config.items() if b is not FP32)
-        if key not in self._memo:
-            if key and self._base is None:
-                self.loss({})
-            outs = self.outputs(config)
-            self.evaluations += 1
-            if not key:
-                self._base = outs
-            rows = (None, *self.halves)
-            self._memo[key] = np.array([total_loss(self.kinds, self.reference, outs, self.labels, r)
-                                        for r in rows])
-            self._relative[key] = np.array([total_loss(self.kinds, self._base, outs, self.labels, r)
-                                            for r in rows])
-        return self._memo[key]
-
-    def outputs(self, config: Mapping[str, int | None]) -> list[np.ndarray]:
-        """The probe's outputs for `config` on all samples (one forward pass per batch, not memoized)."""
-        return self._forward(lambda feeds, key: self.probe.run_batch(config, feeds, key))
-
-    def relative(self, config: Mapping[str, int | None]) -> np.ndarray:
-        """Like `loss`, against the all-FP32-weights probe outputs instead of the FP32 model."""
-        self.loss(config)
-        return self._relative[frozenset((g, b) for g, b in config.items() if b is not FP32)]
-
-    def seen(self, config: Mapping[str, int | None]) -> bool:
-        return frozenset((g, b) for g, b in config.items() if b is not FP32) in self._memo

@@ -29,6 +29,7 @@ once more in the fast halves (FP32 weights).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
@@ -73,11 +74,18 @@ def choose_cuts(nodes: list[gs.Node], weighted: set[str], inputs: set[str], max_
     n_weighted = sum(node_label(n) in weighted for n in nodes)
     if n_weighted < 2 or max_segments < 2:
         return []
-    least = min((len(s) for s in live[1:]), default=0)
-    candidates = [i for i in range(1, len(nodes)) if 0 < len(live[i]) <= max(least, 1)]
+    counts = np.cumsum([node_label(n) in weighted for n in nodes])   # weighted layers in nodes[:i+1]
+    # cut between the first and the last weighted layer where the fewest tensors cross, not counting
+    # those crossing most of that span (a transformer's float attention mask crosses with its residual
+    # stream at every layer boundary)
+    interior = [i for i in range(1, len(nodes)) if 0 < counts[i - 1] < n_weighted]
+    crossing = Counter(t for i in interior for t in live[i])
+    long = {t for t, c in crossing.items() if 2 * c > len(interior)}
+    width = {i: sum(t not in long for t in live[i]) for i in interior}
+    least = min(width.values(), default=0)
+    candidates = [i for i in interior if live[i] and width[i] <= max(least, 1)]
     per = n_weighted / min(max_segments, n_weighted)
     cuts, seen, total = [], 0, 0
-    counts = np.cumsum([node_label(n) in weighted for n in nodes])   # weighted layers in nodes[:i+1]
     for i in candidates:
         done = int(counts[i - 1])
         if done - seen >= per - 1e-9 and done < n_weighted:
@@ -93,24 +101,31 @@ class SegmentedRunner:
     """Runs configurations of a switch probe from the first changed segment (see the module docstring).
 
     `probe_graph` is the probe's gs graph (switch nodes named `<layer>_switch0`, Equal nodes named
-    `select_<group>_is<k>_Equal`), `fast_graph` the same graph before switching (FP32 weights);
-    `layer_group` maps weighted layer -> group id, `selects` group id -> select input name.
+    `select_<group>_is<k>_Equal`, activation switches listed in `attached` by the node whose segment they
+    belong to), `fast_graph` the same graph before switching (FP32 weights, switched activations float);
+    `units` maps node label -> the group ids whose select it reads (a weighted layer its group, the
+    producer of a switched activation its activation group), `selects` group id -> select input name.
     """
 
-    def __init__(self, probe_graph: gs.Graph, fast_graph: gs.Graph, layer_group: Mapping[str, str],
+    def __init__(self, probe_graph: gs.Graph, fast_graph: gs.Graph, units: Mapping[str, tuple[str, ...]],
                  selects: Mapping[str, str], data_inputs: tuple[str, ...], session_factory,
-                 max_segments: int = 12, max_cache_elements: int | None = None):
+                 max_segments: int = 12, max_cache_elements: int | None = None,
+                 attached: Mapping[str, list[str]] | None = None):
+        units = {k: (v,) if isinstance(v, str) else tuple(v) for k, v in units.items()}
+        attached = attached or {}
         fast_nodes = list(fast_graph.nodes)
         minor = {n for n, t in fast_graph.tensors().items()
                  if t.dtype is not None and not np.issubdtype(np.dtype(t.dtype), np.floating)}
+        minor |= _constant_tensors(fast_nodes)
         live = _live_sets(fast_nodes, set(data_inputs))
-        cuts = choose_cuts(fast_nodes, set(layer_group), set(data_inputs), max_segments,
+        cuts = choose_cuts(fast_nodes, set(units), set(data_inputs), max_segments,
                            _sizes(fast_graph), max_cache_elements, minor, live)
         bounds = [0, *cuts, len(fast_nodes)]
         self.outputs = [t.name for t in fast_graph.outputs]
         self.data_inputs, self.selects = data_inputs, dict(selects)
         self.segments = []
         probe_nodes = {node_label(n): n for n in probe_graph.nodes}
+        order = {id(n): i for i, n in enumerate(probe_graph.nodes)}   # the probe graph is toposorted
         ptensors, ftensors = probe_graph.tensors(), fast_graph.tensors()
         for a, b in zip(bounds, bounds[1:]):
             chunk = fast_nodes[a:b]
@@ -119,14 +134,16 @@ class SegmentedRunner:
             outs = [*(live[b] if b < len(fast_nodes) else []),
                     *(t for t in self.outputs if any(o.name == t for n in chunk for o in n.outputs))]
             outs = list(dict.fromkeys(outs))
-            layers = [node_label(n) for n in chunk if node_label(n) in layer_group]
-            groups = sorted({layer_group[layer] for layer in layers})
+            groups = sorted({g for n in chunk for g in units.get(node_label(n), ())})
             fast = _subgraph(chunk, ins, outs, ftensors, fast_graph.opset)
             pchunk = [probe_nodes.get(f"{node_label(n)}_switch0", probe_nodes.get(node_label(n)))
                       for n in chunk]
+            pchunk += [probe_nodes[x] for x in dict.fromkeys(x for n in chunk
+                                                              for x in attached.get(node_label(n), ()))]
             prefixes = tuple(f"{selects[g]}_is" for g in groups)
             equal = [n for n in probe_graph.nodes if n.op == "Equal" and n.name.startswith(prefixes)]
-            probe = _subgraph(equal + pchunk, ins + [selects[g] for g in groups], outs, ptensors,
+            pchunk = sorted(equal + pchunk, key=lambda n: order[id(n)])
+            probe = _subgraph(pchunk, ins + [selects[g] for g in groups], outs, ptensors,
                               probe_graph.opset) if groups else None
             self.segments.append({"inputs": ins, "outputs": outs, "groups": set(groups),
                                   "fast": session_factory(fast),
@@ -166,6 +183,16 @@ class SegmentedRunner:
         for seg in self.segments[first:]:
             self._run_segment(seg, env, select if seg["groups"] & changed else None)
         return [env[t] for t in self.outputs]
+
+
+def _constant_tensors(nodes: list[gs.Node]) -> set[str]:
+    """Outputs of nodes computed from constants only (DequantizeLinear of a quantized constant input):
+    a topological order may hoist them anywhere, so they cross cuts without carrying activations."""
+    out: set[str] = set()
+    for n in nodes:
+        if n.inputs and all(isinstance(t, gs.Constant) or t.name in out or not t.name for t in n.inputs):
+            out.update(t.name for t in n.outputs)
+    return out
 
 
 def _sizes(graph: gs.Graph) -> dict[str, int]:

@@ -1,0 +1,129 @@
+"""Tiny graphs with an activation outlier, for the activation-precision decision (passes/act_precision.py).
+
+``outlier_attention``: a pre-LN transformer block whose FFN output carries one channel `scale` times
+larger than the others (the residual-stream outliers of BERT-family encoders)::
+
+    input ─┬─ ln1 ─┬─ q ─ q_add ─────────────────┐
+           │       ├─ k ─ k_add ─ kT ─── scores ─┴─ scaled ─ softmax ─ ctx ─ o ─ o_add ─┐
+           │       └─ v ─ v_add ──────────────────────────────────────┘                 │
+           └──────────────────────────────────────────────────────────────────── res1 (Add)
+                                                                                         │
+           ┌─────────────────────────────────────────────────────────────────────────────┤
+           └─ ln2 ─ f1 ─ f1_add ─ relu ─ f2 (one output channel x scale) ─ f2_add ─ res2 ─ output
+
+``outlier_residual``: a residual CNN whose first block's second conv ("conv2") writes one output channel
+`scale` times larger; the residual sum ("add") carries it to a depthwise conv ("dw") whose filter on that
+channel is `scale` times smaller (a normalization folded into the next layer, as BN folding leaves it),
+then normal residual blocks and a plain branch concatenated before the head::
+
+    input ─ conv1 ─ relu1 ─┬─ b0a ─ relu ─ conv2 (x scale on channel 0) ─ add ─ relu ─ dw (/ scale) ─ relu
+                           ├──────────────────────────────────────────────┘
+                           │    ─ pw ─ relu ─ [residual blocks 1 .. blocks-1] ─┐
+                           └─ conv3 ─ relu3 ──────────────────────────────── concat ─ gap ─ flatten ─ fc
+
+Both pass the ONNX checker and run in ONNX Runtime (opset 17, LayerNormalization).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from dfq_onnx.models.builders import _init, _model, _vi
+from onnx import helper
+
+__all__ = ["outlier_attention", "outlier_residual"]
+
+
+def _mm(name: str, x: str, rng, k: int, n: int, inits: list, nodes: list, bias: bool = True,
+        col_scale: np.ndarray | None = None) -> str:
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    if col_scale is not None:
+        w = w * col_scale
+    inits.append(_init(f"{name}.weight", w))
+    nodes.append(helper.make_node("MatMul", [x, f"{name}.weight"], [f"{name}_out"], name=name))
+    if not bias:
+        return f"{name}_out"
+    inits.append(_init(f"{name}.bias", rng.normal(0, 0.1, n).astype(np.float32)))
+    nodes.append(helper.make_node("Add", [f"{name}_out", f"{name}.bias"], [f"{name}_add_out"],
+                                  name=f"{name}_add"))
+    return f"{name}_add_out"
+
+
+def _ln(name: str, x: str, d: int, inits: list, nodes: list) -> str:
+    inits += [_init(f"{name}.gamma", np.ones(d, np.float32)), _init(f"{name}.beta", np.zeros(d, np.float32))]
+    nodes.append(helper.make_node("LayerNormalization", [x, f"{name}.gamma", f"{name}.beta"], [f"{name}_out"],
+                                  name=name, axis=-1, epsilon=1e-5))
+    return f"{name}_out"
+
+
+def outlier_attention(seq: int = 8, d: int = 16, ffn: int = 32, scale: float = 100.0,
+                      seed: int = 0) -> onnx.ModelProto:
+    """The pre-LN block of the module docstring; input and output [N, seq, d]."""
+    rng = np.random.default_rng(seed)
+    inits: list = [_init("scale", np.array(1.0 / np.sqrt(d), np.float32))]
+    nodes: list = []
+    h = _ln("ln1", "input", d, inits, nodes)
+    q, k, v = (_mm(n, h, rng, d, d, inits, nodes) for n in ("q", "k", "v"))
+    nodes += [helper.make_node("Transpose", [k], ["kT_out"], name="kT", perm=[0, 2, 1]),
+              helper.make_node("MatMul", [q, "kT_out"], ["scores_out"], name="scores"),
+              helper.make_node("Mul", ["scores_out", "scale"], ["scaled_out"], name="scaled"),
+              helper.make_node("Softmax", ["scaled_out"], ["probs_out"], name="softmax", axis=-1),
+              helper.make_node("MatMul", ["probs_out", v], ["ctx_out"], name="ctx")]
+    o = _mm("o", "ctx_out", rng, d, d, inits, nodes)
+    nodes.append(helper.make_node("Add", ["input", o], ["res1_out"], name="res1"))
+    f = _mm("f1", _ln("ln2", "res1_out", d, inits, nodes), rng, d, ffn, inits, nodes)
+    nodes.append(helper.make_node("Relu", [f], ["relu_out"], name="relu"))
+    col = np.ones(d, np.float32)
+    col[0] = scale
+    f2 = _mm("f2", "relu_out", rng, ffn, d, inits, nodes, col_scale=col)
+    nodes.append(helper.make_node("Add", ["res1_out", f2], ["output"], name="res2"))
+    return _model(nodes, [_vi("input", ["N", seq, d])], [_vi("output", ["N", seq, d])], inits,
+                  name="outlier_attention")
+
+
+def _conv(name: str, x: str, rng, c_in: int, c_out: int, inits: list, nodes: list, k: int = 3, group: int = 1,
+          scale: np.ndarray | None = None) -> str:
+    w = (rng.standard_normal((c_out, c_in // group, k, k)) * np.sqrt(2.0 / (c_in // group * k * k)))
+    w, b = w.astype(np.float32), rng.normal(0, 0.1, c_out).astype(np.float32)
+    if scale is not None:      # output channel i times scale[i]
+        w, b = w * scale[:, None, None, None], b * scale
+    inits += [_init(f"{name}.weight", w), _init(f"{name}.bias", b)]
+    nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [f"{name}_out"], name=name,
+                                  pads=[k // 2] * 4, group=group))
+    return f"{name}_out"
+
+
+def _relu(x: str, name: str, nodes: list) -> str:
+    nodes.append(helper.make_node("Relu", [x], [f"{name}_out"], name=name))
+    return f"{name}_out"
+
+
+def outlier_residual(c: int = 8, hw: int = 8, classes: int = 10, blocks: int = 3, scale: float = 100.0,
+                     seed: int = 0) -> onnx.ModelProto:
+    """The residual network of the module docstring; input [N, 3, hw, hw], output [N, classes]."""
+    rng = np.random.default_rng(seed)
+    inits: list = []
+    nodes: list = []
+    stem = _relu(_conv("conv1", "input", rng, 3, c, inits, nodes), "relu1", nodes)
+    big = np.ones(c, np.float32)
+    big[0] = scale
+    y = _relu(_conv("b0a", stem, rng, c, c, inits, nodes), "b0relu", nodes)
+    y = _conv("conv2", y, rng, c, c, inits, nodes, scale=big)
+    nodes.append(helper.make_node("Add", [stem, y], ["add_out"], name="add"))
+    x = _relu("add_out", "b0out", nodes)
+    x = _relu(_conv("dw", x, rng, c, c, inits, nodes, group=c, scale=1 / big), "dwrelu", nodes)
+    x = _relu(_conv("pw", x, rng, c, c, inits, nodes, k=1), "pwrelu", nodes)
+    for i in range(1, blocks):
+        y = _relu(_conv(f"b{i}a", x, rng, c, c, inits, nodes), f"b{i}relu", nodes)
+        y = _conv(f"b{i}b", y, rng, c, c, inits, nodes)
+        nodes.append(helper.make_node("Add", [x, y], [f"b{i}add_out"], name=f"b{i}add"))
+        x = _relu(f"b{i}add_out", f"b{i}out", nodes)
+    z = _relu(_conv("conv3", stem, rng, c, c, inits, nodes), "relu3", nodes)
+    fc = (rng.standard_normal((classes, 2 * c)) / np.sqrt(2 * c)).astype(np.float32)
+    inits += [_init("fc.weight", fc), _init("fc.bias", rng.normal(0, 0.1, classes).astype(np.float32))]
+    nodes += [helper.make_node("Concat", [x, z], ["concat_out"], name="concat", axis=1),
+              helper.make_node("GlobalAveragePool", ["concat_out"], ["gap_out"], name="gap"),
+              helper.make_node("Flatten", ["gap_out"], ["flat_out"], name="flatten", axis=1),
+              helper.make_node("Gemm", ["flat_out", "fc.weight", "fc.bias"], ["output"], name="fc", transB=1)]
+    return _model(nodes, [_vi("input", ["N", 3, hw, hw])], [_vi("output", ["N", classes])], inits,
+                  name="outlier_residual")

@@ -1,0 +1,209 @@
+"""Choose A8 / A16 / float per activation group for the uniform plan (the default without a budget).
+
+    W8 weights; A8 where a group costs nothing measurable at the output; A16 / float only where the
+    output loss says so and the target's cost allows.
+
+Measured on one activation probe (dfq_onnx/sensitivity/act_scoring.py) on the scoring samples: the
+weights' damage at the default bits L_w, the outlier groups (damage at A8 alone > L_w, found by group
+testing) and their damage at each precision; the ILP (allocation/act_problem.py) then minimizes the
+predicted loss of the outliers' choices within the target's activation-cost allowance
+([activation] cost_allowance x the all-A8 plan's cost, relative to FP32 multiply-accumulates). Groups
+that are not outliers stay at the target's default bits. With a budget, ScoreSensitivity scores the
+same terms and AllocateBits decides them jointly with the weights (passes/allocate.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from dfq_onnx.allocation.act_problem import ActChoices, outliers
+from dfq_onnx.allocation.costs import layer_macs
+from dfq_onnx.allocation.ilp import solve
+from dfq_onnx.allocation.problem import Budget, Problem
+from dfq_onnx.backends.act_precision import touched
+from dfq_onnx.backends.chunks import rows_per_chunk
+from dfq_onnx.core import cache, ir
+from dfq_onnx.core.graph_utils import node_label
+from dfq_onnx.core.outputs import output_producers
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import FLOAT_BITS, BitPlan, CompileState
+from dfq_onnx.sensitivity.act_scoring import (
+    ActTerms,
+    score_activations,
+    scored_bits,
+    switchable,
+    terms_from_dict,
+    terms_to_dict,
+)
+from dfq_onnx.sensitivity.evaluator import Evaluator
+from dfq_onnx.sensitivity.probe import Probe, build_probe
+
+log = logging.getLogger(__name__)
+ENGINE = 1     # bump when the activation terms change: old cache entries are then ignored
+
+
+def decides(state: CompileState) -> bool:
+    """Whether activation precision is a decision: the target offers choices and --act-bits is not given."""
+    return state.options.act_bits is None and bool(switchable(state.act_groups))
+
+
+def act_evaluator(state: CompileState, samples, labels, metric: str, batch: int | None = None) -> Evaluator:
+    """The activation probe (every switchable group over float and the target's bits; Emit's weights at
+    the default bits) and its evaluator on `samples`, in chunks of `batch` rows (default: the model's
+    static batch, else the user's --calib-batch, else `rows_per_chunk` of its activation footprint)."""
+    from dfq_onnx.passes.sensitivity import fit_batch
+
+    samples, labels, static = fit_batch(state.graph, samples, labels, batch)
+    batch = static or state.options.calib_batch or rows_per_chunk(
+        state.graph, {k: v.shape[1:] for k, v in samples.items()})
+    base = state.target.default_act_bits
+    groups = switchable(state.act_groups)
+    pm = build_probe(state.graph, state.spec, [], state.ranges, state.target, (), base,
+                     act_groups=tuple(groups), act_choices=scored_bits(groups),
+                     fixed_weight_bits=state.target.default_weight_bits)
+    fp32 = ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
+    n = len(next(iter(samples.values())))
+    return Evaluator(Probe(pm, segmented=True, samples=n), fp32, samples, labels, metric, batch,
+                     output_producers(state.graph))
+
+
+def activation_terms(state: CompileState, samples, labels, metric: str, key: dict, use_cache: bool,
+                     cache_dir, pairs: bool = False) -> tuple[ActTerms, Evaluator | None]:
+    """The activation terms (from the cache when possible) and the evaluator that measured them."""
+    path = cache.cache_path("activations", {**key, "act_engine": ENGINE, "act_pairs": pairs},
+                            cache_dir).with_suffix(".json")
+    if use_cache and path.is_file():
+        try:
+            return terms_from_dict(json.loads(path.read_text())), None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable activation cache entry %s: %s", path, exc)
+    ev = act_evaluator(state, samples, labels, metric)
+    terms = score_activations(ev, state.act_groups, state.target.default_act_bits, pairs=pairs)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(terms_to_dict(terms), indent=1, sort_keys=True))
+        tmp.replace(path)
+    return terms, ev
+
+
+def node_work(state: CompileState) -> dict[str, int]:
+    """MACs per sample of every weighted quantized node (a dynamic dimension counts 1)."""
+    nodes = {node_label(n): n for n in state.graph.nodes}
+    return {name: layer_macs(nodes[name], symbolic=1) for name, layer in state.spec.layers.items()
+            if layer.role == "weighted"}
+
+
+def act_choices(state: CompileState, terms: ActTerms, allowance: bool = True) -> ActChoices:
+    """The ILP's activation part for the outlier groups of `terms` (module docstring)."""
+    target, base = state.target, state.target.default_act_bits
+    w = target.default_weight_bits
+    cost_int = target.cost.get((w, base), 1.0)
+    work = node_work(state)
+    by_id = {ag.id: ag for ag in state.act_groups}
+    groups = outliers(terms.singles, base, terms.weight_loss)
+    cands, loss, elem, takes = {}, {}, {}, {}
+    for k in groups:
+        ag = by_id[k]
+        legal = [a for a in ag.choices if a == FLOAT_BITS or all(
+            (w, a) in target.pairs_for([state.spec.layers[r].op]) for r in ag.readers
+            if state.spec.layers[r].role == "weighted")]
+        cands[k] = tuple(a for a in legal if a == base or a == FLOAT_BITS or a in terms.singles[k])
+        loss[k] = {a: 0.0 if a == FLOAT_BITS else terms.singles[k][a] for a in cands[k]}
+        elem[k] = {a: ag.elements * target.act_element_cost.get(a, 0.0) for a in cands[k]}
+        keep = target.float_output_ops
+        takes[k] = {a: () if a == base else touched(ag, state.spec.layers, keep if a == FLOAT_BITS else ())
+                    for a in cands[k]}
+    kernels = {(r, a): work[r] * max(target.cost.get((w, a), 1.0) - cost_int, 0.0)
+               for k in groups for a in cands[k] for r in takes[k][a]}
+    limit = None
+    if allowance:
+        limit = target.act_cost_allowance * sum(work.values()) * cost_int
+    pairs = {km: t for km, t in terms.pairs.items() if km[0] in groups and km[1] in groups}
+    return ActChoices(groups, cands, loss, elem, kernels, takes, base, limit, pairs)
+
+
+class ChooseActivationPrecision(Pass):
+    """Analysis: A8 / A16 / float per activation group where the output loss says so and the target's
+    cost allows (the uniform plan's activation decisions)."""
+
+    name = "ChooseActivationPrecision"
+
+    def __init__(self, samples: int | None = None, metric: str = "auto", use_cache: bool = True,
+                 cache_dir: str | None = None):
+        self.samples, self.metric, self.use_cache, self.cache_dir = samples, metric, use_cache, cache_dir
+
+    def run(self, state: CompileState) -> PassResult:
+        if not decides(state):
+            return PassResult(False, "no activation group has a choice (target or --act-bits)")
+        skip = self._skip(state)
+        if skip:
+            state.report.notes["activations"] = {"skipped": skip}
+            return PassResult(False, f"skipped: {skip}")
+        from dfq_onnx.passes.sensitivity import SensitivityOptions, cache_key, scoring_data
+
+        opts = SensitivityOptions(weight_bits=(state.target.default_weight_bits,),
+                                  base_bits=state.target.default_weight_bits, samples=self.samples,
+                                  metric=self.metric, pairs=False, incontext=False)
+        samples, labels = scoring_data(state, opts)
+        key = cache_key(state, opts, (state.target.default_weight_bits,), state.target.default_act_bits,
+                        samples, labels)
+        terms, ev = activation_terms(state, samples, labels, self.metric, key, self.use_cache,
+                                     self.cache_dir)
+        acts = act_choices(state, terms)
+        alloc = solve(Problem((), {}, {}, {}, acts=acts), Budget())
+        chosen = {k: a for k, a in alloc.acts.items() if a != acts.base}
+        state.plan = BitPlan(state.plan.bits, acts=dict(sorted(chosen.items())))
+        notes = summary(state, terms, acts, chosen)
+        if ev is not None:
+            state.forward_passes += ev.forward_passes
+            notes["measured"] = measured(state, ev, chosen)
+        state.report.notes["activations"] = notes
+        names = ", ".join(f"{k}:{'float' if a == FLOAT_BITS else f'A{a}'}" for k, a in chosen.items())
+        return PassResult(False, f"{len(acts.groups)} outlier groups of {len(terms.groups)}; "
+                                 f"{len(chosen)} changed" + (f" ({names})" if names else ""))
+
+
+    @staticmethod
+    def _skip(state: CompileState) -> str | None:
+        """Why the decision is not measured: no samples to measure it on (--calib analytic runs no forward
+        pass), or a model too large for one protobuf (the probe is a model of the same size)."""
+        if state.options.calib == "analytic":
+            return "--calib analytic runs no forward pass; every activation group keeps the default bits"
+        if _constant_bytes(state.graph) > ir.TWO_GB // 2:
+            return "model above 1 GB: activation precision not scored; every group keeps the default bits"
+        return None
+
+
+def _constant_bytes(graph) -> int:
+    total = 0
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant):
+            shape, dtype = getattr(t, "shape", None), getattr(t, "dtype", None)
+            total += int(np.prod(shape or [0])) * (np.dtype(dtype).itemsize if dtype is not None else 4)
+    return total
+
+
+def measured(state: CompileState, ev: Evaluator, chosen: dict[str, int]) -> dict:
+    """Loss vs FP32 of the all-base plan and of the chosen one (W at the default bits), on the probe."""
+    acts = {ag.id: state.target.default_act_bits for ag in switchable(state.act_groups)}
+    before = float(ev.loss(acts)[0])
+    after = float(ev.loss({**acts, **{k: None if a == FLOAT_BITS else a for k, a in chosen.items()}})[0])
+    return {"all_base": before, "chosen": after}
+
+
+def summary(state: CompileState, terms: ActTerms, acts: ActChoices, chosen: dict[str, int]) -> dict:
+    by_id = {ag.id: ag for ag in state.act_groups}
+    return {"weight_loss": terms.weight_loss, "act_loss": terms.act_loss,
+            "outliers": {k: {"tensors": list(by_id[k].tensors),
+                             "loss": {str(a): v for a, v in acts.loss[k].items()},
+                             "choice": chosen.get(k, acts.base)} for k in acts.groups},
+            "cost_allowance": acts.allowance, "cost": acts.cost(chosen),
+            "predicted_reduction": sum(acts.loss[k][acts.base] - acts.loss[k][a] for k, a in chosen.items()),
+            "screening_evaluations": terms.evaluations, "seconds": round(terms.seconds, 3),
+            "groups": len(terms.groups)}
+

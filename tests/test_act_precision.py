@@ -1,0 +1,200 @@
+"""Activation precision as an allocation decision: groups, the switch probe, the default rule, Emit."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+from _util import compile_state, nodes_by_op, normal_feeds, run, state_model
+from dfq_onnx.models import act_builders, builders
+from dfq_onnx.passes.act_precision import act_evaluator, node_work
+from dfq_onnx.passes.calibrate import Calibrate
+from dfq_onnx.passes.emit_qdq import EmitQDQ
+from dfq_onnx.passes.fold_bn import FoldBatchNorm
+from dfq_onnx.passes.normalize import Normalize
+from dfq_onnx.passes.quant_groups import FindQuantGroups
+
+import dfq_onnx
+from dfq_onnx.core import ir
+from dfq_onnx.core.errors import DfqError, UsageError
+from dfq_onnx.core.report import Report
+from dfq_onnx.core.state import FLOAT_BITS, BitPlan
+from dfq_onnx.core.target import load_target
+from dfq_onnx.sensitivity import probe
+from dfq_onnx.sensitivity.act_scoring import scored_bits, switchable
+
+
+def _state(model, target="ort-cpu", **options):
+    options.setdefault("calib", "noise")
+    return compile_state(model, [Normalize(21), FoldBatchNorm(), FindQuantGroups(), Calibrate()],
+                         target=target, **options)
+
+
+def _emit(state, acts: dict[str, int]) -> onnx.ModelProto:
+    s = copy.copy(state)
+    s.graph, s.report = ir.copy_graph(state.graph), Report()
+    s.plan = BitPlan({g.id: (8, 8) for g in state.groups}, acts=acts)
+    EmitQDQ().run(s)
+    return state_model(s)
+
+
+def _group_of(state, tensor: str) -> str:
+    return next(ag.id for ag in state.act_groups if tensor in ag.tensors)
+
+
+def test_act_groups_are_the_encoding_classes_with_readers_and_writers():
+    state = _state(act_builders.outlier_attention(), target="generic")
+    spec = state.spec
+    assert sorted(t for ag in state.act_groups for t in ag.tensors) == sorted(spec.act_tensors)
+    for ag in state.act_groups:
+        assert {spec.encoding_of[t] for t in ag.tensors} == {ag.rep}
+        assert ag.choices == (8, 16, 32)
+    f2 = next(ag for ag in state.act_groups if "f2_out" in ag.tensors)
+    assert f2.writers == ("f2",) and f2.elements == 8 * 16       # [N, 8, 16]
+    probs = next(ag for ag in state.act_groups if "probs_out" in ag.tensors)   # Softmax output (generic)
+    assert "ctx" not in probs.readers and probs.writers == ("softmax",)
+    # a shared Concat encoding (qnn-htp) is one group; its fixed outputs are not a decision
+    htp = _state(builders.concat_branches(), target="qnn-htp")
+    concat = next(ag for ag in htp.act_groups if "cat_out" in ag.tensors)
+    assert {"relu_a_out", "relu_b_out", "cat_out", "pool_out"} <= set(concat.tensors)
+
+
+@pytest.mark.parametrize("name", ["outlier_residual", "conv_bn_relu_residual", "concat_branches",
+                                  "conv_clip6"])
+def test_switch_probe_is_exact(name):
+    model = getattr(act_builders, name, None) or builders.GOOD_BUILDERS[name]
+    model = model()
+    state, feeds = _state(model), normal_feeds(model, n=8, seed=1)
+    groups = switchable(state.act_groups)
+    pm = probe.build_probe(state.graph, state.spec, [], state.ranges, state.target, (), 8,
+                           act_groups=tuple(groups), act_choices=scored_bits(groups))
+    fixed = probe.build_probe(state.graph, state.spec, [], state.ranges, state.target, (), 8)
+    every8 = {ag.id: 8 for ag in groups}
+    got = probe.Probe(pm, optimize=False).run(every8, feeds)
+    want = probe.Probe(fixed, optimize=False).run({}, feeds)
+    for g, w in zip(got, want):        # switches at A8 = Emit's fixed Q/DQ (absorbed Relu or not)
+        np.testing.assert_array_equal(g, w)
+    fp32 = probe.session(ir.to_model(ir.copy_graph(state.graph), ir_version=10), optimize=False)
+    np.testing.assert_array_equal(probe.Probe(pm, optimize=False).run({}, feeds)[0], fp32.run(None, feeds)[0])
+    seg = probe.Probe(pm, optimize=False, segmented=True)
+    half = {ag.id: 8 for ag in groups[::2]}
+    for config in ({}, every8, half):
+        np.testing.assert_array_equal(seg.run_batch(config, feeds, key=0)[0],
+                                      probe.Probe(pm, optimize=False).run(config, feeds)[0])
+
+
+def test_emit_writes_the_chosen_precisions_and_matches_the_probe():
+    model = act_builders.outlier_residual()
+    state, feeds = _state(model, target="generic"), normal_feeds(model, n=8, seed=2)
+    conv2, b0 = _group_of(state, "conv2_out"), _group_of(state, "b0out_out")
+    emitted = _emit(state, {conv2: 16, b0: FLOAT_BITS})
+    onnx.checker.check_model(emitted, full_check=True)
+    q = {n.input[0]: n for n in nodes_by_op(emitted, "QuantizeLinear")}
+    zp = {t.name: t for t in emitted.graph.initializer}
+    assert zp[q["conv2_out"].input[2]].data_type == onnx.TensorProto.UINT16
+    assert "b0out_out" not in q and "add_out" not in q              # float: no Q/DQ, Relu stays
+    assert [n for n in emitted.graph.node if n.op_type == "Relu" and n.output[0] == "b0out_out"]
+    dw_bias = next(n for n in emitted.graph.node if n.name == "dw").input[2]
+    assert dw_bias in zp and zp[dw_bias].data_type == onnx.TensorProto.FLOAT   # float input: float bias
+    groups = switchable(state.act_groups)
+    pm = probe.build_probe(state.graph, state.spec, [], state.ranges, state.target, (), 8,
+                           act_groups=tuple(groups), act_choices=scored_bits(groups), fixed_weight_bits=8)
+    config = {**{ag.id: 8 for ag in groups}, conv2: 16, b0: None}
+    got = probe.Probe(pm, optimize=False).run(config, feeds)[0]
+    want = probe.session(emitted, optimize=False).run(None, feeds)[0]
+    step = float(np.abs(want).max()) / 255     # int32-bias rounding of the probe at the A8 input scale
+    assert np.abs(got - want).max() <= 2 * step
+
+
+def test_default_leaves_the_outlier_tensor_float_on_ort_cpu():
+    model = act_builders.outlier_attention()
+    feeds = normal_feeds(model, n=16, seed=5)
+    out, report = dfq_onnx.quantize(model, calib="noise", progress=False, use_cache=False)
+    base, _ = dfq_onnx.quantize(model, calib="noise", progress=False, act_bits=8)
+    notes = report.notes["activations"]
+    chosen = {k: o["choice"] for k, o in notes["outliers"].items()}
+    f2 = next(k for k, o in notes["outliers"].items() if o["tensors"] == ["f2_out"])
+    assert chosen[f2] == FLOAT_BITS
+    assert "f2_out" not in {n.input[0] for n in nodes_by_op(out, "QuantizeLinear")}
+    assert "f2_out" in {n.input[0] for n in nodes_by_op(base, "QuantizeLinear")}
+    assert notes["measured"]["chosen"] < notes["measured"]["all_base"] / 2
+    ref = run(model, feeds)[0]
+    err = {k: float(np.mean((run(m, feeds)[0] - ref) ** 2)) for k, m in (("chosen", out), ("a8", base))}
+    assert err["chosen"] < err["a8"] / 2, err                  # measured in ORT, fused kernels and all
+
+
+def test_a16_where_float_does_not_fit_the_cost_allowance(tmp_path):
+    """generic costs bit operations: A16 on conv2's output costs its MACs x 1, float x 3; an allowance
+    between the two leaves A16 as the only fix of the outlier."""
+    model = act_builders.outlier_residual()
+    state = _state(model, target="generic")
+    work = node_work(state)
+    share = 2 * work["conv2"] / sum(work.values())
+    path = tmp_path / "generic_a16.toml"
+    path.write_text(open(load_target("generic").source).read().replace("cost_allowance = 0.1",
+                                                                       f"cost_allowance = {share}"))
+    out, report = dfq_onnx.quantize(model, target=str(path), calib="noise", progress=False, use_cache=False)
+    chosen = {o["tensors"][0]: o["choice"] for o in report.notes["activations"]["outliers"].values()}
+    assert chosen["conv2_out"] == 16
+    assert any(o.domain in ("", "ai.onnx") and o.version >= 21 for o in out.opset_import)
+    onnx.checker.check_model(out, full_check=True)
+    run(out, normal_feeds(model, n=4))
+
+
+def test_a_model_without_outliers_is_emitted_as_before():
+    model = builders.conv_bn_relu_residual()
+    out, report = dfq_onnx.quantize(model, calib="noise", progress=False, use_cache=False)
+    base, _ = dfq_onnx.quantize(model, calib="noise", progress=False, act_bits=8)
+    assert not report.notes["activations"]["outliers"]
+    assert ir.serialize(out) == ir.serialize(base)
+
+
+def test_default_is_deterministic():
+    model = act_builders.outlier_attention()
+    a, _ = dfq_onnx.quantize(model, calib="noise", progress=False, use_cache=False)
+    b, _ = dfq_onnx.quantize(model, calib="noise", progress=False, use_cache=False)
+    assert ir.serialize(a) == ir.serialize(b)
+
+
+def test_act_bits_32_is_weight_only_quantization():
+    model = act_builders.outlier_residual()
+    out, report = dfq_onnx.quantize(model, calib="noise", progress=False, act_bits=32)
+    assert not nodes_by_op(out, "QuantizeLinear")
+    weighted = sum(n.op_type in ("Conv", "Gemm") for n in model.graph.node)
+    assert len(nodes_by_op(out, "DequantizeLinear")) == weighted
+    assert "activations" not in report.notes
+    with pytest.raises(DfqError, match="no float activations"):
+        dfq_onnx.quantize(model, target="qnn-htp", calib="noise", progress=False, act_bits=32)
+    with pytest.raises(UsageError, match="32: float"):
+        dfq_onnx.quantize(model, calib="noise", progress=False, act_bits=12)
+
+
+def test_analytic_calibration_runs_no_activation_scoring():
+    _, report = dfq_onnx.quantize(act_builders.outlier_residual(), calib="analytic", progress=False)
+    assert "--calib analytic" in report.notes["activations"]["skipped"]
+
+
+def test_activation_terms_are_cached(tmp_path):
+    model = act_builders.outlier_attention()
+    _, first = dfq_onnx.quantize(model, calib="noise", progress=False, cache_dir=str(tmp_path))
+    _, second = dfq_onnx.quantize(model, calib="noise", progress=False, cache_dir=str(tmp_path))
+    assert first.forward_passes > second.forward_passes
+    assert first.notes["activations"]["outliers"] == second.notes["activations"]["outliers"]
+
+
+def test_screening_finds_the_outlier_with_few_evaluations():
+    model = act_builders.outlier_residual(blocks=4)
+    state = _state(model)
+    from dfq_onnx.passes.sensitivity import SensitivityOptions, scoring_data
+
+    from dfq_onnx.sensitivity.act_scoring import score_activations
+
+    samples, labels = scoring_data(state, SensitivityOptions(samples=32))
+    ev = act_evaluator(state, samples, labels, "auto")
+    terms = score_activations(ev, state.act_groups, 8)
+    assert _group_of(state, "conv2_out") in terms.singles
+    assert terms.evaluations < 2 * len(terms.groups)
+    assert dataclasses.asdict(terms)["weight_loss"] == pytest.approx(float(ev.loss({})[0]))
