@@ -125,8 +125,10 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     kind = resolve_objective(options.objective, bn_stats, graph)
     plan = plan_pieces(graph, kind, shapes)       # sequence outputs along an input axis: synth/compose.py
     search_graph, search_shapes = (plan.graph, plan.shapes) if plan else (graph, shapes)
-    steps = budgeted_steps(options, row_elements(graph, shapes) // (plan.pieces if plan else 1))
     strokes = plan is not None and is_image_like((1, *shapes[plan.name]))   # line drawings: synth/strokes.py
+    steps = budgeted_steps(options, row_elements(graph, shapes) // (plan.pieces if plan else 1))
+    if strokes and options.steps is None:
+        steps = 0     # the model's pick of drawings; refining them lowered PP-OCRv4 (synth/strokes.py)
     key = {**_key(model_hash, options, kind, shapes, steps), "pieces": plan.pieces if plan else 1,
            "start": "strokes" if strokes else "pink"}
     path = cache.cache_path("synthetic", key, options.cache_dir)
