@@ -17,13 +17,16 @@ from dfq_onnx.passes.dfmpc import CompensateDFMPC
 from dfq_onnx.passes.emit_qdq import EmitQDQ
 from dfq_onnx.passes.equalize import EqualizeCrossLayer
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
+from dfq_onnx.passes.keep_float import KeepFloat
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.plan_uniform import UniformPlan
 from dfq_onnx.passes.quant_groups import FindQuantGroups
+from dfq_onnx.passes.score_prior import ScoreTopPrior
 from dfq_onnx.passes.sensitivity import ScoreSensitivity, SensitivityOptions
 from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize
 
 SCORE_SAMPLES = 256   # scoring samples for sensitivity (bounds its cost on large calibration sets)
+ACT_SAMPLES = 32      # scoring samples of the default activation decision (outliers are large effects)
 
 
 def required_opset(target: TargetProfile, options: QuantizeOptions) -> int:
@@ -63,7 +66,7 @@ def _mixed(options: QuantizeOptions) -> list[Pass]:
 
 
 def _activations(options: QuantizeOptions) -> ChooseActivationPrecision:
-    return ChooseActivationPrecision(samples=SCORE_SAMPLES, metric=options.metric,
+    return ChooseActivationPrecision(samples=ACT_SAMPLES, metric=options.metric,
                                      use_cache=options.use_cache, cache_dir=options.cache_dir)
 
 
@@ -76,11 +79,13 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([EqualizeCrossLayer(criterion=options.cle_criterion)] if options.cle else []),
         *([AbsorbHighBias()] if options.bias_absorption else []),
         FindQuantGroups(),
+        *([KeepFloat(options.latency_table)] if options.latency_table and not options.mixed else []),
     ]
     tail = [
         *([_synthesis(options)] if synthesize else []),
         *([AnalyticRanges()] if options.calib == "analytic" else []),
         Calibrate(),
+        *([ScoreTopPrior()] if options.calib == "synthetic" else []),
         *(_mixed(options) if options.mixed else [UniformPlan()]),
         *([_activations(options)] if not options.mixed and options.act_bits is None else []),
         *([CompensateDFMPC()] if options.dfmpc else []),

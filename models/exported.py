@@ -17,7 +17,7 @@ import onnx
 from dfq_onnx.models.builders import _bn, _conv_w, _init, _model, _vi
 from onnx import helper, numpy_helper
 
-__all__ = ["same_pad_flatten"]
+__all__ = ["attention", "paddle_style", "same_pad_flatten", "wrapped_softmax"]
 
 
 def same_pad_flatten(c_in: int = 3, c: int = 8, classes: int = 5, hw: int = 9, seed: int = 0,
@@ -52,3 +52,88 @@ def same_pad_flatten(c_in: int = 3, c: int = 8, classes: int = 5, hw: int = 9, s
              helper.make_node("Gemm", ["flat_out", "fc.weight", "fc.bias"], ["output"], name="fc", transB=1)]
     return _model(nodes, [_vi("input", ["N", c_in, hw, hw])], [_vi("output", ["N", classes])], inits,
                   name="same_pad_flatten")
+
+
+def _hardswish(x: str, y: str, p: str, inits: list) -> list[onnx.NodeProto]:
+    """x * clip(x + 3, 0, 6) / 6, as Paddle and older PyTorch exports write hard-swish."""
+    inits += [numpy_helper.from_array(np.array(v, np.float32), f"{p}.{k}")
+              for k, v in (("three", 3.0), ("zero", 0.0), ("six", 6.0))]
+    return [helper.make_node("Add", [x, f"{p}.three"], [f"{p}_add"], name=f"{p}_add"),
+            helper.make_node("Clip", [f"{p}_add", f"{p}.zero", f"{p}.six"], [f"{p}_clip"], name=f"{p}_clip"),
+            helper.make_node("Mul", [x, f"{p}_clip"], [f"{p}_mul"], name=f"{p}_mul"),
+            helper.make_node("Div", [f"{p}_mul", f"{p}.six"], [y], name=f"{p}_div")]
+
+
+def paddle_style(c_in: int = 3, c: int = 8, classes: int = 4, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """Paddle-export idioms (opset 11, batch written as -1)::
+
+        input ─ conv1 (no bias) ─ Mul(scale [1,C,1,1]) ─ Add(shift [C,1,1]) ─ hard-swish ─ conv2 ─ split
+              ─ Add(halves) ─ gap ─ reshape(Concat(Cast(Slice(Cast(Shape(x), int32), 0:1)), [C/2]))
+              ─ MatMul ─ Add(bias) ─ output
+    """
+    rng = np.random.default_rng(seed)
+    half = c // 2
+    inits = [_init("conv1.weight", _conv_w(rng, c, c_in, 3)), _init("conv2.weight", _conv_w(rng, c, c, 1)),
+             _init("bn.scale", rng.uniform(0.5, 1.5, (1, c, 1, 1)).astype(np.float32)),
+             _init("bn.shift", rng.normal(0, 0.3, (c, 1, 1)).astype(np.float32)),
+             _init("fc.weight", (rng.standard_normal((half, classes)) / np.sqrt(half)).astype(np.float32)),
+             _init("fc.bias", rng.normal(0, 0.1, classes).astype(np.float32)),
+             _init("zero", np.array([0], np.int64)), _init("one", np.array([1], np.int64)),
+             _init("width", np.array([half], np.int64))]
+    nodes = [helper.make_node("Conv", ["input", "conv1.weight"], ["conv1_out"], name="conv1",
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["conv1_out", "bn.scale"], ["scaled"], name="bn_mul"),
+             helper.make_node("Add", ["bn.shift", "scaled"], ["shifted"], name="bn_add"),
+             *_hardswish("shifted", "hs_out", "hs", inits),
+             helper.make_node("Conv", ["hs_out", "conv2.weight"], ["conv2_out"], name="conv2"),
+             helper.make_node("Split", ["conv2_out"], ["half_a", "half_b"], name="split", axis=1,
+                              split=[half, half]),
+             helper.make_node("Add", ["half_a", "half_b"], ["sum_out"], name="sum"),
+             helper.make_node("GlobalAveragePool", ["sum_out"], ["gap_out"], name="gap"),
+             helper.make_node("Shape", ["gap_out"], ["shape_out"], name="shape"),
+             helper.make_node("Cast", ["shape_out"], ["shape_i32"], name="cast32", to=6),
+             helper.make_node("Slice", ["shape_i32", "zero", "one"], ["batch_i32"], name="slice"),
+             helper.make_node("Cast", ["batch_i32"], ["batch"], name="cast64", to=7),
+             helper.make_node("Concat", ["batch", "width"], ["target"], name="concat", axis=-1),
+             helper.make_node("Reshape", ["gap_out", "target"], ["flat_out"], name="reshape"),
+             helper.make_node("MatMul", ["flat_out", "fc.weight"], ["fc_out"], name="fc"),
+             helper.make_node("Add", ["fc_out", "fc.bias"], ["output"], name="fc_bias")]
+    return _model(nodes, [_vi("input", [-1, c_in, hw, hw])], [_vi("output", [-1, classes])], inits, opset=11,
+                  name="paddle_style")
+
+
+def attention(t: int = 6, d: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """Single-head attention on input [N, t, d]::
+
+        input ─┬ MatMul(Wq) ──────────────┐
+               ├ MatMul(Wk) ─ Transpose ─ MatMul ─ Softmax ─┐
+               └ MatMul(Wv) ────────────────────────────── MatMul ─ MatMul(Wo) ─ output
+    """
+    rng = np.random.default_rng(seed)
+    w = {k: (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32) for k in ("q", "k", "v", "o")}
+    inits = [_init(f"w{k}", v) for k, v in w.items()]
+    nodes = [helper.make_node("MatMul", ["input", f"w{k}"], [k], name=f"proj_{k}") for k in "qkv"]
+    nodes += [helper.make_node("Transpose", ["k"], ["kt"], name="transpose", perm=[0, 2, 1]),
+              helper.make_node("MatMul", ["q", "kt"], ["scores"], name="scores"),
+              helper.make_node("Softmax", ["scores"], ["probs"], name="softmax", axis=-1),
+              helper.make_node("MatMul", ["probs", "v"], ["context"], name="context"),
+              helper.make_node("MatMul", ["context", "wo"], ["output"], name="proj_o")]
+    return _model(nodes, [_vi("input", ["N", t, d])], [_vi("output", ["N", t, d])], inits, name="attention")
+
+
+def wrapped_softmax(t: int = 4, d: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """A last-axis Softmax as the version converter keeps opset-11 semantics on a 3-D tensor::
+
+        input [N, t, d] ─ MatMul ─ x ─ Flatten(axis 2) ─ Softmax(axis 1) ─ Reshape(Shape(x)) ─ MatMul ─ output
+    """
+    rng = np.random.default_rng(seed)
+    inits = [_init("w1", (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)),
+             _init("w2", (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32))]
+    nodes = [helper.make_node("MatMul", ["input", "w1"], ["x"], name="mm1"),
+             helper.make_node("Flatten", ["x"], ["flat"], name="flatten", axis=2),
+             helper.make_node("Softmax", ["flat"], ["probs"], name="softmax", axis=1),
+             helper.make_node("Shape", ["x"], ["x_shape"], name="shape"),
+             helper.make_node("Reshape", ["probs", "x_shape"], ["restored"], name="reshape"),
+             helper.make_node("MatMul", ["restored", "w2"], ["output"], name="mm2")]
+    return _model(nodes, [_vi("input", ["N", t, d])], [_vi("output", ["N", t, d])], inits,
+                  name="wrapped_softmax")

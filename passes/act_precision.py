@@ -14,7 +14,6 @@ same terms and AllocateBits decides them jointly with the weights (passes/alloca
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
@@ -25,7 +24,6 @@ from dfq_onnx.allocation.costs import layer_macs
 from dfq_onnx.allocation.ilp import solve
 from dfq_onnx.allocation.problem import Budget, Problem
 from dfq_onnx.backends.act_precision import touched
-from dfq_onnx.backends.chunks import rows_per_chunk
 from dfq_onnx.core import cache, ir
 from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.core.outputs import output_producers
@@ -41,9 +39,10 @@ from dfq_onnx.sensitivity.act_scoring import (
 )
 from dfq_onnx.sensitivity.evaluator import Evaluator
 from dfq_onnx.sensitivity.probe import Probe, build_probe
+from dfq_onnx.sensitivity.table import SensitivityTable, load_json, save_json_atomic
 
 log = logging.getLogger(__name__)
-ENGINE = 1     # bump when the activation terms change: old cache entries are then ignored
+ENGINE = 2     # bump when the activation terms change: old cache entries are then ignored
 
 
 def decides(state: CompileState) -> bool:
@@ -55,11 +54,9 @@ def act_evaluator(state: CompileState, samples, labels, metric: str, batch: int 
     """The activation probe (every switchable group over float and the target's bits; Emit's weights at
     the default bits) and its evaluator on `samples`, in chunks of `batch` rows (default: the model's
     static batch, else the user's --calib-batch, else `rows_per_chunk` of its activation footprint)."""
-    from dfq_onnx.passes.sensitivity import fit_batch
+    from dfq_onnx.passes.sensitivity import chunked
 
-    samples, labels, static = fit_batch(state.graph, samples, labels, batch)
-    batch = static or state.options.calib_batch or rows_per_chunk(
-        state.graph, {k: v.shape[1:] for k, v in samples.items()})
+    samples, labels, batch = chunked(state, samples, labels, batch)
     base = state.target.default_act_bits
     groups = switchable(state.act_groups)
     pm = build_probe(state.graph, state.spec, [], state.ranges, state.target, (), base,
@@ -71,23 +68,43 @@ def act_evaluator(state: CompileState, samples, labels, metric: str, batch: int 
                      output_producers(state.graph))
 
 
-def activation_terms(state: CompileState, samples, labels, metric: str, key: dict, use_cache: bool,
-                     cache_dir, pairs: bool = False) -> tuple[ActTerms, Evaluator | None]:
-    """The activation terms (from the cache when possible) and the evaluator that measured them."""
-    path = cache.cache_path("activations", {**key, "act_engine": ENGINE, "act_pairs": pairs},
-                            cache_dir).with_suffix(".json")
-    if use_cache and path.is_file():
-        try:
-            return terms_from_dict(json.loads(path.read_text())), None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable activation cache entry %s: %s", path, exc)
-    ev = act_evaluator(state, samples, labels, metric)
-    terms = score_activations(ev, state.act_groups, state.target.default_act_bits, pairs=pairs)
+def plan_evaluator(state: CompileState, options, samples, labels) -> Evaluator:
+    """For whole plans with activation decisions: weight switches over the scored candidates (with their
+    bias correction, as the weight probe) and activation switches, one whole-probe session (a plan
+    changes every segment, so it is not segmented)."""
+    from dfq_onnx.passes.sensitivity import candidate_bits, chunked, input_means
+
+    samples, labels, batch = chunked(state, samples, labels, options.batch)
+    base = state.target.default_act_bits
+    groups = switchable(state.act_groups)
+    pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target,
+                     candidate_bits(options, state.target, base), base,
+                     input_means=input_means(state, options), act_groups=tuple(groups),
+                     act_choices=scored_bits(groups))
+    fp32 = ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
+    return Evaluator(Probe(pm), fp32, samples, labels, options.metric, batch)
+
+
+def activation_terms(state: CompileState, samples, labels, metric: str, pairs: bool = False,
+                     batch: int | None = None) -> tuple[ActTerms, Evaluator]:
+    """The activation terms (sensitivity/act_scoring.py) and the evaluator that measured them."""
+    ev = act_evaluator(state, samples, labels, metric, batch)
+    return score_activations(ev, state.act_groups, state.target.default_act_bits, pairs=pairs), ev
+
+
+def cached_terms(state: CompileState, samples, labels, metric: str, key: dict, use_cache: bool,
+                 cache_dir) -> tuple[ActTerms, Evaluator | None]:
+    """`activation_terms` through the cache (a sensitivity-table JSON entry carrying only them)."""
+    path = cache.cache_path("activations", {**key, "act_engine": ENGINE}, cache_dir).with_suffix(".json")
+    hit = load_json(path) if use_cache else None
+    if hit is not None and hit.activations:
+        return terms_from_dict(hit.activations), None
+    terms, ev = activation_terms(state, samples, labels, metric)
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(terms_to_dict(terms), indent=1, sort_keys=True))
-        tmp.replace(path)
+        save_json_atomic(path, SensitivityTable(
+            groups=(), candidates=(), singles={}, incontext={}, pairs={}, metric=",".join(ev.kinds),
+            samples=ev.n, evaluations=ev.evaluations, forward_passes=ev.forward_passes,
+            seconds=terms.seconds, activations=terms_to_dict(terms)))
     return terms, ev
 
 
@@ -113,7 +130,8 @@ def act_choices(state: CompileState, terms: ActTerms, allowance: bool = True) ->
             (w, a) in target.pairs_for([state.spec.layers[r].op]) for r in ag.readers
             if state.spec.layers[r].role == "weighted")]
         cands[k] = tuple(a for a in legal if a == base or a == FLOAT_BITS or a in terms.singles[k])
-        loss[k] = {a: 0.0 if a == FLOAT_BITS else terms.singles[k][a] for a in cands[k]}
+        base_loss = terms.singles[k][base]
+        loss[k] = {a: (0.0 if a == FLOAT_BITS else terms.singles[k][a]) - base_loss for a in cands[k]}
         elem[k] = {a: ag.elements * target.act_element_cost.get(a, 0.0) for a in cands[k]}
         keep = target.float_output_ops
         takes[k] = {a: () if a == base else touched(ag, state.spec.layers, keep if a == FLOAT_BITS else ())
@@ -152,8 +170,7 @@ class ChooseActivationPrecision(Pass):
         samples, labels = scoring_data(state, opts)
         key = cache_key(state, opts, (state.target.default_weight_bits,), state.target.default_act_bits,
                         samples, labels)
-        terms, ev = activation_terms(state, samples, labels, self.metric, key, self.use_cache,
-                                     self.cache_dir)
+        terms, ev = cached_terms(state, samples, labels, self.metric, key, self.use_cache, self.cache_dir)
         acts = act_choices(state, terms)
         alloc = solve(Problem((), {}, {}, {}, acts=acts), Budget())
         chosen = {k: a for k, a in alloc.acts.items() if a != acts.base}
@@ -197,13 +214,13 @@ def measured(state: CompileState, ev: Evaluator, chosen: dict[str, int]) -> dict
 
 
 def summary(state: CompileState, terms: ActTerms, acts: ActChoices, chosen: dict[str, int]) -> dict:
-    by_id = {ag.id: ag for ag in state.act_groups}
-    return {"weight_loss": terms.weight_loss, "act_loss": terms.act_loss,
+    by_id, base = {ag.id: ag for ag in state.act_groups}, acts.base
+    return {"weight_loss": terms.weight_loss, "act_loss": terms.act_loss, "base": base,
             "outliers": {k: {"tensors": list(by_id[k].tensors),
-                             "loss": {str(a): v for a, v in acts.loss[k].items()},
+                             "loss": {str(a): v + terms.singles[k][base] for a, v in acts.loss[k].items()},
                              "choice": chosen.get(k, acts.base)} for k in acts.groups},
             "cost_allowance": acts.allowance, "cost": acts.cost(chosen),
-            "predicted_reduction": sum(acts.loss[k][acts.base] - acts.loss[k][a] for k, a in chosen.items()),
+            "predicted_reduction": -sum(acts.loss[k][a] for k, a in chosen.items()),
             "screening_evaluations": terms.evaluations, "seconds": round(terms.seconds, 3),
             "groups": len(terms.groups)}
 

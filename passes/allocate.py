@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from dfq_onnx.passes.act_precision import act_choices
+from dfq_onnx.passes.act_precision import summary as act_summary
+
 from dfq_onnx.allocation import pareto
 from dfq_onnx.allocation.costs import group_costs
 from dfq_onnx.allocation.ilp import greedy, solve
@@ -24,7 +27,8 @@ from dfq_onnx.allocation.problem import (
 from dfq_onnx.backends.latency import LatencyTable
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
-from dfq_onnx.core.state import BitPlan, CompileState
+from dfq_onnx.core.state import FLOAT_BITS, BitPlan, CompileState
+from dfq_onnx.sensitivity.act_scoring import terms_from_dict
 
 ALLOCATORS = ("ilp-pairs", "ilp", "greedy", "uniform")
 
@@ -54,8 +58,27 @@ def build_problem(state: CompileState) -> Problem:
     pairs = {k: {cc: max(v, 0.0) for cc, v in t.items() if cc[0] in legal and cc[1] in legal}
              for k, t in table.pairs.items() if k[0] in groups and k[1] in groups}
     # no tie constraints needed here: FindQuantGroups already merged layers sharing weights/activations
+    acts = None
+    if getattr(table, "activations", None):
+        acts = act_choices(state, terms_from_dict(table.activations))
+        acts = dataclasses.replace(acts, illegal=illegal_pairs(state, acts, cands))
     return Problem(groups, cands, {g: {c: table.singles[g][c] for c in cands[g]} for g in groups},
-                   params, macs, pairs)
+                   params, macs, pairs, acts=acts)
+
+
+def illegal_pairs(state: CompileState, acts, cands) -> tuple:
+    """(weight group, candidate, activation group, bits) combinations a reader's op does not allow: a
+    weighted reader of an activation group at a bits needs (w, a) legal for its op (float: any w)."""
+    group_of = {layer: g.id for g in state.groups for layer in g.layers}
+    out = []
+    for k in acts.groups:
+        ag = next(a for a in state.act_groups if a.id == k)
+        for r in ag.readers:
+            g, op = group_of.get(r), state.spec.layers[r].op
+            for c in cands.get(g, ()):
+                out += [(g, c, k, a) for a in acts.candidates[k]
+                        if a != FLOAT_BITS and (c[0], a) not in state.target.pairs_for([op])]
+    return tuple(dict.fromkeys(out))
 
 
 def cost_problem(state: CompileState) -> Problem:
@@ -91,11 +114,15 @@ class AllocateBits(Pass):
         self.latency = LatencyTable.load(latency_table) if latency_table else None
 
     def _allocate(self, p: Problem, budget: Budget) -> Allocation:
-        if self.allocator == "uniform":
-            choice = self._uniform(p, budget)
-            return Allocation(choice, predicted_loss(p, choice, False), "uniform")
-        if self.allocator == "greedy":
-            return greedy(p, budget)
+        """The allocator's plan; uniform and greedy plans take the activation decisions of the default rule
+        (the ILP over the activation groups alone), the ILPs decide them jointly with the weights."""
+        if self.allocator in ("uniform", "greedy"):
+            a = (Allocation(choice := self._uniform(p, budget), predicted_loss(p, choice, False), "uniform")
+                 if self.allocator == "uniform" else greedy(p, budget))
+            if p.acts is None:
+                return a
+            acts = solve(Problem((), {}, {}, {}, acts=p.acts), Budget(), time_limit=self.time_limit).acts
+            return dataclasses.replace(a, acts=acts, predicted_loss=a.predicted_loss + p.acts.predicted(acts))
         return solve(p, budget, use_pairs=self.allocator == "ilp-pairs", time_limit=self.time_limit)
 
     def check(self, state: CompileState) -> None:
@@ -118,9 +145,10 @@ class AllocateBits(Pass):
         table = state.sensitivity
         ref, notes = table.reference_loss, {}
 
-        def measure(choice) -> float:
-            return state.meter({g: c[0] for g, c in choice.items()})
+        def measure(choice, acts=None) -> float:
+            return state.meter({g: c[0] for g, c in choice.items()}, acts or {})
 
+        acts: dict[str, int] = {}
         if self.pareto:
             state.pareto = pareto.sweep(p, lambda b: self._allocate(p, b), measure, ref)
             notes["pareto_points"] = len(state.pareto)
@@ -130,7 +158,7 @@ class AllocateBits(Pass):
                                            time_limit=self.time_limit, max_loss=allowance,
                                            minimize="avg_weight_bits"),
                 measure, ref, self.max_drop)
-            choice, status = res.choice, "met" if res.met else "missed"
+            choice, acts, status = res.choice, res.acts, "met" if res.met else "missed"
             notes["max_drop"] = {"target": self.max_drop, "measured": res.measured, "met": res.met,
                                  "steps": res.steps}
             if not res.met:
@@ -138,28 +166,35 @@ class AllocateBits(Pass):
                                              f"the most precise plan measures {res.measured:.4g}")
         elif self.budget.any():
             a = self._allocate(p, self.budget)
-            choice, status = a.choice, a.status
+            choice, acts, status = a.choice, a.acts, a.status
         else:
             point = pareto.default_point(state.pareto)
             choice, status = {g: tuple(c) for g, c in point["bits"].items()}, "Pareto (near-lossless point)"
+            acts = dict(point.get("acts", {}))
         base = table.base or (8, 8)
         bits = {g.id: choice.get(g.id, base) for g in state.groups}
-        state.plan = BitPlan(bits)
+        changed = {k: a for k, a in sorted(acts.items()) if p.acts is None or a != p.acts.base}
+        state.plan = BitPlan(bits, acts=changed)
         used = plan_cost(p, choice)
         total = sum(p.params.values()) or 1
         avg = used["avg_weight_bits"] / total
         state.report.groups = [self._row(state, p, g, bits[g.id]) for g in state.groups]
-        predicted = table.predict(bits, pairs=self.allocator == "ilp-pairs")
+        predicted = table.predict(bits, pairs=self.allocator == "ilp-pairs") + (
+            p.acts.predicted(acts) if p.acts is not None and acts else 0.0)
         budget = {k: v for k, v in vars(self.budget).items() if v is not None}
         state.report.notes["allocation"] = {
             "allocator": self.allocator, "status": status, "avg_weight_bits": avg, "size_mb": used["size_mb"],
-            "predicted_loss": predicted, "measured_loss": measure(choice) if state.meter else None,
-            "budget": budget, "max_drop": self.max_drop, **notes}
+            "predicted_loss": predicted, "measured_loss": measure(choice, acts) if state.meter else None,
+            "budget": budget, "max_drop": self.max_drop, "acts": changed, **notes}
+        if p.acts is not None:
+            state.report.notes["activations"] = act_summary(state, terms_from_dict(table.activations), p.acts,
+                                                            changed)
         if self.latency is not None:
             state.report.notes["allocation"]["predicted_latency_ms"] = used["latency_ms"]
             state.report.notes["allocation"]["latency_overhead_ms"] = self.latency.overhead_ms
         return PassResult(False, f"{self.allocator}: {status}, avg weight bits {avg:.3f} over "
-                                 f"{len(p.groups)} scored groups")
+                                 f"{len(p.groups)} scored groups" + (f"; {len(changed)} activation groups "
+                                                                     "changed" if changed else ""))
 
     @staticmethod
     def _uniform(p: Problem, budget: Budget) -> dict:

@@ -124,6 +124,7 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
     sess = runtime.session(model, mem_pattern=False)
     rows = len(next(iter(feeds.values()))) * view_count(feeds, views)
     step = chunk_rows(state, held=tensors)
+    state.report.notes.setdefault("rows_per_call", {})["calibrate"] = step
     lo = {t: np.inf for t in tensors}
     hi = {t: -np.inf for t in tensors}
     per_row: dict[str, list[np.ndarray]] = {t: [] for t in tensors}

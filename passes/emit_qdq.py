@@ -33,6 +33,7 @@ from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.graph_utils import const_values, node_label
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
+from dfq_onnx.report.activations import annotate
 
 
 def _fixed_encoding(state: CompileState, members: list[str], bits: int) -> Encoding | None:
@@ -104,6 +105,7 @@ class EmitQDQ(Pass):
         for node_name, const_name in spec.const_inputs:
             self._quantize_constant_input(state, nodes[node_name], const_name)
         graph.cleanup().toposort()
+        annotate(state)     # the plan's float activation groups in the report (report/activations.py)
         n_q = sum(1 for n in graph.nodes if n.op == "QuantizeLinear")
         n_dq = sum(1 for n in graph.nodes if n.op == "DequantizeLinear")
         return PassResult(True, f"{n_q} QuantizeLinear, {n_dq} DequantizeLinear, "

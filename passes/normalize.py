@@ -5,15 +5,19 @@ Steps, in order (each is recorded in the report):
 1. refuse what cannot be quantized: already-quantized models (Q/DQ or QLinear* nodes), float16/bfloat16
    tensors, custom-domain ops ORT cannot run, control flow whose body holds quantizable layers;
 2. drop initializers listed as graph inputs (IR < 4 exports) so they become constants;
-3. upgrade the opset to what the requested encodings need (13 for per-channel, 21 for int4/16-bit);
-4. shape inference, then constant folding of shape subgraphs and `Constant` nodes into initializers
+3. dimensions written as -1 (Paddle's spelling of a dynamic dimension) become symbolic, as ONNX spells
+   one ("N" for the batch axis), in the written model's declarations too;
+4. upgrade the opset to what the requested encodings need (13 for per-channel, 21 for int4/16-bit);
+5. shape inference, then constant folding of shape subgraphs and `Constant` nodes into initializers
    (Paddle keeps all weights as Constant nodes; PyTorch computes pads with Shape/Gather/Concat);
-5. canonical forms: two-input `Sum` becomes `Add` (Caffe2 exports), inference-time `Dropout` and
+6. canonical forms: two-input `Sum` becomes `Add` (Caffe2 exports), inference-time `Dropout` and
    `Identity` are removed, so later passes and the runtime's fusions see one spelling;
-6. shapes re-inferred on the folded graph; constant-zero `Pad` folded into the Conv / AveragePool
-   reading it and shape-computed Reshape targets made constant (`dfq_onnx.core.rewrites`), so the
+7. shapes re-inferred on the folded graph; constant-zero `Pad` folded into the Conv / AveragePool
+   reading it, shape-computed Reshape targets made constant and the version converter's flattened
+   Softmax unwrapped, iterated with re-inference (`dfq_onnx.core.rewrites`), constant per-channel
+   Mul / Add / Sub / Div folded into the layer producing them (`dfq_onnx.core.affine_fold`), so the
    runtime fuses the quantized graph as it fuses the float one;
-7. user hints for dynamic input dimensions (`input_shapes`, the batch dimension left free) size the
+8. user hints for dynamic input dimensions (`input_shapes`, the batch dimension left free) size the
    calibration only: the graph's tensors are then *annotated* with the shapes inferred for the hinted
    sizes, while the computation stays what it was. Folding and the rewrites run before the hints are
    applied, so a shape subgraph that reads a dynamic dimension (Shape -> Gather -> Reshape) is never
@@ -29,6 +33,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from dfq_onnx.core import ir, rewrites
+from dfq_onnx.core.affine_fold import fold_affine
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
@@ -78,6 +83,14 @@ def check_supported(model) -> None:
         if elem in LOW_PRECISION:
             raise UnsupportedModelError(f"tensor '{name}' is {LOW_PRECISION[elem]}: dfq-onnx quantizes FP32 "
                                         "models; convert the model to float32 first")
+
+
+def symbolic_dims(model) -> None:
+    """Step 3: input / output dimensions written as -1 become symbolic ("N" for the batch axis)."""
+    for t in [*model.graph.input, *model.graph.output]:
+        for i, dim in enumerate(t.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.dim_param = "N" if i == 0 else f"{t.name}_dim{i}"
 
 
 def annotate_shapes(graph, hints: dict[str, tuple[int, ...]]) -> None:
@@ -173,6 +186,24 @@ def canonicalize(graph) -> dict[str, int]:
     return {k: v for k, v in counts.items() if v}
 
 
+def fusable_forms(graph) -> dict[str, int]:
+    """Step 7: shapes re-inferred, then the rewrites that let the runtime fuse the quantized graph."""
+    ir.refresh_shapes(graph)
+    counts = {"Pad folded": rewrites.fold_zero_pads(graph), "Reshape target constant": 0,
+              "Softmax unwrapped": 0}
+    for _ in range(16):     # a constant target or one Softmax gives the next Reshape's input its shape
+        folded = rewrites.fold_shape_reshapes(graph)
+        unwrapped = rewrites.fold_flattened_softmax(graph)
+        counts["Reshape target constant"] += folded
+        counts["Softmax unwrapped"] += unwrapped
+        graph.cleanup().toposort()
+        if not (folded or unwrapped) or not ir.refresh_shapes(graph):
+            break
+    counts["no-op Reshape/Flatten removed"] = sum(_bypass(graph, n) for n in rewrites.noop_reshapes(graph))
+    counts["Mul/Add folded into layer"] = fold_affine(graph)
+    return counts
+
+
 class Normalize(Pass):
     """Load-time normalization: validation, opset upgrade, shape inference, constant folding."""
 
@@ -188,6 +219,7 @@ class Normalize(Pass):
         check_supported(model)
         state.source_opset = ir.opset_version(model)
         ir.drop_initializer_inputs(model)
+        symbolic_dims(model)
         model = ir.upgrade_opset(model, max(self.required_opset, state.target.min_opset))
         model = ir.infer_shapes(model)
         ort.set_default_logger_severity(3)
@@ -196,16 +228,8 @@ class Normalize(Pass):
         graph.fold_constants(fold_shapes=True, error_ok=True).cleanup().toposort()
         rewritten = canonicalize(graph)
         rewritten["nodes named"] = name_nodes(graph)
-        ir.refresh_shapes(graph)
-        rewritten["Pad folded"] = rewrites.fold_zero_pads(graph)
-        for _ in range(16):     # a folded Reshape target lets inference reach the next one
-            done = {"Reshape target constant": rewrites.fold_shape_reshapes(graph),
-                    "Softmax unflattened": rewrites.fold_flattened_softmax(graph)}
-            for k, v in done.items():
-                rewritten[k] = rewritten.get(k, 0) + v
-            graph.cleanup().toposort()
-            if not any(done.values()) or not ir.refresh_shapes(graph):
-                break
+        rewritten.update(fusable_forms(graph))
+        graph.cleanup().toposort()
         rewritten = {k: v for k, v in rewritten.items() if v}
         annotate_shapes(graph, state.options.input_shapes)
         state.graph = graph

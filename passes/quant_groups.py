@@ -1,7 +1,8 @@
 """Decide where quantizers go and which of them must share an encoding or a bit-width.
 
 Quantized nodes are the target's `weighted` ops with a constant float weight, and its `elementwise`
-ops on float tensors. Every float activation read or written by a quantized node gets a Q/DQ pair;
+ops on float tensors (a weighted MatMul of two activations, as in attention, counts as elementwise).
+Every float activation read or written by a quantized node gets a Q/DQ pair;
 `passthrough` ops (Reshape, MaxPool, ...) whose input is quantized pass the same encoding to their
 output, so the runtime can run them on 8-bit data:
 
@@ -77,18 +78,25 @@ def _absorbable(node: gs.Node) -> bool:
 
 
 def _feeds_weighted(graph: gs.Graph, target) -> set[int]:
-    """ids of nodes from which a weighted layer is reachable through target-known ops only.
+    """ids of nodes from which a weighted layer is reachable along float tensors, through any op.
 
     Elementwise ops in the tail after the last weighted layer (detector box decoding, score
     concatenation) stay float: quantizing them buys no integer kernel and can mix unrelated ranges.
+    Ops the target does not quantize (a Div in an exported hard-swish, a LayerNorm's Sqrt) do not stop
+    the reach: the elementwise ops before them sit between Q/DQ pairs, where the runtime runs them in
+    integer only if they are quantized.
     """
     reach: set[int] = set()
     for node in reversed(graph.nodes):
-        role = target.role(node.op)
-        if role == "weighted" or (role is not None and any(
-                id(c) in reach for out in node.outputs for c in out.outputs)):
+        if target.role(node.op) == "weighted" or any(
+                id(c) in reach for out in node.outputs if is_float(out) for c in out.outputs):
             reach.add(id(node))
     return reach
+
+
+def _activation_product(node: gs.Node) -> bool:
+    """A MatMul of two activations (attention's Q K^T and A V): quantized like an elementwise op."""
+    return len(node.inputs) == 2 and all(is_float(t) and not is_const(t) for t in node.inputs)
 
 
 def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
@@ -102,6 +110,8 @@ def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
             spec = _weighted_spec(node, role)
             if spec and all(is_float(t) for t in node.inputs[:1]):
                 layers[spec.node] = spec
+            elif node.op == "MatMul" and id(node) in reach and _activation_product(node):
+                layers[node_label(node)] = LayerSpec(node=node_label(node), op=node.op, role="elementwise")
         elif role == "elementwise" and any(is_float(t) and not is_const(t) for t in node.inputs):
             if all(is_float(t) for t in node.inputs if t.name):
                 layers[node_label(node)] = LayerSpec(node=node_label(node), op=node.op, role=role)
@@ -163,11 +173,11 @@ def build_spec(graph: gs.Graph, target) -> QuantSpec:
     uf = _UnionFind()
     for node in graph.nodes:  # topological order: passthrough chains propagate
         if target.role(node.op) == "passthrough" and node.inputs and node.inputs[0].name in acts:
-            out = node.outputs[0]
-            if is_float(out) and (target.quantize_outputs or out.name in acts
-                                  or any(node_label(c) in layers for c in out.outputs)):
-                acts[out.name] = None
-                uf.union(node.inputs[0].name, out.name)
+            for out in node.outputs:     # Split: every output shares the input's encoding
+                if is_float(out) and (target.quantize_outputs or out.name in acts
+                                      or any(node_label(c) in layers for c in out.outputs)):
+                    acts[out.name] = None
+                    uf.union(node.inputs[0].name, out.name)
     _share_encodings(graph, target, layers, acts, uf)
     names = tuple(acts)
     return QuantSpec(layers=layers, act_tensors=names, encoding_of={t: uf.find(t) for t in names},

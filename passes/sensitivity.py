@@ -1,30 +1,10 @@
-"""Score how much each quantizer group's weight bit-width hurts the model output (the ILP's input).
+"""ScoreSensitivity: the sensitivity table of the compile state (the ILP's input), cached on disk.
 
-For every group with weights and every candidate c = (w, a) -- w from `weight_bits` where the target
-allows (w, a), a the activation bits -- configurations are run on ONE probe model in ONE session
-(`dfq_onnx.sensitivity.probe`), each costing one ORT forward pass of the scoring batch, and the terms of
-`dfq_onnx.sensitivity.table` are formed against the cached FP32 outputs:
-
-    singles    Omega_i(c)   = D(i at c)                                             G*K evaluations
-    incontext  I_i(c)       = L(others at base, i at c) - L(all at base)            G*(K-1) + 1
-    pairs      C_ij(c, c')  = D(i at c, j at c') - D(i at c) - D(j at c')           P*K_low^2
-               for groups within `hops` and c, c' below the base (e.g. {2,4} x {2,4})
-
-plus one FP32 forward pass and one reference evaluation. L is the loss vs the FP32 model, D the same
-metric vs the probe's outputs with every weight FP32 (activations quantized): the damage the weights
-add (`Evaluator.relative`). D has no cross term with the activation noise, which makes small
-L-differences noisy and often negative; singles are then made monotone in the bits (`monotone`).
-
-Hops: quantized nodes (weighted and elementwise) are adjacent when data flows from one to the other
-through non-quantized nodes only (Relu, Pad, MaxPool, ...); two groups are within k hops when some
-node of one reaches some node of the other in at most k such edges (undirected). In a ResNet block
-conv1 -> conv2 is 1 hop and conv2 -> next block's conv1 is 2 (via the Add, in the conv1 group); with
-k = 2 ResNet-56 has 128 pairs (counting through skip connections for free would give 1189).
-
-Shrinkage: each term T is also formed on the even and the odd samples (T_a, T_b, same configurations,
-so noise common to both cancels in differences). sigma = |T_a - T_b| / 2 estimates the standard error
-of T, and T' = sign(T) max(|T| - lambda sigma, 0) with lambda = `shrink` (0 disables): terms the
-samples cannot tell from 0 become 0 and do not steer the allocator.
+The terms and how they are measured are in `dfq_onnx.sensitivity.scoring` (weights) and
+`dfq_onnx.sensitivity.act_scoring` (activation groups, where activation precision is a decision); this
+pass picks the scoring samples (synthetic / calibration set, else Gaussian noise), chunks them
+(`rows_per_chunk`, results independent of it), builds the probe, caches the table keyed by the model,
+ranges, target, options and samples, and leaves a PlanMeter that measures whole plans.
 """
 
 from __future__ import annotations
@@ -33,164 +13,34 @@ import dataclasses
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
 
 import numpy as np
+from dfq_onnx.passes.act_precision import activation_terms, decides
 from dfq_onnx.passes.calibrate import noise_inputs
-from tqdm import tqdm
 
-from dfq_onnx.core import cache, ir, numerics
+from dfq_onnx.backends.chunks import rows_per_chunk
+from dfq_onnx.core import cache, ir
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.core.outputs import output_producers
 from dfq_onnx.core.pass_base import Pass, PassResult
-from dfq_onnx.core.state import CompileState
+from dfq_onnx.core.state import FLOAT_BITS, CompileState
+from dfq_onnx.sensitivity.act_scoring import switchable, terms_to_dict
 from dfq_onnx.sensitivity.evaluator import Evaluator
 from dfq_onnx.sensitivity.probe import Probe, build_probe
-from dfq_onnx.sensitivity.table import METRICS, SensitivityTable, load_json, save_json_atomic, summary
+from dfq_onnx.sensitivity.scoring import (  # noqa: F401  (the scoring API, re-exported for callers)
+    Scoring,
+    SensitivityOptions,
+    assemble,
+    candidate_bits,
+    monotone,
+    near_pairs,
+    shrink,
+)
+from dfq_onnx.sensitivity.table import SensitivityTable, load_json, save_json_atomic, summary
 
 log = logging.getLogger(__name__)
-ENGINE_VERSION = 2       # bump when the terms change: old cache entries are then ignored
-
-
-@dataclass(frozen=True)
-class SensitivityOptions:
-    weight_bits: tuple[int, ...] = (2, 4, 8)
-    base_bits: int = 8
-    hops: int = 2                     # 0: no pairs
-    pairs: bool = True
-    incontext: bool = True            # False: skip the in-context phase (the allocator reads singles/pairs)
-    pair_bits: tuple[int, ...] | None = None   # candidates of the pair terms (None: all below base)
-    metric: str = "auto"              # "auto" | "kl" | "ce" | "mse" | "sqnr"
-    batch: int | None = None          # samples per ORT run (None: all at once)
-    samples: int | None = None        # score on the first n samples (None: all)
-    quantize_activations: bool = True
-    bias_correction: bool = False     # each candidate's weights with its analytic bias correction
-    shrink: float = 1.0
-    segmented: bool = True            # run configurations from the first changed segment (segments.py)
-    use_cache: bool = True
-    cache_dir: str | None = None
-    progress: bool = True
-
-    def __post_init__(self):
-        bits = tuple(sorted(int(b) for b in self.weight_bits))
-        object.__setattr__(self, "weight_bits", bits)
-        if not bits or len(set(bits)) != len(bits) or not set(bits) <= set(numerics.SUPPORTED_BITS):
-            raise UsageError(f"sensitivity weight bits {bits}: expected distinct values from "
-                             f"{numerics.SUPPORTED_BITS}")
-        if self.base_bits not in bits:
-            raise UsageError(f"sensitivity base bits {self.base_bits} must be one of the weight bits {bits}")
-        if self.hops < 0 or (self.batch is not None and self.batch < 1) or self.shrink < 0:
-            raise UsageError(f"sensitivity: batch ({self.batch}) must be positive, hops ({self.hops}) and "
-                             f"shrink ({self.shrink}) non-negative")
-        if self.pair_bits is not None:
-            pair = tuple(sorted(int(b) for b in self.pair_bits))
-            object.__setattr__(self, "pair_bits", pair)
-            if not set(pair) <= set(bits) or any(b >= self.base_bits for b in pair):
-                raise UsageError(f"sensitivity pair bits {pair} must be weight bits below the base "
-                                 f"{self.base_bits}")
-        if self.samples is not None and self.samples < 2:
-            raise UsageError(f"sensitivity samples {self.samples}: need at least 2 (two half-batches)")
-        if self.metric not in METRICS:
-            raise UsageError(f"sensitivity metric '{self.metric}': expected one of {', '.join(METRICS)}")
-
-
-def candidate_bits(options: SensitivityOptions, target, act_bits: int) -> tuple[int, ...]:
-    """The weight bits the target allows with `act_bits` (the others are logged and skipped)."""
-    legal = tuple(b for b in options.weight_bits if (b, act_bits) in target.pairs)
-    dropped = [b for b in options.weight_bits if b not in legal]
-    if dropped:
-        log.info("target '%s' has no %s: not scored", target.name,
-                 ", ".join(f"W{b}A{act_bits}" for b in dropped))
-    if options.base_bits not in legal:
-        raise UsageError(f"base W{options.base_bits}A{act_bits} is not legal on target '{target.name}'")
-    return legal
-
-
-def near_pairs(graph, groups, hops: int) -> list[tuple[str, str]]:
-    """Pairs (in group order) of weighted groups within `hops` (see the module docstring)."""
-    group_of = {op: g.id for g in groups for op in g.ops}
-    adj: dict[str, set[str]] = {g.id: set() for g in groups}
-    for node in graph.nodes:
-        src = group_of.get(node_label(node))
-        if src is None:
-            continue
-        stack, seen = [c for t in node.outputs for c in t.outputs], set()
-        while stack:
-            c = stack.pop()
-            if id(c) in seen:
-                continue
-            seen.add(id(c))
-            dst = group_of.get(node_label(c))
-            if dst is None:
-                stack.extend(cc for t in c.outputs for cc in t.outputs)
-            elif dst != src:
-                adj[src].add(dst)
-                adj[dst].add(src)
-    order = {g.id: i for i, g in enumerate(groups) if g.layers}
-    pairs = set()
-    for g in order:
-        seen, front = {g}, {g}
-        for _ in range(hops):
-            front = {h for f in front for h in adj[f]} - seen
-            seen |= front
-        pairs |= {(g, h) for h in seen if h in order and order[h] > order[g]}
-    return sorted(pairs, key=lambda p: (order[p[0]], order[p[1]]))
-
-
-def _plan(groups: list[str], bits, base: int, pairs, low, incontext: bool = True) -> dict[str, list[dict]]:
-    """The configurations of each phase (group -> weight bits; absent = FP32)."""
-    all_base = {g: base for g in groups}
-    return {"singles": [{}] + [{g: b} for g in groups for b in bits],
-            "incontext": [all_base] + ([{**all_base, g: b} for g in groups for b in bits if b != base]
-                                       if incontext else []),
-            "pairs": [{g: c, h: d} for g, h in pairs for c in low for d in low]}
-
-
-def _evaluate(ev: Evaluator, plan: dict[str, list[dict]], progress: bool) -> dict[str, dict]:
-    """Run every configuration once; per phase: evaluations, forward passes, seconds."""
-    keys = {frozenset(c.items()) for phase in plan.values() for c in phase}
-    stats = {}
-    with tqdm(total=len(keys), desc="sensitivity", unit="eval", disable=not progress, leave=False) as bar:
-        for phase, configs in plan.items():
-            start, e0, f0 = time.perf_counter(), ev.evaluations, ev.forward_passes
-            for config in configs:
-                if not ev.seen(config):
-                    ev.loss(config)
-                    bar.update(1)
-            stats[phase] = {"evaluations": ev.evaluations - e0, "forward_passes": ev.forward_passes - f0,
-                            "seconds": round(time.perf_counter() - start, 3)}
-    return stats
-
-
-def shrink(term: np.ndarray, lam: float) -> float:
-    """Soft threshold of [T, T_a, T_b] at lam * |T_a - T_b| / 2."""
-    sigma = abs(term[1] - term[2]) / 2.0
-    return float(np.sign(term[0]) * max(abs(term[0]) - lam * sigma, 0.0))
-
-
-def monotone(terms: dict) -> dict:
-    """Fewer bits never cost less: each candidate's loss is raised to that of any candidate with more
-    weight bits (a running max from the most precise down; removes noise inversions)."""
-    out, floor = {}, 0.0
-    for c in sorted(terms, key=lambda c: -c[0]):
-        floor = max(floor, terms[c])
-        out[c] = floor
-    return {c: out[c] for c in terms}
-
-
-def assemble(ev: Evaluator, groups, bits, base, pairs, low, act: int, lam: float,
-             incontext: bool = True) -> dict:
-    """The table's terms from the evaluator's (memoized) losses (no in-context terms when not scored)."""
-    L, R, ref, all_base = ev.loss, ev.relative, ev.loss({}), {g: base for g in groups}
-    singles = {g: monotone({(b, act): shrink(R({g: b}), lam) for b in bits}) for g in groups}
-    base_loss = L(all_base)
-    context = {g: {(b, act): 0.0 if b == base else shrink(L({**all_base, g: b}) - base_loss, lam)
-                   for b in bits} if incontext else {} for g in groups}
-    terms = {(g, h): {((c, act), (d, act)): shrink(R({g: c, h: d}) - R({g: c}) - R({h: d}), lam)
-                      for c in low for d in low} for g, h in pairs}
-    return {"singles": singles, "incontext": context, "pairs": terms,
-            "reference_loss": float(ref[0]), "base_loss": float(base_loss[0])}
+ENGINE_VERSION = 3       # bump when the terms change: old cache entries are then ignored
 
 
 def _digest(*arrays) -> str:
@@ -229,45 +79,6 @@ def scoring_data(state: CompileState, options: SensitivityOptions):
     return samples, None if labels is None else np.asarray(labels)[:n]
 
 
-@dataclass
-class Scoring:
-    """One scoring run: the evaluator over the probe model and what to evaluate."""
-
-    evaluator: Evaluator
-    groups: list[str]
-    bits: tuple[int, ...]
-    act: int
-    pairs: list[tuple[str, str]]
-    options: SensitivityOptions
-    phases: dict = dataclasses.field(default_factory=dict)
-    started: float = dataclasses.field(default_factory=time.perf_counter)
-
-    @property
-    def low(self) -> list[int]:
-        pair_bits = self.options.pair_bits
-        return [b for b in self.bits if b < self.options.base_bits and (pair_bits is None or b in pair_bits)]
-
-    def run(self) -> "Scoring":
-        plan = _plan(self.groups, self.bits, self.options.base_bits, self.pairs, self.low,
-                     self.options.incontext)
-        self.phases = _evaluate(self.evaluator, plan, self.options.progress)
-        return self
-
-    def table(self, shrink: float | None = None) -> SensitivityTable:
-        ev, opts = self.evaluator, self.options
-        lam = opts.shrink if shrink is None else shrink
-        terms = assemble(ev, self.groups, self.bits, opts.base_bits, self.pairs, self.low, self.act, lam,
-                         opts.incontext)
-        return SensitivityTable(
-            groups=tuple(self.groups), candidates=tuple((b, self.act) for b in self.bits),
-            metric=",".join(ev.kinds), samples=ev.n, evaluations=ev.evaluations,
-            forward_passes=ev.forward_passes, seconds=time.perf_counter() - self.started,
-            base=(opts.base_bits, self.act), phases=self.phases,
-            meta={"hops": opts.hops, "shrink": lam, "batch": ev.batch,
-                  "quantize_activations": opts.quantize_activations,
-                  "not_legal": [b for b in opts.weight_bits if b not in self.bits]}, **terms)
-
-
 def fit_batch(graph, samples: dict, labels, batch: int | None):
     """A static batch dimension fixes the rows per run: trim the samples to a multiple of it."""
     static = next((t.shape[0] for t in graph.inputs
@@ -284,21 +95,37 @@ def fit_batch(graph, samples: dict, labels, batch: int | None):
     return trimmed, None if labels is None else labels[:keep], static
 
 
+def input_means(state: CompileState, options: SensitivityOptions) -> dict | None:
+    """Per weighted layer (E[x], tap fractions) for the candidates' bias correction, when it is on."""
+    if not options.bias_correction:
+        return None
+    from dfq_onnx.passes.bias_correction import input_moments
+
+    from dfq_onnx.corrections.layer_pairs import tap_fractions
+
+    nodes = {node_label(n): n for n in state.graph.nodes}
+    return {layer: (m[0], tap_fractions(nodes[layer])) for layer, m in input_moments(state)[0].items()}
+
+
+def chunked(state: CompileState, samples: dict, labels, batch: int | None = None):
+    """(samples, labels, rows per ORT run): trimmed to a static batch, else `batch`, else the user's
+    --calib-batch, else `rows_per_chunk` of the model's activation footprint (backends/chunks.py), so
+    scoring memory is one chunk of activations whatever the number of samples; results do not depend
+    on it (rows are independent)."""
+    samples, labels, rows = fit_batch(state.graph, samples, labels, batch)
+    if rows is None:
+        rows = state.options.calib_batch or rows_per_chunk(
+            state.graph, {k: v.shape[1:] for k, v in samples.items()})
+    return samples, labels, rows
+
+
 def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -> Scoring:
     """Build the probe model, its session and the FP32 reference outputs (one forward pass)."""
-    samples, labels, batch = fit_batch(state.graph, samples, labels, options.batch)
+    samples, labels, batch = chunked(state, samples, labels, options.batch)
     act = state.options.act_bits or state.target.default_act_bits
     bits = candidate_bits(options, state.target, act)
-    means = None
-    if options.bias_correction:
-        from dfq_onnx.passes.bias_correction import input_moments
-
-        from dfq_onnx.corrections.layer_pairs import tap_fractions
-
-        nodes = {node_label(n): n for n in state.graph.nodes}
-        means = {layer: (m[0], tap_fractions(nodes[layer])) for layer, m in input_moments(state)[0].items()}
     pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, bits, act,
-                     options.quantize_activations, input_means=means)
+                     options.quantize_activations, input_means=input_means(state, options))
     fp32 = ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
     n = len(next(iter(samples.values())))
     ev = Evaluator(Probe(pm, segmented=options.segmented, samples=n), fp32, samples, labels, options.metric,
@@ -308,15 +135,17 @@ def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -
 
 
 class PlanMeter:
-    """Measures whole plans (group -> weight bits) on the probe: the same loss as the table's terms, on the
-    same samples, one ORT forward pass per distinct plan. Used by AllocateBits to verify a `--max-drop`
-    plan and to measure the Pareto points. When the table came from the cache the probe is built on the
-    first call only."""
+    """Measures whole plans (group -> weight bits, and activation group -> precision) on the probe: the same
+    loss as the table's terms, on the same samples, one ORT forward pass per distinct plan. Used by
+    AllocateBits to verify a `--max-drop` plan, measure the Pareto points and the written plan. When the
+    table came from the cache the probe is built on the first call only; a plan with activation decisions
+    is measured on a second probe with activation switches (built on first use)."""
 
     def __init__(self, state: CompileState, options: SensitivityOptions, samples, labels,
                  scoring: Scoring | None = None):
         self._state, self._options, self._samples, self._labels = state, options, samples, labels
         self._scoring = scoring
+        self._acts: Evaluator | None = None
         self._counted = scoring.evaluator.forward_passes if scoring is not None else 0   # already reported
 
     @property
@@ -326,18 +155,38 @@ class PlanMeter:
                                     self._samples, self._labels)
         return self._scoring.evaluator
 
-    def __call__(self, bits: dict[str, int]) -> float:
-        ev = self.evaluator
-        loss = float(ev.loss(bits)[0])
-        self._state.forward_passes += ev.forward_passes - self._counted
-        self._counted = ev.forward_passes
+    def _act_evaluator(self) -> Evaluator:
+        if self._acts is None:
+            from dfq_onnx.passes.act_precision import plan_evaluator
+
+            self._acts = plan_evaluator(self._state, self._options, self._samples, self._labels)
+        return self._acts
+
+    def __call__(self, bits: dict[str, int], acts: dict[str, int] | None = None) -> float:
+        base = self._state.target.default_act_bits
+        changed = {k: a for k, a in (acts or {}).items() if a != base}
+        if not changed:
+            ev = self.evaluator
+            loss = float(ev.loss(bits)[0])
+        else:
+            ev = self._act_evaluator()
+            every = {ag.id: base for ag in switchable(self._state.act_groups)}
+            every.update({k: None if a == FLOAT_BITS else a for k, a in changed.items()})
+            loss = float(ev.loss({**bits, **every})[0])
+        self._state.forward_passes += self._passes() - self._counted
+        self._counted = self._passes()
         return loss
+
+    def _passes(self) -> int:
+        return (self._scoring.evaluator.forward_passes if self._scoring is not None else 0) + (
+            self._acts.forward_passes if self._acts is not None else 0)
 
 
 def score(state: CompileState, options: SensitivityOptions, samples=None,
           labels=None) -> tuple[SensitivityTable, bool]:
     """The sensitivity table of the state's graph (from the cache when possible) and whether it was cached.
-    Leaves a PlanMeter on the state (`state.meter`) for measuring whole plans."""
+    Leaves a PlanMeter on the state (`state.meter`) for measuring whole plans. Where activation precision
+    is a decision (passes/act_precision.py), the table carries the activation terms too."""
     if samples is None:
         samples, labels = scoring_data(state, options)
     n = len(next(iter(samples.values())))
@@ -345,8 +194,8 @@ def score(state: CompileState, options: SensitivityOptions, samples=None,
         raise UsageError(f"sensitivity scoring needs at least 2 samples, got {n}")
     act = state.options.act_bits or state.target.default_act_bits
     bits = candidate_bits(options, state.target, act)
-    path = cache.cache_path("sensitivity", cache_key(state, options, bits, act, samples, labels),
-                            options.cache_dir).with_suffix(".json")
+    key = {**cache_key(state, options, bits, act, samples, labels), "activations": decides(state)}
+    path = cache.cache_path("sensitivity", key, options.cache_dir).with_suffix(".json")
     if options.use_cache and (hit := load_json(path)) is not None:
         log.info("sensitivity table from cache %s", path)
         state.meter = PlanMeter(state, options, samples, labels)
@@ -354,6 +203,12 @@ def score(state: CompileState, options: SensitivityOptions, samples=None,
     scoring = prepare(state, options, samples, labels).run()
     table = scoring.table()
     state.meter = PlanMeter(state, options, samples, labels, scoring)
+    if decides(state):     # the activation terms, on their own probe (passes/act_precision.py)
+        terms, ev = activation_terms(state, samples, labels, options.metric, options.pairs, options.batch)
+        table = dataclasses.replace(table, activations=terms_to_dict(terms),
+                                    evaluations=table.evaluations + ev.evaluations,
+                                    forward_passes=table.forward_passes + ev.forward_passes,
+                                    seconds=time.perf_counter() - scoring.started)
     if options.use_cache:
         save_json_atomic(path, table)
     return table, False

@@ -9,29 +9,42 @@
 Objectives (`dfq_onnx.synth.objectives`): "bn" matches the per-channel spatial mean/std of every
 folded-BN output to (beta, |gamma|) plus a weak N(0, 1) input prior (ZeroQ, per sample); "label"
 (chosen by "auto" when the model has no BN statistics) makes each sample's target class dominate the
-output, with a smoothness prior and an activation-peak penalty; "bn+label" adds both. The search
+output, with a smoothness prior and an activation-peak penalty; "bn+label" adds both; "sequence"
+(chosen by "auto" for a per-position output [N, T, C], with BN statistics "bn+sequence") gives each
+sample a target label sequence and maximizes its per-step margins (`dfq_onnx.synth.sequence`). The search
 (`dfq_onnx.synth.search`) is antithetic ES with rank-based fitness shaping and Adam, coarse to fine, over
 band gains, a colour mix and a low-resolution residual latent of each image (the raw input for other
 ranks). The result is cached on disk (`dfq_onnx.core.cache`) keyed by the model hash and every option
 that changes it, so a rerun performs no ORT run.
 
-Defaults: 64 samples, up to 80 steps of P = 2 pairs: 64 * 4 * 80 = 20480 rows in 80 single-call
-steps, plus the probe, first and last evaluations (83 ORT runs). Unless steps are given, they are
-capped by a compute budget, deterministic in the model: rows * E <= 24e9, E = activation elements
-per row (outputs of every Conv/Gemm/MatMul; ORT's time per row is about proportional to it on CPU,
-depthwise networks being memory-bound), and at least 12 steps. CIFAR ResNet-56 (E = 0.53M) keeps 80;
-EfficientNet-Lite0 at 224 x 224 (E = 6.7M), 32 samples: 27 steps. Memory: ORT keeps a few activations per
-row alive, so `synth_runner` caps the rows per call at 1 GiB / (4 bytes * (8 * largest activation
-+ outputs per row)): ~0.5 MB per row for a CIFAR ResNet (all 256 rows in one call); a 224 x 224 model
-with a 96 x 112 x 112 activation needs ~38 MB per row: 27 rows per call. On EfficientNet-Lite0 the
-process peaks at 2.3 GB RSS (7.5 GB with 72-row calls and ORT's memory pattern; same samples).
+Defaults (engine 4): 64 samples drawn from the search's natural-image prior (1/f random fields,
+`dfq_onnx.synth.search.pink_noise`) and, for the BN objective, no search: on every model with labels
+here the BN-matching search made the calibration worse than the fields it starts from (ResNet-20 /
+ResNet-56 W8A8 and W4A8, EfficientNet-Lite0 W8A8; BENCHMARKS.md, issue 13), at ~20,000 forward rows.
+The prior costs no forward pass (the samples are generated in numpy, one sample at a time: memory
+is the samples themselves). The label objectives (models without BN statistics, or asked for) keep
+the search, up to 80 steps of P = 2 pairs capped by a compute budget deterministic in the model:
+rows * E <= 6e9, E = activation elements per row (outputs of every Conv/Gemm/MatMul; from the
+graph's shapes, else from one one-row ORT run), about a minute of ORT on 2 cores; a budget below 12
+steps searches nothing (a few steps move nothing but cost the same per step). `steps` given
+explicitly are always run, whatever the objective. Runs of the search are chunked in rows so
+that ORT's activations fit a fixed memory budget (`synth_runner`).
+
+Sequence objectives on a model whose output positions follow an input axis search pieces 1/R as wide
+and concatenate them (`dfq_onnx.synth.compose`, the budget counted per piece); on an image recognizer
+the samples start from random line drawings the model reads most and, by default, that pick is the
+whole search (`dfq_onnx.synth.strokes`: ES refinement lowered PP-OCRv4 rec); the drawings cost
+CANDIDATES x N forward rows, so they are cached like a search. Engine 5: no search for the BN
+objective (engine 4) and the sequence objectives with their drawings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -50,16 +63,17 @@ from dfq_onnx.synth.strokes import stroke_start
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("auto", "bn", "label", "bn+label", "sequence", "bn+sequence")
-ENGINE_VERSION = 3      # bump when the algorithm changes: old cache entries are then ignored
+ENGINE_VERSION = 5      # bump when the algorithm changes: old cache entries are then ignored
 STAGES = 3              # coarse-to-fine latent stages (latent short side 4, 8, 16 pixels)
 SIGMA, LR = 0.3, 0.05   # ES perturbation scale and Adam step, in latent (pixel) units
-MAX_STEPS, MIN_STEPS, ELEMENT_BUDGET = 80, 12, 24e9   # default steps: see the module docstring
+MAX_STEPS, MIN_STEPS, ELEMENT_BUDGET = 80, 12, 6e9   # default steps: see the module docstring
 
 
 @dataclass(frozen=True)
 class SynthesisOptions:
     samples: int = 64
-    steps: int | None = None    # ES steps in total, split over the stages (None: budgeted, <= 80)
+    steps: int | None = None    # ES steps in total, split over the stages (None: 0 for the BN
+                                #  objective, budgeted <= 80 for the label objectives)
     population: int = 2         # antithetic pairs per sample and step (2P rows per sample per step)
     seed: int = 0
     objective: str = "auto"     # "bn" | "label" | "bn+label" | "auto" (bn if BN statistics exist,
@@ -80,14 +94,15 @@ class SynthesisOptions:
 class SynthesisResult:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
-    loss_start: float
-    loss_end: float
+    loss_start: float | None    # None: no search (the prior's samples; the objective is not run)
+    loss_end: float | None
     forward_passes: int         # ORT run calls (one per chunk of rows)
     samples_evaluated: int      # rows evaluated over all calls
     seconds: float
     cache_hit: bool
     objective: str
     steps: int = 0              # ES steps of the search (also reported on a cache hit)
+    start: str = "pink"         # what the samples start from: "pink" (1/f fields) or "strokes" (drawings)
 
 
 def resolve_objective(requested: str, bn_stats: dict, graph=None) -> str:
@@ -103,12 +118,19 @@ def resolve_objective(requested: str, bn_stats: dict, graph=None) -> str:
     return requested
 
 
-def budgeted_steps(options: SynthesisOptions, elements_per_row: int) -> int:
-    """The given steps, else MAX_STEPS capped by ELEMENT_BUDGET (module docstring), >= MIN_STEPS."""
+def budgeted_steps(options: SynthesisOptions, kind: str, elements_per_row: Callable[[], tuple[int, int]]
+                   ) -> tuple[int, int]:
+    """(steps, forward passes spent finding them): the given steps; else none for the BN objective,
+    MAX_STEPS capped by ELEMENT_BUDGET for the label ones and none below MIN_STEPS (module docstring).
+    `elements_per_row` is called only when the budget needs it."""
     if options.steps is not None:
-        return options.steps
-    per_step = options.samples * 2 * options.population * max(elements_per_row, 1)
-    return int(min(MAX_STEPS, max(MIN_STEPS, ELEMENT_BUDGET // per_step)))
+        return options.steps, 0
+    if kind == "bn":
+        return 0, 0
+    elements, passes = elements_per_row()
+    per_step = options.samples * 2 * options.population * max(elements, 1)
+    steps = int(min(MAX_STEPS, ELEMENT_BUDGET // per_step))
+    return (steps if steps >= MIN_STEPS else 0), passes
 
 
 def _key(model_hash: str, options: SynthesisOptions, kind: str, shapes: dict, steps: int) -> dict:
@@ -119,44 +141,67 @@ def _key(model_hash: str, options: SynthesisOptions, kind: str, shapes: dict, st
 
 def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
                input_shapes: dict[str, tuple] | None = None) -> SynthesisResult:
-    """Search `options.samples` inputs minimizing the objective (see module docstring)."""
+    """`options.samples` inputs from the prior (or, for a sequence objective on an image recognizer,
+    from the line drawings the model picks), searched to minimize the objective when steps > 0."""
     start = time.perf_counter()
     shapes = resolve_shapes(graph, input_shapes or {})
     kind = resolve_objective(options.objective, bn_stats, graph)
     plan = plan_pieces(graph, kind, shapes)       # sequence outputs along an input axis: synth/compose.py
     search_graph, search_shapes = (plan.graph, plan.shapes) if plan else (graph, shapes)
     strokes = plan is not None and is_image_like((1, *shapes[plan.name]))   # line drawings: synth/strokes.py
-    steps = budgeted_steps(options, row_elements(graph, shapes) // (plan.pieces if plan else 1))
     if strokes and options.steps is None:
-        steps = 0     # the model's pick of drawings; refining them lowered PP-OCRv4 (synth/strokes.py)
+        steps, probes = 0, 0    # the model's pick of drawings; refining them lowered PP-OCRv4 (strokes.py)
+    else:
+        pieces = plan.pieces if plan else 1
+        steps, probes = budgeted_steps(options, kind,
+                                       lambda: _per_piece(row_elements(graph, shapes), pieces))
+    rng = np.random.default_rng(options.seed)
+    n = options.samples
+    if steps == 0 and not strokes:
+        latent = {name: pink_noise(rng, n, shape) for name, shape in shapes.items()}
+        return SynthesisResult(squash(latent), None, None, None, probes, probes,
+                               time.perf_counter() - start, False, kind, 0)
     key = {**_key(model_hash, options, kind, shapes, steps), "pieces": plan.pieces if plan else 1,
            "start": "strokes" if strokes else "pink"}
     path = cache.cache_path("synthetic", key, options.cache_dir)
     use_cache = options.use_cache and bool(model_hash)      # no hash, no safe key
     if use_cache and (hit := _from_cache(path, shapes, start)) is not None:
         return hit
-    rng = np.random.default_rng(options.seed)
-    n = options.samples
     if strokes:
         latent = {k: unsquash(v) for k, v in plan.split(stroke_start(graph, plan, rng, n)).items()}
     else:
         latent = {name: pink_noise(rng, n, shape) for name, shape in search_shapes.items()}
-    start_images = squash(latent)
-    objective, runner = build_objective(kind, search_graph, bn_stats, search_shapes, start_images, rng)
-    idx = np.arange(n)
-    loss_start = float(runner.losses(objective, start_images, idx).mean())
-    images = _search(latent, search_shapes, objective, runner, options, steps, rng)
-    loss_end = float(runner.losses(objective, images, idx).mean())
-    images = plan.compose(images) if plan else images
-    labels = objective.label.labels if objective.label is not None else None
-    result = SynthesisResult(images, labels, loss_start, loss_end, runner.calls, runner.rows,
-                             time.perf_counter() - start, False, kind, steps)
+    result = _searched(latent, kind, search_graph, bn_stats, search_shapes, options, steps, rng)
+    images = plan.compose(result.inputs) if plan else result.inputs
+    result = dataclasses.replace(result, inputs=images, start=key["start"],
+                                 forward_passes=result.forward_passes + probes,
+                                 samples_evaluated=result.samples_evaluated + probes,
+                                 seconds=time.perf_counter() - start)
     if use_cache:
         try:
             cache.save_npz_atomic(path, _to_arrays(result))
         except OSError as exc:          # a read-only or full cache directory must not fail the compile
             log.warning("cannot write the synthesis cache %s: %s", path, exc)
     return result
+
+
+def _per_piece(measured: tuple[int, int], pieces: int) -> tuple[int, int]:
+    return measured[0] // pieces, measured[1]
+
+
+def _searched(latent, kind, graph, bn_stats, shapes, options, steps, rng) -> SynthesisResult:
+    """The search from `latent` (the objective is not run without steps: loss None)."""
+    if steps == 0:
+        return SynthesisResult(squash(latent), None, None, None, 0, 0, 0.0, False, kind, 0)
+    start_images = squash(latent)
+    objective, runner = build_objective(kind, graph, bn_stats, shapes, start_images, rng)
+    idx = np.arange(options.samples)
+    loss_start = float(runner.losses(objective, start_images, idx).mean())
+    images = _search(latent, shapes, objective, runner, options, steps, rng)
+    loss_end = float(runner.losses(objective, images, idx).mean())
+    labels = objective.label.labels if objective.label is not None else None
+    return SynthesisResult(images, labels, loss_start, loss_end, runner.calls, runner.rows, 0.0, False,
+                           kind, steps)
 
 
 def _search(latent, shapes, objective, runner, options, total, rng):
@@ -192,10 +237,11 @@ def _to_arrays(result: SynthesisResult) -> dict[str, np.ndarray]:
     arrays = {f"input/{k}": v for k, v in result.inputs.items()}
     if result.labels is not None:
         arrays["labels"] = result.labels
-    meta = [result.loss_start, result.loss_end, result.forward_passes, result.samples_evaluated,
-            result.seconds, result.steps]
+    losses = [np.nan if v is None else v for v in (result.loss_start, result.loss_end)]   # NaN: no search
+    meta = [*losses, result.forward_passes, result.samples_evaluated, result.seconds, result.steps]
     arrays["meta"] = np.array(meta, np.float64)
     arrays["objective"] = np.array(result.objective)
+    arrays["start"] = np.array(result.start)
     return arrays
 
 
@@ -209,9 +255,11 @@ def _from_cache(path, shapes, start) -> SynthesisResult | None:
     meta = arrays.get("meta")
     if meta is None or meta.shape != (6,) or "objective" not in arrays:
         return None
-    log.info("synthetic inputs from cache %s (searched in %.1fs, %d ORT runs)", path, meta[4], meta[2])
-    return SynthesisResult(inputs, arrays.get("labels"), float(meta[0]), float(meta[1]), 0, 0,
-                           time.perf_counter() - start, True, str(arrays["objective"]), int(meta[5]))
+    log.info("synthetic inputs from cache %s (made in %.1fs, %d ORT runs)", path, meta[4], meta[2])
+    loss = [None if np.isnan(v) else float(v) for v in meta[:2]]      # NaN: not searched
+    return SynthesisResult(inputs, arrays.get("labels"), loss[0], loss[1], 0, 0,
+                           time.perf_counter() - start, True, str(arrays["objective"]), int(meta[5]),
+                           str(arrays.get("start", "pink")))
 
 
 class Synthesize(Pass):
@@ -223,17 +271,26 @@ class Synthesize(Pass):
         self.options = options or SynthesisOptions()
 
     def run(self, state: CompileState) -> PassResult:
+        if state.spec is not None and not state.spec.act_tensors:     # KeepFloat: nothing to calibrate
+            return PassResult(False, "no quantized activation")
         result = synthesize(state.graph, state.bn_stats, self.options, state.model_hash,
                             state.options.input_shapes)
         state.calib = result.inputs
         state.synthetic = result
         state.forward_passes += result.forward_passes
+        searched = result.loss_start is not None
         state.report.notes["synthesis"] = {
             "objective": result.objective, "samples": self.options.samples, "steps": result.steps,
             "population": self.options.population, "seed": self.options.seed,
-            "loss_start": round(result.loss_start, 6), "loss_end": round(result.loss_end, 6),
+            "loss_start": round(result.loss_start, 6) if searched else None,
+            "loss_end": round(result.loss_end, 6) if searched else None,
             "forward_passes": result.forward_passes, "rows_evaluated": result.samples_evaluated,
             "cache_hit": result.cache_hit}
+        state.report.notes["synthesis"]["start"] = result.start
+        if not searched:
+            prior = "line drawings picked by the model" if result.start == "strokes" else "the 1/f prior"
+            return PassResult(False, f"{self.options.samples} samples from {prior} (no search: "
+                                     f"{result.objective} objective)")
         how = "from cache" if result.cache_hit else f"{result.forward_passes} ORT runs"
         return PassResult(False, f"{self.options.samples} samples ({result.objective}), loss "
                                  f"{result.loss_start:.4f} -> {result.loss_end:.4f}, {how}")

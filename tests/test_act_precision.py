@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 
 import numpy as np
 import onnx
@@ -55,7 +56,8 @@ def test_act_groups_are_the_encoding_classes_with_readers_and_writers():
     f2 = next(ag for ag in state.act_groups if "f2_out" in ag.tensors)
     assert f2.writers == ("f2",) and f2.elements == 8 * 16       # [N, 8, 16]
     probs = next(ag for ag in state.act_groups if "probs_out" in ag.tensors)   # Softmax output (generic)
-    assert "ctx" not in probs.readers and probs.writers == ("softmax",)
+    # the attention-context MatMul of two activations is quantized like an elementwise op (quant_groups)
+    assert "ctx" in probs.readers and probs.writers == ("softmax",)
     # a shared Concat encoding (qnn-htp) is one group; its fixed outputs are not a decision
     htp = _state(builders.concat_branches(), target="qnn-htp")
     concat = next(ag for ag in htp.act_groups if "cat_out" in ag.tensors)
@@ -198,3 +200,54 @@ def test_screening_finds_the_outlier_with_few_evaluations():
     assert _group_of(state, "conv2_out") in terms.singles
     assert terms.evaluations < 2 * len(terms.groups)
     assert dataclasses.asdict(terms)["weight_loss"] == pytest.approx(float(ev.loss({})[0]))
+
+
+@pytest.mark.parametrize("allocator", ["ilp", "ilp-pairs", "greedy"])
+def test_mixed_budget_decides_activations_jointly(allocator):
+    model = act_builders.outlier_attention()
+    out, report = dfq_onnx.quantize(model, calib="noise", progress=False, use_cache=False,
+                                    avg_weight_bits=6, allocator=allocator, score_bits=(2, 4, 6, 8))
+    alloc = report.notes["allocation"]
+    f2 = next(k for k, o in report.notes["activations"]["outliers"].items() if o["tensors"] == ["f2_out"])
+    assert alloc["acts"][f2] == FLOAT_BITS and alloc["avg_weight_bits"] <= 6 + 1e-9
+    assert "f2_out" not in {n.input[0] for n in nodes_by_op(out, "QuantizeLinear")}
+    # the written plan is measured on the probe with activation switches; it beats all-A8 at the same bits
+    base, rep8 = dfq_onnx.quantize(model, calib="noise", progress=False, use_cache=False, act_bits=8,
+                                   avg_weight_bits=6, allocator=allocator, score_bits=(2, 4, 6, 8))
+    assert alloc["measured_loss"] < rep8.notes["allocation"]["measured_loss"]
+    feeds = normal_feeds(model, n=8, seed=9)
+    ref = run(model, feeds)[0]
+    assert np.mean((run(out, feeds)[0] - ref) ** 2) < np.mean((run(base, feeds)[0] - ref) ** 2)
+
+
+def test_cli_and_report_say_what_was_decided(tmp_path, capsys):
+    from dfq_onnx.cli import main
+
+    src = tmp_path / "m.onnx"
+    onnx.save(act_builders.outlier_attention(), src)
+    argv = ["-q", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--calib", "noise", "--no-cache"]
+    assert main(argv + ["--report", str(tmp_path / "r.html")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"activations: [1-9]\d* outlier groups of \d+ \([1-9]\d* float\)", out), out
+    assert "output loss" in out
+    html = (tmp_path / "r.html").read_text()
+    assert "Activation precision" in html and "f2_out" in html and "left float by the plan" in html
+    assert main(argv + ["--act-bits", "8"]) == 0
+    assert "activations:" not in capsys.readouterr().out      # --act-bits: a uniform plan, nothing decided
+
+
+@pytest.mark.parametrize("name", ["outlier_attention", "outlier_residual"])
+def test_scoring_terms_do_not_depend_on_the_chunk_size(name):
+    """Rows are independent: the weight and activation terms are identical in any chunking."""
+    from dfq_onnx.passes.sensitivity import SensitivityOptions, score
+
+    model = getattr(act_builders, name)()
+    tables = []
+    for batch in (1, 7, None):
+        state = _state(model, calib_samples=24)
+        opts = SensitivityOptions(weight_bits=(4, 8), batch=batch, use_cache=False, progress=False, hops=1)
+        tables.append(score(state, opts)[0])
+    for t in tables[1:]:
+        assert t.singles == tables[0].singles and t.pairs == tables[0].pairs
+        assert t.activations["singles"] == tables[0].activations["singles"]
+        assert t.activations["screened"] == tables[0].activations["screened"]

@@ -54,7 +54,7 @@ def _q_and_dq(out):
 
 def test_activation_scales_and_zero_points_are_scalars():
     # regression: zero points were once shape [1] and ORT refused to fuse QLinearAdd
-    out, _ = dfq_onnx.quantize(builders.conv_bn_relu_residual(), progress=False)
+    out, _ = dfq_onnx.quantize(builders.conv_bn_relu_residual(), progress=False, act_bits=8)   # A8 everywhere
     inits = {t.name: t for t in out.graph.initializer}
     q_nodes, _ = _q_and_dq(out)
     assert len(q_nodes) == 7          # the 7 activation quantizers of test_quant_groups

@@ -14,7 +14,8 @@ from dfq_onnx.models import builders
 from dfq_onnx.cli import main
 from dfq_onnx.report.html import render
 
-MIXED = ["--avg-weight-bits", "5", "--synth-samples", "8", "--synth-steps", "2", "--no-cache"]
+MIXED = ["--avg-weight-bits", "5", "--act-bits", "8", "--synth-samples", "8", "--synth-steps", "2",
+         "--no-cache"]
 VOID = {"meta", "img", "br", "hr", "link", "input"}
 
 

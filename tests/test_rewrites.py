@@ -57,3 +57,101 @@ def test_quantized_output_runs_pad_and_flatten_on_integer_data(tmp_path):
     ops = [n.op_type for n in onnx.load(path).graph.node]
     assert "Pad" not in ops and "Shape" not in ops and ops.count("QuantizeLinear") == 1
     assert ops.count("QLinearConv") == 2 and "QGemm" in ops
+
+
+def test_softmax_wrapped_for_opset_11_becomes_a_last_axis_softmax():
+    model = exported.wrapped_softmax()
+    state, out = _normalized(model)
+    assert state.report.model["canonicalized"]["Softmax unwrapped"] == 1
+    assert [n.op_type for n in out.graph.node] == ["MatMul", "Softmax", "MatMul"]
+    feeds = normal_feeds(model, n=3)
+    np.testing.assert_allclose(run(out, feeds)[0], run(model, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def _affine_model(layer: str, op: str, attrs: dict | None = None, shared: bool = False):
+    """input -> layer (Conv [4,3,3,3] or Gemm [5,6]) -> op(constant per output channel) -> output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if layer == "Conv":
+        w, x, c, y = rng.standard_normal((4, 3, 3, 3)), ["N", 3, 6, 6], rng.uniform(0.5, 2, (1, 4, 1, 1)), \
+            ["N", 4, 4, 4]
+    else:
+        w, x, c, y = rng.standard_normal((5, 6)), ["N", 6], rng.uniform(0.5, 2, (5,)), ["N", 5]
+    inits = [numpy_helper.from_array(w.astype(np.float32), "w"),
+             numpy_helper.from_array(c.astype(np.float32), "c")]
+    nodes = [helper.make_node(layer, ["input", "w"], ["z"], name="layer", **(attrs or {})),
+             helper.make_node(op, ["z", "c"], ["output" if not shared else "o1"], name="affine")]
+    outputs = [helper.make_tensor_value_info("output" if not shared else "o1", TensorProto.FLOAT, y)]
+    if shared:      # a second layer reads the same weight: it must not be rescaled
+        nodes.append(helper.make_node(layer, ["input", "w"], ["o2"], name="layer2", **(attrs or {})))
+        outputs.append(helper.make_tensor_value_info("o2", TensorProto.FLOAT, y))
+    graph = helper.make_graph(nodes, "affine", [helper.make_tensor_value_info("input", TensorProto.FLOAT, x)],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)
+
+
+@pytest.mark.parametrize("layer, op, attrs, shared, folds", [
+    ("Conv", "Mul", {}, False, True), ("Conv", "Div", {}, False, True), ("Conv", "Sub", {}, False, True),
+    ("Gemm", "Add", {"transB": 1}, False, True), ("Gemm", "Mul", {"transB": 1, "beta": 2.0}, False, True),
+    ("Gemm", "Add", {"transB": 1, "beta": 2.0}, False, False),          # beta * C: the shift would scale
+    ("Conv", "Mul", {}, True, False),                                    # shared weight
+], ids=["conv-mul", "conv-div", "conv-sub", "gemm-add", "gemm-beta-mul", "gemm-beta-add", "shared"])
+def test_per_channel_affine_folds_into_the_layer_when_legal(layer, op, attrs, shared, folds):
+    model = _affine_model(layer, op, attrs, shared)
+    state, out = _normalized(model)
+    assert state.report.model["canonicalized"].get("Mul/Add folded into layer", 0) == int(folds)
+    assert (not nodes_by_op(out, op)) is folds
+    feeds = normal_feeds(model, n=3)
+    for got, ref in zip(run(out, feeds), run(model, feeds)):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op, static", [("LogSoftmax", False), ("Hardmax", False), ("Softmax", True)])
+def test_every_normalizer_unwraps_with_a_shape_or_static_target(op, static):
+    """Flatten -> op -> Reshape back to x's shape, the target Shape(x) or x's static shape: one op."""
+    from onnx import helper, numpy_helper
+
+    model = exported.wrapped_softmax()
+    nodes = model.graph.node
+    next(n for n in nodes if n.name == "softmax").op_type = op
+    if static:          # a static-size model: the target is a constant [2, 4, 6]
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+        model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 2
+        model.graph.initializer.append(numpy_helper.from_array(np.array([2, 4, 6], np.int64), "fixed"))
+        next(n for n in nodes if n.name == "reshape").input[1] = "fixed"
+        nodes.remove(next(n for n in nodes if n.name == "shape"))
+        del model.graph.value_info[:]
+    state, out = _normalized(model)
+    assert state.report.model["canonicalized"]["Softmax unwrapped"] == 1
+    assert [n.op_type for n in out.graph.node] == ["MatMul", op, "MatMul"]
+    assert helper.get_attribute_value(out.graph.node[1].attribute[0]) == -1
+    feeds = normal_feeds(model, n=2)
+    np.testing.assert_allclose(run(out, feeds)[0], run(model, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_slice_of_a_shape_keeps_the_positions_of_omitted_inputs():
+    """Slice(Shape(x), [1], [3], axes omitted, steps [1]) is dims 1..2 of x; a step of 2 takes 0 and 2."""
+    import onnx_graphsurgeon as gs
+
+    from dfq_onnx.core.rewrites import _shape_entries
+
+    x = gs.Variable("x", np.float32, ["N", 4, 5, 6])
+    shape = gs.Variable("s", np.int64, [4])
+    gs.Node("Shape", inputs=[x], outputs=[shape])
+
+    def sliced(start, end, step):
+        out = gs.Variable(f"out{start}{end}{step}", np.int64, None)
+        args = [gs.Constant(f"a{start}{end}{step}{k}", np.array([v], np.int64)) for k, v in
+                enumerate((start, end))]
+        gs.Node("Slice", inputs=[shape, *args, gs.Variable.empty(),
+                                 gs.Constant(f"st{start}{end}{step}", np.array([step], np.int64))],
+                outputs=[out])
+        return _shape_entries(out)
+
+    assert sliced(1, 3, 1) == [(x, 1), (x, 2)]
+    assert sliced(0, 9, 2) == [(x, 0), (x, 2)]
+    assert sliced(-1, -9, -1) == [(x, 3), (x, 2), (x, 1), (x, 0)]

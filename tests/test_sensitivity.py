@@ -173,7 +173,7 @@ def test_metrics_against_numpy():
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     model = builders.conv_bn_relu_residual()
-    state = _state(model, calib_samples=32)
+    state = _state(model, calib_samples=32, act_bits=8)   # weights only (activations: test_act_precision)
     # W7 has no storage type on ort-cpu, so it is scored away as illegal: candidates W4A8, W8A8
     opts = SensitivityOptions(weight_bits=(4, 7, 8), cache_dir=str(tmp_path_factory.mktemp("cache")),
                               progress=False, hops=3)
@@ -243,7 +243,7 @@ def test_static_batch_runs_in_chunks_of_it():
     model = builders.conv_bn_relu()
     for vi in (model.graph.input[0], model.graph.output[0]):
         vi.type.tensor_type.shape.dim[0].dim_value = 2
-    state = _state(model)
+    state = _state(model, act_bits=8)      # weight terms only: one reference run
     samples = {"input": np.random.default_rng(8).standard_normal((5, 3, 8, 8)).astype(np.float32)}
     opts = SensitivityOptions(weight_bits=(4, 8), use_cache=False, progress=False)
     table, _ = score(state, opts, samples=samples)

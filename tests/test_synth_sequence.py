@@ -147,3 +147,16 @@ def test_sequence_search_starts_from_drawings_on_image_recognizers():
     # drawings: channels equal up to a tint and noise, paper and ink levels far apart
     assert np.abs(x - x.mean(axis=1, keepdims=True)).mean() < 0.1
     assert (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3))).min() > 0.5
+
+
+def test_drawings_without_search_are_cached_as_such(tmp_path):
+    """Default steps on an image recognizer: the model's pick of drawings, no search (loss None); the
+    pick costs forward passes, so a second call reads it from the cache, still marked unsearched."""
+    model = builders.conv_sequence(h=8, w=None)
+    state = compile_state(model, [Normalize(), FoldBatchNorm()], input_shapes={"input": (1, 3, 8, 32)})
+    opts = SynthesisOptions(samples=4, objective="sequence", progress=False, cache_dir=str(tmp_path))
+    first = synthesize(state.graph, state.bn_stats, opts, "m", {"input": (1, 3, 8, 32)})
+    again = synthesize(state.graph, state.bn_stats, opts, "m", {"input": (1, 3, 8, 32)})
+    assert (first.start, first.steps, first.loss_start, first.cache_hit) == ("strokes", 0, None, False)
+    assert (again.start, again.loss_start, again.loss_end, again.cache_hit) == ("strokes", None, None, True)
+    np.testing.assert_array_equal(first.inputs["input"], again.inputs["input"])

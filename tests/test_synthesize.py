@@ -148,18 +148,18 @@ def test_label_objective_raises_target_margin(free_state):
     def run(steps):
         opts = SynthesisOptions(**{**FAST, "steps": steps, "population": 4})
         return synthesize(free_state.graph, {}, opts, "m")
-    start, end = run(0), run(24)
-    assert end.objective == "label" and end.labels is not None
-    np.testing.assert_array_equal(start.labels, end.labels)
+    start, end = run(0), run(24)       # 0 steps: the prior's samples, the search's starting point
+    assert end.objective == "label" and end.labels is not None and start.labels is None
+    labels = end.labels
 
     def target_margin(result):
         logits = runtime.session(runtime.observer_model(free_state.graph, ["output"])).run(
             None, result.inputs)[0]
         rows = np.arange(len(logits))
-        other = np.where(np.arange(5)[None, :] == result.labels[:, None], -np.inf, logits).max(axis=1)
-        return logits[rows, result.labels] - other
+        other = np.where(np.arange(5)[None, :] == labels[:, None], -np.inf, logits).max(axis=1)
+        return logits[rows, labels] - other
     assert target_margin(end).mean() > target_margin(start).mean() + 0.1
-    assert end.loss_end < start.loss_end
+    assert end.loss_end < end.loss_start
 
 
 def test_label_objective_on_a_spatial_output():
@@ -297,14 +297,33 @@ def test_latent_size_and_step_budget_follow_the_model_size():
     assert stage_factors((3, 224, 224), 3) == [56, 28, 14]             # ... whatever the input size
     assert stage_factors((3, 48, 192), 3) == [12, 6, 3]                # short side decides
     assert stage_factors((16,), 3) == [1]                              # non-images: the raw input
-    small, large = SynthesisOptions(samples=64), SynthesisOptions(samples=32)
-    assert budgeted_steps(small, 530_000) == MAX_STEPS                 # CIFAR ResNet-56 size: all steps
-    assert budgeted_steps(large, 6_740_000) == 27                      # EfficientNet-Lite0, 224 x 224
-    assert budgeted_steps(large, 10 ** 9) == MIN_STEPS                 # never fewer than MIN_STEPS
-    assert budgeted_steps(SynthesisOptions(samples=32, steps=5), 10 ** 9) == 5    # given steps are kept
+    calls = []
+
+    def elements(n):
+        return lambda: calls.append(n) or (n, 1)
+    opts = SynthesisOptions(samples=64)
+    assert budgeted_steps(opts, "bn", elements(530_000)) == (0, 0) and not calls   # BN: the prior only
+    assert budgeted_steps(opts, "label", elements(100_000)) == (MAX_STEPS, 1)      # small model: all steps
+    assert budgeted_steps(opts, "label", elements(1_000_000)) == (23, 1)           # 6e9 / (64 * 4 * 1e6)
+    assert budgeted_steps(opts, "bn+label", elements(3_000_000)) == (0, 1)         # < MIN_STEPS: none
+    assert MIN_STEPS == 12
+    given = SynthesisOptions(samples=32, steps=5)
+    assert budgeted_steps(given, "bn", elements(10 ** 9)) == (5, 0)                # given steps are kept
 
 
-def test_default_calibration_is_synthetic_and_a_rerun_hits_the_cache(tmp_path):
+def test_row_elements_measures_shapes_inference_left_unknown(bn_state):
+    from dfq_onnx.core import ir as core_ir
+
+    graph = core_ir.copy_graph(bn_state.graph)
+    known, passes = synth_runner.row_elements(graph, {"input": (8, 8, 8)})
+    assert passes == 0 and known > 0
+    for t in graph.tensors().values():
+        if t.inputs and t.inputs[0].op in synth_runner.LAYERS and t.shape:
+            t.shape = [t.shape[0]] + ["?"] * (len(t.shape) - 1)
+    assert synth_runner.row_elements(graph, {"input": (8, 8, 8)}) == (known, 1)   # one ORT run, same
+
+
+def test_default_calibration_is_synthetic_from_the_prior_with_no_ort_run(tmp_path):
     import dfq_onnx
     from dfq_onnx.core import ir
 
@@ -312,6 +331,7 @@ def test_default_calibration_is_synthetic_and_a_rerun_hits_the_cache(tmp_path):
     first, r1 = dfq_onnx.quantize(model, cache_dir=str(tmp_path), progress=False)
     again, r2 = dfq_onnx.quantize(model, cache_dir=str(tmp_path), progress=False)
     assert r1.model["options"]["calib"] == "synthetic"
-    assert r1.notes["synthesis"]["cache_hit"] is False and r1.notes["synthesis"]["forward_passes"] > 0
-    assert r2.notes["synthesis"]["cache_hit"] is True and r2.notes["synthesis"]["forward_passes"] == 0
+    notes = r1.notes["synthesis"]
+    assert notes["objective"] == "bn" and notes["steps"] == 0 and notes["forward_passes"] == 0
+    assert notes["loss_start"] is None and not list(tmp_path.rglob("*.npz"))      # nothing to cache
     assert ir.serialize(first) == ir.serialize(again)                  # same samples, same model bytes

@@ -8,7 +8,10 @@ Variables, besides the weight candidates x[g,c] of `problem`:
                         (its readers; its writers unless the target keeps an integer kernel with a float
                         output, `float_output_ops`)
 
-Objective terms:    sum_k sum_a A_k(a) z[k,a]  (+ pair terms A_kl(a,a') linearized like the weight pairs)
+Objective terms:    sum_k sum_a L_k(a) z[k,a]  (+ pair terms A_kl(a,a') linearized like the weight pairs)
+with L_k(a) = A_k(a) - A_k(base), the change of the predicted loss from the base bits (<= 0 above them),
+so that reference + weight terms + activation terms predicts a whole plan (reference: every activation
+at the base bits).
 Cost (relative to one FP32 multiply-accumulate, the unit of the target's [candidates] cost):
 
     cost = sum_(r,a) work_r (cost(w,a) - cost(w,base)) u[r,a]  +  sum_(k,a) elements_k elem_cost(a) z[k,a]
@@ -43,7 +46,7 @@ Cand = tuple[int, int]
 class ActChoices:
     groups: tuple[str, ...]                          # decision groups
     candidates: dict[str, tuple[int, ...]]           # legal precisions per group
-    loss: dict[str, dict[int, float]]                # A_k(a), float = 0
+    loss: dict[str, dict[int, float]]                # L_k(a) = A_k(a) - A_k(base) (float: -A_k(base))
     element_cost: dict[str, dict[int, float]]        # per group: elements x element cost at a
     kernels: dict[tuple[str, int], float]            # (node, a) -> work x (cost(w, a) - cost(w, base))
     takes: dict[str, dict[int, tuple[str, ...]]]     # group -> a -> nodes whose kernel a takes away
@@ -100,7 +103,7 @@ def add_to_model(prob: pulp.LpProblem, acts: ActChoices, x: dict) -> tuple[list,
 def tie_break(acts: ActChoices) -> float:
     """Weight of the cost in the objective: a millionth of the largest loss over the largest cost, so it
     only orders plans whose predicted losses are equal (A16 and float both below the measurement noise)."""
-    top_loss = max((v for t in acts.loss.values() for v in t.values()), default=0.0)
+    top_loss = max((abs(v) for t in acts.loss.values() for v in t.values()), default=0.0)
     top_cost = sum(acts.kernels.values()) + sum(max(t.values(), default=0.0)
                                                 for t in acts.element_cost.values())
     return 1e-6 * top_loss / top_cost if top_cost > 0 and top_loss > 0 else 0.0

@@ -1,8 +1,9 @@
 """Pareto sweep of the bit allocation (`--pareto`), and the `--max-drop` search with verification.
 
 Both work on plain numbers (an `allocate.Problem`) plus two callables: `allocate(budget) -> Allocation`
-(the chosen allocator) and `measure(choice) -> float`, the loss of a whole plan measured at the model
-output on the scoring samples (one ORT forward pass on the probe; `passes/sensitivity.PlanMeter`).
+(the chosen allocator) and `measure(choice, acts) -> float`, the loss of a whole plan (weight candidates
+and activation-group precisions) measured at the model output on the scoring samples (one ORT forward pass
+on the probe; `passes/sensitivity.PlanMeter`).
 
 Sweep: budgets of average weight bits from the smallest to the largest legal plan, in `step` bits; each
 budget is allocated, equal plans are kept once, and every distinct plan is measured. The curve is the
@@ -25,24 +26,25 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dfq_onnx.allocation.problem import Allocation, Budget, Cand, Problem, plan_cost
 from dfq_onnx.core.errors import InfeasibleBudgetError
 
-Measure = Callable[[dict[str, Cand]], float]
+Measure = Callable[..., float]     # (choice[, acts]) -> measured loss
 NEAR_LOSSLESS = 2.0
 
 
 def _point(p: Problem, choice: dict[str, Cand], budget: float | None, predicted: float,
-           measured: float) -> dict:
+           measured: float, acts: dict[str, int] | None = None) -> dict:
     used = plan_cost(p, choice)
     params = sum(p.params[g] for g in p.groups) or 1
     w8a8 = sum(p.macs.get(g, 0) for g in p.groups) * 64 or 1
     return {"budget_avg_weight_bits": budget, "avg_weight_bits": used["avg_weight_bits"] / params,
             "size_mb": used["size_mb"], "bops_ratio": used["bops_ratio"] / w8a8,
             "predicted": predicted, "measured": measured,
-            "bits": {g: list(c) for g, c in sorted(choice.items())}}
+            "bits": {g: list(c) for g, c in sorted(choice.items())},
+            "acts": dict(sorted((acts or {}).items()))}
 
 
 def sweep(p: Problem, allocate: Callable[[Budget], Allocation], measure: Measure, reference: float,
@@ -62,12 +64,17 @@ def sweep(p: Problem, allocate: Callable[[Budget], Allocation], measure: Measure
             a = allocate(Budget(avg_weight_bits=budget + 1e-9))
         except InfeasibleBudgetError:
             continue
-        key = tuple(sorted(a.choice.items()))
+        key = (tuple(sorted(a.choice.items())), tuple(sorted(a.acts.items())))
         if key in seen:
             continue
         seen.add(key)
-        points.append(_point(p, a.choice, budget, reference + a.predicted_loss, measure(a.choice)))
+        points.append(_point(p, a.choice, budget, reference + a.predicted_loss, _measure(measure, a), a.acts))
     return points
+
+
+def _measure(measure: Measure, a: Allocation) -> float:
+    """`measure(choice)`, with the activation decisions when the allocation made some."""
+    return measure(a.choice, a.acts) if a.acts else measure(a.choice)
 
 
 def default_point(points: list[dict]) -> dict:
@@ -82,6 +89,7 @@ class MaxDropResult:
     measured: float
     met: bool
     steps: list[dict]
+    acts: dict[str, int] = field(default_factory=dict)
 
 
 def max_drop(p: Problem, solve_with: Callable[[float], Allocation], measure: Measure, reference: float,
@@ -95,12 +103,12 @@ def max_drop(p: Problem, solve_with: Callable[[float], Allocation], measure: Mea
     steps = []
     for _ in range(max_steps):
         a = solve_with(allowance)
-        measured = measure(a.choice)
+        measured = _measure(measure, a)
         avg = _point(p, a.choice, None, 0.0, 0.0)["avg_weight_bits"]
         steps.append({"allowance": allowance, "predicted": reference + a.predicted_loss,
                       "measured": measured, "avg_weight_bits": avg})
         if measured <= target:
-            return MaxDropResult(a.choice, measured, True, steps)
+            return MaxDropResult(a.choice, measured, True, steps, a.acts)
         allowance *= max(min((target - reference) / max(measured - reference, 1e-12), 1.0) * 0.9, 0.05)
     best = {g: max(p.candidates[g], key=lambda c: (c[0], c[1])) for g in p.groups}
     measured = measure(best)

@@ -22,7 +22,7 @@ import functools
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Hashable, Mapping, TypeVar
 
@@ -49,6 +49,9 @@ class LatencyTable:
     overhead_ms: float
     groups: dict[str, dict[Cand, float]]
     layers: dict[str, tuple[str, ...]]
+    fp32_ms: float | None = None              # the whole FP32 model, timed in the same rounds
+    model_ms: dict[str, float] = field(default_factory=dict)   # the whole model per storage class
+    model_sha256: str = ""
 
     @classmethod
     def load(cls, path: str | Path) -> "LatencyTable":
@@ -63,10 +66,20 @@ class LatencyTable:
                       for g, row in data["groups"].items()}
             layers = {g: tuple(row["layers"]) for g, row in data["groups"].items()}
             base = tuple(int(x) for x in data["base"].split("x"))
+            fp32 = data.get("fp32_ms")
             return cls(str(data["target"]), int(data["batch"]), base, float(data["overhead_ms"]),
-                       groups, layers)
+                       groups, layers, None if fp32 is None else float(fp32),
+                       {k: float(v) for k, v in data.get("model_ms", {}).items()},
+                       str(data.get("model_sha256", "")))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UsageError(f"--latency-table {path}: malformed table ({exc!r})") from None
+
+    def integer_pays(self) -> bool | None:
+        """Whether the whole model at the base pair ran faster than FP32 when profiled (None: unknown)."""
+        base = _key(self.base)
+        if self.fp32_ms is None or base not in self.model_ms:
+            return None
+        return self.model_ms[base] < self.fp32_ms
 
     def for_problem(self, target: str, groups, problem_groups) -> dict[str, dict[Cand, float]]:
         """Per-group latency for the ILP, the overhead spread evenly over the groups so that the sum

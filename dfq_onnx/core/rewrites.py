@@ -21,11 +21,12 @@ name) as dimension p of the Reshape's data becomes 0 at position p ("copy this d
 
 so the Reshape runs on quantized data and the shape subgraph disappears.
 
-A last-axis Softmax that the opset-13 version converter spelled out as Flatten -> Softmax -> Reshape to
-the input's own shape is one Softmax again (opset 13 normalizes the given axis only, and on the last
-axis both forms compute the same):
+A last-axis Softmax that the opset-13 version converter spelled out to keep opset-11 semantics
+(Flatten(axis = rank - 1) -> Softmax(axis 1) -> Reshape back to the input's shape, given as Shape(x) or
+as x's static shape) is one Softmax again: opset 13 normalizes the given axis only, and on the last
+axis both forms compute the same:
 
-    x ── Flatten(axis r-1) ── Softmax(axis -1 or 1) ── Reshape(·, Shape(x))   ==>   x ── Softmax(axis -1)
+    x ─ Flatten(r - 1) ─ Softmax(1 or -1) ─ Reshape(x's shape)      ==>   x ─ Softmax(-1)
 
 (also LogSoftmax and Hardmax), which keeps the shapes known to inference and the runtime's kernel one.
 """
@@ -38,6 +39,7 @@ import onnx_graphsurgeon as gs
 from dfq_onnx.core.graph_utils import const_values, is_const
 
 POOLS = ("Conv", "AveragePool")
+INT_TYPES = (6, 7)          # TensorProto.INT32, INT64
 
 
 def _pad_amounts(node: gs.Node) -> np.ndarray | None:
@@ -73,6 +75,8 @@ def _foldable_reader(node: gs.Node, x: gs.Tensor) -> bool:
     if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", b"NOTSET", b"VALID"):
         return False
     has_pads = any(node.attrs.get("pads", [0]))
+    if node.op == "AveragePool" and node.attrs.get("ceil_mode", 0):
+        return False        # ceil-mode windows past the padding average differently
     return node.op == "Conv" or not has_pads or node.attrs.get("count_include_pad", 0) == 1
 
 
@@ -113,6 +117,10 @@ def _shape_entries(t: gs.Tensor) -> list | None:
     if prod.op == "Shape" and not prod.attrs.get("start") and prod.attrs.get("end") is None:
         src = prod.inputs[0]
         return [(src, k) for k in range(len(src.shape))] if src.shape is not None else None
+    if prod.op == "Cast" and prod.attrs.get("to") in INT_TYPES:     # Paddle: Shape -> Cast(int32) -> ...
+        return _shape_entries(prod.inputs[0])
+    if prod.op == "Slice":
+        return _slice_entries(prod)
     if prod.op == "Concat":
         parts = [_shape_entries(i) for i in prod.inputs]
         return None if any(p is None for p in parts) else [e for p in parts for e in p]
@@ -123,16 +131,13 @@ def _shape_entries(t: gs.Tensor) -> list | None:
         base = _shape_entries(prod.inputs[0])
         idx = const_values(prod.inputs[1]).reshape(-1)
         return None if base is None else [base[int(i)] for i in idx]
-    if prod.op == "Slice":
-        return _sliced(prod)
-    if prod.op == "Cast":        # Paddle: Shape -> Cast(int32) -> Slice -> Cast(int64); integer values kept
-        return _shape_entries(prod.inputs[0])
     return None
 
 
-def _sliced(node: gs.Node) -> list | None:
-    """Entries of Slice(shape entries, start, end) on axis 0 with step 1 (Paddle writes x.shape[0:2]
-    this way), Python's slice clamping being ONNX's."""
+def _slice_entries(node: gs.Node) -> list | None:
+    """Entries of Slice(shape entries, start, end[, axes, steps]) on the one axis (Paddle writes
+    x.shape[0:2] this way); omitted optional inputs keep their positions. Python's slice clamping is
+    ONNX's, for either sign of the step."""
     args = [t if t.name else None for t in node.inputs[1:]]
     if len(args) < 2 or any(a is not None and not is_const(a) for a in args):
         return None
@@ -140,10 +145,12 @@ def _sliced(node: gs.Node) -> list | None:
     starts, ends = vals[0], vals[1]
     axes = vals[2] if len(vals) > 2 else None
     steps = vals[3] if len(vals) > 3 else None
-    if len(starts) != 1 or len(ends) != 1 or axes not in (None, [0]) or steps not in (None, [1]):
+    if starts is None or ends is None or len(starts) != 1 or len(ends) != 1:
+        return None
+    if axes not in (None, [0], [-1]) or (steps is not None and (len(steps) != 1 or steps[0] == 0)):
         return None
     base = _shape_entries(node.inputs[0])
-    return None if base is None else base[starts[0]:ends[0]]
+    return None if base is None else base[starts[0]:ends[0]:steps[0] if steps else 1]
 
 
 def _scalar_entry(t: gs.Tensor):
@@ -170,13 +177,27 @@ def _resolve(entries: list, data: gs.Tensor) -> list[int] | None:
             continue
         src, k = e
         dim = src.shape[k]
-        if data.shape is not None and p < len(data.shape) and _same_dim(dim, data.shape[p]):
+        if src is data and k == p:
+            out.append(0)
+        elif data.shape is not None and p < len(data.shape) and _same_dim(dim, data.shape[p]):
             out.append(0)
         elif isinstance(dim, (int, np.integer)) and dim > 0:
             out.append(int(dim))
         else:
             return None
     return out
+
+
+def _known(shape) -> bool:
+    return shape is not None and all(isinstance(d, str) or (isinstance(d, (int, np.integer)) and d >= 0)
+                                      for d in shape)
+
+
+def noop_reshapes(graph: gs.Graph) -> list[gs.Node]:
+    """Reshape / Flatten nodes whose output shape is their input shape (a version converter's
+    Flatten -> Softmax -> Reshape around a 2-D Softmax), for the caller to bypass."""
+    return [n for n in graph.nodes if n.op in ("Reshape", "Flatten") and _known(n.inputs[0].shape)
+            and _known(n.outputs[0].shape) and list(n.inputs[0].shape) == list(n.outputs[0].shape)]
 
 
 def fold_shape_reshapes(graph: gs.Graph) -> int:
@@ -197,31 +218,35 @@ def fold_shape_reshapes(graph: gs.Graph) -> int:
 NORMALIZERS = ("Softmax", "LogSoftmax", "Hardmax")
 
 
+def _restores(reshape: gs.Node, x: gs.Tensor) -> bool:
+    """Whether `reshape` gives its data x's shape: its target is Shape(x), or x's static shape."""
+    entries = _shape_entries(reshape.inputs[1])
+    if entries is None or x.shape is None or len(entries) != len(x.shape):
+        return False
+    return all((isinstance(e, tuple) and e[0] is x and e[1] == k) or
+               (isinstance(e, int) and isinstance(d, (int, np.integer)) and e == d > 0)
+               for k, (e, d) in enumerate(zip(entries, x.shape)))
+
+
 def _unflattened(node: gs.Node) -> tuple[gs.Node, gs.Tensor] | None:
-    """(Reshape, x) when `node` (a Softmax) reads Flatten(x, r-1) and feeds only Reshape(., Shape(x))."""
-    flat = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
-    if flat is None or flat.op != "Flatten" or len(node.inputs[0].outputs) != 1:
-        return None
-    x = flat.inputs[0]
-    rank = len(x.shape) if x.shape is not None else None
-    if rank is None or flat.attrs.get("axis", 1) % rank != rank - 1:
-        return None
-    if node.attrs.get("axis", -1) not in (1, -1):
-        return None
+    """(Reshape, x) when `node` (a normalizer on axis 1 / -1) reads only Flatten(x, r-1) and feeds only
+    a Reshape back to x's shape."""
+    flat = node.inputs[0].inputs[0] if len(node.inputs[0].inputs) == 1 else None
     readers = node.outputs[0].outputs
-    if len(readers) != 1 or readers[0].op != "Reshape":
+    if flat is None or flat.op != "Flatten" or len(node.inputs[0].outputs) != 1 or len(readers) != 1:
         return None
-    target = readers[0].inputs[1].inputs[0] if readers[0].inputs[1].inputs else None
-    if target is None or target.op != "Shape" or target.inputs[0] is not x or target.attrs:
+    x, reshape = flat.inputs[0], readers[0]
+    rank = len(x.shape) if x.shape is not None else None
+    if reshape.op != "Reshape" or not rank or flat.attrs.get("axis", 1) % rank != rank - 1:
         return None
-    return readers[0], x
+    return (reshape, x) if _restores(reshape, x) else None
 
 
 def fold_flattened_softmax(graph: gs.Graph) -> int:
-    """Flatten -> Softmax -> Reshape(Shape(x)) back to one last-axis Softmax (module docstring)."""
+    """Flatten -> Softmax -> Reshape back to one last-axis Softmax (module docstring); returns how many."""
     outputs = {id(t) for t in graph.outputs}
     folded = 0
-    for node in [n for n in graph.nodes if n.op in NORMALIZERS]:
+    for node in [n for n in graph.nodes if n.op in NORMALIZERS and n.attrs.get("axis", -1) in (1, -1)]:
         found = _unflattened(node)
         if found is None or id(node.outputs[0]) in outputs:
             continue

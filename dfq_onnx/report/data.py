@@ -107,7 +107,8 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
     feeds = {k: v[:n] for k, v in feeds.items()}
     try:
         ref_sess, q_sess = runtime.session(source), runtime.session(quantized)
-        batch = _static_batch(ref_sess) or 16
+        # Calibrate's rows per call (backends/chunks.py) bound the memory; 16 when nothing was measured
+        batch = _static_batch(ref_sess) or state.report.notes.get("rows_per_call", {}).get("calibrate", 16)
         ref = runtime.run_batched(ref_sess, feeds, batch)
         got = runtime.run_batched(q_sess, feeds, batch)
     except (DfqError, RuntimeError, ValueError) as exc:   # the comparison never fails the compile

@@ -4,8 +4,9 @@ Everything is inline: CSS in a <style> element, plots rendered with matplotlib's
 as base64 PNG data URIs; no script, font or stylesheet is fetched from anywhere. Input is the report's
 JSON dict (`Report.to_dict()`), so an HTML file can also be rendered later from a saved JSON report.
 
-    summary | FP32 vs quantized | bits per layer (plot) | sensitivity heat map | Pareto curve
-    | per-layer table | activations | passes (timings, forward passes) | warnings and skips
+    summary | FP32 vs quantized | bits per layer (plot) | sensitivity heat map | activation precision
+    (outlier groups, their damage and choice) | Pareto curve | per-layer table | activations | passes
+    (timings, forward passes) | warnings and skips
 """
 
 from __future__ import annotations
@@ -188,11 +189,46 @@ def _layers(r: dict) -> str:
         sens = x.get("sensitivity") or {}
         worst = max(sens.values()) if sens else None
         rows.append([_e(x["node"]), _e(x["op"]), _e("×".join(map(str, x.get("shape") or [])) or "-"),
-                     f"{int(x.get('params') or 0):,}", _num(x.get("weight_bits")), _num(x.get("act_bits")),
+                     f"{int(x.get('params') or 0):,}", _num(x.get("weight_bits")),
+                     _e(_prec(x.get("act_bits"))),
                      _num(x.get("weight_scale_max")), _num(x.get("input_scale")), _num(worst),
                      _num(x.get("predicted_loss")), _e(x.get("group") or "-")])
     return _table(["node", "op", "shape", "params", "W bits", "A bits", "max weight scale", "input scale",
                    "sensitivity (worst cand.)", "predicted contribution", "group"], rows, left=3)
+
+
+def _act_precision(r: dict) -> str:
+    """The activation-precision decision: gate numbers, each outlier group's damage and choice (bars)."""
+    a = (r.get("notes") or {}).get("activations") or {}
+    if "skipped" in a:
+        return f"<p class='sub'>{_e(a['skipped'])}</p>"
+    outs = a.get("outliers") or {}
+    m = a.get("measured") or {}
+    head = (f"<p class='sub'>{len(outs)} outlier groups of {_e(a.get('groups', '?'))} (damage at A8 alone "
+            f"above the weights' {_num(a.get('weight_loss'))}); activation cost {_num(a.get('cost'))} of "
+            f"allowance {_num(a.get('cost_allowance'))}"
+            + (f"; measured output loss {_num(m.get('all_base'))} (all A8) -> {_num(m.get('chosen'))}"
+               if m else "")
+            + "</p>")
+    if not outs:
+        return head
+    base = str(a.get("base", 8))
+    rows = [[_e(k), _e(", ".join(o["tensors"])[:120]), _num(o["loss"].get(base)), _e(_prec(o["choice"]))]
+            for k, o in outs.items()]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(11, 2.6))
+    vals = [max(o["loss"].get(base) or 0.0, 1e-12) for o in outs.values()]
+    ax.bar(range(len(vals)), vals, color=["#c44e52" if str(o["choice"]) != base else "#4c72b0"
+                                          for o in outs.values()])
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(vals)), list(outs) if len(vals) <= 60 else [""] * len(vals), rotation=90,
+                  fontsize=7)
+    ax.set_title(f"damage of each outlier group at A{base} alone (red: raised to A16 / float)", fontsize=10)
+    return head + _png(fig) + _table(["group", "tensors", f"loss at A{base}", "choice"], rows, left=2)
+
+
+def _prec(bits) -> str:
+    return "float" if bits == 32 else ("-" if bits is None else f"A{bits}")
 
 
 def _passes(r: dict) -> str:
@@ -211,10 +247,11 @@ def _passes(r: dict) -> str:
 
 def _activations(r: dict) -> str:
     acts = r.get("activations", [])
-    rows = [[_e(a["tensor"]), _e(a.get("dtype")), _num(a.get("scale")), _num(a.get("zero_point")),
-             _e(", ".join(_num(v) for v in a.get("range") or [])), _e(a.get("range_source"))] for a in acts]
+    rows = [[_e(a["tensor"]), _e(a.get("group") or "-"), _e(a.get("dtype")), _num(a.get("scale")),
+             _num(a.get("zero_point")), _e(", ".join(_num(v) for v in a.get("range") or [])),
+             _e(a.get("range_source"))] for a in acts]
     return (f"<details><summary>{len(acts)} activation encodings</summary>"
-            + _table(["tensor", "dtype", "scale", "zero point", "range", "range source"], rows)
+            + _table(["tensor", "group", "dtype", "scale", "zero point", "range", "range source"], rows)
             + "</details>")
 
 
@@ -230,7 +267,8 @@ def render(report: dict) -> str:
     title = f"dfq-onnx report: {m.get('name') or m.get('path') or 'model'}"
     sections = [("Summary", _summary(report)), ("FP32 vs quantized outputs", _comparison(report)),
                 ("Bits per layer", _bits_plot(report.get("layers", []))),
-                ("Sensitivity", _sensitivity(report)), ("Pareto curve", _pareto(report)),
+                ("Sensitivity", _sensitivity(report)), ("Activation precision", _act_precision(report)),
+                ("Pareto curve", _pareto(report)),
                 ("Layers", _layers(report)), ("Activations", _activations(report)),
                 ("Passes", _passes(report)), ("Warnings and skips", _messages(report))]
     body = "".join(f"<h2>{_e(name)}</h2>{content}" for name, content in sections if content)

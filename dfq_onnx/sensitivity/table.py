@@ -182,6 +182,7 @@ class SensitivityTable:
     base_loss: float = 0.0             # L(every group at base)
     phases: dict[str, dict[str, float]] = field(default_factory=dict)   # evaluations/passes/seconds
     meta: dict = field(default_factory=dict)                            # options, hops, shrinkage
+    activations: dict = field(default_factory=dict)   # activation terms (sensitivity/act_scoring.py), JSON
 
     def _cand(self, value) -> Cand | None:
         if value is None:

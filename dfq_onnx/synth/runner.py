@@ -91,16 +91,24 @@ def _per_row_numel(graph: gs.Graph) -> int:
     return max((int(np.prod(t.shape[1:])) for t in graph.tensors().values() if known(t)), default=1)
 
 
-def row_elements(graph: gs.Graph, shapes: dict[str, tuple[int, ...]]) -> int:
-    """Activation elements per row: outputs of every Conv/Gemm/MatMul with a known shape (the cost
-    proxy of the step budget), else the largest known tensor or input."""
-    total = 0
-    for node in graph.nodes:
-        out = node.outputs[0] if node.op in LAYERS and node.outputs else None
-        dims = out.shape[1:] if out is not None and out.shape else [None]
-        if all(isinstance(d, int) and d > 0 for d in dims):
-            total += int(np.prod(dims))
-    return total or max(_per_row_numel(graph), *(int(np.prod(s)) for s in shapes.values()))
+def _known(t: gs.Tensor) -> bool:
+    dims = t.shape[1:] if t.shape else [None]
+    return all(isinstance(d, (int, np.integer)) and d > 0 for d in dims)
+
+
+def row_elements(graph: gs.Graph, shapes: dict[str, tuple[int, ...]]) -> tuple[int, int]:
+    """(activation elements per row, forward passes spent): the outputs of every Conv/Gemm/MatMul, the
+    cost proxy of the step budget. Shapes come from the graph; when shape inference left one unknown
+    (e.g. pads computed from the input's shape), from one ORT run of a row of zeros (one pass)."""
+    outs = [nd.outputs[0] for nd in graph.nodes if nd.op in LAYERS and nd.outputs]
+    if not outs:
+        return max(_per_row_numel(graph), *(int(np.prod(s)) for s in shapes.values())), 0
+    if all(_known(t) for t in outs):
+        return sum(int(np.prod(t.shape[1:])) for t in outs), 0
+    batch = _static_batch(graph) or 1
+    sess = runtime.session(runtime.observer_model(graph, [t.name for t in outs]))
+    arrays = sess.run(None, {k: np.zeros((batch,) + s, np.float32) for k, s in shapes.items()})
+    return sum(int(np.prod(a.shape[1:])) for a in arrays), 1
 
 
 class Runner:

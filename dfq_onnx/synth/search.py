@@ -130,19 +130,23 @@ def stage_factors(shape: tuple[int, ...], stages: int) -> list[int]:
 
 def pink_noise(rng: np.random.Generator, n: int, shape: tuple[int, ...], alpha: float = PINK_ALPHA,
                rho: float = CHANNEL_CORR) -> np.ndarray:
-    """n samples with an isotropic 1/f^alpha amplitude spectrum over the trailing two axes, channels
-    correlated by a shared component (rho), each channel standardized. Non-image shapes: N(0, 1)."""
+    """n samples (float32) with an isotropic 1/f^alpha amplitude spectrum over the trailing two axes,
+    channels correlated by a shared component (rho), each channel standardized; drawn one sample at
+    a time (memory: the samples, not their complex spectra). Non-image shapes: N(0, 1)."""
     if len(shape) != 3 or min(shape[1:]) < 4:
-        return rng.standard_normal((n,) + shape)
+        return rng.standard_normal((n,) + shape).astype(np.float32)
     h, w = shape[1:]
     radius = np.sqrt(np.fft.fftfreq(h)[:, None] ** 2 + np.fft.fftfreq(w)[None, :] ** 2)
     radius[0, 0] = 1.0 / max(h, w)
-    spec = rng.standard_normal((n, shape[0] + 1, h, w)) + 1j * rng.standard_normal((n, shape[0] + 1, h, w))
-    field = np.fft.ifft2(spec / radius ** alpha).real
-    field /= np.maximum(field.std(axis=(2, 3), keepdims=True), 1e-12)
-    x = np.sqrt(rho) * field[:, :1] + np.sqrt(1.0 - rho) * field[:, 1:]
-    x -= x.mean(axis=(2, 3), keepdims=True)
-    return x / np.maximum(x.std(axis=(2, 3), keepdims=True), 1e-12)
+    out = np.empty((n,) + shape, np.float32)
+    for i in range(n):
+        spec = rng.standard_normal((shape[0] + 1, h, w)) + 1j * rng.standard_normal((shape[0] + 1, h, w))
+        field = np.fft.ifft2(spec / radius ** alpha).real
+        field /= np.maximum(field.std(axis=(1, 2), keepdims=True), 1e-12)
+        x = np.sqrt(rho) * field[:1] + np.sqrt(1.0 - rho) * field[1:]
+        x -= x.mean(axis=(1, 2), keepdims=True)
+        out[i] = x / np.maximum(x.std(axis=(1, 2), keepdims=True), 1e-12)
+    return out
 
 
 def squash(latent: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,0 +1,195 @@
+"""ImageNet data-free acceptance (issue 13): EfficientNet-Lite0 on the 500 dev images, every row in one run.
+
+    python benchmarks/imagenet.py [--model ../shared/data/efficientnet_lite0.onnx] [--seeds 0]
+                                  [--rows default,analytic,noise,real,ort-real,ort-noise,w4,mixed4.5,mixed4]
+                                  [--calib-images 256] [--max-rss-gb 6]
+
+Every dfq-onnx row is the CLI as a user runs it (`dfq-onnx quantize MODEL -o OUT --no-cache --report
+R.json ...` on the ort-cpu target) in a fresh process under `/usr/bin/time -v`: wall seconds, peak RSS
+and the forward passes of the compile (from the report; the synthesis's own beside them). The real
+rows calibrate on `--calib-images` dev images (a seeded subset, the same for dfq-onnx and ORT); every row
+is evaluated on all 500 dev images (so the real rows see their calibration images again, as a real
+calibration set would be drawn from the same distribution): top-1 and agreement with the FP32 argmax.
+ORT rows are `quantize_static` (QDQ, per-channel, MinMax, uint8 activations, `quant_pre_process`) run
+in this process (wall only). `--seeds` repeats the default row per seed (the synthetic samples' seed).
+Rows: default = W8A8 with no data (synthetic calibration), analytic / noise = `--calib analytic|noise`,
+real = `--calib` a .npz of the real images, w4 = uniform `--weight-bits 4`, mixed4.5 / mixed4 =
+`--avg-weight-bits 4.5 / 4` (A8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    SHARED_DATA,
+    gaussian_calib,
+    machine_info,
+    markdown_table,
+    ort_quantize_static,
+    run_batched,
+    write_input_npz,
+)
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+ROWS = ("default", "analytic", "noise", "real", "ort-real", "ort-noise", "w4", "mixed4.5", "mixed4")
+FLAGS = {"default": [], "analytic": ["--calib", "analytic"], "noise": ["--calib", "noise"],
+         "w4": ["--weight-bits", "4"], "mixed4.5": ["--avg-weight-bits", "4.5"],
+         "mixed4": ["--avg-weight-bits", "4"]}
+
+
+def load_imagenet_dev(path: Path = SHARED_DATA / "imagenet_dev.npz") -> tuple[np.ndarray, np.ndarray]:
+    """The 500 dev images, preprocessed as the model expects: (x/255 - mean) / std, NCHW float32."""
+    with np.load(path) as z:
+        images, labels = z["images"], z["labels"].astype(np.int64)
+    x = (images.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), labels
+
+
+def time_v(cmd: list[str], max_rss_gb: float) -> dict:
+    """Run `cmd` under /usr/bin/time -v; wall s, peak RSS GB, exit code (killed past `max_rss_gb`)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+        full = ["/usr/bin/time", "-v", "-o", tf.name, *cmd]
+        start = time.perf_counter()
+        proc = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        rss = _watch(proc, max_rss_gb)
+        wall = time.perf_counter() - start
+        text = tf.read()
+    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    return {"wall": wall, "rss": int(peak.group(1)) / 1e6 if peak else rss, "code": proc.returncode,
+            "killed": rss is not None and rss > max_rss_gb, "stderr": proc.stderr.read()[-300:]}
+
+
+def _watch(proc: subprocess.Popen, max_rss_gb: float) -> float | None:
+    """Poll the child's RSS; kill it past the limit (the shared machine). Returns the last RSS seen (GB)."""
+    last = None
+    while proc.poll() is None:
+        time.sleep(0.5)
+        rss = _tree_rss_gb(proc.pid)
+        last = rss if rss is not None else last
+        if rss is not None and rss > max_rss_gb:
+            proc.kill()
+            proc.wait()
+            return rss
+    return last
+
+
+def _tree_rss_gb(pid: int) -> float | None:
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+        except (OSError, StopIteration):
+            continue
+    return total / 1e6 if total else None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+    return kids + [g for k in kids for g in _children(k)]
+
+
+def dfq_row(model: Path, flags: list[str], work: Path, tag: str, seed: int, max_rss_gb: float) -> dict:
+    out, rep = work / f"{tag}.onnx", work / f"{tag}.json"
+    cmd = [sys.executable, "-m", "dfq_onnx.cli", "-q", "quantize", str(model), "-o", str(out), "--no-cache",
+           "--report", str(rep), "--seed", str(seed), *flags]
+    res = time_v(cmd, max_rss_gb)
+    shown = ["dfq-onnx quantize MODEL -o OUT", *flags] + (["--seed", str(seed)] if seed else [])
+    res["cmd"] = " ".join(shown)
+    if res["code"] != 0 or not out.exists():
+        res["error"] = "killed: peak RSS above --max-rss-gb" if res["killed"] else res["stderr"].strip()
+        return res
+    report = json.loads(rep.read_text())
+    synth = report.get("notes", {}).get("synthesis") or {}
+    res.update(path=out, passes=report.get("forward_passes"), synth_passes=synth.get("forward_passes"),
+               synth_s=next((p["seconds"] for p in report["passes"] if p["pass"] == "Synthesize"), None))
+    return res
+
+
+def evaluate(path: Path, x: np.ndarray, y: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    logits = run_batched(path, {"input": x}, batch=50)
+    return 100.0 * float(np.mean(logits.argmax(1) == y)), 100.0 * float(np.mean(logits.argmax(1) == ref))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(SHARED_DATA / "efficientnet_lite0.onnx"))
+    ap.add_argument("--seeds", default="0", help="seeds of the default (synthetic) row")
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--calib-images", type=int, default=256)
+    ap.add_argument("--max-rss-gb", type=float, default=6.0, help="stop a compile past this peak RSS")
+    args = ap.parse_args()
+    rows = args.rows.split(",")
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        sys.exit(f"--rows: unknown {', '.join(unknown)}; expected some of {', '.join(ROWS)}")
+    model = Path(args.model)
+    x, y = load_imagenet_dev()
+    subset = np.sort(np.random.default_rng(0).permutation(len(x))[:args.calib_images])
+    print(machine_info())
+    print(f"load average at start: {os.getloadavg()}")
+    t0 = time.perf_counter()
+    ref = run_batched(model, {"input": x}, batch=50)
+    fp32 = 100.0 * float(np.mean(ref.argmax(1) == y))
+    table = [["FP32", "-", f"{fp32:.1f}", "100.0", "", "", "", ""]]
+    with tempfile.TemporaryDirectory(prefix="bench_imagenet_") as tmp:
+        work = Path(tmp)
+        real_npz = write_input_npz(work / "real.npz", {"input": x[subset]})
+        for name in rows:
+            table += _rows(name, args, model, work, real_npz, x, y, ref, subset)
+    print(f"\n### {model.name}, ort-cpu, top-1 / agreement with the FP32 argmax on the {len(x)} dev images "
+          f"(real rows calibrated on {len(subset)} of them)\n")
+    print(markdown_table(["row", "command", "top-1 %", "agreement %", "wall s", "peak RSS GB",
+                          "forward passes (synthesis)", "synthesis s"], table))
+    print(f"\nload average at end: {os.getloadavg()}; total {time.perf_counter() - t0:.0f} s")
+
+
+def _rows(name, args, model, work, real_npz, x, y, ref, subset) -> list[list]:
+    ref_arg = ref.argmax(1)
+    if name.startswith("ort-"):
+        calib = x[subset] if name == "ort-real" else gaussian_calib(64, x.shape[1:], seed=0)
+        start = time.perf_counter()
+        path = ort_quantize_static(model, work / f"{name}.onnx", {"input": calib}, calib_batch=16)
+        wall = time.perf_counter() - start
+        top, agree = evaluate(path, x, y, ref_arg)
+        what = f"{len(subset)} real images" if name == "ort-real" else "64 N(0, 1) images"
+        return [[name, f"ORT quantize_static, {what}", f"{top:.1f}", f"{agree:.1f}", f"{wall:.0f}", "-", "-",
+                 "-"]]
+    flags = FLAGS.get(name, ["--calib", str(real_npz)])
+    seeds = [int(s) for s in args.seeds.split(",")] if name == "default" else [0]
+    out = []
+    for seed in seeds:
+        res = dfq_row(model, flags, work, f"{name}_{seed}", seed, args.max_rss_gb)
+        cmd = res["cmd"].replace(str(real_npz), "real256.npz")
+        if "error" in res:
+            out.append([name, cmd, res["error"][:80], "", f"{res['wall']:.0f}", f"{res['rss']:.2f}", "", ""])
+            continue
+        top, agree = evaluate(res["path"], x, y, ref_arg)
+        synth = f" ({res['synth_passes']})" if res["synth_passes"] is not None else ""
+        synth_s = f"{res['synth_s']:.1f}" if res["synth_s"] is not None else "-"
+        out.append([name if len(seeds) == 1 else f"{name}, seed {seed}", cmd, f"{top:.1f}", f"{agree:.1f}",
+                    f"{res['wall']:.0f}", f"{res['rss']:.2f}", f"{res['passes']}{synth}", synth_s])
+        print(f"  {out[-1]}", flush=True)
+        res["path"].unlink()
+    return out
+
+
+if __name__ == "__main__":
+    main()
