@@ -10,17 +10,23 @@ renderings of the same kind (seed `--seed + 1000`): 64 lines for rec, 64 lines (
 for cls, 16 pages for det, each preprocessed as RapidOCR does.
 
 Configurations: every model of RapidOCR (det PP-OCRv4, cls mobile v2, rec PP-OCRv4) replaced by
-  fp32        the shipped models;
-  ort         onnxruntime quantize_static (QDQ, per-channel, MinMax, pre-processed) on the real images;
-  dfq         `dfq-onnx quantize M -o OUT --input-shape x:...` (default, data-free), det 736 x 736,
-              cls 48 x 192, rec 48 x 320;
-  dfq-avgB    det and cls as dfq, rec with `--avg-weight-bits B` (data-free mixed precision).
+  fp32          the shipped models;
+  ort           onnxruntime quantize_static (QDQ, per-channel, MinMax, pre-processed) on the real images;
+  dfq           `dfq-onnx quantize M -o OUT --input-shape x:...` (the default: data-free, W8, activation
+                precision decided per group), det 736 x 736, cls 48 x 192, rec 48 x 320;
+  dfq-w8a8      the same with `--act-bits 8` (uniform W8A8);
+  dfq-analytic  the same with `--calib analytic` (BN statistics, no data);
+  dfq-real      the same with `--calib` the 64 / 64 / 16 real images ORT calibrates on;
+  dfq-avgB      det and cls as dfq, rec with `--avg-weight-bits B` (data-free mixed precision).
 RapidOCR runs with its default config (variable widths and page sizes, character dictionary from
 the rec model's metadata): lines through its recognizer (exact match, CER), lines and their 180-degree
 rotations through its angle classifier (accuracy), pages through the whole pipeline (CER of the page's
-text in reading order). Every compile runs as its own process under /usr/bin/time -v (wall, peak RSS;
-no cache). ORT latency: each model's outputs interleaved in one process (median ms). The rec loss
-the tool predicts / measures for a mixed plan is read from its report.
+text in reading order). Every compile runs as its own process under /usr/bin/time -v (wall, peak RSS,
+load average before it; no cache). Each configuration is evaluated as soon as its models exist and the
+results so far are written to WORK/results.json (a run stopped early keeps its finished rows). ORT
+latency: each model's outputs interleaved in one process (median ms). The rec loss the tool measures
+(on its own scoring samples and metric) is read from its reports: the default compile's all-A8 and
+chosen plans, a mixed plan's predicted / measured loss.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +47,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ocr_data  # noqa: E402
 from common import interleaved_latency_ms, machine_info, markdown_table, ort_quantize_static  # noqa: E402
+from cost import _tree_rss as tree_rss  # noqa: E402
 from dfq_onnx.models.corpus import corpus_model  # noqa: E402
 
 MODELS = {"det": "ppocrv4_det", "cls": "ppocr_mobile_v2_cls", "rec": "ppocrv4_rec"}
@@ -50,15 +59,30 @@ def load() -> str:
     return os.getloadavg().__repr__()
 
 
-def timed(cmd: list[str]) -> dict:
-    """Run `cmd` under /usr/bin/time -v: wall seconds and peak RSS (MB); raises on failure."""
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+def timed(cmd: list[str], max_rss_gb: float = 6.0) -> dict:
+    """Run `cmd` under /usr/bin/time -v: wall s, peak RSS (MB), 1-min load before. A run past
+    `max_rss_gb` (the machine is shared) is stopped and raises, as does a failing one."""
+    before = round(os.getloadavg()[0], 1)
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], stdout=subprocess.DEVNULL, stderr=err,
+                                text=True, start_new_session=True)
+        while proc.poll() is None:
+            time.sleep(0.5)
+            rss = tree_rss(proc.pid)
+            if rss > max_rss_gb * (1 << 30):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise RuntimeError(f"stopped at {rss / (1 << 30):.1f} GB RSS after "
+                                   f"{time.perf_counter() - start:.0f} s: {' '.join(cmd)}")
+        err.seek(0)
+        stderr = err.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    wall = re.search(r"Elapsed \(wall clock\) time .*: (?:(\d+):)?(\d+):([\d.]+)", proc.stderr)
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
+    wall = re.search(r"Elapsed \(wall clock\) time .*: (?:(\d+):)?(\d+):([\d.]+)", stderr)
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
     h, m, s = (float(wall.group(1) or 0), float(wall.group(2)), float(wall.group(3)))
-    return {"wall_s": 3600 * h + 60 * m + s, "rss_mb": int(rss.group(1)) / 1024}
+    return {"wall_s": 3600 * h + 60 * m + s, "rss_mb": int(rss.group(1)) / 1024, "load": before}
 
 
 # --------------------------------------------------------------------------- calibration data for ORT
@@ -100,48 +124,51 @@ def ort_calib(charset: set[str], seed: int, work: Path) -> dict[str, Path]:
 # --------------------------------------------------------------------------- compiles
 
 
-def compile_all(configs: list[str], charset, args, work: Path) -> tuple[dict, dict]:
-    """Paths of each config's three models, and the cost of each compile."""
-    src = {k: str(corpus_model(v).path) for k, v in MODELS.items()}
-    paths, costs = {"fp32": dict(src)}, {}
-    if "ort" in configs:
-        calib = ort_calib(charset, args.seed + 1000, work)
-        paths["ort"] = {}
+FLAGS = {"dfq": [], "dfq-w8a8": ["--act-bits", "8"], "dfq-analytic": ["--calib", "analytic"]}
+
+
+def compile_config(cfg: str, src: dict, calib: dict, paths: dict, work: Path) -> dict:
+    """Compile the three models of `cfg` (reusing the default's det / cls for a rec-only variant);
+    returns the cost of each compile."""
+    costs, paths[cfg] = {}, {}
+    if cfg == "ort":
         for k in MODELS:
             out = work / f"ort_{k}.onnx"
-            costs[f"ort/{k}"] = timed([sys.executable, __file__, "--ort-quantize", src[k], str(calib[k]),
-                                       str(out)])
+            costs[f"ort/{k}"] = timed([sys.executable, __file__, "--ort-quantize", src[k],
+                                       str(calib[k]), str(out)])
             paths["ort"][k] = str(out)
-    for cfg in [c for c in configs if c.startswith("dfq")]:
-        paths[cfg] = {}
-        for k in MODELS:
-            extra = ["--avg-weight-bits", cfg.split("avg")[1]] if ("avg" in cfg and k == "rec") else []
-            if not extra and cfg != "dfq" and "dfq" in paths and k in paths["dfq"]:
-                paths[cfg][k] = paths["dfq"][k]
-                continue
-            out, report = work / f"{cfg}_{k}.onnx", work / f"{cfg}_{k}.json"
-            cmd = [str(Path(sys.executable).parent / "dfq-onnx"), "-q", "quantize", src[k], "-o", str(out),
-                   "--input-shape", SHAPES[k], "--no-cache", "--report", str(report), *extra]
-            costs[f"{cfg}/{k}"] = timed(cmd)
-            paths[cfg][k] = str(out)
-    return paths, costs
+        return costs
+    for k in MODELS:
+        rec_only = "avg" in cfg
+        if rec_only and k != "rec" and k in paths.get("dfq", {}):
+            paths[cfg][k] = paths["dfq"][k]
+            continue
+        extra = (["--avg-weight-bits", cfg.split("avg")[1]] if rec_only else
+                 ["--calib", str(calib[k])] if cfg == "dfq-real" else FLAGS[cfg])
+        out, report = work / f"{cfg}_{k}.onnx", work / f"{cfg}_{k}.json"
+        cmd = [str(Path(sys.executable).parent / "dfq-onnx"), "-q", "quantize", src[k],
+               "-o", str(out), "--input-shape", SHAPES[k], "--no-cache", "--report", str(report), *extra]
+        costs[f"{cfg}/{k}"] = timed(cmd)
+        paths[cfg][k] = str(out)
+    return costs
 
 
-def tool_loss(work: Path, cfg: str, configs: list[str]) -> str:
-    """The rec loss the tool predicts / measures for a plan, on its own scoring samples and metric: a
-    mixed plan's from its report; the uniform W8A8 plan's is the sensitivity table's base loss (every
-    group at W8A8) of a mixed compile, measured on the same samples."""
-    mixed = [c for c in configs if "avg" in c]
-    name = cfg if "avg" in cfg else (mixed[0] if cfg == "dfq" and mixed else None)
-    report = work / f"{name}_rec.json" if name else None
-    if report is None or not report.is_file():
+def tool_loss(work: Path, cfg: str) -> str:
+    """The rec loss the tool measures for a plan, on its own scoring samples and metric: the default
+    compile's report holds the all-A8 plan's (dfq-w8a8's plan) and the chosen plan's; a mixed compile's
+    report its plan's predicted / measured loss."""
+    name = "dfq" if cfg in ("dfq", "dfq-w8a8") else cfg
+    report = work / f"{name}_rec.json"
+    if not report.is_file() or cfg in ("dfq-analytic", "dfq-real"):
         return "-"
     notes = json.loads(report.read_text()).get("notes", {})
-    if cfg == "dfq":
-        sens = notes.get("sensitivity", {})
-        return f"- / {sens['base_loss']:.4g} ({sens.get('metric')})" if "base_loss" in sens else "-"
-    alloc = notes.get("allocation", {})
-    return f"{alloc['predicted_loss']:.4g} / {alloc['measured_loss']:.4g}" if alloc else "-"
+    if "avg" in cfg:
+        alloc = notes.get("allocation", {})
+        return f"{alloc['predicted_loss']:.4g} / {alloc['measured_loss']:.4g}" if alloc else "-"
+    measured = notes.get("activations", {}).get("measured")
+    if not measured:
+        return "-"
+    return f"- / {measured['all_base' if cfg == 'dfq-w8a8' else 'chosen']:.4g}"
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -191,7 +218,7 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=500)
     ap.add_argument("--pages", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--configs", default="fp32,ort,dfq,dfq-avg6,dfq-avg4.5")
+    ap.add_argument("--configs", default="fp32,ort,dfq,dfq-w8a8,dfq-avg6,dfq-avg4.5,dfq-analytic,dfq-real")
     ap.add_argument("--work", default="/work/assets/ocr/bench")
     ap.add_argument("--rounds", type=int, default=5, help="latency rounds")
     ap.add_argument("--ort-quantize", nargs=3, metavar=("MODEL", "NPZ", "OUT"), help=argparse.SUPPRESS)
@@ -211,23 +238,40 @@ def main() -> None:
     print(machine_info(), "\nload at start", load(), flush=True)
     lines, texts = ocr_data.line_set(args.lines, args.seed, charset)
     pages, page_texts = ocr_data.page_set(args.pages, args.seed, charset)
-    paths, costs = compile_all(configs, charset, args, work)
-    results = {c: evaluate(engine(paths[c]), lines, texts, pages, page_texts) for c in configs}
-    lat = latencies(paths, configs, args.rounds)
+    src = {k: str(corpus_model(v).path) for k, v in MODELS.items()}
+    calib = ort_calib(charset, args.seed + 1000, work) if {"ort", "dfq-real"} & set(configs) else {}
+    paths, costs, results = {"fp32": dict(src)}, {}, {}
+    for c in configs:
+        try:
+            costs.update(compile_config(c, src, calib, paths, work) if c != "fp32" else {})
+        except RuntimeError as exc:       # stopped (memory) or failed: the row says so, the run goes on
+            print(c, "not compiled:", str(exc)[:400], flush=True)
+            paths.pop(c, None)
+            continue
+        results[c] = evaluate(engine(paths[c]), lines, texts, pages, page_texts)
+        results[c]["load_after"] = load()
+        print(c, {k: round(v, 2) if isinstance(v, float) else v for k, v in results[c].items()},
+              {k: v for k, v in costs.items() if k.startswith(c + "/")}, flush=True)
+        _save(work, results, costs, {}, args)
+    lat = latencies(paths, [c for c in configs if c in paths], args.rounds)
     print("load at end", load())
     report(configs, results, costs, lat, work)
+    _save(work, results, costs, lat, args)
+
+
+def _save(work: Path, results, costs, lat, args) -> None:
     (work / "results.json").write_text(json.dumps({"results": results, "costs": costs, "latency": lat,
                                                    "args": vars(args)}, indent=1))
 
 
 def report(configs, results, costs, lat, work) -> None:
-    rows = [[c, r["exact"], r["cer"], r["page_cer"], r["cls_acc"], tool_loss(work, c, configs)]
+    rows = [[c, r["exact"], r["cer"], r["page_cer"], r["cls_acc"], tool_loss(work, c)]
             for c, r in results.items()]
     print(markdown_table(["config", "rec line exact %", "rec CER %", "page CER %", "cls acc %",
                           "rec loss predicted / measured"], rows))
     print()
-    print(markdown_table(["compile", "wall s", "peak RSS MB"],
-                         [[k, v["wall_s"], round(v["rss_mb"])] for k, v in costs.items()]))
+    print(markdown_table(["compile", "wall s", "peak RSS MB", "load before"],
+                         [[k, v["wall_s"], round(v["rss_mb"]), v["load"]] for k, v in costs.items()]))
     print()
     rows = [[k, *[v.get(c, "=") for c in configs]] for k, v in lat.items()]
     print(markdown_table(["ORT ms (median)", *configs], rows))
