@@ -2,7 +2,8 @@
 
     apt-get install -y fonts-liberation          # fonts-dejavu-core is usually present
     pip install rapidocr-onnxruntime pillow      # with its dependencies (OpenCV, shapely, pyclipper)
-    python benchmarks/ocr.py [--lines 500] [--pages 100] [--configs fp32,ort,dfq,dfq-avg6,dfq-avg4.5]
+    python benchmarks/ocr.py [--lines 500] [--pages 100] [--configs fp32,ort,dfq,dfq-avg6,...]
+                             [--rec-only dfq-w8a8,...] [--resume] [--work DIR]
 
 Data (benchmarks/ocr_data.py): `--lines` text lines and `--pages` pages rendered with the Debian
 dejavu + liberation fonts from offline prose (seed `--seed`); ORT's calibration images are other
@@ -18,6 +19,9 @@ Configurations: every model of RapidOCR (det PP-OCRv4, cls mobile v2, rec PP-OCR
   dfq-analytic  the same with `--calib analytic` (BN statistics, no data);
   dfq-real      the same with `--calib` the 64 / 64 / 16 real images ORT calibrates on;
   dfq-avgB      det and cls as dfq, rec with `--avg-weight-bits B` (data-free mixed precision).
+A config varying rec only (dfq-avgB, and those given to `--rec-only`) keeps dfq's det and cls and is
+evaluated on the lines through rec only (its cls and page figures would be dfq's models again).
+`--resume` keeps the configs WORK/results.json already holds (a run stopped early goes on).
 RapidOCR runs with its default config (variable widths and page sizes, character dictionary from
 the rec model's metadata): lines through its recognizer (exact match, CER), lines and their 180-degree
 rotations through its angle classifier (accuracy), pages through the whole pipeline (CER of the page's
@@ -127,9 +131,9 @@ def ort_calib(charset: set[str], seed: int, work: Path) -> dict[str, Path]:
 FLAGS = {"dfq": [], "dfq-w8a8": ["--act-bits", "8"], "dfq-analytic": ["--calib", "analytic"]}
 
 
-def compile_config(cfg: str, src: dict, calib: dict, paths: dict, work: Path) -> dict:
-    """Compile the three models of `cfg` (reusing the default's det / cls for a rec-only variant);
-    returns the cost of each compile."""
+def compile_config(cfg: str, src: dict, calib: dict, paths: dict, work: Path, rec_only: set) -> dict:
+    """Compile the three models of `cfg` (reusing the default's det / cls for a rec-only variant: the
+    mixed ones and those in `rec_only`); returns the cost of each compile."""
     costs, paths[cfg] = {}, {}
     if cfg == "ort":
         for k in MODELS:
@@ -139,11 +143,10 @@ def compile_config(cfg: str, src: dict, calib: dict, paths: dict, work: Path) ->
             paths["ort"][k] = str(out)
         return costs
     for k in MODELS:
-        rec_only = "avg" in cfg
-        if rec_only and k != "rec" and k in paths.get("dfq", {}):
+        if ("avg" in cfg or cfg in rec_only) and k != "rec" and k in paths.get("dfq", {}):
             paths[cfg][k] = paths["dfq"][k]
             continue
-        extra = (["--avg-weight-bits", cfg.split("avg")[1]] if rec_only else
+        extra = (["--avg-weight-bits", cfg.split("avg")[1]] if "avg" in cfg else
                  ["--calib", str(calib[k])] if cfg == "dfq-real" else FLAGS[cfg])
         out, report = work / f"{cfg}_{k}.onnx", work / f"{cfg}_{k}.json"
         cmd = [str(Path(sys.executable).parent / "dfq-onnx"), "-q", "quantize", src[k],
@@ -180,10 +183,15 @@ def engine(paths: dict):
     return RapidOCR(det_model_path=paths["det"], cls_model_path=paths["cls"], rec_model_path=paths["rec"])
 
 
-def evaluate(eng, lines, texts, pages, page_texts) -> dict:
+def evaluate(eng, lines, texts, pages, page_texts, rec_only: bool = False) -> dict:
+    """Lines through rec; unless `rec_only` (det and cls are the default's: their figures are dfq's),
+    lines and their rotations through cls and the pages through the whole pipeline."""
     t0 = time.perf_counter()
     rec, _ = eng.text_rec(lines)
     hyps = [r[0] for r in rec]
+    if rec_only:
+        return {"exact": ocr_data.exact(texts, hyps), "cer": ocr_data.cer(texts, hyps),
+                "page_cer": "= dfq", "cls_acc": "= dfq", "lines_s": time.perf_counter() - t0, "pages_s": 0.0}
     upside = [np.ascontiguousarray(im[::-1, ::-1]) for im in lines]
     _, cls, _ = eng.text_cls(lines + upside)
     truth = ["0"] * len(lines) + ["180"] * len(lines)
@@ -221,6 +229,8 @@ def main() -> None:
     ap.add_argument("--configs", default="fp32,ort,dfq,dfq-w8a8,dfq-avg6,dfq-avg4.5,dfq-analytic,dfq-real")
     ap.add_argument("--work", default="/work/assets/ocr/bench")
     ap.add_argument("--rounds", type=int, default=5, help="latency rounds")
+    ap.add_argument("--rec-only", default="", help="configs that vary rec only (det / cls from dfq)")
+    ap.add_argument("--resume", action="store_true", help="keep the finished configs of WORK/results.json")
     ap.add_argument("--ort-quantize", nargs=3, metavar=("MODEL", "NPZ", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.ort_quantize:
@@ -241,14 +251,23 @@ def main() -> None:
     src = {k: str(corpus_model(v).path) for k, v in MODELS.items()}
     calib = ort_calib(charset, args.seed + 1000, work) if {"ort", "dfq-real"} & set(configs) else {}
     paths, costs, results = {"fp32": dict(src)}, {}, {}
-    for c in configs:
+    rec_only = set(filter(None, args.rec_only.split(",")))
+    if args.resume and (work / "results.json").is_file():
+        done = json.loads((work / "results.json").read_text())
+        results, costs = done["results"], done["costs"]
+        for c in results:
+            paths[c] = {k: (src[k] if c == "fp32" else str(work / f"{c}_{k}.onnx")
+                            if (work / f"{c}_{k}.onnx").is_file() else str(work / f"dfq_{k}.onnx"))
+                        for k in MODELS}
+    for c in [c for c in configs if c not in results]:
         try:
-            costs.update(compile_config(c, src, calib, paths, work) if c != "fp32" else {})
+            costs.update(compile_config(c, src, calib, paths, work, rec_only) if c != "fp32" else {})
         except RuntimeError as exc:       # stopped (memory) or failed: the row says so, the run goes on
             print(c, "not compiled:", str(exc)[:400], flush=True)
             paths.pop(c, None)
             continue
-        results[c] = evaluate(engine(paths[c]), lines, texts, pages, page_texts)
+        results[c] = evaluate(engine(paths[c]), lines, texts, pages, page_texts,
+                              rec_only="avg" in c or c in rec_only)
         results[c]["load_after"] = load()
         print(c, {k: round(v, 2) if isinstance(v, float) else v for k, v in results[c].items()},
               {k: v for k, v in costs.items() if k.startswith(c + "/")}, flush=True)
