@@ -200,12 +200,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dfq-cost-", dir=args.work) as tmp:
         rows = []
         for m in models:
+            done = len(rows)
             try:
                 rows += bench(m, runs, args, Path(tmp))
             except Exception as exc:  # noqa: BLE001 - one model's failure is its row, not the run's end
                 rows.append([m.name, "-", f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"]
                             + ["-"] * 7)
-            print(f"[cost] {m.name} done", file=sys.stderr, flush=True)
+            for row in rows[done:]:      # as they finish: a stopped run keeps what it measured
+                print("[cost] | " + " | ".join(str(v) for v in row) + " |", file=sys.stderr, flush=True)
     print(machine_info())
     with open("/proc/loadavg") as fh:
         print(f"load average at the end: {' '.join(fh.read().split()[:3])}; large batch N per model: "

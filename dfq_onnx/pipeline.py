@@ -14,6 +14,7 @@ from dfq_onnx.passes.bias_correction import CorrectBias
 from dfq_onnx.passes.calibrate import Calibrate
 from dfq_onnx.passes.check_usage import CheckUsage
 from dfq_onnx.passes.dfmpc import CompensateDFMPC
+from dfq_onnx.passes.emit_forms import EmitForms
 from dfq_onnx.passes.emit_qdq import EmitQDQ
 from dfq_onnx.passes.equalize import EqualizeCrossLayer
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
@@ -90,6 +91,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([_activations(options)] if not options.mixed and options.act_bits is None else []),
         *([CompensateDFMPC()] if options.dfmpc else []),
         *([CorrectBias()] if options.correct_bias else []),
+        EmitForms(),
         EmitQDQ(),
     ]
     return [*head, CheckUsage(tail), *tail]

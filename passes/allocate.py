@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 from dfq_onnx.passes.act_precision import act_choices
 from dfq_onnx.passes.act_precision import summary as act_summary
 
@@ -24,7 +25,10 @@ from dfq_onnx.allocation.problem import (
     plan_cost,
     predicted_loss,
 )
+from dfq_onnx.backends import forms as forms_lib
+from dfq_onnx.backends.forms import group_forms
 from dfq_onnx.backends.latency import LatencyTable
+from dfq_onnx.core import candidates
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import FLOAT_BITS, BitPlan, CompileState
@@ -35,22 +39,37 @@ ALLOCATORS = ("ilp-pairs", "ilp", "greedy", "uniform")
 
 def _frame(state: CompileState, scored, group_ids) -> tuple:
     """What both problems share: the `scored` candidates legal on the target, the groups of `group_ids`
-    with weights, each group's candidates narrowed by its ops ([candidates.ops]), their params and MACs."""
+    with weights, each group's candidates narrowed by its ops ([candidates.ops]; form groups: their
+    [forms] candidates), their params and MACs, and the stored bits of block-wise candidates."""
     target = state.target
-    legal = [c for c in scored if c in target.pairs]
+    forms = group_forms(state.graph, state.spec, state.groups, target, state.options.score_bits,
+                        target.default_weight_bits)
+    legal = [c for c in scored if c in target.pairs or candidates.is_form(c)]
     if not legal:
         raise UsageError(f"none of the scored candidates is legal on target '{target.name}'")
     params, macs = group_costs(state.graph, state.groups)
     groups = tuple(g for g in group_ids if params.get(g, 0) > 0)
     by_id = {g.id: g for g in state.groups}
-    cands = {g: tuple(c for c in legal if c in target.pairs_for(
-        [state.spec.layers[n].op for n in by_id[g].layers])) for g in groups}
-    return legal, groups, cands, {g: params[g] for g in groups}, {g: macs[g] for g in groups}
+    cands = {g: tuple(c for c in legal if c in forms[g][0]) if g in forms else tuple(
+        c for c in legal if not candidates.is_form(c)
+        and c in target.pairs_for([state.spec.layers[n].op for n in by_id[g].layers])) for g in groups}
+    storage = {g: _stored_bits(state, by_id[g], cands[g]) for g in groups if g in forms}
+    return legal, groups, cands, {g: params[g] for g in groups}, {g: macs[g] for g in groups}, storage
+
+
+def _stored_bits(state: CompileState, group, cands) -> dict:
+    """Stored bits per weight of each candidate of a form group (block scales and zero points included)."""
+    tensors = state.graph.tensors()
+    layers = [state.spec.layers[n] for n in group.layers]
+    sizes = [(np.prod(tensors[x.weight].shape), forms_lib.reduction_length(x.op, tensors[x.weight].values))
+             for x in layers]
+    total = sum(n for n, _ in sizes) or 1
+    return {c: sum(n * candidates.storage_bits(c, k) for n, k in sizes) / total for c in cands}
 
 
 def build_problem(state: CompileState) -> Problem:
     table = state.sensitivity
-    legal, groups, cands, params, macs = _frame(state, table.candidates, table.groups)
+    legal, groups, cands, params, macs, storage = _frame(state, table.candidates, table.groups)
     # Only damaging interactions (C > 0) reach the ILP. Negative terms mostly come from the loss saturating
     # when two low-bit layers each already break the output (D_ij < D_i + D_j); summed over a chain of
     # such pairs they cancel real damage, and the ILP buys exactly those chains (ResNet-20 at 3 bits:
@@ -63,7 +82,7 @@ def build_problem(state: CompileState) -> Problem:
         acts = act_choices(state, terms_from_dict(table.activations))
         acts = dataclasses.replace(acts, illegal=illegal_pairs(state, acts, cands))
     return Problem(groups, cands, {g: {c: table.singles[g][c] for c in cands[g]} for g in groups},
-                   params, macs, pairs, acts=acts)
+                   params, macs, pairs, storage=storage, acts=acts)
 
 
 def illegal_pairs(state: CompileState, acts, cands) -> tuple:
@@ -76,6 +95,8 @@ def illegal_pairs(state: CompileState, acts, cands) -> tuple:
         for r in ag.readers:
             g, op = group_of.get(r), state.spec.layers[r].op
             for c in cands.get(g, ()):
+                if candidates.is_form(c):     # a form layer reads its input float
+                    continue
                 out += [(g, c, k, a) for a in acts.candidates[k]
                         if a != FLOAT_BITS and (c[0], a) not in state.target.pairs_for([op])]
     return tuple(dict.fromkeys(out))
@@ -86,9 +107,11 @@ def cost_problem(state: CompileState) -> Problem:
     will score (options' score bits legal with the activation bits), per group narrowed by its ops."""
     opts = state.options
     act = opts.act_bits or state.target.default_act_bits
-    _, groups, cands, params, macs = _frame(state, [(b, act) for b in sorted(opts.score_bits)],
-                                            [g.id for g in state.groups if g.layers])
-    return Problem(groups, cands, {g: dict.fromkeys(cands[g], 0.0) for g in groups}, params, macs)
+    scored = [(b, act) for b in sorted(opts.score_bits)]
+    scored += [c for op in state.target.forms for c in state.target.forms_for(op)]
+    _, groups, cands, params, macs, storage = _frame(state, scored, [g.id for g in state.groups if g.layers])
+    return Problem(groups, cands, {g: dict.fromkeys(cands[g], 0.0) for g in groups}, params, macs,
+                   storage=storage)
 
 
 class AllocateBits(Pass):
@@ -146,7 +169,7 @@ class AllocateBits(Pass):
         ref, notes = table.reference_loss, {}
 
         def measure(choice, acts=None) -> float:
-            return state.meter({g: c[0] for g, c in choice.items()}, acts or {})
+            return state.meter({g: candidates.key(c) for g, c in choice.items()}, acts or {})
 
         acts: dict[str, int] = {}
         if self.pareto:
@@ -201,11 +224,13 @@ class AllocateBits(Pass):
         lim_bits = budget.avg_weight_bits
         if lim_bits is None:
             raise UsageError("--allocator uniform needs --avg-weight-bits")
-        cands = sorted({c for g in p.groups for c in p.candidates[g]}, key=lambda c: -c[0])
-        for c in cands:
-            if c[0] <= lim_bits + 1e-9:
-                return {g: c for g in p.groups}
-        raise UsageError(f"no uniform candidate fits --avg-weight-bits {lim_bits}")
+        choice = {}
+        for g in p.groups:        # each group's widest candidate within the bits (one pair when all share)
+            fit = [c for c in sorted(p.candidates[g], key=lambda c: -c[0]) if c[0] <= lim_bits + 1e-9]
+            if not fit:
+                raise UsageError(f"no uniform candidate fits --avg-weight-bits {lim_bits}")
+            choice[g] = fit[0]
+        return choice
 
     @staticmethod
     def _row(state: CompileState, p: Problem, g, bits) -> dict:

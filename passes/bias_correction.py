@@ -31,12 +31,24 @@ from dfq_onnx.passes.absorb_bias import add_to_bias
 from dfq_onnx.passes.analytic_ranges import MAX_UNANCHORED, estimate
 from dfq_onnx.passes.emit_qdq import EmitQDQ
 
-from dfq_onnx.core.graph_utils import const_values, node_label
+from dfq_onnx.core.graph_utils import const_values, is_const, is_float, node_label
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
 from dfq_onnx.corrections import formulas as cm
 from dfq_onnx.corrections.layer_pairs import linear_kind, tap_fractions
 from dfq_onnx.sensitivity.probe import emitted_weight
+
+
+def _not_linear(node) -> str:
+    """Why `node` has no per-channel rescalable weight (layer_pairs.linear_kind is None)."""
+    w = node.inputs[1] if len(node.inputs) > 1 else None
+    if w is None or not is_const(w) or not is_float(w):
+        return f"{node.op} weight is not a float constant"
+    if len(w.outputs) != 1:
+        return f"{node.op} weight is shared with other nodes"
+    if node.op in ("Conv", "Gemm"):
+        return f"{node.op} bias is shared or not a constant, or its attributes are not plain"
+    return f"{node.op} layers are not corrected (Conv / Gemm only; a MatMul's bias is a separate Add)"
 
 
 def input_moments(state: CompileState) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[dict]]:
@@ -50,8 +62,11 @@ def input_moments(state: CompileState) -> tuple[dict[str, tuple[np.ndarray, np.n
         kind, x, label = linear_kind(node), node.inputs[0], node_label(node)
         e = est.get(x.name)
         reason = None
-        if kind is None:
-            reason = f"{node.op} weight is not a constant used by this node only"
+        layer = state.spec.layers.get(label) if state.spec is not None else None
+        if layer is not None and layer.form:
+            reason = "encoded by a target form (dynamic int8 / weight-only), not static Q/DQ"
+        elif kind is None:
+            reason = _not_linear(node)
         elif x.name in inputs:
             reason = "reads a graph input (standardized: E[x] = 0)"
         elif e is None:

@@ -92,7 +92,7 @@ class EmitQDQ(Pass):
         nodes = {node_label(n): n for n in graph.nodes}
         done: dict[str, gs.Tensor] = {}   # weight name -> its DequantizeLinear output (shared weights)
         for name, layer in spec.layers.items():
-            if layer.role != "weighted":
+            if layer.role != "weighted" or layer.form:      # form layers: passes/emit_forms.py
                 continue
             if layer.weight in done:
                 node = nodes[name]

@@ -1,4 +1,5 @@
-"""Uniform bit plan: every quantizer group gets the same (weight bits, activation bits) pair."""
+"""Uniform bit plan: every quantizer group gets the same (weight bits, activation bits) pair; a group of
+form layers (the target's [forms]) gets its op's first form candidate with those weight bits."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ class UniformPlan(Pass):
             return
         target.check_pair(w, a)
         for g in state.groups:   # per-op narrowing ([candidates.ops])
+            if self._form(state, g, w, a) is not None:
+                continue
             ops = [state.spec.layers[n].op for n in g.layers]
             if (w, a) not in target.pairs_for(ops):
                 op = next(o for o in ops if (w, a) not in target.pairs_for([o]))
@@ -38,10 +41,25 @@ class UniformPlan(Pass):
                 raise TargetError(f"W{w}A{a} is not legal for {op} on target '{target.name}' (node '{node}'; "
                                   f"legal: {', '.join(f'W{x}A{y}' for x, y in target.pairs_for([op]))})")
 
+    @staticmethod
+    def _form(state: CompileState, group, w: int, a: int) -> tuple | None:
+        """The form candidate of a group of form layers (shared weights: the widest of their ops')."""
+        layers = [state.spec.layers[n] for n in group.layers]
+        if not layers or not all(layer.form for layer in layers):
+            return None
+        cands = [state.target.uniform_form(layer.op, w, a) for layer in layers]
+        if any(c is None for c in cands):
+            op = layers[[c is None for c in cands].index(True)].op
+            raise TargetError(f"no form of {op} on target '{state.target.name}' has {w} or more weight bits "
+                              f"(node '{group.layers[0]}')")
+        return max(cands, key=lambda c: c[0])
+
     def run(self, state: CompileState) -> PassResult:
         self.check(state)
         w, a = self._bits(state)
-        state.plan = BitPlan.uniform(state.groups, w, a)
+        plan = BitPlan.uniform(state.groups, w, a).bits
+        forms = {g.id: self._form(state, g, w, a) for g in state.groups}
+        state.plan = BitPlan({g: forms[g] or bits for g, bits in plan.items()})
         if a == FLOAT_BITS:   # every activation group float: weight-only quantization
             state.plan = BitPlan(state.plan.bits, acts={ag.id: a for ag in state.act_groups})
         state.report.groups = [{"group": g.id, "layers": list(g.layers), "ops": list(g.ops),

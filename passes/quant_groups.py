@@ -12,8 +12,17 @@ A Relu (or Clip(0, hi)) that is the only reader of a quantized node's output is 
 target's activations are asymmetric: its output encoding has zero point at 0, which clips exactly
 like the Relu, and the runtime fuses the Conv into its integer kernel.
 
+A graph output computed by one of the target's `float_output_ops` (ORT CPU: Gemm / MatMul, whose
+integer kernels QGemm / MatMulIntegerToFloat write float) stays float: a Q/DQ there adds no integer
+kernel, only rounding and a clipped range (a classifier's top scores; BENCHMARKS.md, issue 13).
+
 Bit-width groups: quantized nodes reading the same activation encoding must agree on its activation
 bits, so they are merged (union-find); a group's weight bits apply to all its weighted layers.
+
+Ops the target lists in [forms] (ORT CPU: MatMul with a constant 2-D weight, Gather from a constant
+2-D table) are weighted layers encoded by an emit form instead (dfq_onnx/core/candidates.py): no
+activation quantizer on their input or output, and elementwise ops next to them stay float unless a
+statically quantized layer reads them.
 """
 
 from __future__ import annotations
@@ -69,6 +78,22 @@ def _weighted_spec(node: gs.Node, role: str) -> LayerSpec | None:
                      bias=bias.name if bias is not None else None, axis=weight_output_axis(node))
 
 
+def _form_spec(node: gs.Node, target) -> LayerSpec | None:
+    """A MatMul [.., K] x W[K, N] or a Gather from a table [V, D] (axis 0) encoded by a target form."""
+    if not target.forms_for(node.op) or len(node.inputs) < 2:
+        return None
+    index = 0 if node.op == "Gather" else 1
+    w, other = node.inputs[index], node.inputs[1 - index]
+    if not (is_const(w) and is_float(w) and const_values(w).ndim == 2) or is_const(other):
+        return None
+    if node.op == "Gather" and (node.attrs.get("axis", 0) != 0 or is_float(other)):
+        return None
+    if node.op == "MatMul" and not is_float(other):
+        return None
+    return LayerSpec(node=node_label(node), op=node.op, role="weighted", weight=w.name,
+                     axis=0 if node.op == "Gather" else 1, weight_index=index, form=True)
+
+
 def _absorbable(node: gs.Node) -> bool:
     if node.op == "Relu":
         return True
@@ -78,7 +103,8 @@ def _absorbable(node: gs.Node) -> bool:
 
 
 def _feeds_weighted(graph: gs.Graph, target) -> set[int]:
-    """ids of nodes from which a weighted layer is reachable along float tensors, through any op.
+    """ids of nodes from which a statically quantized weighted layer is reachable along float tensors,
+    through any op (ops the target encodes by a form, e.g. every MatMul on ORT CPU, do not count).
 
     Elementwise ops in the tail after the last weighted layer (detector box decoding, score
     concatenation) stay float: quantizing them buys no integer kernel and can mix unrelated ranges.
@@ -88,7 +114,10 @@ def _feeds_weighted(graph: gs.Graph, target) -> set[int]:
     """
     reach: set[int] = set()
     for node in reversed(graph.nodes):
-        if target.role(node.op) == "weighted" or any(
+        role = target.role(node.op)
+        if role == "weighted" and target.forms_for(node.op):
+            continue        # the target encodes this op by a form (any of them: the attention MatMul too)
+        if role == "weighted" or any(
                 id(c) in reach for out in node.outputs if is_float(out) for c in out.outputs):
             reach.add(id(node))
     return reach
@@ -104,9 +133,12 @@ def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
     reach = _feeds_weighted(graph, target)
     for node in graph.nodes:
         role = target.role(node.op)
-        if role == "elementwise" and id(node) not in reach:
+        form = _form_spec(node, target)
+        if form is not None:
+            layers[form.node] = form
+        elif role == "elementwise" and id(node) not in reach:
             continue
-        if role == "weighted":
+        elif role == "weighted":
             spec = _weighted_spec(node, role)
             if spec and all(is_float(t) for t in node.inputs[:1]):
                 layers[spec.node] = spec
@@ -142,6 +174,13 @@ def _share_encodings(graph: gs.Graph, target, layers: dict, acts: dict, uf: _Uni
             uf.union(members[0], other)
 
 
+def _output_quantized(graph: gs.Graph, node: gs.Node, out: gs.Tensor, target) -> bool:
+    """Whether `node`'s output `out` gets a Q/DQ: every tensor but graph outputs the target keeps float
+    (all of them, or those of its `float_output_ops`; module docstring)."""
+    return not is_graph_output(graph, out) or (target.quantize_graph_outputs
+                                               and node.op not in target.float_output_ops)
+
+
 def build_spec(graph: gs.Graph, target) -> QuantSpec:
     layers = quantized_layers(graph, target)
     nodes = {node_label(n): n for n in graph.nodes}
@@ -149,6 +188,8 @@ def build_spec(graph: gs.Graph, target) -> QuantSpec:
     consts: list[tuple[str, str]] = []
     absorbed: dict[str, str] = {}
     for name, spec in layers.items():
+        if spec.form:
+            continue
         node = nodes[name]
         ins = node.inputs[:1] if spec.role == "weighted" else node.inputs
         for t in ins:
@@ -164,11 +205,10 @@ def build_spec(graph: gs.Graph, target) -> QuantSpec:
             if (target.fuse_relu and not target.act_symmetric and len(readers) == 1
                     and readers[0].op in ABSORBABLE and _absorbable(readers[0])
                     and not is_graph_output(graph, out)
-                    and (target.quantize_graph_outputs
-                         or not is_graph_output(graph, readers[0].outputs[0]))):
+                    and _output_quantized(graph, node, readers[0].outputs[0], target)):
                 absorbed[node_label(readers[0])] = out.name
                 out = readers[0].outputs[0]
-            if target.quantize_graph_outputs or not is_graph_output(graph, out):
+            if _output_quantized(graph, node, out, target):
                 acts[out.name] = None
     uf = _UnionFind()
     for node in graph.nodes:  # topological order: passthrough chains propagate
@@ -209,7 +249,7 @@ def build_groups(graph: gs.Graph, spec: QuantSpec) -> list[QuantGroup]:
         weighted = tuple(n for n in names if spec.layers[n].role == "weighted")
         acts = tuple(sorted({t.name for n in names for t in nodes[n].inputs
                              if t.name in spec.encoding_of}))
-        params = sum(int(np.prod(nodes[n].inputs[1].shape)) for n in weighted)
+        params = sum(int(np.prod(nodes[n].inputs[spec.layers[n].weight_index].shape)) for n in weighted)
         groups.append(QuantGroup(id=f"g{i}", layers=weighted, ops=tuple(names), activations=acts,
                                  params=params))
     return groups

@@ -2,7 +2,8 @@
 
 The terms and how they are measured are in `dfq_onnx.sensitivity.scoring` (weights) and
 `dfq_onnx.sensitivity.act_scoring` (activation groups, where activation precision is a decision); this
-pass picks the scoring samples (synthetic / calibration set, else Gaussian noise), chunks them
+pass picks the scoring samples (synthetic / calibration set, else Gaussian noise; a token model's
+at most SCORE_TOKENS tokens: one evaluation runs every row through the probe), chunks them
 (`rows_per_chunk`, results independent of it), builds the probe, caches the table keyed by the model,
 ranges, target, options and samples, and leaves a PlanMeter that measures whole plans.
 """
@@ -19,6 +20,7 @@ from dfq_onnx.passes.act_precision import activation_terms, decides
 from dfq_onnx.passes.calibrate import noise_inputs
 
 from dfq_onnx.backends.chunks import rows_per_chunk
+from dfq_onnx.backends.forms import group_forms
 from dfq_onnx.core import cache, ir
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import node_label
@@ -27,6 +29,7 @@ from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import FLOAT_BITS, CompileState
 from dfq_onnx.sensitivity.act_scoring import switchable, terms_to_dict
 from dfq_onnx.sensitivity.evaluator import Evaluator
+from dfq_onnx.sensitivity.gather_rows import used_rows
 from dfq_onnx.sensitivity.probe import Probe, build_probe
 from dfq_onnx.sensitivity.scoring import (  # noqa: F401  (the scoring API, re-exported for callers)
     Scoring,
@@ -38,9 +41,12 @@ from dfq_onnx.sensitivity.scoring import (  # noqa: F401  (the scoring API, re-e
     shrink,
 )
 from dfq_onnx.sensitivity.table import SensitivityTable, load_json, save_json_atomic, summary
+from dfq_onnx.synth.tokens import has_token_inputs
 
 log = logging.getLogger(__name__)
-ENGINE_VERSION = 3       # bump when the terms change: old cache entries are then ignored
+SCORE_TOKENS = 2048      # token models score on at most this many tokens (16 rows of 128) ...
+MIN_TOKEN_ROWS = 8       # ... and at least this many rows (the shrinkage splits them in two halves)
+ENGINE_VERSION = 4       # bump when the terms change: old cache entries are then ignored (4: form candidates)
 
 
 def _digest(*arrays) -> str:
@@ -75,6 +81,9 @@ def scoring_data(state: CompileState, options: SensitivityOptions):
         samples = noise_inputs(state.graph, state.options.calib_samples, state.options.seed)
     labels = getattr(getattr(state, "synthetic", None), "labels", None)
     n = options.samples or len(next(iter(samples.values())))
+    if has_token_inputs(state.graph):      # sequences: the scoring cost is in tokens, not rows
+        length = max(int(v.shape[1]) for v in samples.values() if v.ndim == 2)
+        n = min(n, max(MIN_TOKEN_ROWS, SCORE_TOKENS // length))
     samples = {k: v[:n] for k, v in samples.items()}
     return samples, None if labels is None else np.asarray(labels)[:n]
 
@@ -124,14 +133,18 @@ def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -
     samples, labels, batch = chunked(state, samples, labels, options.batch)
     act = state.options.act_bits or state.target.default_act_bits
     bits = candidate_bits(options, state.target, act)
+    forms = group_forms(state.graph, state.spec, state.groups, state.target, options.weight_bits,
+                        options.base_bits)
+    rows = used_rows(state.graph, state.spec, samples, batch or len(next(iter(samples.values()))))
     pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, bits, act,
-                     options.quantize_activations, input_means=input_means(state, options))
+                     options.quantize_activations, input_means=input_means(state, options),
+                     form_keys={g: cands for g, (cands, _) in forms.items()}, form_rows=rows)
     fp32 = ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
     n = len(next(iter(samples.values())))
     ev = Evaluator(Probe(pm, segmented=options.segmented, samples=n), fp32, samples, labels, options.metric,
                    batch, output_producers(state.graph))
     pairs = near_pairs(state.graph, state.groups, options.hops) if options.pairs else []
-    return Scoring(ev, [g.id for g in state.groups if g.layers], bits, act, pairs, options)
+    return Scoring(ev, [g.id for g in state.groups if g.layers], bits, act, pairs, options, forms)
 
 
 class PlanMeter:

@@ -72,3 +72,12 @@ def point_external_data_to(path, location: str) -> None:
             if entry.key == "location":
                 entry.value = location
     onnx.save(model, path)
+
+
+def static_matmul_target(tmp_path) -> str:
+    """ort-cpu with statically quantized MatMuls (its [forms] removed: dynamic int8 / weight-only MatMuls
+    have no activation quantizer), for tests of static Q/DQ on transformer blocks."""
+    text = open(load_target("ort-cpu").source).read()
+    path = tmp_path / "ort_cpu_static_matmul.toml"
+    path.write_text(text[:text.index("[forms]")] + text[text.index("[latency]"):])
+    return str(path)

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import onnx
 import pytest
-from _util import compile_state, nodes_by_op, normal_feeds, run, state_model
+from _util import compile_state, nodes_by_op, normal_feeds, run, state_model, static_matmul_target
 from dfq_onnx.models import act_builders, builders
 from dfq_onnx.passes.act_precision import act_evaluator, node_work
 from dfq_onnx.passes.calibrate import Calibrate
@@ -111,11 +111,12 @@ def test_emit_writes_the_chosen_precisions_and_matches_the_probe():
     assert np.abs(got - want).max() <= 2 * step
 
 
-def test_default_leaves_the_outlier_tensor_float_on_ort_cpu():
+def test_default_leaves_the_outlier_tensor_float_on_ort_cpu(tmp_path):
     model = act_builders.outlier_attention()
     feeds = normal_feeds(model, n=16, seed=5)
-    out, report = dfq_onnx.quantize(model, calib="noise", progress=False, use_cache=False)
-    base, _ = dfq_onnx.quantize(model, calib="noise", progress=False, act_bits=8)
+    target = static_matmul_target(tmp_path)
+    out, report = dfq_onnx.quantize(model, target=target, calib="noise", progress=False, use_cache=False)
+    base, _ = dfq_onnx.quantize(model, target=target, calib="noise", progress=False, act_bits=8)
     notes = report.notes["activations"]
     chosen = {k: o["choice"] for k, o in notes["outliers"].items()}
     f2 = next(k for k, o in notes["outliers"].items() if o["tensors"] == ["f2_out"])
@@ -180,9 +181,10 @@ def test_analytic_calibration_runs_no_activation_scoring():
 
 
 def test_activation_terms_are_cached(tmp_path):
-    model = act_builders.outlier_attention()
-    _, first = dfq_onnx.quantize(model, calib="noise", progress=False, cache_dir=str(tmp_path))
-    _, second = dfq_onnx.quantize(model, calib="noise", progress=False, cache_dir=str(tmp_path))
+    model, target = act_builders.outlier_attention(), static_matmul_target(tmp_path)
+    opts = dict(target=target, calib="noise", progress=False, cache_dir=str(tmp_path))
+    _, first = dfq_onnx.quantize(model, **opts)
+    _, second = dfq_onnx.quantize(model, **opts)
     assert first.forward_passes > second.forward_passes
     assert first.notes["activations"]["outliers"] == second.notes["activations"]["outliers"]
 
@@ -203,9 +205,9 @@ def test_screening_finds_the_outlier_with_few_evaluations():
 
 
 @pytest.mark.parametrize("allocator", ["ilp", "ilp-pairs", "greedy"])
-def test_mixed_budget_decides_activations_jointly(allocator):
-    model = act_builders.outlier_attention()
-    out, report = dfq_onnx.quantize(model, calib="noise", progress=False, use_cache=False,
+def test_mixed_budget_decides_activations_jointly(allocator, tmp_path):
+    model, target = act_builders.outlier_attention(), static_matmul_target(tmp_path)
+    out, report = dfq_onnx.quantize(model, calib="noise", progress=False, use_cache=False, target=target,
                                     avg_weight_bits=6, allocator=allocator, score_bits=(2, 4, 6, 8))
     alloc = report.notes["allocation"]
     f2 = next(k for k, o in report.notes["activations"]["outliers"].items() if o["tensors"] == ["f2_out"])
@@ -213,7 +215,8 @@ def test_mixed_budget_decides_activations_jointly(allocator):
     assert "f2_out" not in {n.input[0] for n in nodes_by_op(out, "QuantizeLinear")}
     # the written plan is measured on the probe with activation switches; it beats all-A8 at the same bits
     base, rep8 = dfq_onnx.quantize(model, calib="noise", progress=False, use_cache=False, act_bits=8,
-                                   avg_weight_bits=6, allocator=allocator, score_bits=(2, 4, 6, 8))
+                                   target=target, avg_weight_bits=6, allocator=allocator,
+                                   score_bits=(2, 4, 6, 8))
     assert alloc["measured_loss"] < rep8.notes["allocation"]["measured_loss"]
     feeds = normal_feeds(model, n=8, seed=9)
     ref = run(model, feeds)[0]
@@ -225,7 +228,8 @@ def test_cli_and_report_say_what_was_decided(tmp_path, capsys):
 
     src = tmp_path / "m.onnx"
     onnx.save(act_builders.outlier_attention(), src)
-    argv = ["-q", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--calib", "noise", "--no-cache"]
+    argv = ["-q", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--calib", "noise", "--no-cache",
+            "--target", static_matmul_target(tmp_path)]
     assert main(argv + ["--report", str(tmp_path / "r.html")]) == 0
     out = capsys.readouterr().out
     assert re.search(r"activations: [1-9]\d* outlier groups of \d+ \([1-9]\d* float\)", out), out
@@ -237,14 +241,15 @@ def test_cli_and_report_say_what_was_decided(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["outlier_attention", "outlier_residual"])
-def test_scoring_terms_do_not_depend_on_the_chunk_size(name):
-    """Rows are independent: the weight and activation terms are identical in any chunking."""
+def test_scoring_terms_do_not_depend_on_the_chunk_size(name, tmp_path):
+    """Rows are independent: the weight and activation terms are identical in any chunking (static
+    MatMuls: a dynamic int8 form quantizes each run's tensor as a whole, as ORT does at deployment)."""
     from dfq_onnx.passes.sensitivity import SensitivityOptions, score
 
     model = getattr(act_builders, name)()
     tables = []
     for batch in (1, 7, None):
-        state = _state(model, calib_samples=24)
+        state = _state(model, target=static_matmul_target(tmp_path), calib_samples=24)
         opts = SensitivityOptions(weight_bits=(4, 8), batch=batch, use_cache=False, progress=False, hops=1)
         tables.append(score(state, opts)[0])
     for t in tables[1:]:

@@ -57,7 +57,7 @@ def test_activation_scales_and_zero_points_are_scalars():
     out, _ = dfq_onnx.quantize(builders.conv_bn_relu_residual(), progress=False, act_bits=8)   # A8 everywhere
     inits = {t.name: t for t in out.graph.initializer}
     q_nodes, _ = _q_and_dq(out)
-    assert len(q_nodes) == 7          # the 7 activation quantizers of test_quant_groups
+    assert len(q_nodes) == 6          # the 6 activation quantizers of test_quant_groups
     for q in q_nodes:
         scale, zp = inits[q.input[1]], inits[q.input[2]]
         assert list(scale.dims) == [] and list(zp.dims) == [], q.name

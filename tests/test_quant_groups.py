@@ -27,10 +27,10 @@ def test_residual_quantized_tensors_and_absorbed_relus():
     # relu1 is conv1's only reader and relu2 is add's only reader: both absorbed into the producer's
     # output encoding. bn2_out (conv2's output after the fold) feeds add, not a Relu.
     assert spec.absorbed == {"relu1": "bn1_out", "relu2": "add_out"}
-    # 7 quantizers: the input; conv1's output seen after relu1; conv2's output; add's output after relu2;
-    # gap's output; flatten's output (passthrough); the graph output (quantize_graph_outputs = true).
-    assert set(spec.act_tensors) == {"input", "relu1_out", "bn2_out", "relu2_out", "gap_out", "flat_out",
-                                     "output"}
+    # 6 quantizers: the input; conv1's output seen after relu1; conv2's output; add's output after relu2;
+    # gap's output; flatten's output (passthrough). The graph output is fc's (a Gemm): ORT CPU's QGemm
+    # writes it in float, so it stays float there; a target without float_output_ops quantizes it.
+    assert set(spec.act_tensors) == {"input", "relu1_out", "bn2_out", "relu2_out", "gap_out", "flat_out"}
     assert state.report.passes[-1]["modified"] is False   # analysis pass
 
 
@@ -39,6 +39,18 @@ def test_residual_weighted_layer_specs():
     conv1, fc = spec.layers["conv1"], spec.layers["fc"]
     assert (conv1.weight, conv1.bias, conv1.axis) == ("conv1.weight", "conv1.bias_folded", 0)
     assert (fc.weight, fc.bias, fc.axis) == ("fc.weight", "fc.bias", 0)      # transB=1: rows are outputs
+
+
+def test_graph_output_of_a_float_output_kernel_stays_float():
+    _, spec = _spec(builders.conv_bn_relu_residual(), target="openvino")       # quantizes graph outputs
+    assert "output" in spec.act_tensors
+    _, spec = _spec(builders.conv_bn_relu_residual())                          # ort-cpu: QGemm, float out
+    assert "output" not in spec.act_tensors and "flat_out" in spec.act_tensors
+    model = builders.conv_bn_relu_residual()
+    out, _ = dfq_onnx.quantize(model, calib="noise", act_bits=8, progress=False)
+    assert [n.op_type for n in out.graph.node if "output" in n.output] == ["Gemm"]
+    feeds = normal_feeds(model, n=8)
+    np.testing.assert_allclose(run(out, feeds)[0], run(model, feeds)[0], atol=0.25)
 
 
 def test_passthrough_shares_the_encoding():

@@ -23,8 +23,11 @@ def layer_macs(node: gs.Node, symbolic: int | None = None) -> int:
     dimension counts as that size: relative costs of a transformer per token with `symbolic=1`).
 
     Conv: out_elements * (C_in / group) * prod(kernel); ConvTranspose: in_elements * C_out/group * kernel;
-    Gemm / MatMul: rows * K * N, rows = product of the output's non-batch leading dims.
+    Gemm / MatMul: rows * K * N, rows = product of the output's non-batch leading dims; Gather (an
+    embedding table lookup): 0.
     """
+    if node.op == "Gather":
+        return 0
     w = const_values(node.inputs[1])
     if node.op == "Conv":
         out = _static(node.outputs[0].shape, symbolic)

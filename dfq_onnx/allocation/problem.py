@@ -12,7 +12,8 @@ tighter than McCormick because of the one-per-group constraints:
 
 Budgets (any combination), all linear in x:
     avg weight bits   sum_g params_g w_c x[g,c]   <= B * sum_g params_g
-    size (MB)         sum_g params_g w_c / 8e6 x  <= S            (weights only)
+    size (MB)         sum_g params_g w'_c / 8e6 x <= S            (weights only; w' = w plus the scales
+                                                                   and zero points of block-wise forms)
     BOPs ratio        sum_g macs_g w_c a_c x      <= R * sum_g macs_g * 8 * 8   (relative to W8A8)
     latency (ms)      sum_g lat_g(c) x            <= T
 Ties force groups to take the same candidate. Solved with PuLP's bundled CBC under a time limit; the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+from dfq_onnx.core import candidates
 from dfq_onnx.core.errors import InfeasibleBudgetError, UsageError
 
 Cand = tuple[int, int]
@@ -39,6 +41,8 @@ class Problem:
     pairs: dict[tuple[str, str], dict[tuple[Cand, Cand], float]] = field(default_factory=dict)
     latency: dict[str, dict[Cand, float]] = field(default_factory=dict)
     ties: tuple[tuple[str, str], ...] = ()
+    storage: dict[str, dict[Cand, float]] = field(default_factory=dict)   # stored bits per weight when
+    # they differ from w (block-wise scales and zero points, core/candidates.py); size only
     acts: object | None = None       # activation decisions (allocation/act_problem.py ActChoices)
 
     def __post_init__(self):
@@ -47,7 +51,7 @@ class Problem:
                 raise UsageError(f"group '{g}' has no legal candidate")
             missing = [c for c in self.candidates[g] if c not in self.loss.get(g, {})]
             if missing:
-                raise UsageError(f"group '{g}': no loss for candidate W{missing[0][0]}A{missing[0][1]}")
+                raise UsageError(f"group '{g}': no loss for candidate {candidates.name(missing[0])}")
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,9 @@ class Allocation:
 
 def costs(p: Problem, g: str, c: Cand) -> dict[str, float]:
     """The budget resources candidate c of group g uses."""
-    w, a = c
-    return {"avg_weight_bits": p.params[g] * w, "size_mb": p.params[g] * w / 8e6,
+    w, a = c[0], c[1]
+    stored = p.storage.get(g, {}).get(c, w)
+    return {"avg_weight_bits": p.params[g] * w, "size_mb": p.params[g] * stored / 8e6,
             "bops_ratio": p.macs.get(g, 0) * w * a, "latency_ms": p.latency.get(g, {}).get(c, 0.0)}
 
 

@@ -272,10 +272,19 @@ def to_model(graph: gs.Graph, *, opset: int | None = None, ir_version: int | Non
         if init.name in packed:
             values = numpy_helper.to_array(init)
             init.CopyFrom(helper.make_tensor(init.name, DTYPES[packed[init.name]], values.shape,
-                                             values.flatten().tolist()))
+                                             _pack_nibbles(values), raw=True))
     if ir_version is not None:
         model.ir_version = ir_version
     return model
+
+
+def _pack_nibbles(values: np.ndarray) -> bytes:
+    """4-bit values as ONNX raw data: two per byte, the first in the low nibble (int32_data would store
+    one varint per pair, about 6 bits per value)."""
+    u = values.reshape(-1).astype(np.uint8) & 0x0F
+    if len(u) % 2:
+        u = np.concatenate([u, np.zeros(1, np.uint8)])
+    return (u[0::2] | (u[1::2] << 4)).astype(np.uint8).tobytes()
 
 
 def min_ir_version(opset: int) -> int:

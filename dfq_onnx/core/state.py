@@ -109,6 +109,8 @@ class LayerSpec:
     weight: str | None = None
     bias: str | None = None
     axis: int | None = None       # per-channel axis of the weight
+    weight_index: int = 1         # the node input holding the weight (0: a Gather's table)
+    form: bool = False            # encoded by the target's [forms] (core/candidates.py), not static Q/DQ
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from dfq_onnx.core import candidates
 from dfq_onnx.core.errors import TargetError
 
 FLOAT_BITS = 32   # activation "bits" of a tensor left in float (no Q/DQ): W8A32 is weight-only quantization
@@ -25,7 +26,7 @@ ROLES = ("weighted", "elementwise", "passthrough", "activation")
 DTYPE_NAMES = ("int4", "uint4", "int8", "uint8", "int16", "uint16")
 _TOP = {"name", "description", "min_opset", "default_weight_bits", "default_act_bits",
         "quantize_graph_outputs", "activation", "weight", "bias", "opset", "candidates", "ops",
-        "placement", "fixed_outputs", "latency"}
+        "placement", "fixed_outputs", "latency", "forms"}
 _SECTIONS = {
     "activation": {"symmetric", "dtypes", "fuse_relu", "choices", "element_cost", "float_output_ops",
                    "cost_allowance"},
@@ -35,6 +36,9 @@ _SECTIONS = {
     "placement": {"quantize_outputs", "add_fuses_weighted_input", "shared_encoding_ops"},
     "latency": {"runtime"},
 }
+FORM_SETTINGS = {"weight_only_kernel": ("MatMulNBits", "DequantizeLinear"),
+                 "gather_kernel": ("GatherBlockQuantized", "Gather"), "accuracy_level": (0, 1, 2, 3, 4)}
+FORM_OPS = ("MatMul", "Gather")
 RUNTIMES = ("onnxruntime", "openvino", "none")
 
 
@@ -69,10 +73,26 @@ class TargetProfile:
     fixed_outputs: Mapping[str, tuple[float, float]] = field(default_factory=dict)   # op -> (min, span)
     op_pairs: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     runtime: str = "none"                          # runtime that profile-target measures with
+    forms: Mapping[str, tuple[tuple, ...]] = field(default_factory=dict)   # op -> form candidates
+    form_settings: Mapping[str, object] = field(default_factory=dict)      # [forms] kernels, accuracy
     act_choices: tuple[int, ...] = ()              # per-activation-group precisions (32 = float), () = none
     act_element_cost: Mapping[int, float] = field(default_factory=dict)   # extra cost per element at bits
     float_output_ops: tuple[str, ...] = ()         # weighted ops keeping an integer kernel, float output
     act_cost_allowance: float = 0.0                # default plan: extra activation cost / all-base cost
+
+    def forms_for(self, op: str) -> tuple[tuple, ...]:
+        """The emit-form candidates of `op` (core/candidates.py); () when it is statically quantized."""
+        return self.forms.get(op, ())
+
+    def uniform_form(self, op: str, w_bits: int, a_bits: int | None = None) -> tuple | None:
+        """What a uniform W<w>A<a> plan uses for a form op: its first candidate with those weight and
+        activation bits, else with those weight bits, else the first with more weight bits (None when the
+        op has no forms or none fits)."""
+        cands = self.forms_for(op)
+        both = [c for c in cands if c[0] == w_bits and c[1] == a_bits]
+        exact = [c for c in cands if c[0] == w_bits]
+        wider = sorted((c for c in cands if c[0] > w_bits), key=lambda c: c[0])
+        return (both or exact or wider or [None])[0]
 
     def role(self, op_type: str) -> str | None:
         return self.ops.get(op_type)
@@ -142,7 +162,7 @@ def _pairs(where: str, seq) -> tuple[tuple[int, int], ...]:
 _TYPES = {"name": str, "description": str, "min_opset": int, "default_weight_bits": int,
           "default_act_bits": int, "quantize_graph_outputs": bool, "activation": dict, "weight": dict,
           "bias": dict, "opset": dict, "candidates": dict, "ops": dict, "placement": dict,
-          "fixed_outputs": dict, "latency": dict}
+          "fixed_outputs": dict, "latency": dict, "forms": dict}
 
 
 def parse_profile(data: dict, source: str) -> TargetProfile:
@@ -208,8 +228,34 @@ def _build(data: dict, source: str) -> TargetProfile:
         fixed_outputs=_fixed_outputs(source, ops, data.get("fixed_outputs", {})),
         op_pairs=_op_pairs(source, ops, pairs, cand.get("ops", {})),
         runtime=runtime,
+        **_forms(source, data.get("forms", {})),
         **_act_choices(source, ops, act, int(data.get("default_act_bits", 8))),
     )
+
+
+def _forms(source: str, table: dict) -> dict:
+    """[forms]: op -> list of candidate names (core/candidates.py), plus the kernel settings."""
+    forms, settings = {}, {}
+    for key, value in table.items():
+        where = f"{source} [forms] {key}"
+        if key in FORM_SETTINGS:
+            if value not in FORM_SETTINGS[key]:
+                legal = ", ".join(map(str, FORM_SETTINGS[key]))
+                raise TargetError(f"{where}: '{value}' must be one of {legal}")
+            settings[key] = value
+        elif key in FORM_OPS:
+            if not isinstance(value, list) or not value:
+                raise TargetError(f"{where}: expected a list of candidate names like [\"W8A8-dyn\"]")
+            try:
+                cands = tuple(candidates.parse(v) for v in value)
+            except ValueError as exc:
+                raise TargetError(f"{where}: {exc}") from None
+            if key == "Gather" and any(candidates.form(c) == "dyn" for c in cands):
+                raise TargetError(f"{where}: a Gather table has no activation input to quantize dynamically")
+            forms[key] = cands
+        else:
+            raise TargetError(f"{where}: unknown key (allowed: {', '.join([*FORM_OPS, *FORM_SETTINGS])})")
+    return {"forms": MappingProxyType(forms), "form_settings": MappingProxyType(settings)}
 
 
 def _act_choices(source: str, ops: dict, act: dict, default: int) -> dict:

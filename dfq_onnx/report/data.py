@@ -17,7 +17,7 @@ import logging
 import numpy as np
 
 from dfq_onnx.backends import runtime
-from dfq_onnx.core import ir
+from dfq_onnx.core import candidates, ir
 from dfq_onnx.core.errors import DfqError
 from dfq_onnx.core.state import CompileState
 
@@ -27,7 +27,7 @@ COMPARE_SAMPLES = 64
 
 
 def _cand_name(c) -> str:
-    return f"W{c[0]}A{c[1]}"
+    return candidates.name(c)
 
 
 def layer_sensitivity(state: CompileState) -> None:

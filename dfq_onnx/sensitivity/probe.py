@@ -45,6 +45,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from dfq_onnx.backends import forms
 from dfq_onnx.backends.act_precision import without
 from dfq_onnx.backends.qdq import (
     Encoding,
@@ -53,11 +54,12 @@ from dfq_onnx.backends.qdq import (
     quantize_weight,
     replace_with_dq,
 )
-from dfq_onnx.core import ir, numerics
+from dfq_onnx.core import candidates, ir, numerics
 from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.graph_utils import const_values, node_label
 from dfq_onnx.core.state import ActGroup, QuantGroup, QuantSpec, Range
 from dfq_onnx.sensitivity.act_switch import insert_act_switches, select_input
+from dfq_onnx.sensitivity.form_switch import form_switch, slot_of
 
 log = logging.getLogger(__name__)
 
@@ -171,19 +173,39 @@ def _slot(w, b, x_scale, bits: int, layer, target, node, mean) -> tuple:
     return emitted_weight(w, b_corr, x_scale, bits, layer.axis, target)
 
 
+def _form_weights(node: gs.Node, layer, keys: tuple, rows: np.ndarray | None) -> list[np.ndarray]:
+    """Slot weights of a form layer: FP32, then each non-float candidate's (form_switch.py); a Gather
+    with `rows` keeps only those rows of its table."""
+    w = const_values(node.inputs[layer.weight_index]).astype(np.float32)
+    w = w if rows is None else w[rows]
+    return [w] + [forms.weight_hat(node.op, w, c) for c in keys if candidates.form(c) != "float"]
+
+
 def _select_weights(graph: gs.Graph, spec: QuantSpec, groups, bits: tuple[int, ...], by_dq: dict,
-                    target, input_means: Mapping[str, tuple] | None = None) -> dict[str, str]:
-    """Replace every weighted layer by a switch over its K+1 weight slots, driven by select_<group>."""
+                    target, input_means: Mapping[str, tuple] | None = None,
+                    form_keys: Mapping[str, tuple] | None = None,
+                    form_rows: Mapping[str, np.ndarray] | None = None,
+                    attached: dict | None = None) -> dict[str, str]:
+    """Replace every weighted layer by a switch over its K+1 weight slots, driven by select_<group>
+    (slot k + 1 = weight bits bits[k]); a form group (`form_keys`) gets form switches instead
+    (sensitivity/form_switch.py), whose added nodes go to `attached` (layer -> node names)."""
     nodes = {node_label(n): n for n in graph.nodes}
     selects: dict[str, str] = {}
     done: dict[str, list[np.ndarray]] = {}   # shared weight -> its slots (later readers keep a float bias)
     for group in groups:
         if not group.layers:
             continue
-        select, conds = select_input(graph, group.id, len(bits) + 1)
+        keys = (form_keys or {}).get(group.id)
+        select, conds = select_input(graph, group.id, 1 if keys else len(bits) + 1)
         selects[group.id] = select.name
         for name in group.layers:
             node, layer = nodes[name], spec.layers[name]
+            if keys:
+                rows = (form_rows or {}).get(name)
+                added = form_switch(graph, node, layer, keys, _form_weights(node, layer, keys, rows), select,
+                                    target.form_settings, rows)
+                (attached if attached is not None else {}).setdefault(name, []).extend(added)
+                continue
             b = const_values(node.inputs[2]).astype(np.float32) if layer.bias else None
             if layer.weight in done:
                 slots = [(w, b) for w in done[layer.weight]]
@@ -207,6 +229,13 @@ def _fix_weights(graph: gs.Graph, spec: QuantSpec, bits: int, x_enc: Mapping[str
         if layer.role != "weighted" or name not in nodes:
             continue
         node = nodes[name]
+        if layer.form:        # the uniform plan's form candidate (its activation treatment left out)
+            cand = target.uniform_form(layer.op, bits)
+            w = const_values(node.inputs[layer.weight_index])
+            if cand is not None:
+                node.inputs[layer.weight_index] = gs.Constant(f"{layer.weight}_form{bits}",
+                                                              forms.weight_hat(node.op, w, cand))
+            continue
         b = const_values(node.inputs[2]).astype(np.float32) if layer.bias else None
         enc = x_enc.get(node.inputs[0].name)
         w_hat, b_hat = emitted_weight(const_values(node.inputs[1]).astype(np.float32), b,
@@ -232,6 +261,7 @@ class ProbeModel:
     act_selects: dict = field(default_factory=dict)   # activation group id -> its select input
     attached: dict = field(default_factory=dict)      # node label -> activation switch nodes of its segment
     act_units: dict = field(default_factory=dict)     # node label -> activation group ids it carries
+    form_keys: dict = field(default_factory=dict)     # form group -> its candidates (slots 1..K)
 
     @property
     def units(self) -> dict[str, tuple[str, ...]]:
@@ -258,12 +288,15 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
                 target, weight_bits: tuple[int, ...], act_bits: int,
                 quantize_activations: bool = True,
                 input_means: Mapping[str, tuple] | None = None,
+                form_keys: Mapping[str, tuple] | None = None,
+                form_rows: Mapping[str, np.ndarray] | None = None,
                 act_groups: tuple[ActGroup, ...] = (), act_choices: tuple[int, ...] = (),
                 fixed_weight_bits: int | None = None) -> ProbeModel:
     """The probe model for `weight_bits` candidates (see the module docstring); `graph` is untouched.
     `act_groups` get activation switches over float and `act_choices` (dfq_onnx.sensitivity.act_switch)
     instead of fixed Q/DQ; they are float in the fast twin. `fixed_weight_bits`: every weight is Emit's at
-    those bits (constants; give no `groups` then)."""
+    those bits (constants; give no `groups` then). `form_keys`: each form group's candidates
+    (core/candidates.py); `form_rows`: the table rows each form Gather keeps (sensitivity/gather_rows.py)."""
     g = ir.copy_graph(graph)
     inputs = tuple(t.name for t in g.inputs)
     by_dq: dict[str, Encoding] = {}
@@ -280,7 +313,8 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
         *act, reads = insert_act_switches(g, list(act_groups), encs, tuple(act_choices))
         by_dq.update({reads[t]: encs[ag.id][act_bits] for ag in act_groups for t in ag.tensors
                       if act_bits in encs[ag.id]})   # int32 biases at the base activation scale
-    selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target, input_means)
+    selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target, input_means, form_keys,
+                              form_rows, act[1])
     g.cleanup().toposort()
     model = ir.to_model(g, ir_version=ir.min_ir_version(g.opset))
     if model.ByteSize() > ir.TWO_GB:
@@ -290,7 +324,7 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
               len(g.nodes), model.ByteSize() / 2**20)
     layer_group = {layer: grp.id for grp in groups for layer in grp.layers}
     return ProbeModel(model, tuple(weight_bits), selects, inputs, g, fast, layer_group,
-                      tuple(act_choices) if act_groups else (), *act)
+                      tuple(act_choices) if act_groups else (), *act, form_keys=dict(form_keys or {}))
 
 
 def session(model, optimize: bool = True, threads: int = 0,
@@ -305,7 +339,8 @@ def session(model, optimize: bool = True, threads: int = 0,
         # many small sessions run back to back: idle pools must not spin on the cores the next one needs
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # and each would keep an arena as large as its own peak: 2 S arenas of one chunk's activations
-        # (PP-OCRv4 rec, 9 segments: 3.6 GB); without the arena a segment frees what it used
+        # (PP-OCRv4 rec, 9 segments: 3.6 GB; MiniLM-L3, 12 segments: 1.8 GB -> 1.45); without the arena
+        # a segment frees what it used
         opts.enable_cpu_mem_arena = False
         opts.enable_mem_pattern = False
     if threads:
@@ -331,6 +366,7 @@ class Probe:
         self.probe, self._optimize, self._threads = probe, optimize, threads
         self._session = None
         self.slot = {FP32: 0, **{b: i + 1 for i, b in enumerate(probe.bits)}}
+        self.form_slot = {g: slot_of(keys) for g, keys in (probe.form_keys or {}).items()}
         self.act_slot = {FP32: 0, **{b: i + 1 for i, b in enumerate(probe.act_bits)}}
         self.selects = {**probe.selects, **probe.act_selects}
         self.runner = None
@@ -365,12 +401,14 @@ class Probe:
         unknown = sorted(set(config) - set(self.selects))
         if unknown:
             raise UnsupportedModelError(f"group '{unknown[0]}' has no switch in the probe model")
+        weights = {g: self.form_slot.get(g, self.slot) for g in self.probe.selects}
         for g, b in config.items():
-            slots, bits = ((self.slot, self.probe.bits) if g in self.probe.selects
-                           else (self.act_slot, self.probe.act_bits))
+            slots = weights[g] if g in self.probe.selects else self.act_slot
             if b not in slots:
-                raise UnsupportedModelError(f"group '{g}': bits {b} not among the probe's candidates {bits}")
-        feeds = {name: np.array(self.slot[config.get(g)], np.int64) for g, name in self.probe.selects.items()}
+                legal = tuple(slots)[1:]
+                raise UnsupportedModelError(f"group '{g}': {b} is not among the probe's candidates {legal}")
+        feeds = {name: np.array(weights[g][config.get(g)], np.int64)
+                 for g, name in self.probe.selects.items()}
         feeds.update({name: np.array(self.act_slot[config.get(g)], np.int64)
                       for g, name in self.probe.act_selects.items()})
         return feeds

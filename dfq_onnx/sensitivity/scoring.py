@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from dfq_onnx.core import numerics
+from dfq_onnx.core import candidates, numerics
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.sensitivity.evaluator import Evaluator
@@ -132,13 +132,29 @@ def near_pairs(graph, groups, hops: int) -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda p: (order[p[0]], order[p[1]]))
 
 
-def _plan(groups: list[str], bits, base: int, pairs, low, incontext: bool = True) -> dict[str, list[dict]]:
-    """The configurations of each phase (group -> weight bits; absent = FP32)."""
-    all_base = {g: base for g in groups}
-    return {"singles": [{}] + [{g: b} for g in groups for b in bits],
-            "incontext": [all_base] + ([{**all_base, g: b} for g in groups for b in bits if b != base]
+def _values(groups, bits, base, low, forms: dict | None) -> dict[str, tuple]:
+    """Per group: (configuration values, base value, pair values). Static groups: weight bits; a form
+    group (`forms[g]` = (candidates, base candidate)): its candidates, pairs at fewer bits than base."""
+    forms = forms or {}
+    out = {}
+    for g in groups:
+        if g in forms:
+            cands, fb = forms[g]
+            out[g] = (tuple(cands), fb, tuple(c for c in cands if c[0] < fb[0]))
+        else:
+            out[g] = (tuple(bits), base, tuple(low))
+    return out
+
+
+def _plan(groups: list[str], bits, base: int, pairs, low, incontext: bool = True,
+          forms: dict | None = None) -> dict[str, list[dict]]:
+    """The configurations of each phase (group -> weight bits or form candidate; absent = FP32)."""
+    v = _values(groups, bits, base, low, forms)
+    all_base = {g: v[g][1] for g in groups}
+    return {"singles": [{}] + [{g: b} for g in groups for b in v[g][0]],
+            "incontext": [all_base] + ([{**all_base, g: b} for g in groups for b in v[g][0] if b != v[g][1]]
                                        if incontext else []),
-            "pairs": [{g: c, h: d} for g, h in pairs for c in low for d in low]}
+            "pairs": [{g: c, h: d} for g, h in pairs for c in v[g][2] for d in v[h][2]]}
 
 
 def _evaluate(ev: Evaluator, plan: dict[str, list[dict]], progress: bool) -> dict[str, dict]:
@@ -165,24 +181,32 @@ def shrink(term: np.ndarray, lam: float) -> float:
 
 def monotone(terms: dict) -> dict:
     """Fewer bits never cost less: each candidate's loss is raised to that of any candidate with more
-    weight bits (a running max from the most precise down; removes noise inversions)."""
-    out, floor = {}, 0.0
+    weight bits of the same form (a running max from the most precise down; removes noise inversions).
+    Candidates of different forms (block sizes, dynamic or weight-only) are not compared."""
+    out, floor = {}, {}
     for c in sorted(terms, key=lambda c: -c[0]):
-        floor = max(floor, terms[c])
-        out[c] = floor
+        kind = candidates.form(c) if candidates.form(c) != "float" else None
+        floor[kind] = max(floor.get(kind, 0.0), terms[c])
+        out[c] = floor[kind] if kind is not None else terms[c]
     return {c: out[c] for c in terms}
 
 
 def assemble(ev: Evaluator, groups, bits, base, pairs, low, act: int, lam: float,
-             incontext: bool = True) -> dict:
-    """The table's terms from the evaluator's (memoized) losses (no in-context terms when not scored)."""
-    L, R, ref, all_base = ev.loss, ev.relative, ev.loss({}), {g: base for g in groups}
-    singles = {g: monotone({(b, act): shrink(R({g: b}), lam) for b in bits}) for g in groups}
+             incontext: bool = True, forms: dict | None = None) -> dict:
+    """The table's terms from the evaluator's (memoized) losses (no in-context terms when not scored);
+    form groups (`forms`, see `_values`) are keyed by their candidates."""
+    L, R, ref = ev.loss, ev.relative, ev.loss({})
+    v = _values(groups, bits, base, low, forms)
+
+    def cand(value):
+        return value if isinstance(value, tuple) else (value, act)
+    all_base = {g: v[g][1] for g in groups}
+    singles = {g: monotone({cand(b): shrink(R({g: b}), lam) for b in v[g][0]}) for g in groups}
     base_loss = L(all_base)
-    context = {g: {(b, act): 0.0 if b == base else shrink(L({**all_base, g: b}) - base_loss, lam)
-                   for b in bits} if incontext else {} for g in groups}
-    terms = {(g, h): {((c, act), (d, act)): shrink(R({g: c, h: d}) - R({g: c}) - R({h: d}), lam)
-                      for c in low for d in low} for g, h in pairs}
+    context = {g: {cand(b): 0.0 if b == v[g][1] else shrink(L({**all_base, g: b}) - base_loss, lam)
+                   for b in v[g][0]} if incontext else {} for g in groups}
+    terms = {(g, h): {(cand(c), cand(d)): shrink(R({g: c, h: d}) - R({g: c}) - R({h: d}), lam)
+                      for c in v[g][2] for d in v[h][2]} for g, h in pairs}
     return {"singles": singles, "incontext": context, "pairs": terms,
             "reference_loss": float(ref[0]), "base_loss": float(base_loss[0])}
 
@@ -197,6 +221,7 @@ class Scoring:
     act: int
     pairs: list[tuple[str, str]]
     options: SensitivityOptions
+    forms: dict = dataclasses.field(default_factory=dict)   # form group -> (candidates, base candidate)
     phases: dict = dataclasses.field(default_factory=dict)
     started: float = dataclasses.field(default_factory=time.perf_counter)
 
@@ -207,7 +232,7 @@ class Scoring:
 
     def run(self) -> "Scoring":
         plan = _plan(self.groups, self.bits, self.options.base_bits, self.pairs, self.low,
-                     self.options.incontext)
+                     self.options.incontext, self.forms)
         self.phases = _evaluate(self.evaluator, plan, self.options.progress)
         return self
 
@@ -215,9 +240,10 @@ class Scoring:
         ev, opts = self.evaluator, self.options
         lam = opts.shrink if shrink is None else shrink
         terms = assemble(ev, self.groups, self.bits, opts.base_bits, self.pairs, self.low, self.act, lam,
-                         opts.incontext)
+                         opts.incontext, self.forms)
+        extra = tuple(dict.fromkeys(c for cands, _ in self.forms.values() for c in cands))
         return SensitivityTable(
-            groups=tuple(self.groups), candidates=tuple((b, self.act) for b in self.bits),
+            groups=tuple(self.groups), candidates=tuple((b, self.act) for b in self.bits) + extra,
             metric=",".join(ev.kinds), samples=ev.n, evaluations=ev.evaluations,
             forward_passes=ev.forward_passes, seconds=time.perf_counter() - self.started,
             base=(opts.base_bits, self.act), phases=self.phases,

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dfq_onnx.core import numerics
+from dfq_onnx.core import candidates, numerics
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.options import METRICS
 
@@ -54,12 +54,11 @@ JSON_VERSION = 1
 
 
 def cand_name(c: Cand) -> str:
-    return f"W{c[0]}A{c[1]}"
+    return candidates.name(c)
 
 
 def parse_cand(text: str) -> Cand:
-    w, _, a = text[1:].partition("A")
-    return int(w), int(a)
+    return candidates.parse(text)
 
 
 # ----------------------------------------------------------------------------------------- metrics
@@ -262,7 +261,8 @@ def load_json(path: str | os.PathLike) -> SensitivityTable | None:
 def summary(table: SensitivityTable, top: int = 5) -> dict:
     """Report notes: cost, and the most sensitive groups at the lowest candidate."""
     low = min(table.candidates)
-    worst = sorted(table.singles, key=lambda g: -table.singles[g].get(low, 0.0))[:top]
+    worst = [g for g in sorted(table.singles, key=lambda g: -table.singles[g].get(low, 0.0))
+             if low in table.singles[g]][:top]
     return {"metric": table.metric, "samples": table.samples, "groups": len(table.groups),
             "candidates": [cand_name(c) for c in table.candidates], "pairs": len(table.pairs),
             "evaluations": table.evaluations, "forward_passes": table.forward_passes,

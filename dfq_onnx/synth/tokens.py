@@ -1,0 +1,202 @@
+"""Token inputs of language models: found from the graph, and token sequences sampled with no data.
+
+Detection (`token_layout`). Every integer graph input is followed through ops that carry index values
+unchanged (Cast, Unsqueeze, Squeeze, Reshape, Flatten, Expand, Identity) to the Gathers that use it as
+the indices of a constant float table [V, D]:
+
+    input_ids      ─► Gather(table [V, D])              "ids": the largest table, vocabulary V
+    token_type_ids ─► Gather(table [T, D]), T < S       "type": segment ids 0 .. T-1
+    position_ids   ─► Gather(table [P, D]), P >= S      "position": 0 .. S-1
+    attention_mask ─► Unsqueeze / Cast / Sub / Mul ...  "mask": no Gather; 1 on real tokens, 0 on padding
+
+A name containing "type"/"segment" or "pos" decides between "type" and "position" first. The sequence
+length S is the inputs' static dimension, else `--input-shape NAME:N,S`, else min(128, P) with P the
+rows of a position table the graph holds (the longest sequence the model was built for), else 128.
+
+Vocabulary prior (`vocab_prior`). Rows of the word table that training never updated (reserved
+"unused" tokens) keep their initialisation and sit in a tight cluster near the table's mean, so
+r_i = log ||E_i - mean(E)|| is bimodal. Otsu's threshold splits r in two; the low mode is left out of
+the prior when the split is clear (class means more than SEPARATION pooled standard deviations apart)
+and the low mode holds less than half of the rows; otherwise every row is kept. The pad id is the first
+all-zero row (PyTorch's `padding_idx` rows stay zero), else 0.
+
+Samples (`sample_tokens`): per sample a length L ~ U{2, .., S}; the mask is 1 on the first L positions
+(every sample has length S when the model has no mask input), ids are drawn from the prior there and
+are the pad id after; type ids are 0, and 1 after a random split point for every other sample when the
+type table has two or more rows; position ids 0 .. S-1. All draws come from one seeded generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from dfq_onnx.core.errors import UsageError
+from dfq_onnx.core.graph_utils import const_values, is_const, is_float
+
+CARRY = ("Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Identity")
+DEFAULT_LENGTH = 128
+SEPARATION = 4.0
+ROLES = ("ids", "type", "position", "mask")
+
+
+@dataclass(frozen=True)
+class TokenInput:
+    name: str
+    role: str                 # "ids" | "type" | "position" | "mask"
+    rows: int                 # rows of the table it indexes (0 for a mask)
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    inputs: tuple[TokenInput, ...]
+    length: int               # sequence length S
+    table: str | None         # the word table (of the "ids" input)
+
+    def of(self, role: str) -> TokenInput | None:
+        return next((t for t in self.inputs if t.role == role), None)
+
+
+def is_int(t: gs.Tensor) -> bool:
+    try:
+        return t.dtype is not None and np.issubdtype(np.dtype(t.dtype), np.integer)
+    except TypeError:
+        return False
+
+
+def has_token_inputs(graph: gs.Graph) -> bool:
+    return any(is_int(t) for t in graph.inputs)
+
+
+def _tables(t: gs.Tensor) -> list[gs.Constant]:
+    """Constant float tables of the Gathers reading `t` as indices (through index-carrying ops)."""
+    out, stack, seen = [], [t], set()
+    while stack:
+        cur = stack.pop()
+        for node in cur.outputs:
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op == "Gather" and len(node.inputs) > 1 and node.inputs[1] is cur \
+                    and is_const(node.inputs[0]) and is_float(node.inputs[0]) \
+                    and const_values(node.inputs[0]).ndim == 2 and node.attrs.get("axis", 0) == 0:
+                out.append(node.inputs[0])
+            elif node.op in CARRY and node.inputs and node.inputs[0] is cur:
+                stack.extend(node.outputs)
+    return out
+
+
+def _length(graph: gs.Graph, ints: list[gs.Tensor], hints: dict, position_rows: int) -> int:
+    for t in ints:
+        dims = list(hints.get(t.name) or t.shape or [])
+        if len(dims) >= 2 and isinstance(dims[1], (int, np.integer)) and dims[1] > 0:
+            return int(dims[1])
+    return min(DEFAULT_LENGTH, position_rows) if position_rows else DEFAULT_LENGTH
+
+
+def _role(name: str, rows: int, largest: int, length: int) -> str:
+    low = name.lower()
+    if rows == largest:
+        return "ids"
+    if "type" in low or "segment" in low:
+        return "type"
+    if "pos" in low:
+        return "position"
+    return "position" if rows >= length else "type"
+
+
+def token_layout(graph: gs.Graph, hints: dict | None = None) -> TokenLayout:
+    """The roles of the graph's integer inputs (module docstring); raises when no ids input is found."""
+    hints = hints or {}
+    ints = [t for t in graph.inputs if is_int(t)]
+    for t in ints:
+        if t.shape is not None and len(t.shape) != 2:
+            raise UsageError(f"input '{t.name}' is an integer tensor of rank {len(t.shape)}; token inputs "
+                             "are [batch, sequence]: pass --calib FILE.npz")
+    tables = {t.name: _tables(t) for t in ints}
+    rows = {k: max((const_values(c).shape[0] for c in v), default=0) for k, v in tables.items()}
+    largest = max(rows.values(), default=0)
+    if not largest:
+        raise UsageError(f"input '{ints[0].name}' is {ints[0].dtype} and reaches no embedding table "
+                         "(Gather on a constant [V, D]); pass --calib FILE.npz")
+    position_rows = max((r for k, r in rows.items() if r and r != largest and "type" not in k.lower()),
+                        default=0)
+    internal = [c for n in graph.nodes if n.op == "Gather" and is_const(n.inputs[0])
+                and is_float(n.inputs[0]) and const_values(n.inputs[0]).ndim == 2
+                for c in n.inputs[:1]]
+    position_rows = position_rows or max((const_values(c).shape[0] for c in internal
+                                          if const_values(c).shape[0] < largest), default=0)
+    length = _length(graph, ints, hints, position_rows)
+    found = tuple(TokenInput(t.name, _role(t.name, rows[t.name], largest, length) if rows[t.name] else "mask",
+                             rows[t.name], np.dtype(t.dtype)) for t in ints)
+    ids = next(t for t in found if t.role == "ids")
+    table = max(tables[ids.name], key=lambda c: const_values(c).shape[0]).name
+    return TokenLayout(found, length, table)
+
+
+def _otsu(r: np.ndarray, bins: int = 256) -> tuple[float, float]:
+    """(threshold, separation): Otsu's split of r and the distance of the class means in pooled std."""
+    hist, edges = np.histogram(r, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
+    k = int(np.argmax(w0 * w1 * (m0 - m1) ** 2))
+    thr = edges[k + 1]
+    lo, hi = r[r < thr], r[r >= thr]
+    if len(lo) < 2 or len(hi) < 2:
+        return thr, 0.0
+    pooled = np.sqrt((lo.var() * len(lo) + hi.var() * len(hi)) / len(r))
+    return thr, float((hi.mean() - lo.mean()) / max(pooled, 1e-12))
+
+
+def vocab_prior(table: np.ndarray) -> tuple[np.ndarray, int]:
+    """(ids the samples draw from, pad id) for a word table [V, D] (module docstring)."""
+    e = np.asarray(table, np.float64)
+    norms = np.linalg.norm(e, axis=1)
+    zero = np.flatnonzero(norms == 0)
+    pad = int(zero[0]) if len(zero) else 0
+    r = np.log(np.maximum(np.linalg.norm(e - e.mean(axis=0), axis=1), 1e-12))
+    thr, separation = _otsu(r)
+    keep = r >= thr
+    if separation <= SEPARATION or keep.sum() <= len(r) / 2:
+        keep = np.ones(len(r), bool)
+    keep[zero] = False
+    ids = np.flatnonzero(keep)
+    return (ids if len(ids) else np.arange(len(r))), pad
+
+
+def sample_tokens(layout: TokenLayout, prior: np.ndarray, pad: int, n: int,
+                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """`n` token samples for every integer input of `layout` (module docstring)."""
+    s = layout.length
+    has_mask = layout.of("mask") is not None
+    lengths = rng.integers(2, s + 1, n) if has_mask and s > 2 else np.full(n, s)
+    valid = np.arange(s)[None, :] < lengths[:, None]
+    ids = np.where(valid, prior[rng.integers(0, len(prior), (n, s))], pad)
+    splits = rng.integers(1, np.maximum(lengths, 2))
+    second = (np.arange(n) % 2 == 1)[:, None] & (np.arange(s)[None, :] >= splits[:, None]) & valid
+    out = {}
+    for t in layout.inputs:
+        if t.role == "ids":
+            value = ids
+        elif t.role == "mask":
+            value = valid
+        elif t.role == "type":
+            value = second if t.rows >= 2 else np.zeros((n, s))
+        else:
+            value = np.broadcast_to(np.arange(s), (n, s))
+        out[t.name] = np.ascontiguousarray(value, dtype=t.dtype)
+    return out
+
+
+def random_tokens(graph: gs.Graph, n: int, seed: int, hints: dict | None = None) -> dict[str, np.ndarray]:
+    """Prior samples for the integer inputs of `graph` (the noise-calibration fallback for token models)."""
+    layout = token_layout(graph, hints)
+    table = next(t for t in graph.tensors().values() if t.name == layout.table)
+    prior, pad = vocab_prior(const_values(table))
+    return sample_tokens(layout, prior, pad, n, np.random.default_rng(seed))

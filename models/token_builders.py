@@ -1,0 +1,110 @@
+"""Tiny token models (int64 token inputs, a Gather embedding), for the transformer passes (issue 15).
+
+``token_encoder``: a BERT-style sentence encoder, post-LN, one attention head per layer::
+
+    input_ids ─ Gather(word [V, D]) ─ Add(position [S, D]) ─ ln_emb ─┬─ q ─┐
+    attention_mask ─ Cast ─ (1 - m) * -1e4 ─ Unsqueeze ──────────────┼─ k ─┴─ scores ─ Add(mask) ─ Softmax ─┐
+                                                                     └─ v ───────────────────────── ctx ─┘
+        ─ o ─ Add(residual) ─ ln1 ─ f1 ─ Relu ─ f2 (one output channel x outlier) ─ Add(residual) ─ ln2
+        ─► token_states [N, S, D];  masked mean over S ─► embedding [N, D]
+
+The word table has row 0 all zeros (the pad id, as PyTorch's `padding_idx` leaves it) and V/16
+"unused" rows near the table's mean (reserved tokens training never updates), the layout
+dfq_onnx/synth/tokens.py reads a vocabulary prior from.
+
+``token_lm``: a decoder-only LM: input_ids only, a causal mask (a constant upper triangle of -1e4
+added to the scores), and the word table tied to the LM head (logits = h @ word^T, the same
+initializer read by the Gather and, through a Transpose, by the head MatMul).
+
+Both pass the ONNX checker and run in ONNX Runtime (opset 17, LayerNormalization).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from dfq_onnx.models.act_builders import _ln, _mm
+from dfq_onnx.models.builders import _init, _model, _vi
+from onnx import TensorProto, helper
+
+__all__ = ["token_encoder", "token_lm"]
+
+
+def _word_table(rng, vocab: int, d: int) -> np.ndarray:
+    table = rng.normal(0, 0.5, (vocab, d)).astype(np.float32)
+    unused = slice(1, 1 + vocab // 16)
+    table[unused] = table.mean(axis=0) + rng.normal(0, 1e-3, (vocab // 16, d)).astype(np.float32)
+    table[0] = 0.0
+    return table
+
+
+def _block(i: int, h: str, bias_term: str, rng, d: int, ffn: int, outlier: float, inits: list,
+           nodes: list) -> str:
+    """One post-LN encoder/decoder layer on h [N, S, D]; `bias_term` [.., S, S] is added to the scores."""
+    p = f"l{i}_"
+    q, k, v = (_mm(p + n, h, rng, d, d, inits, nodes) for n in ("q", "k", "v"))
+    nodes += [helper.make_node("Transpose", [k], [p + "kT_out"], name=p + "kT", perm=[0, 2, 1]),
+              helper.make_node("MatMul", [q, p + "kT_out"], [p + "scores_out"], name=p + "scores"),
+              helper.make_node("Mul", [p + "scores_out", "scale"], [p + "scaled_out"], name=p + "scaled"),
+              helper.make_node("Add", [p + "scaled_out", bias_term], [p + "masked_out"], name=p + "masked"),
+              helper.make_node("Softmax", [p + "masked_out"], [p + "probs_out"], name=p + "softmax", axis=-1),
+              helper.make_node("MatMul", [p + "probs_out", v], [p + "ctx_out"], name=p + "ctx")]
+    o = _mm(p + "o", p + "ctx_out", rng, d, d, inits, nodes)
+    nodes.append(helper.make_node("Add", [h, o], [p + "res1_out"], name=p + "res1"))
+    h1 = _ln(p + "ln1", p + "res1_out", d, inits, nodes)
+    f = _mm(p + "f1", h1, rng, d, ffn, inits, nodes)
+    nodes.append(helper.make_node("Relu", [f], [p + "relu_out"], name=p + "relu"))
+    col = np.ones(d, np.float32)
+    col[0] = outlier
+    f2 = _mm(p + "f2", p + "relu_out", rng, ffn, d, inits, nodes, col_scale=col)
+    nodes.append(helper.make_node("Add", [h1, f2], [p + "res2_out"], name=p + "res2"))
+    return _ln(p + "ln2", p + "res2_out", d, inits, nodes)
+
+
+def _embed(rng, vocab: int, seq: int, d: int, inits: list, nodes: list) -> str:
+    inits += [_init("word.weight", _word_table(rng, vocab, d)),
+              _init("position.weight", rng.normal(0, 0.1, (seq, d)).astype(np.float32)),
+              _init("scale", np.array(1.0 / np.sqrt(d), np.float32))]
+    nodes += [helper.make_node("Gather", ["word.weight", "input_ids"], ["words_out"], name="words"),
+              helper.make_node("Add", ["words_out", "position.weight"], ["embed_out"], name="embed")]
+    return _ln("ln_emb", "embed_out", d, inits, nodes)
+
+
+def token_encoder(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256, layers: int = 1,
+                  outlier: float = 20.0, seed: int = 0) -> onnx.ModelProto:
+    """The encoder of the module docstring; outputs token_states [N, seq, d] and embedding [N, d]."""
+    rng = np.random.default_rng(seed)
+    inits: list = [_init("one", np.array(1.0, np.float32)), _init("neg", np.array(-1e4, np.float32)),
+                   _init("axis1", np.array([1], np.int64)), _init("axis2", np.array([2], np.int64))]
+    nodes: list = [helper.make_node("Cast", ["attention_mask"], ["mask_f"], name="mask_cast", to=1),
+                   helper.make_node("Sub", ["one", "mask_f"], ["mask_inv"], name="mask_inv"),
+                   helper.make_node("Mul", ["mask_inv", "neg"], ["mask_neg"], name="mask_neg"),
+                   helper.make_node("Unsqueeze", ["mask_neg", "axis1"], ["mask_bias"], name="mask_bias")]
+    h = _embed(rng, vocab, seq, d, inits, nodes)
+    for i in range(layers):
+        h = _block(i, h, "mask_bias", rng, d, ffn, outlier, inits, nodes)
+    nodes += [helper.make_node("Identity", [h], ["token_states"], name="states"),
+              helper.make_node("Unsqueeze", ["mask_f", "axis2"], ["mask3"], name="mask3"),
+              helper.make_node("Mul", [h, "mask3"], ["kept"], name="pool_mask"),
+              helper.make_node("ReduceSum", ["kept", "axis1"], ["pool_sum"], name="pool_sum", keepdims=0),
+              helper.make_node("ReduceSum", ["mask3", "axis1"], ["pool_n"], name="pool_n", keepdims=0),
+              helper.make_node("Div", ["pool_sum", "pool_n"], ["embedding"], name="pool")]
+    ins = [_vi(n, ["N", seq], TensorProto.INT64) for n in ("input_ids", "attention_mask")]
+    return _model(nodes, ins, [_vi("token_states", ["N", seq, d]), _vi("embedding", ["N", d])], inits,
+                  name="token_encoder")
+
+
+def token_lm(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256, layers: int = 1,
+             outlier: float = 20.0, seed: int = 0) -> onnx.ModelProto:
+    """The decoder-only LM of the module docstring; output logits [N, seq, vocab]."""
+    rng = np.random.default_rng(seed)
+    causal = np.triu(np.full((seq, seq), -1e4, np.float32), k=1)
+    inits: list = [_init("causal", causal)]
+    nodes: list = []
+    h = _embed(rng, vocab, seq, d, inits, nodes)
+    for i in range(layers):
+        h = _block(i, h, "causal", rng, d, ffn, outlier, inits, nodes)
+    nodes += [helper.make_node("Transpose", ["word.weight"], ["word_t"], name="head_t", perm=[1, 0]),
+              helper.make_node("MatMul", [h, "word_t"], ["logits"], name="head")]
+    return _model(nodes, [_vi("input_ids", ["N", seq], TensorProto.INT64)],
+                  [_vi("logits", ["N", seq, vocab])], inits, name="token_lm")
