@@ -200,6 +200,7 @@ def ort_quantize_static(
     act_type: str = "uint8",
     calib_batch: int = 64,
     pre_process: bool = True,
+    extra_options: Mapping | None = None,
 ) -> Path:
     """Baseline: ``onnxruntime.quantization.quantize_static`` (QDQ, MinMax).
 
@@ -275,6 +276,7 @@ def ort_quantize_static(
             activation_type=act_q,
             weight_type=w_q,
             calibrate_method=CalibrationMethod.MinMax,
+            extra_options=dict(extra_options or {}),
         )
     return out_path
 

@@ -46,6 +46,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
         run_passes(default_pipeline(profile, opts), state)
         out = ir.to_model(state.graph, ir_version=max(source.ir_version,
                                                       ir.min_ir_version(state.graph.opset)))
+        ir.carry_over(out, source)
         out.producer_name, out.producer_version = "dfq-onnx", _version()
         extra = []
         if encodings_path is not None:

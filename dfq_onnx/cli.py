@@ -211,7 +211,7 @@ def _cmd_synthesize(args) -> int:
                         seed=args.seed, input_shapes=dict(args.input_shape), cache_dir=args.cache_dir,
                         use_cache=not args.no_cache, progress=not args.quiet)
     how = (f"objective {result.loss_start:.4f} -> {result.loss_end:.4f}" if result.loss_start is not None
-           else "1/f prior, no search")
+           else f"{'line drawings' if result.start == 'strokes' else '1/f prior'}, no search")
     print(f"wrote {args.output}: {args.synth_samples} samples ({result.objective}), {how}, "
           f"{result.forward_passes} ORT runs" + (" (cache hit)" if result.cache_hit else ""))
     return 0

@@ -21,7 +21,7 @@ __all__ = [
     "GOOD_BUILDERS", "bad_already_quantized", "bad_custom_domain", "bad_fp16", "bad_if_conv",
     "bad_empty_graph", "bad_loop_conv", "bad_old_opset",
     "concat_branches", "constant_weights", "conv_bn_relu", "conv_bn_relu_residual",
-    "conv_clip6", "conv_silu", "convtranspose_bn", "gemm_bn", "matmul_bn", "shared_weight",
+    "conv_clip6", "conv_sequence", "conv_silu", "convtranspose_bn", "gemm_bn", "matmul_bn", "shared_weight",
     "with_data_bn_stats",
 ]
 
@@ -285,10 +285,42 @@ def conv_silu(c_in: int = 3, c: int = 8, c_out: int = 4, hw: int = 8, seed: int 
                   name="conv_silu")
 
 
+def conv_sequence(c_in: int = 3, c: int = 4, h: int = 4, w: int | None = 8, classes: int = 6, seed: int = 0,
+                  opset: int = 17) -> onnx.ModelProto:
+    """A tiny CTC-style recognizer: per column of the image, a distribution over `classes`::
+
+        input [N, 3, h, W] ─ conv1 ─ bn1 ─ relu1 ─ reshape [N, c*h, W] ─ transpose [N, W, c*h]
+                                                │                        ─ fc (MatMul + Add) ─ softmax
+                            shape ─ gather[3] ─ concat([0, -1], W) ─┘      output [N, W, classes]
+
+    The reshape's target reads the width from a Shape subgraph, as exporters write it, so with
+    `w=None` (dynamic width "W") nothing may fold it into a constant.
+    """
+    rng = np.random.default_rng(seed)
+    inits = [_init("conv1.weight", _conv_w(rng, c, c_in, 3)),
+             _init("fc.weight", (rng.standard_normal((c * h, classes)) / np.sqrt(c * h)).astype(np.float32)),
+             _init("fc.bias", rng.normal(0, 0.1, classes).astype(np.float32)),
+             _init("gather.index", np.array([3], np.int64)), _init("shape.head", np.array([0, -1], np.int64))]
+    nodes = [_conv("conv1", "input", "conv1.weight", "conv1_out"),
+             _bn(rng, "bn1", c, "conv1_out", "bn1_out", inits),
+             helper.make_node("Relu", ["bn1_out"], ["relu1_out"], name="relu1"),
+             helper.make_node("Shape", ["relu1_out"], ["shape_out"], name="shape"),
+             helper.make_node("Gather", ["shape_out", "gather.index"], ["width"], name="gather", axis=0),
+             helper.make_node("Concat", ["shape.head", "width"], ["newshape"], name="concat", axis=0),
+             helper.make_node("Reshape", ["relu1_out", "newshape"], ["cols"], name="reshape"),
+             helper.make_node("Transpose", ["cols"], ["seq"], name="transpose", perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["seq", "fc.weight"], ["fc_mm"], name="fc"),
+             helper.make_node("Add", ["fc_mm", "fc.bias"], ["logits"], name="fc_add"),
+             helper.make_node("Softmax", ["logits"], ["output"], name="softmax", axis=-1)]
+    width = w if w is not None else "W"
+    return _model(nodes, [_vi("input", ["N", c_in, h, width])], [_vi("output", ["N", width, classes])], inits,
+                  opset, "conv_sequence")
+
+
 GOOD_BUILDERS = {"conv_bn_relu": conv_bn_relu, "conv_bn_relu_residual": conv_bn_relu_residual,
                  "gemm_bn": gemm_bn, "matmul_bn": matmul_bn, "concat_branches": concat_branches,
                  "conv_clip6": conv_clip6, "constant_weights": constant_weights,
-                 "shared_weight": shared_weight, "conv_silu": conv_silu}
+                 "shared_weight": shared_weight, "conv_silu": conv_silu, "conv_sequence": conv_sequence}
 
 
 # --------------------------------------------------------------------------- bad inputs

@@ -26,6 +26,7 @@ from dfq_onnx.allocation.problem import Budget, Problem
 from dfq_onnx.backends.act_precision import touched
 from dfq_onnx.core import cache, ir
 from dfq_onnx.core.graph_utils import node_label
+from dfq_onnx.core.outputs import output_producers
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import FLOAT_BITS, BitPlan, CompileState
 from dfq_onnx.sensitivity.act_scoring import (
@@ -63,7 +64,8 @@ def act_evaluator(state: CompileState, samples, labels, metric: str, batch: int 
                      fixed_weight_bits=state.target.default_weight_bits)
     fp32 = ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
     n = len(next(iter(samples.values())))
-    return Evaluator(Probe(pm, segmented=True, samples=n), fp32, samples, labels, metric, batch)
+    return Evaluator(Probe(pm, segmented=True, samples=n), fp32, samples, labels, metric, batch,
+                     output_producers(state.graph))
 
 
 def plan_evaluator(state: CompileState, options, samples, labels) -> Evaluator:

@@ -5,22 +5,31 @@ Steps, in order (each is recorded in the report):
 1. refuse what cannot be quantized: already-quantized models (Q/DQ or QLinear* nodes), float16/bfloat16
    tensors, custom-domain ops ORT cannot run, control flow whose body holds quantizable layers;
 2. drop initializers listed as graph inputs (IR < 4 exports) so they become constants;
-3. fix dynamic input dimensions from user hints (`input_shapes`), leaving the batch dimension free;
+3. dimensions written as -1 (Paddle's spelling of a dynamic dimension) become symbolic, as ONNX spells
+   one ("N" for the batch axis), in the written model's declarations too;
 4. upgrade the opset to what the requested encodings need (13 for per-channel, 21 for int4/16-bit);
 5. shape inference, then constant folding of shape subgraphs and `Constant` nodes into initializers
    (Paddle keeps all weights as Constant nodes; PyTorch computes pads with Shape/Gather/Concat);
 6. canonical forms: two-input `Sum` becomes `Add` (Caffe2 exports), inference-time `Dropout` and
    `Identity` are removed, so later passes and the runtime's fusions see one spelling;
 7. shapes re-inferred on the folded graph; constant-zero `Pad` folded into the Conv / AveragePool
-   reading it, shape-computed Reshape targets made constant (`dfq_onnx.core.rewrites`), constant
-   per-channel Mul / Add / Sub / Div folded into the layer producing them (`dfq_onnx.core.affine_fold`),
-   so the runtime fuses the quantized graph as it fuses the float one.
+   reading it, shape-computed Reshape targets made constant and the version converter's flattened
+   Softmax unwrapped, iterated with re-inference (`dfq_onnx.core.rewrites`), constant per-channel
+   Mul / Add / Sub / Div folded into the layer producing them (`dfq_onnx.core.affine_fold`), so the
+   runtime fuses the quantized graph as it fuses the float one;
+8. user hints for dynamic input dimensions (`input_shapes`, the batch dimension left free) size the
+   calibration only: the graph's tensors are then *annotated* with the shapes inferred for the hinted
+   sizes, while the computation stays what it was. Folding and the rewrites run before the hints are
+   applied, so a shape subgraph that reads a dynamic dimension (Shape -> Gather -> Reshape) is never
+   baked into a constant, and the written model keeps the source's dynamic dimensions (`ir.carry_over`
+   restores its declared inputs and outputs).
 """
 
 from __future__ import annotations
 
 import logging
 
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from dfq_onnx.core import ir, rewrites
@@ -76,25 +85,45 @@ def check_supported(model) -> None:
                                         "models; convert the model to float32 first")
 
 
-def fix_input_dims(model, hints: dict[str, tuple[int, ...]]) -> None:
-    """Set dynamic input dimensions from hints (unknown input names are an error); dimensions written
-    as -1 become symbolic ("N" for the batch axis), as ONNX spells a dynamic dimension."""
-    inputs = {i.name: i for i in model.graph.input}
-    for name, shape in hints.items():
-        if name not in inputs:
-            raise UsageError(f"--input-shape names '{name}', but the model's inputs are "
-                                        f"{', '.join(inputs)}")
-        dims = inputs[name].type.tensor_type.shape.dim
-        if len(dims) != len(shape):
-            raise UsageError(f"--input-shape {name}: rank {len(shape)} given, the model's input "
-                                        f"has rank {len(dims)}")
-        for i, (dim, value) in enumerate(zip(dims, shape)):
-            if i > 0 and not (dim.HasField("dim_value") and dim.dim_value > 0):
-                dim.dim_value = int(value)
-    for t in [*model.graph.input, *model.graph.output]:    # Paddle writes dynamic dims as -1
+def symbolic_dims(model) -> None:
+    """Step 3: input / output dimensions written as -1 become symbolic ("N" for the batch axis)."""
+    for t in [*model.graph.input, *model.graph.output]:
         for i, dim in enumerate(t.type.tensor_type.shape.dim):
             if dim.HasField("dim_value") and dim.dim_value < 0:
                 dim.dim_param = "N" if i == 0 else f"{t.name}_dim{i}"
+
+
+def annotate_shapes(graph, hints: dict[str, tuple[int, ...]]) -> None:
+    """Give the graph's inputs the hinted sizes (dynamic non-batch dimensions only) and its variables
+    the shapes inferred from them (analysis and calibration read them); the nodes are not touched, so
+    nothing computed from a dynamic dimension becomes a constant. The shapes come from a copy whose
+    shape subgraphs and Reshape targets are folded at the hinted sizes (inference alone stops at a
+    Reshape whose target is computed). Unknown input names and wrong ranks are usage errors."""
+    if not hints:
+        return
+    inputs = {t.name: t for t in graph.inputs}
+    for name, shape in hints.items():
+        if name not in inputs:
+            raise UsageError(f"--input-shape names '{name}', but the model's inputs are {', '.join(inputs)}")
+        dims = inputs[name].shape
+        if dims is not None and len(dims) != len(shape):
+            raise UsageError(f"--input-shape {name}: rank {len(shape)} given, the model's input has rank "
+                             f"{len(dims)}")
+        dims = dims if dims is not None else [None] * len(shape)
+        inputs[name].shape = [d if i == 0 or (isinstance(d, int) and d > 0) else int(v)
+                              for i, (d, v) in enumerate(zip(dims, shape))]
+    probe = ir.copy_graph(graph)
+    for _ in range(8):       # inference and folding feed each other: a folded target, the next shapes
+        ir.refresh_shapes(probe)
+        folded = rewrites.fold_shape_reshapes(probe)
+        before = len(probe.nodes)
+        probe.fold_constants(fold_shapes=True, error_ok=True).cleanup()
+        if not folded and len(probe.nodes) == before:
+            break
+    known = {t.name: t.shape for t in probe.tensors().values() if isinstance(t, gs.Variable)}
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Variable) and known.get(t.name) is not None:
+            t.shape = known[t.name]
 
 
 def _bypass(graph, node) -> bool:
@@ -160,14 +189,17 @@ def canonicalize(graph) -> dict[str, int]:
 def fusable_forms(graph) -> dict[str, int]:
     """Step 7: shapes re-inferred, then the rewrites that let the runtime fuse the quantized graph."""
     ir.refresh_shapes(graph)
-    counts = {"Pad folded": rewrites.fold_zero_pads(graph), "Reshape target constant": 0}
-    for _ in range(3):      # a constant target gives the next Reshape's input its shape
+    counts = {"Pad folded": rewrites.fold_zero_pads(graph), "Reshape target constant": 0,
+              "Softmax unwrapped": 0}
+    for _ in range(16):     # a constant target or one Softmax gives the next Reshape's input its shape
         folded = rewrites.fold_shape_reshapes(graph)
+        unwrapped = rewrites.fold_flattened_softmax(graph)
         counts["Reshape target constant"] += folded
-        if not folded or not ir.refresh_shapes(graph):
+        counts["Softmax unwrapped"] += unwrapped
+        graph.cleanup().toposort()
+        if not (folded or unwrapped) or not ir.refresh_shapes(graph):
             break
     counts["no-op Reshape/Flatten removed"] = sum(_bypass(graph, n) for n in rewrites.noop_reshapes(graph))
-    counts["Softmax unwrapped"] = rewrites.fold_flattened_softmax(graph)
     counts["Mul/Add folded into layer"] = fold_affine(graph)
     return counts
 
@@ -187,7 +219,7 @@ class Normalize(Pass):
         check_supported(model)
         state.source_opset = ir.opset_version(model)
         ir.drop_initializer_inputs(model)
-        fix_input_dims(model, state.options.input_shapes)
+        symbolic_dims(model)
         model = ir.upgrade_opset(model, max(self.required_opset, state.target.min_opset))
         model = ir.infer_shapes(model)
         ort.set_default_logger_severity(3)
@@ -199,6 +231,7 @@ class Normalize(Pass):
         rewritten.update(fusable_forms(graph))
         graph.cleanup().toposort()
         rewritten = {k: v for k, v in rewritten.items() if v}
+        annotate_shapes(graph, state.options.input_shapes)
         state.graph = graph
         state.source = None
         # fold_constants leaves a copy of the graph in reference cycles that share the constants' arrays

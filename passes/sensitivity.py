@@ -24,6 +24,7 @@ from dfq_onnx.backends.forms import group_forms
 from dfq_onnx.core import cache, ir
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import node_label
+from dfq_onnx.core.outputs import output_producers
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import FLOAT_BITS, CompileState
 from dfq_onnx.sensitivity.act_scoring import switchable, terms_to_dict
@@ -141,7 +142,7 @@ def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -
     fp32 = ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
     n = len(next(iter(samples.values())))
     ev = Evaluator(Probe(pm, segmented=options.segmented, samples=n), fp32, samples, labels, options.metric,
-                   batch)
+                   batch, output_producers(state.graph))
     pairs = near_pairs(state.graph, state.groups, options.hops) if options.pairs else []
     return Scoring(ev, [g.id for g in state.groups if g.layers], bits, act, pairs, options, forms)
 
@@ -226,6 +227,14 @@ def score(state: CompileState, options: SensitivityOptions, samples=None,
     return table, False
 
 
+def metric_per_output(graph, metric: str) -> dict[str, str]:
+    """Report note: each output's loss and what computes it, e.g. 'kl (Softmax: distribution)'."""
+    producers = output_producers(graph)
+    kinds = metric.split(",")
+    return {t.name: f"{k} ({producers[t.name].op or 'no op'}: {producers[t.name].role})"
+            for t, k in zip(graph.outputs, kinds)}
+
+
 class ScoreSensitivity(Pass):
     """Analysis: per-group loss of each weight bit-width at the model output, in context and in pairs."""
 
@@ -257,7 +266,9 @@ class ScoreSensitivity(Pass):
         state.sensitivity = table
         if not hit:
             state.forward_passes += table.forward_passes
-        state.report.notes["sensitivity"] = {**summary(table), "cache_hit": hit}
+        per_output = metric_per_output(state.graph, table.metric)
+        state.report.notes["sensitivity"] = {**summary(table), "cache_hit": hit,
+                                             "metric_per_output": per_output}
         how = "from cache" if hit else f"{table.evaluations} evaluations, {table.forward_passes} ORT runs"
         return PassResult(False, f"{len(table.groups)} groups x {len(table.candidates)} candidates, "
                                  f"{len(table.pairs)} pairs ({table.metric}), {how}")

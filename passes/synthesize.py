@@ -9,7 +9,9 @@
 Objectives (`dfq_onnx.synth.objectives`): "bn" matches the per-channel spatial mean/std of every
 folded-BN output to (beta, |gamma|) plus a weak N(0, 1) input prior (ZeroQ, per sample); "label"
 (chosen by "auto" when the model has no BN statistics) makes each sample's target class dominate the
-output, with a smoothness prior and an activation-peak penalty; "bn+label" adds both. The search
+output, with a smoothness prior and an activation-peak penalty; "bn+label" adds both; "sequence"
+(chosen by "auto" for a per-position output [N, T, C], with BN statistics "bn+sequence") gives each
+sample a target label sequence and maximizes its per-step margins (`dfq_onnx.synth.sequence`). The search
 (`dfq_onnx.synth.search`) is antithetic ES with rank-based fitness shaping and Adam, coarse to fine, over
 band gains, a colour mix and a low-resolution residual latent of each image (the raw input for other
 ranks). The result is cached on disk (`dfq_onnx.core.cache`) keyed by the model hash and every option
@@ -27,10 +29,18 @@ graph's shapes, else from one one-row ORT run), about a minute of ORT on 2 cores
 steps searches nothing (a few steps move nothing but cost the same per step). `steps` given
 explicitly are always run, whatever the objective. Runs of the search are chunked in rows so
 that ORT's activations fit a fixed memory budget (`synth_runner`).
+
+Sequence objectives on a model whose output positions follow an input axis search pieces 1/R as wide
+and concatenate them (`dfq_onnx.synth.compose`, the budget counted per piece); on an image recognizer
+the samples start from random line drawings the model reads most and, by default, that pick is the
+whole search (`dfq_onnx.synth.strokes`: ES refinement lowered PP-OCRv4 rec); the drawings cost
+CANDIDATES x N forward rows, so they are cached like a search. Engine 5: no search for the BN
+objective (engine 4) and the sequence objectives with their drawings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -43,15 +53,19 @@ from dfq_onnx.core import cache
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
+from dfq_onnx.synth.augment import is_image_like
+from dfq_onnx.synth.compose import plan_pieces
 from dfq_onnx.synth.runner import build_objective, resolve_shapes, row_elements
-from dfq_onnx.synth.search import ESConfig, Stage, es_minimize, pink_noise, squash, stage_factors
+from dfq_onnx.synth.search import ESConfig, Stage, es_minimize, pink_noise, squash, stage_factors, unsquash
+from dfq_onnx.synth.sequence import sequence_output
+from dfq_onnx.synth.strokes import stroke_start
 from dfq_onnx.synth.token_lm import refine
 from dfq_onnx.synth.tokens import has_token_inputs, sample_tokens, token_layout, vocab_prior
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("auto", "bn", "label", "bn+label")
-ENGINE_VERSION = 4      # bump when the algorithm changes: old cache entries are then ignored
+OBJECTIVES = ("auto", "bn", "label", "bn+label", "sequence", "bn+sequence")
+ENGINE_VERSION = 5      # bump when the algorithm changes: old cache entries are then ignored
 STAGES = 3              # coarse-to-fine latent stages (latent short side 4, 8, 16 pixels)
 SIGMA, LR = 0.3, 0.05   # ES perturbation scale and Adam step, in latent (pixel) units
 MAX_STEPS, MIN_STEPS, ELEMENT_BUDGET = 80, 12, 6e9   # default steps: see the module docstring
@@ -90,10 +104,16 @@ class SynthesisResult:
     cache_hit: bool
     objective: str
     steps: int = 0              # ES steps of the search (also reported on a cache hit)
+    start: str = "pink"         # what the samples start from: "pink" (1/f fields), "strokes" (drawings),
+                                #  "tokens" (token sequences)
 
 
-def resolve_objective(requested: str, bn_stats: dict) -> str:
+def resolve_objective(requested: str, bn_stats: dict, graph=None) -> str:
+    """`auto`: a per-position output [N, T, C] (`synth.sequence.sequence_output`) takes objective S
+    (with L_A where BN statistics exist), any other model "bn" with BN statistics, else "label"."""
     if requested == "auto":
+        if graph is not None and sequence_output(graph) is not None:
+            return "bn+sequence" if bn_stats else "sequence"
         return "bn" if bn_stats else "label"
     if "bn" in requested and not bn_stats:
         raise UsageError(f"synthesis objective '{requested}' needs BatchNormalization statistics, and the "
@@ -124,36 +144,67 @@ def _key(model_hash: str, options: SynthesisOptions, kind: str, shapes: dict, st
 
 def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
                input_shapes: dict[str, tuple] | None = None) -> SynthesisResult:
-    """`options.samples` inputs from the prior, searched to minimize the objective when steps > 0."""
+    """`options.samples` inputs from the prior (or, for a sequence objective on an image recognizer,
+    from the line drawings the model picks), searched to minimize the objective when steps > 0."""
     start = time.perf_counter()
     shapes = resolve_shapes(graph, input_shapes or {})
-    kind = resolve_objective(options.objective, bn_stats)
-    steps, probes = budgeted_steps(options, kind, lambda: row_elements(graph, shapes))
+    kind = resolve_objective(options.objective, bn_stats, graph)
+    plan = plan_pieces(graph, kind, shapes)       # sequence outputs along an input axis: synth/compose.py
+    search_graph, search_shapes = (plan.graph, plan.shapes) if plan else (graph, shapes)
+    strokes = plan is not None and is_image_like((1, *shapes[plan.name]))   # line drawings: synth/strokes.py
+    if strokes and options.steps is None:
+        steps, probes = 0, 0    # the model's pick of drawings; refining them lowered PP-OCRv4 (strokes.py)
+    else:
+        pieces = plan.pieces if plan else 1
+        steps, probes = budgeted_steps(options, kind,
+                                       lambda: _per_piece(row_elements(graph, shapes), pieces))
     rng = np.random.default_rng(options.seed)
     n = options.samples
-    latent = {name: pink_noise(rng, n, shape) for name, shape in shapes.items()}
-    if steps == 0:
+    if steps == 0 and not strokes:
+        latent = {name: pink_noise(rng, n, shape) for name, shape in shapes.items()}
         return SynthesisResult(squash(latent), None, None, None, probes, probes,
                                time.perf_counter() - start, False, kind, 0)
-    path = cache.cache_path("synthetic", _key(model_hash, options, kind, shapes, steps), options.cache_dir)
+    key = {**_key(model_hash, options, kind, shapes, steps), "pieces": plan.pieces if plan else 1,
+           "start": "strokes" if strokes else "pink"}
+    path = cache.cache_path("synthetic", key, options.cache_dir)
     use_cache = options.use_cache and bool(model_hash)      # no hash, no safe key
     if use_cache and (hit := _from_cache(path, shapes, start)) is not None:
         return hit
-    start_images = squash(latent)
-    objective, runner = build_objective(kind, graph, bn_stats, shapes, start_images, rng)
-    idx = np.arange(n)
-    loss_start = float(runner.losses(objective, start_images, idx).mean())
-    images = _search(latent, shapes, objective, runner, options, steps, rng)
-    loss_end = float(runner.losses(objective, images, idx).mean())
-    labels = objective.label.labels if objective.label is not None else None
-    result = SynthesisResult(images, labels, loss_start, loss_end, runner.calls + probes,
-                             runner.rows + probes, time.perf_counter() - start, False, kind, steps)
+    if strokes:
+        latent = {k: unsquash(v) for k, v in plan.split(stroke_start(graph, plan, rng, n)).items()}
+    else:
+        latent = {name: pink_noise(rng, n, shape) for name, shape in search_shapes.items()}
+    result = _searched(latent, kind, search_graph, bn_stats, search_shapes, options, steps, rng)
+    images = plan.compose(result.inputs) if plan else result.inputs
+    result = dataclasses.replace(result, inputs=images, start=key["start"],
+                                 forward_passes=result.forward_passes + probes,
+                                 samples_evaluated=result.samples_evaluated + probes,
+                                 seconds=time.perf_counter() - start)
     if use_cache:
         try:
             cache.save_npz_atomic(path, _to_arrays(result))
         except OSError as exc:          # a read-only or full cache directory must not fail the compile
             log.warning("cannot write the synthesis cache %s: %s", path, exc)
     return result
+
+
+def _per_piece(measured: tuple[int, int], pieces: int) -> tuple[int, int]:
+    return measured[0] // pieces, measured[1]
+
+
+def _searched(latent, kind, graph, bn_stats, shapes, options, steps, rng) -> SynthesisResult:
+    """The search from `latent` (the objective is not run without steps: loss None)."""
+    if steps == 0:
+        return SynthesisResult(squash(latent), None, None, None, 0, 0, 0.0, False, kind, 0)
+    start_images = squash(latent)
+    objective, runner = build_objective(kind, graph, bn_stats, shapes, start_images, rng)
+    idx = np.arange(options.samples)
+    loss_start = float(runner.losses(objective, start_images, idx).mean())
+    images = _search(latent, shapes, objective, runner, options, steps, rng)
+    loss_end = float(runner.losses(objective, images, idx).mean())
+    labels = objective.label.labels if objective.label is not None else None
+    return SynthesisResult(images, labels, loss_start, loss_end, runner.calls, runner.rows, 0.0, False,
+                           kind, steps)
 
 
 def _search(latent, shapes, objective, runner, options, total, rng):
@@ -189,10 +240,11 @@ def _to_arrays(result: SynthesisResult) -> dict[str, np.ndarray]:
     arrays = {f"input/{k}": v for k, v in result.inputs.items()}
     if result.labels is not None:
         arrays["labels"] = result.labels
-    meta = [result.loss_start, result.loss_end, result.forward_passes, result.samples_evaluated,
-            result.seconds, result.steps]
+    losses = [np.nan if v is None else v for v in (result.loss_start, result.loss_end)]   # NaN: no search
+    meta = [*losses, result.forward_passes, result.samples_evaluated, result.seconds, result.steps]
     arrays["meta"] = np.array(meta, np.float64)
     arrays["objective"] = np.array(result.objective)
+    arrays["start"] = np.array(result.start)
     return arrays
 
 
@@ -206,9 +258,11 @@ def _from_cache(path, shapes, start) -> SynthesisResult | None:
     meta = arrays.get("meta")
     if meta is None or meta.shape != (6,) or "objective" not in arrays:
         return None
-    log.info("synthetic inputs from cache %s (searched in %.1fs, %d ORT runs)", path, meta[4], meta[2])
-    return SynthesisResult(inputs, arrays.get("labels"), float(meta[0]), float(meta[1]), 0, 0,
-                           time.perf_counter() - start, True, str(arrays["objective"]), int(meta[5]))
+    log.info("synthetic inputs from cache %s (made in %.1fs, %d ORT runs)", path, meta[4], meta[2])
+    loss = [None if np.isnan(v) else float(v) for v in meta[:2]]      # NaN: not searched
+    return SynthesisResult(inputs, arrays.get("labels"), loss[0], loss[1], 0, 0,
+                           time.perf_counter() - start, True, str(arrays["objective"]), int(meta[5]),
+                           str(arrays.get("start", "pink")))
 
 
 def synthesize_tokens(graph, options: SynthesisOptions, input_shapes: dict | None = None) -> SynthesisResult:
@@ -227,7 +281,7 @@ def synthesize_tokens(graph, options: SynthesisOptions, input_shapes: dict | Non
     feeds, passes = refine(graph, layout, feeds, prior, rng)
     kind = "tokens+lm" if passes > 2 else "tokens"
     return SynthesisResult(feeds, None, 0.0, 0.0, passes, passes * options.samples,
-                           time.perf_counter() - start, False, kind, max(passes - 2, 0))
+                           time.perf_counter() - start, False, kind, max(passes - 2, 0), "tokens")
 
 
 class Synthesize(Pass):
@@ -257,8 +311,10 @@ class Synthesize(Pass):
             "loss_end": round(result.loss_end, 6) if searched else None,
             "forward_passes": result.forward_passes, "rows_evaluated": result.samples_evaluated,
             "cache_hit": result.cache_hit}
+        state.report.notes["synthesis"]["start"] = result.start
         if not searched:
-            return PassResult(False, f"{self.options.samples} samples from the 1/f prior (no search: "
+            prior = "line drawings picked by the model" if result.start == "strokes" else "the 1/f prior"
+            return PassResult(False, f"{self.options.samples} samples from {prior} (no search: "
                                      f"{result.objective} objective)")
         how = "from cache" if result.cache_hit else f"{result.forward_passes} ORT runs"
         return PassResult(False, f"{self.options.samples} samples ({result.objective}), loss "

@@ -108,3 +108,50 @@ def test_per_channel_affine_folds_into_the_layer_when_legal(layer, op, attrs, sh
     feeds = normal_feeds(model, n=3)
     for got, ref in zip(run(out, feeds), run(model, feeds)):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op, static", [("LogSoftmax", False), ("Hardmax", False), ("Softmax", True)])
+def test_every_normalizer_unwraps_with_a_shape_or_static_target(op, static):
+    """Flatten -> op -> Reshape back to x's shape, the target Shape(x) or x's static shape: one op."""
+    from onnx import helper, numpy_helper
+
+    model = exported.wrapped_softmax()
+    nodes = model.graph.node
+    next(n for n in nodes if n.name == "softmax").op_type = op
+    if static:          # a static-size model: the target is a constant [2, 4, 6]
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+        model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 2
+        model.graph.initializer.append(numpy_helper.from_array(np.array([2, 4, 6], np.int64), "fixed"))
+        next(n for n in nodes if n.name == "reshape").input[1] = "fixed"
+        nodes.remove(next(n for n in nodes if n.name == "shape"))
+        del model.graph.value_info[:]
+    state, out = _normalized(model)
+    assert state.report.model["canonicalized"]["Softmax unwrapped"] == 1
+    assert [n.op_type for n in out.graph.node] == ["MatMul", op, "MatMul"]
+    assert helper.get_attribute_value(out.graph.node[1].attribute[0]) == -1
+    feeds = normal_feeds(model, n=2)
+    np.testing.assert_allclose(run(out, feeds)[0], run(model, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_slice_of_a_shape_keeps_the_positions_of_omitted_inputs():
+    """Slice(Shape(x), [1], [3], axes omitted, steps [1]) is dims 1..2 of x; a step of 2 takes 0 and 2."""
+    import onnx_graphsurgeon as gs
+
+    from dfq_onnx.core.rewrites import _shape_entries
+
+    x = gs.Variable("x", np.float32, ["N", 4, 5, 6])
+    shape = gs.Variable("s", np.int64, [4])
+    gs.Node("Shape", inputs=[x], outputs=[shape])
+
+    def sliced(start, end, step):
+        out = gs.Variable(f"out{start}{end}{step}", np.int64, None)
+        args = [gs.Constant(f"a{start}{end}{step}{k}", np.array([v], np.int64)) for k, v in
+                enumerate((start, end))]
+        gs.Node("Slice", inputs=[shape, *args, gs.Variable.empty(),
+                                 gs.Constant(f"st{start}{end}{step}", np.array([step], np.int64))],
+                outputs=[out])
+        return _shape_entries(out)
+
+    assert sliced(1, 3, 1) == [(x, 1), (x, 2)]
+    assert sliced(0, 9, 2) == [(x, 0), (x, 2)]
+    assert sliced(-1, -9, -1) == [(x, 3), (x, 2), (x, 1), (x, 0)]

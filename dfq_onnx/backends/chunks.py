@@ -38,13 +38,17 @@ def _itemsize(t: gs.Tensor) -> int:
 
 
 def _row_elements(t: gs.Tensor, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
-    """Elements per row (batch axis dropped), or None when shape inference left a dimension unknown."""
+    """Elements per row (batch axis dropped), or None when shape inference left a dimension unknown.
+    The batch axis is axis 0, or the one symbolic dimension of a tensor a Transpose moved it in
+    (attention heads [3, N, heads, T, d])."""
     if t.name in shapes:
         return int(np.prod(shapes[t.name]))
-    dims = t.shape[1:] if t.shape else None
-    if dims is None or not all(isinstance(d, (int, np.integer)) and d >= 0 for d in dims):
+    if not t.shape:
         return None
-    return int(np.prod(dims))
+    static = [d for d in t.shape if isinstance(d, (int, np.integer)) and d >= 0]
+    if len(static) == len(t.shape):
+        return int(np.prod(static[1:]))
+    return int(np.prod(static)) if len(static) == len(t.shape) - 1 else None
 
 
 def tensor_row_bytes(graph: gs.Graph, shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, int]:

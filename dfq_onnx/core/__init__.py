@@ -1,8 +1,9 @@
 """Core: what every stage shares -- the one IR (`ir`, the only module that touches onnx protobuf helpers),
 the compile state and its typed results (`state`), the pass contract and runner (`pass_base`), user
 options, target profiles (`target`: the loader of the declarative TOML files), errors, the report
-container, pure-numpy numerics (`numerics`, `moments`), graph queries, the on-disk cache, and Normalize's
-function-preserving rewrites (`rewrites`, `affine_fold`).
+container, pure-numpy numerics (`numerics`, `moments`), graph queries (`graph_utils`; `outputs`: what
+computes each model output, read by the output metrics and the synthesis objectives), the on-disk cache,
+and Normalize's function-preserving rewrites (`rewrites`, `affine_fold`).
 
 Produces: nothing on the state by itself; defines it. May import: nothing else in dfq_onnx.
 The target profile loader lives here (not in `backends`) because the compile state carries the profile

@@ -167,6 +167,34 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def value_info_shape(vi: onnx.ValueInfoProto) -> list | None:
+    """Dims of a tensor value info: ints where known, the symbolic name (or None) where dynamic."""
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+
+
+def carry_over(out: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    """Make `out` a drop-in replacement of `source`: its graph inputs and outputs take the source's
+    declarations (names, element types, dynamic dimensions), and the model's metadata_props, doc
+    strings, model version, domain and graph name come along. Intermediate shape annotations are
+    dropped where the declared interface differs from the one compiled (calibration sizes), so
+    nothing in `out` pins a dimension the source left dynamic."""
+    declared = {vi.name: vi for vi in [*source.graph.input, *source.graph.output]}
+    changed = False
+    for vi in [*out.graph.input, *out.graph.output]:
+        if vi.name in declared and vi != declared[vi.name]:
+            changed |= vi.type != declared[vi.name].type
+            vi.CopyFrom(declared[vi.name])
+    if changed:
+        del out.graph.value_info[:]
+    del out.metadata_props[:]
+    out.metadata_props.extend(source.metadata_props)
+    out.doc_string, out.model_version, out.domain = source.doc_string, source.model_version, source.domain
+    out.graph.doc_string, out.graph.name = source.graph.doc_string, source.graph.name
+
+
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
     """Import into onnx-graphsurgeon; constants still in external data become memory maps; 4-bit
     constants get 8-bit storage and `packed_dtype`, as `constant()` makes them (gs cannot export them)."""

@@ -11,7 +11,8 @@ from dfq_onnx.core.target import FLOAT_BITS
 
 CALIB_MODES = ("synthetic", "noise", "analytic")
 ALLOCATORS = ("ilp-pairs", "ilp", "greedy", "uniform")
-METRICS = ("auto", "kl", "ce", "mse", "sqnr")    # sensitivity losses at the output (sensitivity/table.py)
+# sensitivity losses at the output (sensitivity/table.py)
+METRICS = ("auto", "kl", "ce", "mse", "sqnr", "cosine")
 
 
 @dataclass(frozen=True)

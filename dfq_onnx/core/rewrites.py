@@ -11,19 +11,24 @@ and every reader is such a layer with explicit (NOTSET / VALID) padding; an Aver
 pads must count the padding (count_include_pad=1) to average the same zeros.
 
 Reshape targets computed from shapes (`x.view(x.size(0), -1)` exports Shape -> Gather -> Unsqueeze ->
-Concat -> Reshape) become constants: an entry that copies dimension k of a tensor whose dimension k is
-the same (equal static size or equal symbolic name) as dimension p of the Reshape's data becomes 0 at
-position p ("copy this dimension", allowzero = 0), a statically known one its value:
+Concat -> Reshape; Paddle writes Shape -> Cast -> Slice -> Cast -> Concat) become constants: an entry
+that copies dimension k of a tensor whose dimension k is the same (equal static size or equal symbolic
+name) as dimension p of the Reshape's data becomes 0 at position p ("copy this dimension", allowzero =
+0), a statically known one its value:
 
     Shape(s) ─ Gather(0) ─ Unsqueeze ─┐
                             [-1] ─────┴ Concat ─► Reshape(x, ·)    ==>   Reshape(x, [0, -1])
 
 so the Reshape runs on quantized data and the shape subgraph disappears.
 
-A Softmax the version converter wrapped to keep opset-11 semantics on the last axis (Flatten(axis =
-rank - 1) -> Softmax(axis 1) -> Reshape back to the input's shape) is Softmax(axis = -1) from opset 13:
+A last-axis Softmax that the opset-13 version converter spelled out to keep opset-11 semantics
+(Flatten(axis = rank - 1) -> Softmax(axis 1) -> Reshape back to the input's shape, given as Shape(x) or
+as x's static shape) is one Softmax again: opset 13 normalizes the given axis only, and on the last
+axis both forms compute the same:
 
-    x ─ Flatten(r - 1) ─ Softmax(1) ─ Reshape(x's shape)      ==>   x ─ Softmax(-1)
+    x ─ Flatten(r - 1) ─ Softmax(1 or -1) ─ Reshape(x's shape)      ==>   x ─ Softmax(-1)
+
+(also LogSoftmax and Hardmax), which keeps the shapes known to inference and the runtime's kernel one.
 """
 
 from __future__ import annotations
@@ -130,16 +135,22 @@ def _shape_entries(t: gs.Tensor) -> list | None:
 
 
 def _slice_entries(node: gs.Node) -> list | None:
+    """Entries of Slice(shape entries, start, end[, axes, steps]) on the one axis (Paddle writes
+    x.shape[0:2] this way); omitted optional inputs keep their positions. Python's slice clamping is
+    ONNX's, for either sign of the step."""
+    args = [t if t.name else None for t in node.inputs[1:]]
+    if len(args) < 2 or any(a is not None and not is_const(a) for a in args):
+        return None
+    vals = [None if a is None else [int(v) for v in const_values(a).reshape(-1)] for a in args]
+    starts, ends = vals[0], vals[1]
+    axes = vals[2] if len(vals) > 2 else None
+    steps = vals[3] if len(vals) > 3 else None
+    if starts is None or ends is None or len(starts) != 1 or len(ends) != 1:
+        return None
+    if axes not in (None, [0], [-1]) or (steps is not None and (len(steps) != 1 or steps[0] == 0)):
+        return None
     base = _shape_entries(node.inputs[0])
-    args = [const_values(t).reshape(-1) if is_const(t) else None for t in node.inputs[1:] if t.name]
-    if base is None or any(a is None for a in args) or len(args) < 2:
-        return None
-    starts, ends = args[0], args[1]
-    axes = args[2] if len(args) > 2 else np.zeros(1, np.int64)
-    steps = args[3] if len(args) > 3 else np.ones(1, np.int64)
-    if len(starts) != 1 or int(axes[0]) not in (0, -1):
-        return None
-    return base[slice(int(starts[0]), int(min(ends[0], len(base))), int(steps[0]))]
+    return None if base is None else base[starts[0]:ends[0]:steps[0] if steps else 1]
 
 
 def _scalar_entry(t: gs.Tensor):
@@ -204,6 +215,9 @@ def fold_shape_reshapes(graph: gs.Graph) -> int:
     return folded
 
 
+NORMALIZERS = ("Softmax", "LogSoftmax", "Hardmax")
+
+
 def _restores(reshape: gs.Node, x: gs.Tensor) -> bool:
     """Whether `reshape` gives its data x's shape: its target is Shape(x), or x's static shape."""
     entries = _shape_entries(reshape.inputs[1])
@@ -214,25 +228,33 @@ def _restores(reshape: gs.Node, x: gs.Tensor) -> bool:
                for k, (e, d) in enumerate(zip(entries, x.shape)))
 
 
+def _unflattened(node: gs.Node) -> tuple[gs.Node, gs.Tensor] | None:
+    """(Reshape, x) when `node` (a normalizer on axis 1 / -1) reads only Flatten(x, r-1) and feeds only
+    a Reshape back to x's shape."""
+    flat = node.inputs[0].inputs[0] if len(node.inputs[0].inputs) == 1 else None
+    readers = node.outputs[0].outputs
+    if flat is None or flat.op != "Flatten" or len(node.inputs[0].outputs) != 1 or len(readers) != 1:
+        return None
+    x, reshape = flat.inputs[0], readers[0]
+    rank = len(x.shape) if x.shape is not None else None
+    if reshape.op != "Reshape" or not rank or flat.attrs.get("axis", 1) % rank != rank - 1:
+        return None
+    return (reshape, x) if _restores(reshape, x) else None
+
+
 def fold_flattened_softmax(graph: gs.Graph) -> int:
-    """Unwrap Flatten -> Softmax -> Reshape over the last axis (module docstring); returns how many."""
+    """Flatten -> Softmax -> Reshape back to one last-axis Softmax (module docstring); returns how many."""
     outputs = {id(t) for t in graph.outputs}
     folded = 0
-    for sm in [n for n in graph.nodes if n.op == "Softmax" and n.attrs.get("axis", -1) in (1, -1)]:
-        flat = sm.inputs[0].inputs[0] if len(sm.inputs[0].inputs) == 1 else None
-        readers = sm.outputs[0].outputs
-        if flat is None or flat.op != "Flatten" or len(sm.inputs[0].outputs) != 1 or len(readers) != 1:
+    for node in [n for n in graph.nodes if n.op in NORMALIZERS and n.attrs.get("axis", -1) in (1, -1)]:
+        found = _unflattened(node)
+        if found is None or id(node.outputs[0]) in outputs:
             continue
-        x, reshape = flat.inputs[0], readers[0]
-        rank = len(x.shape) if x.shape is not None else None
-        if reshape.op != "Reshape" or rank is None or flat.attrs.get("axis", 1) % max(rank, 1) != rank - 1:
-            continue
-        y = reshape.outputs[0]
-        if not _restores(reshape, x) or id(sm.outputs[0]) in outputs:
-            continue
-        sm.inputs[0] = x
-        sm.attrs["axis"] = -1
+        reshape, x = found
+        out = reshape.outputs[0]
         reshape.outputs.clear()
-        sm.outputs[0] = y
+        node.outputs[0] = out
+        node.inputs[0] = x
+        node.attrs["axis"] = -1
         folded += 1
     return folded

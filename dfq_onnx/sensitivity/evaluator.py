@@ -23,7 +23,8 @@ class Evaluator:
     """
 
     def __init__(self, probe: Probe, reference_model, samples: dict[str, np.ndarray],
-                 labels: np.ndarray | None, metric: str, batch: int | None = None):
+                 labels: np.ndarray | None, metric: str, batch: int | None = None,
+                 producers: dict | None = None):
         self.probe, self.samples, self.labels = probe, samples, labels
         self.n = len(next(iter(samples.values())))
         self.batch = batch or self.n
@@ -31,7 +32,7 @@ class Evaluator:
         ref = session(reference_model)
         self.reference = self._forward(lambda feeds, _key: ref.run(None, feeds))
         names = [o.name for o in probe.probe.model.graph.output]
-        self.kinds = resolve_metrics(metric, self.reference, labels, names)
+        self.kinds = resolve_metrics(metric, self.reference, labels, names, producers)
         self.halves = (np.arange(0, self.n, 2), np.arange(1, self.n, 2))
         self._memo: dict[frozenset, np.ndarray] = {}
         self._relative: dict[frozenset, np.ndarray] = {}

@@ -15,11 +15,21 @@ The additive prediction the bit allocator minimizes (groups at FP32 contribute 0
     L_hat(config) = ref + sum_i Omega_i(c_i) + sum_(i,j) C_ij(c_i, c_j)
 
 Metrics, per model output, summed over outputs (all are 0 at FP32 and grow with the damage):
-    kl    mean over samples of KL(softmax(ref) || softmax(test))            (classifier outputs [N, K])
-    ce    mean cross-entropy(test, labels) - mean cross-entropy(ref, labels)  (task loss; needs labels)
-    mse   mean squared error
-    sqnr  noise power / signal power = 10^(-SQNR/10)  (scale-free, adds like noise powers)
-"auto" takes kl for classifier outputs and sqnr for any other output. This module is plain numpy.
+    kl      mean over positions of KL(p_ref || p_test) on the class axis (the last, or `kl@k`): class
+            distributions [N, K], per-step distributions [N, T, C] (CTC / sequence logits), per-pixel
+            class maps; p = softmax(y) of logits, p = y itself when the reference output already is a
+            distribution (non-negative, summing to 1 on that axis: a Softmax output)
+    ce      mean cross-entropy(test, labels) - mean cross-entropy(ref, labels)  (task loss; needs labels)
+    mse     mean squared error
+    sqnr    noise power / signal power = 10^(-SQNR/10)  (scale-free, adds like noise powers)
+    cosine  mean over samples of 1 - cos(y_ref, y_test) (each sample's output flattened): embeddings,
+            where only the direction counts (for small noise it is half the noise-to-signal power of
+            the noise component orthogonal to y_ref, so it adds like sqnr)
+"auto" picks per output by its shape and by what computes it (`dfq_onnx.core.outputs`): kl after
+a Softmax / LogSoftmax / linear layer (classifier or per-step logits), cosine for a 2-D output after
+pooling or normalization (an embedding), sqnr for anything else (probability maps, token states);
+without graph information, kl for [N, K > 1] and sqnr otherwise. `auto_metric` also says why.
+This module is plain numpy.
 """
 
 from __future__ import annotations
@@ -58,18 +68,41 @@ def is_classifier(y: np.ndarray) -> bool:
     return y.ndim == 2 and y.shape[1] > 1
 
 
+def auto_metric(shape: tuple[int, ...], producer=None) -> tuple[str, str]:
+    """(kind, reason) of the `auto` metric for an output of `shape` (batch first) computed by
+    `producer` (an `outputs.Producer`, or None without graph information); see the module docstring."""
+    dims = "[" + ", ".join(str(d) for d in shape) + "]"
+    if producer is None:
+        if len(shape) == 2 and shape[1] > 1:
+            return "kl", f"{dims}: classifier shape"
+        return "sqnr", f"{dims}: noise-to-signal"
+    after = f"{dims} after {producer.op}" if producer.op else f"{dims} (no computing op)"
+    if producer.role in ("distribution", "logits") and len(shape) >= 2:
+        axis = producer.axis if producer.axis is not None else len(shape) - 1
+        if shape[axis] > 1:
+            what = "class distribution" if len(shape) == 2 else f"per-position distributions on axis {axis}"
+            return ("kl" if axis == len(shape) - 1 else f"kl@{axis}"), f"{after}: {what}"
+    if producer.role == "embedding" and len(shape) == 2:
+        return "cosine", f"{after}: embedding (pooled / normalized)"
+    what = {4: "map", 3: "per-position states"}.get(len(shape), "values")
+    return "sqnr", f"{after}: {what}, noise-to-signal"
+
+
 def resolve_metrics(metric: str, refs: list[np.ndarray], labels: np.ndarray | None,
-                    names: list[str] | None = None) -> tuple[str, ...]:
-    """The metric of each output: `metric`, or for "auto" kl (classifiers) / sqnr (anything else)."""
+                    names: list[str] | None = None, producers: dict | None = None) -> tuple[str, ...]:
+    """The metric of each output: `metric`, or for "auto" `auto_metric` of its shape and producer
+    (`producers`: output name -> `outputs.Producer`)."""
     names = names or [f"#{i}" for i in range(len(refs))]
     if metric not in METRICS:
         raise UsageError(f"sensitivity metric '{metric}': expected one of {', '.join(METRICS)}")
     if metric == "auto":
-        return tuple("kl" if is_classifier(r) else "sqnr" for r in refs)
+        producers = producers if producers is not None else {}
+        return tuple(auto_metric(r.shape, producers.get(n))[0] for n, r in zip(names, refs))
     if metric in ("kl", "ce"):
         for name, r in zip(names, refs):
-            if not is_classifier(r):
-                raise UsageError(f"metric '{metric}' needs classifier outputs [N, K>1]; output '{name}' has "
+            if r.ndim < 2 or r.shape[-1] < 2 or (metric == "ce" and r.ndim != 2):
+                need = "classifier outputs [N, K>1]" if metric == "ce" else "outputs [N, ..., K>1]"
+                raise UsageError(f"metric '{metric}' needs {need}; output '{name}' has "
                                  f"shape {list(r.shape)}: use 'mse', 'sqnr' or 'auto'")
     if metric == "ce":
         n, k = refs[0].shape
@@ -85,10 +118,30 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(np.maximum(p, 1e-30))))
 
 
+def _log_if_distribution(ref: np.ndarray, test: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits for the softmax: log p when the reference is a distribution on `axis`, else unchanged."""
+    if ref.size and ref.min() >= 0.0 and np.allclose(ref.sum(axis=axis, dtype=np.float64), 1.0, atol=1e-3):
+        return (np.log(np.maximum(np.asarray(ref, np.float64), 1e-12)),
+                np.log(np.maximum(np.asarray(test, np.float64), 1e-12)))
+    return ref, test
+
+
+def cosine_distance(ref: np.ndarray, test: np.ndarray) -> float:
+    a = np.asarray(ref, np.float64).reshape(len(ref), -1)
+    b = np.asarray(test, np.float64).reshape(len(test), -1)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cos = np.sum(a * b, axis=1) / np.maximum(na * nb, 1e-30)
+    cos = np.where((na == 0) & (nb == 0), 1.0, cos)
+    return float(np.mean(1.0 - cos))
+
+
 def output_loss(kind: str, ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None = None) -> float:
     """The loss of one output (see the module docstring)."""
-    if kind == "kl":
-        return numerics.kl_softmax(ref, test, axis=1)
+    if kind.startswith("kl"):
+        axis = int(kind[3:]) if kind.startswith("kl@") else -1
+        return numerics.kl_softmax(*_log_if_distribution(ref, test, axis), axis=axis)
+    if kind == "cosine":
+        return cosine_distance(ref, test)
     if kind == "ce":
         return cross_entropy(test, labels) - cross_entropy(ref, labels)
     if kind == "mse":
@@ -214,5 +267,6 @@ def summary(table: SensitivityTable, top: int = 5) -> dict:
             "candidates": [cand_name(c) for c in table.candidates], "pairs": len(table.pairs),
             "evaluations": table.evaluations, "forward_passes": table.forward_passes,
             "seconds": round(table.seconds, 3), "reference_loss": table.reference_loss,
+            "base_loss": table.base_loss,
             "phases": table.phases, **table.meta, f"most_sensitive_{cand_name(low)}":
                 {g: table.singles[g][low] for g in worst}}

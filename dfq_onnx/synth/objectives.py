@@ -43,6 +43,7 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.core import ir
 from dfq_onnx.core.graph_utils import is_float
+from dfq_onnx.synth.sequence import SequenceSpec, sequence_loss
 
 W_INPUT, W_TV, W_ACT, MARGIN_CAP, TV_NOISE = 0.05, 0.1, 10.0, 3.0, 2.0
 W_LABEL_WITH_BN = 0.1     # weight of L_B when added to L_A ("bn+label")
@@ -204,8 +205,10 @@ class Objective:
     kind: str                          # "bn" | "label" | "bn+label"
     bn: tuple[StatTarget, ...] = ()
     act: tuple[str, ...] = ()          # activation tensors of the plausibility penalty
-    output: str | None = None          # output tensor of the label objective
+    output: str | None = None          # output tensor of the label / sequence objective
     label: LabelSpec | None = None
+    sequence: SequenceSpec | None = None   # objective S (`dfq_onnx.synth.sequence`)
+    act_ref: np.ndarray | None = None      # [T] activation peaks on the starting images (objective S)
 
     def split(self, outs: list[np.ndarray]):
         """(BN stats, activation peaks [B, T] or None, output or None) from the model outputs."""
@@ -223,15 +226,22 @@ class Objective:
         if "label" in self.kind:
             weight = W_LABEL_WITH_BN if "bn" in self.kind else 1.0
             total += weight * self.label_terms(peaks, y, xs, idx)
+        if "sequence" in self.kind:
+            weight = W_LABEL_WITH_BN if "bn" in self.kind else 1.0
+            total += weight * (sequence_loss(y, self.sequence, idx) + self.prior_terms(peaks, xs))
         return total
 
     def label_terms(self, peaks, y, xs, idx) -> np.ndarray:
         """L_B per row (module docstring)."""
-        margin = self._margin(y, idx)
-        total = np.maximum(0.0, MARGIN_CAP - margin) + W_TV * sum(total_variation(x) for x in xs) / TV_NOISE
+        return np.maximum(0.0, MARGIN_CAP - self._margin(y, idx)) + self.prior_terms(peaks, xs)
+
+    def prior_terms(self, peaks, xs) -> np.ndarray:
+        """Smoothness and, with activation peaks measured, the peak penalty of objective B."""
+        total = W_TV * sum(total_variation(x) for x in xs) / TV_NOISE
         if peaks is not None:
-            excess = np.log(np.maximum(peaks, 1e-12) / self.label.act_ref)
-            total += W_ACT * (np.maximum(excess, 0.0) ** 2).mean(axis=1)
+            ref = self.label.act_ref if self.label is not None else self.act_ref
+            excess = np.maximum(np.log(np.maximum(peaks, 1e-12) / ref), 0.0)
+            total = total + W_ACT * (excess ** 2).mean(axis=1)
         return total
 
     def margin(self, outs: list[np.ndarray], idx: np.ndarray) -> np.ndarray:

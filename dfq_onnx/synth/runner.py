@@ -38,6 +38,7 @@ from dfq_onnx.synth.objectives import (
     stats_model,
     target_masks,
 )
+from dfq_onnx.synth.sequence import build_spec
 
 log = logging.getLogger(__name__)
 
@@ -186,28 +187,33 @@ def _labels(rng: np.random.Generator, n: int, channels: int) -> np.ndarray:
 
 def build_objective(kind: str, graph: gs.Graph, bn_stats: dict, shapes: dict,
                     reference: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[Objective, Runner]:
-    """The objective of `kind` and its runner. Label objectives take their output scale and the
-    activation peaks they tolerate from one run on `reference` (the starting images); the samples'
-    classes are a seeded round robin and, for spatial outputs, their windows are seeded too."""
+    """The objective of `kind` and its runner. Label and sequence objectives take their output scale
+    and the activation peaks they tolerate from one run on `reference` (the starting images); the
+    samples' classes (label sequences) are seeded, and for spatial outputs their windows too."""
     bn = _bn_targets(graph, bn_stats) if "bn" in kind else ()
     output, act = None, ()
-    if "label" in kind:
+    if "label" in kind or "sequence" in kind:
         out = float_output(graph)
         if out is None:
-            raise UsageError("synthesis objective 'label' needs a float32 model output; the model has none")
+            raise UsageError(f"synthesis objective '{kind}' needs a float32 model output; the model has none")
         output = out.name
-        if kind == "label":
+        if "bn" not in kind:
             act = tuple(nd.outputs[0].name for nd in graph.nodes
                         if nd.op in LAYERS and nd.outputs[0] is not out)
     objective = Objective(kind, bn, act, output)
     runner = Runner(graph, objective, shapes)
-    if "label" not in kind:
+    if output is None:
         return objective, runner
-    n = len(next(iter(reference.values())))
     _, peaks, y = objective.split(runner.run(reference))
+    act_ref = np.maximum(peaks.mean(axis=0), 1e-12) if peaks is not None else np.zeros(0)
+    if "sequence" in kind:
+        if y.ndim != 3:
+            raise UsageError(f"synthesis objective '{kind}' needs a per-position output [N, T, C]; output "
+                             f"'{output}' has shape {list(y.shape)}")
+        return dataclasses.replace(objective, sequence=build_spec(rng, y), act_ref=act_ref), runner
+    n = len(next(iter(reference.values())))
     labels = _labels(rng, n, y.shape[1] if y.ndim >= 2 else 1)
     masks = target_masks(rng, n, y.shape[2:]) if y.ndim >= 3 else None
     sigma_ref, mu_ref = output_scale(reduce_output(y, masks))
-    act_ref = np.maximum(peaks.mean(axis=0), 1e-12) if peaks is not None else np.zeros(0)
     spec = LabelSpec(labels.astype(np.int64), masks, sigma_ref, mu_ref, act_ref)
     return dataclasses.replace(objective, label=spec), runner

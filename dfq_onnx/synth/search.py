@@ -154,6 +154,11 @@ def squash(latent: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: (BOUND * np.tanh(u / BOUND)).astype(np.float32) for k, u in latent.items()}
 
 
+def unsquash(x: np.ndarray) -> np.ndarray:
+    """The latent u with squash(u) = x, for |x| < BOUND (images a search starts from)."""
+    return BOUND * np.arctanh(np.clip(np.asarray(x, np.float64) / BOUND, -0.999, 0.999))
+
+
 def centred_ranks(losses: np.ndarray) -> np.ndarray:
     """Per row: rank 0 (lowest loss) .. M-1 mapped to [-1/2, 1/2]; ties broken by position."""
     m = losses.shape[1]
