@@ -179,6 +179,13 @@ class ChooseActivationPrecision(Pass):
         if ev is not None:
             state.forward_passes += ev.forward_passes
             notes["measured"] = measured(state, ev, chosen)
+            if chosen and notes["measured"]["chosen"] > notes["measured"]["all_base"]:
+                # the per-group terms add up wrongly here (the groups interact): the measured plan wins
+                notes["reverted"] = f"chosen plan measured worse than all-A{acts.base}: kept all-A{acts.base}"
+                for o in notes["outliers"].values():
+                    o["proposed"], o["choice"] = o["choice"], acts.base
+                chosen = {}
+                state.plan = BitPlan(state.plan.bits, acts={})
         state.report.notes["activations"] = notes
         names = ", ".join(f"{k}:{'float' if a == FLOAT_BITS else f'A{a}'}" for k, a in chosen.items())
         return PassResult(False, f"{len(acts.groups)} outlier groups of {len(terms.groups)}; "

@@ -129,6 +129,24 @@ def test_default_leaves_the_outlier_tensor_float_on_ort_cpu(tmp_path):
     assert err["chosen"] < err["a8"] / 2, err                  # measured in ORT, fused kernels and all
 
 
+def test_a_chosen_plan_that_measures_worse_than_all_a8_is_not_applied(tmp_path, monkeypatch):
+    """The ILP adds per-group terms; when the measured plan is worse (groups interact), all-A8 stays."""
+    import dfq_onnx.passes.act_precision as ap
+
+    monkeypatch.setattr(ap, "measured", lambda state, ev, chosen: {"all_base": 0.1, "chosen": 0.2})
+    model = act_builders.outlier_attention()
+    target = static_matmul_target(tmp_path)
+    out, report = dfq_onnx.quantize(model, target=target, calib="noise", progress=False, use_cache=False)
+    base, _ = dfq_onnx.quantize(model, target=target, calib="noise", progress=False, act_bits=8)
+    notes = report.notes["activations"]
+    assert "measured worse" in notes["reverted"]
+    assert all(o["choice"] == 8 for o in notes["outliers"].values())
+    assert any(o["proposed"] == FLOAT_BITS for o in notes["outliers"].values())
+    assert out.SerializeToString() == base.SerializeToString() or \
+        {n.input[0] for n in nodes_by_op(out, "QuantizeLinear")} == \
+        {n.input[0] for n in nodes_by_op(base, "QuantizeLinear")}
+
+
 def test_a16_where_float_does_not_fit_the_cost_allowance(tmp_path):
     """generic costs bit operations: A16 on conv2's output costs its MACs x 1, float x 3; an allowance
     between the two leaves A16 as the only fix of the outlier."""

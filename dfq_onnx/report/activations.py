@@ -49,4 +49,6 @@ def decided_line(notes: dict) -> str:
     m = act.get("measured")
     if m:
         line += f"; output loss {m['all_base']:.3g} -> {m['chosen']:.3g} (all-A8 -> chosen)"
+        if act.get("reverted"):
+            line += "; the chosen plan measured worse: all-A8 kept"
     return line
