@@ -174,7 +174,6 @@ class ChooseActivationPrecision(Pass):
         acts = act_choices(state, terms)
         alloc = solve(Problem((), {}, {}, {}, acts=acts), Budget())
         chosen = {k: a for k, a in alloc.acts.items() if a != acts.base}
-        state.plan = BitPlan(state.plan.bits, acts=dict(sorted(chosen.items())))
         notes = summary(state, terms, acts, chosen)
         if ev is not None:
             state.forward_passes += ev.forward_passes
@@ -185,7 +184,7 @@ class ChooseActivationPrecision(Pass):
                 for o in notes["outliers"].values():
                     o["proposed"], o["choice"] = o["choice"], acts.base
                 chosen = {}
-                state.plan = BitPlan(state.plan.bits, acts={})
+        state.plan = BitPlan(state.plan.bits, acts=dict(sorted(chosen.items())))
         state.report.notes["activations"] = notes
         names = ", ".join(f"{k}:{'float' if a == FLOAT_BITS else f'A{a}'}" for k, a in chosen.items())
         return PassResult(False, f"{len(acts.groups)} outlier groups of {len(terms.groups)}; "
