@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from act_cost import minilm_path  # noqa: E402
-from common import interleaved_latency_ms, machine_info, markdown_table, session  # noqa: E402
+from common import interleaved_latency_ms, machine_info, markdown_table, session, time_v_figures  # noqa: E402
 
 CONFIGS = {"w8a8": ["--act-bits", "8"], "default": [], "w8a32": ["--act-bits", "32"]}
 
@@ -50,10 +49,8 @@ def compile_cli(model: Path, out: Path, args: list[str]) -> dict:
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise SystemExit(f"[act_precision] compile failed: {' '.join(cmd)}\n{res.stderr[-2000:]}")
-    wall = re.search(r"Elapsed \(wall clock\) time .*: (?:(\d+):)?(\d+):([\d.]+)", res.stderr)
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", res.stderr)
-    h, m, s = (float(x) if x else 0.0 for x in wall.groups())
-    return {"wall_s": 3600 * h + 60 * m + s, "rss_mb": int(rss.group(1)) / 1024,
+    wall, rss = time_v_figures(res.stderr)
+    return {"wall_s": wall, "rss_mb": rss / (1 << 20),
             "report": json.loads(report.read_text()), "stdout": res.stdout.strip()}
 
 

@@ -17,6 +17,7 @@ import datetime
 import functools
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -427,3 +428,34 @@ __all__ = [
     "markdown_table",
     "machine_info",
 ]
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and its descendants (/proc): what a compile holds right now."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def time_v_figures(text: str) -> tuple[float | None, int | None]:
+    """(wall seconds, peak RSS bytes) from `/usr/bin/time -v`'s report (None where it is missing)."""
+    wall = re.search(r"Elapsed \(wall clock\) time .*: (?:(\d+):)?(\d+):([\d.]+)", text)
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    seconds = None
+    if wall:
+        h, m, sec = (float(x) if x else 0.0 for x in wall.groups())
+        seconds = 3600 * h + 60 * m + sec
+    return seconds, int(rss.group(1)) * 1024 if rss else None

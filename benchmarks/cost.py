@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -42,7 +41,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_latency_ms, machine_info, markdown_table, ort_quantize_static  # noqa: E402
+from common import (  # noqa: E402
+    interleaved_latency_ms,
+    machine_info,
+    markdown_table,
+    ort_quantize_static,
+    time_v_figures,
+    tree_rss,
+)
 from zoo import ZooModel, zoo  # noqa: E402
 
 from dfq_onnx.backends.fusion import float_ops_between_qdq  # noqa: E402
@@ -58,26 +64,6 @@ ort.InferenceSession(str(m.path), o, providers=["CPUExecutionProvider"]).run(Non
 """
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of a process and its descendants (/proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        todo += children.get(p, [])
-        try:
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
-
-
 def timed(cmd: list[str], timeout: float, max_rss: float) -> dict:
     """Run under /usr/bin/time -v: wall s, peak RSS bytes, exit code, last stderr line. The run is
     stopped (its row says so) past `timeout` seconds or `max_rss` bytes (the machine is shared)."""
@@ -88,7 +74,7 @@ def timed(cmd: list[str], timeout: float, max_rss: float) -> dict:
         stopped = None
         while proc.poll() is None:
             time.sleep(0.5)
-            rss = _tree_rss(proc.pid)
+            rss = tree_rss(proc.pid)
             if time.perf_counter() - start > timeout or rss > max_rss:
                 stopped = (f"stopped after {time.perf_counter() - start:.0f} s" if rss <= max_rss else
                            f"stopped at {rss / GB:.1f} GB RSS after {time.perf_counter() - start:.0f} s")
@@ -99,9 +85,8 @@ def timed(cmd: list[str], timeout: float, max_rss: float) -> dict:
     if stopped:
         return {"error": stopped}
     wall = time.perf_counter() - start
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
     lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("\t")]
-    out = {"wall": wall, "rss": int(rss.group(1)) * 1024 if rss else None, "code": proc.returncode}
+    out = {"wall": wall, "rss": time_v_figures(stderr)[1], "code": proc.returncode}
     if proc.returncode:
         out["error"] = (lines[-1] if lines else f"exit {proc.returncode}")[:120]
     return out

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ from common import (  # noqa: E402
     markdown_table,
     ort_quantize_static,
     run_batched,
+    time_v_figures,
+    tree_rss,
     write_input_npz,
 )
 
@@ -58,6 +59,9 @@ def load_imagenet_dev(path: Path = SHARED_DATA / "imagenet_dev.npz") -> tuple[np
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), labels
 
 
+KB_GB = 1024e6   # bytes per "GB" as these rows report it: 1e6 kB
+
+
 def time_v(cmd: list[str], max_rss_gb: float) -> dict:
     """Run `cmd` under /usr/bin/time -v; wall s, peak RSS GB, exit code (killed past `max_rss_gb`)."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
@@ -67,8 +71,8 @@ def time_v(cmd: list[str], max_rss_gb: float) -> dict:
         rss = _watch(proc, max_rss_gb)
         wall = time.perf_counter() - start
         text = tf.read()
-    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    return {"wall": wall, "rss": int(peak.group(1)) / 1e6 if peak else rss, "code": proc.returncode,
+    peak = time_v_figures(text)[1]
+    return {"wall": wall, "rss": peak / KB_GB if peak else rss, "code": proc.returncode,
             "killed": rss is not None and rss > max_rss_gb, "stderr": proc.stderr.read()[-300:]}
 
 
@@ -77,33 +81,13 @@ def _watch(proc: subprocess.Popen, max_rss_gb: float) -> float | None:
     last = None
     while proc.poll() is None:
         time.sleep(0.5)
-        rss = _tree_rss_gb(proc.pid)
+        rss = tree_rss(proc.pid) / KB_GB or None
         last = rss if rss is not None else last
         if rss is not None and rss > max_rss_gb:
             proc.kill()
             proc.wait()
             return rss
     return last
-
-
-def _tree_rss_gb(pid: int) -> float | None:
-    total = 0
-    for p in [pid, *_children(pid)]:
-        try:
-            with open(f"/proc/{p}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-        except (OSError, StopIteration):
-            continue
-    return total / 1e6 if total else None
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            kids = [int(c) for c in f.read().split()]
-    except OSError:
-        return []
-    return kids + [g for k in kids for g in _children(k)]
 
 
 def dfq_row(model: Path, flags: list[str], work: Path, tag: str, seed: int, max_rss_gb: float) -> dict:
@@ -121,6 +105,15 @@ def dfq_row(model: Path, flags: list[str], work: Path, tag: str, seed: int, max_
     res.update(path=out, passes=report.get("forward_passes"), synth_passes=synth.get("forward_passes"),
                synth_s=next((p["seconds"] for p in report["passes"] if p["pass"] == "Synthesize"), None))
     return res
+
+
+def start_run(model: Path, calib_images: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(dev images, labels, the seeded subset real rows calibrate on, FP32 logits); prints the machine."""
+    x, y = load_imagenet_dev()
+    subset = np.sort(np.random.default_rng(0).permutation(len(x))[:calib_images])
+    print(machine_info())
+    print(f"load average at start: {os.getloadavg()}")
+    return x, y, subset, run_batched(model, {"input": x}, batch=50)
 
 
 def evaluate(path: Path, x: np.ndarray, y: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -141,12 +134,8 @@ def main() -> None:
     if unknown:
         sys.exit(f"--rows: unknown {', '.join(unknown)}; expected some of {', '.join(ROWS)}")
     model = Path(args.model)
-    x, y = load_imagenet_dev()
-    subset = np.sort(np.random.default_rng(0).permutation(len(x))[:args.calib_images])
-    print(machine_info())
-    print(f"load average at start: {os.getloadavg()}")
     t0 = time.perf_counter()
-    ref = run_batched(model, {"input": x}, batch=50)
+    x, y, subset, ref = start_run(model, args.calib_images)
     fp32 = 100.0 * float(np.mean(ref.argmax(1) == y))
     table = [["FP32", "-", f"{fp32:.1f}", "100.0", "", "", "", ""]]
     with tempfile.TemporaryDirectory(prefix="bench_imagenet_") as tmp:

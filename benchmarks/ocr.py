@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -50,8 +49,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ocr_data  # noqa: E402
-from common import interleaved_latency_ms, machine_info, markdown_table, ort_quantize_static  # noqa: E402
-from cost import _tree_rss as tree_rss  # noqa: E402
+from common import (  # noqa: E402
+    interleaved_latency_ms,
+    machine_info,
+    markdown_table,
+    ort_quantize_static,
+    time_v_figures,
+    tree_rss,
+)
 from dfq_onnx.models.corpus import corpus_model  # noqa: E402
 
 MODELS = {"det": "ppocrv4_det", "cls": "ppocr_mobile_v2_cls", "rec": "ppocrv4_rec"}
@@ -83,10 +88,8 @@ def timed(cmd: list[str], max_rss_gb: float = 6.0) -> dict:
         stderr = err.read()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
-    wall = re.search(r"Elapsed \(wall clock\) time .*: (?:(\d+):)?(\d+):([\d.]+)", stderr)
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
-    h, m, s = (float(wall.group(1) or 0), float(wall.group(2)), float(wall.group(3)))
-    return {"wall_s": 3600 * h + 60 * m + s, "rss_mb": int(rss.group(1)) / 1024, "load": before}
+    wall, rss = time_v_figures(stderr)
+    return {"wall_s": wall, "rss_mb": rss / (1 << 20), "load": before}
 
 
 # --------------------------------------------------------------------------- calibration data for ORT

@@ -34,9 +34,9 @@ import onnx
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, machine_info, markdown_table, run_batched  # noqa: E402
+from common import SHARED_DATA, markdown_table  # noqa: E402
 from dfq_onnx.passes.score_prior import ScoreTopPrior  # noqa: E402
-from imagenet import evaluate, load_imagenet_dev  # noqa: E402
+from imagenet import evaluate, start_run  # noqa: E402
 
 import dfq_onnx  # noqa: E402
 from dfq_onnx import api  # noqa: E402
@@ -108,12 +108,9 @@ def main() -> None:
     ap.add_argument("--target", default="ort-cpu", help="target profile (name or TOML path)")
     args = ap.parse_args()
     model = Path(args.model)
-    x, y = load_imagenet_dev()
-    subset = np.sort(np.random.default_rng(0).permutation(len(x))[:args.calib_images])
-    print(machine_info())
-    print(f"load average at start: {os.getloadavg()}")
     t0 = time.perf_counter()
-    ref = run_batched(model, {"input": x}, batch=50).argmax(1)
+    x, y, subset, ref = start_run(model, args.calib_images)
+    ref = ref.argmax(1)
     rows = []
 
     def row(name: str, path: Path, n: int | str) -> None:

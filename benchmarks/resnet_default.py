@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, load_cifar, machine_info, markdown_table, top1  # noqa: E402
+from common import SHARED_DATA, load_cifar, machine_info, markdown_table, time_v_figures, top1  # noqa: E402
 
 CONFIGS = {"default": [], "w8a8": ["--act-bits", "8"]}
 
@@ -33,10 +32,8 @@ def compile_cli(python: str, model: Path, out: Path, extra: list[str]) -> dict:
                          env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"})
     if res.returncode != 0:
         raise SystemExit(f"compile failed: {' '.join(cmd)}\n{res.stderr[-2000:]}")
-    wall = re.search(r"Elapsed \(wall clock\) time .*: (?:(\d+):)?(\d+):([\d.]+)", res.stderr)
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", res.stderr)
-    h, m, s = (float(x) if x else 0.0 for x in wall.groups())
-    return {"wall_s": 3600 * h + 60 * m + s, "rss_mb": int(rss.group(1)) / 1024,
+    wall, rss = time_v_figures(res.stderr)
+    return {"wall_s": wall, "rss_mb": rss / (1 << 20),
             "sha": hashlib.sha256(out.read_bytes()).hexdigest()}
 
 
