@@ -44,9 +44,10 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
                    help="concrete shape for an input with dynamic dims (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     _add_synth_options(p)
-    p.add_argument("--synth-views", type=int, default=8,
+    p.add_argument("--synth-views", type=int, default=None,
                    help="calibration rows per synthetic image sample: itself, its mirror image, shifted "
-                        "copies (default 8; 1 = the samples only)")
+                        "copies (default: up to 8 within a work budget, fewer on large inputs; 1 = the "
+                        "samples only)")
     m = p.add_argument_group("mixed precision (any budget switches from uniform to ILP allocation)")
     m.add_argument("--avg-weight-bits", type=float, help="parameter-weighted average weight bits")
     m.add_argument("--size-mb", type=float, help="weight size budget in MB")

@@ -10,6 +10,11 @@ predicted loss of the outliers' choices within the target's activation-cost allo
 ([activation] cost_allowance x the all-A8 plan's cost, relative to FP32 multiply-accumulates). Groups
 that are not outliers stay at the target's default bits. With a budget, ScoreSensitivity scores the
 same terms and AllocateBits decides them jointly with the weights (passes/allocate.py).
+
+Work budget (`backends.budget`): on float-input models the decision scores on `scoring_rows` of its
+samples and its gate + screening stop after `evaluations` of them, so
+rows x activation elements x evaluations stays within the stage's budget; groups the screening could
+not reach keep the default bits (the report's `activations.budget`).
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from dfq_onnx.allocation.costs import layer_macs
 from dfq_onnx.allocation.ilp import solve
 from dfq_onnx.allocation.problem import Budget, Problem
 from dfq_onnx.backends.act_precision import touched
+from dfq_onnx.backends.budget import evaluations, scoring_rows
 from dfq_onnx.core import cache, ir
-from dfq_onnx.core.graph_utils import node_label
+from dfq_onnx.core.graph_utils import is_float, node_label
 from dfq_onnx.core.outputs import output_producers
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import FLOAT_BITS, BitPlan, CompileState
@@ -42,7 +48,7 @@ from dfq_onnx.sensitivity.probe import Probe, build_probe
 from dfq_onnx.sensitivity.table import SensitivityTable, load_json, save_json_atomic
 
 log = logging.getLogger(__name__)
-ENGINE = 2     # bump when the activation terms change: old cache entries are then ignored
+ENGINE = 3     # bump when the activation terms change: old cache entries are then ignored
 
 
 def decides(state: CompileState) -> bool:
@@ -86,20 +92,41 @@ def plan_evaluator(state: CompileState, options, samples, labels) -> Evaluator:
 
 
 def activation_terms(state: CompileState, samples, labels, metric: str, pairs: bool = False,
-                     batch: int | None = None) -> tuple[ActTerms, Evaluator]:
+                     batch: int | None = None, max_evals: int | None = None) -> tuple[ActTerms, Evaluator]:
     """The activation terms (sensitivity/act_scoring.py) and the evaluator that measured them."""
     ev = act_evaluator(state, samples, labels, metric, batch)
-    return score_activations(ev, state.act_groups, state.target.default_act_bits, pairs=pairs), ev
+    return score_activations(ev, state.act_groups, state.target.default_act_bits, pairs=pairs,
+                             max_evals=max_evals), ev
+
+
+def budgeted(state: CompileState, samples, labels) -> tuple[dict, object, int | None, dict]:
+    """(samples, labels, evaluation cap, report note) within the work budget (module docstring);
+    models with non-float inputs (token ids: scored on a token budget already) are left as given."""
+    if not all(is_float(t) for t in state.graph.inputs):
+        return samples, labels, None, {}
+    from dfq_onnx.passes.calibrate import activation_elements
+
+    n = len(next(iter(samples.values())))
+    elements = activation_elements(state, samples)
+    rows = scoring_rows(n, elements)
+    static = next((t.shape[0] for t in state.graph.inputs
+                   if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0), None)
+    if static:                 # whole static batches of at least two rows
+        rows = min(n, -(-max(rows, 2) // static) * static)
+    cap = evaluations(rows, elements)
+    note = {"elements_per_row": elements, "rows": rows, "samples": n, "max_evaluations": cap}
+    return ({k: v[:rows] for k, v in samples.items()}, None if labels is None else labels[:rows], cap, note)
 
 
 def cached_terms(state: CompileState, samples, labels, metric: str, key: dict, use_cache: bool,
-                 cache_dir) -> tuple[ActTerms, Evaluator | None]:
+                 cache_dir, max_evals: int | None = None) -> tuple[ActTerms, Evaluator | None]:
     """`activation_terms` through the cache (a sensitivity-table JSON entry carrying only them)."""
-    path = cache.cache_path("activations", {**key, "act_engine": ENGINE}, cache_dir).with_suffix(".json")
+    path = cache.cache_path("activations", {**key, "act_engine": ENGINE, "max_evals": max_evals},
+                            cache_dir).with_suffix(".json")
     hit = load_json(path) if use_cache else None
     if hit is not None and hit.activations:
         return terms_from_dict(hit.activations), None
-    terms, ev = activation_terms(state, samples, labels, metric)
+    terms, ev = activation_terms(state, samples, labels, metric, max_evals=max_evals)
     if use_cache:
         save_json_atomic(path, SensitivityTable(
             groups=(), candidates=(), singles={}, incontext={}, pairs={}, metric=",".join(ev.kinds),
@@ -168,13 +195,17 @@ class ChooseActivationPrecision(Pass):
                                   base_bits=state.target.default_weight_bits, samples=self.samples,
                                   metric=self.metric, pairs=False, incontext=False)
         samples, labels = scoring_data(state, opts)
+        samples, labels, cap, budget = budgeted(state, samples, labels)
         key = cache_key(state, opts, (state.target.default_weight_bits,), state.target.default_act_bits,
                         samples, labels)
-        terms, ev = cached_terms(state, samples, labels, self.metric, key, self.use_cache, self.cache_dir)
+        terms, ev = cached_terms(state, samples, labels, self.metric, key, self.use_cache, self.cache_dir,
+                                 cap)
         acts = act_choices(state, terms)
         alloc = solve(Problem((), {}, {}, {}, acts=acts), Budget())
         chosen = {k: a for k, a in alloc.acts.items() if a != acts.base}
         notes = summary(state, terms, acts, chosen)
+        if budget:
+            notes["budget"] = {**budget, "undecided_groups": terms.undecided}
         if ev is not None:
             state.forward_passes += ev.forward_passes
             notes["measured"] = measured(state, ev, chosen)

@@ -11,7 +11,9 @@ each row's percentiles. Analytic ranges (`AnalyticRanges`) fill what they can fi
 only what is still missing. Synthetic samples of image-like inputs are measured together with
 `synth_views - 1` mirrored/shifted views of each (`dfq_onnx.synth.augment`), built chunk by chunk:
 more extremes for the min/max at the cost of forward rows only; a user's data and noise are measured
-as given.
+as given. Without `--synth-views` the views are budgeted (`backends.budget.calibration_rows`): up to
+DEFAULT_VIEWS per sample while rows x activation elements per row stay within the stage's work budget,
+so a large input measures every sample and fewer views; an explicit `--synth-views` is measured whole.
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ import onnx_graphsurgeon as gs
 from tqdm import tqdm
 
 from dfq_onnx.backends import observers, runtime
+from dfq_onnx.backends.budget import calibration_rows
 from dfq_onnx.backends.chunks import rows_per_chunk
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 from dfq_onnx.core.graph_utils import is_float
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState, Range
 from dfq_onnx.synth.augment import view_count, view_rows
+from dfq_onnx.synth.runner import row_elements
+
+DEFAULT_VIEWS = 8     # views per synthetic image sample when --synth-views is not given (budgeted)
 
 
 def input_shape(t: gs.Variable, batch: int) -> tuple[int, ...]:
@@ -109,12 +115,35 @@ def _percentiles(arr: np.ndarray, rows: int, q: float) -> np.ndarray:
     return np.percentile(flat, [100.0 - q, q], axis=1).T
 
 
+def activation_elements(state: CompileState, feeds: dict[str, np.ndarray]) -> int:
+    """Activation elements per row of the model on `feeds`' shapes (`synth.runner.row_elements`),
+    measured once per compile (it may take one one-row forward pass)."""
+    notes = state.report.notes.setdefault("work", {})
+    if "elements_per_row" not in notes:
+        elements, passes = row_elements(state.graph, {k: tuple(v.shape[1:]) for k, v in feeds.items()})
+        state.forward_passes += passes
+        notes["elements_per_row"] = int(elements)
+    return notes["elements_per_row"]
+
+
+def measured_rows(state: CompileState, feeds: dict[str, np.ndarray], views: int | None) -> tuple[int, int]:
+    """(views per sample, rows) Calibrate measures: `views` given -> all of them; None -> DEFAULT_VIEWS
+    within the work budget (`backends.budget.calibration_rows`); 1 for inputs without views."""
+    n = len(next(iter(feeds.values())))
+    per = view_count(feeds, DEFAULT_VIEWS if views is None else views)
+    if per == 1:
+        return 1, n
+    if views is not None:
+        return per, n * per
+    return per, calibration_rows(n, per, activation_elements(state, feeds))
+
+
 def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: list[str],
-                   source: str, views: int = 1) -> dict[str, Range]:
-    """Run the FP32 graph over `feeds` (and `views` rows per sample, `synth.augment`) in chunks and
-    return each tensor's activation range. Min/max: exact reductions inside the graph (observers.py),
-    the same whatever the chunk size. Percentile: the mean over rows of each row's percentile, from the
-    tensors themselves (chunks sized to hold them)."""
+                   source: str, views: int = 1, rows: int | None = None) -> dict[str, Range]:
+    """Run the FP32 graph over `feeds` (and `views` rows per sample, `synth.augment`; the first `rows`
+    of them when given) in chunks and return each tensor's activation range. Min/max: exact reductions
+    inside the graph (observers.py), the same whatever the chunk size. Percentile: the mean over rows
+    of each row's percentile, from the tensors themselves (chunks sized to hold them)."""
     if not tensors:
         return {}
     opts = state.options
@@ -122,7 +151,7 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
     observe = runtime.observer_model if pct else observers.range_model
     model = observe(state.graph, tensors)
     sess = runtime.session(model, mem_pattern=False)
-    rows = len(next(iter(feeds.values()))) * view_count(feeds, views)
+    rows = rows or len(next(iter(feeds.values()))) * view_count(feeds, views)
     step = chunk_rows(state, held=tensors)
     state.report.notes.setdefault("rows_per_call", {})["calibrate"] = step
     lo = {t: np.inf for t in tensors}
@@ -179,9 +208,8 @@ class Calibrate(Pass):
         if state.calib is None or source == "data":
             state.calib = feeds   # scoring samples for later passes (synthetic ones are kept)
         n = len(next(iter(feeds.values())))
-        views = opts.synth_views if source == "synthetic" else 1
-        rows = n * view_count(feeds, views)
-        state.ranges.update(collect_ranges(state, feeds, missing, source, views))
+        views, rows = measured_rows(state, feeds, opts.synth_views) if source == "synthetic" else (1, n)
+        state.ranges.update(collect_ranges(state, feeds, missing, source, views, rows))
         state.report.notes.setdefault("calibration", {})[source] = {"samples": n, "rows": rows,
                                                                     "tensors": len(missing)}
         views = f" ({rows} rows with views)" if rows != n else ""

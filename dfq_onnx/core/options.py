@@ -31,7 +31,8 @@ class QuantizeOptions:
     # synthetic calibration (passes/synthesize.py)
     synth_samples: int = 64
     synth_steps: int | None = None       # None: the pass's default
-    synth_views: int = 8                 # calibration rows per synthetic image sample (synth/augment.py)
+    synth_views: int | None = None       # calibration rows per synthetic image sample (synth/augment.py);
+                                         # None: up to 8 within the work budget (passes/calibrate.py)
     cache_dir: str | None = None         # None: per-user cache directory
     use_cache: bool = True
     # mixed precision (a budget switches UniformPlan for ScoreSensitivity + AllocateBits)
@@ -107,7 +108,7 @@ class QuantizeOptions:
             raise UsageError("--synth-samples must be positive and --hops non-negative")
         if self.metric not in METRICS:
             raise UsageError(f"--metric {self.metric}: expected one of {', '.join(METRICS)}")
-        if self.synth_views < 1:
+        if self.synth_views is not None and self.synth_views < 1:
             raise UsageError(f"--synth-views {self.synth_views}: expected a positive number")
         if self.cle_criterion not in ("weights", "activations", "auto"):
             raise UsageError(f"--cle-criterion {self.cle_criterion}: expected weights, activations or auto")

@@ -26,6 +26,7 @@ made monotone (fewer bits never cost less). This module only measures; allocatio
 
 from __future__ import annotations
 
+import heapq
 import time
 from dataclasses import dataclass, field
 
@@ -46,6 +47,7 @@ class ActTerms:
     act_loss: float = 0.0        # L(weights at the default bits, every activation group at the base bits)
     weight_loss: float = 0.0     # L(weights at the default bits, float activations)
     screened: dict[str, float] = field(default_factory=dict)  # D(S) of each tested set (ids joined by ",")
+    undecided: int = 0           # groups in sets the screening left unsplit at its evaluation cap
     evaluations: int = 0
     seconds: float = 0.0
 
@@ -80,19 +82,31 @@ def gate(ev: Evaluator, act_ids: list[str], base: int) -> tuple[float, float]:
     return act, weights
 
 
-def screen(ev: Evaluator, ids: list[str], base: int, threshold: float, tested: dict) -> list[str]:
-    """Groups of `ids` whose damage at `base` alone exceeds `threshold`, by recursive halving (module
-    docstring); every tested set's D(S) is recorded in `tested`."""
-    if not ids:
-        return []
-    d = float(ev.relative({a: base for a in ids})[0])
-    tested[",".join(ids)] = d
-    if d <= threshold:
-        return []
-    if len(ids) == 1:
-        return list(ids)
-    half = len(ids) // 2
-    return screen(ev, ids[:half], base, threshold, tested) + screen(ev, ids[half:], base, threshold, tested)
+def screen(ev: Evaluator, ids: list[str], base: int, threshold: float, tested: dict,
+           max_evals: int | None = None) -> list[str]:
+    """Groups of `ids` whose damage at `base` alone exceeds `threshold`, by halving (module docstring),
+    in graph order; every tested set's D(S) is recorded in `tested`. Sets above the threshold are split
+    best first (highest D(S) / |S|, then graph order); after `max_evals` new evaluations the sets still
+    unsplit are left undecided (their groups keep the base bits). Without a cap the tested sets, and so
+    the result, are those of plain recursive halving."""
+    pos = {g: i for i, g in enumerate(ids)}
+    start, found, heap = ev.evaluations, [], []
+
+    def test(group: list[str]) -> None:
+        d = float(ev.relative({a: base for a in group})[0])
+        tested[",".join(group)] = d
+        if d > threshold and len(group) == 1:
+            found.append(group[0])
+        elif d > threshold:
+            heapq.heappush(heap, (-d / len(group), pos[group[0]], group))
+
+    if ids:
+        test(list(ids))
+    while heap and (max_evals is None or ev.evaluations - start < max_evals):
+        group = heapq.heappop(heap)[2]
+        test(group[:len(group) // 2])
+        test(group[len(group) // 2:])
+    return sorted(found, key=pos.get)
 
 
 def score_singles(ev: Evaluator, ids: list[str], bits: tuple[int, ...],
@@ -111,18 +125,23 @@ def score_pairs(ev: Evaluator, pairs: list[tuple[str, str]], base: int, lam: flo
 
 
 def score_activations(ev: Evaluator, act_groups: list[ActGroup], base: int, lam: float = 1.0,
-                      pairs: bool = False) -> ActTerms:
-    """Gate, screening, the outliers' singles (and pairs among them) on the activation probe behind `ev`."""
+                      pairs: bool = False, max_evals: int | None = None) -> ActTerms:
+    """Gate, screening, the outliers' singles (and pairs among them) on the activation probe behind `ev`;
+    `max_evals` caps the gate and screening evaluations (the singles of the groups found are scored
+    whatever the cap: |bits| evaluations each)."""
     start, e0 = time.perf_counter(), ev.evaluations
     ids = [ag.id for ag in switchable(act_groups)]
     bits = scored_bits(act_groups)
     act_loss, weight_loss = gate(ev, ids, base)
     tested: dict[str, float] = {}
-    found = screen(ev, ids, base, weight_loss, tested)
+    cap = None if max_evals is None else max(max_evals - (ev.evaluations - e0), 1)
+    found = screen(ev, ids, base, weight_loss, tested, cap)
+    covered = {g for k in tested for g in k.split(",") if tested[k] <= weight_loss} | set(found)
+    undecided = sum(g not in covered for g in ids)
     singles = score_singles(ev, found, bits, lam)
     near = [(k, m) for i, k in enumerate(found) for m in found[i + 1:]] if pairs else []
     return ActTerms(tuple(ids), bits, singles, score_pairs(ev, near, base, lam), act_loss, weight_loss,
-                    tested, ev.evaluations - e0, time.perf_counter() - start)
+                    tested, undecided, ev.evaluations - e0, time.perf_counter() - start)
 
 
 def terms_to_dict(t: ActTerms) -> dict:
@@ -132,7 +151,7 @@ def terms_to_dict(t: ActTerms) -> dict:
             "pairs": [{"groups": [k, m], "terms": {f"{a}|{b}": v for (a, b), v in row.items()}}
                       for (k, m), row in t.pairs.items()],
             "act_loss": t.act_loss, "weight_loss": t.weight_loss, "screened": dict(t.screened),
-            "evaluations": t.evaluations, "seconds": round(t.seconds, 3)}
+            "undecided": t.undecided, "evaluations": t.evaluations, "seconds": round(t.seconds, 3)}
 
 
 def terms_from_dict(d: dict) -> ActTerms:
@@ -142,5 +161,5 @@ def terms_from_dict(d: dict) -> ActTerms:
         pairs={tuple(p["groups"]): {tuple(int(x) for x in ab.split("|")): float(v)
                                     for ab, v in p["terms"].items()} for p in d["pairs"]},
         act_loss=float(d["act_loss"]), weight_loss=float(d["weight_loss"]),
-        screened={k: float(v) for k, v in d["screened"].items()},
+        screened={k: float(v) for k, v in d["screened"].items()}, undecided=int(d.get("undecided", 0)),
         evaluations=int(d["evaluations"]), seconds=float(d["seconds"]))
