@@ -90,3 +90,23 @@ def test_quantized_block_runs_the_gate_in_the_layers_integer_kernel(tmp_path):
     ops = {n.op_type for n in onnx.load(opt).graph.node}
     assert not ops & {"Div", "HardSigmoid", "Clip"}, ops
     assert "QLinearConv" in ops
+
+
+def test_division_between_quantizers_becomes_a_rescale(monkeypatch):
+    """A Div by 6 read by an Add (no layer to fold into) stays in the float graph; in the QDQ graph its
+    readers dequantize the Mul's codes with the Div output's scale: no float Div, same results."""
+    from _util import session
+    from dfq_onnx.backends import scale_fold
+
+    model = _mobilenet_v3_block("add")
+    out, report = dfq_onnx.quantize(model, calib="noise", act_bits=8, seed=0)
+    assert "1 scalar Div read as a rescale" in report.passes[-1]["summary"]
+    assert not nodes_by_op(out, "Div")
+    monkeypatch.setattr(scale_fold, "fold_scalar_divisions", lambda graph: 0)
+    monkeypatch.setattr("dfq_onnx.passes.emit_qdq.fold_scalar_divisions", lambda graph: 0)
+    kept, _ = dfq_onnx.quantize(model, calib="noise", act_bits=8, seed=0)
+    assert len(nodes_by_op(kept, "Div")) == 1
+    feeds = normal_feeds(model, n=4)
+    for got, ref in zip(session(out).run(None, feeds), session(kept).run(None, feeds)):
+        step = float(np.ptp(ref)) / 255
+        assert np.max(np.abs(got - ref)) <= 2 * step
