@@ -96,6 +96,7 @@ def test_division_between_quantizers_becomes_a_rescale(monkeypatch):
     """A Div by 6 read by an Add (no layer to fold into) stays in the float graph; in the QDQ graph its
     readers dequantize the Mul's codes with the Div output's scale: no float Div, same results."""
     from _util import session
+
     from dfq_onnx.backends import scale_fold
 
     model = _mobilenet_v3_block("add")
