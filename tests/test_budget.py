@@ -11,7 +11,7 @@ from dfq_onnx.passes.calibrate import Calibrate
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.quant_groups import FindQuantGroups
-from dfq_onnx.passes.synthesize import Synthesize, SynthesisOptions
+from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize
 
 import dfq_onnx
 from dfq_onnx.backends import budget

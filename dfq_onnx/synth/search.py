@@ -151,7 +151,13 @@ def pink_noise(rng: np.random.Generator, n: int, shape: tuple[int, ...], alpha: 
 
 def squash(latent: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """x = BOUND tanh(u / BOUND) as float32: identity near 0, keeps inputs in (-BOUND, BOUND)."""
-    return {k: (BOUND * np.tanh(u / BOUND)).astype(np.float32) for k, u in latent.items()}
+    out = {}
+    for k, u in latent.items():      # in place: one temporary of the samples' size, not three
+        x = u / BOUND
+        np.tanh(x, out=x)
+        x *= BOUND
+        out[k] = x.astype(np.float32, copy=False)
+    return out
 
 
 def unsquash(x: np.ndarray) -> np.ndarray:
