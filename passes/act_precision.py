@@ -99,12 +99,14 @@ def activation_terms(state: CompileState, samples, labels, metric: str, pairs: b
                              max_evals=max_evals), ev
 
 
-def budgeted(state: CompileState, samples, labels) -> tuple[dict, object, int | None, dict]:
-    """(samples, labels, evaluation cap, report note) within the work budget (module docstring);
-    models with non-float inputs (token ids: scored on a token budget already) are left as given."""
+def budgeted(state: CompileState, samples, labels) -> tuple[dict, object, int | None, int | None, dict]:
+    """(samples, labels, evaluation cap, rows per call, report note) within the work budget (module
+    docstring); models with non-float inputs (token ids: scored on a token budget already) are left as
+    given. Rows per call: Calibrate's chunk (`calibrate.chunk_rows`, every activation observed), so the
+    probe's memory is that of one calibration chunk."""
     if not all(is_float(t) for t in state.graph.inputs):
-        return samples, labels, None, {}
-    from dfq_onnx.passes.calibrate import activation_elements
+        return samples, labels, None, None, {}
+    from dfq_onnx.passes.calibrate import activation_elements, chunk_rows
 
     n = len(next(iter(samples.values())))
     elements = activation_elements(state, samples)
@@ -114,19 +116,23 @@ def budgeted(state: CompileState, samples, labels) -> tuple[dict, object, int | 
     if static:                 # whole static batches of at least two rows
         rows = min(n, -(-max(rows, 2) // static) * static)
     cap = evaluations(rows, elements)
-    note = {"elements_per_row": elements, "rows": rows, "samples": n, "max_evaluations": cap}
-    return ({k: v[:rows] for k, v in samples.items()}, None if labels is None else labels[:rows], cap, note)
+    batch = None if static else chunk_rows(state, held=list(state.spec.act_tensors))
+    note = {"elements_per_row": elements, "rows": rows, "samples": n, "max_evaluations": cap,
+            "rows_per_call": batch}
+    return ({k: v[:rows] for k, v in samples.items()}, None if labels is None else labels[:rows], cap, batch,
+            note)
 
 
 def cached_terms(state: CompileState, samples, labels, metric: str, key: dict, use_cache: bool,
-                 cache_dir, max_evals: int | None = None) -> tuple[ActTerms, Evaluator | None]:
+                 cache_dir, max_evals: int | None = None, batch: int | None = None
+                 ) -> tuple[ActTerms, Evaluator | None]:
     """`activation_terms` through the cache (a sensitivity-table JSON entry carrying only them)."""
     path = cache.cache_path("activations", {**key, "act_engine": ENGINE, "max_evals": max_evals},
                             cache_dir).with_suffix(".json")
     hit = load_json(path) if use_cache else None
     if hit is not None and hit.activations:
         return terms_from_dict(hit.activations), None
-    terms, ev = activation_terms(state, samples, labels, metric, max_evals=max_evals)
+    terms, ev = activation_terms(state, samples, labels, metric, batch=batch, max_evals=max_evals)
     if use_cache:
         save_json_atomic(path, SensitivityTable(
             groups=(), candidates=(), singles={}, incontext={}, pairs={}, metric=",".join(ev.kinds),
@@ -195,11 +201,11 @@ class ChooseActivationPrecision(Pass):
                                   base_bits=state.target.default_weight_bits, samples=self.samples,
                                   metric=self.metric, pairs=False, incontext=False)
         samples, labels = scoring_data(state, opts)
-        samples, labels, cap, budget = budgeted(state, samples, labels)
+        samples, labels, cap, batch, budget = budgeted(state, samples, labels)
         key = cache_key(state, opts, (state.target.default_weight_bits,), state.target.default_act_bits,
                         samples, labels)
         terms, ev = cached_terms(state, samples, labels, self.metric, key, self.use_cache, self.cache_dir,
-                                 cap)
+                                 cap, batch)
         acts = act_choices(state, terms)
         alloc = solve(Problem((), {}, {}, {}, acts=acts), Budget())
         chosen = {k: a for k, a in alloc.acts.items() if a != acts.base}
