@@ -21,6 +21,7 @@ Per model of `zoo.py` (one table, rows per model):
   few calls), in an order rotated by one model per round so no model always runs after the same one;
   `ms` is the median over rounds, and a ratio (dfq / ORT, dfq / FP32) the median over rounds of the
   ratio within the round (paired: a load change between rounds hits both models of a pair alike).
+  Rounds are cut (to no fewer than 5) when they would take more than `--latency-seconds` per model.
   `1.02 line` decides the acceptance's <= 1.02x ORT per batch from the per-round dfq / ORT ratios:
   `met` when their upper quartile is <= 1.02, `short` when their lower quartile is > 1.02,
   `open` otherwise (more rounds or a quieter machine needed).
@@ -62,6 +63,7 @@ from dfq_onnx.backends.fusion import float_ops_between_qdq  # noqa: E402
 from dfq_onnx.backends.latency import median_ms  # noqa: E402
 
 GB = 1 << 30
+MIN_ROUNDS = 5
 FORWARD = """
 import sys, numpy as np, onnxruntime as ort
 sys.path.insert(0, {bench!r})
@@ -130,14 +132,19 @@ def ort_output(m: ZooModel, work: Path) -> tuple[Path, float]:
     return path, time.perf_counter() - start
 
 
-def paired_rounds(paths: dict, feeds: dict, rounds: int, runs: int, warmup: int = 2) -> dict[str, list]:
-    """Per model, its median ms in each of `rounds` rounds; round r times the models in the order
-    rotated by r (module docstring)."""
+def paired_rounds(paths: dict, feeds: dict, rounds: int, runs: int, seconds: float, warmup: int = 2
+                  ) -> dict[str, list]:
+    """Per model, its median ms in each of `rounds` rounds (fewer, but >= MIN_ROUNDS, when the rounds
+    would take more than `seconds`: big inputs on a loaded machine); round r times the models in the
+    order rotated by r (module docstring)."""
     sessions = {k: session(p, threads=2) for k, p in paths.items()}
     calls = {k: functools.partial(s.run, None, dict(feeds)) for k, s in sessions.items()}
     keys, out = list(calls), {k: [] for k in calls}
+    start = time.perf_counter()
     for k in keys:
         median_ms(calls[k], 1, warmup)
+    per_round = (time.perf_counter() - start) / (warmup + 1) * runs
+    rounds = min(rounds, max(MIN_ROUNDS, int(seconds // max(per_round, 1e-9))))
     for r in range(rounds):
         for k in keys[r % len(keys):] + keys[:r % len(keys)]:
             out[k].append(median_ms(calls[k], runs, 0))
@@ -186,7 +193,7 @@ def bench(m: ZooModel, runs: list[str], args, work: Path) -> list[list]:
             res["fp32_rss"] = fp32_forward_rss(m, res["rows"], args.timeout)
     ort_path, ort_wall = ort_output(m, work)
     paths = {"fp32": m.path, "ort": ort_path, **{r: c["path"] for r, c in compiled.items() if "path" in c}}
-    lat = {b: paired_rounds(paths, m.feeds(b), args.rounds, runs=20 if b == 1 else 3)
+    lat = {b: paired_rounds(paths, m.feeds(b), args.rounds, 20 if b == 1 else 3, args.latency_seconds / 2)
            for b in (1, m.big_batch)}
     ort_float = float_ops_between_qdq(ort_path)
     rows = [[m.name, "FP32", "-", "-", "-", "-", _ms(lat, "fp32"), "-", "-", "-", "-"],
@@ -210,6 +217,8 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(z.name for z in zoo()))
     ap.add_argument("--runs", default="w8a8,mixed")
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--latency-seconds", type=float, default=600.0,
+                    help="per model: fewer rounds (>= 5) when the latency rounds would take longer")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per compile")
     ap.add_argument("--max-rss-gb", type=float, default=6.0,
                     help="stop a compile above this RSS (the machine is shared)")

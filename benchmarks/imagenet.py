@@ -12,9 +12,10 @@ is evaluated on all 500 dev images (so the real rows see their calibration image
 calibration set would be drawn from the same distribution): top-1 and agreement with the FP32 argmax.
 ORT rows are `quantize_static` (QDQ, per-channel, MinMax, uint8 activations, `quant_pre_process`) run
 in this process (wall only). `--seeds` repeats the default row per seed (the synthetic samples' seed).
-Rows: default = W8A8 with no data (synthetic calibration), analytic / noise = `--calib analytic|noise`,
-real = `--calib` a .npz of the real images, w4 = uniform `--weight-bits 4`, mixed4.5 / mixed4 =
-`--avg-weight-bits 4.5 / 4` (A8).
+Rows: default = W8A8 with no data (synthetic calibration), views8 = the same with every sample's 8
+views measured (`--synth-views 8`, the default before the work budget), analytic / noise =
+`--calib analytic|noise`, real = `--calib` a .npz of the real images, w4 = uniform `--weight-bits 4`,
+mixed4.5 / mixed4 = `--avg-weight-bits 4.5 / 4` (A8).
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ from common import (  # noqa: E402
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-ROWS = ("default", "analytic", "noise", "real", "ort-real", "ort-noise", "w4", "mixed4.5", "mixed4")
-FLAGS = {"default": [], "analytic": ["--calib", "analytic"], "noise": ["--calib", "noise"],
+ROWS = ("default", "views8", "analytic", "noise", "real", "ort-real", "ort-noise", "w4", "mixed4.5", "mixed4")
+FLAGS = {"default": [], "views8": ["--synth-views", "8"], "analytic": ["--calib", "analytic"],
+         "noise": ["--calib", "noise"],
          "w4": ["--weight-bits", "4"], "mixed4.5": ["--avg-weight-bits", "4.5"],
          "mixed4": ["--avg-weight-bits", "4"]}
 
@@ -162,7 +164,7 @@ def _rows(name, args, model, work, real_npz, x, y, ref, subset) -> list[list]:
         return [[name, f"ORT quantize_static, {what}", f"{top:.1f}", f"{agree:.1f}", f"{wall:.0f}", "-", "-",
                  "-"]]
     flags = FLAGS.get(name, ["--calib", str(real_npz)])
-    seeds = [int(s) for s in args.seeds.split(",")] if name == "default" else [0]
+    seeds = [int(s) for s in args.seeds.split(",")] if name in ("default", "views8") else [0]
     out = []
     for seed in seeds:
         res = dfq_row(model, flags, work, f"{name}_{seed}", seed, args.max_rss_gb)
