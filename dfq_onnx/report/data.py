@@ -106,20 +106,23 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
     n = min(COMPARE_SAMPLES, len(next(iter(feeds.values()))))
     feeds = {k: v[:n] for k, v in feeds.items()}
     try:
-        ref_sess, q_sess = runtime.session(source), runtime.session(quantized)
-        # Calibrate's rows per call (backends/chunks.py) bound the memory; 16 when nothing was measured
+        # one session at a time (each keeps an arena of its peak); Calibrate's rows per call
+        # (backends/chunks.py) bound the memory; 16 when nothing was measured
+        ref_sess = runtime.session(source)
         batch = _static_batch(ref_sess) or state.report.notes.get("rows_per_call", {}).get("calibrate", 16)
+        names = [meta.name for meta in ref_sess.get_outputs()]
         ref = runtime.run_batched(ref_sess, feeds, batch)
-        got = runtime.run_batched(q_sess, feeds, batch)
+        del ref_sess
+        got = runtime.run_batched(runtime.session(quantized), feeds, batch)
     except (DfqError, RuntimeError, ValueError) as exc:   # the comparison never fails the compile
         log.warning("FP32-vs-quantized comparison skipped: %s", str(exc).splitlines()[0])
         return {"samples": 0, "source": kind, "outputs": []}
     outs = []
-    for meta, r, g in zip(ref_sess.get_outputs(), ref, got):
+    for name, r, g in zip(names, ref, got):
         r, g = r.astype(np.float64), g.astype(np.float64)
         noise = float(np.sum((r - g) ** 2))
         sqnr = None if noise == 0 else round(10 * np.log10(max(float(np.sum(r * r)), 1e-30) / noise), 4)
-        row = {"output": meta.name, "shape": list(r.shape), "sqnr_db": sqnr,   # None: identical
+        row = {"output": name, "shape": list(r.shape), "sqnr_db": sqnr,   # None: identical
                "max_abs_error": float(np.max(np.abs(r - g))) if r.size else 0.0}
         if r.ndim == 2 and r.shape[1] > 1:
             row["top1_agreement"] = float(np.mean(r.argmax(1) == g.argmax(1)))
