@@ -9,8 +9,8 @@ its metric pair (top-1 and agreement; cls accuracy and agreement; rec line exact
 
 Three W8A8 compiles of the same model on `--target`, every activation at 8 bits (`act_bits=8`,
 so the three graphs have the same quantizers, named alike): S = synthetic calibration (the default
-samples) without the ScoreTopPrior pass, S+prior = the default pipeline, R = `--calib` the real images
-(the task's real inputs). Each activation quantizer is a
+samples) without the range priors (ScoreTopPrior, PooledRangeTop), S+prior = the default pipeline,
+R = `--calib` the real images (the task's real inputs). Each activation quantizer is a
 (scale, zero point) pair of initializers read by QuantizeLinear/DequantizeLinear; the weights, biases
 and graphs of S and R are the same but for bias correction's shifts, which stay S's.
 
@@ -42,6 +42,7 @@ from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, write_input_npz  # noqa: E402
+from dfq_onnx.passes.pool_range import PooledRangeTop  # noqa: E402
 from dfq_onnx.passes.score_prior import ScoreTopPrior  # noqa: E402
 from swap_tasks import TASKS, make  # noqa: E402
 
@@ -52,10 +53,12 @@ LAYER_OPS = ("Conv", "Gemm", "MatMul", "QLinearConv")
 
 
 def compile_model(model: Path, out: Path, prior: bool, target: str, **options) -> Path:
-    """One compile through the public API; `prior=False` drops ScoreTopPrior from the pass list."""
+    """One compile through the public API; `prior=False` drops the range priors (ScoreTopPrior,
+    PooledRangeTop) from the pass list."""
     original = api.default_pipeline
     if not prior:
-        api.default_pipeline = lambda t, o: [p for p in original(t, o) if not isinstance(p, ScoreTopPrior)]
+        priors = (ScoreTopPrior, PooledRangeTop)
+        api.default_pipeline = lambda t, o: [p for p in original(t, o) if not isinstance(p, priors)]
     try:
         dfq_onnx.quantize(str(model), output=str(out), target=target, act_bits=8, progress=False, **options)
     finally:
@@ -125,6 +128,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--target", default="ort-cpu", help="target profile (name or TOML path)")
     ap.add_argument("--alt-steps", type=int, default=None, help="also compare with --synth-steps K")
+    ap.add_argument("--no-prior-row", action="store_true", help="skip S+prior (a model without scores)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     n_real = args.calib_images or (256 if args.task == "imagenet" else 64)
@@ -142,15 +146,17 @@ def main() -> None:
         work = Path(tmp)
         real = write_input_npz(work / "real.npz", task.real)
         s_path = compile_model(task.model, work / "s.onnx", False, args.target, **opts)
-        sp_path = compile_model(task.model, work / "sp.onnx", True, args.target, **opts)
+        sp_path = None if args.no_prior_row else compile_model(task.model, work / "sp.onnx", True,
+                                                               args.target, **opts)
         r_path = compile_model(task.model, work / "r.onnx", True, args.target, calib=str(real), **opts)
         s_model, r_model = onnx.load(s_path), onnx.load(r_path)
         quants = activation_quantizers(s_model)
         if [q[0] for q in quants] != [q[0] for q in activation_quantizers(r_model)]:
             sys.exit("the synthetic and real compiles quantize different tensors; cannot swap ranges")
         s_vals, r_vals = _values(s_model), _values(r_model)
-        row("S: synthetic, no score prior", s_path, "-")
-        row("S+prior: default pipeline", sp_path, "-")
+        row("S: synthetic, no range priors", s_path, "-")
+        if sp_path is not None:
+            row("S+prior: default pipeline", sp_path, "-")
         row(f"R: {n_real} real inputs", r_path, "-")
         row("S, all ranges from R", swapped(s_model, r_vals, quants, work / "all.onnx"), len(quants))
         scores = score_quantizers(s_model, quants)
