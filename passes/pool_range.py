@@ -90,46 +90,59 @@ def _up(t: gs.Tensor, ops: tuple[str, ...]) -> gs.Tensor:
     return t
 
 
-def head_inputs(graph: gs.Graph) -> set[str]:
-    """Tensors the classifier head reads: up from each score tensor through score ops, one linear
-    layer with its bias, then reshapes (every tensor met after the linear layer)."""
-    table, out = graph.tensors(), set()
+def head_inputs(graph: gs.Graph) -> dict[str, list[str]]:
+    """Tensors the classifier head reads -> the score tensors it computes: up from each score tensor
+    through score ops, one linear layer with its bias, then reshapes (every tensor met after the
+    linear layer)."""
+    table, out = graph.tensors(), {}
     for name in score_tensors(graph):
         t = _up(table[name], SCORE_OPS + RESHAPING)
         node = t.inputs[0] if t.inputs else None
         if node is None or node.op not in HEAD_LINEAR or not node.inputs:
             continue
         t = node.inputs[0]
-        out.add(t.name)
+        out.setdefault(t.name, []).append(name)
         while t.inputs and t.inputs[0].op in RESHAPING and t.inputs[0].inputs:
             t = t.inputs[0].inputs[0]
-            out.add(t.name)
+            out.setdefault(t.name, []).append(name)
     return out
 
 
+def score_shortfall(notes: dict, scores: list[str]) -> float | None:
+    """prior top / measured top of the head's score ranges (ScoreTopPrior's notes), the largest; None
+    when no score range of the head had a prior above a positive measured top."""
+    found = [v for k, v in notes.items() if k in scores and isinstance(v, dict)]
+    ratios = [v["prior_top"] / v["measured"][1] for v in found if 0 < v["measured"][1] < v["prior_top"]]
+    return max(ratios, default=None)
+
+
 class PooledRangeTop(Pass):
-    """Analysis: raise the top of a classifier's synthetic pooled-feature ranges to the pool input's top."""
+    """Analysis: raise the top of a classifier's synthetic pooled-feature ranges by its scores' shortfall."""
 
     name = "PooledRangeTop"
 
     def run(self, state: CompileState) -> PassResult:
         head = head_inputs(state.graph)
         pooled = pooled_tensors(state.graph)
-        heads = {x for p, x in pooled if p in head}
-        pairs = [(p, x) for p, x in pooled if x in heads
+        scores = {x: head[p] for p, x in pooled if p in head}
+        pairs = [(p, x) for p, x in pooled if x in scores
                  and p in state.ranges and state.ranges[p].source.startswith("synthetic")]
         if not pairs:
             return PassResult(False, "no classifier feature pool with a range from synthetic samples")
+        prior = state.report.notes.get("score_top_prior", {})
         notes, raised = {}, 0
-        for pooled, source in pairs:
-            r, x = state.ranges[pooled], state.ranges.get(source)
-            if x is None:
-                notes[pooled] = f"skipped: the pool's input '{source}' has no measured range"
+        for pooled_name, source in pairs:
+            r, x = state.ranges[pooled_name], state.ranges.get(source)
+            ratio = score_shortfall(prior, scores[source])
+            if x is None or ratio is None:
+                notes[pooled_name] = ("skipped: no BN prior above the head's score top" if ratio is None
+                                      else f"skipped: the pool's input '{source}' has no measured range")
                 continue
-            if x.hi > r.hi:
-                state.ranges[pooled] = Range(r.lo, x.hi, f"{r.source}+pool-top")
+            top = max(r.hi, min(x.hi, r.hi * ratio))
+            if top > r.hi:
+                state.ranges[pooled_name] = Range(r.lo, top, f"{r.source}+pool-top")
                 raised += 1
-            notes[pooled] = {"measured": [r.lo, r.hi], "input": source, "input_top": x.hi,
-                             "top": max(r.hi, x.hi)}
+            notes[pooled_name] = {"measured": [r.lo, r.hi], "score_shortfall": ratio, "input": source,
+                                  "input_top": x.hi, "top": top}
         state.report.notes["pooled_range_top"] = notes
-        return PassResult(False, f"{raised}/{len(pairs)} feature ranges raised to the pool input's top")
+        return PassResult(False, f"{raised}/{len(pairs)} classifier feature ranges raised")
