@@ -1,33 +1,36 @@
-"""The top of a classifier's pooled features from the pool input's range, on synthetic calibration.
+"""The top of a classifier head's pooled features, raised by the shortfall of its scores on synthetic samples.
 
 A global average (GlobalAveragePool, or ReduceMean over every axis after the channels) reduces each
 channel of a sample to its spatial mean. Real inputs are spatially consistent: an object or a line
 of text excites the same features over much of the image, so a feature's mean over space can reach
 far up its range. Synthetic samples (random fields, `dfq_onnx.synth.search`) are not: their features
-come and go across the image and average out, so the pooled range measured on them is a fraction of
-the real one (PP-OCR's direction classifier: [-0.27, 0.27] synthetic vs [-0.11, 1.88] on 64 rendered
-lines; the clip of that one tensor costs 9 points of accuracy, BENCHMARKS.md issue 17, session 5),
-while the range of the pool's *input* is measured as for any other tensor.
+come and go across the image and average out, so the pooled range measured on them can be a fraction
+of the real one (PP-OCR's direction classifier: [-0.27, 0.27] synthetic vs [-0.11, 1.88] on 64 rendered
+lines; the clip of that one tensor costs 9 points of accuracy, BENCHMARKS.md issue 17, session 5).
 
-An average never leaves the range of what it averages, so for a pooled tensor p = mean_s x_s
+The model says how far: the head computes its scores s = W p + b from the pooled features p, and
+`ScoreTopPrior` has already compared the scores' measured top with the BN-statistics prior's top
+(the propagated moments' k sigma). The scores are linear in p, so the features fall short by the same
+factor as the scores they produce:
 
-    hi_p = max(hi_p,measured, hi_x,measured),      lo_p = lo_p,measured
+    r   = prior_top(s) / hi_s,measured                     (> 1: the scores fall short)
+    hi_p = max(hi_p,measured, min(r * hi_p,measured, hi_x,measured)),      lo_p = lo_p,measured
 
-with x the pool's input (its measured range on the same samples): no real input whose elements lie in
-x's calibrated range is clipped at p. Only the top moves (as `ScoreTopPrior` for scores): the bottom
-of a pooled post-activation feature is its activation's floor, which the synthetic samples reach. The
-same range goes to the tensors that only reshape p (Flatten / Reshape / Squeeze / Unsqueeze /
-Identity) when they are quantized separately. Cost: a step larger by (hi_x - hi_p) / (2^bits - 1);
-no forward pass.
+capped at the top of the pool's input x (an average never leaves the range of what it averages, so
+no input whose elements lie in x's calibrated range is clipped at p). Only the top moves (as for the
+scores): the bottom of a pooled post-activation feature is its activation's floor, which synthetic
+samples reach. The same range goes to the tensors that only reshape p (Flatten / Reshape / Squeeze /
+Unsqueeze / Identity) when they are quantized separately. Without that evidence (no score range the
+prior raised: e.g. a target that keeps a Gemm's graph output float, as ORT CPU does for the ResNets
+and EfficientNet-Lite0) nothing moves. No forward pass.
 
 Which pools: those whose features the classifier head reads, i.e. from which a score tensor
 (`score_prior.score_tensors`) is reached through reshapes, one linear layer (Gemm / MatMul / Conv)
-and its bias Add. That head's output top is already the BN prior's (`ScoreTopPrior`), so its input
-must be able to pass real, class-like features. A pool inside the network (squeeze-excitation gates)
-feeds layers whose own ranges are measured on the same synthetic samples: raising its top alone
-breaks that consistency (measured on the same classifier: the gate pool's real range swapped in alone
-costs 3.9 points, and raising every pool of the model gives 95.6 % where the head's pool alone gives
-96.5 %), so those are left as measured.
+and its bias Add. A pool inside the network (squeeze-excitation gates) feeds layers whose own ranges
+are measured on the same synthetic samples: raising its top alone breaks that consistency (on the
+same classifier the gate pool's real range swapped in alone costs 3.9 points, and raising every pool
+to its input's top gives 95.6 % where the head's pool alone gives 96.5 %), so those are left as
+measured.
 """
 
 from __future__ import annotations

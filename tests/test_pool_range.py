@@ -1,4 +1,4 @@
-"""PooledRangeTop: a classifier's pooled features (synthetic ranges) get the top of the pool's input."""
+"""PooledRangeTop: a classifier head's synthetic pooled-feature ranges are raised by its scores' shortfall."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.plan_uniform import UniformPlan
 from dfq_onnx.passes.pool_range import PooledRangeTop, head_inputs, pooled_tensors
 from dfq_onnx.passes.quant_groups import FindQuantGroups
+from dfq_onnx.passes.score_prior import ScoreTopPrior
 from onnx import helper
 
 from dfq_onnx.core import ir
@@ -49,48 +50,57 @@ def _gated() -> onnx.ModelProto:
 def test_pools_and_the_heads_features_are_found():
     state = compile_state(_classifier(), FRONT)
     assert pooled_tensors(state.graph) == [("gap_out", "relu2_out"), ("flat_out", "relu2_out")]
-    assert {"gap_out", "flat_out"} <= head_inputs(state.graph)
+    assert head_inputs(state.graph)["gap_out"] == ["output"] == head_inputs(state.graph)["flat_out"]
     gated = compile_state(_gated(), FRONT)
     assert [p for p, _ in pooled_tensors(gated.graph)] == ["gate_pool", "feat"]
     assert "feat" in head_inputs(gated.graph) and "gate_pool" not in head_inputs(gated.graph)
 
 
-def test_only_the_top_of_the_heads_synthetic_pool_ranges_moves():
-    def ranges(source: str, top: float = 0.3) -> dict:
-        return {"relu2_out": Range(0.0, 5.0, source), "gap_out": Range(0.0, top, source),
-                "flat_out": Range(0.0, top, source)}
+SHORTFALL = {"output": {"measured": [-0.3, 0.5], "prior_top": 2.0, "top": 2.0}}    # scores 4x short
 
-    state = compile_state(_classifier(), FRONT)
-    state.ranges = ranges("synthetic")
-    run_passes([PooledRangeTop()], state)
-    assert state.ranges["gap_out"] == Range(0.0, 5.0, "synthetic+pool-top") == state.ranges["flat_out"]
+
+def _with_ranges(model, ranges: dict, notes: dict | None = SHORTFALL):
+    state = compile_state(model, FRONT)
+    state.ranges = dict(ranges)
+    if notes is not None:
+        state.report.notes["score_top_prior"] = notes
+    return run_passes([PooledRangeTop()], state)
+
+
+def test_the_heads_pool_top_is_raised_by_the_scores_shortfall_capped_at_its_input():
+    def ranges(source: str, top: float = 0.3, input_top: float = 5.0) -> dict:
+        return {"relu2_out": Range(0.0, input_top, source), "gap_out": Range(-0.1, top, source),
+                "flat_out": Range(-0.1, top, source)}
+
+    state = _with_ranges(_classifier(), ranges("synthetic"))
+    raised = Range(-0.1, 0.3 * 4.0, "synthetic+pool-top")
+    assert state.ranges["gap_out"] == raised == state.ranges["flat_out"]
     assert state.ranges["relu2_out"] == Range(0.0, 5.0, "synthetic")
-    assert state.report.notes["pooled_range_top"]["gap_out"]["measured"] == [0.0, 0.3]
-    again = compile_state(_classifier(), FRONT)                   # deterministic
-    again.ranges = ranges("synthetic")
-    assert run_passes([PooledRangeTop()], again).ranges == state.ranges
-    data = compile_state(_classifier(), FRONT)                    # the user's data is not second-guessed
-    data.ranges = ranges("data")
-    assert run_passes([PooledRangeTop()], data).ranges == ranges("data")
-    wide = compile_state(_classifier(), FRONT)                    # measured above the input's top: kept
-    wide.ranges = ranges("synthetic", top=6.0)
-    assert run_passes([PooledRangeTop()], wide).ranges["gap_out"] == Range(0.0, 6.0, "synthetic")
+    note = state.report.notes["pooled_range_top"]["gap_out"]
+    assert note["measured"] == [-0.1, 0.3] and note["score_shortfall"] == 4.0
+    assert _with_ranges(_classifier(), ranges("synthetic")).ranges == state.ranges      # deterministic
+    capped = _with_ranges(_classifier(), ranges("synthetic", input_top=0.8))   # the bound
+    assert capped.ranges["gap_out"] == Range(-0.1, 0.8, "synthetic+pool-top")
+    assert _with_ranges(_classifier(), ranges("data")).ranges == ranges("data")            # the user's data
+    none = _with_ranges(_classifier(), ranges("synthetic"), notes=None)                   # no score evidence
+    assert none.ranges == ranges("synthetic")
+    assert "no BN prior" in none.report.notes["pooled_range_top"]["gap_out"]
 
 
 def test_a_gate_pool_is_left_as_measured():
-    state = compile_state(_gated(), FRONT)
-    state.ranges = {"r": Range(0.0, 4.0, "synthetic"), "gated": Range(0.0, 3.0, "synthetic"),
-                    "gate_pool": Range(0.0, 0.5, "synthetic"), "feat": Range(0.0, 0.2, "synthetic")}
-    run_passes([PooledRangeTop()], state)
+    notes = {"y": {"measured": [-0.3, 0.5], "prior_top": 2.0, "top": 2.0}}
+    state = _with_ranges(_gated(), {"r": Range(0.0, 4.0, "synthetic"), "gated": Range(0.0, 3.0, "synthetic"),
+                                    "gate_pool": Range(0.0, 0.5, "synthetic"),
+                                    "feat": Range(0.0, 0.2, "synthetic")}, notes)
     assert state.ranges["gate_pool"] == Range(0.0, 0.5, "synthetic")
-    assert state.ranges["feat"] == Range(0.0, 3.0, "synthetic+pool-top")
+    assert state.ranges["feat"] == Range(0.0, 0.8, "synthetic+pool-top")
 
 
-def test_spatially_consistent_inputs_are_no_longer_clipped_at_the_pool():
-    """Calibrated on inputs whose channels have zero spatial mean (synthetic-like: features average out),
-    held-out inputs with a per-channel offset (real-like: a feature persists over the image) overflow the
-    pooled range; with the rule almost none of their pooled features is clipped (those beyond the input's
-    calibrated range can be) and the argmax agrees more."""
+def test_spatially_consistent_inputs_are_clipped_less_at_the_pool():
+    """Calibrated on inputs whose channels have zero spatial mean (synthetic-like: features average out,
+    the scores stay low), held-out inputs with a per-channel offset (real-like: a feature persists over
+    the image) overflow the pooled range; with ScoreTopPrior's shortfall applied to the pool, fewer of
+    their pooled features are clipped and the argmax agrees more with FP32."""
     model = _classifier()
     rng = np.random.default_rng(0)
     calib = rng.standard_normal((64, 8, 8, 8)).astype(np.float32)
@@ -101,13 +111,13 @@ def test_spatially_consistent_inputs_are_no_longer_clipped_at_the_pool():
     for rule in ([], [PooledRangeTop()]):
         state = compile_state(model, FRONT, target="openvino", synth_views=1)
         state.calib = {"input": calib}
-        run_passes([Calibrate(), *rule, UniformPlan()], state)
+        run_passes([Calibrate(), ScoreTopPrior(), *rule, UniformPlan()], state)
         pooled = run(model_upto(model, "gap_out"), {"input": held})[0]
         clipped.append(float(np.mean(pooled > state.ranges["gap_out"].hi)))
         run_passes([EmitQDQ()], state)
         q = run(ir.to_model(state.graph), {"input": held})[0]
         agree.append(float(np.mean(q.argmax(axis=1) == ref.argmax(axis=1))))
-    assert clipped[0] > 0.2 and clipped[1] < 0.01
+    assert clipped[1] < clipped[0] / 2
     assert agree[1] > agree[0]
 
 
