@@ -77,6 +77,8 @@ def _form_shapes(state: CompileState, batch: int, layers: list[str]) -> dict[str
     """Form layer -> (op, weight shape, rows M), M read from one FP32 run at the profiled shape."""
     from dfq_onnx.backends.runtime import session
 
+    if not layers:
+        return {}
     nodes = {n.name: n for n in state.graph.nodes}
     specs = {x: state.spec.layers[x] for x in layers}
     watch = {x: nodes[x].inputs[1 if s.op == "Gather" else 0].name for x, s in specs.items()}
