@@ -13,6 +13,8 @@ Per quantized node (ort-cpu profile shown):
 * fixed output encodings (target [fixed_outputs], e.g. Sigmoid on QNN HTP): scale = span / 2^bits,
   zero point = -min / scale, whatever the measured range.
   A weight channel whose scale is so small that its bias would overflow int32 gets its scale raised.
+* a float Div by a positive constant between two quantizers whose encodings agree is dropped: its
+  readers dequantize the input's codes with the output's scale (dfq_onnx/backends/scale_fold.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dfq_onnx.backends.qdq import (
     quantize_weight,
     replace_with_dq,
 )
+from dfq_onnx.backends.scale_fold import fold_scalar_divisions
 from dfq_onnx.core import numerics
 from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.graph_utils import const_values, node_label
@@ -104,12 +107,14 @@ class EmitQDQ(Pass):
             done[layer.weight] = nodes[name].inputs[1]
         for node_name, const_name in spec.const_inputs:
             self._quantize_constant_input(state, nodes[node_name], const_name)
+        divisions = fold_scalar_divisions(graph)
         graph.cleanup().toposort()
         annotate(state)     # the plan's float activation groups in the report (report/activations.py)
         n_q = sum(1 for n in graph.nodes if n.op == "QuantizeLinear")
         n_dq = sum(1 for n in graph.nodes if n.op == "DequantizeLinear")
+        folded = f", {divisions} scalar Div read as a rescale" if divisions else ""
         return PassResult(True, f"{n_q} QuantizeLinear, {n_dq} DequantizeLinear, "
-                                f"{len(spec.absorbed)} activations absorbed")
+                                f"{len(spec.absorbed)} activations absorbed{folded}")
 
     @staticmethod
     def _absorb_activations(graph: gs.Graph, spec) -> None:

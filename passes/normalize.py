@@ -15,8 +15,9 @@ Steps, in order (each is recorded in the report):
 7. shapes re-inferred on the folded graph; constant-zero `Pad` folded into the Conv / AveragePool
    reading it, shape-computed Reshape targets made constant and the version converter's flattened
    Softmax unwrapped, iterated with re-inference (`dfq_onnx.core.rewrites`), constant per-channel
-   Mul / Add / Sub / Div folded into the layer producing them (`dfq_onnx.core.affine_fold`), so the
-   runtime fuses the quantized graph as it fuses the float one;
+   Mul / Add / Sub / Div folded into the layer producing them (`dfq_onnx.core.affine_fold`), scalar
+   Mul / Div into the layers reading them and a layer's HardSigmoid into the layer + Clip(0, 1)
+   (`dfq_onnx.core.reader_fold`), so the runtime fuses the quantized graph as it fuses the float one;
 8. user hints for dynamic input dimensions (`input_shapes`, the batch dimension left free) size the
    calibration only: the graph's tensors are then *annotated* with the shapes inferred for the hinted
    sizes, while the computation stays what it was. Folding and the rewrites run before the hints are
@@ -36,6 +37,7 @@ from dfq_onnx.core import ir, rewrites
 from dfq_onnx.core.affine_fold import fold_affine
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.reader_fold import fold_hard_sigmoid, fold_into_readers
 from dfq_onnx.core.state import CompileState
 
 log = logging.getLogger(__name__)
@@ -201,6 +203,8 @@ def fusable_forms(graph) -> dict[str, int]:
             break
     counts["no-op Reshape/Flatten removed"] = sum(_bypass(graph, n) for n in rewrites.noop_reshapes(graph))
     counts["Mul/Add folded into layer"] = fold_affine(graph)
+    counts["scalar Mul/Div folded into readers"] = fold_into_readers(graph)
+    counts["HardSigmoid folded into layer"] = fold_hard_sigmoid(graph)
     return counts
 
 

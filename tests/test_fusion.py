@@ -36,8 +36,9 @@ def test_conv_output_read_twice_keeps_its_mul():
 
 def test_hard_swish_and_split_run_in_integer():
     out, _ = dfq_onnx.quantize(exported.paddle_style(), calib="noise", act_bits=8, progress=False)
-    # as ORT's own quantizer: QLinearAdd(+3, clip absorbed), QLinearMul, then the Div stays float
-    assert float_ops_between_qdq(out) == {"Div": 1}
+    # QLinearAdd(+3, clip absorbed), QLinearMul; the Div by 6 goes into the next Conv's weights
+    # (Normalize: core/reader_fold.py), where ORT's own quantizer leaves it float
+    assert not float_ops_between_qdq(out)
 
 
 def test_attention_matmuls_and_softmax_run_in_integer(tmp_path):

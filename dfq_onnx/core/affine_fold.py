@@ -27,7 +27,7 @@ LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 OPS = ("Mul", "Add", "Sub", "Div")
 
 
-def _out_channels(layer: gs.Node) -> int | None:
+def out_channels(layer: gs.Node) -> int | None:
     w = layer.inputs[1]
     if layer.op == "Conv":
         return w.shape[0]
@@ -40,7 +40,7 @@ def _out_channels(layer: gs.Node) -> int | None:
 
 def _per_channel(c: np.ndarray, layer: gs.Node, rank: int | None) -> np.ndarray | None:
     """`c` as a vector over the layer's output channels, if it broadcasts along them only."""
-    n = _out_channels(layer)
+    n = out_channels(layer)
     if c.size == 1:
         return np.full(n, float(c.reshape(-1)[0]), np.float64)
     axis_from_end = (rank - 2) if layer.op in ("Conv", "ConvTranspose") and rank else 0 if rank else None
@@ -52,7 +52,7 @@ def _per_channel(c: np.ndarray, layer: gs.Node, rank: int | None) -> np.ndarray 
     return c.reshape(-1).astype(np.float64) if shape == want else None
 
 
-def _layer_ok(layer: gs.Node, y: gs.Tensor, graph: gs.Graph) -> bool:
+def layer_ok(layer: gs.Node, y: gs.Tensor, graph: gs.Graph) -> bool:
     if layer.op not in LAYERS or len(layer.outputs) != 1 or len(y.outputs) != 1 or is_graph_output(graph, y):
         return False
     w = layer.inputs[1] if len(layer.inputs) > 1 else None
@@ -67,7 +67,7 @@ def _layer_ok(layer: gs.Node, y: gs.Tensor, graph: gs.Graph) -> bool:
     return bias is None or (is_const(bias) and len(bias.outputs) == 1)
 
 
-def _scale_weight(layer: gs.Node, s: np.ndarray) -> None:
+def scale_weight(layer: gs.Node, s: np.ndarray) -> None:
     w = layer.inputs[1]
     values = const_values(w).astype(np.float64)
     if layer.op == "Conv":
@@ -81,12 +81,12 @@ def _scale_weight(layer: gs.Node, s: np.ndarray) -> None:
     layer.inputs[1] = gs.Constant(w.name, values.astype(np.float32))
 
 
-def _bias(layer: gs.Node, n: int) -> np.ndarray:
+def bias_of(layer: gs.Node, n: int) -> np.ndarray:
     b = layer.inputs[2] if len(layer.inputs) > 2 and layer.inputs[2].name else None
     return np.zeros(n) if b is None else np.broadcast_to(const_values(b).astype(np.float64).reshape(-1), n)
 
 
-def _set_bias(layer: gs.Node, b: np.ndarray, name: str) -> None:
+def set_bias(layer: gs.Node, b: np.ndarray, name: str) -> None:
     if layer.op == "MatMul":       # MatMul + bias = Gemm (2-D input, checked)
         layer.op, layer.attrs = "Gemm", {}
     const = gs.Constant(name, b.astype(np.float32))
@@ -105,7 +105,7 @@ def _fold_one(graph: gs.Graph, node: gs.Node) -> bool:
         return False
     y = node.inputs[1 - k]
     layer = y.inputs[0] if len(y.inputs) == 1 else None
-    if layer is None or not _layer_ok(layer, y, graph):
+    if layer is None or not layer_ok(layer, y, graph):
         return False
     c = _per_channel(const_values(node.inputs[k]), layer, len(y.shape) if y.shape is not None else None)
     if c is None or not np.all(np.isfinite(c)) or (node.op == "Div" and np.any(c == 0)):
@@ -118,14 +118,14 @@ def _fold_one(graph: gs.Graph, node: gs.Node) -> bool:
         return False
     if node.op in ("Add", "Sub") and layer.op == "Gemm" and float(layer.attrs.get("beta", 1.0)) != 1.0:
         return False        # Gemm adds beta * C: a shift folds into C only at beta 1
-    b = _bias(layer, n)
+    b = bias_of(layer, n)
     if node.op in ("Mul", "Div"):
         s = c if node.op == "Mul" else 1.0 / c
-        _scale_weight(layer, s)
+        scale_weight(layer, s)
         if len(layer.inputs) > 2 and layer.inputs[2].name:
-            _set_bias(layer, b * s, layer.inputs[2].name)
+            set_bias(layer, b * s, layer.inputs[2].name)
     else:
-        _set_bias(layer, b + c if node.op == "Add" else b - c, f"{layer.name}_bias_folded")
+        set_bias(layer, b + c if node.op == "Add" else b - c, f"{layer.name}_bias_folded")
     out = node.outputs[0]
     node.outputs.clear()
     node.inputs.clear()
