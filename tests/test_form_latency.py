@@ -117,3 +117,15 @@ def test_profile_target_times_the_forms_and_the_allocator_uses_the_table(tmp_pat
     cap = report.notes["allocation"]["form_latency"]
     assert cap["unit"] == "ms" and cap["plan"] <= cap["limit"]
     assert run(q, {"input_ids": np.ones((2, 8), np.int64), "attention_mask": np.ones((2, 8), np.int64)})
+
+
+def test_a_table_no_block_divides_takes_the_next_form_that_fits():
+    """d = 96: 8-bit blocks of 128 do not divide the rows; the uniform plan keeps the table float (the
+    only wider form that fits) and the mixed plan may still take 4-bit blocks of 32."""
+    model = token_builders.token_encoder(vocab=128, seq=8, d=96, ffn=96)
+    out, report = dfq_onnx.quantize(model, progress=False, use_cache=False)
+    assert {x["node"]: x["form"] for x in report.layers}["words"] == "W32A32"
+    mixed, report = dfq_onnx.quantize(model, progress=False, use_cache=False, avg_weight_bits=6)
+    assert report.notes["allocation"]["avg_weight_bits"] <= 6
+    feeds = {"input_ids": np.ones((2, 8), np.int64), "attention_mask": np.ones((2, 8), np.int64)}
+    assert run(out, feeds) and run(mixed, feeds)

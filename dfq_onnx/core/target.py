@@ -84,11 +84,12 @@ class TargetProfile:
         """The emit-form candidates of `op` (core/candidates.py); () when it is statically quantized."""
         return self.forms.get(op, ())
 
-    def uniform_form(self, op: str, w_bits: int, a_bits: int | None = None) -> tuple | None:
+    def uniform_form(self, op: str, w_bits: int, a_bits: int | None = None, fits=None) -> tuple | None:
         """What a uniform W<w>A<a> plan uses for a form op: its first candidate with those weight and
         activation bits, else with those weight bits, else the first with more weight bits (None when the
-        op has no forms or none fits)."""
-        cands = self.forms_for(op)
+        op has no forms or none fits); with `fits` (candidate -> bool: e.g. its blocks divide the layer's
+        weight), among the candidates it accepts."""
+        cands = [c for c in self.forms_for(op) if fits is None or fits(c)]
         both = [c for c in cands if c[0] == w_bits and c[1] == a_bits]
         exact = [c for c in cands if c[0] == w_bits]
         wider = sorted((c for c in cands if c[0] > w_bits), key=lambda c: c[0])
