@@ -81,7 +81,7 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
                    help="high-bias absorption into the next layer (BN statistics)")
     a.add_argument("--bias-correction", action=flag, default=d.bias_correction,
                    help="analytic bias correction of the weight-quantization mean shift (BN statistics); "
-                        "default: on for mixed-precision budgets, off for uniform plans")
+                        "default: on")
     a.add_argument("--dfmpc", action=flag, default=d.dfmpc,
                    help="DF-MPC: low-precision layers compensated by the higher-precision layer after them")
 
