@@ -10,6 +10,7 @@ dejavu + liberation fonts from offline prose (seed `--seed`); ORT's calibration 
 renderings of the same kind (seed `--seed + 1000`): 64 lines for rec, 64 lines (half upside down)
 for cls, 16 pages for det, each preprocessed as RapidOCR does.
 
+`--quantize cls,rec` leaves det FP32 in every row (its page CER is then that of det FP32).
 Configurations: every model of RapidOCR (det PP-OCRv4, cls mobile v2, rec PP-OCRv4) replaced by
   fp32          the shipped models;
   ort           onnxruntime quantize_static (QDQ, per-channel, MinMax, pre-processed) on the real images;
@@ -134,18 +135,20 @@ def ort_calib(charset: set[str], seed: int, work: Path) -> dict[str, Path]:
 FLAGS = {"dfq": [], "dfq-w8a8": ["--act-bits", "8"], "dfq-analytic": ["--calib", "analytic"]}
 
 
-def compile_config(cfg: str, src: dict, calib: dict, paths: dict, work: Path, rec_only: set) -> dict:
+def compile_config(cfg: str, src: dict, calib: dict, paths: dict, work: Path, rec_only: set,
+                   quantized: set = frozenset(MODELS)) -> dict:
     """Compile the three models of `cfg` (reusing the default's det / cls for a rec-only variant: the
-    mixed ones and those in `rec_only`); returns the cost of each compile."""
-    costs, paths[cfg] = {}, {}
+    mixed ones and those in `rec_only`; a model not in `quantized` stays FP32); returns the cost of
+    each compile."""
+    costs, paths[cfg] = {}, {k: src[k] for k in MODELS if k not in quantized}
     if cfg == "ort":
-        for k in MODELS:
+        for k in sorted(quantized):
             out = work / f"ort_{k}.onnx"
             costs[f"ort/{k}"] = timed([sys.executable, __file__, "--ort-quantize", src[k],
                                        str(calib[k]), str(out)])
             paths["ort"][k] = str(out)
         return costs
-    for k in MODELS:
+    for k in [k for k in MODELS if k in quantized]:
         if ("avg" in cfg or cfg in rec_only) and k != "rec" and k in paths.get("dfq", {}):
             paths[cfg][k] = paths["dfq"][k]
             continue
@@ -233,6 +236,8 @@ def main() -> None:
     ap.add_argument("--work", default="/work/assets/ocr/bench")
     ap.add_argument("--rounds", type=int, default=5, help="latency rounds")
     ap.add_argument("--rec-only", default="", help="configs that vary rec only (det / cls from dfq)")
+    ap.add_argument("--quantize", default="det,cls,rec",
+                    help="models the ort / dfq configs quantize (the others stay FP32 in every row)")
     ap.add_argument("--resume", action="store_true", help="keep the finished configs of WORK/results.json")
     ap.add_argument("--ort-quantize", nargs=3, metavar=("MODEL", "NPZ", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -264,7 +269,9 @@ def main() -> None:
                         for k in MODELS}
     for c in [c for c in configs if c not in results]:
         try:
-            costs.update(compile_config(c, src, calib, paths, work, rec_only) if c != "fp32" else {})
+            quantized = set(args.quantize.split(","))
+            if c != "fp32":
+                costs.update(compile_config(c, src, calib, paths, work, rec_only, quantized))
         except RuntimeError as exc:       # stopped (memory) or failed: the row says so, the run goes on
             print(c, "not compiled:", str(exc)[:400], flush=True)
             paths.pop(c, None)

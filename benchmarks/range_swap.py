@@ -1,12 +1,16 @@
-"""Where synthetic calibration loses accuracy (issue 13): swap activation ranges from a real-data compile.
+"""Where synthetic calibration loses accuracy (issues 13, 17): swap activation ranges from another compile.
 
-    python benchmarks/range_swap.py [--model ../shared/data/efficientnet_lite0.onnx] [--calib-images 256]
-                                    [--chunks 6] [--top 8] [--target ort-cpu]
+    python benchmarks/range_swap.py [--task imagenet|ocr-cls|ocr-rec] [--model PATH] [--calib-images N]
+                                    [--chunks 6] [--top 8] [--target ort-cpu] [--alt-steps 80]
+
+The task (benchmarks/swap_tasks.py) names the model (default: EfficientNet-Lite0 / PP-OCR cls / rec),
+its real calibration inputs (`--calib-images` of them, default 256 dev images / 64 rendered lines) and
+its metric pair (top-1 and agreement; cls accuracy and agreement; rec line exact match and CER).
 
 Three W8A8 compiles of the same model on `--target`, every activation at 8 bits (`act_bits=8`,
 so the three graphs have the same quantizers, named alike): S = synthetic calibration (the default
-samples) without the ScoreTopPrior pass, S+prior = the default pipeline, R = `--calib` the real images
-(the same seeded subset of dev images as benchmarks/imagenet.py). Each activation quantizer is a
+samples) without the range priors (ScoreTopPrior, PooledRangeTop), S+prior = the default pipeline,
+R = `--calib` the real images (the task's real inputs). Each activation quantizer is a
 (scale, zero point) pair of initializers read by QuantizeLinear/DequantizeLinear; the weights, biases
 and graphs of S and R are the same but for bias correction's shifts, which stay S's.
 
@@ -17,7 +21,10 @@ Rows (all evaluated on every dev image: top-1 and agreement with the FP32 argmax
 * S with the score quantizers (those after the last Gemm/MatMul/Conv) from R, and S with every range
   but those from R: how much is the classifier's output range;
 * S with the range of each of the `--top` tensors whose synthetic range differs most from the real one
-  (|log(width_S / width_R)|) from R, one at a time.
+  (|log(width_S / width_R)|) from R, one at a time;
+* with `--alt-steps K`: A = synthetic calibration with `--synth-steps K` (the BN search), as compiled,
+  S with all ranges from A, and the `--top` tensors whose S range differs most from A's swapped from A
+  one at a time (what the search changes, and which of its changes matter).
 """
 
 from __future__ import annotations
@@ -34,9 +41,10 @@ import onnx
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, markdown_table  # noqa: E402
+from common import markdown_table, write_input_npz  # noqa: E402
+from dfq_onnx.passes.pool_range import PooledRangeTop  # noqa: E402
 from dfq_onnx.passes.score_prior import ScoreTopPrior  # noqa: E402
-from imagenet import evaluate, start_run  # noqa: E402
+from swap_tasks import TASKS, make  # noqa: E402
 
 import dfq_onnx  # noqa: E402
 from dfq_onnx import api  # noqa: E402
@@ -45,10 +53,12 @@ LAYER_OPS = ("Conv", "Gemm", "MatMul", "QLinearConv")
 
 
 def compile_model(model: Path, out: Path, prior: bool, target: str, **options) -> Path:
-    """One compile through the public API; `prior=False` drops ScoreTopPrior from the pass list."""
+    """One compile through the public API; `prior=False` drops the range priors (ScoreTopPrior,
+    PooledRangeTop) from the pass list."""
     original = api.default_pipeline
     if not prior:
-        api.default_pipeline = lambda t, o: [p for p in original(t, o) if not isinstance(p, ScoreTopPrior)]
+        priors = (ScoreTopPrior, PooledRangeTop)
+        api.default_pipeline = lambda t, o: [p for p in original(t, o) if not isinstance(p, priors)]
     try:
         dfq_onnx.quantize(str(model), output=str(out), target=target, act_bits=8, progress=False, **options)
     finally:
@@ -99,40 +109,55 @@ def score_quantizers(m: onnx.ModelProto, quantizers) -> list:
     return [q for q in quantizers if produced.get(q[0], -1) > last or q[0] in last_out]
 
 
+def _gaps(a_vals: dict, b_vals: dict, quants) -> list:
+    """(|log(width_a / width_b)|, quantizer, range a, range b) per quantizer, largest first."""
+    out = []
+    for q in quants:
+        (alo, ahi), (blo, bhi) = range_of(a_vals, *q[1:]), range_of(b_vals, *q[1:])
+        gap = abs(np.log(max(ahi - alo, 1e-12) / max(bhi - blo, 1e-12)))
+        out.append((gap, q, (alo, ahi), (blo, bhi)))
+    return sorted(out, key=lambda r: -r[0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(SHARED_DATA / "efficientnet_lite0.onnx"))
-    ap.add_argument("--calib-images", type=int, default=256)
+    ap.add_argument("--task", default="imagenet", choices=sorted(TASKS))
+    ap.add_argument("--model", default=None, help="the task's model (default: the shared / corpus one)")
+    ap.add_argument("--calib-images", type=int, default=None, help="real calibration inputs (256 / 64)")
     ap.add_argument("--chunks", type=int, default=6)
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--target", default="ort-cpu", help="target profile (name or TOML path)")
+    ap.add_argument("--alt-steps", type=int, default=None, help="also compare with --synth-steps K")
+    ap.add_argument("--no-prior-row", action="store_true", help="skip S+prior (a model without scores)")
     args = ap.parse_args()
-    model = Path(args.model)
     t0 = time.perf_counter()
-    x, y, subset, ref = start_run(model, args.calib_images)
-    ref = ref.argmax(1)
+    n_real = args.calib_images or (256 if args.task == "imagenet" else 64)
+    task = make(args.task, args.model, n_real)
+    print(f"load average at start: {os.getloadavg()}", flush=True)
     rows = []
+    opts = {"input_shapes": task.input_shapes, "use_cache": False}
 
     def row(name: str, path: Path, n: int | str) -> None:
-        top, agree = evaluate(path, x, y, ref)
-        rows.append([name, n, f"{top:.1f}", f"{agree:.1f}"])
+        a, b = task.evaluate(path)
+        rows.append([name, n, f"{a:.2f}", f"{b:.2f}"])
         print(f"  {rows[-1]}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="range_swap_") as tmp:
         work = Path(tmp)
-        real = work / "real.npz"
-        np.savez(real, input=x[subset])
-        s_path = compile_model(model, work / "s.onnx", prior=False, target=args.target)
-        sp_path = compile_model(model, work / "sp.onnx", prior=True, target=args.target)
-        r_path = compile_model(model, work / "r.onnx", prior=True, target=args.target, calib=str(real))
+        real = write_input_npz(work / "real.npz", task.real)
+        s_path = compile_model(task.model, work / "s.onnx", False, args.target, **opts)
+        sp_path = None if args.no_prior_row else compile_model(task.model, work / "sp.onnx", True,
+                                                               args.target, **opts)
+        r_path = compile_model(task.model, work / "r.onnx", True, args.target, calib=str(real), **opts)
         s_model, r_model = onnx.load(s_path), onnx.load(r_path)
         quants = activation_quantizers(s_model)
         if [q[0] for q in quants] != [q[0] for q in activation_quantizers(r_model)]:
             sys.exit("the synthetic and real compiles quantize different tensors; cannot swap ranges")
         s_vals, r_vals = _values(s_model), _values(r_model)
-        row("S: synthetic, no score prior", s_path, "-")
-        row("S+prior: default pipeline", sp_path, "-")
-        row(f"R: {len(subset)} real images", r_path, "-")
+        row("S: synthetic, no range priors", s_path, "-")
+        if sp_path is not None:
+            row("S+prior: default pipeline", sp_path, "-")
+        row(f"R: {n_real} real inputs", r_path, "-")
         row("S, all ranges from R", swapped(s_model, r_vals, quants, work / "all.onnx"), len(quants))
         scores = score_quantizers(s_model, quants)
         rest = [q for q in quants if q not in scores]
@@ -144,18 +169,32 @@ def main() -> None:
             qs = [rest[i] for i in part]
             row(f"S, depth chunk {k + 1}/{args.chunks} from R ({qs[0][0]} .. {qs[-1][0]})",
                 swapped(s_model, r_vals, qs, work / f"chunk{k}.onnx"), len(qs))
-        ratios = []
-        for q in quants:
-            (slo, shi), (rlo, rhi) = range_of(s_vals, *q[1:]), range_of(r_vals, *q[1:])
-            gap = abs(np.log(max(shi - slo, 1e-12) / max(rhi - rlo, 1e-12)))
-            ratios.append((gap, q, (slo, shi), (rlo, rhi)))
-        for _, q, (slo, shi), (rlo, rhi) in sorted(ratios, key=lambda r: -r[0])[:args.top]:
+        for _, q, (slo, shi), (rlo, rhi) in _gaps(s_vals, r_vals, quants)[:args.top]:
             row(f"S, {q[0]} from R (S [{slo:.2f}, {shi:.2f}], R [{rlo:.2f}, {rhi:.2f}])",
                 swapped(s_model, r_vals, [q], work / "one.onnx"), 1)
-    print(f"\n### {model.name}: W8A8 {args.target} (A8 everywhere), activation ranges swapped from a "
-          f"real-data compile; top-1 / agreement on the {len(x)} dev images\n")
-    print(markdown_table(["model", "quantizers swapped", "top-1 %", "agreement %"], rows))
+        if args.alt_steps is not None:
+            _alt_rows(task, args, opts, work, s_model, s_vals, r_vals, quants, row)
+    print(f"\n### {task.model.name}: W8A8 {args.target} (A8 everywhere), activation ranges swapped from "
+          f"other compiles; {'; '.join(task.notes)}\n")
+    print(markdown_table(["model", "quantizers swapped", *task.metrics], rows))
     print(f"\nload average at end: {os.getloadavg()}; total {time.perf_counter() - t0:.0f} s")
+
+
+def _alt_rows(task, args, opts, work, s_model, s_vals, r_vals, quants, row) -> None:
+    """A = `--synth-steps K`: as compiled, S with all of A's ranges, and the largest S/A gaps one by one."""
+    a_path = compile_model(task.model, work / "a.onnx", False, args.target, synth_steps=args.alt_steps,
+                           **opts)
+    a_model = onnx.load(a_path)
+    if [q[0] for q in quants] != [q[0] for q in activation_quantizers(a_model)]:
+        print("the --alt-steps compile quantizes other tensors: its rows are skipped")
+        return
+    a_vals = _values(a_model)
+    row(f"A: --synth-steps {args.alt_steps}, no score prior", a_path, "-")
+    row("S, all ranges from A", swapped(s_model, a_vals, quants, work / "alla.onnx"), len(quants))
+    for _, q, (slo, shi), (alo, ahi) in _gaps(s_vals, a_vals, quants)[:args.top]:
+        rlo, rhi = range_of(r_vals, *q[1:])
+        row(f"S, {q[0]} from A (S [{slo:.2f}, {shi:.2f}], A [{alo:.2f}, {ahi:.2f}], R [{rlo:.2f}, "
+            f"{rhi:.2f}])", swapped(s_model, a_vals, [q], work / "onea.onnx"), 1)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """The shared ResNets through the default pipeline: a quick did-it-get-worse check after a merge.
 
-    python benchmarks/resnet_default.py [--models resnet20,resnet56] [--python OTHER_PYTHON ...]
+    python benchmarks/resnet_default.py [--models resnet20,resnet56] [--configs default,w8a8]
+                                        [--python OTHER_PYTHON ...]
 
 Per model and configuration, `dfq-onnx quantize` (CLI, its own process under /usr/bin/time -v: wall,
 peak RSS; no cache) and top-1 on the 10,000 CIFAR-10 test images:
   default   no flag (W8, synthetic calibration, activation precision decided per group)
   w8a8      --act-bits 8 (the uniform plan)
+  w4a8      --weight-bits 4 --act-bits 8 (uniform W4A8; only when asked for with --configs)
 Each `--python` interpreter (another checkout's venv, e.g. main's) compiles the same configurations in
 the same run; the table adds whether its output is byte-identical to this checkout's.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED_DATA, load_cifar, machine_info, markdown_table, time_v_figures, top1  # noqa: E402
 
-CONFIGS = {"default": [], "w8a8": ["--act-bits", "8"]}
+CONFIGS = {"default": [], "w8a8": ["--act-bits", "8"], "w4a8": ["--weight-bits", "4", "--act-bits", "8"]}
 
 
 def compile_cli(python: str, model: Path, out: Path, extra: list[str]) -> dict:
@@ -40,6 +42,7 @@ def compile_cli(python: str, model: Path, out: Path, extra: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="resnet20,resnet56")
+    ap.add_argument("--configs", default="default,w8a8", help=f"some of {', '.join(CONFIGS)}")
     ap.add_argument("--python", action="append", default=[], help="another interpreter to compare")
     args = ap.parse_args()
     print(machine_info())
@@ -49,7 +52,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             model = Path(SHARED_DATA) / f"{name}_cifar10.onnx"
-            for cfg, extra in CONFIGS.items():
+            for cfg in args.configs.split(","):
+                extra = CONFIGS[cfg]
                 first = None
                 for i, py in enumerate(pythons):
                     out = Path(tmp) / f"{name}_{cfg}_{i}.onnx"

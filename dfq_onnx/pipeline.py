@@ -21,6 +21,7 @@ from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.keep_float import KeepFloat
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.plan_uniform import UniformPlan
+from dfq_onnx.passes.pool_range import PooledRangeTop
 from dfq_onnx.passes.quant_groups import FindQuantGroups
 from dfq_onnx.passes.score_prior import ScoreTopPrior
 from dfq_onnx.passes.sensitivity import ScoreSensitivity, SensitivityOptions
@@ -86,7 +87,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([_synthesis(options)] if synthesize else []),
         *([AnalyticRanges()] if options.calib == "analytic" else []),
         Calibrate(),
-        *([ScoreTopPrior()] if options.calib == "synthetic" else []),
+        *([ScoreTopPrior(), PooledRangeTop()] if options.calib == "synthetic" else []),
         *(_mixed(options) if options.mixed else [UniformPlan()]),
         *([_activations(options)] if not options.mixed and options.act_bits is None else []),
         *([CompensateDFMPC()] if options.dfmpc else []),

@@ -13,7 +13,7 @@ import numpy as np
 from dfq_onnx.passes.act_precision import act_choices
 from dfq_onnx.passes.act_precision import summary as act_summary
 
-from dfq_onnx.allocation import pareto
+from dfq_onnx.allocation import form_cost, pareto
 from dfq_onnx.allocation.costs import group_costs
 from dfq_onnx.allocation.ilp import greedy, solve
 from dfq_onnx.allocation.problem import (
@@ -65,6 +65,15 @@ def _stored_bits(state: CompileState, group, cands) -> dict:
              for x in layers]
     total = sum(n for n, _ in sizes) or 1
     return {c: sum(n * candidates.storage_bits(c, k) for n, k in sizes) / total for c in cands}
+
+
+def _macs_per_row(state: CompileState, group_ids) -> dict[str, int]:
+    """MACs per input row of each group: a MatMul on a constant W [K, N] does K * N per row; a Gather
+    lookup none."""
+    tensors, by_id = state.graph.tensors(), {g.id: g for g in state.groups}
+    layers = {g: [state.spec.layers[n] for n in by_id[g].layers] for g in group_ids}
+    return {g: int(sum(np.prod(tensors[x.weight].shape) for x in ls if x.op == "MatMul"))
+            for g, ls in layers.items()}
 
 
 def build_problem(state: CompileState) -> Problem:
@@ -188,8 +197,12 @@ class AllocateBits(Pass):
                 state.report.warnings.append(f"--max-drop {self.max_drop:g}: no plan measured within it; "
                                              f"the most precise plan measures {res.measured:.4g}")
         elif self.budget.any():
-            a = self._allocate(p, self.budget)
+            q, budget, cap = self._capped(state, p)
+            a = self._allocate(q, budget)
             choice, acts, status = a.choice, a.acts, a.status
+            if cap is not None:
+                used = plan_cost(q, choice)["latency_ms"]
+                notes["form_latency"] = {**cap.describe(), "plan": used}
         else:
             point = pareto.default_point(state.pareto)
             choice, status = {g: tuple(c) for g, c in point["bits"].items()}, "Pareto (near-lossless point)"
@@ -218,6 +231,28 @@ class AllocateBits(Pass):
         return PassResult(False, f"{self.allocator}: {status}, avg weight bits {avg:.3f} over "
                                  f"{len(p.groups)} scored groups" + (f"; {len(changed)} activation groups "
                                                                      "changed" if changed else ""))
+
+    def _capped(self, state: CompileState, p: Problem) -> tuple:
+        """(problem, budget, Cap | None): the default latency cap on the form groups (allocation/
+        form_cost.py) for the ILP allocators when no --latency-ms is given; else unchanged."""
+        if self.budget.latency_ms is not None or self.allocator not in ("ilp", "ilp-pairs"):
+            return p, self.budget, None
+        forms = group_forms(state.graph, state.spec, state.groups, state.target, state.options.score_bits,
+                            state.target.default_weight_bits)
+        mine = [g for g in p.groups if g in forms]
+        if not mine:
+            return p, self.budget, None
+        base = {g: forms[g][1] for g in mine}
+        cands = {g: p.candidates[g] for g in mine}
+        lat, unit = form_cost.measured(mine, cands, self.latency), "ms"
+        if lat is None:
+            lat, unit = form_cost.declared(mine, cands, _macs_per_row(state, mine),
+                                           state.target.form_settings.get("cost", {})), "float MACs per row"
+        if lat is None:
+            state.report.warnings.append("no latency cap on the form layers: the target declares no [forms] "
+                                         "cost for every candidate and no --latency-table covers them")
+            return p, self.budget, None
+        return form_cost.capped(p, self.budget, lat, base, unit, self.time_limit)
 
     @staticmethod
     def _uniform(p: Problem, budget: Budget) -> dict:

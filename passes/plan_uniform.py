@@ -3,6 +3,7 @@ form layers (the target's [forms]) gets its op's first form candidate with those
 
 from __future__ import annotations
 
+from dfq_onnx.backends import forms
 from dfq_onnx.core.errors import TargetError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import FLOAT_BITS, BitPlan, CompileState
@@ -47,7 +48,9 @@ class UniformPlan(Pass):
         layers = [state.spec.layers[n] for n in group.layers]
         if not layers or not all(layer.form for layer in layers):
             return None
-        cands = [state.target.uniform_form(layer.op, w, a) for layer in layers]
+        shapes = state.graph.tensors()
+        cands = [forms.uniform_fit(state.target, layer.op, shapes[layer.weight].shape, w, a)
+                 for layer in layers]
         if any(c is None for c in cands):
             op = layers[[c is None for c in cands].index(True)].op
             raise TargetError(f"no form of {op} on target '{state.target.name}' has {w} or more weight bits "

@@ -59,7 +59,12 @@ def test_token_model_compiles_with_no_data_to_the_fast_forms(build, objective):
     mixed, report = dfq_onnx.quantize(model, progress=False, use_cache=False, avg_weight_bits=6)
     assert report.notes["synthesis"]["objective"] == objective     # scoring samples with no data
     assert report.notes["allocation"]["avg_weight_bits"] <= 6 + 1e-9
-    assert _cosine(want, run(mixed, feeds)[-1]).min() > 0.98
+    # the default latency cap (allocation/form_cost.py) keeps the MatMuls on the int8 kernel: 4-bit
+    # weights there are dynamic int8 (per-column asymmetric), not the slower, more exact MatMulNBits
+    cap = report.notes["allocation"]["form_latency"]
+    assert cap["plan"] <= cap["limit"]
+    assert _cosine(want, run(mixed, feeds)[-1]).mean() > 0.98
+    assert _cosine(want, run(mixed, feeds)[-1]).min() > 0.94
     skipped = {s["layer"]: s["reason"] for s in report.notes["bias_correction"]["skipped"]}
     assert all("target form" in skipped[g] for g in ("l0_q", "l0_f2"))      # says why, per layer
 

@@ -46,8 +46,8 @@ def _quiet_stdout():
 
 def solve(p: Problem, b: Budget, use_pairs: bool = True, time_limit: float = 30.0,
           max_loss: float | None = None, minimize: str | None = None) -> Allocation:
-    """Least predicted loss under the budget; or, with `max_loss` and `minimize` (a budget key),
-    the cheapest plan whose predicted loss stays within `max_loss`."""
+    """Least predicted loss under the budget; or, with `minimize` (a budget key), the cheapest plan
+    (whose predicted loss stays within `max_loss`, if given)."""
     check_feasible(p, b)
     prob = pulp.LpProblem("bit_allocation", pulp.LpMinimize)
     x = {(g, c): prob.add_variable(f"x_{i}_{j}", cat="Binary")
@@ -68,6 +68,7 @@ def solve(p: Problem, b: Budget, use_pairs: bool = True, time_limit: float = 30.
         prob += pulp.lpSum(costs(p, g, c)[key] * x[g, c] for g in p.groups for c in p.candidates[g]) <= limit
     if max_loss is not None:
         prob += pulp.lpSum(loss) <= max_loss
+    if minimize is not None:
         prob.setObjective(pulp.lpSum(costs(p, g, c)[minimize] * x[g, c]
                                      for g in p.groups for c in p.candidates[g]))
     else:

@@ -55,6 +55,12 @@ def fits(op: str, cand, w_shape) -> bool:
     return not b or length % b == 0
 
 
+def uniform_fit(target, op: str, w_shape, w_bits: int, a_bits: int | None = None):
+    """The target's uniform form for `op` among the candidates whose blocks divide this weight (a table
+    of width 96 or 312 takes no 8-bit blocks of 128: the next form, float if no other fits)."""
+    return target.uniform_form(op, w_bits, a_bits, fits=lambda c: fits(op, c, w_shape))
+
+
 def weight_hat(op: str, w: np.ndarray, cand) -> np.ndarray:
     """The float weights `cand` computes with (what the probe evaluates)."""
     w = np.asarray(w, np.float32)
@@ -221,7 +227,9 @@ def group_forms(graph: gs.Graph, spec, groups, target, weight_bits, base_bits: i
             own = [c for c in target.forms_for(layer.op) if fits(layer.op, c, shape)
                    and (c[0] in weight_bits or c[0] == candidates.FLOAT_BITS)]
             legal = own if legal is None else [c for c in legal if c in own]
-        base = max((target.uniform_form(layer.op, base_bits) for layer in layers), key=lambda c: c[0])
+        shapes = [nodes[layer.node].inputs[layer.weight_index].shape for layer in layers]
+        base = max((uniform_fit(target, layer.op, shape, base_bits) for layer, shape in zip(layers, shapes)),
+                   key=lambda c: c[0])
         if legal and base in legal:
             out[g.id] = (tuple(legal), base)
     return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Callable, Hashable, Mapping, TypeVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.core import ir
+from dfq_onnx.core import candidates, ir
 from dfq_onnx.core.errors import UsageError
 
 FORMAT = "dfq-onnx latency table 1"
@@ -62,7 +63,7 @@ class LatencyTable:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UsageError(f"--latency-table {path}: not a table written by `dfq-onnx profile-target`")
         try:
-            groups = {g: {tuple(int(x) for x in k.split("x")): float(v) for k, v in row["ms"].items()}
+            groups = {g: {parse_key(k): float(v) for k, v in row["ms"].items()}
                       for g, row in data["groups"].items()}
             layers = {g: tuple(row["layers"]) for g, row in data["groups"].items()}
             base = tuple(int(x) for x in data["base"].split("x"))
@@ -99,6 +100,13 @@ class LatencyTable:
                                  "re-run `dfq-onnx profile-target` on it")
             out[g] = {c: ms + share for c, ms in self.groups[g].items()}
         return out
+
+
+def parse_key(text: str) -> tuple:
+    """A table key: '8x8' (a static pair) or a candidate name ('W8A8-dyn', core/candidates.py)."""
+    if re.fullmatch(r"\d+x\d+", text):
+        return tuple(int(x) for x in text.split("x"))
+    return candidates.parse(text)
 
 
 def storage_classes(target) -> dict[tuple[str, str], Cand]:
@@ -170,13 +178,24 @@ def cut_group(graph: gs.Graph, ops: tuple[str, ...]):
 
 
 def random_feeds(model, seed: int = 0) -> dict[str, np.ndarray]:
+    """Timing feeds: float inputs ~ N(0, 1); an integer input that indexes a constant table (Gather),
+    ids spread over its rows; any other integer input (masks, type ids), ones."""
     rng = np.random.default_rng(seed)
+    tables = {i.name: i.dims[0] for i in model.graph.initializer if len(i.dims) == 2}
+    rows = {n.input[1]: tables[n.input[0]] for n in model.graph.node
+            if n.op_type in ("Gather", "GatherBlockQuantized") and len(n.input) > 1 and n.input[0] in tables}
     feeds = {}
     for inp in model.graph.input:
         dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
         if any(d <= 0 for d in dims):
             raise UsageError(f"input '{inp.name}' has no concrete shape; pass --input-shape")
-        feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
+        elem = inp.type.tensor_type.elem_type
+        if elem in (6, 7):                      # int32 / int64
+            dtype = np.int64 if elem == 7 else np.int32
+            feeds[inp.name] = (rng.integers(0, rows[inp.name], dims) if inp.name in rows
+                               else np.ones(dims)).astype(dtype)
+        else:
+            feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
     return feeds
 
 

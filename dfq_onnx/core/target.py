@@ -84,11 +84,12 @@ class TargetProfile:
         """The emit-form candidates of `op` (core/candidates.py); () when it is statically quantized."""
         return self.forms.get(op, ())
 
-    def uniform_form(self, op: str, w_bits: int, a_bits: int | None = None) -> tuple | None:
+    def uniform_form(self, op: str, w_bits: int, a_bits: int | None = None, fits=None) -> tuple | None:
         """What a uniform W<w>A<a> plan uses for a form op: its first candidate with those weight and
         activation bits, else with those weight bits, else the first with more weight bits (None when the
-        op has no forms or none fits)."""
-        cands = self.forms_for(op)
+        op has no forms or none fits); with `fits` (candidate -> bool: e.g. its blocks divide the layer's
+        weight), among the candidates it accepts."""
+        cands = [c for c in self.forms_for(op) if fits is None or fits(c)]
         both = [c for c in cands if c[0] == w_bits and c[1] == a_bits]
         exact = [c for c in cands if c[0] == w_bits]
         wider = sorted((c for c in cands if c[0] > w_bits), key=lambda c: c[0])
@@ -234,11 +235,14 @@ def _build(data: dict, source: str) -> TargetProfile:
 
 
 def _forms(source: str, table: dict) -> dict:
-    """[forms]: op -> list of candidate names (core/candidates.py), plus the kernel settings."""
+    """[forms]: op -> list of candidate names (core/candidates.py), plus the kernel settings and the
+    declared relative cost per MAC of each form (`cost`, 1.0 = float; allocation/form_cost.py)."""
     forms, settings = {}, {}
     for key, value in table.items():
         where = f"{source} [forms] {key}"
-        if key in FORM_SETTINGS:
+        if key == "cost":
+            settings["cost"] = _form_cost(where, value)
+        elif key in FORM_SETTINGS:
             if value not in FORM_SETTINGS[key]:
                 legal = ", ".join(map(str, FORM_SETTINGS[key]))
                 raise TargetError(f"{where}: '{value}' must be one of {legal}")
@@ -254,8 +258,28 @@ def _forms(source: str, table: dict) -> dict:
                 raise TargetError(f"{where}: a Gather table has no activation input to quantize dynamically")
             forms[key] = cands
         else:
-            raise TargetError(f"{where}: unknown key (allowed: {', '.join([*FORM_OPS, *FORM_SETTINGS])})")
+            allowed = ", ".join([*FORM_OPS, *FORM_SETTINGS, "cost"])
+            raise TargetError(f"{where}: unknown key (allowed: {allowed})")
+    listed = {c for cands in forms.values() for c in cands}
+    extra = [candidates.name(c) for c in settings.get("cost", {}) if c not in listed]
+    if extra:
+        raise TargetError(f"{source} [forms] cost: '{extra[0]}' is not a form any op lists")
     return {"forms": MappingProxyType(forms), "form_settings": MappingProxyType(settings)}
+
+
+def _form_cost(where: str, value) -> Mapping[tuple, float]:
+    if not isinstance(value, dict):
+        raise TargetError(f"{where}: expected a table like {{ \"W8A8-dyn\" = 0.6 }}")
+    out = {}
+    for name, v in value.items():
+        try:
+            c = candidates.parse(name)
+        except ValueError as exc:
+            raise TargetError(f"{where}: {exc}") from None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise TargetError(f"{where}: {name} = {v!r}: expected a positive number (1.0 = float)")
+        out[c] = float(v)
+    return MappingProxyType(out)
 
 
 def _act_choices(source: str, ops: dict, act: dict, default: int) -> dict:

@@ -230,8 +230,8 @@ def _fix_weights(graph: gs.Graph, spec: QuantSpec, bits: int, x_enc: Mapping[str
             continue
         node = nodes[name]
         if layer.form:        # the uniform plan's form candidate (its activation treatment left out)
-            cand = target.uniform_form(layer.op, bits)
             w = const_values(node.inputs[layer.weight_index])
+            cand = forms.uniform_fit(target, layer.op, w.shape, bits)
             if cand is not None:
                 node.inputs[layer.weight_index] = gs.Constant(f"{layer.weight}_form{bits}",
                                                               forms.weight_hat(node.op, w, cand))
