@@ -27,6 +27,9 @@ Segmented evaluation (`Probe(..., segmented=True)`, what the scorer uses): the p
 segments with fast FP32-weight twins, and a configuration runs from the first segment it changes, on the
 cached FP32 prefix (`dfq_onnx.sensitivity.segments`): a single costs about half a forward instead of 1.3-2.9x.
 
+Parts: the Q/DQ it writes (`probe_qdq`), running it (`probe_run`: `session`, `Probe`); FP32, Probe,
+session, emitted_weight and activation_encodings are importable from here as before.
+
 Memory bound: every weighted layer holds K+1 float32 copies of its weight (and bias), K = number of
 weight candidates, so the probe's constants take (K+1) x 4 bytes x parameters -- ResNet-56 (0.85 M
 parameters, K=3): 14 MB; ResNet-50 (25.6 M): 410 MB -- and ORT may keep one prepacked (e.g. NCHWc
@@ -43,96 +46,27 @@ from typing import Mapping
 
 import numpy as np
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 
 from dfq_onnx.backends import forms
 from dfq_onnx.backends.act_precision import without
 from dfq_onnx.backends.qdq import (
     Encoding,
     activation_encoding,
-    insert_activation_qdq,
-    quantize_weight,
-    replace_with_dq,
 )
-from dfq_onnx.core import candidates, ir, numerics
+from dfq_onnx.core import candidates, ir
 from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.graph_utils import const_values, node_label
 from dfq_onnx.core.state import ActGroup, QuantGroup, QuantSpec, Range
 from dfq_onnx.sensitivity.act_switch import insert_act_switches, select_input
-from dfq_onnx.sensitivity.form_switch import form_switch, slot_of
+from dfq_onnx.sensitivity.form_switch import form_switch
+from dfq_onnx.sensitivity.probe_qdq import activation_encodings, insert_qdq
+from dfq_onnx.sensitivity.probe_qdq import emitted_weight as emitted_weight
+from dfq_onnx.sensitivity.probe_run import FP32 as FP32
+from dfq_onnx.sensitivity.probe_run import Probe as Probe
+from dfq_onnx.sensitivity.probe_run import session as session
 
 log = logging.getLogger(__name__)
 
-FP32 = None   # the weight "bit-width" of an unquantized group
-
-
-def emitted_weight(w: np.ndarray, bias: np.ndarray | None, x_scale: float | None, bits: int,
-                   axis: int | None, target) -> tuple[np.ndarray, np.ndarray | None]:
-    """Float values of W (and b) after Emit's DequantizeLinear at `bits` (mirrors EmitQDQ).
-
-    s_w = absmax_c(W) / (2^(b-1) - 1), raised so that |b| / (s_x s_w) fits int32;
-    W_hat = s_w * clip(round(W / s_w), -(2^(b-1) - 1), 2^(b-1) - 1);  b_hat = s_x s_w round(b / (s_x s_w)).
-    Without an input scale (float input) the bias stays float.
-    """
-    q, scale, qb, bscale = quantize_weight(target, w, bias, x_scale, bits, axis)
-    axis = axis if target.per_channel else None
-    w_hat = numerics.dequantize(q, scale, np.zeros(scale.shape, np.int64), axis)
-    if qb is None:
-        return w_hat, bias
-    return w_hat, numerics.dequantize(qb, bscale, np.zeros(bscale.shape, np.int64),
-                                      0 if bscale.ndim else None)
-
-
-def activation_encodings(spec: QuantSpec, ranges: Mapping[str, Range], target, bits: int) -> dict:
-    """Encoding per activation tensor: the union of its class's ranges (as EmitQDQ computes it)."""
-    classes: dict[str, list[str]] = {}
-    for t in spec.act_tensors:
-        classes.setdefault(spec.encoding_of[t], []).append(t)
-    out = {}
-    for rep, members in classes.items():
-        missing = [t for t in members if t not in ranges]
-        if missing:
-            raise UnsupportedModelError(f"no activation range for tensor '{missing[0]}'")
-        lo, hi = min(ranges[t].lo for t in members), max(ranges[t].hi for t in members)
-        out[rep] = activation_encoding(target, lo, hi, bits)
-    return {t: out[spec.encoding_of[t]] for t in spec.act_tensors}
-
-
-def _absorb(graph: gs.Graph, spec: QuantSpec) -> None:
-    """Remove each absorbed Relu/Clip: its producer writes the activation's output tensor."""
-    nodes, tensors = {node_label(n): n for n in graph.nodes}, graph.tensors()
-    for act_name, src in spec.absorbed.items():
-        act, producer = nodes[act_name], tensors[src].inputs[0]
-        out = act.outputs[0]
-        act.outputs.clear()
-        act.inputs.clear()
-        producer.outputs.clear()
-        producer.outputs.append(out)
-
-
-def _quantize_activations(graph: gs.Graph, spec: QuantSpec, encodings: dict, target) -> dict:
-    """Q/DQ on every activation tensor and elementwise constant; returns DQ tensor name -> encoding."""
-    _absorb(graph, spec)
-    tensors, shared, by_dq = graph.tensors(), {}, {}
-    for name in spec.act_tensors:
-        rep = spec.encoding_of[name]
-        if rep not in shared:
-            shared[rep] = encodings[rep].constants(rep)
-        by_dq[insert_activation_qdq(graph, tensors[name], encodings[rep], shared[rep]).name] = encodings[rep]
-    nodes = {node_label(n): n for n in graph.nodes}
-    for node_name, const_name in spec.const_inputs:
-        _quantize_constant(graph, nodes[node_name], const_name, target)
-    return by_dq
-
-
-def _quantize_constant(graph: gs.Graph, node: gs.Node, const_name: str, target) -> None:
-    """A float constant input of an elementwise op through Q/DQ (as EmitQDQ._quantize_constant_input)."""
-    for i, t in enumerate(node.inputs):
-        if t.name == const_name and isinstance(t, gs.Constant):
-            values, bits = const_values(t).astype(np.float32), target.default_act_bits
-            enc = activation_encoding(target, float(values.min()), float(values.max()), bits)
-            q = numerics.quantize(values, enc.scale, enc.zero_point, bits, enc.dtype.startswith("int"))
-            replace_with_dq(graph, node, i, q, enc, f"{node_label(node)}_{const_name}")
 
 
 def _branch(node: gs.Node, layer, w: np.ndarray, b: np.ndarray | None, tag: str, opset: int) -> gs.Graph:
@@ -306,7 +240,7 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
         _fix_weights(g, spec, fixed_weight_bits, activation_encodings(spec, ranges, target, act_bits), target)
     if quantize_activations:
         encodings = activation_encodings(fixed, ranges, target, act_bits)
-        by_dq = _quantize_activations(g, fixed, encodings, target)
+        by_dq = insert_qdq(g, fixed, encodings, target)
     fast = ir.copy_graph(g).cleanup().toposort()
     act = ({}, {}, {})
     if act_groups:
@@ -326,92 +260,3 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
     return ProbeModel(model, tuple(weight_bits), selects, inputs, g, fast, layer_group,
                       tuple(act_choices) if act_groups else (), *act, form_keys=dict(form_keys or {}))
 
-
-def session(model, optimize: bool = True, threads: int = 0,
-            fuse_qdq: bool = True) -> ort.InferenceSession:
-    """A CPU session; `optimize=False` runs the graph as written (no fusion into integer kernels);
-    `fuse_qdq=False` keeps the other optimizations (layouts, Conv+activation fusion) but runs Q/DQ as
-    written, so segments of one probe compute the same function however they are cut."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if not fuse_qdq:
-        opts.add_session_config_entry("session.disable_quant_qdq", "1")
-        # many small sessions run back to back: idle pools must not spin on the cores the next one needs
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # and each would keep an arena as large as its own peak: 2 S arenas of one chunk's activations
-        # (PP-OCRv4 rec, 9 segments: 3.6 GB; MiniLM-L3, 12 segments: 1.8 GB -> 1.45); without the arena
-        # a segment frees what it used
-        opts.enable_cpu_mem_arena = False
-        opts.enable_mem_pattern = False
-    if threads:
-        opts.intra_op_num_threads = threads
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        return ort.InferenceSession(ir.serialize(model), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UnsupportedModelError(f"ONNX Runtime cannot load the probe model: {first}") from None
-
-
-class Probe:
-    """One session over a ProbeModel; `run(config, feeds)` evaluates a configuration.
-
-    A configuration maps group id -> weight bits (one of `bits`) or None (FP32), and activation group id ->
-    activation bits (one of `act_bits`) or None (float); absent groups are FP32 / float.
-    """
-
-    def __init__(self, probe: ProbeModel, optimize: bool = True, threads: int = 0, segmented: bool = False,
-                 samples: int | None = None):
-        self.probe, self._optimize, self._threads = probe, optimize, threads
-        self._session = None
-        self.slot = {FP32: 0, **{b: i + 1 for i, b in enumerate(probe.bits)}}
-        self.form_slot = {g: slot_of(keys) for g, keys in (probe.form_keys or {}).items()}
-        self.act_slot = {FP32: 0, **{b: i + 1 for i, b in enumerate(probe.act_bits)}}
-        self.selects = {**probe.selects, **probe.act_selects}
-        self.runner = None
-        if segmented and probe.graph is not None:
-            from dfq_onnx.sensitivity.segments import CACHE_BYTES, SegmentedRunner
-
-            bound = None if samples is None else CACHE_BYTES // 4 // max(samples, 1)
-            self.runner = SegmentedRunner(
-                probe.graph, probe.fast_graph, probe.units, self.selects, probe.inputs,
-                lambda m: session(m, optimize, threads, fuse_qdq=False), max_cache_elements=bound,
-                attached=probe.attached)
-
-    @property
-    def session(self):
-        """The whole probe's session, built on first use (a segmented scorer may never need it)."""
-        if self._session is None:
-            self._session = session(self.probe.model, self._optimize, self._threads)
-        return self._session
-
-    def run_batch(self, config: Mapping[str, int | None], feeds: dict[str, np.ndarray],
-                  key=None) -> list[np.ndarray]:
-        """Outputs for `config` on one batch; with a segmented runner and a batch `key`, from the first
-        segment the configuration changes (dfq_onnx.sensitivity.segments)."""
-        select = self.select_feeds(config)
-        if self.runner is None or key is None:
-            return self.session.run(None, {**feeds, **select})
-        changed = {g for g, b in config.items() if b is not FP32}
-        by_group = {g: select[name] for g, name in self.selects.items()}
-        return self.runner.run(key, feeds, by_group, changed)
-
-    def select_feeds(self, config: Mapping[str, int | None]) -> dict[str, np.ndarray]:
-        unknown = sorted(set(config) - set(self.selects))
-        if unknown:
-            raise UnsupportedModelError(f"group '{unknown[0]}' has no switch in the probe model")
-        weights = {g: self.form_slot.get(g, self.slot) for g in self.probe.selects}
-        for g, b in config.items():
-            slots = weights[g] if g in self.probe.selects else self.act_slot
-            if b not in slots:
-                legal = tuple(slots)[1:]
-                raise UnsupportedModelError(f"group '{g}': {b} is not among the probe's candidates {legal}")
-        feeds = {name: np.array(weights[g][config.get(g)], np.int64)
-                 for g, name in self.probe.selects.items()}
-        feeds.update({name: np.array(self.act_slot[config.get(g)], np.int64)
-                      for g, name in self.probe.act_selects.items()})
-        return feeds
-
-    def run(self, config: Mapping[str, int | None], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, {**feeds, **self.select_feeds(config)})
