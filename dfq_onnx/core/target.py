@@ -17,10 +17,16 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from dfq_onnx.core import candidates
 from dfq_onnx.core.errors import TargetError
-
-FLOAT_BITS = 32   # activation "bits" of a tensor left in float (no Q/DQ): W8A32 is weight-only quantization
+from dfq_onnx.core.target_sections import FLOAT_BITS as FLOAT_BITS
+from dfq_onnx.core.target_sections import (
+    parse_act_choices,
+    parse_fixed_outputs,
+    parse_forms,
+    parse_op_list,
+    parse_op_pairs,
+    parse_pairs,
+)
 
 ROLES = ("weighted", "elementwise", "passthrough", "activation")
 DTYPE_NAMES = ("int4", "uint4", "int8", "uint8", "int16", "uint16")
@@ -36,9 +42,6 @@ _SECTIONS = {
     "placement": {"quantize_outputs", "add_fuses_weighted_input", "shared_encoding_ops"},
     "latency": {"runtime"},
 }
-FORM_SETTINGS = {"weight_only_kernel": ("MatMulNBits", "DequantizeLinear"),
-                 "gather_kernel": ("GatherBlockQuantized", "Gather"), "accuracy_level": (0, 1, 2, 3, 4)}
-FORM_OPS = ("MatMul", "Gather")
 RUNTIMES = ("onnxruntime", "openvino", "none")
 
 
@@ -153,13 +156,6 @@ def _bits_map(where: str, table) -> Mapping[int, str]:
     return MappingProxyType(out)
 
 
-def _pairs(where: str, seq) -> tuple[tuple[int, int], ...]:
-    try:
-        return tuple((int(w), int(a)) for w, a in seq)
-    except (TypeError, ValueError):
-        raise TargetError(f"{where}: expected a list of [weight_bits, act_bits] pairs") from None
-
-
 _TYPES = {"name": str, "description": str, "min_opset": int, "default_weight_bits": int,
           "default_act_bits": int, "quantize_graph_outputs": bool, "activation": dict, "weight": dict,
           "bias": dict, "opset": dict, "candidates": dict, "ops": dict, "placement": dict,
@@ -200,7 +196,7 @@ def _build(data: dict, source: str) -> TargetProfile:
     bias_mode = data.get("bias", {}).get("mode", "float")
     if bias_mode not in ("float", "int32"):
         raise TargetError(f"{source} [bias] mode: '{bias_mode}' must be 'float' or 'int32'")
-    pairs = _pairs(f"{source} [candidates] pairs", cand.get("pairs", [[8, 8]]))
+    pairs = parse_pairs(f"{source} [candidates] pairs", cand.get("pairs", [[8, 8]]))
     place = data.get("placement", {})
     runtime = str(data.get("latency", {}).get("runtime", "none"))
     if runtime not in RUNTIMES:
@@ -220,138 +216,19 @@ def _build(data: dict, source: str) -> TargetProfile:
         bias_mode=bias_mode,
         dtype_opset=MappingProxyType({str(k): int(v) for k, v in data.get("opset", {}).items()}),
         pairs=pairs,
-        integer_kernels=_pairs(f"{source} [candidates] integer_kernels", cand.get("integer_kernels", [])),
+        integer_kernels=parse_pairs(f"{source} [candidates] integer_kernels",
+                                    cand.get("integer_kernels", [])),
         cost=MappingProxyType(cost), ops=MappingProxyType(ops),
         blocked_weights=bool(wt.get("blocked", False)),
         quantize_outputs=bool(place.get("quantize_outputs", True)),
         add_fuses_weighted_input=bool(place.get("add_fuses_weighted_input", False)),
-        shared_encoding_ops=_op_list(source, ops, place.get("shared_encoding_ops", [])),
-        fixed_outputs=_fixed_outputs(source, ops, data.get("fixed_outputs", {})),
-        op_pairs=_op_pairs(source, ops, pairs, cand.get("ops", {})),
+        shared_encoding_ops=parse_op_list(source, ops, place.get("shared_encoding_ops", [])),
+        fixed_outputs=parse_fixed_outputs(source, ops, data.get("fixed_outputs", {})),
+        op_pairs=parse_op_pairs(source, ops, pairs, cand.get("ops", {})),
         runtime=runtime,
-        **_forms(source, data.get("forms", {})),
-        **_act_choices(source, ops, act, int(data.get("default_act_bits", 8))),
+        **parse_forms(source, data.get("forms", {})),
+        **parse_act_choices(source, ops, act, int(data.get("default_act_bits", 8))),
     )
-
-
-def _forms(source: str, table: dict) -> dict:
-    """[forms]: op -> list of candidate names (core/candidates.py), plus the kernel settings and the
-    declared relative cost per MAC of each form (`cost`, 1.0 = float; allocation/form_cost.py)."""
-    forms, settings = {}, {}
-    for key, value in table.items():
-        where = f"{source} [forms] {key}"
-        if key == "cost":
-            settings["cost"] = _form_cost(where, value)
-        elif key in FORM_SETTINGS:
-            if value not in FORM_SETTINGS[key]:
-                legal = ", ".join(map(str, FORM_SETTINGS[key]))
-                raise TargetError(f"{where}: '{value}' must be one of {legal}")
-            settings[key] = value
-        elif key in FORM_OPS:
-            if not isinstance(value, list) or not value:
-                raise TargetError(f"{where}: expected a list of candidate names like [\"W8A8-dyn\"]")
-            try:
-                cands = tuple(candidates.parse(v) for v in value)
-            except ValueError as exc:
-                raise TargetError(f"{where}: {exc}") from None
-            if key == "Gather" and any(candidates.form(c) == "dyn" for c in cands):
-                raise TargetError(f"{where}: a Gather table has no activation input to quantize dynamically")
-            forms[key] = cands
-        else:
-            allowed = ", ".join([*FORM_OPS, *FORM_SETTINGS, "cost"])
-            raise TargetError(f"{where}: unknown key (allowed: {allowed})")
-    listed = {c for cands in forms.values() for c in cands}
-    extra = [candidates.name(c) for c in settings.get("cost", {}) if c not in listed]
-    if extra:
-        raise TargetError(f"{source} [forms] cost: '{extra[0]}' is not a form any op lists")
-    return {"forms": MappingProxyType(forms), "form_settings": MappingProxyType(settings)}
-
-
-def _form_cost(where: str, value) -> Mapping[tuple, float]:
-    if not isinstance(value, dict):
-        raise TargetError(f"{where}: expected a table like {{ \"W8A8-dyn\" = 0.6 }}")
-    out = {}
-    for name, v in value.items():
-        try:
-            c = candidates.parse(name)
-        except ValueError as exc:
-            raise TargetError(f"{where}: {exc}") from None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise TargetError(f"{where}: {name} = {v!r}: expected a positive number (1.0 = float)")
-        out[c] = float(v)
-    return MappingProxyType(out)
-
-
-def _act_choices(source: str, ops: dict, act: dict, default: int) -> dict:
-    """[activation] choices / element_cost / float_output_ops: the activation-precision decision."""
-    where = f"{source} [activation]"
-    choices = act.get("choices", [])
-    if not isinstance(choices, list) or not all(isinstance(c, int) for c in choices):
-        raise TargetError(f"{where} choices: expected a list of bit-widths like [8, 16, 32] (32 = float)")
-    dtypes = {int(k) for k in act.get("dtypes", {8: "uint8"})}
-    bad = [c for c in choices if c != FLOAT_BITS and c not in dtypes]
-    if bad:
-        raise TargetError(f"{where} choices: {bad[0]} has no type in [activation] dtypes (or use 32 = float)")
-    if choices and default not in choices:
-        raise TargetError(f"{where} choices: must contain default_act_bits {default}")
-    cost = act.get("element_cost", {})
-    if not isinstance(cost, dict):
-        raise TargetError(f"{where} element_cost: expected a table like {{ 16 = 0.5 }}")
-    try:
-        cost = {int(k): float(v) for k, v in cost.items()}
-    except ValueError:
-        raise TargetError(f"{where} element_cost: keys must be bit-widths, values numbers") from None
-    if any(k not in choices for k in cost):
-        raise TargetError(f"{where} element_cost: {sorted(set(cost) - set(choices))[0]} is not in choices")
-    outs = act.get("float_output_ops", [])
-    if not isinstance(outs, list) or any(op not in ops for op in outs):
-        raise TargetError(f"{where} float_output_ops: expected a list of op types listed in [ops]")
-    allowance = act.get("cost_allowance", 0.0)
-    if not isinstance(allowance, (int, float)) or allowance < 0:
-        raise TargetError(f"{where} cost_allowance: expected a non-negative number (a share of the "
-                          "all-default-bits plan's cost)")
-    return {"act_choices": tuple(sorted(set(choices))), "act_element_cost": MappingProxyType(cost),
-            "float_output_ops": tuple(str(o) for o in outs), "act_cost_allowance": float(allowance)}
-
-
-def _op_list(source: str, ops: dict, names) -> tuple[str, ...]:
-    where = f"{source} [placement] shared_encoding_ops"
-    if not isinstance(names, list):
-        raise TargetError(f"{where}: expected a list of op types like [\"Concat\"]")
-    for op in names:
-        if op not in ops:
-            raise TargetError(f"{where}: '{op}' is not listed in [ops]")
-    return tuple(str(op) for op in names)
-
-
-def _fixed_outputs(source: str, ops: dict, table: dict) -> Mapping[str, tuple[float, float]]:
-    out = {}
-    for op, enc in table.items():
-        where = f"{source} [fixed_outputs] {op}"
-        if op not in ops:
-            raise TargetError(f"{where}: '{op}' is not listed in [ops]")
-        if not isinstance(enc, dict) or set(enc) != {"min", "span"}:
-            raise TargetError(f"{where}: expected {{ min = <float>, span = <float> }} "
-                              "(scale = span / 2^bits, zero point = -min / scale)")
-        lo, span = float(enc["min"]), float(enc["span"])
-        if not span > 0 or not (lo <= 0 <= lo + span):
-            raise TargetError(f"{where}: range [{lo}, {lo + span}] must have span > 0 and contain 0")
-        out[str(op)] = (lo, span)
-    return MappingProxyType(out)
-
-
-def _op_pairs(source: str, ops: dict, pairs, table: dict) -> Mapping[str, tuple[tuple[int, int], ...]]:
-    out = {}
-    for op, seq in table.items():
-        where = f"{source} [candidates.ops] {op}"
-        if op not in ops:
-            raise TargetError(f"{where}: '{op}' is not listed in [ops]")
-        own = _pairs(where, seq)
-        extra = [p for p in own if p not in pairs]
-        if extra:
-            raise TargetError(f"{where}: W{extra[0][0]}A{extra[0][1]} is not in [candidates] pairs")
-        out[str(op)] = own
-    return MappingProxyType(out)
 
 
 def builtin_targets() -> dict[str, Path]:
