@@ -22,6 +22,7 @@ def parse_pairs(where: str, seq) -> tuple[tuple[int, int], ...]:
     except (TypeError, ValueError):
         raise TargetError(f"{where}: expected a list of [weight_bits, act_bits] pairs") from None
 
+
 def parse_forms(source: str, table: dict) -> dict:
     """[forms]: op -> list of candidate names (core/candidates.py), plus the kernel settings and the
     declared relative cost per MAC of each form (`cost`, 1.0 = float; allocation/form_cost.py)."""
