@@ -36,6 +36,7 @@ import onnxruntime as ort
 from dfq_onnx.core import ir, rewrites
 from dfq_onnx.core.affine_fold import fold_affine
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
+from dfq_onnx.core.graph_utils import reroute
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.reader_fold import fold_hard_sigmoid, fold_into_readers
 from dfq_onnx.core.state import CompileState
@@ -139,16 +140,10 @@ def _bypass(graph, node) -> bool:
             return False
         node.outputs.clear()
         node.inputs.clear()
-        for reader in list(src.outputs):
-            for i, t in enumerate(reader.inputs):
-                if t is src:
-                    reader.inputs[i] = dst
+        reroute(src, dst)
         producer.outputs[producer.outputs.index(src)] = dst
         return True
-    for reader in list(dst.outputs):
-        for i, t in enumerate(reader.inputs):
-            if t is dst:
-                reader.inputs[i] = src
+    reroute(dst, src)
     node.outputs.clear()
     node.inputs.clear()
     return True

@@ -17,6 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfq_onnx.core import ir, numerics
+from dfq_onnx.core.graph_utils import reroute
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,7 @@ def insert_activation_qdq(graph: gs.Graph, t: gs.Variable, enc: Encoding,
                                inputs=[t, *consts], outputs=[q]))
     graph.nodes.append(gs.Node("DequantizeLinear", name=f"{t.name}_DequantizeLinear",
                                inputs=[q, *consts], outputs=[dq]))
-    for node in readers:
-        for i, inp in enumerate(node.inputs):
-            if inp is t:
-                node.inputs[i] = dq
+    reroute(t, dq, readers)
     for i, out in enumerate(graph.outputs):
         if out is t:  # the graph output keeps its name; the float tensor is renamed
             name = t.name

@@ -17,19 +17,16 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.core.graph_utils import const_values, is_const, is_graph_output
+from dfq_onnx.core.graph_utils import const_values, is_const, is_graph_output, reroute, scalar_value
 
 RTOL = 1e-5
 
 
 def _scalar_divisor(node: gs.Node) -> float | None:
-    if node.op != "Div" or len(node.inputs) != 2 or not is_const(node.inputs[1]):
+    if node.op != "Div" or len(node.inputs) != 2:
         return None
-    c = const_values(node.inputs[1])
-    if c.size != 1 or c.dtype != np.float32:
-        return None
-    value = float(c.reshape(-1)[0])
-    return value if np.isfinite(value) and value > 0 else None
+    value = scalar_value(node.inputs[1])
+    return value if value is not None and value > 0 else None
 
 
 def _encoding(node: gs.Node) -> tuple[float, np.ndarray] | None:
@@ -60,10 +57,7 @@ def fold_scalar_divisions(graph: gs.Graph) -> int:
             continue
         if not np.array_equal(e1[1], e2[1]) or abs(e2[0] * c - e1[0]) > RTOL * e1[0]:
             continue
-        for reader in list(out.outputs):
-            for i, t in enumerate(reader.inputs):
-                if t is out:
-                    reader.inputs[i] = q1
+        reroute(out, q1)
         node.inputs.clear()
         node.outputs.clear()
         q2.inputs.clear()

@@ -14,6 +14,25 @@ def consumers(tensor: gs.Tensor) -> list[gs.Node]:
     return list(tensor.outputs)
 
 
+def reroute(old: gs.Tensor, new: gs.Tensor, readers=None) -> None:
+    """Every reader of `old` (or only `readers`, captured before new nodes read it) reads `new` instead."""
+    for node in list(old.outputs) if readers is None else readers:
+        for i, t in enumerate(node.inputs):
+            if t is old:
+                node.inputs[i] = new
+
+
+def scalar_value(tensor: gs.Tensor | None) -> float | None:
+    """The value of a one-element float32 constant when it is finite and non-zero, else None."""
+    if not is_const(tensor):
+        return None
+    c = const_values(tensor)
+    if c.size != 1 or c.dtype != np.float32:
+        return None
+    value = float(c.reshape(-1)[0])
+    return value if np.isfinite(value) and value != 0.0 else None
+
+
 def is_const(tensor: gs.Tensor | None) -> bool:
     return isinstance(tensor, gs.Constant)
 

@@ -27,7 +27,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfq_onnx.core.affine_fold import LAYERS, bias_of, layer_ok, out_channels, scale_weight, set_bias
-from dfq_onnx.core.graph_utils import const_values, is_const, is_graph_output, unique_name
+from dfq_onnx.core.graph_utils import const_values, is_const, is_graph_output, scalar_value, unique_name
 
 
 def _scalar(node: gs.Node) -> tuple[gs.Tensor, float] | None:
@@ -37,11 +37,8 @@ def _scalar(node: gs.Node) -> tuple[gs.Tensor, float] | None:
     k = 1 if is_const(node.inputs[1]) else 0 if node.op == "Mul" and is_const(node.inputs[0]) else None
     if k is None or is_const(node.inputs[1 - k]):
         return None
-    c = const_values(node.inputs[k])
-    if c.size != 1 or c.dtype != np.float32:
-        return None
-    value = float(c.reshape(-1)[0])
-    if not np.isfinite(value) or value == 0.0:
+    value = scalar_value(node.inputs[k])
+    if value is None:
         return None
     return node.inputs[1 - k], (value if node.op == "Mul" else 1.0 / value)
 
