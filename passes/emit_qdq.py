@@ -25,6 +25,7 @@ import onnx_graphsurgeon as gs
 from dfq_onnx.backends import act_precision
 from dfq_onnx.backends.qdq import (
     Encoding,
+    absorb_activations,
     activation_encoding,
     insert_activation_qdq,
     quantize_weight,
@@ -74,7 +75,7 @@ class EmitQDQ(Pass):
         graph, spec = state.graph, planned_spec(state)
         if any(n.op == "QuantizeLinear" for n in graph.nodes):
             return PassResult(False, "already emitted")
-        self._absorb_activations(graph, spec)
+        absorb_activations(graph, spec)
         encodings = self._activation_encodings(state, spec)
         tensors = graph.tensors()
         shared: dict[str, tuple] = {}
@@ -115,19 +116,6 @@ class EmitQDQ(Pass):
         folded = f", {divisions} scalar Div read as a rescale" if divisions else ""
         return PassResult(True, f"{n_q} QuantizeLinear, {n_dq} DequantizeLinear, "
                                 f"{len(spec.absorbed)} activations absorbed{folded}")
-
-    @staticmethod
-    def _absorb_activations(graph: gs.Graph, spec) -> None:
-        nodes = {node_label(n): n for n in graph.nodes}
-        tensors = graph.tensors()
-        for act_name, src in spec.absorbed.items():
-            act = nodes[act_name]
-            producer = tensors[src].inputs[0]
-            out = act.outputs[0]
-            act.outputs.clear()
-            act.inputs.clear()
-            producer.outputs.clear()
-            producer.outputs.append(out)
 
     @staticmethod
     def _activation_encodings(state: CompileState, spec=None) -> dict[str, Encoding]:

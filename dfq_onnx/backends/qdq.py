@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfq_onnx.core import ir, numerics
-from dfq_onnx.core.graph_utils import reroute
+from dfq_onnx.core.graph_utils import node_label, reroute
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,18 @@ class Encoding:
 
 def _attrs(axis: int | None) -> dict:
     return {} if axis is None else {"axis": int(axis)}
+
+
+def absorb_activations(graph: gs.Graph, spec) -> None:
+    """Remove each absorbed Relu/Clip (`spec.absorbed`): its producer writes the activation's output."""
+    nodes, tensors = {node_label(n): n for n in graph.nodes}, graph.tensors()
+    for act_name, src in spec.absorbed.items():
+        act, producer = nodes[act_name], tensors[src].inputs[0]
+        out = act.outputs[0]
+        act.outputs.clear()
+        act.inputs.clear()
+        producer.outputs.clear()
+        producer.outputs.append(out)
 
 
 def insert_activation_qdq(graph: gs.Graph, t: gs.Variable, enc: Encoding,

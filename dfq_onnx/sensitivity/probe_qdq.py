@@ -12,7 +12,13 @@ from typing import Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.backends.qdq import activation_encoding, insert_activation_qdq, quantize_weight, replace_with_dq
+from dfq_onnx.backends.qdq import (
+    absorb_activations,
+    activation_encoding,
+    insert_activation_qdq,
+    quantize_weight,
+    replace_with_dq,
+)
 from dfq_onnx.core import numerics
 from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.graph_utils import const_values, node_label
@@ -51,21 +57,9 @@ def activation_encodings(spec: QuantSpec, ranges: Mapping[str, Range], target, b
     return {t: out[spec.encoding_of[t]] for t in spec.act_tensors}
 
 
-def _absorb(graph: gs.Graph, spec: QuantSpec) -> None:
-    """Remove each absorbed Relu/Clip: its producer writes the activation's output tensor."""
-    nodes, tensors = {node_label(n): n for n in graph.nodes}, graph.tensors()
-    for act_name, src in spec.absorbed.items():
-        act, producer = nodes[act_name], tensors[src].inputs[0]
-        out = act.outputs[0]
-        act.outputs.clear()
-        act.inputs.clear()
-        producer.outputs.clear()
-        producer.outputs.append(out)
-
-
 def insert_qdq(graph: gs.Graph, spec: QuantSpec, encodings: dict, target) -> dict:
     """Q/DQ on every activation tensor and elementwise constant; returns DQ tensor name -> encoding."""
-    _absorb(graph, spec)
+    absorb_activations(graph, spec)
     tensors, shared, by_dq = graph.tensors(), {}, {}
     for name in spec.act_tensors:
         rep = spec.encoding_of[name]
