@@ -66,6 +66,9 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--latency-ms", type=float,
                    help="whole-model latency budget in ms (needs --latency-table)")
     m.add_argument("--latency-table", metavar="FILE", help="latency table from `dfq-onnx profile-target`")
+    m.add_argument("--no-latency-check", dest="latency_check", action="store_false",
+                   help="default plan: do not time FP32 against the integer model (by default a model "
+                        "measured slower in integer form is written float)")
     _add_accuracy_options(p)
 
 
@@ -156,7 +159,8 @@ def _options(args):
                            avg_weight_bits=args.avg_weight_bits, size_mb=args.size_mb,
                            bops_ratio=args.bops_ratio, max_drop=args.max_drop, allocator=args.allocator,
                            hops=args.hops, metric=args.metric, pareto=args.pareto, latency_ms=args.latency_ms,
-                           latency_table=args.latency_table, cle=args.cle, cle_criterion=args.cle_criterion,
+                           latency_table=args.latency_table, latency_check=args.latency_check,
+                           cle=args.cle, cle_criterion=args.cle_criterion,
                            bias_absorption=args.bias_absorption, bias_correction=args.bias_correction,
                            dfmpc=args.dfmpc)
 

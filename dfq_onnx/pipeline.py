@@ -46,6 +46,13 @@ def required_opset(target: TargetProfile, options: QuantizeOptions) -> int:
     return target.opset_for(dtypes)
 
 
+def measures_float(options: QuantizeOptions) -> bool:
+    """Whether KeepFloat times the model itself: the default plan (no budget, no --weight-bits /
+    --act-bits, no --latency-table, samples to run) with the check on."""
+    default = options.weight_bits is None and options.act_bits is None and options.calib != "analytic"
+    return options.latency_check and default and not options.mixed and not options.latency_table
+
+
 def _synthesis(options: QuantizeOptions) -> Synthesize:
     extra = {"steps": options.synth_steps} if options.synth_steps is not None else {}
     return Synthesize(SynthesisOptions(samples=options.synth_samples, seed=options.seed,
@@ -88,6 +95,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([AnalyticRanges()] if options.calib == "analytic" else []),
         Calibrate(),
         *([ScoreTopPrior(), PooledRangeTop()] if options.calib == "synthetic" else []),
+        *([KeepFloat()] if measures_float(options) else []),
         *(_mixed(options) if options.mixed else [UniformPlan()]),
         *([_activations(options)] if not options.mixed and options.act_bits is None else []),
         *([CompensateDFMPC()] if options.dfmpc else []),

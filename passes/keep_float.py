@@ -1,58 +1,149 @@
-"""Keep the model float where its integer form does not pay on the target (a measured latency table).
+"""Keep the model float where its integer form does not pay on the target.
 
-`dfq-onnx profile-target TARGET MODEL` times the whole model in FP32 and at the target's default pair
-(and each quantizer group), in interleaved rounds, on the machine that will run it. Given that table
-(`--latency-table`) a uniform compile checks
+Two sources say whether it pays, both whole-model:
 
-    model_ms(default pair) < fp32_ms        (the integer form pays at the table's batch)
+* a measured latency table (`--latency-table`, written by `dfq-onnx profile-target TARGET MODEL` on the
+  machine that will run it): `model_ms(default pair) < fp32_ms` at the table's batch;
+* without a table, for the default plan (no budget, no --weight-bits / --act-bits), the compile times
+  the normalized FP32 graph against the default integer plan itself, at batch 1 of the compile's input
+  shape (`dfq_onnx.backends.integer_pays`: paired rounds, "slower" only when the lower quartile of the
+  per-round ratios is above 1). It runs after calibration, so the timed integer model is the output
+  the compile would write (its ranges decide which Q/DQ pairs fold away, e.g. a Div rescale), before
+  the activation decision and the bias correction (which change values, not kernels). The
+  measurement is cached (model, target, input shapes, runtime, CPU), so
+  a compile with the cache reproduces its output; `--no-latency-check` turns it off. Models under
+  `MIN_MACS` multiply-accumulates per sample are not timed: there a session call's fixed cost, not the
+  kernels, decides and the time at stake is microseconds.
 
-and when it does not (a small model of depthwise convolutions and elementwise ops, whose integer
-kernels and Q/DQ pairs cost more than the float kernels they replace), every quantizer group stays
-float: the output is the normalized FP32 graph, with the measured figures and the reason in the
-report's notes. The decision is a function of the table, so the compile stays deterministic; the
-table must be of this model and target. Mixed-precision budgets leave the choice to the allocator.
+When the integer form does not pay (a small model of depthwise convolutions and elementwise ops, whose
+integer kernels and Q/DQ pairs cost more than the float kernels they replace), every quantizer group
+stays float: the output is the normalized FP32 graph, with the figures and the reason in the report's
+`keep_float` note. Mixed-precision budgets leave the choice to the allocator.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
-from dfq_onnx.backends.latency import LatencyTable
+import numpy as np
+
+from dfq_onnx.allocation.costs import layer_macs
+from dfq_onnx.backends import integer_pays
+from dfq_onnx.backends.latency import LatencyTable, concrete
+from dfq_onnx.core import cache, ir
 from dfq_onnx.core.errors import UsageError
-from dfq_onnx.core.pass_base import Pass, PassResult
-from dfq_onnx.core.state import CompileState, QuantSpec
+from dfq_onnx.core.graph_utils import node_label
+from dfq_onnx.core.pass_base import Pass, PassResult, run_passes
+from dfq_onnx.core.report import Report
+from dfq_onnx.core.state import CompileState, QuantSpec, Range
 
 log = logging.getLogger(__name__)
+MIN_MACS = 1_000_000     # below: not timed (module docstring)
 
 
 class KeepFloat(Pass):
-    """Drop every quantizer when the latency table says the integer model is slower than FP32."""
+    """Drop every quantizer when the integer model is slower than FP32 (a latency table, or measured)."""
 
     name = "KeepFloat"
 
-    def __init__(self, latency_table: str):
+    def __init__(self, latency_table: str | None = None):
         self.path = latency_table
 
     def run(self, state: CompileState) -> PassResult:
-        table = LatencyTable.load(self.path)
-        if table.target != state.target.name:
-            raise UsageError(f"--latency-table {self.path} was measured for target '{table.target}', "
-                             f"not '{state.target.name}'; run `dfq-onnx profile-target "
-                             f"{state.target.name} MODEL`")
-        if table.model_sha256 and state.model_hash and table.model_sha256 != state.model_hash:
-            raise UsageError(f"--latency-table {self.path} was measured on another model; re-run "
-                             "`dfq-onnx profile-target` on this one")
-        pays = table.integer_pays()
-        note = {"table": str(self.path), "batch": table.batch, "fp32_ms": table.fp32_ms,
-                "integer_ms": table.model_ms.get(f"{table.base[0]}x{table.base[1]}"), "integer_pays": pays}
+        note = _from_table(state, self.path) if self.path else _measured(state)
         state.report.notes["keep_float"] = note
+        pays = note.get("integer_pays")
         if pays is None or pays:
-            return PassResult(False, "integer form pays" if pays else "table has no whole-model timings")
+            why = note.get("skipped") or ("integer form pays" if pays else "table has no whole-model timings")
+            return PassResult(False, why)
         dropped = len(state.groups)
         state.spec = QuantSpec(layers={}, act_tensors=(), encoding_of={}, absorbed={}, const_inputs=())
         state.groups = []
         state.act_groups = []
         log.warning("the integer model ran slower than FP32 (%.3f vs %.3f ms at batch %d, %s): writing the "
-                    "model float", note["integer_ms"], table.fp32_ms, table.batch, self.path)
+                    "model float", note["integer_ms"], note["fp32_ms"], note["batch"], note["source"])
         return PassResult(False, f"integer form does not pay ({note['integer_ms']:.3f} ms vs FP32 "
-                                 f"{table.fp32_ms:.3f} ms at batch {table.batch}): {dropped} groups float")
+                                 f"{note['fp32_ms']:.3f} ms at batch {note['batch']}): "
+                                 f"{dropped} groups float")
+
+
+def _from_table(state: CompileState, path: str) -> dict:
+    table = LatencyTable.load(path)
+    if table.target != state.target.name:
+        raise UsageError(f"--latency-table {path} was measured for target '{table.target}', "
+                         f"not '{state.target.name}'; run `dfq-onnx profile-target "
+                         f"{state.target.name} MODEL`")
+    if table.model_sha256 and state.model_hash and table.model_sha256 != state.model_hash:
+        raise UsageError(f"--latency-table {path} was measured on another model; re-run "
+                         "`dfq-onnx profile-target` on this one")
+    return {"source": str(path), "table": str(path), "batch": table.batch, "fp32_ms": table.fp32_ms,
+            "integer_ms": table.model_ms.get(f"{table.base[0]}x{table.base[1]}"),
+            "integer_pays": table.integer_pays()}
+
+
+def model_macs(state: CompileState) -> int:
+    """Multiply-accumulates per sample of the quantized weighted nodes."""
+    nodes = {node_label(n): n for n in state.graph.nodes}
+    return sum(layer_macs(nodes[name]) for name, layer in state.spec.layers.items()
+               if layer.role == "weighted" and name in nodes)
+
+
+def timing_models(state: CompileState, batch: int = 1) -> tuple:
+    """(FP32 model, default integer plan's model) at `batch`: the plan emitted with the calibrated
+    ranges (a tensor without one gets a placeholder: kernel speed does not depend on the values)."""
+    from dfq_onnx.passes.emit_forms import EmitForms
+    from dfq_onnx.passes.emit_qdq import EmitQDQ
+    from dfq_onnx.passes.plan_uniform import UniformPlan
+
+    ranges = {t: state.ranges.get(t, Range(-1.0, 1.0, "timing")) for t in state.spec.act_tensors}
+    st = dataclasses.replace(state, graph=ir.copy_graph(state.graph), report=Report(), ranges=ranges,
+                             plan=None, bn_stats={}, weight_gain={})
+    run_passes([UniformPlan(), EmitForms(), EmitQDQ()], st)
+    out = []
+    for graph in (state.graph, st.graph):
+        g = concrete(graph, batch)
+        out.append(ir.to_model(g, ir_version=ir.min_ir_version(g.opset)))
+    return tuple(out)
+
+
+def _key(state: CompileState, runtime: str) -> dict:
+    t = state.target
+    return {"model": state.model_hash, "target": [t.name, t.default_weight_bits, t.default_act_bits],
+            "input_shapes": {k: list(v) for k, v in sorted(state.options.input_shapes.items())},
+            "runtime": integer_pays.runtime_version(runtime), "cpu": integer_pays.cpu_name(),
+            "threads": integer_pays.THREADS, "engine": integer_pays.ENGINE}
+
+
+def _cached_measure(state: CompileState, runtime: str) -> tuple[dict, bool]:
+    opts = state.options
+    path = cache.cache_path("latency-check", _key(state, runtime), opts.cache_dir)
+    hit = cache.load_npz(path) if opts.use_cache else None
+    if hit is not None:
+        ratios = [float(r) for r in hit["ratios"]]
+        return {"fp32_ms": float(hit["fp32_ms"]), "int_ms": float(hit["int_ms"]), "ratios": ratios,
+                "ratio": float(np.median(ratios)), "rounds": len(ratios), "calls": int(hit["calls"]),
+                "integer_slower": integer_pays.slower(ratios)}, True
+    fp32, quant = timing_models(state)
+    m = integer_pays.measure(runtime, fp32, quant)
+    if opts.use_cache:
+        cache.save_npz_atomic(path, {k: np.asarray(m[k]) for k in ("fp32_ms", "int_ms", "ratios", "calls")})
+    return m, False
+
+
+def _measured(state: CompileState) -> dict:
+    """The whole-model check without a table (module docstring); {"skipped": why} when not timed."""
+    runtime = state.target.runtime
+    macs = model_macs(state)
+    if macs < MIN_MACS:
+        return {"skipped": f"{macs} MACs per sample < {MIN_MACS}: not timed", "macs": macs}
+    if runtime != "onnxruntime":
+        return {"skipped": f"target runtime '{runtime}' is not timed here", "macs": macs}
+    try:
+        m, cached = _cached_measure(state, runtime)
+    except UsageError as exc:                      # e.g. a dynamic dimension without --input-shape
+        return {"skipped": f"not timed: {exc}", "macs": macs}
+    return {"source": "measured" + (" (cached)" if cached else ""), "batch": 1, "macs": macs,
+            "fp32_ms": m["fp32_ms"], "integer_ms": m["int_ms"], "ratio": round(m["ratio"], 4),
+            "ratios": [round(r, 4) for r in m["ratios"]], "calls_per_round": m["calls"],
+            "integer_pays": not m["integer_slower"]}

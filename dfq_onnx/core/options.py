@@ -47,6 +47,8 @@ class QuantizeOptions:
     pareto: str | None = None            # write the Pareto curve here (JSON + PNG); a budget is optional
     latency_ms: float | None = None      # whole-model latency budget (needs latency_table)
     latency_table: str | None = None     # JSON written by `dfq-onnx profile-target`
+    latency_check: bool = True           # default plan: time FP32 vs integer once, keep float if slower
+                                         # (passes/keep_float.py)
     # data-free accuracy passes (issue 7; defaults from the ablation in BENCHMARKS.md)
     cle: bool = False                    # cross-layer equalization (passes/equalize.py)
     cle_criterion: str = "weights"       # "weights" (Nagel) | "activations" | "auto" (see passes/equalize.py)

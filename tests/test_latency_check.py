@@ -1,0 +1,94 @@
+"""The default plan's whole-model latency check (passes/keep_float.py, backends/integer_pays.py): a model
+measured slower in integer form is written float; a tie or a faster one stays quantized; the cached
+measurement reproduces the output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _util import nodes_by_op
+from dfq_onnx.models import builders
+from dfq_onnx.passes import keep_float
+
+import dfq_onnx
+from dfq_onnx.backends import integer_pays
+
+
+def _fake(ratios):
+    def measure(runtime, fp32_model, int_model, **_):
+        assert fp32_model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1    # batch 1
+        assert nodes_by_op(int_model, "QuantizeLinear") and not nodes_by_op(fp32_model, "QuantizeLinear")
+        return {"fp32_ms": 1.0, "int_ms": float(np.median(ratios)), "ratios": list(ratios), "calls": 3,
+                "rounds": len(ratios), "ratio": float(np.median(ratios)),
+                "integer_slower": integer_pays.slower(ratios)}
+    return measure
+
+
+@pytest.fixture
+def timed(monkeypatch):
+    monkeypatch.setattr(keep_float, "MIN_MACS", 0)
+
+
+@pytest.mark.parametrize("ratios, float_out", [([2.0, 1.6, 2.5], True), ([0.9, 1.05, 1.1], False),
+                                               ([0.5, 0.6, 0.55], False)])
+def test_a_model_measured_slower_is_written_float(tmp_path, monkeypatch, timed, ratios, float_out):
+    monkeypatch.setattr(integer_pays, "measure", _fake(ratios))
+    out, report = dfq_onnx.quantize(builders.conv_bn_relu(), calib="noise", cache_dir=str(tmp_path),
+                                    progress=False)
+    note = report.notes["keep_float"]
+    assert note["integer_pays"] is (not float_out) and note["source"] == "measured"
+    assert (not nodes_by_op(out, "QuantizeLinear")) is float_out
+    if float_out:          # the normalized FP32 graph: BN folded, nothing quantized
+        assert [n.op_type for n in out.graph.node] == ["Conv", "Relu", "Conv"]
+
+
+def test_the_cached_measurement_reproduces_the_output(tmp_path, monkeypatch, timed):
+    monkeypatch.setattr(integer_pays, "measure", _fake([2.0, 2.0, 2.0]))
+    first, _ = dfq_onnx.quantize(builders.conv_bn_relu(), calib="noise", cache_dir=str(tmp_path),
+                                 progress=False)
+
+    def must_not_run(*_, **__):
+        raise AssertionError("measured again despite the cache")
+    monkeypatch.setattr(integer_pays, "measure", must_not_run)
+    again, report = dfq_onnx.quantize(builders.conv_bn_relu(), calib="noise", cache_dir=str(tmp_path),
+                                      progress=False)
+    assert again.SerializeToString() == first.SerializeToString()
+    assert report.notes["keep_float"]["source"] == "measured (cached)"
+
+
+@pytest.mark.parametrize("options", [{"act_bits": 8}, {"weight_bits": 8}, {"avg_weight_bits": 6},
+                                     {"latency_check": False}, {"calib": "analytic"}])
+def test_explicit_bits_budgets_and_the_flag_skip_the_check(monkeypatch, timed, options):
+    def must_not_run(*_, **__):
+        raise AssertionError("timed although the plan is not the default")
+    monkeypatch.setattr(integer_pays, "measure", must_not_run)
+    opts = {"calib": "noise", **options}
+    model = builders.with_data_bn_stats(builders.conv_bn_relu()) if "avg_weight_bits" in opts else \
+        builders.conv_bn_relu()
+    out, report = dfq_onnx.quantize(model, use_cache=False, progress=False, synth_samples=4, synth_steps=2,
+                                    **opts)
+    assert "keep_float" not in report.notes and nodes_by_op(out, "QuantizeLinear")
+
+
+def test_small_models_are_not_timed():
+    out, report = dfq_onnx.quantize(builders.conv_bn_relu(), calib="noise", use_cache=False, progress=False)
+    assert "not timed" in report.notes["keep_float"]["skipped"] and nodes_by_op(out, "QuantizeLinear")
+
+
+def test_a_real_timing_decides_from_its_paired_rounds(timed):
+    _, report = dfq_onnx.quantize(builders.conv_bn_relu(), calib="noise", use_cache=False, progress=False)
+    note = report.notes["keep_float"]
+    assert note["source"] == "measured" and len(note["ratios"]) >= 3 and note["fp32_ms"] > 0
+    assert note["integer_pays"] is not integer_pays.slower(note["ratios"])
+
+
+def test_slower_needs_the_lower_quartile_above_one():
+    assert integer_pays.slower([1.2, 1.3, 1.4, 1.5])
+    assert not integer_pays.slower([0.8, 0.9, 1.4, 1.5])      # two fast rounds of four: not decided
+    assert not integer_pays.slower([1.0, 1.0, 1.0])
+
+
+def test_the_schedule_bounds_the_timing():
+    assert integer_pays.schedule(0.5) == (9, 10)              # fast model: 10 calls a round, 9 rounds
+    rounds, calls = integer_pays.schedule(1000.0)             # a 1 s forward: 3 rounds of one call
+    assert (rounds, calls) == (3, 1)
