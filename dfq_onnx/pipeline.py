@@ -25,6 +25,7 @@ from dfq_onnx.passes.pool_range import PooledRangeTop
 from dfq_onnx.passes.quant_groups import FindQuantGroups
 from dfq_onnx.passes.score_prior import ScoreTopPrior
 from dfq_onnx.passes.sensitivity import ScoreSensitivity, SensitivityOptions
+from dfq_onnx.passes.silu_floor import SiluRangeFloor
 from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize
 
 SCORE_SAMPLES = 256   # scoring samples for sensitivity (bounds its cost on large calibration sets)
@@ -95,6 +96,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([AnalyticRanges()] if options.calib == "analytic" else []),
         Calibrate(),
         *([ScoreTopPrior(), PooledRangeTop()] if options.calib == "synthetic" else []),
+        SiluRangeFloor(),
         *([KeepFloat()] if measures_float(options) else []),
         *(_mixed(options) if options.mixed else [UniformPlan()]),
         *([_activations(options)] if not options.mixed and options.act_bits is None else []),

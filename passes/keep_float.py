@@ -89,9 +89,10 @@ def model_macs(state: CompileState) -> int:
                if layer.role == "weighted" and name in nodes)
 
 
-def timing_models(state: CompileState, batch: int = 1) -> tuple:
-    """(FP32 model, default integer plan's model) at `batch`: the plan emitted with the calibrated
-    ranges (a tensor without one gets a placeholder: kernel speed does not depend on the values)."""
+def timing_models(state: CompileState, batch: int = 1, acts: dict[str, int] | None = None) -> tuple:
+    """(FP32 model, default integer plan's model) at `batch`: the plan (with `acts`, activation group ->
+    precision) emitted with the calibrated ranges (a tensor without one gets a placeholder: kernel speed
+    does not depend on the values)."""
     from dfq_onnx.passes.emit_forms import EmitForms
     from dfq_onnx.passes.emit_qdq import EmitQDQ
     from dfq_onnx.passes.plan_uniform import UniformPlan
@@ -99,7 +100,9 @@ def timing_models(state: CompileState, batch: int = 1) -> tuple:
     ranges = {t: state.ranges.get(t, Range(-1.0, 1.0, "timing")) for t in state.spec.act_tensors}
     st = dataclasses.replace(state, graph=ir.copy_graph(state.graph), report=Report(), ranges=ranges,
                              plan=None, bn_stats={}, weight_gain={})
-    run_passes([UniformPlan(), EmitForms(), EmitQDQ()], st)
+    run_passes([UniformPlan()], st)
+    st.plan = dataclasses.replace(st.plan, acts=dict(acts or {}))
+    run_passes([EmitForms(), EmitQDQ()], st)
     out = []
     for graph in (state.graph, st.graph):
         g = concrete(graph, batch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -74,10 +76,13 @@ def point_external_data_to(path, location: str) -> None:
     onnx.save(model, path)
 
 
-def static_matmul_target(tmp_path) -> str:
+def static_matmul_target(tmp_path, allowance: float | None = None) -> str:
     """ort-cpu with statically quantized MatMuls (its [forms] removed: dynamic int8 / weight-only MatMuls
-    have no activation quantizer), for tests of static Q/DQ on transformer blocks."""
+    have no activation quantizer), for tests of static Q/DQ on transformer blocks; `allowance` replaces
+    its [activation] cost_allowance."""
     text = open(load_target("ort-cpu").source).read()
+    if allowance is not None:
+        text = re.sub(r"(?m)^cost_allowance = .*$", f"cost_allowance = {allowance}", text)
     path = tmp_path / "ort_cpu_static_matmul.toml"
     path.write_text(text[:text.index("[forms]")] + text[text.index("[latency]"):])
     return str(path)
