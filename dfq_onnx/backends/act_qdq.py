@@ -42,6 +42,16 @@ def fixed_encoding(tensors: Mapping[str, gs.Tensor], target, members: list[str],
     return None
 
 
+def union_encoding(tensors: Mapping[str, gs.Tensor], target, members, ranges: Mapping[str, Range],
+                   bits: int) -> Encoding:
+    """One encoding for `members` at `bits`: the target's fixed one, else their ranges' union's."""
+    missing = [t for t in members if t not in ranges]
+    if missing:
+        raise UnsupportedModelError(f"no activation range for tensor '{missing[0]}'")
+    lo, hi = min(ranges[t].lo for t in members), max(ranges[t].hi for t in members)
+    return fixed_encoding(tensors, target, members, bits) or activation_encoding(target, lo, hi, bits)
+
+
 def class_encodings(graph: gs.Graph, spec, ranges: Mapping[str, Range], target,
                     bits: Mapping[str, int] | int) -> dict[str, Encoding]:
     """Encoding of every quantized activation tensor of `spec` (see the module docstring); `bits` is one
@@ -51,13 +61,17 @@ def class_encodings(graph: gs.Graph, spec, ranges: Mapping[str, Range], target,
         classes.setdefault(spec.encoding_of[t], []).append(t)
     out, tensors = {}, graph.tensors()
     for rep, members in classes.items():
-        missing = [t for t in members if t not in ranges]
-        if missing:
-            raise UnsupportedModelError(f"no activation range for tensor '{missing[0]}'")
-        lo, hi = min(ranges[t].lo for t in members), max(ranges[t].hi for t in members)
         b = bits if isinstance(bits, int) else max(bits[t] for t in members)
-        out[rep] = fixed_encoding(tensors, target, members, b) or activation_encoding(target, lo, hi, b)
+        out[rep] = union_encoding(tensors, target, members, ranges, b)
     return {t: out[spec.encoding_of[t]] for t in spec.act_tensors}
+
+
+def group_encodings(graph: gs.Graph, act_groups, ranges: Mapping[str, Range], target,
+                    bits) -> dict[str, dict[int, Encoding]]:
+    """Activation group id -> {b: the group's encoding at b bits} for each candidate width in `bits`."""
+    tensors = graph.tensors()
+    return {ag.id: {b: union_encoding(tensors, target, ag.tensors, ranges, b) for b in bits}
+            for ag in act_groups}
 
 
 def insert_qdq(graph: gs.Graph, spec, encodings: Mapping[str, Encoding], target) -> dict[str, Encoding]:

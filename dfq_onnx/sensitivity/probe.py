@@ -50,10 +50,9 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.backends import forms
 from dfq_onnx.backends.act_precision import without
-from dfq_onnx.backends.act_qdq import class_encodings, insert_qdq
+from dfq_onnx.backends.act_qdq import class_encodings, group_encodings, insert_qdq
 from dfq_onnx.backends.qdq import (
     Encoding,
-    activation_encoding,
 )
 from dfq_onnx.core import candidates, ir
 from dfq_onnx.core.errors import UnsupportedModelError
@@ -207,18 +206,6 @@ class ProbeModel:
         return out
 
 
-def group_encodings(act_groups, ranges: Mapping[str, Range], target, bits) -> dict:
-    """Activation group id -> {bits: Encoding of the union of its members' ranges} (as EmitQDQ)."""
-    out = {}
-    for ag in act_groups:
-        missing = [t for t in ag.tensors if t not in ranges]
-        if missing:
-            raise UnsupportedModelError(f"no activation range for tensor '{missing[0]}'")
-        lo, hi = min(ranges[t].lo for t in ag.tensors), max(ranges[t].hi for t in ag.tensors)
-        out[ag.id] = {b: activation_encoding(target, lo, hi, b) for b in bits}
-    return out
-
-
 def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], ranges: Mapping[str, Range],
                 target, weight_bits: tuple[int, ...], act_bits: int,
                 quantize_activations: bool = True,
@@ -236,7 +223,7 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
     inputs = tuple(t.name for t in g.inputs)
     by_dq: dict[str, Encoding] = {}
     fixed = without(spec, g, {t for ag in act_groups for t in ag.tensors}, consts=False)
-    encs = group_encodings(act_groups, ranges, target, act_choices) if act_groups else {}
+    encs = group_encodings(g, act_groups, ranges, target, act_choices) if act_groups else {}
     if fixed_weight_bits is not None:   # weights see the base encodings of their inputs (int32 bias)
         _fix_weights(g, spec, fixed_weight_bits, class_encodings(g, spec, ranges, target, act_bits), target)
     if quantize_activations:
