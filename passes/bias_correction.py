@@ -29,7 +29,7 @@ import dataclasses
 import numpy as np
 from dfq_onnx.passes.absorb_bias import add_to_bias
 from dfq_onnx.passes.analytic_ranges import MAX_UNANCHORED, estimate
-from dfq_onnx.passes.emit_qdq import EmitQDQ
+from dfq_onnx.passes.emit_qdq import plan_encodings
 
 from dfq_onnx.core.graph_utils import const_values, is_const, is_float, node_label
 from dfq_onnx.core.pass_base import Pass, PassResult
@@ -89,7 +89,7 @@ def input_moments(state: CompileState) -> tuple[dict[str, tuple[np.ndarray, np.n
 
 def input_scales(state: CompileState) -> dict[str, float]:
     """Input scale of each quantized tensor as EmitQDQ will encode it (for its int32-bias floor)."""
-    return {t: float(enc.scale) for t, enc in EmitQDQ._activation_encodings(state).items()}
+    return {t: float(enc.scale) for t, enc in plan_encodings(state).items()}
 
 
 def layer_bits(state: CompileState) -> dict[str, int]:

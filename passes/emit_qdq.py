@@ -23,33 +23,17 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfq_onnx.backends import act_precision
+from dfq_onnx.backends.act_qdq import class_encodings, insert_qdq
 from dfq_onnx.backends.qdq import (
     Encoding,
-    absorb_activations,
-    activation_encoding,
-    insert_activation_qdq,
     quantize_weight,
     replace_with_dq,
 )
 from dfq_onnx.backends.scale_fold import fold_scalar_divisions
-from dfq_onnx.core import numerics
-from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.graph_utils import const_values, node_label
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
 from dfq_onnx.report.activations import annotate
-
-
-def _fixed_encoding(state: CompileState, members: list[str], bits: int) -> Encoding | None:
-    """The target's fixed output encoding (e.g. Sigmoid on HTP) when a member is such an op's output."""
-    tensors = state.graph.tensors()
-    for t in members:
-        prod = tensors[t].inputs[0] if t in tensors and tensors[t].inputs else None
-        fixed = state.target.fixed_encoding(prod.op, bits) if prod is not None else None
-        if fixed is not None:
-            dtype = state.target.act_dtype(bits)
-            return Encoding(np.float32(fixed[0]), np.asarray(fixed[1]), dtype, bits)
-    return None
 
 
 def tensor_bits(state: CompileState) -> dict[str, int]:
@@ -66,6 +50,12 @@ def planned_spec(state: CompileState):
     return act_precision.without(state.spec, state.graph, floats)
 
 
+def plan_encodings(state: CompileState, spec=None) -> dict[str, Encoding]:
+    """Encoding of each quantized tensor of the plan (float groups have none; backends/act_qdq.py)."""
+    spec = spec or planned_spec(state)
+    return class_encodings(state.graph, spec, state.ranges, state.target, tensor_bits(state))
+
+
 class EmitQDQ(Pass):
     """Insert Q/DQ nodes for the bit plan (activations, weights, biases, elementwise constants)."""
 
@@ -75,23 +65,14 @@ class EmitQDQ(Pass):
         graph, spec = state.graph, planned_spec(state)
         if any(n.op == "QuantizeLinear" for n in graph.nodes):
             return PassResult(False, "already emitted")
-        absorb_activations(graph, spec)
-        encodings = self._activation_encodings(state, spec)
-        tensors = graph.tensors()
-        shared: dict[str, tuple] = {}
-        by_dq: dict[str, Encoding] = {}   # dequantized tensor name -> its encoding
+        encodings = plan_encodings(state, spec)
+        by_dq = insert_qdq(graph, spec, encodings, state.target)
         for name in spec.act_tensors:
-            rep = spec.encoding_of[name]
-            if rep not in shared:
-                shared[rep] = encodings[rep].constants(rep)
-            dq = insert_activation_qdq(graph, tensors[name], encodings[rep], shared[rep])
-            by_dq[dq.name] = encodings[rep]
-            r = state.ranges[name]
+            rep, enc, r = spec.encoding_of[name], encodings[name], state.ranges[name]
             state.report.activations.append({
                 "tensor": name, "shares_encoding_with": None if rep == name else rep,
-                "dtype": encodings[rep].dtype, "bits": encodings[rep].bits,
-                "scale": float(encodings[rep].scale), "zero_point": int(encodings[rep].zero_point),
-                "range": [r.lo, r.hi], "range_source": r.source})
+                "dtype": enc.dtype, "bits": enc.bits, "scale": float(enc.scale),
+                "zero_point": int(enc.zero_point), "range": [r.lo, r.hi], "range_source": r.source})
         weight_bits = {layer: state.plan.bits[g.id][0] for g in state.groups for layer in g.layers}
         nodes = {node_label(n): n for n in graph.nodes}
         done: dict[str, gs.Tensor] = {}   # weight name -> its DequantizeLinear output (shared weights)
@@ -106,8 +87,6 @@ class EmitQDQ(Pass):
                 continue
             self._quantize_weights(state, nodes[name], layer, weight_bits[name], by_dq)
             done[layer.weight] = nodes[name].inputs[1]
-        for node_name, const_name in spec.const_inputs:
-            self._quantize_constant_input(state, nodes[node_name], const_name)
         divisions = fold_scalar_divisions(graph)
         graph.cleanup().toposort()
         annotate(state)     # the plan's float activation groups in the report (report/activations.py)
@@ -116,27 +95,6 @@ class EmitQDQ(Pass):
         folded = f", {divisions} scalar Div read as a rescale" if divisions else ""
         return PassResult(True, f"{n_q} QuantizeLinear, {n_dq} DequantizeLinear, "
                                 f"{len(spec.absorbed)} activations absorbed{folded}")
-
-    @staticmethod
-    def _activation_encodings(state: CompileState, spec=None) -> dict[str, Encoding]:
-        """Encoding of each quantized tensor of the plan (float groups have none)."""
-        spec, bits = spec or planned_spec(state), tensor_bits(state)
-        classes: dict[str, list[str]] = {}
-        for t in spec.act_tensors:
-            classes.setdefault(spec.encoding_of[t], []).append(t)
-        out = {}
-        for rep, members in classes.items():
-            missing = [t for t in members if t not in state.ranges]
-            if missing:
-                raise UnsupportedModelError(f"no activation range for tensor '{missing[0]}'")
-            lo = min(state.ranges[t].lo for t in members)
-            hi = max(state.ranges[t].hi for t in members)
-            b = max(bits[t] for t in members)
-            out[rep] = (_fixed_encoding(state, members, b)
-                        or activation_encoding(state.target, lo, hi, b))
-        for t in spec.act_tensors:
-            out[t] = out[spec.encoding_of[t]]
-        return out
 
     @staticmethod
     def _quantize_weights(state: CompileState, node: gs.Node, layer, w_bits: int,
@@ -170,13 +128,3 @@ class EmitQDQ(Pass):
             "input_scale": None if x_enc is None else float(x_enc.scale),
             "input_zero_point": None if x_enc is None else int(x_enc.zero_point),
             "act_bits": None if x_enc is None else x_enc.bits, "bias": bias_kind})
-
-    @staticmethod
-    def _quantize_constant_input(state: CompileState, node: gs.Node, const_name: str) -> None:
-        for i, t in enumerate(node.inputs):
-            if t.name == const_name and isinstance(t, gs.Constant):
-                values = const_values(t).astype(np.float32)
-                bits = state.target.default_act_bits
-                enc = activation_encoding(state.target, float(values.min()), float(values.max()), bits)
-                q = numerics.quantize(values, enc.scale, enc.zero_point, bits, enc.dtype.startswith("int"))
-                replace_with_dq(state.graph, node, i, q, enc, f"{node_label(node)}_{const_name}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from dfq_onnx.backends.runtime import copy_observing
 from dfq_onnx.core import ir
 from dfq_onnx.core.errors import UnsupportedModelError
 
@@ -40,11 +41,7 @@ def _reduce(g: gs.Graph, op: str, t: gs.Tensor, y: gs.Variable, name: str) -> gs
 
 def range_model(graph: gs.Graph, tensors: list[str]):
     """A copy of `graph` whose outputs are the per-row (min, max) of each named tensor, in order."""
-    g = ir.copy_graph(graph)
-    table = g.tensors()
-    missing = [t for t in tensors if t not in table]
-    if missing:
-        raise UnsupportedModelError(f"tensor '{missing[0]}' not found in the graph")
+    g, table = copy_observing(graph, tensors)
     reducers: dict[str, list[gs.Node]] = {}
     outs = []
     for i, name in enumerate(tensors):

@@ -42,13 +42,19 @@ def _large_session(model, opts: ort.SessionOptions) -> ort.InferenceSession:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def observer_model(graph: gs.Graph, tensors: list[str]):
-    """A copy of `graph` whose outputs are the named tensors (for statistics collection)."""
+def copy_observing(graph: gs.Graph, tensors: list[str]) -> tuple[gs.Graph, dict]:
+    """A copy of `graph` and its tensor table; an error names the first of `tensors` it lacks."""
     g = ir.copy_graph(graph)
     table = g.tensors()
     missing = [t for t in tensors if t not in table]
     if missing:
         raise UnsupportedModelError(f"tensor '{missing[0]}' not found in the graph")
+    return g, table
+
+
+def observer_model(graph: gs.Graph, tensors: list[str]):
+    """A copy of `graph` whose outputs are the named tensors (for statistics collection)."""
+    g, table = copy_observing(graph, tensors)
     outs = []
     for name in tensors:
         t = table[name]

@@ -28,7 +28,8 @@ segments with fast FP32-weight twins, and a configuration runs from the first se
 cached FP32 prefix (`dfq_onnx.sensitivity.segments`): a single costs about half a forward instead of 1.3-2.9x.
 
 Parts: the Q/DQ it writes (`probe_qdq`), running it (`probe_run`: `session`, `Probe`); FP32, Probe,
-session, emitted_weight and activation_encodings are importable from here as before.
+session and emitted_weight are importable from here as before; activation encodings and their Q/DQ are
+EmitQDQ's own (dfq_onnx/backends/act_qdq.py).
 
 Memory bound: every weighted layer holds K+1 float32 copies of its weight (and bias), K = number of
 weight candidates, so the probe's constants take (K+1) x 4 bytes x parameters -- ResNet-56 (0.85 M
@@ -49,9 +50,9 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.backends import forms
 from dfq_onnx.backends.act_precision import without
+from dfq_onnx.backends.act_qdq import class_encodings, group_encodings, insert_qdq
 from dfq_onnx.backends.qdq import (
     Encoding,
-    activation_encoding,
 )
 from dfq_onnx.core import candidates, ir
 from dfq_onnx.core.errors import UnsupportedModelError
@@ -59,7 +60,6 @@ from dfq_onnx.core.graph_utils import const_values, node_label
 from dfq_onnx.core.state import ActGroup, QuantGroup, QuantSpec, Range
 from dfq_onnx.sensitivity.act_switch import insert_act_switches, select_input
 from dfq_onnx.sensitivity.form_switch import form_switch
-from dfq_onnx.sensitivity.probe_qdq import activation_encodings, insert_qdq
 from dfq_onnx.sensitivity.probe_qdq import emitted_weight as emitted_weight
 from dfq_onnx.sensitivity.probe_run import FP32 as FP32
 from dfq_onnx.sensitivity.probe_run import Probe as Probe
@@ -206,18 +206,6 @@ class ProbeModel:
         return out
 
 
-def group_encodings(act_groups, ranges: Mapping[str, Range], target, bits) -> dict:
-    """Activation group id -> {bits: Encoding of the union of its members' ranges} (as EmitQDQ)."""
-    out = {}
-    for ag in act_groups:
-        missing = [t for t in ag.tensors if t not in ranges]
-        if missing:
-            raise UnsupportedModelError(f"no activation range for tensor '{missing[0]}'")
-        lo, hi = min(ranges[t].lo for t in ag.tensors), max(ranges[t].hi for t in ag.tensors)
-        out[ag.id] = {b: activation_encoding(target, lo, hi, b) for b in bits}
-    return out
-
-
 def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], ranges: Mapping[str, Range],
                 target, weight_bits: tuple[int, ...], act_bits: int,
                 quantize_activations: bool = True,
@@ -235,11 +223,11 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
     inputs = tuple(t.name for t in g.inputs)
     by_dq: dict[str, Encoding] = {}
     fixed = without(spec, g, {t for ag in act_groups for t in ag.tensors}, consts=False)
-    encs = group_encodings(act_groups, ranges, target, act_choices) if act_groups else {}
+    encs = group_encodings(g, act_groups, ranges, target, act_choices) if act_groups else {}
     if fixed_weight_bits is not None:   # weights see the base encodings of their inputs (int32 bias)
-        _fix_weights(g, spec, fixed_weight_bits, activation_encodings(spec, ranges, target, act_bits), target)
+        _fix_weights(g, spec, fixed_weight_bits, class_encodings(g, spec, ranges, target, act_bits), target)
     if quantize_activations:
-        encodings = activation_encodings(fixed, ranges, target, act_bits)
+        encodings = class_encodings(g, fixed, ranges, target, act_bits)
         by_dq = insert_qdq(g, fixed, encodings, target)
     fast = ir.copy_graph(g).cleanup().toposort()
     act = ({}, {}, {})
