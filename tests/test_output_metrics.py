@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.outputs import output_producers
+from dfq_onnx.sensitivity import losses
 from dfq_onnx.sensitivity.losses import combine, sample_stats
 from dfq_onnx.sensitivity.table import auto_metric, output_loss, resolve_metrics
 
@@ -132,3 +133,17 @@ def test_loss_on_a_subset_of_samples_from_per_sample_stats(kind):
         assert combine(kind, stats, rows) == pytest.approx(sub, rel=1e-12)
     assert combine(kind, stats) == pytest.approx(output_loss(kind, ref, test, labels), rel=1e-12)
     assert combine(kind, sample_stats(kind, ref, ref, labels)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_kl_per_sample_is_the_same_whatever_the_chunk(monkeypatch):
+    """The KL runs a few samples at a time (bounded float64 temporaries); the values do not change."""
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(7, 3, 11))
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    q = np.exp(logits + 0.2 * rng.normal(size=logits.shape))
+    q /= q.sum(-1, keepdims=True)
+    for ref, test in ((logits, logits + 0.1), (p, q)):
+        whole = sample_stats("kl", ref, test)[0]
+        monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 40)        # 1 sample (33 elements) per step
+        np.testing.assert_array_equal(sample_stats("kl", ref, test)[0], whole)
+        monkeypatch.undo()

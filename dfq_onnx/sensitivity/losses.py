@@ -21,6 +21,7 @@ from dfq_onnx.core import numerics
 from dfq_onnx.core.errors import UsageError
 
 Stats = tuple[np.ndarray, np.ndarray]      # (num_i, den_i), one entry per sample
+CHUNK_ELEMENTS = 1 << 22                   # elements per float64 temporary of the KL (32 MB)
 
 
 def _per_sample_mean(x: np.ndarray) -> np.ndarray:
@@ -46,10 +47,16 @@ def _log_probs(y: np.ndarray, axis: int, distribution: bool) -> tuple[np.ndarray
 
 
 def _kl(ref: np.ndarray, test: np.ndarray, axis: int) -> np.ndarray:
+    """Per-sample KL, a few samples at a time: the float64 temporaries of a wide output (a CTC head's
+    [N, T, 6625]) stay near CHUNK_ELEMENTS each instead of N times a sample's size."""
     distribution = _is_distribution(ref, axis)
-    logp, p = _log_probs(ref, axis, distribution)
-    logq, _ = _log_probs(test, axis, distribution)
-    return _per_sample_mean(np.sum(p * (logp - logq), axis=axis))
+    step = max(1, CHUNK_ELEMENTS // max(1, ref[0].size))
+    out = []
+    for i in range(0, len(ref), step):
+        logp, p = _log_probs(ref[i:i + step], axis, distribution)
+        logq, _ = _log_probs(test[i:i + step], axis, distribution)
+        out.append(_per_sample_mean(np.sum(p * (logp - logq), axis=axis)))
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
