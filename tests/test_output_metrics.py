@@ -12,6 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.outputs import output_producers
+from dfq_onnx.sensitivity import losses
+from dfq_onnx.sensitivity.losses import combine, sample_stats
 from dfq_onnx.sensitivity.table import auto_metric, output_loss, resolve_metrics
 
 
@@ -116,3 +118,32 @@ def test_report_names_the_metric_of_each_output():
     note = report.notes["sensitivity"]
     assert note["metric"] == "kl"
     assert note["metric_per_output"] == {"output": "kl (Softmax: distribution)"}
+
+
+@pytest.mark.parametrize("kind", ["kl", "kl@1", "ce", "mse", "sqnr", "cosine"])
+def test_loss_on_a_subset_of_samples_from_per_sample_stats(kind):
+    """losses.combine over rows = the loss recomputed on those rows only (the evaluator's halves)."""
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(9, 5, 4)) if kind in ("kl@1", "mse", "sqnr") else rng.normal(size=(9, 6))
+    test = ref + 0.3 * rng.normal(size=ref.shape)
+    labels = rng.integers(0, ref.shape[-1], size=len(ref)) if kind == "ce" else None
+    stats = sample_stats(kind, ref, test, labels)
+    for rows in (np.arange(0, 9, 2), np.arange(1, 9, 2), np.array([4])):
+        sub = output_loss(kind, ref[rows], test[rows], None if labels is None else labels[rows])
+        assert combine(kind, stats, rows) == pytest.approx(sub, rel=1e-12)
+    assert combine(kind, stats) == pytest.approx(output_loss(kind, ref, test, labels), rel=1e-12)
+    assert combine(kind, sample_stats(kind, ref, ref, labels)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_kl_per_sample_is_the_same_whatever_the_chunk(monkeypatch):
+    """The KL runs a few samples at a time (bounded float64 temporaries); the values do not change."""
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(7, 3, 11))
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    q = np.exp(logits + 0.2 * rng.normal(size=logits.shape))
+    q /= q.sum(-1, keepdims=True)
+    for ref, test in ((logits, logits + 0.1), (p, q)):
+        whole = sample_stats("kl", ref, test)[0]
+        monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 40)        # 1 sample (33 elements) per step
+        np.testing.assert_array_equal(sample_stats("kl", ref, test)[0], whole)
+        monkeypatch.undo()

@@ -7,8 +7,9 @@ from typing import Mapping
 
 import numpy as np
 
+from dfq_onnx.sensitivity.losses import all_stats, total_loss
 from dfq_onnx.sensitivity.probe import FP32, Probe, session
-from dfq_onnx.sensitivity.table import resolve_metrics, total_loss
+from dfq_onnx.sensitivity.table import resolve_metrics
 
 
 class Evaluator:
@@ -58,10 +59,10 @@ class Evaluator:
             if not key:
                 self._base = outs
             rows = (None, *self.halves)
-            self._memo[key] = np.array([total_loss(self.kinds, self.reference, outs, self.labels, r)
-                                        for r in rows])
-            self._relative[key] = np.array([total_loss(self.kinds, self._base, outs, self.labels, r)
-                                            for r in rows])
+            stats = all_stats(self.kinds, self.reference, outs, self.labels)
+            self._memo[key] = np.array([total_loss(self.kinds, stats, r) for r in rows])
+            stats = all_stats(self.kinds, self._base, outs, self.labels)
+            self._relative[key] = np.array([total_loss(self.kinds, stats, r) for r in rows])
         return self._memo[key]
 
     def outputs(self, config: Mapping[str, int | None]) -> list[np.ndarray]:

@@ -25,6 +25,7 @@ Metrics, per model output, summed over outputs (all are 0 at FP32 and grow with 
     cosine  mean over samples of 1 - cos(y_ref, y_test) (each sample's output flattened): embeddings,
             where only the direction counts (for small noise it is half the noise-to-signal power of
             the noise component orthogonal to y_ref, so it adds like sqnr)
+Per-sample forms of these (any subset of samples from one pass): losses.py.
 "auto" picks per output by its shape and by what computes it (`dfq_onnx.core.outputs`): kl after
 a Softmax / LogSoftmax / linear layer (classifier or per-step logits), cosine for a 2-D output after
 pooling or normalization (an embedding), sqnr for anything else (probability maps, token states);
@@ -43,9 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dfq_onnx.core import candidates, numerics
+from dfq_onnx.core import candidates
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.options import METRICS
+from dfq_onnx.sensitivity.losses import output_loss as output_loss
 
 log = logging.getLogger(__name__)
 
@@ -111,52 +113,6 @@ def resolve_metrics(metric: str, refs: list[np.ndarray], labels: np.ndarray | No
         if labels.shape != (n,) or labels.min() < 0 or labels.max() >= k:
             raise UsageError(f"labels must be {n} class indices in [0, {k}), got shape {list(labels.shape)}")
     return (metric,) * len(refs)
-
-
-def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    p = numerics.softmax(logits, axis=1)[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.maximum(p, 1e-30))))
-
-
-def _log_if_distribution(ref: np.ndarray, test: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Logits for the softmax: log p when the reference is a distribution on `axis`, else unchanged."""
-    if ref.size and ref.min() >= 0.0 and np.allclose(ref.sum(axis=axis, dtype=np.float64), 1.0, atol=1e-3):
-        return (np.log(np.maximum(np.asarray(ref, np.float64), 1e-12)),
-                np.log(np.maximum(np.asarray(test, np.float64), 1e-12)))
-    return ref, test
-
-
-def cosine_distance(ref: np.ndarray, test: np.ndarray) -> float:
-    a = np.asarray(ref, np.float64).reshape(len(ref), -1)
-    b = np.asarray(test, np.float64).reshape(len(test), -1)
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    cos = np.sum(a * b, axis=1) / np.maximum(na * nb, 1e-30)
-    cos = np.where((na == 0) & (nb == 0), 1.0, cos)
-    return float(np.mean(1.0 - cos))
-
-
-def output_loss(kind: str, ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None = None) -> float:
-    """The loss of one output (see the module docstring)."""
-    if kind.startswith("kl"):
-        axis = int(kind[3:]) if kind.startswith("kl@") else -1
-        return numerics.kl_softmax(*_log_if_distribution(ref, test, axis), axis=axis)
-    if kind == "cosine":
-        return cosine_distance(ref, test)
-    if kind == "ce":
-        return cross_entropy(test, labels) - cross_entropy(ref, labels)
-    if kind == "mse":
-        return numerics.mse(ref, test)
-    if kind == "sqnr":
-        db = numerics.sqnr_db(ref, test)
-        return 0.0 if db == float("inf") else float(10.0 ** (-db / 10.0))
-    raise UsageError(f"unknown metric '{kind}'")
-
-
-def total_loss(kinds, refs, tests, labels=None, rows: np.ndarray | None = None) -> float:
-    """Sum over outputs of their loss, on the sample `rows` (all when None)."""
-    pick = (lambda a: a) if rows is None else (lambda a: a[rows])
-    lab = None if labels is None else pick(labels)
-    return float(sum(output_loss(k, pick(r), pick(t), lab) for k, r, t in zip(kinds, refs, tests)))
 
 
 # ----------------------------------------------------------------------------------------- table
