@@ -30,6 +30,7 @@ from dfq_onnx.allocation.ilp import solve
 from dfq_onnx.allocation.problem import Budget, Problem
 from dfq_onnx.backends.act_precision import touched
 from dfq_onnx.backends.budget import evaluations, scoring_rows
+from dfq_onnx.backends.memory import release
 from dfq_onnx.core import cache, ir
 from dfq_onnx.core.graph_utils import is_float, node_label
 from dfq_onnx.core.outputs import output_producers
@@ -221,6 +222,8 @@ class ChooseActivationPrecision(Pass):
                 for o in notes["outliers"].values():
                     o["proposed"], o["choice"] = o["choice"], acts.base
                 chosen = {}
+        del ev                 # the probe sessions and the prefix cache: freed before the next pass
+        release()
         state.plan = BitPlan(state.plan.bits, acts=dict(sorted(chosen.items())))
         state.report.notes["activations"] = notes
         names = ", ".join(f"{k}:{'float' if a == FLOAT_BITS else f'A{a}'}" for k, a in chosen.items())

@@ -21,7 +21,7 @@ from dfq_onnx.core import numerics
 from dfq_onnx.core.errors import UsageError
 
 Stats = tuple[np.ndarray, np.ndarray]      # (num_i, den_i), one entry per sample
-CHUNK_ELEMENTS = 1 << 22                   # elements per float64 temporary of the KL (32 MB)
+CHUNK_ELEMENTS = 1 << 20                   # elements per float64 temporary of the KL (8 MB)
 
 
 def _per_sample_mean(x: np.ndarray) -> np.ndarray:

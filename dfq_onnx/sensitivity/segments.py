@@ -22,8 +22,11 @@ Memory bound: the cache holds, per scoring batch, the tensors crossing the S - 1
 outputs -- at most (S - 1) x the largest crossing set x batch -- for every batch of the scoring set
 (the sum over cuts is reported as `cache_bytes`); cuts whose crossing tensors would push the per-sample
 total over `max_cache_elements` are not taken (the scorer passes CACHE_BYTES / 4 / samples, so the cache
-stays under CACHE_BYTES = 2 GiB for any scoring set). Sessions: 2 S, holding the probe's constants
-once more in the fast halves (FP32 weights).
+stays under CACHE_BYTES for any scoring set). CACHE_BYTES is the chunk rule's bound on the live
+activations of one ORT call (`backends.chunks`: DEFAULT_BUDGET / ARENA = 256 MiB, the budget Calibrate's
+chunk is sized by): the cache is held beside every evaluation's chunk, so it may take as much as one
+chunk's activations, not more (it was 2 GiB; PP-OCRv4 rec's 32 scoring rows cache 8 MB each, 257 MB).
+Sessions: 2 S, holding the probe's constants once more in the fast halves (FP32 weights).
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from dfq_onnx.backends.chunks import ARENA, DEFAULT_BUDGET
 from dfq_onnx.core import ir
 from dfq_onnx.core.graph_utils import node_label
 
 log = logging.getLogger(__name__)
-CACHE_BYTES = 2 << 30      # bound of the prefix cache over the whole scoring set
+CACHE_BYTES = DEFAULT_BUDGET // ARENA    # bound of the prefix cache over the scoring set (above)
 
 
 def _live_sets(nodes: list[gs.Node], skip: set[str]) -> list[list[str]]:
