@@ -89,11 +89,24 @@ def range_of(vals: dict, scale: str, zero: str) -> tuple[float, float]:
     return (lo_q - z) * s, (hi_q - z) * s
 
 
+def folded_readers(m: onnx.ModelProto, quantizers) -> set[str]:
+    """Scale / zero-point initializers of DequantizeLinear nodes that read one of `quantizers`' codes
+    with an encoding of their own: EmitQDQ's Div rescale (backends/scale_fold.py) drops a Div between
+    two quantizers and dequantizes the first one's codes with the second one's scale. Such a pair
+    must be swapped together, or its zero points and scales disagree (a broken model, not a finding)."""
+    q_out = {n.output[0]: n.input[1] for n in m.graph.node if n.op_type == "QuantizeLinear"}
+    scales = {s for _, s, _ in quantizers}
+    return {name for n in m.graph.node if n.op_type == "DequantizeLinear"
+            and q_out.get(n.input[0]) in scales and n.input[1] != q_out[n.input[0]]
+            for name in n.input[1:3]}
+
+
 def swapped(s_model: onnx.ModelProto, r_vals: dict, quantizers, path: Path) -> Path:
-    """S with the (scale, zero point) of `quantizers` taken from R, written to `path`."""
+    """S with the (scale, zero point) of `quantizers` taken from R, written to `path` (with the
+    encodings of the DequantizeLinear nodes reading their codes, `folded_readers`)."""
     m = onnx.ModelProto()
     m.CopyFrom(s_model)
-    names = {n for _, s, z in quantizers for n in (s, z)}
+    names = {n for _, s, z in quantizers for n in (s, z)} | folded_readers(s_model, quantizers)
     for t in m.graph.initializer:
         if t.name in names:
             t.CopyFrom(numpy_helper.from_array(r_vals[t.name], t.name))

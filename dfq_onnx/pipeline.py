@@ -18,6 +18,7 @@ from dfq_onnx.passes.emit_forms import EmitForms
 from dfq_onnx.passes.emit_qdq import EmitQDQ
 from dfq_onnx.passes.equalize import EqualizeCrossLayer
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
+from dfq_onnx.passes.hardswish_floor import HardSwishRangeFloor
 from dfq_onnx.passes.keep_float import KeepFloat
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.plan_uniform import UniformPlan
@@ -97,6 +98,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         Calibrate(),
         *([ScoreTopPrior(), PooledRangeTop()] if options.calib == "synthetic" else []),
         SiluRangeFloor(),
+        HardSwishRangeFloor(),
         *([KeepFloat()] if measures_float(options) else []),
         *(_mixed(options) if options.mixed else [UniformPlan()]),
         *([_activations(options)] if not options.mixed and options.act_bits is None else []),

@@ -137,3 +137,32 @@ def wrapped_softmax(t: int = 4, d: int = 6, seed: int = 0) -> onnx.ModelProto:
              helper.make_node("MatMul", ["restored", "w2"], ["output"], name="mm2")]
     return _model(nodes, [_vi("input", ["N", t, d])], [_vi("output", ["N", t, d])], inits,
                   name="wrapped_softmax")
+
+
+def conv_hardswish(form: str = "clip", c: int = 8, hw: int = 8, seed: int = 0, extra_reader: bool = False,
+                   low: float = 0.0) -> onnx.ModelProto:
+    """input ─ conv1 ─ x ─ hard-swish ─ conv2 ─ output, the hard-swish as exporters spell it (`form`):
+    "clip": x * Clip(x + 3, low, 6) / 6; "relu": x * Relu(x + 3); "hardsigmoid": x * HardSigmoid(x)
+    (alpha 0.2, beta 0.5); "op": HardSwish(x) (opset 14). `extra_reader`: x also feeds the output sum."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("conv1.weight", _conv_w(rng, c, 3, 3)),
+             _init("conv1.bias", rng.normal(0, 0.5, c).astype(np.float32)),
+             _init("conv2.weight", _conv_w(rng, 4, c, 1)), _init("hs.three", np.array(3.0, np.float32)),
+             _init("hs.low", np.array(low, np.float32)), _init("hs.six", np.array(6.0, np.float32))]
+    gate = {"clip": [helper.make_node("Add", ["x", "hs.three"], ["a"], name="hs_add"),
+                     helper.make_node("Clip", ["a", "hs.low", "hs.six"], ["u"], name="hs_clip")],
+            "relu": [helper.make_node("Add", ["hs.three", "x"], ["a"], name="hs_add"),
+                     helper.make_node("Relu", ["a"], ["u"], name="hs_relu")],
+            "hardsigmoid": [helper.make_node("HardSigmoid", ["x"], ["u"], name="hs_sig", alpha=0.2,
+                                             beta=0.5)]}
+    body = ([helper.make_node("HardSwish", ["x"], ["hs_out"], name="hs")] if form == "op" else
+            [*gate[form], helper.make_node("Mul", ["x", "u"], ["hs_out"], name="hs_mul")])
+    out = "conv2_out" if extra_reader else "output"
+    nodes = [helper.make_node("Conv", ["input", "conv1.weight", "conv1.bias"], ["x"], name="conv1",
+                              pads=[1, 1, 1, 1]),
+             *body, helper.make_node("Conv", ["hs_out", "conv2.weight"], [out], name="conv2")]
+    if extra_reader:
+        nodes.append(helper.make_node("ReduceMean", ["x"], ["x_mean"], name="mean", axes=[1], keepdims=1))
+        nodes.append(helper.make_node("Add", ["conv2_out", "x_mean"], ["output"], name="sum"))
+    return _model(nodes, [_vi("input", ["N", 3, hw, hw])], [_vi("output", ["N", 4, hw, hw])], inits,
+                  name=f"conv_hardswish_{form}")

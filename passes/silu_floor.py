@@ -72,21 +72,28 @@ class SiluRangeFloor(Pass):
     name = "SiluRangeFloor"
 
     def run(self, state: CompileState) -> PassResult:
-        spec, ranges, moved = state.spec, state.ranges, {}
-        classes: dict[str, int] = {}
-        for t in spec.act_tensors:
-            classes[spec.encoding_of[t]] = classes.get(spec.encoding_of[t], 0) + 1
+        ranges, moved = state.ranges, {}
         for x, s, y in silu_pairs(state.graph):
-            if not all(t in ranges for t in (x, s, y)) or classes.get(spec.encoding_of.get(x, ""), 0) != 1:
-                continue
-            if spec.encoding_of[x] != x:
+            if not all(t in ranges for t in (x, s, y)):
                 continue
             d_s = (ranges[s].hi - ranges[s].lo) / STEPS
             d_y = (ranges[y].hi - ranges[y].lo) / STEPS
-            t = floor_for(d_s, d_y)
-            if ranges[x].lo < t:
-                moved[x] = [ranges[x].lo, t]
-                ranges[x] = Range(t, ranges[x].hi, ranges[x].source + "+silu_floor")
+            step = raise_floor(state, x, floor_for(d_s, d_y), "silu_floor")
+            if step is not None:
+                moved[x] = step
         if moved:
-            state.report.notes["silu_floor"] = {k: [round(a, 4) for a in v] for k, v in moved.items()}
+            state.report.notes["silu_floor"] = moved
         return PassResult(False, f"{len(moved)} SiLU input floors raised")
+
+
+def raise_floor(state: CompileState, x: str, t: float, tag: str) -> list[float] | None:
+    """Raise the bottom of x's range to t when x is quantized in an encoding class of its own and its
+    range reaches below t; returns [old bottom, t] (rounded, for the report) or None."""
+    spec, ranges = state.spec, state.ranges
+    if x not in ranges or spec.encoding_of.get(x) != x or ranges[x].lo >= t:
+        return None
+    if sum(1 for m in spec.act_tensors if spec.encoding_of[m] == x) != 1:
+        return None
+    old = ranges[x]
+    ranges[x] = Range(t, old.hi, f"{old.source}+{tag}")
+    return [round(old.lo, 4), round(t, 4)]
