@@ -98,22 +98,23 @@ def stroke_images(rng: np.random.Generator, n: int, shape: tuple[int, ...], axis
 def read_scores(y: np.ndarray) -> np.ndarray:
     """Per row of a per-position output [B, T, C]: sum over positions of the winning probability where
     the winner is not the background class (the class winning most positions over all rows)."""
-    return _scores_of(*_winners(y))
+    return _scores_of([_winners(y, not is_distribution(y))])
 
 
-def _winners(y: np.ndarray) -> tuple[bool, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """What `read_scores` needs of rows y, row by row: whether they are a distribution, and the winning
-    class and probability per position read as probabilities and after a softmax ([B, T] each)."""
+def _winners(y: np.ndarray, softmax: bool) -> tuple[bool, np.ndarray, np.ndarray]:
+    """What `read_scores` needs of rows y: (whether read after a softmax, the winning class and its
+    probability per position [B, T]). The softmax runs a row at a time (one row of float64 temporaries)."""
+    if not softmax:
+        return False, y.argmax(axis=-1), y.max(axis=-1)
     win, top = np.empty(y.shape[:-1], np.int64), np.empty(y.shape[:-1], np.float64)
-    for i, row in enumerate(y):          # a row at a time: one row of float64 temporaries
-        soft = numerics.softmax(row, axis=-1)
-        win[i], top[i] = soft.argmax(axis=-1), soft.max(axis=-1)
-    return is_distribution(y), (y.argmax(axis=-1), y.max(axis=-1)), (win, top)
+    for i, row in enumerate(y):
+        p = numerics.softmax(row, axis=-1)
+        win[i], top[i] = p.argmax(axis=-1), p.max(axis=-1)
+    return True, win, top
 
 
-def _scores_of(distribution: bool, raw: tuple[np.ndarray, np.ndarray], soft: tuple[np.ndarray, np.ndarray]
-               ) -> np.ndarray:
-    win, top = raw if distribution else soft
+def _scores_of(parts: list[tuple[bool, np.ndarray, np.ndarray]]) -> np.ndarray:
+    win, top = (np.concatenate(a) for a in list(zip(*parts))[1:])
     background = np.bincount(win.ravel(), minlength=int(win.max(initial=0)) + 1).argmax()
     return ((win != background) * top).sum(axis=1)
 
@@ -122,16 +123,23 @@ def model_scores(graph: gs.Graph, output: str, x: dict[str, np.ndarray]) -> np.n
     """`read_scores` of the float output `output` of `graph` for all rows of `x`, one memory-bounded chunk
     at a time: a chunk's output is reduced to its [rows, T] winners before the next runs, so the pick
     holds one chunk of outputs, not CANDIDATES x n of them (PP-OCRv4 rec: 256 x 40 x 6625 floats,
-    0.27 GB, twice over while concatenated). The same scores as `read_scores` of all rows at once:
-    a distribution iff every chunk is one, softmax and argmax/max are per row."""
+    0.27 GB, twice over while concatenated). The same scores as `read_scores` of all rows at once: the
+    rows are a distribution iff every chunk is one (else the chunks read as probabilities are run
+    again, through a softmax), and softmax, argmax and max are per row."""
     g = ir.copy_graph(graph)
     g.outputs = [g.tensors()[output]]
     sess = runtime.session(ir.to_model(g.cleanup()), mem_pattern=False)
     n = len(next(iter(x.values())))
     step = rows_per_chunk(g)
-    parts = [_winners(sess.run(None, {k: v[i:i + step] for k, v in x.items()})[0]) for i in range(0, n, step)]
-    join = lambda pairs: tuple(np.concatenate(a) for a in zip(*pairs))   # noqa: E731
-    return _scores_of(all(p[0] for p in parts), join(p[1] for p in parts), join(p[2] for p in parts))
+
+    def chunk(i: int, softmax: bool | None = None):
+        y = sess.run(None, {k: v[i:i + step] for k, v in x.items()})[0]
+        return _winners(y, not is_distribution(y) if softmax is None else softmax)
+
+    parts = [chunk(i) for i in range(0, n, step)]
+    if any(p[0] for p in parts):
+        parts = [p if p[0] else chunk(i, True) for i, p in zip(range(0, n, step), parts)]
+    return _scores_of(parts)
 
 
 def stroke_start(graph: gs.Graph, plan, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
