@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import platform
 import statistics
-import time
 from typing import Callable
 
 import numpy as np
 
-from dfq_onnx.backends.latency import Timer, random_feeds
+from dfq_onnx.backends.latency import Timer, median_ms, random_feeds
 
 THREADS = 2           # ORT intra-op threads of the timing (profile-target's default)
 SECONDS = 3.0         # wall the timing aims at
@@ -56,15 +55,6 @@ def runtime_version(runtime: str) -> str:
     return f"openvino {openvino.__version__}"
 
 
-def _one_ms(fn: Callable[[], object], runs: int) -> float:
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
-
-
 def schedule(fp32_ms: float, seconds: float = SECONDS) -> tuple[int, int]:
     """(rounds R, calls per round k) for an FP32 call of `fp32_ms` (module docstring)."""
     t = max(fp32_ms, 1e-3)
@@ -78,13 +68,12 @@ def paired_ratios(fp32: Callable[[], object], quant: Callable[[], object], secon
     """Per-round medians of both callables and their ratios, in alternating order (module docstring)."""
     quant()                                                 # warm-up: allocations, kernel selection
     fp32()
-    rounds, k = schedule(_one_ms(fp32, 3), seconds)
+    rounds, k = schedule(median_ms(fp32, 3, warmup=0), seconds)
     f_ms, q_ms = [], []
     for i in range(rounds):
         pair = [(fp32, f_ms), (quant, q_ms)]
         for fn, out in (pair if i % 2 == 0 else pair[::-1]):
-            fn()
-            out.append(_one_ms(fn, k))
+            out.append(median_ms(fn, k, warmup=1))
     ratios = [q / f for q, f in zip(q_ms, f_ms)]
     return {"rounds": rounds, "calls": k, "fp32_ms": statistics.median(f_ms),
             "int_ms": statistics.median(q_ms), "ratios": ratios}
