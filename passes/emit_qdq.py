@@ -19,6 +19,8 @@ Per quantized node (ort-cpu profile shown):
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -30,8 +32,10 @@ from dfq_onnx.backends.qdq import (
     replace_with_dq,
 )
 from dfq_onnx.backends.scale_fold import fold_scalar_divisions
+from dfq_onnx.core import ir
 from dfq_onnx.core.graph_utils import const_values, node_label
-from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.pass_base import Pass, PassResult, run_passes
+from dfq_onnx.core.report import Report
 from dfq_onnx.core.state import CompileState
 from dfq_onnx.report.activations import annotate
 
@@ -48,6 +52,16 @@ def planned_spec(state: CompileState):
     """The spec without the activation groups the plan leaves in float (no Q/DQ, Relu kept)."""
     floats = act_precision.float_tensors(state.plan, state.act_groups)
     return act_precision.without(state.spec, state.graph, floats)
+
+
+def emitted_graph(state: CompileState, plan, **changes) -> gs.Graph:
+    """The graph EmitForms + EmitQDQ write for `plan` on a copy of `state` (left untouched); `changes`
+    replace other fields of the copy (e.g. its ranges)."""
+    from dfq_onnx.passes.emit_forms import EmitForms
+
+    st = dataclasses.replace(state, graph=ir.copy_graph(state.graph), report=Report(), plan=plan, **changes)
+    run_passes([EmitForms(), EmitQDQ()], st)
+    return st.graph
 
 
 def plan_encodings(state: CompileState, spec=None) -> dict[str, Encoding]:

@@ -93,18 +93,15 @@ def timing_models(state: CompileState, batch: int = 1, acts: dict[str, int] | No
     """(FP32 model, default integer plan's model) at `batch`: the plan (with `acts`, activation group ->
     precision) emitted with the calibrated ranges (a tensor without one gets a placeholder: kernel speed
     does not depend on the values)."""
-    from dfq_onnx.passes.emit_forms import EmitForms
-    from dfq_onnx.passes.emit_qdq import EmitQDQ
+    from dfq_onnx.passes.emit_qdq import emitted_graph
     from dfq_onnx.passes.plan_uniform import UniformPlan
 
     ranges = {t: state.ranges.get(t, Range(-1.0, 1.0, "timing")) for t in state.spec.act_tensors}
-    st = dataclasses.replace(state, graph=ir.copy_graph(state.graph), report=Report(), ranges=ranges,
-                             plan=None, bn_stats={}, weight_gain={})
+    st = dataclasses.replace(state, report=Report(), ranges=ranges, plan=None, bn_stats={}, weight_gain={})
     run_passes([UniformPlan()], st)
-    st.plan = dataclasses.replace(st.plan, acts=dict(acts or {}))
-    run_passes([EmitForms(), EmitQDQ()], st)
+    integer = emitted_graph(st, dataclasses.replace(st.plan, acts=dict(acts or {})))
     out = []
-    for graph in (state.graph, st.graph):
+    for graph in (state.graph, integer):
         g = concrete(graph, batch)
         out.append(ir.to_model(g, ir_version=ir.min_ir_version(g.opset)))
     return tuple(out)

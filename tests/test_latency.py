@@ -96,12 +96,15 @@ def test_latency_ms_needs_a_table(tmp_path, capsys):
 
 def test_profiled_models_keep_int4_storage():
     """The timed models must store 4-bit weights as INT4 (through copies and a re-import)."""
+    from dfq_onnx.passes.emit_qdq import emitted_graph
+
     from dfq_onnx.backends.latency import concrete, cut_group
-    from dfq_onnx.commands.profile_target import _emitted, _prepared
+    from dfq_onnx.commands.profile_target import _prepared
+    from dfq_onnx.core.state import BitPlan
     from dfq_onnx.core.target import load_target
 
     state = _prepared(builders.conv_bn_relu_residual(), load_target("ort-cpu"), {})
-    emitted = _emitted(state, {g.id: (4, 8) for g in state.groups})
+    emitted = emitted_graph(state, BitPlan({g.id: (4, 8) for g in state.groups}))
     graph = concrete(emitted, 2)          # exported and re-imported
     cut = cut_group(graph, state.groups[0].ops)
     full = dfq_onnx.core.ir.to_model(dfq_onnx.core.ir.copy_graph(graph))

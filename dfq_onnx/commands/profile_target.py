@@ -7,7 +7,6 @@ out and timed (see `dfq_onnx.backends.latency` for the additive model and its ca
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 
@@ -33,8 +32,7 @@ from dfq_onnx.core.state import BitPlan, CompileState
 from dfq_onnx.core.target import TargetProfile, load_target
 from dfq_onnx.passes.analytic_ranges import AnalyticRanges
 from dfq_onnx.passes.calibrate import Calibrate
-from dfq_onnx.passes.emit_forms import EmitForms
-from dfq_onnx.passes.emit_qdq import EmitQDQ
+from dfq_onnx.passes.emit_qdq import emitted_graph
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.quant_groups import FindQuantGroups
@@ -51,12 +49,6 @@ def _prepared(model, profile: TargetProfile, input_shapes: dict) -> CompileState
     dtypes = [t for w, a in profile.pairs for t in (profile.weight_dtype(w), profile.act_dtype(a))]
     return run_passes([Normalize(profile.opset_for(dtypes)), FoldBatchNorm(), FindQuantGroups(),
                        AnalyticRanges(), Calibrate()], state)
-
-
-def _emitted(state: CompileState, plan: dict) -> object:
-    st = dataclasses.replace(state, graph=ir.copy_graph(state.graph), report=Report(), plan=BitPlan(plan))
-    run_passes([EmitForms(), EmitQDQ()], st)
-    return st.graph
 
 
 def _token_hints(model, input_shapes: dict, batch: int) -> dict:
@@ -107,7 +99,7 @@ def _models(state: CompileState, profile: TargetProfile, batch: int, forms: dict
     for cls, pair in classes.items():
         plan = {g.id: forms[g.id][1] if g.id in forms else
                 (pair if pair in profile.pairs_for(ops_of.get(g.id, [])) else base) for g in state.groups}
-        graph = concrete(_emitted(state, plan), batch)
+        graph = concrete(emitted_graph(state, BitPlan(plan)), batch)
         full[cls] = ir.to_model(ir.copy_graph(graph), ir_version=ir.min_ir_version(graph.opset))
         for g in static:
             cuts[(cls, g.id)] = cut_group(graph, g.ops)
