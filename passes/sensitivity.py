@@ -41,6 +41,7 @@ from dfq_onnx.sensitivity.scoring import (  # noqa: F401  (the scoring API, re-e
     shrink,
 )
 from dfq_onnx.sensitivity.table import SensitivityTable, load_json, save_json_atomic, summary
+from dfq_onnx.sensitivity.widths import Widths, noise_powers
 from dfq_onnx.synth.tokens import has_token_inputs
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,19 @@ def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -
     ev = Evaluator(Probe(pm, segmented=options.segmented, samples=n), fp32, samples, labels, options.metric,
                    batch, output_producers(state.graph))
     pairs = near_pairs(state.graph, state.groups, options.hops) if options.pairs else []
-    return Scoring(ev, [g.id for g in state.groups if g.layers], bits, act, pairs, options, forms)
+    return Scoring(ev, [g.id for g in state.groups if g.layers], bits, act, pairs, options, forms,
+                   widths(state, options, bits, forms))
+
+
+def widths(state: CompileState, options: SensitivityOptions, bits, forms) -> Widths | None:
+    """With `options.extrapolate`: the static groups' widths to measure and extrapolate
+    (dfq_onnx/sensitivity/widths.py), from their weights' noise power at every width."""
+    if not options.extrapolate:
+        return None
+    static = [g for g in state.groups if g.layers and g.id not in forms]
+    noise = noise_powers(state.graph, state.spec, static, bits, state.target)
+    return Widths([g.id for g in static], bits, options.base_bits, noise,
+                  lambda v: shrink(v, options.shrink))
 
 
 class PlanMeter:
@@ -164,8 +177,8 @@ class PlanMeter:
     @property
     def evaluator(self) -> Evaluator:
         if self._scoring is None:
-            self._scoring = prepare(self._state, dataclasses.replace(self._options, pairs=False),
-                                    self._samples, self._labels)
+            opts = dataclasses.replace(self._options, pairs=False, extrapolate=False)
+            self._scoring = prepare(self._state, opts, self._samples, self._labels)
         return self._scoring.evaluator
 
     def _act_evaluator(self) -> Evaluator:

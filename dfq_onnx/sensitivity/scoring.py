@@ -42,6 +42,7 @@ from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.sensitivity.evaluator import Evaluator
 from dfq_onnx.sensitivity.table import METRICS, SensitivityTable
+from dfq_onnx.sensitivity.widths import Widths
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class SensitivityOptions:
     bias_correction: bool = False     # each candidate's weights with its analytic bias correction
     shrink: float = 1.0
     segmented: bool = True            # run configurations from the first changed segment (segments.py)
+    extrapolate: bool = False         # score two widths per group, extrapolate the others (widths.py)
     use_cache: bool = True
     cache_dir: str | None = None
     progress: bool = True
@@ -87,6 +89,8 @@ class SensitivityOptions:
             raise UsageError(f"sensitivity samples {self.samples}: need at least 2 (two half-batches)")
         if self.metric not in METRICS:
             raise UsageError(f"sensitivity metric '{self.metric}': expected one of {', '.join(METRICS)}")
+        if self.extrapolate and self.incontext:
+            raise UsageError("sensitivity: extrapolated widths score singles only (set incontext=False)")
 
 
 def candidate_bits(options: SensitivityOptions, target, act_bits: int) -> tuple[int, ...]:
@@ -192,11 +196,19 @@ def monotone(terms: dict) -> dict:
 
 
 def assemble(ev: Evaluator, groups, bits, base, pairs, low, act: int, lam: float,
-             incontext: bool = True, forms: dict | None = None) -> dict:
+             incontext: bool = True, forms: dict | None = None, vectors: dict | None = None) -> dict:
     """The table's terms from the evaluator's (memoized) losses (no in-context terms when not scored);
-    form groups (`forms`, see `_values`) are keyed by their candidates."""
-    L, R, ref = ev.loss, ev.relative, ev.loss({})
+    form groups (`forms`, see `_values`) are keyed by their candidates; `vectors` (group -> width ->
+    [term, halves]) replaces the singles' measurements where given (extrapolated widths, widths.py)."""
+    L, ref, vectors = ev.loss, ev.loss({}), vectors or {}
     v = _values(groups, bits, base, low, forms)
+
+    def R(config):
+        if len(config) == 1:
+            ((g, b),) = config.items()
+            if b in vectors.get(g, {}):
+                return vectors[g][b]
+        return ev.relative(config)
 
     def cand(value):
         return value if isinstance(value, tuple) else (value, act)
@@ -222,6 +234,7 @@ class Scoring:
     pairs: list[tuple[str, str]]
     options: SensitivityOptions
     forms: dict = dataclasses.field(default_factory=dict)   # form group -> (candidates, base candidate)
+    widths: Widths | None = None      # options.extrapolate: which widths to measure (widths.py)
     phases: dict = dataclasses.field(default_factory=dict)
     started: float = dataclasses.field(default_factory=time.perf_counter)
 
@@ -233,14 +246,22 @@ class Scoring:
     def run(self) -> "Scoring":
         plan = _plan(self.groups, self.bits, self.options.base_bits, self.pairs, self.low,
                      self.options.incontext, self.forms)
-        self.phases = _evaluate(self.evaluator, plan, self.options.progress)
+        if self.widths is not None:       # singles up the width ladder, as far as they matter (widths.py)
+            static = set(self.widths.groups)
+            first = [c for c in plan.pop("singles") if not c or not set(c) <= static]
+            for k, phase in enumerate(("singles", "anchors", "tops")[:len(self.widths.ladder)]):
+                configs = (first if k == 0 else []) + self.widths.step(k, self.evaluator.relative)
+                self.phases.update(_evaluate(self.evaluator, {phase: configs}, self.options.progress))
+        self.phases = {**self.phases, **_evaluate(self.evaluator, plan, self.options.progress)}
         return self
 
     def table(self, shrink: float | None = None) -> SensitivityTable:
         ev, opts = self.evaluator, self.options
         lam = opts.shrink if shrink is None else shrink
+        vectors = self.widths.vectors(ev.relative) if self.widths is not None else None
         terms = assemble(ev, self.groups, self.bits, opts.base_bits, self.pairs, self.low, self.act, lam,
-                         opts.incontext, self.forms)
+                         opts.incontext, self.forms, vectors)
+        extrapolated = {"widths": self.widths.summary(ev.relative)} if self.widths is not None else {}
         extra = tuple(dict.fromkeys(c for cands, _ in self.forms.values() for c in cands))
         return SensitivityTable(
             groups=tuple(self.groups), candidates=tuple((b, self.act) for b in self.bits) + extra,
@@ -249,4 +270,5 @@ class Scoring:
             base=(opts.base_bits, self.act), phases=self.phases,
             meta={"hops": opts.hops, "shrink": lam, "batch": ev.batch,
                   "quantize_activations": opts.quantize_activations,
-                  "not_legal": [b for b in opts.weight_bits if b not in self.bits]}, **terms)
+                  "not_legal": [b for b in opts.weight_bits if b not in self.bits], **extrapolated},
+            **terms)

@@ -1,0 +1,153 @@
+"""Fewer configurations on many-group models: each group scored at two weight widths, the others
+extrapolated from the weights' own quantization noise.
+
+Scoring every candidate width of every group costs G x K configurations (PP-OCRv4 rec: 153 groups x 6
+widths = 918, one probe forward each, ~26 min at 1.7 s). Here, per group g with static candidates
+(form groups keep every candidate):
+
+    N_g(b) = sum over g's weighted layers l of ||W_hat_l(b) - W_l||^2 / ||W_l||^2
+
+is the relative weight-noise power of Emit's weights at b bits (computed exactly in numpy, cheap).
+For a small perturbation the output loss is quadratic in it (KL ~ 1/2 dW' F dW; MSE and noise/signal
+power alike), and per-channel rounding noise has the same shape at every width, so
+Omega_g(b) ~ c_g N_g(b): each extra bit divides it by about 4. At the lowest widths (2-3 bits most
+weights round to 0) the output is far from that regime, so those are measured:
+
+  1. measure l = the lowest width. When the samples cannot tell Omega_g(l) from 0 (its shrunk value is
+     0: the half-sample noise estimate of `scoring.shrink` exceeds it), every wider width is negligible
+     too: each is the measurement scaled by N_g(b) / N_g(l) (and shrinks to 0 the same way). Done.
+  2. else measure a = the anchor, the median of the widths below the base ({2,3,4,5,6} | 8 -> 4;
+     {2,4} | 8 -> 4: then every width below the base is measured);
+  3. wider than the anchor, exponent 1 (the quadratic regime):  Omega_g(b) = Omega_g(a) N_g(b) / N_g(a);
+     between l and a the exponent the two measurements give, p_g = log(Omega(l) / Omega(a)) /
+     log(N(l) / N(a)) (clamped at 0):  Omega_g(b) = Omega_g(a) (N_g(b) / N_g(a))^p_g, exact whenever the
+     loss is a power of the noise power between them.
+
+Each scaled value is the measured term and its two half-sample values times the same factor, so the
+shrinkage sees the signal-to-noise ratio of the width it came from. Cost: G + G' + 1 configurations
+(G' = groups not negligible at the lowest width) instead of G K + 1, whatever K; the fit is checked
+by `benchmarks/sensitivity_fit.py` (extrapolated vs measured on full tables).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from dfq_onnx.core.graph_utils import const_values, node_label
+from dfq_onnx.sensitivity.probe_qdq import emitted_weight
+
+Vector = np.ndarray        # [term, term on even samples, term on odd samples] (Evaluator.relative)
+
+
+def noise_powers(graph, spec, groups, bits, target) -> dict[str, dict[int, float]]:
+    """N_g(b) of every group with weights at every width of `bits` (module docstring)."""
+    nodes = {node_label(n): n for n in graph.nodes}
+    out: dict[str, dict[int, float]] = {}
+    for g in groups:
+        total = dict.fromkeys(bits, 0.0)
+        for name in g.layers:
+            layer = spec.layers[name]
+            w = const_values(nodes[name].inputs[1]).astype(np.float32)
+            energy = float(np.sum(np.square(w, dtype=np.float64)))
+            if energy == 0.0:
+                continue
+            for b in bits:
+                w_hat, _ = emitted_weight(w, None, None, b, layer.axis, target)
+                total[b] += float(np.sum(np.square(w_hat.astype(np.float64) - w))) / energy
+        out[g.id] = total
+    return out
+
+
+def ladder(bits, base: int) -> tuple[int, ...]:
+    """The widths measured, in order: the lowest, the anchor (the median width below `base`) and the
+    widest (the base); fewer when they coincide."""
+    below = sorted(b for b in bits if b < base)
+    if not below:
+        return tuple(dict.fromkeys((min(bits), max(bits))))
+    return tuple(dict.fromkeys((below[0], below[len(below) // 2], max(bits))))
+
+
+def _factor(noise: Mapping[int, float], b: int, ref: int, power: float = 1.0) -> float:
+    if noise[ref] <= 0.0:        # the weights are exact at ref, hence at every wider width
+        return 0.0 if b > ref else 1.0
+    return (noise[b] / noise[ref]) ** power
+
+
+def _line(out: Mapping[int, Vector], noise: Mapping[int, float], b: int, anchor: int, top: int) -> Vector:
+    """Floor + linear in the noise power through the anchor and the top, at width b."""
+    span = noise[anchor] - noise[top]
+    t = (noise[b] - noise[top]) / span if span > 0 else 0.0
+    return out[top] + (out[anchor] - out[top]) * t
+
+
+def fill(measured: Mapping[int, Vector], noise: Mapping[int, float], bits, anchor: int) -> dict[int, Vector]:
+    """Every width's vector from the measured ones (module docstring): through the anchor and the widest
+    measured width, floor + linear in the noise power; otherwise (the group stopped early) the nearest
+    measured width above (else below) scaled by the noise power."""
+    out = {b: np.asarray(v, np.float64) for b, v in measured.items()}
+    top = max(out)
+    for b in bits:
+        if b in out:
+            continue
+        if anchor in out and top > anchor and b < top:
+            out[b] = _line(out, noise, b, anchor, top)
+        else:
+            ref = min((m for m in out if m > b), default=top)
+            out[b] = out[ref] * _factor(noise, b, ref)
+    return {b: out[b] for b in bits}
+
+
+def fit_error(measured: Mapping[int, Vector], noise: Mapping[int, float], anchor: int) -> float | None:
+    """log10 of the line's value at the lowest measured width over its measurement (how far down the
+    quadratic regime reaches); None when the group stopped early or a value is not positive."""
+    low, top = min(measured), max(measured)
+    if not low < anchor < top or anchor not in measured:
+        return None
+    predicted, actual = _line(measured, noise, low, anchor, top)[0], measured[low][0]
+    return float(np.log10(predicted / actual)) if predicted > 0 and actual > 0 else None
+
+
+class Widths:
+    """Which single configurations to run and every width's vector from them (module docstring).
+
+    `groups`: the static groups (form groups are scored at every candidate by the caller); `noise`:
+    `noise_powers` of them; `shrunk`: a term vector's shrunk value (0: negligible, scoring.shrink)."""
+
+    def __init__(self, groups, bits, base: int, noise: Mapping[str, Mapping[int, float]],
+                 shrunk: Callable[[Vector], float]):
+        self.groups, self.bits, self.noise, self.shrunk = list(groups), tuple(bits), noise, shrunk
+        self.ladder = ladder(bits, base)
+        below = sorted(b for b in bits if b < base)
+        self.anchor = below[len(below) // 2] if below else max(bits)
+        self.reached = dict.fromkeys(self.groups, 0)     # group -> widths of the ladder measured
+
+    def step(self, k: int, relative: Callable[[dict], Vector]) -> list[dict]:
+        """Step k's configurations: ladder[k] for every group whose ladder[k - 1] was not negligible."""
+        if k == 0:
+            todo = list(self.groups)
+        else:
+            prev = self.ladder[k - 1]
+            todo = [g for g in self.groups
+                    if self.reached[g] == k and self.shrunk(relative({g: prev})) != 0.0]
+        for g in todo:
+            self.reached[g] = k + 1
+        return [{g: self.ladder[k]} for g in todo]
+
+    def vectors(self, relative: Callable[[dict], Vector]) -> dict[str, dict[int, Vector]]:
+        """Per group, every width's [term, half a, half b] (measured or extrapolated)."""
+        return {g: fill({b: relative({g: b}) for b in self.ladder[:self.reached[g]]}, self.noise[g],
+                        self.bits, self.anchor) for g in self.groups}
+
+    def summary(self, relative: Callable[[dict], Vector]) -> dict:
+        """Report note: widths measured, where groups stopped, and how well the line through the anchor
+        and the top predicts the lowest width (median log10 ratio over the groups measured there)."""
+        errors = [fit_error({b: relative({g: b}) for b in self.ladder[:self.reached[g]]}, self.noise[g],
+                            self.anchor) for g in self.groups]
+        errors = [e for e in errors if e is not None]
+        return {"measured": list(self.ladder), "extrapolated": [b for b in self.bits if b not in self.ladder],
+                "groups": len(self.groups),
+                "stopped_at": {str(w): sum(self.reached[g] == k + 1 for g in self.groups)
+                               for k, w in enumerate(self.ladder)},
+                "line_at_lowest_log10": float(np.median(errors)) if errors else None}
