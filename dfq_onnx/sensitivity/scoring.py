@@ -10,10 +10,14 @@ allows (w, a), a the activation bits -- configurations are run on ONE probe mode
     pairs      C_ij(c, c')  = D(i at c, j at c') - D(i at c) - D(j at c')           P*K_low^2
                for groups within `hops` and c, c' below the base (e.g. {2,4} x {2,4})
 
-plus one FP32 forward pass and one reference evaluation. L is the loss vs the FP32 model, D the same
-metric vs the probe's outputs with every weight FP32 (activations quantized): the damage the weights
-add (`Evaluator.relative`). D has no cross term with the activation noise, which makes small
-L-differences noisy and often negative; singles are then made monotone in the bits (`monotone`).
+plus one FP32 forward pass and one reference evaluation. With `extrapolate` (mixed-precision compiles)
+the singles run at three widths per group at most -- the lowest, the anchor, the base, each only while
+the previous one is not negligible -- and the others are interpolated from the weights' noise power
+(`dfq_onnx.sensitivity.widths`): at most 3 G + 1 evaluations whatever K.
+L is the loss vs the FP32 model, D the same metric vs the probe's outputs with every weight FP32
+(activations quantized): the damage the weights add (`Evaluator.relative`). D has no cross term with
+the activation noise, which makes small L-differences noisy and often negative; singles are then made
+monotone in the bits (`monotone`).
 
 Hops: quantized nodes (weighted and elementwise) are adjacent when data flows from one to the other
 through non-quantized nodes only (Relu, Pad, MaxPool, ...); two groups are within k hops when some

@@ -1,32 +1,36 @@
-"""Fewer configurations on many-group models: each group scored at two weight widths, the others
-extrapolated from the weights' own quantization noise.
+"""Fewer configurations on many-group models: each group scored at three weight widths at most, the
+others interpolated from the weights' own quantization noise.
 
-Scoring every candidate width of every group costs G x K configurations (PP-OCRv4 rec: 153 groups x 6
-widths = 918, one probe forward each, ~26 min at 1.7 s). Here, per group g with static candidates
-(form groups keep every candidate):
+Scoring every candidate width of every group costs G x K configurations (PP-OCRv4 rec: 43 weighted
+groups x 6 widths + 1 = 257 probe forwards of 64 samples, each a [64, 40, 6625] KL; 2-13 s apiece on
+2 shared cores). Here, per group g with static candidates (form groups keep every candidate):
 
     N_g(b) = sum over g's weighted layers l of ||W_hat_l(b) - W_l||^2 / ||W_l||^2
 
-is the relative weight-noise power of Emit's weights at b bits (computed exactly in numpy, cheap).
-For a small perturbation the output loss is quadratic in it (KL ~ 1/2 dW' F dW; MSE and noise/signal
-power alike), and per-channel rounding noise has the same shape at every width, so
-Omega_g(b) ~ c_g N_g(b): each extra bit divides it by about 4. At the lowest widths (2-3 bits most
-weights round to 0) the output is far from that regime, so those are measured:
+is the relative weight-noise power of Emit's weights at b bits (computed exactly in numpy, cheap). For a
+small perturbation the output loss is quadratic in it (KL ~ 1/2 dW' F dW; MSE and noise/signal power
+alike) and per-channel rounding noise has the same shape at every width, so the loss grows like
+c_g N_g(b), about 4x per bit removed. With quantized activations there is also a floor f_g: any weight
+change moves values across activation rounding steps downstream, which costs about the same at 6 as at
+8 bits (ResNet-20: Omega(8) is 0.3-0.9 of Omega(6)). So, with the ladder of widths
 
-  1. measure l = the lowest width. When the samples cannot tell Omega_g(l) from 0 (its shrunk value is
-     0: the half-sample noise estimate of `scoring.shrink` exceeds it), every wider width is negligible
-     too: each is the measurement scaled by N_g(b) / N_g(l) (and shrinks to 0 the same way). Done.
-  2. else measure a = the anchor, the median of the widths below the base ({2,3,4,5,6} | 8 -> 4;
-     {2,4} | 8 -> 4: then every width below the base is measured);
-  3. wider than the anchor, exponent 1 (the quadratic regime):  Omega_g(b) = Omega_g(a) N_g(b) / N_g(a);
-     between l and a the exponent the two measurements give, p_g = log(Omega(l) / Omega(a)) /
-     log(N(l) / N(a)) (clamped at 0):  Omega_g(b) = Omega_g(a) (N_g(b) / N_g(a))^p_g, exact whenever the
-     loss is a power of the noise power between them.
+    l = the lowest width,  a = the anchor (the median width below the base),  t = the widest (the base)
+    ({2,3,4,5,6,8} -> 2, 4, 8; {2,4,8} -> every width is measured, as before),
 
-Each scaled value is the measured term and its two half-sample values times the same factor, so the
-shrinkage sees the signal-to-noise ratio of the width it came from. Cost: G + G' + 1 configurations
-(G' = groups not negligible at the lowest width) instead of G K + 1, whatever K; the fit is checked
-by `benchmarks/sensitivity_fit.py` (extrapolated vs measured on full tables).
+  1. measure l. When the samples cannot tell Omega_g(l) from 0 (its shrunk value is 0: the half-sample
+     noise estimate of `scoring.shrink` exceeds it), no wider width can matter: stop;
+  2. else measure a; stop when it is negligible; else measure t;
+  3. every other width b < t lies on the line through a and t in the noise power (floor + quadratic):
+         Omega_g(b) = Omega_g(t) + (Omega_g(a) - Omega_g(t)) (N_g(b) - N_g(t)) / (N_g(a) - N_g(t));
+     a group stopped early takes the nearest measured width above b (else below) times
+     N_g(b) / N_g(that width) (then it shrinks to 0 as that one did).
+
+Each interpolated value is formed on the term and its two half-sample values alike, so the shrinkage sees
+them as it sees measured ones. The lowest width is measured, not interpolated: at 2 bits most weights
+round to 0 and the loss is far off the line (`fit_error`, in the report: the line's value there over the
+measurement). Cost: at most 3 G + 1 configurations (fewer where groups stop early) instead of K G + 1,
+whatever K; the fit against full tables: `benchmarks/sensitivity_fit.py` (BENCHMARKS.md, issue 17
+session 7: ResNet-20 W5 / W6 within 2x of the measured value for 19 of 20 groups, W3 for 16).
 """
 
 from __future__ import annotations
