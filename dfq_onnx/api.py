@@ -13,6 +13,7 @@ import onnx
 
 from dfq_onnx.core import ir
 from dfq_onnx.core.errors import OutputError, UsageError
+from dfq_onnx.core.input_hints import with_calib_hints
 from dfq_onnx.core.options import QuantizeOptions
 from dfq_onnx.core.pass_base import run_passes
 from dfq_onnx.core.report import Report
@@ -36,6 +37,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     check_outputs(model, output, report_path, opts.pareto, encodings_path)
     source = ir.load_model(model)
+    opts = with_calib_hints(source, opts)       # dynamic input sizes a --calib npz fixes
     report = Report()
     report.model.update({"name": source.graph.name, "producer": source.producer_name,
                          "path": str(model) if not isinstance(model, onnx.ModelProto) else None,
