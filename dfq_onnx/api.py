@@ -163,7 +163,7 @@ class _ListHandler(logging.Handler):
 
 def synthesize(model, *, output=None, samples: int = 64, steps: int | None = None, seed: int = 0,
                input_shapes: dict | None = None, cache_dir: str | None = None, use_cache: bool = True,
-               progress: bool = True):
+               progress: bool = True, input_ranges: dict | None = None):
     """Synthetic calibration samples for `model` (no data): returns the SynthesisResult; with `output`,
     writes one array per model input (plus `labels` when the objective assigns them) to an .npz."""
     import numpy as np
@@ -172,14 +172,15 @@ def synthesize(model, *, output=None, samples: int = 64, steps: int | None = Non
     from dfq_onnx.passes.normalize import Normalize
     from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize
 
-    opts = QuantizeOptions(input_shapes=dict(input_shapes or {}), seed=seed, progress=progress)
+    opts = QuantizeOptions(input_shapes=dict(input_shapes or {}), input_ranges=dict(input_ranges or {}),
+                           seed=seed, progress=progress)
     check_outputs(model, output, None)
     source = ir.load_model(model)
     state = CompileState(graph=None, target=load_target("ort-cpu"), options=opts, report=Report(),
                          model_hash=ir.model_hash(source), source=source)
     extra = {"steps": steps} if steps is not None else {}
     synth = Synthesize(SynthesisOptions(samples=samples, seed=seed, cache_dir=cache_dir, use_cache=use_cache,
-                                        progress=progress, **extra))
+                                        progress=progress, input_ranges=dict(opts.input_ranges), **extra))
     run_passes([Normalize(), FoldBatchNorm(), synth], state)
     result = state.synthetic
     if output is not None:
