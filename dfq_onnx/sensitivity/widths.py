@@ -12,7 +12,7 @@ small perturbation the output loss is quadratic in it (KL ~ 1/2 dW' F dW; MSE an
 alike) and per-channel rounding noise has the same shape at every width, so the loss grows like
 c_g N_g(b), about 4x per bit removed. With quantized activations there is also a floor f_g: any weight
 change moves values across activation rounding steps downstream, which costs about the same at 6 as at
-8 bits (ResNet-20: Omega(8) is 0.3-0.9 of Omega(6)). So, with the ladder of widths
+8 bits (ResNet-20: Omega(8) is 0.2-1.0 of Omega(6)). So, with the ladder of widths
 
     l = the lowest width,  a = the anchor (the median width below the base),  t = the widest (the base)
     ({2,3,4,5,6,8} -> 2, 4, 8; {2,4,8} -> every width is measured, as before),
