@@ -3,17 +3,22 @@
 The FP32 graph is run over the rows in chunks (`backends.chunks.rows_per_chunk` of the model's
 activation footprint, or the user's `calib_batch`), each activation quantizer's tensor reduced to its
 min/max inside the graph (`backends.observers`), so memory is one model plus one chunk of activations
-whatever the number of samples, and the ranges are the same whatever the chunk size. Chunks are sized
-as if every observed tensor lived to the end of the call: ORT's layout transform reorders each observed
-NCHWc convolution output back to NCHW for its reduction, and its default node order runs those copies
-late (BENCHMARKS.md, issue 14). With `act_range="percentile"` a tensor's range is the mean over rows of
-each row's percentiles. Analytic ranges (`AnalyticRanges`) fill what they can first; this pass measures
-only what is still missing. Synthetic samples of image-like inputs are measured together with
-`synth_views - 1` mirrored/shifted views of each (`dfq_onnx.synth.augment`), built chunk by chunk:
-more extremes for the min/max at the cost of forward rows only; a user's data and noise are measured
-as given. Without `--synth-views` the views are budgeted (`backends.budget.calibration_rows`): up to
+whatever the number of samples, and the ranges are the same whatever the chunk size. ORT's layout
+transform reorders each observed NCHWc convolution output back to NCHW for its reduction, and its
+default node order runs those copies late, keeping every observed tensor alive to the end of the call;
+the observer's session runs in ORT's priority order instead (`runtime.session`), where each reduction
+runs once its tensor is ready (PP-OCRv4 det at 640 x 640, one row: 0.07 GiB over the session instead of
+0.46; BENCHMARKS.md, issue 14 session 7). Chunks are still sized as if every observed tensor lived to
+the end of the call (a bound on any order). With `act_range="percentile"` a tensor's range is the mean
+over rows of each row's percentiles. Analytic ranges (`AnalyticRanges`) fill what they can first; this
+pass measures only what is still missing. Synthetic samples of image-like inputs are measured together
+with `synth_views - 1` mirrored/shifted views of each (`dfq_onnx.synth.augment`), built chunk by chunk:
+more extremes for the min/max at the cost of forward rows only; a user's data and noise are measured as
+given. Without `--synth-views` the views are budgeted (`backends.budget.calibration_rows`): up to
 DEFAULT_VIEWS per sample while rows x activation elements per row stay within the stage's work budget,
 so a large input measures every sample and fewer views; an explicit `--synth-views` is measured whole.
+After measuring, a large sample set moves to a temporary file (`backends.spill`): the passes after
+Calibrate read a few of its rows, and only those are then resident.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from tqdm import tqdm
 from dfq_onnx.backends import observers, runtime
 from dfq_onnx.backends.budget import calibration_rows
 from dfq_onnx.backends.chunks import rows_per_chunk
+from dfq_onnx.backends.spill import spill
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 from dfq_onnx.core.graph_utils import is_float
 from dfq_onnx.core.pass_base import Pass, PassResult
@@ -150,7 +156,7 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
     pct = opts.act_range == "percentile"
     observe = runtime.observer_model if pct else observers.range_model
     model = observe(state.graph, tensors)
-    sess = runtime.session(model, mem_pattern=False)
+    sess = runtime.session(model, mem_pattern=False, priority_order=not pct)
     rows = rows or len(next(iter(feeds.values()))) * view_count(feeds, views)
     step = chunk_rows(state, held=tensors)
     state.report.notes.setdefault("rows_per_call", {})["calibrate"] = step
@@ -211,6 +217,7 @@ class Calibrate(Pass):
         views, rows = measured_rows(state, feeds, opts.synth_views) if source == "synthetic" else (1, n)
         state.ranges.update(collect_ranges(state, feeds, missing, source, views, rows))
         state.report.notes.setdefault("calibration", {})[source] = {"samples": n, "rows": rows,
-                                                                    "tensors": len(missing)}
+                                                                    "tensors": len(missing),
+                                                                    "spilled_bytes": spill(state.calib)}
         views = f" ({rows} rows with views)" if rows != n else ""
         return PassResult(False, f"{len(missing)} ranges from {n} {source} samples{views}")

@@ -7,9 +7,11 @@ and a call returns two numbers per row and tensor instead of the tensor:
         ├──► ReduceMin ──► t/min        per row: min over all axes but the first
         └──► ReduceMax ──► t/max        per row: max
 
-Each reduction is listed right after its tensor's producer. ORT may still run it late (its NCHWc layout
-transform adds a reorder copy before it, scheduled after the convolutions), so callers size chunks as
-if the observed tensors were outputs (`chunks.rows_per_chunk(held=...)`). Min and max are exact, so
+Each reduction is listed right after its tensor's producer. ORT's default order may still run it late
+(its NCHWc layout transform adds a reorder copy before it, scheduled after the convolutions); run the
+model in ORT's priority order (`runtime.session(priority_order=True)`), which runs it as soon as its
+tensor is ready. Callers size chunks as if the observed tensors were outputs
+(`chunks.rows_per_chunk(held=...)`), a bound in any order. Min and max are exact, so
 the range over all rows is the min/max over calls whatever the split. An infinity is always seen, a
 NaN only where ORT's reductions return it (they may skip one); a non-finite range is refused.
 """
