@@ -217,7 +217,9 @@ class Calibrate(Pass):
         views, rows = measured_rows(state, feeds, opts.synth_views) if source == "synthetic" else (1, n)
         state.ranges.update(collect_ranges(state, feeds, missing, source, views, rows))
         state.report.notes.setdefault("calibration", {})[source] = {"samples": n, "rows": rows,
-                                                                    "tensors": len(missing),
-                                                                    "spilled_bytes": spill(state.calib)}
+                                                                    "tensors": len(missing)}
+        moved = spill(state.calib)      # later passes read a few rows: keep the set in a file
+        if moved:
+            state.report.notes.setdefault("work", {})["samples_in_file_bytes"] = moved
         views = f" ({rows} rows with views)" if rows != n else ""
         return PassResult(False, f"{len(missing)} ranges from {n} {source} samples{views}")
