@@ -3,22 +3,20 @@
 The FP32 graph is run over the rows in chunks (`backends.chunks.rows_per_chunk` of the model's
 activation footprint, or the user's `calib_batch`), each activation quantizer's tensor reduced to its
 min/max inside the graph (`backends.observers`), so memory is one model plus one chunk of activations
-whatever the number of samples, and the ranges are the same whatever the chunk size. ORT's layout
-transform reorders each observed NCHWc convolution output back to NCHW for its reduction, and its
-default node order runs those copies late, keeping every observed tensor alive to the end of the call;
-the observer's session runs in ORT's priority order instead (`runtime.session`), where each reduction
-runs once its tensor is ready (PP-OCRv4 det at 640 x 640, one row: 0.07 GiB over the session instead of
-0.46; BENCHMARKS.md, issue 14 session 7). Chunks are still sized as if every observed tensor lived to
-the end of the call (a bound on any order). With `act_range="percentile"` a tensor's range is the mean
-over rows of each row's percentiles. Analytic ranges (`AnalyticRanges`) fill what they can first; this
-pass measures only what is still missing. Synthetic samples of image-like inputs are measured together
-with `synth_views - 1` mirrored/shifted views of each (`dfq_onnx.synth.augment`), built chunk by chunk:
-more extremes for the min/max at the cost of forward rows only; a user's data and noise are measured as
-given. Without `--synth-views` the views are budgeted (`backends.budget.calibration_rows`): up to
-DEFAULT_VIEWS per sample while rows x activation elements per row stay within the stage's work budget,
-so a large input measures every sample and fewer views; an explicit `--synth-views` is measured whole.
-After measuring, a large sample set moves to a temporary file (`backends.spill`): the passes after
-Calibrate read a few of its rows, and only those are then resident.
+whatever the number of samples, and the ranges are the same whatever the chunk size. The reductions are
+listed so that ORT's node order runs each one soon after its tensor (`backends.observers`: PP-OCRv4 det
+at 640 x 640, one row, 0.06 GiB over the session instead of 0.50); chunks are still sized as if every
+observed tensor lived to the end of the call (a bound whatever the order). With `act_range="percentile"`
+a tensor's range is the mean over rows of each row's percentiles. Analytic ranges (`AnalyticRanges`)
+fill what they can first; this pass measures only what is still missing. Synthetic samples of image-like
+inputs are measured together with `synth_views - 1` mirrored/shifted views of each
+(`dfq_onnx.synth.augment`), built chunk by chunk: more extremes for the min/max at the cost of forward
+rows only; a user's data and noise are measured as given. Without `--synth-views` the views are budgeted
+(`backends.budget.calibration_rows`): up to DEFAULT_VIEWS per sample while rows x activation elements
+per row stay within the stage's work budget, so a large input measures every sample and fewer views; an
+explicit `--synth-views` is measured whole. After measuring, a large sample set moves to a temporary
+file (`backends.spill`): the passes after Calibrate read a few of its rows, and only those are then
+resident.
 """
 
 from __future__ import annotations
@@ -156,7 +154,7 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
     pct = opts.act_range == "percentile"
     observe = runtime.observer_model if pct else observers.range_model
     model = observe(state.graph, tensors)
-    sess = runtime.session(model, mem_pattern=False, priority_order=not pct)
+    sess = runtime.session(model, mem_pattern=False)
     rows = rows or len(next(iter(feeds.values()))) * view_count(feeds, views)
     step = chunk_rows(state, held=tensors)
     state.report.notes.setdefault("rows_per_call", {})["calibrate"] = step

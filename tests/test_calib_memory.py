@@ -1,6 +1,6 @@
-"""Calibration memory (issue 14, session 7): the range observer runs in ORT's priority order (each
-reduction as soon as its tensor is ready) and the samples move to a file after Calibrate; neither
-changes a value or the output."""
+"""Calibration memory (issue 14, session 7): the range observer lists its reductions so that ORT runs
+each one soon after its tensor, and the samples move to a file after Calibrate; neither changes a
+value or the output."""
 
 from __future__ import annotations
 
@@ -23,19 +23,29 @@ def _observed(graph) -> list[str]:
 
 
 @pytest.mark.parametrize("group", [1, 3, None])
-def test_range_stats_identical_in_either_order_and_any_grouping(group):
+def test_range_stats_identical_whatever_the_grouping(group):
     graph = compile_state(builders.conv_bn_relu_residual(), [Normalize(), FoldBatchNorm()]).graph
     tensors = ["input", *_observed(graph)]
     x = {"input": np.random.default_rng(0).standard_normal((4, 8, 8, 8)).astype(np.float32)}
-    ref = runtime.session(observers.range_model(graph, tensors)).run(None, x)
+    ref = runtime.session(runtime.observer_model(graph, tensors)).run(None, x)
     step = group or len(tensors)
     got = []
     for i in range(0, len(tensors), step):        # observed `step` tensors per session
-        sess = runtime.session(observers.range_model(graph, tensors[i:i + step]), priority_order=True)
-        got += sess.run(None, x)
-    assert len(got) == len(ref) == 2 * len(tensors)
-    for a, b in zip(got, ref):
-        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+        got += runtime.session(observers.range_model(graph, tensors[i:i + step])).run(None, x)
+    assert len(got) == 2 * len(ref)
+    for t, lo, hi in zip(ref, got[::2], got[1::2]):
+        assert lo.tobytes() == t.reshape(len(t), -1).min(axis=1).tobytes()
+        assert hi.tobytes() == t.reshape(len(t), -1).max(axis=1).tobytes()
+
+
+def test_reductions_follow_the_model_deepest_first():
+    graph = compile_state(builders.conv_bn_relu_residual(), [Normalize(), FoldBatchNorm()]).graph
+    tensors = ["input", *_observed(graph)]
+    nodes = list(observers.range_model(graph, tensors).graph.node)
+    model_ops = [n.op_type for n in nodes if not n.name.startswith("__observe_")]
+    assert [n.op_type for n in nodes[:len(model_ops)]] == model_ops      # the model first, as listed
+    reduced = [n.input[0] for n in nodes[len(model_ops):]][::2]
+    assert reduced == tensors[::-1]              # then its reductions, the shallowest with the highest index
 
 
 def test_file_backed_arrays_keep_their_bytes_and_stay_writable():
@@ -63,7 +73,7 @@ def test_spill_moves_only_sets_above_the_bound():
     {"calib": "synthetic", "synth_samples": 4, "synth_steps": 2, "use_cache": False},
     {"calib": "noise", "calib_samples": 9},
 ], ids=["synthetic-decision", "noise"])
-def test_output_identical_with_samples_in_a_file_and_either_order(opts, monkeypatch):
+def test_output_identical_with_the_samples_in_a_file(opts, monkeypatch):
     model = builders.conv_bn_relu_residual()
     plain = ir.serialize(dfq_onnx.quantize(model, progress=False, **opts)[0])
     held = {}
@@ -73,12 +83,6 @@ def test_output_identical_with_samples_in_a_file_and_either_order(opts, monkeypa
         return spill(arrays, min_bytes=0)
 
     monkeypatch.setattr(calibrate, "spill", spill_all)
-    session = runtime.session
-
-    def default_order(*args, priority_order=False, **kwargs):   # ORT's default order everywhere
-        return session(*args, **kwargs)
-
-    monkeypatch.setattr(runtime, "session", default_order)
     out, report = dfq_onnx.quantize(model, progress=False, **opts)
     assert ir.serialize(out) == plain
     assert all(isinstance(v, np.memmap) for v in held["calib"].values())

@@ -1,14 +1,4 @@
-"""ONNX Runtime session helpers: sessions from in-memory models, batched runs, tensor statistics.
-
-Execution order. ORT's default order is a depth-first topological sort; on a graph with many side
-outputs (an observer model: each observed tensor feeds a reduction, after ORT's NCHWc transform
-through a reorder copy it adds) it runs those side branches late, so every observed tensor stays alive
-to the end of the call (PP-OCRv4 det at 640 x 640, 221 observed tensors: 0.46 GiB over the session
-for one row). `priority_order=True` asks for ORT's priority-based order (Kahn's algorithm: a node
-runs as soon as its inputs are ready, among ready nodes by priority and then graph position), which
-runs each reduction right after its tensor (0.07 GiB there). Every node computes the same values in
-either order, so outputs are bit-identical; only which tensors are alive at once changes.
-"""
+"""ONNX Runtime session helpers: sessions from in-memory models, batched runs, tensor statistics."""
 
 from __future__ import annotations
 
@@ -24,16 +14,12 @@ from dfq_onnx.core.errors import UnsupportedModelError
 
 
 def session(model, threads: int = 0, optimized_path: str | None = None,
-            mem_pattern: bool = True, priority_order: bool = False) -> ort.InferenceSession:
+            mem_pattern: bool = True) -> ort.InferenceSession:
     """A CPU session from a ModelProto (or bytes); ORT warnings silenced. `mem_pattern=False` when the
-    batch size varies between runs: ORT plans one block per input shape and its arena keeps them all.
-    `priority_order`: ORT's priority-based execution order (module docstring: same outputs, side
-    branches run as soon as their inputs are ready)."""
+    batch size varies between runs: ORT plans one block per input shape and its arena keeps them all."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.enable_mem_pattern = mem_pattern
-    if priority_order:
-        opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     if threads:
         opts.intra_op_num_threads = threads
     if optimized_path:

@@ -11,8 +11,9 @@ peak.
 copy-on-write (`np.memmap`, mode "c"): same dtype, shape and bytes, writable as before (a write
 goes to a private page, never to the file). A mapped page counts in the process's RSS only once
 read, so a pass reading r of n rows holds r rows; the file itself lives in the page cache, which the
-kernel reclaims under pressure. The file is unlinked when it is created, so nothing is left on disk
-whatever happens to the process. Where no temporary file can be written the arrays stay as they are.
+kernel reclaims under pressure (where the temporary directory is a tmpfs, the bytes stay in memory,
+outside the process). The file is unlinked when it is created, so nothing is left on disk whatever
+happens to the process. Where no temporary file can be written the arrays stay as they are.
 Values never change, only where their bytes live.
 """
 
