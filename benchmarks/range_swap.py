@@ -1,6 +1,6 @@
 """Where synthetic calibration loses accuracy (issues 13, 17): swap activation ranges from another compile.
 
-    python benchmarks/range_swap.py [--task imagenet|ocr-cls|ocr-rec] [--model PATH] [--calib-images N]
+    python benchmarks/range_swap.py [--task imagenet|ocr-cls|ocr-rec|yolo] [--model PATH] [--calib-images N]
                                     [--chunks 6] [--top 8] [--target ort-cpu] [--alt-steps 80]
 
 The task (benchmarks/swap_tasks.py) names the model (default: EfficientNet-Lite0 / PP-OCR cls / rec),

@@ -7,6 +7,9 @@
   with the FP32 argmax. Real calibration = `n_real` other lines (seed 1000), every other one rotated.
 * ocr-rec: PP-OCRv4 rec through RapidOCR's recognizer (its variable widths) on the 500 lines: line
   exact match and CER. Real calibration = `n_real` other lines at 48 x 320.
+* yolo: a YOLO-style detector (default NudeNet's YOLOv8n 320) on the 500 dev photographs at 320 x 320
+  (benchmarks/detector_agreement.py): FP32 detections kept % and output SQNR dB; real calibration =
+  a seeded subset of `n_real` of those photographs.
 """
 
 from __future__ import annotations
@@ -96,7 +99,24 @@ def ocr_rec(model: str | None, n_real: int, lines: int = 500) -> Task:
                 [f"{lines} lines through RapidOCR's recognizer, real = {n_real} other lines"])
 
 
-TASKS = {"imagenet": imagenet, "ocr-cls": ocr_cls, "ocr-rec": ocr_rec}
+def yolo(model: str | None, n_real: int, size: int = 320) -> Task:
+    from detector_agreement import agreement, images, outputs
+    from dfq_onnx.models.corpus import corpus_model
+
+    path = Path(model or corpus_model("yolov8n_320").path)
+    x = images(size)
+    subset = np.random.default_rng(0).choice(len(x), n_real, replace=False)
+    ref = outputs(str(path), x)
+
+    def evaluate(p: Path) -> tuple[float, float]:
+        sqnr, _, kept, _, _ = agreement(ref, outputs(str(p), x))
+        return float(kept), float(sqnr)
+
+    return Task(path, {"images": (1, 3, size, size)}, {"images": x[subset]}, evaluate,
+                ("kept %", "SQNR dB"), [f"{len(x)} photographs at {size}, real = {n_real} of them"])
+
+
+TASKS = {"imagenet": imagenet, "ocr-cls": ocr_cls, "ocr-rec": ocr_rec, "yolo": yolo}
 
 
 def make(name: str, model: str | None, n_real: int) -> Task:

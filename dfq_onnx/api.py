@@ -13,6 +13,7 @@ import onnx
 
 from dfq_onnx.core import ir
 from dfq_onnx.core.errors import OutputError, UsageError
+from dfq_onnx.core.input_hints import with_calib_hints
 from dfq_onnx.core.options import QuantizeOptions
 from dfq_onnx.core.pass_base import run_passes
 from dfq_onnx.core.report import Report
@@ -36,6 +37,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     check_outputs(model, output, report_path, opts.pareto, encodings_path)
     source = ir.load_model(model)
+    opts = with_calib_hints(source, opts)       # dynamic input sizes a --calib npz fixes
     report = Report()
     report.model.update({"name": source.graph.name, "producer": source.producer_name,
                          "path": str(model) if not isinstance(model, onnx.ModelProto) else None,
@@ -161,7 +163,7 @@ class _ListHandler(logging.Handler):
 
 def synthesize(model, *, output=None, samples: int = 64, steps: int | None = None, seed: int = 0,
                input_shapes: dict | None = None, cache_dir: str | None = None, use_cache: bool = True,
-               progress: bool = True):
+               progress: bool = True, input_ranges: dict | None = None):
     """Synthetic calibration samples for `model` (no data): returns the SynthesisResult; with `output`,
     writes one array per model input (plus `labels` when the objective assigns them) to an .npz."""
     import numpy as np
@@ -170,14 +172,15 @@ def synthesize(model, *, output=None, samples: int = 64, steps: int | None = Non
     from dfq_onnx.passes.normalize import Normalize
     from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize
 
-    opts = QuantizeOptions(input_shapes=dict(input_shapes or {}), seed=seed, progress=progress)
+    opts = QuantizeOptions(input_shapes=dict(input_shapes or {}), input_ranges=dict(input_ranges or {}),
+                           seed=seed, progress=progress)
     check_outputs(model, output, None)
     source = ir.load_model(model)
     state = CompileState(graph=None, target=load_target("ort-cpu"), options=opts, report=Report(),
                          model_hash=ir.model_hash(source), source=source)
     extra = {"steps": steps} if steps is not None else {}
     synth = Synthesize(SynthesisOptions(samples=samples, seed=seed, cache_dir=cache_dir, use_cache=use_cache,
-                                        progress=progress, **extra))
+                                        progress=progress, input_ranges=dict(opts.input_ranges), **extra))
     run_passes([Normalize(), FoldBatchNorm(), synth], state)
     result = state.synthetic
     if output is not None:

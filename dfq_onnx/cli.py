@@ -22,6 +22,23 @@ def _shape_hint(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
+def _range_hint(text: str) -> tuple[str, tuple[float, float]]:
+    name, _, bounds = text.rpartition(":")
+    try:
+        lo, hi = (float(b) for b in bounds.split(","))
+    except ValueError:
+        lo = hi = 0.0
+    if not name or not lo < hi:
+        raise argparse.ArgumentTypeError(f"'{text}': expected NAME:LOW,HIGH with LOW < HIGH, e.g. images:0,1")
+    return name, (lo, hi)
+
+
+RANGE_HELP = ("value range of an image input that is not standardized (repeatable), e.g. images:0,1 for a "
+              "model reading [0, 1] pixels (Ultralytics YOLO exports): synthetic samples are drawn in it. "
+              "Without it they are standardized (mean 0, std 1), as BN statistics or most exporters' "
+              "normalization imply")
+
+
 def _add_quant_options(p: argparse.ArgumentParser) -> None:
     from dfq_onnx.sensitivity.table import METRICS
 
@@ -42,6 +59,8 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--act-range", choices=("minmax", "percentile"), default="minmax")
     p.add_argument("--input-shape", type=_shape_hint, action="append", default=[], metavar="NAME:D0,D1,..",
                    help="concrete shape for an input with dynamic dims (repeatable)")
+    p.add_argument("--input-range", type=_range_hint, action="append", default=[], metavar="NAME:LOW,HIGH",
+                   help=RANGE_HELP)
     p.add_argument("--seed", type=int, default=0)
     _add_synth_options(p)
     p.add_argument("--synth-views", type=int, default=None,
@@ -135,6 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--input-shape", type=_shape_hint, action="append", default=[], metavar="NAME:D0,..")
     s = sub.add_parser("synthesize", help="write synthetic calibration samples to an .npz")
     s.add_argument("model")
+    s.add_argument("--input-range", type=_range_hint, action="append", default=[], metavar="NAME:LOW,HIGH",
+                   help=RANGE_HELP)
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--input-shape", type=_shape_hint, action="append", default=[], metavar="NAME:D0,..")
     s.add_argument("--seed", type=int, default=0)
@@ -152,7 +173,8 @@ def _options(args):
     return QuantizeOptions(weight_bits=args.weight_bits, act_bits=args.act_bits, calib=args.calib,
                            calib_samples=args.calib_samples, calib_batch=args.calib_batch,
                            act_range=args.act_range,
-                           input_shapes=dict(args.input_shape), seed=args.seed, progress=not args.quiet,
+                           input_shapes=dict(args.input_shape), input_ranges=dict(args.input_range),
+                           seed=args.seed, progress=not args.quiet,
                            synth_samples=args.synth_samples, synth_steps=args.synth_steps,
                            synth_views=args.synth_views,
                            cache_dir=args.cache_dir, use_cache=not args.no_cache,
@@ -214,7 +236,8 @@ def _cmd_synthesize(args) -> int:
         raise UsageError(f"-o {args.output}: the samples are written as an .npz file")
     result = synthesize(args.model, output=args.output, samples=args.synth_samples, steps=args.synth_steps,
                         seed=args.seed, input_shapes=dict(args.input_shape), cache_dir=args.cache_dir,
-                        use_cache=not args.no_cache, progress=not args.quiet)
+                        use_cache=not args.no_cache, progress=not args.quiet,
+                        input_ranges=dict(args.input_range))
     how = (f"objective {result.loss_start:.4f} -> {result.loss_end:.4f}" if result.loss_start is not None
            else f"{'line drawings' if result.start == 'strokes' else '1/f prior'}, no search")
     print(f"wrote {args.output}: {args.synth_samples} samples ({result.objective}), {how}, "

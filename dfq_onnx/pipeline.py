@@ -59,7 +59,8 @@ def _synthesis(options: QuantizeOptions) -> Synthesize:
     extra = {"steps": options.synth_steps} if options.synth_steps is not None else {}
     return Synthesize(SynthesisOptions(samples=options.synth_samples, seed=options.seed,
                                        cache_dir=options.cache_dir, use_cache=options.use_cache,
-                                       progress=options.progress, **extra))
+                                       progress=options.progress, input_ranges=dict(options.input_ranges),
+                                       **extra))
 
 
 def _mixed(options: QuantizeOptions) -> list[Pass]:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -83,6 +83,8 @@ class SynthesisOptions:
     cache_dir: str | None = None
     use_cache: bool = True
     progress: bool = True
+    input_ranges: dict = field(default_factory=dict)   # {input: (lo, hi)}: the model's pixel range when it
+                                                       #  is not standardized (synth/search.py squash)
 
     def __post_init__(self):
         if self.samples < 1 or (self.steps is not None and self.steps < 0) or self.population < 1:
@@ -139,7 +141,9 @@ def budgeted_steps(options: SynthesisOptions, kind: str, elements_per_row: Calla
 def _key(model_hash: str, options: SynthesisOptions, kind: str, shapes: dict, steps: int) -> dict:
     return {"engine": ENGINE_VERSION, "model": model_hash, "samples": options.samples,
             "steps": steps, "population": options.population, "seed": options.seed,
-            "objective": kind, "shapes": {k: list(v) for k, v in sorted(shapes.items())}}
+            "objective": kind, "shapes": {k: list(v) for k, v in sorted(shapes.items())},
+            **({"ranges": {k: list(v) for k, v in sorted(options.input_ranges.items())}}
+               if options.input_ranges else {})}
 
 
 def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
@@ -162,7 +166,7 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     n = options.samples
     if steps == 0 and not strokes:
         latent = {name: pink_noise(rng, n, shape) for name, shape in shapes.items()}
-        return SynthesisResult(squash(latent), None, None, None, probes, probes,
+        return SynthesisResult(squash(latent, options.input_ranges), None, None, None, probes, probes,
                                time.perf_counter() - start, False, kind, 0)
     key = {**_key(model_hash, options, kind, shapes, steps), "pieces": plan.pieces if plan else 1,
            "start": "strokes" if strokes else "pink"}
@@ -171,7 +175,8 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     if use_cache and (hit := _from_cache(path, shapes, start)) is not None:
         return hit
     if strokes:
-        latent = {k: unsquash(v) for k, v in plan.split(stroke_start(graph, plan, rng, n)).items()}
+        drawings = stroke_start(graph, plan, rng, n, options.input_ranges.get(plan.name))
+        latent = {k: unsquash(v) for k, v in plan.split(drawings).items()}
     else:
         latent = {name: pink_noise(rng, n, shape) for name, shape in search_shapes.items()}
     result = _searched(latent, kind, search_graph, bn_stats, search_shapes, options, steps, rng)
@@ -195,8 +200,9 @@ def _per_piece(measured: tuple[int, int], pieces: int) -> tuple[int, int]:
 def _searched(latent, kind, graph, bn_stats, shapes, options, steps, rng) -> SynthesisResult:
     """The search from `latent` (the objective is not run without steps: loss None)."""
     if steps == 0:
-        return SynthesisResult(squash(latent), None, None, None, 0, 0, 0.0, False, kind, 0)
-    start_images = squash(latent)
+        return SynthesisResult(squash(latent, options.input_ranges), None, None, None, 0, 0, 0.0, False, kind,
+                               0)
+    start_images = squash(latent, options.input_ranges)
     objective, runner = build_objective(kind, graph, bn_stats, shapes, start_images, rng)
     idx = np.arange(options.samples)
     loss_start = float(runner.losses(objective, start_images, idx).mean())
@@ -214,18 +220,19 @@ def _search(latent, shapes, objective, runner, options, total, rng):
     cfg = ESConfig(options.population, SIGMA, LR)
     with tqdm(total=total, desc="synthesize", disable=not options.progress, leave=False) as bar:
         for factor, steps in zip(factors, per_stage):
-            latent = _run_stage(Stage(latent, factor), objective, runner, cfg, steps, rng, bar)
-    return squash(latent)
+            latent = _run_stage(Stage(latent, factor), objective, runner, cfg, steps, rng, bar,
+                                options.input_ranges)
+    return squash(latent, options.input_ranges)
 
 
-def _run_stage(stage: Stage, objective, runner, cfg: ESConfig, steps: int, rng, bar) -> dict:
+def _run_stage(stage: Stage, objective, runner, cfg: ESConfig, steps: int, rng, bar, ranges) -> dict:
     """ES on one stage's parameters; every candidate of every sample goes into one batch of rows."""
     n = stage.samples
 
     def loss(cand: np.ndarray) -> np.ndarray:
         m = cand.shape[1]
         rows = np.repeat(np.arange(n), m)
-        feeds = squash(stage(cand.reshape(n * m, -1), rows))
+        feeds = squash(stage(cand.reshape(n * m, -1), rows), ranges)
         return runner.losses(objective, feeds, rows).reshape(n, m)
 
     def on_step(value: float) -> None:
@@ -292,7 +299,15 @@ class Synthesize(Pass):
     def __init__(self, options: SynthesisOptions | None = None):
         self.options = options or SynthesisOptions()
 
+    def check(self, state: CompileState) -> None:
+        names = {t.name for t in state.graph.inputs}
+        for name in self.options.input_ranges:
+            if name not in names:
+                raise UsageError(f"--input-range {name}: no such model input (inputs: "
+                                 f"{', '.join(sorted(names))})")
+
     def run(self, state: CompileState) -> PassResult:
+        self.check(state)        # also when run alone (api.synthesize), without CheckUsage
         if state.spec is not None and not state.spec.act_tensors and not state.options.mixed:
             return PassResult(False, "no quantized activation")     # KeepFloat / forms: nothing to calibrate
         if has_token_inputs(state.graph):
@@ -312,6 +327,7 @@ class Synthesize(Pass):
             "forward_passes": result.forward_passes, "rows_evaluated": result.samples_evaluated,
             "cache_hit": result.cache_hit}
         state.report.notes["synthesis"]["start"] = result.start
+        _warn_assumed_range(state, result, self.options.input_ranges)
         if not searched:
             prior = "line drawings picked by the model" if result.start == "strokes" else "the 1/f prior"
             return PassResult(False, f"{self.options.samples} samples from {prior} (no search: "
@@ -319,3 +335,17 @@ class Synthesize(Pass):
         how = "from cache" if result.cache_hit else f"{result.forward_passes} ORT runs"
         return PassResult(False, f"{self.options.samples} samples ({result.objective}), loss "
                                  f"{result.loss_start:.4f} -> {result.loss_end:.4f}, {how}")
+
+
+def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: dict) -> None:
+    """Without BN statistics nothing in the model says what its image inputs' value range is, and the
+    samples assume standardized ones: say so once, naming the flag (a [0, 1]-pixel detector calibrated
+    on standardized samples loses a third of its detections: BENCHMARKS.md, session 7)."""
+    if result.objective.startswith("bn"):
+        return
+    unsized = [k for k, v in result.inputs.items() if k not in ranges and is_image_like(v.shape)]
+    if unsized:
+        state.report.notes["synthesis"]["assumed_range"] = {k: "standardized" for k in unsized}
+        log.warning("no BatchNormalization statistics: synthetic samples for %s assume standardized inputs "
+                    "(mean 0, std 1); if the model reads other values (e.g. [0, 1] pixels), pass "
+                    "--input-range %s:0,1", ", ".join(unsized), unsized[0])

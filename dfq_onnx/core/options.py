@@ -24,6 +24,9 @@ class QuantizeOptions:
     calib_samples: int = 64              # samples generated for noise calibration
     calib_batch: int | None = None       # rows per forward call; None: from the activation footprint
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # hints for dynamic dims
+    input_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # pixel range of image
+                                         # inputs that are not standardized, e.g. {"images": (0, 1)}: the
+                                         # synthetic samples are drawn in it (synth/search.py squash)
     seed: int = 0
     act_range: str = "minmax"            # "minmax" | "percentile"
     percentile: float = 99.99
@@ -111,6 +114,9 @@ class QuantizeOptions:
             raise UsageError("--synth-samples must be positive and --hops non-negative")
         if self.metric not in METRICS:
             raise UsageError(f"--metric {self.metric}: expected one of {', '.join(METRICS)}")
+        for name, (lo, hi) in self.input_ranges.items():
+            if not lo < hi:
+                raise UsageError(f"--input-range {name}:{lo},{hi}: expected LOW < HIGH")
         if self.synth_views is not None and self.synth_views < 1:
             raise UsageError(f"--synth-views {self.synth_views}: expected a positive number")
         if self.cle_criterion not in ("weights", "activations", "auto"):

@@ -29,7 +29,7 @@ come from one seeded generator, so the result is a deterministic function of the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -149,15 +149,28 @@ def pink_noise(rng: np.random.Generator, n: int, shape: tuple[int, ...], alpha: 
     return out
 
 
-def squash(latent: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """x = BOUND tanh(u / BOUND) as float32: identity near 0, keeps inputs in (-BOUND, BOUND)."""
+def squash(latent: dict[str, np.ndarray], ranges: Mapping[str, tuple[float, float]] | None = None
+           ) -> dict[str, np.ndarray]:
+    """x = BOUND tanh(u / BOUND) as float32: identity near 0, keeps inputs in (-BOUND, BOUND); inputs
+    with a declared range (lo, hi) (`--input-range`: a model that reads [0, 1] or [0, 255] pixels, not
+    standardized ones) are then mapped affinely onto it, lo + (hi - lo) (x + BOUND) / (2 BOUND)."""
     out = {}
     for k, u in latent.items():      # in place: one temporary of the samples' size, not three
         x = u / BOUND
         np.tanh(x, out=x)
         x *= BOUND
+        if ranges and k in ranges:
+            to_range(x, *ranges[k])
         out[k] = x.astype(np.float32, copy=False)
     return out
+
+
+def to_range(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """In place: (-BOUND, BOUND) onto (lo, hi), x -> lo + (hi - lo) (x + BOUND) / (2 BOUND)."""
+    x += BOUND
+    x *= (hi - lo) / (2.0 * BOUND)
+    x += lo
+    return x
 
 
 def unsquash(x: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ from dfq_onnx.backends import runtime
 from dfq_onnx.backends.chunks import rows_per_chunk
 from dfq_onnx.core import ir, numerics
 from dfq_onnx.synth.objectives import float_output
+from dfq_onnx.synth.search import to_range
 from dfq_onnx.synth.sequence import is_distribution
 
 CANDIDATES = 4
@@ -142,12 +143,15 @@ def model_scores(graph: gs.Graph, output: str, x: dict[str, np.ndarray]) -> np.n
     return _scores_of(parts)
 
 
-def stroke_start(graph: gs.Graph, plan, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+def stroke_start(graph: gs.Graph, plan, rng: np.random.Generator, n: int,
+                 domain: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
     """The n drawings the model reads most of CANDIDATES x n (module docstring), at the full size of
-    the composition `plan` (synth/compose.py) and read along its axis."""
+    the composition `plan` (synth/compose.py) and read along its axis; scored in the input's `domain`
+    (`--input-range`) when it has one, returned standardized (squash maps them)."""
     shape = tuple(graph.tensors()[plan.name].shape[1:])
     drawings = stroke_images(rng, CANDIDATES * n, shape, plan.axis - 1)
     out = float_output(graph)
-    scores = model_scores(graph, out.name, {plan.name: drawings})
+    seen = drawings if domain is None else to_range(drawings.copy(), *domain)
+    scores = model_scores(graph, out.name, {plan.name: seen})
     keep = np.sort(np.argsort(-scores, kind="stable")[:n])
     return {plan.name: drawings[keep]}

@@ -1,0 +1,66 @@
+"""Input-shape hints inferred from a --calib npz (dfq_onnx/core/input_hints.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+from dfq_onnx.models import builders
+
+import dfq_onnx
+from dfq_onnx.core import ir
+from dfq_onnx.core.input_hints import npz_shapes, with_calib_hints
+from dfq_onnx.core.options import QuantizeOptions
+
+
+def _npz(tmp_path, shape=(6, 3, 8, 8), name="input"):
+    path = tmp_path / "calib.npz"
+    np.savez(path, **{name: np.random.default_rng(0).random(shape, dtype=np.float32)})
+    return str(path)
+
+
+def test_npz_shapes_reads_the_headers(tmp_path):
+    path = tmp_path / "a.npz"
+    np.savez(path, a=np.zeros((5, 3, 2), np.float32), b=np.zeros((5, 7), np.int64))
+    assert npz_shapes(path) == {"a": (5, 3, 2), "b": (5, 7)}
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    assert npz_shapes(tmp_path / "bad.npz") == {}
+
+
+def test_dynamic_spatial_dims_are_sized_by_the_npz(tmp_path):
+    source = builders.conv_bn_relu(hw=None)
+    calib = _npz(tmp_path)
+    opts = with_calib_hints(source, QuantizeOptions(calib=calib))
+    assert opts.input_shapes == {"input": (1, 3, 8, 8)}
+    # the user's hint wins; a static model or a synthetic compile gets none
+    user = QuantizeOptions(calib=calib, input_shapes={"input": (1, 3, 4, 4)})
+    assert with_calib_hints(source, user).input_shapes == {"input": (1, 3, 4, 4)}
+    assert with_calib_hints(builders.conv_bn_relu(), QuantizeOptions(calib=calib)).input_shapes == {}
+    assert with_calib_hints(source, QuantizeOptions()).input_shapes == {}
+
+
+def test_a_wrong_rank_gives_no_hint(tmp_path):
+    source = builders.conv_bn_relu(hw=None)
+    assert with_calib_hints(source, QuantizeOptions(calib=_npz(tmp_path, (6, 3, 8)))).input_shapes == {}
+
+
+def test_inferred_hint_compiles_as_the_explicit_one(tmp_path):
+    source = builders.conv_bn_relu(hw=None)
+    before = source.SerializeToString()
+    calib = _npz(tmp_path)
+    inferred, report = dfq_onnx.quantize(source, calib=calib, progress=False, use_cache=False)
+    explicit, _ = dfq_onnx.quantize(source, calib=calib, input_shapes={"input": (1, 3, 8, 8)},
+                                    progress=False, use_cache=False)
+    assert source.SerializeToString() == before
+    assert inferred.SerializeToString() == explicit.SerializeToString()
+    assert ir.value_info_shape(inferred.graph.input[0]) == ["N", 3, "H", "W"]   # still drop-in
+    assert dict(report.model["options"]["input_shapes"]) == {"input": (1, 3, 8, 8)}
+
+
+def test_calibration_chunks_are_sized_from_the_npz_rows(tmp_path):
+    """Unsized spatial dims made the footprint rule see ~nothing per row (millions of rows per ORT
+    call: every calibration row at once); sized by the npz, the chunk follows the real row."""
+    source = builders.conv_bn_relu(hw=None)
+    _, small = dfq_onnx.quantize(source, calib=_npz(tmp_path, (4, 3, 8, 8)), progress=False, use_cache=False)
+    _, large = dfq_onnx.quantize(source, calib=_npz(tmp_path, (4, 3, 64, 64)), progress=False,
+                                 use_cache=False)
+    rows = small.notes["rows_per_call"]["calibrate"], large.notes["rows_per_call"]["calibrate"]
+    assert rows[1] < rows[0] < 10**6 and 40 < rows[0] / rows[1] < 90      # ~64x the pixels per row

@@ -1,0 +1,54 @@
+"""--input-range: synthetic samples drawn in a model's own pixel range (synth/search.py squash)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dfq_onnx.models import builders
+
+import dfq_onnx
+from dfq_onnx.core.errors import DfqError, UsageError
+from dfq_onnx.synth.search import BOUND, pink_noise, squash
+
+FAST = dict(synth_samples=8, synth_steps=2, use_cache=False, progress=False)
+
+
+def test_squash_maps_onto_the_declared_range():
+    u = {"x": pink_noise(np.random.default_rng(0), 4, (3, 16, 16)) * 3.0}
+    plain = squash({k: v.copy() for k, v in u.items()})["x"]
+    mapped = squash({k: v.copy() for k, v in u.items()}, {"x": (0.0, 1.0)})["x"]
+    assert -BOUND < plain.min() and plain.max() < BOUND
+    assert 0.0 <= mapped.min() and mapped.max() <= 1.0
+    np.testing.assert_allclose(mapped, (plain + BOUND) / (2 * BOUND), atol=1e-6)
+    other = squash({"y": u["x"].copy()}, {"x": (0.0, 1.0)})["y"]       # other inputs untouched
+    np.testing.assert_array_equal(other, plain)
+
+
+
+def test_bn_free_model_samples_in_the_range_and_a_warning_without_it():
+    model = builders.constant_weights(c_in=3, c=8, classes=5, hw=8)
+    _, plain = dfq_onnx.quantize(model, **FAST)
+    assert any("--input-range" in w for w in plain.warnings)
+    assert plain.notes["synthesis"]["assumed_range"] == {"input": "standardized"}
+    a, report = dfq_onnx.quantize(model, input_ranges={"input": (0.0, 1.0)}, **FAST)
+    b, _ = dfq_onnx.quantize(model, input_ranges={"input": (0.0, 1.0)}, **FAST)
+    assert a.SerializeToString() == b.SerializeToString()              # deterministic
+    assert not any("--input-range" in w for w in report.warnings)
+    assert "assumed_range" not in report.notes["synthesis"]
+    samples = dfq_onnx.api.synthesize(model, samples=8, steps=2, use_cache=False, progress=False,
+                                      input_ranges={"input": (0.0, 1.0)}).inputs["input"]
+    assert samples.min() >= 0.0 and samples.max() <= 1.0 and samples.std() > 0.05
+
+
+def test_bn_model_gets_no_warning():
+    model = builders.with_data_bn_stats(builders.conv_bn_relu_residual(c=8, hw=8, classes=10))
+    _, report = dfq_onnx.quantize(model, **FAST)
+    assert not any("--input-range" in w for w in report.warnings)
+
+
+def test_unknown_input_and_empty_range_are_usage_errors():
+    model = builders.constant_weights(c_in=3, c=8, classes=5, hw=8)
+    with pytest.raises(DfqError, match="--input-range images: no such model input"):
+        dfq_onnx.quantize(model, input_ranges={"images": (0.0, 1.0)}, **FAST)
+    with pytest.raises(UsageError, match="LOW < HIGH"):
+        dfq_onnx.quantize(model, input_ranges={"input": (1.0, 1.0)}, **FAST)
