@@ -3,17 +3,20 @@
 The FP32 graph is run over the rows in chunks (`backends.chunks.rows_per_chunk` of the model's
 activation footprint, or the user's `calib_batch`), each activation quantizer's tensor reduced to its
 min/max inside the graph (`backends.observers`), so memory is one model plus one chunk of activations
-whatever the number of samples, and the ranges are the same whatever the chunk size. Chunks are sized
-as if every observed tensor lived to the end of the call: ORT's layout transform reorders each observed
-NCHWc convolution output back to NCHW for its reduction, and its default node order runs those copies
-late (BENCHMARKS.md, issue 14). With `act_range="percentile"` a tensor's range is the mean over rows of
-each row's percentiles. Analytic ranges (`AnalyticRanges`) fill what they can first; this pass measures
-only what is still missing. Synthetic samples of image-like inputs are measured together with
-`synth_views - 1` mirrored/shifted views of each (`dfq_onnx.synth.augment`), built chunk by chunk:
-more extremes for the min/max at the cost of forward rows only; a user's data and noise are measured
-as given. Without `--synth-views` the views are budgeted (`backends.budget.calibration_rows`): up to
-DEFAULT_VIEWS per sample while rows x activation elements per row stay within the stage's work budget,
-so a large input measures every sample and fewer views; an explicit `--synth-views` is measured whole.
+whatever the number of samples, and the ranges are the same whatever the chunk size. The reductions are
+listed so that ORT's node order runs each one soon after its tensor (`backends.observers`: PP-OCRv4 det
+at 640 x 640, one row, 0.06 GiB over the session instead of 0.50); chunks are still sized as if every
+observed tensor lived to the end of the call (a bound whatever the order). With `act_range="percentile"`
+a tensor's range is the mean over rows of each row's percentiles. Analytic ranges (`AnalyticRanges`)
+fill what they can first; this pass measures only what is still missing. Synthetic samples of image-like
+inputs are measured together with `synth_views - 1` mirrored/shifted views of each
+(`dfq_onnx.synth.augment`), built chunk by chunk: more extremes for the min/max at the cost of forward
+rows only; a user's data and noise are measured as given. Without `--synth-views` the views are budgeted
+(`backends.budget.calibration_rows`): up to DEFAULT_VIEWS per sample while rows x activation elements
+per row stay within the stage's work budget, so a large input measures every sample and fewer views; an
+explicit `--synth-views` is measured whole. After measuring, a large sample set moves to a temporary
+file (`backends.spill`): the passes after Calibrate read a few of its rows, and only those are then
+resident.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tqdm import tqdm
 from dfq_onnx.backends import observers, runtime
 from dfq_onnx.backends.budget import calibration_rows
 from dfq_onnx.backends.chunks import rows_per_chunk
+from dfq_onnx.backends.spill import spill
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 from dfq_onnx.core.graph_utils import is_float
 from dfq_onnx.core.pass_base import Pass, PassResult
@@ -212,5 +216,8 @@ class Calibrate(Pass):
         state.ranges.update(collect_ranges(state, feeds, missing, source, views, rows))
         state.report.notes.setdefault("calibration", {})[source] = {"samples": n, "rows": rows,
                                                                     "tensors": len(missing)}
+        moved = spill(state.calib)      # later passes read a few rows: keep the set in a file
+        if moved:
+            state.report.notes.setdefault("work", {})["samples_in_file_bytes"] = moved
         views = f" ({rows} rows with views)" if rows != n else ""
         return PassResult(False, f"{len(missing)} ranges from {n} {source} samples{views}")
