@@ -238,6 +238,8 @@ def main() -> None:
     headers = ["model", "run", "compile wall s", "fwd passes", "peak RSS GB", "FP32 fwd RSS GB (rows), bound",
                "ms b1 / bN", "vs ORT b1 / bN", "1.02 line b1 / bN [90% CI of median]", "vs FP32 b1 / bN",
                "float ops ORT runs int"]
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dfq-cost-", dir=args.work) as tmp:
         rows = []
         for m in models:
