@@ -67,7 +67,7 @@ class SensitivityOptions:
     bias_correction: bool = False     # each candidate's weights with its analytic bias correction
     shrink: float = 1.0
     segmented: bool = True            # run configurations from the first changed segment (segments.py)
-    extrapolate: bool = False         # score two widths per group, extrapolate the others (widths.py)
+    extrapolate: bool = False         # score <= 3 widths per group, interpolate the others (widths.py)
     use_cache: bool = True
     cache_dir: str | None = None
     progress: bool = True

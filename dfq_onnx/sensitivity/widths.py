@@ -64,13 +64,16 @@ def noise_powers(graph, spec, groups, bits, target) -> dict[str, dict[int, float
     return out
 
 
-def ladder(bits, base: int) -> tuple[int, ...]:
-    """The widths measured, in order: the lowest, the anchor (the median width below `base`) and the
-    widest (the base); fewer when they coincide."""
+def anchor_width(bits, base: int) -> int:
+    """The median width below `base` (the widest width when none is below)."""
     below = sorted(b for b in bits if b < base)
-    if not below:
-        return tuple(dict.fromkeys((min(bits), max(bits))))
-    return tuple(dict.fromkeys((below[0], below[len(below) // 2], max(bits))))
+    return below[len(below) // 2] if below else max(bits)
+
+
+def ladder(bits, base: int) -> tuple[int, ...]:
+    """The widths measured, in order: the lowest, the anchor (`anchor_width`) and the widest (the base);
+    fewer when they coincide."""
+    return tuple(dict.fromkeys((min(bits), anchor_width(bits, base), max(bits))))
 
 
 def _factor(noise: Mapping[int, float], b: int, ref: int, power: float = 1.0) -> float:
@@ -122,9 +125,7 @@ class Widths:
     def __init__(self, groups, bits, base: int, noise: Mapping[str, Mapping[int, float]],
                  shrunk: Callable[[Vector], float]):
         self.groups, self.bits, self.noise, self.shrunk = list(groups), tuple(bits), noise, shrunk
-        self.ladder = ladder(bits, base)
-        below = sorted(b for b in bits if b < base)
-        self.anchor = below[len(below) // 2] if below else max(bits)
+        self.ladder, self.anchor = ladder(bits, base), anchor_width(bits, base)
         self.reached = dict.fromkeys(self.groups, 0)     # group -> widths of the ladder measured
 
     def step(self, k: int, relative: Callable[[dict], Vector]) -> list[dict]:
