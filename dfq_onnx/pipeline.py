@@ -69,7 +69,7 @@ def _mixed(options: QuantizeOptions) -> list[Pass]:
     scoring = SensitivityOptions(weight_bits=options.score_bits, hops=options.hops, samples=SCORE_SAMPLES,
                                  metric=options.metric,
                                  pairs=options.allocator == "ilp-pairs", pair_bits=(2, 4), incontext=False,
-                                 extrapolate=True,
+                                 extrapolate=True, budget_bits=options.avg_weight_bits,
                                  bias_correction=options.correct_bias,
                                  cache_dir=options.cache_dir,
                                  use_cache=options.use_cache, progress=options.progress)

@@ -157,7 +157,7 @@ def widths(state: CompileState, options: SensitivityOptions, bits, forms) -> Wid
     static = [g for g in state.groups if g.layers and g.id not in forms]
     noise = noise_powers(state.graph, state.spec, static, bits, state.target)
     return Widths([g.id for g in static], bits, options.base_bits, noise,
-                  lambda v: shrink(v, options.shrink))
+                  lambda v: shrink(v, options.shrink), options.budget_bits)
 
 
 class PlanMeter:

@@ -97,3 +97,34 @@ def test_negligible_at_the_lowest_width_stops_there_and_is_deterministic():
 def test_extrapolation_needs_singles_only():
     with pytest.raises(UsageError, match="incontext=False"):
         SensitivityOptions(extrapolate=True)
+
+
+def test_the_budgets_width_is_measured_and_the_line_runs_through_it():
+    """An average-bits budget above the anchor adds the widest width below it to the ladder; widths
+    between measured ones lie on the line through their neighbours, so where the loss bends away from
+    one line (it saturates at low widths) the budget's widths are nearer the truth than the anchor's line."""
+    assert ladder(BITS, 8, 6.0) == (2, 4, 5, 8) and ladder(BITS, 8, 7.0) == (2, 4, 6, 8)
+    assert ladder(BITS, 8, 5.0) == ladder(BITS, 8, 4.5) == ladder(BITS, 8, 3.0) == (2, 4, 8)
+    noise = {b: 4.0 ** -b for b in BITS}
+    truth = {b: np.full(3, 0.05 + np.sqrt(noise[b])) for b in BITS}     # concave in the noise power
+    three = fill({b: truth[b] for b in (2, 4, 8)}, noise, BITS, anchor=4)
+    four = fill({b: truth[b] for b in (2, 4, 5, 8)}, noise, BITS, anchor=4)
+    np.testing.assert_array_equal(four[5], truth[5])
+    np.testing.assert_array_equal(four[3], three[3])          # below the anchor: the same line as before
+    for b in (5, 6):
+        assert abs(four[b][0] - truth[b][0]) < abs(three[b][0] - truth[b][0])
+    t = (noise[6] - noise[8]) / (noise[5] - noise[8])
+    np.testing.assert_allclose(four[6], truth[8] + (truth[5] - truth[8]) * t)
+
+
+def test_scoring_with_a_budget_measures_its_width():
+    state = _state(builders.conv_bn_relu_residual(), calib_samples=32)
+    full = _scoring(state).table()
+    table = _scoring(state, extrapolate=True, budget_bits=6.0).table()
+    groups = len(table.groups)
+    assert table.evaluations <= 1 + groups * 4 + 1 and "budget" in table.phases
+    assert table.meta["widths"]["measured"] == [2, 4, 5, 8] and table.meta["widths"]["extrapolated"] == [3, 6]
+    stopped = table.meta["widths"]["stopped_at"]
+    assert set(stopped) == {"2", "4", "5", "8"} and sum(stopped.values()) == groups
+    reached = [g for g in table.groups if full.singles[g][(4, 8)] > 0.0]
+    assert reached and all(table.singles[g][(5, 8)] > 0.0 for g in reached)

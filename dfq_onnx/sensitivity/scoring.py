@@ -68,6 +68,8 @@ class SensitivityOptions:
     shrink: float = 1.0
     segmented: bool = True            # run configurations from the first changed segment (segments.py)
     extrapolate: bool = False         # score <= 3 widths per group, interpolate the others (widths.py)
+    budget_bits: float | None = None  # with extrapolate: an average-bits budget; the widest width below
+                                      # it is measured too (widths.budget_width)
     use_cache: bool = True
     cache_dir: str | None = None
     progress: bool = True
@@ -253,7 +255,7 @@ class Scoring:
         if self.widths is not None:       # singles up the width ladder, as far as they matter (widths.py)
             static = set(self.widths.groups)
             first = [c for c in plan.pop("singles") if not c or not set(c) <= static]
-            for k, phase in enumerate(("singles", "anchors", "tops")[:len(self.widths.ladder)]):
+            for k, phase in enumerate(self.widths.phases[:len(self.widths.ladder)]):
                 configs = (first if k == 0 else []) + self.widths.step(k, self.evaluator.relative)
                 self.phases.update(_evaluate(self.evaluator, {phase: configs}, self.options.progress))
         self.phases = {**self.phases, **_evaluate(self.evaluator, plan, self.options.progress)}

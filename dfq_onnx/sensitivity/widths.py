@@ -22,15 +22,22 @@ change moves values across activation rounding steps downstream, which costs abo
   2. else measure a; stop when it is negligible; else measure t;
   3. every other width b < t lies on the line through a and t in the noise power (floor + quadratic):
          Omega_g(b) = Omega_g(t) + (Omega_g(a) - Omega_g(t)) (N_g(b) - N_g(t)) / (N_g(a) - N_g(t));
+     with an average-bits budget B whose widest width below it, n (`budget_width`), lies between a and
+     t, n is measured too (after a, before t) and widths between a and t lie on the line through their
+     measured neighbours (a..n, n..t). Far from a small perturbation the loss bends away from one line
+     (PP-OCRv4 rec's per-step KL saturates: Conv.24 measured 0.33 at W5 where the a..t line gave 0.14),
+     and n is the width the plan's groups go to first when others stay wider: its value decides the
+     budget's trades, so it is measured rather than read off a line (<= G more configurations);
      a group stopped early takes the nearest measured width above b (else below) times
      N_g(b) / N_g(that width) (then it shrinks to 0 as that one did).
 
 Each interpolated value is formed on the term and its two half-sample values alike, so the shrinkage sees
 them as it sees measured ones. The lowest width is measured, not interpolated: at 2 bits most weights
 round to 0 and the loss is far off the line (`fit_error`, in the report: the line's value there over the
-measurement). Cost: at most 3 G + 1 configurations (fewer where groups stop early) instead of K G + 1,
-whatever K; the fit against full tables: `benchmarks/sensitivity_fit.py` (BENCHMARKS.md, issue 17
-session 7: ResNet-20 W5 / W6 within 2x of the measured value for 19 of 20 groups, W3 for 16).
+measurement). Cost: at most 3 G + 1 configurations (4 G + 1 with a budget's width; fewer where groups
+stop early) instead of K G + 1, whatever K; the fit against full tables: `benchmarks/sensitivity_fit.py`
+(BENCHMARKS.md, issue 17 session 7: ResNet-20 W5 / W6 within 2x of the measured value for 19 of 20
+groups, W3 for 16; session 8: the budget's width).
 """
 
 from __future__ import annotations
@@ -70,10 +77,22 @@ def anchor_width(bits, base: int) -> int:
     return below[len(below) // 2] if below else max(bits)
 
 
-def ladder(bits, base: int) -> tuple[int, ...]:
-    """The widths measured, in order: the lowest, the anchor (`anchor_width`) and the widest (the base);
-    fewer when they coincide."""
-    return tuple(dict.fromkeys((min(bits), anchor_width(bits, base), max(bits))))
+def budget_width(bits, base: int, budget: float | None) -> int | None:
+    """The widest width strictly below an average-bits `budget` when it lies between the anchor and the
+    base (None otherwise, or without a budget): where the plan's groups go first when others stay wider."""
+    if budget is None:
+        return None
+    below = [b for b in bits if b < budget]
+    near = max(below) if below else None
+    return near if near is not None and anchor_width(bits, base) < near < base else None
+
+
+def ladder(bits, base: int, budget: float | None = None) -> tuple[int, ...]:
+    """The widths measured, in order: the lowest, the anchor (`anchor_width`), the budget's width
+    (`budget_width`, when there is one) and the widest (the base); fewer when they coincide."""
+    near = budget_width(bits, base, budget)
+    return tuple(dict.fromkeys(b for b in (min(bits), anchor_width(bits, base), near, max(bits))
+                               if b is not None))
 
 
 def _factor(noise: Mapping[int, float], b: int, ref: int, power: float = 1.0) -> float:
@@ -83,23 +102,32 @@ def _factor(noise: Mapping[int, float], b: int, ref: int, power: float = 1.0) ->
 
 
 def _line(out: Mapping[int, Vector], noise: Mapping[int, float], b: int, anchor: int, top: int) -> Vector:
-    """Floor + linear in the noise power through the anchor and the top, at width b."""
+    """Floor + linear in the noise power through the widths `anchor` < `top`, at width b."""
     span = noise[anchor] - noise[top]
     t = (noise[b] - noise[top]) / span if span > 0 else 0.0
     return out[top] + (out[anchor] - out[top]) * t
 
 
+def _bracket(measured, b: int, anchor: int, top: int) -> tuple[int, int]:
+    """The measured widths the line at b runs through: the nearest ones around b from the anchor up
+    (piecewise, when a budget's width was measured between them), the anchor and the top below it."""
+    if b < anchor:
+        return anchor, top
+    return max(m for m in measured if anchor <= m < b), min(m for m in measured if m > b)
+
+
 def fill(measured: Mapping[int, Vector], noise: Mapping[int, float], bits, anchor: int) -> dict[int, Vector]:
-    """Every width's vector from the measured ones (module docstring): through the anchor and the widest
-    measured width, floor + linear in the noise power; otherwise (the group stopped early) the nearest
-    measured width above (else below) scaled by the noise power."""
+    """Every width's vector from the measured ones (module docstring): between the anchor and the widest
+    measured width on the line through the measured widths either side (floor + linear in the noise
+    power), below the anchor on the line through the anchor and the widest; otherwise (the group stopped
+    early) the nearest measured width above (else below) scaled by the noise power."""
     out = {b: np.asarray(v, np.float64) for b, v in measured.items()}
     top = max(out)
     for b in bits:
         if b in out:
             continue
         if anchor in out and top > anchor and b < top:
-            out[b] = _line(out, noise, b, anchor, top)
+            out[b] = _line(out, noise, b, *_bracket(measured, b, anchor, top))
         else:
             ref = min((m for m in out if m > b), default=top)
             out[b] = out[ref] * _factor(noise, b, ref)
@@ -123,9 +151,11 @@ class Widths:
     `noise_powers` of them; `shrunk`: a term vector's shrunk value (0: negligible, scoring.shrink)."""
 
     def __init__(self, groups, bits, base: int, noise: Mapping[str, Mapping[int, float]],
-                 shrunk: Callable[[Vector], float]):
+                 shrunk: Callable[[Vector], float], budget: float | None = None):
         self.groups, self.bits, self.noise, self.shrunk = list(groups), tuple(bits), noise, shrunk
-        self.ladder, self.anchor = ladder(bits, base), anchor_width(bits, base)
+        self.ladder, self.anchor = ladder(bits, base, budget), anchor_width(bits, base)
+        near = budget_width(bits, base, budget) in self.ladder[2:-1]
+        self.phases = ("singles", "anchors", "budget", "tops") if near else ("singles", "anchors", "tops")
         self.reached = dict.fromkeys(self.groups, 0)     # group -> widths of the ladder measured
 
     def step(self, k: int, relative: Callable[[dict], Vector]) -> list[dict]:
