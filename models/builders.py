@@ -450,3 +450,30 @@ def with_data_bn_stats(model: onnx.ModelProto, n: int = 256, seed: int = 0) -> o
         inits[bn.input[3]].CopyFrom(_init(bn.input[3], mean.astype(np.float32)))
         inits[bn.input[4]].CopyFrom(_init(bn.input[4], np.maximum(var, 1e-6).astype(np.float32)))
     return out
+
+
+# --------------------------------------------------------------------------- exporter layouts
+
+
+def channels_last(model: onnx.ModelProto, scale: float | None = None) -> onnx.ModelProto:
+    """A copy reading its first input [N, H, W, C] (same name) as tf2onnx exports a TF / Keras model:
+    the input, optionally an elementwise Mul by `scale` (Keras' Rescaling), then Transpose(perm =
+    [0, 3, 1, 2]) into the original [N, C, H, W] graph (whose input tensor becomes NAME_nchw)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    name = g.input[0].name
+    n, c, h, w = [d.dim_value if d.HasField("dim_value") else d.dim_param
+                  for d in g.input[0].type.tensor_type.shape.dim]
+    for node in g.node:
+        node.input[:] = [name + "_nchw" if x == name else x for x in node.input]
+    src, nodes = name, []
+    if scale is not None:
+        g.initializer.append(_init("rescale", np.array(scale, np.float32)))
+        nodes.append(helper.make_node("Mul", [src, "rescale"], [name + "_scaled"], name="rescaling"))
+        src = name + "_scaled"
+    nodes.append(helper.make_node("Transpose", [src], [name + "_nchw"], name="to_nchw", perm=[0, 3, 1, 2]))
+    for node in reversed(nodes):
+        g.node.insert(0, node)
+    g.input[0].CopyFrom(_vi(name, [n, h, w, c]))
+    return out

@@ -53,6 +53,7 @@ from dfq_onnx.core import cache
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
+from dfq_onnx.synth import layout
 from dfq_onnx.synth.augment import is_image_like
 from dfq_onnx.synth.compose import plan_pieces
 from dfq_onnx.synth.runner import build_objective, resolve_shapes, row_elements
@@ -152,6 +153,11 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     from the line drawings the model picks), searched to minimize the objective when steps > 0."""
     start = time.perf_counter()
     shapes = resolve_shapes(graph, input_shapes or {})
+    if last := layout.channels_last_inputs(graph, shapes):      # TF exports: synth/layout.py
+        hints = {k: v for k, v in (input_shapes or {}).items() if k not in last}
+        result = synthesize(layout.channels_first_graph(graph, shapes, last), bn_stats, options, model_hash,
+                            hints)
+        return dataclasses.replace(result, inputs=layout.to_channels_last(result.inputs, last))
     kind = resolve_objective(options.objective, bn_stats, graph)
     plan = plan_pieces(graph, kind, shapes)       # sequence outputs along an input axis: synth/compose.py
     search_graph, search_shapes = (plan.graph, plan.shapes) if plan else (graph, shapes)
@@ -343,7 +349,10 @@ def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: di
     on standardized samples loses a third of its detections: BENCHMARKS.md, session 7)."""
     if result.objective.startswith("bn"):
         return
-    unsized = [k for k, v in result.inputs.items() if k not in ranges and is_image_like(v.shape)]
+    last = layout.channels_last_inputs(state.graph, {k: tuple(v.shape[1:]) for k, v in result.inputs.items()})
+    first = {k: v.shape if k not in last else (v.shape[0], *layout.to_channels_first(v.shape[1:]))
+             for k, v in result.inputs.items()}
+    unsized = [k for k, shape in first.items() if k not in ranges and is_image_like(shape)]
     if unsized:
         state.report.notes["synthesis"]["assumed_range"] = {k: "standardized" for k in unsized}
         log.warning("no BatchNormalization statistics: synthetic samples for %s assume standardized inputs "
