@@ -455,10 +455,11 @@ def with_data_bn_stats(model: onnx.ModelProto, n: int = 256, seed: int = 0) -> o
 # --------------------------------------------------------------------------- exporter layouts
 
 
-def channels_last(model: onnx.ModelProto, scale: float | None = None) -> onnx.ModelProto:
+def channels_last(model: onnx.ModelProto, scale: float | None = None, mean=None, std=None) -> onnx.ModelProto:
     """A copy reading its first input [N, H, W, C] (same name) as tf2onnx exports a TF / Keras model:
-    the input, optionally an elementwise Mul by `scale` (Keras' Rescaling), then Transpose(perm =
-    [0, 3, 1, 2]) into the original [N, C, H, W] graph (whose input tensor becomes NAME_nchw)."""
+    the input, optionally Keras' preprocessing layers in the graph (Rescaling: Mul by `scale`;
+    Normalization: Sub `mean`, Div `std`, per channel), then Transpose(perm = [0, 3, 1, 2]) into the
+    original [N, C, H, W] graph (whose input tensor becomes NAME_nchw)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -468,10 +469,11 @@ def channels_last(model: onnx.ModelProto, scale: float | None = None) -> onnx.Mo
     for node in g.node:
         node.input[:] = [name + "_nchw" if x == name else x for x in node.input]
     src, nodes = name, []
-    if scale is not None:
-        g.initializer.append(_init("rescale", np.array(scale, np.float32)))
-        nodes.append(helper.make_node("Mul", [src, "rescale"], [name + "_scaled"], name="rescaling"))
-        src = name + "_scaled"
+    for op, value in (("Mul", scale), ("Sub", mean), ("Div", std)):
+        if value is not None:
+            g.initializer.append(_init(f"pre_{op}", np.asarray(value, np.float32)))
+            nodes.append(helper.make_node(op, [src, f"pre_{op}"], [f"{name}_{op}"], name=f"pre_{op}"))
+            src = f"{name}_{op}"
     nodes.append(helper.make_node("Transpose", [src], [name + "_nchw"], name="to_nchw", perm=[0, 3, 1, 2]))
     for node in reversed(nodes):
         g.node.insert(0, node)

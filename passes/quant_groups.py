@@ -41,6 +41,7 @@ from dfq_onnx.core.graph_utils import (
 )
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState, LayerSpec, QuantGroup, QuantSpec
+from dfq_onnx.synth.preprocess import prefix_nodes
 
 ABSORBABLE = ("Relu", "Clip")
 
@@ -131,8 +132,11 @@ def _activation_product(node: gs.Node) -> bool:
 def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
     layers = {}
     reach = _feeds_weighted(graph, target)
+    preprocessing = prefix_nodes(graph)          # the inputs' in-graph scale-and-shift stays float
     for node in graph.nodes:
         role = target.role(node.op)
+        if id(node) in preprocessing:
+            continue
         form = _form_spec(node, target)
         if form is not None:
             layers[form.node] = form

@@ -53,7 +53,7 @@ from dfq_onnx.core import cache
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
-from dfq_onnx.synth import layout
+from dfq_onnx.synth import layout, preprocess
 from dfq_onnx.synth.augment import is_image_like
 from dfq_onnx.synth.compose import plan_pieces
 from dfq_onnx.synth.runner import build_objective, resolve_shapes, row_elements
@@ -109,6 +109,7 @@ class SynthesisResult:
     steps: int = 0              # ES steps of the search (also reported on a cache hit)
     start: str = "pink"         # what the samples start from: "pink" (1/f fields), "strokes" (drawings),
                                 #  "tokens" (token sequences)
+    preprocessed: tuple[str, ...] = ()   # inputs sampled after their in-graph scale-and-shift (preprocess.py)
 
 
 def resolve_objective(requested: str, bn_stats: dict, graph=None) -> str:
@@ -153,6 +154,11 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     from the line drawings the model picks), searched to minimize the objective when steps > 0."""
     start = time.perf_counter()
     shapes = resolve_shapes(graph, input_shapes or {})
+    if prefixes := preprocess.input_prefixes(graph, shapes, skip=options.input_ranges):
+        result = synthesize(preprocess.without_prefixes(graph, prefixes), bn_stats, options,
+                            model_hash and f"{model_hash}/preprocess", input_shapes)   # synth/preprocess.py
+        return dataclasses.replace(result, inputs=preprocess.to_inputs(result.inputs, prefixes),
+                                   preprocessed=tuple(prefixes))
     if last := layout.channels_last_inputs(graph, shapes):      # TF exports: synth/layout.py
         hints = {k: v for k, v in (input_shapes or {}).items() if k not in last}
         result = synthesize(layout.channels_first_graph(graph, shapes, last), bn_stats, options, model_hash,
@@ -333,6 +339,8 @@ class Synthesize(Pass):
             "forward_passes": result.forward_passes, "rows_evaluated": result.samples_evaluated,
             "cache_hit": result.cache_hit}
         state.report.notes["synthesis"]["start"] = result.start
+        if result.preprocessed:
+            state.report.notes["synthesis"]["sampled_after_preprocessing"] = list(result.preprocessed)
         _warn_assumed_range(state, result, self.options.input_ranges)
         if not searched:
             prior = "line drawings picked by the model" if result.start == "strokes" else "the 1/f prior"
@@ -352,7 +360,8 @@ def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: di
     last = layout.channels_last_inputs(state.graph, {k: tuple(v.shape[1:]) for k, v in result.inputs.items()})
     first = {k: v.shape if k not in last else (v.shape[0], *layout.to_channels_first(v.shape[1:]))
              for k, v in result.inputs.items()}
-    unsized = [k for k, shape in first.items() if k not in ranges and is_image_like(shape)]
+    unsized = [k for k, shape in first.items()
+               if k not in ranges and k not in result.preprocessed and is_image_like(shape)]
     if unsized:
         state.report.notes["synthesis"]["assumed_range"] = {k: "standardized" for k in unsized}
         log.warning("no BatchNormalization statistics: synthetic samples for %s assume standardized inputs "
