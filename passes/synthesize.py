@@ -110,6 +110,7 @@ class SynthesisResult:
     start: str = "pink"         # what the samples start from: "pink" (1/f fields), "strokes" (drawings),
                                 #  "tokens" (token sequences)
     preprocessed: tuple[str, ...] = ()   # inputs sampled after their in-graph scale-and-shift (preprocess.py)
+    channels_last: tuple[str, ...] = ()  # [N, H, W, C] inputs, sampled channels-first (layout.py)
 
 
 def resolve_objective(requested: str, bn_stats: dict, graph=None) -> str:
@@ -163,7 +164,8 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
         hints = {k: v for k, v in (input_shapes or {}).items() if k not in last}
         result = synthesize(layout.channels_first_graph(graph, shapes, last), bn_stats, options, model_hash,
                             hints)
-        return dataclasses.replace(result, inputs=layout.to_channels_last(result.inputs, last))
+        return dataclasses.replace(result, inputs=layout.to_channels_last(result.inputs, last),
+                                   channels_last=tuple(last))
     kind = resolve_objective(options.objective, bn_stats, graph)
     plan = plan_pieces(graph, kind, shapes)       # sequence outputs along an input axis: synth/compose.py
     search_graph, search_shapes = (plan.graph, plan.shapes) if plan else (graph, shapes)
@@ -341,6 +343,8 @@ class Synthesize(Pass):
         state.report.notes["synthesis"]["start"] = result.start
         if result.preprocessed:
             state.report.notes["synthesis"]["sampled_after_preprocessing"] = list(result.preprocessed)
+        if result.channels_last:
+            state.report.notes["synthesis"]["channels_last_inputs"] = list(result.channels_last)
         _warn_assumed_range(state, result, self.options.input_ranges)
         if not searched:
             prior = "line drawings picked by the model" if result.start == "strokes" else "the 1/f prior"

@@ -46,7 +46,9 @@ def test_tf_layout_export_gets_the_samples_and_encodings_of_the_channels_first_o
     assert b.shape == (4, 16, 16, 3) and np.array_equal(a.transpose(0, 2, 3, 1), b)
     outs = []
     for name, model in (("first", first), ("last", last)):
-        api.quantize(model, output=tmp_path / f"{name}.onnx", progress=False, use_cache=False)
+        _, report = api.quantize(model, output=tmp_path / f"{name}.onnx", progress=False, use_cache=False)
+        found = report.notes["synthesis"].get("channels_last_inputs")
+        assert found == (["input"] if name == "last" else None)
         outs.append({t.name.replace("input_nchw", "input"): numpy_helper.to_array(t)
                      for t in ir.load_model(tmp_path / f"{name}.onnx").graph.initializer})
     assert outs[0].keys() == outs[1].keys() and len(outs[0]) > 4
