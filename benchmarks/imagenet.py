@@ -18,7 +18,8 @@ views measured (`--synth-views 8`, the default before the work budget), analytic
 mixed4.5 / mixed4 = `--avg-weight-bits 4.5 / 4` (A8). `--layout nhwc` runs every row on the model
 behind an input Transpose [0, 3, 1, 2] reading [N, H, W, C] images (a TF export's layout,
 `dfq_onnx.models.builders.channels_last`); `--layout pixels` also puts Keras-style preprocessing in
-the graph (x / 255, then (x - mean) / std per channel) and feeds [0, 255] pixels.
+the graph (x / 255, then (x - mean) / std per channel) and feeds [0, 255] pixels; `--layout uint8`
+the same with a uint8 input read through a Cast (a TF detection export's input).
 """
 
 from __future__ import annotations
@@ -120,9 +121,10 @@ def start_run(model: Path, calib_images: int, layout: str = "nchw"
     x, y = load_imagenet_dev()
     if layout == "nhwc":
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    if layout == "pixels":
+    if layout in ("pixels", "uint8"):
         pixels = (x * IMAGENET_STD[:, None, None] + IMAGENET_MEAN[:, None, None]) * np.float32(255.0)
         x = np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
+        x = np.clip(np.rint(x), 0, 255).astype(np.uint8) if layout == "uint8" else x
     subset = np.sort(np.random.default_rng(0).permutation(len(x))[:calib_images])
     print(machine_info())
     print(f"load average at start: {os.getloadavg()}")
@@ -141,9 +143,10 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--calib-images", type=int, default=256)
     ap.add_argument("--max-rss-gb", type=float, default=6.0, help="stop a compile past this peak RSS")
-    ap.add_argument("--layout", choices=("nchw", "nhwc", "pixels"), default="nchw",
+    ap.add_argument("--layout", choices=("nchw", "nhwc", "pixels", "uint8"), default="nchw",
                     help="nhwc: the model behind an input Transpose [0, 3, 1, 2] (as tf2onnx exports TF); "
-                         "pixels: also behind Keras-style x / 255, (x - mean) / std in the graph")
+                         "pixels: also behind Keras-style x / 255, (x - mean) / std in the graph; "
+                         "uint8: the same reading uint8 pixels through a Cast")
     args = ap.parse_args()
     rows = args.rows.split(",")
     unknown = sorted(set(rows) - set(ROWS))
@@ -155,7 +158,8 @@ def main() -> None:
         model = Path(args.model)
         if args.layout != "nchw":
             model = work / f"{model.stem}_{args.layout}.onnx"
-            pre = dict(scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD) if args.layout == "pixels" else {}
+            pre = (dict(scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD, uint8=args.layout == "uint8")
+                   if args.layout in ("pixels", "uint8") else {})
             onnx.save(builders.channels_last(onnx.load(args.model), **pre), model)
         x, y, subset, ref = start_run(model, args.calib_images, args.layout)
         fp32 = 100.0 * float(np.mean(ref.argmax(1) == y))

@@ -455,11 +455,12 @@ def with_data_bn_stats(model: onnx.ModelProto, n: int = 256, seed: int = 0) -> o
 # --------------------------------------------------------------------------- exporter layouts
 
 
-def channels_last(model: onnx.ModelProto, scale: float | None = None, mean=None, std=None) -> onnx.ModelProto:
+def channels_last(model: onnx.ModelProto, scale: float | None = None, mean=None, std=None,
+                  uint8: bool = False) -> onnx.ModelProto:
     """A copy reading its first input [N, H, W, C] (same name) as tf2onnx exports a TF / Keras model:
-    the input, optionally Keras' preprocessing layers in the graph (Rescaling: Mul by `scale`;
-    Normalization: Sub `mean`, Div `std`, per channel), then Transpose(perm = [0, 3, 1, 2]) into the
-    original [N, C, H, W] graph (whose input tensor becomes NAME_nchw)."""
+    the input (`uint8`: of uint8 pixels, Cast to float first), optionally Keras' preprocessing layers
+    in the graph (Rescaling: Mul by `scale`; Normalization: Sub `mean`, Div `std`, per channel), then
+    Transpose(perm = [0, 3, 1, 2]) into the original [N, C, H, W] graph (its input becomes NAME_nchw)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -469,6 +470,9 @@ def channels_last(model: onnx.ModelProto, scale: float | None = None, mean=None,
     for node in g.node:
         node.input[:] = [name + "_nchw" if x == name else x for x in node.input]
     src, nodes = name, []
+    if uint8:
+        nodes.append(helper.make_node("Cast", [src], [name + "_float"], name="cast", to=TensorProto.FLOAT))
+        src = name + "_float"
     for op, value in (("Mul", scale), ("Sub", mean), ("Div", std)):
         if value is not None:
             g.initializer.append(_init(f"pre_{op}", np.asarray(value, np.float32)))
@@ -477,5 +481,5 @@ def channels_last(model: onnx.ModelProto, scale: float | None = None, mean=None,
     nodes.append(helper.make_node("Transpose", [src], [name + "_nchw"], name="to_nchw", perm=[0, 3, 1, 2]))
     for node in reversed(nodes):
         g.node.insert(0, node)
-    g.input[0].CopyFrom(_vi(name, [n, h, w, c]))
+    g.input[0].CopyFrom(_vi(name, [n, h, w, c], TensorProto.UINT8 if uint8 else TensorProto.FLOAT))
     return out

@@ -52,3 +52,20 @@ def test_pixel_input_model_gets_the_samples_of_the_standardized_one_and_a_float_
     assert all(producers.get(i) != "DequantizeLinear" for ins in readers.values() for i in ins)
     assert report.notes["synthesis"]["sampled_after_preprocessing"] == ["input"]
     assert "assumed_range" not in report.notes["synthesis"]
+
+
+def test_uint8_pixel_input_is_sampled_after_its_cast_not_taken_for_tokens(tmp_path):
+    first = builders.with_data_bn_stats(builders.conv_bn_relu(hw=16))
+    scaled = builders.channels_last(first, scale=1 / 255, mean=MEAN, std=STD, uint8=True)
+    a = api.synthesize(first, samples=4, use_cache=False, progress=False).inputs["input"]
+    x = api.synthesize(scaled, samples=4, use_cache=False, progress=False).inputs["input"]
+    assert x.dtype == np.uint8 and x.shape == (4, 16, 16, 3)
+    y = (x / np.float32(255) - np.float32(MEAN)) / np.float32(STD)
+    inside = ((x > 0) & (x < 255)).transpose(0, 3, 1, 2)          # the rest is clipped to [0, 255]
+    assert inside.mean() > 0.9
+    assert np.abs(y.transpose(0, 3, 1, 2) - a)[inside].max() <= 0.5 / 255 / min(STD) + 1e-5   # rounding
+    raw = builders.channels_last(first, uint8=True)              # Cast only: drawn in uint8's range
+    x = api.synthesize(raw, samples=4, use_cache=False, progress=False).inputs["input"]
+    assert x.dtype == np.uint8 and x.max() - x.min() > 100
+    model, _ = api.quantize(scaled, output=tmp_path / "q.onnx", progress=False, use_cache=False)
+    assert model.graph.input[0].type.tensor_type.elem_type == 2          # still a uint8 input

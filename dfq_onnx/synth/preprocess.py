@@ -13,9 +13,15 @@ broadcast over one sample; a != 0 everywhere). Synthesis then runs on a copy of 
 of that name is y (the chain's readers read it), and the samples are mapped back, x = (y - b) / a, so
 the model's own prefix turns them into the samples the network behind it would have been given. An
 input with a `--input-range` keeps its samples in that range (the user said what the input reads).
-The prefix itself stays float (`prefix_nodes`, FindQuantGroups): its input arrives in float anyway,
-and 8-bit steps between its ops only add error (EfficientNet-Lite0 behind one: 95.8 -> 94.4 %
-agreement with FP32 when they were quantized).
+
+An integer input read only through a Cast to float (8- or 16-bit pixels: TF detection exports) is the
+same with the Cast first; its samples are rounded and clipped to the type, and when nothing scales it
+after the Cast they are drawn in the type's range (as `--input-range` would). Token ids are integer
+inputs that index a table (synth/tokens.py), not these.
+
+The prefix itself stays float (`prefix_nodes`, FindQuantGroups): its input arrives in float anyway, and
+8-bit steps between its ops only add error (EfficientNet-Lite0 behind one: 95.8 -> 94.4 % agreement
+with FP32 when they were quantized).
 """
 
 from __future__ import annotations
@@ -27,15 +33,25 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 AFFINE = frozenset({"Mul", "Div", "Add", "Sub"})
+FLOAT_TYPES = (1, 10, 11, 16)          # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
 @dataclass(frozen=True)
 class Prefix:
-    """y = a x + b on one sample (a, b broadcastable to [1, *shape]); `end`: the tensor y."""
+    """y = a x + b on one sample (a, b broadcastable to [1, *shape]); `end`: the tensor y; `integer`:
+    the input's integer type when the prefix starts with a Cast to float (pixels), else None."""
     a: np.ndarray
     b: np.ndarray
     end: str
     ops: tuple[str, ...]
+    integer: np.dtype | None = None
+
+    def pixel_range(self) -> tuple[float, float] | None:
+        """The integer type's range when nothing scales it after the Cast: the samples are drawn in it."""
+        if self.integer is None or self.ops != ("Cast",):
+            return None
+        info = np.iinfo(self.integer)
+        return float(info.min), float(info.max)
 
 
 def _fits(c: tuple, shape: tuple) -> bool:
@@ -67,12 +83,26 @@ def _step(node: gs.Node, t: gs.Tensor, shape: tuple, a: np.ndarray, b: np.ndarra
     return (a, b - c) if first else (-a, c - b)
 
 
+def _pixels(t: gs.Tensor) -> np.dtype | None:
+    """The integer type of an input read only by one Cast to float (an image of 8- or 16-bit pixels)."""
+    dtype = np.dtype(t.dtype) if t.dtype is not None else None
+    if dtype is None or dtype.kind not in "iu" or dtype.itemsize > 2 or len(t.outputs) != 1:
+        return None
+    node = t.outputs[0]
+    to = node.attrs.get("to") if node.op == "Cast" else None
+    return dtype if to in FLOAT_TYPES else None
+
+
 def affine_prefix(graph: gs.Graph, t: gs.Tensor, shape: tuple) -> Prefix | None:
     """The chain of affine ops from graph input `t` (module docstring), or None; `shape`: one sample's
-    (dimensions that are not ints: dynamic)."""
+    (dimensions that are not ints: dynamic). An integer input starts with its Cast to float."""
     a, b, ops = np.ones((1,) * (len(shape) + 1)), np.zeros((1,) * (len(shape) + 1)), []
     outputs = {o.name for o in graph.outputs}
-    x = t
+    x, integer = t, _pixels(t)
+    if integer is not None:
+        x, ops = t.outputs[0].outputs[0], ["Cast"]
+    elif t.dtype is None or np.dtype(t.dtype).kind != "f":
+        return None
     while len(x.outputs) == 1 and x.name not in outputs:
         step = _step(x.outputs[0], x, shape, a, b)
         if step is None:
@@ -81,15 +111,20 @@ def affine_prefix(graph: gs.Graph, t: gs.Tensor, shape: tuple) -> Prefix | None:
         ops.append(x.inputs[0].op)
     if not ops or not np.all(np.isfinite(a)) or not np.all(np.isfinite(b)) or np.any(a == 0):
         return None
-    return Prefix(a, b, x.name, tuple(ops))
+    return Prefix(a, b, x.name, tuple(ops), integer)
+
+
+def is_pixel_input(t: gs.Tensor) -> bool:
+    """An integer graph input read only through a Cast to float: image pixels, not token ids."""
+    return _pixels(t) is not None
 
 
 def input_prefixes(graph: gs.Graph, shapes: Mapping[str, tuple], skip: Collection[str] = ()
                    ) -> dict[str, Prefix]:
-    """Float graph inputs (not in `skip`) read through an affine prefix; `shapes`: per-sample shapes."""
+    """Graph inputs (not in `skip`) read through an affine prefix; `shapes`: per-sample shapes."""
     out = {}
     for t in graph.inputs:
-        if t.name in skip or t.name not in shapes or t.dtype is None or np.dtype(t.dtype).kind != "f":
+        if t.name in skip or t.name not in shapes:
             continue
         prefix = affine_prefix(graph, t, tuple(shapes[t.name]))
         if prefix is not None:
@@ -98,10 +133,10 @@ def input_prefixes(graph: gs.Graph, shapes: Mapping[str, tuple], skip: Collectio
 
 
 def prefix_nodes(graph: gs.Graph) -> set[int]:
-    """ids of the nodes of every float graph input's affine prefix (shapes from the graph)."""
+    """ids of the nodes of every graph input's affine prefix (shapes from the graph)."""
     out = set()
     for t in graph.inputs:
-        if t.dtype is None or np.dtype(t.dtype).kind != "f" or not t.shape:
+        if not t.shape:
             continue
         prefix = affine_prefix(graph, t, tuple(t.shape[1:]))
         x = t
@@ -118,7 +153,8 @@ def without_prefixes(graph: gs.Graph, prefixes: Mapping[str, Prefix]) -> gs.Grap
     for i, t in enumerate(g.inputs):
         if t.name in prefixes:
             end = tensors[prefixes[t.name].end]
-            new = gs.Variable(t.name, dtype=t.dtype, shape=t.shape)
+            dtype = np.float32 if prefixes[t.name].integer is not None else t.dtype
+            new = gs.Variable(t.name, dtype=dtype, shape=t.shape)
             t.name = f"{t.name}/raw"
             for node in list(end.outputs):
                 for j, x in enumerate(node.inputs):
@@ -129,9 +165,14 @@ def without_prefixes(graph: gs.Graph, prefixes: Mapping[str, Prefix]) -> gs.Grap
 
 
 def to_inputs(samples: Mapping[str, np.ndarray], prefixes: Mapping[str, Prefix]) -> dict[str, np.ndarray]:
-    """Samples y of the prefixes' ends -> the model inputs x = (y - b) / a (float32, input dtype)."""
+    """Samples y of the prefixes' ends -> the model inputs x = (y - b) / a (integer inputs: rounded and
+    clipped to their type's range)."""
     out = dict(samples)
     for k, p in prefixes.items():
         y = samples[k]
-        out[k] = ((y - p.b.astype(np.float32)) / p.a.astype(np.float32)).astype(y.dtype, copy=False)
+        x = (y - p.b.astype(np.float32)) / p.a.astype(np.float32)
+        if p.integer is not None:
+            info = np.iinfo(p.integer)
+            x = np.clip(np.rint(x), info.min, info.max).astype(p.integer)
+        out[k] = x.astype(y.dtype, copy=False) if p.integer is None else x
     return out

@@ -38,6 +38,7 @@ from dfq_onnx.synth.objectives import (
     stats_model,
     target_masks,
 )
+from dfq_onnx.synth.preprocess import is_pixel_input
 from dfq_onnx.synth.sequence import build_spec
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def resolve_shapes(graph: gs.Graph, hints: dict[str, tuple]) -> dict[str, tuple[
     """Per-sample shape (batch axis dropped) of every graph input; hints fill dynamic dimensions."""
     shapes = {}
     for t in graph.inputs:
-        if not is_float(t):
+        if not is_float(t) and not is_pixel_input(t):      # pixels: sampled after their Cast (preprocess.py)
             raise UsageError(f"input '{t.name}' is {t.dtype}, not float32: synthetic data can only be "
                              "searched for float inputs; pass --calib FILE.npz")
         dims = list(hints.get(t.name) or t.shape or [])
