@@ -111,11 +111,15 @@ def conv_bn_relu(c_in: int = 3, c_mid: int = 8, c_out: int = 4, hw: int | None =
                   "conv_bn_relu", ir_version=3 if init_as_inputs else None)
 
 
-def conv_bn_relu_residual(c: int = 8, hw: int = 8, classes: int = 10, seed: int = 0) -> onnx.ModelProto:
+def conv_bn_relu_residual(c: int = 8, hw: int = 8, classes: int = 10, seed: int = 0,
+                          matmul_head: bool = False) -> onnx.ModelProto:
     """A residual block and a classifier head (10 nodes)::
 
         input ─┬─ conv1 ─ bn1 ─ relu1 ─ conv2 ─ bn2 ─┐
                └──────────────────────────────────── add ─ relu2 ─ gap ─ flatten ─ fc ─ output
+
+    `matmul_head`: fc is a bias-free MatMul (as tf2onnx writes a Keras Dense whose bias it folded
+    away; with a bias Add, Normalize makes it a Gemm) instead of Gemm.
     """
     rng = np.random.default_rng(seed)
     inits = [_init("conv1.weight", _conv_w(rng, c, c, 3)), _init("conv2.weight", _conv_w(rng, c, c, 3)),
@@ -131,6 +135,10 @@ def conv_bn_relu_residual(c: int = 8, hw: int = 8, classes: int = 10, seed: int 
              helper.make_node("GlobalAveragePool", ["relu2_out"], ["gap_out"], name="gap"),
              helper.make_node("Flatten", ["gap_out"], ["flat_out"], name="flatten", axis=1),
              helper.make_node("Gemm", ["flat_out", "fc.weight", "fc.bias"], ["output"], name="fc", transB=1)]
+    if matmul_head:
+        inits[2] = _init("fc.weight", numpy_helper.to_array(inits[2]).T.copy())
+        del inits[3]
+        nodes[-1] = helper.make_node("MatMul", ["flat_out", "fc.weight"], ["output"], name="fc")
     return _model(nodes, [_vi("input", ["N", c, hw, hw])], [_vi("output", ["N", classes])], inits,
                   name="conv_bn_relu_residual")
 

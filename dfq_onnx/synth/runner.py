@@ -108,7 +108,8 @@ def row_elements(graph: gs.Graph, shapes: dict[str, tuple[int, ...]]) -> tuple[i
         return sum(int(np.prod(t.shape[1:])) for t in outs), 0
     batch = _static_batch(graph) or 1
     sess = runtime.session(runtime.observer_model(graph, [t.name for t in outs]))
-    arrays = sess.run(None, {k: np.zeros((batch,) + s, np.float32) for k, s in shapes.items()})
+    dtypes = {t.name: np.dtype(t.dtype) if t.dtype is not None else np.float32 for t in graph.inputs}
+    arrays = sess.run(None, {k: np.zeros((batch,) + s, dtypes.get(k, np.float32)) for k, s in shapes.items()})
     return sum(int(np.prod(a.shape[1:])) for a in arrays), 1
 
 
