@@ -156,7 +156,9 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     start = time.perf_counter()
     shapes = resolve_shapes(graph, input_shapes or {})
     if prefixes := preprocess.input_prefixes(graph, shapes, skip=options.input_ranges):
-        result = synthesize(preprocess.without_prefixes(graph, prefixes), bn_stats, options,
+        pixels = {k: p.pixel_range() for k, p in prefixes.items() if p.pixel_range()}
+        inner = dataclasses.replace(options, input_ranges={**options.input_ranges, **pixels})
+        result = synthesize(preprocess.without_prefixes(graph, prefixes), bn_stats, inner,
                             model_hash and f"{model_hash}/preprocess", input_shapes)   # synth/preprocess.py
         return dataclasses.replace(result, inputs=preprocess.to_inputs(result.inputs, prefixes),
                                    preprocessed=tuple(prefixes))
