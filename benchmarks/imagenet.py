@@ -15,7 +15,11 @@ in this process (wall only). `--seeds` repeats the default row per seed (the syn
 Rows: default = W8A8 with no data (synthetic calibration), views8 = the same with every sample's 8
 views measured (`--synth-views 8`, the default before the work budget), analytic / noise =
 `--calib analytic|noise`, real = `--calib` a .npz of the real images, w4 = uniform `--weight-bits 4`,
-mixed4.5 / mixed4 = `--avg-weight-bits 4.5 / 4` (A8).
+mixed4.5 / mixed4 = `--avg-weight-bits 4.5 / 4` (A8). `--layout nhwc` runs every row on the model
+behind an input Transpose [0, 3, 1, 2] reading [N, H, W, C] images (a TF export's layout,
+`dfq_onnx.models.builders.channels_last`); `--layout pixels` also puts Keras-style preprocessing in
+the graph (x / 255, then (x - mean) / std per channel) and feeds [0, 255] pixels; `--layout uint8`
+the same with a uint8 input read through a Cast (a TF detection export's input).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
@@ -43,6 +48,7 @@ from common import (  # noqa: E402
     tree_rss,
     write_input_npz,
 )
+from dfq_onnx.models import builders  # noqa: E402
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -109,9 +115,16 @@ def dfq_row(model: Path, flags: list[str], work: Path, tag: str, seed: int, max_
     return res
 
 
-def start_run(model: Path, calib_images: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def start_run(model: Path, calib_images: int, layout: str = "nchw"
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(dev images, labels, the seeded subset real rows calibrate on, FP32 logits); prints the machine."""
     x, y = load_imagenet_dev()
+    if layout == "nhwc":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    if layout in ("pixels", "uint8"):
+        pixels = (x * IMAGENET_STD[:, None, None] + IMAGENET_MEAN[:, None, None]) * np.float32(255.0)
+        x = np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
+        x = np.clip(np.rint(x), 0, 255).astype(np.uint8) if layout == "uint8" else x
     subset = np.sort(np.random.default_rng(0).permutation(len(x))[:calib_images])
     print(machine_info())
     print(f"load average at start: {os.getloadavg()}")
@@ -130,18 +143,27 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--calib-images", type=int, default=256)
     ap.add_argument("--max-rss-gb", type=float, default=6.0, help="stop a compile past this peak RSS")
+    ap.add_argument("--layout", choices=("nchw", "nhwc", "pixels", "uint8"), default="nchw",
+                    help="nhwc: the model behind an input Transpose [0, 3, 1, 2] (as tf2onnx exports TF); "
+                         "pixels: also behind Keras-style x / 255, (x - mean) / std in the graph; "
+                         "uint8: the same reading uint8 pixels through a Cast")
     args = ap.parse_args()
     rows = args.rows.split(",")
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
         sys.exit(f"--rows: unknown {', '.join(unknown)}; expected some of {', '.join(ROWS)}")
-    model = Path(args.model)
     t0 = time.perf_counter()
-    x, y, subset, ref = start_run(model, args.calib_images)
-    fp32 = 100.0 * float(np.mean(ref.argmax(1) == y))
-    table = [["FP32", "-", f"{fp32:.1f}", "100.0", "", "", "", ""]]
     with tempfile.TemporaryDirectory(prefix="bench_imagenet_") as tmp:
         work = Path(tmp)
+        model = Path(args.model)
+        if args.layout != "nchw":
+            model = work / f"{model.stem}_{args.layout}.onnx"
+            pre = (dict(scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD, uint8=args.layout == "uint8")
+                   if args.layout in ("pixels", "uint8") else {})
+            onnx.save(builders.channels_last(onnx.load(args.model), **pre), model)
+        x, y, subset, ref = start_run(model, args.calib_images, args.layout)
+        fp32 = 100.0 * float(np.mean(ref.argmax(1) == y))
+        table = [["FP32", "-", f"{fp32:.1f}", "100.0", "", "", "", ""]]
         real_npz = write_input_npz(work / "real.npz", {"input": x[subset]})
         for name in rows:
             table += _rows(name, args, model, work, real_npz, x, y, ref, subset)

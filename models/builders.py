@@ -111,11 +111,15 @@ def conv_bn_relu(c_in: int = 3, c_mid: int = 8, c_out: int = 4, hw: int | None =
                   "conv_bn_relu", ir_version=3 if init_as_inputs else None)
 
 
-def conv_bn_relu_residual(c: int = 8, hw: int = 8, classes: int = 10, seed: int = 0) -> onnx.ModelProto:
+def conv_bn_relu_residual(c: int = 8, hw: int = 8, classes: int = 10, seed: int = 0,
+                          matmul_head: bool = False) -> onnx.ModelProto:
     """A residual block and a classifier head (10 nodes)::
 
         input ─┬─ conv1 ─ bn1 ─ relu1 ─ conv2 ─ bn2 ─┐
                └──────────────────────────────────── add ─ relu2 ─ gap ─ flatten ─ fc ─ output
+
+    `matmul_head`: fc is a bias-free MatMul (as tf2onnx writes a Keras Dense whose bias it folded
+    away; with a bias Add, Normalize makes it a Gemm) instead of Gemm.
     """
     rng = np.random.default_rng(seed)
     inits = [_init("conv1.weight", _conv_w(rng, c, c, 3)), _init("conv2.weight", _conv_w(rng, c, c, 3)),
@@ -131,6 +135,10 @@ def conv_bn_relu_residual(c: int = 8, hw: int = 8, classes: int = 10, seed: int 
              helper.make_node("GlobalAveragePool", ["relu2_out"], ["gap_out"], name="gap"),
              helper.make_node("Flatten", ["gap_out"], ["flat_out"], name="flatten", axis=1),
              helper.make_node("Gemm", ["flat_out", "fc.weight", "fc.bias"], ["output"], name="fc", transB=1)]
+    if matmul_head:
+        inits[2] = _init("fc.weight", numpy_helper.to_array(inits[2]).T.copy())
+        del inits[3]
+        nodes[-1] = helper.make_node("MatMul", ["flat_out", "fc.weight"], ["output"], name="fc")
     return _model(nodes, [_vi("input", ["N", c, hw, hw])], [_vi("output", ["N", classes])], inits,
                   name="conv_bn_relu_residual")
 
@@ -449,4 +457,37 @@ def with_data_bn_stats(model: onnx.ModelProto, n: int = 256, seed: int = 0) -> o
         mean, var = z.mean(axis=axes), z.var(axis=axes)
         inits[bn.input[3]].CopyFrom(_init(bn.input[3], mean.astype(np.float32)))
         inits[bn.input[4]].CopyFrom(_init(bn.input[4], np.maximum(var, 1e-6).astype(np.float32)))
+    return out
+
+
+# --------------------------------------------------------------------------- exporter layouts
+
+
+def channels_last(model: onnx.ModelProto, scale: float | None = None, mean=None, std=None,
+                  uint8: bool = False) -> onnx.ModelProto:
+    """A copy reading its first input [N, H, W, C] (same name) as tf2onnx exports a TF / Keras model:
+    the input (`uint8`: of uint8 pixels, Cast to float first), optionally Keras' preprocessing layers
+    in the graph (Rescaling: Mul by `scale`; Normalization: Sub `mean`, Div `std`, per channel), then
+    Transpose(perm = [0, 3, 1, 2]) into the original [N, C, H, W] graph (its input becomes NAME_nchw)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    name = g.input[0].name
+    n, c, h, w = [d.dim_value if d.HasField("dim_value") else d.dim_param
+                  for d in g.input[0].type.tensor_type.shape.dim]
+    for node in g.node:
+        node.input[:] = [name + "_nchw" if x == name else x for x in node.input]
+    src, nodes = name, []
+    if uint8:
+        nodes.append(helper.make_node("Cast", [src], [name + "_float"], name="cast", to=TensorProto.FLOAT))
+        src = name + "_float"
+    for op, value in (("Mul", scale), ("Sub", mean), ("Div", std)):
+        if value is not None:
+            g.initializer.append(_init(f"pre_{op}", np.asarray(value, np.float32)))
+            nodes.append(helper.make_node(op, [src, f"pre_{op}"], [f"{name}_{op}"], name=f"pre_{op}"))
+            src = f"{name}_{op}"
+    nodes.append(helper.make_node("Transpose", [src], [name + "_nchw"], name="to_nchw", perm=[0, 3, 1, 2]))
+    for node in reversed(nodes):
+        g.node.insert(0, node)
+    g.input[0].CopyFrom(_vi(name, [n, h, w, c], TensorProto.UINT8 if uint8 else TensorProto.FLOAT))
     return out

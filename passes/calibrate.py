@@ -35,6 +35,7 @@ from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 from dfq_onnx.core.graph_utils import is_float
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState, Range
+from dfq_onnx.synth import layout
 from dfq_onnx.synth.augment import view_count, view_rows
 from dfq_onnx.synth.runner import row_elements
 
@@ -130,11 +131,16 @@ def activation_elements(state: CompileState, feeds: dict[str, np.ndarray]) -> in
     return notes["elements_per_row"]
 
 
+def channels_last(state: CompileState, feeds: dict[str, np.ndarray]) -> list[str]:
+    """Inputs read channels-last (synth/layout.py): their views are drawn on the [C, H, W] transpose."""
+    return layout.channels_last_inputs(state.graph, {k: tuple(v.shape[1:]) for k, v in feeds.items()})
+
+
 def measured_rows(state: CompileState, feeds: dict[str, np.ndarray], views: int | None) -> tuple[int, int]:
     """(views per sample, rows) Calibrate measures: `views` given -> all of them; None -> DEFAULT_VIEWS
     within the work budget (`backends.budget.calibration_rows`); 1 for inputs without views."""
     n = len(next(iter(feeds.values())))
-    per = view_count(feeds, DEFAULT_VIEWS if views is None else views)
+    per = view_count(feeds, DEFAULT_VIEWS if views is None else views, channels_last(state, feeds))
     if per == 1:
         return 1, n
     if views is not None:
@@ -155,7 +161,7 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
     observe = runtime.observer_model if pct else observers.range_model
     model = observe(state.graph, tensors)
     sess = runtime.session(model, mem_pattern=False)
-    rows = rows or len(next(iter(feeds.values()))) * view_count(feeds, views)
+    rows = rows or len(next(iter(feeds.values()))) * view_count(feeds, views, channels_last(state, feeds))
     step = chunk_rows(state, held=tensors)
     state.report.notes.setdefault("rows_per_call", {})["calibrate"] = step
     lo = {t: np.inf for t in tensors}
@@ -185,7 +191,7 @@ def _chunk(state: CompileState, feeds: dict[str, np.ndarray], views: int, start:
            step: int) -> dict[str, np.ndarray]:
     """Rows [start, stop); a model with a static batch gets its last chunk padded with copies of the
     last row (which change no min/max; percentile rows beyond `stop` are dropped by the caller)."""
-    chunk = view_rows(feeds, views, state.options.seed, start, stop)
+    chunk = view_rows(feeds, views, state.options.seed, start, stop, channels_last(state, feeds))
     static = any(t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0 for t in state.graph.inputs)
     if static and stop - start < step:
         chunk = {k: np.concatenate([v, np.repeat(v[-1:], step - len(v), 0)]) for k, v in chunk.items()}

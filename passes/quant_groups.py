@@ -22,13 +22,15 @@ bits, so they are merged (union-find); a group's weight bits apply to all its we
 Ops the target lists in [forms] (ORT CPU: MatMul with a constant 2-D weight, Gather from a constant
 2-D table) are weighted layers encoded by an emit form instead (dfq_onnx/core/candidates.py): no
 activation quantizer on their input or output, and elementwise ops next to them stay float unless a
-statically quantized layer reads them.
+statically quantized layer reads them. A CNN's classifier head written as MatMul is static like a Gemm
+(passes/static_heads.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from dfq_onnx.passes.static_heads import is_static_head
 
 from dfq_onnx.backends.act_precision import build_act_groups
 from dfq_onnx.core.graph_utils import (
@@ -41,6 +43,7 @@ from dfq_onnx.core.graph_utils import (
 )
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState, LayerSpec, QuantGroup, QuantSpec
+from dfq_onnx.synth.preprocess import prefix_nodes
 
 ABSORBABLE = ("Relu", "Clip")
 
@@ -80,7 +83,7 @@ def _weighted_spec(node: gs.Node, role: str) -> LayerSpec | None:
 
 def _form_spec(node: gs.Node, target) -> LayerSpec | None:
     """A MatMul [.., K] x W[K, N] or a Gather from a table [V, D] (axis 0) encoded by a target form."""
-    if not target.forms_for(node.op) or len(node.inputs) < 2:
+    if not target.forms_for(node.op) or len(node.inputs) < 2 or is_static_head(node, target):
         return None
     index = 0 if node.op == "Gather" else 1
     w, other = node.inputs[index], node.inputs[1 - index]
@@ -115,7 +118,7 @@ def _feeds_weighted(graph: gs.Graph, target) -> set[int]:
     reach: set[int] = set()
     for node in reversed(graph.nodes):
         role = target.role(node.op)
-        if role == "weighted" and target.forms_for(node.op):
+        if role == "weighted" and target.forms_for(node.op) and not is_static_head(node, target):
             continue        # the target encodes this op by a form (any of them: the attention MatMul too)
         if role == "weighted" or any(
                 id(c) in reach for out in node.outputs if is_float(out) for c in out.outputs):
@@ -131,8 +134,11 @@ def _activation_product(node: gs.Node) -> bool:
 def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
     layers = {}
     reach = _feeds_weighted(graph, target)
+    preprocessing = prefix_nodes(graph)          # the inputs' in-graph scale-and-shift stays float
     for node in graph.nodes:
         role = target.role(node.op)
+        if id(node) in preprocessing:
+            continue
         form = _form_spec(node, target)
         if form is not None:
             layers[form.node] = form

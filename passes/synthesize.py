@@ -53,6 +53,7 @@ from dfq_onnx.core import cache
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
+from dfq_onnx.synth import layout, preprocess
 from dfq_onnx.synth.augment import is_image_like
 from dfq_onnx.synth.compose import plan_pieces
 from dfq_onnx.synth.runner import build_objective, resolve_shapes, row_elements
@@ -108,6 +109,8 @@ class SynthesisResult:
     steps: int = 0              # ES steps of the search (also reported on a cache hit)
     start: str = "pink"         # what the samples start from: "pink" (1/f fields), "strokes" (drawings),
                                 #  "tokens" (token sequences)
+    preprocessed: tuple[str, ...] = ()   # inputs sampled after their in-graph scale-and-shift (preprocess.py)
+    channels_last: tuple[str, ...] = ()  # [N, H, W, C] inputs, sampled channels-first (layout.py)
 
 
 def resolve_objective(requested: str, bn_stats: dict, graph=None) -> str:
@@ -152,6 +155,19 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     from the line drawings the model picks), searched to minimize the objective when steps > 0."""
     start = time.perf_counter()
     shapes = resolve_shapes(graph, input_shapes or {})
+    if prefixes := preprocess.input_prefixes(graph, shapes, skip=options.input_ranges):
+        pixels = {k: p.pixel_range() for k, p in prefixes.items() if p.pixel_range()}
+        inner = dataclasses.replace(options, input_ranges={**options.input_ranges, **pixels})
+        result = synthesize(preprocess.without_prefixes(graph, prefixes), bn_stats, inner,
+                            model_hash and f"{model_hash}/preprocess", input_shapes)   # synth/preprocess.py
+        return dataclasses.replace(result, inputs=preprocess.to_inputs(result.inputs, prefixes),
+                                   preprocessed=tuple(prefixes))
+    if last := layout.channels_last_inputs(graph, shapes):      # TF exports: synth/layout.py
+        hints = {k: v for k, v in (input_shapes or {}).items() if k not in last}
+        result = synthesize(layout.channels_first_graph(graph, shapes, last), bn_stats, options, model_hash,
+                            hints)
+        return dataclasses.replace(result, inputs=layout.to_channels_last(result.inputs, last),
+                                   channels_last=tuple(last))
     kind = resolve_objective(options.objective, bn_stats, graph)
     plan = plan_pieces(graph, kind, shapes)       # sequence outputs along an input axis: synth/compose.py
     search_graph, search_shapes = (plan.graph, plan.shapes) if plan else (graph, shapes)
@@ -327,6 +343,10 @@ class Synthesize(Pass):
             "forward_passes": result.forward_passes, "rows_evaluated": result.samples_evaluated,
             "cache_hit": result.cache_hit}
         state.report.notes["synthesis"]["start"] = result.start
+        if result.preprocessed:
+            state.report.notes["synthesis"]["sampled_after_preprocessing"] = list(result.preprocessed)
+        if result.channels_last:
+            state.report.notes["synthesis"]["channels_last_inputs"] = list(result.channels_last)
         _warn_assumed_range(state, result, self.options.input_ranges)
         if not searched:
             prior = "line drawings picked by the model" if result.start == "strokes" else "the 1/f prior"
@@ -343,7 +363,11 @@ def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: di
     on standardized samples loses a third of its detections: BENCHMARKS.md, session 7)."""
     if result.objective.startswith("bn"):
         return
-    unsized = [k for k, v in result.inputs.items() if k not in ranges and is_image_like(v.shape)]
+    last = layout.channels_last_inputs(state.graph, {k: tuple(v.shape[1:]) for k, v in result.inputs.items()})
+    first = {k: v.shape if k not in last else (v.shape[0], *layout.to_channels_first(v.shape[1:]))
+             for k, v in result.inputs.items()}
+    unsized = [k for k, shape in first.items()
+               if k not in ranges and k not in result.preprocessed and is_image_like(shape)]
     if unsized:
         state.report.notes["synthesis"]["assumed_range"] = {k: "standardized" for k in unsized}
         log.warning("no BatchNormalization statistics: synthetic samples for %s assume standardized inputs "

@@ -37,6 +37,8 @@ FORMAT = "dfq-onnx latency table 1"
 Cand = tuple[int, int]
 K = TypeVar("K", bound=Hashable)
 
+PIXEL_TYPES = {2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16}   # TensorProto element types
+
 
 def _key(c: Cand) -> str:
     return f"{c[0]}x{c[1]}"
@@ -194,6 +196,9 @@ def random_feeds(model, seed: int = 0) -> dict[str, np.ndarray]:
             dtype = np.int64 if elem == 7 else np.int32
             feeds[inp.name] = (rng.integers(0, rows[inp.name], dims) if inp.name in rows
                                else np.ones(dims)).astype(dtype)
+        elif elem in PIXEL_TYPES:               # 8 / 16-bit image pixels
+            info = np.iinfo(PIXEL_TYPES[elem])
+            feeds[inp.name] = rng.integers(info.min, info.max, dims, endpoint=True).astype(info.dtype)
         else:
             feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
     return feeds

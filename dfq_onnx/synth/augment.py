@@ -9,11 +9,14 @@ last axis); views k >= 2 shift it by (dy, dx), each drawn uniformly from +-1 .. 
 1/2, each sample and view drawn independently from one seeded generator (deterministic in the seed).
 
 Only image-like inputs get views: every input is rank 4 [N, C, H, W] with C <= 4 channels and
-H, W >= 8 (a photo-like grid on which a mirror image or a shift is another plausible image). Any other
+H, W >= 8 (a photo-like grid on which a mirror image or a shift is another plausible image), or
+[N, H, W, C] for the inputs a caller names channels-last (synth/layout.py: TF exports). Any other
 model (sequences, feature vectors, multi-input models mixing kinds) is calibrated on the samples alone.
 """
 
 from __future__ import annotations
+
+from typing import Collection
 
 import numpy as np
 
@@ -43,23 +46,31 @@ def _view_params(n: int, views: int, seed: int) -> tuple[np.ndarray, np.ndarray]
     return flips, moves
 
 
-def view_count(feeds: dict[str, np.ndarray], views: int) -> int:
-    """Rows per sample that `view_rows` yields: `views` for image-like inputs, else 1."""
-    if views <= 1 or not feeds or not all(is_image_like(v.shape) for v in feeds.values()):
+def _first(feeds: dict[str, np.ndarray], channels_last: Collection[str]) -> dict[str, np.ndarray]:
+    """The inputs as [N, C, H, W] (a transposed view of those in `channels_last`, synth/layout.py)."""
+    return {k: v.transpose(0, 3, 1, 2) if k in channels_last and v.ndim == 4 else v for k, v in feeds.items()}
+
+
+def view_count(feeds: dict[str, np.ndarray], views: int, channels_last: Collection[str] = ()) -> int:
+    """Rows per sample that `view_rows` yields: `views` for image-like inputs (channels first, or last
+    for the inputs in `channels_last`), else 1."""
+    first = _first(feeds, channels_last)
+    if views <= 1 or not feeds or not all(is_image_like(v.shape) for v in first.values()):
         return 1
     return views
 
 
-def view_rows(feeds: dict[str, np.ndarray], views: int, seed: int, start: int, stop: int
-              ) -> dict[str, np.ndarray]:
+def view_rows(feeds: dict[str, np.ndarray], views: int, seed: int, start: int, stop: int,
+              channels_last: Collection[str] = ()) -> dict[str, np.ndarray]:
     """Rows [start, stop) of `with_views(feeds, views, seed)` without building the others: row r is
-    view r // n of sample r % n. Any split of the rows into calls yields the same rows."""
+    view r // n of sample r % n. Any split of the rows into calls yields the same rows. Inputs in
+    `channels_last` ([N, H, W, C]) get the views of their [N, C, H, W] transpose, transposed back."""
     n = len(next(iter(feeds.values())))
-    if view_count(feeds, views) == 1:
+    if view_count(feeds, views, channels_last) == 1:
         return {k: v[start:stop] for k, v in feeds.items()}
     flips, moves = _view_params(n, views, seed)
     out = {}
-    for k, v in feeds.items():
+    for k, v in _first(feeds, channels_last).items():
         reach = np.maximum(np.array(v.shape[2:]) // SHIFT_FRACTION, 1)
         rows = []
         for r in range(start, min(stop, n * views)):
@@ -69,7 +80,8 @@ def view_rows(feeds: dict[str, np.ndarray], views: int, seed: int, start: int, s
                 continue
             dy, dx = (np.sign(moves[view, i]) * np.ceil(np.abs(moves[view, i]) * reach)).astype(int)
             rows.append(_shift(v[i, :, :, ::-1] if flips[view, i] else v[i], int(dy), int(dx)))
-        out[k] = np.stack(rows).astype(v.dtype, copy=False)
+        rows = np.stack(rows).astype(v.dtype, copy=False)
+        out[k] = np.ascontiguousarray(rows.transpose(0, 2, 3, 1)) if k in channels_last else rows
     return out
 
 

@@ -38,6 +38,7 @@ from dfq_onnx.synth.objectives import (
     stats_model,
     target_masks,
 )
+from dfq_onnx.synth.preprocess import is_pixel_input
 from dfq_onnx.synth.sequence import build_spec
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def resolve_shapes(graph: gs.Graph, hints: dict[str, tuple]) -> dict[str, tuple[
     """Per-sample shape (batch axis dropped) of every graph input; hints fill dynamic dimensions."""
     shapes = {}
     for t in graph.inputs:
-        if not is_float(t):
+        if not is_float(t) and not is_pixel_input(t):      # pixels: sampled after their Cast (preprocess.py)
             raise UsageError(f"input '{t.name}' is {t.dtype}, not float32: synthetic data can only be "
                              "searched for float inputs; pass --calib FILE.npz")
         dims = list(hints.get(t.name) or t.shape or [])
@@ -107,7 +108,8 @@ def row_elements(graph: gs.Graph, shapes: dict[str, tuple[int, ...]]) -> tuple[i
         return sum(int(np.prod(t.shape[1:])) for t in outs), 0
     batch = _static_batch(graph) or 1
     sess = runtime.session(runtime.observer_model(graph, [t.name for t in outs]))
-    arrays = sess.run(None, {k: np.zeros((batch,) + s, np.float32) for k, s in shapes.items()})
+    dtypes = {t.name: np.dtype(t.dtype) if t.dtype is not None else np.float32 for t in graph.inputs}
+    arrays = sess.run(None, {k: np.zeros((batch,) + s, dtypes.get(k, np.float32)) for k, s in shapes.items()})
     return sum(int(np.prod(a.shape[1:])) for a in arrays), 1
 
 

@@ -35,6 +35,7 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import const_values, is_const, is_float
+from dfq_onnx.synth.preprocess import is_pixel_input
 
 CARRY = ("Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Identity")
 DEFAULT_LENGTH = 128
@@ -68,7 +69,8 @@ def is_int(t: gs.Tensor) -> bool:
 
 
 def has_token_inputs(graph: gs.Graph) -> bool:
-    return any(is_int(t) for t in graph.inputs)
+    """Some graph input is integer and not image pixels (read only through a Cast to float)."""
+    return any(is_int(t) and not is_pixel_input(t) for t in graph.inputs)
 
 
 def _tables(t: gs.Tensor) -> list[gs.Constant]:

@@ -1,0 +1,82 @@
+"""Channels-last image inputs (TensorFlow / Keras exports): found in the graph, synthesized channels-first.
+
+ONNX's Conv reads [N, C, H, W]. tf2onnx keeps a TF model's [N, H, W, C] graph input and puts a
+Transpose(perm = [0, 3, 1, 2]) after it (after any elementwise preprocessing it exported: Keras'
+Rescaling / Normalization, casts). The samplers (the 1/f prior, line drawings, the ES decoders) and
+Calibrate's views draw [C, H, W] samples; read as [H, W, C] such an input would get white noise over
+its 3-wide last axis and no views (EfficientNet-Lite0 behind such a Transpose lost 4 points of
+agreement with FP32; BENCHMARKS.md, session 8).
+
+An input is channels-last when its per-sample shape is [H, W, C] with C <= 4 and H, W >= 8 (the
+image-like shapes of `synth.augment`, channels last) and it reaches a Transpose with perm [0, 3, 1, 2]
+through elementwise ops only. Synthesis then runs on a copy of the graph whose input of that name is
+[N, C, H, W] with a Transpose [0, 2, 3, 1] in front of the original readers, and the samples are
+transposed back: pixel for pixel the samples the channels-first export of the same network gets.
+"""
+
+from __future__ import annotations
+
+from typing import Collection, Mapping
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from dfq_onnx.synth.augment import MAX_CHANNELS, MIN_SIDE
+
+TO_FIRST, TO_LAST = (0, 3, 1, 2), (0, 2, 3, 1)
+ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Cast", "Identity"})
+
+
+def _channels_last_shape(shape) -> bool:
+    return (len(shape) == 3 and all(isinstance(d, int) for d in shape)
+            and 1 <= shape[2] <= MAX_CHANNELS and min(shape[:2]) >= MIN_SIDE)
+
+
+def _reaches_to_first(t: gs.Tensor) -> bool:
+    """`t` reaches a Transpose(perm = [0, 3, 1, 2]) through elementwise ops."""
+    frontier, seen = [t], set()
+    while frontier:
+        x = frontier.pop()
+        for node in x.outputs:
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op == "Transpose" and tuple(node.attrs.get("perm", ())) == TO_FIRST:
+                return True
+            if node.op in ELEMENTWISE:
+                frontier.extend(node.outputs)
+    return False
+
+
+def channels_last_inputs(graph: gs.Graph, shapes: Mapping[str, tuple]) -> list[str]:
+    """Names of the graph inputs read channels-last (module docstring); `shapes`: per-sample shapes."""
+    return [t.name for t in graph.inputs
+            if _channels_last_shape(tuple(shapes.get(t.name, ()))) and _reaches_to_first(t)]
+
+
+def channels_first_graph(graph: gs.Graph, shapes: Mapping[str, tuple], names: Collection[str]) -> gs.Graph:
+    """A copy of `graph` whose inputs `names` are [N, C, H, W] (sizes from `shapes`), each followed by
+    a Transpose to the original [N, H, W, C] tensor its readers take."""
+    g = graph.copy()
+    for t in [t for t in g.inputs if t.name in names]:
+        h, w, c = shapes[t.name]
+        inner = gs.Variable(f"{t.name}/channels_last", dtype=t.dtype, shape=list(t.shape))
+        for node in list(t.outputs):
+            for i, x in enumerate(node.inputs):
+                if x is t:
+                    node.inputs[i] = inner
+        t.shape = [t.shape[0], c, h, w]
+        g.nodes.append(gs.Node("Transpose", name=f"{t.name}/to_channels_last", attrs={"perm": list(TO_LAST)},
+                               inputs=[t], outputs=[inner]))
+    return g.toposort()
+
+
+def to_channels_first(shape: tuple) -> tuple:
+    """Per-sample [H, W, C] -> [C, H, W]."""
+    h, w, c = shape
+    return (c, h, w)
+
+
+def to_channels_last(arrays: Mapping[str, np.ndarray], names: Collection[str]) -> dict[str, np.ndarray]:
+    """[N, C, H, W] -> [N, H, W, C] (contiguous) for the arrays of `names`; the others unchanged."""
+    return {k: np.ascontiguousarray(v.transpose(TO_LAST)) if k in names else v for k, v in arrays.items()}

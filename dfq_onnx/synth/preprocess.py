@@ -1,0 +1,178 @@
+"""In-graph input preprocessing (Keras' Rescaling / Normalization layers, exported scale-and-shift):
+synthetic samples are drawn after it and mapped back through it.
+
+The samplers draw what a network's first layers read: standardized images (1/f fields, mean 0 and std
+1 per channel; `synth.search`). A model that takes raw pixels and scales them itself -- x -> x / 255
+-> (x - mean) / std -> Conv, as tf2onnx exports Keras applications -- would get standardized samples at
+its pixel input, ~0 after the scaling: every activation range is then measured on a blank image
+(EfficientNet-Lite0 behind such a prefix: 0.2 % top-1; BENCHMARKS.md, session 8).
+
+An input whose only reader starts a chain of elementwise ops with a constant operand -- Mul, Div (by
+the constant), Add, Sub (either side) -- is an affine map y = a x + b (a, b: the constants composed,
+broadcast over one sample; a != 0 everywhere). Synthesis then runs on a copy of the graph whose input
+of that name is y (the chain's readers read it), and the samples are mapped back, x = (y - b) / a, so
+the model's own prefix turns them into the samples the network behind it would have been given. An
+input with a `--input-range` keeps its samples in that range (the user said what the input reads).
+
+An integer input read only through a Cast to float (8- or 16-bit pixels: TF detection exports) is the
+same with the Cast first; its samples are rounded and clipped to the type, and when nothing scales it
+after the Cast they are drawn in the type's range (as `--input-range` would). Token ids are integer
+inputs that index a table (synth/tokens.py), not these.
+
+The prefix itself stays float (`prefix_nodes`, FindQuantGroups): its input arrives in float anyway, and
+8-bit steps between its ops only add error (EfficientNet-Lite0 behind one: 95.8 -> 94.4 % agreement
+with FP32 when they were quantized).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection, Mapping
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+AFFINE = frozenset({"Mul", "Div", "Add", "Sub"})
+FLOAT_TYPES = (1, 10, 11, 16)          # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """y = a x + b on one sample (a, b broadcastable to [1, *shape]); `end`: the tensor y; `integer`:
+    the input's integer type when the prefix starts with a Cast to float (pixels), else None."""
+    a: np.ndarray
+    b: np.ndarray
+    end: str
+    ops: tuple[str, ...]
+    integer: np.dtype | None = None
+
+    def pixel_range(self) -> tuple[float, float] | None:
+        """The integer type's range when nothing scales it after the Cast: the samples are drawn in it."""
+        if self.integer is None or self.ops != ("Cast",):
+            return None
+        info = np.iinfo(self.integer)
+        return float(info.min), float(info.max)
+
+
+def _fits(c: tuple, shape: tuple) -> bool:
+    """A constant of shape `c` broadcasts into `shape` (a batch of one sample; a dimension that is not an
+    int -- dynamic -- takes any size) without growing it."""
+    if len(c) > len(shape):
+        return False
+    return all(d == 1 or (isinstance(s, int) and s == d) or not isinstance(s, int)
+               for d, s in zip(reversed(c), reversed(shape)))
+
+
+def _step(node: gs.Node, t: gs.Tensor, shape: tuple, a: np.ndarray, b: np.ndarray):
+    """(a, b) after `node` applied to the tensor `t` = a x + b, or None when not affine in x."""
+    if node.op not in AFFINE or len(node.inputs) != 2 or len(node.outputs) != 1:
+        return None
+    other = node.inputs[1] if node.inputs[0] is t else node.inputs[0]
+    if other is t or not isinstance(other, gs.Constant):
+        return None
+    c = np.asarray(other.values, np.float64)
+    if not _fits(c.shape, (1, *shape)):
+        return None
+    first = node.inputs[0] is t
+    if node.op == "Mul":
+        return a * c, b * c
+    if node.op == "Div":
+        return (a / c, b / c) if first and np.all(c != 0) else None
+    if node.op == "Add":
+        return a, b + c
+    return (a, b - c) if first else (-a, c - b)
+
+
+def _pixels(t: gs.Tensor) -> np.dtype | None:
+    """The integer type of an input read only by one Cast to float (an image of 8- or 16-bit pixels)."""
+    dtype = np.dtype(t.dtype) if t.dtype is not None else None
+    if dtype is None or dtype.kind not in "iu" or dtype.itemsize > 2 or len(t.outputs) != 1:
+        return None
+    node = t.outputs[0]
+    to = node.attrs.get("to") if node.op == "Cast" else None
+    return dtype if to in FLOAT_TYPES else None
+
+
+def affine_prefix(graph: gs.Graph, t: gs.Tensor, shape: tuple) -> Prefix | None:
+    """The chain of affine ops from graph input `t` (module docstring), or None; `shape`: one sample's
+    (dimensions that are not ints: dynamic). An integer input starts with its Cast to float."""
+    a, b, ops = np.ones((1,) * (len(shape) + 1)), np.zeros((1,) * (len(shape) + 1)), []
+    outputs = {o.name for o in graph.outputs}
+    x, integer = t, _pixels(t)
+    if integer is not None:
+        x, ops = t.outputs[0].outputs[0], ["Cast"]
+    elif t.dtype is None or np.dtype(t.dtype).kind != "f":
+        return None
+    while len(x.outputs) == 1 and x.name not in outputs:
+        step = _step(x.outputs[0], x, shape, a, b)
+        if step is None:
+            break
+        (a, b), x = step, x.outputs[0].outputs[0]
+        ops.append(x.inputs[0].op)
+    if not ops or not np.all(np.isfinite(a)) or not np.all(np.isfinite(b)) or np.any(a == 0):
+        return None
+    return Prefix(a, b, x.name, tuple(ops), integer)
+
+
+def is_pixel_input(t: gs.Tensor) -> bool:
+    """An integer graph input read only through a Cast to float: image pixels, not token ids."""
+    return _pixels(t) is not None
+
+
+def input_prefixes(graph: gs.Graph, shapes: Mapping[str, tuple], skip: Collection[str] = ()
+                   ) -> dict[str, Prefix]:
+    """Graph inputs (not in `skip`) read through an affine prefix; `shapes`: per-sample shapes."""
+    out = {}
+    for t in graph.inputs:
+        if t.name in skip or t.name not in shapes:
+            continue
+        prefix = affine_prefix(graph, t, tuple(shapes[t.name]))
+        if prefix is not None:
+            out[t.name] = prefix
+    return out
+
+
+def prefix_nodes(graph: gs.Graph) -> set[int]:
+    """ids of the nodes of every graph input's affine prefix (shapes from the graph)."""
+    out = set()
+    for t in graph.inputs:
+        if not t.shape:
+            continue
+        prefix = affine_prefix(graph, t, tuple(t.shape[1:]))
+        x = t
+        for _ in (prefix.ops if prefix else ()):
+            out.add(id(x.outputs[0]))
+            x = x.outputs[0].outputs[0]
+    return out
+
+
+def without_prefixes(graph: gs.Graph, prefixes: Mapping[str, Prefix]) -> gs.Graph:
+    """A copy of `graph` whose inputs are the prefixes' ends (same names, shapes and types as before)."""
+    g = graph.copy()
+    tensors = g.tensors()
+    for i, t in enumerate(g.inputs):
+        if t.name in prefixes:
+            end = tensors[prefixes[t.name].end]
+            dtype = np.float32 if prefixes[t.name].integer is not None else t.dtype
+            new = gs.Variable(t.name, dtype=dtype, shape=t.shape)
+            t.name = f"{t.name}/raw"
+            for node in list(end.outputs):
+                for j, x in enumerate(node.inputs):
+                    if x is end:
+                        node.inputs[j] = new
+            g.inputs[i] = new
+    return g.cleanup().toposort()
+
+
+def to_inputs(samples: Mapping[str, np.ndarray], prefixes: Mapping[str, Prefix]) -> dict[str, np.ndarray]:
+    """Samples y of the prefixes' ends -> the model inputs x = (y - b) / a (integer inputs: rounded and
+    clipped to their type's range)."""
+    out = dict(samples)
+    for k, p in prefixes.items():
+        y = samples[k]
+        x = (y - p.b.astype(np.float32)) / p.a.astype(np.float32)
+        if p.integer is not None:
+            info = np.iinfo(p.integer)
+            x = np.clip(np.rint(x), info.min, info.max).astype(p.integer)
+        out[k] = x.astype(y.dtype, copy=False) if p.integer is None else x
+    return out

@@ -1,0 +1,71 @@
+"""In-graph input preprocessing: sampled after it, mapped back through it, left float."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from dfq_onnx.models import builders
+
+from dfq_onnx import api
+from dfq_onnx.synth import preprocess
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def _pixel_model():
+    first = builders.with_data_bn_stats(builders.conv_bn_relu(hw=16))
+    return first, builders.channels_last(first, scale=1 / 255, mean=MEAN, std=STD)
+
+
+def test_affine_prefix_composes_scale_and_shift():
+    _, last = _pixel_model()
+    g = gs.import_onnx(last)
+    p = preprocess.affine_prefix(g, g.inputs[0], (16, 16, 3))
+    assert p.ops == ("Mul", "Sub", "Div") and p.end == "input_Div"
+    x = np.random.default_rng(0).uniform(0, 255, (1, 16, 16, 3))
+    assert np.allclose(p.a * x + p.b, (x / 255 - np.array(MEAN)) / np.array(STD), atol=1e-5)   # float32
+    assert len(preprocess.prefix_nodes(g)) == 3
+    assert preprocess.input_prefixes(g, {"input": (16, 16, 3)}, skip={"input"}) == {}
+
+
+def test_not_affine_stops_the_prefix():
+    g = gs.import_onnx(builders.conv_bn_relu(hw=16))
+    assert preprocess.affine_prefix(g, g.inputs[0], (3, 16, 16)) is None      # input -> Conv
+    _, last = _pixel_model()
+    g = gs.import_onnx(last)
+    div = next(n for n in g.nodes if n.op == "Div")
+    div.inputs = [div.inputs[1], div.inputs[0]]                              # std / x: not affine in x
+    assert preprocess.affine_prefix(g, g.inputs[0], (16, 16, 3)).ops == ("Mul", "Sub")
+
+
+def test_pixel_input_model_gets_the_samples_of_the_standardized_one_and_a_float_prefix(tmp_path):
+    first, last = _pixel_model()
+    a = api.synthesize(first, samples=4, use_cache=False, progress=False).inputs["input"]
+    x = api.synthesize(last, samples=4, use_cache=False, progress=False).inputs["input"]
+    assert x.shape == (4, 16, 16, 3) and x.max() > 50                      # pixels, not standardized values
+    y = (x / np.float32(255) - np.float32(MEAN)) / np.float32(STD)          # the model's own prefix
+    assert np.allclose(y.transpose(0, 3, 1, 2), a, atol=1e-5)
+    model, report = api.quantize(last, output=tmp_path / "q.onnx", progress=False, use_cache=False)
+    readers = {n.op_type: list(n.input) for n in model.graph.node if n.op_type in ("Mul", "Sub", "Div")}
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert set(readers) == {"Mul", "Sub", "Div"}
+    assert all(producers.get(i) != "DequantizeLinear" for ins in readers.values() for i in ins)
+    assert report.notes["synthesis"]["sampled_after_preprocessing"] == ["input"]
+    assert "assumed_range" not in report.notes["synthesis"]
+
+
+def test_uint8_pixel_input_is_sampled_after_its_cast_not_taken_for_tokens(tmp_path):
+    first = builders.with_data_bn_stats(builders.conv_bn_relu(hw=16))
+    scaled = builders.channels_last(first, scale=1 / 255, mean=MEAN, std=STD, uint8=True)
+    a = api.synthesize(first, samples=4, use_cache=False, progress=False).inputs["input"]
+    x = api.synthesize(scaled, samples=4, use_cache=False, progress=False).inputs["input"]
+    assert x.dtype == np.uint8 and x.shape == (4, 16, 16, 3)
+    y = (x / np.float32(255) - np.float32(MEAN)) / np.float32(STD)
+    inside = ((x > 0) & (x < 255)).transpose(0, 3, 1, 2)          # the rest is clipped to [0, 255]
+    assert inside.mean() > 0.9
+    assert np.abs(y.transpose(0, 3, 1, 2) - a)[inside].max() <= 0.5 / 255 / min(STD) + 1e-5   # rounding
+    raw = builders.channels_last(first, uint8=True)              # Cast only: drawn in uint8's range
+    x = api.synthesize(raw, samples=4, use_cache=False, progress=False).inputs["input"]
+    assert x.dtype == np.uint8 and x.max() - x.min() > 100
+    model, _ = api.quantize(scaled, output=tmp_path / "q.onnx", progress=False, use_cache=False)
+    assert model.graph.input[0].type.tensor_type.elem_type == 2          # still a uint8 input
