@@ -17,23 +17,14 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.core.graph_utils import is_const
+from dfq_onnx.core.graph_utils import is_const, walk
 
 
 def _weighted_ancestors(t: gs.Tensor, target) -> list[gs.Node]:
     """The weighted ops (with a constant weight) `t` is computed from through non-weighted ops."""
-    found, stack, seen = [], [t], set()
-    while stack:
-        x = stack.pop()
-        for node in x.inputs:
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            if target.role(node.op) == "weighted" and len(node.inputs) > 1 and is_const(node.inputs[1]):
-                found.append(node)
-            else:
-                stack.extend(i for i in node.inputs if not is_const(i))
-    return found
+    def weighted(node: gs.Node) -> bool:
+        return target.role(node.op) == "weighted" and len(node.inputs) > 1 and is_const(node.inputs[1])
+    return [node for node, _ in walk(t, lambda node, _: not weighted(node), up=True) if weighted(node)]
 
 
 def is_static_head(node: gs.Node, target) -> bool:

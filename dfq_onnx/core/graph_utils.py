@@ -22,6 +22,22 @@ def reroute(old: gs.Tensor, new: gs.Tensor, readers=None) -> None:
                 node.inputs[i] = new
 
 
+def walk(start: gs.Tensor, go_on, up: bool = False):
+    """(node, tensor it was reached through) for the nodes reading `start` (up: producing it), each once,
+    depth first; the walk goes on through a node's outputs (up: its non-constant inputs) when
+    `go_on(node, tensor)` is true."""
+    stack, seen = [start], set()
+    while stack:
+        cur = stack.pop()
+        for node in (cur.inputs if up else cur.outputs):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            yield node, cur
+            if go_on(node, cur):
+                stack.extend([t for t in node.inputs if not is_const(t)] if up else node.outputs)
+
+
 def scalar_value(tensor: gs.Tensor | None) -> float | None:
     """The value of a one-element float32 constant when it is finite and non-zero, else None."""
     if not is_const(tensor):

@@ -21,6 +21,7 @@ from typing import Collection, Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from dfq_onnx.core.graph_utils import reroute, walk
 from dfq_onnx.synth.augment import MAX_CHANNELS, MIN_SIDE
 
 TO_FIRST, TO_LAST = (0, 3, 1, 2), (0, 2, 3, 1)
@@ -34,18 +35,8 @@ def _channels_last_shape(shape) -> bool:
 
 def _reaches_to_first(t: gs.Tensor) -> bool:
     """`t` reaches a Transpose(perm = [0, 3, 1, 2]) through elementwise ops."""
-    frontier, seen = [t], set()
-    while frontier:
-        x = frontier.pop()
-        for node in x.outputs:
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            if node.op == "Transpose" and tuple(node.attrs.get("perm", ())) == TO_FIRST:
-                return True
-            if node.op in ELEMENTWISE:
-                frontier.extend(node.outputs)
-    return False
+    return any(node.op == "Transpose" and tuple(node.attrs.get("perm", ())) == TO_FIRST
+               for node, _ in walk(t, lambda node, _: node.op in ELEMENTWISE))
 
 
 def channels_last_inputs(graph: gs.Graph, shapes: Mapping[str, tuple]) -> list[str]:
@@ -61,10 +52,7 @@ def channels_first_graph(graph: gs.Graph, shapes: Mapping[str, tuple], names: Co
     for t in [t for t in g.inputs if t.name in names]:
         h, w, c = shapes[t.name]
         inner = gs.Variable(f"{t.name}/channels_last", dtype=t.dtype, shape=list(t.shape))
-        for node in list(t.outputs):
-            for i, x in enumerate(node.inputs):
-                if x is t:
-                    node.inputs[i] = inner
+        reroute(t, inner)
         t.shape = [t.shape[0], c, h, w]
         g.nodes.append(gs.Node("Transpose", name=f"{t.name}/to_channels_last", attrs={"perm": list(TO_LAST)},
                                inputs=[t], outputs=[inner]))

@@ -32,6 +32,8 @@ from typing import Collection, Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from dfq_onnx.core.graph_utils import reroute
+
 AFFINE = frozenset({"Mul", "Div", "Add", "Sub"})
 FLOAT_TYPES = (1, 10, 11, 16)          # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
@@ -156,10 +158,7 @@ def without_prefixes(graph: gs.Graph, prefixes: Mapping[str, Prefix]) -> gs.Grap
             dtype = np.float32 if prefixes[t.name].integer is not None else t.dtype
             new = gs.Variable(t.name, dtype=dtype, shape=t.shape)
             t.name = f"{t.name}/raw"
-            for node in list(end.outputs):
-                for j, x in enumerate(node.inputs):
-                    if x is end:
-                        node.inputs[j] = new
+            reroute(end, new)
             g.inputs[i] = new
     return g.cleanup().toposort()
 

@@ -34,7 +34,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfq_onnx.core.errors import UsageError
-from dfq_onnx.core.graph_utils import const_values, is_const, is_float
+from dfq_onnx.core.graph_utils import const_values, is_const, is_float, walk
 from dfq_onnx.synth.preprocess import is_pixel_input
 
 CARRY = ("Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Identity")
@@ -75,20 +75,14 @@ def has_token_inputs(graph: gs.Graph) -> bool:
 
 def _tables(t: gs.Tensor) -> list[gs.Constant]:
     """Constant float tables of the Gathers reading `t` as indices (through index-carrying ops)."""
-    out, stack, seen = [], [t], set()
-    while stack:
-        cur = stack.pop()
-        for node in cur.outputs:
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            if node.op == "Gather" and len(node.inputs) > 1 and node.inputs[1] is cur \
-                    and is_const(node.inputs[0]) and is_float(node.inputs[0]) \
-                    and const_values(node.inputs[0]).ndim == 2 and node.attrs.get("axis", 0) == 0:
-                out.append(node.inputs[0])
-            elif node.op in CARRY and node.inputs and node.inputs[0] is cur:
-                stack.extend(node.outputs)
-    return out
+    def table(node: gs.Node, cur: gs.Tensor) -> bool:
+        return (node.op == "Gather" and len(node.inputs) > 1 and node.inputs[1] is cur
+                and is_const(node.inputs[0]) and is_float(node.inputs[0])
+                and const_values(node.inputs[0]).ndim == 2 and node.attrs.get("axis", 0) == 0)
+
+    def carries(node: gs.Node, cur: gs.Tensor) -> bool:
+        return not table(node, cur) and node.op in CARRY and bool(node.inputs) and node.inputs[0] is cur
+    return [node.inputs[0] for node, cur in walk(t, carries) if table(node, cur)]
 
 
 def _length(graph: gs.Graph, ints: list[gs.Tensor], hints: dict, position_rows: int) -> int:
