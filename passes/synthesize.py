@@ -36,6 +36,11 @@ the samples start from random line drawings the model reads most and, by default
 whole search (`dfq_onnx.synth.strokes`: ES refinement lowered PP-OCRv4 rec); the drawings cost
 CANDIDATES x N forward rows, so they are cached like a search. Engine 5: no search for the BN
 objective (engine 4) and the sequence objectives with their drawings.
+
+Inputs the graph itself scales (an in-graph x / 255, (x - mean) / std; integer pixels and their Cast:
+`dfq_onnx.synth.preprocess`) or reads channels-last (tf2onnx's input Transpose: `dfq_onnx.synth.layout`)
+are synthesized on a copy of the graph that reads what the network does -- standardized, channels-first
+images -- and the samples are mapped back to the model's inputs.
 """
 
 from __future__ import annotations
@@ -363,7 +368,7 @@ def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: di
     on standardized samples loses a third of its detections: BENCHMARKS.md, session 7)."""
     if result.objective.startswith("bn"):
         return
-    last = layout.channels_last_inputs(state.graph, {k: tuple(v.shape[1:]) for k, v in result.inputs.items()})
+    last = result.channels_last
     first = {k: v.shape if k not in last else (v.shape[0], *layout.to_channels_first(v.shape[1:]))
              for k, v in result.inputs.items()}
     unsized = [k for k, shape in first.items()
