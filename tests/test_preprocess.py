@@ -69,3 +69,22 @@ def test_uint8_pixel_input_is_sampled_after_its_cast_not_taken_for_tokens(tmp_pa
     assert x.dtype == np.uint8 and x.max() - x.min() > 100
     model, _ = api.quantize(scaled, output=tmp_path / "q.onnx", progress=False, use_cache=False)
     assert model.graph.input[0].type.tensor_type.elem_type == 2          # still a uint8 input
+
+
+def test_timing_feeds_and_shape_probe_take_pixel_inputs():
+    """KeepFloat's timing runs and the synthesis shape probe feed a uint8 input uint8 pixels."""
+    from dfq_onnx.backends.latency import random_feeds
+    from dfq_onnx.synth.runner import row_elements
+
+    first = builders.with_data_bn_stats(builders.conv_bn_relu(hw=16))
+    model = builders.channels_last(first, scale=1 / 255, uint8=True)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    feeds = random_feeds(model)
+    assert feeds["input"].dtype == np.uint8 and feeds["input"].shape == (2, 16, 16, 3)
+    assert feeds["input"].max() > 128
+    g = gs.import_onnx(model)
+    for t in g.tensors().values():          # unknown shapes: the probe runs the model once
+        if isinstance(t, gs.Variable) and t not in g.inputs:
+            t.shape = None
+    elements, passes = row_elements(g, {"input": (16, 16, 3)})
+    assert passes == 1 and elements > 0
