@@ -161,7 +161,8 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
     observe = runtime.observer_model if pct else observers.range_model
     model = observe(state.graph, tensors)
     sess = runtime.session(model, mem_pattern=False)
-    rows = rows or len(next(iter(feeds.values()))) * view_count(feeds, views, channels_last(state, feeds))
+    last = channels_last(state, feeds)          # once: every chunk draws its views with it
+    rows = rows or len(next(iter(feeds.values()))) * view_count(feeds, views, last)
     step = chunk_rows(state, held=tensors)
     state.report.notes.setdefault("rows_per_call", {})["calibrate"] = step
     lo = {t: np.inf for t in tensors}
@@ -169,7 +170,7 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
     per_row: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     for start in tqdm(range(0, rows, step), desc=f"calibrate ({source})", disable=not opts.progress,
                       leave=False):
-        outs = sess.run(None, _chunk(state, feeds, views, start, min(start + step, rows), step))
+        outs = sess.run(None, _chunk(state, feeds, views, start, min(start + step, rows), step, last))
         state.forward_passes += 1
         if not pct:
             for name, (a, b) in observers.ranges_of(outs, tensors).items():
@@ -188,10 +189,10 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
 
 
 def _chunk(state: CompileState, feeds: dict[str, np.ndarray], views: int, start: int, stop: int,
-           step: int) -> dict[str, np.ndarray]:
+           step: int, last: list[str]) -> dict[str, np.ndarray]:
     """Rows [start, stop); a model with a static batch gets its last chunk padded with copies of the
     last row (which change no min/max; percentile rows beyond `stop` are dropped by the caller)."""
-    chunk = view_rows(feeds, views, state.options.seed, start, stop, channels_last(state, feeds))
+    chunk = view_rows(feeds, views, state.options.seed, start, stop, last)
     static = any(t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0 for t in state.graph.inputs)
     if static and stop - start < step:
         chunk = {k: np.concatenate([v, np.repeat(v[-1:], step - len(v), 0)]) for k, v in chunk.items()}

@@ -32,12 +32,11 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.core import candidates, ir
 from dfq_onnx.core.errors import UsageError
+from dfq_onnx.core.graph_utils import is_pixel_dtype
 
 FORMAT = "dfq-onnx latency table 1"
 Cand = tuple[int, int]
 K = TypeVar("K", bound=Hashable)
-
-PIXEL_TYPES = {2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16}   # TensorProto element types
 
 
 def _key(c: Cand) -> str:
@@ -196,8 +195,8 @@ def random_feeds(model, seed: int = 0) -> dict[str, np.ndarray]:
             dtype = np.int64 if elem == 7 else np.int32
             feeds[inp.name] = (rng.integers(0, rows[inp.name], dims) if inp.name in rows
                                else np.ones(dims)).astype(dtype)
-        elif elem in PIXEL_TYPES:               # 8 / 16-bit image pixels
-            info = np.iinfo(PIXEL_TYPES[elem])
+        elif is_pixel_dtype(name := ir.elem_type_name(elem)):      # 8 / 16-bit image pixels
+            info = np.iinfo(name)
             feeds[inp.name] = rng.integers(info.min, info.max, dims, endpoint=True).astype(info.dtype)
         else:
             feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)

@@ -38,6 +38,15 @@ def walk(start: gs.Tensor, go_on, up: bool = False):
                 stack.extend([t for t in node.inputs if not is_const(t)] if up else node.outputs)
 
 
+def is_pixel_dtype(dtype) -> bool:
+    """An 8- or 16-bit integer type (numpy dtype or its name): what integer image pixels are stored in."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:          # a name numpy does not know (bfloat16)
+        return False
+    return dtype.kind in "iu" and dtype.itemsize <= 2
+
+
 def scalar_value(tensor: gs.Tensor | None) -> float | None:
     """The value of a one-element float32 constant when it is finite and non-zero, else None."""
     if not is_const(tensor):

@@ -32,7 +32,7 @@ from typing import Collection, Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.core.graph_utils import reroute
+from dfq_onnx.core.graph_utils import is_pixel_dtype, reroute
 
 AFFINE = frozenset({"Mul", "Div", "Add", "Sub"})
 FLOAT_TYPES = (1, 10, 11, 16)          # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
@@ -40,12 +40,14 @@ FLOAT_TYPES = (1, 10, 11, 16)          # TensorProto FLOAT, FLOAT16, DOUBLE, BFL
 
 @dataclass(frozen=True)
 class Prefix:
-    """y = a x + b on one sample (a, b broadcastable to [1, *shape]); `end`: the tensor y; `integer`:
-    the input's integer type when the prefix starts with a Cast to float (pixels), else None."""
+    """y = a x + b on one sample (a, b broadcastable to [1, *shape]); `end`: the tensor y; `nodes`: the
+    chain's nodes (ids, in order; `ops` their types); `integer`: the input's integer type when the
+    prefix starts with a Cast to float (pixels), else None."""
     a: np.ndarray
     b: np.ndarray
     end: str
     ops: tuple[str, ...]
+    nodes: tuple[int, ...]
     integer: np.dtype | None = None
 
     def pixel_range(self) -> tuple[float, float] | None:
@@ -87,22 +89,22 @@ def _step(node: gs.Node, t: gs.Tensor, shape: tuple, a: np.ndarray, b: np.ndarra
 
 def _pixels(t: gs.Tensor) -> np.dtype | None:
     """The integer type of an input read only by one Cast to float (an image of 8- or 16-bit pixels)."""
-    dtype = np.dtype(t.dtype) if t.dtype is not None else None
-    if dtype is None or dtype.kind not in "iu" or dtype.itemsize > 2 or len(t.outputs) != 1:
+    if t.dtype is None or not is_pixel_dtype(t.dtype) or len(t.outputs) != 1:
         return None
     node = t.outputs[0]
     to = node.attrs.get("to") if node.op == "Cast" else None
-    return dtype if to in FLOAT_TYPES else None
+    return np.dtype(t.dtype) if to in FLOAT_TYPES else None
 
 
 def affine_prefix(graph: gs.Graph, t: gs.Tensor, shape: tuple) -> Prefix | None:
     """The chain of affine ops from graph input `t` (module docstring), or None; `shape`: one sample's
     (dimensions that are not ints: dynamic). An integer input starts with its Cast to float."""
-    a, b, ops = np.ones((1,) * (len(shape) + 1)), np.zeros((1,) * (len(shape) + 1)), []
+    a, b, nodes = np.ones((1,) * (len(shape) + 1)), np.zeros((1,) * (len(shape) + 1)), []
     outputs = {o.name for o in graph.outputs}
     x, integer = t, _pixels(t)
     if integer is not None:
-        x, ops = t.outputs[0].outputs[0], ["Cast"]
+        nodes.append(t.outputs[0])
+        x = nodes[0].outputs[0]
     elif t.dtype is None or np.dtype(t.dtype).kind != "f":
         return None
     while len(x.outputs) == 1 and x.name not in outputs:
@@ -110,10 +112,10 @@ def affine_prefix(graph: gs.Graph, t: gs.Tensor, shape: tuple) -> Prefix | None:
         if step is None:
             break
         (a, b), x = step, x.outputs[0].outputs[0]
-        ops.append(x.inputs[0].op)
-    if not ops or not np.all(np.isfinite(a)) or not np.all(np.isfinite(b)) or np.any(a == 0):
+        nodes.append(x.inputs[0])
+    if not nodes or not np.all(np.isfinite(a)) or not np.all(np.isfinite(b)) or np.any(a == 0):
         return None
-    return Prefix(a, b, x.name, tuple(ops), integer)
+    return Prefix(a, b, x.name, tuple(n.op for n in nodes), tuple(id(n) for n in nodes), integer)
 
 
 def is_pixel_input(t: gs.Tensor) -> bool:
@@ -136,16 +138,8 @@ def input_prefixes(graph: gs.Graph, shapes: Mapping[str, tuple], skip: Collectio
 
 def prefix_nodes(graph: gs.Graph) -> set[int]:
     """ids of the nodes of every graph input's affine prefix (shapes from the graph)."""
-    out = set()
-    for t in graph.inputs:
-        if not t.shape:
-            continue
-        prefix = affine_prefix(graph, t, tuple(t.shape[1:]))
-        x = t
-        for _ in (prefix.ops if prefix else ()):
-            out.add(id(x.outputs[0]))
-            x = x.outputs[0].outputs[0]
-    return out
+    prefixes = (affine_prefix(graph, t, tuple(t.shape[1:])) for t in graph.inputs if t.shape)
+    return {node for p in prefixes if p is not None for node in p.nodes}
 
 
 def without_prefixes(graph: gs.Graph, prefixes: Mapping[str, Prefix]) -> gs.Graph:
