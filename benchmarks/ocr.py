@@ -10,6 +10,8 @@ dejavu + liberation fonts from offline prose (seed `--seed`); ORT's calibration 
 renderings of the same kind (seed `--seed + 1000`): 64 lines for rec, 64 lines (half upside down)
 for cls, 16 pages for det, each preprocessed as RapidOCR does.
 
+`--family v6` runs PP-OCRv6 small det / rec (the rapidocr 3.x wheel: `pip install --no-deps rapidocr`)
+in place of v4's, with the same cls, renderings and RapidOCR.
 `--quantize cls,rec` leaves det FP32 in every row (its page CER is then that of det FP32).
 Configurations: every model of RapidOCR (det PP-OCRv4, cls mobile v2, rec PP-OCRv4) replaced by
   fp32          the shipped models;
@@ -61,6 +63,9 @@ from common import (  # noqa: E402
 from dfq_onnx.models.corpus import corpus_model  # noqa: E402
 
 MODELS = {"det": "ppocrv4_det", "cls": "ppocr_mobile_v2_cls", "rec": "ppocrv4_rec"}
+# --family v6: PP-OCRv6 small det / rec of the rapidocr 3.x wheel (held-out models: the tool was built
+# against v4), run through the same RapidOCR (its v6 config has v4's pre- and post-processing values)
+FAMILIES = {"v4": MODELS, "v6": {**MODELS, "det": "ppocrv6_det", "rec": "ppocrv6_rec"}}
 SHAPES = {"det": "x:1,3,736,736", "cls": "x:1,3,48,192", "rec": "x:1,3,48,320"}
 LATENCY_SHAPES = {"det": (1, 3, 736, 736), "cls": (6, 3, 48, 192), "rec": (6, 3, 48, 320)}
 
@@ -238,6 +243,8 @@ def main() -> None:
     ap.add_argument("--rec-only", default="", help="configs that vary rec only (det / cls from dfq)")
     ap.add_argument("--quantize", default="det,cls,rec",
                     help="models the ort / dfq configs quantize (the others stay FP32 in every row)")
+    ap.add_argument("--family", choices=sorted(FAMILIES), default="v4",
+                    help="which PP-OCR det / rec (v6: pip install --no-deps rapidocr)")
     ap.add_argument("--resume", action="store_true", help="keep the finished configs of WORK/results.json")
     ap.add_argument("--ort-quantize", nargs=3, metavar=("MODEL", "NPZ", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -252,11 +259,12 @@ def main() -> None:
     configs = args.configs.split(",")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    charset = ocr_data.charset(corpus_model(MODELS["rec"]).path)
+    names = FAMILIES[args.family]
+    charset = ocr_data.charset(corpus_model(names["rec"]).path)
     print(machine_info(), "\nload at start", load(), flush=True)
     lines, texts = ocr_data.line_set(args.lines, args.seed, charset)
     pages, page_texts = ocr_data.page_set(args.pages, args.seed, charset)
-    src = {k: str(corpus_model(v).path) for k, v in MODELS.items()}
+    src = {k: str(corpus_model(v).path) for k, v in names.items()}
     calib = ort_calib(charset, args.seed + 1000, work) if {"ort", "dfq-real"} & set(configs) else {}
     paths, costs, results = {"fp32": dict(src)}, {}, {}
     rec_only = set(filter(None, args.rec_only.split(",")))

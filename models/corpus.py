@@ -15,13 +15,17 @@ network access is needed at run time:
   ``ch_PP-OCRv4_rec_infer`` (SVTR-LCNet CTC recognizer, opset 12) and
   ``ch_ppocr_mobile_v2.0_cls_infer`` (MobileNetV3 angle classifier, opset 11).
   All weights are ``Constant`` nodes (no initializers); inputs are dynamic.
+* ``rapidocr`` (3.x, the successor package): ``PP-OCRv6_det_small`` and ``PP-OCRv6_rec_small``
+  (paddle2onnx, opset 11; GELU through Erf, an 18,710-character CTC recognizer with its dictionary in
+  ``metadata_props``) and the same mobile v2 angle classifier. Held-out OCR models: the tool was built
+  against PP-OCRv4.
 * ``nudenet``: ``320n.onnx``, an Ultralytics YOLOv8n detector (PyTorch 2.3
   export, opset 17, dynamic batch/height/width).
 
 Install the optional packages without their (heavy) dependencies, only to get
 the model files::
 
-    pip install --no-deps rapidocr-onnxruntime nudenet
+    pip install --no-deps rapidocr-onnxruntime rapidocr nudenet
 
 Packages are located with :func:`importlib.util.find_spec`, which does not
 import them (importing ``rapidocr_onnxruntime`` would pull in OpenCV etc.).
@@ -45,7 +49,7 @@ __all__ = [
     "default_input_shapes",
 ]
 
-INSTALL_HINT = "pip install --no-deps rapidocr-onnxruntime nudenet"
+INSTALL_HINT = "pip install --no-deps rapidocr-onnxruntime rapidocr nudenet"
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class CorpusModel:
 _SOURCES: tuple[tuple[str, str, str], ...] = (
     ("onnx", "backend/test/data/light", "*.onnx"),
     ("rapidocr_onnxruntime", "models", "*.onnx"),
+    ("rapidocr", "models", "PP-OCRv6_*.onnx"),
     ("nudenet", ".", "*.onnx"),
 )
 
@@ -91,6 +96,7 @@ _KNOWN_FILES: dict[str, tuple[str, ...]] = {
         "ch_PP-OCRv4_rec_infer",
         "ch_ppocr_mobile_v2.0_cls_infer",
     ),
+    "rapidocr": ("PP-OCRv6_det_small", "PP-OCRv6_rec_small"),
     "nudenet": ("320n",),
 }
 
@@ -99,6 +105,8 @@ _NAMES: dict[tuple[str, str], str] = {
     ("rapidocr_onnxruntime", "ch_PP-OCRv4_det_infer"): "ppocrv4_det",
     ("rapidocr_onnxruntime", "ch_PP-OCRv4_rec_infer"): "ppocrv4_rec",
     ("rapidocr_onnxruntime", "ch_ppocr_mobile_v2.0_cls_infer"): "ppocr_mobile_v2_cls",
+    ("rapidocr", "PP-OCRv6_det_small"): "ppocrv6_det",
+    ("rapidocr", "PP-OCRv6_rec_small"): "ppocrv6_rec",
     ("nudenet", "320n"): "yolov8n_320",
 }
 
@@ -114,6 +122,8 @@ _DEFAULT_SHAPES: dict[str, dict[str, list[int]]] = {
     "ppocrv4_det": {"x": [1, 3, 736, 736]},
     "ppocrv4_rec": {"x": [1, 3, 48, 320]},
     "ppocr_mobile_v2_cls": {"x": [1, 3, 48, 192]},
+    "ppocrv6_det": {"x": [1, 3, 736, 736]},      # rapidocr 3.x config: the same sizes as v4
+    "ppocrv6_rec": {"x": [1, 3, 48, 320]},
     "yolov8n_320": {"images": [1, 3, 320, 320]},
 }
 

@@ -46,7 +46,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                                                (token_builders.token_lm, "tokens+lm")])   # LM head found
 def test_token_model_compiles_with_no_data_to_the_fast_forms(build, objective):
     model = build()
-    out, report = dfq_onnx.quantize(model, progress=False, use_cache=False)
+    # latency_check off: these models sit at FP32's speed at batch 1 (~0.15 ms), where the whole-model
+    # timing (passes/keep_float.py) may call either side slower from run to run; the forms are the subject
+    out, report = dfq_onnx.quantize(model, progress=False, use_cache=False, latency_check=False)
     onnx.checker.check_model(out, full_check=True)
     ops = {n.op_type for n in out.graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger", "GatherBlockQuantized"} <= ops
@@ -54,7 +56,7 @@ def test_token_model_compiles_with_no_data_to_the_fast_forms(build, objective):
     feeds = _token_feeds(model)
     want, got = run(model, feeds)[-1], run(out, feeds)[-1]
     assert _cosine(want, got).min() > 0.99
-    again, _ = dfq_onnx.quantize(model, progress=False, use_cache=False)
+    again, _ = dfq_onnx.quantize(model, progress=False, use_cache=False, latency_check=False)
     assert again.SerializeToString() == out.SerializeToString()
     mixed, report = dfq_onnx.quantize(model, progress=False, use_cache=False, avg_weight_bits=6)
     assert report.notes["synthesis"]["objective"] == objective     # scoring samples with no data
