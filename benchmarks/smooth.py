@@ -4,7 +4,7 @@
 
 paraphrase-MiniLM-L3 (its wheel) compiled data-free for static targets (every MatMul static Q/DQ):
 `openvino` and `ort-static` (the ort-cpu profile minus its [forms], benchmarks/rec_forms.py), each with
-the pass (the default) and with `--no-smooth`. Rows: FP32, ORT quantize_static (QDQ, per-channel, MinMax,
+and without the pass (`--smooth`; default off). Rows: FP32, ORT quantize_static (QDQ, per-channel, MinMax,
 on --calib-pairs real texts), the dfq outputs. Quality on benchmarks/text_task.py's retrieval task
 (cosine of the pooled embedding to FP32's, recall@1, MRR); compile wall / peak RSS (`/usr/bin/time -v`);
 what the pass did (activations smoothed / candidates, its alphas, its predicted loss all-off -> chosen);
@@ -89,7 +89,7 @@ def main() -> None:
         paths["ort static"] = work / "ort_static.onnx"
         costs["ort static"] = {"wall_s": ort_static(model, paths["ort static"], calib)}
         for t in args.targets.split(","):
-            for name, extra in ((f"dfq {t}, --no-smooth", ["--no-smooth"]), (f"dfq {t}", [])):
+            for name, extra in ((f"dfq {t}", []), (f"dfq {t}, --smooth", ["--smooth"])):
                 out = work / (name.replace(" ", "_").replace(",", "") + ".onnx")
                 costs[name] = compile_cli(model, out, ["--target", target_arg(t, work), *extra])
                 paths[name] = out

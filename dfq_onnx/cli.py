@@ -102,7 +102,8 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
                    help="CLE ranges: weights (Nagel), activations (per-channel weight grids), auto")
     a.add_argument("--smooth", action=flag, default=d.smooth,
                    help="migrate LayerNorm outputs' outlier channels into statically quantized MatMul "
-                        "weights (SmoothQuant; alpha scored at the output, kept only where it helps)")
+                        "weights (SmoothQuant; alpha scored at the output, kept only where it helps); "
+                        "default: off (no task-metric gain measured yet, BENCHMARKS.md issue 14 session 9)")
     a.add_argument("--bias-absorption", action=flag, default=d.bias_absorption,
                    help="high-bias absorption into the next layer (BN statistics)")
     a.add_argument("--bias-correction", action=flag, default=d.bias_correction,

@@ -97,8 +97,8 @@ def _error(model, q, feeds) -> float:
 def test_pass_lowers_the_static_w8a8_error(tmp_path):
     model, target = ln_matmul("ln", outlier=40.0), static_matmul_target(tmp_path)
     common = dict(target=target, calib="noise", calib_samples=64, latency_check=False, progress=False)
-    plain, _ = quantize(model, smooth=False, **common)
-    smoothed, report = quantize(model, **common)
+    plain, _ = quantize(model, **common)           # the default: off
+    smoothed, report = quantize(model, smooth=True, **common)
     note = report.notes["smoothing"]
     assert note["applied"] == ["x"] and note["together"]["chosen"] < note["together"]["off"]
     feeds = _feeds("ln", n=64, seed=5)
