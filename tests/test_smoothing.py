@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _util import compile_state, run, state_model, static_matmul_target
 from dfq_onnx.models.builders import _init, _model, _vi
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.quant_groups import FindQuantGroups
@@ -14,7 +15,6 @@ from onnx import helper, numpy_helper
 
 from dfq_onnx.api import quantize
 from dfq_onnx.corrections import smoothing as sm
-from tests._util import compile_state, run, state_model, static_matmul_target
 
 D, N_OUT, SEQ = 16, 12, 6
 
