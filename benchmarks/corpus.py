@@ -1,6 +1,6 @@
 """Structure corpus: every real exported model quantizes at W8A8 and runs in ORT.
 
-    pip install --no-deps rapidocr-onnxruntime nudenet     # model files only
+    pip install --no-deps rapidocr-onnxruntime rapidocr nudenet     # model files only
     python benchmarks/corpus.py [--calib analytic|noise] [--only NAME] [--no-shared]
 
 The shared CIFAR-10 ResNet-20/56 (../shared/data) are appended when present (--no-shared: not).

@@ -1,7 +1,7 @@
 """Synthetic calibration on models without labelled data here: W8A8 output SQNR vs FP32 (issue 3).
 
     python benchmarks/export_efficientnet.py            # once: /work/models/efficientnet_lite0.onnx
-    pip install --no-deps rapidocr-onnxruntime nudenet   # model files only
+    pip install --no-deps rapidocr-onnxruntime rapidocr nudenet   # model files only
     python benchmarks/synthetic_sqnr.py [--only NAME] [--samples 32] [--cache-dir DIR]
 
 Per model: dfq-onnx uniform W8A8 with activation ranges from Gaussian noise (N(0,1), as many samples
