@@ -12,7 +12,9 @@ QLinearMatMul / QLinearSoftmax / QLinearAdd. This script measures the other choi
   fp32     the shipped model;
   ort      onnxruntime quantize_static (QDQ, per-channel, MinMax) on 64 real rendered lines;
   dynamic  `dfq-onnx quantize REC --input-shape x:1,3,48,320` (the default, data-free);
-  static   the same with the ort-cpu profile minus its [forms] section (every MatMul static Q/DQ).
+  static   the same with the ort-cpu profile minus its [forms] section (every MatMul static Q/DQ);
+  static, --smooth   the same with the outlier migration of passes/smooth.py (it applies where its
+           output score says so; `cmp` says whether it changed the output).
 
 Per config: compile wall / peak RSS (`/usr/bin/time -v`), line exact match and CER through RapidOCR's
 recognizer on `--lines` rendered lines per seed of `--seeds` (benchmarks/ocr_data.py; seed 0 is
@@ -60,9 +62,13 @@ def compile_all(src: str, work: Path, charset: set[str]) -> tuple[dict, dict]:
     calib = ocr.ort_calib(charset, 1000, work)["rec"]
     paths["ort"] = str(work / "ort_rec.onnx")
     costs["ort"] = ocr.timed([sys.executable, ocr.__file__, "--ort-quantize", src, str(calib), paths["ort"]])
-    for name, extra in (("dynamic", []), ("static", ["--target", str(static_target(work))])):
-        paths[name] = str(work / f"{name}_rec.onnx")
+    static = ["--target", str(static_target(work))]
+    rows = (("dynamic", []), ("static", static), ("static, --smooth", [*static, "--smooth"]))
+    for name, extra in rows:
+        paths[name] = str(work / f"{name.replace(', ', '_').replace('--', '')}_rec.onnx")
         costs[name] = ocr.timed([*base, "-o", paths[name], *extra])
+    same = Path(paths["static"]).read_bytes() == Path(paths["static, --smooth"]).read_bytes()
+    print(f"static --smooth {'byte-identical to' if same else 'differs from'} static", flush=True)
     return paths, costs
 
 

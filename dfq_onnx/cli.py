@@ -100,6 +100,10 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--cle", action=flag, default=d.cle, help="cross-layer equalization (Nagel et al. 2019)")
     a.add_argument("--cle-criterion", choices=("weights", "activations", "auto"), default=d.cle_criterion,
                    help="CLE ranges: weights (Nagel), activations (per-channel weight grids), auto")
+    a.add_argument("--smooth", action=flag, default=d.smooth,
+                   help="migrate LayerNorm outputs' outlier channels into statically quantized MatMul "
+                        "weights (SmoothQuant; alpha scored at the output, kept only where it helps); "
+                        "default: off (no task-metric gain measured yet, BENCHMARKS.md issue 14 session 9)")
     a.add_argument("--bias-absorption", action=flag, default=d.bias_absorption,
                    help="high-bias absorption into the next layer (BN statistics)")
     a.add_argument("--bias-correction", action=flag, default=d.bias_correction,
@@ -182,7 +186,7 @@ def _options(args):
                            bops_ratio=args.bops_ratio, max_drop=args.max_drop, allocator=args.allocator,
                            hops=args.hops, metric=args.metric, pareto=args.pareto, latency_ms=args.latency_ms,
                            latency_table=args.latency_table, latency_check=args.latency_check,
-                           cle=args.cle, cle_criterion=args.cle_criterion,
+                           cle=args.cle, cle_criterion=args.cle_criterion, smooth=args.smooth,
                            bias_absorption=args.bias_absorption, bias_correction=args.bias_correction,
                            dfmpc=args.dfmpc)
 

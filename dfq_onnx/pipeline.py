@@ -27,6 +27,7 @@ from dfq_onnx.passes.quant_groups import FindQuantGroups
 from dfq_onnx.passes.score_prior import ScoreTopPrior
 from dfq_onnx.passes.sensitivity import ScoreSensitivity, SensitivityOptions
 from dfq_onnx.passes.silu_floor import SiluRangeFloor
+from dfq_onnx.passes.smooth import SmoothActivations
 from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize
 
 SCORE_SAMPLES = 256   # scoring samples for sensitivity (bounds its cost on large calibration sets)
@@ -97,6 +98,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
     tail = [
         *([_synthesis(options)] if synthesize else []),
         *([AnalyticRanges()] if options.calib == "analytic" else []),
+        *([SmoothActivations()] if options.smooth and options.calib != "analytic" else []),
         Calibrate(),
         *([ScoreTopPrior(), PooledRangeTop()] if options.calib == "synthetic" else []),
         SiluRangeFloor(),

@@ -1,0 +1,216 @@
+"""Migrate activation outliers into the weights of statically quantized MatMuls, alpha scored at the output.
+
+The rewrite and its math: `dfq_onnx.corrections.smoothing` (SmoothQuant, Xiao et al. 2023):
+X' = X / s folded into the LayerNorm / Mul-Add writing X, W' = diag(s) W, s_j = max|X_j|^alpha /
+max|W_j|^(1 - alpha). Only layers the target quantizes statically take part (a [forms] layer, e.g.
+ort-cpu's dynamic int8 MatMul, quantizes each row of X on its own and has nothing to gain).
+
+Statistics. max|X_j| (and min_j, max_j) per channel j of each candidate activation are exact
+reductions inside the graph over the calibration samples (the synthetic set, the user's --calib data
+or noise, as Calibrate reads them), streamed in Calibrate's chunks: memory is one chunk of activations
+plus C numbers per tensor, and the result does not depend on the chunk size.
+
+alpha per group, scored at the model output like the activation decision: for a group k and alpha in
+ALPHAS the probe is the FP32 graph with only group k quantized -- X' = X / s through an 8-bit
+per-tensor asymmetric Q/DQ on [min_j min(lo_j / s_j, 0), max_j max(hi_j / s_j, 0)] (exact from the
+per-channel statistics), W' on the target's weight grid (default bits, per channel if the target is)
+-- and its loss L_k(alpha) against FP32 is the sensitivity metric (`--metric`, auto: KL on
+distributions, MSE else) on the first SCORE_ROWS samples. alpha = off (s = 1) is scored the same way;
+the group takes the alpha of least loss if it is below off's. Finally all groups at their alphas are
+scored together against all off, and the migration is dropped if the sum of choices is worse (the
+groups interact). Cost: groups x (|ALPHAS| + 1) + 2 forward passes over SCORE_ROWS rows.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from dfq_onnx.passes.calibrate import chunk_rows, load_calib_npz, noise_inputs
+from dfq_onnx.passes.quant_groups import FindQuantGroups
+
+from dfq_onnx.backends import runtime
+from dfq_onnx.backends.runtime import copy_observing
+from dfq_onnx.core import ir
+from dfq_onnx.core.graph_utils import node_label
+from dfq_onnx.core.outputs import output_producers
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import CompileState
+from dfq_onnx.corrections import smoothing as sm
+from dfq_onnx.sensitivity.losses import all_stats, total_loss
+from dfq_onnx.sensitivity.table import resolve_metrics
+
+ALPHAS = (0.25, 0.5, 0.75)
+SCORE_ROWS = 32
+ACT_BITS = 8         # the grid this pass is for: static 8-bit activations
+
+
+def calibration_feeds(state: CompileState) -> dict[str, np.ndarray]:
+    """The samples Calibrate will measure: the user's npz, else the synthetic set, else noise."""
+    opts = state.options
+    if opts.calib.endswith(".npz"):
+        return load_calib_npz(state.graph, opts.calib)
+    if state.calib is not None:
+        return state.calib
+    return noise_inputs(state.graph, opts.calib_samples, opts.seed)
+
+
+def _batches(state: CompileState, feeds: dict[str, np.ndarray], rows: int, held: list[str]):
+    """(feeds of one call, rows of it that are real): a static batch's last call is padded."""
+    step = chunk_rows(state, held=held)
+    static = any(t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0 for t in state.graph.inputs)
+    for start in range(0, rows, step):
+        chunk = {k: v[start:min(start + step, rows)] for k, v in feeds.items()}
+        n = len(next(iter(chunk.values())))
+        if static and n < step:
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], step - n, 0)]) for k, v in chunk.items()}
+        yield chunk, n
+
+
+def channel_stats(state: CompileState, feeds, groups: list[sm.SmoothGroup]) -> dict[str, np.ndarray]:
+    """tensor -> [2, C] per-channel (min, max) over every row of `feeds` (module docstring)."""
+    g, table = copy_observing(state.graph, [gr.tensor for gr in groups])
+    outs = []
+    for i, gr in enumerate(groups):
+        shape = gs.Constant(f"__smooth_shape_{i}", np.array([-1, gr.channels], np.int64))
+        flat = gs.Variable(f"__smooth_flat_{i}", dtype=np.float32)
+        g.nodes.append(gs.Node("Reshape", inputs=[table[gr.tensor], shape], outputs=[flat]))
+        for op in ("ReduceMin", "ReduceMax"):
+            y = gs.Variable(f"__smooth_{op}_{i}", dtype=np.float32)
+            if g.opset >= 18:
+                g.nodes.append(gs.Node(op, inputs=[flat, gs.Constant(f"__smooth_ax_{op}_{i}",
+                                                                     np.array([0], np.int64))],
+                                       outputs=[y], attrs={"keepdims": 0}))
+            else:
+                g.nodes.append(gs.Node(op, inputs=[flat], outputs=[y], attrs={"keepdims": 0, "axes": [0]}))
+            outs.append(y)
+    g.outputs = outs
+    sess = runtime.session(ir.to_model(g, ir_version=ir.min_ir_version(g.opset)), mem_pattern=False)
+    rows = len(next(iter(feeds.values())))
+    lo = [np.full(gr.channels, np.inf) for gr in groups]
+    hi = [np.full(gr.channels, -np.inf) for gr in groups]
+    for chunk, _ in _batches(state, feeds, rows, [gr.tensor for gr in groups]):
+        res = sess.run(None, chunk)
+        state.forward_passes += 1
+        for i in range(len(groups)):
+            lo[i], hi[i] = np.minimum(lo[i], res[2 * i]), np.maximum(hi[i], res[2 * i + 1])
+    return {gr.tensor: np.stack([lo[i], hi[i]]) for i, gr in enumerate(groups)}
+
+
+def _fake_weight(rows: np.ndarray, bits: int, per_channel: bool) -> np.ndarray:
+    """Symmetric weight grid on [C_in, C_out] rows: one scale per output column (or per tensor)."""
+    qmax = 2 ** (bits - 1) - 1
+    top = np.abs(rows).max(axis=0, keepdims=True) if per_channel else np.abs(rows).max(keepdims=True)
+    scale = np.where(top > 0, top / qmax, 1.0)
+    return np.clip(np.round(rows / scale), -qmax, qmax) * scale
+
+
+def probe_model(state: CompileState, choices: dict[str, np.ndarray], groups, stats):
+    """The FP32 graph with the groups in `choices` quantized (tensor -> s; module docstring)."""
+    g = ir.copy_graph(state.graph)
+    bits = state.options.weight_bits or state.target.default_weight_bits
+    for gr in groups:
+        if gr.tensor not in choices:
+            continue
+        s = choices[gr.tensor]
+        sm.apply(g, gr, s)
+        nodes = {node_label(n): n for n in g.nodes}
+        x = nodes[gr.readers[0]].inputs[0]
+        lo = min(float(np.min(stats[gr.tensor][0] / s)), 0.0)
+        hi = max(float(np.max(stats[gr.tensor][1] / s)), 0.0)
+        scale = max(hi - lo, 1e-12) / (2 ** ACT_BITS - 1)
+        zp = np.array(np.clip(np.round(-lo / scale), 0, 255), np.uint8)
+        q, dq = (gs.Variable(f"{x.name}/smooth_{k}", dtype=np.uint8 if k == "q" else np.float32)
+                 for k in ("q", "dq"))
+        sc = gs.Constant(f"{x.name}/smooth_scale", np.array(scale, np.float32))
+        zc = gs.Constant(f"{x.name}/smooth_zp", zp)
+        g.nodes += [gs.Node("QuantizeLinear", inputs=[x, sc, zc], outputs=[q]),
+                    gs.Node("DequantizeLinear", inputs=[q, sc, zc], outputs=[dq])]
+        for r in gr.readers:
+            node = nodes[r]
+            node.inputs[0] = dq
+            rows = sm.weight_rows(node)
+            sm.set_weight_rows(node, _fake_weight(rows.astype(np.float64), bits, state.target.per_channel))
+    g.toposort()
+    return ir.to_model(g, ir_version=ir.min_ir_version(g.opset))
+
+
+class Scorer:
+    """Loss at the model output of probe models against FP32 on the scoring rows."""
+
+    def __init__(self, state: CompileState, feeds):
+        self.state = state
+        rows = min(SCORE_ROWS, len(next(iter(feeds.values()))))
+        self.feeds = {k: v[:rows] for k, v in feeds.items()}
+        self.evaluations = 0
+        self.ref = self._run(ir.to_model(ir.copy_graph(state.graph),
+                                         ir_version=ir.min_ir_version(state.graph.opset)))
+        names = [t.name for t in state.graph.outputs]
+        self.kinds = resolve_metrics(state.options.metric, self.ref, None, names,
+                                     output_producers(state.graph))
+
+    def _run(self, model) -> list[np.ndarray]:
+        sess = runtime.session(model, mem_pattern=False)
+        outs: list[list[np.ndarray]] = []
+        rows = len(next(iter(self.feeds.values())))
+        for chunk, n in _batches(self.state, self.feeds, rows, []):
+            res = sess.run(None, chunk)
+            self.state.forward_passes += 1
+            outs = outs or [[] for _ in res]
+            for acc, r in zip(outs, res):
+                acc.append(r[:n])
+        return [np.concatenate(a) for a in outs]
+
+    def loss(self, model) -> float:
+        self.evaluations += 1
+        return float(total_loss(self.kinds, all_stats(self.kinds, self.ref, self._run(model))))
+
+
+class SmoothActivations(Pass):
+    """Per-channel outlier migration into statically quantized MatMul / Gemm weights (module docstring)."""
+
+    name = "SmoothActivations"
+
+    def run(self, state: CompileState) -> PassResult:
+        static = {k for k, v in state.spec.layers.items() if v.role == "weighted" and not v.form}
+        groups = sm.find_groups(state.graph, static)
+        if not groups:
+            return PassResult(False, "no statically quantized MatMul / Gemm reads a LayerNorm / Mul output")
+        t0 = time.perf_counter()
+        feeds = calibration_feeds(state)
+        stats = channel_stats(state, feeds, groups)
+        scorer = Scorer(state, feeds)
+        ones = {gr.tensor: np.ones(gr.channels) for gr in groups}
+        notes, chosen = [], {}
+        for gr in groups:
+            absmax = np.abs(stats[gr.tensor]).max(axis=0)
+            w = sm.weight_absmax(state.graph, gr)
+            cands = {a: sm.scales(absmax, w, a) for a in ALPHAS}
+            losses = {"off": scorer.loss(probe_model(state, {gr.tensor: ones[gr.tensor]}, groups, stats))}
+            for a, s in cands.items():
+                losses[a] = scorer.loss(probe_model(state, {gr.tensor: s}, groups, stats))
+            best = min(ALPHAS, key=lambda a: losses[a])
+            if losses[best] < losses["off"]:
+                chosen[gr.tensor] = cands[best]
+            notes.append({"tensor": gr.tensor, "readers": list(gr.readers), "shared": gr.shared,
+                          "loss": {str(k): v for k, v in losses.items()},
+                          "alpha": best if gr.tensor in chosen else None,
+                          "channel_range_ratio": float(absmax.max() / max(np.median(absmax), 1e-30))})
+        together = {}
+        if chosen:
+            together = {"off": scorer.loss(probe_model(state, ones, groups, stats)),
+                        "chosen": scorer.loss(probe_model(state, {**ones, **chosen}, groups, stats))}
+            if together["chosen"] >= together["off"]:
+                chosen = {}
+        for gr in groups:
+            if gr.tensor in chosen:
+                sm.apply(state.graph, gr, chosen[gr.tensor])
+        if chosen:
+            state.graph.cleanup().toposort()
+            FindQuantGroups().run(state)
+        state.report.notes["smoothing"] = {"groups": notes, "together": together, "applied": sorted(chosen),
+                                           "evaluations": scorer.evaluations,
+                                           "seconds": round(time.perf_counter() - t0, 3)}
+        return PassResult(bool(chosen), f"{len(chosen)} of {len(groups)} activations smoothed "
+                                        f"({scorer.evaluations} evaluations)")
