@@ -96,6 +96,23 @@ def symbolic_dims(model) -> None:
                 dim.dim_param = "N" if i == 0 else f"{t.name}_dim{i}"
 
 
+def check_batch_axes(model) -> None:
+    """Samples are batched along axis 0 of every input (synthesis, calibration, scoring). An input that
+    carries the batch dimension elsewhere -- an RNN state [layers, batch, hidden] beside an input
+    [batch, time], the same symbolic name on another axis -- would be fed a wrong batch: say so once."""
+    inputs = [(t.name, [d.dim_param if d.HasField("dim_param") else None
+                        for d in t.type.tensor_type.shape.dim]) for t in model.graph.input]
+    # a name used on several axes of one input is an exporter's placeholder ("?"), not a batch name
+    batch = {dims[0] for _, dims in inputs if dims and dims[0] and dims.count(dims[0]) == 1}
+    for name, dims in inputs:
+        axes = [i for i, d in enumerate(dims) if i > 0 and d in batch and dims.count(d) == 1]
+        if axes:
+            raise UnsupportedModelError(
+                f"input '{name}' carries the batch dimension '{dims[axes[0]]}' on axis {axes[0]}, not 0: "
+                "samples are batched along axis 0 of every input, so models with such inputs (e.g. RNN "
+                "states [layers, batch, hidden]) are not supported yet")
+
+
 def annotate_shapes(graph, hints: dict[str, tuple[int, ...]]) -> None:
     """Give the graph's inputs the hinted sizes (dynamic non-batch dimensions only) and its variables
     the shapes inferred from them (analysis and calibration read them); the nodes are not touched, so
@@ -120,7 +137,7 @@ def annotate_shapes(graph, hints: dict[str, tuple[int, ...]]) -> None:
         ir.refresh_shapes(probe)
         folded = rewrites.fold_shape_reshapes(probe)
         before = len(probe.nodes)
-        probe.fold_constants(fold_shapes=True, error_ok=True).cleanup()
+        probe = ir.fold_constants(probe)
         if not folded and len(probe.nodes) == before:
             break
     known = {t.name: t.shape for t in probe.tensors().values() if isinstance(t, gs.Variable)}
@@ -219,12 +236,13 @@ class Normalize(Pass):
         state.source_opset = ir.opset_version(model)
         ir.drop_initializer_inputs(model)
         symbolic_dims(model)
+        check_batch_axes(model)
         model = ir.upgrade_opset(model, max(self.required_opset, state.target.min_opset))
         model = ir.infer_shapes(model)
         ort.set_default_logger_severity(3)
         graph = ir.to_graph(model)
         before = len(graph.nodes)
-        graph.fold_constants(fold_shapes=True, error_ok=True).cleanup().toposort()
+        graph = ir.fold_constants(graph).toposort()
         rewritten = canonicalize(graph)
         rewritten["nodes named"] = name_nodes(graph)
         rewritten.update(fusable_forms(graph))

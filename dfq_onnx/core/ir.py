@@ -259,6 +259,31 @@ def copy_graph(graph: gs.Graph) -> gs.Graph:
     return copy
 
 
+def dangling_inputs(graph: gs.Graph) -> list[str]:
+    """Names of node inputs of `graph` (top level) that no node writes and that are neither graph
+    inputs nor constants: the graph is not a valid model."""
+    inputs, nodes = {id(t) for t in graph.inputs}, {id(n) for n in graph.nodes}
+    return sorted({t.name for n in graph.nodes for t in n.inputs
+                   if isinstance(t, gs.Variable) and t.name and id(t) not in inputs
+                   and not any(id(p) in nodes for p in t.inputs)})
+
+
+def fold_constants(graph: gs.Graph) -> gs.Graph:
+    """`graph` with its constant subexpressions folded and unused nodes removed (the result may be a
+    new graph object: use the return value).
+
+    onnx-graphsurgeon also flattens an If whose condition folds to a constant into the chosen branch;
+    with nested multi-output Ifs (a PyTorch-exported LSTM under shape conditions, e.g. silero-vad) the
+    flattened graph reads a tensor nothing writes and ONNX Runtime refuses it. A graph with If nodes is
+    therefore folded on a copy, and folded without flattening when the copy is left dangling."""
+    if not any(n.op == "If" for n in graph.nodes):
+        return graph.fold_constants(fold_shapes=True, error_ok=True).cleanup()
+    probe = copy_graph(graph).fold_constants(fold_shapes=True, error_ok=True).cleanup()
+    if not dangling_inputs(probe):
+        return probe
+    return graph.fold_constants(fold_shapes=True, error_ok=True, flatten_subgraphs=False).cleanup()
+
+
 def to_model(graph: gs.Graph, *, opset: int | None = None, ir_version: int | None = None,
              extra_opsets: dict[str, int] | None = None) -> onnx.ModelProto:
     """Export a graph with the given default opset (and any custom-domain imports kept)."""

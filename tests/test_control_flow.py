@@ -1,0 +1,88 @@
+"""Exported control flow and batch layouts Normalize must not break: an If whose condition folds to a
+constant around a nested two-output If (onnx-graphsurgeon's flattening loses the second output), and
+inputs that carry the batch on another axis than 0 (one clear error, before any work)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+
+import dfq_onnx
+from dfq_onnx.core import ir
+from dfq_onnx.core.errors import PassError, UnsupportedModelError
+
+
+def _branch(name, outs, nodes):
+    return h.make_graph(nodes, name, [], [h.make_tensor_value_info(o, T.FLOAT, [2]) for o in outs])
+
+
+def _nested_if() -> onnx.ModelProto:
+    """y = o1 + o2 from If(size(shape(x)) == 1) whose then-branch is a two-output If on input c."""
+    inner = h.make_node("If", ["c"], ["i1", "i2"],
+                        then_branch=_branch("it", ["a1", "a2"], [h.make_node("Neg", ["x"], ["a1"]),
+                                                                 h.make_node("Abs", ["x"], ["a2"])]),
+                        else_branch=_branch("ie", ["b1", "b2"], [h.make_node("Identity", ["x"], ["b1"]),
+                                                                 h.make_node("Relu", ["x"], ["b2"])]))
+    outer = h.make_node("If", ["k"], ["o1", "o2"], then_branch=_branch("ot", ["i1", "i2"], [inner]),
+                        else_branch=_branch("oe", ["e1", "e2"], [h.make_node("Sigmoid", ["x"], ["e1"]),
+                                                                 h.make_node("Tanh", ["x"], ["e2"])]))
+    nodes = [h.make_node("Shape", ["x"], ["s"]), h.make_node("Size", ["s"], ["n"]),
+             h.make_node("Equal", ["n", "one"], ["k"]), outer, h.make_node("Add", ["o1", "o2"], ["y"])]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [2]),
+                                  h.make_tensor_value_info("c", T.BOOL, [])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [2])], [h.make_tensor("one", T.INT64, [], [1])])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+def _run(model, feeds):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def test_folding_keeps_every_output_of_a_flattened_nested_if():
+    model = _nested_if()
+    graph = ir.fold_constants(ir.to_graph(model))
+    assert not ir.dangling_inputs(graph)
+    folded = ir.to_model(graph)
+    x = np.array([-1.5, 2.0], np.float32)
+    for c in (True, False):
+        feeds = {"x": x, "c": np.array(c)}
+        np.testing.assert_allclose(_run(folded, feeds)[0], _run(model, feeds)[0])
+
+
+def test_folding_without_if_is_the_plain_fold():
+    model = h.make_model(h.make_graph(
+        [h.make_node("Shape", ["x"], ["s"]), h.make_node("Cast", ["s"], ["f"], to=T.FLOAT),
+         h.make_node("Add", ["x", "f"], ["y"])], "g", [h.make_tensor_value_info("x", T.FLOAT, [3])],
+        [h.make_tensor_value_info("y", T.FLOAT, [3])]), opset_imports=[h.make_opsetid("", 17)])
+    graph = ir.fold_constants(ir.to_graph(model))
+    assert [n.op for n in graph.nodes] == ["Add"]          # Shape -> Cast folded to a constant
+
+
+def _rnn_like(state_dims) -> onnx.ModelProto:
+    """y = x @ W + sum(state): x [batch, 4], state as given (names are symbolic dims)."""
+    nodes = [h.make_node("MatMul", ["x", "w"], ["m"]), h.make_node("ReduceSum", ["state"], ["r"], keepdims=0),
+             h.make_node("Add", ["m", "r"], ["y"])]
+    w = h.make_tensor("w", T.FLOAT, [4, 4], np.random.default_rng(0).standard_normal(16).tolist())
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["batch", 4]),
+                                  h.make_tensor_value_info("state", T.FLOAT, state_dims)],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["batch", 4])], [w])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_an_input_batched_on_axis_1_is_one_clear_error():
+    with pytest.raises(PassError, match=r"Normalize: input 'state' carries the batch dimension 'batch' "
+                                        r"on axis 1") as err:
+        dfq_onnx.quantize(_rnn_like([2, "batch", 4]), progress=False, use_cache=False)
+    assert isinstance(err.value.cause, UnsupportedModelError)
+
+
+def test_a_placeholder_name_on_several_axes_is_not_a_batch_name():
+    from dfq_onnx.passes.normalize import check_batch_axes
+
+    check_batch_axes(_rnn_like(["?", "?", 4]))              # "?" on two axes: an exporter's placeholder
+    check_batch_axes(_rnn_like(["batch", 2, 4]))            # batch on axis 0 of both inputs
