@@ -376,5 +376,6 @@ def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: di
     if unsized:
         state.report.notes["synthesis"]["assumed_range"] = {k: "standardized" for k in unsized}
         log.warning("no BatchNormalization statistics: synthetic samples for %s assume standardized inputs "
-                    "(mean 0, std 1); if the model reads other values (e.g. [0, 1] pixels), pass "
-                    "--input-range %s:0,1", ", ".join(unsized), unsized[0])
+                    "(mean 0, std 1); if the model reads a fixed range, pass it: --input-range %s:0,1 "
+                    "([0, 1] pixels), %s:-1,1 ((x / 255 - 0.5) / 0.5, as PP-OCR), %s:0,255",
+                    ", ".join(unsized), *[unsized[0]] * 3)
