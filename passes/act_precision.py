@@ -30,6 +30,7 @@ from dfq_onnx.allocation.ilp import solve
 from dfq_onnx.allocation.problem import Budget, Problem
 from dfq_onnx.backends.act_precision import touched
 from dfq_onnx.backends.budget import evaluations, scoring_rows
+from dfq_onnx.backends.chunks import static_batch
 from dfq_onnx.backends.memory import release
 from dfq_onnx.core import cache, ir
 from dfq_onnx.core.graph_utils import is_float, node_label
@@ -112,8 +113,7 @@ def budgeted(state: CompileState, samples, labels) -> tuple[dict, object, int | 
     n = len(next(iter(samples.values())))
     elements = activation_elements(state, samples)
     rows = scoring_rows(n, elements)
-    static = next((t.shape[0] for t in state.graph.inputs
-                   if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0), None)
+    static = static_batch(state.graph)
     if static:                 # whole static batches of at least two rows
         rows = min(n, -(-max(rows, 2) // static) * static)
     cap = evaluations(rows, elements)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from dfq_onnx.backends import observers, runtime
 from dfq_onnx.backends.budget import calibration_rows
-from dfq_onnx.backends.chunks import rows_per_chunk
+from dfq_onnx.backends.chunks import pad_rows, rows_per_chunk, static_batch
 from dfq_onnx.backends.spill import spill
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 from dfq_onnx.core.graph_utils import is_float
@@ -106,9 +106,8 @@ def load_calib_npz(graph: gs.Graph, path: str) -> dict[str, np.ndarray]:
 def chunk_rows(state: CompileState, held: list[str] = ()) -> int:
     """Rows per forward call: the model's static batch dimension if it has one, else the user's
     `calib_batch`, else `rows_per_chunk` of the model's activation footprint (backends/chunks.py)."""
-    for t in state.graph.inputs:
-        if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0:
-            return t.shape[0]
+    if (static := static_batch(state.graph)) is not None:
+        return static
     if state.options.calib_batch is not None:
         return state.options.calib_batch
     return rows_per_chunk(state.graph, held=held)
@@ -193,10 +192,7 @@ def _chunk(state: CompileState, feeds: dict[str, np.ndarray], views: int, start:
     """Rows [start, stop); a model with a static batch gets its last chunk padded with copies of the
     last row (which change no min/max; percentile rows beyond `stop` are dropped by the caller)."""
     chunk = view_rows(feeds, views, state.options.seed, start, stop, last)
-    static = any(t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0 for t in state.graph.inputs)
-    if static and stop - start < step:
-        chunk = {k: np.concatenate([v, np.repeat(v[-1:], step - len(v), 0)]) for k, v in chunk.items()}
-    return chunk
+    return pad_rows(chunk, step) if static_batch(state.graph) and stop - start < step else chunk
 
 
 class Calibrate(Pass):

@@ -19,7 +19,7 @@ import numpy as np
 from dfq_onnx.passes.act_precision import activation_terms, decides
 from dfq_onnx.passes.calibrate import noise_inputs
 
-from dfq_onnx.backends.chunks import rows_per_chunk
+from dfq_onnx.backends.chunks import rows_per_chunk, static_batch
 from dfq_onnx.backends.forms import group_forms
 from dfq_onnx.core import cache, ir
 from dfq_onnx.core.errors import UsageError
@@ -91,8 +91,7 @@ def scoring_data(state: CompileState, options: SensitivityOptions):
 
 def fit_batch(graph, samples: dict, labels, batch: int | None):
     """A static batch dimension fixes the rows per run: trim the samples to a multiple of it."""
-    static = next((t.shape[0] for t in graph.inputs
-                   if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0), None)
+    static = static_batch(graph)
     if static is None:
         return samples, labels, batch
     n = len(next(iter(samples.values())))
@@ -267,8 +266,7 @@ class ScoreSensitivity(Pass):
         if state.options.calib.endswith(".npz"):
             return
         n = min(state.options.synth_samples, self.options.samples or state.options.synth_samples)
-        static = next((t.shape[0] for t in state.graph.inputs
-                       if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0), 1)
+        static = static_batch(state.graph) or 1
         if n // static * static < 2:
             raise UsageError(f"--synth-samples {state.options.synth_samples}: sensitivity scoring needs at "
                              f"least 2 samples" + (f" (a multiple of the model's static batch {static})"

@@ -73,3 +73,18 @@ def test_static_batch_models_pad_their_last_chunk():
     a, report = dfq_onnx.quantize(model, calib="noise", calib_samples=10, progress=False,
                                   act_bits=8)             # calibration only (no activation scoring)
     assert report.forward_passes == 3                     # 10 rows in calls of the static 4
+
+
+def test_static_batch_and_padding_to_it():
+    import onnx_graphsurgeon as gs
+
+    from dfq_onnx.backends.chunks import pad_rows, static_batch
+
+    fixed = gs.Graph(inputs=[gs.Variable("a", np.float32, ["N", 3]), gs.Variable("x", np.float32, [4, 3])])
+    assert static_batch(fixed) == 4
+    assert static_batch(gs.Graph(inputs=[gs.Variable("x", np.float32, ["N", 3])])) is None
+    chunk = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    padded = pad_rows(chunk, 4)["x"]
+    assert padded.shape == (4, 3) and (padded[:2] == chunk["x"]).all()
+    assert (padded[2:] == chunk["x"][-1]).all()
+    assert pad_rows(chunk, 2)["x"] is chunk["x"]                  # a full chunk is left as it is

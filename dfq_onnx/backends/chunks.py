@@ -30,6 +30,19 @@ DEFAULT_BUDGET = 1 << 29     # bytes of activations per call (512 MiB)
 ARENA = 2
 
 
+def static_batch(graph: gs.Graph) -> int | None:
+    """The batch size fixed by the graph (the first input whose axis 0 is a positive int), else None."""
+    return next((t.shape[0] for t in graph.inputs
+                 if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0), None)
+
+
+def pad_rows(chunk: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """`chunk` padded to `rows` rows with copies of its last row (a static batch's last call; copies
+    change no min / max, and callers drop their outputs)."""
+    return {k: np.concatenate([v, np.repeat(v[-1:], rows - len(v), 0)]) if len(v) < rows else v
+            for k, v in chunk.items()}
+
+
 def _itemsize(t: gs.Tensor) -> int:
     try:
         return np.dtype(t.dtype).itemsize if t.dtype is not None else 4

@@ -25,6 +25,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfq_onnx.backends import runtime
+from dfq_onnx.backends.chunks import pad_rows, static_batch
 from dfq_onnx.core import ir
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import is_float
@@ -67,11 +68,6 @@ def resolve_shapes(graph: gs.Graph, hints: dict[str, tuple]) -> dict[str, tuple[
     return shapes
 
 
-def _static_batch(graph: gs.Graph) -> int | None:
-    dims = [t.shape[0] for t in graph.inputs if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0]
-    return dims[0] if dims else None
-
-
 def _dynamic_copy(graph: gs.Graph) -> gs.Graph:
     """A copy with a free batch axis: input dim 0 renamed, intermediate shapes left to ORT."""
     g = ir.copy_graph(graph)
@@ -106,7 +102,7 @@ def row_elements(graph: gs.Graph, shapes: dict[str, tuple[int, ...]]) -> tuple[i
         return max(_per_row_numel(graph), *(int(np.prod(s)) for s in shapes.values())), 0
     if all(_known(t) for t in outs):
         return sum(int(np.prod(t.shape[1:])) for t in outs), 0
-    batch = _static_batch(graph) or 1
+    batch = static_batch(graph) or 1
     sess = runtime.session(runtime.observer_model(graph, [t.name for t in outs]))
     dtypes = {t.name: np.dtype(t.dtype) if t.dtype is not None else np.float32 for t in graph.inputs}
     arrays = sess.run(None, {k: np.zeros((batch,) + s, dtypes.get(k, np.float32)) for k, s in shapes.items()})
@@ -119,7 +115,7 @@ class Runner:
     def __init__(self, graph: gs.Graph, objective: Objective, shapes: dict[str, tuple[int, ...]]):
         self.calls = self.rows = 0
         self.shapes = shapes
-        self.static = _static_batch(graph)
+        self.static = static_batch(graph)
         largest = max(_per_row_numel(graph), *(int(np.prod(s)) for s in shapes.values()))
         self._setup(graph, objective)
         per_row = 4 * (LIVE * largest + sum(int(np.prod(o.shape[1:])) for o in self.probe))
@@ -154,9 +150,8 @@ class Runner:
         for start in range(0, n, self.rows_per_call):
             chunk = {k: v[start:start + self.rows_per_call] for k, v in feeds.items()}
             real = len(next(iter(chunk.values())))
-            if self.static is not None and real < self.static:
-                pad = self.static - real
-                chunk = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in chunk.items()}
+            if self.static is not None:
+                chunk = pad_rows(chunk, self.static)
             outs = [o[:real] for o in self._call(chunk)]
             parts = parts or [[] for _ in outs]
             for acc, o in zip(parts, outs):
