@@ -30,9 +30,10 @@ import onnx_graphsurgeon as gs
 from dfq_onnx.passes.calibrate import chunk_rows, load_calib_npz, noise_inputs
 from dfq_onnx.passes.quant_groups import FindQuantGroups
 
-from dfq_onnx.backends import runtime
+from dfq_onnx.backends import observers, runtime
+from dfq_onnx.backends.chunks import pad_rows, static_batch
 from dfq_onnx.backends.runtime import copy_observing
-from dfq_onnx.core import ir
+from dfq_onnx.core import ir, numerics
 from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.core.outputs import output_producers
 from dfq_onnx.core.pass_base import Pass, PassResult
@@ -59,13 +60,11 @@ def calibration_feeds(state: CompileState) -> dict[str, np.ndarray]:
 def _batches(state: CompileState, feeds: dict[str, np.ndarray], rows: int, held: list[str]):
     """(feeds of one call, rows of it that are real): a static batch's last call is padded."""
     step = chunk_rows(state, held=held)
-    static = any(t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0 for t in state.graph.inputs)
+    static = static_batch(state.graph) is not None
     for start in range(0, rows, step):
         chunk = {k: v[start:min(start + step, rows)] for k, v in feeds.items()}
         n = len(next(iter(chunk.values())))
-        if static and n < step:
-            chunk = {k: np.concatenate([v, np.repeat(v[-1:], step - n, 0)]) for k, v in chunk.items()}
-        yield chunk, n
+        yield (pad_rows(chunk, step) if static else chunk), n
 
 
 def channel_stats(state: CompileState, feeds, groups: list[sm.SmoothGroup]) -> dict[str, np.ndarray]:
@@ -76,14 +75,9 @@ def channel_stats(state: CompileState, feeds, groups: list[sm.SmoothGroup]) -> d
         shape = gs.Constant(f"__smooth_shape_{i}", np.array([-1, gr.channels], np.int64))
         flat = gs.Variable(f"__smooth_flat_{i}", dtype=np.float32)
         g.nodes.append(gs.Node("Reshape", inputs=[table[gr.tensor], shape], outputs=[flat]))
-        for op in ("ReduceMin", "ReduceMax"):
+        for op in observers.STATS:
             y = gs.Variable(f"__smooth_{op}_{i}", dtype=np.float32)
-            if g.opset >= 18:
-                g.nodes.append(gs.Node(op, inputs=[flat, gs.Constant(f"__smooth_ax_{op}_{i}",
-                                                                     np.array([0], np.int64))],
-                                       outputs=[y], attrs={"keepdims": 0}))
-            else:
-                g.nodes.append(gs.Node(op, inputs=[flat], outputs=[y], attrs={"keepdims": 0, "axes": [0]}))
+            g.nodes.append(observers.reduce_node(g, op, flat, y, f"__smooth_{op}_{i}", [0]))
             outs.append(y)
     g.outputs = outs
     sess = runtime.session(ir.to_model(g, ir_version=ir.min_ir_version(g.opset)), mem_pattern=False)
@@ -99,11 +93,10 @@ def channel_stats(state: CompileState, feeds, groups: list[sm.SmoothGroup]) -> d
 
 
 def _fake_weight(rows: np.ndarray, bits: int, per_channel: bool) -> np.ndarray:
-    """Symmetric weight grid on [C_in, C_out] rows: one scale per output column (or per tensor)."""
-    qmax = 2 ** (bits - 1) - 1
-    top = np.abs(rows).max(axis=0, keepdims=True) if per_channel else np.abs(rows).max(keepdims=True)
-    scale = np.where(top > 0, top / qmax, 1.0)
-    return np.clip(np.round(rows / scale), -qmax, qmax) * scale
+    """Symmetric narrow weight grid on [C_in, C_out] rows: one scale per output column (or per tensor)."""
+    axis = 1 if per_channel else None
+    return numerics.fake_quant(rows, numerics.weight_scales(rows, bits, axis), 0, bits, signed=True,
+                               axis=axis, narrow=True)
 
 
 def probe_model(state: CompileState, choices: dict[str, np.ndarray], groups, stats):
@@ -117,14 +110,12 @@ def probe_model(state: CompileState, choices: dict[str, np.ndarray], groups, sta
         sm.apply(g, gr, s)
         nodes = {node_label(n): n for n in g.nodes}
         x = nodes[gr.readers[0]].inputs[0]
-        lo = min(float(np.min(stats[gr.tensor][0] / s)), 0.0)
-        hi = max(float(np.max(stats[gr.tensor][1] / s)), 0.0)
-        scale = max(hi - lo, 1e-12) / (2 ** ACT_BITS - 1)
-        zp = np.array(np.clip(np.round(-lo / scale), 0, 255), np.uint8)
+        scale, zp = numerics.affine_params(float(np.min(stats[gr.tensor][0] / s)),
+                                           float(np.max(stats[gr.tensor][1] / s)), ACT_BITS, signed=False)
         q, dq = (gs.Variable(f"{x.name}/smooth_{k}", dtype=np.uint8 if k == "q" else np.float32)
                  for k in ("q", "dq"))
         sc = gs.Constant(f"{x.name}/smooth_scale", np.array(scale, np.float32))
-        zc = gs.Constant(f"{x.name}/smooth_zp", zp)
+        zc = gs.Constant(f"{x.name}/smooth_zp", np.array(zp, np.uint8))
         g.nodes += [gs.Node("QuantizeLinear", inputs=[x, sc, zc], outputs=[q]),
                     gs.Node("DequantizeLinear", inputs=[q, sc, zc], outputs=[dq])]
         for r in gr.readers:

@@ -36,17 +36,22 @@ from dfq_onnx.core.errors import UnsupportedModelError
 STATS = ("ReduceMin", "ReduceMax")
 
 
-def _reduce(g: gs.Graph, op: str, t: gs.Tensor, y: gs.Variable, name: str) -> gs.Node:
-    """`op` over every axis but the first (ORT parallelizes over the rows; a reduction over all axes
-    runs on one thread), or over all axes when the rank is unknown or below 2."""
-    rank = len(t.shape) if t.shape is not None else 0
-    if rank < 2:
+def reduce_node(g: gs.Graph, op: str, t: gs.Tensor, y: gs.Variable, name: str, axes) -> gs.Node:
+    """ReduceMin / ReduceMax of `t` over `axes` (None: all), keepdims 0, in `g`'s opset's form."""
+    if axes is None:
         return gs.Node(op, name=name, inputs=[t], outputs=[y], attrs={"keepdims": 0})
-    axes = np.arange(1, rank, dtype=np.int64)
+    axes = np.asarray(axes, np.int64)
     if g.opset >= 18:                            # axes became an input of ReduceMin / ReduceMax at 18
         return gs.Node(op, name=name, inputs=[t, gs.Constant(f"{name}_axes", axes)], outputs=[y],
                        attrs={"keepdims": 0})
     return gs.Node(op, name=name, inputs=[t], outputs=[y], attrs={"keepdims": 0, "axes": axes.tolist()})
+
+
+def _reduce(g: gs.Graph, op: str, t: gs.Tensor, y: gs.Variable, name: str) -> gs.Node:
+    """`op` over every axis but the first (ORT parallelizes over the rows; a reduction over all axes
+    runs on one thread), or over all axes when the rank is unknown or below 2."""
+    rank = len(t.shape) if t.shape is not None else 0
+    return reduce_node(g, op, t, y, name, np.arange(1, rank) if rank >= 2 else None)
 
 
 def range_model(graph: gs.Graph, tensors: list[str]):
