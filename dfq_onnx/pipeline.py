@@ -19,6 +19,7 @@ from dfq_onnx.passes.emit_qdq import EmitQDQ
 from dfq_onnx.passes.equalize import EqualizeCrossLayer
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.hardswish_floor import HardSwishRangeFloor
+from dfq_onnx.passes.input_moments import MeasureInputMoments
 from dfq_onnx.passes.keep_float import KeepFloat
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.plan_uniform import UniformPlan
@@ -54,6 +55,12 @@ def measures_float(options: QuantizeOptions) -> bool:
     --act-bits, no --latency-table, samples to run) with the check on."""
     default = options.weight_bits is None and options.act_bits is None and options.calib != "analytic"
     return options.latency_check and default and not options.mixed and not options.latency_table
+
+
+def low_bit_weights(target: TargetProfile, options: QuantizeOptions) -> bool:
+    """Whether the plan may put weights below 8 bits (their clip search then weighs the inputs'
+    moments, passes/input_moments.py): a budget, or --weight-bits below 8."""
+    return options.mixed or (options.weight_bits or target.default_weight_bits) < 8
 
 
 def _synthesis(options: QuantizeOptions) -> Synthesize:
@@ -100,6 +107,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([AnalyticRanges()] if options.calib == "analytic" else []),
         *([SmoothActivations()] if options.smooth and options.calib != "analytic" else []),
         Calibrate(),
+        *([MeasureInputMoments()] if low_bit_weights(target, options) else []),
         *([ScoreTopPrior(), PooledRangeTop()] if options.calib == "synthetic" else []),
         SiluRangeFloor(),
         HardSwishRangeFloor(),

@@ -88,7 +88,7 @@ def plan_evaluator(state: CompileState, options, samples, labels) -> Evaluator:
     pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target,
                      candidate_bits(options, state.target, base), base,
                      input_means=input_means(state, options), act_groups=tuple(groups),
-                     act_choices=scored_bits(groups))
+                     act_choices=scored_bits(groups), input_moments=state.input_moments)
     fp32 = ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
     return Evaluator(Probe(pm), fp32, samples, labels, options.metric, batch)
 

@@ -31,6 +31,7 @@ from dfq_onnx.passes.absorb_bias import add_to_bias
 from dfq_onnx.passes.analytic_ranges import MAX_UNANCHORED, estimate
 from dfq_onnx.passes.emit_qdq import plan_encodings
 
+from dfq_onnx.backends.input_moments import importance
 from dfq_onnx.core.graph_utils import const_values, is_const, is_float, node_label
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
@@ -97,12 +98,13 @@ def layer_bits(state: CompileState) -> dict[str, int]:
 
 
 def corrected_bias(target, w: np.ndarray, b: np.ndarray, w_ref: np.ndarray, mu: np.ndarray, kind,
-                   x_scale: float | None, bits: int, axis: int | None, taps=None) -> np.ndarray:
+                   x_scale: float | None, bits: int, axis: int | None, taps=None,
+                   importance: np.ndarray | None = None) -> np.ndarray:
     """b - (W_hat - W_ref) mu, W_hat = Emit's weight for `bits`; recomputed once if the corrected bias
     moves Emit's int32 scale floor (and with it W_hat). `taps`: in-bounds fraction of each kernel tap."""
-    w_hat, _ = emitted_weight(w, b, x_scale, bits, axis, target)
+    w_hat, _ = emitted_weight(w, b, x_scale, bits, axis, target, importance)
     b_new = b - cm.mean_shift(w_hat, w_ref, mu, kind, taps)
-    w_hat2, _ = emitted_weight(w, b_new.astype(np.float32), x_scale, bits, axis, target)
+    w_hat2, _ = emitted_weight(w, b_new.astype(np.float32), x_scale, bits, axis, target, importance)
     if not np.array_equal(w_hat, w_hat2):
         b_new = b - cm.mean_shift(w_hat2, w_ref, mu, kind, taps)
     return b_new
@@ -132,7 +134,8 @@ class CorrectBias(Pass):
             b = const_values(node.inputs[2]).astype(np.float32) if spec.bias else np.zeros(
                 w.shape[kind.out_axis()], np.float32)
             b_new = corrected_bias(state.target, w, b, w_ref, mu, kind, scales.get(node.inputs[0].name),
-                                   bits[label], spec.axis, tap_fractions(node))
+                                   bits[label], spec.axis, tap_fractions(node),
+                                   importance(node, spec, state.input_moments))
             delta = b_new - b
             if not np.any(delta):
                 continue

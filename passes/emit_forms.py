@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dfq_onnx.backends import forms
+from dfq_onnx.backends import forms, input_moments
 from dfq_onnx.core import candidates
 from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.core.pass_base import Pass, PassResult
@@ -43,7 +43,8 @@ class EmitForms(Pass):
         for label, cand in todo.items():
             node, layer = nodes[label], state.spec.layers[label]
             w = node.inputs[layer.weight_index]
-            info = forms.emit(state.graph, node, layer, cand, state.target.form_settings, shared)
+            h = input_moments.importance(node, layer, state.input_moments)
+            info = forms.emit(state.graph, node, layer, cand, state.target.form_settings, shared, h)
             counts[candidates.name(cand)] = counts.get(candidates.name(cand), 0) + 1
             state.report.layers.append({
                 "node": label, "op": layer.op, "weight": layer.weight, "weight_bits": int(cand[0]),

@@ -24,7 +24,7 @@ import dataclasses
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.backends import act_precision
+from dfq_onnx.backends import act_precision, input_moments
 from dfq_onnx.backends.act_qdq import class_encodings, insert_qdq
 from dfq_onnx.backends.qdq import (
     Encoding,
@@ -118,8 +118,9 @@ class EmitQDQ(Pass):
         axis = layer.axis if target.per_channel else None
         x_enc = by_dq.get(node.inputs[0].name)
         bias = const_values(node.inputs[2]).astype(np.float32) if layer.bias else None
+        h = input_moments.importance(node, layer, state.input_moments)
         q, scale, qb, bscale = quantize_weight(target, w, bias, None if x_enc is None else x_enc.scale,
-                                               w_bits, layer.axis)
+                                               w_bits, layer.axis, h)
         int_bias = qb is not None
         enc = Encoding(scale, np.zeros(scale.shape, np.int64), target.weight_dtype(w_bits), w_bits, axis)
         replace_with_dq(state.graph, node, 1, q, enc, layer.weight)

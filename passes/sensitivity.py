@@ -138,7 +138,8 @@ def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -
     rows = used_rows(state.graph, state.spec, samples, batch or len(next(iter(samples.values()))))
     pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, bits, act,
                      options.quantize_activations, input_means=input_means(state, options),
-                     form_keys={g: cands for g, (cands, _) in forms.items()}, form_rows=rows)
+                     form_keys={g: cands for g, (cands, _) in forms.items()}, form_rows=rows,
+                     input_moments=state.input_moments)
     fp32 = ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
     n = len(next(iter(samples.values())))
     ev = Evaluator(Probe(pm, segmented=options.segmented, samples=n), fp32, samples, labels, options.metric,
@@ -154,7 +155,7 @@ def widths(state: CompileState, options: SensitivityOptions, bits, forms) -> Wid
     if not options.extrapolate:
         return None
     static = [g for g in state.groups if g.layers and g.id not in forms]
-    noise = noise_powers(state.graph, state.spec, static, bits, state.target)
+    noise = noise_powers(state.graph, state.spec, static, bits, state.target, state.input_moments)
     return Widths([g.id for g in static], bits, options.base_bits, noise,
                   lambda v: shrink(v, options.shrink), options.budget_bits)
 

@@ -31,13 +31,17 @@ from dfq_onnx.core.errors import UnsupportedModelError
 CONTRIB = "com.microsoft"
 
 
-def dynamic_weight(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """(W_q [K, N], s_w [N], z_w [N], storage type) of a dynamic candidate (module docstring)."""
+def dynamic_weight(w: np.ndarray, bits: int,
+                   importance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(W_q [K, N], s_w [N], z_w [N], storage type) of a dynamic candidate (module docstring); below 8
+    bits the clip search weighs each k by `importance` ([K, 1]: E[x_k^2], backends/input_moments.py)."""
     if bits >= 8:
         scale = numerics.weight_scales(w, bits, 1)
         q = numerics.quantize(w, scale, 0, bits, True, 1, narrow=True)
         return q, scale, np.zeros(scale.shape, np.int64), "int8"
-    q, scale, zero = blockwise.quantize_blocks(np.asarray(w, np.float32).T, bits, w.shape[0], clip=True)
+    h = None if importance is None else np.broadcast_to(importance, w.shape).T
+    q, scale, zero = blockwise.quantize_blocks(np.asarray(w, np.float32).T, bits, w.shape[0], clip=True,
+                                               importance=h)
     shift = 1 << (bits - 1)       # signed storage: MLAS's fast kernels are uint8 x int8
     return (q.T.astype(np.int64) - shift, scale[:, 0], zero[:, 0].astype(np.int64) - shift,
             "int4" if bits <= 4 else "int8")
@@ -61,14 +65,14 @@ def uniform_fit(target, op: str, w_shape, w_bits: int, a_bits: int | None = None
     return target.uniform_form(op, w_bits, a_bits, fits=lambda c: fits(op, c, w_shape))
 
 
-def weight_hat(op: str, w: np.ndarray, cand) -> np.ndarray:
-    """The float weights `cand` computes with (what the probe evaluates)."""
+def weight_hat(op: str, w: np.ndarray, cand, importance: np.ndarray | None = None) -> np.ndarray:
+    """The float weights `cand` computes with (what the probe evaluates); `importance` as Emit's."""
     w = np.asarray(w, np.float32)
     f = candidates.form(cand)
     if f == "float":
         return w
     if f == "dyn":
-        q, scale, zero, _ = dynamic_weight(w, cand[0])
+        q, scale, zero, _ = dynamic_weight(w, cand[0], importance)
         return numerics.dequantize(q, scale, zero, 1)
     b = candidates.block(cand, reduction_length(op, w))
     return blockwise.fake_quantize(w, cand[0], b, 0 if op == "MatMul" else 1)
@@ -89,10 +93,11 @@ def _quantized_input(graph: gs.Graph, x: gs.Tensor, shared: dict) -> tuple:
     return shared[x.name]
 
 
-def emit_dynamic(graph: gs.Graph, node: gs.Node, w: np.ndarray, bits: int, shared: dict) -> dict:
+def emit_dynamic(graph: gs.Graph, node: gs.Node, w: np.ndarray, bits: int, shared: dict,
+                 importance: np.ndarray | None = None) -> dict:
     """Replace MatMul `node` by the dynamic int8 form; `shared` maps x -> its DynamicQuantizeLinear."""
     label, y = node.name, node.outputs[0]
-    q, scale, zero, storage = dynamic_weight(w, bits)
+    q, scale, zero, storage = dynamic_weight(w, bits, importance)
     xq, xs, xz = _quantized_input(graph, node.inputs[0], shared)
     wq = ir.constant(f"{label}_weight_quantized", q, storage)
     # symmetric weights: one scalar zero point (MLAS's per-column zero-point path ran ~1.5x slower)
@@ -152,8 +157,10 @@ def emit_gather(graph: gs.Graph, node: gs.Node, table: np.ndarray, bits: int, bl
             "scale_max": float(consts["scales"].max())}
 
 
-def emit(graph: gs.Graph, node: gs.Node, layer, cand, settings, shared: dict) -> dict | None:
-    """Write `cand` for the form layer `node`; returns report fields (None when it stays float)."""
+def emit(graph: gs.Graph, node: gs.Node, layer, cand, settings, shared: dict,
+         importance: np.ndarray | None = None) -> dict | None:
+    """Write `cand` for the form layer `node`; returns report fields (None when it stays float).
+    `importance`: the dynamic form's clip weighting below 8 bits (`dynamic_weight`)."""
     w = np.asarray(node.inputs[layer.weight_index].values, np.float32)
     f = candidates.form(cand)
     if f == "float":
@@ -162,7 +169,7 @@ def emit(graph: gs.Graph, node: gs.Node, layer, cand, settings, shared: dict) ->
         raise UnsupportedModelError(f"node '{node.name}': {candidates.name(cand)} blocks do not divide the "
                                     f"weight's reduction axis ({list(w.shape)})")
     if f == "dyn":
-        return emit_dynamic(graph, node, w, cand[0], shared)
+        return emit_dynamic(graph, node, w, cand[0], shared, importance)
     b = candidates.block(cand, reduction_length(node.op, w))
     if node.op == "Gather":
         return emit_gather(graph, node, w, cand[0], b)

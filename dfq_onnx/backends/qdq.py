@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.core import ir, numerics
+from dfq_onnx.core import ir, numerics, weight_clip
 from dfq_onnx.core.graph_utils import node_label, reroute
 
 
@@ -89,6 +89,7 @@ def replace_with_dq(graph: gs.Graph, node: gs.Node, index: int, q_values: np.nda
 
 
 INT32_MAX = float(np.iinfo(np.int32).max)
+CLIP_BELOW = 8      # weights narrower than this get clipped scales (core/weight_clip.py); 8-bit: max-abs
 
 
 def activation_encoding(target, lo: float, hi: float, bits: int) -> Encoding:
@@ -102,15 +103,19 @@ def activation_encoding(target, lo: float, hi: float, bits: int) -> Encoding:
 
 
 def quantize_weight(target, w: np.ndarray, bias: np.ndarray | None, x_scale: float | None, bits: int,
-                    axis: int | None):
+                    axis: int | None, importance: np.ndarray | None = None):
     """Emit's weight (and int32 bias) quantization, shared with the sensitivity probe.
 
-    Returns (q, scale, q_bias, bias_scale); q_bias is None when the bias stays float (the target asks
-    for float bias, there is no bias, or the input is not quantized). A weight scale is raised where
+    Scales: max-abs at 8 bits and above; below, each channel's clip ratio of least rounding error,
+    weighted by `importance` (broadcast against w: E[x_j^2] of the input each element multiplies,
+    backends/input_moments.py) when given (core/weight_clip.py). Returns (q, scale, q_bias, bias_scale);
+    q_bias is None when the bias stays float (the target asks for float bias, there is no bias, or the
+    input is not quantized). A weight scale is raised where
     |b / (s_x * s_w)| would overflow int32.
     """
     axis = axis if target.per_channel else None
-    scale = numerics.weight_scales(w, bits, axis)
+    scale = (numerics.weight_scales(w, bits, axis) if bits >= CLIP_BELOW
+             else weight_clip.clipped_scales(w, bits, axis, importance))
     int_bias = target.bias_mode == "int32" and bias is not None and x_scale is not None
     if int_bias:
         floor = np.abs(bias) / (float(x_scale) * INT32_MAX)

@@ -10,7 +10,8 @@ k of one column n; a Gather table [V, D]: B consecutive d of one row). Per block
 (the asymmetric rule of ORT's MatMulNBitsQuantizer). `quantize_blocks` works on [R, L] rows (R
 independent rows of length L, L a multiple of B); the callers move the reduction axis last. With
 `clip`, each block's range is also tried shrunk to f [lo, hi] for f in CLIP_GRID (1, 0.95, .., 0.5) and the f
-of least squared error sum (x - x_hat)^2 is kept (whole-channel blocks have outliers a shrunk range
+of least squared error sum h (x - x_hat)^2 is kept (h = 1, or a given importance per element: the input's
+E[x_k^2], backends/input_moments.py) (whole-channel blocks have outliers a shrunk range
 trades for finer steps; blocks of 32 gain little).
 
 Packed layouts (4-bit: two values per byte, the even element in the low nibble):
@@ -26,9 +27,10 @@ import numpy as np
 CLIP_GRID = tuple(1.0 - 0.05 * i for i in range(11))
 
 
-def quantize_blocks(x: np.ndarray, bits: int, block: int,
-                    clip: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(q uint8 [R, L], scales float32 [R, L/B], zero points uint8 [R, L/B]) of rows x [R, L]."""
+def quantize_blocks(x: np.ndarray, bits: int, block: int, clip: bool = False,
+                    importance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(q uint8 [R, L], scales float32 [R, L/B], zero points uint8 [R, L/B]) of rows x [R, L];
+    `importance` [R, L] weighs each element's squared error in the clip search (None: alike)."""
     x = np.asarray(x, np.float32)
     rows, length = x.shape
     if block < 1 or length % block:
@@ -37,6 +39,7 @@ def quantize_blocks(x: np.ndarray, bits: int, block: int,
         raise ValueError(f"block-wise weights are 2..8 bits, got {bits}")
     top = (1 << bits) - 1
     xb = x.reshape(rows, length // block, block)
+    hb = None if importance is None else np.asarray(importance, np.float64).reshape(xb.shape)
     lo0, hi0 = np.minimum(xb.min(axis=2), 0.0), np.maximum(xb.max(axis=2), 0.0)
     best = None
     for f in CLIP_GRID if clip else (1.0,):
@@ -44,7 +47,8 @@ def quantize_blocks(x: np.ndarray, bits: int, block: int,
         scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
         zero = np.clip(np.round(-lo0 * np.float32(f) / scale), 0, top)
         q = np.clip(np.round(xb / scale[..., None]) + zero[..., None], 0, top)
-        err = np.sum(((q - zero[..., None]) * scale[..., None] - xb) ** 2, axis=2)
+        err = ((q - zero[..., None]) * scale[..., None] - xb) ** 2
+        err = np.sum(err if hb is None else err * hb, axis=2)
         if best is None:
             best = [q, scale, zero, err]
             continue

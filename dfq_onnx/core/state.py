@@ -97,6 +97,7 @@ class CompileState:
     forward_passes: int = 0
     model_out: object | None = None   # the emitted onnx.ModelProto
     weight_gain: dict[str, np.ndarray] = field(default_factory=dict)  # DF-MPC: layer -> c (see passes/dfmpc)
+    input_moments: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> E[x_j^2] of its input
 
 
 @dataclass(frozen=True)

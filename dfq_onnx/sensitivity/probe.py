@@ -51,6 +51,7 @@ import onnx_graphsurgeon as gs
 from dfq_onnx.backends import forms
 from dfq_onnx.backends.act_precision import without
 from dfq_onnx.backends.act_qdq import class_encodings, group_encodings, insert_qdq
+from dfq_onnx.backends.input_moments import importance
 from dfq_onnx.backends.qdq import (
     Encoding,
 )
@@ -94,35 +95,37 @@ def _switch(graph: gs.Graph, node: gs.Node, layer, slots: list, conds: list[gs.V
     graph.nodes.append(switch)
 
 
-def _slot(w, b, x_scale, bits: int, layer, target, node, mean) -> tuple:
-    """Emit's weights at `bits`; with `mean` = (E[x], tap fractions), the bias carries CorrectBias's
-    correction b - (W_hat - W) E[x] (passes/bias_correction.py)."""
+def _slot(w, b, x_scale, bits: int, layer, target, node, mean, h=None) -> tuple:
+    """Emit's weights at `bits` (clip search weighted by `h`, as Emit's); with `mean` = (E[x], tap
+    fractions), the bias carries CorrectBias's correction b - (W_hat - W) E[x] (passes/bias_correction.py)."""
     if mean is None or b is None:
-        return emitted_weight(w, b, x_scale, bits, layer.axis, target)
+        return emitted_weight(w, b, x_scale, bits, layer.axis, target, h)
     from dfq_onnx.corrections.formulas import mean_shift
     from dfq_onnx.corrections.layer_pairs import linear_kind
 
-    w_hat, _ = emitted_weight(w, b, x_scale, bits, layer.axis, target)
+    w_hat, _ = emitted_weight(w, b, x_scale, bits, layer.axis, target, h)
     b_corr = (b - mean_shift(w_hat, w, mean[0], linear_kind(node), mean[1])).astype(np.float32)
-    return emitted_weight(w, b_corr, x_scale, bits, layer.axis, target)
+    return emitted_weight(w, b_corr, x_scale, bits, layer.axis, target, h)
 
 
-def _form_weights(node: gs.Node, layer, keys: tuple, rows: np.ndarray | None) -> list[np.ndarray]:
+def _form_weights(node: gs.Node, layer, keys: tuple, rows: np.ndarray | None, h=None) -> list[np.ndarray]:
     """Slot weights of a form layer: FP32, then each non-float candidate's (form_switch.py); a Gather
-    with `rows` keeps only those rows of its table."""
+    with `rows` keeps only those rows of its table; `h` weighs the clip search as Emit's."""
     w = const_values(node.inputs[layer.weight_index]).astype(np.float32)
     w = w if rows is None else w[rows]
-    return [w] + [forms.weight_hat(node.op, w, c) for c in keys if candidates.form(c) != "float"]
+    return [w] + [forms.weight_hat(node.op, w, c, h) for c in keys if candidates.form(c) != "float"]
 
 
 def _select_weights(graph: gs.Graph, spec: QuantSpec, groups, bits: tuple[int, ...], by_dq: dict,
                     target, input_means: Mapping[str, tuple] | None = None,
                     form_keys: Mapping[str, tuple] | None = None,
                     form_rows: Mapping[str, np.ndarray] | None = None,
-                    attached: dict | None = None) -> dict[str, str]:
+                    attached: dict | None = None, moments: Mapping[str, np.ndarray] | None = None
+                    ) -> dict[str, str]:
     """Replace every weighted layer by a switch over its K+1 weight slots, driven by select_<group>
     (slot k + 1 = weight bits bits[k]); a form group (`form_keys`) gets form switches instead
-    (sensitivity/form_switch.py), whose added nodes go to `attached` (layer -> node names)."""
+    (sensitivity/form_switch.py), whose added nodes go to `attached` (layer -> node names). `moments`:
+    the layers' input E[x_j^2] weighing the low-bit clip search (backends/input_moments.py), as Emit's."""
     nodes = {node_label(n): n for n in graph.nodes}
     selects: dict[str, str] = {}
     done: dict[str, list[np.ndarray]] = {}   # shared weight -> its slots (later readers keep a float bias)
@@ -134,10 +137,11 @@ def _select_weights(graph: gs.Graph, spec: QuantSpec, groups, bits: tuple[int, .
         selects[group.id] = select.name
         for name in group.layers:
             node, layer = nodes[name], spec.layers[name]
+            h = importance(node, layer, moments)
             if keys:
                 rows = (form_rows or {}).get(name)
-                added = form_switch(graph, node, layer, keys, _form_weights(node, layer, keys, rows), select,
-                                    target.form_settings, rows)
+                slots = _form_weights(node, layer, keys, rows, None if rows is not None else h)
+                added = form_switch(graph, node, layer, keys, slots, select, target.form_settings, rows)
                 (attached if attached is not None else {}).setdefault(name, []).extend(added)
                 continue
             b = const_values(node.inputs[2]).astype(np.float32) if layer.bias else None
@@ -148,13 +152,14 @@ def _select_weights(graph: gs.Graph, spec: QuantSpec, groups, bits: tuple[int, .
                 x_enc = by_dq.get(node.inputs[0].name)
                 x_scale = None if x_enc is None else float(x_enc.scale)
                 mu = (input_means or {}).get(name)
-                slots = [(w, b)] + [_slot(w, b, x_scale, k, layer, target, node, mu) for k in bits]
+                slots = [(w, b)] + [_slot(w, b, x_scale, k, layer, target, node, mu, h) for k in bits]
                 done[layer.weight] = [s[0] for s in slots]
             _switch(graph, node, layer, slots, conds)
     return selects
 
 
-def _fix_weights(graph: gs.Graph, spec: QuantSpec, bits: int, x_enc: Mapping[str, Encoding], target) -> None:
+def _fix_weights(graph: gs.Graph, spec: QuantSpec, bits: int, x_enc: Mapping[str, Encoding], target,
+                 moments: Mapping[str, np.ndarray] | None = None) -> None:
     """Every weighted layer's weight (and bias) replaced by Emit's values at `bits`, as constants (the
     activation probe measures its groups with the weights the plan will have)."""
     nodes = {node_label(n): n for n in graph.nodes}
@@ -167,13 +172,14 @@ def _fix_weights(graph: gs.Graph, spec: QuantSpec, bits: int, x_enc: Mapping[str
             w = const_values(node.inputs[layer.weight_index])
             cand = forms.uniform_fit(target, layer.op, w.shape, bits)
             if cand is not None:
-                node.inputs[layer.weight_index] = gs.Constant(f"{layer.weight}_form{bits}",
-                                                              forms.weight_hat(node.op, w, cand))
+                w_hat = forms.weight_hat(node.op, w, cand, importance(node, layer, moments))
+                node.inputs[layer.weight_index] = gs.Constant(f"{layer.weight}_form{bits}", w_hat)
             continue
         b = const_values(node.inputs[2]).astype(np.float32) if layer.bias else None
         enc = x_enc.get(node.inputs[0].name)
         w_hat, b_hat = emitted_weight(const_values(node.inputs[1]).astype(np.float32), b,
-                                      None if enc is None else float(enc.scale), bits, layer.axis, target)
+                                      None if enc is None else float(enc.scale), bits, layer.axis, target,
+                                      importance(node, layer, moments))
         if layer.weight not in done:
             done[layer.weight] = gs.Constant(f"{layer.weight}_w{bits}",
                                              np.ascontiguousarray(w_hat, np.float32))
@@ -213,7 +219,8 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
                 form_keys: Mapping[str, tuple] | None = None,
                 form_rows: Mapping[str, np.ndarray] | None = None,
                 act_groups: tuple[ActGroup, ...] = (), act_choices: tuple[int, ...] = (),
-                fixed_weight_bits: int | None = None) -> ProbeModel:
+                fixed_weight_bits: int | None = None,
+                input_moments: Mapping[str, np.ndarray] | None = None) -> ProbeModel:
     """The probe model for `weight_bits` candidates (see the module docstring); `graph` is untouched.
     `act_groups` get activation switches over float and `act_choices` (dfq_onnx.sensitivity.act_switch)
     instead of fixed Q/DQ; they are float in the fast twin. `fixed_weight_bits`: every weight is Emit's at
@@ -225,7 +232,8 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
     fixed = without(spec, g, {t for ag in act_groups for t in ag.tensors}, consts=False)
     encs = group_encodings(g, act_groups, ranges, target, act_choices) if act_groups else {}
     if fixed_weight_bits is not None:   # weights see the base encodings of their inputs (int32 bias)
-        _fix_weights(g, spec, fixed_weight_bits, class_encodings(g, spec, ranges, target, act_bits), target)
+        _fix_weights(g, spec, fixed_weight_bits, class_encodings(g, spec, ranges, target, act_bits), target,
+                     input_moments)
     if quantize_activations:
         encodings = class_encodings(g, fixed, ranges, target, act_bits)
         by_dq = insert_qdq(g, fixed, encodings, target)
@@ -236,7 +244,7 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
         by_dq.update({reads[t]: encs[ag.id][act_bits] for ag in act_groups for t in ag.tensors
                       if act_bits in encs[ag.id]})   # int32 biases at the base activation scale
     selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target, input_means, form_keys,
-                              form_rows, act[1])
+                              form_rows, act[1], input_moments)
     g.cleanup().toposort()
     model = ir.to_model(g, ir_version=ir.min_ir_version(g.opset))
     if model.ByteSize() > ir.TWO_GB:

@@ -13,14 +13,16 @@ from dfq_onnx.core import numerics
 
 
 def emitted_weight(w: np.ndarray, bias: np.ndarray | None, x_scale: float | None, bits: int,
-                   axis: int | None, target) -> tuple[np.ndarray, np.ndarray | None]:
+                   axis: int | None, target, importance: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """Float values of W (and b) after Emit's DequantizeLinear at `bits` (mirrors EmitQDQ).
 
-    s_w = absmax_c(W) / (2^(b-1) - 1), raised so that |b| / (s_x s_w) fits int32;
+    s_w = alpha_c absmax_c(W) / (2^(b-1) - 1) (alpha_c = 1 at 8 bits; below, the clip ratio of least
+    `importance`-weighted error, core/weight_clip.py), raised so that |b| / (s_x s_w) fits int32;
     W_hat = s_w * clip(round(W / s_w), -(2^(b-1) - 1), 2^(b-1) - 1);  b_hat = s_x s_w round(b / (s_x s_w)).
     Without an input scale (float input) the bias stays float.
     """
-    q, scale, qb, bscale = quantize_weight(target, w, bias, x_scale, bits, axis)
+    q, scale, qb, bscale = quantize_weight(target, w, bias, x_scale, bits, axis, importance)
     axis = axis if target.per_channel else None
     w_hat = numerics.dequantize(q, scale, np.zeros(scale.shape, np.int64), axis)
     if qb is None:

@@ -46,14 +46,16 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from dfq_onnx.backends.input_moments import importance
 from dfq_onnx.core.graph_utils import const_values, node_label
 from dfq_onnx.sensitivity.probe_qdq import emitted_weight
 
 Vector = np.ndarray        # [term, term on even samples, term on odd samples] (Evaluator.relative)
 
 
-def noise_powers(graph, spec, groups, bits, target) -> dict[str, dict[int, float]]:
-    """N_g(b) of every group with weights at every width of `bits` (module docstring)."""
+def noise_powers(graph, spec, groups, bits, target, moments=None) -> dict[str, dict[int, float]]:
+    """N_g(b) of every group with weights at every width of `bits` (module docstring), of Emit's weights
+    (clip search weighted by the layers' input `moments`, backends/input_moments.py)."""
     nodes = {node_label(n): n for n in graph.nodes}
     out: dict[str, dict[int, float]] = {}
     for g in groups:
@@ -65,7 +67,8 @@ def noise_powers(graph, spec, groups, bits, target) -> dict[str, dict[int, float
             if energy == 0.0:
                 continue
             for b in bits:
-                w_hat, _ = emitted_weight(w, None, None, b, layer.axis, target)
+                h = importance(nodes[name], layer, moments)
+                w_hat, _ = emitted_weight(w, None, None, b, layer.axis, target, h)
                 total[b] += float(np.sum(np.square(w_hat.astype(np.float64) - w))) / energy
         out[g.id] = total
     return out
