@@ -47,7 +47,7 @@ from dfq_onnx.synth.tokens import has_token_inputs
 log = logging.getLogger(__name__)
 SCORE_TOKENS = 2048      # token models score on at most this many tokens (16 rows of 128) ...
 MIN_TOKEN_ROWS = 8       # ... and at least this many rows (the shrinkage splits them in two halves)
-ENGINE_VERSION = 4       # bump when the terms change: old cache entries are then ignored (4: form candidates)
+ENGINE_VERSION = 5       # bump when the terms change: old cache entries are then ignored (5: clipped weights)
 
 
 def _digest(*arrays) -> str:
