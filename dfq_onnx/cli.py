@@ -111,6 +111,9 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
                         "default: on")
     a.add_argument("--dfmpc", action=flag, default=d.dfmpc,
                    help="DF-MPC: low-precision layers compensated by the higher-precision layer after them")
+    a.add_argument("--weight-clip", action=flag, default=d.weight_clip,
+                   help="weights below 8 bits: per-channel clip ratio of least rounding error weighted by "
+                        "the inputs' E[x^2] on the calibration samples (default: off; max-abs scales)")
 
 
 def _add_synth_options(p: argparse.ArgumentParser) -> None:
@@ -188,7 +191,7 @@ def _options(args):
                            latency_table=args.latency_table, latency_check=args.latency_check,
                            cle=args.cle, cle_criterion=args.cle_criterion, smooth=args.smooth,
                            bias_absorption=args.bias_absorption, bias_correction=args.bias_correction,
-                           dfmpc=args.dfmpc)
+                           dfmpc=args.dfmpc, weight_clip=args.weight_clip)
 
 
 def _cmd_quantize(args) -> int:

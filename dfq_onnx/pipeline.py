@@ -58,9 +58,10 @@ def measures_float(options: QuantizeOptions) -> bool:
 
 
 def low_bit_weights(target: TargetProfile, options: QuantizeOptions) -> bool:
-    """Whether the plan may put weights below 8 bits (their clip search then weighs the inputs'
-    moments, passes/input_moments.py): a budget, or --weight-bits below 8."""
-    return options.mixed or (options.weight_bits or target.default_weight_bits) < 8
+    """Whether the plan may put weights below 8 bits (a budget, or --weight-bits below 8) and
+    --weight-clip asks for their moment-weighted clip search (passes/input_moments.py)."""
+    low = options.mixed or (options.weight_bits or target.default_weight_bits) < 8
+    return options.weight_clip and low
 
 
 def _synthesis(options: QuantizeOptions) -> Synthesize:

@@ -47,7 +47,7 @@ from dfq_onnx.synth.tokens import has_token_inputs
 log = logging.getLogger(__name__)
 SCORE_TOKENS = 2048      # token models score on at most this many tokens (16 rows of 128) ...
 MIN_TOKEN_ROWS = 8       # ... and at least this many rows (the shrinkage splits them in two halves)
-ENGINE_VERSION = 5       # bump when the terms change: old cache entries are then ignored (5: clipped weights)
+ENGINE_VERSION = 4       # bump when the terms change: old cache entries are then ignored (4: form candidates)
 
 
 def _digest(*arrays) -> str:
@@ -66,6 +66,8 @@ def cache_key(state: CompileState, options: SensitivityOptions, bits, act: int, 
     opts = {k: v for k, v in dataclasses.asdict(options).items()
             if k not in ("batch", "use_cache", "cache_dir", "progress")}
     graph_passes = [p for p in ("cle", "bias_absorption") if getattr(state.options, p, False)]
+    if state.input_moments:
+        graph_passes.append("weight_clip")    # the low-bit candidates' weights (core/weight_clip.py)
     if options.bias_correction:
         graph_passes.append("bias_correction:taps")   # version of the per-candidate correction
     return {"engine": ENGINE_VERSION, "model": model, "graph_passes": graph_passes,

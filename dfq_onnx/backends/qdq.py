@@ -106,15 +106,16 @@ def quantize_weight(target, w: np.ndarray, bias: np.ndarray | None, x_scale: flo
                     axis: int | None, importance: np.ndarray | None = None):
     """Emit's weight (and int32 bias) quantization, shared with the sensitivity probe.
 
-    Scales: max-abs at 8 bits and above; below, each channel's clip ratio of least rounding error,
-    weighted by `importance` (broadcast against w: E[x_j^2] of the input each element multiplies,
-    backends/input_moments.py) when given (core/weight_clip.py). Returns (q, scale, q_bias, bias_scale);
+    Scales: max-abs at 8 bits and above and without `importance`; below 8 bits with it (--weight-clip),
+    each channel's clip ratio of least rounding error weighted by `importance` (broadcast against w:
+    E[x_j^2] of the input each element multiplies, backends/input_moments.py; core/weight_clip.py).
+    Returns (q, scale, q_bias, bias_scale);
     q_bias is None when the bias stays float (the target asks for float bias, there is no bias, or the
     input is not quantized). A weight scale is raised where
     |b / (s_x * s_w)| would overflow int32.
     """
     axis = axis if target.per_channel else None
-    scale = (numerics.weight_scales(w, bits, axis) if bits >= CLIP_BELOW
+    scale = (numerics.weight_scales(w, bits, axis) if bits >= CLIP_BELOW or importance is None
              else weight_clip.clipped_scales(w, bits, axis, importance))
     int_bias = target.bias_mode == "int32" and bias is not None and x_scale is not None
     if int_bias:

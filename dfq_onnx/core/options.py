@@ -60,6 +60,7 @@ class QuantizeOptions:
     bias_correction: bool | None = None  # analytic bias correction (passes/bias_correction.py);
                                          # None: on (BENCHMARKS.md, issue 13 session 5)
     dfmpc: bool = False                  # DF-MPC compensation of low- by higher-precision layers
+    weight_clip: bool = False            # low-bit weights: moment-weighted clip search (core/weight_clip.py)
 
     @property
     def correct_bias(self) -> bool:
