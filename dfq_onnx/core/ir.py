@@ -167,6 +167,21 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def untyped_outputs_probe(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` that also lists `names` as graph outputs, without types (for a runtime to
+    report what it resolves them to)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    listed = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in listed)
+    return probe
+
+
+def add_value_type(model: onnx.ModelProto, name: str, elem: int, dims: list | None) -> None:
+    """Declare `name`'s element type (and dims: ints, None where unknown) in the graph's value_info."""
+    model.graph.value_info.append(helper.make_tensor_value_info(name, elem, dims))
+
+
 def value_info_shape(vi: onnx.ValueInfoProto) -> list | None:
     """Dims of a tensor value info: ints where known, the symbolic name (or None) where dynamic."""
     tt = vi.type.tensor_type
