@@ -45,7 +45,7 @@ def fill_untyped(model: onnx.ModelProto) -> int:
         return 0
     probe = ir.untyped_outputs_probe(model, names)
     try:
-        outputs = runtime.session(probe, threads=1, optimize=False).get_outputs()
+        outputs = runtime.session(probe, threads=1, optimize=False, quiet=True).get_outputs()
     except Exception:       # noqa: BLE001 - ORT cannot load it either; Synthesize will say so
         return 0
     wanted, filled = set(names), 0
