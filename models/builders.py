@@ -166,6 +166,21 @@ def matmul_bn(k: int = 16, n: int = 8, seed: int = 0) -> onnx.ModelProto:
     return _model(nodes, [_vi("input", ["N", k])], [_vi("output", ["N", n])], inits, name="matmul_bn")
 
 
+def contrib_gelu_mlp(k: int = 16, n: int = 32, seed: int = 0) -> onnx.ModelProto:
+    """input [N, k] -> fc1 (MatMul) -> FastGelu (com.microsoft, bias fused, as ORT's transformer
+    optimizer writes it) -> fc2 (MatMul) -> output [N, k]: ONNX shape inference cannot type past it."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("fc1.weight", (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)),
+             _init("fc1.bias", (0.1 * rng.standard_normal(n)).astype(np.float32)),
+             _init("fc2.weight", (rng.standard_normal((n, k)) / np.sqrt(n)).astype(np.float32))]
+    nodes = [helper.make_node("MatMul", ["input", "fc1.weight"], ["fc1_out"], name="fc1"),
+             helper.make_node("FastGelu", ["fc1_out", "fc1.bias"], ["gelu_out"], name="gelu",
+                              domain="com.microsoft"),
+             helper.make_node("MatMul", ["gelu_out", "fc2.weight"], ["output"], name="fc2")]
+    return _model(nodes, [_vi("input", ["N", k])], [_vi("output", ["N", k])], inits, name="contrib_gelu_mlp",
+                  extra_opsets={"com.microsoft": 1})
+
+
 def convtranspose_bn(c_in: int = 4, c_out: int = 6, hw: int = 5, group: int = 1,
                      seed: int = 0) -> onnx.ModelProto:
     """input -> up (ConvTranspose, stride 2, `group`) -> bn -> output; weight [c_in, c_out/group, 3, 3]."""

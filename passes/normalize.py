@@ -33,6 +33,7 @@ import logging
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from dfq_onnx.backends.runtime_types import fill_untyped
 from dfq_onnx.core import ir, rewrites
 from dfq_onnx.core.affine_fold import fold_affine
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
@@ -239,11 +240,13 @@ class Normalize(Pass):
         check_batch_axes(model)
         model = ir.upgrade_opset(model, max(self.required_opset, state.target.min_opset))
         model = ir.infer_shapes(model)
+        typed_by_ort = fill_untyped(model)
         ort.set_default_logger_severity(3)
         graph = ir.to_graph(model)
         before = len(graph.nodes)
         graph = ir.fold_constants(graph).toposort()
         rewritten = canonicalize(graph)
+        rewritten["types from ONNX Runtime"] = typed_by_ort
         rewritten["nodes named"] = name_nodes(graph)
         rewritten.update(fusable_forms(graph))
         graph.cleanup().toposort()

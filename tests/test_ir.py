@@ -142,3 +142,35 @@ def test_int4_weight_survives_copy_and_export(how):
     x = np.ones((2, 2), np.float32)
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], x + 0.5 * np.array([[-8, -1], [3, 7]]))
     assert ir.copy_graph(graph) is not graph and graph.nodes[0].inputs[0].packed_dtype == "int4"
+
+
+def test_a_stale_output_declaration_gives_way_to_the_inferred_shape(tmp_path):
+    """An exporter declared the output with another rank than the graph computes ([N, k] for a 4-D
+    map): the graph's passes see the inferred shape -- an activation switch on the output (an If,
+    which ORT type-checks against it) loads -- and the written model keeps the source's declaration."""
+    import numpy as np
+    from _util import compile_state
+    from dfq_onnx.passes.normalize import Normalize
+
+    import dfq_onnx
+    from dfq_onnx.backends import runtime
+    from dfq_onnx.backends.qdq import Encoding
+    from dfq_onnx.core.state import ActGroup
+    from dfq_onnx.sensitivity.act_switch import insert_act_switches
+
+    model = builders.with_data_bn_stats(builders.conv_bn_relu(hw=8))
+    name = model.graph.output[0].name
+    declared = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["N", "k"])
+    model.graph.output[0].CopyFrom(declared)
+    assert not ir.contradicts(["N", "k"], ["N", 7]) and ir.contradicts(["N", 3], ["N", 7])
+    graph = compile_state(model, [Normalize()]).graph
+    assert len(graph.outputs[0].shape) == 4
+    enc = Encoding(np.float32(0.05), np.uint8(0), "uint8", 8)
+    group = ActGroup(id="a0", rep=name, tensors=(name,), readers=(), writers=(), elements=0, choices=(8,))
+    insert_act_switches(graph, [group], {"a0": {8: enc}}, (8,))
+    sess = runtime.session(ir.to_model(graph.cleanup().toposort()))
+    feeds = {"input": np.ones((2, 3, 8, 8), np.float32), "select_a0": np.array(1, np.int64)}
+    assert sess.run(None, feeds)[0].shape[0] == 2
+    q, _ = dfq_onnx.quantize(model, output=tmp_path / "q.onnx", progress=False, use_cache=False,
+                             latency_check=False)
+    assert q.graph.output[0].name == name and ir.value_info_shape(q.graph.output[0]) == [None] * 4

@@ -112,3 +112,17 @@ def test_source_proto_not_mutated(build):
     before = model.SerializeToString()
     dfq_onnx.quantize(model, progress=False)
     assert model.SerializeToString() == before
+
+
+def test_values_after_a_contrib_op_are_typed_by_onnx_runtime():
+    """ONNX shape inference stops at com.microsoft ops: ORT's resolution types what follows, so the
+    MatMul behind an ORT-fused FastGelu is quantized like the one before it."""
+    model = builders.contrib_gelu_mlp()
+    state = _normalize(model)
+    assert state.graph.tensors()["gelu_out"].dtype == np.float32
+    assert state.report.model["canonicalized"]["types from ONNX Runtime"] == 1
+    q, report = dfq_onnx.quantize(model, progress=False, use_cache=False, latency_check=False)
+    quantized = {n.name for n in q.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")}
+    assert len(quantized) == 2, [n.op_type for n in q.graph.node]
+    x = normal_feeds(model, n=4)
+    assert np.allclose(run(q, x)[0], run(model, x)[0], atol=0.1)

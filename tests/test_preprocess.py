@@ -88,3 +88,39 @@ def test_timing_feeds_and_shape_probe_take_pixel_inputs():
             t.shape = None
     elements, passes = row_elements(g, {"input": (16, 16, 3)})
     assert passes == 1 and elements > 0
+
+
+def _shape_reader(model, tensor: str):
+    """A copy whose output is flattened to [N, -1] with N read from Shape(`tensor`) (exporters' flatten)."""
+    from onnx import helper, numpy_helper
+    out = type(model)()
+    out.CopyFrom(model)
+    g, y = out.graph, out.graph.output[0]
+    g.initializer.extend([numpy_helper.from_array(np.array(v, np.int64), n)
+                          for v, n in (([0], "s0"), ([1], "s1"), ([-1], "m1"))])
+    g.node.extend([helper.make_node("Shape", [tensor], ["shp"]),
+                   helper.make_node("Slice", ["shp", "s0", "s1"], ["batch"]),
+                   helper.make_node("Concat", ["batch", "m1"], ["flat"], axis=0),
+                   helper.make_node("Reshape", [y.name, "flat"], ["flat_out"])])
+    y.CopyFrom(helper.make_tensor_value_info("flat_out", y.type.tensor_type.elem_type, ["n", "k"]))
+    return out
+
+
+def test_a_shape_read_of_the_input_does_not_hide_its_preprocessing(tmp_path):
+    """Shape / Size read no values: the prefix is still followed, and the copy's Shape reads y."""
+    first = builders.with_data_bn_stats(builders.conv_bn_relu(hw=16))
+    a = api.synthesize(first, samples=4, use_cache=False, progress=False).inputs["input"]
+    for uint8, tensor in ((True, "input"), (False, "input_Mul")):
+        model = _shape_reader(builders.channels_last(first, scale=1 / 255, mean=MEAN, std=STD,
+                                                     uint8=uint8), tensor)
+        g = gs.import_onnx(model)
+        p = preprocess.affine_prefix(g, g.inputs[0], (16, 16, 3))
+        assert p is not None and p.ops[-3:] == ("Mul", "Sub", "Div")
+        copy = preprocess.without_prefixes(g, {"input": p})
+        assert any(n.op == "Shape" and n.inputs[0] is copy.inputs[0] for n in copy.nodes)
+        x = api.synthesize(model, samples=4, use_cache=False, progress=False).inputs["input"]
+        y = (x / np.float32(255) - np.float32(MEAN)) / np.float32(STD)
+        inside = ((x > 0) & (x < 255)).transpose(0, 3, 1, 2) if uint8 else np.ones(a.shape, bool)
+        assert np.abs(y.transpose(0, 3, 1, 2) - a)[inside].max() <= 0.5 / 255 / min(STD) + 1e-5
+    q, _ = api.quantize(model, output=tmp_path / "q.onnx", progress=False, use_cache=False)
+    assert [o.name for o in q.graph.output] == ["flat_out"]

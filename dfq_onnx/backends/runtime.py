@@ -14,11 +14,15 @@ from dfq_onnx.core.errors import UnsupportedModelError
 
 
 def session(model, threads: int = 0, optimized_path: str | None = None,
-            mem_pattern: bool = True) -> ort.InferenceSession:
+            mem_pattern: bool = True, optimize: bool = True, quiet: bool = False) -> ort.InferenceSession:
     """A CPU session from a ModelProto (or bytes); ORT warnings silenced. `mem_pattern=False` when the
-    batch size varies between runs: ORT plans one block per input shape and its arena keeps them all."""
+    batch size varies between runs: ORT plans one block per input shape and its arena keeps them all.
+    `optimize=False`: no graph optimizations (a session only to resolve the graph's types); `quiet`: ORT
+    logs nothing, not even errors (a try whose failure the caller handles)."""
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 4 if quiet else 3
     opts.enable_mem_pattern = mem_pattern
     if threads:
         opts.intra_op_num_threads = threads

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
-from onnx import TensorProto, helper, numpy_helper, version_converter
+from onnx import TensorProto, TensorShapeProto, helper, numpy_helper, version_converter
 
 from dfq_onnx.core.errors import ModelLoadError, UnsupportedModelError
 from dfq_onnx.core.external_data import (  # noqa: F401 - has_external_data, model_bytes re-exported
@@ -167,6 +167,29 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def contradicts(declared: list | None, inferred: list | None) -> bool:
+    """An inferred shape that cannot be the declared one: another rank or another fixed size."""
+    if declared is None or inferred is None:
+        return False
+    return len(declared) != len(inferred) or any(
+        isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(declared, inferred))
+
+
+def untyped_outputs_probe(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` that also lists `names` as graph outputs, without types (for a runtime to
+    report what it resolves them to)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    listed = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in listed)
+    return probe
+
+
+def add_value_type(model: onnx.ModelProto, name: str, elem: int, dims: list | None) -> None:
+    """Declare `name`'s element type (and dims: ints, None where unknown) in the graph's value_info."""
+    model.graph.value_info.append(helper.make_tensor_value_info(name, elem, dims))
+
+
 def value_info_shape(vi: onnx.ValueInfoProto) -> list | None:
     """Dims of a tensor value info: ints where known, the symbolic name (or None) where dynamic."""
     tt = vi.type.tensor_type
@@ -180,13 +203,19 @@ def carry_over(out: onnx.ModelProto, source: onnx.ModelProto) -> None:
     declarations (names, element types, dynamic dimensions), and the model's metadata_props, doc
     strings, model version, domain and graph name come along. Intermediate shape annotations are
     dropped where the declared interface differs from the one compiled (calibration sizes), so
-    nothing in `out` pins a dimension the source left dynamic."""
+    nothing in `out` pins a dimension the source left dynamic. A declared shape the graph contradicts
+    (another rank: an exporter's stale declaration) is not carried: the output declares its rank only."""
     declared = {vi.name: vi for vi in [*source.graph.input, *source.graph.output]}
     changed = False
     for vi in [*out.graph.input, *out.graph.output]:
         if vi.name in declared and vi != declared[vi.name]:
             changed |= vi.type != declared[vi.name].type
+            compiled = value_info_shape(vi)
+            stale = contradicts(value_info_shape(declared[vi.name]), compiled)
             vi.CopyFrom(declared[vi.name])
+            if stale:        # the source declared a shape its graph does not compute: the rank only
+                vi.type.tensor_type.shape.ClearField("dim")
+                vi.type.tensor_type.shape.dim.extend(TensorShapeProto.Dimension() for _ in compiled)
     if changed:
         del out.graph.value_info[:]
     del out.metadata_props[:]
@@ -224,6 +253,8 @@ def refresh_shapes(graph: gs.Graph) -> int:
     model = onnx.ModelProto()
     copy_without_raw(gs.export_onnx(graph, do_type_check=False), model, min_bytes=1 << 20)
     del model.graph.value_info[:]
+    for vi in model.graph.output:        # inferred, not merged with a declaration that may be stale
+        vi.type.tensor_type.ClearField("shape")
     try:
         inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False,
                                                      data_prop=True)
@@ -234,6 +265,10 @@ def refresh_shapes(graph: gs.Graph) -> int:
         if vi.type.tensor_type.HasField("shape"):
             shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                                for d in vi.type.tensor_type.shape.dim]
+    for t in graph.outputs:      # a declared output shape stays unless wrong; inferred sizes refine it
+        got = shapes.get(t.name)
+        if got is not None and t.shape is not None and not contradicts(t.shape, got):
+            shapes[t.name] = [g if isinstance(g, int) or d is None else d for d, g in zip(t.shape, got)]
     changed = 0
     for t in graph.tensors().values():
         if isinstance(t, gs.Variable) and t.name in shapes and t.shape != shapes[t.name]:

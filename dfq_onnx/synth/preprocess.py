@@ -13,6 +13,8 @@ broadcast over one sample; a != 0 everywhere). Synthesis then runs on a copy of 
 of that name is y (the chain's readers read it), and the samples are mapped back, x = (y - b) / a, so
 the model's own prefix turns them into the samples the network behind it would have been given. An
 input with a `--input-range` keeps its samples in that range (the user said what the input reads).
+Readers of a chain tensor's shape only (Shape, Size: exporters size a resize or a box decoder from the
+image) are not readers of its values; the constants never grow the shape, so in the copy they read y.
 
 An integer input read only through a Cast to float (8- or 16-bit pixels: TF detection exports) is the
 same with the Cast first; its samples are rounded and clipped to the type, and when nothing scales it
@@ -35,6 +37,7 @@ import onnx_graphsurgeon as gs
 from dfq_onnx.core.graph_utils import is_pixel_dtype, reroute
 
 AFFINE = frozenset({"Mul", "Div", "Add", "Sub"})
+SHAPE_ONLY = frozenset({"Shape", "Size"})      # read a tensor's shape, never its values
 FLOAT_TYPES = (1, 10, 11, 16)          # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
@@ -49,6 +52,7 @@ class Prefix:
     ops: tuple[str, ...]
     nodes: tuple[int, ...]
     integer: np.dtype | None = None
+    chain: tuple[str, ...] = ()       # the tensors from the input up to, not including, `end`
 
     def pixel_range(self) -> tuple[float, float] | None:
         """The integer type's range when nothing scales it after the Cast: the samples are drawn in it."""
@@ -87,11 +91,17 @@ def _step(node: gs.Node, t: gs.Tensor, shape: tuple, a: np.ndarray, b: np.ndarra
     return (a, b - c) if first else (-a, c - b)
 
 
+def _value_readers(t: gs.Tensor) -> list[gs.Node]:
+    """The nodes that read `t`'s values (not only its shape)."""
+    return [n for n in t.outputs if n.op not in SHAPE_ONLY]
+
+
 def _pixels(t: gs.Tensor) -> np.dtype | None:
     """The integer type of an input read only by one Cast to float (an image of 8- or 16-bit pixels)."""
-    if t.dtype is None or not is_pixel_dtype(t.dtype) or len(t.outputs) != 1:
+    readers = _value_readers(t)
+    if t.dtype is None or not is_pixel_dtype(t.dtype) or len(readers) != 1:
         return None
-    node = t.outputs[0]
+    node = readers[0]
     to = node.attrs.get("to") if node.op == "Cast" else None
     return np.dtype(t.dtype) if to in FLOAT_TYPES else None
 
@@ -101,21 +111,24 @@ def affine_prefix(graph: gs.Graph, t: gs.Tensor, shape: tuple) -> Prefix | None:
     (dimensions that are not ints: dynamic). An integer input starts with its Cast to float."""
     a, b, nodes = np.ones((1,) * (len(shape) + 1)), np.zeros((1,) * (len(shape) + 1)), []
     outputs = {o.name for o in graph.outputs}
-    x, integer = t, _pixels(t)
+    x, integer, chain = t, _pixels(t), [t.name]
     if integer is not None:
-        nodes.append(t.outputs[0])
+        nodes.append(_value_readers(t)[0])
         x = nodes[0].outputs[0]
+        chain.append(x.name)
     elif t.dtype is None or np.dtype(t.dtype).kind != "f":
         return None
-    while len(x.outputs) == 1 and x.name not in outputs:
-        step = _step(x.outputs[0], x, shape, a, b)
+    while len(readers := _value_readers(x)) == 1 and x.name not in outputs:
+        step = _step(readers[0], x, shape, a, b)
         if step is None:
             break
-        (a, b), x = step, x.outputs[0].outputs[0]
-        nodes.append(x.inputs[0])
+        (a, b), x = step, readers[0].outputs[0]
+        nodes.append(readers[0])
+        chain.append(x.name)
     if not nodes or not np.all(np.isfinite(a)) or not np.all(np.isfinite(b)) or np.any(a == 0):
         return None
-    return Prefix(a, b, x.name, tuple(n.op for n in nodes), tuple(id(n) for n in nodes), integer)
+    return Prefix(a, b, x.name, tuple(n.op for n in nodes), tuple(id(n) for n in nodes), integer,
+                  tuple(chain[:-1]))
 
 
 def is_pixel_input(t: gs.Tensor) -> bool:
@@ -151,8 +164,11 @@ def without_prefixes(graph: gs.Graph, prefixes: Mapping[str, Prefix]) -> gs.Grap
             end = tensors[prefixes[t.name].end]
             dtype = np.float32 if prefixes[t.name].integer is not None else t.dtype
             new = gs.Variable(t.name, dtype=dtype, shape=t.shape)
+            chain = [tensors[name] for name in prefixes[t.name].chain]
             t.name = f"{t.name}/raw"
             reroute(end, new)
+            for c in chain:
+                reroute(c, new, [n for n in c.outputs if n.op in SHAPE_ONLY])
             g.inputs[i] = new
     return g.cleanup().toposort()
 

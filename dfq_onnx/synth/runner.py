@@ -125,13 +125,15 @@ class Runner:
         args = (list(objective.bn), list(objective.act), objective.output)
         if self.static is not None:
             try:
-                self.session = runtime.session(stats_model(_dynamic_copy(graph), *args)[0], mem_pattern=False)
+                self.session = runtime.session(stats_model(_dynamic_copy(graph), *args)[0], mem_pattern=False,
+                                               quiet=True)
                 self.probe = self._call(self._zeros(2))
                 if all(len(o) == 2 for o in self.probe):
                     self.static = None
                     return
             except Exception as exc:  # noqa: BLE001 - ORT's error types derive from Exception only
-                log.info("static batch %d kept (dynamic copy fails: %s)", self.static, exc)
+                log.info("static batch %d kept (dynamic copy fails: %s)", self.static,
+                         str(exc).splitlines()[0] if str(exc) else exc)
         self.session = runtime.session(stats_model(graph, *args)[0], mem_pattern=False)
         self.probe = self._call(self._zeros(self.static or 1))
 

@@ -1,0 +1,59 @@
+"""Types of tensors ONNX shape inference cannot type, from ONNX Runtime's own graph resolution.
+
+ONNX's shape inference knows the standard domains only. A graph with operators of ORT's contrib domain
+(`com.microsoft`: Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization, ... as ORT's
+transformer optimizer and Optimum write them) leaves their outputs untyped, and every tensor computed
+from them too: the passes then cannot tell a float activation from an index and quantize nothing there.
+
+ORT types every value when it resolves the graph (its kernels' schemas include the contrib ops). A
+session of a copy that lists the untyped values as extra graph outputs (without types) reports each
+one's element type and shape through `get_outputs()`, without running anything. The types are written
+into the model's value_info; dimensions ORT knows as numbers are kept, the names it invents for the
+others are not (they would read as the graph's own symbolic dimensions).
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from dfq_onnx.backends import runtime
+from dfq_onnx.core import ir
+
+ORT_TYPES = {"tensor(float)": onnx.TensorProto.FLOAT, "tensor(float16)": onnx.TensorProto.FLOAT16,
+             "tensor(double)": onnx.TensorProto.DOUBLE, "tensor(bfloat16)": onnx.TensorProto.BFLOAT16,
+             "tensor(int64)": onnx.TensorProto.INT64, "tensor(int32)": onnx.TensorProto.INT32,
+             "tensor(int16)": onnx.TensorProto.INT16, "tensor(int8)": onnx.TensorProto.INT8,
+             "tensor(uint8)": onnx.TensorProto.UINT8, "tensor(uint16)": onnx.TensorProto.UINT16,
+             "tensor(bool)": onnx.TensorProto.BOOL}
+
+
+def untyped_values(model: onnx.ModelProto) -> list[str]:
+    """Outputs of the main graph's nodes with no element type in value_info / graph outputs."""
+    g = model.graph
+    typed = {v.name for v in [*g.value_info, *g.output, *g.input]
+             if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type}
+    typed.update(t.name for t in g.initializer)
+    return [o for n in g.node for o in n.output if o and o not in typed]
+
+
+def fill_untyped(model: onnx.ModelProto) -> int:
+    """Write ORT's types of the untyped node outputs into `model.graph.value_info`; returns how many.
+    Models above protobuf's 2 GB and graphs ORT cannot resolve are left as they are (best effort, as
+    ONNX shape inference)."""
+    names = untyped_values(model)
+    if not names or model.ByteSize() > ir.TWO_GB:
+        return 0
+    probe = ir.untyped_outputs_probe(model, names)
+    try:
+        outputs = runtime.session(probe, threads=1, optimize=False, quiet=True).get_outputs()
+    except Exception:       # noqa: BLE001 - ORT cannot load it either; Synthesize will say so
+        return 0
+    wanted, filled = set(names), 0
+    for out in outputs:
+        elem = ORT_TYPES.get(out.type)
+        if out.name not in wanted or elem is None:
+            continue
+        dims = None if out.shape is None else [d if isinstance(d, int) else None for d in out.shape]
+        ir.add_value_type(model, out.name, elem, dims)
+        filled += 1
+    return filled
