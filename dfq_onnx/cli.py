@@ -104,6 +104,10 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
                    help="migrate LayerNorm outputs' outlier channels into statically quantized MatMul "
                         "weights (SmoothQuant; alpha scored at the output, kept only where it helps); "
                         "default: off (no task-metric gain measured yet, BENCHMARKS.md issue 14 session 9)")
+    a.add_argument("--twin-ranges", action=flag, default=d.twin_ranges,
+                   help="recognizers calibrated on line drawings: per block of tensors, the ranges of the "
+                        "drawings or of their contrast twins, chosen at the output; default: off (PP-OCRv6 "
+                        "pages gain, PP-OCRv4 lines lose; BENCHMARKS.md PP-OCRv6 rec session 10)")
     a.add_argument("--bias-absorption", action=flag, default=d.bias_absorption,
                    help="high-bias absorption into the next layer (BN statistics)")
     a.add_argument("--bias-correction", action=flag, default=d.bias_correction,
@@ -190,6 +194,7 @@ def _options(args):
                            hops=args.hops, metric=args.metric, pareto=args.pareto, latency_ms=args.latency_ms,
                            latency_table=args.latency_table, latency_check=args.latency_check,
                            cle=args.cle, cle_criterion=args.cle_criterion, smooth=args.smooth,
+                           twin_ranges=args.twin_ranges,
                            bias_absorption=args.bias_absorption, bias_correction=args.bias_correction,
                            dfmpc=args.dfmpc, weight_clip=args.weight_clip)
 

@@ -30,6 +30,7 @@ from dfq_onnx.passes.sensitivity import ScoreSensitivity, SensitivityOptions
 from dfq_onnx.passes.silu_floor import SiluRangeFloor
 from dfq_onnx.passes.smooth import SmoothActivations
 from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize
+from dfq_onnx.passes.twin_ranges import ChooseTwinRanges
 
 SCORE_SAMPLES = 256   # scoring samples for sensitivity (bounds its cost on large calibration sets)
 ACT_SAMPLES = 32      # scoring samples of the default activation decision (outliers are large effects)
@@ -108,6 +109,8 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([AnalyticRanges()] if options.calib == "analytic" else []),
         *([SmoothActivations()] if options.smooth and options.calib != "analytic" else []),
         Calibrate(),
+        *([ChooseTwinRanges(ACT_SAMPLES, options.metric)]
+          if options.twin_ranges and options.calib == "synthetic" else []),
         *([MeasureInputMoments()] if low_bit_weights(target, options) else []),
         *([ScoreTopPrior(), PooledRangeTop()] if options.calib == "synthetic" else []),
         SiluRangeFloor(),

@@ -116,6 +116,8 @@ class SynthesisResult:
                                 #  "tokens" (token sequences)
     preprocessed: tuple[str, ...] = ()   # inputs sampled after their in-graph scale-and-shift (preprocess.py)
     channels_last: tuple[str, ...] = ()  # [N, H, W, C] inputs, sampled channels-first (layout.py)
+    twin: dict[str, np.ndarray] | None = None   # line drawings: the same shapes at the prior's contrast
+                                                #  (synth/strokes.py; passes/twin_ranges.py reads them)
 
 
 def resolve_objective(requested: str, bn_stats: dict, graph=None) -> str:
@@ -165,14 +167,16 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
         inner = dataclasses.replace(options, input_ranges={**options.input_ranges, **pixels})
         result = synthesize(preprocess.without_prefixes(graph, prefixes), bn_stats, inner,
                             model_hash and f"{model_hash}/preprocess", input_shapes)   # synth/preprocess.py
+        twin = result.twin and preprocess.to_inputs(result.twin, prefixes)
         return dataclasses.replace(result, inputs=preprocess.to_inputs(result.inputs, prefixes),
-                                   preprocessed=tuple(prefixes))
+                                   preprocessed=tuple(prefixes), twin=twin)
     if last := layout.channels_last_inputs(graph, shapes):      # TF exports: synth/layout.py
         hints = {k: v for k, v in (input_shapes or {}).items() if k not in last}
         result = synthesize(layout.channels_first_graph(graph, shapes, last), bn_stats, options, model_hash,
                             hints)
         return dataclasses.replace(result, inputs=layout.to_channels_last(result.inputs, last),
-                                   channels_last=tuple(last))
+                                   channels_last=tuple(last),
+                                   twin=result.twin and layout.to_channels_last(result.twin, last))
     kind = resolve_objective(options.objective, bn_stats, graph)
     plan = plan_pieces(graph, kind, shapes)       # sequence outputs along an input axis: synth/compose.py
     search_graph, search_shapes = (plan.graph, plan.shapes) if plan else (graph, shapes)
@@ -190,19 +194,22 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
         return SynthesisResult(squash(latent, options.input_ranges), None, None, None, probes, probes,
                                time.perf_counter() - start, False, kind, 0)
     key = {**_key(model_hash, options, kind, shapes, steps), "pieces": plan.pieces if plan else 1,
-           "start": "strokes" if strokes else "pink"}
+           "start": "strokes" if strokes else "pink", **({"twin": 1} if strokes and steps == 0 else {})}
     path = cache.cache_path("synthetic", key, options.cache_dir)
     use_cache = options.use_cache and bool(model_hash)      # no hash, no safe key
     if use_cache and (hit := _from_cache(path, shapes, start)) is not None:
         return hit
+    twin = None
     if strokes:
-        drawings = stroke_start(graph, plan, rng, n, options.input_ranges.get(plan.name))
+        drawings, twin = stroke_start(graph, plan, rng, n, options.input_ranges.get(plan.name))
         latent = {k: unsquash(v) for k, v in plan.split(drawings).items()}
+        twin = None if steps else plan.compose(squash({k: unsquash(v) for k, v in plan.split(twin).items()},
+                                                      options.input_ranges))
     else:
         latent = {name: pink_noise(rng, n, shape) for name, shape in search_shapes.items()}
     result = _searched(latent, kind, search_graph, bn_stats, search_shapes, options, steps, rng)
     images = plan.compose(result.inputs) if plan else result.inputs
-    result = dataclasses.replace(result, inputs=images, start=key["start"],
+    result = dataclasses.replace(result, inputs=images, start=key["start"], twin=twin,
                                  forward_passes=result.forward_passes + probes,
                                  samples_evaluated=result.samples_evaluated + probes,
                                  seconds=time.perf_counter() - start)
@@ -273,6 +280,7 @@ def _to_arrays(result: SynthesisResult) -> dict[str, np.ndarray]:
     arrays["meta"] = np.array(meta, np.float64)
     arrays["objective"] = np.array(result.objective)
     arrays["start"] = np.array(result.start)
+    arrays.update({f"twin/{k}": v for k, v in (result.twin or {}).items()})
     return arrays
 
 
@@ -288,9 +296,10 @@ def _from_cache(path, shapes, start) -> SynthesisResult | None:
         return None
     log.info("synthetic inputs from cache %s (made in %.1fs, %d ORT runs)", path, meta[4], meta[2])
     loss = [None if np.isnan(v) else float(v) for v in meta[:2]]      # NaN: not searched
+    twin = {k: arrays[f"twin/{k}"] for k in shapes} if all(f"twin/{k}" in arrays for k in shapes) else None
     return SynthesisResult(inputs, arrays.get("labels"), loss[0], loss[1], 0, 0,
                            time.perf_counter() - start, True, str(arrays["objective"]), int(meta[5]),
-                           str(arrays.get("start", "pink")))
+                           str(arrays.get("start", "pink")), twin=twin)
 
 
 def synthesize_tokens(graph, options: SynthesisOptions, input_shapes: dict | None = None) -> SynthesisResult:

@@ -122,13 +122,18 @@ def test_composed_search_returns_full_size_samples():
 def test_stroke_drawings():
     from dfq_onnx.synth.strokes import read_scores, stroke_images
 
-    x = stroke_images(np.random.default_rng(0), 6, (3, 16, 64), axis=2)
-    assert x.shape == (6, 3, 16, 64) and x.dtype == np.float32
+    x, none = stroke_images(np.random.default_rng(0), 6, (3, 16, 64), axis=2)
+    assert none is None and x.shape == (6, 3, 16, 64) and x.dtype == np.float32
     assert x.min() >= -1.0 and x.max() <= 1.0
     ink = np.abs(x - np.median(x, axis=(1, 2, 3), keepdims=True)) > 0.1
     assert 0.02 < ink.mean() < 0.6                 # strokes, not an empty page nor a filled one
-    np.testing.assert_array_equal(x, stroke_images(np.random.default_rng(0), 6, (3, 16, 64), axis=2))
-    tall = stroke_images(np.random.default_rng(0), 2, (1, 64, 16), axis=1)     # read top to bottom
+    same, twin = stroke_images(np.random.default_rng(0), 6, (3, 16, 64), 2, np.random.default_rng(1))
+    np.testing.assert_array_equal(x, same)         # the twins do not change the drawings
+    assert twin.shape == x.shape and not np.array_equal(twin, x)
+    for a, b in zip(x, twin):                      # the same strokes: ink where the drawing has ink
+        da, db = np.abs(a - np.median(a)).ravel(), np.abs(b - np.median(b)).ravel()
+        assert np.corrcoef(da, db)[0, 1] > 0.9
+    tall, _ = stroke_images(np.random.default_rng(0), 2, (1, 64, 16), axis=1)     # read top to bottom
     assert tall.shape == (2, 1, 64, 16)
     # reading scores: rows whose positions the non-background classes win with confidence rank first
     y = np.full((3, 5, 4), 0.01)

@@ -79,21 +79,35 @@ def drawing(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return cover
 
 
-def stroke_images(rng: np.random.Generator, n: int, shape: tuple[int, ...], axis: int) -> np.ndarray:
-    """n drawings of per-sample shape [C, H, W] read along per-sample axis `axis` (1: H, 2: W)."""
+def _paper_ink(rng: np.random.Generator) -> tuple[float, float]:
+    """Paper and ink levels of one drawing (module docstring)."""
+    paper, ink = rng.uniform(0.3, 1.0), rng.uniform(-1.0, -0.2)
+    if rng.random() < 1 / 8:
+        paper, ink = -paper, -ink
+    return paper, ink
+
+
+def stroke_images(rng: np.random.Generator, n: int, shape: tuple[int, ...], axis: int,
+                  twin_rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """n drawings of per-sample shape [C, H, W] read along per-sample axis `axis` (1: H, 2: W), and with
+    `twin_rng` their contrast twins: each drawing's coverage, tint and noise with its paper and ink drawn
+    again from the prior by `twin_rng` (the drawings themselves do not depend on it)."""
     c = shape[0]
     out = np.empty((n,) + tuple(shape), np.float32)
+    twin = None if twin_rng is None else np.empty_like(out)
     for i in range(n):
         along, across = (shape[2], shape[1]) if axis == 2 else (shape[1], shape[2])
         cover = drawing(rng, across, along)
         cover = cover if axis == 2 else cover.T
-        paper, ink = rng.uniform(0.3, 1.0), rng.uniform(-1.0, -0.2)
-        if rng.random() < 1 / 8:
-            paper, ink = -paper, -ink
+        paper, ink = _paper_ink(rng)
         gray = paper + (ink - paper) * cover
         tint = rng.uniform(0.9, 1.0, c)[:, None, None]
-        out[i] = gray[None] * tint + rng.normal(0, 0.02, (c,) + gray.shape)
-    return np.clip(out, -1.0, 1.0)
+        noise = rng.normal(0, 0.02, (c,) + gray.shape)
+        out[i] = gray[None] * tint + noise
+        if twin is not None:
+            paper, ink = _paper_ink(twin_rng)
+            twin[i] = (paper + (ink - paper) * cover)[None] * tint + noise
+    return np.clip(out, -1.0, 1.0), None if twin is None else np.clip(twin, -1.0, 1.0)
 
 
 def read_scores(y: np.ndarray) -> np.ndarray:
@@ -144,14 +158,17 @@ def model_scores(graph: gs.Graph, output: str, x: dict[str, np.ndarray]) -> np.n
 
 
 def stroke_start(graph: gs.Graph, plan, rng: np.random.Generator, n: int,
-                 domain: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+                 domain: tuple[float, float] | None = None
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The n drawings the model reads most of CANDIDATES x n (module docstring), at the full size of
     the composition `plan` (synth/compose.py) and read along its axis; scored in the input's `domain`
-    (`--input-range`) when it has one, returned standardized (squash maps them)."""
+    (`--input-range`) when it has one, returned standardized (squash maps them); and their contrast
+    twins (`stroke_images`: the same shapes with paper and ink re-drawn from the prior, from a stream
+    spawned off `rng`, so the drawings are the same with or without them)."""
     shape = tuple(graph.tensors()[plan.name].shape[1:])
-    drawings = stroke_images(rng, CANDIDATES * n, shape, plan.axis - 1)
+    drawings, twins = stroke_images(rng, CANDIDATES * n, shape, plan.axis - 1, rng.spawn(1)[0])
     out = float_output(graph)
     seen = drawings if domain is None else to_range(drawings.copy(), *domain)
     scores = model_scores(graph, out.name, {plan.name: seen})
     keep = np.sort(np.argsort(-scores, kind="stable")[:n])
-    return {plan.name: drawings[keep]}
+    return {plan.name: drawings[keep]}, {plan.name: twins[keep]}
