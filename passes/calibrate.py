@@ -113,6 +113,17 @@ def chunk_rows(state: CompileState, held: list[str] = ()) -> int:
     return rows_per_chunk(state.graph, held=held)
 
 
+def batches(state: CompileState, feeds: dict[str, np.ndarray], rows: int, held: list[str]):
+    """(feeds of one call, rows of it that are real) in `chunk_rows` steps; a static batch's last call
+    is padded (`pad_rows`)."""
+    step = chunk_rows(state, held=held)
+    static = static_batch(state.graph) is not None
+    for start in range(0, rows, step):
+        chunk = {k: v[start:min(start + step, rows)] for k, v in feeds.items()}
+        n = len(next(iter(chunk.values())))
+        yield (pad_rows(chunk, step) if static else chunk), n
+
+
 def _percentiles(arr: np.ndarray, rows: int, q: float) -> np.ndarray:
     """[rows, 2] per-row (100 - q, q) percentiles; a tensor whose axis 0 is not the rows counts as one."""
     flat = arr.reshape(rows, -1) if arr.ndim and arr.shape[0] == rows else arr.reshape(1, -1)

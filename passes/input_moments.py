@@ -1,7 +1,7 @@
 """MeasureInputMoments: E[x_j^2] per input channel of every weighted layer, for weights below 8 bits.
 
 Runs after Calibrate on the same samples (the user's data, the synthetic set, or noise; without views),
-in chunks of rows (`Calibrate.chunk_rows`), the FP32 graph reduced in-graph to mean(x^2) per row and
+in chunks of rows (`calibrate.batches`), the FP32 graph reduced in-graph to mean(x^2) per row and
 channel (dfq_onnx/backends/input_moments.py), so memory is one chunk of activations whatever the number
 of samples. The moments weigh each channel's clip search of the low-bit weights (core/weight_clip.py:
 the diagonal of E[x x^T]); Emit, the sensitivity probe and bias correction all read them from
@@ -12,11 +12,10 @@ the diagonal of E[x x^T]); Emit, the sensitivity probe and bias correction all r
 from __future__ import annotations
 
 import numpy as np
-from dfq_onnx.passes.calibrate import chunk_rows
+from dfq_onnx.passes.calibrate import batches
 
 from dfq_onnx.backends import input_moments as im
 from dfq_onnx.backends import runtime
-from dfq_onnx.backends.chunks import pad_rows, static_batch
 from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.core.pass_base import Pass, PassResult
@@ -55,14 +54,9 @@ class MeasureInputMoments(Pass):
         names = list(tensors)
         sess = runtime.session(im.moment_model(state.graph, tensors), mem_pattern=False)
         feeds = state.calib
-        n = len(next(iter(feeds.values())))
-        step = chunk_rows(state, held=names)
         sums: dict[str, list] = {}
-        for start in range(0, n, step):
-            stop = min(start + step, n)
-            chunk = {k: np.asarray(v[start:stop]) for k, v in feeds.items()}
-            if static_batch(state.graph) and stop - start < step:
-                chunk = pad_rows(chunk, step)
-            im.accumulate(sums, sess.run(None, chunk), names, stop - start, len(next(iter(chunk.values()))))
+        for chunk, rows in batches(state, feeds, len(next(iter(feeds.values()))), names):
+            chunk = {k: np.asarray(v) for k, v in chunk.items()}
+            im.accumulate(sums, sess.run(None, chunk), names, rows, len(next(iter(chunk.values()))))
             state.forward_passes += 1
         return sums

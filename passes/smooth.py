@@ -27,11 +27,10 @@ import time
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from dfq_onnx.passes.calibrate import chunk_rows, load_calib_npz, noise_inputs
+from dfq_onnx.passes.calibrate import batches, load_calib_npz, noise_inputs
 from dfq_onnx.passes.quant_groups import FindQuantGroups
 
 from dfq_onnx.backends import observers, runtime
-from dfq_onnx.backends.chunks import pad_rows, static_batch
 from dfq_onnx.backends.runtime import copy_observing
 from dfq_onnx.core import ir, numerics
 from dfq_onnx.core.graph_utils import node_label
@@ -57,16 +56,6 @@ def calibration_feeds(state: CompileState) -> dict[str, np.ndarray]:
     return noise_inputs(state.graph, opts.calib_samples, opts.seed)
 
 
-def _batches(state: CompileState, feeds: dict[str, np.ndarray], rows: int, held: list[str]):
-    """(feeds of one call, rows of it that are real): a static batch's last call is padded."""
-    step = chunk_rows(state, held=held)
-    static = static_batch(state.graph) is not None
-    for start in range(0, rows, step):
-        chunk = {k: v[start:min(start + step, rows)] for k, v in feeds.items()}
-        n = len(next(iter(chunk.values())))
-        yield (pad_rows(chunk, step) if static else chunk), n
-
-
 def channel_stats(state: CompileState, feeds, groups: list[sm.SmoothGroup]) -> dict[str, np.ndarray]:
     """tensor -> [2, C] per-channel (min, max) over every row of `feeds` (module docstring)."""
     g, table = copy_observing(state.graph, [gr.tensor for gr in groups])
@@ -84,7 +73,7 @@ def channel_stats(state: CompileState, feeds, groups: list[sm.SmoothGroup]) -> d
     rows = len(next(iter(feeds.values())))
     lo = [np.full(gr.channels, np.inf) for gr in groups]
     hi = [np.full(gr.channels, -np.inf) for gr in groups]
-    for chunk, _ in _batches(state, feeds, rows, [gr.tensor for gr in groups]):
+    for chunk, _ in batches(state, feeds, rows, [gr.tensor for gr in groups]):
         res = sess.run(None, chunk)
         state.forward_passes += 1
         for i in range(len(groups)):
@@ -145,7 +134,7 @@ class Scorer:
         sess = runtime.session(model, mem_pattern=False)
         outs: list[list[np.ndarray]] = []
         rows = len(next(iter(self.feeds.values())))
-        for chunk, n in _batches(self.state, self.feeds, rows, []):
+        for chunk, n in batches(self.state, self.feeds, rows, []):
             res = sess.run(None, chunk)
             self.state.forward_passes += 1
             outs = outs or [[] for _ in res]
