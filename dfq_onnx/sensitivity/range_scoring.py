@@ -17,6 +17,7 @@ from typing import Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from dfq_onnx.backends.runtime import run_batched
 from dfq_onnx.core import ir
 from dfq_onnx.core.state import QuantSpec, Range
 from dfq_onnx.sensitivity.losses import all_stats, total_loss
@@ -40,15 +41,8 @@ class RangeScorer:
         self.rows = (None, np.arange(0, self.n, 2), np.arange(1, self.n, 2))
 
     def _forward(self, model) -> list[np.ndarray]:
-        sess = session(model)
-        outs: list[list[np.ndarray]] = []
-        for start in range(0, self.n, self.batch):
-            res = sess.run(None, {k: v[start:start + self.batch] for k, v in self.samples.items()})
-            self.forward_passes += 1
-            outs = outs or [[] for _ in res]
-            for acc, r in zip(outs, res):
-                acc.append(r)
-        return [np.concatenate(a, axis=0) for a in outs]
+        self.forward_passes += -(-self.n // self.batch)
+        return run_batched(session(model), self.samples, self.batch)
 
     def model(self, ranges: Mapping[str, Range]):
         """The fixed quantized model with activation ranges `ranges`."""
