@@ -60,9 +60,10 @@ def measures_float(options: QuantizeOptions) -> bool:
 
 def low_bit_weights(target: TargetProfile, options: QuantizeOptions) -> bool:
     """Whether the plan may put weights below 8 bits (a budget, or --weight-bits below 8) and
-    --weight-clip asks for their moment-weighted clip search (passes/input_moments.py)."""
+    --weight-clip / --gptq ask for their moment-weighted clip search or Hessian-aware rounding
+    (passes/input_moments.py)."""
     low = options.mixed or (options.weight_bits or target.default_weight_bits) < 8
-    return options.weight_clip and low
+    return (options.weight_clip or options.gptq) and low
 
 
 def _synthesis(options: QuantizeOptions) -> Synthesize:
@@ -111,7 +112,8 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         Calibrate(),
         *([ChooseTwinRanges(ACT_SAMPLES, options.metric)]
           if options.twin_ranges and options.calib == "synthetic" else []),
-        *([MeasureInputMoments()] if low_bit_weights(target, options) else []),
+        *([MeasureInputMoments(full=options.gptq, clip=options.weight_clip)]
+          if low_bit_weights(target, options) else []),
         *([ScoreTopPrior(), PooledRangeTop()] if options.calib == "synthetic" else []),
         SiluRangeFloor(),
         HardSwishRangeFloor(),

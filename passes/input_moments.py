@@ -7,6 +7,12 @@ of samples. The moments weigh each channel's clip search of the low-bit weights 
 the diagonal of E[x x^T]); Emit, the sensitivity probe and bias correction all read them from
 `state.input_moments`, so the probe's weights stay Emit's. Only compiles that may put weights below
 8 bits run it (a budget, or --weight-bits below 8); the default plan's weights do not depend on it.
+
+With `full` (--gptq) the graph's outputs are the layers' inputs themselves: per chunk, mean(x^2) per row
+and channel in numpy (the same moments), and H = E[x x^T] of each layer's rows (Conv patches per group,
+MatMul / Gemm rows, positions subsampled: core/hessian.py) summed in float64; a layer with H stores its
+`LaidHessian` (core/gptq.py: GPTQ's rounding, with the clip-searched scales as a candidate when `clip`)
+in place of the diagonal. Memory: one chunk of the layers' inputs, and G D^2 float64 per layer.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from dfq_onnx.passes.calibrate import batches
 
 from dfq_onnx.backends import input_moments as im
 from dfq_onnx.backends import runtime
+from dfq_onnx.core import hessian
 from dfq_onnx.core.errors import UnsupportedModelError
+from dfq_onnx.core.gptq import LaidHessian
 from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
@@ -26,6 +34,9 @@ class MeasureInputMoments(Pass):
     """Measure E[x_j^2] of each weighted layer's input on the calibration samples."""
 
     name = "MeasureInputMoments"
+
+    def __init__(self, full: bool = False, clip: bool = False):
+        self.full, self.clip = full, clip
 
     def run(self, state: CompileState) -> PassResult:
         if state.input_moments:
@@ -41,13 +52,20 @@ class MeasureInputMoments(Pass):
         tensors = dict(reads.values())
         if not tensors:
             return PassResult(False, "no measurable layer inputs")
-        sums = self._measure(state, tensors)
+        geos = {name: im.hessian_geometry(nodes[name]) for name in reads} if self.full else {}
+        geos = {name: g for name, g in geos.items() if g is not None}
+        sums, hs = (self._measure_full(state, tensors, {n: (reads[n][0], g) for n, g in geos.items()})
+                    if self.full else (self._measure(state, tensors), {}))
         state.input_moments = {name: sums[t][0] / max(1, sums[t][1]) for name, (t, _) in reads.items()}
+        for name, acc in hs.items():
+            if acc.sum is not None:
+                state.input_moments[name] = LaidHessian(acc.mean(), geos[name][0], self.clip)
         bad = [t for t, (s, _) in sums.items() if not np.all(np.isfinite(s))]
         if bad:
             raise UnsupportedModelError(f"tensor '{bad[0]}' is not finite on the calibration data")
+        full = f", {len(hs)} with E[x x^T]" if self.full else ""
         return PassResult(False, f"{len(state.input_moments)} layers' input moments from {len(tensors)} "
-                                 "tensors")
+                                 f"tensors{full}")
 
     @staticmethod
     def _measure(state: CompileState, tensors: dict[str, bool]) -> dict[str, list]:
@@ -60,3 +78,30 @@ class MeasureInputMoments(Pass):
             im.accumulate(sums, sess.run(None, chunk), names, rows, len(next(iter(chunk.values()))))
             state.forward_passes += 1
         return sums
+
+    @staticmethod
+    def _measure_full(state: CompileState, tensors: dict[str, bool], geos: dict[str, tuple]):
+        """(moment sums as `_measure`'s, layer -> hessian.Accumulator) from the raw layer inputs."""
+        names = list(tensors)
+        sess = runtime.session(runtime.observer_model(state.graph, names), mem_pattern=False)
+        feeds = state.calib
+        total = len(next(iter(feeds.values())))
+        sums: dict[str, list] = {}
+        accs = {name: hessian.Accumulator() for name in geos}
+        for chunk, rows in batches(state, feeds, total, names):
+            chunk = {k: np.asarray(v) for k, v in chunk.items()}
+            call_rows = len(next(iter(chunk.values())))
+            outs = sess.run(None, chunk)
+            moments = []
+            for name, x in zip(names, outs):
+                x = np.asarray(x, np.float32)
+                axes = tuple(a for a in range(1, x.ndim) if a != (1 if tensors[name] else x.ndim - 1))
+                moments.append(np.mean(np.square(x), axis=axes) if axes else np.square(x))
+            im.accumulate(sums, moments, names, rows, call_rows)
+            by_name = dict(zip(names, outs))
+            for layer, (t, geo) in geos.items():
+                x = by_name[t]
+                x = x[:rows] if x.shape[0] == call_rows else x
+                accs[layer].add(im.hessian_rows(np.asarray(x, np.float32), geo, total))
+            state.forward_passes += 1
+        return sums, accs

@@ -66,8 +66,8 @@ def cache_key(state: CompileState, options: SensitivityOptions, bits, act: int, 
     opts = {k: v for k, v in dataclasses.asdict(options).items()
             if k not in ("batch", "use_cache", "cache_dir", "progress")}
     graph_passes = [p for p in ("cle", "bias_absorption") if getattr(state.options, p, False)]
-    if state.input_moments:
-        graph_passes.append("weight_clip")    # the low-bit candidates' weights (core/weight_clip.py)
+    if state.input_moments:    # the low-bit candidates' weights (core/weight_clip.py, core/gptq.py)
+        graph_passes += [p for p in ("weight_clip", "gptq") if getattr(state.options, p, False)]
     if options.bias_correction:
         graph_passes.append("bias_correction:taps")   # version of the per-candidate correction
     return {"engine": ENGINE_VERSION, "model": model, "graph_passes": graph_passes,

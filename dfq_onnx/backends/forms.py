@@ -27,24 +27,30 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.core import blockwise, candidates, ir, numerics
 from dfq_onnx.core.errors import UnsupportedModelError
+from dfq_onnx.core.gptq import LaidHessian
 
 CONTRIB = "com.microsoft"
 
 
 def dynamic_weight(w: np.ndarray, bits: int,
-                   importance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+                   importance=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """(W_q [K, N], s_w [N], z_w [N], storage type) of a dynamic candidate (module docstring); below 8
-    bits the clip search weighs each k by `importance` ([K, 1]: E[x_k^2], backends/input_moments.py)."""
+    bits the clip search weighs each k by `importance` ([K, 1]: E[x_k^2], backends/input_moments.py);
+    with a LaidHessian (--gptq) its codes are GPTQ's on those scales where e^T H e falls (core/gptq.py)."""
     if bits >= 8:
         scale = numerics.weight_scales(w, bits, 1)
         q = numerics.quantize(w, scale, 0, bits, True, 1, narrow=True)
         return q, scale, np.zeros(scale.shape, np.int64), "int8"
-    h = None if importance is None else np.broadcast_to(importance, w.shape).T
+    hess = importance if isinstance(importance, LaidHessian) and importance.kind == "matmul" else None
+    h = importance if hess is None else (hess.diagonal(w.shape) if hess.clip else None)
+    h = None if not isinstance(h, np.ndarray) else np.broadcast_to(h, w.shape).T
     q, scale, zero = blockwise.quantize_blocks(np.asarray(w, np.float32).T, bits, w.shape[0], clip=True,
                                                importance=h)
+    q, scale, zero = q.T.astype(np.int64), scale[:, 0], zero[:, 0].astype(np.int64)
+    if hess is not None:
+        q, scale, zero = hess.round(w, [scale], [zero], 0, (1 << bits) - 1)
     shift = 1 << (bits - 1)       # signed storage: MLAS's fast kernels are uint8 x int8
-    return (q.T.astype(np.int64) - shift, scale[:, 0], zero[:, 0].astype(np.int64) - shift,
-            "int4" if bits <= 4 else "int8")
+    return q - shift, scale, zero - shift, "int4" if bits <= 4 else "int8"
 
 
 def reduction_length(op: str, w: np.ndarray) -> int:

@@ -16,6 +16,10 @@ out against the weight, h_i = m_j(i) for the input channel j(i) that element i m
     MatMul W [.., K, N] / Gemm W [K, N]: j = k            Gemm transB W [N, K]: j = k
 
 which core/weight_clip.py weighs the rounding error with (the diagonal Hessian of the layer's output MSE).
+
+With the full H = E[x x^T] (--gptq), `hessian_geometry` names how a layer's input becomes the rows its
+weight multiplies (2-D Conv patches per group, MatMul / Gemm rows: core/hessian.py), and `importance`
+returns the layer's `LaidHessian` (core/gptq.py) in place of the diagonal.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.backends.observers import reduce_node
 from dfq_onnx.backends.runtime import copy_observing
-from dfq_onnx.core import ir
+from dfq_onnx.core import hessian, ir
+from dfq_onnx.core.gptq import LaidHessian
 from dfq_onnx.core.graph_utils import const_values, is_const
 
 CHANNEL_FIRST = ("Conv", "ConvTranspose")
@@ -75,13 +80,47 @@ def accumulate(sums: dict[str, list], outputs: list[np.ndarray], tensors: list[s
         acc[1] += part.shape[0]
 
 
-def importance(node: gs.Node, layer, moments: dict[str, np.ndarray] | None) -> np.ndarray | None:
-    """h broadcastable against `node`'s weight from its input's per-channel E[x_j^2] (module docstring);
-    None when the layer has no measured moments or their length does not fit the weight."""
+def hessian_geometry(node: gs.Node) -> tuple | None:
+    """("conv", kernel, strides, pads, dilations, groups) of a 2-D Conv with explicit pads, ("matmul",)
+    / ("gemm_t",) of a MatMul / Gemm with a 2-D constant weight, or None (diagonal moments only); None
+    too when a row would be longer than hessian.MAX_DIM."""
+    if not is_const(node.inputs[1]):
+        return None
+    shape = const_values(node.inputs[1]).shape
+    if len(shape) != 2 + (node.op == "Conv") * 2:
+        return None
+    if node.op == "Conv":
+        if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
+            return None
+        geo = ("conv", tuple(shape[2:]), tuple(node.attrs.get("strides", (1, 1))),
+               tuple(node.attrs.get("pads", (0, 0, 0, 0))), tuple(node.attrs.get("dilations", (1, 1))),
+               int(node.attrs.get("group", 1)))
+        dim = int(np.prod(shape[1:]))
+    elif node.op in ("MatMul", "Gemm"):
+        geo = ("gemm_t",) if node.op == "Gemm" and node.attrs.get("transB", 0) else ("matmul",)
+        dim = int(shape[1] if geo[0] == "gemm_t" else shape[0])
+    else:
+        return None
+    return geo if dim <= hessian.MAX_DIM else None
+
+
+def hessian_rows(x: np.ndarray, geo: tuple, samples: int) -> np.ndarray:
+    """[G, rows, D] rows of input x for a layer of geometry `geo` (core/hessian.py)."""
+    if geo[0] == "conv":
+        return hessian.conv_rows(x, *geo[1:], samples)
+    return hessian.matmul_rows(x, samples)
+
+
+def importance(node: gs.Node, layer, moments: dict | None) -> np.ndarray | LaidHessian | None:
+    """h broadcastable against `node`'s weight from its input's per-channel E[x_j^2] (module docstring),
+    or the layer's LaidHessian when the full H was measured and fits the weight; None when the layer
+    has no measured moments or their length does not fit the weight."""
     m = (moments or {}).get(layer.node)
     if m is None or not is_const(node.inputs[1]):
         return None
     shape = const_values(node.inputs[1]).shape
+    if isinstance(m, LaidHessian):
+        return m if m.fits(shape) else None
     m = np.asarray(m, np.float64)
     if node.op == "Conv" and len(shape) >= 2:
         o, per = shape[0], shape[1]

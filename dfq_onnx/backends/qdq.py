@@ -17,6 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfq_onnx.core import ir, numerics, weight_clip
+from dfq_onnx.core.gptq import LaidHessian
 from dfq_onnx.core.graph_utils import node_label, reroute
 
 
@@ -103,27 +104,40 @@ def activation_encoding(target, lo: float, hi: float, bits: int) -> Encoding:
 
 
 def quantize_weight(target, w: np.ndarray, bias: np.ndarray | None, x_scale: float | None, bits: int,
-                    axis: int | None, importance: np.ndarray | None = None):
+                    axis: int | None, importance=None):
     """Emit's weight (and int32 bias) quantization, shared with the sensitivity probe.
 
-    Scales: max-abs at 8 bits and above and without `importance`; below 8 bits with it (--weight-clip),
+    Scales: max-abs at 8 bits and above and without `importance`; below 8 bits with an array (--weight-clip),
     each channel's clip ratio of least rounding error weighted by `importance` (broadcast against w:
     E[x_j^2] of the input each element multiplies, backends/input_moments.py; core/weight_clip.py).
-    Returns (q, scale, q_bias, bias_scale);
+    Below 8 bits with a LaidHessian (--gptq): GPTQ's rounding on the max-abs scales (and the clip
+    search's on its diagonal when it asks for them), each row keeping the candidate of least output
+    error e^T H e, round-to-nearest included (core/gptq.py). Returns (q, scale, q_bias, bias_scale);
     q_bias is None when the bias stays float (the target asks for float bias, there is no bias, or the
     input is not quantized). A weight scale is raised where
     |b / (s_x * s_w)| would overflow int32.
     """
     axis = axis if target.per_channel else None
-    scale = (numerics.weight_scales(w, bits, axis) if bits >= CLIP_BELOW or importance is None
-             else weight_clip.clipped_scales(w, bits, axis, importance))
+    hess = importance if isinstance(importance, LaidHessian) and bits < CLIP_BELOW else None
+    if hess is not None and axis not in (None, hess.axis):
+        hess = None
+    diag = hess.diagonal(w.shape) if hess is not None and hess.clip else importance
+    scales = [numerics.weight_scales(w, bits, axis)]
+    if bits < CLIP_BELOW and isinstance(diag, np.ndarray):
+        clipped = weight_clip.clipped_scales(w, bits, axis, diag)
+        scales = [clipped] if hess is None else [scales[0], clipped]
     int_bias = target.bias_mode == "int32" and bias is not None and x_scale is not None
     if int_bias:
         floor = np.abs(bias) / (float(x_scale) * INT32_MAX)
-        scale = np.maximum(scale, floor.reshape(scale.shape) if scale.ndim else floor.max()).astype(
-            np.float32)
+        scales = [np.maximum(s, floor.reshape(s.shape) if s.ndim else floor.max()).astype(np.float32)
+                  for s in scales]
     signed = target.weight_dtype(bits).startswith("int")
-    q = numerics.quantize(w, scale, 0, bits, signed, axis, narrow=target.narrow_range)
+    if hess is not None:
+        lo, hi = numerics.qrange(bits, signed, narrow=target.narrow_range)
+        q, scale, _ = hess.round(w, scales, None, lo, hi)
+    else:
+        scale = scales[0]
+        q = numerics.quantize(w, scale, 0, bits, signed, axis, narrow=target.narrow_range)
     if not int_bias:
         return q, scale, None, None
     qb, bscale = numerics.bias_int32(bias, float(x_scale), scale)

@@ -1,0 +1,67 @@
+"""H = E[x x^T] of a weighted layer's input rows, accumulated over calibration chunks. Pure numpy.
+
+The rows x a weight row multiplies (core/gptq.py):
+
+    Conv, x [n, C, H, W], W [O, C/G, kh, kw]: per output position (oy, ox) and group g, the patch
+        x[c, oy sy - pt + ky dy, ox sx - pl + kx dx] for c in group g's C/G channels, (ky, kx) in the
+        kernel, zero where padded, flattened in W's (c, ky, kx) order: D = C/G kh kw, one H per group
+    MatMul / Gemm, x [.., K]: every leading index is a row: D = K
+
+A row's positions are subsampled evenly (`positions`) so that a layer keeps about ROWS rows over the
+calibration set: H's cost is rows G D^2 per layer; GPTQ's damping covers the rank it lacks.
+Sums in float64 (`Accumulator`); the mean is sum / rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ROWS = 8192          # rows per layer over the whole calibration set (spatial positions subsampled)
+MAX_DIM = 4096       # a row longer than this keeps the diagonal only (H is D^2 floats per group)
+
+
+def positions(total: int, samples: int) -> np.ndarray:
+    """Indices of the positions kept per sample: about ROWS / samples of `total`, evenly spaced."""
+    keep = max(1, min(total, -(-ROWS // max(1, samples))))
+    return np.unique(np.round(np.linspace(0, total - 1, keep)).astype(np.int64))
+
+
+def conv_rows(x: np.ndarray, kernel, strides, pads, dilations, groups: int, samples: int) -> np.ndarray:
+    """[G, rows, D] patches of x [n, C, H, W] (module docstring), positions subsampled for `samples`."""
+    n, c, hh, ww = x.shape
+    (kh, kw), (sy, sx), (dy, dx) = kernel, strides, dilations
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    ho = (hh + pads[0] + pads[2] - dy * (kh - 1) - 1) // sy + 1
+    wo = (ww + pads[1] + pads[3] - dx * (kw - 1) - 1) // sx + 1
+    keep = positions(ho * wo, samples)
+    oy, ox = keep // wo, keep % wo
+    taps = [xp[:, :, oy * sy + ky * dy, ox * sx + kx * dx] for ky in range(kh) for kx in range(kw)]
+    pat = np.stack(taps, axis=2)                          # [n, C, k, P]
+    per = c // groups
+    pat = pat.reshape(n, groups, per * kh * kw, len(keep))
+    return pat.transpose(1, 0, 3, 2).reshape(groups, n * len(keep), per * kh * kw)
+
+
+def matmul_rows(x: np.ndarray, samples: int) -> np.ndarray:
+    """[1, rows, K] of x [n, .., K]: the leading positions of each row subsampled for `samples`."""
+    n = x.shape[0]
+    flat = x.reshape(n, -1, x.shape[-1])
+    keep = positions(flat.shape[1], samples)
+    return flat[:, keep].reshape(1, -1, x.shape[-1])
+
+
+class Accumulator:
+    """Running sums of x x^T per group and the row count."""
+
+    def __init__(self):
+        self.sum: np.ndarray | None = None
+        self.rows = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        r = np.asarray(rows, np.float32)
+        part = np.matmul(r.transpose(0, 2, 1), r).astype(np.float64)
+        self.sum = part if self.sum is None else self.sum + part
+        self.rows += r.shape[1]
+
+    def mean(self) -> np.ndarray | None:
+        return None if self.sum is None else self.sum / max(1, self.rows)
