@@ -141,10 +141,10 @@ FLAGS = {"dfq": [], "dfq-w8a8": ["--act-bits", "8"], "dfq-analytic": ["--calib",
 
 
 def compile_config(cfg: str, src: dict, calib: dict, paths: dict, work: Path, rec_only: set,
-                   quantized: set = frozenset(MODELS)) -> dict:
+                   quantized: set = frozenset(MODELS), flags: tuple = ()) -> dict:
     """Compile the three models of `cfg` (reusing the default's det / cls for a rec-only variant: the
-    mixed ones and those in `rec_only`; a model not in `quantized` stays FP32); returns the cost of
-    each compile."""
+    mixed ones and those in `rec_only`; a model not in `quantized` stays FP32; `flags` added to every
+    dfq-onnx compile); returns the cost of each compile."""
     costs, paths[cfg] = {}, {k: src[k] for k in MODELS if k not in quantized}
     if cfg == "ort":
         for k in sorted(quantized):
@@ -161,7 +161,8 @@ def compile_config(cfg: str, src: dict, calib: dict, paths: dict, work: Path, re
                  ["--calib", str(calib[k])] if cfg == "dfq-real" else FLAGS[cfg])
         out, report = work / f"{cfg}_{k}.onnx", work / f"{cfg}_{k}.json"
         cmd = [str(Path(sys.executable).parent / "dfq-onnx"), "-q", "quantize", src[k],
-               "-o", str(out), "--input-shape", SHAPES[k], "--no-cache", "--report", str(report), *extra]
+               "-o", str(out), "--input-shape", SHAPES[k], "--no-cache", "--report", str(report), *extra,
+               *flags]
         costs[f"{cfg}/{k}"] = timed(cmd)
         paths[cfg][k] = str(out)
     return costs
@@ -245,6 +246,7 @@ def main() -> None:
                     help="models the ort / dfq configs quantize (the others stay FP32 in every row)")
     ap.add_argument("--family", choices=sorted(FAMILIES), default="v4",
                     help="which PP-OCR det / rec (v6: pip install --no-deps rapidocr)")
+    ap.add_argument("--dfq-flags", default="", help="extra dfq-onnx flags of every compile (e.g. '--gptq')")
     ap.add_argument("--resume", action="store_true", help="keep the finished configs of WORK/results.json")
     ap.add_argument("--ort-quantize", nargs=3, metavar=("MODEL", "NPZ", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -279,7 +281,8 @@ def main() -> None:
         try:
             quantized = set(args.quantize.split(","))
             if c != "fp32":
-                costs.update(compile_config(c, src, calib, paths, work, rec_only, quantized))
+                costs.update(compile_config(c, src, calib, paths, work, rec_only, quantized,
+                                                tuple(args.dfq_flags.split())))
         except RuntimeError as exc:       # stopped (memory) or failed: the row says so, the run goes on
             print(c, "not compiled:", str(exc)[:400], flush=True)
             paths.pop(c, None)
