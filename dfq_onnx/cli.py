@@ -121,7 +121,7 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--gptq", action=flag, default=d.gptq,
                    help="weights below 8 bits: GPTQ's Hessian-aware rounding on the inputs' E[x x^T] over "
                         "the calibration samples, per channel where it lowers the output error "
-                        "(default: off)")
+                        "(default: on; --no-gptq: max-abs round-to-nearest)")
 
 
 def _add_synth_options(p: argparse.ArgumentParser) -> None:

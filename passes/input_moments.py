@@ -12,7 +12,8 @@ With `full` (--gptq) the graph's outputs are the layers' inputs themselves: per 
 and channel in numpy (the same moments), and H = E[x x^T] of each layer's rows (Conv patches per group,
 MatMul / Gemm rows, positions subsampled: core/hessian.py) summed in float64; a layer with H stores its
 `LaidHessian` (core/gptq.py: GPTQ's rounding, with the clip-searched scales as a candidate when `clip`)
-in place of the diagonal. Memory: one chunk of the layers' inputs, and G D^2 float64 per layer.
+in place of the diagonal (layers without one keep max-abs round-to-nearest unless `clip`). Memory: one
+chunk of the layers' inputs, and G D^2 float64 per layer up to hessian.MAX_BYTES in all.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dfq_onnx.backends import runtime
 from dfq_onnx.core import hessian
 from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.gptq import LaidHessian
-from dfq_onnx.core.graph_utils import node_label
+from dfq_onnx.core.graph_utils import const_values, node_label
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
 
@@ -52,14 +53,15 @@ class MeasureInputMoments(Pass):
         tensors = dict(reads.values())
         if not tensors:
             return PassResult(False, "no measurable layer inputs")
-        geos = {name: im.hessian_geometry(nodes[name]) for name in reads} if self.full else {}
-        geos = {name: g for name, g in geos.items() if g is not None}
+        geos = self._geometries(nodes, reads) if self.full else {}
         sums, hs = (self._measure_full(state, tensors, {n: (reads[n][0], g) for n, g in geos.items()})
                     if self.full else (self._measure(state, tensors), {}))
         state.input_moments = {name: sums[t][0] / max(1, sums[t][1]) for name, (t, _) in reads.items()}
         for name, acc in hs.items():
             if acc.sum is not None:
                 state.input_moments[name] = LaidHessian(acc.mean(), geos[name][0], self.clip)
+        if self.full and not self.clip:    # without H and without --weight-clip: max-abs, to nearest
+            state.input_moments = {k: v for k, v in state.input_moments.items() if isinstance(v, LaidHessian)}
         bad = [t for t, (s, _) in sums.items() if not np.all(np.isfinite(s))]
         if bad:
             raise UnsupportedModelError(f"tensor '{bad[0]}' is not finite on the calibration data")
@@ -78,6 +80,20 @@ class MeasureInputMoments(Pass):
             im.accumulate(sums, sess.run(None, chunk), names, rows, len(next(iter(chunk.values()))))
             state.forward_passes += 1
         return sums
+
+    @staticmethod
+    def _geometries(nodes: dict, reads: dict) -> dict[str, tuple]:
+        """Layer -> H geometry, in graph order until H's bytes would pass hessian.MAX_BYTES."""
+        geos, used = {}, 0
+        for name in reads:
+            geo = im.hessian_geometry(nodes[name])
+            if geo is None:
+                continue
+            used += hessian.size(geo, const_values(nodes[name].inputs[1]).shape)
+            if used > hessian.MAX_BYTES:
+                break
+            geos[name] = geo
+        return geos
 
     @staticmethod
     def _measure_full(state: CompileState, tensors: dict[str, bool], geos: dict[str, tuple]):

@@ -114,3 +114,9 @@ def test_probe_slots_are_emits_gptq_weights(name):
         np.testing.assert_array_equal(g, w)
     other = probe.Probe(plain, optimize=False).run(config, feeds)
     assert any(not np.array_equal(a, b) for a, b in zip(got, other))      # H moved a weight
+
+
+def test_layers_without_h_keep_nearest_rounding(monkeypatch):
+    monkeypatch.setattr(hessian, "MAX_BYTES", 0)              # no layer's H fits: none measured
+    state = _state(builders.GOOD_BUILDERS["conv_bn_relu_residual"]())
+    assert state.input_moments == {}                          # not the diagonal clip search either

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 ROWS = 8192          # rows per layer over the whole calibration set (spatial positions subsampled)
-MAX_DIM = 4096       # a row longer than this keeps the diagonal only (H is D^2 floats per group)
+MAX_DIM = 4096       # a row longer than this goes without H (H is D^2 floats per group)
+MAX_BYTES = 512 << 20   # H of all layers (float64; GPTQ factors as much again); later layers go without
 
 
 def positions(total: int, samples: int) -> np.ndarray:
@@ -48,6 +49,14 @@ def matmul_rows(x: np.ndarray, samples: int) -> np.ndarray:
     flat = x.reshape(n, -1, x.shape[-1])
     keep = positions(flat.shape[1], samples)
     return flat[:, keep].reshape(1, -1, x.shape[-1])
+
+
+def size(geo: tuple, shape) -> int:
+    """Bytes of H (G D^2 float64) of a layer of geometry `geo` with weight `shape`."""
+    if geo[0] == "conv":
+        return 8 * geo[-1] * int(np.prod(shape[1:])) ** 2
+    d = shape[1] if geo[0] == "gemm_t" else shape[0]
+    return 8 * int(d) ** 2
 
 
 class Accumulator:
