@@ -1,14 +1,20 @@
-"""The causal-LM refinement of token samples (synth/token_lm.py) on a graph whose batch is fixed."""
+"""Token samples made by the model: the causal-LM refinement (synth/token_lm.py) on a graph whose batch is
+fixed, and the key/value caches of a decoder exported with past inputs (synth/kv_cache.py)."""
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
+from _util import run
 from dfq_onnx.models import token_builders
 
+import dfq_onnx
+from dfq_onnx import api
 from dfq_onnx.core import ir
 from dfq_onnx.core.graph_utils import const_values
+from dfq_onnx.synth import kv_cache
 from dfq_onnx.synth.token_lm import refine
-from dfq_onnx.synth.tokens import sample_tokens, token_layout, vocab_prior
+from dfq_onnx.synth.tokens import DEFAULT_LENGTH, sample_tokens, token_layout, vocab_prior
 
 
 def _fixed_batch(graph, batch: int):
@@ -30,3 +36,35 @@ def test_refine_on_a_fixed_batch_graph_equals_the_dynamic_one():
         fixed, again = refine(_fixed_batch(graph, batch), layout, feeds, prior, np.random.default_rng(1))
         assert again == passes
         np.testing.assert_array_equal(fixed["input_ids"], dynamic["input_ids"])
+
+
+def test_cache_inputs_are_found_and_filled_by_the_model_itself():
+    model = token_builders.token_lm_cache()
+    graph = ir.to_graph(model)
+    caches = kv_cache.cache_inputs(graph)
+    assert caches == {"past_key": ("present_key", 1), "past_value": ("present_value", 1)}
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 256, (5, 9))
+    feeds = {"input_ids": ids, **kv_cache.empty_caches(graph, caches, 5)}
+    assert feeds["past_key"].shape == (5, 0, 32)
+    step, passes = kv_cache.decode_step(graph, token_layout(graph), feeds, caches)
+    logits, key, value = run(model, {**feeds, "input_ids": ids[:, :-1]})   # the prefix, empty cache
+    np.testing.assert_array_equal(step["input_ids"], ids[:, -1:])
+    np.testing.assert_array_equal(step["past_key"], key)
+    np.testing.assert_array_equal(step["past_value"], value)
+    assert passes == 1 and key.shape == (5, 8, 32)
+
+
+def test_a_decoder_with_a_cache_compiles_with_no_data():
+    model = token_builders.token_lm_cache()
+    # a mixed plan is scored on samples (W8A8's dynamic forms need none)
+    out, report = dfq_onnx.quantize(model, progress=False, use_cache=False, latency_check=False,
+                                    avg_weight_bits=6)
+    onnx.checker.check_model(out, full_check=True)
+    assert report.notes["synthesis"]["objective"] == "tokens+cache"
+    step = api.synthesize(model, samples=6, seed=0, use_cache=False, progress=False).inputs
+    assert step["input_ids"].shape == (6, 1) and step["past_key"].shape == (6, DEFAULT_LENGTH - 1, 32)
+    want, got = run(model, step), run(out, step)
+    assert [w.shape for w in want] == [g.shape for g in got]
+    cos = (want[0] * got[0]).sum(-1) / np.linalg.norm(want[0], axis=-1) / np.linalg.norm(got[0], axis=-1)
+    assert cos.min() > 0.99

@@ -167,11 +167,12 @@ def vocab_prior(table: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def sample_tokens(layout: TokenLayout, prior: np.ndarray, pad: int, n: int,
-                  rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """`n` token samples for every integer input of `layout` (module docstring)."""
+                  rng: np.random.Generator, full: bool = False) -> dict[str, np.ndarray]:
+    """`n` token samples for every integer input of `layout` (module docstring); `full`: every sample
+    of length S (no padding)."""
     s = layout.length
     has_mask = layout.of("mask") is not None
-    lengths = rng.integers(2, s + 1, n) if has_mask and s > 2 else np.full(n, s)
+    lengths = rng.integers(2, s + 1, n) if has_mask and s > 2 and not full else np.full(n, s)
     valid = np.arange(s)[None, :] < lengths[:, None]
     ids = np.where(valid, prior[rng.integers(0, len(prior), (n, s))], pad)
     splits = rng.integers(1, np.maximum(lengths, 2))
