@@ -114,9 +114,9 @@ def token_lm(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256, laye
                   [_vi("logits", ["N", seq, vocab])], inits, name="token_lm")
 
 
-def token_lm_cache(vocab: int = 256, d: int = 32, seed: int = 0) -> onnx.ModelProto:
+def token_lm_cache(vocab: int = 256, d: int = 32, width: int | str = "S", seed: int = 0) -> onnx.ModelProto:
     """The decoder layer with a key/value cache of the module docstring; outputs logits [N, S, vocab],
-    present_key and present_value [N, P + S, d]."""
+    present_key and present_value [N, P + S, d]; `width` 1: the graph takes one token per call."""
     rng = np.random.default_rng(seed)
     inits: list = [_init("word.weight", _word_table(rng, vocab, d)),
                    _init("scale", np.array(1.0 / np.sqrt(d), np.float32))]
@@ -133,8 +133,8 @@ def token_lm_cache(vocab: int = 256, d: int = 32, seed: int = 0) -> onnx.ModelPr
     nodes += [helper.make_node("Add", ["h", o], ["res"], name="res"),
               helper.make_node("Transpose", ["word.weight"], ["word_t"], name="head_t", perm=[1, 0]),
               helper.make_node("MatMul", ["res", "word_t"], ["logits"], name="head")]
-    ins = [_vi("input_ids", ["N", "S"], TensorProto.INT64), _vi("past_key", ["N", "P", d]),
+    ins = [_vi("input_ids", ["N", width], TensorProto.INT64), _vi("past_key", ["N", "P", d]),
            _vi("past_value", ["N", "P", d])]
-    outs = [_vi("logits", ["N", "S", vocab]), _vi("present_key", ["N", "T", d]),
+    outs = [_vi("logits", ["N", width, vocab]), _vi("present_key", ["N", "T", d]),
             _vi("present_value", ["N", "T", d])]
     return _model(nodes, ins, outs, inits, name="token_lm_cache")

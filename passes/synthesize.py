@@ -318,10 +318,11 @@ def synthesize_tokens(graph, options: SynthesisOptions, input_shapes: dict | Non
     rng = np.random.default_rng(options.seed)
     feeds = sample_tokens(layout, prior, pad, options.samples, rng, full=bool(caches))
     feeds.update(kv_cache.empty_caches(graph, caches, options.samples, input_shapes))
-    feeds, passes = refine(graph, layout, feeds, prior, rng)
+    width = kv_cache.step_width(graph, layout) if caches else None
+    feeds, passes = refine(graph, layout, feeds, prior, rng) if width is None else (feeds, 0)
     kind = "tokens+lm" if passes > 2 else "tokens"
     if caches:
-        feeds, step = kv_cache.decode_step(graph, layout, feeds, caches)
+        feeds, step = kv_cache.decode_step(graph, layout, feeds, caches, width)
         passes, kind = passes + step, kind + "+cache"
     return SynthesisResult(feeds, None, 0.0, 0.0, passes, passes * options.samples,
                            time.perf_counter() - start, False, kind, max(passes - 2, 0), "tokens")

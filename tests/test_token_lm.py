@@ -53,6 +53,13 @@ def test_cache_inputs_are_found_and_filled_by_the_model_itself():
     np.testing.assert_array_equal(step["past_key"], key)
     np.testing.assert_array_equal(step["past_value"], value)
     assert passes == 1 and key.shape == (5, 8, 32)
+    # a graph exported for one-token steps: the cache is built a call per token, to the same values
+    one = ir.to_graph(token_builders.token_lm_cache(width=1))
+    assert kv_cache.step_width(one, token_layout(one)) == 1
+    steps, passes = kv_cache.decode_step(one, token_layout(one), feeds, caches, 1)
+    assert passes == 8
+    for name in ("input_ids", "past_key", "past_value"):
+        np.testing.assert_allclose(steps[name], step[name], rtol=1e-5, atol=1e-6)
 
 
 def test_a_decoder_with_a_cache_compiles_with_no_data():

@@ -10,9 +10,12 @@ Samples (`decode_step`). A cache holds what the model computed for the tokens be
 model itself, with no data:
 
     1. token samples of full length S (no padding), the empty cache (P = 0) for every cache input;
-    2. one forward pass over the first S - 1 tokens with the empty cache: its present_i outputs;
+    2. the first S - 1 tokens through the model from the empty cache: in one call, or a call per step of
+       the graph's fixed token width (1: a decoder exported for one-token steps), each call's present_i
+       the next call's past_i (the mask covers past and new tokens: its first P + w columns);
     3. the samples: the last token of each sequence (ids / type / position: the last column; the mask: all
-       S ones) with present_i as past_i -- one decoding step, as generation runs the model.
+       S ones) with the last present_i as past_i -- one decoding step, as generation runs the model. A
+       causal LM head refines the tokens first (synth/token_lm.py) when the graph takes them in one call.
 
 A model whose presents need another layout (a Transpose between past and Concat) is not recognised here;
 its float input keeps Synthesize's "pass --calib" error.
@@ -78,18 +81,40 @@ def empty_caches(graph: gs.Graph, caches: dict, rows: int,
     return {name: _empty(table[name], axis, rows, hints or {}) for name, (_, axis) in caches.items()}
 
 
+def step_width(graph: gs.Graph, layout: TokenLayout) -> int | None:
+    """Tokens per call the graph takes: its ids input's static width (1 for a one-token decoding step),
+    None when the width is free."""
+    ids = next(t for t in graph.inputs if t.name == layout.of("ids").name)
+    width = ids.shape[1] if ids.shape and len(ids.shape) == 2 else None
+    if isinstance(width, (int, np.integer)) and 1 < width < layout.length and (layout.length - 1) % width:
+        raise UsageError(f"input '{ids.name}' takes {width} tokens per call; cache samples are built one "
+                         "call at a time and need 1 or any width: pass --calib FILE.npz")
+    return int(width) if isinstance(width, (int, np.integer)) and width < layout.length else None
+
+
 def decode_step(graph: gs.Graph, layout: TokenLayout, feeds: dict[str, np.ndarray],
-                caches: dict) -> tuple[dict[str, np.ndarray], int]:
+                caches: dict, width: int | None = None) -> tuple[dict[str, np.ndarray], int]:
     """(samples, forward passes): one decoding step after the first S - 1 tokens of `feeds` (full-length
-    token samples with empty caches), the caches being the model's own presents (module docstring)."""
-    tokens = {t.name: t.role for t in layout.inputs}
-    prefix = {k: (v[:, :-1] if k in tokens else v) for k, v in feeds.items()}
+    token samples with empty caches), the caches being the model's own presents (module docstring). The
+    S - 1 tokens go in one call, or `width` at a time (a graph taking a fixed number of tokens), each
+    call's presents the next one's pasts."""
+    roles = {t.name: t.role for t in layout.inputs}
     session = runtime.session(ir.to_model(ir.copy_graph(graph)), mem_pattern=False)
     names = [o.name for o in session.get_outputs()]
     static = static_batch(graph)
-    rows = len(next(iter(feeds.values())))
-    outs = dict(zip(names, runtime.run_batched(session, prefix, static or rows, static=static is not None)))
-    step = {k: (v if tokens[k] == "mask" else v[:, -1:]) for k, v in feeds.items() if k in tokens}
-    step.update({name: np.ascontiguousarray(outs[present], np.float32)
-                 for name, (present, _) in caches.items()})
-    return step, 1
+    rows, length = len(next(iter(feeds.values()))), feeds[layout.of("ids").name].shape[1]
+
+    def tokens(start: int, stop: int) -> dict[str, np.ndarray]:
+        return {k: v[:, :stop] if roles[k] == "mask" else v[:, start:stop] for k, v in feeds.items()
+                if k in roles}
+
+    past = {name: feeds[name] for name in caches}
+    step = width or length - 1
+    passes = 0
+    for start in range(0, length - 1, step):
+        outs = runtime.run_batched(session, {**tokens(start, start + step), **past}, static or rows,
+                                   static=static is not None)
+        past = {name: np.ascontiguousarray(dict(zip(names, outs))[present], np.float32)
+                for name, (present, _) in caches.items()}
+        passes += 1
+    return {**tokens(length - 1, length), **past}, passes

@@ -10,7 +10,8 @@ the indices of a constant float table [V, D]:
     attention_mask ─► Unsqueeze / Cast / Sub / Mul ...  "mask": no Gather; 1 on real tokens, 0 on padding
 
 A name containing "type"/"segment" or "pos" decides between "type" and "position" first. The sequence
-length S is the inputs' static dimension, else `--input-shape NAME:N,S`, else min(128, P) with P the
+length S is the inputs' static dimension (above 1: a width of 1 is a decoder's one-token step,
+synth/kv_cache.py), else `--input-shape NAME:N,S`, else min(128, P) with P the
 rows of a position table the graph holds (the longest sequence the model was built for), else 128.
 
 Vocabulary prior (`vocab_prior`). Rows of the word table that training never updated (reserved
@@ -88,7 +89,7 @@ def _tables(t: gs.Tensor) -> list[gs.Constant]:
 def _length(graph: gs.Graph, ints: list[gs.Tensor], hints: dict, position_rows: int) -> int:
     for t in ints:
         dims = list(hints.get(t.name) or t.shape or [])
-        if len(dims) >= 2 and isinstance(dims[1], (int, np.integer)) and dims[1] > 0:
+        if len(dims) >= 2 and isinstance(dims[1], (int, np.integer)) and dims[1] > 1:   # 1: a decoding step
             return int(dims[1])
     return min(DEFAULT_LENGTH, position_rows) if position_rows else DEFAULT_LENGTH
 
