@@ -20,6 +20,9 @@ initializer read by the Gather and, through a Transpose, by the head MatMul).
 past_key / past_value [N, P, D] (P dynamic, 0 on the first call), outputs present_* = Concat(past_*, new,
 axis 1) beside the logits; no position table and no causal mask (its head is not causal).
 
+``token_decoder_cross``: one cross-attention layer of an encoder-decoder's decoder: input_ids and the
+encoder's states [N, S_enc, D] (a float input read by the key / value MatMuls).
+
 All pass the ONNX checker and run in ONNX Runtime (opset 17, LayerNormalization).
 """
 
@@ -31,7 +34,7 @@ from dfq_onnx.models.act_builders import _ln, _mm
 from dfq_onnx.models.builders import _init, _model, _vi
 from onnx import TensorProto, helper
 
-__all__ = ["token_encoder", "token_lm", "token_lm_cache"]
+__all__ = ["token_decoder_cross", "token_encoder", "token_lm", "token_lm_cache"]
 
 
 def _word_table(rng, vocab: int, d: int) -> np.ndarray:
@@ -138,3 +141,24 @@ def token_lm_cache(vocab: int = 256, d: int = 32, width: int | str = "S", seed: 
     outs = [_vi("logits", ["N", width, vocab]), _vi("present_key", ["N", "T", d]),
             _vi("present_value", ["N", "T", d])]
     return _model(nodes, ins, outs, inits, name="token_lm_cache")
+
+
+def token_decoder_cross(vocab: int = 256, d: int = 32, enc_len: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """The cross-attention decoder layer of the module docstring; output logits [N, S, vocab]."""
+    rng = np.random.default_rng(seed)
+    inits: list = [_init("word.weight", _word_table(rng, vocab, d)),
+                   _init("scale", np.array(1.0 / np.sqrt(d), np.float32))]
+    nodes: list = [helper.make_node("Gather", ["word.weight", "input_ids"], ["h"], name="words")]
+    q = _mm("q", "h", rng, d, d, inits, nodes)
+    k, v = (_mm(n, "encoder_states", rng, d, d, inits, nodes) for n in ("k", "v"))
+    nodes += [helper.make_node("Transpose", [k], ["kT"], name="kT", perm=[0, 2, 1]),
+              helper.make_node("MatMul", [q, "kT"], ["scores"], name="scores"),
+              helper.make_node("Mul", ["scores", "scale"], ["scaled"], name="scaled"),
+              helper.make_node("Softmax", ["scaled"], ["probs"], name="softmax", axis=-1),
+              helper.make_node("MatMul", ["probs", v], ["ctx"], name="ctx")]
+    o = _mm("o", "ctx", rng, d, d, inits, nodes)
+    nodes += [helper.make_node("Add", ["h", o], ["res"], name="res"),
+              helper.make_node("Transpose", ["word.weight"], ["word_t"], name="head_t", perm=[1, 0]),
+              helper.make_node("MatMul", ["res", "word_t"], ["logits"], name="head")]
+    ins = [_vi("input_ids", ["N", "S"], TensorProto.INT64), _vi("encoder_states", ["N", enc_len, d])]
+    return _model(nodes, ins, [_vi("logits", ["N", "S", vocab])], inits, name="token_decoder_cross")

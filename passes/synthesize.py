@@ -58,7 +58,7 @@ from dfq_onnx.core import cache
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
-from dfq_onnx.synth import kv_cache, layout, preprocess
+from dfq_onnx.synth import hidden_inputs, kv_cache, layout, preprocess
 from dfq_onnx.synth.augment import is_image_like
 from dfq_onnx.synth.compose import plan_pieces
 from dfq_onnx.synth.runner import build_objective, resolve_shapes, row_elements
@@ -309,7 +309,9 @@ def synthesize_tokens(graph, options: SynthesisOptions, input_shapes: dict | Non
     start = time.perf_counter()
     layout = token_layout(graph, input_shapes)
     caches = kv_cache.cache_inputs(graph)
-    floats = [t.name for t in graph.inputs if t.name not in {x.name for x in layout.inputs} | set(caches)]
+    known = {x.name for x in layout.inputs} | set(caches)
+    states = hidden_inputs.hidden_inputs(graph, known)
+    floats = [t.name for t in graph.inputs if t.name not in known | set(states)]
     if floats:
         raise UsageError(f"input '{floats[0]}' is float beside token inputs; synthesis of mixed inputs is "
                          "not supported: pass --calib FILE.npz")
@@ -318,9 +320,15 @@ def synthesize_tokens(graph, options: SynthesisOptions, input_shapes: dict | Non
     rng = np.random.default_rng(options.seed)
     feeds = sample_tokens(layout, prior, pad, options.samples, rng, full=bool(caches))
     feeds.update(kv_cache.empty_caches(graph, caches, options.samples, input_shapes))
+    if states:
+        log.warning("input %s: hidden states of another model (an encoder's output); sampled N(0, 1) as "
+                    "after its final LayerNorm -- pass --calib FILE.npz with real ones to replace the guess",
+                    ", ".join(states))
+        feeds.update(hidden_inputs.sample_hidden(graph, states, options.samples, layout.length,
+                                                 np.random.default_rng([options.seed, 1]), input_shapes))
     width = kv_cache.step_width(graph, layout) if caches else None
     feeds, passes = refine(graph, layout, feeds, prior, rng) if width is None else (feeds, 0)
-    kind = "tokens+lm" if passes > 2 else "tokens"
+    kind = ("tokens+lm" if passes > 2 else "tokens") + ("+states" if states else "")
     if caches:
         feeds, step = kv_cache.decode_step(graph, layout, feeds, caches, width)
         passes, kind = passes + step, kind + "+cache"

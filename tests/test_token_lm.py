@@ -3,6 +3,8 @@ fixed, and the key/value caches of a decoder exported with past inputs (synth/kv
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 from _util import run
@@ -12,7 +14,7 @@ import dfq_onnx
 from dfq_onnx import api
 from dfq_onnx.core import ir
 from dfq_onnx.core.graph_utils import const_values
-from dfq_onnx.synth import kv_cache
+from dfq_onnx.synth import hidden_inputs, kv_cache
 from dfq_onnx.synth.token_lm import refine
 from dfq_onnx.synth.tokens import DEFAULT_LENGTH, sample_tokens, token_layout, vocab_prior
 
@@ -75,3 +77,20 @@ def test_a_decoder_with_a_cache_compiles_with_no_data():
     assert [w.shape for w in want] == [g.shape for g in got]
     cos = (want[0] * got[0]).sum(-1) / np.linalg.norm(want[0], axis=-1) / np.linalg.norm(got[0], axis=-1)
     assert cos.min() > 0.99
+
+
+def test_an_encoder_decoders_decoder_gets_standard_states_and_a_warning(caplog):
+    model = token_builders.token_decoder_cross()
+    graph = ir.to_graph(model)
+    assert hidden_inputs.hidden_inputs(graph, {"input_ids"}) == ["encoder_states"]
+    with caplog.at_level(logging.WARNING):
+        result = api.synthesize(model, samples=64, seed=0, use_cache=False, progress=False)
+    assert "encoder_states" in caplog.text and "--calib" in caplog.text
+    states = result.inputs["encoder_states"]
+    assert states.shape == (64, 10, 32) and result.objective.endswith("+states")
+    assert abs(states.mean()) < 0.05 and abs(states.std() - 1) < 0.05
+    again = api.synthesize(model, samples=64, seed=0, use_cache=False, progress=False).inputs
+    np.testing.assert_array_equal(again["encoder_states"], states)
+    out, _ = dfq_onnx.quantize(model, progress=False, use_cache=False, latency_check=False, avg_weight_bits=6)
+    onnx.checker.check_model(out, full_check=True)
+    assert run(out, result.inputs)[0].shape == run(model, result.inputs)[0].shape
