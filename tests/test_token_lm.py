@@ -7,12 +7,14 @@ import logging
 
 import numpy as np
 import onnx
+import pytest
 from _util import run
 from dfq_onnx.models import token_builders
 
 import dfq_onnx
 from dfq_onnx import api
 from dfq_onnx.core import ir
+from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import const_values
 from dfq_onnx.synth import hidden_inputs, kv_cache
 from dfq_onnx.synth.token_lm import refine
@@ -94,3 +96,10 @@ def test_an_encoder_decoders_decoder_gets_standard_states_and_a_warning(caplog):
     out, _ = dfq_onnx.quantize(model, progress=False, use_cache=False, latency_check=False, avg_weight_bits=6)
     onnx.checker.check_model(out, full_check=True)
     assert run(out, result.inputs)[0].shape == run(model, result.inputs)[0].shape
+
+
+def test_another_float_input_beside_tokens_is_one_clear_error():
+    model = token_builders.token_decoder_cross()
+    model.graph.input[1].type.tensor_type.shape.dim[2].dim_param = "D"    # not [N, S, D] with D known
+    with pytest.raises(UsageError, match="'encoder_states' is float beside token inputs.*--calib"):
+        api.synthesize(model, samples=8, seed=0, use_cache=False, progress=False)
