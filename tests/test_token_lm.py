@@ -14,7 +14,7 @@ from dfq_onnx.models import token_builders
 import dfq_onnx
 from dfq_onnx import api
 from dfq_onnx.core import ir
-from dfq_onnx.core.errors import UsageError
+from dfq_onnx.core.errors import PassError
 from dfq_onnx.core.graph_utils import const_values
 from dfq_onnx.synth import hidden_inputs, kv_cache
 from dfq_onnx.synth.token_lm import refine
@@ -101,5 +101,5 @@ def test_an_encoder_decoders_decoder_gets_standard_states_and_a_warning(caplog):
 def test_another_float_input_beside_tokens_is_one_clear_error():
     model = token_builders.token_decoder_cross()
     model.graph.input[1].type.tensor_type.shape.dim[2].dim_param = "D"    # not [N, S, D] with D known
-    with pytest.raises(UsageError, match="'encoder_states' is float beside token inputs.*--calib"):
+    with pytest.raises(PassError, match="'encoder_states' is float beside token inputs.*--calib"):
         api.synthesize(model, samples=8, seed=0, use_cache=False, progress=False)
