@@ -1,4 +1,4 @@
-"""The value range a BN-free model's image input reads, inferred from the model's first layers.
+"""The value range a BN-free model's image input reads, inferred from the model's first layer.
 
 Synthetic samples are standardized images unless the model says otherwise: BN statistics pin the
 first layers' inputs, an in-graph prefix (`synth.preprocess`) or `--input-range` names the pixel
@@ -17,25 +17,31 @@ std(W'_c x) = |gamma_c|, so
 a sum of two O(1) terms: BN's shift in units of its scale, and the raw response's mean in units of its
 std. The ratio does not change under any function-preserving rescaling of channel c (a positive factor
 on W'_c, b'_c and its inverse on the next layer's inputs: the fold itself, cross-layer equalization),
-so it is a property of the function, not of how it is parameterized; but it falls k-fold when the input
-is k times wider than the training inputs (std(W' x) grows, b' does not). Deeper layers keep it to the
-extent their activations are homogeneous (ReLU exactly, SiLU above a few units). So the input's scale
-is where the layers' biases meet their responses:
+so it is a property of the function, not of how it is parameterized; but it falls k-fold when the
+input is k times wider than the training inputs (std(W' x) grows, b' does not). So the input's scale is
+where the first layer's biases meet its responses:
 
-    score(R) = median over channels c of the first LAYERS biased layers of log10(|b_c| / std_R(y_c))
+    score(R) = median over the channels c of the first biased layer of log10(|b_c| / std_R(y_c))
 
-with std_R over SAMPLES image-like samples (the synthesis prior, `search.pink_noise`, mapped onto the
-candidate range R exactly as synthesis maps its samples), and the inferred range is the candidate of
-CANDIDATES with the smallest |score(R)|. The candidates are the conventions exporters use; their
-scales (the samples' std) are ~0.2 ([0, 1]), ~0.4 ([-1, 1]), 1 (standardized), ~51 ([0, 255] and
-mean-subtracted 0..255): neighbours differ by a factor >= 2, i.e. >= 0.3 in score, so the pick is
-robust to the O(1) terms being off by a factor ~1.4 on average over hundreds of channels. The two
-0..255 candidates differ in offset only, which moves the score only through zero padding and the
-deeper layers' nonlinearity. The inference abstains (the samples stay standardized and the compile warns,
-naming `--input-range`) when fewer than MIN_CHANNELS channels have a bias and a response, or when no
-candidate comes within FAR decades of balance (the premise -- biases comparable to responses -- is
-then not the model's: e.g. a network trained without normalization whose biases are small).
-Cost: SAMPLES x len(CANDIDATES) rows through the graph up to those layers.
+with std_R over up to SAMPLES image-like samples (fewer above PIXELS pixels in all) drawn from the
+synthesis prior (`search.pink_noise`) and mapped onto the candidate range R exactly as synthesis maps
+its samples; the inferred range is the candidate of CANDIDATES with the smallest |score(R)|. Only the
+first layer (LAYERS = 1): the identity is exact there, while deeper layers keep it only as far as the
+activations between are homogeneous (reading the first 6 layers mis-picked EfficientNet-Lite0, whose
+ReLU6 clips, and ResNet-20; BENCHMARKS.md, session 11).
+
+The candidates are the conventions exporters use. Their scales (the samples' std) are ~0.2 ([0, 1]),
+~0.4 ([-1, 1]), 1 (standardized) and ~51 ([0, 255], mean-subtracted 0..255): the three small ones are
+a factor 2-2.5 (0.3-0.4 in score) apart, the large ones x50 (1.7) away. The pick between the classes
+is robust; within the small class it is the O(1) prior against a factor 2 (right on 10 of 12 real models
+with a known convention, the miss a neighbour: PP-OCRv6 det, [-1, 1] read as standardized). The two
+0..255 candidates differ in offset only, which moves the score only through zero padding. The inference
+abstains (the samples stay standardized and the compile warns, naming `--input-range`) when fewer than
+MIN_CHANNELS channels have a bias and a response, or when no candidate comes within FAR decades of
+balance (the premise -- biases comparable to responses -- is then not the model's: e.g. a network
+trained without normalization whose biases are small).
+Cost: <= SAMPLES x len(CANDIDATES) rows through the graph cut after that layer (PP-OCRv6 det at 736 x
+736: one sample per candidate, ~2 s on a loaded machine).
 """
 
 from __future__ import annotations
@@ -54,7 +60,8 @@ CANDIDATES: tuple[tuple[str, tuple[float, float] | None], ...] = (
     ("standardized", None), ("[0, 1]", (0.0, 1.0)), ("[-1, 1]", (-1.0, 1.0)), ("[0, 255]", (0.0, 255.0)),
     ("mean-subtracted 0..255", (-127.5, 127.5)))
 LAYERS = 1            # biased weighted layers read, in graph order from the input (module docstring)
-SAMPLES = 8
+SAMPLES = 8           # at most; fewer on large images: PIXELS positions per channel are plenty for a std
+PIXELS = 1 << 20
 MIN_CHANNELS = 8
 FAR = np.log10(4.0)   # |score| beyond this for every candidate: no convention balances biases, abstain
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -133,10 +140,9 @@ def _log_ratios(outputs: list[np.ndarray], layers) -> np.ndarray:
     parts = []
     for y, (nd, b) in zip(outputs, layers):
         axis = 1 if nd.op in ("Conv", "ConvTranspose") else y.ndim - 1
-        y = np.moveaxis(np.asarray(y, np.float64), axis, 0).reshape(y.shape[axis], -1)
-        if len(b) not in (1, len(y)):
+        if len(b) not in (1, y.shape[axis]):
             continue
-        s = y.std(axis=1)
+        s = y.std(axis=tuple(i for i in range(y.ndim) if i != axis), dtype=np.float64)
         b = np.broadcast_to(np.abs(b), s.shape)
         ok = (s > 0) & (b > 0) & np.isfinite(s)
         parts.append(np.log10(b[ok] / s[ok]))
@@ -152,11 +158,12 @@ def infer_range(graph: gs.Graph, name: str, shape: tuple[int, ...], seed: int = 
     sess = _observer(graph, layers)
     if sess is None:
         return RangeInference(name, None, None, {}, 0, ())
-    latent = pink_noise(np.random.default_rng(seed), SAMPLES, shape)
+    n = int(np.clip(PIXELS // max(int(np.prod(shape[1:])), 1), 1, SAMPLES))
+    latent = pink_noise(np.random.default_rng(seed), n, shape)
     scores, channels = {}, 0
     for label, rng in CANDIDATES:
         x = squash({name: latent.copy()}, {name: rng} if rng else None)
-        ratios = _log_ratios(runtime.run_batched(sess, x, static_batch(graph) or SAMPLES), layers)
+        ratios = _log_ratios(runtime.run_batched(sess, x, static_batch(graph) or n), layers)
         channels = len(ratios)
         if channels >= MIN_CHANNELS:
             scores[label] = float(np.median(ratios))
