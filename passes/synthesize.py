@@ -185,7 +185,7 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
                                    channels_last=tuple(last),
                                    twin=result.twin and layout.to_channels_last(result.twin, last))
     kind = resolve_objective(options.objective, bn_stats, graph)
-    inferred = _inferred_ranges(graph, shapes, options) if "bn" not in kind else {}
+    inferred = _inferred_ranges(graph, shapes, options) if not bn_stats else {}
     if ranges := {k: r.range for k, r in inferred.items() if r.range is not None}:
         options = dataclasses.replace(options, input_ranges={**options.input_ranges, **ranges})
     return dataclasses.replace(_images(graph, bn_stats, options, model_hash, shapes, kind, start),

@@ -64,3 +64,37 @@ def test_bn_model_is_not_inferred():
     model = builders.with_data_bn_stats(builders.conv_bn_relu_residual(c=8, hw=8, classes=10))
     _, report = dfq_onnx.quantize(model, **FAST)
     assert "inferred_range" not in report.notes["synthesis"]
+
+
+def test_static_batch_pads_the_last_call():
+    """A graph exported with a fixed batch of 4: 400 x 400 images draw 6 samples (PIXELS), so the second
+    call is padded (runtime.run_batched static) and the pick is the one of the dynamic-batch graph."""
+    graph = gs.import_onnx(builders.fused_stem((0.0, 1.0)))
+    graph.inputs[0].shape, graph.outputs[0].shape = ["N", 3, 400, 400], None
+    dynamic = infer_range(graph, "input", (3, 400, 400))
+    graph.inputs[0].shape = [4, 3, 400, 400]
+    fixed = infer_range(graph, "input", (3, 400, 400))
+    assert fixed.convention == dynamic.convention and fixed.scores == pytest.approx(dynamic.scores, abs=1e-6)
+
+
+def test_bn_model_with_the_label_objective_is_not_inferred():
+    """BN statistics fix the range whatever the objective: no inference, samples standardized."""
+    from dfq_onnx.passes.fold_bn import FoldBatchNorm
+    from dfq_onnx.passes.normalize import Normalize
+    from dfq_onnx.passes.synthesize import SynthesisOptions, synthesize
+
+    from dfq_onnx.core import ir
+    from dfq_onnx.core.options import QuantizeOptions
+    from dfq_onnx.core.pass_base import run_passes
+    from dfq_onnx.core.report import Report
+    from dfq_onnx.core.state import CompileState
+    from dfq_onnx.core.target import load_target
+
+    model = builders.with_data_bn_stats(builders.conv_bn_relu_residual(c=8, hw=8, classes=10))
+    state = CompileState(graph=None, target=load_target("ort-cpu"), options=QuantizeOptions(),
+                         report=Report(), model_hash="", source=ir.load_model(model))
+    run_passes([Normalize(), FoldBatchNorm()], state)
+    assert state.bn_stats
+    options = SynthesisOptions(samples=2, steps=0, objective="label", use_cache=False, progress=False)
+    result = synthesize(state.graph, state.bn_stats, options, "")
+    assert result.objective == "label" and result.inferred == {}

@@ -160,10 +160,10 @@ def infer_range(graph: gs.Graph, name: str, shape: tuple[int, ...], seed: int = 
         return RangeInference(name, None, None, {}, 0, ())
     n = int(np.clip(PIXELS // max(int(np.prod(shape[1:])), 1), 1, SAMPLES))
     latent = pink_noise(np.random.default_rng(seed), n, shape)
-    scores, channels = {}, 0
+    scores, channels, fixed = {}, 0, static_batch(graph)
     for label, rng in CANDIDATES:
         x = squash({name: latent.copy()}, {name: rng} if rng else None)
-        ratios = _log_ratios(runtime.run_batched(sess, x, static_batch(graph) or n), layers)
+        ratios = _log_ratios(runtime.run_batched(sess, x, fixed or n, static=fixed is not None), layers)
         channels = len(ratios)
         if channels >= MIN_CHANNELS:
             scores[label] = float(np.median(ratios))
