@@ -16,7 +16,14 @@ dfq_onnx/synth/tokens.py reads a vocabulary prior from.
 added to the scores), and the word table tied to the LM head (logits = h @ word^T, the same
 initializer read by the Gather and, through a Transpose, by the head MatMul).
 
-Both pass the ONNX checker and run in ONNX Runtime (opset 17, LayerNormalization).
+``token_lm_cache``: one attention layer of a decoder exported for incremental decoding: float inputs
+past_key / past_value [N, P, D] (P dynamic, 0 on the first call), outputs present_* = Concat(past_*, new,
+axis 1) beside the logits; no position table and no causal mask (its head is not causal).
+
+``token_decoder_cross``: one cross-attention layer of an encoder-decoder's decoder: input_ids and the
+encoder's states [N, S_enc, D] (a float input read by the key / value MatMuls).
+
+All pass the ONNX checker and run in ONNX Runtime (opset 17, LayerNormalization).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from dfq_onnx.models.act_builders import _ln, _mm
 from dfq_onnx.models.builders import _init, _model, _vi
 from onnx import TensorProto, helper
 
-__all__ = ["token_encoder", "token_lm"]
+__all__ = ["token_decoder_cross", "token_encoder", "token_lm", "token_lm_cache"]
 
 
 def _word_table(rng, vocab: int, d: int) -> np.ndarray:
@@ -108,3 +115,50 @@ def token_lm(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256, laye
               helper.make_node("MatMul", [h, "word_t"], ["logits"], name="head")]
     return _model(nodes, [_vi("input_ids", ["N", seq], TensorProto.INT64)],
                   [_vi("logits", ["N", seq, vocab])], inits, name="token_lm")
+
+
+def token_lm_cache(vocab: int = 256, d: int = 32, width: int | str = "S", seed: int = 0) -> onnx.ModelProto:
+    """The decoder layer with a key/value cache of the module docstring; outputs logits [N, S, vocab],
+    present_key and present_value [N, P + S, d]; `width` 1: the graph takes one token per call."""
+    rng = np.random.default_rng(seed)
+    inits: list = [_init("word.weight", _word_table(rng, vocab, d)),
+                   _init("scale", np.array(1.0 / np.sqrt(d), np.float32))]
+    nodes: list = [helper.make_node("Gather", ["word.weight", "input_ids"], ["h"], name="words")]
+    q, k, v = (_mm(n, "h", rng, d, d, inits, nodes) for n in ("q", "k", "v"))
+    nodes += [helper.make_node("Concat", ["past_key", k], ["present_key"], name="cat_k", axis=1),
+              helper.make_node("Concat", ["past_value", v], ["present_value"], name="cat_v", axis=1),
+              helper.make_node("Transpose", ["present_key"], ["kT"], name="kT", perm=[0, 2, 1]),
+              helper.make_node("MatMul", [q, "kT"], ["scores"], name="scores"),
+              helper.make_node("Mul", ["scores", "scale"], ["scaled"], name="scaled"),
+              helper.make_node("Softmax", ["scaled"], ["probs"], name="softmax", axis=-1),
+              helper.make_node("MatMul", ["probs", "present_value"], ["ctx"], name="ctx")]
+    o = _mm("o", "ctx", rng, d, d, inits, nodes)
+    nodes += [helper.make_node("Add", ["h", o], ["res"], name="res"),
+              helper.make_node("Transpose", ["word.weight"], ["word_t"], name="head_t", perm=[1, 0]),
+              helper.make_node("MatMul", ["res", "word_t"], ["logits"], name="head")]
+    ins = [_vi("input_ids", ["N", width], TensorProto.INT64), _vi("past_key", ["N", "P", d]),
+           _vi("past_value", ["N", "P", d])]
+    outs = [_vi("logits", ["N", width, vocab]), _vi("present_key", ["N", "T", d]),
+            _vi("present_value", ["N", "T", d])]
+    return _model(nodes, ins, outs, inits, name="token_lm_cache")
+
+
+def token_decoder_cross(vocab: int = 256, d: int = 32, enc_len: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """The cross-attention decoder layer of the module docstring; output logits [N, S, vocab]."""
+    rng = np.random.default_rng(seed)
+    inits: list = [_init("word.weight", _word_table(rng, vocab, d)),
+                   _init("scale", np.array(1.0 / np.sqrt(d), np.float32))]
+    nodes: list = [helper.make_node("Gather", ["word.weight", "input_ids"], ["h"], name="words")]
+    q = _mm("q", "h", rng, d, d, inits, nodes)
+    k, v = (_mm(n, "encoder_states", rng, d, d, inits, nodes) for n in ("k", "v"))
+    nodes += [helper.make_node("Transpose", [k], ["kT"], name="kT", perm=[0, 2, 1]),
+              helper.make_node("MatMul", [q, "kT"], ["scores"], name="scores"),
+              helper.make_node("Mul", ["scores", "scale"], ["scaled"], name="scaled"),
+              helper.make_node("Softmax", ["scaled"], ["probs"], name="softmax", axis=-1),
+              helper.make_node("MatMul", ["probs", v], ["ctx"], name="ctx")]
+    o = _mm("o", "ctx", rng, d, d, inits, nodes)
+    nodes += [helper.make_node("Add", ["h", o], ["res"], name="res"),
+              helper.make_node("Transpose", ["word.weight"], ["word_t"], name="head_t", perm=[1, 0]),
+              helper.make_node("MatMul", ["res", "word_t"], ["logits"], name="head")]
+    ins = [_vi("input_ids", ["N", "S"], TensorProto.INT64), _vi("encoder_states", ["N", enc_len, d])]
+    return _model(nodes, ins, [_vi("logits", ["N", "S", vocab])], inits, name="token_decoder_cross")

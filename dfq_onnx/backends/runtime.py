@@ -9,6 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from dfq_onnx.backends.chunks import pad_rows
 from dfq_onnx.core import ir
 from dfq_onnx.core.errors import UnsupportedModelError
 
@@ -75,13 +76,17 @@ def iter_batches(feeds: dict[str, np.ndarray], batch: int):
         yield {k: v[start:start + batch] for k, v in feeds.items()}
 
 
-def run_batched(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
-    """Run all samples in batches and concatenate each output along axis 0."""
+def run_batched(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], batch: int,
+                static: bool = False) -> list[np.ndarray]:
+    """Run all samples in calls of `batch` rows and concatenate each output along axis 0. `static`:
+    the model's batch is fixed at `batch`, so a short last call is padded with copies of its last row
+    (`chunks.pad_rows`) and their outputs dropped."""
     outs: list[list[np.ndarray]] = []
     for chunk in iter_batches(feeds, batch):
-        res = sess.run(None, chunk)
+        real = len(next(iter(chunk.values())))
+        res = sess.run(None, pad_rows(chunk, batch) if static else chunk)
         if not outs:
             outs = [[] for _ in res]
         for acc, r in zip(outs, res):
-            acc.append(r)
+            acc.append(r[:real] if static else r)
     return [np.concatenate(a, axis=0) for a in outs]

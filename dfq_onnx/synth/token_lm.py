@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from dfq_onnx.backends import runtime
+from dfq_onnx.backends.chunks import static_batch
 from dfq_onnx.synth.tokens import TokenLayout
 
 ROUNDS = 8
@@ -32,8 +33,14 @@ def lm_head(session, layout: TokenLayout, vocab: int) -> int | None:
     return None
 
 
+def _run(session, feeds: dict[str, np.ndarray], static: int | None) -> list[np.ndarray]:
+    """All rows of `feeds` in one call, or in calls of the graph's fixed batch."""
+    n = len(next(iter(feeds.values())))
+    return runtime.run_batched(session, feeds, static or n, static=static is not None)
+
+
 def is_causal(session, feeds: dict[str, np.ndarray], layout: TokenLayout, head: int,
-              prior: np.ndarray) -> bool:
+              prior: np.ndarray, static: int | None = None) -> bool:
     """Outputs before t unchanged when the token at t changes, t the middle of the longest sample."""
     ids = layout.of("ids").name
     mask = layout.of("mask")
@@ -43,9 +50,9 @@ def is_causal(session, feeds: dict[str, np.ndarray], layout: TokenLayout, head: 
     if t < 1:
         return False
     probe = {k: v[row:row + 1].copy() for k, v in feeds.items()}
-    before = session.run(None, probe)[head][:, :t]
+    before = _run(session, probe, static)[head][:, :t]
     probe[ids][0, t] = prior[0] if probe[ids][0, t] != prior[0] else prior[-1]
-    after = session.run(None, probe)[head][:, :t]
+    after = _run(session, probe, static)[head][:, :t]
     return bool(np.allclose(before, after, rtol=1e-4, atol=1e-5))
 
 
@@ -61,7 +68,8 @@ def refine(graph, layout: TokenLayout, feeds: dict[str, np.ndarray], prior: np.n
     head = lm_head(session, layout, vocab)
     if head is None:
         return feeds, 0
-    if not is_causal(session, feeds, layout, head, prior):
+    static = static_batch(graph)
+    if not is_causal(session, feeds, layout, head, prior, static):
         return feeds, 2
     x = feeds[ids.name].copy()
     mask = feeds[layout.of("mask").name].astype(bool) if layout.of("mask") else np.ones(x.shape, bool)
@@ -69,7 +77,7 @@ def refine(graph, layout: TokenLayout, feeds: dict[str, np.ndarray], prior: np.n
     allowed[prior] = 0.0
     passes = 2
     for _ in range(min(ROUNDS, x.shape[1] - 1)):
-        logits = session.run(None, {**feeds, ids.name: x})[head][:, :-1].astype(np.float64) + allowed
+        logits = _run(session, {**feeds, ids.name: x}, static)[head][:, :-1].astype(np.float64) + allowed
         passes += 1
         p = np.exp(logits - logits.max(axis=-1, keepdims=True))
         cdf = np.cumsum(p, axis=-1)

@@ -10,7 +10,8 @@ the indices of a constant float table [V, D]:
     attention_mask ─► Unsqueeze / Cast / Sub / Mul ...  "mask": no Gather; 1 on real tokens, 0 on padding
 
 A name containing "type"/"segment" or "pos" decides between "type" and "position" first. The sequence
-length S is the inputs' static dimension, else `--input-shape NAME:N,S`, else min(128, P) with P the
+length S is the inputs' static dimension (above 1: a width of 1 is a decoder's one-token step,
+synth/kv_cache.py), else `--input-shape NAME:N,S`, else min(128, P) with P the
 rows of a position table the graph holds (the longest sequence the model was built for), else 128.
 
 Vocabulary prior (`vocab_prior`). Rows of the word table that training never updated (reserved
@@ -88,7 +89,7 @@ def _tables(t: gs.Tensor) -> list[gs.Constant]:
 def _length(graph: gs.Graph, ints: list[gs.Tensor], hints: dict, position_rows: int) -> int:
     for t in ints:
         dims = list(hints.get(t.name) or t.shape or [])
-        if len(dims) >= 2 and isinstance(dims[1], (int, np.integer)) and dims[1] > 0:
+        if len(dims) >= 2 and isinstance(dims[1], (int, np.integer)) and dims[1] > 1:   # 1: a decoding step
             return int(dims[1])
     return min(DEFAULT_LENGTH, position_rows) if position_rows else DEFAULT_LENGTH
 
@@ -167,11 +168,12 @@ def vocab_prior(table: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def sample_tokens(layout: TokenLayout, prior: np.ndarray, pad: int, n: int,
-                  rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """`n` token samples for every integer input of `layout` (module docstring)."""
+                  rng: np.random.Generator, full: bool = False) -> dict[str, np.ndarray]:
+    """`n` token samples for every integer input of `layout` (module docstring); `full`: every sample
+    of length S (no padding)."""
     s = layout.length
     has_mask = layout.of("mask") is not None
-    lengths = rng.integers(2, s + 1, n) if has_mask and s > 2 else np.full(n, s)
+    lengths = rng.integers(2, s + 1, n) if has_mask and s > 2 and not full else np.full(n, s)
     valid = np.arange(s)[None, :] < lengths[:, None]
     ids = np.where(valid, prior[rng.integers(0, len(prior), (n, s))], pad)
     splits = rng.integers(1, np.maximum(lengths, 2))

@@ -1,0 +1,105 @@
+"""Token samples made by the model: the causal-LM refinement (synth/token_lm.py) on a graph whose batch is
+fixed, and the key/value caches of a decoder exported with past inputs (synth/kv_cache.py)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import pytest
+from _util import run
+from dfq_onnx.models import token_builders
+
+import dfq_onnx
+from dfq_onnx import api
+from dfq_onnx.core import ir
+from dfq_onnx.core.errors import PassError
+from dfq_onnx.core.graph_utils import const_values
+from dfq_onnx.synth import hidden_inputs, kv_cache
+from dfq_onnx.synth.token_lm import refine
+from dfq_onnx.synth.tokens import DEFAULT_LENGTH, sample_tokens, token_layout, vocab_prior
+
+
+def _fixed_batch(graph, batch: int):
+    g = ir.copy_graph(graph)
+    g.inputs[0].shape = [batch, *g.inputs[0].shape[1:]]
+    return g
+
+
+def test_refine_on_a_fixed_batch_graph_equals_the_dynamic_one():
+    graph = ir.to_graph(token_builders.token_lm())
+    layout = token_layout(graph)
+    table = next(t for t in graph.tensors().values() if t.name == layout.table)
+    prior, pad = vocab_prior(const_values(table))
+    feeds = sample_tokens(layout, prior, pad, 5, np.random.default_rng(0))
+    dynamic, passes = refine(graph, layout, feeds, prior, np.random.default_rng(1))
+    assert passes > 2                                     # an LM head, causal: the samples were redrawn
+    assert not np.array_equal(dynamic["input_ids"], feeds["input_ids"])
+    for batch in (1, 2):                                 # 5 rows: batch 2's last call is padded
+        fixed, again = refine(_fixed_batch(graph, batch), layout, feeds, prior, np.random.default_rng(1))
+        assert again == passes
+        np.testing.assert_array_equal(fixed["input_ids"], dynamic["input_ids"])
+
+
+def test_cache_inputs_are_found_and_filled_by_the_model_itself():
+    model = token_builders.token_lm_cache()
+    graph = ir.to_graph(model)
+    caches = kv_cache.cache_inputs(graph)
+    assert caches == {"past_key": ("present_key", 1), "past_value": ("present_value", 1)}
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 256, (5, 9))
+    feeds = {"input_ids": ids, **kv_cache.empty_caches(graph, caches, 5)}
+    assert feeds["past_key"].shape == (5, 0, 32)
+    step, passes = kv_cache.decode_step(graph, token_layout(graph), feeds, caches)
+    logits, key, value = run(model, {**feeds, "input_ids": ids[:, :-1]})   # the prefix, empty cache
+    np.testing.assert_array_equal(step["input_ids"], ids[:, -1:])
+    np.testing.assert_array_equal(step["past_key"], key)
+    np.testing.assert_array_equal(step["past_value"], value)
+    assert passes == 1 and key.shape == (5, 8, 32)
+    # a graph exported for one-token steps: the cache is built a call per token, to the same values
+    one = ir.to_graph(token_builders.token_lm_cache(width=1))
+    assert kv_cache.step_width(one, token_layout(one)) == 1
+    steps, passes = kv_cache.decode_step(one, token_layout(one), feeds, caches, 1)
+    assert passes == 8
+    for name in ("input_ids", "past_key", "past_value"):
+        np.testing.assert_allclose(steps[name], step[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_decoder_with_a_cache_compiles_with_no_data():
+    model = token_builders.token_lm_cache()
+    # a mixed plan is scored on samples (W8A8's dynamic forms need none)
+    out, report = dfq_onnx.quantize(model, progress=False, use_cache=False, latency_check=False,
+                                    avg_weight_bits=6)
+    onnx.checker.check_model(out, full_check=True)
+    assert report.notes["synthesis"]["objective"] == "tokens+cache"
+    step = api.synthesize(model, samples=6, seed=0, use_cache=False, progress=False).inputs
+    assert step["input_ids"].shape == (6, 1) and step["past_key"].shape == (6, DEFAULT_LENGTH - 1, 32)
+    want, got = run(model, step), run(out, step)
+    assert [w.shape for w in want] == [g.shape for g in got]
+    cos = (want[0] * got[0]).sum(-1) / np.linalg.norm(want[0], axis=-1) / np.linalg.norm(got[0], axis=-1)
+    assert cos.min() > 0.99
+
+
+def test_an_encoder_decoders_decoder_gets_standard_states_and_a_warning(caplog):
+    model = token_builders.token_decoder_cross()
+    graph = ir.to_graph(model)
+    assert hidden_inputs.hidden_inputs(graph, {"input_ids"}) == ["encoder_states"]
+    with caplog.at_level(logging.WARNING):
+        result = api.synthesize(model, samples=64, seed=0, use_cache=False, progress=False)
+    assert "encoder_states" in caplog.text and "--calib" in caplog.text
+    states = result.inputs["encoder_states"]
+    assert states.shape == (64, 10, 32) and result.objective.endswith("+states")
+    assert abs(states.mean()) < 0.05 and abs(states.std() - 1) < 0.05
+    again = api.synthesize(model, samples=64, seed=0, use_cache=False, progress=False).inputs
+    np.testing.assert_array_equal(again["encoder_states"], states)
+    out, _ = dfq_onnx.quantize(model, progress=False, use_cache=False, latency_check=False, avg_weight_bits=6)
+    onnx.checker.check_model(out, full_check=True)
+    assert run(out, result.inputs)[0].shape == run(model, result.inputs)[0].shape
+
+
+def test_another_float_input_beside_tokens_is_one_clear_error():
+    model = token_builders.token_decoder_cross()
+    model.graph.input[1].type.tensor_type.shape.dim[2].dim_param = "D"    # not [N, S, D] with D known
+    with pytest.raises(PassError, match="'encoder_states' is float beside token inputs.*--calib"):
+        api.synthesize(model, samples=8, seed=0, use_cache=False, progress=False)
