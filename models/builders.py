@@ -21,7 +21,8 @@ __all__ = [
     "GOOD_BUILDERS", "bad_already_quantized", "bad_custom_domain", "bad_fp16", "bad_if_conv",
     "bad_empty_graph", "bad_loop_conv", "bad_old_opset",
     "concat_branches", "constant_weights", "conv_bn_relu", "conv_bn_relu_residual",
-    "conv_clip6", "conv_sequence", "conv_silu", "convtranspose_bn", "gemm_bn", "matmul_bn", "shared_weight",
+    "conv_clip6", "conv_sequence", "conv_silu", "convtranspose_bn", "fused_stem", "gemm_bn", "matmul_bn",
+    "shared_weight",
     "with_data_bn_stats",
 ]
 
@@ -306,6 +307,35 @@ def conv_silu(c_in: int = 3, c: int = 8, c_out: int = 4, hw: int = 8, seed: int 
                   helper.make_node("Mul", ["tail_sig_out", "tail.stride"], ["output"], name="tail_mul")]
     return _model(nodes, [_vi("input", ["N", c_in, hw, hw])], [_vi("output", ["N", c_out, hw, hw])], inits,
                   name="conv_silu")
+
+
+def fused_stem(pixel_range: tuple[float, float] | None, c_in: int = 3, c: int = 16, c_out: int = 4,
+               hw: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """A BN-free export "trained" on inputs in `pixel_range` (None: standardized): conv1 with a BatchNorm
+    fused in -> SiLU -> conv2 -> output, as Ultralytics writes YOLOv8. The fold uses the statistics of
+    conv1's raw response on blocky random images in that range (4 x 4 cells, uniform per cell and
+    channel): W' = gamma / sigma W, b' = beta - gamma mu / sigma, gamma ~ U(0.5, 2), beta ~ N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    w = _conv_w(rng, c, c_in, 3).astype(np.float64)
+    cells = rng.uniform(0.0, 1.0, (64, c_in, 4, 4))
+    u = np.kron(cells, np.ones((1, 1, -(-hw // 4), -(-hw // 4))))[:, :, :hw, :hw]
+    lo, hi = pixel_range or (None, None)
+    x = (u - 0.5) / np.sqrt(1 / 12) if pixel_range is None else lo + (hi - lo) * u
+    patches = np.lib.stride_tricks.sliding_window_view(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))), (3, 3),
+                                                       axis=(2, 3))           # [N, C, H, W, 3, 3]
+    y = np.einsum("nchwij,kcij->nkhw", patches, w, optimize=True)
+    mu, sigma = y.mean(axis=(0, 2, 3)), y.std(axis=(0, 2, 3))
+    gamma, beta = rng.uniform(0.5, 2.0, c), rng.normal(0.0, 1.0, c)
+    inits = [_init("conv1.weight", (w * (gamma / sigma)[:, None, None, None]).astype(np.float32)),
+             _init("conv1.bias", (beta - gamma * mu / sigma).astype(np.float32)),
+             _init("conv2.weight", _conv_w(rng, c_out, c, 3)),
+             _init("conv2.bias", rng.normal(0, 0.1, c_out).astype(np.float32))]
+    nodes = [_conv("conv1", "input", "conv1.weight", "conv1_out", "conv1.bias"),
+             helper.make_node("Sigmoid", ["conv1_out"], ["sig_out"], name="sigmoid"),
+             helper.make_node("Mul", ["conv1_out", "sig_out"], ["silu_out"], name="mul"),
+             _conv("conv2", "silu_out", "conv2.weight", "output", "conv2.bias")]
+    return _model(nodes, [_vi("input", ["N", c_in, hw, hw])], [_vi("output", ["N", c_out, hw, hw])], inits,
+                  name="fused_stem")
 
 
 def conv_sequence(c_in: int = 3, c: int = 4, h: int = 4, w: int | None = 8, classes: int = 6, seed: int = 0,

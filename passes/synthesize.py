@@ -40,7 +40,9 @@ objective (engine 4) and the sequence objectives with their drawings.
 Inputs the graph itself scales (an in-graph x / 255, (x - mean) / std; integer pixels and their Cast:
 `dfq_onnx.synth.preprocess`) or reads channels-last (tf2onnx's input Transpose: `dfq_onnx.synth.layout`)
 are synthesized on a copy of the graph that reads what the network does -- standardized, channels-first
-images -- and the samples are mapped back to the model's inputs.
+images -- and the samples are mapped back to the model's inputs. An image input with neither BN
+statistics, a prefix nor a `--input-range` gets the range its first layer implies (`dfq_onnx.synth.
+input_range`: where the fused biases match the responses); standardized when that abstains.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from dfq_onnx.core.state import CompileState
 from dfq_onnx.synth import hidden_inputs, kv_cache, layout, preprocess
 from dfq_onnx.synth.augment import is_image_like
 from dfq_onnx.synth.compose import plan_pieces
+from dfq_onnx.synth.input_range import infer_range
 from dfq_onnx.synth.runner import build_objective, resolve_shapes, row_elements
 from dfq_onnx.synth.search import ESConfig, Stage, es_minimize, pink_noise, squash, stage_factors, unsquash
 from dfq_onnx.synth.sequence import sequence_output
@@ -91,6 +94,8 @@ class SynthesisOptions:
     progress: bool = True
     input_ranges: dict = field(default_factory=dict)   # {input: (lo, hi)}: the model's pixel range when it
                                                        #  is not standardized (synth/search.py squash)
+    prefixed: tuple[str, ...] = ()   # inputs an in-graph prefix scales (preprocess.py): their range is known,
+                                     #  not inferred (synth/input_range.py)
 
     def __post_init__(self):
         if self.samples < 1 or (self.steps is not None and self.steps < 0) or self.population < 1:
@@ -118,6 +123,7 @@ class SynthesisResult:
     channels_last: tuple[str, ...] = ()  # [N, H, W, C] inputs, sampled channels-first (layout.py)
     twin: dict[str, np.ndarray] | None = None   # line drawings: the same shapes at the prior's contrast
                                                 #  (synth/strokes.py; passes/twin_ranges.py reads them)
+    inferred: dict = field(default_factory=dict)   # {input: RangeInference}: ranges read off the model
 
 
 def resolve_objective(requested: str, bn_stats: dict, graph=None) -> str:
@@ -164,7 +170,8 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     shapes = resolve_shapes(graph, input_shapes or {})
     if prefixes := preprocess.input_prefixes(graph, shapes, skip=options.input_ranges):
         pixels = {k: p.pixel_range() for k, p in prefixes.items() if p.pixel_range()}
-        inner = dataclasses.replace(options, input_ranges={**options.input_ranges, **pixels})
+        inner = dataclasses.replace(options, input_ranges={**options.input_ranges, **pixels},
+                                    prefixed=tuple(prefixes))
         result = synthesize(preprocess.without_prefixes(graph, prefixes), bn_stats, inner,
                             model_hash and f"{model_hash}/preprocess", input_shapes)   # synth/preprocess.py
         twin = result.twin and preprocess.to_inputs(result.twin, prefixes)
@@ -178,6 +185,23 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
                                    channels_last=tuple(last),
                                    twin=result.twin and layout.to_channels_last(result.twin, last))
     kind = resolve_objective(options.objective, bn_stats, graph)
+    inferred = _inferred_ranges(graph, shapes, options) if not bn_stats else {}
+    if ranges := {k: r.range for k, r in inferred.items() if r.range is not None}:
+        options = dataclasses.replace(options, input_ranges={**options.input_ranges, **ranges})
+    return dataclasses.replace(_images(graph, bn_stats, options, model_hash, shapes, kind, start),
+                               inferred=inferred)
+
+
+def _inferred_ranges(graph, shapes: dict, options: SynthesisOptions) -> dict:
+    """The range inference of every image input without BN statistics, a `--input-range` or an in-graph
+    prefix (synth/input_range.py); the same seed as the samples', on its own generator."""
+    return {k: infer_range(graph, k, shape, options.seed) for k, shape in shapes.items()
+            if k not in options.input_ranges and k not in options.prefixed and is_image_like((1, *shape))}
+
+
+def _images(graph, bn_stats, options: SynthesisOptions, model_hash: str, shapes: dict, kind: str,
+            start: float) -> SynthesisResult:
+    """The samples of objective `kind` for a graph reading channels-first images without a prefix."""
     plan = plan_pieces(graph, kind, shapes)       # sequence outputs along an input axis: synth/compose.py
     search_graph, search_shapes = (plan.graph, plan.shapes) if plan else (graph, shapes)
     strokes = plan is not None and is_image_like((1, *shapes[plan.name]))   # line drawings: synth/strokes.py
@@ -387,19 +411,36 @@ class Synthesize(Pass):
 
 
 def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: dict) -> None:
-    """Without BN statistics nothing in the model says what its image inputs' value range is, and the
-    samples assume standardized ones: say so once, naming the flag (a [0, 1]-pixel detector calibrated
-    on standardized samples loses a third of its detections: BENCHMARKS.md, session 7)."""
+    """Without BN statistics an image input's value range is read off the model (synth/input_range.py);
+    the report keeps each inference's scores, and one warning says what the samples assume and names
+    `--input-range` (a [0, 1]-pixel detector calibrated on standardized samples loses a third of its
+    detections: BENCHMARKS.md, session 7; the inference can be wrong, e.g. PP-OCRv6 det: session 11)."""
     if result.objective.startswith("bn") or result.start == "tokens":     # token path: no image input
         return
+    notes = state.report.notes["synthesis"]
+    if result.inferred:
+        notes["inferred_range"] = {k: r.note() for k, r in result.inferred.items()}
+    for k, r in result.inferred.items():
+        if r.range is not None:
+            log.warning("no BatchNormalization statistics: input %s inferred to read %s (the first layer's "
+                        "biases match its responses there: %s); if it reads another range, pass "
+                        "--input-range %s:LOW,HIGH", k, r.convention, _scores(r), k)
     last = result.channels_last
     first = {k: v.shape if k not in last else (v.shape[0], *layout.to_channels_first(v.shape[1:]))
              for k, v in result.inputs.items()}
     unsized = [k for k, shape in first.items()
-               if k not in ranges and k not in result.preprocessed and is_image_like(shape)]
+               if k not in ranges and k not in result.preprocessed and is_image_like(shape)
+               and (k not in result.inferred or result.inferred[k].range is None)]
     if unsized:
-        state.report.notes["synthesis"]["assumed_range"] = {k: "standardized" for k in unsized}
+        notes["assumed_range"] = {k: "standardized" for k in unsized}
+        why = "; ".join(f"{k}: {_scores(result.inferred[k]) or 'no biased first layer'}"
+                        for k in unsized if k in result.inferred)
         log.warning("no BatchNormalization statistics: synthetic samples for %s assume standardized inputs "
-                    "(mean 0, std 1); if the model reads a fixed range, pass it: --input-range %s:0,1 "
+                    "(mean 0, std 1)%s; if the model reads a fixed range, pass it: --input-range %s:0,1 "
                     "([0, 1] pixels), %s:-1,1 ((x / 255 - 0.5) / 0.5, as PP-OCR), %s:0,255",
-                    ", ".join(unsized), *[unsized[0]] * 3)
+                    ", ".join(unsized), f" (range inference, log10 |bias| / response: {why})" if why else "",
+                    *[unsized[0]] * 3)
+
+
+def _scores(r) -> str:
+    return ", ".join(f"{k} {v:+.2f}" for k, v in sorted(r.scores.items(), key=lambda kv: abs(kv[1])))

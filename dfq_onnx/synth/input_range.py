@@ -1,0 +1,174 @@
+"""The value range a BN-free model's image input reads, inferred from the model's first layer.
+
+Synthetic samples are standardized images unless the model says otherwise: BN statistics pin the
+first layers' inputs, an in-graph prefix (`synth.preprocess`) or `--input-range` names the pixel
+range. A graph whose BatchNormalizations were fused into the convolutions at export (Ultralytics
+YOLOv8, YOLOX, PaddleOCR's detectors) has none of these, and a [0, 1]-pixel detector calibrated on
+standardized samples loses a third of its detections (BENCHMARKS.md, session 7). Its fused layers still
+carry the trace of the training inputs. Per output channel c a fused layer computes
+
+    y_c = W'_c x + b'_c,    W'_c = (gamma_c / sigma_c) W_c,    b'_c = beta_c - gamma_c mu_c / sigma_c
+
+with mu_c, sigma_c the mean and std of W_c x over the training inputs. On inputs like those,
+std(W'_c x) = |gamma_c|, so
+
+    |b'_c| / std(W'_c x) = |beta_c / gamma_c - mu_c / sigma_c|
+
+a sum of two O(1) terms: BN's shift in units of its scale, and the raw response's mean in units of its
+std. The ratio does not change under any function-preserving rescaling of channel c (a positive factor
+on W'_c, b'_c and its inverse on the next layer's inputs: the fold itself, cross-layer equalization),
+so it is a property of the function, not of how it is parameterized; but it falls k-fold when the
+input is k times wider than the training inputs (std(W' x) grows, b' does not). So the input's scale is
+where the first layer's biases meet its responses:
+
+    score(R) = median over the channels c of the first biased layer of log10(|b_c| / std_R(y_c))
+
+with std_R over up to SAMPLES image-like samples (fewer above PIXELS pixels in all) drawn from the
+synthesis prior (`search.pink_noise`) and mapped onto the candidate range R exactly as synthesis maps
+its samples; the inferred range is the candidate of CANDIDATES with the smallest |score(R)|. Only the
+first layer (LAYERS = 1): the identity is exact there, while deeper layers keep it only as far as the
+activations between are homogeneous (reading the first 6 layers mis-picked EfficientNet-Lite0, whose
+ReLU6 clips, and ResNet-20; BENCHMARKS.md, session 11).
+
+The candidates are the conventions exporters use. Their scales (the samples' std) are ~0.2 ([0, 1]),
+~0.4 ([-1, 1]), 1 (standardized) and ~51 ([0, 255], mean-subtracted 0..255): the three small ones are
+a factor 2-2.5 (0.3-0.4 in score) apart, the large ones x50 (1.7) away. The pick between the classes
+is robust; within the small class it is the O(1) prior against a factor 2 (right on 10 of 12 real models
+with a known convention, the miss a neighbour: PP-OCRv6 det, [-1, 1] read as standardized). The two
+0..255 candidates differ in offset only, which moves the score only through zero padding. The inference
+abstains (the samples stay standardized and the compile warns, naming `--input-range`) when fewer than
+MIN_CHANNELS channels have a bias and a response, or when no candidate comes within FAR decades of
+balance (the premise -- biases comparable to responses -- is then not the model's: e.g. a network
+trained without normalization whose biases are small).
+Cost: <= SAMPLES x len(CANDIDATES) rows through the graph cut after that layer (PP-OCRv6 det at 736 x
+736: one sample per candidate, ~2 s on a loaded machine).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from dfq_onnx.backends import runtime
+from dfq_onnx.backends.chunks import static_batch
+from dfq_onnx.core import ir
+from dfq_onnx.synth.search import pink_noise, squash
+
+CANDIDATES: tuple[tuple[str, tuple[float, float] | None], ...] = (
+    ("standardized", None), ("[0, 1]", (0.0, 1.0)), ("[-1, 1]", (-1.0, 1.0)), ("[0, 255]", (0.0, 255.0)),
+    ("mean-subtracted 0..255", (-127.5, 127.5)))
+LAYERS = 1            # biased weighted layers read, in graph order from the input (module docstring)
+SAMPLES = 8           # at most; fewer on large images: PIXELS positions per channel are plenty for a std
+PIXELS = 1 << 20
+MIN_CHANNELS = 8
+FAR = np.log10(4.0)   # |score| beyond this for every candidate: no convention balances biases, abstain
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class RangeInference:
+    """The inferred convention (None: abstained), the score of every candidate, the channels used."""
+    name: str
+    convention: str | None
+    range: tuple[float, float] | None
+    scores: dict[str, float]
+    channels: int
+    layers: tuple[str, ...]
+
+    def note(self) -> dict:
+        return {"convention": self.convention or "standardized (abstained)",
+                "range": list(self.range) if self.range else None,
+                "score_log10_bias_over_response": {k: round(v, 3) for k, v in self.scores.items()},
+                "channels": self.channels, "layers": list(self.layers)}
+
+
+def _bias(node: gs.Node) -> np.ndarray | None:
+    """The layer's constant bias per output channel (Conv's third input, Gemm's C), else None."""
+    if node.op in ("Conv", "ConvTranspose") and len(node.inputs) > 2:
+        b = node.inputs[2]
+    elif node.op == "Gemm" and len(node.inputs) > 2:
+        b = node.inputs[2]
+    else:
+        return None
+    return np.asarray(b.values, np.float64).ravel() if isinstance(b, gs.Constant) else None
+
+
+def _downstream(graph: gs.Graph, name: str) -> set[int]:
+    """Ids of the nodes reading the input `name`, directly or through other nodes."""
+    seen, frontier = set(), [graph.tensors()[name]]
+    while frontier:
+        t = frontier.pop()
+        for nd in t.outputs:
+            if id(nd) not in seen:
+                seen.add(id(nd))
+                frontier.extend(nd.outputs)
+    return seen
+
+
+def biased_layers(graph: gs.Graph, name: str, count: int | None = None) -> list[tuple[gs.Node, np.ndarray]]:
+    """The first `count` weighted layers after input `name` (graph order) with a constant weight and bias."""
+    reach, count = _downstream(graph, name), count or LAYERS
+    out = []
+    for nd in graph.nodes:
+        if nd.op in WEIGHTED and id(nd) in reach and isinstance(nd.inputs[1], gs.Constant):
+            b = _bias(nd)
+            if b is not None:
+                out.append((nd, b))
+                if len(out) == count:
+                    break
+    return out
+
+
+def _observer(graph: gs.Graph, layers):
+    """A session of the graph cut after the layers, their outputs observed; None when the cut graph
+    reads another input too."""
+    names = [nd.outputs[0].name for nd, _ in layers]
+    g, table = runtime.copy_observing(graph, names)
+    for name in names:
+        table[name].dtype = table[name].dtype or np.float32
+    g.outputs = [table[n] for n in names]
+    g.cleanup()
+    if len(g.inputs) != 1:
+        return None
+    return runtime.session(ir.to_model(g), mem_pattern=False)
+
+
+def _log_ratios(outputs: list[np.ndarray], layers) -> np.ndarray:
+    """log10(|b_c| / std(y_c)) over every channel with a nonzero bias and a nonzero response."""
+    parts = []
+    for y, (nd, b) in zip(outputs, layers):
+        axis = 1 if nd.op in ("Conv", "ConvTranspose") else y.ndim - 1
+        if len(b) not in (1, y.shape[axis]):
+            continue
+        s = y.std(axis=tuple(i for i in range(y.ndim) if i != axis), dtype=np.float64)
+        b = np.broadcast_to(np.abs(b), s.shape)
+        ok = (s > 0) & (b > 0) & np.isfinite(s)
+        parts.append(np.log10(b[ok] / s[ok]))
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def infer_range(graph: gs.Graph, name: str, shape: tuple[int, ...], seed: int = 0) -> RangeInference:
+    """The convention of CANDIDATES whose samples balance the first layers' biases and responses best
+    (module docstring); `shape` is the input's per-sample shape [C, H, W]."""
+    layers = biased_layers(graph, name)
+    if not layers:
+        return RangeInference(name, None, None, {}, 0, ())
+    sess = _observer(graph, layers)
+    if sess is None:
+        return RangeInference(name, None, None, {}, 0, ())
+    n = int(np.clip(PIXELS // max(int(np.prod(shape[1:])), 1), 1, SAMPLES))
+    latent = pink_noise(np.random.default_rng(seed), n, shape)
+    scores, channels, fixed = {}, 0, static_batch(graph)
+    for label, rng in CANDIDATES:
+        x = squash({name: latent.copy()}, {name: rng} if rng else None)
+        ratios = _log_ratios(runtime.run_batched(sess, x, fixed or n, static=fixed is not None), layers)
+        channels = len(ratios)
+        if channels >= MIN_CHANNELS:
+            scores[label] = float(np.median(ratios))
+    names = tuple(nd.name for nd, _ in layers)
+    if not scores or min(abs(v) for v in scores.values()) > FAR:
+        return RangeInference(name, None, None, scores, channels, names)
+    best = min(scores, key=lambda k: abs(scores[k]))
+    return RangeInference(name, best, dict(CANDIDATES)[best], scores, channels, names)

@@ -1,0 +1,100 @@
+"""A BN-free model's input range read off its first layer (synth/input_range.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import pytest
+from dfq_onnx.models import builders
+
+import dfq_onnx
+from dfq_onnx.synth.input_range import CANDIDATES, infer_range
+
+FAST = dict(synth_samples=8, synth_steps=2, use_cache=False, progress=False, latency_check=False)
+
+
+def _scale(rng: tuple[float, float] | None) -> float:
+    """The candidates' sample std (search.squash maps (-2.5, 2.5) onto (lo, hi))."""
+    return 1.0 if rng is None else (rng[1] - rng[0]) / 5.0
+
+
+@pytest.mark.parametrize("truth", [(0.0, 1.0), None, (0.0, 255.0)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_inferred_scale_within_a_neighbour_of_the_training_range(truth, seed):
+    """Fused stems trained on blocky images (not the synthesis prior) in `truth`: the pick's scale is
+    the truth's or a neighbour's (a factor <= 2.5), never another class (x50)."""
+    graph = gs.import_onnx(builders.fused_stem(truth, seed=seed))
+    r = infer_range(graph, "input", (3, 16, 16))
+    assert r.convention is not None and r.channels == 16
+    assert set(r.scores) == {k for k, _ in CANDIDATES}
+    ratio = _scale(r.range) / _scale(truth)
+    assert 1 / 2.5 <= ratio <= 2.5, (r.convention, r.scores)
+
+
+def test_no_bias_abstains():
+    model = builders.fused_stem((0.0, 255.0))
+    graph = gs.import_onnx(model)
+    conv = next(n for n in graph.nodes if n.name == "conv1")
+    conv.inputs = conv.inputs[:2]
+    r = infer_range(graph, "input", (3, 16, 16))
+    assert r.convention is None and r.range is None and r.scores == {}
+
+
+def test_far_from_every_candidate_abstains():
+    graph = gs.import_onnx(builders.fused_stem((0.0, 255.0)))
+    conv = next(n for n in graph.nodes if n.name == "conv1")
+    conv.inputs[2].values = conv.inputs[2].values * np.float32(1e4)     # biases 10^4 x the responses
+    r = infer_range(graph, "input", (3, 16, 16))
+    assert r.convention is None and min(abs(v) for v in r.scores.values()) > 1.0
+
+
+def test_compile_uses_the_inferred_range_like_the_flag():
+    model = builders.fused_stem((0.0, 255.0), seed=1)
+    inferred, report = dfq_onnx.quantize(model, **FAST)
+    given, flag = dfq_onnx.quantize(model, input_ranges={"input": (0.0, 255.0)}, **FAST)
+    assert inferred.SerializeToString() == given.SerializeToString()
+    note = report.notes["synthesis"]["inferred_range"]["input"]
+    assert note["convention"] == "[0, 255]" and note["range"] == [0.0, 255.0]
+    assert "assumed_range" not in report.notes["synthesis"]
+    assert any("inferred to read [0, 255]" in w and "--input-range" in w for w in report.warnings)
+    assert "inferred_range" not in flag.notes["synthesis"] and not flag.warnings
+
+
+def test_bn_model_is_not_inferred():
+    model = builders.with_data_bn_stats(builders.conv_bn_relu_residual(c=8, hw=8, classes=10))
+    _, report = dfq_onnx.quantize(model, **FAST)
+    assert "inferred_range" not in report.notes["synthesis"]
+
+
+def test_static_batch_pads_the_last_call():
+    """A graph exported with a fixed batch of 4: 400 x 400 images draw 6 samples (PIXELS), so the second
+    call is padded (runtime.run_batched static) and the pick is the one of the dynamic-batch graph."""
+    graph = gs.import_onnx(builders.fused_stem((0.0, 1.0)))
+    graph.inputs[0].shape, graph.outputs[0].shape = ["N", 3, 400, 400], None
+    dynamic = infer_range(graph, "input", (3, 400, 400))
+    graph.inputs[0].shape = [4, 3, 400, 400]
+    fixed = infer_range(graph, "input", (3, 400, 400))
+    assert fixed.convention == dynamic.convention and fixed.scores == pytest.approx(dynamic.scores, abs=1e-6)
+
+
+def test_bn_model_with_the_label_objective_is_not_inferred():
+    """BN statistics fix the range whatever the objective: no inference, samples standardized."""
+    from dfq_onnx.passes.fold_bn import FoldBatchNorm
+    from dfq_onnx.passes.normalize import Normalize
+    from dfq_onnx.passes.synthesize import SynthesisOptions, synthesize
+
+    from dfq_onnx.core import ir
+    from dfq_onnx.core.options import QuantizeOptions
+    from dfq_onnx.core.pass_base import run_passes
+    from dfq_onnx.core.report import Report
+    from dfq_onnx.core.state import CompileState
+    from dfq_onnx.core.target import load_target
+
+    model = builders.with_data_bn_stats(builders.conv_bn_relu_residual(c=8, hw=8, classes=10))
+    state = CompileState(graph=None, target=load_target("ort-cpu"), options=QuantizeOptions(),
+                         report=Report(), model_hash="", source=ir.load_model(model))
+    run_passes([Normalize(), FoldBatchNorm()], state)
+    assert state.bn_stats
+    options = SynthesisOptions(samples=2, steps=0, objective="label", use_cache=False, progress=False)
+    result = synthesize(state.graph, state.bn_stats, options, "")
+    assert result.objective == "label" and result.inferred == {}
