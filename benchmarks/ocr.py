@@ -20,6 +20,8 @@ Configurations: every model of RapidOCR (det PP-OCRv4, cls mobile v2, rec PP-OCR
                 precision decided per group), det 736 x 736, cls 48 x 192, rec 48 x 320;
   dfq-w8a8      the same with `--act-bits 8` (uniform W8A8);
   dfq-analytic  the same with `--calib analytic` (BN statistics, no data);
+  dfq-no-twin   the same with `--no-twin-ranges` (the line drawings' ranges only: the default before
+                session 11);
   dfq-real      the same with `--calib` the 64 / 64 / 16 real images ORT calibrates on;
   dfq-avgB      det and cls as dfq, rec with `--avg-weight-bits B` (data-free mixed precision).
 A config varying rec only (dfq-avgB, and those given to `--rec-only`) keeps dfq's det and cls and is
@@ -137,7 +139,8 @@ def ort_calib(charset: set[str], seed: int, work: Path) -> dict[str, Path]:
 # --------------------------------------------------------------------------- compiles
 
 
-FLAGS = {"dfq": [], "dfq-w8a8": ["--act-bits", "8"], "dfq-analytic": ["--calib", "analytic"]}
+FLAGS = {"dfq": [], "dfq-w8a8": ["--act-bits", "8"], "dfq-analytic": ["--calib", "analytic"],
+         "dfq-no-twin": ["--no-twin-ranges"]}
 
 
 def compile_config(cfg: str, src: dict, calib: dict, paths: dict, work: Path, rec_only: set,

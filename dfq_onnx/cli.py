@@ -105,9 +105,10 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
                         "weights (SmoothQuant; alpha scored at the output, kept only where it helps); "
                         "default: off (no task-metric gain measured yet, BENCHMARKS.md issue 14 session 9)")
     a.add_argument("--twin-ranges", action=flag, default=d.twin_ranges,
-                   help="recognizers calibrated on line drawings: per block of tensors, the ranges of the "
-                        "drawings or of their contrast twins, chosen at the output; default: off (PP-OCRv6 "
-                        "pages gain, PP-OCRv4 lines lose; BENCHMARKS.md PP-OCRv6 rec session 10)")
+                   help="recognizers calibrated on line drawings: the ranges of the drawings' contrast twins "
+                        "for the prefix of the graph (from the input) the output loss prefers, if one wins "
+                        "on both populations; default: on (only line drawings have twins; BENCHMARKS.md "
+                        "PP-OCR rec twin ranges, session 11)")
     a.add_argument("--bias-absorption", action=flag, default=d.bias_absorption,
                    help="high-bias absorption into the next layer (BN statistics)")
     a.add_argument("--bias-correction", action=flag, default=d.bias_correction,

@@ -99,5 +99,6 @@ def test_pipeline_runs_the_prior_for_synthetic_calibration_only(tmp_path):
     target = load_target("ort-cpu")
     names = {c: [repr(p) for p in default_pipeline(target, QuantizeOptions(calib=c))]
              for c in ("synthetic", "analytic", "noise")}
-    assert names["synthetic"].index("ScoreTopPrior") == names["synthetic"].index("Calibrate") + 1
+    syn = names["synthetic"]    # the prior reads the final ranges: after Calibrate and ChooseTwinRanges
+    assert syn.index("ScoreTopPrior") == syn.index("ChooseTwinRanges") + 1 == syn.index("Calibrate") + 2
     assert "ScoreTopPrior" not in names["analytic"] + names["noise"]

@@ -56,7 +56,7 @@ class QuantizeOptions:
     cle: bool = False                    # cross-layer equalization (passes/equalize.py)
     cle_criterion: str = "weights"       # "weights" (Nagel) | "activations" | "auto" (see passes/equalize.py)
     smooth: bool = False                 # outlier migration into static MatMul weights (passes/smooth.py)
-    twin_ranges: bool = False            # line drawings' contrast twins' ranges (twin_ranges.py)
+    twin_ranges: bool = True             # line drawings' contrast twins' ranges (twin_ranges.py)
     bias_absorption: bool = False        # high-bias absorption (passes/absorb_bias.py)
     bias_correction: bool | None = None  # analytic bias correction (passes/bias_correction.py);
                                          # None: on (BENCHMARKS.md, issue 13 session 5)

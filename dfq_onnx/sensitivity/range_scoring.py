@@ -5,14 +5,16 @@ weight at the default bits, every quantized activation at the default bits with 
 `build_probe(..., fixed_weight_bits=w)` without switches), run once over the scoring rows. The FP32
 reference outputs and the metric (`resolve_metrics`) are computed once for all candidates:
 
-    L(R) = [ sum_o loss_o(FP32_o, Q_R,o) over all rows, over the even rows, over the odd rows ]
+    L(R) = [ sum_o loss_o(FP32_o, Q_R,o) over all rows, over the even rows, over the odd rows,
+             over each of the caller's row subsets S_1, S_2, ... ]
 
-the same loss and halves as `Evaluator.loss` (the sensitivity terms' shrinkage reads the halves).
+the same loss and halves as `Evaluator.loss` (the sensitivity terms' shrinkage reads the halves); the
+subsets let a caller see the loss per population of rows (e.g. the line drawings and their twins).
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -29,7 +31,8 @@ class RangeScorer:
     """`loss(ranges)`: L(R) of the module docstring on `samples`, in calls of `batch` rows."""
 
     def __init__(self, graph: gs.Graph, spec: QuantSpec, target, samples: Mapping[str, np.ndarray],
-                 metric: str, batch: int | None = None, producers: dict | None = None):
+                 metric: str, batch: int | None = None, producers: dict | None = None,
+                 subsets: Sequence[np.ndarray] = ()):
         self.graph, self.spec, self.target, self.samples = graph, spec, target, dict(samples)
         self.n = len(next(iter(self.samples.values())))
         self.batch = batch or self.n
@@ -38,7 +41,7 @@ class RangeScorer:
         self.reference = self._forward(fp32)
         names = [o.name for o in fp32.graph.output]
         self.kinds = resolve_metrics(metric, self.reference, None, names, producers)
-        self.rows = (None, np.arange(0, self.n, 2), np.arange(1, self.n, 2))
+        self.rows = (None, np.arange(0, self.n, 2), np.arange(1, self.n, 2), *subsets)
 
     def _forward(self, model) -> list[np.ndarray]:
         self.forward_passes += -(-self.n // self.batch)
