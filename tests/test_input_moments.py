@@ -20,15 +20,16 @@ from dfq_onnx.passes.quant_groups import FindQuantGroups
 from dfq_onnx.backends import input_moments as im
 from dfq_onnx.backends import runtime
 from dfq_onnx.core import ir
+from dfq_onnx.core.gptq import LaidHessian
 from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.core.report import Report
 from dfq_onnx.core.state import BitPlan, LayerSpec
 from dfq_onnx.sensitivity import probe
 
 
-def _state(model, **options):
+def _state(model, full: bool = False, **options):
     return compile_state(model, [Normalize(21), FoldBatchNorm(), FindQuantGroups(), Calibrate(),
-                                 MeasureInputMoments()], calib_samples=24, **options)
+                                 MeasureInputMoments(full=full)], calib_samples=24, **options)
 
 
 @pytest.mark.parametrize("name", ["conv_bn_relu_residual", "gemm_bn", "matmul_bn"])
@@ -72,10 +73,12 @@ def _emit(state, plan: dict):
     return state_model(s)
 
 
+@pytest.mark.parametrize("full", [False, True])         # E[x_j^2] (--weight-clip) / H = E[x x^T] (GPTQ)
 @pytest.mark.parametrize("name", ["conv_bn_relu_residual", "gemm_bn", "matmul_bn"])
-def test_probe_slots_are_emits_weighted_low_bit_weights(name):
+def test_probe_slots_are_emits_weighted_low_bit_weights(name, full):
     model = builders.GOOD_BUILDERS[name]()
-    state, feeds = _state(model), normal_feeds(model, n=8, seed=3)
+    state, feeds = _state(model, full), normal_feeds(model, n=8, seed=3)
+    assert any(isinstance(m, LaidHessian) for m in state.input_moments.values()) == full
     kw = dict(input_moments=state.input_moments)
     pm = probe.build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, (3, 8), 8, **kw)
     plain = probe.build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, (3, 8), 8)
