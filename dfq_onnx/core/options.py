@@ -62,7 +62,7 @@ class QuantizeOptions:
                                          # None: on (BENCHMARKS.md, issue 13 session 5)
     dfmpc: bool = False                  # DF-MPC compensation of low- by higher-precision layers
     weight_clip: bool = False            # low-bit weights: moment-weighted clip search (core/weight_clip.py)
-    gptq: bool = True                    # low-bit weights: GPTQ rounding on the inputs' H (core/gptq.py)
+    gptq: bool = False                   # low-bit weights: GPTQ rounding on the inputs' H (core/gptq.py)
 
     @property
     def correct_bias(self) -> bool:
