@@ -50,17 +50,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+from dfq_onnx.passes.synthesis_types import OBJECTIVES, SynthesisOptions, SynthesisResult  # noqa: F401 (API)
+from dfq_onnx.passes.synthesize_tokens import synthesize_tokens
 from tqdm import tqdm
 
 from dfq_onnx.core import cache
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
-from dfq_onnx.synth import hidden_inputs, kv_cache, layout, preprocess
+from dfq_onnx.synth import layout, preprocess
 from dfq_onnx.synth.augment import is_image_like
 from dfq_onnx.synth.compose import plan_pieces
 from dfq_onnx.synth.input_range import infer_range
@@ -68,62 +69,14 @@ from dfq_onnx.synth.runner import build_objective, resolve_shapes, row_elements
 from dfq_onnx.synth.search import ESConfig, Stage, es_minimize, pink_noise, squash, stage_factors, unsquash
 from dfq_onnx.synth.sequence import sequence_output
 from dfq_onnx.synth.strokes import stroke_start
-from dfq_onnx.synth.token_lm import refine
-from dfq_onnx.synth.tokens import has_token_inputs, sample_tokens, token_layout, vocab_prior
+from dfq_onnx.synth.tokens import has_token_inputs
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("auto", "bn", "label", "bn+label", "sequence", "bn+sequence")
 ENGINE_VERSION = 5      # bump when the algorithm changes: old cache entries are then ignored
 STAGES = 3              # coarse-to-fine latent stages (latent short side 4, 8, 16 pixels)
 SIGMA, LR = 0.3, 0.05   # ES perturbation scale and Adam step, in latent (pixel) units
 MAX_STEPS, MIN_STEPS, ELEMENT_BUDGET = 80, 12, 6e9   # default steps: see the module docstring
-
-
-@dataclass(frozen=True)
-class SynthesisOptions:
-    samples: int = 64
-    steps: int | None = None    # ES steps in total, split over the stages (None: 0 for the BN
-                                #  objective, budgeted <= 80 for the label objectives)
-    population: int = 2         # antithetic pairs per sample and step (2P rows per sample per step)
-    seed: int = 0
-    objective: str = "auto"     # "bn" | "label" | "bn+label" | "auto" (bn if BN statistics exist,
-                                #  else label)
-    cache_dir: str | None = None
-    use_cache: bool = True
-    progress: bool = True
-    input_ranges: dict = field(default_factory=dict)   # {input: (lo, hi)}: the model's pixel range when it
-                                                       #  is not standardized (synth/search.py squash)
-    prefixed: tuple[str, ...] = ()   # inputs an in-graph prefix scales (preprocess.py): their range is known,
-                                     #  not inferred (synth/input_range.py)
-
-    def __post_init__(self):
-        if self.samples < 1 or (self.steps is not None and self.steps < 0) or self.population < 1:
-            raise UsageError(f"synthesis: samples ({self.samples}) and population ({self.population}) must "
-                             f"be positive and steps ({self.steps}) non-negative")
-        if self.objective not in OBJECTIVES:
-            raise UsageError(f"--synth-objective {self.objective}: expected one of {', '.join(OBJECTIVES)}")
-
-
-@dataclass(frozen=True)
-class SynthesisResult:
-    inputs: dict[str, np.ndarray]
-    labels: np.ndarray | None
-    loss_start: float | None    # None: no search (the prior's samples; the objective is not run)
-    loss_end: float | None
-    forward_passes: int         # ORT run calls (one per chunk of rows)
-    samples_evaluated: int      # rows evaluated over all calls
-    seconds: float
-    cache_hit: bool
-    objective: str
-    steps: int = 0              # ES steps of the search (also reported on a cache hit)
-    start: str = "pink"         # what the samples start from: "pink" (1/f fields), "strokes" (drawings),
-                                #  "tokens" (token sequences)
-    preprocessed: tuple[str, ...] = ()   # inputs sampled after their in-graph scale-and-shift (preprocess.py)
-    channels_last: tuple[str, ...] = ()  # [N, H, W, C] inputs, sampled channels-first (layout.py)
-    twin: dict[str, np.ndarray] | None = None   # line drawings: the same shapes at the prior's contrast
-                                                #  (synth/strokes.py; passes/twin_ranges.py reads them)
-    inferred: dict = field(default_factory=dict)   # {input: RangeInference}: ranges read off the model
 
 
 def resolve_objective(requested: str, bn_stats: dict, graph=None) -> str:
@@ -324,40 +277,6 @@ def _from_cache(path, shapes, start) -> SynthesisResult | None:
     return SynthesisResult(inputs, arrays.get("labels"), loss[0], loss[1], 0, 0,
                            time.perf_counter() - start, True, str(arrays["objective"]), int(meta[5]),
                            str(arrays.get("start", "pink")), twin=twin)
-
-
-def synthesize_tokens(graph, options: SynthesisOptions, input_shapes: dict | None = None) -> SynthesisResult:
-    """Token sequences for a language model's integer inputs (`dfq_onnx.synth.tokens`), regenerated by the
-    model itself when it has a causal LM head (`dfq_onnx.synth.token_lm`); a decoder's key/value-cache
-    inputs hold what the model computed for the tokens before (`dfq_onnx.synth.kv_cache`)."""
-    start = time.perf_counter()
-    layout = token_layout(graph, input_shapes)
-    caches = kv_cache.cache_inputs(graph)
-    known = {x.name for x in layout.inputs} | set(caches)
-    states = hidden_inputs.hidden_inputs(graph, known)
-    floats = [t.name for t in graph.inputs if t.name not in known | set(states)]
-    if floats:
-        raise UsageError(f"input '{floats[0]}' is float beside token inputs; synthesis of mixed inputs is "
-                         "not supported: pass --calib FILE.npz")
-    table = graph.tensors()[layout.table]
-    prior, pad = vocab_prior(table.values)
-    rng = np.random.default_rng(options.seed)
-    feeds = sample_tokens(layout, prior, pad, options.samples, rng, full=bool(caches))
-    feeds.update(kv_cache.empty_caches(graph, caches, options.samples, input_shapes))
-    if states:
-        log.warning("input %s: hidden states of another model (an encoder's output); sampled N(0, 1) as "
-                    "after its final LayerNorm -- pass --calib FILE.npz with real ones to replace the guess",
-                    ", ".join(states))
-        feeds.update(hidden_inputs.sample_hidden(graph, states, options.samples, layout.length,
-                                                 np.random.default_rng([options.seed, 1]), input_shapes))
-    width = kv_cache.step_width(graph, layout) if caches else None
-    feeds, passes = refine(graph, layout, feeds, prior, rng) if width is None else (feeds, 0)
-    kind = ("tokens+lm" if passes > 2 else "tokens") + ("+states" if states else "")
-    if caches:
-        feeds, step = kv_cache.decode_step(graph, layout, feeds, caches, width)
-        passes, kind = passes + step, kind + "+cache"
-    return SynthesisResult(feeds, None, 0.0, 0.0, passes, passes * options.samples,
-                           time.perf_counter() - start, False, kind, max(passes - 2, 0), "tokens")
 
 
 class Synthesize(Pass):
