@@ -92,3 +92,12 @@ def test_the_schedule_bounds_the_timing():
     assert integer_pays.schedule(0.5) == (9, 10)              # fast model: 10 calls a round, 9 rounds
     rounds, calls = integer_pays.schedule(1000.0)             # a 1 s forward: 3 rounds of one call
     assert (rounds, calls) == (3, 1)
+
+
+def test_a_dynamic_dimension_is_named_not_counted_as_zero_macs(monkeypatch):
+    from dfq_onnx.models import token_builders
+    model = token_builders.token_lm_cache()      # [N, S] ids and no position table: S stays free
+    monkeypatch.setattr(keep_float, "MIN_MACS", 5_000)              # above 0, below one position's MACs
+    _, report = dfq_onnx.quantize(model, use_cache=False, progress=False)
+    note = report.notes["keep_float"]
+    assert "dynamic dimensions" in note["skipped"] and note["macs"] >= 5_000
