@@ -90,3 +90,10 @@ def run_batched(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], batch:
         for acc, r in zip(outs, res):
             acc.append(r[:real] if static else r)
     return [np.concatenate(a, axis=0) for a in outs]
+
+
+def run_all(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], fixed: int | None) -> list[np.ndarray]:
+    """Every row of `feeds` in one call, or in calls of `fixed` rows when the graph's batch is fixed
+    (`run_batched(static=True)`)."""
+    n = len(next(iter(feeds.values())))
+    return run_batched(sess, feeds, fixed or n, static=fixed is not None)

@@ -163,7 +163,7 @@ def infer_range(graph: gs.Graph, name: str, shape: tuple[int, ...], seed: int = 
     scores, channels, fixed = {}, 0, static_batch(graph)
     for label, rng in CANDIDATES:
         x = squash({name: latent.copy()}, {name: rng} if rng else None)
-        ratios = _log_ratios(runtime.run_batched(sess, x, fixed or n, static=fixed is not None), layers)
+        ratios = _log_ratios(runtime.run_all(sess, x, fixed), layers)
         channels = len(ratios)
         if channels >= MIN_CHANNELS:
             scores[label] = float(np.median(ratios))

@@ -102,7 +102,7 @@ def decode_step(graph: gs.Graph, layout: TokenLayout, feeds: dict[str, np.ndarra
     session = runtime.session(ir.to_model(ir.copy_graph(graph)), mem_pattern=False)
     names = [o.name for o in session.get_outputs()]
     static = static_batch(graph)
-    rows, length = len(next(iter(feeds.values()))), feeds[layout.of("ids").name].shape[1]
+    length = feeds[layout.of("ids").name].shape[1]
 
     def tokens(start: int, stop: int) -> dict[str, np.ndarray]:
         return {k: v[:, :stop] if roles[k] == "mask" else v[:, start:stop] for k, v in feeds.items()
@@ -112,8 +112,7 @@ def decode_step(graph: gs.Graph, layout: TokenLayout, feeds: dict[str, np.ndarra
     step = width or length - 1
     passes = 0
     for start in range(0, length - 1, step):
-        outs = runtime.run_batched(session, {**tokens(start, start + step), **past}, static or rows,
-                                   static=static is not None)
+        outs = runtime.run_all(session, {**tokens(start, start + step), **past}, static)
         past = {name: np.ascontiguousarray(dict(zip(names, outs))[present], np.float32)
                 for name, (present, _) in caches.items()}
         passes += 1

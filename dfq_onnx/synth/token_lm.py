@@ -33,12 +33,6 @@ def lm_head(session, layout: TokenLayout, vocab: int) -> int | None:
     return None
 
 
-def _run(session, feeds: dict[str, np.ndarray], static: int | None) -> list[np.ndarray]:
-    """All rows of `feeds` in one call, or in calls of the graph's fixed batch."""
-    n = len(next(iter(feeds.values())))
-    return runtime.run_batched(session, feeds, static or n, static=static is not None)
-
-
 def is_causal(session, feeds: dict[str, np.ndarray], layout: TokenLayout, head: int,
               prior: np.ndarray, static: int | None = None) -> bool:
     """Outputs before t unchanged when the token at t changes, t the middle of the longest sample."""
@@ -50,9 +44,9 @@ def is_causal(session, feeds: dict[str, np.ndarray], layout: TokenLayout, head: 
     if t < 1:
         return False
     probe = {k: v[row:row + 1].copy() for k, v in feeds.items()}
-    before = _run(session, probe, static)[head][:, :t]
+    before = runtime.run_all(session, probe, static)[head][:, :t]
     probe[ids][0, t] = prior[0] if probe[ids][0, t] != prior[0] else prior[-1]
-    after = _run(session, probe, static)[head][:, :t]
+    after = runtime.run_all(session, probe, static)[head][:, :t]
     return bool(np.allclose(before, after, rtol=1e-4, atol=1e-5))
 
 
@@ -77,7 +71,8 @@ def refine(graph, layout: TokenLayout, feeds: dict[str, np.ndarray], prior: np.n
     allowed[prior] = 0.0
     passes = 2
     for _ in range(min(ROUNDS, x.shape[1] - 1)):
-        logits = _run(session, {**feeds, ids.name: x}, static)[head][:, :-1].astype(np.float64) + allowed
+        logits = runtime.run_all(session, {**feeds, ids.name: x}, static)[head][:, :-1].astype(np.float64)
+        logits += allowed
         passes += 1
         p = np.exp(logits - logits.max(axis=-1, keepdims=True))
         cdf = np.cumsum(p, axis=-1)
