@@ -31,6 +31,7 @@ from dfq_onnx.backends.chunks import static_batch
 from dfq_onnx.core import ir
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import is_float
+from dfq_onnx.synth.runner import shape_example
 from dfq_onnx.synth.tokens import TokenLayout
 
 CARRY = ("Cast", "Identity")
@@ -68,9 +69,9 @@ def _empty(t: gs.Tensor, axis: int, rows: int, hints: dict) -> np.ndarray:
     dims = list(hints.get(t.name) or t.shape)
     shape = [rows] + [0 if i == axis else d for i, d in enumerate(dims) if i > 0]
     if any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
-        example = ",".join(str(d) if isinstance(d, int) and d > 0 else "1" for d in t.shape)
         raise UsageError(f"cache input '{t.name}' has a dynamic dimension besides its batch and sequence "
-                         f"axes ({t.shape}); pass --input-shape {t.name}:{example} with the real sizes")
+                         f"axes ({t.shape}); pass --input-shape {t.name}:{shape_example(t.shape)} with the "
+                         "real sizes")
     return np.zeros(shape, np.float32)
 
 

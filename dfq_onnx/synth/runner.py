@@ -49,6 +49,11 @@ LIVE = 8            # tensors of the largest activation's size per row that ORT'
 LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
+def shape_example(shape) -> str:
+    """`shape` as an --input-shape value, each dynamic dimension written 1 (for error messages)."""
+    return ",".join(str(d) if isinstance(d, int) and d > 0 else "1" for d in shape)
+
+
 def resolve_shapes(graph: gs.Graph, hints: dict[str, tuple]) -> dict[str, tuple[int, ...]]:
     """Per-sample shape (batch axis dropped) of every graph input; hints fill dynamic dimensions."""
     shapes = {}
@@ -61,7 +66,7 @@ def resolve_shapes(graph: gs.Graph, hints: dict[str, tuple]) -> dict[str, tuple[
             raise UsageError(f"--input-shape {t.name}: rank {len(dims)} given, the input has rank "
                              f"{len(t.shape)}")
         if not dims or any(not isinstance(d, (int, np.integer)) or d <= 0 for d in dims[1:]):
-            example = ",".join(str(d) if isinstance(d, int) and d > 0 else "1" for d in (t.shape or [1]))
+            example = shape_example(t.shape or [1])
             raise UsageError(f"input '{t.name}' has a dynamic non-batch dimension ({t.shape}); pass "
                              f"--input-shape {t.name}:{example} with the real sizes")
         shapes[t.name] = tuple(int(d) for d in dims[1:])
