@@ -13,6 +13,7 @@ from dfq_onnx.passes.analytic_ranges import AnalyticRanges
 from dfq_onnx.passes.bias_correction import CorrectBias
 from dfq_onnx.passes.calibrate import Calibrate
 from dfq_onnx.passes.check_usage import CheckUsage
+from dfq_onnx.passes.data_tail import AttachTail, DetachTail
 from dfq_onnx.passes.dfmpc import CompensateDFMPC
 from dfq_onnx.passes.emit_forms import EmitForms
 from dfq_onnx.passes.emit_qdq import EmitQDQ
@@ -99,6 +100,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
     synthesize = options.calib == "synthetic" or (options.mixed and not options.calib.endswith(".npz"))
     head = [
         Normalize(required_opset(target, options)),
+        DetachTail(),
         FoldBatchNorm(),
         *([EqualizeCrossLayer(criterion=options.cle_criterion)] if options.cle else []),
         *([AbsorbHighBias()] if options.bias_absorption else []),
@@ -124,5 +126,6 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([CorrectBias()] if options.correct_bias else []),
         EmitForms(),
         EmitQDQ(),
+        AttachTail(),
     ]
     return [*head, CheckUsage(tail), *tail]
