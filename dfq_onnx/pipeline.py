@@ -21,6 +21,7 @@ from dfq_onnx.passes.equalize import EqualizeCrossLayer
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.hardswish_floor import HardSwishRangeFloor
 from dfq_onnx.passes.input_moments import MeasureInputMoments
+from dfq_onnx.passes.interface import RestoreInterface
 from dfq_onnx.passes.keep_float import KeepFloat
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.plan_uniform import UniformPlan
@@ -127,5 +128,6 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         EmitForms(),
         EmitQDQ(),
         AttachTail(),
+        RestoreInterface(),
     ]
     return [*head, CheckUsage(tail), *tail]
