@@ -65,3 +65,22 @@ def test_a_detector_with_nms_compiles_and_keeps_its_post_processing(scale_input)
     assert got[0].shape[1] == got[1].shape[0]
     # the quantized head keeps most of FP32's detections (same class, close boxes)
     assert abs(len(got[1]) - len(ref[1])) <= max(2, len(ref[1]) // 4)
+
+
+def test_control_flow_holding_a_data_dependent_op_is_part_of_the_tail():
+    x = gs.Variable("x", np.float32, [4])
+    y = gs.Variable("y", np.float32, [4])
+    kept = gs.Variable("kept", np.int64, None)
+    body_out = gs.Variable("nz", np.int64, None)
+    body = gs.Graph(nodes=[gs.Node("NonZero", inputs=[y], outputs=[body_out])], outputs=[body_out])
+    nodes = [gs.Node("Relu", name="relu", inputs=[x], outputs=[y]),
+             gs.Node("If", name="branch", inputs=[gs.Constant("cond", np.array(True))], outputs=[kept],
+                     attrs={"then_branch": body, "else_branch": body})]
+    graph = gs.Graph(nodes=nodes, inputs=[x], outputs=[kept])
+    found, why = tail.split(graph)
+    assert found is not None and "If 'branch'" in why
+    # the branch reads y from the enclosing graph: y is the head's output
+    assert [n.name for n in graph.nodes] == ["relu"] and [t.name for t in graph.outputs] == ["y"]
+    assert found.cut == ["y"]
+    tail.attach(graph, found)
+    assert [t.name for t in graph.outputs] == ["kept"] and body.nodes[0].inputs[0] is y

@@ -10,7 +10,8 @@ compare them, and nothing in the tail has weights to quantize. The compile there
                                           ┌─────────────────────────┘
                                           └─► NonMaxSuppression ─► Gather ─► det_boxes [K, 4]  (tail)
 
-`split` takes every node downstream of a data-dependent op out of the graph; the tensors the tail reads
+`split` takes every node downstream of a data-dependent op (or of an If / Loop / Scan whose body holds
+one) out of the graph; the tensors the tail reads
 from the head (here boxes and scores) become the head's graph outputs, scored by the output metric
 like any output, and graph inputs only the tail reads are set aside. `attach` puts the tail back, by
 tensor name, after Emit: it computes in float on the head's outputs exactly as in the source model.
@@ -38,11 +39,18 @@ class Tail:
     cut: list[str]                   # head tensors the tail reads (the head's extra outputs)
 
 
+def _data_dependent(node: gs.Node) -> bool:
+    """A value-dependent-size op, or control flow (tf2onnx's batched NMS is a Loop) holding one."""
+    if node.op in DATA_DEPENDENT:
+        return True
+    return any(_data_dependent(n) for g in node.attrs.values() if isinstance(g, gs.Graph) for n in g.nodes)
+
+
 def _downstream(graph: gs.Graph) -> list[gs.Node]:
     """Nodes reached from a data-dependent op's outputs (the op included), and the nodes that feed only
     them from graph inputs (e.g. a scale-factor input's Unsqueeze), in graph order."""
     seen: set[int] = set()
-    stack = [n for n in graph.nodes if n.op in DATA_DEPENDENT]
+    stack = [n for n in graph.nodes if _data_dependent(n)]
     while stack:
         node = stack.pop()
         if id(node) in seen:
@@ -64,13 +72,29 @@ def _downstream(graph: gs.Graph) -> list[gs.Node]:
     return [n for n in graph.nodes if id(n) in seen]
 
 
+def _subgraphs(node: gs.Node) -> list[gs.Graph]:
+    return [g for g in node.attrs.values() if isinstance(g, gs.Graph)]
+
+
+def _outer_reads(graph: gs.Graph) -> list[gs.Tensor]:
+    """Tensors a subgraph reads from the enclosing scopes (implicit inputs of its If / Loop / Scan)."""
+    own = {t.name for t in graph.inputs} | {t.name for n in graph.nodes for t in n.outputs}
+    reads = [t for n in graph.nodes for t in n.inputs if t.name and not is_const(t) and t.name not in own]
+    nested = [t for n in graph.nodes for g in _subgraphs(n) for t in _outer_reads(g)]
+    return reads + [t for t in nested if t.name not in own]
+
+
+def _reads(node: gs.Node) -> list[gs.Tensor]:
+    return list(node.inputs) + [t for g in _subgraphs(node) for t in _outer_reads(g)]
+
+
 def _cut(graph: gs.Graph, nodes: list[gs.Node]) -> list[gs.Tensor]:
-    """Computed head tensors the tail nodes read, in first-read order."""
+    """Computed head tensors the tail nodes read (their subgraphs' implicit inputs too), first-read order."""
     produced = {t.name for n in nodes for t in n.outputs}
     inputs = {t.name for t in graph.inputs}
     cut: dict[str, gs.Tensor] = {}
     for n in nodes:
-        for t in n.inputs:
+        for t in _reads(n):
             if t.name and not is_const(t) and t.name not in produced and t.name not in inputs:
                 cut.setdefault(t.name, t)
     return list(cut.values())
@@ -110,7 +134,20 @@ def attach(graph: gs.Graph, tail: Tail) -> None:
     for n, inputs in zip(tail.nodes, tail.node_inputs):
         n.inputs.extend(t if is_const(t) or t.name in own or not t.name else head.get(t.name, t)
                         for t in inputs)
+        for g in _subgraphs(n):
+            _rebind(g, head, set(tail.cut))
     graph.nodes.extend(tail.nodes)
     every = graph.tensors()
     graph.inputs = [every.get(t.name, t) for t in tail.inputs]
     graph.outputs = [every[name] for name in tail.outputs]
+
+
+def _rebind(graph: gs.Graph, head: dict, cut: set[str]) -> None:
+    """Point a tail subgraph's implicit reads of cut tensors at the head's tensors of those names."""
+    own = {t.name for t in graph.inputs} | {t.name for n in graph.nodes for t in n.outputs}
+    for n in graph.nodes:
+        for i, t in enumerate(n.inputs):
+            if t.name in cut and t.name not in own and t.name in head:
+                n.inputs[i] = head[t.name]
+        for g in _subgraphs(n):
+            _rebind(g, head, cut)
