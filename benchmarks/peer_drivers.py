@@ -84,20 +84,14 @@ def run_quark(model: str, out: str, calib: dict[str, np.ndarray], config: str = 
 
 
 def run_aimet(model: str, out: str, calib: dict[str, np.ndarray]) -> None:
-    """AIMET ONNX QuantizationSimModel, default W8A8 (tf-enhanced ranges), exported as QDQ ONNX."""
+    """AIMET ONNX QuantizationSimModel with its defaults (int8 weights and activations, min_max), encodings
+    computed on the samples, written as a QDQ model by `to_onnx_qdq()` (its defaults)."""
     import onnx
     from aimet_onnx.quantsim import QuantizationSimModel
 
     sim = QuantizationSimModel(onnx.load(model))
-    feeds = samples(calib)
-
-    def forward(session, _):
-        for feed in feeds:
-            session.run(None, feed)
-
-    sim.compute_encodings(forward, None)
-    out_path = Path(out)
-    sim.export(str(out_path.parent), out_path.stem, export_model=True)
+    sim.compute_encodings(samples(calib))
+    onnx.save(sim.to_onnx_qdq(), out)
 
 
 PEERS = {"ort": run_ort, "nncf": run_nncf, "quark": run_quark, "aimet": run_aimet}

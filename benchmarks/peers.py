@@ -60,7 +60,7 @@ PEERS = {
     "modelopt-random": ("modelopt", "modelopt.onnx.quantization",
                         "nothing (random calibration), --calibration_eps cpu --high_precision_dtype fp32"),
     "quark": ("quark", "quark.onnx", "N samples (CalibrationDataReader), config INT8_CNN_DEFAULT"),
-    "aimet": ("aimet", "aimet_onnx", "N samples (forward callback), QuantizationSimModel defaults"),
+    "aimet": ("aimet", "aimet_onnx", "N samples (feeds), QuantizationSimModel + to_onnx_qdq defaults"),
 }
 
 
