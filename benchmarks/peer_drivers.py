@@ -2,7 +2,7 @@
 
     VENV/bin/python benchmarks/peer_drivers.py PEER MODEL OUT [--calib CALIB.npz]
 
-PEER is one of ort, nncf, quark, aimet. CALIB.npz holds `{input_name: [N, ...] float32}` (the samples the
+PEER is one of ort, nncf, quark, aimet. CALIB.npz holds `{input_name: [N, ...] array}` (the samples the
 peer calibrates on, fed one sample per batch); without it a peer that needs data exits with an error.
 This file imports only numpy, onnx and the peer's own package (ort: benchmarks/common.py, run in the
 project's venv), so dfq-onnx never depends on a peer and a peer's venv never needs dfq-onnx. ModelOpt is
@@ -22,7 +22,7 @@ def load_calib(path: str | None) -> dict[str, np.ndarray]:
     if path is None:
         sys.exit("this peer needs calibration data: pass --calib CALIB.npz")
     with np.load(path) as z:
-        return {k: np.asarray(z[k], np.float32) for k in z.files}
+        return {k: np.asarray(z[k]) for k in z.files}
 
 
 def samples(calib: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:

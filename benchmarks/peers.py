@@ -115,7 +115,8 @@ def timed(cmd: list[str], log: Path, max_rss_gb: float) -> dict:
     start = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.Popen(["/usr/bin/time", "-v", "-o", str(tv), *cmd], stdout=fh,
-                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONHASHSEED": "0"})
+                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONHASHSEED": "0"},
+                                cwd=log.parent)  # peers that write side files (Quark) write them there
         killed = False
         while proc.poll() is None:
             time.sleep(0.5)
