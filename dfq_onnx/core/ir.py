@@ -24,19 +24,26 @@ from dfq_onnx.core.external_data import (  # noqa: F401 - has_external_data, mod
     absolute_locations,
     all_tensors,
     check_external_data,
+    copy_light,
+    copy_value_info,
     copy_without_raw,
     external_array,
     external_bytes,
     has_external_data,
     model_bytes,
+    tensor_bytes,
 )
+from dfq_onnx.core.shared_weights import SessionModel, export_sharing, placeholder
 
 TWO_GB = 2**31 - 1024
 LAZY_BYTES = 2**30      # external data above this is memory-mapped at import, never copied into the proto
+LIGHT_BYTES = 2**26     # models above this are shape-inferred on a copy without their weights' bytes
 DTYPES = {"int4": TensorProto.INT4, "uint4": TensorProto.UINT4, "int8": TensorProto.INT8,
           "uint8": TensorProto.UINT8, "int16": TensorProto.INT16, "uint16": TensorProto.UINT16,
           "int32": TensorProto.INT32}
 PACKED = {TensorProto.INT4: "int4", TensorProto.UINT4: "uint4"}     # exported from 8-bit storage
+NP_DTYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64, TensorProto.INT32, TensorProto.INT16,
+             TensorProto.INT8, TensorProto.UINT8, TensorProto.UINT16, TensorProto.BOOL}
 NP_STORAGE = {"int4": np.int8, "uint4": np.uint8, "int8": np.int8, "uint8": np.uint8,
               "int16": np.int16, "uint16": np.uint16, "int32": np.int32}
 
@@ -71,11 +78,12 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def collect_if_large(model: onnx.ModelProto, threshold: int = 1 << 28) -> None:
-    """gc.collect() for models above 256 MB: onnx-graphsurgeon graphs sit in reference cycles, so a
-    discarded graph (and the weight arrays it shares) waits for a cyclic collection; for small models
-    that costs more time (tens of ms per call in a large process) than the memory is worth."""
-    if model_bytes(model) > threshold:
+def collect_if_large(model: onnx.ModelProto | int, threshold: int = 1 << 28) -> None:
+    """gc.collect() for models (or a size in bytes) above 256 MB: onnx-graphsurgeon graphs sit in
+    reference cycles, so a discarded graph (and the weight arrays it shares) waits for a cyclic
+    collection; for small models that costs more time (tens of ms per call in a large process) than the
+    memory is worth."""
+    if (model if isinstance(model, int) else model_bytes(model)) > threshold:
         gc.collect()
 
 
@@ -83,6 +91,8 @@ def model_hash(model: onnx.ModelProto) -> str:
     """Stable content hash: SHA-256 of the deterministic serialization, plus the bytes of any tensor
     still held in external data (streamed, so models above 2 GB hash too)."""
     external = [t for t in all_tensors(model) if t.data_location == TensorProto.EXTERNAL]
+    if not external and tensor_bytes(model) < TWO_GB // 2:     # clearly serializable: one encoding
+        return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
     if not external and model.ByteSize() <= TWO_GB:
         return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
     h = hashlib.sha256()
@@ -146,24 +156,20 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> None:
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX shape inference with data propagation; returns the model unchanged if inference fails.
 
-    Above 2 GB (which protobuf cannot hand to the C++ inference) it runs on a copy without the large
-    tensors' bytes (shapes and small constants are all it reads) and the value types are copied back.
+    A model above LIGHT_BYTES (and any above 2 GB, which protobuf cannot hand to the C++ inference) is
+    inferred on a copy without the large initializers' bytes (shapes and small constants are all it
+    reads) and the value types are copied back into `model`: the inference would otherwise hold the
+    weights four times (the model, its serialization, the C++ copy and the returned model).
     """
-    large = model.ByteSize() > TWO_GB
-    src = model
-    if large:
-        src = onnx.ModelProto()
-        copy_without_raw(model, src, min_bytes=1 << 20)
+    light = tensor_bytes(model) > LIGHT_BYTES     # > 2 GB implies it (the tensors are the bulk)
+    src = copy_light(model, min_bytes=1 << 20) if light else model
     try:
         inferred = onnx.shape_inference.infer_shapes(src, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # shape inference is best effort for exotic models
         return model
-    if not large:
+    if not light:
         return inferred
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(inferred.graph.value_info)
-    for mine, theirs in zip(model.graph.output, inferred.graph.output):
-        mine.CopyFrom(theirs)
+    copy_value_info(model.graph, inferred.graph)
     return model
 
 
@@ -243,6 +249,59 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
+PLAIN = {"name", "dims", "data_type", "raw_data"}     # what gs writes for an array: the same bytes again
+
+
+def detach_from_protos(graph: gs.Graph) -> int:
+    """Make `graph` hold no reference into the protos it was imported from, so they can be freed (a
+    sub-message keeps its whole model alive): its opset imports are copied; a constant (or a node's
+    tensor attribute) still lazily read from its proto is loaded when
+    the proto is plain raw data (exported again, it gives the same bytes), else given a standalone copy of
+    its proto. Sparse constants keep theirs. Returns the bytes loaded."""
+    loaded = 0
+    for g in [graph, *graph.subgraphs(recursive=True)]:
+        if g.import_domains is not None:     # gs keeps the model's own opset_import (a sub-message)
+            g.import_domains = [_copied(onnx.OperatorSetIdProto(), d) for d in g.import_domains]
+        attrs = [v for n in g.nodes for v in n.attrs.values() if isinstance(v, gs.Constant)]
+        for t in [*g.tensors().values(), *attrs]:
+            lazy = getattr(t, "_values", None) if isinstance(t, gs.Constant) else None
+            if not isinstance(lazy, gs.ir.tensor.LazyValues) or isinstance(lazy, gs.ir.tensor.SparseValues):
+                continue
+            proto = lazy.tensor
+            if {f.name for f, _ in proto.ListFields()} <= PLAIN and proto.data_type in NP_DTYPES:
+                t.values = numpy_helper.to_array(proto).copy()
+                loaded += t.values.nbytes
+            else:
+                lazy.tensor = _copied(TensorProto(), proto)
+    return loaded
+
+
+def _copied(empty, proto):
+    empty.CopyFrom(proto)
+    return empty
+
+
+def declarations(model: onnx.ModelProto) -> onnx.ModelProto:
+    """What `carry_over` reads of `model` once the weights live in the graph: its declared inputs and
+    outputs, metadata, doc strings, versions and opsets; no node, no initializer (copying the whole
+    proto without its raw data would still re-allocate every tensor's bytes in the source's arena)."""
+    out = onnx.ModelProto(ir_version=model.ir_version, doc_string=model.doc_string, domain=model.domain,
+                          model_version=model.model_version, producer_name=model.producer_name,
+                          producer_version=model.producer_version)
+    out.opset_import.extend(model.opset_import)
+    out.metadata_props.extend(model.metadata_props)
+    out.graph.name, out.graph.doc_string = model.graph.name, model.graph.doc_string
+    out.graph.input.extend(model.graph.input)
+    out.graph.output.extend(model.graph.output)
+    return out
+
+
+def constant_bytes(graph: gs.Graph) -> int:
+    """Bytes of the graph's top-level constants (read from their arrays, or a lazy proto's shape)."""
+    return sum(t.values.nbytes if isinstance(t._values, np.ndarray) else t._values.nbytes
+               for t in graph.tensors().values() if isinstance(t, gs.Constant))
+
+
 def refresh_shapes(graph: gs.Graph) -> int:
     """Re-infer the variables' shapes of `graph` (after constant folding made pads and shape inputs
     constant, dimensions inference left symbolic become known). Inference runs on an export without
@@ -250,8 +309,7 @@ def refresh_shapes(graph: gs.Graph) -> int:
     reads). Returns how many tensors changed shape; graphs above LAZY_BYTES of constants keep theirs."""
     if sum(t.values.nbytes for t in graph.tensors().values() if isinstance(t, gs.Constant)) > LAZY_BYTES:
         return 0
-    model = onnx.ModelProto()
-    copy_without_raw(gs.export_onnx(graph, do_type_check=False), model, min_bytes=1 << 20)
+    model = export_without_raw(graph, min_bytes=1 << 20)
     del model.graph.value_info[:]
     for vi in model.graph.output:        # inferred, not merged with a declaration that may be stale
         vi.type.tensor_type.ClearField("shape")
@@ -274,6 +332,20 @@ def refresh_shapes(graph: gs.Graph) -> int:
         if isinstance(t, gs.Variable) and t.name in shapes and t.shape != shapes[t.name]:
             t.shape, changed = shapes[t.name], changed + 1
     return changed
+
+
+def export_without_raw(graph: gs.Graph, min_bytes: int) -> onnx.ModelProto:
+    """`gs.export_onnx(graph)` without the raw data of its tensors of >= `min_bytes` (for shape
+    inference), never exporting the large constants' bytes: they are written as placeholders
+    (`core.shared_weights`) and the placeholders then cleared to bare declarations."""
+    model = export_sharing(graph, lambda g: gs.export_onnx(g, do_type_check=False), min_bytes).proto
+    for tensor in all_tensors(model):
+        if tensor.data_location == TensorProto.EXTERNAL and placeholder(tensor):
+            tensor.ClearField("data_location")
+            del tensor.external_data[:]
+        elif tensor.HasField("raw_data") and len(tensor.raw_data) >= min_bytes:
+            tensor.ClearField("raw_data")
+    return model
 
 
 def packed_types(graph: gs.Graph) -> dict[str, str]:
@@ -338,6 +410,12 @@ def to_model(graph: gs.Graph, *, opset: int | None = None, ir_version: int | Non
     return model
 
 
+def session_model(graph: gs.Graph, **kwargs) -> SessionModel:
+    """`to_model(graph, **kwargs)` for an ONNX Runtime session: the large constants stay in the graph's
+    arrays and the session reads them there (`core.shared_weights`); the graph is left as it was."""
+    return export_sharing(graph, lambda g: to_model(g, **kwargs))
+
+
 def _pack_nibbles(values: np.ndarray) -> bytes:
     """4-bit values as ONNX raw data: two per byte, the first in the low nibble (int32_data would store
     one varint per pair, about 6 bits per value)."""
@@ -367,6 +445,9 @@ def check_model(model: onnx.ModelProto, full: bool = True) -> None:
 
 
 def serialize(model: onnx.ModelProto) -> bytes:
+    if isinstance(model, SessionModel):
+        raise TypeError("a SessionModel's constants are not in its proto: give it to a session, or export "
+                        "the graph with to_model")
     return model.SerializeToString(deterministic=True)
 
 
