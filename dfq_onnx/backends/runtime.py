@@ -51,7 +51,7 @@ def create(model, opts: ort.SessionOptions) -> ort.InferenceSession:
         sess = ort.InferenceSession(model.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         sess._dfq_shared = (values, model.arrays)
         return sess
-    if not isinstance(model, bytes) and model.ByteSize() > ir.TWO_GB:
+    if not isinstance(model, bytes) and ir.over_two_gb(model):
         return _large_session(model, opts)
     data = model if isinstance(model, bytes) else ir.serialize(model)
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])

@@ -116,6 +116,12 @@ def model_hash(model: onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
+def over_two_gb(model: onnx.ModelProto) -> bool:
+    """Whether protobuf cannot serialize `model`: `ByteSize()` (a whole serialization under upb) is
+    asked only when its tensors alone come near the limit."""
+    return tensor_bytes(model) >= TWO_GB // 2 and model.ByteSize() > TWO_GB
+
+
 def opset_version(model: onnx.ModelProto) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
@@ -434,7 +440,7 @@ def min_ir_version(opset: int) -> int:
 def check_model(model: onnx.ModelProto, full: bool = True) -> None:
     """onnx.checker (models above 2 GB are checked from a temporary external-data copy)."""
     try:
-        if model.ByteSize() > TWO_GB:
+        if over_two_gb(model):
             with tempfile.TemporaryDirectory(prefix="dfq-check-") as tmp:
                 onnx.checker.check_model(str(save_model(model, Path(tmp) / "model.onnx")), full_check=full)
             return
@@ -460,7 +466,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, return_all: bool
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if model.ByteSize() <= TWO_GB:
+    if not over_two_gb(model):
         _atomic_write(path, serialize(model))
         return [path] if return_all else path
     data_name = path.name + ".data"
