@@ -105,3 +105,32 @@ def test_after_normalize_the_compile_holds_the_weights_about_once(tmp_path):
         pytest.skip("no /proc here")
     held = got["passes"]["FoldBatchNorm"] * 2**20 - got["base"]
     assert held < 1.6 * weights, (held / weights, got)
+
+
+def test_memory_mapped_weights_are_shared_with_sessions_too(tmp_path, monkeypatch):
+    """Weights above ir.LAZY_BYTES stay memory-mapped in the graph; sessions read those maps in place."""
+    import dfq_onnx
+
+    model = builders.conv_bn_relu_residual()
+    want, _ = dfq_onnx.quantize(model, progress=False, use_cache=False)
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.data", size_threshold=0)
+    monkeypatch.setattr(ir, "LAZY_BYTES", 0)
+    monkeypatch.setattr(shared_weights, "SHARE_BYTES", 64)
+    got, _ = dfq_onnx.quantize(tmp_path / "m.onnx", progress=False, use_cache=False)
+    assert got.SerializeToString() == want.SerializeToString()
+
+
+@pytest.mark.parametrize("options", [{}, {"avg_weight_bits": 5}], ids=["default", "mixed"])
+def test_whole_compiles_are_the_same_with_every_constant_shared(monkeypatch, options):
+    """The activation decision's probe and segments, the weight probe's If branches, synthesis and
+    calibration sessions: the same output whether their constants are shared or serialized."""
+    import dfq_onnx
+
+    model = builders.with_data_bn_stats(builders.conv_bn_relu_residual())
+    kw = {"progress": False, "use_cache": False, "synth_samples": 8, "synth_steps": 3, **options}
+    monkeypatch.setattr(shared_weights, "SHARE_BYTES", 1 << 62)
+    inline, _ = dfq_onnx.quantize(model, **kw)
+    monkeypatch.setattr(shared_weights, "SHARE_BYTES", 16)
+    shared, _ = dfq_onnx.quantize(model, **kw)
+    assert shared.SerializeToString() == inline.SerializeToString()

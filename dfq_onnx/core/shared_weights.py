@@ -26,9 +26,10 @@ from onnx import TensorProto
 
 SHARE_BYTES = 1 << 16            # smaller constants stay in the proto (ORT's per-initializer overhead)
 PLACEHOLDER = "dfq-in-memory"    # the external-data location of a shared constant (never opened)
+# weight types only: int32 / int64 constants may be shapes, axes or indices, whose values ONNX Runtime's
+# shape inference reads from the proto (it cannot read them from external data)
 SHAREABLE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
-             np.dtype(np.float16): TensorProto.FLOAT16, np.dtype(np.int64): TensorProto.INT64,
-             np.dtype(np.int32): TensorProto.INT32, np.dtype(np.int16): TensorProto.INT16,
+             np.dtype(np.float16): TensorProto.FLOAT16, np.dtype(np.int16): TensorProto.INT16,
              np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
              np.dtype(np.uint16): TensorProto.UINT16}
 
