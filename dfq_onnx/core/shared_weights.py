@@ -13,7 +13,7 @@ for its kernels). Same nodes, same values: the session computes what the seriali
 `SessionModel` behaves as the proto for reading (`.graph`, `.ByteSize()`); `backends.runtime.session`
 and the probe's session accept it. The arrays must not be written while a session uses them (no pass
 writes a graph array in place: passes replace constants). Subgraph constants (If branches) stay inline:
-ONNX Runtime injects external initializers into the main graph only.
+ONNX Runtime refuses an external-data placeholder inside a subgraph (checked with ORT 1.32).
 """
 
 from __future__ import annotations
