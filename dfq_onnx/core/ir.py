@@ -33,7 +33,13 @@ from dfq_onnx.core.external_data import (  # noqa: F401 - has_external_data, mod
     model_bytes,
     tensor_bytes,
 )
-from dfq_onnx.core.shared_weights import SessionModel, export_sharing, placeholder
+from dfq_onnx.core.proto_release import (  # noqa: F401 - re-exported
+    constant_bytes,
+    declarations,
+    detach_from_protos,
+    export_without_raw,
+)
+from dfq_onnx.core.shared_weights import SessionModel, export_sharing
 
 TWO_GB = 2**31 - 1024
 LAZY_BYTES = 2**30      # external data above this is memory-mapped at import, never copied into the proto
@@ -42,8 +48,6 @@ DTYPES = {"int4": TensorProto.INT4, "uint4": TensorProto.UINT4, "int8": TensorPr
           "uint8": TensorProto.UINT8, "int16": TensorProto.INT16, "uint16": TensorProto.UINT16,
           "int32": TensorProto.INT32}
 PACKED = {TensorProto.INT4: "int4", TensorProto.UINT4: "uint4"}     # exported from 8-bit storage
-NP_DTYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64, TensorProto.INT32, TensorProto.INT16,
-             TensorProto.INT8, TensorProto.UINT8, TensorProto.UINT16, TensorProto.BOOL}
 NP_STORAGE = {"int4": np.int8, "uint4": np.uint8, "int8": np.int8, "uint8": np.uint8,
               "int16": np.int16, "uint16": np.uint16, "int32": np.int32}
 
@@ -255,59 +259,6 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
-PLAIN = {"name", "dims", "data_type", "raw_data"}     # what gs writes for an array: the same bytes again
-
-
-def detach_from_protos(graph: gs.Graph) -> int:
-    """Make `graph` hold no reference into the protos it was imported from, so they can be freed (a
-    sub-message keeps its whole model alive): its opset imports are copied; a constant (or a node's
-    tensor attribute) still lazily read from its proto is loaded when
-    the proto is plain raw data (exported again, it gives the same bytes), else given a standalone copy of
-    its proto. Sparse constants keep theirs. Returns the bytes loaded."""
-    loaded = 0
-    for g in [graph, *graph.subgraphs(recursive=True)]:
-        if g.import_domains is not None:     # gs keeps the model's own opset_import (a sub-message)
-            g.import_domains = [_copied(onnx.OperatorSetIdProto(), d) for d in g.import_domains]
-        attrs = [v for n in g.nodes for v in n.attrs.values() if isinstance(v, gs.Constant)]
-        for t in [*g.tensors().values(), *attrs]:
-            lazy = getattr(t, "_values", None) if isinstance(t, gs.Constant) else None
-            if not isinstance(lazy, gs.ir.tensor.LazyValues) or isinstance(lazy, gs.ir.tensor.SparseValues):
-                continue
-            proto = lazy.tensor
-            if {f.name for f, _ in proto.ListFields()} <= PLAIN and proto.data_type in NP_DTYPES:
-                t.values = numpy_helper.to_array(proto).copy()
-                loaded += t.values.nbytes
-            else:
-                lazy.tensor = _copied(TensorProto(), proto)
-    return loaded
-
-
-def _copied(empty, proto):
-    empty.CopyFrom(proto)
-    return empty
-
-
-def declarations(model: onnx.ModelProto) -> onnx.ModelProto:
-    """What `carry_over` reads of `model` once the weights live in the graph: its declared inputs and
-    outputs, metadata, doc strings, versions and opsets; no node, no initializer (copying the whole
-    proto without its raw data would still re-allocate every tensor's bytes in the source's arena)."""
-    out = onnx.ModelProto(ir_version=model.ir_version, doc_string=model.doc_string, domain=model.domain,
-                          model_version=model.model_version, producer_name=model.producer_name,
-                          producer_version=model.producer_version)
-    out.opset_import.extend(model.opset_import)
-    out.metadata_props.extend(model.metadata_props)
-    out.graph.name, out.graph.doc_string = model.graph.name, model.graph.doc_string
-    out.graph.input.extend(model.graph.input)
-    out.graph.output.extend(model.graph.output)
-    return out
-
-
-def constant_bytes(graph: gs.Graph) -> int:
-    """Bytes of the graph's top-level constants (read from their arrays, or a lazy proto's shape)."""
-    return sum(t.values.nbytes if isinstance(t._values, np.ndarray) else t._values.nbytes
-               for t in graph.tensors().values() if isinstance(t, gs.Constant))
-
-
 def refresh_shapes(graph: gs.Graph) -> int:
     """Re-infer the variables' shapes of `graph` (after constant folding made pads and shape inputs
     constant, dimensions inference left symbolic become known). Inference runs on an export without
@@ -338,20 +289,6 @@ def refresh_shapes(graph: gs.Graph) -> int:
         if isinstance(t, gs.Variable) and t.name in shapes and t.shape != shapes[t.name]:
             t.shape, changed = shapes[t.name], changed + 1
     return changed
-
-
-def export_without_raw(graph: gs.Graph, min_bytes: int) -> onnx.ModelProto:
-    """`gs.export_onnx(graph)` without the raw data of its tensors of >= `min_bytes` (for shape
-    inference), never exporting the large constants' bytes: they are written as placeholders
-    (`core.shared_weights`) and the placeholders then cleared to bare declarations."""
-    model = export_sharing(graph, lambda g: gs.export_onnx(g, do_type_check=False), min_bytes).proto
-    for tensor in all_tensors(model):
-        if tensor.data_location == TensorProto.EXTERNAL and placeholder(tensor):
-            tensor.ClearField("data_location")
-            del tensor.external_data[:]
-        elif tensor.HasField("raw_data") and len(tensor.raw_data) >= min_bytes:
-            tensor.ClearField("raw_data")
-    return model
 
 
 def packed_types(graph: gs.Graph) -> dict[str, str]:
