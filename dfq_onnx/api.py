@@ -44,11 +44,14 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
                          "target": profile.name, "options": _options_dict(opts)})
     state = CompileState(graph=None, target=profile, options=opts, report=report,
                          model_hash=ir.model_hash(source), source=source)
+    size = ir.tensor_bytes(source)
+    del source          # Normalize imports the weights into the graph and keeps the declarations
     with _warnings_into(report):
         run_passes(default_pipeline(profile, opts), state)
-        out = ir.to_model(state.graph, ir_version=max(source.ir_version,
+        declared = state.declared
+        out = ir.to_model(state.graph, ir_version=max(declared.ir_version,
                                                       ir.min_ir_version(state.graph.opset)))
-        ir.carry_over(out, source)
+        ir.carry_over(out, declared)
         out.producer_name, out.producer_version = "dfq-onnx", _version()
         extra = []
         if encodings_path is not None:
@@ -57,12 +60,15 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
             enc = export_encodings(state.graph, report, profile.act_symmetric)
             extra.append((encodings_path, to_json(enc).encode()))
         state.graph = None    # the graph's arrays now live in `out`: free them before the checker's copies
-        ir.collect_if_large(source)
+        ir.collect_if_large(size)
         ir.check_model(out)
         report.model["params"] = sum(g.params for g in state.groups)
         if report_path is not None:
+            from dfq_onnx.passes.normalize import declared_form
             from dfq_onnx.report.data import fill
 
+            source = ir.load_model(model)       # read again: the compile kept no copy of the weights
+            declared_form(source)
             fill(state, source, out)
     curve: list[Path] = []
     try:

@@ -70,7 +70,7 @@ def act_evaluator(state: CompileState, samples, labels, metric: str, batch: int 
     pm = build_probe(state.graph, state.spec, [], state.ranges, state.target, (), base,
                      act_groups=tuple(groups), act_choices=scored_bits(groups),
                      fixed_weight_bits=state.target.default_weight_bits)
-    fp32 = ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
+    fp32 = ir.session_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
     n = len(next(iter(samples.values())))
     return Evaluator(Probe(pm, segmented=True, samples=n), fp32, samples, labels, metric, batch,
                      output_producers(state.graph))
@@ -89,7 +89,7 @@ def plan_evaluator(state: CompileState, options, samples, labels) -> Evaluator:
                      candidate_bits(options, state.target, base), base,
                      input_means=input_means(state, options), act_groups=tuple(groups),
                      act_choices=scored_bits(groups), input_moments=state.input_moments)
-    fp32 = ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
+    fp32 = ir.session_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
     return Evaluator(Probe(pm), fp32, samples, labels, options.metric, batch)
 
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from dfq_onnx.backends import observers, runtime
 from dfq_onnx.backends.budget import calibration_rows
 from dfq_onnx.backends.chunks import pad_rows, rows_per_chunk, static_batch
+from dfq_onnx.backends.memory import release
 from dfq_onnx.backends.spill import spill
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 from dfq_onnx.core.graph_utils import is_float
@@ -233,5 +234,6 @@ class Calibrate(Pass):
         moved = spill(state.calib)      # later passes read a few rows: keep the set in a file
         if moved:
             state.report.notes.setdefault("work", {})["samples_in_file_bytes"] = moved
+        release()                       # the range session's heap back to the system before the next pass
         views = f" ({rows} rows with views)" if rows != n else ""
         return PassResult(False, f"{len(missing)} ranges from {n} {source} samples{views}")

@@ -36,6 +36,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from dfq_onnx.backends.memory import release
 from dfq_onnx.backends.runtime_types import fill_untyped
 from dfq_onnx.core import float16, ir, rewrites
 from dfq_onnx.core.affine_fold import fold_affine
@@ -53,6 +54,7 @@ CONTROL_FLOW = {"If", "Loop", "Scan"}
 QUANTIZABLE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 KNOWN_DOMAINS = {"", "ai.onnx", "com.microsoft", "ai.onnx.ml"}
 LOW_PRECISION = {16: "bfloat16"}      # float16 is widened (dfq_onnx/core/float16.py)
+RELEASE_BYTES = 1 << 26   # above this, the freed protos are collected and their heap given back at once
 
 
 def _subgraph_ops(node) -> set[str]:
@@ -98,6 +100,13 @@ def symbolic_dims(model) -> None:
         for i, dim in enumerate(t.type.tensor_type.shape.dim):
             if dim.HasField("dim_value") and dim.dim_value < 0:
                 dim.dim_param = "N" if i == 0 else f"{t.name}_dim{i}"
+
+
+def declared_form(model) -> None:
+    """Steps 2 and 3 on `model` in place: initializers listed as inputs dropped, -1 dimensions symbolic
+    (what the written model declares; the report's FP32 session reads the source in this form)."""
+    ir.drop_initializer_inputs(model)
+    symbolic_dims(model)
 
 
 def check_batch_axes(model) -> None:
@@ -248,9 +257,9 @@ class Normalize(Pass):
             return PassResult(False, "already normalized")
         check_supported(model)
         state.source_opset = ir.opset_version(model)
-        ir.drop_initializer_inputs(model)
-        symbolic_dims(model)
+        declared_form(model)
         check_batch_axes(model)
+        state.declared = ir.declarations(model)
         model = ir.upgrade_opset(model, max(self.required_opset, state.target.min_opset))
         model = ir.infer_shapes(model)
         typed_by_ort = fill_untyped(model)
@@ -268,10 +277,15 @@ class Normalize(Pass):
         annotate_shapes(graph, state.options.input_shapes)
         state.graph = graph
         state.source = None
+        # the graph now holds the weights: no reference into the protos (source, inferred) may keep them
+        ir.detach_from_protos(graph)
+        opset, size = ir.opset_version(model), ir.constant_bytes(graph)
+        del model
         # fold_constants leaves a copy of the graph in reference cycles that share the constants' arrays
-        # (memory maps of large external weights): free it now, not at some later collection.
-        ir.collect_if_large(model)
-        opset = ir.opset_version(model)
+        # (memory maps of large external weights): free it now, not at some later collection; and give
+        # the freed protos' heap back to the system.
+        if size > RELEASE_BYTES:
+            release()
         state.report.model.update({"opset_in": state.source_opset, "opset": opset, "canonicalized": rewritten,
                                    "nodes_in": before, "nodes": len(graph.nodes)})
         return PassResult(True, f"opset {state.source_opset}->{opset}, {before}->{len(graph.nodes)} nodes")

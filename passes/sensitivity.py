@@ -142,7 +142,7 @@ def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -
                      options.quantize_activations, input_means=input_means(state, options),
                      form_keys={g: cands for g, (cands, _) in forms.items()}, form_rows=rows,
                      input_moments=state.input_moments)
-    fp32 = ir.to_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
+    fp32 = ir.session_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
     n = len(next(iter(samples.values())))
     ev = Evaluator(Probe(pm, segmented=options.segmented, samples=n), fp32, samples, labels, options.metric,
                    batch, output_producers(state.graph))

@@ -69,7 +69,7 @@ def channel_stats(state: CompileState, feeds, groups: list[sm.SmoothGroup]) -> d
             g.nodes.append(observers.reduce_node(g, op, flat, y, f"__smooth_{op}_{i}", [0]))
             outs.append(y)
     g.outputs = outs
-    sess = runtime.session(ir.to_model(g, ir_version=ir.min_ir_version(g.opset)), mem_pattern=False)
+    sess = runtime.session(ir.session_model(g, ir_version=ir.min_ir_version(g.opset)), mem_pattern=False)
     rows = len(next(iter(feeds.values())))
     lo = [np.full(gr.channels, np.inf) for gr in groups]
     hi = [np.full(gr.channels, -np.inf) for gr in groups]
@@ -113,7 +113,7 @@ def probe_model(state: CompileState, choices: dict[str, np.ndarray], groups, sta
             rows = sm.weight_rows(node)
             sm.set_weight_rows(node, _fake_weight(rows.astype(np.float64), bits, state.target.per_channel))
     g.toposort()
-    return ir.to_model(g, ir_version=ir.min_ir_version(g.opset))
+    return ir.session_model(g, ir_version=ir.min_ir_version(g.opset))
 
 
 class Scorer:
@@ -124,8 +124,8 @@ class Scorer:
         rows = min(SCORE_ROWS, len(next(iter(feeds.values()))))
         self.feeds = {k: v[:rows] for k, v in feeds.items()}
         self.evaluations = 0
-        self.ref = self._run(ir.to_model(ir.copy_graph(state.graph),
-                                         ir_version=ir.min_ir_version(state.graph.opset)))
+        self.ref = self._run(ir.session_model(ir.copy_graph(state.graph),
+                                              ir_version=ir.min_ir_version(state.graph.opset)))
         names = [t.name for t in state.graph.outputs]
         self.kinds = resolve_metrics(state.options.metric, self.ref, None, names,
                                      output_producers(state.graph))

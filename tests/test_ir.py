@@ -101,9 +101,11 @@ def test_ort_sessions_of_models_above_two_gb_go_through_external_data(tmp_path, 
     model = builders.conv_bn_relu_residual()
     want, _ = dfq_onnx.quantize(model, calib="noise", progress=False)
     monkeypatch.setattr(ir, "TWO_GB", 1000)
-    real_copy = ir.copy_without_raw
-    monkeypatch.setattr(ir, "copy_without_raw", lambda m, d, min_bytes=0: real_copy(m, d, min_bytes=256))
+    monkeypatch.setattr(ir, "LIGHT_BYTES", 0)                    # large: inferred without its weights
+    real_copy, light = ir.copy_light, []
+    monkeypatch.setattr(ir, "copy_light", lambda m, min_bytes: light.append(1) or real_copy(m, min_bytes=256))
     got, report = dfq_onnx.quantize(model, calib="noise", progress=False, output=tmp_path / "q.onnx")
+    assert light
     assert report.forward_passes > 0
     assert got.SerializeToString() == want.SerializeToString()   # shape inference ran on a stripped copy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx", "q.onnx.data"]

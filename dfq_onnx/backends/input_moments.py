@@ -65,7 +65,7 @@ def moment_model(graph: gs.Graph, tensors: dict[str, bool]):
             g.nodes.append(gs.Node("Identity", name=f"__moment_{i}_Identity", inputs=[sq], outputs=[y]))
         outs.append(y)
     g.outputs = outs
-    return ir.to_model(g)
+    return ir.session_model(g)
 
 
 def accumulate(sums: dict[str, list], outputs: list[np.ndarray], tensors: list[str], rows: int,

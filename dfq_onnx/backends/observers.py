@@ -71,7 +71,7 @@ def range_model(graph: gs.Graph, tensors: list[str]):
     order += [r for rs in reducers.values() for r in rs]
     g.nodes = list(g.nodes) + order[::-1]
     g.outputs = outs
-    return ir.to_model(g)
+    return ir.session_model(g)
 
 
 def ranges_of(outputs: list[np.ndarray], tensors: list[str]) -> dict[str, tuple[float, float]]:

@@ -1,4 +1,8 @@
-"""ONNX Runtime session helpers: sessions from in-memory models, batched runs, tensor statistics."""
+"""ONNX Runtime session helpers: sessions from in-memory models, batched runs, tensor statistics.
+
+A session is made from a ModelProto, its bytes, or an `ir.session_model` (`core.shared_weights`: the
+graph's large constants handed to ONNX Runtime as in-memory initializers instead of copied into the
+proto and its serialization); `create` is the one place that turns any of them into a session."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import onnxruntime as ort
 from dfq_onnx.backends.chunks import pad_rows
 from dfq_onnx.core import ir
 from dfq_onnx.core.errors import UnsupportedModelError
+from dfq_onnx.core.shared_weights import SessionModel
 
 
 def session(model, threads: int = 0, optimized_path: str | None = None,
@@ -30,13 +35,26 @@ def session(model, threads: int = 0, optimized_path: str | None = None,
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
     try:
-        if not isinstance(model, bytes) and model.ByteSize() > ir.TWO_GB:
-            return _large_session(model, opts)
-        data = model if isinstance(model, bytes) else ir.serialize(model)
-        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        return create(model, opts)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0]
         raise UnsupportedModelError(f"ONNX Runtime cannot load the model: {first}") from None
+
+
+def create(model, opts: ort.SessionOptions) -> ort.InferenceSession:
+    """A CPU session from a ModelProto, bytes or SessionModel (whose arrays the session reads in place and
+    keeps alive: ONNX Runtime does not copy in-memory initializers)."""
+    if isinstance(model, SessionModel):
+        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in model.arrays.values()]
+        if values:
+            opts.add_external_initializers(list(model.arrays), values)
+        sess = ort.InferenceSession(model.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess._dfq_shared = (values, model.arrays)
+        return sess
+    if not isinstance(model, bytes) and ir.over_two_gb(model):
+        return _large_session(model, opts)
+    data = model if isinstance(model, bytes) else ir.serialize(model)
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
 def _large_session(model, opts: ort.SessionOptions) -> ort.InferenceSession:
@@ -67,7 +85,7 @@ def observer_model(graph: gs.Graph, tensors: list[str]):
             t.dtype = np.float32
         outs.append(t)
     g.outputs = outs
-    return ir.to_model(g)
+    return ir.session_model(g)
 
 
 def iter_batches(feeds: dict[str, np.ndarray], batch: int):

@@ -41,7 +41,7 @@ def fill_untyped(model: onnx.ModelProto) -> int:
     Models above protobuf's 2 GB and graphs ORT cannot resolve are left as they are (best effort, as
     ONNX shape inference)."""
     names = untyped_values(model)
-    if not names or model.ByteSize() > ir.TWO_GB:
+    if not names or ir.over_two_gb(model):
         return 0
     probe = ir.untyped_outputs_probe(model, names)
     try:

@@ -68,6 +68,23 @@ def external_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """The bytes of the model's tensors (external data included) from their shapes and types, without
+    encoding anything: the upb protobuf runtime computes `ByteSize()` by serializing the whole message
+    (a BERT-base: 0.44 GB more resident and seconds of CPU per call)."""
+    return sum(data_bytes(tensor) for tensor in all_tensors(model))
+
+
+def data_bytes(tensor: onnx.TensorProto) -> int:
+    """A tensor's data bytes from its shape and type (external: its length), without encoding it."""
+    if tensor.data_location == TensorProto.EXTERNAL:
+        entries = {e.key: e.value for e in tensor.external_data}
+        return int(entries.get("length", 0) or 0)
+    if tensor.data_type in MAPPABLE:
+        return int(np.prod(tensor.dims, dtype=np.int64)) * np.dtype(MAPPABLE[tensor.data_type]).itemsize
+    return tensor.ByteSize()
+
+
 def model_bytes(model: onnx.ModelProto) -> int:
     """Size of the model with its external data (what a compile may hold in memory)."""
     return model.ByteSize() + external_bytes(model)
@@ -123,3 +140,55 @@ def copy_without_raw(model: onnx.ModelProto, dst: onnx.ModelProto, min_bytes: in
     finally:
         for tensor, raw in saved:
             tensor.raw_data = raw
+
+
+TENSOR_FIELDS = ("name", "doc_string", "data_type", "data_location")
+
+
+def copy_light(model: onnx.ModelProto, min_bytes: int) -> onnx.ModelProto:
+    """A copy of `model` whose main-graph initializers of >= `min_bytes` keep their declaration but not
+    their data, made without reading those bytes (and without touching `model`: unlike
+    `copy_without_raw`, which puts each tensor's bytes back and so re-allocates them in its arena)."""
+    light = onnx.ModelProto()
+    graph = model.graph
+    for fd, value in model.ListFields():
+        if fd.name != "graph":
+            _copy_field(light, fd.name, value)
+    for fd, value in graph.ListFields():
+        if fd.name != "initializer":
+            _copy_field(light.graph, fd.name, value)
+    for tensor in graph.initializer:
+        if not tensor.HasField("raw_data") or data_bytes(tensor) < min_bytes:
+            light.graph.initializer.append(tensor)
+            continue
+        bare = light.graph.initializer.add()
+        for name in TENSOR_FIELDS:
+            if tensor.HasField(name):
+                setattr(bare, name, getattr(tensor, name))
+        bare.dims.extend(tensor.dims)
+        bare.external_data.extend(tensor.external_data)
+    return light
+
+
+def _copy_field(dst, name: str, value) -> None:
+    if hasattr(value, "extend"):         # repeated
+        getattr(dst, name).extend(value)
+    elif hasattr(value, "CopyFrom"):     # message
+        getattr(dst, name).CopyFrom(value)
+    else:
+        setattr(dst, name, value)
+
+
+def copy_value_info(dst: onnx.GraphProto, src: onnx.GraphProto) -> None:
+    """`src`'s value_info and output declarations into `dst`, the same graph (subgraphs included)."""
+    del dst.value_info[:]
+    dst.value_info.extend(src.value_info)
+    for mine, theirs in zip(dst.output, src.output):
+        mine.CopyFrom(theirs)
+    for a, b in zip(dst.node, src.node):
+        for x, y in zip(a.attribute, b.attribute):
+            if x.type == onnx.AttributeProto.GRAPH:
+                copy_value_info(x.g, y.g)
+            elif x.type == onnx.AttributeProto.GRAPHS:
+                for g, h in zip(x.graphs, y.graphs):
+                    copy_value_info(g, h)

@@ -24,15 +24,26 @@ from dfq_onnx.core.external_data import (  # noqa: F401 - has_external_data, mod
     absolute_locations,
     all_tensors,
     check_external_data,
+    copy_light,
+    copy_value_info,
     copy_without_raw,
     external_array,
     external_bytes,
     has_external_data,
     model_bytes,
+    tensor_bytes,
 )
+from dfq_onnx.core.proto_release import (  # noqa: F401 - re-exported
+    constant_bytes,
+    declarations,
+    detach_from_protos,
+    export_without_raw,
+)
+from dfq_onnx.core.shared_weights import SessionModel, export_sharing
 
 TWO_GB = 2**31 - 1024
 LAZY_BYTES = 2**30      # external data above this is memory-mapped at import, never copied into the proto
+LIGHT_BYTES = 2**26     # models above this are shape-inferred on a copy without their weights' bytes
 DTYPES = {"int4": TensorProto.INT4, "uint4": TensorProto.UINT4, "int8": TensorProto.INT8,
           "uint8": TensorProto.UINT8, "int16": TensorProto.INT16, "uint16": TensorProto.UINT16,
           "int32": TensorProto.INT32}
@@ -71,11 +82,12 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def collect_if_large(model: onnx.ModelProto, threshold: int = 1 << 28) -> None:
-    """gc.collect() for models above 256 MB: onnx-graphsurgeon graphs sit in reference cycles, so a
-    discarded graph (and the weight arrays it shares) waits for a cyclic collection; for small models
-    that costs more time (tens of ms per call in a large process) than the memory is worth."""
-    if model_bytes(model) > threshold:
+def collect_if_large(model: onnx.ModelProto | int, threshold: int = 1 << 28) -> None:
+    """gc.collect() for models (or a size in bytes) above 256 MB: onnx-graphsurgeon graphs sit in
+    reference cycles, so a discarded graph (and the weight arrays it shares) waits for a cyclic
+    collection; for small models that costs more time (tens of ms per call in a large process) than the
+    memory is worth."""
+    if (model if isinstance(model, int) else model_bytes(model)) > threshold:
         gc.collect()
 
 
@@ -83,6 +95,8 @@ def model_hash(model: onnx.ModelProto) -> str:
     """Stable content hash: SHA-256 of the deterministic serialization, plus the bytes of any tensor
     still held in external data (streamed, so models above 2 GB hash too)."""
     external = [t for t in all_tensors(model) if t.data_location == TensorProto.EXTERNAL]
+    if not external and tensor_bytes(model) < TWO_GB // 2:     # clearly serializable: one encoding
+        return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
     if not external and model.ByteSize() <= TWO_GB:
         return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
     h = hashlib.sha256()
@@ -104,6 +118,12 @@ def model_hash(model: onnx.ModelProto) -> str:
                 entry.value = Path(entry.value).name
     h.update(skeleton.SerializeToString(deterministic=True))
     return h.hexdigest()
+
+
+def over_two_gb(model: onnx.ModelProto) -> bool:
+    """Whether protobuf cannot serialize `model`: `ByteSize()` (a whole serialization under upb) is
+    asked only when its tensors alone come near the limit."""
+    return tensor_bytes(model) >= TWO_GB // 2 and model.ByteSize() > TWO_GB
 
 
 def opset_version(model: onnx.ModelProto) -> int:
@@ -146,24 +166,20 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> None:
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX shape inference with data propagation; returns the model unchanged if inference fails.
 
-    Above 2 GB (which protobuf cannot hand to the C++ inference) it runs on a copy without the large
-    tensors' bytes (shapes and small constants are all it reads) and the value types are copied back.
+    A model above LIGHT_BYTES (and any above 2 GB, which protobuf cannot hand to the C++ inference) is
+    inferred on a copy without the large initializers' bytes (shapes and small constants are all it
+    reads) and the value types are copied back into `model`: the inference would otherwise hold the
+    weights four times (the model, its serialization, the C++ copy and the returned model).
     """
-    large = model.ByteSize() > TWO_GB
-    src = model
-    if large:
-        src = onnx.ModelProto()
-        copy_without_raw(model, src, min_bytes=1 << 20)
+    light = tensor_bytes(model) > LIGHT_BYTES     # > 2 GB implies it (the tensors are the bulk)
+    src = copy_light(model, min_bytes=1 << 20) if light else model
     try:
         inferred = onnx.shape_inference.infer_shapes(src, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # shape inference is best effort for exotic models
         return model
-    if not large:
+    if not light:
         return inferred
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(inferred.graph.value_info)
-    for mine, theirs in zip(model.graph.output, inferred.graph.output):
-        mine.CopyFrom(theirs)
+    copy_value_info(model.graph, inferred.graph)
     return model
 
 
@@ -250,8 +266,7 @@ def refresh_shapes(graph: gs.Graph) -> int:
     reads). Returns how many tensors changed shape; graphs above LAZY_BYTES of constants keep theirs."""
     if sum(t.values.nbytes for t in graph.tensors().values() if isinstance(t, gs.Constant)) > LAZY_BYTES:
         return 0
-    model = onnx.ModelProto()
-    copy_without_raw(gs.export_onnx(graph, do_type_check=False), model, min_bytes=1 << 20)
+    model = export_without_raw(graph, min_bytes=1 << 20)
     del model.graph.value_info[:]
     for vi in model.graph.output:        # inferred, not merged with a declaration that may be stale
         vi.type.tensor_type.ClearField("shape")
@@ -338,6 +353,12 @@ def to_model(graph: gs.Graph, *, opset: int | None = None, ir_version: int | Non
     return model
 
 
+def session_model(graph: gs.Graph, **kwargs) -> SessionModel:
+    """`to_model(graph, **kwargs)` for an ONNX Runtime session: the large constants stay in the graph's
+    arrays and the session reads them there (`core.shared_weights`); the graph is left as it was."""
+    return export_sharing(graph, lambda g: to_model(g, **kwargs))
+
+
 def _pack_nibbles(values: np.ndarray) -> bytes:
     """4-bit values as ONNX raw data: two per byte, the first in the low nibble (int32_data would store
     one varint per pair, about 6 bits per value)."""
@@ -356,7 +377,7 @@ def min_ir_version(opset: int) -> int:
 def check_model(model: onnx.ModelProto, full: bool = True) -> None:
     """onnx.checker (models above 2 GB are checked from a temporary external-data copy)."""
     try:
-        if model.ByteSize() > TWO_GB:
+        if over_two_gb(model):
             with tempfile.TemporaryDirectory(prefix="dfq-check-") as tmp:
                 onnx.checker.check_model(str(save_model(model, Path(tmp) / "model.onnx")), full_check=full)
             return
@@ -367,6 +388,9 @@ def check_model(model: onnx.ModelProto, full: bool = True) -> None:
 
 
 def serialize(model: onnx.ModelProto) -> bytes:
+    if isinstance(model, SessionModel):
+        raise TypeError("a SessionModel's constants are not in its proto: give it to a session, or export "
+                        "the graph with to_model")
     return model.SerializeToString(deterministic=True)
 
 
@@ -379,7 +403,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, return_all: bool
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if model.ByteSize() <= TWO_GB:
+    if not over_two_gb(model):
         _atomic_write(path, serialize(model))
         return [path] if return_all else path
     data_name = path.name + ".data"

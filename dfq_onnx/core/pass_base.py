@@ -2,8 +2,8 @@
 
 A pass is a small object with one job: `run(state) -> PassResult`. Transform passes edit
 `state.graph`; analysis passes leave typed results on the state and report `modified=False`.
-The runner logs one line per pass with its wall time, records it in the report, and wraps any failure
-with the pass name and the passes that ran before it.
+The runner logs one line per pass with its wall time and peak resident memory (`core.rss`), records
+both in the report, and wraps any failure with the pass name and the passes that ran before it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from dfq_onnx.core.errors import DfqError, PassError
+from dfq_onnx.core.rss import PeakMeter
 from dfq_onnx.core.state import CompileState
 
 log = logging.getLogger("dfq_onnx")
@@ -48,7 +49,8 @@ def run_passes(passes: Sequence[Pass], state: CompileState) -> CompileState:
         start = time.perf_counter()
         before = state.forward_passes
         try:
-            result = p.run(state)
+            with PeakMeter() as meter:
+                result = p.run(state)
         except DfqError as exc:
             if isinstance(exc, PassError):
                 raise
@@ -62,8 +64,11 @@ def run_passes(passes: Sequence[Pass], state: CompileState) -> CompileState:
         seconds = time.perf_counter() - start
         entry = {"pass": name, "modified": result.modified, "seconds": round(seconds, 4),
                  "forward_passes": state.forward_passes - before, "summary": result.summary}
+        peak = f"{meter.peak / 2**30:5.2f} GB" if meter.peak else "    - GB"
+        if meter.peak:
+            entry["peak_rss_mb"] = round(meter.peak / 2**20)
         state.report.passes.append(entry)
-        log.info("%-18s %7.2fs  %s", name, seconds, result.summary)
+        log.info("%-18s %7.2fs %s  %s", name, seconds, peak, result.summary)
         done.append(name)
     state.report.forward_passes = state.forward_passes
     return state

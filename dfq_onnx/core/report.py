@@ -39,10 +39,11 @@ class Report:
 
 
 def _without_timings(obj):
-    """A copy without wall-clock entries (keys 'seconds' or '*_seconds'), for comparing runs."""
+    """A copy without wall-clock and memory entries (keys 'seconds', '*_seconds', 'peak_rss_mb'), for
+    comparing runs."""
     if isinstance(obj, dict):
         return {k: _without_timings(v) for k, v in obj.items()
-                if not (k == "seconds" or k.endswith("_seconds"))}
+                if not (k in ("seconds", "peak_rss_mb") or k.endswith("_seconds"))}
     if isinstance(obj, list):
         return [_without_timings(v) for v in obj]
     return obj

@@ -82,6 +82,7 @@ class CompileState:
     report: Report
     model_hash: str = ""
     source: object | None = None      # the loaded onnx.ModelProto until Normalize imports it
+    declared: object | None = None    # Normalize: the source's interface and metadata, without weights
     source_opset: int = 0
     bn_stats: dict[str, BNStats] = field(default_factory=dict)
     calib: dict[str, np.ndarray] | None = None

@@ -99,7 +99,7 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
     feeds, kind = _samples(state, source)
     if feeds is None:
         return {"samples": 0, "source": kind, "outputs": []}
-    if ir.has_external_data(source) or source.ByteSize() > ir.TWO_GB or quantized.ByteSize() > ir.TWO_GB:
+    if ir.has_external_data(source) or ir.over_two_gb(source) or ir.over_two_gb(quantized):
         # an ORT session would load (and pre-pack) every FP32 weight the compile kept on disk
         return {"samples": 0, "source": f"skipped: FP32 weights above {ir.LAZY_BYTES >> 20} MiB stay on disk",
                 "outputs": []}

@@ -233,8 +233,8 @@ def _prec(bits) -> str:
 
 def _passes(r: dict) -> str:
     ps = r.get("passes", [])
-    rows = [[_e(p["pass"]), _num(p.get("seconds"), 3), _e(p.get("forward_passes", 0)), _e(p.get("modified")),
-             _e(p.get("summary", ""))] for p in ps]
+    rows = [[_e(p["pass"]), _num(p.get("seconds"), 3), _num(p.get("peak_rss_mb")),
+             _e(p.get("forward_passes", 0)), _e(p.get("modified")), _e(p.get("summary", ""))] for p in ps]
     plot = ""
     if ps and any("seconds" in p for p in ps):
         plt = _pyplot()
@@ -242,7 +242,8 @@ def _passes(r: dict) -> str:
         ax.barh([p["pass"] for p in ps][::-1], [p.get("seconds", 0) for p in ps][::-1], color="#4c72b0")
         ax.set_xlabel("seconds")
         plot = _png(fig)
-    return plot + _table(["pass", "seconds", "forward passes", "modified", "summary"], rows, left=1)
+    return plot + _table(["pass", "seconds", "peak RSS MB", "forward passes", "modified", "summary"], rows,
+                         left=1)
 
 
 def _activations(r: dict) -> str:

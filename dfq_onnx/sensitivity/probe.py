@@ -246,7 +246,7 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
     selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target, input_means, form_keys,
                               form_rows, act[1], input_moments)
     g.cleanup().toposort()
-    model = ir.to_model(g, ir_version=ir.min_ir_version(g.opset))
+    model = ir.session_model(g, ir_version=ir.min_ir_version(g.opset))
     if model.ByteSize() > ir.TWO_GB:
         raise UnsupportedModelError(f"the probe model ({model.ByteSize() / 2**30:.1f} GB) exceeds 2 GB; "
                                     "score fewer weight candidates")

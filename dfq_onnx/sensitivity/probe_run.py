@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 import onnxruntime as ort
 
-from dfq_onnx.core import ir
+from dfq_onnx.backends import runtime
 from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.sensitivity.form_switch import slot_of
 
@@ -39,7 +39,7 @@ def session(model, optimize: bool = True, threads: int = 0,
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        return ort.InferenceSession(ir.serialize(model), opts, providers=["CPUExecutionProvider"])
+        return runtime.create(model, opts)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0]
         raise UnsupportedModelError(f"ONNX Runtime cannot load the probe model: {first}") from None
@@ -60,15 +60,23 @@ class Probe:
         self.form_slot = {g: slot_of(keys) for g, keys in (probe.form_keys or {}).items()}
         self.act_slot = {FP32: 0, **{b: i + 1 for i, b in enumerate(probe.act_bits)}}
         self.selects = {**probe.selects, **probe.act_selects}
-        self.runner = None
-        if segmented and probe.graph is not None:
+        self._segmented, self._samples, self._runner = segmented and probe.graph is not None, samples, None
+
+    @property
+    def runner(self):
+        """The segmented runner (None when not segmented), built on first use: its 2 S sessions each hold
+        their segment's weights, so they are made after the evaluator's FP32 reference run (whose session
+        holds the whole model's) has ended, not beside it."""
+        if self._segmented and self._runner is None:
             from dfq_onnx.sensitivity.segments import CACHE_BYTES, SegmentedRunner
 
-            bound = None if samples is None else CACHE_BYTES // 4 // max(samples, 1)
-            self.runner = SegmentedRunner(
+            probe, optimize, threads = self.probe, self._optimize, self._threads
+            bound = None if self._samples is None else CACHE_BYTES // 4 // max(self._samples, 1)
+            self._runner = SegmentedRunner(
                 probe.graph, probe.fast_graph, probe.units, self.selects, probe.inputs,
                 lambda m: session(m, optimize, threads, fuse_qdq=False), max_cache_elements=bound,
                 attached=probe.attached)
+        return self._runner
 
     @property
     def session(self):

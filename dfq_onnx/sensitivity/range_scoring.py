@@ -37,7 +37,7 @@ class RangeScorer:
         self.n = len(next(iter(self.samples.values())))
         self.batch = batch or self.n
         self.forward_passes = 0
-        fp32 = ir.to_model(ir.copy_graph(graph), ir_version=ir.min_ir_version(graph.opset))
+        fp32 = ir.session_model(ir.copy_graph(graph), ir_version=ir.min_ir_version(graph.opset))
         self.reference = self._forward(fp32)
         names = [o.name for o in fp32.graph.output]
         self.kinds = resolve_metrics(metric, self.reference, None, names, producers)

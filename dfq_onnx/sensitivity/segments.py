@@ -219,4 +219,4 @@ def _subgraph(nodes: list[gs.Node], inputs: list[str], outputs: list[str], tenso
 
     g = gs.Graph(nodes=list(nodes), inputs=[var(t) for t in inputs], outputs=[var(t) for t in outputs],
                  opset=opset)
-    return ir.to_model(g, ir_version=ir.min_ir_version(opset))
+    return ir.session_model(g, ir_version=ir.min_ir_version(opset))

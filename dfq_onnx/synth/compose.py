@@ -83,7 +83,7 @@ def _output_shape(graph: gs.Graph, name: str, shape: tuple[int, ...], output: st
     g.outputs = [g.tensors()[output]]
     g.outputs[0].dtype = np.float32
     try:
-        sess = runtime.session(ir.to_model(g.cleanup()), quiet=True)
+        sess = runtime.session(ir.session_model(g.cleanup()), quiet=True)
         return tuple(sess.run(None, {name: np.zeros((1, *shape), np.float32)})[0].shape[1:])
     except Exception as exc:  # noqa: BLE001 - a size the model refuses means: no alignment found
         log.info("alignment probe at %s failed: %s", shape, str(exc).splitlines()[0] if str(exc) else exc)

@@ -132,7 +132,7 @@ def _observer(graph: gs.Graph, layers):
     g.cleanup()
     if len(g.inputs) != 1:
         return None
-    return runtime.session(ir.to_model(g), mem_pattern=False)
+    return runtime.session(ir.session_model(g), mem_pattern=False)
 
 
 def _log_ratios(outputs: list[np.ndarray], layers) -> np.ndarray:

@@ -100,7 +100,7 @@ def decode_step(graph: gs.Graph, layout: TokenLayout, feeds: dict[str, np.ndarra
     S - 1 tokens go in one call, or `width` at a time (a graph taking a fixed number of tokens), each
     call's presents the next one's pasts."""
     roles = {t.name: t.role for t in layout.inputs}
-    session = runtime.session(ir.to_model(ir.copy_graph(graph)), mem_pattern=False)
+    session = runtime.session(ir.session_model(ir.copy_graph(graph)), mem_pattern=False)
     names = [o.name for o in session.get_outputs()]
     static = static_batch(graph)
     length = feeds[layout.of("ids").name].shape[1]

@@ -105,7 +105,7 @@ def stats_model(graph: gs.Graph, bn: list[StatTarget], act: list[str], output: s
     for t in outs:
         t.dtype = np.float32
     g.outputs = outs
-    return ir.to_model(g), [t.name for t in outs]
+    return ir.session_model(g), [t.name for t in outs]
 
 
 def bn_loss(stats: list[np.ndarray], targets: list[StatTarget]) -> np.ndarray:

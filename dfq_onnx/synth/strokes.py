@@ -143,7 +143,7 @@ def model_scores(graph: gs.Graph, output: str, x: dict[str, np.ndarray]) -> np.n
     again, through a softmax), and softmax, argmax and max are per row."""
     g = ir.copy_graph(graph)
     g.outputs = [g.tensors()[output]]
-    sess = runtime.session(ir.to_model(g.cleanup()), mem_pattern=False)
+    sess = runtime.session(ir.session_model(g.cleanup()), mem_pattern=False)
     n = len(next(iter(x.values())))
     step = rows_per_chunk(g)
 

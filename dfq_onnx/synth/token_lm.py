@@ -56,7 +56,7 @@ def refine(graph, layout: TokenLayout, feeds: dict[str, np.ndarray], prior: np.n
     unchanged when the model has none."""
     from dfq_onnx.core import ir
 
-    session = runtime.session(ir.to_model(ir.copy_graph(graph)), mem_pattern=False)
+    session = runtime.session(ir.session_model(ir.copy_graph(graph)), mem_pattern=False)
     ids = layout.of("ids")
     vocab = ids.rows
     head = lm_head(session, layout, vocab)
