@@ -65,8 +65,9 @@ class Probe:
             from dfq_onnx.sensitivity.segments import CACHE_BYTES, SegmentedRunner
 
             bound = None if samples is None else CACHE_BYTES // 4 // max(samples, 1)
+            inputs = probe.inputs + tuple(probe.dither)    # the grid offsets (dither.py) feed every segment
             self.runner = SegmentedRunner(
-                probe.graph, probe.fast_graph, probe.units, self.selects, probe.inputs,
+                probe.graph, probe.fast_graph, probe.units, self.selects, inputs,
                 lambda m: session(m, optimize, threads, fuse_qdq=False), max_cache_elements=bound,
                 attached=probe.attached)
 
