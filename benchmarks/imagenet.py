@@ -16,8 +16,8 @@ Rows: default = W8A8 with no data (synthetic calibration), views8 = the same wit
 views measured (`--synth-views 8`, the default before the work budget), analytic / noise =
 `--calib analytic|noise`, real = `--calib` a .npz of the real images, w4 = uniform `--weight-bits 4`,
 mixed4.5 / mixed4 = `--avg-weight-bits 4.5 / 4` (A8); the -gptq rows: the same with GPTQ's
-rounding (`--gptq`), the -dither rows with `--dither-scoring`. `--layout nhwc` runs every row on the model behind an input Transpose
-[0, 3, 1, 2] reading [N, H, W, C] images (a TF export's layout,
+rounding (`--gptq`), the -dither rows with `--dither-scoring`. `--layout nhwc` runs every row on the
+model behind an input Transpose [0, 3, 1, 2] reading [N, H, W, C] images (a TF export's layout,
 `dfq_onnx.models.builders.channels_last`); `--layout pixels` also puts Keras-style preprocessing in
 the graph (x / 255, then (x - mean) / std per channel) and feeds [0, 255] pixels; `--layout uint8`
 the same with a uint8 input read through a Cast (a TF detection export's input).
