@@ -2,7 +2,7 @@
 
     python benchmarks/allocation.py [--models resnet20,resnet56] [--budgets 3,4,5]
                                     [--allocators uniform,greedy,ilp,ilp-pairs] [--no-e2e]
-                                    [--metrics auto,kl] [--gptq] [--weight-clip]
+                                    [--metrics auto,kl] [--gptq] [--weight-clip] [--dither-scoring]
 
 Per model (CIFAR-10 ResNets of ../shared/data), top-1 on the 10,000 test images of:
   - FP32; ORT quantize_static W8A8 and W4A8 (real calibration images, per-channel, quant_pre_process);
@@ -64,7 +64,7 @@ def run_model(name: str, args, x, y, rows: list, e2e_rows: list, workdir: Path) 
                      "", ""])
     cache = workdir / f"cache-{name}"
     extra = {} if args.bias_correction is None else {"bias_correction": args.bias_correction}
-    extra.update({k: True for k in ("gptq", "weight_clip") if getattr(args, k)})
+    extra.update({k: True for k in ("gptq", "weight_clip", "dither_scoring") if getattr(args, k)})
     runs = [(b, a, m) for b in args.budgets for a in args.allocators for m in args.metrics
             if not (a == "uniform" and float(b).is_integer() and m != args.metrics[0])]
     for budget, allocator, metric in runs:
@@ -103,6 +103,7 @@ def main() -> None:
                     help="force the analytic bias correction on/off (default: the pipeline's default)")
     ap.add_argument("--gptq", action="store_true", help="compile with --gptq (low-bit rounding on H)")
     ap.add_argument("--weight-clip", action="store_true", help="compile with --weight-clip")
+    ap.add_argument("--dither-scoring", action="store_true", help="compile with --dither-scoring")
     args = ap.parse_args()
     args.budgets = [float(b) if "." in b else int(b) for b in args.budgets.split(",")]
     args.allocators = args.allocators.split(",")

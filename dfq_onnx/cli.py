@@ -124,6 +124,11 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
                         "the calibration samples, per channel where it lowers the output error "
                         "(default: off, max-abs round-to-nearest: it costs EfficientNet-Lite0 2.8 top-1 "
                         "points at --avg-weight-bits 4.5 while it lifts PP-OCRv4 rec; BENCHMARKS.md)")
+    a.add_argument("--dither-scoring", action=flag, default=d.dither_scoring,
+                   help="mixed precision: the weight sensitivity terms averaged over two activation-grid "
+                        "offsets (half the scoring rows each), so the table's noise includes the "
+                        "activation-rounding draw (default: off; with --gptq it lifts PP-OCRv4 rec at "
+                        "--avg-weight-bits 6, without it it costs rec 10 points; BENCHMARKS.md)")
 
 
 def _add_synth_options(p: argparse.ArgumentParser) -> None:
@@ -203,7 +208,7 @@ def _options(args):
                            twin_ranges=args.twin_ranges,
                            bias_absorption=args.bias_absorption, bias_correction=args.bias_correction,
                            dfmpc=args.dfmpc, weight_clip=args.weight_clip,
-                           gptq=args.gptq)
+                           gptq=args.gptq, dither_scoring=args.dither_scoring)
 
 
 def _cmd_quantize(args) -> int:

@@ -84,7 +84,7 @@ def _mixed(options: QuantizeOptions) -> list[Pass]:
                                  pairs=options.allocator == "ilp-pairs", pair_bits=(2, 4), incontext=False,
                                  extrapolate=True, budget_bits=options.avg_weight_bits,
                                  bias_correction=options.correct_bias,
-                                 cache_dir=options.cache_dir,
+                                 dither=2 if options.dither_scoring else 1, cache_dir=options.cache_dir,
                                  use_cache=options.use_cache, progress=options.progress)
     return [ScoreSensitivity(scoring), AllocateBits(budget, options.allocator, options.max_drop,
                                                  pareto=options.pareto is not None,

@@ -64,7 +64,7 @@ def cache_key(state: CompileState, options: SensitivityOptions, bits, act: int, 
     ranges = sorted((t, r.lo, r.hi) for t, r in state.ranges.items())
     target = repr(dataclasses.replace(state.target, source=""))
     opts = {k: v for k, v in dataclasses.asdict(options).items()
-            if k not in ("batch", "use_cache", "cache_dir", "progress")}
+            if k not in ("batch", "use_cache", "cache_dir", "progress") and not (k == "dither" and v == 1)}
     graph_passes = [p for p in ("cle", "bias_absorption") if getattr(state.options, p, False)]
     if state.input_moments:    # the low-bit candidates' weights (core/weight_clip.py, core/gptq.py)
         graph_passes += [p for p in ("weight_clip", "gptq") if getattr(state.options, p, False)]
@@ -141,11 +141,11 @@ def prepare(state: CompileState, options: SensitivityOptions, samples, labels) -
     pm = build_probe(state.graph, state.spec, state.groups, state.ranges, state.target, bits, act,
                      options.quantize_activations, input_means=input_means(state, options),
                      form_keys={g: cands for g, (cands, _) in forms.items()}, form_rows=rows,
-                     input_moments=state.input_moments)
+                     input_moments=state.input_moments, dither=options.dither > 1)
     fp32 = ir.session_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
     n = len(next(iter(samples.values())))
     ev = Evaluator(Probe(pm, segmented=options.segmented, samples=n), fp32, samples, labels, options.metric,
-                   batch, output_producers(state.graph))
+                   batch, output_producers(state.graph), dither=options.dither)
     pairs = near_pairs(state.graph, state.groups, options.hops) if options.pairs else []
     return Scoring(ev, [g.id for g in state.groups if g.layers], bits, act, pairs, options, forms,
                    widths(state, options, bits, forms))

@@ -7,6 +7,7 @@ from typing import Mapping
 
 import numpy as np
 
+from dfq_onnx.sensitivity.dither import offsets
 from dfq_onnx.sensitivity.losses import all_stats, total_loss
 from dfq_onnx.sensitivity.probe import FP32, Probe, session
 from dfq_onnx.sensitivity.table import resolve_metrics
@@ -21,14 +22,22 @@ class Evaluator:
     (activations still quantized): the damage the weights add on top of activation quantization. That
     one is >= 0 for kl/mse/sqnr and has no cross term with the activation noise (which averages to 0 but
     makes small vs-FP32 differences noisy, often negative), so the scorer builds its terms from it.
+
+    `dither` = K > 1 on a probe built with `dither=True` (sensitivity/dither.py): rows r with r mod K = k
+    run with the activation grids shifted by k / K of a step (the FP32 reference is not), so the terms
+    average K rounding draws and the even / odd halves (K = 2) see different ones; same forward passes.
     """
 
     def __init__(self, probe: Probe, reference_model, samples: dict[str, np.ndarray],
                  labels: np.ndarray | None, metric: str, batch: int | None = None,
-                 producers: dict | None = None):
+                 producers: dict | None = None, dither: int = 1):
         self.probe, self.samples, self.labels = probe, samples, labels
         self.n = len(next(iter(samples.values())))
         self.batch = batch or self.n
+        scales = probe.probe.dither if dither > 1 else {}
+        self.dither = dither if scales else 1
+        self._parts = [np.arange(k, self.n, self.dither) for k in range(self.dither)]
+        self._offsets = [offsets(scales, k / self.dither) for k in range(self.dither)]
         self.evaluations = self.forward_passes = 0
         ref = session(reference_model)
         self.reference = self._forward(lambda feeds, _key: ref.run(None, feeds))
@@ -39,7 +48,9 @@ class Evaluator:
         self._relative: dict[frozenset, np.ndarray] = {}
         self._base: list[np.ndarray] | None = None
 
-    def _forward(self, run) -> list[np.ndarray]:
+    def _forward(self, run, dithered: bool = False) -> list[np.ndarray]:
+        if self.dither > 1:
+            return self._forward_parts(run, dithered)
         outs: list[list[np.ndarray]] = []
         for start in range(0, self.n, self.batch):
             res = run({k: v[start:start + self.batch] for k, v in self.samples.items()}, start)
@@ -48,6 +59,20 @@ class Evaluator:
             for acc, r in zip(outs, res):
                 acc.append(r)
         return [np.concatenate(a, axis=0) for a in outs]
+
+    def _forward_parts(self, run, dithered: bool) -> list[np.ndarray]:
+        """`_forward` per part of the rows (`dither`), each at its grid offset; outputs in row order."""
+        outs: list[np.ndarray] = []
+        for k, rows in enumerate(self._parts):
+            for start in range(0, len(rows), self.batch):
+                idx = rows[start:start + self.batch]
+                feeds = {name: v[idx] for name, v in self.samples.items()}
+                res = run({**feeds, **self._offsets[k]} if dithered else feeds, (k, start))
+                self.forward_passes += 1
+                outs = outs or [np.empty((self.n, *r.shape[1:]), r.dtype) for r in res]
+                for acc, r in zip(outs, res):
+                    acc[idx] = r
+        return outs
 
     def loss(self, config: Mapping[str, int | None]) -> np.ndarray:
         key = frozenset((g, b) for g, b in config.items() if b is not FP32)
@@ -67,7 +92,7 @@ class Evaluator:
 
     def outputs(self, config: Mapping[str, int | None]) -> list[np.ndarray]:
         """The probe's outputs for `config` on all samples (one forward pass per batch, not memoized)."""
-        return self._forward(lambda feeds, key: self.probe.run_batch(config, feeds, key))
+        return self._forward(lambda feeds, key: self.probe.run_batch(config, feeds, key), dithered=True)
 
     def relative(self, config: Mapping[str, int | None]) -> np.ndarray:
         """Like `loss`, against the all-FP32-weights probe outputs instead of the FP32 model."""

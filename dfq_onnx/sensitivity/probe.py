@@ -60,6 +60,7 @@ from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.graph_utils import const_values, node_label
 from dfq_onnx.core.state import ActGroup, QuantGroup, QuantSpec, Range
 from dfq_onnx.sensitivity.act_switch import insert_act_switches, select_input
+from dfq_onnx.sensitivity.dither import dither_activations
 from dfq_onnx.sensitivity.form_switch import form_switch
 from dfq_onnx.sensitivity.probe_qdq import emitted_weight as emitted_weight
 from dfq_onnx.sensitivity.probe_run import FP32 as FP32
@@ -202,6 +203,7 @@ class ProbeModel:
     attached: dict = field(default_factory=dict)      # node label -> activation switch nodes of its segment
     act_units: dict = field(default_factory=dict)     # node label -> activation group ids it carries
     form_keys: dict = field(default_factory=dict)     # form group -> its candidates (slots 1..K)
+    dither: dict = field(default_factory=dict)        # offset input -> its class's scale (dither.py)
 
     @property
     def units(self) -> dict[str, tuple[str, ...]]:
@@ -220,12 +222,13 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
                 form_rows: Mapping[str, np.ndarray] | None = None,
                 act_groups: tuple[ActGroup, ...] = (), act_choices: tuple[int, ...] = (),
                 fixed_weight_bits: int | None = None,
-                input_moments: Mapping[str, np.ndarray] | None = None) -> ProbeModel:
+                input_moments: Mapping[str, np.ndarray] | None = None, dither: bool = False) -> ProbeModel:
     """The probe model for `weight_bits` candidates (see the module docstring); `graph` is untouched.
     `act_groups` get activation switches over float and `act_choices` (dfq_onnx.sensitivity.act_switch)
     instead of fixed Q/DQ; they are float in the fast twin. `fixed_weight_bits`: every weight is Emit's at
     those bits (constants; give no `groups` then). `form_keys`: each form group's candidates
-    (core/candidates.py); `form_rows`: the table rows each form Gather keeps (sensitivity/gather_rows.py)."""
+    (core/candidates.py); `form_rows`: the table rows each form Gather keeps (sensitivity/gather_rows.py).
+    `dither`: the activation Q/DQ pairs read offset inputs (sensitivity/dither.py)."""
     g = ir.copy_graph(graph)
     inputs = tuple(t.name for t in g.inputs)
     by_dq: dict[str, Encoding] = {}
@@ -237,6 +240,10 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
     if quantize_activations:
         encodings = class_encodings(g, fixed, ranges, target, act_bits)
         by_dq = insert_qdq(g, fixed, encodings, target)
+    scales = {}
+    if dither and quantize_activations:     # the layers' int32 biases keep their input's scale
+        scales, renamed = dither_activations(g)
+        by_dq.update({renamed[t]: enc for t, enc in list(by_dq.items()) if t in renamed})
     fast = ir.copy_graph(g).cleanup().toposort()
     act = ({}, {}, {})
     if act_groups:
@@ -254,5 +261,6 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
               len(g.nodes), model.ByteSize() / 2**20)
     layer_group = {layer: grp.id for grp in groups for layer in grp.layers}
     return ProbeModel(model, tuple(weight_bits), selects, inputs, g, fast, layer_group,
-                      tuple(act_choices) if act_groups else (), *act, form_keys=dict(form_keys or {}))
+                      tuple(act_choices) if act_groups else (), *act, form_keys=dict(form_keys or {}),
+                      dither=scales)
 

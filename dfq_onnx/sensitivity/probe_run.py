@@ -72,8 +72,9 @@ class Probe:
 
             probe, optimize, threads = self.probe, self._optimize, self._threads
             bound = None if self._samples is None else CACHE_BYTES // 4 // max(self._samples, 1)
+            inputs = probe.inputs + tuple(probe.dither)    # the grid offsets (dither.py) feed every segment
             self._runner = SegmentedRunner(
-                probe.graph, probe.fast_graph, probe.units, self.selects, probe.inputs,
+                probe.graph, probe.fast_graph, probe.units, self.selects, inputs,
                 lambda m: session(m, optimize, threads, fuse_qdq=False), max_cache_elements=bound,
                 attached=probe.attached)
         return self._runner

@@ -67,6 +67,7 @@ class SensitivityOptions:
     bias_correction: bool = False     # each candidate's weights with its analytic bias correction
     shrink: float = 1.0
     segmented: bool = True            # run configurations from the first changed segment (segments.py)
+    dither: int = 1                   # > 1: rows at that many activation-grid offsets (dither.py)
     extrapolate: bool = False         # score <= 3 widths per group, interpolate the others (widths.py)
     budget_bits: float | None = None  # with extrapolate: an average-bits budget; the widest width below
                                       # it is measured too (widths.budget_width)
@@ -82,9 +83,9 @@ class SensitivityOptions:
                              f"{numerics.SUPPORTED_BITS}")
         if self.base_bits not in bits:
             raise UsageError(f"sensitivity base bits {self.base_bits} must be one of the weight bits {bits}")
-        if self.hops < 0 or (self.batch is not None and self.batch < 1) or self.shrink < 0:
-            raise UsageError(f"sensitivity: batch ({self.batch}) must be positive, hops ({self.hops}) and "
-                             f"shrink ({self.shrink}) non-negative")
+        if min(self.batch or 1, self.dither) < 1 or self.hops < 0 or self.shrink < 0:
+            raise UsageError(f"sensitivity: batch ({self.batch}) and dither ({self.dither}) must be "
+                             f"positive, hops ({self.hops}) and shrink ({self.shrink}) non-negative")
         if self.pair_bits is not None:
             pair = tuple(sorted(int(b) for b in self.pair_bits))
             object.__setattr__(self, "pair_bits", pair)
@@ -276,5 +277,6 @@ class Scoring:
             base=(opts.base_bits, self.act), phases=self.phases,
             meta={"hops": opts.hops, "shrink": lam, "batch": ev.batch,
                   "quantize_activations": opts.quantize_activations,
+                  **({"dither": ev.dither} if ev.dither > 1 else {}),
                   "not_legal": [b for b in opts.weight_bits if b not in self.bits], **extrapolated},
             **terms)
