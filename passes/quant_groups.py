@@ -138,22 +138,24 @@ STAT_REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "Re
                    "ReduceProd")
 
 
-def _statistics_nodes(graph: gs.Graph) -> set[int]:
-    """ids of the elementwise nodes that compute or apply normalization statistics (module docstring)."""
+def _statistics_nodes(graph: gs.Graph, target) -> set[int]:
+    """ids of the elementwise nodes that compute or apply normalization statistics (module docstring).
+    A statistic stops at a weighted layer (an SE block's pooled mean through its convs is a feature)."""
     stats: set[int] = set()           # ids of statistic tensors
     nodes: set[int] = set()
     for node in graph.nodes:          # topological order
         floats = [t for t in node.inputs if is_float(t) and not is_const(t)]
         read = [t for t in floats if id(t) in stats]
-        if node.op in STAT_REDUCTIONS or (floats and len(read) == len(floats)):
+        if node.op in STAT_REDUCTIONS or (floats and len(read) == len(floats)
+                                          and target.role(node.op) != "weighted"):
             stats.update(id(t) for t in node.outputs)
         if read:
             nodes.add(id(node))
-    for node in graph.nodes:          # the x^2 (or |x|) read only by a reduction
+        square = node.op == "Mul" and len(node.inputs) == 2 and node.inputs[0] is node.inputs[1]
         readers = [c for t in node.outputs for c in t.outputs]
-        if readers and all(c.op in STAT_REDUCTIONS for c in readers) \
+        if square and readers and all(c.op in STAT_REDUCTIONS for c in readers) \
                 and not any(is_graph_output(graph, t) for t in node.outputs):
-            nodes.add(id(node))
+            nodes.add(id(node))       # x^2 read only by the reduction
     return nodes
 
 
@@ -166,7 +168,7 @@ def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
     layers = {}
     reach = _feeds_weighted(graph, target)
     preprocessing = prefix_nodes(graph)          # the inputs' in-graph scale-and-shift stays float
-    statistics = _statistics_nodes(graph)
+    statistics = _statistics_nodes(graph, target)
     for node in graph.nodes:
         role = target.role(node.op)
         if id(node) in preprocessing or (role == "elementwise" and id(node) in statistics):
