@@ -3,7 +3,7 @@
 ``waveform_classifier``: a raw-audio classifier with no BatchNormalization (as openWakeWord's
 melspectrogram front end and Silero-style models are exported)::
 
-    audio [N, T] ─ Unsqueeze [N, 1, T] ─ conv1 (stride 4) ─ Relu ─ conv2 ─ Relu ─ GlobalAveragePool ─ Flatten ─ fc
+    audio [N, T] ─ Unsqueeze [N, 1, T] ─ conv1 (stride 4) ─ Relu ─ conv2 ─ Relu ─ GAP ─ Flatten ─ fc
 
 It passes the ONNX checker and runs in ONNX Runtime (opset 17).
 """
