@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dfq_onnx.models import builders
+from dfq_onnx.models import builders, signal_builders
 
 import dfq_onnx
 from dfq_onnx.core.errors import DfqError, UsageError
@@ -55,8 +55,7 @@ def test_unknown_input_and_empty_range_are_usage_errors():
 
 
 def test_a_bn_free_non_image_input_gets_the_warning_too():
-    from dfq_onnx.models import signal_builders      # raw audio [N, T]: nothing tells its scale
-    model = signal_builders.waveform_classifier()
+    model = signal_builders.waveform_classifier()        # raw audio [N, T]: nothing tells its scale
     _, plain = dfq_onnx.quantize(model, **FAST)
     assert any("--input-range audio:LOW,HIGH" in w for w in plain.warnings)
     assert plain.notes["synthesis"]["assumed_range"] == {"audio": "standardized"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from _util import compile_state, normal_feeds, run
-from dfq_onnx.models import builders
+from dfq_onnx.models import act_builders, builders
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.quant_groups import FindQuantGroups
@@ -108,7 +108,6 @@ def test_relu_before_unquantized_graph_output_is_kept(tmp_path):
 
 
 def test_normalization_statistics_stay_float():
-    from dfq_onnx.models import act_builders
     _, spec = _spec(act_builders.decomposed_layernorm())
     # mean, E[x^2], E[x]^2, var + eps, rsqrt * gamma, x^2 (read only by the ReduceSum) and the op applying
     # rsqrt to the centred features: float; the convs, beta and the pooling stay quantized
@@ -118,7 +117,6 @@ def test_normalization_statistics_stay_float():
 
 
 def test_a_decomposed_layernorm_keeps_its_accuracy():
-    from dfq_onnx.models import act_builders
     model = act_builders.decomposed_layernorm()
     out, _ = dfq_onnx.quantize(model, progress=False, use_cache=False, latency_check=False, act_bits=8)
     feeds = normal_feeds(model, n=64)
