@@ -360,7 +360,7 @@ def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: di
                     ", ".join(unsized), f" (range inference, log10 |bias| / response: {why})" if why else "",
                     *[unsized[0]] * 3)
     others = [k for k, shape in first.items() if k not in ranges and k not in result.preprocessed
-              and k not in unsized and result.inputs[k].dtype.kind == "f"]
+              and k not in unsized and k not in result.inferred and result.inputs[k].dtype.kind == "f"]
     if others:       # audio, spectrograms, features: nothing in the graph tells their scale
         notes.setdefault("assumed_range", {}).update({k: "standardized" for k in others})
         log.warning("no BatchNormalization statistics: synthetic samples for %s assume standardized values "
