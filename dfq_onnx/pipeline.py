@@ -13,6 +13,7 @@ from dfq_onnx.passes.analytic_ranges import AnalyticRanges
 from dfq_onnx.passes.bias_correction import CorrectBias
 from dfq_onnx.passes.calibrate import Calibrate
 from dfq_onnx.passes.check_usage import CheckUsage
+from dfq_onnx.passes.data_tail import AttachTail, DetachTail
 from dfq_onnx.passes.dfmpc import CompensateDFMPC
 from dfq_onnx.passes.emit_forms import EmitForms
 from dfq_onnx.passes.emit_qdq import EmitQDQ
@@ -20,6 +21,7 @@ from dfq_onnx.passes.equalize import EqualizeCrossLayer
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.hardswish_floor import HardSwishRangeFloor
 from dfq_onnx.passes.input_moments import MeasureInputMoments
+from dfq_onnx.passes.interface import RestoreInterface
 from dfq_onnx.passes.keep_float import KeepFloat
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.plan_uniform import UniformPlan
@@ -99,6 +101,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
     synthesize = options.calib == "synthetic" or (options.mixed and not options.calib.endswith(".npz"))
     head = [
         Normalize(required_opset(target, options)),
+        DetachTail(),
         FoldBatchNorm(),
         *([EqualizeCrossLayer(criterion=options.cle_criterion)] if options.cle else []),
         *([AbsorbHighBias()] if options.bias_absorption else []),
@@ -124,5 +127,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([CorrectBias()] if options.correct_bias else []),
         EmitForms(),
         EmitQDQ(),
+        AttachTail(),
+        RestoreInterface(),
     ]
     return [*head, CheckUsage(tail), *tail]

@@ -18,8 +18,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
-    "GOOD_BUILDERS", "bad_already_quantized", "bad_custom_domain", "bad_fp16", "bad_if_conv",
-    "bad_empty_graph", "bad_loop_conv", "bad_old_opset",
+    "GOOD_BUILDERS", "bad_already_quantized", "bad_custom_domain", "bad_bf16", "bad_if_conv",
+    "conv_fp16", "bad_empty_graph", "bad_loop_conv", "bad_old_opset",
     "concat_branches", "constant_weights", "conv_bn_relu", "conv_bn_relu_residual",
     "conv_clip6", "conv_sequence", "conv_silu", "convtranspose_bn", "fused_stem", "gemm_bn", "matmul_bn",
     "shared_weight",
@@ -379,13 +379,22 @@ GOOD_BUILDERS = {"conv_bn_relu": conv_bn_relu, "conv_bn_relu_residual": conv_bn_
 # --------------------------------------------------------------------------- bad inputs
 
 
-def bad_fp16(c: int = 3, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
-    """A float16 conv model (input, weight and output float16): valid ONNX that runs in ORT."""
+def conv_fp16(c: int = 3, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """A float16 conv model (input, weight and output float16): valid ONNX that runs in ORT; compiled in
+    float32 and written with float16 input / output (dfq_onnx/core/float16.py)."""
     rng = np.random.default_rng(seed)
     inits = [_init("conv.weight", _conv_w(rng, 4, c, 3).astype(np.float16))]
     nodes = [_conv("conv", "input", "conv.weight", "output")]
     return _model(nodes, [_vi("input", ["N", c, hw, hw], TensorProto.FLOAT16)],
                   [_vi("output", ["N", 4, hw, hw], TensorProto.FLOAT16)], inits, name="fp16")
+
+
+def bad_bf16(c: int = 3, hw: int = 8) -> onnx.ModelProto:
+    """A bfloat16 conv model (input, weight and output bfloat16): valid ONNX, refused by Normalize."""
+    w = helper.make_tensor("conv.weight", TensorProto.BFLOAT16, [4, c, 3, 3], np.ones(4 * c * 9).tolist())
+    nodes = [_conv("conv", "input", "conv.weight", "output")]
+    return _model(nodes, [_vi("input", ["N", c, hw, hw], TensorProto.BFLOAT16)],
+                  [_vi("output", ["N", 4, hw, hw], TensorProto.BFLOAT16)], [w], name="bf16")
 
 
 def bad_already_quantized(c: int = 3, hw: int = 8, seed: int = 0) -> onnx.ModelProto:

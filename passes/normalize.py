@@ -2,8 +2,10 @@
 
 Steps, in order (each is recorded in the report):
 
-1. refuse what cannot be quantized: already-quantized models (Q/DQ or QLinear* nodes), float16/bfloat16
-   tensors, custom-domain ops ORT cannot run, control flow whose body holds quantizable layers;
+1. refuse what cannot be quantized: already-quantized models (Q/DQ or QLinear* nodes), bfloat16
+   tensors, custom-domain ops ORT cannot run, control flow whose body holds quantizable layers; a float16
+   model is widened to float32 once imported (`dfq_onnx.core.float16`; RestoreInterface gives the written
+   model the source's float16 inputs / outputs back);
 2. drop initializers listed as graph inputs (IR < 4 exports) so they become constants;
 3. dimensions written as -1 (Paddle's spelling of a dynamic dimension) become symbolic, as ONNX spells
    one ("N" for the batch axis), in the written model's declarations too;
@@ -30,11 +32,12 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from dfq_onnx.backends.runtime_types import fill_untyped
-from dfq_onnx.core import ir, rewrites
+from dfq_onnx.core import float16, ir, rewrites
 from dfq_onnx.core.affine_fold import fold_affine
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 from dfq_onnx.core.graph_utils import reroute
@@ -49,7 +52,7 @@ QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", 
 CONTROL_FLOW = {"If", "Loop", "Scan"}
 QUANTIZABLE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 KNOWN_DOMAINS = {"", "ai.onnx", "com.microsoft", "ai.onnx.ml"}
-LOW_PRECISION = {10: "float16", 16: "bfloat16"}
+LOW_PRECISION = {16: "bfloat16"}      # float16 is widened (dfq_onnx/core/float16.py)
 
 
 def _subgraph_ops(node) -> set[str]:
@@ -86,7 +89,7 @@ def check_supported(model) -> None:
     for name, elem in tensors:
         if elem in LOW_PRECISION:
             raise UnsupportedModelError(f"tensor '{name}' is {LOW_PRECISION[elem]}: dfq-onnx quantizes FP32 "
-                                        "models; convert the model to float32 first")
+                                        "and FP16 models; convert the model to float32 first")
 
 
 def symbolic_dims(model) -> None:
@@ -183,9 +186,17 @@ def name_nodes(graph) -> int:
     return renamed
 
 
+def _is_float32(t) -> bool:
+    try:
+        return t.dtype is not None and np.dtype(t.dtype) == np.float32
+    except TypeError:
+        return False
+
+
 def canonicalize(graph) -> dict[str, int]:
-    """Sum(a, b) -> Add(a, b); drop inference Dropout / Identity. Returns counts of rewrites."""
-    counts = {"Sum->Add": 0, "Dropout removed": 0, "Identity removed": 0}
+    """Sum(a, b) -> Add(a, b); drop inference Dropout / Identity and float32 -> float32 Casts (a float16
+    model's casts once widened). Returns counts of rewrites."""
+    counts = {"Sum->Add": 0, "Dropout removed": 0, "Identity removed": 0, "Cast removed": 0}
     for node in list(graph.nodes):
         if node.op == "Sum" and len(node.inputs) == 2:
             node.op = "Add"
@@ -197,6 +208,8 @@ def canonicalize(graph) -> dict[str, int]:
                 continue  # explicit training_mode input
             if _bypass(graph, node):
                 counts[f"{node.op} removed"] += 1
+        elif node.op == "Cast" and node.attrs.get("to") == 1 and node.inputs and _is_float32(node.inputs[0]):
+            counts["Cast removed"] += _bypass(graph, node)
     graph.cleanup().toposort()
     return {k: v for k, v in counts.items() if v}
 
@@ -243,6 +256,7 @@ class Normalize(Pass):
         typed_by_ort = fill_untyped(model)
         ort.set_default_logger_severity(3)
         graph = ir.to_graph(model)
+        state.low_precision_io = float16.widen(graph)
         before = len(graph.nodes)
         graph = ir.fold_constants(graph).toposort()
         rewritten = canonicalize(graph)

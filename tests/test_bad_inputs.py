@@ -70,7 +70,7 @@ CASES = {
                          ["without control flow"]),
     "already-quantized": (_model(builders.bad_already_quantized), [], 1, ["'q_in'", "already quantized"],
                           ["pass the FP32 model"]),
-    "fp16": (_model(builders.bad_fp16), [], 1, ["'input'", "float16"], ["convert the model to float32"]),
+    "bf16": (_model(builders.bad_bf16), [], 1, ["'input'", "bfloat16"], ["convert the model to float32"]),
     "dynamic-no-hint": (_model(lambda: builders.conv_bn_relu(hw=None)), ["--calib", "noise"], 2,
                         ["'input'", "dynamic dimension"], ["--input-shape input:"]),
     "dynamic-no-hint-synthetic": (_model(lambda: builders.conv_bn_relu(hw=None)),
@@ -129,11 +129,11 @@ def test_bad_input(case, tmp_path, capsys):
 
 
 def test_every_issue_case_is_covered():
-    # the issue's list: not ONNX, truncated, empty graph, old opset, custom op, control flow, QDQ, fp16,
+    # the issue's list: not ONNX, truncated, empty graph, old opset, custom op, control flow, QDQ, bf16,
     # dynamic shapes without a hint, external data escaping / missing, infeasible budget, unknown
     # target or option
     wanted = {"not-onnx", "truncated", "empty-graph", "old-opset", "custom-domain", "if-around-conv",
-              "loop-around-conv", "already-quantized", "fp16", "dynamic-no-hint", "external-traversal",
+              "loop-around-conv", "already-quantized", "bf16", "dynamic-no-hint", "external-traversal",
               "external-missing", "infeasible-budget", "unknown-target", "unknown-option"}
     assert wanted <= set(CASES)
 
@@ -141,7 +141,7 @@ def test_every_issue_case_is_covered():
 def test_debug_shows_a_traceback_for_a_model_error(tmp_path):
     from dfq_onnx.core.errors import DfqError
 
-    src = _save(builders.bad_fp16(), tmp_path / "m.onnx")
+    src = _save(builders.bad_bf16(), tmp_path / "m.onnx")
     with pytest.raises(DfqError):
         main(["--debug", "-q", "quantize", str(src), "-o", str(tmp_path / "q.onnx")])
     assert not (tmp_path / "q.onnx").exists()
@@ -166,7 +166,7 @@ def test_unwritable_report_removes_the_written_model(tmp_path, capsys, monkeypat
 
 
 @pytest.mark.parametrize("case", ["not-onnx", "truncated", "empty-graph", "custom-domain", "loop-around-conv",
-                                  "fp16", "external-traversal", "unknown-target"])
+                                  "bf16", "external-traversal", "unknown-target"])
 def test_bad_input_to_inspect(case, tmp_path, capsys):
     make, extra, code, problem, _ = CASES[case]
     src = make(tmp_path)

@@ -46,7 +46,7 @@ def test_batch_dimension_is_named_n():
         assert build().graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N", name
 
 
-@pytest.mark.parametrize("build, runs", [(builders.bad_fp16, True), (builders.bad_already_quantized, True),
+@pytest.mark.parametrize("build, runs", [(builders.conv_fp16, True), (builders.bad_already_quantized, True),
                                          (builders.bad_if_conv, True), (builders.bad_custom_domain, False)])
 def test_bad_builders_are_valid_onnx(build, runs):
     model = build()

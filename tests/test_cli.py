@@ -26,7 +26,8 @@ def test_quantize_end_to_end(model_path, tmp_path, capsys):
     onnx.checker.check_model(onnx.load(out), full_check=True)
     data = json.loads(report.read_text())
     assert len(data["layers"]) == 3                      # conv1, conv2, fc
-    assert [p["pass"] for p in data["passes"]][0] == "Normalize" and data["passes"][-1]["pass"] == "EmitQDQ"
+    names = [p["pass"] for p in data["passes"]]
+    assert names[0] == "Normalize" and names[-3:] == ["EmitQDQ", "AttachTail", "RestoreInterface"]
     assert data["forward_passes"] == 0                   # all ranges analytic
     assert capsys.readouterr().out.startswith(f"wrote {out}: 3 weighted layers quantized")
 
@@ -89,9 +90,9 @@ def _write(tmp_path, name, data: bytes):
     (lambda d: _write(d, "cut.onnx", builders.conv_bn_relu().SerializeToString()[:1500]), ["truncated"]),
     (lambda d: _write(d, "empty.onnx", b""), ["empty file"]),
     (lambda d: d / "missing.onnx", ["no such file"]),
-    (lambda d: _write(d, "fp16.onnx", builders.bad_fp16().SerializeToString()), ["'input'", "float16"]),
+    (lambda d: _write(d, "bf16.onnx", builders.bad_bf16().SerializeToString()), ["'input'", "bfloat16"]),
     (lambda d: _write(d, "custom.onnx", builders.bad_custom_domain().SerializeToString()), ["com.example"]),
-], ids=["text", "truncated", "empty", "missing", "fp16", "custom-domain"])
+], ids=["text", "truncated", "empty", "missing", "bf16", "custom-domain"])
 def test_model_problems_exit_1(tmp_path, capsys, make, words):
     path = make(tmp_path)
     line = _fails(["-q", "quantize", str(path), "-o", str(tmp_path / "out.onnx")], tmp_path, capsys, 1)

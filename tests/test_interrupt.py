@@ -64,7 +64,10 @@ def test_sigint_to_a_running_process(tmp_path):
            "--report", str(out_dir / "r.json"), "--cache-dir", str(cache_dir), "--avg-weight-bits", "5",
            "--synth-samples", "32", "--synth-steps", "400"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    # a shell's background job (`pytest &`) starts with SIGINT ignored, and a child inherits that:
+    # the default disposition is restored so the CLI sees Ctrl-C as a user's terminal sends it
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in proc.stderr:           # the pass log: interrupt once FindQuantGroups is done
         seen.append(line)

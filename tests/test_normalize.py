@@ -89,11 +89,11 @@ def _run_normalize(model):
 
 
 @pytest.mark.parametrize("model, names", [
-    (builders.bad_fp16(), ["'input'", "float16"]),
+    (builders.bad_bf16(), ["'input'", "bfloat16"]),
     (builders.bad_already_quantized(), ["'q_in'", "already quantized"]),
     (builders.bad_custom_domain(), ["'custom'", "com.example"]),
     (builders.bad_if_conv(), ["'branch'", "Conv"]),
-], ids=["fp16", "already-quantized", "custom-domain", "if-around-conv"])
+], ids=["bf16", "already-quantized", "custom-domain", "if-around-conv"])
 def test_refusals_name_the_node_or_tensor(model, names):
     with pytest.raises(UnsupportedModelError) as info:
         _run_normalize(model)

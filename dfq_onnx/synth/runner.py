@@ -50,8 +50,13 @@ LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def shape_example(shape) -> str:
-    """`shape` as an --input-shape value, each dynamic dimension written 1 (for error messages)."""
-    return ",".join(str(d) if isinstance(d, int) and d > 0 else "1" for d in shape)
+    """`shape` as an --input-shape value for error messages: the batch axis written 1, every other dynamic
+    dimension as a placeholder naming it (``images:1,3,<height>,<width>``), never a size that would run."""
+    def dim(i, d):
+        if isinstance(d, (int, np.integer)) and d > 0:
+            return str(int(d))
+        return "1" if i == 0 else f"<{d}>" if isinstance(d, str) and d else f"<dim{i}>"
+    return ",".join(dim(i, d) for i, d in enumerate(shape))
 
 
 def resolve_shapes(graph: gs.Graph, hints: dict[str, tuple]) -> dict[str, tuple[int, ...]]:

@@ -1,0 +1,153 @@
+"""The data-dependent tail of a model: post-processing whose output sizes depend on the values computed.
+
+Detectors exported with their post-processing end in NonMaxSuppression (Ultralytics `nms=True`,
+TF Object Detection's SSDs through tf2onnx, PaddleDetection's multiclass NMS), followed by Gathers of the
+kept boxes; other models end in NonZero / Compress / Unique. Such outputs change size with any
+perturbation -- a quantized configuration keeps 11 boxes where FP32 kept 12 -- so no output metric can
+compare them, and nothing in the tail has weights to quantize. The compile therefore runs on the head:
+
+    image ─► backbone ─► head ─► boxes [N, A, 4], scores [N, C, A] ─┐            (the compile sees this)
+                                          ┌─────────────────────────┘
+                                          └─► NonMaxSuppression ─► Gather ─► det_boxes [K, 4]  (tail)
+
+`split` takes every node downstream of a data-dependent op (or of an If / Loop / Scan whose body holds
+one) out of the graph; the tensors the tail reads
+from the head (here boxes and scores) become the head's graph outputs, scored by the output metric
+like any output, and graph inputs only the tail reads are set aside. `attach` puts the tail back, by
+tensor name, after Emit: it computes in float on the head's outputs exactly as in the source model.
+A tail that holds a quantizable layer (a data-dependent op early in the model) is not split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+
+from dfq_onnx.core.graph_utils import is_const
+
+DATA_DEPENDENT = ("NonMaxSuppression", "NonZero", "Compress", "Unique")
+LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass
+class Tail:
+    nodes: list[gs.Node]             # in the source's (topological) order, inputs detached
+    node_inputs: list[list[gs.Tensor]]   # each node's inputs as in the source
+    outputs: list[str]               # the source's graph outputs, in order
+    inputs: list[gs.Tensor]          # the source's graph inputs, in order
+    cut: list[str]                   # head tensors the tail reads (the head's extra outputs)
+
+
+def _data_dependent(node: gs.Node) -> bool:
+    """A value-dependent-size op, or control flow (tf2onnx's batched NMS is a Loop) holding one."""
+    if node.op in DATA_DEPENDENT:
+        return True
+    return any(_data_dependent(n) for g in node.attrs.values() if isinstance(g, gs.Graph) for n in g.nodes)
+
+
+def _downstream(graph: gs.Graph) -> list[gs.Node]:
+    """Nodes reached from a data-dependent op's outputs (the op included), and the nodes that feed only
+    them from graph inputs (e.g. a scale-factor input's Unsqueeze), in graph order."""
+    seen: set[int] = set()
+    stack = [n for n in graph.nodes if _data_dependent(n)]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(reader for t in node.outputs for reader in t.outputs)
+    inputs, outputs = {t.name for t in graph.inputs}, {t.name for t in graph.outputs}
+    grown = bool(seen)
+    while grown:
+        grown = False
+        for n in graph.nodes:
+            fed = all(is_const(t) or not t.name or t.name in inputs or (t.inputs and id(t.inputs[0]) in seen)
+                      for t in n.inputs)
+            if (id(n) not in seen and fed and n.outputs
+                    and all(t.name not in outputs and t.outputs and all(id(r) in seen for r in t.outputs)
+                            for t in n.outputs)):
+                seen.add(id(n))
+                grown = True
+    return [n for n in graph.nodes if id(n) in seen]
+
+
+def _subgraphs(node: gs.Node) -> list[gs.Graph]:
+    return [g for g in node.attrs.values() if isinstance(g, gs.Graph)]
+
+
+def _outer_reads(graph: gs.Graph) -> list[gs.Tensor]:
+    """Tensors a subgraph reads from the enclosing scopes (implicit inputs of its If / Loop / Scan)."""
+    own = {t.name for t in graph.inputs} | {t.name for n in graph.nodes for t in n.outputs}
+    reads = [t for n in graph.nodes for t in n.inputs if t.name and not is_const(t) and t.name not in own]
+    nested = [t for n in graph.nodes for g in _subgraphs(n) for t in _outer_reads(g)]
+    return reads + [t for t in nested if t.name not in own]
+
+
+def _reads(node: gs.Node) -> list[gs.Tensor]:
+    return list(node.inputs) + [t for g in _subgraphs(node) for t in _outer_reads(g)]
+
+
+def _cut(graph: gs.Graph, nodes: list[gs.Node]) -> list[gs.Tensor]:
+    """Computed head tensors the tail nodes read (their subgraphs' implicit inputs too), first-read order."""
+    produced = {t.name for n in nodes for t in n.outputs}
+    inputs = {t.name for t in graph.inputs}
+    cut: dict[str, gs.Tensor] = {}
+    for n in nodes:
+        for t in _reads(n):
+            if t.name and not is_const(t) and t.name not in produced and t.name not in inputs:
+                cut.setdefault(t.name, t)
+    return list(cut.values())
+
+
+def split(graph: gs.Graph) -> tuple[Tail | None, str]:
+    """Remove the data-dependent tail from `graph` (edited in place); (None, why) when there is none."""
+    nodes = _downstream(graph)
+    if not nodes:
+        return None, ""
+    first = f"{nodes[0].op} '{nodes[0].name}'"
+    weighted = [n.name for n in nodes if n.op in LAYERS and any(is_const(t) for t in n.inputs[1:2])]
+    if weighted:
+        return None, f"{first} precedes quantizable layers ({weighted[0]}, ...): the whole model is compiled"
+    produced = {t.name for n in nodes for t in n.outputs}
+    head_outputs = [t for t in graph.outputs if t.name not in produced]
+    cut = [t for t in _cut(graph, nodes) if not any(t is o for o in head_outputs)]
+    if not head_outputs and not cut:
+        return None, f"{first} reads the graph inputs only: nothing to compile"
+    tail = Tail(nodes=nodes, node_inputs=[list(n.inputs) for n in nodes],
+                outputs=[t.name for t in graph.outputs], inputs=list(graph.inputs), cut=[t.name for t in cut])
+    for n in nodes:             # detach: the head's tensors no longer list tail nodes as readers
+        n.inputs.clear()
+    ids = {id(n) for n in nodes}
+    graph.nodes = [n for n in graph.nodes if id(n) not in ids]
+    graph.outputs = head_outputs + cut
+    read = {t.name for n in graph.nodes for t in n.inputs} | {t.name for t in graph.outputs}
+    graph.inputs = [t for t in graph.inputs if t.name in read]
+    return tail, f"{len(nodes)} nodes from {first} on set aside (sizes depend on values)"
+
+
+def attach(graph: gs.Graph, tail: Tail) -> None:
+    """Put `tail` back into `graph` (in place): its nodes read the head's tensors of the same names
+    (constants and the tail's own tensors as they were), the graph's inputs and outputs are the source's."""
+    head = graph.tensors()
+    own = {t.name for n in tail.nodes for t in n.outputs}
+    for n, inputs in zip(tail.nodes, tail.node_inputs):
+        n.inputs.extend(t if is_const(t) or t.name in own or not t.name else head.get(t.name, t)
+                        for t in inputs)
+        for g in _subgraphs(n):
+            _rebind(g, head, set(tail.cut))
+    graph.nodes.extend(tail.nodes)
+    every = graph.tensors()
+    graph.inputs = [every.get(t.name, t) for t in tail.inputs]
+    graph.outputs = [every[name] for name in tail.outputs]
+
+
+def _rebind(graph: gs.Graph, head: dict, cut: set[str]) -> None:
+    """Point a tail subgraph's implicit reads of cut tensors at the head's tensors of those names."""
+    own = {t.name for t in graph.inputs} | {t.name for n in graph.nodes for t in n.outputs}
+    for n in graph.nodes:
+        for i, t in enumerate(n.inputs):
+            if t.name in cut and t.name not in own and t.name in head:
+                n.inputs[i] = head[t.name]
+        for g in _subgraphs(n):
+            _rebind(g, head, cut)
