@@ -21,7 +21,15 @@ then normal residual blocks and a plain branch concatenated before the head::
                            │    ─ pw ─ relu ─ [residual blocks 1 .. blocks-1] ─┐
                            └─ conv3 ─ relu3 ──────────────────────────────── concat ─ gap ─ flatten ─ fc
 
-Both pass the ONNX checker and run in ONNX Runtime (opset 17, LayerNormalization).
+``decomposed_layernorm``: a conv, then a LayerNorm over channels written out as TF / JAX exports it
+(mean = ReduceSum(x) * 1/C, var = ReduceSum(x * x) * 1/C - mean * mean, rsqrt(var + eps) * gamma), on a
+feature map with a large common offset (E[x^2] >> var: the cancellation 8 bits cannot carry), then a
+conv and a pooled Gemm head::
+
+    input ─ conv1 (bias + offset) ─┬─ Sub(mean) ─ Mul(rsqrt * gamma) ─ Add(beta) ─ conv2 ─ gap ─ fc
+                                   └─ statistics (ReduceSum, Mul, Sub, Add, Sqrt, Reciprocal)
+
+All pass the ONNX checker and run in ONNX Runtime (opset 17, LayerNormalization).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import onnx
 from dfq_onnx.models.builders import _init, _model, _vi
 from onnx import helper
 
-__all__ = ["outlier_attention", "outlier_residual"]
+__all__ = ["decomposed_layernorm", "outlier_attention", "outlier_residual"]
 
 
 def _mm(name: str, x: str, rng, k: int, n: int, inits: list, nodes: list, bias: bool = True,
@@ -127,3 +135,38 @@ def outlier_residual(c: int = 8, hw: int = 8, classes: int = 10, blocks: int = 3
               helper.make_node("Gemm", ["flat_out", "fc.weight", "fc.bias"], ["output"], name="fc", transB=1)]
     return _model(nodes, [_vi("input", ["N", 3, hw, hw])], [_vi("output", ["N", classes])], inits,
                   name="outlier_residual")
+
+
+def decomposed_layernorm(c: int = 16, hw: int = 8, classes: int = 5, offset: float = 20.0,
+                         seed: int = 0) -> onnx.ModelProto:
+    """The network of the module docstring; input [N, 3, hw, hw], output [N, classes]."""
+    rng = np.random.default_rng(seed)
+    inits: list = [_init("axes", np.array([1], np.int64)), _init("inv_c", np.array(1.0 / c, np.float32)),
+                   _init("eps", np.array(1e-6, np.float32)), _init("offset", np.array(offset, np.float32)),
+                   _init("gamma", rng.uniform(0.5, 1.5, (1, c, 1, 1)).astype(np.float32)),
+                   _init("beta", rng.normal(0, 0.1, (1, c, 1, 1)).astype(np.float32))]
+    nodes: list = []
+    x = _conv("conv1", "input", rng, 3, c, inits, nodes)
+    nodes += [helper.make_node("Add", [x, "offset"], ["x"], name="shift"),
+              helper.make_node("ReduceSum", ["x", "axes"], ["sum"], name="sum"),
+              helper.make_node("Mul", ["sum", "inv_c"], ["mean"], name="mean"),
+              helper.make_node("Mul", ["x", "x"], ["square"], name="square"),
+              helper.make_node("ReduceSum", ["square", "axes"], ["sum_sq"], name="sum_sq"),
+              helper.make_node("Mul", ["sum_sq", "inv_c"], ["mean_sq"], name="mean_sq"),
+              helper.make_node("Mul", ["mean", "mean"], ["sq_mean"], name="sq_mean"),
+              helper.make_node("Sub", ["mean_sq", "sq_mean"], ["var"], name="var"),
+              helper.make_node("Add", ["var", "eps"], ["var_eps"], name="var_eps"),
+              helper.make_node("Sqrt", ["var_eps"], ["std"], name="std"),
+              helper.make_node("Reciprocal", ["std"], ["rstd"], name="rstd"),
+              helper.make_node("Mul", ["rstd", "gamma"], ["scale"], name="scale"),
+              helper.make_node("Sub", ["x", "mean"], ["centred"], name="centre"),
+              helper.make_node("Mul", ["centred", "scale"], ["normed"], name="normalize"),
+              helper.make_node("Add", ["normed", "beta"], ["ln_out"], name="shift_beta")]
+    y = _relu(_conv("conv2", "ln_out", rng, c, c, inits, nodes), "relu2", nodes)
+    fc = (rng.standard_normal((classes, c)) / np.sqrt(c)).astype(np.float32)
+    inits += [_init("fc.weight", fc), _init("fc.bias", rng.normal(0, 0.1, classes).astype(np.float32))]
+    nodes += [helper.make_node("GlobalAveragePool", [y], ["gap_out"], name="gap"),
+              helper.make_node("Flatten", ["gap_out"], ["flat_out"], name="flatten", axis=1),
+              helper.make_node("Gemm", ["flat_out", "fc.weight", "fc.bias"], ["output"], name="fc", transB=1)]
+    return _model(nodes, [_vi("input", ["N", 3, hw, hw])], [_vi("output", ["N", classes])], inits,
+                  opset=13, name="decomposed_layernorm")

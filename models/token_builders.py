@@ -23,6 +23,10 @@ axis 1) beside the logits; no position table and no causal mask (its head is not
 ``token_decoder_cross``: one cross-attention layer of an encoder-decoder's decoder: input_ids and the
 encoder's states [N, S_enc, D] (a float input read by the key / value MatMuls).
 
+``one_hot_classifier``: a byte-sequence classifier whose embedding is a one-hot product (TF / JAX
+exports, e.g. Magika): ids [N, S] ─ Unsqueeze ─ Equal(0 .. V-1) (or OneHot(V)) ─ Cast ─ MatMul(table
+[V, D]) ─ Conv over the sequence (as [N, D, S]) ─ Relu ─ ReduceMax over S ─ Gemm ─► logits [N, classes].
+
 All pass the ONNX checker and run in ONNX Runtime (opset 17, LayerNormalization).
 """
 
@@ -34,7 +38,7 @@ from dfq_onnx.models.act_builders import _ln, _mm
 from dfq_onnx.models.builders import _init, _model, _vi
 from onnx import TensorProto, helper
 
-__all__ = ["token_decoder_cross", "token_encoder", "token_lm", "token_lm_cache"]
+__all__ = ["one_hot_classifier", "token_decoder_cross", "token_encoder", "token_lm", "token_lm_cache"]
 
 
 def _word_table(rng, vocab: int, d: int) -> np.ndarray:
@@ -162,3 +166,31 @@ def token_decoder_cross(vocab: int = 256, d: int = 32, enc_len: int = 10, seed: 
               helper.make_node("MatMul", ["res", "word_t"], ["logits"], name="head")]
     ins = [_vi("input_ids", ["N", "S"], TensorProto.INT64), _vi("encoder_states", ["N", enc_len, d])]
     return _model(nodes, ins, [_vi("logits", ["N", "S", vocab])], inits, name="token_decoder_cross")
+
+
+def one_hot_classifier(vocab: int = 257, seq: int = 32, d: int = 16, classes: int = 5, op: str = "Equal",
+                       first: int = 0, seed: int = 0) -> onnx.ModelProto:
+    """The one-hot byte classifier of the module docstring (`op` "Equal" or "OneHot"; Equal compares
+    with first .. first + vocab - 1)."""
+    rng = np.random.default_rng(seed)
+    inits: list = [_init("table", rng.normal(0, 0.5, (vocab, d)).astype(np.float32)),
+                   _init("axes", np.array([-1], np.int64)),
+                   _init("conv.weight", (rng.standard_normal((d, d, 3)) / np.sqrt(3 * d)).astype(np.float32)),
+                   _init("fc.weight", (rng.standard_normal((classes, d)) / np.sqrt(d)).astype(np.float32))]
+    if op == "OneHot":
+        inits += [_init("depth", np.array(vocab, np.int64)), _init("onoff", np.array([0, 1], np.int64))]
+        nodes = [helper.make_node("OneHot", ["ids", "depth", "onoff"], ["hot"], name="one_hot", axis=-1)]
+    else:
+        inits.append(_init("iota", np.arange(first, first + vocab, dtype=np.int32).reshape(1, 1, vocab)))
+        nodes = [helper.make_node("Unsqueeze", ["ids", "axes"], ["ids3"], name="unsqueeze"),
+                 helper.make_node("Equal", ["ids3", "iota"], ["hot"], name="one_hot")]
+    nodes += [helper.make_node("Cast", ["hot"], ["hot_f"], name="cast", to=TensorProto.FLOAT),
+              helper.make_node("MatMul", ["hot_f", "table"], ["emb"], name="embed"),
+              helper.make_node("Transpose", ["emb"], ["emb_t"], name="to_channels", perm=[0, 2, 1]),
+              helper.make_node("Conv", ["emb_t", "conv.weight"], ["conv_out"], name="conv", pads=[1, 1]),
+              helper.make_node("Relu", ["conv_out"], ["relu_out"], name="relu"),
+              helper.make_node("ReduceMax", ["relu_out", "axes"], ["pool"], name="pool", keepdims=0),
+              helper.make_node("Gemm", ["pool", "fc.weight"], ["logits"], name="fc", transB=1)]
+    dtype = TensorProto.INT64 if op == "OneHot" else TensorProto.INT32
+    return _model(nodes, [_vi("ids", ["N", seq], dtype)], [_vi("logits", ["N", classes])], inits, opset=18,
+                  name="one_hot_classifier")

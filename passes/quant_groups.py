@@ -24,6 +24,14 @@ Ops the target lists in [forms] (ORT CPU: MatMul with a constant 2-D weight, Gat
 activation quantizer on their input or output, and elementwise ops next to them stay float unless a
 statically quantized layer reads them. A CNN's classifier head written as MatMul is static like a Gemm
 (passes/static_heads.py).
+
+Normalization statistics stay float: a Reduce{Mean,Sum,SumSquare,L1,L2,LogSumExp,Prod} output, what
+is computed from such outputs alone (a decomposed LayerNorm's mean, E[x^2] - E[x]^2, rsqrt(var + eps),
+rsqrt x gamma), the x^2 read only by the reduction, and the elementwise op applying a statistic to the
+features (x_centred * rsqrt) are not quantized. They are [N, .., 1]-sized or cheap, and 8 bits on them
+is what breaks the normalization: var = E[x^2] - E[x]^2 cancels (Magika's LayerNorm after its max pool:
+E[x^2] 222..257, var 10..19 at one 8-bit step of 0.13 each), and rsqrt amplifies a small variance's
+rounding. Max / Min reductions are pooled features, not statistics, and stay quantizable.
 """
 
 from __future__ import annotations
@@ -126,6 +134,31 @@ def _feeds_weighted(graph: gs.Graph, target) -> set[int]:
     return reach
 
 
+STAT_REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp",
+                   "ReduceProd")
+
+
+def _statistics_nodes(graph: gs.Graph, target) -> set[int]:
+    """ids of the elementwise nodes that compute or apply normalization statistics (module docstring).
+    A statistic stops at a weighted layer (an SE block's pooled mean through its convs is a feature)."""
+    stats: set[int] = set()           # ids of statistic tensors
+    nodes: set[int] = set()
+    for node in graph.nodes:          # topological order
+        floats = [t for t in node.inputs if is_float(t) and not is_const(t)]
+        read = [t for t in floats if id(t) in stats]
+        if node.op in STAT_REDUCTIONS or (floats and len(read) == len(floats)
+                                          and target.role(node.op) != "weighted"):
+            stats.update(id(t) for t in node.outputs)
+        if read:
+            nodes.add(id(node))
+        square = node.op == "Mul" and len(node.inputs) == 2 and node.inputs[0] is node.inputs[1]
+        readers = [c for t in node.outputs for c in t.outputs]
+        if square and readers and all(c.op in STAT_REDUCTIONS for c in readers) \
+                and not any(is_graph_output(graph, t) for t in node.outputs):
+            nodes.add(id(node))       # x^2 read only by the reduction
+    return nodes
+
+
 def _activation_product(node: gs.Node) -> bool:
     """A MatMul of two activations (attention's Q K^T and A V): quantized like an elementwise op."""
     return len(node.inputs) == 2 and all(is_float(t) and not is_const(t) for t in node.inputs)
@@ -135,9 +168,10 @@ def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
     layers = {}
     reach = _feeds_weighted(graph, target)
     preprocessing = prefix_nodes(graph)          # the inputs' in-graph scale-and-shift stays float
+    statistics = _statistics_nodes(graph, target)
     for node in graph.nodes:
         role = target.role(node.op)
-        if id(node) in preprocessing:
+        if id(node) in preprocessing or (role == "elementwise" and id(node) in statistics):
             continue
         form = _form_spec(node, target)
         if form is not None:

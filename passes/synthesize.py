@@ -359,6 +359,14 @@ def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: di
                     "([0, 1] pixels), %s:-1,1 ((x / 255 - 0.5) / 0.5, as PP-OCR), %s:0,255",
                     ", ".join(unsized), f" (range inference, log10 |bias| / response: {why})" if why else "",
                     *[unsized[0]] * 3)
+    others = [k for k, shape in first.items() if k not in ranges and k not in result.preprocessed
+              and k not in unsized and k not in result.inferred and result.inputs[k].dtype.kind == "f"]
+    if others:       # audio, spectrograms, features: nothing in the graph tells their scale
+        notes.setdefault("assumed_range", {}).update({k: "standardized" for k in others})
+        log.warning("no BatchNormalization statistics: synthetic samples for %s assume standardized values "
+                    "(mean 0, std 1); if it reads another scale (audio in [-1, 1], 16-bit PCM samples), pass "
+                    "--input-range %s:LOW,HIGH, or --calib FILE.npz with real inputs", ", ".join(others),
+                    others[0])
 
 
 def _scores(r) -> str:

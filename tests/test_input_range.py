@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dfq_onnx.models import builders
+from dfq_onnx.models import builders, signal_builders
 
 import dfq_onnx
 from dfq_onnx.core.errors import DfqError, UsageError
@@ -52,3 +52,12 @@ def test_unknown_input_and_empty_range_are_usage_errors():
         dfq_onnx.quantize(model, input_ranges={"images": (0.0, 1.0)}, **FAST)
     with pytest.raises(UsageError, match="LOW < HIGH"):
         dfq_onnx.quantize(model, input_ranges={"input": (1.0, 1.0)}, **FAST)
+
+
+def test_a_bn_free_non_image_input_gets_the_warning_too():
+    model = signal_builders.waveform_classifier()        # raw audio [N, T]: nothing tells its scale
+    _, plain = dfq_onnx.quantize(model, **FAST)
+    assert any("--input-range audio:LOW,HIGH" in w for w in plain.warnings)
+    assert plain.notes["synthesis"]["assumed_range"] == {"audio": "standardized"}
+    _, given = dfq_onnx.quantize(model, input_ranges={"audio": (-1.0, 1.0)}, **FAST)
+    assert not any("--input-range" in w for w in given.warnings)

@@ -9,6 +9,10 @@ the indices of a constant float table [V, D]:
     position_ids   ─► Gather(table [P, D]), P >= S      "position": 0 .. S-1
     attention_mask ─► Unsqueeze / Cast / Sub / Mul ...  "mask": no Gather; 1 on real tokens, 0 on padding
 
+An embedding written as a one-hot product (TF / JAX exports: OneHot(ids, V), or Equal(ids, 0 .. V-1),
+then Cast to float and MatMul with a constant [V, D]) is the same lookup: that MatMul's weight is the
+table.
+
 A name containing "type"/"segment" or "pos" decides between "type" and "position" first. The sequence
 length S is the inputs' static dimension (above 1: a width of 1 is a decoder's one-token step,
 synth/kv_cache.py), else `--input-shape NAME:N,S`, else min(128, P) with P the
@@ -83,7 +87,39 @@ def _tables(t: gs.Tensor) -> list[gs.Constant]:
 
     def carries(node: gs.Node, cur: gs.Tensor) -> bool:
         return not table(node, cur) and node.op in CARRY and bool(node.inputs) and node.inputs[0] is cur
-    return [node.inputs[0] for node, cur in walk(t, carries) if table(node, cur)]
+    found = []
+    for node, cur in walk(t, carries):
+        if table(node, cur):
+            found.append(node.inputs[0])
+        elif rows := _one_hot_rows(node, cur):
+            found += _one_hot_tables(node, rows)
+    return found
+
+
+def _one_hot_rows(node: gs.Node, cur: gs.Tensor) -> int:
+    """V when `node` turns the ids `cur` into a one-hot [.., V] (OneHot with a constant depth, or Equal
+    against the constant 0 .. V-1 on its last axis), else 0."""
+    if node.op == "OneHot" and node.inputs[0] is cur and is_const(node.inputs[1]):
+        return int(const_values(node.inputs[1]).reshape(-1)[0])
+    if node.op != "Equal" or len(node.inputs) != 2 or not any(x is cur for x in node.inputs):
+        return 0
+    other = node.inputs[1] if node.inputs[0] is cur else node.inputs[0]
+    values = const_values(other) if is_const(other) else np.zeros(0)
+    if values.size < 2 or values.shape[-1] != values.size or not np.array_equal(values.reshape(-1),
+                                                                                 np.arange(values.size)):
+        return 0
+    return int(values.size)
+
+
+def _one_hot_tables(node: gs.Node, rows: int) -> list[gs.Constant]:
+    """The constant float [rows, D] weights of the MatMuls reading `node`'s one-hot (through Cast etc.)."""
+    def table(n: gs.Node, cur: gs.Tensor) -> bool:
+        return (n.op == "MatMul" and n.inputs[0] is cur and is_const(n.inputs[1]) and is_float(n.inputs[1])
+                and const_values(n.inputs[1]).shape[:1] == (rows,) and const_values(n.inputs[1]).ndim == 2)
+
+    def carries(n: gs.Node, cur: gs.Tensor) -> bool:
+        return n.op in CARRY and bool(n.inputs) and n.inputs[0] is cur
+    return [n.inputs[1] for n, cur in walk(node.outputs[0], carries) if table(n, cur)]
 
 
 def _length(graph: gs.Graph, ints: list[gs.Tensor], hints: dict, position_rows: int) -> int:
