@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
@@ -41,7 +40,7 @@ from dfq_onnx.backends.runtime_types import fill_untyped
 from dfq_onnx.core import float16, ir, rewrites
 from dfq_onnx.core.affine_fold import fold_affine
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
-from dfq_onnx.core.graph_utils import reroute
+from dfq_onnx.core.graph_utils import is_float, reroute
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.reader_fold import fold_hard_sigmoid, fold_into_readers
 from dfq_onnx.core.state import CompileState
@@ -195,13 +194,6 @@ def name_nodes(graph) -> int:
     return renamed
 
 
-def _is_float32(t) -> bool:
-    try:
-        return t.dtype is not None and np.dtype(t.dtype) == np.float32
-    except TypeError:
-        return False
-
-
 def canonicalize(graph) -> dict[str, int]:
     """Sum(a, b) -> Add(a, b); drop inference Dropout / Identity and float32 -> float32 Casts (a float16
     model's casts once widened). Returns counts of rewrites."""
@@ -217,7 +209,7 @@ def canonicalize(graph) -> dict[str, int]:
                 continue  # explicit training_mode input
             if _bypass(graph, node):
                 counts[f"{node.op} removed"] += 1
-        elif node.op == "Cast" and node.attrs.get("to") == 1 and node.inputs and _is_float32(node.inputs[0]):
+        elif node.op == "Cast" and node.attrs.get("to") == 1 and node.inputs and is_float(node.inputs[0]):
             counts["Cast removed"] += _bypass(graph, node)
     graph.cleanup().toposort()
     return {k: v for k, v in counts.items() if v}

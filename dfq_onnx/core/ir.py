@@ -95,9 +95,7 @@ def model_hash(model: onnx.ModelProto) -> str:
     """Stable content hash: SHA-256 of the deterministic serialization, plus the bytes of any tensor
     still held in external data (streamed, so models above 2 GB hash too)."""
     external = [t for t in all_tensors(model) if t.data_location == TensorProto.EXTERNAL]
-    if not external and tensor_bytes(model) < TWO_GB // 2:     # clearly serializable: one encoding
-        return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
-    if not external and model.ByteSize() <= TWO_GB:
+    if not external and not over_two_gb(model):
         return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
     h = hashlib.sha256()
     for tensor in all_tensors(model):   # contents, then the structure without them
