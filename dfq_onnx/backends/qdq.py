@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.core import ir, numerics, weight_clip
 from dfq_onnx.core.gptq import LaidHessian
-from dfq_onnx.core.graph_utils import node_label, reroute
+from dfq_onnx.core.graph_utils import node_label, reroute, take_output_name
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,7 @@ def insert_activation_qdq(graph: gs.Graph, t: gs.Variable, enc: Encoding,
     graph.nodes.append(gs.Node("DequantizeLinear", name=f"{t.name}_DequantizeLinear",
                                inputs=[q, *consts], outputs=[dq]))
     reroute(t, dq, readers)
-    for i, out in enumerate(graph.outputs):
-        if out is t:  # the graph output keeps its name; the float tensor is renamed
-            name = t.name
-            t.name, dq.name = f"{name}_float", name
-            graph.outputs[i] = dq
+    take_output_name(graph, t, dq, "_float")
     return dq
 
 

@@ -21,9 +21,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.core.graph_utils import const_values, is_const, is_graph_output
+from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS, const_values, is_const, is_graph_output
 
-LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 OPS = ("Mul", "Add", "Sub", "Div")
 
 
@@ -53,7 +52,9 @@ def _per_channel(c: np.ndarray, layer: gs.Node, rank: int | None) -> np.ndarray 
 
 
 def layer_ok(layer: gs.Node, y: gs.Tensor, graph: gs.Graph) -> bool:
-    if layer.op not in LAYERS or len(layer.outputs) != 1 or len(y.outputs) != 1 or is_graph_output(graph, y):
+    if layer.op not in WEIGHTED_LAYERS or len(layer.outputs) != 1 or len(y.outputs) != 1:
+        return False
+    if is_graph_output(graph, y):
         return False
     w = layer.inputs[1] if len(layer.inputs) > 1 else None
     if not is_const(w) or len(w.outputs) != 1 or w.values.dtype != np.float32 or w.shape is None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+# ops whose second input is a weight when it is a constant: the layers every stage quantizes, folds and scores
+WEIGHTED_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
 
 def producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if len(tensor.inputs) == 1 else None
@@ -20,6 +23,15 @@ def reroute(old: gs.Tensor, new: gs.Tensor, readers=None) -> None:
         for i, t in enumerate(node.inputs):
             if t is old:
                 node.inputs[i] = new
+
+
+def take_output_name(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor, suffix: str) -> None:
+    """Where `old` is a graph output, `new` takes its place and its name; `old` is renamed name + suffix."""
+    for i, out in enumerate(graph.outputs):
+        if out is old:
+            name = old.name
+            old.name, new.name = f"{name}{suffix}", name
+            graph.outputs[i] = new
 
 
 def walk(start: gs.Tensor, go_on, up: bool = False):

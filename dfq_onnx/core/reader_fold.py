@@ -26,8 +26,15 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.core.affine_fold import LAYERS, bias_of, layer_ok, out_channels, scale_weight, set_bias
-from dfq_onnx.core.graph_utils import const_values, is_const, is_graph_output, scalar_value, unique_name
+from dfq_onnx.core.affine_fold import bias_of, layer_ok, out_channels, scale_weight, set_bias
+from dfq_onnx.core.graph_utils import (
+    WEIGHTED_LAYERS,
+    const_values,
+    is_const,
+    is_graph_output,
+    scalar_value,
+    unique_name,
+)
 
 
 def _scalar(node: gs.Node) -> tuple[gs.Tensor, float] | None:
@@ -44,7 +51,7 @@ def _scalar(node: gs.Node) -> tuple[gs.Tensor, float] | None:
 
 
 def _reads_as_data(reader: gs.Node, y: gs.Tensor) -> bool:
-    if reader.op not in LAYERS or len(reader.inputs) < 2 or reader.inputs[0] is not y:
+    if reader.op not in WEIGHTED_LAYERS or len(reader.inputs) < 2 or reader.inputs[0] is not y:
         return False
     if any(t is y for t in reader.inputs[1:]):
         return False

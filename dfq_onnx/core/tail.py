@@ -24,10 +24,9 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.core.graph_utils import is_const
+from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS, is_const
 
 DATA_DEPENDENT = ("NonMaxSuppression", "NonZero", "Compress", "Unique")
-LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass
@@ -106,7 +105,7 @@ def split(graph: gs.Graph) -> tuple[Tail | None, str]:
     if not nodes:
         return None, ""
     first = f"{nodes[0].op} '{nodes[0].name}'"
-    weighted = [n.name for n in nodes if n.op in LAYERS and any(is_const(t) for t in n.inputs[1:2])]
+    weighted = [n.name for n in nodes if n.op in WEIGHTED_LAYERS and any(is_const(t) for t in n.inputs[1:2])]
     if weighted:
         return None, f"{first} precedes quantizable layers ({weighted[0]}, ...): the whole model is compiled"
     produced = {t.name for n in nodes for t in n.outputs}

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.core.graph_utils import const_values, is_const, is_float, is_graph_output, node_label
+from dfq_onnx.core.graph_utils import (
+    WEIGHTED_LAYERS,
+    const_values,
+    is_const,
+    is_float,
+    is_graph_output,
+    node_label,
+)
 from dfq_onnx.corrections.formulas import Linear, valid_tap_fraction
 
 PASSTHROUGH = ("MaxPool",)
@@ -133,7 +140,7 @@ def find_pairs(graph: gs.Graph) -> tuple[list[LayerPair], list[dict[str, str]]]:
     """Pairs in graph order, and {layer, reason} for each linear layer that starts none."""
     pairs, skipped = [], []
     for node in graph.nodes:
-        if node.op not in ("Conv", "Gemm", "ConvTranspose", "MatMul"):
+        if node.op not in WEIGHTED_LAYERS:
             continue
         if linear_kind(node) is None:
             skipped.append({"layer": node_label(node), "reason": f"{node.op} weight is not a rescalable "

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.core.graph_utils import const_values, reroute
+from dfq_onnx.core.graph_utils import const_values, reroute, take_output_name
 
 PREFIX = "dither_"
 
@@ -76,10 +76,7 @@ def _undither(graph: gs.Graph, dq: gs.Node, d: gs.Variable, lo, hi) -> str:
         back, gs.Constant(f"{base}_dither_lo", np.asarray(lo, np.float32)),
         gs.Constant(f"{base}_dither_hi", np.asarray(hi, np.float32))]))
     reroute(out, y, readers)
-    for i, o in enumerate(graph.outputs):
-        if o is out:       # the graph output keeps its name
-            out.name, y.name = f"{base}_dither_in", base
-            graph.outputs[i] = y
+    take_output_name(graph, out, y, "_dither_in")
     return y.name
 
 

@@ -54,6 +54,7 @@ import onnx_graphsurgeon as gs
 from dfq_onnx.backends import runtime
 from dfq_onnx.backends.chunks import static_batch
 from dfq_onnx.core import ir
+from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS
 from dfq_onnx.synth.search import pink_noise, squash
 
 CANDIDATES: tuple[tuple[str, tuple[float, float] | None], ...] = (
@@ -64,7 +65,6 @@ SAMPLES = 8           # at most; fewer on large images: PIXELS positions per cha
 PIXELS = 1 << 20
 MIN_CHANNELS = 8
 FAR = np.log10(4.0)   # |score| beyond this for every candidate: no convention balances biases, abstain
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def biased_layers(graph: gs.Graph, name: str, count: int | None = None) -> list[
     reach, count = _downstream(graph, name), count or LAYERS
     out = []
     for nd in graph.nodes:
-        if nd.op in WEIGHTED and id(nd) in reach and isinstance(nd.inputs[1], gs.Constant):
+        if nd.op in WEIGHTED_LAYERS and id(nd) in reach and isinstance(nd.inputs[1], gs.Constant):
             b = _bias(nd)
             if b is not None:
                 out.append((nd, b))

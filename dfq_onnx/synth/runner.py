@@ -28,7 +28,7 @@ from dfq_onnx.backends import runtime
 from dfq_onnx.backends.chunks import pad_rows, static_batch
 from dfq_onnx.core import ir
 from dfq_onnx.core.errors import UsageError
-from dfq_onnx.core.graph_utils import is_float
+from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS, is_float
 from dfq_onnx.synth.objectives import (
     LabelSpec,
     Objective,
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 MEMORY_BUDGET = 1 << 30
 LIVE = 8            # tensors of the largest activation's size per row that ORT's arena holds (above)
-LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def shape_example(shape) -> str:
@@ -107,7 +106,7 @@ def row_elements(graph: gs.Graph, shapes: dict[str, tuple[int, ...]]) -> tuple[i
     """(activation elements per row, forward passes spent): the outputs of every Conv/Gemm/MatMul, the
     cost proxy of the step budget. Shapes come from the graph; when shape inference left one unknown
     (e.g. pads computed from the input's shape), from one ORT run of a row of zeros (one pass)."""
-    outs = [nd.outputs[0] for nd in graph.nodes if nd.op in LAYERS and nd.outputs]
+    outs = [nd.outputs[0] for nd in graph.nodes if nd.op in WEIGHTED_LAYERS and nd.outputs]
     if not outs:
         return max(_per_row_numel(graph), *(int(np.prod(s)) for s in shapes.values())), 0
     if all(_known(t) for t in outs):
@@ -208,7 +207,7 @@ def build_objective(kind: str, graph: gs.Graph, bn_stats: dict, shapes: dict,
         output = out.name
         if "bn" not in kind:
             act = tuple(nd.outputs[0].name for nd in graph.nodes
-                        if nd.op in LAYERS and nd.outputs[0] is not out)
+                        if nd.op in WEIGHTED_LAYERS and nd.outputs[0] is not out)
     objective = Objective(kind, bn, act, output)
     runner = Runner(graph, objective, shapes)
     if output is None:
