@@ -68,11 +68,11 @@ def _stored_bits(state: CompileState, group, cands) -> dict:
 
 
 def _macs_per_row(state: CompileState, group_ids) -> dict[str, int]:
-    """MACs per input row of each group: a MatMul on a constant W [K, N] does K * N per row; a Gather
-    lookup none."""
+    """MACs per input row of each group: a MatMul (or a fused Attention's projection) on a constant
+    W [K, N] does K * N per row; a Gather lookup none."""
     tensors, by_id = state.graph.tensors(), {g.id: g for g in state.groups}
     layers = {g: [state.spec.layers[n] for n in by_id[g].layers] for g in group_ids}
-    return {g: int(sum(np.prod(tensors[x.weight].shape) for x in ls if x.op == "MatMul"))
+    return {g: int(sum(np.prod(tensors[x.weight].shape) for x in ls if x.op in forms_lib.COLUMN_WEIGHTS))
             for g, ls in layers.items()}
 
 

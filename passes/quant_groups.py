@@ -89,17 +89,42 @@ def _weighted_spec(node: gs.Node, role: str) -> LayerSpec | None:
                      bias=bias.name if bias is not None else None, axis=weight_output_axis(node))
 
 
+def _fused_attention(node: gs.Node) -> bool:
+    """com.microsoft Attention with what QAttention takes: (x, W_qkv, bias, [mask_index, [past]]), equal
+    q / k / v widths; a relative-position bias or a past length input has no quantized kernel."""
+    extra = [t for t in node.inputs[5:] if t.name]
+    return node.domain == "com.microsoft" and len(node.inputs) >= 3 and not extra \
+        and "qkv_hidden_sizes" not in node.attrs and is_const(node.inputs[2])
+
+
+def _fused_embedding(node: gs.Node) -> bool:
+    """com.microsoft EmbedLayerNormalization with what QEmbedLayerNormalization takes: ids and segment ids,
+    constant word / position / segment tables, gamma and beta, and no embedding-sum output in use."""
+    consts = node.inputs[2:7]
+    summed = node.outputs[2:3]
+    return node.domain == "com.microsoft" and len(consts) == 5 and all(is_const(t) and is_float(t)
+                                                                        for t in consts) \
+        and node.inputs[1].name != "" and not any(t.outputs for t in summed)
+
+
 def _form_spec(node: gs.Node, target) -> LayerSpec | None:
-    """A MatMul [.., K] x W[K, N] or a Gather from a table [V, D] (axis 0) encoded by a target form."""
+    """A MatMul [.., K] x W[K, N], com.microsoft Attention's W_qkv [D, 3D] or a Gather from a table [V, D]
+    (axis 0) encoded by a target form."""
     if not target.forms_for(node.op) or len(node.inputs) < 2 or is_static_head(node, target):
         return None
+    if node.op == "Attention" and not _fused_attention(node):
+        return None
+    if node.op == "EmbedLayerNormalization":
+        return _fused_embedding(node) and LayerSpec(node=node_label(node), op=node.op, role="weighted",
+                                                    weight=node.inputs[2].name, axis=0, weight_index=2,
+                                                    form=True) or None
     index = 0 if node.op == "Gather" else 1
     w, other = node.inputs[index], node.inputs[1 - index]
     if not (is_const(w) and is_float(w) and const_values(w).ndim == 2) or is_const(other):
         return None
     if node.op == "Gather" and (node.attrs.get("axis", 0) != 0 or is_float(other)):
         return None
-    if node.op == "MatMul" and not is_float(other):
+    if node.op in ("MatMul", "Attention") and not is_float(other):
         return None
     return LayerSpec(node=node_label(node), op=node.op, role="weighted", weight=w.name,
                      axis=0 if node.op == "Gather" else 1, weight_index=index, form=True)

@@ -23,10 +23,11 @@ def layer_macs(node: gs.Node, symbolic: int | None = None) -> int:
     dimension counts as that size: relative costs of a transformer per token with `symbolic=1`).
 
     Conv: out_elements * (C_in / group) * prod(kernel); ConvTranspose: in_elements * C_out/group * kernel;
-    Gemm / MatMul: rows * K * N, rows = product of the output's non-batch leading dims; Gather (an
-    embedding table lookup): 0.
+    Gemm / MatMul: rows * K * N, rows = product of the output's non-batch leading dims; com.microsoft
+    Attention: its q / k / v projection, rows * D * 3D (the score products are activation x activation);
+    Gather or EmbedLayerNormalization (embedding table lookups): 0.
     """
-    if node.op == "Gather":
+    if node.op in ("Gather", "EmbedLayerNormalization"):
         return 0
     w = const_values(node.inputs[1])
     if node.op == "Conv":
@@ -38,6 +39,8 @@ def layer_macs(node: gs.Node, symbolic: int | None = None) -> int:
     out = _static(node.outputs[0].shape, symbolic)
     if out is None or w.ndim < 2:
         return 0
+    if node.op == "Attention":
+        return int(np.prod(out[1:-1]) * w.shape[0] * w.shape[1])
     k = w.shape[0] if not (node.op == "Gemm" and node.attrs.get("transB", 0)) else w.shape[1]
     return int(np.prod(out[1:]) * k)
 

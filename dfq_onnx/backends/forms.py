@@ -30,6 +30,9 @@ from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.gptq import LaidHessian
 
 CONTRIB = "com.microsoft"
+# form layers whose weight is W [K, N] read as x @ W: MatMul, and com.microsoft Attention's fused
+# q / k / v projection (W [D, 3D]); a Gather table [V, D] is the other layout
+COLUMN_WEIGHTS = ("MatMul", "Attention")
 
 
 def dynamic_weight(w: np.ndarray, bits: int,
@@ -53,14 +56,19 @@ def dynamic_weight(w: np.ndarray, bits: int,
     return q - shift, scale, zero - shift, "int4" if bits <= 4 else "int8"
 
 
+def tensor_params(w: np.ndarray) -> tuple[np.float32, int]:
+    """One asymmetric uint8 scale and zero point for all of `w` (the "tensor" form)."""
+    return numerics.affine_params(float(w.min()), float(w.max()), 8, False)
+
+
 def reduction_length(op: str, w: np.ndarray) -> int:
     """Length of the axis a weight's blocks run along: K of a MatMul W [K, N], D of a table [V, D]."""
-    return int(w.shape[0] if op == "MatMul" else w.shape[1])
+    return int(w.shape[0] if op in COLUMN_WEIGHTS else w.shape[1])
 
 
 def fits(op: str, cand, w_shape) -> bool:
     """Whether `cand` can encode a weight of this shape (blocks must divide the reduction axis)."""
-    length = int(w_shape[0] if op == "MatMul" else w_shape[1])
+    length = int(w_shape[0] if op in COLUMN_WEIGHTS else w_shape[1])
     b = candidates.block(cand, length)
     return not b or length % b == 0
 
@@ -80,8 +88,10 @@ def weight_hat(op: str, w: np.ndarray, cand, importance: np.ndarray | None = Non
     if f == "dyn":
         q, scale, zero, _ = dynamic_weight(w, cand[0], importance)
         return numerics.dequantize(q, scale, zero, 1)
+    if f == "tensor":
+        return numerics.fake_quant(w, *tensor_params(w), 8, False)
     b = candidates.block(cand, reduction_length(op, w))
-    return blockwise.fake_quantize(w, cand[0], b, 0 if op == "MatMul" else 1)
+    return blockwise.fake_quantize(w, cand[0], b, 0 if op in COLUMN_WEIGHTS else 1)
 
 
 def _var(graph: gs.Graph, name: str, dtype, shape=None) -> gs.Variable:
@@ -126,6 +136,50 @@ def emit_dynamic(graph: gs.Graph, node: gs.Node, w: np.ndarray, bits: int, share
     ]
     node.outputs.clear()
     return {"weight_dtype": storage, "scale_min": float(scale.min()), "scale_max": float(scale.max())}
+
+
+def emit_qattention(graph: gs.Graph, node: gs.Node, w: np.ndarray, bits: int, shared: dict) -> dict:
+    """Replace com.microsoft Attention `node` (x, W_qkv [D, 3D], bias, [mask_index, [past]]) by QAttention
+    on the dynamic int8 input and the W8 per-column weights (quantize_dynamic's form for it, with the
+    symmetric per-column scales of `dynamic_weight`)."""
+    if bits != 8:
+        raise UnsupportedModelError(f"node '{node.name}': QAttention takes 8-bit weights, not {bits}")
+    label, ins = node.name, node.inputs
+    q, scale, zero, _ = dynamic_weight(w, bits)
+    xq, xs, xz = _quantized_input(graph, node.inputs[0], shared)
+    optional = [ins[i] if len(ins) > i and ins[i].name else gs.Variable.empty() for i in (3, 4)]
+    wq = ir.constant(f"{label}_weight_quantized", q, "int8")
+    ws = gs.Constant(f"{label}_weight_scale", scale.astype(np.float32))
+    wz = ir.constant(f"{label}_weight_zero_point", zero, "int8")
+    graph.nodes.append(gs.Node("QAttention", name=f"{label}_QAttention", domain=CONTRIB,
+                               attrs=dict(node.attrs), inputs=[xq, wq, ins[2], xs, ws, optional[0], xz, wz,
+                                                               optional[1]],
+                               outputs=list(node.outputs)))
+    node.outputs.clear()
+    return {"weight_dtype": "int8", "scale_min": float(scale.min()), "scale_max": float(scale.max())}
+
+
+def emit_qembed(graph: gs.Graph, node: gs.Node) -> dict:
+    """Replace com.microsoft EmbedLayerNormalization `node` (ids, segment ids, word / position / segment
+    tables, gamma, beta, [mask]) by QEmbedLayerNormalization: the five constants in uint8, one scale and
+    zero point each (the kernel's only encoding; quantize_dynamic's form for it)."""
+    label, ins = node.name, node.inputs
+    quantized, scales, zeros = [], [], []
+    for i, part in zip(range(2, 7), ("word", "position", "segment", "gamma", "beta")):
+        w = np.asarray(ins[i].values, np.float32)
+        scale, zero = tensor_params(w)
+        quantized.append(ir.constant(f"{label}_{part}_quantized", numerics.quantize(w, scale, zero, 8, False),
+                                     "uint8"))
+        scales.append(gs.Constant(f"{label}_{part}_scale", np.asarray(scale, np.float32)))
+        zeros.append(ir.constant(f"{label}_{part}_zero_point", np.asarray(zero, np.int64), "uint8"))
+    mask = ins[7] if len(ins) > 7 and ins[7].name else gs.Variable.empty()
+    graph.nodes.append(gs.Node("QEmbedLayerNormalization", name=f"{label}_QEmbedLayerNormalization",
+                               domain=CONTRIB, attrs={k: v for k, v in node.attrs.items() if k == "epsilon"},
+                               inputs=[ins[0], ins[1], *quantized, mask, *scales, *zeros],
+                               outputs=list(node.outputs[:2])))
+    node.outputs.clear()
+    word = scales[0].values
+    return {"weight_dtype": "uint8", "scale_min": float(word), "scale_max": float(word)}
 
 
 def emit_nbits(graph: gs.Graph, node: gs.Node, w: np.ndarray, bits: int, block: int, accuracy: int) -> dict:
@@ -174,6 +228,10 @@ def emit(graph: gs.Graph, node: gs.Node, layer, cand, settings, shared: dict,
     if not fits(node.op, cand, w.shape):
         raise UnsupportedModelError(f"node '{node.name}': {candidates.name(cand)} blocks do not divide the "
                                     f"weight's reduction axis ({list(w.shape)})")
+    if f == "tensor":
+        return emit_qembed(graph, node)
+    if f == "dyn" and node.op == "Attention":
+        return emit_qattention(graph, node, w, cand[0], shared)
     if f == "dyn":
         return emit_dynamic(graph, node, w, cand[0], shared, importance)
     b = candidates.block(cand, reduction_length(node.op, w))

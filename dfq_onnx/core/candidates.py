@@ -10,10 +10,13 @@
                     Gather table: along its rows), one float scale and one w-bit zero point per block
                     (asymmetric); activations stay float (ORT: MatMulNBits, GatherBlockQuantized)
       "row"         a = 32: weight-only, one block per row of the reduction axis (B = its length)
+      "tensor"      a = 32: weight-only, one asymmetric uint8 scale and zero point per tensor (ORT's
+                    QEmbedLayerNormalization: the fused embedding's tables, gamma and beta)
     (32, 32)        float: the group stays unquantized
 
-Names: W8A8, W8A8-dyn, W4A32-b32, W8A32-row, W32A32. In a sensitivity configuration a static-Q/DQ
-group is keyed by its weight bits (an int, as before forms existed) and a form group by its candidate.
+Names: W8A8, W8A8-dyn, W4A32-b32, W8A32-row, W8A32-tensor, W32A32. In a sensitivity configuration a
+static-Q/DQ group is keyed by its weight bits (an int, as before forms existed) and a form group by its
+candidate.
 
 Storage per weight (the size budget): w bits (5..7-bit dynamic grids: 8, their int8 storage), plus
 (32 + w) / B bits for the scale and zero point of a block of B weights; static and dynamic candidates
@@ -26,8 +29,8 @@ import re
 
 FLOAT_BITS = 32
 FLOAT: tuple[int, int] = (FLOAT_BITS, FLOAT_BITS)
-FORMS = ("dyn", "row")          # plus "b<B>"
-_NAME = re.compile(r"^W(\d+)A(\d+)(?:-(dyn|row|b\d+))?$")
+FORMS = ("dyn", "row", "tensor")          # plus "b<B>"
+_NAME = re.compile(r"^W(\d+)A(\d+)(?:-(dyn|row|tensor|b\d+))?$")
 
 Cand = tuple
 

@@ -13,7 +13,8 @@ from dfq_onnx.core.errors import TargetError
 FLOAT_BITS = 32   # activation "bits" of a tensor left in float (no Q/DQ): W8A32 is weight-only quantization
 FORM_SETTINGS = {"weight_only_kernel": ("MatMulNBits", "DequantizeLinear"),
                  "gather_kernel": ("GatherBlockQuantized", "Gather"), "accuracy_level": (0, 1, 2, 3, 4)}
-FORM_OPS = ("MatMul", "Gather")
+FORM_OPS = ("MatMul", "Gather", "Attention", "EmbedLayerNormalization")   # the last two: com.microsoft
+TABLE_OPS = ("Gather", "EmbedLayerNormalization")                        # no activation input
 
 
 def parse_pairs(where: str, seq) -> tuple[tuple[int, int], ...]:
@@ -43,8 +44,12 @@ def parse_forms(source: str, table: dict) -> dict:
                 cands = tuple(candidates.parse(v) for v in value)
             except ValueError as exc:
                 raise TargetError(f"{where}: {exc}") from None
-            if key == "Gather" and any(candidates.form(c) == "dyn" for c in cands):
-                raise TargetError(f"{where}: a Gather table has no activation input to quantize dynamically")
+            if key in TABLE_OPS and any(candidates.form(c) == "dyn" for c in cands):
+                raise TargetError(f"{where}: a {key} table has no activation input to quantize dynamically")
+            tensor = [candidates.name(c) for c in cands if candidates.form(c) == "tensor"]
+            if tensor and (key != "EmbedLayerNormalization" or tensor != ["W8A32-tensor"]):
+                raise TargetError(f"{where}: '{tensor[0]}' is QEmbedLayerNormalization's form: "
+                                  "EmbedLayerNormalization only, 8-bit")
             forms[key] = cands
         else:
             allowed = ", ".join([*FORM_OPS, *FORM_SETTINGS, "cost"])

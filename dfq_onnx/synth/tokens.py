@@ -78,19 +78,37 @@ def has_token_inputs(graph: gs.Graph) -> bool:
     return any(is_int(t) and not is_pixel_input(t) for t in graph.inputs)
 
 
-def _tables(t: gs.Tensor) -> list[gs.Constant]:
-    """Constant float tables of the Gathers reading `t` as indices (through index-carrying ops)."""
-    def table(node: gs.Node, cur: gs.Tensor) -> bool:
-        return (node.op == "Gather" and len(node.inputs) > 1 and node.inputs[1] is cur
-                and is_const(node.inputs[0]) and is_float(node.inputs[0])
-                and const_values(node.inputs[0]).ndim == 2 and node.attrs.get("axis", 0) == 0)
+# com.microsoft EmbedLayerNormalization (ORT's transformer optimizer): ids input -> its table input
+FUSED_LOOKUPS = {0: 2, 1: 4}            # input_ids -> word_embedding, segment_ids -> segment_embedding
+FUSED_POSITION = 3                      # position_embedding [P, D]
 
+
+def _is_table(t: gs.Tensor) -> bool:
+    return is_const(t) and is_float(t) and const_values(t).ndim == 2
+
+
+def lookup_table(node: gs.Node, cur: gs.Tensor) -> gs.Tensor | None:
+    """The constant [V, D] table `node` looks the indices `cur` up in: a Gather on axis 0, or the word /
+    segment table of a com.microsoft EmbedLayerNormalization; None otherwise."""
+    if node.op == "Gather" and len(node.inputs) > 1 and node.inputs[1] is cur \
+            and node.attrs.get("axis", 0) == 0 and _is_table(node.inputs[0]):
+        return node.inputs[0]
+    if node.op == "EmbedLayerNormalization" and node.domain == "com.microsoft":
+        for ids, table in FUSED_LOOKUPS.items():
+            if len(node.inputs) > table and node.inputs[ids] is cur and _is_table(node.inputs[table]):
+                return node.inputs[table]
+    return None
+
+
+def _tables(t: gs.Tensor) -> list[gs.Constant]:
+    """Constant float tables of the lookups reading `t` as indices (through index-carrying ops)."""
     def carries(node: gs.Node, cur: gs.Tensor) -> bool:
-        return not table(node, cur) and node.op in CARRY and bool(node.inputs) and node.inputs[0] is cur
+        return lookup_table(node, cur) is None and node.op in CARRY and bool(node.inputs) \
+            and node.inputs[0] is cur
     found = []
     for node, cur in walk(t, carries):
-        if table(node, cur):
-            found.append(node.inputs[0])
+        if (table := lookup_table(node, cur)) is not None:
+            found.append(table)
         elif rows := _one_hot_rows(node, cur):
             found += _one_hot_tables(node, rows)
     return found
@@ -154,12 +172,12 @@ def token_layout(graph: gs.Graph, hints: dict | None = None) -> TokenLayout:
     largest = max(rows.values(), default=0)
     if not largest:
         raise UsageError(f"input '{ints[0].name}' is {ints[0].dtype} and reaches no embedding table "
-                         "(Gather on a constant [V, D]); pass --calib FILE.npz")
+                         "(Gather on a constant [V, D], or EmbedLayerNormalization); pass --calib FILE.npz")
     position_rows = max((r for k, r in rows.items() if r and r != largest and "type" not in k.lower()),
                         default=0)
-    internal = [c for n in graph.nodes if n.op == "Gather" and is_const(n.inputs[0])
-                and is_float(n.inputs[0]) and const_values(n.inputs[0]).ndim == 2
-                for c in n.inputs[:1]]
+    internal = [c for n in graph.nodes if n.op == "Gather" and _is_table(n.inputs[0]) for c in n.inputs[:1]]
+    internal += [n.inputs[FUSED_POSITION] for n in graph.nodes if n.op == "EmbedLayerNormalization"
+                 and len(n.inputs) > FUSED_POSITION and _is_table(n.inputs[FUSED_POSITION])]
     position_rows = position_rows or max((const_values(c).shape[0] for c in internal
                                           if const_values(c).shape[0] < largest), default=0)
     length = _length(graph, ints, hints, position_rows)
