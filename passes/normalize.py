@@ -13,7 +13,9 @@ Steps, in order (each is recorded in the report):
 5. shape inference, then constant folding of shape subgraphs and `Constant` nodes into initializers
    (Paddle keeps all weights as Constant nodes; PyTorch computes pads with Shape/Gather/Concat);
 6. canonical forms: two-input `Sum` becomes `Add` (Caffe2 exports), inference-time `Dropout` and
-   `Identity` are removed, so later passes and the runtime's fusions see one spelling;
+   `Identity` are removed, ONNX Runtime's fused layers of a saved optimized model (com.microsoft
+   FusedConv / FusedGemm / FusedMatMul) are written back as Conv / Gemm / MatMul and their activation
+   (`dfq_onnx.core.unfuse`), so later passes and the runtime's fusions see one spelling;
 7. shapes re-inferred on the folded graph; constant-zero `Pad` folded into the Conv / AveragePool
    reading it, shape-computed Reshape targets made constant and the version converter's flattened
    Softmax unwrapped, iterated with re-inference (`dfq_onnx.core.rewrites`), constant per-channel
@@ -44,6 +46,7 @@ from dfq_onnx.core.graph_utils import is_float, reroute
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.reader_fold import fold_hard_sigmoid, fold_into_readers
 from dfq_onnx.core.state import CompileState
+from dfq_onnx.core.unfuse import unfuse_contrib
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +199,10 @@ def name_nodes(graph) -> int:
 
 def canonicalize(graph) -> dict[str, int]:
     """Sum(a, b) -> Add(a, b); drop inference Dropout / Identity and float32 -> float32 Casts (a float16
-    model's casts once widened). Returns counts of rewrites."""
-    counts = {"Sum->Add": 0, "Dropout removed": 0, "Identity removed": 0, "Cast removed": 0}
+    model's casts once widened); ONNX Runtime's fused layers (FusedConv, FusedGemm, FusedMatMul) back to
+    the standard ops (`dfq_onnx.core.unfuse`). Returns counts of rewrites."""
+    counts = {"Sum->Add": 0, "Dropout removed": 0, "Identity removed": 0, "Cast removed": 0,
+              "ORT fused layer unfused": unfuse_contrib(graph)}
     for node in list(graph.nodes):
         if node.op == "Sum" and len(node.inputs) == 2:
             node.op = "Add"
