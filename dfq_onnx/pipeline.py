@@ -114,9 +114,9 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([AnalyticRanges()] if options.calib == "analytic" else []),
         *([SmoothActivations()] if options.smooth and options.calib != "analytic" else []),
         Calibrate(),
-        *([CoverInferredInput()] if options.calib == "synthetic" else []),
         *([ChooseTwinRanges(ACT_SAMPLES, options.metric)]
           if options.twin_ranges and options.calib == "synthetic" else []),
+        *([CoverInferredInput()] if options.calib == "synthetic" else []),
         *([MeasureInputMoments(full=options.gptq, clip=options.weight_clip)]
           if low_bit_weights(target, options) else []),
         *([ScoreTopPrior(), PooledRangeTop()] if options.calib == "synthetic" else []),

@@ -30,7 +30,7 @@ LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity",
 
 
 def carriers(graph: gs.Graph, name: str) -> list[str]:
-    """The input `name` and every tensor layout ops make of it (its values, moved), in graph order."""
+    """The input `name` and every tensor layout ops make of it (its values, moved)."""
     tensors = graph.tensors()
     if name not in tensors:
         return []
