@@ -339,7 +339,7 @@ def fused_stem(pixel_range: tuple[float, float] | None, c_in: int = 3, c: int = 
 
 
 def conv_sequence(c_in: int = 3, c: int = 4, h: int = 4, w: int | None = 8, classes: int = 6, seed: int = 0,
-                  opset: int = 17) -> onnx.ModelProto:
+                  opset: int = 17, time_major: bool = False, bn: bool = True) -> onnx.ModelProto:
     """A tiny CTC-style recognizer: per column of the image, a distribution over `classes`::
 
         input [N, 3, h, W] ─ conv1 ─ bn1 ─ relu1 ─ reshape [N, c*h, W] ─ transpose [N, W, c*h]
@@ -347,7 +347,9 @@ def conv_sequence(c_in: int = 3, c: int = 4, h: int = 4, w: int | None = 8, clas
                             shape ─ gather[3] ─ concat([0, -1], W) ─┘      output [N, W, classes]
 
     The reshape's target reads the width from a Shape subgraph, as exporters write it, so with
-    `w=None` (dynamic width "W") nothing may fold it into a constant.
+    `w=None` (dynamic width "W") nothing may fold it into a constant. `time_major=True` transposes to
+    [W, N, c*h] instead and writes the output [W, N, classes] (a PyTorch CRNN's layout, batch on axis
+    1); `bn=False` leaves out bn1 (an export with its BNs fused: no statistics).
     """
     rng = np.random.default_rng(seed)
     inits = [_init("conv1.weight", _conv_w(rng, c, c_in, 3)),
@@ -361,12 +363,17 @@ def conv_sequence(c_in: int = 3, c: int = 4, h: int = 4, w: int | None = 8, clas
              helper.make_node("Gather", ["shape_out", "gather.index"], ["width"], name="gather", axis=0),
              helper.make_node("Concat", ["shape.head", "width"], ["newshape"], name="concat", axis=0),
              helper.make_node("Reshape", ["relu1_out", "newshape"], ["cols"], name="reshape"),
-             helper.make_node("Transpose", ["cols"], ["seq"], name="transpose", perm=[0, 2, 1]),
+             helper.make_node("Transpose", ["cols"], ["seq"], name="transpose",
+                              perm=[2, 0, 1] if time_major else [0, 2, 1]),
              helper.make_node("MatMul", ["seq", "fc.weight"], ["fc_mm"], name="fc"),
              helper.make_node("Add", ["fc_mm", "fc.bias"], ["logits"], name="fc_add"),
              helper.make_node("Softmax", ["logits"], ["output"], name="softmax", axis=-1)]
+    if not bn:
+        nodes[1:3] = [helper.make_node("Relu", ["conv1_out"], ["relu1_out"], name="relu1")]
+        inits = [t for t in inits if not t.name.startswith("bn1")]
     width = w if w is not None else "W"
-    return _model(nodes, [_vi("input", ["N", c_in, h, width])], [_vi("output", ["N", width, classes])], inits,
+    out = [width, "N", classes] if time_major else ["N", width, classes]
+    return _model(nodes, [_vi("input", ["N", c_in, h, width])], [_vi("output", out)], inits,
                   opset, "conv_sequence")
 
 

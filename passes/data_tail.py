@@ -25,14 +25,19 @@ class DetachTail(Pass):
 
     def run(self, state: CompileState) -> PassResult:
         found, why = tail.split(state.graph)
+        state.batch_first = tail.batch_first(state.graph)      # time-major outputs: core/tail.py
+        moved = [m.output for m in state.batch_first]
+        if moved:
+            state.report.notes["batch_first_outputs"] = moved
+        also = f"; {', '.join(moved)} read batch-first" if moved else ""
         if found is None:
             if why:
                 state.report.skip("data-dependent tail", why)
                 log.warning("%s", why)
-            return PassResult(False, why or "no data-dependent outputs")
+            return PassResult(bool(moved), (why or "no data-dependent outputs") + also)
         state.tail = found
         state.report.notes["data_tail"] = {"nodes": len(found.nodes), "scored_at": found.cut}
-        return PassResult(True, f"{why}; scored at {', '.join(found.cut)}")
+        return PassResult(True, f"{why}; scored at {', '.join(found.cut)}{also}")
 
 
 class AttachTail(Pass):
@@ -41,8 +46,10 @@ class AttachTail(Pass):
     name = "AttachTail"
 
     def run(self, state: CompileState) -> PassResult:
+        tail.restore_batch_axes(state.graph, state.batch_first)
+        moved, state.batch_first = len(state.batch_first), []
         if state.tail is None:
-            return PassResult(False, "nothing set aside")
+            return PassResult(bool(moved), f"{moved} batch axes restored" if moved else "nothing set aside")
         tail.attach(state.graph, state.tail)
         n, state.tail = len(state.tail.nodes), None
         return PassResult(True, f"{n} tail nodes restored (float)")

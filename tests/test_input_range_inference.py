@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 import pytest
 from dfq_onnx.models import builders
 
@@ -52,12 +53,48 @@ def test_compile_uses_the_inferred_range_like_the_flag():
     model = builders.fused_stem((0.0, 255.0), seed=1)
     inferred, report = dfq_onnx.quantize(model, **FAST)
     given, flag = dfq_onnx.quantize(model, input_ranges={"input": (0.0, 255.0)}, **FAST)
-    assert inferred.SerializeToString() == given.SerializeToString()
+    # the same samples and every encoding but the input's, which spans [-127.5, 255]: the offset twin
+    # mean-subtracted 0..255 too (passes/inferred_input.py)
+    # (and conv1's int32 bias, whose scale is the input's times the weight's)
+    twin = {"input_scale", "input_zero_point", "conv1.bias_quantized", "conv1.bias_scale"}
+    a, b = (_initializers(m) for m in (inferred, given))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a if k not in twin)
+    bias = [m["conv1.bias_quantized"] * m["conv1.bias_scale"] for m in (a, b)]
+    np.testing.assert_allclose(*bias, atol=float(a["conv1.bias_scale"].max()))
+    assert a["input_scale"] * (0 - int(a["input_zero_point"])) == pytest.approx(-127.5, abs=1.0)
+    assert report.notes["inferred_input_hull"]["input"]["to"] == [-127.5, 255.0]
     note = report.notes["synthesis"]["inferred_range"]["input"]
     assert note["convention"] == "[0, 255]" and note["range"] == [0.0, 255.0]
     assert "assumed_range" not in report.notes["synthesis"]
     assert any("inferred to read [0, 255]" in w and "--input-range" in w for w in report.warnings)
     assert "inferred_range" not in flag.notes["synthesis"] and not flag.warnings
+
+
+def _initializers(model) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_a_one_signed_pick_keeps_the_negative_half_of_a_two_signed_input():
+    """A stem trained on [-1, 1] that reads as [0, 1] (seed 1: the within-class miss): the samples are
+    [0, 1], but the input's encoding spans the offset twin [-1, 1], so negative pixels reach the conv."""
+    model = builders.fused_stem((-1.0, 1.0), seed=1)
+    out, report = dfq_onnx.quantize(model, **FAST)
+    assert report.notes["synthesis"]["inferred_range"]["input"]["convention"] == "[0, 1]"
+    assert report.notes["inferred_input_hull"]["input"]["to"] == [-1.0, 1.0]
+    init = _initializers(out)
+    assert init["input_scale"] * (0 - int(init["input_zero_point"])) == pytest.approx(-1.0, abs=0.01)
+    cells = np.random.default_rng(5).uniform(-1, 1, (64, 3, 4, 4))
+    x = {"input": np.kron(cells, np.ones((1, 1, 4, 4))).astype(np.float32)}      # blocky, like the training
+    want, got = (ort.InferenceSession(m.SerializeToString()).run(None, x)[0] for m in (model, out))
+    sqnr = 10 * np.log10(np.sum(want ** 2) / np.sum((want - got) ** 2))
+    assert sqnr > 8        # 12 dB; the input clipped at 0: 4 dB (`--input-range input:-1,1`: 21 dB)
+
+
+def test_a_given_range_is_not_widened():
+    model = builders.fused_stem((-1.0, 1.0), seed=1)
+    _, report = dfq_onnx.quantize(model, input_ranges={"input": (0.0, 1.0)}, **FAST)
+    assert "inferred_input_hull" not in report.notes
 
 
 def test_bn_model_is_not_inferred():

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from _util import compile_state, normal_feeds, run
-from dfq_onnx.models import act_builders, builders
+from dfq_onnx.models import act_builders, builders, signal_builders
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.quant_groups import FindQuantGroups
@@ -123,3 +124,43 @@ def test_a_decomposed_layernorm_keeps_its_accuracy():
     want, got = run(model, feeds)[0], run(out, feeds)[0]
     sqnr = 10 * np.log10(np.sum(want ** 2) / np.sum((want - got) ** 2))
     assert sqnr > 15       # 21 dB; with 8-bit statistics (E[x^2] - E[x]^2 on the offset features) 7 dB
+
+
+def test_what_a_log_reads_stays_float_back_to_the_waveform():
+    state, spec = _spec(signal_builders.log_mel_classifier())
+    # the STFT convs, the power, the filterbank MatMul and the floor carry the Log's relative error: float;
+    # the classifier on the log-mel is quantized as usual
+    assert {"conv_re", "conv_im", "pow_re", "pow_im", "power", "mel", "floor"}.isdisjoint(spec.layers)
+    assert {"to_db", "conv", "fc"} <= set(spec.layers)
+    assert not {"x", "re", "im", "power", "power_t", "mel", "mel_floor"} & set(spec.act_tensors)
+    assert state.report.notes["float_before_log"] == ["unsqueeze", "conv_re", "conv_im", "pow_re", "pow_im",
+                                                      "power", "transpose", "mel", "floor"]
+
+
+def _tones(n: int = 1024) -> np.ndarray:
+    """Loud tones over a faint noise floor (60-70 dB below them), 16-bit sample values."""
+    t, rng = np.arange(n) / 16000, np.random.default_rng(1)
+    return np.stack([3000 * np.sin(2 * np.pi * f * t) + rng.normal(0, 3, n)
+                     for f in (500, 1000, 3000, 5000)]).astype(np.float32)
+
+
+def test_a_log_mel_front_end_keeps_its_quiet_bins():
+    model = signal_builders.log_mel_classifier()
+    out, _ = dfq_onnx.quantize(model, progress=False, use_cache=False, latency_check=False, synth_samples=8,
+                               synth_steps=2, input_ranges={"audio": (-32768.0, 32767.0)})
+    feeds = {"audio": _tones()}
+    err = np.abs(run(out, feeds)[0] - run(model, feeds)[0])
+    assert err.mean() < 1.0     # dB: 0.1; with the front end at W8A8 26 dB (the noise floor rounds to 0)
+
+
+def test_a_log_stops_at_a_relu():
+    """A Log on a CNN's output reaches back through the last conv, not through the Relu before it."""
+    model = builders.conv_bn_relu()
+    graph = model.graph
+    graph.node[-1].output[0] = "conv2_out"
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array(1e-6, np.float32), "eps"))
+    graph.node.extend([onnx.helper.make_node("Clip", ["conv2_out", "eps", ""], ["floored"], name="floor"),
+                       onnx.helper.make_node("Log", ["floored"], ["output"], name="log")])
+    _, spec = _spec(model)
+    assert "conv1" in spec.layers and {"conv2", "floor"}.isdisjoint(spec.layers)
+    assert "relu1_out" in spec.act_tensors          # conv1's output encoding: conv2 reads it dequantized

@@ -99,6 +99,7 @@ def test_pipeline_runs_the_prior_for_synthetic_calibration_only(tmp_path):
     target = load_target("ort-cpu")
     names = {c: [repr(p) for p in default_pipeline(target, QuantizeOptions(calib=c))]
              for c in ("synthetic", "analytic", "noise")}
-    syn = names["synthetic"]    # the prior reads the final ranges: after Calibrate and ChooseTwinRanges
-    assert syn.index("ScoreTopPrior") == syn.index("ChooseTwinRanges") + 1 == syn.index("Calibrate") + 2
+    syn = names["synthetic"]    # the prior reads the final ranges: after Calibrate, ChooseTwinRanges and
+    assert syn.index("ScoreTopPrior") == syn.index("CoverInferredInput") + 1 \
+        == syn.index("ChooseTwinRanges") + 2 == syn.index("Calibrate") + 3     # CoverInferredInput
     assert "ScoreTopPrior" not in names["analytic"] + names["noise"]

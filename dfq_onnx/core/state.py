@@ -100,6 +100,7 @@ class CompileState:
     weight_gain: dict[str, np.ndarray] = field(default_factory=dict)  # DF-MPC: layer -> c (see passes/dfmpc)
     input_moments: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> E[x_j^2] of its input
     tail: object | None = None         # core.tail.Tail set aside by DetachTail until AttachTail
+    batch_first: list = field(default_factory=list)   # core.tail.BatchFirst: outputs read batch-first
     low_precision_io: dict = field(default_factory=dict)   # float16 graph inputs / outputs (core/float16)
 
 

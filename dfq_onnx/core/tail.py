@@ -16,6 +16,15 @@ from the head (here boxes and scores) become the head's graph outputs, scored by
 like any output, and graph inputs only the tail reads are set aside. `attach` puts the tail back, by
 tensor name, after Emit: it computes in float on the head's outputs exactly as in the source model.
 A tail that holds a quantizable layer (a data-dependent op early in the model) is not split.
+
+Outputs that carry the batch on another axis than 0 (a time-major CTC recognizer's logits [T, N, C], as
+PyTorch's nn.LSTM writes them) are read batch-first by everything that scores outputs (the synthesis
+objectives, the activation decision, sensitivity): `batch_first` appends a Transpose moving the batch
+axis -- the output dimension named like the first input's dimension 0 -- to the front for the compile,
+
+    ... ─► logits [T, N, C] ─► Transpose(perm [1, 0, 2]) ─► logits/batch_first [N, T, C]  (compile output)
+
+and `restore_batch_axes` removes it after Emit: the source's output is the tensor it read, by name.
 """
 
 from __future__ import annotations
@@ -36,6 +45,52 @@ class Tail:
     outputs: list[str]               # the source's graph outputs, in order
     inputs: list[gs.Tensor]          # the source's graph inputs, in order
     cut: list[str]                   # head tensors the tail reads (the head's extra outputs)
+
+
+@dataclass
+class BatchFirst:
+    node: gs.Node                    # the Transpose added for the compile
+    output: str                      # the source's graph output it reads
+
+
+def batch_axis(graph: gs.Graph, t: gs.Tensor) -> int | None:
+    """The one axis of `t` whose symbolic dimension is the first input's dimension 0, else None."""
+    first = graph.inputs[0].shape if graph.inputs else None
+    if not first or not isinstance(first[0], str) or t.shape is None:
+        return None
+    axes = [i for i, d in enumerate(t.shape) if d == first[0]]
+    return axes[0] if len(axes) == 1 else None
+
+
+def batch_first(graph: gs.Graph) -> list[BatchFirst]:
+    """Outputs with the batch on axis b > 0 read through a Transpose moving it first (module docstring)."""
+    moved = []
+    for i, t in enumerate(graph.outputs):
+        b = batch_axis(graph, t)
+        if not b:
+            continue
+        perm = [b] + [k for k in range(len(t.shape)) if k != b]
+        y = gs.Variable(f"{t.name}/batch_first", dtype=t.dtype, shape=[t.shape[k] for k in perm])
+        node = gs.Node("Transpose", name=f"{t.name}/batch_first", attrs={"perm": perm}, inputs=[t],
+                       outputs=[y])
+        graph.nodes.append(node)
+        graph.outputs[i] = y
+        moved.append(BatchFirst(node, t.name))
+    return moved
+
+
+def restore_batch_axes(graph: gs.Graph, moved: list[BatchFirst]) -> None:
+    """Remove `batch_first`'s Transposes: each output is again the source's tensor of that name."""
+    if not moved:
+        return
+    tensors = graph.tensors()
+    ids = {id(m.node) for m in moved}
+    for m in moved:
+        i = next(k for k, t in enumerate(graph.outputs) if t is m.node.outputs[0])
+        graph.outputs[i] = tensors[m.output]
+        m.node.inputs.clear()
+    graph.nodes = [n for n in graph.nodes if id(n) not in ids]
+    graph.cleanup()
 
 
 def _data_dependent(node: gs.Node) -> bool:

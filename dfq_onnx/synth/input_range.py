@@ -40,6 +40,15 @@ abstains (the samples stay standardized and the compile warns, naming `--input-r
 MIN_CHANNELS channels have a bias and a response, or when no candidate comes within FAR decades of
 balance (the premise -- biases comparable to responses -- is then not the model's: e.g. a network
 trained without normalization whose biases are small).
+
+The score reads the input's scale, not its offset. The offset twins -- [0, 1] and [-1, 1] (a factor 2 in
+scale, 0.3 decades: the size of the O(1) prior term), [0, 255] and mean-subtracted 0..255 (the same
+scale) -- are where a pick is least sure, and a one-signed pick for a two-signed input clips half of
+every pixel at the input's own quantizer (MTCNN's R/O-Net, Caffe-trained without BN on [-1, 1]: read as
+[0, 1], 15-35 % of FP32's face windows kept; BENCHMARKS.md, sessions 12-13). So the samples take the
+pick, but the input's encoding covers the hull of the pick and its twin (`encoding_hull`: [-1, 1] for
+the unit pair, [-127.5, 255] for the 0..255 pair; `passes/inferred_input.py`): a right one-signed pick
+pays one bit of input resolution (0.6 for 0..255), a wrong one keeps its negative half.
 Cost: <= SAMPLES x len(CANDIDATES) rows through the graph cut after that layer (PP-OCRv6 det at 736 x
 736: one sample per candidate, ~2 s on a loaded machine).
 """
@@ -60,6 +69,8 @@ from dfq_onnx.synth.search import pink_noise, squash
 CANDIDATES: tuple[tuple[str, tuple[float, float] | None], ...] = (
     ("standardized", None), ("[0, 1]", (0.0, 1.0)), ("[-1, 1]", (-1.0, 1.0)), ("[0, 255]", (0.0, 255.0)),
     ("mean-subtracted 0..255", (-127.5, 127.5)))
+OFFSET_TWINS = {"[0, 1]": "[-1, 1]", "[-1, 1]": "[0, 1]", "[0, 255]": "mean-subtracted 0..255",
+                "mean-subtracted 0..255": "[0, 255]"}   # same scale class, offset the score cannot read
 LAYERS = 1            # biased weighted layers read, in graph order from the input (module docstring)
 SAMPLES = 8           # at most; fewer on large images: PIXELS positions per channel are plenty for a std
 PIXELS = 1 << 20
@@ -82,6 +93,15 @@ class RangeInference:
                 "range": list(self.range) if self.range else None,
                 "score_log10_bias_over_response": {k: round(v, 3) for k, v in self.scores.items()},
                 "channels": self.channels, "layers": list(self.layers)}
+
+
+def encoding_hull(r: RangeInference) -> tuple[float, float] | None:
+    """The range the input's own encoding covers: the pick and its offset twin (module docstring);
+    None when nothing was inferred or the pick has no twin (standardized)."""
+    if r.range is None or r.convention not in OFFSET_TWINS:
+        return None
+    twin = dict(CANDIDATES)[OFFSET_TWINS[r.convention]]
+    return min(r.range[0], twin[0]), max(r.range[1], twin[1])
 
 
 def _bias(node: gs.Node) -> np.ndarray | None:

@@ -29,6 +29,7 @@ from dfq_onnx.backends.chunks import pad_rows, static_batch
 from dfq_onnx.core import ir
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS, is_float
+from dfq_onnx.core.tail import batch_axis
 from dfq_onnx.synth.objectives import (
     LabelSpec,
     Objective,
@@ -206,8 +207,9 @@ def build_objective(kind: str, graph: gs.Graph, bn_stats: dict, shapes: dict,
             raise UsageError(f"synthesis objective '{kind}' needs a float32 model output; the model has none")
         output = out.name
         if "bn" not in kind:
-            act = tuple(nd.outputs[0].name for nd in graph.nodes
-                        if nd.op in WEIGHTED_LAYERS and nd.outputs[0] is not out)
+            act = tuple(nd.outputs[0].name for nd in graph.nodes     # peaks per row: batch-first layers
+                        if nd.op in WEIGHTED_LAYERS and nd.outputs[0] is not out
+                        and not batch_axis(graph, nd.outputs[0]))
     objective = Objective(kind, bn, act, output)
     runner = Runner(graph, objective, shapes)
     if output is None:

@@ -1,0 +1,71 @@
+"""An inferred input range's encoding covers the pick's offset twin too.
+
+Without BN statistics, an image input's range is read off the model's first layer
+(`synth/input_range.py`). That reading tells the input's scale but not its offset: [0, 1] and [-1, 1]
+sit 0.3 decades apart in its score (the size of the prior it cannot remove), [0, 255] and
+mean-subtracted 0..255 not at all. The samples take the pick; the input's own quantizer, though, is
+where a wrong sign is lost for good -- a [-1, 1] input read as [0, 1] has every negative pixel clipped
+to 0 before the first layer (MTCNN R/O-Net: 15-35 % of FP32's face windows kept). So the input's
+encoding spans the hull of the pick and its twin (`input_range.encoding_hull`):
+
+    input ──► Transpose / Reshape / Slice ... ──Q──DQ──► Conv        lo, hi = min(lo, -1), max(hi, 1)
+                                              (the hull, e.g. [-1, 1] for an inferred [0, 1])
+
+applied to the quantized tensors that carry the input's values unchanged (the input, and what layout
+ops make of it: tf2onnx's channels-last Transpose). A right one-signed pick pays one bit of input
+resolution ([0, 255]: 0.6 bit); everything after the first layer keeps the samples' ranges. A range
+given by `--input-range` or read from an in-graph prefix is not inferred and never widened. No forward
+pass; the report lists what moved (`inferred_input_hull`).
+"""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import CompileState, Range
+from dfq_onnx.synth.input_range import encoding_hull
+
+LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Slice", "Split")
+
+
+def carriers(graph: gs.Graph, name: str) -> list[str]:
+    """The input `name` and every tensor layout ops make of it (its values, moved)."""
+    tensors = graph.tensors()
+    if name not in tensors:
+        return []
+    out, frontier = [name], [tensors[name]]
+    while frontier:
+        t = frontier.pop()
+        for node in t.outputs:
+            if node.op in LAYOUT and node.inputs and node.inputs[0] is t:
+                for o in node.outputs:
+                    if o.name not in out:
+                        out.append(o.name)
+                        frontier.append(o)
+    return out
+
+
+class CoverInferredInput(Pass):
+    """Analysis: widen an inferred input range's encoding to the hull of the pick and its offset twin."""
+
+    name = "CoverInferredInput"
+
+    def run(self, state: CompileState) -> PassResult:
+        inferred = getattr(state.synthetic, "inferred", None) or {}
+        ranges, quantized, moved = state.ranges, set(state.spec.act_tensors) if state.spec else set(), {}
+        for name, r in sorted(inferred.items()):
+            hull = encoding_hull(r)
+            if hull is None:
+                continue
+            for t in carriers(state.graph, name):
+                old = ranges.get(t)
+                if t not in quantized or old is None or (old.lo <= hull[0] and old.hi >= hull[1]):
+                    continue
+                ranges[t] = Range(min(old.lo, hull[0]), max(old.hi, hull[1]), f"{old.source}+inferred_hull")
+                moved[t] = {"input": name, "inferred": r.convention, "to": [ranges[t].lo, ranges[t].hi],
+                            "from": [round(old.lo, 4), round(old.hi, 4)]}
+        if moved:
+            state.report.notes["inferred_input_hull"] = moved
+        return PassResult(False, f"{len(moved)} input encodings widened to the inferred range's offset twin")
+
