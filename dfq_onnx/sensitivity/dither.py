@@ -1,20 +1,24 @@
 """Dithered activation grids in the weight probe: weight terms averaged over activation-rounding draws.
 
-Under quantized activations a weight term D(g at w) carries one draw of the downstream activation rounding:
-any weight change moves values across the fixed grid's steps, and which values cross depends on where
-the grid lies. The half-sample split of `scoring.shrink` cannot see that noise (both halves share the
+Under quantized activations a weight term D(g at w) carries one draw of the downstream activation
+rounding: any weight change moves values across the fixed grid's steps, and which values cross depends on
+where the grid lies. The half-sample split of `scoring.shrink` cannot see that noise (both halves share the
 grid), and it is as large as the W5 -> W6 differences the allocator trades on (BENCHMARKS.md, issue 17
 sessions 9-11). So, with `dither` on, every activation Q/DQ pair of the probe reads an offset input
-d_k = delta s_k (s_k the class's scale; one scalar input `dither_<k>` per encoding class):
+d_k = delta s_k (s_k the class's scale; one scalar input `dither_<k>` per encoding class), applied outside
+the encoding's zero bin only:
 
-    y = Clip(DequantizeLinear(QuantizeLinear(x + d_k)) - d_k, lo_k, hi_k)
+    y = Where(QuantizeLinear(x) == zp, 0, Clip(DequantizeLinear(QuantizeLinear(x + d_k)) - d_k, lo_k, hi_k))
 
-(lo_k, hi_k: the encoding's representable range, widened by a relative 1e-6 so that d = 0 leaves every
-value as the plain Q/DQ pair computes it, bit for bit; with d != 0 the clip keeps the range -- a Relu's
-zero encoding stays >= 0). delta = 0 is Emit's grid; delta = 1/2 the grid shifted by half a step.
-The evaluator (`Evaluator(dither=K)`) runs sample rows r with r mod K = k at delta = k / K, so the even
-and the odd rows (the shrinkage's two halves) see different grids: the term is the mean over the K
-draws and |T_even - T_odd| now holds the draw noise too. Same forward passes as without.
+A value Emit's grid rounds to 0 (|x| <= s/2: padding, constant regions, a Relu's zeros, small values)
+stays exactly 0 at every offset; every other value is rounded on the grid shifted by delta steps. A
+plain shift would move the zero bin's values to -d_k (asymmetric encodings) -- a systematic bias on every
+zero-padded row, not a rounding draw (session 12: rec's dithered base loss 0.498 vs 0.355 on Emit's
+grid). lo_k, hi_k: the encoding's representable range, widened by a relative 1e-6, so that d = 0 leaves
+every value as the plain Q/DQ pair computes it, bit for bit; with d != 0 the clip keeps the range.
+delta = 0 is Emit's grid. The evaluator (`Evaluator(dither=K)`) runs sample rows r with r mod K = k at
+delta = k / K, so the even and the odd rows (the shrinkage's two halves) see different grids: the term is
+the mean over the K draws and |T_even - T_odd| holds the draw noise too. Same forward passes as without.
 """
 
 from __future__ import annotations
@@ -57,24 +61,41 @@ def dither_activations(graph: gs.Graph) -> tuple[dict[str, float], dict[str, str
         q.inputs[0] = shifted
         zp = const_values(zp_t)
         lo, hi = _range(float(const_values(scale_t)), int(zp), zp.dtype)
-        for dq in [c for c in q.outputs[0].outputs if c.op == "DequantizeLinear"]:
+        dqs = [c for c in q.outputs[0].outputs if c.op == "DequantizeLinear"]
+        zero = _zero_bin(graph, q, x) if dqs else None
+        for dq in dqs:
             name = dq.outputs[0].name
-            renamed[name] = _undither(graph, dq, d, lo, hi)
+            renamed[name] = _undither(graph, dq, d, lo, hi, zero)
     graph.inputs.extend(inputs.values())
     return scales, renamed
 
 
-def _undither(graph: gs.Graph, dq: gs.Node, d: gs.Variable, lo, hi) -> str:
-    """dq's readers (and the graph output it is) read Clip(dq - d, lo, hi) instead; returns its name."""
+def _zero_bin(graph: gs.Graph, q: gs.Node, x: gs.Variable) -> gs.Variable:
+    """The mask QuantizeLinear(x) == zp on the unshifted input: the values Emit's grid rounds to 0."""
+    base = x.name
+    q0 = gs.Variable(f"{base}_dither_q0", dtype=const_values(q.inputs[2]).dtype, shape=x.shape)
+    mask = gs.Variable(f"{base}_dither_zero", dtype=np.bool_, shape=x.shape)
+    graph.nodes.append(gs.Node("QuantizeLinear", name=f"{base}_dither_Q0", inputs=[x, *q.inputs[1:]],
+                               outputs=[q0], attrs=dict(q.attrs)))
+    graph.nodes.append(gs.Node("Equal", name=f"{base}_dither_Equal", inputs=[q0, q.inputs[2]], outputs=[mask]))
+    return mask
+
+
+def _undither(graph: gs.Graph, dq: gs.Node, d: gs.Variable, lo, hi, zero: gs.Variable) -> str:
+    """dq's readers (and the graph output it is) read Where(zero, 0, Clip(dq - d, lo, hi)) instead;
+    returns its name."""
     out = dq.outputs[0]
     readers = list(out.outputs)
     base = out.name
     back = gs.Variable(f"{base}_undithered", dtype=np.float32, shape=out.shape)
-    y = gs.Variable(f"{base}_dither_clipped", dtype=np.float32, shape=out.shape)
+    clipped = gs.Variable(f"{base}_dither_clipped", dtype=np.float32, shape=out.shape)
+    y = gs.Variable(f"{base}_dither_kept", dtype=np.float32, shape=out.shape)
     graph.nodes.append(gs.Node("Sub", name=f"{base}_dither_Sub", inputs=[out, d], outputs=[back]))
-    graph.nodes.append(gs.Node("Clip", name=f"{base}_dither_Clip", outputs=[y], inputs=[
+    graph.nodes.append(gs.Node("Clip", name=f"{base}_dither_Clip", outputs=[clipped], inputs=[
         back, gs.Constant(f"{base}_dither_lo", np.asarray(lo, np.float32)),
         gs.Constant(f"{base}_dither_hi", np.asarray(hi, np.float32))]))
+    graph.nodes.append(gs.Node("Where", name=f"{base}_dither_Where", outputs=[y], inputs=[
+        zero, gs.Constant(f"{base}_dither_0", np.zeros((), np.float32)), clipped]))
     reroute(out, y, readers)
     for i, o in enumerate(graph.outputs):
         if o is out:       # the graph output keeps its name
