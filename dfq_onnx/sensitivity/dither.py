@@ -5,20 +5,21 @@ rounding: any weight change moves values across the fixed grid's steps, and whic
 where the grid lies. The half-sample split of `scoring.shrink` cannot see that noise (both halves share the
 grid), and it is as large as the W5 -> W6 differences the allocator trades on (BENCHMARKS.md, issue 17
 sessions 9-11). So, with `dither` on, every activation Q/DQ pair of the probe reads an offset input
-d_k = delta s_k (s_k the class's scale; one scalar input `dither_<k>` per encoding class), applied outside
-the encoding's zero bin only:
+d_k = delta s_k (s_k the class's scale; one scalar input `dither_<k>` per encoding class) and rounds each
+value to the nearest point of the grid shifted by d_k with 0 added:
 
-    y = Where(QuantizeLinear(x) == zp, 0, Clip(DequantizeLinear(QuantizeLinear(x + d_k)) - d_k, lo_k, hi_k))
+    u = Clip(DequantizeLinear(QuantizeLinear(x + d_k)) - d_k, lo_k, hi_k)    nearest of the shifted grid
+    y = Where(|x| < |x - u| and d_k != 0, 0, u)                              or 0 when nearer
 
-A value Emit's grid rounds to 0 (|x| <= s/2: padding, constant regions, a Relu's zeros, small values)
-stays exactly 0 at every offset; every other value is rounded on the grid shifted by delta steps. A
-plain shift would move the zero bin's values to -d_k (asymmetric encodings) -- a systematic bias on every
-zero-padded row, not a rounding draw (session 12: rec's dithered base loss 0.498 vs 0.355 on Emit's
-grid). lo_k, hi_k: the encoding's representable range, widened by a relative 1e-6, so that d = 0 leaves
-every value as the plain Q/DQ pair computes it, bit for bit; with d != 0 the clip keeps the range.
-delta = 0 is Emit's grid. The evaluator (`Evaluator(dither=K)`) runs sample rows r with r mod K = k at
-delta = k / K, so the even and the odd rows (the shrinkage's two halves) see different grids: the term is
-the mean over the K draws and |T_even - T_odd| holds the draw noise too. Same forward passes as without.
+0 stays exact at every offset: padding, constant regions and a Relu's zeros are not moved (a plain shift
+moves them to -d_k: a systematic bias on every zero-padded row, not a rounding draw -- session 12's half
+step put rec's base loss at 0.498 against 0.355 on Emit's grid), and the rounding is a projection onto one
+set, so a same-scale re-quantization (Reshape, Concat, MaxPool chains) leaves its values where they are.
+lo_k, hi_k: the encoding's representable range, widened by a relative 1e-6; with d = 0 every value is
+what the plain Q/DQ pair computes, bit for bit (the d != 0 gate keeps ties too). delta = 0 is Emit's grid.
+The evaluator (`Evaluator(dither=K)`) runs sample rows r with r mod K = k at delta = k / K, so the even
+and the odd rows (the shrinkage's two halves) see different grids: the term is the mean over the K draws
+and |T_even - T_odd| holds the draw noise too. Same forward passes as without.
 """
 
 from __future__ import annotations
@@ -61,41 +62,32 @@ def dither_activations(graph: gs.Graph) -> tuple[dict[str, float], dict[str, str
         q.inputs[0] = shifted
         zp = const_values(zp_t)
         lo, hi = _range(float(const_values(scale_t)), int(zp), zp.dtype)
-        dqs = [c for c in q.outputs[0].outputs if c.op == "DequantizeLinear"]
-        zero = _zero_bin(graph, q, x) if dqs else None
-        for dq in dqs:
+        for dq in [c for c in q.outputs[0].outputs if c.op == "DequantizeLinear"]:
             name = dq.outputs[0].name
-            renamed[name] = _undither(graph, dq, d, lo, hi, zero)
+            renamed[name] = _undither(graph, dq, x, d, lo, hi)
     graph.inputs.extend(inputs.values())
     return scales, renamed
 
 
-def _zero_bin(graph: gs.Graph, q: gs.Node, x: gs.Variable) -> gs.Variable:
-    """The mask QuantizeLinear(x) == zp on the unshifted input: the values Emit's grid rounds to 0."""
-    base = x.name
-    q0 = gs.Variable(f"{base}_dither_q0", dtype=const_values(q.inputs[2]).dtype, shape=x.shape)
-    mask = gs.Variable(f"{base}_dither_zero", dtype=np.bool_, shape=x.shape)
-    graph.nodes.append(gs.Node("QuantizeLinear", name=f"{base}_dither_Q0", inputs=[x, *q.inputs[1:]],
-                               outputs=[q0], attrs=dict(q.attrs)))
-    graph.nodes.append(gs.Node("Equal", name=f"{base}_dither_Equal", inputs=[q0, q.inputs[2]], outputs=[mask]))
-    return mask
-
-
-def _undither(graph: gs.Graph, dq: gs.Node, d: gs.Variable, lo, hi, zero: gs.Variable) -> str:
-    """dq's readers (and the graph output it is) read Where(zero, 0, Clip(dq - d, lo, hi)) instead;
-    returns its name."""
+def _undither(graph: gs.Graph, dq: gs.Node, x: gs.Variable, d: gs.Variable, lo, hi) -> str:
+    """dq's readers (and the graph output it is) read y (module docstring) instead; returns its name."""
     out = dq.outputs[0]
     readers = list(out.outputs)
     base = out.name
-    back = gs.Variable(f"{base}_undithered", dtype=np.float32, shape=out.shape)
-    clipped = gs.Variable(f"{base}_dither_clipped", dtype=np.float32, shape=out.shape)
-    y = gs.Variable(f"{base}_dither_kept", dtype=np.float32, shape=out.shape)
-    graph.nodes.append(gs.Node("Sub", name=f"{base}_dither_Sub", inputs=[out, d], outputs=[back]))
-    graph.nodes.append(gs.Node("Clip", name=f"{base}_dither_Clip", outputs=[clipped], inputs=[
-        back, gs.Constant(f"{base}_dither_lo", np.asarray(lo, np.float32)),
-        gs.Constant(f"{base}_dither_hi", np.asarray(hi, np.float32))]))
-    graph.nodes.append(gs.Node("Where", name=f"{base}_dither_Where", outputs=[y], inputs=[
-        zero, gs.Constant(f"{base}_dither_0", np.zeros((), np.float32)), clipped]))
+
+    def node(op: str, inputs: list, dtype=np.float32, shape=out.shape) -> gs.Variable:
+        v = gs.Variable(f"{base}_dither_{op}{len(graph.nodes)}", dtype=dtype, shape=shape)
+        graph.nodes.append(gs.Node(op, name=f"{v.name}_node", inputs=inputs, outputs=[v]))
+        return v
+
+    u = node("Sub", [out, d])
+    clipped = node("Clip", [u, gs.Constant(f"{base}_dither_lo", np.asarray(lo, np.float32)),
+                            gs.Constant(f"{base}_dither_hi", np.asarray(hi, np.float32))])
+    nearer = node("Less", [node("Abs", [x]), node("Abs", [node("Sub", [x, clipped])])], np.bool_)
+    on = node("Not", [node("Equal", [d, gs.Constant(f"{base}_dither_none", np.zeros((), np.float32))],
+                           np.bool_, [])], np.bool_, [])     # d != 0: offset 0 is the plain pair at ties too
+    zero = node("And", [nearer, on], np.bool_)
+    y = node("Where", [zero, gs.Constant(f"{base}_dither_0", np.zeros((), np.float32)), clipped])
     reroute(out, y, readers)
     for i, o in enumerate(graph.outputs):
         if o is out:       # the graph output keeps its name
