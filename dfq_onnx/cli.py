@@ -125,10 +125,11 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
                         "(default: off, max-abs round-to-nearest: it costs EfficientNet-Lite0 2.8 top-1 "
                         "points at --avg-weight-bits 4.5 while it lifts PP-OCRv4 rec; BENCHMARKS.md)")
     a.add_argument("--dither-scoring", action=flag, default=d.dither_scoring,
-                   help="mixed precision: the weight sensitivity terms averaged over two activation-grid "
-                        "offsets (half the scoring rows each), so the table's noise includes the "
-                        "activation-rounding draw (default: off; with --gptq it lifts PP-OCRv4 rec at "
-                        "--avg-weight-bits 6, without it it costs rec 10 points; BENCHMARKS.md)")
+                   help="mixed precision: the weight sensitivity terms averaged over two activation grids "
+                        "(Emit's and one shifted by half a step with 0 kept exact; half the scoring rows "
+                        "each), so the table's noise includes the activation-rounding draw (default: off: "
+                        "without --gptq it costs PP-OCRv4 rec 7 points at --avg-weight-bits 6; "
+                        "BENCHMARKS.md, issue 17 session 13)")
 
 
 def _add_synth_options(p: argparse.ArgumentParser) -> None:

@@ -1,12 +1,14 @@
 """Dithered weight scoring (sensitivity/dither.py): offset 0 is the plain probe bit for bit, a half-step
-offset re-draws the activation rounding inside the encodings' ranges, and the evaluator's terms average
-the row parts' grids."""
+offset re-draws the activation rounding inside the encodings' ranges while 0 stays exact, and the
+evaluator's terms average the row parts' grids."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
 import pytest
 from _util import normal_feeds
 from dfq_onnx.models import builders
@@ -83,3 +85,66 @@ def test_dithered_scoring_changes_terms_not_the_reference_rows():
     assert dith.singles != plain.singles
     with pytest.raises(Exception, match="dither"):
         SensitivityOptions(dither=0)
+
+
+def _pairs(zp: int, dtype, scale: float) -> gs.Graph:
+    """x -> Q/DQ -> Q/DQ (the same encoding twice: a Reshape / Concat chain's re-quantization) -> y."""
+    s, z = gs.Constant("s", np.asarray(scale, np.float32)), gs.Constant("z", np.asarray(zp, dtype))
+    x = gs.Variable("x", np.float32, [None])
+    nodes, t = [], x
+    for i in range(2):
+        q, y = gs.Variable(f"q{i}", dtype, [None]), gs.Variable(f"y{i}", np.float32, [None])
+        nodes += [gs.Node("QuantizeLinear", inputs=[t, s, z], outputs=[q]),
+                  gs.Node("DequantizeLinear", inputs=[q, s, z], outputs=[y])]
+        t = y
+    return gs.Graph(nodes=nodes, inputs=[x], outputs=[nodes[1].outputs[0], t], opset=21)
+
+
+def _session(graph: gs.Graph):
+    model = gs.export_onnx(graph.cleanup().toposort())
+    model.ir_version = 10
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("zp,dtype", [(128, np.uint8), (0, np.int8), (0, np.uint8)])
+def test_offsets_keep_zero_exact_and_round_to_the_nearest_point(zp, dtype):
+    """Every offset: 0 stays 0 (a plain shift made it -s/2), each value goes to the nearest point of the
+    shifted grid with 0 added, and a second pair of the same encoding leaves the values where they are."""
+    scale = 0.1
+    x = np.concatenate([np.zeros(8), np.random.default_rng(15).uniform(-20, 20, 4000)]).astype(np.float32)
+    plain = _session(_pairs(zp, dtype, scale)).run(None, {"x": x})
+    g = _pairs(zp, dtype, scale)
+    scales, _ = dither.dither_activations(g)
+    sess = _session(g)
+    info = np.iinfo(dtype)
+    inside = (x >= scale * (info.min - zp + 1)) & (x <= scale * (info.max - zp - 1))    # not saturated
+    for delta in (0.0, 0.25, 0.5, 0.75):
+        first, second = sess.run(None, {"x": x, **dither.offsets(scales, delta)})
+        if delta == 0:
+            np.testing.assert_array_equal(first, plain[0])
+            np.testing.assert_array_equal(second, plain[1])
+        assert not first[:8].any() and not second[:8].any(), delta
+        k = np.round(first / scale + delta)
+        on_grid = np.isclose(first, (k - delta) * scale, atol=1e-5) | (first == 0)
+        assert on_grid[inside].all(), delta
+        points = np.array([0.0, *((np.arange(-300, 300) - delta) * scale)])
+        nearest = np.abs(x[inside, None] - points[None, :]).min(axis=1)
+        np.testing.assert_allclose(np.abs(first - x)[inside], nearest, atol=1e-5)
+        np.testing.assert_array_equal(second[inside], first[inside])
+
+
+@pytest.mark.parametrize("name", ["conv_bn_relu_residual", "conv_silu"])
+def test_half_step_adds_no_bias_on_zero_padded_rows(name):
+    """Inputs zero on half their width (a text line's right-hand padding): the half-step grid's output
+    bias vs FP32 stays within 0.1 output steps of Emit's grid's (a plain shift: 0.15 / 0.12 over)."""
+    model = builders.GOOD_BUILDERS[name]()
+    state, feeds = _state(model), normal_feeds(model, n=64, seed=12)
+    feeds = {k: np.where(np.arange(v.shape[-1]) < v.shape[-1] // 2, v, 0).astype(v.dtype)
+             for k, v in feeds.items()}
+    pm = _probe(state, dither=True)
+    p = probe.Probe(pm, optimize=False)
+    fp32 = probe.session(_fp32(state)).run(None, feeds)[0]
+    step = float(np.abs(fp32).max()) / 127
+    bias = [float((p.run({}, {**feeds, **dither.offsets(pm.dither, d)})[0] - fp32).mean()) / step
+            for d in (0, .5)]
+    assert abs(bias[1]) <= abs(bias[0]) + 0.1, bias

@@ -63,8 +63,8 @@ class QuantizeOptions:
     dfmpc: bool = False                  # DF-MPC compensation of low- by higher-precision layers
     weight_clip: bool = False            # low-bit weights: moment-weighted clip search (core/weight_clip.py)
     gptq: bool = False                   # low-bit weights: GPTQ rounding on the inputs' H (core/gptq.py)
-    dither_scoring: bool = False         # mixed: weight terms over two activation-grid offsets
-                                         # (sensitivity/dither.py)
+    dither_scoring: bool = False         # mixed: weight terms over two activation grids, 0 exact in
+                                         # both (sensitivity/dither.py)
 
     @property
     def correct_bias(self) -> bool:
