@@ -7,6 +7,7 @@
     h ─ Attention(W_qkv [D, 3D], b [3D], mask_index; num_heads) ─ MatMul(W_o) ─ SkipLayerNormalization(h)
       ─ MatMul(W_1) ─ BiasGelu ─ MatMul(W_2) ─ SkipLayerNormalization ─► token_states [N, S, D]
 
+With `segments=False` there is no segment input or table (DistilBERT's fused embedding).
 The word table keeps the layout of `token_builders` (pad row 0, reserved rows near the mean) and one
 output channel of W_2 is scaled by `outlier` (the residual stream's outlier channel of trained BERTs).
 Passes the ONNX checker (com.microsoft ops are not checked) and runs in ONNX Runtime's CPU provider.
@@ -41,17 +42,21 @@ def _skip_ln(name: str, x: str, skip: str, bias: np.ndarray, d: int, inits: list
 
 
 def fused_encoder(vocab: int = 512, seq: int = 16, d: int = 64, heads: int = 4, ffn: int = 128,
-                  layers: int = 1, outlier: float = 8.0, seed: int = 0) -> onnx.ModelProto:
-    """The encoder of the module docstring; inputs input_ids / segment_ids / attention_mask int32 [N, seq],
-    output token_states [N, seq, d]."""
+                  layers: int = 1, outlier: float = 8.0, seed: int = 0,
+                  segments: bool = True) -> onnx.ModelProto:
+    """The encoder of the module docstring; inputs input_ids / [segment_ids] / attention_mask int32
+    [N, seq], output token_states [N, seq, d]."""
     rng = np.random.default_rng(seed)
     inits: list = [_init("word.weight", _word_table(rng, vocab, d)),
                    _init("position.weight", rng.normal(0, 0.1, (seq, d)).astype(np.float32)),
                    _init("segment.weight", rng.normal(0, 0.1, (2, d)).astype(np.float32)),
                    _init("emb.gamma", np.ones(d, np.float32)), _init("emb.beta", np.zeros(d, np.float32))]
+    if not segments:
+        inits = [t for t in inits if t.name != "segment.weight"]
+    seg = ("segment_ids", "segment.weight") if segments else ("", "")
     nodes: list = [helper.make_node(
-        "EmbedLayerNormalization", ["input_ids", "segment_ids", "word.weight", "position.weight",
-                                    "segment.weight", "emb.gamma", "emb.beta", "attention_mask"],
+        "EmbedLayerNormalization", ["input_ids", seg[0], "word.weight", "position.weight", seg[1],
+                                    "emb.gamma", "emb.beta", "attention_mask"],
         ["emb_out", "mask_index"], name="embed", domain=MS, epsilon=1e-12)]
     h = "emb_out"
     for i in range(layers):
@@ -72,6 +77,7 @@ def fused_encoder(vocab: int = 512, seq: int = 16, d: int = 64, heads: int = 4, 
         f2 = _matmul(p + "f2", p + "gelu_out", w2, inits, nodes)
         h = _skip_ln(p + "ln2", f2, h1, rng.normal(0, 0.02, d).astype(np.float32), d, inits, nodes)
     nodes.append(helper.make_node("Identity", [h], ["token_states"], name="states"))
-    ins = [_vi(n, ["N", seq], TensorProto.INT32) for n in ("input_ids", "segment_ids", "attention_mask")]
+    names = ("input_ids", "segment_ids", "attention_mask") if segments else ("input_ids", "attention_mask")
+    ins = [_vi(n, ["N", seq], TensorProto.INT32) for n in names]
     return _model(nodes, ins, [_vi("token_states", ["N", seq, d])], inits, name="fused_encoder",
                   extra_opsets={MS: 1})

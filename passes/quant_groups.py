@@ -115,13 +115,16 @@ def _fused_attention(node: gs.Node) -> bool:
 
 
 def _fused_embedding(node: gs.Node) -> bool:
-    """com.microsoft EmbedLayerNormalization with what QEmbedLayerNormalization takes: ids and segment ids,
-    constant word / position / segment tables, gamma and beta, and no embedding-sum output in use."""
-    consts = node.inputs[2:7]
-    summed = node.outputs[2:3]
-    return node.domain == "com.microsoft" and len(consts) == 5 and all(is_const(t) and is_float(t)
-                                                                        for t in consts) \
-        and node.inputs[1].name != "" and not any(t.outputs for t in summed)
+    """com.microsoft EmbedLayerNormalization with what QEmbedLayerNormalization takes: constant word /
+    position tables, gamma and beta, segment ids with a constant segment table or neither (DistilBERT),
+    no position-ids input and no embedding-sum output in use."""
+    ins = list(node.inputs) + [gs.Variable.empty()] * max(0, 9 - len(node.inputs))
+    named = [t.name != "" for t in ins]
+    segment = named[1] and named[4] and is_const(ins[4]) and is_float(ins[4])
+    tables = all(is_const(ins[i]) and is_float(ins[i]) for i in (2, 3, 5, 6))
+    return node.domain == "com.microsoft" and tables and (segment or not (named[1] or named[4])) \
+        and not named[8] \
+        and not any(t.outputs for t in node.outputs[2:3])
 
 
 def _form_spec(node: gs.Node, target) -> LayerSpec | None:

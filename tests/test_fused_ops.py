@@ -54,6 +54,14 @@ def test_the_default_writes_the_quantized_fused_kernels():
     assert _cosine(want, got).min() > 0.995
 
 
+def test_a_fused_embedding_without_segments_is_quantized_too():
+    model = fused_builders.fused_encoder(segments=False)
+    out, _ = dfq_onnx.quantize(model, **KW)
+    assert _ops(out)["QEmbedLayerNormalization"] == 1 and not _ops(out)["EmbedLayerNormalization"]
+    feeds = {k: v for k, v in _feeds().items() if k != "segment_ids"}
+    assert _cosine(run(model, feeds)[0], run(out, feeds)[0]).min() > 0.995
+
+
 def test_qattention_computes_what_the_probe_scores():
     """The emitted QAttention equals float Attention with the form's weight_hat on the input rounded as
     DynamicQuantizeLinear rounds it: the sensitivity probe's view of the form is the kernel's."""

@@ -160,12 +160,17 @@ def emit_qattention(graph: gs.Graph, node: gs.Node, w: np.ndarray, bits: int, sh
 
 
 def emit_qembed(graph: gs.Graph, node: gs.Node) -> dict:
-    """Replace com.microsoft EmbedLayerNormalization `node` (ids, segment ids, word / position / segment
-    tables, gamma, beta, [mask]) by QEmbedLayerNormalization: the five constants in uint8, one scale and
-    zero point each (the kernel's only encoding; quantize_dynamic's form for it)."""
+    """Replace com.microsoft EmbedLayerNormalization `node` (ids, [segment ids], word / position /
+    [segment] tables, gamma, beta, [mask]) by QEmbedLayerNormalization: the constants in uint8, one scale
+    and zero point each (the kernel's only encoding; quantize_dynamic's form for it)."""
     label, ins = node.name, node.inputs
     quantized, scales, zeros = [], [], []
     for i, part in zip(range(2, 7), ("word", "position", "segment", "gamma", "beta")):
+        if not ins[i].name:                 # no segment table (DistilBERT): its three inputs stay empty
+            quantized.append(gs.Variable.empty())
+            scales.append(gs.Variable.empty())
+            zeros.append(gs.Variable.empty())
+            continue
         w = np.asarray(ins[i].values, np.float32)
         scale, zero = tensor_params(w)
         quantized.append(ir.constant(f"{label}_{part}_quantized", numerics.quantize(w, scale, zero, 8, False),
