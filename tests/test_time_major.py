@@ -33,12 +33,15 @@ def test_batch_first_is_undone_exactly():
 
 
 @pytest.mark.parametrize("bn", [True, False])
-def test_a_time_major_recognizer_compiles_in_its_own_layout(bn):
+def test_a_time_major_recognizer_compiles_in_its_own_layout(bn, tmp_path):
     model = builders.conv_sequence(w=12, time_major=True, bn=bn)
-    out, report = dfq_onnx.quantize(model, **FAST)
+    out, report = dfq_onnx.quantize(model, report_path=tmp_path / "report.json", **FAST)
     assert report.notes["batch_first_outputs"] == ["output"]
     assert not any(n.name.endswith("/batch_first") for n in out.graph.node)
     x = {"input": np.random.default_rng(3).standard_normal((16, 3, 4, 12)).astype(np.float32)}
     want, got = run(model, x)[0], run(out, x)[0]
     assert got.shape == want.shape == (12, 16, 6)
     assert np.mean(want.argmax(-1) == got.argmax(-1)) > 0.9
+    row = report.comparison["outputs"][0]            # the report compares it batch-first
+    assert report.comparison["samples"] > 0 and row["shape"][0] == report.comparison["samples"]
+    assert row["sqnr_db"] > 10

@@ -111,13 +111,16 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
         ref_sess = runtime.session(source)
         batch = _static_batch(ref_sess) or state.report.notes.get("rows_per_call", {}).get("calibrate", 16)
         names = [meta.name for meta in ref_sess.get_outputs()]
-        ref = runtime.run_batched(ref_sess, feeds, batch)
+        axes = _batch_axes(ref_sess)          # a time-major output [T, N, C] is compared batch-first
+        ref = [np.concatenate(parts) for parts in zip(*(
+            [np.moveaxis(r, b, 0) for r, b in zip(ref_sess.run(None, chunk), axes)]
+            for chunk in runtime.iter_batches(feeds, batch)))]
         del ref_sess
         diffs = [_Diff(name, r) for name, r in zip(names, ref)]
         sess = runtime.session(quantized)
         for chunk in runtime.iter_batches(feeds, batch):     # the quantized outputs chunk by chunk
-            for diff, g in zip(diffs, sess.run(None, chunk)):
-                diff.add(g)
+            for diff, g, b in zip(diffs, sess.run(None, chunk), axes):
+                diff.add(np.moveaxis(g, b, 0))
     except (DfqError, RuntimeError, ValueError) as exc:   # the comparison never fails the compile
         log.warning("FP32-vs-quantized comparison skipped: %s", str(exc).splitlines()[0])
         return {"samples": 0, "source": kind, "outputs": []}
@@ -151,6 +154,18 @@ class _Diff:
         if self.ref.ndim == 2 and self.ref.shape[1] > 1:
             row["top1_agreement"] = self.agree / len(self.ref)
         return row
+
+
+def _batch_axes(sess) -> list[int]:
+    """Per output, the axis holding the batch: the one dimension named like the first input's dimension 0
+    (a time-major recognizer's [T, N, C]: 1), else 0."""
+    first = sess.get_inputs()[0].shape if sess.get_inputs() else None
+    batch = first[0] if first and isinstance(first[0], str) else None
+    axes = []
+    for meta in sess.get_outputs():
+        hits = [i for i, d in enumerate(meta.shape or []) if batch is not None and d == batch]
+        axes.append(hits[0] if len(hits) == 1 else 0)
+    return axes
 
 
 def _static_batch(sess) -> int | None:
