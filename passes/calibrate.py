@@ -215,9 +215,14 @@ class Calibrate(Pass):
     def run(self, state: CompileState) -> PassResult:
         spec = state.spec
         missing = [t for t in spec.act_tensors if t not in state.ranges]
-        if not missing:
-            return PassResult(False, "all ranges known")
         opts = state.options
+        if not missing:
+            if opts.calib.endswith(".npz") and state.calib is None:
+                # no range to measure (a token model's dynamic MatMuls), but the user's samples are still
+                # what a budget's sensitivity scores on
+                state.calib = load_calib_npz(state.graph, opts.calib)
+                spill(state.calib)
+            return PassResult(False, "all ranges known")
         if opts.calib.endswith(".npz"):
             feeds, source = load_calib_npz(state.graph, opts.calib), "data"
         elif opts.calib == "synthetic" and state.calib is not None:

@@ -130,3 +130,14 @@ def test_the_tensor_form_is_the_fused_embeddings_only(tmp_path):
     path.write_text(bad)
     with pytest.raises(TargetError, match="MatMul.*W8A32-tensor.*EmbedLayerNormalization only"):
         load_target(path)
+
+
+def test_a_budget_scores_a_token_model_on_the_users_samples(tmp_path):
+    """No activation range to measure (every MatMul dynamic), yet a budget's sensitivity reads the --calib
+    samples instead of falling back to noise, which cannot make token ids."""
+    model = fused_builders.fused_encoder()
+    path = tmp_path / "tokens.npz"
+    np.savez(path, **_feeds(16, seed=5))
+    out, report = dfq_onnx.quantize(model, calib=str(path), avg_weight_bits=7, **KW)
+    assert _ops(out)["QAttention"] == 1
+    assert report.forward_passes > 0          # the table was scored (W8A8 alone needs no pass)
