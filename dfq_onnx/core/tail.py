@@ -53,13 +53,18 @@ class BatchFirst:
     output: str                      # the source's graph output it reads
 
 
-def batch_axis(graph: gs.Graph, t: gs.Tensor) -> int | None:
-    """The one axis of `t` whose symbolic dimension is the first input's dimension 0, else None."""
-    first = graph.inputs[0].shape if graph.inputs else None
-    if not first or not isinstance(first[0], str) or t.shape is None:
+def batch_axis_of(first_input_shape, shape) -> int | None:
+    """The one axis of `shape` whose symbolic dimension is the first input's dimension 0, else None."""
+    first = first_input_shape
+    if not first or not isinstance(first[0], str) or shape is None:
         return None
-    axes = [i for i, d in enumerate(t.shape) if d == first[0]]
+    axes = [i for i, d in enumerate(shape) if d == first[0]]
     return axes[0] if len(axes) == 1 else None
+
+
+def batch_axis(graph: gs.Graph, t: gs.Tensor) -> int | None:
+    """`batch_axis_of` for a tensor of `graph`."""
+    return batch_axis_of(graph.inputs[0].shape if graph.inputs else None, t.shape)
 
 
 def batch_first(graph: gs.Graph) -> list[BatchFirst]:

@@ -20,6 +20,7 @@ from dfq_onnx.backends import runtime
 from dfq_onnx.core import candidates, ir
 from dfq_onnx.core.errors import DfqError
 from dfq_onnx.core.state import CompileState
+from dfq_onnx.core.tail import batch_axis_of
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +158,10 @@ class _Diff:
 
 
 def _batch_axes(sess) -> list[int]:
-    """Per output, the axis holding the batch: the one dimension named like the first input's dimension 0
-    (a time-major recognizer's [T, N, C]: 1), else 0."""
+    """Per output, the axis holding the batch, by the compile's own rule (core/tail.batch_axis_of: a
+    time-major recognizer's [T, N, C]: 1), else 0."""
     first = sess.get_inputs()[0].shape if sess.get_inputs() else None
-    batch = first[0] if first and isinstance(first[0], str) else None
-    axes = []
-    for meta in sess.get_outputs():
-        hits = [i for i, d in enumerate(meta.shape or []) if batch is not None and d == batch]
-        axes.append(hits[0] if len(hits) == 1 else 0)
-    return axes
+    return [batch_axis_of(first, meta.shape) or 0 for meta in sess.get_outputs()]
 
 
 def _static_batch(sess) -> int | None:
