@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from dfq_onnx.core.graph_utils import walk
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState, Range
 from dfq_onnx.synth.input_range import encoding_hull
@@ -34,16 +35,11 @@ def carriers(graph: gs.Graph, name: str) -> list[str]:
     tensors = graph.tensors()
     if name not in tensors:
         return []
-    out, frontier = [name], [tensors[name]]
-    while frontier:
-        t = frontier.pop()
-        for node in t.outputs:
-            if node.op in LAYOUT and node.inputs and node.inputs[0] is t:
-                for o in node.outputs:
-                    if o.name not in out:
-                        out.append(o.name)
-                        frontier.append(o)
-    return out
+
+    def moves(node: gs.Node, cur: gs.Tensor) -> bool:
+        return node.op in LAYOUT and bool(node.inputs) and node.inputs[0] is cur
+    return [name] + [o.name for node, cur in walk(tensors[name], moves) if moves(node, cur)
+                     for o in node.outputs]
 
 
 class CoverInferredInput(Pass):
