@@ -65,8 +65,8 @@ def cache_key(state: CompileState, options: SensitivityOptions, bits, act: int, 
     target = repr(dataclasses.replace(state.target, source=""))
     opts = {k: v for k, v in dataclasses.asdict(options).items()
             if k not in ("batch", "use_cache", "cache_dir", "progress") and not (k == "dither" and v == 1)}
-    if options.dither > 1:     # session 13: the offsets keep Emit's zero bin (sensitivity/dither.py)
-        opts["dither_grid"] = "zero-bin"
+    if options.dither > 1:     # session 13: the shifted grid keeps 0 exact (sensitivity/dither.py)
+        opts["dither_grid"] = "zero-exact"
     graph_passes = [p for p in ("cle", "bias_absorption") if getattr(state.options, p, False)]
     if state.input_moments:    # the low-bit candidates' weights (core/weight_clip.py, core/gptq.py)
         graph_passes += [p for p in ("weight_clip", "gptq") if getattr(state.options, p, False)]
