@@ -6,8 +6,9 @@ Two sources say whether it pays, both whole-model:
   machine that will run it): `model_ms(default pair) < fp32_ms` at the table's batch;
 * without a table, for the default plan (no budget, no --weight-bits / --act-bits), the compile times
   the normalized FP32 graph against the default integer plan itself, at batch 1 of the compile's input
-  shape (`dfq_onnx.backends.integer_pays`: paired rounds, "slower" only when the lower quartile of the
-  per-round ratios is above 1). It runs after calibration, so the timed integer model is the output
+  shape (`dfq_onnx.backends.integer_pays`: alternating rounds, "slower" only when the median over rounds
+  of the round's fastest integer call over its fastest FP32 call is above 1 + `integer_pays.MARGIN`).
+  It runs after calibration, so the timed integer model is the output
   the compile would write (its ranges decide which Q/DQ pairs fold away, e.g. a Div rescale), before
   the activation decision and the bias correction (which change values, not kernels). The
   measurement is cached (model, target, input shapes, runtime, CPU), so
@@ -151,4 +152,4 @@ def _measured(state: CompileState) -> dict:
     return {"source": "measured" + (" (cached)" if cached else ""), "batch": 1, "macs": macs,
             "fp32_ms": m["fp32_ms"], "integer_ms": m["int_ms"], "ratio": round(m["ratio"], 4),
             "ratios": [round(r, 4) for r in m["ratios"]], "calls_per_round": m["calls"],
-            "integer_pays": not m["integer_slower"]}
+            "margin": integer_pays.MARGIN, "integer_pays": not m["integer_slower"]}
