@@ -12,6 +12,12 @@ The word table has row 0 all zeros (the pad id, as PyTorch's `padding_idx` leave
 "unused" rows near the table's mean (reserved tokens training never updates), the layout
 dfq_onnx/synth/tokens.py reads a vocabulary prior from.
 
+``token_classifier``: the encoder with BERT's sequence-classification head instead of the pooled
+embedding: h[:, :1] ─ Flatten ─ Gemm(pooler) ─ Tanh ─ Gemm(classifier) ─► logits [N, classes]; the Gemms are
+statically quantized on ORT CPU (a head, not a [forms] MatMul), the rest of the model is not;
+`decomposed=True` writes each LayerNorm as an opset-13 exporter does (ReduceMean, Sub, Pow, ReduceMean, Add
+eps, Sqrt, Div, Mul gamma, Add beta: PyTorch below opset 17, paddle2onnx).
+
 ``token_lm``: a decoder-only LM: input_ids only, a causal mask (a constant upper triangle of -1e4
 added to the scores), and the word table tied to the LM head (logits = h @ word^T, the same
 initializer read by the Gather and, through a Transpose, by the head MatMul).
@@ -38,7 +44,8 @@ from dfq_onnx.models.act_builders import _ln, _mm
 from dfq_onnx.models.builders import _init, _model, _vi
 from onnx import TensorProto, helper
 
-__all__ = ["one_hot_classifier", "token_decoder_cross", "token_encoder", "token_lm", "token_lm_cache"]
+__all__ = ["one_hot_classifier", "token_classifier", "token_decoder_cross", "token_encoder", "token_lm",
+           "token_lm_cache"]
 
 
 def _word_table(rng, vocab: int, d: int) -> np.ndarray:
@@ -50,7 +57,7 @@ def _word_table(rng, vocab: int, d: int) -> np.ndarray:
 
 
 def _block(i: int, h: str, bias_term: str, rng, d: int, ffn: int, outlier: float, inits: list,
-           nodes: list) -> str:
+           nodes: list, ln=_ln) -> str:
     """One post-LN encoder/decoder layer on h [N, S, D]; `bias_term` [.., S, S] is added to the scores."""
     p = f"l{i}_"
     q, k, v = (_mm(p + n, h, rng, d, d, inits, nodes) for n in ("q", "k", "v"))
@@ -62,35 +69,56 @@ def _block(i: int, h: str, bias_term: str, rng, d: int, ffn: int, outlier: float
               helper.make_node("MatMul", [p + "probs_out", v], [p + "ctx_out"], name=p + "ctx")]
     o = _mm(p + "o", p + "ctx_out", rng, d, d, inits, nodes)
     nodes.append(helper.make_node("Add", [h, o], [p + "res1_out"], name=p + "res1"))
-    h1 = _ln(p + "ln1", p + "res1_out", d, inits, nodes)
+    h1 = ln(p + "ln1", p + "res1_out", d, inits, nodes)
     f = _mm(p + "f1", h1, rng, d, ffn, inits, nodes)
     nodes.append(helper.make_node("Relu", [f], [p + "relu_out"], name=p + "relu"))
     col = np.ones(d, np.float32)
     col[0] = outlier
     f2 = _mm(p + "f2", p + "relu_out", rng, ffn, d, inits, nodes, col_scale=col)
     nodes.append(helper.make_node("Add", [h1, f2], [p + "res2_out"], name=p + "res2"))
-    return _ln(p + "ln2", p + "res2_out", d, inits, nodes)
+    return ln(p + "ln2", p + "res2_out", d, inits, nodes)
 
 
-def _embed(rng, vocab: int, seq: int, d: int, inits: list, nodes: list) -> str:
+def _embed(rng, vocab: int, seq: int, d: int, inits: list, nodes: list, ln=_ln) -> str:
     inits += [_init("word.weight", _word_table(rng, vocab, d)),
               _init("position.weight", rng.normal(0, 0.1, (seq, d)).astype(np.float32)),
               _init("scale", np.array(1.0 / np.sqrt(d), np.float32))]
     nodes += [helper.make_node("Gather", ["word.weight", "input_ids"], ["words_out"], name="words"),
               helper.make_node("Add", ["words_out", "position.weight"], ["embed_out"], name="embed")]
-    return _ln("ln_emb", "embed_out", d, inits, nodes)
+    return ln("ln_emb", "embed_out", d, inits, nodes)
+
+
+def _ln_decomposed(name: str, x: str, d: int, inits: list, nodes: list) -> str:
+    inits += [_init(f"{name}.gamma", np.ones(d, np.float32)), _init(f"{name}.beta", np.zeros(d, np.float32))]
+    p = name + "_"
+    nodes += [helper.make_node("ReduceMean", [x], [p + "mean"], name=p + "mean", axes=[-1]),
+              helper.make_node("Sub", [x, p + "mean"], [p + "centred"], name=p + "centre"),
+              helper.make_node("Pow", [p + "centred", "two"], [p + "sq"], name=p + "square"),
+              helper.make_node("ReduceMean", [p + "sq"], [p + "var"], name=p + "var", axes=[-1]),
+              helper.make_node("Add", [p + "var", "eps"], [p + "var_eps"], name=p + "var_eps"),
+              helper.make_node("Sqrt", [p + "var_eps"], [p + "std"], name=p + "std"),
+              helper.make_node("Div", [p + "centred", p + "std"], [p + "normed"], name=p + "normalize"),
+              helper.make_node("Mul", [p + "normed", f"{name}.gamma"], [p + "scaled"], name=p + "gamma"),
+              helper.make_node("Add", [p + "scaled", f"{name}.beta"], [f"{name}_out"], name=p + "beta")]
+    return f"{name}_out"
+
+
+def _mask_bias(inits: list, nodes: list) -> None:
+    inits += [_init("one", np.array(1.0, np.float32)), _init("neg", np.array(-1e4, np.float32)),
+              _init("axis1", np.array([1], np.int64))]
+    nodes += [helper.make_node("Cast", ["attention_mask"], ["mask_f"], name="mask_cast", to=1),
+              helper.make_node("Sub", ["one", "mask_f"], ["mask_inv"], name="mask_inv"),
+              helper.make_node("Mul", ["mask_inv", "neg"], ["mask_neg"], name="mask_neg"),
+              helper.make_node("Unsqueeze", ["mask_neg", "axis1"], ["mask_bias"], name="mask_bias")]
 
 
 def token_encoder(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256, layers: int = 1,
                   outlier: float = 20.0, seed: int = 0) -> onnx.ModelProto:
     """The encoder of the module docstring; outputs token_states [N, seq, d] and embedding [N, d]."""
     rng = np.random.default_rng(seed)
-    inits: list = [_init("one", np.array(1.0, np.float32)), _init("neg", np.array(-1e4, np.float32)),
-                   _init("axis1", np.array([1], np.int64)), _init("axis2", np.array([2], np.int64))]
-    nodes: list = [helper.make_node("Cast", ["attention_mask"], ["mask_f"], name="mask_cast", to=1),
-                   helper.make_node("Sub", ["one", "mask_f"], ["mask_inv"], name="mask_inv"),
-                   helper.make_node("Mul", ["mask_inv", "neg"], ["mask_neg"], name="mask_neg"),
-                   helper.make_node("Unsqueeze", ["mask_neg", "axis1"], ["mask_bias"], name="mask_bias")]
+    inits: list = [_init("axis2", np.array([2], np.int64))]
+    nodes: list = []
+    _mask_bias(inits, nodes)
     h = _embed(rng, vocab, seq, d, inits, nodes)
     for i in range(layers):
         h = _block(i, h, "mask_bias", rng, d, ffn, outlier, inits, nodes)
@@ -103,6 +131,35 @@ def token_encoder(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256,
     ins = [_vi(n, ["N", seq], TensorProto.INT64) for n in ("input_ids", "attention_mask")]
     return _model(nodes, ins, [_vi("token_states", ["N", seq, d]), _vi("embedding", ["N", d])], inits,
                   name="token_encoder")
+
+
+def token_classifier(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256, layers: int = 2,
+                     classes: int = 3, outlier: float = 20.0, decomposed: bool = False,
+                     seed: int = 0) -> onnx.ModelProto:
+    """The encoder with a pooler and classifier head (module docstring); output logits [N, classes]."""
+    rng = np.random.default_rng(seed)
+    inits: list = [_init("first", np.array([0], np.int64)),
+                   _init("pooler.weight", (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)),
+                   _init("pooler.bias", rng.normal(0, 0.1, d).astype(np.float32)),
+                   _init("classifier.weight",
+                         (rng.standard_normal((classes, d)) / np.sqrt(d)).astype(np.float32))]
+    nodes: list = []
+    ln = _ln_decomposed if decomposed else _ln
+    if decomposed:
+        inits += [_init("two", np.array(2.0, np.float32)), _init("eps", np.array(1e-5, np.float32))]
+    _mask_bias(inits, nodes)
+    h = _embed(rng, vocab, seq, d, inits, nodes, ln)
+    for i in range(layers):
+        h = _block(i, h, "mask_bias", rng, d, ffn, outlier, inits, nodes, ln)
+    nodes += [helper.make_node("Gather", [h, "first"], ["cls3"], name="cls", axis=1),
+              helper.make_node("Flatten", ["cls3"], ["cls"], name="cls_flat", axis=1),
+              helper.make_node("Gemm", ["cls", "pooler.weight", "pooler.bias"], ["pooled"], name="pooler"),
+              helper.make_node("Tanh", ["pooled"], ["pooled_t"], name="pooler_tanh"),
+              helper.make_node("Gemm", ["pooled_t", "classifier.weight"], ["logits"], name="classifier",
+                               transB=1)]
+    ins = [_vi(n, ["N", seq], TensorProto.INT64) for n in ("input_ids", "attention_mask")]
+    return _model(nodes, ins, [_vi("logits", ["N", classes])], inits, opset=13 if decomposed else 17,
+                  name="token_classifier")
 
 
 def token_lm(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256, layers: int = 1,

@@ -22,7 +22,9 @@ bits, so they are merged (union-find); a group's weight bits apply to all its we
 Ops the target lists in [forms] (ORT CPU: MatMul with a constant 2-D weight, Gather from a constant
 2-D table) are weighted layers encoded by an emit form instead (dfq_onnx/core/candidates.py): no
 activation quantizer on their input or output, and elementwise ops next to them stay float unless a
-statically quantized layer reads them. A CNN's classifier head written as MatMul is static like a Gemm
+statically quantized layer reads them -- not through a normalization (a LayerNorm, or the nodes
+applying a decomposed one's statistics): a static head after a transformer's last LayerNorm leaves
+its residual stream float. A CNN's classifier head written as MatMul is static like a Gemm
 (passes/static_heads.py).
 
 Normalization statistics stay float: a Reduce{Mean,Sum,SumSquare,L1,L2,LogSumExp,Prod} output, what
@@ -158,21 +160,35 @@ def _absorbable(node: gs.Node) -> bool:
     return False
 
 
-def _feeds_weighted(graph: gs.Graph, target) -> set[int]:
+ROW_NORMALIZATIONS = ("LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
+                      "SkipSimplifiedLayerNormalization", "RMSNormalization", "GroupNormalization",
+                      "InstanceNormalization", "MeanVarianceNormalization", "LpNormalization")
+
+
+def _feeds_weighted(graph: gs.Graph, target, appliers: set[int]) -> set[int]:
     """ids of nodes from which a statically quantized weighted layer is reachable along float tensors,
-    through any op (ops the target encodes by a form, e.g. every MatMul on ORT CPU, do not count).
+    through any op but a normalization (ops the target encodes by a form, e.g. every MatMul on ORT CPU,
+    do not count).
 
     Elementwise ops in the tail after the last weighted layer (detector box decoding, score
     concatenation) stay float: quantizing them buys no integer kernel and can mix unrelated ranges.
-    Ops the target does not quantize (a Div in an exported hard-swish, a LayerNorm's Sqrt) do not stop
-    the reach: the elementwise ops before them sit between Q/DQ pairs, where the runtime runs them in
-    integer only if they are quantized.
+    Ops the target does not quantize (a Div in an exported hard-swish) do not stop the reach: the
+    elementwise ops before them sit between Q/DQ pairs, where the runtime runs them in integer only if
+    they are quantized. A normalization does (a LayerNormalization, or in decomposed form the nodes
+    applying its statistics to the features, `appliers`): it rescales each row in float from that row's
+    own statistics, so its input's quantizer buys no integer kernel, and the layer after it quantizes
+    its output anyway. What stops there is a transformer's residual stream: with its MatMuls dynamic,
+    a static classifier head after the last LayerNorm reached every residual Add of the model, and
+    8-bit steps on a stream with outlier channels cost a small ViT / BERT / GPT-2 3-20 dB of output
+    SQNR (ViT 12.7 dB with them, 30.4 without, ORT's quantize_dynamic 32.7; BENCHMARKS.md, session 14).
     """
     reach: set[int] = set()
     for node in reversed(graph.nodes):
         role = target.role(node.op)
         if role == "weighted" and target.forms_for(node.op) and not is_static_head(node, target):
             continue        # the target encodes this op by a form (any of them: the attention MatMul too)
+        if id(node) in appliers or (node.op in ROW_NORMALIZATIONS and role is None):
+            continue        # a normalization: its input stays float unless something else needs it
         if role == "weighted" or any(
                 id(c) in reach for out in node.outputs if is_float(out) for c in out.outputs):
             reach.add(id(node))
@@ -183,25 +199,30 @@ STAT_REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "Re
                    "ReduceProd")
 
 
-def _statistics_nodes(graph: gs.Graph, target) -> set[int]:
-    """ids of the elementwise nodes that compute or apply normalization statistics (module docstring).
-    A statistic stops at a weighted layer (an SE block's pooled mean through its convs is a feature)."""
+def _statistics_nodes(graph: gs.Graph, target) -> tuple[set[int], set[int]]:
+    """ids of the elementwise nodes that compute or apply normalization statistics (module docstring),
+    and of those among them that apply one to the features (x - mean, x_c / std: a statistic and a
+    feature read). A statistic stops at a weighted layer (an SE block's pooled mean through its convs is
+    a feature)."""
     stats: set[int] = set()           # ids of statistic tensors
     nodes: set[int] = set()
+    appliers: set[int] = set()
     for node in graph.nodes:          # topological order
         floats = [t for t in node.inputs if is_float(t) and not is_const(t)]
         read = [t for t in floats if id(t) in stats]
-        if node.op in STAT_REDUCTIONS or (floats and len(read) == len(floats)
-                                          and target.role(node.op) != "weighted"):
+        weighted = target.role(node.op) == "weighted"
+        if node.op in STAT_REDUCTIONS or (floats and len(read) == len(floats) and not weighted):
             stats.update(id(t) for t in node.outputs)
         if read:
             nodes.add(id(node))
+            if len(read) < len(floats) and not weighted:
+                appliers.add(id(node))
         square = node.op == "Mul" and len(node.inputs) == 2 and node.inputs[0] is node.inputs[1]
         readers = [c for t in node.outputs for c in t.outputs]
         if square and readers and all(c.op in STAT_REDUCTIONS for c in readers) \
                 and not any(is_graph_output(graph, t) for t in node.outputs):
             nodes.add(id(node))       # x^2 read only by the reduction
-    return nodes
+    return nodes, appliers
 
 
 RELATIVE = ("Mul", "Div", "Pow", "Sqrt", "Abs", "Add", "Sum", "Clip", "Max", "Neg",
@@ -234,9 +255,9 @@ def _activation_product(node: gs.Node) -> bool:
 
 def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
     layers = {}
-    reach = _feeds_weighted(graph, target)
     preprocessing = prefix_nodes(graph)          # the inputs' in-graph scale-and-shift stays float
-    statistics = _statistics_nodes(graph, target)
+    statistics, appliers = _statistics_nodes(graph, target)
+    reach = _feeds_weighted(graph, target, appliers)
     log_domain = _log_domain_nodes(graph)        # what a Log reads: float (module docstring)
     for node in graph.nodes:
         role = target.role(node.op)
