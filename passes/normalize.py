@@ -114,7 +114,16 @@ def declared_form(model) -> None:
 def check_batch_axes(model) -> None:
     """Samples are batched along axis 0 of every input (synthesis, calibration, scoring). An input that
     carries the batch dimension elsewhere -- an RNN state [layers, batch, hidden] beside an input
-    [batch, time], the same symbolic name on another axis -- would be fed a wrong batch: say so once."""
+    [batch, time], the same symbolic name on another axis -- would be fed a wrong batch, and a scalar
+    input (rank 0: a sampling rate, how many positions' logits to keep) has no batch to take: say so
+    once."""
+    for t in model.graph.input:
+        kind = t.type.tensor_type
+        if t.type.HasField("tensor_type") and kind.HasField("shape") and not kind.shape.dim:
+            raise UnsupportedModelError(
+                f"input '{t.name}' is a scalar (rank 0): samples are batched along axis 0 of every input, "
+                "so a model with an unbatched scalar input is not supported yet; export it with that "
+                "value fixed (a constant in the graph)")
     inputs = [(t.name, [d.dim_param if d.HasField("dim_param") else None
                         for d in t.type.tensor_type.shape.dim]) for t in model.graph.input]
     # a name used on several axes of one input is an exporter's placeholder ("?"), not a batch name

@@ -81,6 +81,22 @@ def test_an_input_batched_on_axis_1_is_one_clear_error():
     assert isinstance(err.value.cause, UnsupportedModelError)
 
 
+def test_a_scalar_input_is_one_clear_error(tmp_path):
+    """A rank-0 input (transformers' `logits_to_keep`, a sampling rate) has no batch axis: named, exit 1,
+    also when a --calib npz carries it (it crashed in Calibrate: len() of a 0-d array)."""
+    from dfq_onnx.cli import main
+
+    model = _rnn_like([])
+    with pytest.raises(PassError, match=r"Normalize: input 'state' is a scalar \(rank 0\)") as err:
+        dfq_onnx.quantize(model, progress=False, use_cache=False)
+    assert isinstance(err.value.cause, UnsupportedModelError)
+    src, calib, out = tmp_path / "m.onnx", tmp_path / "c.npz", tmp_path / "q.onnx"
+    onnx.save(model, src)
+    np.savez(calib, x=np.ones((4, 4), np.float32), state=np.array(1.0, np.float32))
+    assert main(["-q", "quantize", str(src), "--calib", str(calib), "-o", str(out)]) == 1
+    assert not out.exists()
+
+
 def test_a_placeholder_name_on_several_axes_is_not_a_batch_name():
     from dfq_onnx.passes.normalize import check_batch_axes
 
