@@ -524,6 +524,23 @@ def with_data_bn_stats(model: onnx.ModelProto, n: int = 256, seed: int = 0) -> o
 # --------------------------------------------------------------------------- exporter layouts
 
 
+def affine_input(model: onnx.ModelProto, scale, shift) -> onnx.ModelProto:
+    """A copy whose first input (same name) goes through Mul(`scale`) and Add(`shift`), per channel
+    [C, 1, 1], before the network: a PyTorch export of an input BatchNorm folded to x * scale + shift."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    name = g.input[0].name
+    for node in g.node:
+        node.input[:] = [name + "_affine" if x == name else x for x in node.input]
+    g.initializer.extend([_init("pre_scale", np.asarray(scale, np.float32).reshape(-1, 1, 1)),
+                          _init("pre_shift", np.asarray(shift, np.float32).reshape(-1, 1, 1))])
+    g.node.insert(0, helper.make_node("Add", [name + "_scaled", "pre_shift"], [name + "_affine"],
+                                      name="pre_add"))
+    g.node.insert(0, helper.make_node("Mul", [name, "pre_scale"], [name + "_scaled"], name="pre_mul"))
+    return out
+
+
 def channels_last(model: onnx.ModelProto, scale: float | None = None, mean=None, std=None,
                   uint8: bool = False) -> onnx.ModelProto:
     """A copy reading its first input [N, H, W, C] (same name) as tf2onnx exports a TF / Keras model:
