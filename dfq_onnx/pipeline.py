@@ -27,6 +27,7 @@ from dfq_onnx.passes.keep_float import KeepFloat
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.plan_uniform import UniformPlan
 from dfq_onnx.passes.pool_range import PooledRangeTop
+from dfq_onnx.passes.probability_output import OutputProbabilitySpan
 from dfq_onnx.passes.quant_groups import FindQuantGroups
 from dfq_onnx.passes.score_prior import ScoreTopPrior
 from dfq_onnx.passes.sensitivity import ScoreSensitivity, SensitivityOptions
@@ -119,7 +120,8 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([CoverInferredInput()] if options.calib == "synthetic" else []),
         *([MeasureInputMoments(full=options.gptq, clip=options.weight_clip)]
           if low_bit_weights(target, options) else []),
-        *([ScoreTopPrior(), PooledRangeTop()] if options.calib == "synthetic" else []),
+        *([ScoreTopPrior(), PooledRangeTop(), OutputProbabilitySpan()]
+          if options.calib == "synthetic" else []),
         SiluRangeFloor(),
         HardSwishRangeFloor(),
         *([KeepFloat()] if measures_float(options) else []),

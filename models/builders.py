@@ -112,6 +112,50 @@ def conv_bn_relu(c_in: int = 3, c_mid: int = 8, c_out: int = 4, hw: int | None =
                   "conv_bn_relu", ir_version=3 if init_as_inputs else None)
 
 
+def sigmoid_map(c_in: int = 3, c_mid: int = 8, hw: int = 8, gain: float = 1.0, seed: int = 0
+                ) -> onnx.ModelProto:
+    """A probability map, as saliency / segmentation decoders end: input -> conv1 -> bn1 -> relu1 -> conv2
+    (one channel, weights x `gain`) -> Resize (x2, linear) -> Sigmoid -> output [N, 1, 2 hw, 2 hw]."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("conv1.weight", _conv_w(rng, c_mid, c_in, 3)),
+             _init("conv2.weight", _conv_w(rng, 1, c_mid, 3) * np.float32(gain)),
+             _init("conv2.bias", np.zeros(1, np.float32)),
+             _init("resize.scales", np.array([1, 1, 2, 2], np.float32))]
+    nodes = [_conv("conv1", "input", "conv1.weight", "conv1_out"),
+             _bn(rng, "bn1", c_mid, "conv1_out", "bn1_out", inits),
+             helper.make_node("Relu", ["bn1_out"], ["relu1_out"], name="relu1"),
+             _conv("conv2", "relu1_out", "conv2.weight", "logit", "conv2.bias"),
+             helper.make_node("Resize", ["logit", "", "resize.scales"], ["logit_up"], name="resize",
+                              mode="linear"),
+             helper.make_node("Sigmoid", ["logit_up"], ["output"], name="sigmoid")]
+    return _model(nodes, [_vi("input", ["N", c_in, hw, hw])], [_vi("output", ["N", 1, 2 * hw, 2 * hw])],
+                  inits, name="sigmoid_map")
+
+
+def softmax_classifier(c_in: int = 3, c_mid: int = 8, hw: int = 8, hidden: int = 16, classes: int = 4,
+                       gain: float = 1.0, seed: int = 0) -> onnx.ModelProto:
+    """input -> conv1 -> bn1 -> relu1 -> GlobalAveragePool -> Flatten -> fc1 -> Relu -> fc2 (x `gain`)
+    -> Softmax -> output [N, classes]: a classifier whose logits are two BN-free layers past the BN."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("conv1.weight", _conv_w(rng, c_mid, c_in, 3)),
+             _init("fc1.weight", (rng.standard_normal((c_mid, hidden)) / np.sqrt(c_mid)).astype(np.float32)),
+             _init("fc1.bias", rng.normal(0, 0.1, hidden).astype(np.float32)),
+             _init("fc2.weight", (rng.standard_normal((hidden, classes)) * gain / np.sqrt(hidden))
+                   .astype(np.float32)),
+             _init("fc2.bias", np.zeros(classes, np.float32))]
+    nodes = [_conv("conv1", "input", "conv1.weight", "conv1_out"),
+             _bn(rng, "bn1", c_mid, "conv1_out", "bn1_out", inits),
+             helper.make_node("Relu", ["bn1_out"], ["relu1_out"], name="relu1"),
+             helper.make_node("GlobalAveragePool", ["relu1_out"], ["pool"], name="gap"),
+             helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "fc1.weight", "fc1.bias"], ["fc1_out"], name="fc1"),
+             helper.make_node("Relu", ["fc1_out"], ["fc1_relu"], name="relu2"),
+             helper.make_node("Gemm", ["fc1_relu", "fc2.weight", "fc2.bias"], ["logits"], name="fc2"),
+             helper.make_node("Softmax", ["logits"], ["output"], name="softmax", axis=-1)]
+    return _model(nodes, [_vi("input", ["N", c_in, hw, hw])], [_vi("output", ["N", classes])], inits,
+                  name="softmax_classifier")
+
+
 def conv_bn_relu_residual(c: int = 8, hw: int = 8, classes: int = 10, seed: int = 0,
                           matmul_head: bool = False) -> onnx.ModelProto:
     """A residual block and a classifier head (10 nodes)::
@@ -522,6 +566,23 @@ def with_data_bn_stats(model: onnx.ModelProto, n: int = 256, seed: int = 0) -> o
 
 
 # --------------------------------------------------------------------------- exporter layouts
+
+
+def affine_input(model: onnx.ModelProto, scale, shift) -> onnx.ModelProto:
+    """A copy whose first input (same name) goes through Mul(`scale`) and Add(`shift`), per channel
+    [C, 1, 1], before the network: a PyTorch export of an input BatchNorm folded to x * scale + shift."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    name = g.input[0].name
+    for node in g.node:
+        node.input[:] = [name + "_affine" if x == name else x for x in node.input]
+    g.initializer.extend([_init("pre_scale", np.asarray(scale, np.float32).reshape(-1, 1, 1)),
+                          _init("pre_shift", np.asarray(shift, np.float32).reshape(-1, 1, 1))])
+    g.node.insert(0, helper.make_node("Add", [name + "_scaled", "pre_shift"], [name + "_affine"],
+                                      name="pre_add"))
+    g.node.insert(0, helper.make_node("Mul", [name, "pre_scale"], [name + "_scaled"], name="pre_mul"))
+    return out
 
 
 def channels_last(model: onnx.ModelProto, scale: float | None = None, mean=None, std=None,

@@ -55,3 +55,5 @@ class SynthesisResult:
     twin: dict[str, np.ndarray] | None = None   # line drawings: the same shapes at the prior's contrast
                                                 #  (synth/strokes.py; passes/twin_ranges.py reads them)
     inferred: dict = field(default_factory=dict)   # {input: RangeInference}: ranges read off the model
+    pixel_drawn: dict = field(default_factory=dict)   # {input: (lo, hi)}: a prefix that cannot standardize
+                                                      #  its pixels: drawn in them (synth/preprocess.py)

@@ -121,7 +121,19 @@ def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     from the line drawings the model picks), searched to minimize the objective when steps > 0."""
     start = time.perf_counter()
     shapes = resolve_shapes(graph, input_shapes or {})
-    if prefixes := preprocess.input_prefixes(graph, shapes, skip=options.input_ranges):
+    prefixes = preprocess.input_prefixes(graph, shapes, skip=options.input_ranges)
+    if drawn := preprocess.pixel_drawn(prefixes):        # not a standardization: drawn in the pixel range
+        floats = {k: r for k, r in drawn.items() if prefixes[k].integer is None}
+        prefixes = {k: p.cast_only() if k in drawn else p for k, p in prefixes.items() if k not in floats}
+        options = dataclasses.replace(options, input_ranges={**options.input_ranges, **floats})
+    result = _after_prefixes(graph, bn_stats, options, model_hash, input_shapes, shapes, prefixes, start)
+    return dataclasses.replace(result, pixel_drawn=drawn) if drawn else result
+
+
+def _after_prefixes(graph, bn_stats, options: SynthesisOptions, model_hash: str, input_shapes, shapes: dict,
+                    prefixes: dict, start: float) -> SynthesisResult:
+    """The samples of `graph` with the in-graph `prefixes` sampled after (synth/preprocess.py)."""
+    if prefixes:
         pixels = {k: p.pixel_range() for k, p in prefixes.items() if p.pixel_range()}
         inner = dataclasses.replace(options, input_ranges={**options.input_ranges, **pixels},
                                     prefixed=tuple(prefixes))
@@ -319,6 +331,14 @@ class Synthesize(Pass):
             state.report.notes["synthesis"]["sampled_after_preprocessing"] = list(result.preprocessed)
         if result.channels_last:
             state.report.notes["synthesis"]["channels_last_inputs"] = list(result.channels_last)
+        if result.pixel_drawn:
+            state.report.notes["synthesis"]["drawn_in_pixel_range"] = {k: list(r) for k, r in
+                                                                       result.pixel_drawn.items()}
+            for k, (lo, hi) in result.pixel_drawn.items():
+                log.warning("input %s: its in-graph preprocessing cannot make standardized values out of "
+                            "[%g, %g] pixels (the range its scale implies); samples drawn in that range and "
+                            "put through it; if it reads another range, pass --input-range %s:LOW,HIGH",
+                            k, lo, hi, k)
         _warn_assumed_range(state, result, self.options.input_ranges)
         if not searched:
             prior = "line drawings picked by the model" if result.start == "strokes" else "the 1/f prior"
@@ -347,6 +367,7 @@ def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: di
     last = result.channels_last
     first = {k: v.shape if k not in last else (v.shape[0], *layout.to_channels_first(v.shape[1:]))
              for k, v in result.inputs.items()}
+    ranges = {**ranges, **result.pixel_drawn}
     unsized = [k for k, shape in first.items()
                if k not in ranges and k not in result.preprocessed and is_image_like(shape)
                and (k not in result.inferred or result.inferred[k].range is None)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+import pytest
 from dfq_onnx.models import builders
 
 from dfq_onnx import api
@@ -124,3 +125,57 @@ def test_a_shape_read_of_the_input_does_not_hide_its_preprocessing(tmp_path):
         assert np.abs(y.transpose(0, 3, 1, 2) - a)[inside].max() <= 0.5 / 255 / min(STD) + 1e-5
     q, _ = api.quantize(model, output=tmp_path / "q.onnx", progress=False, use_cache=False)
     assert [o.name for o in q.graph.output] == ["flat_out"]
+
+
+STALE_SCALE, STALE_SHIFT = [0.0142, 0.0188, 0.0146], [-3.8, -1.58, -0.88]   # [0, 255] -> [-3.8, -0.18], ...
+
+
+def _blocky_pixels(n: int = 32, seed: int = 5) -> np.ndarray:
+    cells = np.random.default_rng(seed).uniform(0, 255, (n, 3, 4, 4))
+    return np.kron(cells, np.ones((1, 1, 4, 4))).astype(np.float32)
+
+
+def test_a_prefix_that_cannot_standardize_pixels_draws_them_in_the_pixel_range(tmp_path):
+    """A folded input BatchNorm x * a + b whose image of [0, 255] is [-3.8, -0.18] on channel 0 (no mean-0
+    std-1 values fit there): the samples are pixels in [0, 255] put through the model's prefix, not
+    standardized values behind it (which reached x = -84 .. 410 and calibrated the prefix's output on
+    [-2.4, 2.4], clipping real dark pixels: output SQNR 11 dB)."""
+    import onnxruntime as ort
+
+    model = builders.affine_input(builders.fused_stem(None, seed=0), STALE_SCALE, STALE_SHIFT)
+    g = gs.import_onnx(model)
+    p = preprocess.affine_prefix(g, g.inputs[0], (3, 16, 16))
+    assert p.raw_range() == (0.0, 255.0) and not p.standardizes(p.raw_range())
+    fast = dict(synth_samples=8, synth_steps=2, use_cache=False, progress=False, latency_check=False)
+    x = api.synthesize(model, samples=8, steps=2, use_cache=False, progress=False).inputs["input"]
+    assert x.min() >= 0.0 and x.max() <= 255.0 and x.max() - x.min() > 150
+    q, report = api.quantize(model, output=tmp_path / "q.onnx", **fast)
+    assert report.notes["synthesis"]["drawn_in_pixel_range"] == {"input": [0.0, 255.0]}
+    hull = report.notes["inferred_input_hull"]["input_affine"]        # the prefix's image of all of [0, 255]
+    assert np.allclose(hull["to"], [-3.8, 0.0188 * 255 - 1.58], atol=1e-4) and hull["from"][1] < 3.1
+    img = _blocky_pixels()
+    ref, out = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                .run(None, {"input": img})[0] for m in (model, q))
+    assert 10 * np.log10((ref ** 2).sum() / ((ref - out) ** 2).sum()) > 16.0
+
+
+@pytest.mark.parametrize("scale, mean, std, drawn", [
+    (1 / 255, MEAN, STD, None),                 # ImageNet's standardization: the standardized prior holds
+    (1 / 255, None, None, (0.0, 255.0)),        # Keras Rescaling(1 / 255): [0, 1]
+    (1 / 127.5, [1.0, 1.0, 1.0], None, (0.0, 255.0)),    # x / 127.5 - 1: [-1, 1], only the two-point law fits
+    (2.0, [1.0, 1.0, 1.0], None, (0.0, 1.0)),   # a [0, 1] input mapped to [-1, 1]
+    (1 / 32768, None, None, None),              # no pixel convention near: kept
+])
+def test_pixel_convention_of_a_prefix(scale, mean, std, drawn):
+    g = gs.import_onnx(builders.channels_last(builders.conv_bn_relu(hw=16), scale=scale, mean=mean, std=std))
+    prefixes = preprocess.input_prefixes(g, {"input": (16, 16, 3)})
+    assert preprocess.pixel_drawn(prefixes) == ({"input": drawn} if drawn else {})
+
+
+def test_an_integer_input_behind_a_non_standardizing_scale_keeps_only_its_cast():
+    """uint8 pixels -> Cast -> x / 255 ([0, 1]): drawn in [0, 255] through the Cast, the scale stays in the
+    graph the search runs on (before: standardized values after the scale, half of them clipped to 0)."""
+    first = builders.with_data_bn_stats(builders.conv_bn_relu(hw=16))
+    model = builders.channels_last(first, scale=1 / 255, uint8=True)
+    x = api.synthesize(model, samples=4, use_cache=False, progress=False).inputs["input"]
+    assert x.dtype == np.uint8 and (x == 0).mean() < 0.05 and x.max() - x.min() > 150

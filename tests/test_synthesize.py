@@ -18,6 +18,7 @@ from dfq_onnx.synth.runner import build_objective
 from dfq_onnx.synth.search import Stage, bilinear_matrix, centred_ranks, frequency_bands
 
 SHAPES = {"input": (8, 8, 8)}
+SHAPES_FREE = {"input": (3, 8, 8)}
 FAST = dict(samples=8, steps=12, population=2, progress=False, use_cache=False)
 
 
@@ -199,6 +200,26 @@ def test_rows_per_call_leave_outputs_bitwise_equal_and_bound_memory(bn_state, mo
     monkeypatch.setattr(synth_runner, "MEMORY_BUDGET", 4 * synth_runner.LIVE * largest * 5)
     _, bounded = build_objective("bn", bn_state.graph, bn_state.bn_stats, SHAPES, _ref(rng), rng)
     assert bounded.rows_per_call == 4
+
+
+def test_rows_per_call_count_the_peaked_activations(monkeypatch):
+    """A label objective reads every conv / gemm output's per-row peak, and ORT keeps those tensors alive
+    until it does (captcha CRNN: 0.68 GB plain vs 2.33 GB with its peaks per 218-row call): a budget
+    for exactly 5 rows of LIVE largest activations plus the peaked ones and the outputs holds 5 rows."""
+    from dfq_onnx.models import act_builders
+
+    rng = np.random.default_rng(4)
+    graph = compile_state(act_builders.outlier_residual(blocks=6), [Normalize(), FoldBatchNorm()]).graph
+    objective, runner = build_objective("label", graph, {}, SHAPES_FREE, _ref(rng, (4, 3, 8, 8)), rng)
+    table = graph.tensors()
+    assert len(objective.act) >= 2 * synth_runner.LIVE         # the peaked outweigh LIVE largest ones
+    peaked = sum(int(np.prod(table[n].shape[1:])) for n in objective.act)
+    outputs = sum(int(np.prod(o.shape[1:])) for o in runner.probe)
+    largest = synth_runner._per_row_numel(graph)
+    budget = 4 * (synth_runner.LIVE * largest + peaked + outputs) * 5
+    monkeypatch.setattr(synth_runner, "MEMORY_BUDGET", budget)
+    _, bounded = build_objective("label", graph, {}, SHAPES_FREE, _ref(rng, (4, 3, 8, 8)), rng)
+    assert bounded.rows_per_call == 5
 
 
 def test_dynamic_spatial_dims_need_input_shape():

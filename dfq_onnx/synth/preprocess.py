@@ -21,6 +21,20 @@ same with the Cast first; its samples are rounded and clipped to the type, and w
 after the Cast they are drawn in the type's range (as `--input-range` would). Token ids are integer
 inputs that index a table (synth/tokens.py), not these.
 
+A prefix is a standardization only if it can make standardized values out of pixels. Its raw input's
+pixel range R is the integer type's for a Cast prefix, else the pixel convention its scale implies: of
+[0, 1] and [0, 255] (255x apart) the one whose image width |a| (hi - lo) is nearest (in log) to the
+standardized samples' 2 * BOUND = 5, none when both are over 16x away. On each channel the image of R
+is [lo_c, hi_c]; values with mean 0 and std 1 fit in it only if lo_c < 0 < hi_c and -lo_c hi_c > 1
+(Bhatia-Davis: var <= (hi - mean)(mean - lo); = 1 is the two-point +-1 law, no image). ImageNet's
+(x / 255 - mean) / std gives [-2.1, 2.6] per channel (-lo hi ~ 5: the standardized prior holds).
+Keras' x / 255 ([0, 1]) and x / 127.5 - 1 ([-1, 1]) cannot, nor a stale input BatchNormalization
+(a captcha CRNN's x * 0.014 - 3.8: [-3.8, -0.17] on one channel, BENCHMARKS.md session 14): the samples
+are then drawn in R itself (as `--input-range NAME:LO,HI` would) and the model's prefix makes them, so
+no real pixel value falls outside the range the prefix's output is calibrated on (standardized
+samples clipped the captcha's dark strokes at -2.4: 58 % agreement with FP32, 94 % with the input's
+encoding alone from real images).
+
 The prefix itself stays float (`prefix_nodes`, FindQuantGroups): its input arrives in float anyway, and
 8-bit steps between its ops only add error (EfficientNet-Lite0 behind one: 95.8 -> 94.4 % agreement
 with FP32 when they were quantized).
@@ -39,6 +53,10 @@ from dfq_onnx.core.graph_utils import is_pixel_dtype, reroute
 AFFINE = frozenset({"Mul", "Div", "Add", "Sub"})
 SHAPE_ONLY = frozenset({"Shape", "Size"})      # read a tensor's shape, never its values
 FLOAT_TYPES = (1, 10, 11, 16)          # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+PIXEL_RANGES = ((0.0, 1.0), (0.0, 255.0))   # a float prefix's raw input: the pixel conventions
+STANDARD_WIDTH = 5.0       # 2 * synth.search.BOUND: the standardized samples' width per channel
+MAX_WIDTH_RATIO = 16.0     # no pixel convention when its image is this far (either way) from that width
+FIT_TOLERANCE = 1e-3       # -lo hi = 1 within float32 rounding (x / 127.5 - 1) does not fit
 
 
 @dataclass(frozen=True)
@@ -60,6 +78,31 @@ class Prefix:
             return None
         info = np.iinfo(self.integer)
         return float(info.min), float(info.max)
+
+    def raw_range(self) -> tuple[float, float] | None:
+        """R (module docstring): the integer type's range, else the pixel convention the scale implies."""
+        if self.integer is not None:
+            info = np.iinfo(self.integer)
+            return float(info.min), float(info.max)
+        scale = float(np.median(np.abs(self.a)))
+        dist = {r: abs(np.log(scale * (r[1] - r[0]) / STANDARD_WIDTH)) for r in PIXEL_RANGES}
+        best = min(dist, key=dist.get)
+        return best if dist[best] <= np.log(MAX_WIDTH_RATIO) else None
+
+    def standardizes(self, raw: tuple[float, float]) -> bool:
+        """Whether values with mean 0 and std 1 fit in the image of `raw` on every channel (Bhatia-Davis)."""
+        a, b = np.broadcast_arrays(self.a, self.b)
+        ends = np.stack([a * raw[0] + b, a * raw[1] + b])
+        lo, hi = ends.min(axis=0), ends.max(axis=0)
+        return bool(np.all(lo < 0) and np.all(hi > 0) and np.all(-lo * hi > 1.0 + FIT_TOLERANCE))
+
+    def cast_only(self) -> Prefix:
+        """The Cast of an integer prefix alone: the ops after it stay in the graph (they read the samples)."""
+        if self.integer is None or len(self.ops) == 1:
+            return self
+        one = np.ones_like(self.a)
+        return Prefix(one, np.zeros_like(self.b), self.chain[1], ("Cast",), self.nodes[:1], self.integer,
+                      self.chain[:1])
 
 
 def _fits(c: tuple, shape: tuple) -> bool:
@@ -153,6 +196,16 @@ def prefix_nodes(graph: gs.Graph) -> set[int]:
     """ids of the nodes of every graph input's affine prefix (shapes from the graph)."""
     prefixes = (affine_prefix(graph, t, tuple(t.shape[1:])) for t in graph.inputs if t.shape)
     return {node for p in prefixes if p is not None for node in p.nodes}
+
+
+def pixel_drawn(prefixes: Mapping[str, Prefix]) -> dict[str, tuple[float, float]]:
+    """Inputs whose prefix cannot standardize their pixel range R (module docstring): name -> R."""
+    out = {}
+    for k, p in prefixes.items():
+        raw = p.raw_range()
+        if raw is not None and not p.standardizes(raw):
+            out[k] = raw
+    return out
 
 
 def without_prefixes(graph: gs.Graph, prefixes: Mapping[str, Prefix]) -> gs.Graph:

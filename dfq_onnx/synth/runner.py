@@ -3,17 +3,22 @@
 `Runner` owns one session of the statistics model (`synth_objectives.stats_model`) and evaluates any
 number of rows, split into calls of at most `rows_per_call` rows:
 
-    rows_per_call = MEMORY_BUDGET / (4 bytes * (LIVE * largest per-row activation + outputs per row))
+    rows_per_call = MEMORY_BUDGET / (4 bytes * (LIVE * largest per-row activation + peaked per row
+                                                + outputs per row))
 
 LIVE = 8: in a chain of convolutions with the statistics branch ORT keeps about four tensors of the
 largest size alive (a BN output, its square, the activation, the next layer's output), and its arena
 grows in powers of two. Measured on EfficientNet-Lite0 at 224 x 224 (largest activation 96 x 112 x 112):
 ~45 MB of peak RSS per row, the estimate 38.5 MB; with LIVE = 3 the 72-row calls peaked at 7.5 GB.
 The session runs without ORT's memory pattern, which plans (and keeps in the arena) one block per
-input shape: the last, shorter chunk of a step would double it. Rows are independent, so how they are
-split into calls does not change any output (BENCHMARKS.md, issue 8 memory). A model exported
-with a static batch dimension is run with that dimension made dynamic when the graph allows it
-(checked by a two-row probe), else in chunks of its static batch, padding the last one.
+input shape: the last, shorter chunk of a step would double it. The tensors whose per-sample peak the
+objective reads ("peaked": every conv / gemm output of a label or sequence objective) stay alive until
+their statistic is taken, whatever the node order: a captcha CRNN (24 convs, an unrolled LSTM) peaked at
+0.68 GB for a plain 218-row call and at 2.33 GB with its 105 peak statistics (BENCHMARKS.md, session
+14). Rows are independent, so how they are split into calls does not change any output (BENCHMARKS.md,
+issue 8 memory). A model exported with a static batch dimension is run with that dimension made dynamic
+when the graph allows it (checked by a two-row probe), else in chunks of its static batch, padding the
+last one.
 """
 
 from __future__ import annotations
@@ -128,7 +133,10 @@ class Runner:
         self.static = static_batch(graph)
         largest = max(_per_row_numel(graph), *(int(np.prod(s)) for s in shapes.values()))
         self._setup(graph, objective)
-        per_row = 4 * (LIVE * largest + sum(int(np.prod(o.shape[1:])) for o in self.probe))
+        table = graph.tensors()
+        peaked = sum(int(np.prod(table[n].shape[1:])) for n in objective.act
+                     if n in table and _known(table[n]))
+        per_row = 4 * (LIVE * largest + peaked + sum(int(np.prod(o.shape[1:])) for o in self.probe))
         self.rows_per_call = max(1, MEMORY_BUDGET // per_row) if self.static is None else self.static
 
     def _setup(self, graph: gs.Graph, objective: Objective) -> None:
