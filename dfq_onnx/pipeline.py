@@ -30,6 +30,7 @@ from dfq_onnx.passes.pool_range import PooledRangeTop
 from dfq_onnx.passes.quant_groups import FindQuantGroups
 from dfq_onnx.passes.score_prior import ScoreTopPrior
 from dfq_onnx.passes.sensitivity import ScoreSensitivity, SensitivityOptions
+from dfq_onnx.passes.settle_forms import SettleForms
 from dfq_onnx.passes.silu_floor import SiluRangeFloor
 from dfq_onnx.passes.smooth import SmoothActivations
 from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize
@@ -125,6 +126,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([KeepFloat()] if measures_float(options) else []),
         *(_mixed(options) if options.mixed else [UniformPlan()]),
         *([_activations(options)] if not options.mixed and options.act_bits is None else []),
+        SettleForms(),
         *([CompensateDFMPC()] if options.dfmpc else []),
         *([CorrectBias()] if options.correct_bias else []),
         EmitForms(),

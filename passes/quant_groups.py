@@ -25,6 +25,18 @@ activation quantizer on their input or output, and elementwise ops next to them 
 statically quantized layer reads them. A CNN's classifier head written as MatMul is static like a Gemm
 (passes/static_heads.py).
 
+Form or static, scored (`scored`: the default plan, whose activation precision is a decision with float
+among the target's choices): in a model that already has an integer region (a statically quantized
+weighted layer: a Conv, a Gemm), a MatMul with a [forms] candidate is laid out static (`form_option`),
+with Q/DQ on its input and output and its elementwise neighbours quantized as a static MatMul's are.
+The activation decision (passes/act_precision.py) then scores its encodings at the output like any
+other: a group whose 8-bit encoding alone costs the output more than all W8 weights together goes
+float, and a MatMul whose inputs go float takes its form there (passes/settle_forms.py: the form
+quantizes its input per call and keeps an integer kernel). So rec's SVTR neck, read by convolutions,
+runs integer where its encodings cost nothing measurable; a transformer's outlier-channel activations
+keep the dynamic form. A model whose every weighted layer is a form (a BERT) keeps them all: there is
+no integer region for them to join.
+
 Normalization statistics stay float: a Reduce{Mean,Sum,SumSquare,L1,L2,LogSumExp,Prod} output, what
 is computed from such outputs alone (a decomposed LayerNorm's mean, E[x^2] - E[x]^2, rsqrt(var + eps),
 rsqrt x gamma), the x^2 read only by the reduction, and the elementwise op applying a statistic to the
@@ -32,6 +44,11 @@ features (x_centred * rsqrt) are not quantized. They are [N, .., 1]-sized or che
 is what breaks the normalization: var = E[x^2] - E[x]^2 cancels (Magika's LayerNorm after its max pool:
 E[x^2] 222..257, var 10..19 at one 8-bit step of 0.13 each), and rsqrt amplifies a small variance's
 rounding. Max / Min reductions are pooled features, not statistics, and stay quantizable.
+With `scored` they are quantized like any elementwise op instead and left to the activation decision:
+where 8 bits break a normalization (Magika) its groups' output loss makes them float; where they do not
+(PP-OCRv4 rec's `var + eps`, which ORT's own output runs as QLinearAdd) they stay integer. A float
+statistic costs the decision nothing per element (`QuantSpec.statistics`): the reductions, Sqrt and
+Reciprocal around it run float on the target anyway, so it adds no Q/DQ and no layout change.
 
 What a Log reads stays float, back to the layers that compute it (a log-magnitude front end: torch's
 STFT as Conv -> power -> mel MatMul -> Clip(1e-10) -> Log, openWakeWord's melspectrogram). A uniform
@@ -53,6 +70,8 @@ log-mel at W8A8 errs by 26 dB on average on tones over a faint noise floor, 0.1 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx_graphsurgeon as gs
 from dfq_onnx.passes.static_heads import is_static_head
@@ -67,7 +86,7 @@ from dfq_onnx.core.graph_utils import (
     weight_output_axis,
 )
 from dfq_onnx.core.pass_base import Pass, PassResult
-from dfq_onnx.core.state import CompileState, LayerSpec, QuantGroup, QuantSpec
+from dfq_onnx.core.state import FLOAT_BITS, CompileState, LayerSpec, QuantGroup, QuantSpec
 from dfq_onnx.synth.preprocess import prefix_nodes
 
 ABSORBABLE = ("Relu", "Clip")
@@ -158,7 +177,14 @@ def _absorbable(node: gs.Node) -> bool:
     return False
 
 
-def _feeds_weighted(graph: gs.Graph, target) -> set[int]:
+def _static(node: gs.Node, target, options: set[int]) -> bool:
+    """Whether a weighted `node` counts as statically quantized (not encoded by a form); with form options
+    (module docstring), an attention product (two activations) counts too, as on a target without forms."""
+    return not target.forms_for(node.op) or is_static_head(node, target) or id(node) in options \
+        or bool(options) and node.op == "MatMul" and _activation_product(node)
+
+
+def _feeds_weighted(graph: gs.Graph, target, options: set[int] = frozenset()) -> set[int]:
     """ids of nodes from which a statically quantized weighted layer is reachable along float tensors,
     through any op (ops the target encodes by a form, e.g. every MatMul on ORT CPU, do not count).
 
@@ -171,7 +197,7 @@ def _feeds_weighted(graph: gs.Graph, target) -> set[int]:
     reach: set[int] = set()
     for node in reversed(graph.nodes):
         role = target.role(node.op)
-        if role == "weighted" and target.forms_for(node.op) and not is_static_head(node, target):
+        if role == "weighted" and not _static(node, target, options):
             continue        # the target encodes this op by a form (any of them: the attention MatMul too)
         if role == "weighted" or any(
                 id(c) in reach for out in node.outputs if is_float(out) for c in out.outputs):
@@ -184,9 +210,22 @@ STAT_REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "Re
 
 
 def _statistics_nodes(graph: gs.Graph, target) -> set[int]:
-    """ids of the elementwise nodes that compute or apply normalization statistics (module docstring).
-    A statistic stops at a weighted layer (an SE block's pooled mean through its convs is a feature)."""
+    """ids of the elementwise nodes that compute or apply normalization statistics (module docstring)."""
+    return _statistics(graph, target)[0]
+
+
+def statistic_tensors(graph: gs.Graph, target) -> set[str]:
+    """Names of the statistic tensors (a reduction's output and what is computed from such outputs alone)
+    and of the x^2 read only by the reduction."""
+    return _statistics(graph, target)[1]
+
+
+def _statistics(graph: gs.Graph, target) -> tuple[set[int], set[str]]:
+    """(ids of the elementwise nodes that compute or apply normalization statistics, names of the statistic
+    tensors). A statistic stops at a weighted layer (an SE block's pooled mean through its convs is a
+    feature)."""
     stats: set[int] = set()           # ids of statistic tensors
+    names: set[str] = set()
     nodes: set[int] = set()
     for node in graph.nodes:          # topological order
         floats = [t for t in node.inputs if is_float(t) and not is_const(t)]
@@ -194,6 +233,7 @@ def _statistics_nodes(graph: gs.Graph, target) -> set[int]:
         if node.op in STAT_REDUCTIONS or (floats and len(read) == len(floats)
                                           and target.role(node.op) != "weighted"):
             stats.update(id(t) for t in node.outputs)
+            names.update(t.name for t in node.outputs)
         if read:
             nodes.add(id(node))
         square = node.op == "Mul" and len(node.inputs) == 2 and node.inputs[0] is node.inputs[1]
@@ -201,7 +241,8 @@ def _statistics_nodes(graph: gs.Graph, target) -> set[int]:
         if square and readers and all(c.op in STAT_REDUCTIONS for c in readers) \
                 and not any(is_graph_output(graph, t) for t in node.outputs):
             nodes.add(id(node))       # x^2 read only by the reduction
-    return nodes
+            names.update(t.name for t in node.outputs)
+    return nodes, names
 
 
 RELATIVE = ("Mul", "Div", "Pow", "Sqrt", "Abs", "Add", "Sum", "Clip", "Max", "Neg",
@@ -232,11 +273,25 @@ def _activation_product(node: gs.Node) -> bool:
     return len(node.inputs) == 2 and all(is_float(t) and not is_const(t) for t in node.inputs)
 
 
-def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
+def _form_options(graph: gs.Graph, target) -> set[int]:
+    """ids of the MatMuls laid out static with their form as the alternative (module docstring): form
+    MatMuls whose static W8A8 is legal, in a graph with a statically quantized weighted layer."""
+    w, a = target.default_weight_bits, target.default_act_bits
+    mats = [n for n in graph.nodes if n.op == "MatMul" and _form_spec(n, target) is not None
+            and (w, a) in target.pairs_for(["MatMul"]) and _weighted_spec(n, "weighted") is not None]
+    static = any(target.role(n.op) == "weighted" and _static(n, target, set())
+                 and _weighted_spec(n, "weighted") and is_float(n.inputs[0]) for n in graph.nodes)
+    return {id(n) for n in mats} if static else set()
+
+
+def quantized_layers(graph: gs.Graph, target, scored: bool = False) -> dict[str, LayerSpec]:
+    """The quantized nodes; `scored`: form options and normalization statistics left to the activation
+    decision (module docstring)."""
     layers = {}
-    reach = _feeds_weighted(graph, target)
+    options = _form_options(graph, target) if scored else set()
+    reach = _feeds_weighted(graph, target, options)
     preprocessing = prefix_nodes(graph)          # the inputs' in-graph scale-and-shift stays float
-    statistics = _statistics_nodes(graph, target)
+    statistics = set() if scored else _statistics_nodes(graph, target)
     log_domain = _log_domain_nodes(graph)        # what a Log reads: float (module docstring)
     for node in graph.nodes:
         role = target.role(node.op)
@@ -244,7 +299,9 @@ def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
                 or (role == "elementwise" and id(node) in statistics):
             continue
         form = _form_spec(node, target)
-        if form is not None:
+        if form is not None and id(node) in options:
+            layers[form.node] = dataclasses.replace(_weighted_spec(node, role), form_option=True)
+        elif form is not None:
             layers[form.node] = form
         elif role == "elementwise" and id(node) not in reach:
             continue
@@ -291,8 +348,8 @@ def _output_quantized(graph: gs.Graph, node: gs.Node, out: gs.Tensor, target) ->
                                                and node.op not in target.float_output_ops)
 
 
-def build_spec(graph: gs.Graph, target) -> QuantSpec:
-    layers = quantized_layers(graph, target)
+def build_spec(graph: gs.Graph, target, scored: bool = False) -> QuantSpec:
+    layers = quantized_layers(graph, target, scored)
     nodes = {node_label(n): n for n in graph.nodes}
     acts: dict[str, None] = {}
     consts: list[tuple[str, str]] = []
@@ -330,8 +387,10 @@ def build_spec(graph: gs.Graph, target) -> QuantSpec:
                     uf.union(node.inputs[0].name, out.name)
     _share_encodings(graph, target, layers, acts, uf)
     names = tuple(acts)
+    stats = statistic_tensors(graph, target) if scored else set()
     return QuantSpec(layers=layers, act_tensors=names, encoding_of={t: uf.find(t) for t in names},
-                     absorbed=absorbed, const_inputs=tuple(consts))
+                     absorbed=absorbed, const_inputs=tuple(consts),
+                     statistics=tuple(t for t in names if t in stats))
 
 
 def build_groups(graph: gs.Graph, spec: QuantSpec) -> list[QuantGroup]:
@@ -365,13 +424,22 @@ def build_groups(graph: gs.Graph, spec: QuantSpec) -> list[QuantGroup]:
     return groups
 
 
+def scored(state: CompileState) -> bool:
+    """Whether form options and statistics are left to the activation decision (module docstring): the
+    default plan (no budget, no --weight-bits / --act-bits, samples to score on) on a target offering
+    float activations."""
+    opts = state.options
+    return (opts.act_bits is None and opts.weight_bits is None and not opts.mixed
+            and opts.calib != "analytic" and FLOAT_BITS in state.target.act_choices)
+
+
 class FindQuantGroups(Pass):
     """Analysis: quantized nodes, activation quantizers, shared encodings and bit-width groups."""
 
     name = "FindQuantGroups"
 
     def run(self, state: CompileState) -> PassResult:
-        spec = build_spec(state.graph, state.target)
+        spec = build_spec(state.graph, state.target, scored(state))
         state.spec = spec
         state.groups = build_groups(state.graph, spec)
         state.act_groups = build_act_groups(state.graph, spec, state.target)

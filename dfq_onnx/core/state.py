@@ -116,6 +116,8 @@ class LayerSpec:
     axis: int | None = None       # per-channel axis of the weight
     weight_index: int = 1         # the node input holding the weight (0: a Gather's table)
     form: bool = False            # encoded by the target's [forms] (core/candidates.py), not static Q/DQ
+    form_option: bool = False     # static Q/DQ unless the plan leaves its input float: then its [forms]
+                                  # candidate (passes/settle_forms.py)
 
 
 @dataclass(frozen=True)
@@ -132,3 +134,5 @@ class QuantSpec:
     encoding_of: dict[str, str]
     absorbed: dict[str, str]
     const_inputs: tuple[tuple[str, str], ...]   # (node, constant float input) of elementwise ops
+    statistics: tuple[str, ...] = ()            # act tensors holding normalization statistics, quantized
+                                                # as a scored choice (passes/quant_groups.py)

@@ -48,6 +48,7 @@ class ActTerms:
     weight_loss: float = 0.0     # L(weights at the default bits, float activations)
     screened: dict[str, float] = field(default_factory=dict)  # D(S) of each tested set (ids joined by ",")
     undecided: int = 0           # groups in sets the screening left unsplit at its evaluation cap
+    options_undecided: tuple[str, ...] = ()   # form-option input groups left so (they keep the form)
     evaluations: int = 0
     seconds: float = 0.0
 
@@ -60,6 +61,16 @@ def switchable(act_groups: list[ActGroup]) -> list[ActGroup]:
 def scored_bits(act_groups: list[ActGroup]) -> tuple[int, ...]:
     """The bit-widths the activation switches carry: every non-float choice of a switchable group."""
     return tuple(sorted({b for ag in switchable(act_groups) for b in ag.choices if b != FLOAT_BITS}))
+
+
+BROKEN = 1e6   # the loss of an output a quantizer makes non-finite (var < 0 under a square root): above any
+               # finite loss of a usable output, finite for the ILP
+
+
+def _damage(ev: Evaluator, config: dict) -> np.ndarray:
+    """`ev.relative(config)` with a non-finite loss read as BROKEN (NaN compares as no damage)."""
+    d = ev.relative(config)
+    return np.where(np.isfinite(d), d, BROKEN)
 
 
 def _shrunk(term: np.ndarray, lam: float) -> float:
@@ -93,7 +104,7 @@ def screen(ev: Evaluator, ids: list[str], base: int, threshold: float, tested: d
     start, found, heap = ev.evaluations, [], []
 
     def test(group: list[str]) -> None:
-        d = float(ev.relative({a: base for a in group})[0])
+        d = float(_damage(ev, {a: base for a in group})[0])
         tested[",".join(group)] = d
         if d > threshold and len(group) == 1:
             found.append(group[0])
@@ -112,23 +123,26 @@ def screen(ev: Evaluator, ids: list[str], base: int, threshold: float, tested: d
 def score_singles(ev: Evaluator, ids: list[str], bits: tuple[int, ...],
                   lam: float) -> dict[str, dict[int, float]]:
     """A_k(a) of the groups `ids` at every width (shrunk, monotone in the bits)."""
-    return {a: _monotone({b: max(_shrunk(ev.relative({a: b}), lam), 0.0) for b in bits}) for a in ids}
+    return {a: _monotone({b: max(_shrunk(_damage(ev, {a: b}), lam), 0.0) for b in bits}) for a in ids}
 
 
 def score_pairs(ev: Evaluator, pairs: list[tuple[str, str]], base: int, lam: float) -> dict:
     """A_kl(base, base) for the pairs (shrunk; only the base width, the pair the ILP meets most)."""
     out = {}
     for k, m in pairs:
-        term = ev.relative({k: base, m: base}) - ev.relative({k: base}) - ev.relative({m: base})
+        term = _damage(ev, {k: base, m: base}) - _damage(ev, {k: base}) - _damage(ev, {m: base})
         out[(k, m)] = {(base, base): _shrunk(term, lam)}
     return out
 
 
 def score_activations(ev: Evaluator, act_groups: list[ActGroup], base: int, lam: float = 1.0,
-                      pairs: bool = False, max_evals: int | None = None) -> ActTerms:
+                      pairs: bool = False, max_evals: int | None = None,
+                      options: tuple[str, ...] = ()) -> ActTerms:
     """Gate, screening, the outliers' singles (and pairs among them) on the activation probe behind `ev`;
     `max_evals` caps the gate and screening evaluations (the singles of the groups found are scored
-    whatever the cap: |bits| evaluations each)."""
+    whatever the cap: |bits| evaluations each). `options`: the input groups of form options
+    (passes/settle_forms.py), screened again on their own where the first screening left them
+    undecided (with its own cap of `max_evals`); those still undecided are `options_undecided`."""
     start, e0 = time.perf_counter(), ev.evaluations
     ids = [ag.id for ag in switchable(act_groups)]
     bits = scored_bits(act_groups)
@@ -136,12 +150,17 @@ def score_activations(ev: Evaluator, act_groups: list[ActGroup], base: int, lam:
     tested: dict[str, float] = {}
     cap = None if max_evals is None else max(max_evals - (ev.evaluations - e0), 1)
     found = screen(ev, ids, base, weight_loss, tested, cap)
-    covered = {g for k in tested for g in k.split(",") if tested[k] <= weight_loss} | set(found)
-    undecided = sum(g not in covered for g in ids)
+
+    def covered() -> set[str]:
+        return {g for k in tested for g in k.split(",") if tested[k] <= weight_loss} | set(found)
+    rest = [g for g in ids if g in options and g not in covered()]
+    found = sorted(set(found) | set(screen(ev, rest, base, weight_loss, tested, max_evals)), key=ids.index)
+    undecided = sum(g not in covered() for g in ids)
     singles = score_singles(ev, found, bits, lam)
     near = [(k, m) for i, k in enumerate(found) for m in found[i + 1:]] if pairs else []
     return ActTerms(tuple(ids), bits, singles, score_pairs(ev, near, base, lam), act_loss, weight_loss,
-                    tested, undecided, ev.evaluations - e0, time.perf_counter() - start)
+                    tested, undecided, tuple(g for g in options if g in ids and g not in covered()),
+                    ev.evaluations - e0, time.perf_counter() - start)
 
 
 def terms_to_dict(t: ActTerms) -> dict:
@@ -151,7 +170,8 @@ def terms_to_dict(t: ActTerms) -> dict:
             "pairs": [{"groups": [k, m], "terms": {f"{a}|{b}": v for (a, b), v in row.items()}}
                       for (k, m), row in t.pairs.items()],
             "act_loss": t.act_loss, "weight_loss": t.weight_loss, "screened": dict(t.screened),
-            "undecided": t.undecided, "evaluations": t.evaluations, "seconds": round(t.seconds, 3)}
+            "undecided": t.undecided, "options_undecided": list(t.options_undecided),
+            "evaluations": t.evaluations, "seconds": round(t.seconds, 3)}
 
 
 def terms_from_dict(d: dict) -> ActTerms:
@@ -162,4 +182,5 @@ def terms_from_dict(d: dict) -> ActTerms:
                                     for ab, v in p["terms"].items()} for p in d["pairs"]},
         act_loss=float(d["act_loss"]), weight_loss=float(d["weight_loss"]),
         screened={k: float(v) for k, v in d["screened"].items()}, undecided=int(d.get("undecided", 0)),
+        options_undecided=tuple(d.get("options_undecided", ())),
         evaluations=int(d["evaluations"]), seconds=float(d["seconds"]))

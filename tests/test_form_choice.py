@@ -1,0 +1,107 @@
+"""Form or static per MatMul, and normalization statistics, as scored choices of the default plan
+(passes/quant_groups.py `scored`, passes/act_precision.py, passes/settle_forms.py)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from _util import compile_state, nodes_by_op, normal_feeds, run
+from dfq_onnx.models import act_builders
+from dfq_onnx.passes.act_precision import act_evaluator
+from dfq_onnx.passes.calibrate import Calibrate
+from dfq_onnx.passes.normalize import Normalize
+from dfq_onnx.passes.quant_groups import FindQuantGroups
+from dfq_onnx.passes.sensitivity import SensitivityOptions, scoring_data
+
+import dfq_onnx
+from dfq_onnx.core.target import load_target
+from dfq_onnx.sensitivity.act_scoring import BROKEN, score_activations
+
+
+def _quantize(model, **options):
+    options = {"calib": "noise", "progress": False, "use_cache": False, "latency_check": False, **options}
+    return dfq_onnx.quantize(model, **options)
+
+
+def _allowing(tmp_path, allowance: float = 100.0) -> str:
+    """ort-cpu with a cost allowance that affords every float group the activation decision asks for."""
+    text = open(load_target("ort-cpu").source).read()
+    path = tmp_path / "ort_cpu_allow.toml"
+    path.write_text(re.sub(r"(?m)^cost_allowance = .*$", f"cost_allowance = {allowance}", text))
+    return str(path)
+
+
+def _quantized_inputs(model) -> set[str]:
+    return {n.input[0] for n in nodes_by_op(model, "QuantizeLinear")}
+
+
+def test_matmuls_read_by_an_integer_region_are_static_by_default():
+    """A conv stem read by MatMuls (rec's neck in miniature): no encoding is worth a float island on
+    ort-cpu's cost, so every MatMul runs static Q/DQ, none dynamic int8 (before: all three dynamic)."""
+    model = act_builders.conv_mixer()
+    out, report = _quantize(model)
+    assert not nodes_by_op(out, "DynamicQuantizeLinear") and not nodes_by_op(out, "MatMulInteger")
+    assert report.notes["form_options"] == {"form": [], "static": ["fc1", "fc2", "head"]}
+    assert {"tokens", "fc1_relu_out", "res_out"} <= _quantized_inputs(out)
+    assert "output" not in _quantized_inputs(out)          # the MatMul head's graph output stays float
+    feeds = normal_feeds(model, n=16)
+    want, got = run(model, feeds)[0], run(out, feeds)[0]
+    assert 10 * np.log10(np.sum(want ** 2) / np.sum((want - got) ** 2)) > 25
+
+
+def test_a_float_input_hands_its_matmul_to_its_form(tmp_path):
+    """Where the decision leaves a MatMul's input float (the outlier channel), the MatMul takes its dynamic
+    int8 form (it keeps an integer kernel), not a weight-only float MatMul."""
+    model = act_builders.conv_mixer(scale=1000.0)
+    out, report = _quantize(model, target=_allowing(tmp_path))
+    forms = report.notes["form_options"]
+    assert "fc1" in forms["form"]
+    dyn = nodes_by_op(out, "DynamicQuantizeLinear")
+    assert "tokens" in {n.input[0] for n in dyn}
+    assert "tokens" not in _quantized_inputs(out)
+    assert len(nodes_by_op(out, "MatMulInteger")) == len(forms["form"])
+    assert all(n.input[1] != "fc1.weight" for n in nodes_by_op(out, "MatMul"))   # no float fc1
+    feeds = normal_feeds(model, n=16)
+    want, got = run(model, feeds)[0], run(out, feeds)[0]
+    assert 10 * np.log10(np.sum(want ** 2) / np.sum((want - got) ** 2)) > 20
+
+
+def test_a_model_without_an_integer_region_keeps_its_forms():
+    """Every weighted layer a form (a transformer block): no static layer to join, every MatMul dynamic."""
+    model = act_builders.outlier_attention()
+    out, report = _quantize(model)
+    assert len(nodes_by_op(out, "MatMulInteger")) == 6            # q, k, v, o, f1, f2
+    assert "form_options" not in report.notes
+    out8, _ = _quantize(model, act_bits=8)
+    assert out8.SerializeToString() == out.SerializeToString()    # the choice adds nothing here
+
+
+def test_statistics_are_a_scored_choice():
+    """Normalization statistics: float where 8 bits break them (E[x^2] - E[x]^2 on offset features: the
+    moments before the cancellation), integer where they do not (after it, and everywhere without the
+    offset). Better than leaving every statistic float (21 dB, test_quant_groups)."""
+    moments = {"square", "sum", "mean", "sum_sq", "mean_sq", "sq_mean"}
+    broken = act_builders.decomposed_layernorm(offset=20.0)
+    out, _ = _quantize(broken)
+    assert not moments & _quantized_inputs(out)
+    assert {"var", "var_eps", "rstd", "scale"} <= _quantized_inputs(out)
+    feeds = normal_feeds(broken, n=64)
+    want, got = run(broken, feeds)[0], run(out, feeds)[0]
+    assert 10 * np.log10(np.sum(want ** 2) / np.sum((want - got) ** 2)) > 30       # 36.8 dB
+    fine = act_builders.decomposed_layernorm(offset=0.0)
+    out, _ = _quantize(fine)
+    assert moments <= _quantized_inputs(out)
+
+
+def test_a_non_finite_output_counts_as_damage():
+    """Quantizing E[x^2] alone makes var negative under the square root (NaN at the output): screening must
+    read that as damage, not as a loss that compares below every threshold."""
+    state = compile_state(act_builders.decomposed_layernorm(offset=20.0),
+                          [Normalize(13), FindQuantGroups(), Calibrate()], target="ort-cpu", calib="noise")
+    samples, labels = scoring_data(state, SensitivityOptions(samples=32))
+    ev = act_evaluator(state, samples, labels, "auto")
+    group = next(ag.id for ag in state.act_groups if ag.tensors == ("mean_sq",))
+    assert np.isnan(ev.relative({group: 8})[0])
+    terms = score_activations(ev, state.act_groups, 8)
+    assert terms.singles[group][8] >= BROKEN / 2
