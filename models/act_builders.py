@@ -29,9 +29,9 @@ conv and a pooled Gemm head::
     input ─ conv1 (bias + offset) ─┬─ Sub(mean) ─ Mul(rsqrt * gamma) ─ Add(beta) ─ conv2 ─ gap ─ fc
                                    └─ statistics (ReduceSum, Mul, Sub, Add, Sqrt, Reciprocal)
 
-``conv_mixer``: a conv stem (`depth` convs) read as a token sequence by a two-MatMul MLP with a residual sum and a
-MatMul head per token (PP-OCR rec's SVTR neck in miniature: MatMuls with a [forms] candidate in a model
-with an integer region); the stem writes channel 0 `scale` times larger and fc1 reads that channel
+``conv_mixer``: a conv stem (`depth` convs) read as a token sequence by a two-MatMul MLP with a residual
+sum and a MatMul head per token (PP-OCR rec's SVTR neck in miniature: MatMuls with a [forms] candidate in
+a model with an integer region); the stem writes channel 0 `scale` times larger and fc1 reads that channel
 `scale` times smaller, so with a large `scale` fc1's input encoding is an outlier::
 
     input ─ conv1 (x scale on channel 0) ─ Reshape ─ Transpose ─┬─ fc1 (/ scale) ─ Relu ─ fc2 ─ res ─ head

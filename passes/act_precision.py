@@ -51,7 +51,7 @@ from dfq_onnx.sensitivity.probe import Probe, build_probe
 from dfq_onnx.sensitivity.table import SensitivityTable, load_json, save_json_atomic
 
 log = logging.getLogger(__name__)
-ENGINE = 4     # bump when the activation terms change: old cache entries are then ignored
+ENGINE = 5     # bump when the activation terms change: old cache entries are then ignored
 
 
 def decides(state: CompileState) -> bool:
@@ -264,9 +264,10 @@ class ChooseActivationPrecision(Pass):
                 for o in notes["outliers"].values():
                     o["proposed"], o["choice"] = o["choice"], acts.base
                 chosen = {}
-        if terms.options_undecided:    # form inputs the screening could not clear keep the form
-            chosen.update(dict.fromkeys(terms.options_undecided, FLOAT_BITS))
-            notes["options_undecided"] = list(terms.options_undecided)
+        if terms.options_form:         # form inputs not cleared for static keep the form (act_scoring.py)
+            chosen.update(dict.fromkeys(terms.options_form, FLOAT_BITS))
+        notes["form_option_groups"] = {"static": [g for g in option_groups(state) if g not in chosen],
+                                       "form": [g for g in option_groups(state) if g in chosen]}
         del ev                 # the probe sessions and the prefix cache: freed before the next pass
         release()
         state.plan = BitPlan(state.plan.bits, acts=dict(sorted(chosen.items())))

@@ -39,7 +39,7 @@ def _quantized_inputs(model) -> set[str]:
 def test_matmuls_read_by_an_integer_region_are_static_by_default():
     """A conv stem read by MatMuls (rec's neck in miniature): no encoding is worth a float island on
     ort-cpu's cost, so every MatMul runs static Q/DQ, none dynamic int8 (before: all three dynamic)."""
-    model = act_builders.conv_mixer()
+    model = act_builders.conv_mixer(depth=8)
     out, report = _quantize(model)
     assert not nodes_by_op(out, "DynamicQuantizeLinear") and not nodes_by_op(out, "MatMulInteger")
     assert report.notes["form_options"] == {"form": [], "static": ["fc1", "fc2", "head"]}
@@ -48,6 +48,19 @@ def test_matmuls_read_by_an_integer_region_are_static_by_default():
     feeds = normal_feeds(model, n=16)
     want, got = run(model, feeds)[0], run(out, feeds)[0]
     assert 10 * np.log10(np.sum(want ** 2) / np.sum((want - got) ** 2)) > 25
+
+
+def test_static_inputs_share_one_budget_of_damage():
+    """The static encodings that replace forms may together cost the output at most what the W8 weights
+    cost (L_w): with a shallow stem (little weight damage) the three inputs together exceed it, and the
+    one that does not fit keeps its form; each alone would have passed the per-group outlier rule."""
+    model = act_builders.conv_mixer(depth=4)
+    out, report = _quantize(model)
+    forms, acts = report.notes["form_options"], report.notes["activations"]
+    assert forms["form"] and forms["static"]
+    assert not acts["outliers"]                            # no group alone above L_w
+    assert len(acts["form_option_groups"]["form"]) == len(forms["form"])
+    assert len(nodes_by_op(out, "MatMulInteger")) == len(forms["form"])
 
 
 def test_a_float_input_hands_its_matmul_to_its_form(tmp_path):

@@ -48,7 +48,7 @@ class ActTerms:
     weight_loss: float = 0.0     # L(weights at the default bits, float activations)
     screened: dict[str, float] = field(default_factory=dict)  # D(S) of each tested set (ids joined by ",")
     undecided: int = 0           # groups in sets the screening left unsplit at its evaluation cap
-    options_undecided: tuple[str, ...] = ()   # form-option input groups left so (they keep the form)
+    options_form: tuple[str, ...] = ()   # form-option input groups not cleared for static: they keep the form
     evaluations: int = 0
     seconds: float = 0.0
 
@@ -120,6 +120,34 @@ def screen(ev: Evaluator, ids: list[str], base: int, threshold: float, tested: d
     return sorted(found, key=pos.get)
 
 
+def budget_screen(ev: Evaluator, ids: list[str], base: int, budget: float, tested: dict,
+                  max_evals: int | None = None) -> list[str]:
+    """The groups of `ids` cleared for `base` within one shared `budget` of damage: sets are taken
+    cheapest per group first (D(S) / |S|), a set whose D(S) fits what is left of the budget is cleared
+    and spends it, one that does not is split in two halves (in graph order) while `max_evals` new
+    evaluations last; single groups that do not fit, and sets left unsplit at the cap, are not cleared.
+    Every tested set's D(S) is recorded in `tested`."""
+    pos = {g: i for i, g in enumerate(ids)}
+    start, cleared, heap = ev.evaluations, [], []
+
+    def test(group: list[str]) -> None:
+        d = max(float(_damage(ev, {a: base for a in group})[0]), 0.0)
+        tested[",".join(group)] = d
+        heapq.heappush(heap, (d / len(group), pos[group[0]], d, group))
+
+    if ids:
+        test(list(ids))
+    while heap:
+        _, _, d, group = heapq.heappop(heap)
+        if d <= budget:
+            budget -= d
+            cleared += group
+        elif len(group) > 1 and (max_evals is None or ev.evaluations - start < max_evals):
+            test(group[:len(group) // 2])
+            test(group[len(group) // 2:])
+    return sorted(cleared, key=pos.get)
+
+
 def score_singles(ev: Evaluator, ids: list[str], bits: tuple[int, ...],
                   lam: float) -> dict[str, dict[int, float]]:
     """A_k(a) of the groups `ids` at every width (shrunk, monotone in the bits)."""
@@ -141,8 +169,10 @@ def score_activations(ev: Evaluator, act_groups: list[ActGroup], base: int, lam:
     """Gate, screening, the outliers' singles (and pairs among them) on the activation probe behind `ev`;
     `max_evals` caps the gate and screening evaluations (the singles of the groups found are scored
     whatever the cap: |bits| evaluations each). `options`: the input groups of form options
-    (passes/settle_forms.py), screened again on their own where the first screening left them
-    undecided (with its own cap of `max_evals`); those still undecided are `options_undecided`."""
+    (passes/settle_forms.py), screened again on their own (`budget_screen`, its own cap of `max_evals`):
+    together, the ones cleared for their static encoding may cost the output at most what every W8
+    weight costs, L_w (the static encodings replace forms that quantize per call, a robustness the
+    synthetic samples cannot show); the others keep their form (`options_form`)."""
     start, e0 = time.perf_counter(), ev.evaluations
     ids = [ag.id for ag in switchable(act_groups)]
     bits = scored_bits(act_groups)
@@ -150,16 +180,16 @@ def score_activations(ev: Evaluator, act_groups: list[ActGroup], base: int, lam:
     tested: dict[str, float] = {}
     cap = None if max_evals is None else max(max_evals - (ev.evaluations - e0), 1)
     found = screen(ev, ids, base, weight_loss, tested, cap)
-
-    def covered() -> set[str]:
-        return {g for k in tested for g in k.split(",") if tested[k] <= weight_loss} | set(found)
-    rest = [g for g in ids if g in options and g not in covered()]
-    found = sorted(set(found) | set(screen(ev, rest, base, weight_loss, tested, max_evals)), key=ids.index)
-    undecided = sum(g not in covered() for g in ids)
+    covered = {g for k in tested for g in k.split(",") if tested[k] <= weight_loss} | set(found)
+    undecided = sum(g not in covered for g in ids)
+    opts = [g for g in ids if g in options]
+    tested_opts: dict[str, float] = {}
+    cleared = set(budget_screen(ev, opts, base, weight_loss, tested_opts, max_evals))
+    tested.update({f"options:{k}": v for k, v in tested_opts.items()})     # the report's record
     singles = score_singles(ev, found, bits, lam)
     near = [(k, m) for i, k in enumerate(found) for m in found[i + 1:]] if pairs else []
     return ActTerms(tuple(ids), bits, singles, score_pairs(ev, near, base, lam), act_loss, weight_loss,
-                    tested, undecided, tuple(g for g in options if g in ids and g not in covered()),
+                    tested, undecided, tuple(g for g in opts if g not in cleared),
                     ev.evaluations - e0, time.perf_counter() - start)
 
 
@@ -170,7 +200,7 @@ def terms_to_dict(t: ActTerms) -> dict:
             "pairs": [{"groups": [k, m], "terms": {f"{a}|{b}": v for (a, b), v in row.items()}}
                       for (k, m), row in t.pairs.items()],
             "act_loss": t.act_loss, "weight_loss": t.weight_loss, "screened": dict(t.screened),
-            "undecided": t.undecided, "options_undecided": list(t.options_undecided),
+            "undecided": t.undecided, "options_form": list(t.options_form),
             "evaluations": t.evaluations, "seconds": round(t.seconds, 3)}
 
 
@@ -182,5 +212,5 @@ def terms_from_dict(d: dict) -> ActTerms:
                                     for ab, v in p["terms"].items()} for p in d["pairs"]},
         act_loss=float(d["act_loss"]), weight_loss=float(d["weight_loss"]),
         screened={k: float(v) for k, v in d["screened"].items()}, undecided=int(d.get("undecided", 0)),
-        options_undecided=tuple(d.get("options_undecided", ())),
+        options_form=tuple(d.get("options_form", ())),
         evaluations=int(d["evaluations"]), seconds=float(d["seconds"]))
