@@ -235,7 +235,8 @@ class ChooseActivationPrecision(Pass):
             return PassResult(False, "no activation group has a choice (target or --act-bits)")
         skip = self._skip(state)
         if skip:               # unscored form options keep their form
-            state.plan = BitPlan(state.plan.bits, acts=dict.fromkeys(option_groups(state), FLOAT_BITS))
+            opts = option_groups(state)
+            state.plan = BitPlan(state.plan.bits, acts=dict.fromkeys(opts, FLOAT_BITS), form_inputs=opts)
             state.report.notes["activations"] = {"skipped": skip}
             return PassResult(False, f"skipped: {skip}")
         from dfq_onnx.passes.sensitivity import SensitivityOptions, cache_key, scoring_data
@@ -264,13 +265,16 @@ class ChooseActivationPrecision(Pass):
                 for o in notes["outliers"].values():
                     o["proposed"], o["choice"] = o["choice"], acts.base
                 chosen = {}
+        chosen_by_ilp = set(chosen)
         if terms.options_form:         # form inputs not cleared for static keep the form (act_scoring.py)
             chosen.update(dict.fromkeys(terms.options_form, FLOAT_BITS))
-        notes["form_option_groups"] = {"static": [g for g in option_groups(state) if g not in chosen],
-                                       "form": [g for g in option_groups(state) if g in chosen]}
+        if option_groups(state):
+            notes["form_option_groups"] = {"static": [g for g in option_groups(state) if g not in chosen],
+                                           "form": [g for g in option_groups(state) if g in chosen]}
         del ev                 # the probe sessions and the prefix cache: freed before the next pass
         release()
-        state.plan = BitPlan(state.plan.bits, acts=dict(sorted(chosen.items())))
+        forced = tuple(g for g in terms.options_form if g not in chosen_by_ilp)
+        state.plan = BitPlan(state.plan.bits, acts=dict(sorted(chosen.items())), form_inputs=forced)
         state.report.notes["activations"] = notes
         names = ", ".join(f"{k}:{'float' if a == FLOAT_BITS else f'A{a}'}" for k, a in chosen.items())
         return PassResult(False, f"{len(acts.groups)} outlier groups of {len(terms.groups)}; "

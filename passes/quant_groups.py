@@ -178,10 +178,8 @@ def _absorbable(node: gs.Node) -> bool:
 
 
 def _static(node: gs.Node, target, options: set[int]) -> bool:
-    """Whether a weighted `node` counts as statically quantized (not encoded by a form); with form options
-    (module docstring), an attention product (two activations) counts too, as on a target without forms."""
-    return not target.forms_for(node.op) or is_static_head(node, target) or id(node) in options \
-        or bool(options) and node.op == "MatMul" and _activation_product(node)
+    """Whether a weighted `node` counts as statically quantized (not encoded by a form)."""
+    return not target.forms_for(node.op) or is_static_head(node, target) or id(node) in options
 
 
 def _feeds_weighted(graph: gs.Graph, target, options: set[int] = frozenset()) -> set[int]:
@@ -198,7 +196,12 @@ def _feeds_weighted(graph: gs.Graph, target, options: set[int] = frozenset()) ->
     for node in reversed(graph.nodes):
         role = target.role(node.op)
         if role == "weighted" and not _static(node, target, options):
-            continue        # the target encodes this op by a form (any of them: the attention MatMul too)
+            # the target encodes this op by a form (any of them: the attention MatMul too); with form
+            # options, an attention product passes the reach on like an elementwise op
+            if options and _activation_product(node) and any(
+                    id(c) in reach for out in node.outputs if is_float(out) for c in out.outputs):
+                reach.add(id(node))
+            continue
         if role == "weighted" or any(
                 id(c) in reach for out in node.outputs if is_float(out) for c in out.outputs):
             reach.add(id(node))
@@ -273,22 +276,24 @@ def _activation_product(node: gs.Node) -> bool:
     return len(node.inputs) == 2 and all(is_float(t) and not is_const(t) for t in node.inputs)
 
 
-def _form_options(graph: gs.Graph, target) -> set[int]:
+def _form_options(graph: gs.Graph, target, forms: frozenset[str] = frozenset()) -> set[int]:
     """ids of the MatMuls laid out static with their form as the alternative (module docstring): form
-    MatMuls whose static W8A8 is legal, in a graph with a statically quantized weighted layer."""
+    MatMuls whose static W8A8 is legal, in a graph with a statically quantized weighted layer; those
+    named in `forms` (settled to their form, passes/settle_forms.py) are not."""
     w, a = target.default_weight_bits, target.default_act_bits
     mats = [n for n in graph.nodes if n.op == "MatMul" and _form_spec(n, target) is not None
             and (w, a) in target.pairs_for(["MatMul"]) and _weighted_spec(n, "weighted") is not None]
     static = any(target.role(n.op) == "weighted" and _static(n, target, set())
                  and _weighted_spec(n, "weighted") and is_float(n.inputs[0]) for n in graph.nodes)
-    return {id(n) for n in mats} if static else set()
+    return {id(n) for n in mats if node_label(n) not in forms} if static else set()
 
 
-def quantized_layers(graph: gs.Graph, target, scored: bool = False) -> dict[str, LayerSpec]:
+def quantized_layers(graph: gs.Graph, target, scored: bool = False,
+                     forms: frozenset[str] = frozenset()) -> dict[str, LayerSpec]:
     """The quantized nodes; `scored`: form options and normalization statistics left to the activation
-    decision (module docstring)."""
+    decision (module docstring), but the MatMuls named in `forms` in their form."""
     layers = {}
-    options = _form_options(graph, target) if scored else set()
+    options = _form_options(graph, target, forms) if scored else set()
     reach = _feeds_weighted(graph, target, options)
     preprocessing = prefix_nodes(graph)          # the inputs' in-graph scale-and-shift stays float
     statistics = set() if scored else _statistics_nodes(graph, target)
@@ -348,8 +353,9 @@ def _output_quantized(graph: gs.Graph, node: gs.Node, out: gs.Tensor, target) ->
                                                and node.op not in target.float_output_ops)
 
 
-def build_spec(graph: gs.Graph, target, scored: bool = False) -> QuantSpec:
-    layers = quantized_layers(graph, target, scored)
+def build_spec(graph: gs.Graph, target, scored: bool = False,
+               forms: frozenset[str] = frozenset()) -> QuantSpec:
+    layers = quantized_layers(graph, target, scored, forms)
     nodes = {node_label(n): n for n in graph.nodes}
     acts: dict[str, None] = {}
     consts: list[tuple[str, str]] = []

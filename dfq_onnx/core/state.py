@@ -61,6 +61,8 @@ class BitPlan:
 
     bits: dict[str, tuple[int, int]]
     acts: dict[str, int] = field(default_factory=dict)
+    form_inputs: tuple[str, ...] = ()   # activation groups in `acts` float only to hand their form-option
+                                        # readers the form (passes/settle_forms.py)
 
     @classmethod
     def uniform(cls, groups, w_bits: int, a_bits: int) -> "BitPlan":

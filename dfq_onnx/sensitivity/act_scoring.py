@@ -126,9 +126,11 @@ def budget_screen(ev: Evaluator, ids: list[str], base: int, budget: float, teste
     cheapest per group first (D(S) / |S|), a set whose D(S) fits what is left of the budget is cleared
     and spends it, one that does not is split in two halves (in graph order) while `max_evals` new
     evaluations last; single groups that do not fit, and sets left unsplit at the cap, are not cleared.
-    Every tested set's D(S) is recorded in `tested`."""
+    The damages of sets measured apart need not add up, so the cleared groups are then measured
+    together: while that exceeds the budget, the cleared set with the most damage per group is put back
+    (one evaluation each). Every tested set's D(S) is recorded in `tested`."""
     pos = {g: i for i, g in enumerate(ids)}
-    start, cleared, heap = ev.evaluations, [], []
+    start, total, cleared, heap = ev.evaluations, budget, [], []
 
     def test(group: list[str]) -> None:
         d = max(float(_damage(ev, {a: base for a in group})[0]), 0.0)
@@ -141,11 +143,19 @@ def budget_screen(ev: Evaluator, ids: list[str], base: int, budget: float, teste
         _, _, d, group = heapq.heappop(heap)
         if d <= budget:
             budget -= d
-            cleared += group
+            cleared.append((d / len(group), group))
         elif len(group) > 1 and (max_evals is None or ev.evaluations - start < max_evals):
             test(group[:len(group) // 2])
             test(group[len(group) // 2:])
-    return sorted(cleared, key=pos.get)
+    cleared.sort()
+    while len(cleared) > 1:
+        joint = [g for _, group in cleared for g in group]
+        d = max(float(_damage(ev, {a: base for a in joint})[0]), 0.0)
+        tested[",".join(sorted(joint, key=pos.get))] = d
+        if d <= total:
+            break
+        cleared.pop()
+    return sorted((g for _, group in cleared for g in group), key=pos.get)
 
 
 def score_singles(ev: Evaluator, ids: list[str], bits: tuple[int, ...],
