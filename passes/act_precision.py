@@ -194,7 +194,6 @@ def act_choices(state: CompileState, terms: ActTerms, allowance: bool = True) ->
     cost_int = target.cost.get((w, base), 1.0)
     work = node_work(state)
     by_id = {ag.id: ag for ag in state.act_groups}
-    stats = set(state.spec.statistics)
     groups = outliers(terms.singles, base, terms.weight_loss)
     cands, loss, elem, takes = {}, {}, {}, {}
     for k in groups:
@@ -205,7 +204,7 @@ def act_choices(state: CompileState, terms: ActTerms, allowance: bool = True) ->
         cands[k] = tuple(a for a in legal if a == base or a == FLOAT_BITS or a in terms.singles[k])
         base_loss = terms.singles[k][base]
         loss[k] = {a: (0.0 if a == FLOAT_BITS else terms.singles[k][a]) - base_loss for a in cands[k]}
-        free = set(ag.tensors) <= stats or _form_fed(state, ag)   # passes/quant_groups.py, settle_forms.py
+        free = _form_fed(state, ag)             # the form quantizes its own input (passes/settle_forms.py)
         elem[k] = {a: 0.0 if free and a == FLOAT_BITS else ag.elements * target.act_element_cost.get(a, 0.0)
                    for a in cands[k]}
         keep = target.float_output_ops

@@ -29,13 +29,15 @@ Form or static, scored (`scored`: the default plan, whose activation precision i
 among the target's choices): in a model that already has an integer region (a statically quantized
 weighted layer: a Conv, a Gemm), a MatMul with a [forms] candidate is laid out static (`form_option`),
 with Q/DQ on its input and output and its elementwise neighbours quantized as a static MatMul's are.
-The activation decision (passes/act_precision.py) then scores its encodings at the output like any
-other: a group whose 8-bit encoding alone costs the output more than all W8 weights together goes
-float, and a MatMul whose inputs go float takes its form there (passes/settle_forms.py: the form
-quantizes its input per call and keeps an integer kernel). So rec's SVTR neck, read by convolutions,
-runs integer where its encodings cost nothing measurable; a transformer's outlier-channel activations
-keep the dynamic form. A model whose every weighted layer is a form (a BERT) keeps them all: there is
-no integer region for them to join.
+The activation decision (passes/act_precision.py, sensitivity/act_scoring.py) then scores their input
+encodings at the output: an outlier group (its 8-bit encoding alone costs the output more than all W8
+weights together) goes float, and the input groups of all options together may cost at most that much
+at 8 bits (one shared budget, the groups cheapest per group first, measured together at the end); a
+MatMul whose input goes float takes its form (passes/settle_forms.py: the form quantizes its input per
+call and keeps an integer kernel), and the spec is built again around it. So PP-OCRv4 rec's SVTR neck,
+read by convolutions, runs integer (its static inputs cost 0.2 of the budget); a ViT's MatMuls keep
+forms where its static inputs do not fit. A model whose every weighted layer is a form (a BERT) keeps
+them all: there is no integer region for them to join.
 
 Normalization statistics stay float: a Reduce{Mean,Sum,SumSquare,L1,L2,LogSumExp,Prod} output, what
 is computed from such outputs alone (a decomposed LayerNorm's mean, E[x^2] - E[x]^2, rsqrt(var + eps),
@@ -44,11 +46,11 @@ features (x_centred * rsqrt) are not quantized. They are [N, .., 1]-sized or che
 is what breaks the normalization: var = E[x^2] - E[x]^2 cancels (Magika's LayerNorm after its max pool:
 E[x^2] 222..257, var 10..19 at one 8-bit step of 0.13 each), and rsqrt amplifies a small variance's
 rounding. Max / Min reductions are pooled features, not statistics, and stay quantizable.
-With `scored` they are quantized like any elementwise op instead and left to the activation decision:
-where 8 bits break a normalization (Magika) its groups' output loss makes them float; where they do not
-(PP-OCRv4 rec's `var + eps`, which ORT's own output runs as QLinearAdd) they stay integer. A float
-statistic costs the decision nothing per element (`QuantSpec.statistics`): the reductions, Sqrt and
-Reciprocal around it run float on the target anyway, so it adds no Q/DQ and no layout change.
+They stay float in the default plan too: scoring them at the output (A8 or float, as the activation
+decision does) was measured to lose Magika 97.3 -> 93.3 % agreement with FP32 on real files, because on
+the synthetic samples the quantized mean / rsqrt / x - mean cost nothing measurable (BENCHMARKS.md, issue
+14 session 14); PP-OCRv4 rec's five `var + eps` Adds, which ORT's own output runs as QLinearAdd, stay
+float with them.
 
 What a Log reads stays float, back to the layers that compute it (a log-magnitude front end: torch's
 STFT as Conv -> power -> mel MatMul -> Clip(1e-10) -> Log, openWakeWord's melspectrogram). A uniform
@@ -213,22 +215,9 @@ STAT_REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "Re
 
 
 def _statistics_nodes(graph: gs.Graph, target) -> set[int]:
-    """ids of the elementwise nodes that compute or apply normalization statistics (module docstring)."""
-    return _statistics(graph, target)[0]
-
-
-def statistic_tensors(graph: gs.Graph, target) -> set[str]:
-    """Names of the statistic tensors (a reduction's output and what is computed from such outputs alone)
-    and of the x^2 read only by the reduction."""
-    return _statistics(graph, target)[1]
-
-
-def _statistics(graph: gs.Graph, target) -> tuple[set[int], set[str]]:
-    """(ids of the elementwise nodes that compute or apply normalization statistics, names of the statistic
-    tensors). A statistic stops at a weighted layer (an SE block's pooled mean through its convs is a
-    feature)."""
+    """ids of the elementwise nodes that compute or apply normalization statistics (module docstring).
+    A statistic stops at a weighted layer (an SE block's pooled mean through its convs is a feature)."""
     stats: set[int] = set()           # ids of statistic tensors
-    names: set[str] = set()
     nodes: set[int] = set()
     for node in graph.nodes:          # topological order
         floats = [t for t in node.inputs if is_float(t) and not is_const(t)]
@@ -236,7 +225,6 @@ def _statistics(graph: gs.Graph, target) -> tuple[set[int], set[str]]:
         if node.op in STAT_REDUCTIONS or (floats and len(read) == len(floats)
                                           and target.role(node.op) != "weighted"):
             stats.update(id(t) for t in node.outputs)
-            names.update(t.name for t in node.outputs)
         if read:
             nodes.add(id(node))
         square = node.op == "Mul" and len(node.inputs) == 2 and node.inputs[0] is node.inputs[1]
@@ -244,8 +232,7 @@ def _statistics(graph: gs.Graph, target) -> tuple[set[int], set[str]]:
         if square and readers and all(c.op in STAT_REDUCTIONS for c in readers) \
                 and not any(is_graph_output(graph, t) for t in node.outputs):
             nodes.add(id(node))       # x^2 read only by the reduction
-            names.update(t.name for t in node.outputs)
-    return nodes, names
+    return nodes
 
 
 RELATIVE = ("Mul", "Div", "Pow", "Sqrt", "Abs", "Add", "Sum", "Clip", "Max", "Neg",
@@ -290,13 +277,13 @@ def _form_options(graph: gs.Graph, target, forms: frozenset[str] = frozenset()) 
 
 def quantized_layers(graph: gs.Graph, target, scored: bool = False,
                      forms: frozenset[str] = frozenset()) -> dict[str, LayerSpec]:
-    """The quantized nodes; `scored`: form options and normalization statistics left to the activation
-    decision (module docstring), but the MatMuls named in `forms` in their form."""
+    """The quantized nodes; `scored`: form options left to the activation decision (module docstring),
+    but the MatMuls named in `forms` in their form."""
     layers = {}
     options = _form_options(graph, target, forms) if scored else set()
     reach = _feeds_weighted(graph, target, options)
     preprocessing = prefix_nodes(graph)          # the inputs' in-graph scale-and-shift stays float
-    statistics = set() if scored else _statistics_nodes(graph, target)
+    statistics = _statistics_nodes(graph, target)
     log_domain = _log_domain_nodes(graph)        # what a Log reads: float (module docstring)
     for node in graph.nodes:
         role = target.role(node.op)
@@ -393,10 +380,8 @@ def build_spec(graph: gs.Graph, target, scored: bool = False,
                     uf.union(node.inputs[0].name, out.name)
     _share_encodings(graph, target, layers, acts, uf)
     names = tuple(acts)
-    stats = statistic_tensors(graph, target) if scored else set()
     return QuantSpec(layers=layers, act_tensors=names, encoding_of={t: uf.find(t) for t in names},
-                     absorbed=absorbed, const_inputs=tuple(consts),
-                     statistics=tuple(t for t in names if t in stats))
+                     absorbed=absorbed, const_inputs=tuple(consts))
 
 
 def build_groups(graph: gs.Graph, spec: QuantSpec) -> list[QuantGroup]:
@@ -431,7 +416,7 @@ def build_groups(graph: gs.Graph, spec: QuantSpec) -> list[QuantGroup]:
 
 
 def scored(state: CompileState) -> bool:
-    """Whether form options and statistics are left to the activation decision (module docstring): the
+    """Whether form options are left to the activation decision (module docstring): the
     default plan (no budget, no --weight-bits / --act-bits, samples to score on) on a target offering
     float activations."""
     opts = state.options

@@ -136,5 +136,3 @@ class QuantSpec:
     encoding_of: dict[str, str]
     absorbed: dict[str, str]
     const_inputs: tuple[tuple[str, str], ...]   # (node, constant float input) of elementwise ops
-    statistics: tuple[str, ...] = ()            # act tensors holding normalization statistics, quantized
-                                                # as a scored choice (passes/quant_groups.py)
