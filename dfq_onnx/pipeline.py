@@ -63,10 +63,19 @@ def measures_float(options: QuantizeOptions) -> bool:
 
 def low_bit_weights(target: TargetProfile, options: QuantizeOptions) -> bool:
     """Whether the plan may put weights below 8 bits (a budget, or --weight-bits below 8) and
-    --weight-clip / --gptq ask for their moment-weighted clip search or Hessian-aware rounding
-    (passes/input_moments.py)."""
+    --weight-clip / --gptq ask for their moment-weighted clip search or Hessian-aware rounding before
+    the plan, so that the sensitivity table scores those weights (passes/input_moments.py)."""
     low = options.mixed or (options.weight_bits or target.default_weight_bits) < 8
-    return (options.weight_clip or options.gptq) and low
+    return bool(options.weight_clip or options.gptq) and low
+
+
+def gptq_after_plan(target: TargetProfile, options: QuantizeOptions) -> bool:
+    """Whether GPTQ rounds the plan's weights below 8 bits after the plan is made (the default, --gptq
+    not given, without --weight-clip): the table and the allocator see round-to-nearest weights, whose
+    terms are not fitted to the scoring samples; GPTQ's H comes from the same samples, so its terms
+    read low where it fits them best (BENCHMARKS.md, issue 17 session 14)."""
+    low = options.mixed or (options.weight_bits or target.default_weight_bits) < 8
+    return options.gptq is None and not options.weight_clip and low
 
 
 def _synthesis(options: QuantizeOptions) -> Synthesize:
@@ -125,6 +134,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([KeepFloat()] if measures_float(options) else []),
         *(_mixed(options) if options.mixed else [UniformPlan()]),
         *([_activations(options)] if not options.mixed and options.act_bits is None else []),
+        *([MeasureInputMoments(full=True, after_plan=True)] if gptq_after_plan(target, options) else []),
         *([CompensateDFMPC()] if options.dfmpc else []),
         *([CorrectBias()] if options.correct_bias else []),
         EmitForms(),
