@@ -122,9 +122,10 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--gptq", action=flag, default=d.gptq,
                    help="weights below 8 bits: GPTQ's Hessian-aware rounding on the inputs' E[x x^T] over "
                         "the calibration samples, per channel where it lowers the output error. Default "
-                        "(neither flag): applied after the plan, which is scored on round-to-nearest "
-                        "weights; --gptq: the sensitivity table scores GPTQ's weights too (fitted to the "
-                        "scoring samples, they read optimistic); --no-gptq: max-abs round-to-nearest "
+                        "(neither flag): for a budget, applied after the plan (scored on round-to-nearest "
+                        "weights) on H keeping only each channel's own structure; a uniform --weight-bits "
+                        "rounds to nearest. --gptq: the table scores full-H GPTQ weights too (the synthetic "
+                        "samples overstate their gains); --no-gptq: max-abs round-to-nearest "
                         "(BENCHMARKS.md, issue 17 session 14)")
     a.add_argument("--dither-scoring", action=flag, default=d.dither_scoring,
                    help="mixed precision: the weight sensitivity terms averaged over two activation grids "

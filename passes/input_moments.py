@@ -15,16 +15,16 @@ MatMul / Gemm rows, positions subsampled: core/hessian.py) summed in float64; a 
 in place of the diagonal (layers without one keep max-abs round-to-nearest unless `clip`). Memory: one
 chunk of the layers' inputs, and G D^2 float64 per layer up to hessian.MAX_BYTES in all.
 
-With `after_plan` (the default pipeline's GPTQ for weights below 8 bits, --gptq not given) it runs after
-the plan: the sensitivity table and the allocator saw round-to-nearest weights, and only the layers the
-plan puts below 8 bits are measured and rounded. GPTQ fits its H, and H comes from the scoring samples,
-so a table scored with GPTQ's weights reads each term on the samples it was fitted to, and those samples'
-cross-channel correlations are the generator's, not the data's: GPTQ's gains read 2-10x there and
-~1x on real images at some layers, and the allocator spends the budget on that optimism. After the plan
-GPTQ rounds on H with only what the samples were made to match (core/hessian.channel_trusted: within a
-channel as measured, across channels the means' product) (BENCHMARKS.md, issue 17 session 14). A mixed
-plan's measured loss is then measured again with the weights Emit writes (`measured_loss`; on the
-samples H came from) and the round-to-nearest one kept (`measured_loss_round_to_nearest`).
+With `after_plan` (the default pipeline's GPTQ for a mixed plan's weights below 8 bits, --gptq not
+given) it runs after the plan: the sensitivity table and the allocator saw round-to-nearest weights, and
+only the layers the plan puts below 8 bits are measured and rounded. H comes from the synthetic samples,
+whose cross-channel correlations are the generator's, not the data's: GPTQ's gains read 2-10x on them and
+~1x (some layers > 1) on real images, so a table scored with GPTQ's weights spends the budget on that
+optimism. After the plan GPTQ rounds on H with only what the samples were made to match
+(core/hessian.channel_trusted: within a channel as measured, across channels the means' product;
+BENCHMARKS.md, issue 17 session 14). A mixed plan's measured loss is then measured again with the weights
+Emit writes (`measured_loss`; on the samples H came from) and the round-to-nearest one kept
+(`measured_loss_round_to_nearest`).
 """
 
 from __future__ import annotations

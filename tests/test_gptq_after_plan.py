@@ -1,6 +1,7 @@
-"""The default pipeline's GPTQ for weights below 8 bits: applied after the plan, so the sensitivity table and
-the allocator see round-to-nearest weights (a table scored with GPTQ's weights reads them on the samples
-their H was fitted to), and Emit writes GPTQ's integers for the planned low-bit layers only."""
+"""The default pipeline's GPTQ for a mixed plan's weights below 8 bits: applied after the plan, so the
+sensitivity table and the allocator see round-to-nearest weights (the synthetic samples' H overstates
+GPTQ's gains), on H with only the per-channel structure the samples are made to match; Emit writes GPTQ's
+integers for the planned low-bit layers only."""
 
 from __future__ import annotations
 
@@ -52,8 +53,9 @@ def test_gptq_flag_and_weight_clip_keep_their_place_before_the_table():
     assert scored.index("MeasureInputMoments") < scored.index("ScoreSensitivity")
     assert "MeasureInputMoments" not in names(avg_weight_bits=5.0, gptq=False)
     assert "MeasureInputMoments" not in names()                  # W8 weights never read H
-    uniform = names(weight_bits=4)
-    assert uniform.index("MeasureInputMoments") > uniform.index("UniformPlan")
+    assert "MeasureInputMoments" not in names(weight_bits=4)      # uniform low bits: round-to-nearest
+    uniform = names(weight_bits=4, gptq=True)
+    assert uniform.index("MeasureInputMoments") < uniform.index("UniformPlan")
 
 
 def test_channel_trusted_keeps_each_channels_block_and_puts_the_means_product_across():
