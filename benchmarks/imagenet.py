@@ -15,10 +15,11 @@ in this process (wall only). `--seeds` repeats the default row per seed (the syn
 Rows: default = W8A8 with no data (synthetic calibration), views8 = the same with every sample's 8
 views measured (`--synth-views 8`, the default before the work budget), analytic / noise =
 `--calib analytic|noise`, real = `--calib` a .npz of the real images, w4 = uniform `--weight-bits 4`,
-mixed4.5 / mixed4 = `--avg-weight-bits 4.5 / 4` (A8); the -gptq rows: the same with GPTQ's
-rounding (`--gptq`), the -dither rows with `--dither-scoring`. `--layout nhwc` runs every row on the
-model behind an input Transpose [0, 3, 1, 2] reading [N, H, W, C] images (a TF export's layout,
-`dfq_onnx.models.builders.channels_last`); `--layout pixels` also puts Keras-style preprocessing in
+mixed4.5 / mixed4 = `--avg-weight-bits 4.5 / 4` (A8; GPTQ rounds the plan's low-bit weights after the
+plan); the -gptq rows: the same with the table scored on GPTQ's weights (`--gptq`), the -rtn rows with
+round-to-nearest weights (`--no-gptq`), the -dither rows with `--dither-scoring`. `--layout nhwc` runs
+every row on the model behind an input Transpose [0, 3, 1, 2] reading [N, H, W, C] images (a TF export's
+layout, `dfq_onnx.models.builders.channels_last`); `--layout pixels` also puts Keras-style preprocessing in
 the graph (x / 255, then (x - mean) / std per channel) and feeds [0, 255] pixels; `--layout uint8`
 the same with a uint8 input read through a Cast (a TF detection export's input).
 """
@@ -54,14 +55,16 @@ from dfq_onnx.models import builders  # noqa: E402
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 ROWS = ("default", "views8", "analytic", "noise", "real", "ort-real", "ort-noise", "w4", "mixed4.5", "mixed4",
-        "w4-gptq", "mixed4.5-gptq", "mixed4.5-dither", "mixed4.5-gptq-dither")
+        "w4-gptq", "mixed4.5-gptq", "mixed4.5-dither", "mixed4.5-gptq-dither", "w4-rtn", "mixed4.5-rtn")
 FLAGS = {"default": [], "views8": ["--synth-views", "8"], "analytic": ["--calib", "analytic"],
          "noise": ["--calib", "noise"],
          "w4": ["--weight-bits", "4"], "mixed4.5": ["--avg-weight-bits", "4.5"],
          "mixed4": ["--avg-weight-bits", "4"], "w4-gptq": ["--weight-bits", "4", "--gptq"],
          "mixed4.5-gptq": ["--avg-weight-bits", "4.5", "--gptq"],
          "mixed4.5-dither": ["--avg-weight-bits", "4.5", "--dither-scoring"],
-         "mixed4.5-gptq-dither": ["--avg-weight-bits", "4.5", "--gptq", "--dither-scoring"]}
+         "mixed4.5-gptq-dither": ["--avg-weight-bits", "4.5", "--gptq", "--dither-scoring"],
+         "w4-rtn": ["--weight-bits", "4", "--no-gptq"],
+         "mixed4.5-rtn": ["--avg-weight-bits", "4.5", "--no-gptq"]}
 
 
 def load_imagenet_dev(path: Path = SHARED_DATA / "imagenet_dev.npz") -> tuple[np.ndarray, np.ndarray]:

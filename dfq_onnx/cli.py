@@ -121,9 +121,12 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
                         "the inputs' E[x^2] on the calibration samples (default: off; max-abs scales)")
     a.add_argument("--gptq", action=flag, default=d.gptq,
                    help="weights below 8 bits: GPTQ's Hessian-aware rounding on the inputs' E[x x^T] over "
-                        "the calibration samples, per channel where it lowers the output error "
-                        "(default: off, max-abs round-to-nearest: it costs EfficientNet-Lite0 2.8 top-1 "
-                        "points at --avg-weight-bits 4.5 while it lifts PP-OCRv4 rec; BENCHMARKS.md)")
+                        "the calibration samples, per channel where it lowers the output error. Default "
+                        "(neither flag): for a budget, applied after the plan (scored on round-to-nearest "
+                        "weights) on H keeping only each channel's own structure; a uniform --weight-bits "
+                        "rounds to nearest. --gptq: the table scores full-H GPTQ weights too (the synthetic "
+                        "samples overstate their gains); --no-gptq: max-abs round-to-nearest "
+                        "(BENCHMARKS.md, issue 17 session 14)")
     a.add_argument("--dither-scoring", action=flag, default=d.dither_scoring,
                    help="mixed precision: the weight sensitivity terms averaged over two activation grids "
                         "(Emit's and one shifted by half a step with 0 kept exact; half the scoring rows "

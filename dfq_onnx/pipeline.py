@@ -64,10 +64,18 @@ def measures_float(options: QuantizeOptions) -> bool:
 
 def low_bit_weights(target: TargetProfile, options: QuantizeOptions) -> bool:
     """Whether the plan may put weights below 8 bits (a budget, or --weight-bits below 8) and
-    --weight-clip / --gptq ask for their moment-weighted clip search or Hessian-aware rounding
-    (passes/input_moments.py)."""
+    --weight-clip / --gptq ask for their moment-weighted clip search or Hessian-aware rounding before
+    the plan, so that the sensitivity table scores those weights (passes/input_moments.py)."""
     low = options.mixed or (options.weight_bits or target.default_weight_bits) < 8
-    return (options.weight_clip or options.gptq) and low
+    return bool(options.weight_clip or options.gptq) and low
+
+
+def gptq_after_plan(options: QuantizeOptions) -> bool:
+    """Whether GPTQ rounds a mixed plan's weights below 8 bits after the plan is made (the default: a
+    budget, --gptq not given, no --weight-clip): the table and the allocator see round-to-nearest
+    weights, because the synthetic samples' H overstates GPTQ's gains. A uniform --weight-bits below 8
+    keeps round-to-nearest (ResNet-56 W4A8 -0.5 top-1 with it; BENCHMARKS.md, issue 17 session 14)."""
+    return options.gptq is None and not options.weight_clip and options.mixed
 
 
 def _synthesis(options: QuantizeOptions) -> Synthesize:
@@ -127,6 +135,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([KeepFloat()] if measures_float(options) else []),
         *(_mixed(options) if options.mixed else [UniformPlan()]),
         *([_activations(options)] if not options.mixed and options.act_bits is None else []),
+        *([MeasureInputMoments(full=True, after_plan=True)] if gptq_after_plan(options) else []),
         *([CompensateDFMPC()] if options.dfmpc else []),
         *([CorrectBias()] if options.correct_bias else []),
         EmitForms(),

@@ -14,6 +14,17 @@ MatMul / Gemm rows, positions subsampled: core/hessian.py) summed in float64; a 
 `LaidHessian` (core/gptq.py: GPTQ's rounding, with the clip-searched scales as a candidate when `clip`)
 in place of the diagonal (layers without one keep max-abs round-to-nearest unless `clip`). Memory: one
 chunk of the layers' inputs, and G D^2 float64 per layer up to hessian.MAX_BYTES in all.
+
+With `after_plan` (the default pipeline's GPTQ for a mixed plan's weights below 8 bits, --gptq not
+given) it runs after the plan: the sensitivity table and the allocator saw round-to-nearest weights, and
+only the layers the plan puts below 8 bits are measured and rounded. H comes from the synthetic samples,
+whose cross-channel correlations are the generator's, not the data's: GPTQ's gains read 2-10x on them and
+~1x (some layers > 1) on real images, so a table scored with GPTQ's weights spends the budget on that
+optimism. After the plan GPTQ rounds on H with only what the samples were made to match
+(core/hessian.channel_trusted: within a channel as measured, across channels the means' product;
+BENCHMARKS.md, issue 17 session 14). A mixed plan's measured loss is then measured again with the weights
+Emit writes (`measured_loss`; on the samples H came from) and the round-to-nearest one kept
+(`measured_loss_round_to_nearest`).
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from dfq_onnx.passes.calibrate import batches
 
 from dfq_onnx.backends import input_moments as im
 from dfq_onnx.backends import runtime
-from dfq_onnx.core import hessian
+from dfq_onnx.core import candidates, hessian
 from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.gptq import LaidHessian
 from dfq_onnx.core.graph_utils import const_values, node_label
@@ -31,13 +42,18 @@ from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
 
 
+def taps(geometry: tuple) -> int:
+    """Row positions per input channel: a Conv's kh kw, 1 for a MatMul / Gemm."""
+    return int(np.prod(geometry[1])) if geometry[0] == "conv" else 1
+
+
 class MeasureInputMoments(Pass):
     """Measure E[x_j^2] of each weighted layer's input on the calibration samples."""
 
     name = "MeasureInputMoments"
 
-    def __init__(self, full: bool = False, clip: bool = False):
-        self.full, self.clip = full, clip
+    def __init__(self, full: bool = False, clip: bool = False, after_plan: bool = False):
+        self.full, self.clip, self.after_plan = full, clip, after_plan
 
     def run(self, state: CompileState) -> PassResult:
         if state.input_moments:
@@ -45,9 +61,10 @@ class MeasureInputMoments(Pass):
         if state.calib is None:
             return PassResult(False, "no samples (weights keep unweighted clipping)")
         nodes = {node_label(n): n for n in state.graph.nodes}
+        low = self._low_bit_layers(state) if self.after_plan else None
         reads = {}
         for name, layer in state.spec.layers.items():
-            if layer.role == "weighted" and name in nodes:
+            if layer.role == "weighted" and name in nodes and (low is None or name in low):
                 if (t := im.measured_input(nodes[name], layer)) is not None:
                     reads[name] = (t, nodes[name].op in im.CHANNEL_FIRST)
         tensors = dict(reads.values())
@@ -59,15 +76,41 @@ class MeasureInputMoments(Pass):
         state.input_moments = {name: sums[t][0] / max(1, sums[t][1]) for name, (t, _) in reads.items()}
         for name, acc in hs.items():
             if acc.sum is not None:
-                state.input_moments[name] = LaidHessian(acc.mean(), geos[name][0], self.clip)
+                h = acc.mean()
+                if self.after_plan:
+                    h = hessian.channel_trusted(h, acc.row_mean(), taps(geos[name]))
+                state.input_moments[name] = LaidHessian(h, geos[name][0], self.clip)
         if self.full and not self.clip:    # without H and without --weight-clip: max-abs, to nearest
             state.input_moments = {k: v for k, v in state.input_moments.items() if isinstance(v, LaidHessian)}
         bad = [t for t, (s, _) in sums.items() if not np.all(np.isfinite(s))]
         if bad:
             raise UnsupportedModelError(f"tensor '{bad[0]}' is not finite on the calibration data")
         full = f", {len(hs)} with E[x x^T]" if self.full else ""
+        again = self._remeasure(state) if self.after_plan else ""
         return PassResult(False, f"{len(state.input_moments)} layers' input moments from {len(tensors)} "
-                                 f"tensors{full}")
+                                 f"tensors{full}{again}")
+
+    @staticmethod
+    def _low_bit_layers(state: CompileState) -> set[str]:
+        """The layers of the groups the plan puts below 8 weight bits."""
+        if state.plan is None:
+            raise UnsupportedModelError("MeasureInputMoments(after_plan) runs after a plan was made")
+        low = {g for g, c in state.plan.bits.items() if c[0] < 8}
+        return {n for g in state.groups if g.id in low for n in g.layers}
+
+    @staticmethod
+    def _remeasure(state: CompileState) -> str:
+        """A mixed plan's measured loss again, on a probe with the weights Emit writes."""
+        alloc = state.report.notes.get("allocation")
+        if state.meter is None or not alloc or alloc.get("measured_loss") is None or not state.input_moments:
+            return ""
+        state.meter = state.meter.rebuilt()
+        scored = state.sensitivity.singles if state.sensitivity is not None else {}
+        keys = {g: candidates.key(c) for g, c in state.plan.bits.items() if g in scored}
+        alloc["measured_loss_round_to_nearest"] = alloc["measured_loss"]
+        alloc["measured_loss"] = state.meter(keys, state.plan.acts)
+        return (f"; plan measured {alloc['measured_loss']:.4g} "
+                f"(round-to-nearest {alloc['measured_loss_round_to_nearest']:.4g})")
 
     @staticmethod
     def _measure(state: CompileState, tensors: dict[str, bool]) -> dict[str, list]:

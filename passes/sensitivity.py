@@ -178,6 +178,10 @@ class PlanMeter:
         self._acts: Evaluator | None = None
         self._counted = scoring.evaluator.forward_passes if scoring is not None else 0   # already reported
 
+    def rebuilt(self) -> "PlanMeter":
+        """A meter on a new probe, built from the state as it is now (e.g. with GPTQ's weights)."""
+        return PlanMeter(self._state, self._options, self._samples, self._labels)
+
     @property
     def evaluator(self) -> Evaluator:
         if self._scoring is None:

@@ -62,7 +62,9 @@ class QuantizeOptions:
                                          # None: on (BENCHMARKS.md, issue 13 session 5)
     dfmpc: bool = False                  # DF-MPC compensation of low- by higher-precision layers
     weight_clip: bool = False            # low-bit weights: moment-weighted clip search (core/weight_clip.py)
-    gptq: bool = False                   # low-bit weights: GPTQ rounding on the inputs' H (core/gptq.py)
+    gptq: bool | None = None             # low-bit weights: GPTQ rounding on the inputs' H (core/gptq.py);
+                                         # None: after the plan (the table scores round-to-nearest),
+                                         # True: the table scores GPTQ's weights too, False: never
     dither_scoring: bool = False         # mixed: weight terms over two activation grids, 0 exact in
                                          # both (sensitivity/dither.py)
 
