@@ -92,8 +92,10 @@ def test_load_on_the_machine_does_not_move_the_decision(monkeypatch):
     """Another process stealing time lands on whichever model runs then (here two FP32 calls of three,
     +4 ms each), and one round's integer calls are oddly fast: the integer model, otherwise 30 % slower,
     still reads slower. On a fake clock, so the test times nothing."""
+    import time
+
     clock = [0.0]
-    monkeypatch.setattr(integer_pays.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(integer_pays, "median_ms", lambda fn, runs, warmup=1: 2.0)
 
     def model(ms, extra):

@@ -33,10 +33,9 @@ from __future__ import annotations
 
 import platform
 import statistics
-import time
 from typing import Callable
 
-from dfq_onnx.backends.latency import Timer, median_ms, random_feeds
+from dfq_onnx.backends.latency import Timer, call_ms, median_ms, random_feeds
 
 THREADS = 2           # ORT intra-op threads of the timing (profile-target's default)
 SECONDS = 3.0         # wall the timing aims at
@@ -72,18 +71,6 @@ def schedule(fp32_ms: float, seconds: float = SECONDS) -> tuple[int, int]:
     k = int(min(10, max(1, round(20.0 / t))))
     rounds = int(min(9, max(3, seconds * 1e3 // (2 * (k + 1) * t))))
     return rounds, k
-
-
-def call_ms(fn: Callable[[], object], runs: int, warmup: int = 1) -> list[float]:
-    """Wall times (ms) of `runs` calls of `fn()`, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - start) * 1e3)
-    return out
 
 
 def paired_times(fp32: Callable[[], object], quant: Callable[[], object], seconds: float = SECONDS

@@ -233,8 +233,8 @@ class Timer:
         return lambda feeds: compiled(feeds)
 
 
-def median_ms(fn: Callable[[], object], runs: int, warmup: int = 1) -> float:
-    """Median wall time (ms) of `fn()` over `runs` timed calls, after `warmup` untimed ones."""
+def call_ms(fn: Callable[[], object], runs: int, warmup: int = 1) -> list[float]:
+    """Wall times (ms) of `runs` calls of `fn()`, after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
     samples = []
@@ -242,7 +242,12 @@ def median_ms(fn: Callable[[], object], runs: int, warmup: int = 1) -> float:
         start = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+    return samples
+
+
+def median_ms(fn: Callable[[], object], runs: int, warmup: int = 1) -> float:
+    """Median wall time (ms) of `fn()` over `runs` timed calls, after `warmup` untimed ones."""
+    return statistics.median(call_ms(fn, runs, warmup))
 
 
 def interleaved_medians(callables: Mapping[K, Callable[[], object]], rounds: int, runs: int,
