@@ -124,8 +124,7 @@ def _cached_measure(state: CompileState, runtime: str) -> tuple[dict, bool]:
     if hit is not None:
         ratios = [float(r) for r in hit["ratios"]]
         return {"fp32_ms": float(hit["fp32_ms"]), "int_ms": float(hit["int_ms"]), "ratios": ratios,
-                "ratio": float(np.median(ratios)), "rounds": len(ratios), "calls": int(hit["calls"]),
-                "integer_slower": integer_pays.slower(ratios)}, True
+                "rounds": len(ratios), "calls": int(hit["calls"]), **integer_pays.decided(ratios)}, True
     fp32, quant = timing_models(state)
     m = integer_pays.measure(runtime, fp32, quant)
     if opts.use_cache:

@@ -94,6 +94,12 @@ def slower(ratios: list[float]) -> bool:
     return bool(statistics.median(ratios) > 1.0 + MARGIN)
 
 
+def decided(ratios: list[float]) -> dict:
+    """What the per-round ratios say: {"ratio": their median, "integer_slower"} (a fresh timing or a
+    cached one)."""
+    return {"ratio": statistics.median(ratios), "integer_slower": slower(ratios)}
+
+
 def measure(runtime: str, fp32_model, int_model, threads: int = THREADS, seconds: float = SECONDS) -> dict:
     """Time both models (ModelProtos with concrete input shapes) and say whether the integer one is
     measured slower: {"fp32_ms", "int_ms", "ratio", "rounds", "calls", "ratios", "integer_slower"}
@@ -104,6 +110,4 @@ def measure(runtime: str, fp32_model, int_model, threads: int = THREADS, seconds
         fn, feeds = timer.compile(model), random_feeds(model)
         calls.append(lambda fn=fn, feeds=feeds: fn(feeds))
     out = paired_times(*calls, seconds=seconds)
-    out["ratio"] = statistics.median(out["ratios"])
-    out["integer_slower"] = slower(out["ratios"])
-    return out
+    return {**out, **decided(out["ratios"])}
