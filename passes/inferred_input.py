@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.core.graph_utils import walk
+from dfq_onnx.core.graph_utils import LAYOUT_OPS, walk
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState, Range
 from dfq_onnx.synth.input_range import encoding_hull
 from dfq_onnx.synth.preprocess import affine_prefix
 
-LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Slice", "Split")
+LAYOUT = LAYOUT_OPS | {"Slice", "Split"}     # and parts of the input's values, unchanged
 
 
 def carriers(graph: gs.Graph, name: str) -> list[str]:

@@ -30,10 +30,9 @@ import math
 
 import onnx_graphsurgeon as gs
 
+from dfq_onnx.core.graph_utils import LAYOUT_OPS
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import FLOAT_BITS, CompileState, Range
-
-LAYOUT_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
 
 
 def _last_axis(node: gs.Node) -> bool:

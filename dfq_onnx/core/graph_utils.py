@@ -7,6 +7,8 @@ import onnx_graphsurgeon as gs
 
 # ops whose second input is a weight when it is a constant: the layers every stage quantizes, folds and scores
 WEIGHTED_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# ops that move a tensor's values without changing any (the whole tensor, re-laid out)
+LAYOUT_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
 
 
 def producer(tensor: gs.Tensor) -> gs.Node | None:
