@@ -8,6 +8,15 @@ Concat -> Reshape) before the classifier, as EfficientNet-Lite's export has them
           ─ reshape(Concat(Unsqueeze(Gather(Shape(input), 0)), [-1])) ─ fc ─ output
 
 ``pad_value`` != 0 or ``pad_mode`` != "constant" make pads that must not be folded.
+
+``conv1d_mlp``: Hugging Face GPT-2's `Conv1D` (`addmm(b, x.view(-1, k), W).view(*x.shape[:-1], n)`) as
+its TorchScript export writes it, twice (an MLP over tokens [N, S, d])::
+
+    input ─ Reshape([-1, d]) ─ Gemm(W1 [d, f], b1) ─ Reshape(Concat(Shape(input)[0], Shape(input)[1], [f]))
+          ─ Relu ─ the same with W2 [f, d] ─ output [N, S, d]
+
+``back="flat"`` keeps the second Gemm's output flat ([N * S, d], a Reshape to [-1, d]): that Gemm is not
+token-wise by the rewrite's rule.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import onnx
 from dfq_onnx.models.builders import _bn, _conv_w, _init, _model, _vi
 from onnx import helper, numpy_helper
 
-__all__ = ["attention", "paddle_style", "same_pad_flatten", "wrapped_softmax"]
+__all__ = ["attention", "conv1d_mlp", "paddle_style", "same_pad_flatten", "wrapped_softmax"]
 
 
 def same_pad_flatten(c_in: int = 3, c: int = 8, classes: int = 5, hw: int = 9, seed: int = 0,
@@ -166,3 +175,40 @@ def conv_hardswish(form: str = "clip", c: int = 8, hw: int = 8, seed: int = 0, e
         nodes.append(helper.make_node("Add", ["conv2_out", "x_mean"], ["output"], name="sum"))
     return _model(nodes, [_vi("input", ["N", 3, hw, hw])], [_vi("output", ["N", 4, hw, hw])], inits,
                   name=f"conv_hardswish_{form}")
+
+
+def _conv1d(name: str, x: str, y: str, w: np.ndarray, b: np.ndarray, inits: list,
+            back: str = "tokens") -> list[onnx.NodeProto]:
+    """GPT-2's Conv1D on x [N, S, k] (module docstring)."""
+    k, n = w.shape
+    c = {"weight": w, "bias": b, "flat": np.array([-1, k], np.int64), "n": np.array([n], np.int64),
+         "flat_n": np.array([-1, n], np.int64), "axes": np.array([0], np.int64)}
+    inits += [_init(f"{name}.{key}", v) for key, v in c.items()]
+    inits += [numpy_helper.from_array(np.array(i, np.int64), f"{name}.i{i}") for i in (0, 1)]
+
+    def node(op, ins, out, **kw):
+        label = f"{name}_back" if out == y else f"{name}{out}"
+        return helper.make_node(op, [i if i == x else f"{name}{i}" for i in ins],
+                                [y if out == y else label], name=label, **kw)
+    nodes = [node("Reshape", [x, ".flat"], "_flat"), node("Gemm", ["_flat", ".weight", ".bias"], "")]
+    if back == "flat":
+        return nodes + [node("Reshape", ["", ".flat_n"], y)]
+    nodes.append(node("Shape", [x], "_shape"))
+    for i in (0, 1):
+        nodes += [node("Gather", ["_shape", f".i{i}"], f"_d{i}", axis=0),
+                  node("Unsqueeze", [f"_d{i}", ".axes"], f"_u{i}")]
+    return nodes + [node("Concat", ["_u0", "_u1", ".n"], "_target", axis=0),
+                    node("Reshape", ["", "_target"], y)]
+
+
+def conv1d_mlp(d: int = 16, f: int = 32, seq: int = 6, seed: int = 0,
+               back: str = "tokens") -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    inits: list = []
+    w1 = (rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32)
+    w2 = (rng.standard_normal((f, d)) / np.sqrt(f)).astype(np.float32)
+    nodes = _conv1d("fc1", "input", "h", w1, rng.normal(0, 0.1, f).astype(np.float32), inits)
+    nodes.append(helper.make_node("Relu", ["h"], ["h_relu"], name="relu"))
+    nodes += _conv1d("fc2", "h_relu", "output", w2, rng.normal(0, 0.1, d).astype(np.float32), inits, back)
+    out = ["N", seq, d] if back == "tokens" else [None, d]
+    return _model(nodes, [_vi("input", ["N", seq, d])], [_vi("output", out)], inits, name="conv1d_mlp")

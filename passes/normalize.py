@@ -18,7 +18,9 @@ Steps, in order (each is recorded in the report):
    (`dfq_onnx.core.unfuse`), so later passes and the runtime's fusions see one spelling;
 7. shapes re-inferred on the folded graph; constant-zero `Pad` folded into the Conv / AveragePool
    reading it, shape-computed Reshape targets made constant and the version converter's flattened
-   Softmax unwrapped, iterated with re-inference (`dfq_onnx.core.rewrites`), constant per-channel
+   Softmax unwrapped, iterated with re-inference (`dfq_onnx.core.rewrites`), a token-wise linear layer
+   written flatten -> Gemm -> unflatten (GPT-2's Conv1D) made one MatMul + bias Add
+   (`dfq_onnx.core.token_linear`), constant per-channel
    Mul / Add / Sub / Div folded into the layer producing them (`dfq_onnx.core.affine_fold`), scalar
    Mul / Div into the layers reading them and a layer's HardSigmoid into the layer + Clip(0, 1)
    (`dfq_onnx.core.reader_fold`), so the runtime fuses the quantized graph as it fuses the float one;
@@ -46,6 +48,7 @@ from dfq_onnx.core.graph_utils import is_float, reroute
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.reader_fold import fold_hard_sigmoid, fold_into_readers
 from dfq_onnx.core.state import CompileState
+from dfq_onnx.core.token_linear import unflatten_token_gemms
 from dfq_onnx.core.unfuse import unfuse_contrib
 
 log = logging.getLogger(__name__)
@@ -242,6 +245,7 @@ def fusable_forms(graph) -> dict[str, int]:
         graph.cleanup().toposort()
         if not (folded or unwrapped) or not ir.refresh_shapes(graph):
             break
+    counts["token-wise Gemm unflattened"] = unflatten_token_gemms(graph)
     counts["no-op Reshape/Flatten removed"] = sum(_bypass(graph, n) for n in rewrites.noop_reshapes(graph))
     counts["Mul/Add folded into layer"] = fold_affine(graph)
     counts["scalar Mul/Div folded into readers"] = fold_into_readers(graph)

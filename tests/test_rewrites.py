@@ -137,7 +137,7 @@ def test_slice_of_a_shape_keeps_the_positions_of_omitted_inputs():
     """Slice(Shape(x), [1], [3], axes omitted, steps [1]) is dims 1..2 of x; a step of 2 takes 0 and 2."""
     import onnx_graphsurgeon as gs
 
-    from dfq_onnx.core.rewrites import _shape_entries
+    from dfq_onnx.core.rewrites import shape_entries
 
     x = gs.Variable("x", np.float32, ["N", 4, 5, 6])
     shape = gs.Variable("s", np.int64, [4])
@@ -150,8 +150,36 @@ def test_slice_of_a_shape_keeps_the_positions_of_omitted_inputs():
         gs.Node("Slice", inputs=[shape, *args, gs.Variable.empty(),
                                  gs.Constant(f"st{start}{end}{step}", np.array([step], np.int64))],
                 outputs=[out])
-        return _shape_entries(out)
+        return shape_entries(out)
 
     assert sliced(1, 3, 1) == [(x, 1), (x, 2)]
     assert sliced(0, 9, 2) == [(x, 0), (x, 2)]
     assert sliced(-1, -9, -1) == [(x, 3), (x, 2), (x, 1), (x, 0)]
+
+
+def test_token_wise_gemm_becomes_a_matmul_and_computes_the_same():
+    model = exported.conv1d_mlp()
+    state, out = _normalized(model)
+    assert not nodes_by_op(out, "Gemm") and not nodes_by_op(out, "Reshape") and not nodes_by_op(out, "Shape")
+    assert [n.name for n in nodes_by_op(out, "MatMul")] == ["fc1", "fc2"]
+    assert state.report.model["canonicalized"]["token-wise Gemm unflattened"] == 2
+    feeds = normal_feeds(model, n=3)
+    np.testing.assert_allclose(run(out, feeds)[0], run(model, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_gemm_whose_output_stays_flat_keeps_its_gemm():
+    _, out = _normalized(exported.conv1d_mlp(back="flat"))
+    assert [n.name for n in nodes_by_op(out, "Gemm")] == ["fc2"] and len(nodes_by_op(out, "MatMul")) == 1
+
+
+def test_token_wise_gemm_takes_the_targets_dynamic_form():
+    """On ORT CPU a transformer's token-wise linear layers are dynamic int8 forms whatever the exporter's
+    spelling: GPT-2's Conv1D (a Gemm between Reshapes) was statically quantized on synthetic ranges."""
+    model = exported.conv1d_mlp()
+    out, report = dfq_onnx.quantize(model, calib="noise", progress=False)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("MatMulInteger") == 2 and "QuantizeLinear" not in ops and "Gemm" not in ops
+    assert [layer["form"] for layer in report.layers] == ["W8A8-dyn", "W8A8-dyn"]
+    feeds = normal_feeds(model, n=4)
+    ref, got = run(model, feeds)[0], run(out, feeds)[0]
+    assert np.sum(ref ** 2) / np.sum((ref - got) ** 2) > 10 ** 3     # > 30 dB

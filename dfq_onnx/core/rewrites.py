@@ -107,7 +107,7 @@ def fold_zero_pads(graph: gs.Graph) -> int:
     return folded
 
 
-def _shape_entries(t: gs.Tensor) -> list | None:
+def shape_entries(t: gs.Tensor) -> list | None:
     """The entries of a 1-D int shape tensor as ints or (source tensor, dim) references, or None."""
     if is_const(t):
         return [int(v) for v in const_values(t).reshape(-1)]
@@ -118,17 +118,17 @@ def _shape_entries(t: gs.Tensor) -> list | None:
         src = prod.inputs[0]
         return [(src, k) for k in range(len(src.shape))] if src.shape is not None else None
     if prod.op == "Cast" and prod.attrs.get("to") in INT_TYPES:     # Paddle: Shape -> Cast(int32) -> ...
-        return _shape_entries(prod.inputs[0])
+        return shape_entries(prod.inputs[0])
     if prod.op == "Slice":
         return _slice_entries(prod)
     if prod.op == "Concat":
-        parts = [_shape_entries(i) for i in prod.inputs]
+        parts = [shape_entries(i) for i in prod.inputs]
         return None if any(p is None for p in parts) else [e for p in parts for e in p]
     if prod.op == "Unsqueeze":
         inner = _scalar_entry(prod.inputs[0])
         return None if inner is None else [inner]
     if prod.op == "Gather" and prod.attrs.get("axis", 0) == 0 and is_const(prod.inputs[1]):
-        base = _shape_entries(prod.inputs[0])
+        base = shape_entries(prod.inputs[0])
         idx = const_values(prod.inputs[1]).reshape(-1)
         return None if base is None else [base[int(i)] for i in idx]
     return None
@@ -149,7 +149,7 @@ def _slice_entries(node: gs.Node) -> list | None:
         return None
     if axes not in (None, [0], [-1]) or (steps is not None and (len(steps) != 1 or steps[0] == 0)):
         return None
-    base = _shape_entries(node.inputs[0])
+    base = shape_entries(node.inputs[0])
     return None if base is None else base[starts[0]:ends[0]:steps[0] if steps else 1]
 
 
@@ -159,12 +159,12 @@ def _scalar_entry(t: gs.Tensor):
     prod = t.inputs[0] if len(t.inputs) == 1 else None
     if prod is not None and prod.op == "Gather" and prod.attrs.get("axis", 0) == 0 \
             and is_const(prod.inputs[1]) and const_values(prod.inputs[1]).ndim == 0:
-        base = _shape_entries(prod.inputs[0])
+        base = shape_entries(prod.inputs[0])
         return None if base is None else base[int(const_values(prod.inputs[1]))]
     return None
 
 
-def _same_dim(a, b) -> bool:
+def same_dim(a, b) -> bool:
     return (isinstance(a, (int, np.integer)) and isinstance(b, (int, np.integer)) and a == b and a > 0) or \
         (isinstance(a, str) and a == b)
 
@@ -179,7 +179,7 @@ def _resolve(entries: list, data: gs.Tensor) -> list[int] | None:
         dim = src.shape[k]
         if src is data and k == p:
             out.append(0)
-        elif data.shape is not None and p < len(data.shape) and _same_dim(dim, data.shape[p]):
+        elif data.shape is not None and p < len(data.shape) and same_dim(dim, data.shape[p]):
             out.append(0)
         elif isinstance(dim, (int, np.integer)) and dim > 0:
             out.append(int(dim))
@@ -206,7 +206,7 @@ def fold_shape_reshapes(graph: gs.Graph) -> int:
     for node in [n for n in graph.nodes if n.op == "Reshape" and not is_const(n.inputs[1])]:
         if node.attrs.get("allowzero", 0):
             continue
-        entries = _shape_entries(node.inputs[1])
+        entries = shape_entries(node.inputs[1])
         shape = _resolve(entries, node.inputs[0]) if entries is not None else None
         if shape is None or sum(1 for v in shape if v == -1) > 1:
             continue
@@ -220,7 +220,7 @@ NORMALIZERS = ("Softmax", "LogSoftmax", "Hardmax")
 
 def _restores(reshape: gs.Node, x: gs.Tensor) -> bool:
     """Whether `reshape` gives its data x's shape: its target is Shape(x), or x's static shape."""
-    entries = _shape_entries(reshape.inputs[1])
+    entries = shape_entries(reshape.inputs[1])
     if entries is None or x.shape is None or len(entries) != len(x.shape):
         return False
     return all((isinstance(e, tuple) and e[0] is x and e[1] == k) or
