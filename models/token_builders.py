@@ -178,20 +178,42 @@ def token_lm(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256, laye
                   [_vi("logits", ["N", seq, vocab])], inits, name="token_lm")
 
 
-def token_lm_cache(vocab: int = 256, d: int = 32, width: int | str = "S", seed: int = 0) -> onnx.ModelProto:
+def token_lm_cache(vocab: int = 256, d: int = 32, width: int | str = "S", seed: int = 0,
+                   masked: bool = False) -> onnx.ModelProto:
     """The decoder layer with a key/value cache of the module docstring; outputs logits [N, S, vocab],
-    present_key and present_value [N, P + S, d]; `width` 1: the graph takes one token per call."""
+    present_key and present_value [N, P + S, d]; `width` 1: the graph takes one token per call.
+    `masked`: Llama-style inputs besides -- attention_mask [N, P + S] made an additive bias of 0 / -inf
+    (Where, as Hugging Face's exports write it) added to the scores, and position_ids [N, S] read through
+    Cos (a rotary-like scaling of the queries), no position table."""
     rng = np.random.default_rng(seed)
     inits: list = [_init("word.weight", _word_table(rng, vocab, d)),
                    _init("scale", np.array(1.0 / np.sqrt(d), np.float32))]
     nodes: list = [helper.make_node("Gather", ["word.weight", "input_ids"], ["h"], name="words")]
     q, k, v = (_mm(n, "h", rng, d, d, inits, nodes) for n in ("q", "k", "v"))
+    if masked:
+        inits += [_init("freq", (1.0 / 10000 ** (np.arange(d) / d)).astype(np.float32)),
+                  _init("minus_inf", np.array(-np.inf, np.float32)),
+                  _init("zero", np.array(0.0, np.float32)), _init("axis1", np.array([1], np.int64)),
+                  _init("axis_last", np.array([-1], np.int64))]
+        f32, b8 = TensorProto.FLOAT, TensorProto.BOOL
+        nodes += [helper.make_node("Cast", ["position_ids"], ["pos_f"], name="pos_cast", to=f32),
+                  helper.make_node("Unsqueeze", ["pos_f", "axis_last"], ["pos_col"], name="pos_col"),
+                  helper.make_node("Mul", ["pos_col", "freq"], ["angles"], name="angles"),
+                  helper.make_node("Cos", ["angles"], ["cos"], name="cos"),
+                  helper.make_node("Mul", [q, "cos"], ["q_rot"], name="rotate"),
+                  helper.make_node("Cast", ["attention_mask"], ["keep"], name="mask_cast", to=b8),
+                  helper.make_node("Unsqueeze", ["keep", "axis1"], ["keep_rows"], name="mask_rows")]
+        q = "q_rot"
     nodes += [helper.make_node("Concat", ["past_key", k], ["present_key"], name="cat_k", axis=1),
               helper.make_node("Concat", ["past_value", v], ["present_value"], name="cat_v", axis=1),
               helper.make_node("Transpose", ["present_key"], ["kT"], name="kT", perm=[0, 2, 1]),
               helper.make_node("MatMul", [q, "kT"], ["scores"], name="scores"),
-              helper.make_node("Mul", ["scores", "scale"], ["scaled"], name="scaled"),
-              helper.make_node("Softmax", ["scaled"], ["probs"], name="softmax", axis=-1),
+              helper.make_node("Mul", ["scores", "scale"], ["scaled"], name="scaled")]
+    if masked:
+        nodes += [helper.make_node("Where", ["keep_rows", "zero", "minus_inf"], ["mask_bias"], name="bias"),
+                  helper.make_node("Add", ["scaled", "mask_bias"], ["filled"], name="fill")]
+    scores = "filled" if masked else "scaled"
+    nodes += [helper.make_node("Softmax", [scores], ["probs"], name="softmax", axis=-1),
               helper.make_node("MatMul", ["probs", "present_value"], ["ctx"], name="ctx")]
     o = _mm("o", "ctx", rng, d, d, inits, nodes)
     nodes += [helper.make_node("Add", ["h", o], ["res"], name="res"),
@@ -199,6 +221,9 @@ def token_lm_cache(vocab: int = 256, d: int = 32, width: int | str = "S", seed: 
               helper.make_node("MatMul", ["res", "word_t"], ["logits"], name="head")]
     ins = [_vi("input_ids", ["N", width], TensorProto.INT64), _vi("past_key", ["N", "P", d]),
            _vi("past_value", ["N", "P", d])]
+    if masked:
+        ins += [_vi("attention_mask", ["N", "T"], TensorProto.INT64),
+                _vi("position_ids", ["N", width], TensorProto.INT64)]
     outs = [_vi("logits", ["N", width, vocab]), _vi("present_key", ["N", "T", d]),
             _vi("present_value", ["N", "T", d])]
     return _model(nodes, ins, outs, inits, name="token_lm_cache")

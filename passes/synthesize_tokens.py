@@ -50,6 +50,7 @@ def synthesize_tokens(graph, options: SynthesisOptions, input_shapes: dict | Non
     feeds, passes = refine(graph, layout, feeds, prior, rng) if width is None else (feeds, 0)
     kind = ("tokens+lm" if passes > 2 else "tokens") + ("+states" if states else "")
     if caches:
+        feeds = kv_cache.contexts(feeds, layout, rng)
         feeds, step = kv_cache.decode_step(graph, layout, feeds, caches, width)
         passes, kind = passes + step, kind + "+cache"
     return SynthesisResult(feeds, None, 0.0, 0.0, passes, passes * options.samples,

@@ -81,6 +81,39 @@ def test_a_decoder_with_a_cache_compiles_with_no_data():
     assert cos.min() > 0.99
 
 
+def test_decode_steps_attend_over_every_context_length_and_rotary_positions_are_positions():
+    """A decoder's prompt call has tokens attending over 1 .. S tokens; samples that all attend over the
+    full cache miss the short contexts (their attention outputs are the widest). Llama's position_ids
+    reach no table (rotary: Cos / Sin) and were taken for a mask."""
+    model = token_builders.token_lm_cache(masked=True)
+    graph = ir.to_graph(model)
+    roles = {t.name: t.role for t in token_layout(graph).inputs}
+    assert roles == {"input_ids": "ids", "attention_mask": "mask", "position_ids": "position"}
+    step = api.synthesize(model, samples=16, seed=0, use_cache=False, progress=False).inputs
+    mask, pos = step["attention_mask"], step["position_ids"]
+    n, s = mask.shape
+    contexts = mask.sum(1)
+    assert sorted(contexts) == sorted(1 + (np.arange(n) * (s - 1)) // (n - 1))    # 1 .. S, evenly
+    assert all(mask[i, s - c:].all() and not mask[i, :s - c].any() for i, c in enumerate(contexts))
+    np.testing.assert_array_equal(pos[:, 0], contexts - 1)          # counted from the first kept token
+    assert step["past_key"].shape == (16, s - 1, 32)
+    run(model, step)
+
+
+def test_a_tensor_holding_minus_infinity_stays_float_on_an_all_static_target():
+    """Masked attention scores filled with -inf have no integer encoding: Calibrate keeps them float
+    (it stopped the compile: 'tensor ... is not finite on the calibration data')."""
+    model = token_builders.token_lm_cache(masked=True)
+    out, report = dfq_onnx.quantize(model, target="openvino", progress=False, use_cache=False)
+    onnx.checker.check_model(out, full_check=True)
+    assert report.notes["float_unbounded"] == ["filled", "mask_bias"]
+    quantized = {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
+    assert not {"filled", "mask_bias"} & quantized and "scaled" in quantized
+    step = api.synthesize(model, samples=8, seed=1, use_cache=False, progress=False).inputs
+    want, got = run(model, step)[0], run(out, step)[0]
+    assert np.all(np.isfinite(got)) and np.sum(want ** 2) / np.sum((want - got) ** 2) > 100
+
+
 def test_an_encoder_decoders_decoder_gets_standard_states_and_a_warning(caplog):
     model = token_builders.token_decoder_cross()
     graph = ir.to_graph(model)

@@ -14,8 +14,16 @@ model itself, with no data:
        the graph's fixed token width (1: a decoder exported for one-token steps), each call's present_i
        the next call's past_i (the mask covers past and new tokens: its first P + w columns);
     3. the samples: the last token of each sequence (ids / type / position: the last column; the mask: all
-       S ones) with the last present_i as past_i -- one decoding step, as generation runs the model. A
+       S columns) with the last present_i as past_i -- one decoding step, as generation runs the model. A
        causal LM head refines the tokens first (synth/token_lm.py) when the graph takes them in one call.
+
+Contexts. The same model runs the prompt (empty cache, every token attending to the tokens before it: 1
+.. S of them) and the steps after it. What a token attends over sets the range of the attention's
+output (one token: its own value vector; many: their average), so samples that all attend over S - 1
+cached tokens miss the prompt's first positions -- a static encoding calibrated on them clips those.
+With a mask input, sample i attends over its last L_i tokens only, L_i spread evenly over 1 .. S (in
+a seeded order): the mask is 0 on the first S - L_i columns (left padding, as batched generation pads)
+and position ids count from the first unmasked token. Without a mask input every sample attends over S.
 
 A model whose presents need another layout (a Transpose between past and Concat) is not recognised here;
 its float input keeps Synthesize's "pass --calib" error.
@@ -93,12 +101,30 @@ def step_width(graph: gs.Graph, layout: TokenLayout) -> int | None:
     return int(width) if isinstance(width, (int, np.integer)) and width < layout.length else None
 
 
+def contexts(feeds: dict[str, np.ndarray], layout: TokenLayout, rng: np.random.Generator) -> dict:
+    """`feeds` (full-length token samples) with sample i attending over its last L_i tokens, L_i spread
+    evenly over 1 .. S in a seeded order (module docstring: Contexts); unchanged without a mask input."""
+    mask = layout.of("mask")
+    if mask is None:
+        return feeds
+    n, s = feeds[mask.name].shape
+    spread = 1 + (rng.permutation(n) * (s - 1)) // max(n - 1, 1)
+    valid = np.arange(s)[None, :] >= (s - spread)[:, None]
+    out = dict(feeds)
+    for t in layout.inputs:
+        if t.role == "mask":
+            out[t.name] = valid.astype(t.dtype)
+        elif t.role == "position":
+            out[t.name] = np.maximum(np.cumsum(valid, axis=1) - 1, 0).astype(t.dtype)
+    return out
+
+
 def decode_step(graph: gs.Graph, layout: TokenLayout, feeds: dict[str, np.ndarray],
                 caches: dict, width: int | None = None) -> tuple[dict[str, np.ndarray], int]:
     """(samples, forward passes): one decoding step after the first S - 1 tokens of `feeds` (full-length
-    token samples with empty caches), the caches being the model's own presents (module docstring). The
-    S - 1 tokens go in one call, or `width` at a time (a graph taking a fixed number of tokens), each
-    call's presents the next one's pasts."""
+    token samples with empty caches, their contexts set by `contexts`), the caches being the model's own
+    presents (module docstring). The S - 1 tokens go in one call, or `width` at a time (a graph taking a
+    fixed number of tokens), each call's presents the next one's pasts."""
     roles = {t.name: t.role for t in layout.inputs}
     session = runtime.session(ir.session_model(ir.copy_graph(graph)), mem_pattern=False)
     names = [o.name for o in session.get_outputs()]

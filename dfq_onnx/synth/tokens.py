@@ -8,6 +8,9 @@ the indices of a constant float table [V, D]:
     token_type_ids ─► Gather(table [T, D]), T < S       "type": segment ids 0 .. T-1
     position_ids   ─► Gather(table [P, D]), P >= S      "position": 0 .. S-1
     attention_mask ─► Unsqueeze / Cast / Sub / Mul ...  "mask": no Gather; 1 on real tokens, 0 on padding
+    position_ids   ─► Cast ─ MatMul(inv_freq) ─ Cos/Sin  "position" too: rotary positions (Llama-family),
+                                                          no table; an input reaching a Cos or Sin (not
+                                                          through a CumSum: positions computed from a mask)
 
 An embedding written as a one-hot product (TF / JAX exports: OneHot(ids, V), or Equal(ids, 0 .. V-1),
 then Cast to float and MatMul with a constant [V, D]) is the same lookup: that MatMul's weight is the
@@ -159,6 +162,12 @@ def _role(name: str, rows: int, largest: int, length: int) -> str:
     return "position" if rows >= length else "type"
 
 
+def _rotary(t: gs.Tensor) -> bool:
+    """Whether the table-less integer input `t` feeds rotary embeddings (a Cos / Sin computed from it,
+    not through a CumSum)."""
+    return any(node.op in ("Cos", "Sin") for node, _ in walk(t, lambda node, _: node.op != "CumSum"))
+
+
 def token_layout(graph: gs.Graph, hints: dict | None = None) -> TokenLayout:
     """The roles of the graph's integer inputs (module docstring); raises when no ids input is found."""
     hints = hints or {}
@@ -181,8 +190,11 @@ def token_layout(graph: gs.Graph, hints: dict | None = None) -> TokenLayout:
     position_rows = position_rows or max((const_values(c).shape[0] for c in internal
                                           if const_values(c).shape[0] < largest), default=0)
     length = _length(graph, ints, hints, position_rows)
-    found = tuple(TokenInput(t.name, _role(t.name, rows[t.name], largest, length) if rows[t.name] else "mask",
-                             rows[t.name], np.dtype(t.dtype)) for t in ints)
+    def role(t: gs.Tensor) -> str:
+        if rows[t.name]:
+            return _role(t.name, rows[t.name], largest, length)
+        return "position" if _rotary(t) else "mask"
+    found = tuple(TokenInput(t.name, role(t), rows[t.name], np.dtype(t.dtype)) for t in ints)
     ids = next(t for t in found if t.role == "ids")
     table = max(tables[ids.name], key=lambda c: const_values(c).shape[0]).name
     return TokenLayout(found, length, table)
