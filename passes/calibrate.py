@@ -21,24 +21,27 @@ resident.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import onnx_graphsurgeon as gs
 from tqdm import tqdm
 
-from dfq_onnx.backends import observers, runtime
+from dfq_onnx.backends import act_precision, observers, runtime
 from dfq_onnx.backends.budget import calibration_rows
 from dfq_onnx.backends.chunks import pad_rows, rows_per_chunk, static_batch
 from dfq_onnx.backends.memory import release
 from dfq_onnx.backends.spill import spill
-from dfq_onnx.core.errors import UnsupportedModelError, UsageError
+from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import is_float
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState, Range
 from dfq_onnx.synth import layout
 from dfq_onnx.synth.augment import view_count, view_rows
 from dfq_onnx.synth.runner import row_elements
+
+log = logging.getLogger(__name__)
 
 DEFAULT_VIEWS = 8     # views per synthetic image sample when --synth-views is not given (budgeted)
 
@@ -164,7 +167,8 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
     """Run the FP32 graph over `feeds` (and `views` rows per sample, `synth.augment`; the first `rows`
     of them when given) in chunks and return each tensor's activation range. Min/max: exact reductions
     inside the graph (observers.py), the same whatever the chunk size. Percentile: the mean over rows
-    of each row's percentile, from the tensors themselves (chunks sized to hold them)."""
+    of each row's percentile, from the tensors themselves (chunks sized to hold them). A tensor holding an
+    infinity or NaN on any row gets the range (-inf, inf)."""
     if not tensors:
         return {}
     opts = state.options
@@ -179,24 +183,29 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
     lo = {t: np.inf for t in tensors}
     hi = {t: -np.inf for t in tensors}
     per_row: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    bad: set[str] = set()
     for start in tqdm(range(0, rows, step), desc=f"calibrate ({source})", disable=not opts.progress,
                       leave=False):
         outs = sess.run(None, _chunk(state, feeds, views, start, min(start + step, rows), step, last))
         state.forward_passes += 1
         if not pct:
             for name, (a, b) in observers.ranges_of(outs, tensors).items():
+                if not (np.isfinite(a) and np.isfinite(b)):
+                    bad.add(name)
                 lo[name], hi[name] = min(lo[name], a), max(hi[name], b)
             continue
         n = min(start + step, rows) - start
         for name, arr in zip(tensors, outs):
             if not np.all(np.isfinite(arr)):
-                raise UnsupportedModelError(f"tensor '{name}' is not finite on the calibration data")
-            per_row[name].append(_percentiles(arr[:n] if arr.ndim and len(arr) > n else arr, n,
-                                              opts.percentile))
+                bad.add(name)
+            elif name not in bad:
+                per_row[name].append(_percentiles(arr[:n] if arr.ndim and len(arr) > n else arr, n,
+                                                  opts.percentile))
+    unbounded = Range(-np.inf, np.inf, source)
     if pct:
-        return {t: Range(*(float(v) for v in np.concatenate(per_row[t]).mean(axis=0)),
-                         f"{source}/p{opts.percentile}") for t in tensors}
-    return {t: Range(lo[t], hi[t], source) for t in tensors}
+        return {t: unbounded if t in bad else Range(*(float(v) for v in np.concatenate(per_row[t]).mean(0)),
+                                                    f"{source}/p{opts.percentile}") for t in tensors}
+    return {t: unbounded if t in bad else Range(lo[t], hi[t], source) for t in tensors}
 
 
 def _chunk(state: CompileState, feeds: dict[str, np.ndarray], views: int, start: int, stop: int,
@@ -205,6 +214,23 @@ def _chunk(state: CompileState, feeds: dict[str, np.ndarray], views: int, start:
     last row (which change no min/max; percentile rows beyond `stop` are dropped by the caller)."""
     chunk = view_rows(feeds, views, state.options.seed, start, stop, last)
     return pad_rows(chunk, step) if static_batch(state.graph) and stop - start < step else chunk
+
+
+def _keep_float(state: CompileState, tensors: list[str]) -> set[str]:
+    """Leave unquantized the encoding classes of `tensors`, which hold an infinity or NaN on the
+    calibration data (an attention mask written as -inf, as Hugging Face's exports fill masked scores):
+    no integer grid holds them. Returns the members taken out of the spec."""
+    if not tensors:
+        return set()
+    spec = state.spec
+    reps = {spec.encoding_of[t] for t in tensors}
+    floats = {t for t in spec.act_tensors if spec.encoding_of[t] in reps}
+    state.spec = act_precision.without(spec, state.graph, floats)
+    state.act_groups = act_precision.build_act_groups(state.graph, state.spec, state.target)
+    state.report.notes["float_unbounded"] = sorted(floats)
+    log.warning("tensor %s holds an infinity or NaN on the calibration data (a mask's fill): kept float%s",
+                f"'{tensors[0]}'", f" with {len(floats) - 1} more" if len(floats) > 1 else "")
+    return floats
 
 
 class Calibrate(Pass):
@@ -233,7 +259,9 @@ class Calibrate(Pass):
             state.calib = feeds   # scoring samples for later passes (synthetic ones are kept)
         n = len(next(iter(feeds.values())))
         views, rows = measured_rows(state, feeds, opts.synth_views) if source == "synthetic" else (1, n)
-        state.ranges.update(collect_ranges(state, feeds, missing, source, views, rows))
+        got = collect_ranges(state, feeds, missing, source, views, rows)
+        unbounded = _keep_float(state, [t for t, r in got.items() if not np.isfinite(r.hi - r.lo)])
+        state.ranges.update({t: r for t, r in got.items() if t not in unbounded})
         state.report.notes.setdefault("calibration", {})[source] = {"samples": n, "rows": rows,
                                                                     "tensors": len(missing)}
         moved = spill(state.calib)      # later passes read a few rows: keep the set in a file

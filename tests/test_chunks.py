@@ -14,7 +14,6 @@ import dfq_onnx
 from dfq_onnx.backends import observers, runtime
 from dfq_onnx.backends.chunks import ARENA, live_bytes_per_row, rows_per_chunk
 from dfq_onnx.core import ir
-from dfq_onnx.core.errors import UnsupportedModelError
 
 
 @pytest.fixture
@@ -38,7 +37,7 @@ def test_rows_per_chunk_fits_the_budget(graph):
     assert rows_per_chunk(graph, budget_bytes=1) == 1                       # at least one row
 
 
-def test_range_observer_matches_numpy_and_refuses_infinities(graph):
+def test_range_observer_matches_numpy_and_reports_infinities(graph):
     tensors = ["input", "bn1_out", "output"]
     sess = runtime.session(observers.range_model(graph, tensors))
     x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
@@ -46,8 +45,8 @@ def test_range_observer_matches_numpy_and_refuses_infinities(graph):
     ref = runtime.session(runtime.observer_model(graph, tensors)).run(None, {"input": x})
     assert got == {t: (float(r.min()), float(r.max())) for t, r in zip(tensors, ref)}
     x[2, 1, 3, 3] = np.inf
-    with pytest.raises(UnsupportedModelError, match="'input' is not finite"):
-        observers.ranges_of(sess.run(None, {"input": x}), tensors)
+    got = observers.ranges_of(sess.run(None, {"input": x}), tensors)
+    assert got["input"][1] == np.inf        # Calibrate keeps such a tensor float
 
 
 def _bytes(model) -> bytes:

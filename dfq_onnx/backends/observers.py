@@ -31,7 +31,6 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.backends.runtime import copy_observing
 from dfq_onnx.core import ir
-from dfq_onnx.core.errors import UnsupportedModelError
 
 STATS = ("ReduceMin", "ReduceMax")
 
@@ -75,11 +74,7 @@ def range_model(graph: gs.Graph, tensors: list[str]):
 
 
 def ranges_of(outputs: list[np.ndarray], tensors: list[str]) -> dict[str, tuple[float, float]]:
-    """(min, max) per tensor from one call of `range_model`; raises on a non-finite tensor."""
-    out = {}
-    for i, name in enumerate(tensors):
-        lo, hi = float(np.min(outputs[2 * i])), float(np.max(outputs[2 * i + 1]))
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise UnsupportedModelError(f"tensor '{name}' is not finite on the calibration data")
-        out[name] = (lo, hi)
-    return out
+    """(min, max) per tensor from one call of `range_model`; a tensor holding an infinity or NaN gets a
+    non-finite bound (Calibrate keeps such a tensor float)."""
+    return {name: (float(np.min(outputs[2 * i])), float(np.max(outputs[2 * i + 1])))
+            for i, name in enumerate(tensors)}
