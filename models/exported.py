@@ -15,6 +15,13 @@ its TorchScript export writes it, twice (an MLP over tokens [N, S, d])::
     input ─ Reshape([-1, d]) ─ Gemm(W1 [d, f], b1) ─ Reshape(Concat(Shape(input)[0], Shape(input)[1], [f]))
           ─ Relu ─ the same with W2 [f, d] ─ output [N, S, d]
 
+``patch_encoder``: a vision transformer's embedding as Hugging Face's ViT export writes it, every dimension
+of pixel_values dynamic::
+
+    pixel_values [N, C, H, W] ─ Conv(D, p x p, stride p) ─ Reshape([0, D, -1]) ─ Transpose ─┐
+    class token [1, 1, D] ─ Expand([N, 1, D]) ───────────────────────────────────── Concat ─ Add(position
+    [1, (size / p)^2 + 1, D]) ─ ReduceMean(tokens) ─ MatMul(head) ─► logits [N, classes]
+
 ``back="flat"`` keeps the second Gemm's output flat ([N * S, d], a Reshape to [-1, d]): that Gemm is not
 token-wise by the rewrite's rule.
 """
@@ -26,7 +33,7 @@ import onnx
 from dfq_onnx.models.builders import _bn, _conv_w, _init, _model, _vi
 from onnx import helper, numpy_helper
 
-__all__ = ["attention", "conv1d_mlp", "paddle_style", "same_pad_flatten", "wrapped_softmax"]
+__all__ = ["attention", "conv1d_mlp", "paddle_style", "patch_encoder", "same_pad_flatten", "wrapped_softmax"]
 
 
 def same_pad_flatten(c_in: int = 3, c: int = 8, classes: int = 5, hw: int = 9, seed: int = 0,
@@ -212,3 +219,30 @@ def conv1d_mlp(d: int = 16, f: int = 32, seq: int = 6, seed: int = 0,
     nodes += _conv1d("fc2", "h_relu", "output", w2, rng.normal(0, 0.1, d).astype(np.float32), inits, back)
     out = ["N", seq, d] if back == "tokens" else [None, d]
     return _model(nodes, [_vi("input", ["N", seq, d])], [_vi("output", out)], inits, name="conv1d_mlp")
+
+
+def patch_encoder(size: int = 16, patch: int = 4, c: int = 3, d: int = 8, classes: int = 5,
+                  seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    tokens = (size // patch) ** 2 + 1
+    inits = [_init("patch.weight", (rng.standard_normal((d, c, patch, patch)) / patch).astype(np.float32)),
+             _init("patch.bias", rng.normal(0, 0.1, d).astype(np.float32)),
+             _init("cls", rng.normal(0, 1, (1, 1, d)).astype(np.float32)),
+             _init("position", rng.normal(0, 0.1, (1, tokens, d)).astype(np.float32)),
+             _init("head.weight", (rng.standard_normal((d, classes)) / np.sqrt(d)).astype(np.float32)),
+             _init("grid", np.array([0, d, -1], np.int64)), _init("first", np.array([0], np.int64)),
+             _init("one", np.array([1], np.int64)), _init("rest", np.array([1, d], np.int64))]
+    nodes = [helper.make_node("Conv", ["pixel_values", "patch.weight", "patch.bias"], ["patches"],
+                              name="patch", kernel_shape=[patch, patch], strides=[patch, patch]),
+             helper.make_node("Reshape", ["patches", "grid"], ["flat"], name="flatten"),
+             helper.make_node("Transpose", ["flat"], ["seq"], name="tokens", perm=[0, 2, 1]),
+             helper.make_node("Shape", ["pixel_values"], ["shape"], name="shape"),
+             helper.make_node("Slice", ["shape", "first", "one"], ["batch"], name="batch"),
+             helper.make_node("Concat", ["batch", "rest"], ["cls_shape"], name="cls_shape", axis=0),
+             helper.make_node("Expand", ["cls", "cls_shape"], ["cls_rows"], name="cls_rows"),
+             helper.make_node("Concat", ["cls_rows", "seq"], ["with_cls"], name="with_cls", axis=1),
+             helper.make_node("Add", ["with_cls", "position"], ["embedded"], name="embed"),
+             helper.make_node("ReduceMean", ["embedded"], ["pooled"], name="pool", axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "head.weight"], ["logits"], name="head")]
+    return _model(nodes, [_vi("pixel_values", ["N", "C", "H", "W"])], [_vi("logits", ["N", classes])], inits,
+                  name="patch_encoder", opset=13)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from dfq_onnx.models import builders
+from dfq_onnx.models import builders, exported
 
 import dfq_onnx
 from dfq_onnx.core import ir
-from dfq_onnx.core.input_hints import npz_shapes, with_calib_hints
+from dfq_onnx.core.input_hints import npz_shapes, with_calib_hints, with_graph_hints
 from dfq_onnx.core.options import QuantizeOptions
 
 
@@ -64,3 +64,15 @@ def test_calibration_chunks_are_sized_from_the_npz_rows(tmp_path):
                                  use_cache=False)
     rows = small.notes["rows_per_call"]["calibrate"], large.notes["rows_per_call"]["calibrate"]
     assert rows[1] < rows[0] < 10**6 and 40 < rows[0] / rows[1] < 90      # ~64x the pixels per row
+
+
+def test_a_vision_transformers_image_size_comes_from_its_position_table():
+    """Hugging Face ViT exports declare pixel_values [batch, channels, height, width] all dynamic; the
+    patch embedding (4 x 4, stride 4) and the table of 4 x 4 + 1 positions fix 3 x 16 x 16."""
+    source = exported.patch_encoder(size=16, patch=4)
+    assert with_graph_hints(source, QuantizeOptions()).input_shapes == {"pixel_values": (1, 3, 16, 16)}
+    user = QuantizeOptions(input_shapes={"pixel_values": (1, 3, 32, 32)})
+    assert with_graph_hints(source, user).input_shapes == {"pixel_values": (1, 3, 32, 32)}
+    assert with_graph_hints(builders.conv_bn_relu(hw=None), QuantizeOptions()).input_shapes == {}
+    out, _ = dfq_onnx.quantize(source, calib="noise", progress=False, latency_check=False)
+    assert [d.dim_param for d in out.graph.input[0].type.tensor_type.shape.dim] == ["N", "C", "H", "W"]

@@ -9,11 +9,21 @@ could run every calibration row in one call. The user's own `--input-shape` hint
 
 Only the arrays' headers are read, not their data. An npz that cannot be read, or whose array does not
 fit the input's rank, gives no hint: Calibrate then reports the problem with its own error.
+
+Without an npz, a vision transformer's image size is in its graph (`with_graph_hints`): a patchifying
+Conv (stride = kernel, no padding) on the input, whose tokens -- through layout ops (Reshape, Flatten,
+Transpose, a Concat with a class token) -- get a constant position table [1, T, D] added (D the Conv's
+output channels), was built for T = n or n + 1 or n + 2 tokens (class / distillation tokens) with n a
+square grid of patches: the input is [1, C, side x kernel, side x kernel], C the Conv's input channels.
+Hugging Face ViT / DeiT exports declare every dimension of pixel_values dynamic; the table fixes them.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import logging
+import math
 import zipfile
 from pathlib import Path
 
@@ -21,6 +31,9 @@ import numpy as np
 import onnx
 
 from dfq_onnx.core.options import QuantizeOptions
+
+log = logging.getLogger(__name__)
+LAYOUT = ("Reshape", "Flatten", "Transpose", "Concat", "Identity", "Squeeze", "Unsqueeze")
 
 
 def npz_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
@@ -68,3 +81,65 @@ def with_calib_hints(model: onnx.ModelProto, options: QuantizeOptions) -> Quanti
     if not found:
         return options
     return dataclasses.replace(options, input_shapes={**options.input_shapes, **found})
+
+
+def _const_dims(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Shapes of the constant tensors: initializers, Constant nodes, Identity copies of them."""
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            value = next((a.t for a in n.attribute if a.name == "value"), None)
+            if value is not None:
+                dims[n.output[0]] = list(value.dims)
+        elif n.op_type == "Identity" and n.input and n.input[0] in dims:
+            dims[n.output[0]] = dims[n.input[0]]
+    return dims
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    a = next((a for a in node.attribute if a.name == name), None)
+    return default if a is None else (list(a.ints) if a.ints else a.i)
+
+
+def _patch_size(model: onnx.ModelProto, name: str, dims: dict, readers: dict) -> tuple[int, int, int] | None:
+    """(C, H, W) of image input `name` from its patch embedding and position table (module docstring)."""
+    conv = next((n for n in readers[name] if n.op_type == "Conv" and n.input[0] == name
+                 and len(dims.get(n.input[1], [])) == 4), None)
+    if conv is None:
+        return None
+    w = dims[conv.input[1]]
+    kernel = _attr(conv, "kernel_shape", w[2:])
+    if _attr(conv, "strides", [1, 1]) != kernel or any(_attr(conv, "pads", [0])) or kernel[0] != kernel[1]:
+        return None
+    todo, seen = [conv.output[0]], set()
+    while todo:
+        for n in readers[todo.pop()]:
+            other = dims.get(next((i for i in n.input if i in dims), ""), [])
+            if n.op_type == "Add" and len(other) == 3 and other[0] == 1 and other[2] == w[0]:
+                sides = [math.isqrt(other[1] - k) for k in range(3) if other[1] - k > 0]
+                side = next((r for k, r in enumerate(sides) if r * r == other[1] - k), None)
+                channels = w[1] * _attr(conv, "group", 1)
+                return None if side is None else (channels, side * kernel[0], side * kernel[1])
+            if n.op_type in LAYOUT and n.name not in seen:
+                seen.add(n.name)
+                todo += list(n.output)
+    return None
+
+
+def with_graph_hints(model: onnx.ModelProto, options: QuantizeOptions) -> QuantizeOptions:
+    """`options` with the image size of a vision transformer's dynamic input the graph fixes (docstring)."""
+    dynamic = {k: r for k, r in _dynamic_rows(model).items() if r == 4 and k not in options.input_shapes}
+    if not dynamic:
+        return options
+    dims, readers = _const_dims(model), collections.defaultdict(list)
+    for n in model.graph.node:
+        for i in dict.fromkeys(n.input):
+            readers[i].append(n)
+    found = {}
+    for k in dynamic:
+        size = _patch_size(model, k, dims, readers)
+        if size is not None:
+            found[k] = (1, *size)
+            log.warning("input '%s': size %s from the patch embedding and position table (pass --input-shape "
+                        "to choose another)", k, "x".join(map(str, found[k][1:])))
+    return dataclasses.replace(options, input_shapes={**options.input_shapes, **found}) if found else options
