@@ -87,10 +87,16 @@ def check_supported(model) -> None:
             raise UnsupportedModelError(f"{where}: custom domain '{node.domain}' is unknown to ONNX Runtime, "
                                         "so the model cannot be calibrated; export it with standard ops")
         if node.op_type in CONTROL_FLOW and _subgraph_ops(node) & QUANTIZABLE:
+            branches = [a.g for a in node.attribute if a.HasField("g")]
+            merged = node.op_type == "If" and node.input[0] in {i.name for i in g.input} and all(
+                {n.op_type for n in b.node} & QUANTIZABLE for b in branches)
+            hint = (f"its condition is the model input '{node.input[0]}', so the branches are two models "
+                    "merged into one (Hugging Face Optimum's decoder_model_merged.onnx: quantize "
+                    "decoder_model.onnx and decoder_with_past_model.onnx, exported beside it, instead)"
+                    if merged else "export the model without control flow (unrolled) around them")
             raise UnsupportedModelError(f"{where}: control flow around quantizable layers "
                                         f"({', '.join(sorted(_subgraph_ops(node) & QUANTIZABLE))}) is not "
-                                        "supported; export the model without control flow (unrolled) "
-                                        "around them")
+                                        f"supported; {hint}")
     tensors = [(i.name, i.type.tensor_type.elem_type) for i in list(g.input) + list(g.output)]
     tensors += [(t.name, t.data_type) for t in g.initializer]
     for name, elem in tensors:

@@ -66,6 +66,8 @@ CASES = {
                       ["standard ops"]),
     "if-around-conv": (_model(builders.bad_if_conv), [], 1, ["'branch'", "(If)", "Conv"],
                        ["without control flow"]),
+    "merged-models": (_model(lambda: builders.bad_if_conv(merged=True)), [], 1, ["'branch'", "'flag'"],
+                      ["decoder_model.onnx and decoder_with_past_model.onnx"]),
     "loop-around-conv": (_model(builders.bad_loop_conv), [], 1, ["'loop'", "(Loop)", "Conv"],
                          ["without control flow"]),
     "already-quantized": (_model(builders.bad_already_quantized), [], 1, ["'q_in'", "already quantized"],
