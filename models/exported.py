@@ -222,7 +222,9 @@ def conv1d_mlp(d: int = 16, f: int = 32, seq: int = 6, seed: int = 0,
 
 
 def patch_encoder(size: int = 16, patch: int = 4, c: int = 3, d: int = 8, classes: int = 5,
-                  seed: int = 0) -> onnx.ModelProto:
+                  seed: int = 0, clip: bool = False) -> onnx.ModelProto:
+    """`clip`: as CLIP's export writes it -- a Cast before the patch Conv, the position table read by a
+    Gather at constant position ids."""
     rng = np.random.default_rng(seed)
     tokens = (size // patch) ** 2 + 1
     inits = [_init("patch.weight", (rng.standard_normal((d, c, patch, patch)) / patch).astype(np.float32)),
@@ -232,17 +234,23 @@ def patch_encoder(size: int = 16, patch: int = 4, c: int = 3, d: int = 8, classe
              _init("head.weight", (rng.standard_normal((d, classes)) / np.sqrt(d)).astype(np.float32)),
              _init("grid", np.array([0, d, -1], np.int64)), _init("first", np.array([0], np.int64)),
              _init("one", np.array([1], np.int64)), _init("rest", np.array([1, d], np.int64))]
-    nodes = [helper.make_node("Conv", ["pixel_values", "patch.weight", "patch.bias"], ["patches"],
-                              name="patch", kernel_shape=[patch, patch], strides=[patch, patch]),
-             helper.make_node("Reshape", ["patches", "grid"], ["flat"], name="flatten"),
-             helper.make_node("Transpose", ["flat"], ["seq"], name="tokens", perm=[0, 2, 1]),
-             helper.make_node("Shape", ["pixel_values"], ["shape"], name="shape"),
-             helper.make_node("Slice", ["shape", "first", "one"], ["batch"], name="batch"),
-             helper.make_node("Concat", ["batch", "rest"], ["cls_shape"], name="cls_shape", axis=0),
-             helper.make_node("Expand", ["cls", "cls_shape"], ["cls_rows"], name="cls_rows"),
-             helper.make_node("Concat", ["cls_rows", "seq"], ["with_cls"], name="with_cls", axis=1),
-             helper.make_node("Add", ["with_cls", "position"], ["embedded"], name="embed"),
-             helper.make_node("ReduceMean", ["embedded"], ["pooled"], name="pool", axes=[1], keepdims=0),
-             helper.make_node("MatMul", ["pooled", "head.weight"], ["logits"], name="head")]
+    pixels, position = ("pixels", "positions") if clip else ("pixel_values", "position")
+    nodes = [helper.make_node("Cast", ["pixel_values"], ["pixels"], name="cast", to=1)] if clip else []
+    if clip:
+        inits += [_init("position_ids", np.arange(tokens, dtype=np.int64)[None]),
+                  _init("position_table", rng.normal(0, 0.1, (tokens, d)).astype(np.float32))]
+        nodes.append(helper.make_node("Gather", ["position_table", "position_ids"], [position], name="pos"))
+    nodes += [helper.make_node("Conv", [pixels, "patch.weight", "patch.bias"], ["patches"],
+                               name="patch", kernel_shape=[patch, patch], strides=[patch, patch]),
+              helper.make_node("Reshape", ["patches", "grid"], ["flat"], name="flatten"),
+              helper.make_node("Transpose", ["flat"], ["seq"], name="tokens", perm=[0, 2, 1]),
+              helper.make_node("Shape", ["pixel_values"], ["shape"], name="shape"),
+              helper.make_node("Slice", ["shape", "first", "one"], ["batch"], name="batch"),
+              helper.make_node("Concat", ["batch", "rest"], ["cls_shape"], name="cls_shape", axis=0),
+              helper.make_node("Expand", ["cls", "cls_shape"], ["cls_rows"], name="cls_rows"),
+              helper.make_node("Concat", ["cls_rows", "seq"], ["with_cls"], name="with_cls", axis=1),
+              helper.make_node("Add", ["with_cls", position], ["embedded"], name="embed"),
+              helper.make_node("ReduceMean", ["embedded"], ["pooled"], name="pool", axes=[1], keepdims=0),
+              helper.make_node("MatMul", ["pooled", "head.weight"], ["logits"], name="head")]
     return _model(nodes, [_vi("pixel_values", ["N", "C", "H", "W"])], [_vi("logits", ["N", classes])], inits,
                   name="patch_encoder", opset=13)

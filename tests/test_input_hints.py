@@ -74,5 +74,7 @@ def test_a_vision_transformers_image_size_comes_from_its_position_table():
     user = QuantizeOptions(input_shapes={"pixel_values": (1, 3, 32, 32)})
     assert with_graph_hints(source, user).input_shapes == {"pixel_values": (1, 3, 32, 32)}
     assert with_graph_hints(builders.conv_bn_relu(hw=None), QuantizeOptions()).input_shapes == {}
+    clip = exported.patch_encoder(size=24, patch=4, clip=True)      # Cast first; Gather(table, ids)
+    assert with_graph_hints(clip, QuantizeOptions()).input_shapes == {"pixel_values": (1, 3, 24, 24)}
     out, _ = dfq_onnx.quantize(source, calib="noise", progress=False, latency_check=False)
     assert [d.dim_param for d in out.graph.input[0].type.tensor_type.shape.dim] == ["N", "C", "H", "W"]

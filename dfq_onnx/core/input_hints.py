@@ -11,11 +11,12 @@ Only the arrays' headers are read, not their data. An npz that cannot be read, o
 fit the input's rank, gives no hint: Calibrate then reports the problem with its own error.
 
 Without an npz, a vision transformer's image size is in its graph (`with_graph_hints`): a patchifying
-Conv (stride = kernel, no padding) on the input, whose tokens -- through layout ops (Reshape, Flatten,
-Transpose, a Concat with a class token) -- get a constant position table [1, T, D] added (D the Conv's
-output channels), was built for T = n or n + 1 or n + 2 tokens (class / distillation tokens) with n a
-square grid of patches: the input is [1, C, side x kernel, side x kernel], C the Conv's input channels.
-Hugging Face ViT / DeiT exports declare every dimension of pixel_values dynamic; the table fixes them.
+Conv (stride = kernel, no padding) on the input (through a Cast), whose tokens -- through layout ops
+(Reshape, Flatten, Transpose, a Concat with a class token) -- get a constant position table [1, T, D]
+added (D the Conv's output channels), was built for T = n or n + 1 or n + 2 tokens (class / distillation
+tokens) with n a square grid of patches: the input is [1, C, side x kernel, side x kernel], C the Conv's
+input channels. Hugging Face ViT / DeiT / CLIP exports declare every dimension of pixel_values dynamic;
+the table fixes them.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def with_calib_hints(model: onnx.ModelProto, options: QuantizeOptions) -> Quanti
 
 
 def _const_dims(model: onnx.ModelProto) -> dict[str, list[int]]:
-    """Shapes of the constant tensors: initializers, Constant nodes, Identity copies of them."""
+    """Shapes of the constant tensors: initializers, Constant nodes, Identity copies of them, and a
+    Gather of a constant table at constant indices (CLIP's position_embedding(position_ids))."""
     dims = {t.name: list(t.dims) for t in model.graph.initializer}
     for n in model.graph.node:
         if n.op_type == "Constant":
@@ -93,6 +95,8 @@ def _const_dims(model: onnx.ModelProto) -> dict[str, list[int]]:
                 dims[n.output[0]] = list(value.dims)
         elif n.op_type == "Identity" and n.input and n.input[0] in dims:
             dims[n.output[0]] = dims[n.input[0]]
+        elif n.op_type == "Gather" and all(i in dims for i in n.input[:2]) and not _attr(n, "axis", 0):
+            dims[n.output[0]] = dims[n.input[1]] + dims[n.input[0]][1:]
     return dims
 
 
@@ -103,8 +107,11 @@ def _attr(node: onnx.NodeProto, name: str, default):
 
 def _patch_size(model: onnx.ModelProto, name: str, dims: dict, readers: dict) -> tuple[int, int, int] | None:
     """(C, H, W) of image input `name` from its patch embedding and position table (module docstring)."""
-    conv = next((n for n in readers[name] if n.op_type == "Conv" and n.input[0] == name
-                 and len(dims.get(n.input[1], [])) == 4), None)
+    x, conv = name, None
+    while conv is None and x is not None:
+        conv = next((n for n in readers[x] if n.op_type == "Conv" and n.input[0] == x
+                     and len(dims.get(n.input[1], [])) == 4), None)
+        x = next((n.output[0] for n in readers[x] if n.op_type in ("Cast", "Identity")), None)
     if conv is None:
         return None
     w = dims[conv.input[1]]
