@@ -33,6 +33,10 @@ encoder's states [N, S_enc, D] (a float input read by the key / value MatMuls).
 exports, e.g. Magika): ids [N, S] ─ Unsqueeze ─ Equal(0 .. V-1) (or OneHot(V)) ─ Cast ─ MatMul(table
 [V, D]) ─ Conv over the sequence (as [N, D, S]) ─ Relu ─ ReduceMax over S ─ Gemm ─► logits [N, classes].
 
+``dual_encoder``: a CLIP-style pair, text and image in one graph: input_ids [Nt, S] ─ Gather(word) ─
+ReduceMean ─ MatMul ─► text [Nt, D]; pixel_values [Ni, 3, H, W] ─ Conv ─ Relu ─ GlobalAveragePool ─
+Flatten ─► image [Ni, D]; logits_per_image = image @ text^T [Ni, Nt]. `hw=None`: H, W dynamic.
+
 All pass the ONNX checker and run in ONNX Runtime (opset 17, LayerNormalization).
 """
 
@@ -276,3 +280,24 @@ def one_hot_classifier(vocab: int = 257, seq: int = 32, d: int = 16, classes: in
     dtype = TensorProto.INT64 if op == "OneHot" else TensorProto.INT32
     return _model(nodes, [_vi("ids", ["N", seq], dtype)], [_vi("logits", ["N", classes])], inits, opset=18,
                   name="one_hot_classifier")
+
+
+def dual_encoder(vocab: int = 256, seq: int = 8, d: int = 16, hw: int | None = 8, seed: int = 0
+                 ) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    inits: list = [_init("word.weight", _word_table(rng, vocab, d)),
+                   _init("conv.weight", (rng.standard_normal((d, 3, 3, 3)) / 5).astype(np.float32))]
+    nodes: list = [helper.make_node("Gather", ["word.weight", "input_ids"], ["words"], name="words"),
+                   helper.make_node("ReduceMean", ["words"], ["pooled"], name="pool_text", axes=[1],
+                                    keepdims=0)]
+    text = _mm("text_proj", "pooled", rng, d, d, inits, nodes)
+    nodes += [helper.make_node("Conv", ["pixel_values", "conv.weight"], ["conv_out"], name="conv",
+                               pads=[1] * 4),
+              helper.make_node("Relu", ["conv_out"], ["relu_out"], name="relu"),
+              helper.make_node("GlobalAveragePool", ["relu_out"], ["gap"], name="gap"),
+              helper.make_node("Flatten", ["gap"], ["image"], name="flatten"),
+              helper.make_node("Transpose", [text], ["text_t"], name="text_t", perm=[1, 0]),
+              helper.make_node("MatMul", ["image", "text_t"], ["logits_per_image"], name="similarity")]
+    side = hw if hw else "H"
+    ins = [_vi("input_ids", ["Nt", seq], TensorProto.INT64), _vi("pixel_values", ["Ni", 3, side, hw or "W"])]
+    return _model(nodes, ins, [_vi("logits_per_image", ["Ni", "Nt"])], inits, name="dual_encoder")

@@ -114,6 +114,25 @@ def test_a_tensor_holding_minus_infinity_stays_float_on_an_all_static_target():
     assert np.all(np.isfinite(got)) and np.sum(want ** 2) / np.sum((want - got) ** 2) > 100
 
 
+def test_images_beside_tokens_are_drawn_from_the_image_prior(caplog):
+    """A CLIP-style dual encoder (text and image inputs in one graph) was refused ('float beside token
+    inputs'): its images are drawn from the 1/f prior, standardized, with a warning naming the input."""
+    model = token_builders.dual_encoder()
+    with caplog.at_level(logging.WARNING):
+        result = api.synthesize(model, samples=16, seed=0, use_cache=False, progress=False)
+    assert "pixel_values" in caplog.text and "--calib" in caplog.text
+    images = result.inputs["pixel_values"]
+    assert result.objective == "tokens+images" and images.shape == (16, 3, 8, 8)
+    assert abs(images.mean()) < 0.2 and 0.8 < images.std() < 1.2
+    out, _ = dfq_onnx.quantize(model, progress=False, use_cache=False, latency_check=False)
+    onnx.checker.check_model(out, full_check=True)
+    assert any(n.op_type == "QuantizeLinear" and n.input[0] == "pixel_values" for n in out.graph.node)
+    want, got = run(model, result.inputs)[0], run(out, result.inputs)[0]
+    assert np.sum(want ** 2) / np.sum((want - got) ** 2) > 100
+    with pytest.raises(PassError, match="pixel_values"):       # sizes unknown: still asks
+        api.synthesize(token_builders.dual_encoder(hw=None), samples=4, use_cache=False, progress=False)
+
+
 def test_an_encoder_decoders_decoder_gets_standard_states_and_a_warning(caplog):
     model = token_builders.token_decoder_cross()
     graph = ir.to_graph(model)
