@@ -13,7 +13,7 @@ import onnx
 
 from dfq_onnx.core import ir
 from dfq_onnx.core.errors import OutputError, UsageError
-from dfq_onnx.core.input_hints import with_calib_hints, with_graph_hints
+from dfq_onnx.core.input_hints import with_calib_hints, with_config_hints, with_graph_hints
 from dfq_onnx.core.options import QuantizeOptions
 from dfq_onnx.core.pass_base import run_passes
 from dfq_onnx.core.report import Report
@@ -39,6 +39,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     source = ir.load_model(model)
     opts = with_calib_hints(source, opts)       # dynamic input sizes a --calib npz fixes
     opts = with_graph_hints(source, opts)       # ... or a vision transformer's position table
+    opts = with_config_hints(model, source, opts)   # ... or the exporter's config files beside the model
     report = Report()
     report.model.update({"name": source.graph.name, "producer": source.producer_name,
                          "path": str(model) if not isinstance(model, onnx.ModelProto) else None,

@@ -7,7 +7,7 @@ from dfq_onnx.models import builders, exported
 
 import dfq_onnx
 from dfq_onnx.core import ir
-from dfq_onnx.core.input_hints import npz_shapes, with_calib_hints, with_graph_hints
+from dfq_onnx.core.input_hints import npz_shapes, with_calib_hints, with_config_hints, with_graph_hints
 from dfq_onnx.core.options import QuantizeOptions
 
 
@@ -78,3 +78,26 @@ def test_a_vision_transformers_image_size_comes_from_its_position_table():
     assert with_graph_hints(clip, QuantizeOptions()).input_shapes == {"pixel_values": (1, 3, 24, 24)}
     out, _ = dfq_onnx.quantize(source, calib="noise", progress=False, latency_check=False)
     assert [d.dim_param for d in out.graph.input[0].type.tensor_type.shape.dim] == ["N", "C", "H", "W"]
+
+
+def test_a_hugging_face_exports_config_files_size_its_image_input(tmp_path):
+    """Optimum writes config.json / preprocessor_config.json beside model.onnx; their image size is what
+    the model is fed (the processor's crop when it center-crops), so --input-shape is not needed."""
+    import json
+
+    source = builders.conv_bn_relu(hw=None)
+    path = tmp_path / "model.onnx"
+    ir.save_model(source, path)
+    assert with_config_hints(path, source, QuantizeOptions()).input_shapes == {}       # no files
+    (tmp_path / "config.json").write_text(json.dumps({"image_size": 16, "num_channels": 3}))
+    assert with_config_hints(path, source, QuantizeOptions()).input_shapes == {"input": (1, 3, 16, 16)}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"size": {"shortest_edge": 20}, "do_center_crop": True, "crop_size": {"height": 12, "width": 10}}))
+    assert with_config_hints(path, source, QuantizeOptions()).input_shapes == {"input": (1, 3, 12, 10)}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 20}}))
+    assert with_config_hints(path, source, QuantizeOptions()).input_shapes == {"input": (1, 3, 20, 20)}
+    user = QuantizeOptions(input_shapes={"input": (1, 3, 8, 8)})
+    assert with_config_hints(path, source, user).input_shapes == {"input": (1, 3, 8, 8)}
+    assert with_config_hints(source, source, QuantizeOptions()).input_shapes == {}       # not a path
+    out, _ = dfq_onnx.quantize(path, calib="noise", progress=False, latency_check=False)
+    assert out.graph.input[0].type.tensor_type.shape.dim[2].dim_param      # the written model stays dynamic

@@ -17,14 +17,22 @@ added (D the Conv's output channels), was built for T = n or n + 1 or n + 2 toke
 tokens) with n a square grid of patches: the input is [1, C, side x kernel, side x kernel], C the Conv's
 input channels. Hugging Face ViT / DeiT / CLIP exports declare every dimension of pixel_values dynamic;
 the table fixes them.
+
+Else the exporter's files beside the model (`with_config_hints`): Hugging Face exports (Optimum,
+`save_pretrained`) write config.json and, for image models, preprocessor_config.json next to model.onnx.
+The image the processor hands the model is crop_size when it center-crops, else size ({height, width},
+{shortest_edge: s} -> s x s, or an int); without a processor file, config.json's image_size (or
+vision_config.image_size). Channels: config.json's num_channels, else the first Conv's input channels.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import logging
 import math
+import os
 import zipfile
 from pathlib import Path
 
@@ -105,13 +113,21 @@ def _attr(node: onnx.NodeProto, name: str, default):
     return default if a is None else (list(a.ints) if a.ints else a.i)
 
 
-def _patch_size(model: onnx.ModelProto, name: str, dims: dict, readers: dict) -> tuple[int, int, int] | None:
-    """(C, H, W) of image input `name` from its patch embedding and position table (module docstring)."""
-    x, conv = name, None
-    while conv is None and x is not None:
+def _first_conv(name: str, dims: dict, readers: dict) -> onnx.NodeProto | None:
+    """The Conv (constant 4-D weight) reading input `name`, directly or through Cast / Identity."""
+    x = name
+    while x is not None:
         conv = next((n for n in readers[x] if n.op_type == "Conv" and n.input[0] == x
                      and len(dims.get(n.input[1], [])) == 4), None)
+        if conv is not None:
+            return conv
         x = next((n.output[0] for n in readers[x] if n.op_type in ("Cast", "Identity")), None)
+    return None
+
+
+def _patch_size(model: onnx.ModelProto, name: str, dims: dict, readers: dict) -> tuple[int, int, int] | None:
+    """(C, H, W) of image input `name` from its patch embedding and position table (module docstring)."""
+    conv = _first_conv(name, dims, readers)
     if conv is None:
         return None
     w = dims[conv.input[1]]
@@ -150,3 +166,62 @@ def with_graph_hints(model: onnx.ModelProto, options: QuantizeOptions) -> Quanti
             log.warning("input '%s': size %s from the patch embedding and position table (pass --input-shape "
                         "to choose another)", k, "x".join(map(str, found[k][1:])))
     return dataclasses.replace(options, input_shapes={**options.input_shapes, **found}) if found else options
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _side(v) -> tuple[int, int] | None:
+    """(H, W) from a processor / config size entry: int, [h, w], {height, width} or {shortest_edge}."""
+    if isinstance(v, int) and v > 0:
+        return v, v
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v):
+        return v[0], v[1]
+    if isinstance(v, dict):
+        if isinstance(v.get("height"), int) and isinstance(v.get("width"), int):
+            return v["height"], v["width"]
+        return _side(v.get("shortest_edge"))
+    return None
+
+
+def _config_image(folder: Path) -> tuple[tuple[int, int], int | None, str] | None:
+    """((H, W), channels or None, source file) of the image a Hugging Face export's files describe."""
+    proc, cfg = _read_json(folder / "preprocessor_config.json"), _read_json(folder / "config.json")
+    vision = cfg.get("vision_config") if isinstance(cfg.get("vision_config"), dict) else {}
+    channels = next((c["num_channels"] for c in (cfg, vision) if isinstance(c.get("num_channels"), int)),
+                    None)
+    crop = _side(proc.get("crop_size")) if proc.get("do_center_crop") else None
+    size = crop or _side(proc.get("size"))
+    if size:
+        return size, channels, "preprocessor_config.json"
+    size = _side(cfg.get("image_size")) or _side(vision.get("image_size"))
+    return (size, channels, "config.json") if size else None
+
+
+def with_config_hints(path, model: onnx.ModelProto, options: QuantizeOptions) -> QuantizeOptions:
+    """`options` with the image size a Hugging Face export's files beside `path` give (docstring)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return options
+    dynamic = [k for k, r in _dynamic_rows(model).items() if r == 4 and k not in options.input_shapes]
+    found = _config_image(Path(path).parent) if dynamic else None
+    if not found:
+        return options
+    (h, w), channels, source = found
+    dims, readers = _const_dims(model), collections.defaultdict(list)
+    for n in model.graph.node:
+        for i in dict.fromkeys(n.input):
+            readers[i].append(n)
+    hints = {}
+    for k in dynamic:
+        conv = _first_conv(k, dims, readers)
+        c = channels or (dims[conv.input[1]][1] * _attr(conv, "group", 1) if conv is not None else None)
+        if c:
+            hints[k] = (1, c, h, w)
+            log.warning("input '%s': size %dx%dx%d from %s beside the model (pass --input-shape to choose "
+                        "another)", k, c, h, w, source)
+    return dataclasses.replace(options, input_shapes={**options.input_shapes, **hints}) if hints else options
