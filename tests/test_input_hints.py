@@ -101,3 +101,13 @@ def test_a_hugging_face_exports_config_files_size_its_image_input(tmp_path):
     assert with_config_hints(source, source, QuantizeOptions()).input_shapes == {}       # not a path
     out, _ = dfq_onnx.quantize(path, calib="noise", progress=False, latency_check=False)
     assert out.graph.input[0].type.tensor_type.shape.dim[2].dim_param      # the written model stays dynamic
+
+
+def test_the_shape_error_fills_in_the_channels_the_first_conv_reads():
+    import pytest
+    from dfq_onnx.core.errors import PassError
+
+    source = builders.conv_bn_relu(hw=None)
+    source.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "channels"
+    with pytest.raises(PassError, match=r"--input-shape input:1,3,<"):
+        dfq_onnx.quantize(source, progress=False, use_cache=False)

@@ -64,6 +64,17 @@ def shape_example(shape) -> str:
     return ",".join(dim(i, d) for i, d in enumerate(shape))
 
 
+def _with_channels(t: gs.Tensor) -> list:
+    """`t`'s shape with a dynamic channel axis (1 of a rank-4 input) filled from the Conv reading it."""
+    shape = list(t.shape)
+    conv = next((n for n in t.outputs if n.op == "Conv" and n.inputs[0] is t and len(n.inputs) > 1
+                 and isinstance(n.inputs[1], gs.Constant) and len(n.inputs[1].shape) == 4), None)
+    known = isinstance(shape[1], (int, np.integer)) and shape[1] > 0 if len(shape) == 4 else True
+    if conv is not None and not known:
+        shape[1] = int(conv.inputs[1].shape[1]) * int(conv.attrs.get("group", 1))
+    return shape
+
+
 def resolve_shapes(graph: gs.Graph, hints: dict[str, tuple]) -> dict[str, tuple[int, ...]]:
     """Per-sample shape (batch axis dropped) of every graph input; hints fill dynamic dimensions."""
     shapes = {}
@@ -76,7 +87,7 @@ def resolve_shapes(graph: gs.Graph, hints: dict[str, tuple]) -> dict[str, tuple[
             raise UsageError(f"--input-shape {t.name}: rank {len(dims)} given, the input has rank "
                              f"{len(t.shape)}")
         if not dims or any(not isinstance(d, (int, np.integer)) or d <= 0 for d in dims[1:]):
-            example = shape_example(t.shape or [1])
+            example = shape_example(_with_channels(t) if t.shape else [1])
             raise UsageError(f"input '{t.name}' has a dynamic non-batch dimension ({t.shape}); pass "
                              f"--input-shape {t.name}:{example} with the real sizes")
         shapes[t.name] = tuple(int(d) for d in dims[1:])
