@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 from dfq_onnx.models import builders, exported
 
 import dfq_onnx
 from dfq_onnx.core import ir
+from dfq_onnx.core.errors import PassError
 from dfq_onnx.core.input_hints import npz_shapes, with_calib_hints, with_config_hints, with_graph_hints
 from dfq_onnx.core.options import QuantizeOptions
 
@@ -83,8 +87,6 @@ def test_a_vision_transformers_image_size_comes_from_its_position_table():
 def test_a_hugging_face_exports_config_files_size_its_image_input(tmp_path):
     """Optimum writes config.json / preprocessor_config.json beside model.onnx; their image size is what
     the model is fed (the processor's crop when it center-crops), so --input-shape is not needed."""
-    import json
-
     source = builders.conv_bn_relu(hw=None)
     path = tmp_path / "model.onnx"
     ir.save_model(source, path)
@@ -104,9 +106,6 @@ def test_a_hugging_face_exports_config_files_size_its_image_input(tmp_path):
 
 
 def test_the_shape_error_fills_in_the_channels_the_first_conv_reads():
-    import pytest
-    from dfq_onnx.core.errors import PassError
-
     source = builders.conv_bn_relu(hw=None)
     source.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "channels"
     with pytest.raises(PassError, match=r"--input-shape input:1,3,<"):

@@ -108,6 +108,14 @@ def _const_dims(model: onnx.ModelProto) -> dict[str, list[int]]:
     return dims
 
 
+def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    readers = collections.defaultdict(list)
+    for n in model.graph.node:
+        for i in dict.fromkeys(n.input):
+            readers[i].append(n)
+    return readers
+
+
 def _attr(node: onnx.NodeProto, name: str, default):
     a = next((a for a in node.attribute if a.name == name), None)
     return default if a is None else (list(a.ints) if a.ints else a.i)
@@ -154,10 +162,7 @@ def with_graph_hints(model: onnx.ModelProto, options: QuantizeOptions) -> Quanti
     dynamic = {k: r for k, r in _dynamic_rows(model).items() if r == 4 and k not in options.input_shapes}
     if not dynamic:
         return options
-    dims, readers = _const_dims(model), collections.defaultdict(list)
-    for n in model.graph.node:
-        for i in dict.fromkeys(n.input):
-            readers[i].append(n)
+    dims, readers = _const_dims(model), _readers(model)
     found = {}
     for k in dynamic:
         size = _patch_size(model, k, dims, readers)
@@ -212,10 +217,7 @@ def with_config_hints(path, model: onnx.ModelProto, options: QuantizeOptions) ->
     if not found:
         return options
     (h, w), channels, source = found
-    dims, readers = _const_dims(model), collections.defaultdict(list)
-    for n in model.graph.node:
-        for i in dict.fromkeys(n.input):
-            readers[i].append(n)
+    dims, readers = _const_dims(model), _readers(model)
     hints = {}
     for k in dynamic:
         conv = _first_conv(k, dims, readers)
