@@ -24,11 +24,16 @@ ResNet-56 W8A8 and W4A8, EfficientNet-Lite0 W8A8; BENCHMARKS.md, issue 13), at ~
 The prior costs no forward pass (the samples are generated in numpy, one sample at a time: memory
 is the samples themselves). The label objectives (models without BN statistics, or asked for) keep
 the search, up to 80 steps of P = 2 pairs capped by a compute budget deterministic in the model:
-rows * E <= 6e9, E = activation elements per row (outputs of every Conv/Gemm/MatMul; from the
-graph's shapes, else from one one-row ORT run), about a minute of ORT on 2 cores; a budget below 12
-steps searches nothing (a few steps move nothing but cost the same per step). `steps` given
-explicitly are always run, whatever the objective. Runs of the search are chunked in rows so
-that ORT's activations fit a fixed memory budget (`synth_runner`).
+rows * E <= 6e9, E = float activation elements per row (the outputs of every node; from the graph's
+shapes, else from one one-row ORT run); a budget below 12 steps searches nothing (a few steps move
+nothing but cost the same per step). `steps` given explicitly are always run, whatever the objective.
+E counts every node because ORT's time follows every node: per million element-rows a plain forward
+took 1.8-3.7 ms over ResNet-20, EfficientNet-Lite0, YOLOv8n and four tiny ViT / Whisper encoders,
+where the Conv/Gemm/MatMul outputs alone (E until session 14) spread 3.5-14.6 ms (a transformer's
+Softmax, LayerNorm, GELU and attention reshapes write no MatMul output), and those encoders got the
+full 80 steps, 100-220 s of a compile. 6e9 element-rows is ~10-20 s of ORT on 2 cores (the search
+step adds its numpy decoding; BENCHMARKS.md, session 15 cost15). Runs of the search are chunked in
+rows so that ORT's activations fit a fixed memory budget (`synth_runner`).
 
 Sequence objectives on a model whose output positions follow an input axis search pieces 1/R as wide
 and concatenate them (`dfq_onnx.synth.compose`, the budget counted per piece); on an image recognizer
@@ -175,7 +180,7 @@ def _images(graph, bn_stats, options: SynthesisOptions, model_hash: str, shapes:
     else:
         pieces = plan.pieces if plan else 1
         steps, probes = budgeted_steps(options, kind,
-                                       lambda: _per_piece(row_elements(graph, shapes), pieces))
+                                       lambda: _per_piece(row_elements(graph, shapes, every=True), pieces))
     rng = np.random.default_rng(options.seed)
     n = options.samples
     if steps == 0 and not strokes:
@@ -222,7 +227,9 @@ def _searched(latent, kind, graph, bn_stats, shapes, options, steps, rng) -> Syn
     start_images = squash(latent, options.input_ranges)
     objective, runner = build_objective(kind, graph, bn_stats, shapes, start_images, rng)
     idx = np.arange(options.samples)
-    loss_start = float(runner.losses(objective, start_images, idx).mean())
+    first = runner.reference if runner.reference is not None else runner.run(start_images)
+    loss_start = float(objective.losses(first, list(start_images.values()), idx).mean())
+    runner.reference = None
     images = _search(latent, shapes, objective, runner, options, steps, rng)
     loss_end = float(runner.losses(objective, images, idx).mean())
     labels = objective.label.labels if objective.label is not None else None

@@ -1,10 +1,11 @@
 """Compile-time work budgets: how many forward rows a stage may spend, from the model's activation size.
 
 The cost of a forward pass over r rows is about r x E, E = activation elements per row (the outputs of
-every Conv/Gemm/MatMul, `dfq_onnx.synth.runner.row_elements`: the proxy synthesis budgets its search
-with). A stage whose default spends a fixed number of rows (Calibrate's views of every sample, the
-activation decision's scoring rows times its evaluations) costs 100x more on a 640 x 640 detector than
-on a 32 x 32 classifier; these rules cap each stage's work at WORK element-rows instead:
+every Conv/Gemm/MatMul, `dfq_onnx.synth.runner.row_elements`; the synthesis search counts every node's
+outputs instead, which follows a transformer's cost better: passes/synthesize.py). A stage whose default
+spends a fixed number of rows (Calibrate's views of every sample, the activation decision's scoring rows
+times its evaluations) costs 100x more on a 640 x 640 detector than on a 32 x 32 classifier; these rules
+cap each stage's work at WORK element-rows instead:
 
     calibration rows   R   = clamp(WORK // E, n, n * views)                      (Calibrate)
     scoring rows       n_s = min(n, max(MIN_ROWS, WORK // (E * MIN_EVALS)))      (activation decision)

@@ -119,11 +119,17 @@ def _known(t: gs.Tensor) -> bool:
     return all(isinstance(d, (int, np.integer)) and d > 0 for d in dims)
 
 
-def row_elements(graph: gs.Graph, shapes: dict[str, tuple[int, ...]]) -> tuple[int, int]:
+def row_elements(graph: gs.Graph, shapes: dict[str, tuple[int, ...]], every: bool = False) -> tuple[int, int]:
     """(activation elements per row, forward passes spent): the outputs of every Conv/Gemm/MatMul, the
-    cost proxy of the step budget. Shapes come from the graph; when shape inference left one unknown
-    (e.g. pads computed from the input's shape), from one ORT run of a row of zeros (one pass)."""
-    outs = [nd.outputs[0] for nd in graph.nodes if nd.op in WEIGHTED_LAYERS and nd.outputs]
+    cost proxy of the calibration and scoring budgets (`backends.budget`); `every`: the float outputs of
+    every node, the search's cost proxy (passes/synthesize.py: a transformer's Softmax, LayerNorm, GELU
+    and attention reshapes cost ORT as much as its MatMuls' outputs). Shapes come from the graph; when
+    shape inference left one unknown (e.g. pads computed from the input's shape), from one ORT run of a
+    row of zeros (one pass)."""
+    if every:
+        outs = [t for nd in graph.nodes for t in nd.outputs if is_float(t)]
+    else:
+        outs = [nd.outputs[0] for nd in graph.nodes if nd.op in WEIGHTED_LAYERS and nd.outputs]
     if not outs:
         return max(_per_row_numel(graph), *(int(np.prod(s)) for s in shapes.values())), 0
     if all(_known(t) for t in outs):
@@ -140,6 +146,7 @@ class Runner:
 
     def __init__(self, graph: gs.Graph, objective: Objective, shapes: dict[str, tuple[int, ...]]):
         self.calls = self.rows = 0
+        self.reference: list[np.ndarray] | None = None    # build_objective's run of the starting images
         self.shapes = shapes
         self.static = static_batch(graph)
         largest = max(_per_row_numel(graph), *(int(np.prod(s)) for s in shapes.values()))
@@ -233,7 +240,8 @@ def build_objective(kind: str, graph: gs.Graph, bn_stats: dict, shapes: dict,
     runner = Runner(graph, objective, shapes)
     if output is None:
         return objective, runner
-    _, peaks, y = objective.split(runner.run(reference))
+    runner.reference = runner.run(reference)      # kept: the search's starting loss reads it (no second run)
+    _, peaks, y = objective.split(runner.reference)
     act_ref = np.maximum(peaks.mean(axis=0), 1e-12) if peaks is not None else np.zeros(0)
     if "sequence" in kind:
         if y.ndim != 3:

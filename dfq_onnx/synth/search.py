@@ -93,13 +93,24 @@ class Decoder:
         if not self.image:
             return self.base[idx] + z
         c = self.latent[0]
-        gains = np.exp(theta[:, self.mix:self.mix + self.gain]).reshape(-1, BANDS, c, 1, 1)
-        u = sum(gains[:, b] * self.base[idx, b] for b in range(BANDS))
+        u = self.banded(np.exp(theta[:, self.mix:self.mix + self.gain]).reshape(-1, BANDS, c), idx)
         if self.mix:
             u = u + np.einsum("bij,bjhw->bihw", theta[:, :self.mix].reshape(-1, c, c), u, optimize=True)
         if self.ah is not None:
             z = np.einsum("hi,bcij,wj->bchw", self.ah, z, self.aw, optimize=True)
         return u + z
+
+
+    def banded(self, gains: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """sum_b gains[r, b, c] * u0_b[idx[r], c], summed band after band as a loop over b would; when `idx`
+        repeats each sample m times in order (the search's candidates) without gathering the bands per row
+        (the gather was half of a step's decoding at 64 x 64)."""
+        n = len(self.base)
+        m = len(idx) // n
+        if n * m == len(idx) and np.array_equal(idx, np.repeat(np.arange(n), m)):
+            out = np.einsum("nmbc,nbchw->nmchw", gains.reshape(n, m, *gains.shape[1:]), self.base)
+            return out.reshape(len(idx), *out.shape[2:])
+        return np.einsum("rbc,rbchw->rchw", gains, self.base[idx])
 
 
 class Stage:
