@@ -154,6 +154,14 @@ def annotate_shapes(graph, hints: dict[str, tuple[int, ...]]) -> None:
             raise UsageError(f"--input-shape {name}: rank {len(shape)} given, the model's input has rank "
                              f"{len(dims)}")
         dims = dims if dims is not None else [None] * len(shape)
+        fixed = [i for i, (d, v) in enumerate(zip(dims, shape))
+                 if i > 0 and isinstance(d, int) and d > 0 and d != int(v)]
+        if fixed:      # calibrating at another size than the graph declares fails in every ORT call
+            k = fixed[0]
+            raise UsageError(f"--input-shape {name}: axis {k} is {shape[k]}, but the model fixes it at "
+                             f"{dims[k]} ({list(dims)}); --input-shape sizes dynamic dimensions "
+                             "only: make that dimension dynamic in the model (e.g. onnx.tools."
+                             "update_model_dims) to calibrate and run it at another size")
         inputs[name].shape = [d if i == 0 or (isinstance(d, int) and d > 0) else int(v)
                               for i, (d, v) in enumerate(zip(dims, shape))]
     probe = ir.copy_graph(graph)
