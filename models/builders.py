@@ -382,6 +382,27 @@ def fused_stem(pixel_range: tuple[float, float] | None, c_in: int = 3, c: int = 
                   name="fused_stem")
 
 
+def fused_stem_decoder(pixel_range: tuple[float, float] | None, c: int = 16, hw: int = 16,
+                       seed: int = 0) -> onnx.ModelProto:
+    """`fused_stem` with an upsampling head whose BatchNorm stays unfused, as torch exports a CenterNet-style
+    decoder (it fuses Conv + BN, not ConvTranspose + BN): ... conv2 -> up (ConvTranspose 2 x 2, stride 2)
+    -> bn -> output [N, 4, 2 hw, 2 hw]. The model has BN statistics, none at the input's first layer."""
+    model = fused_stem(pixel_range, c=c, hw=hw, seed=seed)
+    rng = np.random.default_rng(seed + 1000)
+    g = model.graph
+    g.node[-1].output[0] = "conv2_out"
+    w = (rng.standard_normal((4, 4, 2, 2)) / np.sqrt(16)).astype(np.float32)
+    inits: list = [_init("up.weight", w)]
+    g.node.extend([helper.make_node("ConvTranspose", ["conv2_out", "up.weight"], ["up_out"], name="up",
+                                    strides=[2, 2]),
+                   _bn(rng, "bn", 4, "up_out", "output", inits)])
+    g.initializer.extend(inits)
+    del g.output[:]
+    g.output.append(_vi("output", ["N", 4, 2 * hw, 2 * hw]))
+    g.name = "fused_stem_decoder"
+    return model
+
+
 def conv_sequence(c_in: int = 3, c: int = 4, h: int = 4, w: int | None = 8, classes: int = 6, seed: int = 0,
                   opset: int = 17, time_major: bool = False, bn: bool = True) -> onnx.ModelProto:
     """A tiny CTC-style recognizer: per column of the image, a distribution over `classes`::

@@ -69,7 +69,7 @@ from dfq_onnx.core.state import CompileState
 from dfq_onnx.synth import layout, preprocess
 from dfq_onnx.synth.augment import is_image_like
 from dfq_onnx.synth.compose import plan_pieces
-from dfq_onnx.synth.input_range import infer_range
+from dfq_onnx.synth.input_range import across_classes, bn_at_first_layer, infer_range
 from dfq_onnx.synth.runner import build_objective, resolve_shapes, row_elements
 from dfq_onnx.synth.search import ESConfig, Stage, es_minimize, pink_noise, squash, stage_factors, unsquash
 from dfq_onnx.synth.sequence import sequence_output
@@ -155,18 +155,22 @@ def _after_prefixes(graph, bn_stats, options: SynthesisOptions, model_hash: str,
                                    channels_last=tuple(last),
                                    twin=result.twin and layout.to_channels_last(result.twin, last))
     kind = resolve_objective(options.objective, bn_stats, graph)
-    inferred = _inferred_ranges(graph, shapes, options) if not bn_stats else {}
+    inferred = _inferred_ranges(graph, shapes, options, bn_stats)
     if ranges := {k: r.range for k, r in inferred.items() if r.range is not None}:
         options = dataclasses.replace(options, input_ranges={**options.input_ranges, **ranges})
     return dataclasses.replace(_images(graph, bn_stats, options, model_hash, shapes, kind, start),
                                inferred=inferred)
 
 
-def _inferred_ranges(graph, shapes: dict, options: SynthesisOptions) -> dict:
-    """The range inference of every image input without BN statistics, a `--input-range` or an in-graph
-    prefix (synth/input_range.py); the same seed as the samples', on its own generator."""
-    return {k: infer_range(graph, k, shape, options.seed) for k, shape in shapes.items()
-            if k not in options.input_ranges and k not in options.prefixed and is_image_like((1, *shape))}
+def _inferred_ranges(graph, shapes: dict, options: SynthesisOptions, bn_stats) -> dict:
+    """The range inference of every image input without BN statistics at its first layer, a
+    `--input-range` or an in-graph prefix (synth/input_range.py); with statistics elsewhere, only a
+    pick across scale classes is taken (`across_classes`). The same seed as the samples', on its own
+    generator."""
+    pick = across_classes if bn_stats else (lambda r: r)
+    return {k: pick(infer_range(graph, k, shape, options.seed)) for k, shape in shapes.items()
+            if k not in options.input_ranges and k not in options.prefixed and is_image_like((1, *shape))
+            and not bn_at_first_layer(graph, k, bn_stats)}
 
 
 def _images(graph, bn_stats, options: SynthesisOptions, model_hash: str, shapes: dict, kind: str,
@@ -361,33 +365,36 @@ def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: di
     the report keeps each inference's scores, and one warning says what the samples assume and names
     `--input-range` (a [0, 1]-pixel detector calibrated on standardized samples loses a third of its
     detections: BENCHMARKS.md, session 7; the inference can be wrong, e.g. PP-OCRv6 det: session 11)."""
-    if result.objective.startswith("bn") or result.start == "tokens":     # token path: no image input
+    bn = result.objective.startswith("bn")      # statistics, but not at these inputs' first layers
+    if (bn and not result.inferred) or result.start == "tokens":     # token path: no image input
         return
     notes = state.report.notes["synthesis"]
+    where = " at its first layer" if bn else ""
     if result.inferred:
         notes["inferred_range"] = {k: r.note() for k, r in result.inferred.items()}
     for k, r in result.inferred.items():
         if r.range is not None:
-            log.warning("no BatchNormalization statistics: input %s inferred to read %s (the first layer's "
+            log.warning("no BatchNormalization statistics%s: input %s inferred to read %s (the first layer's "
                         "biases match its responses there: %s); if it reads another range, pass "
-                        "--input-range %s:LOW,HIGH", k, r.convention, _scores(r), k)
+                        "--input-range %s:LOW,HIGH", where, k, r.convention, _scores(r), k)
     last = result.channels_last
     first = {k: v.shape if k not in last else (v.shape[0], *layout.to_channels_first(v.shape[1:]))
              for k, v in result.inputs.items()}
     ranges = {**ranges, **result.pixel_drawn}
     unsized = [k for k, shape in first.items()
                if k not in ranges and k not in result.preprocessed and is_image_like(shape)
-               and (k not in result.inferred or result.inferred[k].range is None)]
+               and (k not in result.inferred or result.inferred[k].range is None)
+               and (not bn or k in result.inferred)]
     if unsized:
         notes["assumed_range"] = {k: "standardized" for k in unsized}
         why = "; ".join(f"{k}: {_scores(result.inferred[k]) or 'no biased first layer'}"
                         for k in unsized if k in result.inferred)
-        log.warning("no BatchNormalization statistics: synthetic samples for %s assume standardized inputs "
+        log.warning("no BatchNormalization statistics%s: synthetic samples for %s assume standardized inputs "
                     "(mean 0, std 1)%s; if the model reads a fixed range, pass it: --input-range %s:0,1 "
-                    "([0, 1] pixels), %s:-1,1 ((x / 255 - 0.5) / 0.5, as PP-OCR), %s:0,255",
+                    "([0, 1] pixels), %s:-1,1 ((x / 255 - 0.5) / 0.5, as PP-OCR), %s:0,255", where,
                     ", ".join(unsized), f" (range inference, log10 |bias| / response: {why})" if why else "",
                     *[unsized[0]] * 3)
-    others = [k for k, shape in first.items() if k not in ranges and k not in result.preprocessed
+    others = [k for k, shape in first.items() if k not in ranges and k not in result.preprocessed and not bn
               and k not in unsized and k not in result.inferred and result.inputs[k].dtype.kind == "f"]
     if others:       # audio, spectrograms, features: nothing in the graph tells their scale
         notes.setdefault("assumed_range", {}).update({k: "standardized" for k in others})

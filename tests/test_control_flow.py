@@ -102,3 +102,27 @@ def test_a_placeholder_name_on_several_axes_is_not_a_batch_name():
 
     check_batch_axes(_rnn_like(["?", "?", 4]))              # "?" on two axes: an exporter's placeholder
     check_batch_axes(_rnn_like(["batch", 2, 4]))            # batch on axis 0 of both inputs
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_an_if_around_a_conv_whose_condition_is_constant_is_replaced_by_its_branch(flag):
+    """Control flow is refused only where it is left after constant folding: an If on a value the graph
+    fixes (silero-vad's If on its sample rate, pinned) compiles as the branch it selects; an If on an
+    input is still the one clear error (tests/test_normalize.py)."""
+    from dfq_onnx.models import builders
+
+    model = builders.bad_if_conv()
+    flag_input = next(i for i in model.graph.input if i.name == "flag")
+    model.graph.input.remove(flag_input)
+    model.graph.initializer.append(h.make_tensor("flag", T.BOOL, [], [flag]))
+    out, _ = dfq_onnx.quantize(model, synth_samples=8, synth_steps=2, progress=False, use_cache=False,
+                               latency_check=False)
+    assert not any(n.op_type == "If" for n in out.graph.node)
+    assert any(n.op_type == "Conv" for n in out.graph.node) == flag
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    want, got = _run(model, {"input": x})[0], _run(out, {"input": x})[0]
+    if not flag:            # the Identity branch: nothing to quantize
+        np.testing.assert_array_equal(got, want)
+        return
+    sqnr = 10 * np.log10(np.sum(want ** 2) / np.sum((want - got) ** 2))
+    assert sqnr > 12        # 18 dB (a random conv on N(0, 1) inputs, 8 samples)

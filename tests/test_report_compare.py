@@ -26,3 +26,17 @@ def test_chunked_comparison_equals_the_whole_output_formula(monkeypatch):
     assert got["max_abs_error"] == float(np.max(np.abs(r - q)))
     assert got["top1_agreement"] == float(np.mean(r.argmax(1) == q.argmax(1)))
     assert got["shape"] == [10, 10]
+
+
+def test_a_static_batch_that_does_not_divide_the_samples(tmp_path):
+    """A graph exported with a fixed batch of 3 (CenterFace ships [10, 3, 32, 32]): the comparison pads the
+    last call and drops its rows, as calibration does, instead of failing the compile after its passes."""
+    source = builders.conv_bn_relu_residual(c=8, hw=8, classes=10)
+    source.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 3
+    source.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 3
+    model, report = dfq_onnx.quantize(source, synth_samples=8, synth_steps=2, progress=False, use_cache=False,
+                                      latency_check=False, report_path=str(tmp_path / "r.json"))
+    cmp = report.comparison
+    assert cmp["samples"] == 8 and cmp["outputs"][0]["shape"] == [8, 10] and cmp["outputs"][0]["sqnr_db"] > 10
+    x = {"input": np.random.default_rng(3).standard_normal((3, 8, 8, 8)).astype(np.float32)}
+    assert runtime.session(model).run(None, x)[0].shape == (3, 10)

