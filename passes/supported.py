@@ -1,0 +1,104 @@
+"""What Normalize refuses, checked before anything is changed: already-quantized models (Q/DQ or
+QLinear* nodes), bfloat16 tensors, custom-domain ops ORT cannot run, and control flow whose body holds
+quantizable layers -- an If whose condition folds to a constant is checked again after folding (it has
+been replaced by its branch by then); an If on a model input with quantizable layers in both branches
+is two models merged behind a flag (Optimum's merged decoder), and the error names the files to use.
+"""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from dfq_onnx.core.errors import UnsupportedModelError
+
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
+                 "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd"}
+CONTROL_FLOW = {"If", "Loop", "Scan"}
+QUANTIZABLE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+KNOWN_DOMAINS = {"", "ai.onnx", "com.microsoft", "ai.onnx.ml"}
+LOW_PRECISION = {16: "bfloat16"}      # float16 is widened (dfq_onnx/core/float16.py)
+
+
+def check_supported(model) -> None:
+    """Raise UnsupportedModelError naming the first node or tensor the compiler refuses."""
+    g = model.graph
+    if not g.node:
+        raise UnsupportedModelError(f"graph '{g.name}' has no nodes: there is nothing to quantize; check "
+                                    "that the export wrote the network")
+    for node in g.node:
+        where = f"node '{node.name or node.output[0]}' ({node.op_type})"
+        if node.op_type in QUANTIZED_OPS:
+            raise UnsupportedModelError(f"{where}: the model is already quantized; pass the FP32 model")
+        if (node.op_type in CONTROL_FLOW and _subgraph_ops(node) & QUANTIZABLE
+                and not (node.op_type == "If" and _constant_condition(model, node))):
+            _refuse_control_flow(where, _subgraph_ops(node) & QUANTIZABLE, _merged_models(g, node))
+        if node.domain not in KNOWN_DOMAINS:
+            raise UnsupportedModelError(f"{where}: custom domain '{node.domain}' is unknown to ONNX Runtime, "
+                                        "so the model cannot be calibrated; export it with standard ops")
+    tensors = [(i.name, i.type.tensor_type.elem_type) for i in list(g.input) + list(g.output)]
+    tensors += [(t.name, t.data_type) for t in g.initializer]
+    for name, elem in tensors:
+        if elem in LOW_PRECISION:
+            raise UnsupportedModelError(f"tensor '{name}' is {LOW_PRECISION[elem]}: dfq-onnx quantizes FP32 "
+                                        "and FP16 models; convert the model to float32 first")
+
+
+def _gs_subgraph_ops(node) -> set[str]:
+    ops = set()
+    for value in node.attrs.values():
+        for g in (value if isinstance(value, list) else [value]):
+            if isinstance(g, gs.Graph):
+                for n in g.nodes:
+                    ops |= {n.op} | _gs_subgraph_ops(n)
+    return ops
+
+
+def check_control_flow(graph) -> None:
+    """Raise UnsupportedModelError for control flow around quantizable layers left after constant folding
+    (an If whose condition folds to a constant has been replaced by its branch by then)."""
+    for node in graph.nodes:
+        inside = _gs_subgraph_ops(node) & QUANTIZABLE if node.op in CONTROL_FLOW else set()
+        if inside:
+            _refuse_control_flow(f"node '{node.name or node.outputs[0].name}' ({node.op})", inside)
+
+
+def _merged_models(g, node) -> str | None:
+    """What to quantize instead when `node` is an If on a model input with quantizable layers in both
+    branches: two models merged behind a flag (Optimum's decoder_model_merged.onnx)."""
+    branches = [a.g for a in node.attribute if a.HasField("g")]
+    if node.op_type != "If" or node.input[0] not in {i.name for i in g.input} or not all(
+            {n.op_type for n in b.node} & QUANTIZABLE for b in branches):
+        return None
+    return (f"its condition is the model input '{node.input[0]}', so the branches are two models merged into "
+            "one (Hugging Face Optimum's decoder_model_merged.onnx: quantize decoder_model.onnx and "
+            "decoder_with_past_model.onnx, exported beside it, instead)")
+
+
+def _refuse_control_flow(where: str, ops: set[str], hint: str | None = None) -> None:
+    hint = hint or "export the model without control flow (unrolled) around them"
+    raise UnsupportedModelError(f"{where}: control flow around quantizable layers ({', '.join(sorted(ops))}) "
+                                f"is not supported; {hint}")
+
+
+def _subgraph_ops(node) -> set[str]:
+    ops = set()
+    for attr in node.attribute:
+        for g in ([attr.g] if attr.HasField("g") else list(attr.graphs)):
+            for n in g.node:
+                ops |= {n.op_type} | _subgraph_ops(n)
+    return ops
+
+
+def _constant_condition(model, node) -> bool:
+    """Whether an If's condition is computed from initializers and Constant nodes alone (it folds)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits, seen, todo = {t.name for t in model.graph.initializer}, set(), [node.input[0]]
+    while todo:
+        name = todo.pop()
+        if name in seen or name in inits or not name:
+            continue
+        seen.add(name)
+        if name not in producers:
+            return False                     # a graph input
+        todo.extend(producers[name].input)
+    return True
