@@ -11,17 +11,19 @@ QLinearMatMul / QLinearSoftmax / QLinearAdd. This script measures the other choi
 
   fp32     the shipped model;
   ort      onnxruntime quantize_static (QDQ, per-channel, MinMax) on 64 real rendered lines;
-  dynamic  `dfq-onnx quantize REC --input-shape x:1,3,48,320` (the default, data-free);
+  default  `dfq-onnx quantize REC --input-shape x:1,3,48,320` (data-free; since session 14 each MatMul
+           with a form is static or its form as the activation decision scores it; before, every one
+           took its form: `--given "dynamic=OLD.onnx"` reads such an output beside the others);
   static   the same with the ort-cpu profile minus its [forms] section (every MatMul static Q/DQ);
   static, --smooth   the same with the outlier migration of passes/smooth.py (it applies where its
            output score says so; `cmp` says whether it changed the output).
 
 Per config: compile wall / peak RSS (`/usr/bin/time -v`), line exact match and CER through RapidOCR's
 recognizer on `--lines` rendered lines per seed of `--seeds` (benchmarks/ocr_data.py; seed 0 is
-benchmarks/ocr.py's acceptance set), lines the config reads right where `dynamic` does not and the
-reverse (paired, over all seeds, with the two-sided sign test's p: a perturbation of the model flips
-lines both ways -- FP32 vs the default +86 -73 of 2500 -- so one 500-line set resolves nothing below
-~1 point), ORT latency (interleaved medians, batch 1 and 32, 2 threads) and the float ops ORT's
+benchmarks/ocr.py's acceptance set), lines the config reads right where `--paired-vs` (default: `default`)
+does not and the reverse (paired, over all seeds, with the two-sided sign test's p: a perturbation of the
+model flips lines both ways -- FP32 vs the default +86 -73 of 2500 -- so one 500-line set resolves nothing
+below ~1 point), ORT latency (interleaved medians, batch 1 and 32, 2 threads) and the float ops ORT's
 optimized graph runs between a DequantizeLinear and a QuantizeLinear beyond those of ORT's own output
 (dfq_onnx.backends.fusion).
 """
@@ -58,20 +60,22 @@ def static_target(work: Path) -> Path:
     return path
 
 
-def compile_all(src: str, work: Path, charset: set[str]) -> tuple[dict, dict]:
+def compile_all(src: str, work: Path, charset: set[str], smooth: bool = True,
+                given: dict | None = None) -> tuple[dict, dict]:
     dfq = str(Path(sys.executable).parent / "dfq-onnx")
     base = [dfq, "-q", "quantize", src, "--input-shape", ocr.SHAPES["rec"], "--no-cache"]
-    paths, costs = {"fp32": src}, {}
+    paths, costs = {"fp32": src, **(given or {})}, {}
     calib = ocr.ort_calib(charset, 1000, work)["rec"]
     paths["ort"] = str(work / "ort_rec.onnx")
     costs["ort"] = ocr.timed([sys.executable, ocr.__file__, "--ort-quantize", src, str(calib), paths["ort"]])
     static = ["--target", str(static_target(work))]
-    rows = (("dynamic", []), ("static", static), ("static, --smooth", [*static, "--smooth"]))
+    rows = (("default", []), ("static", static), *([("static, --smooth", [*static, "--smooth"])] * smooth))
     for name, extra in rows:
         paths[name] = str(work / f"{name.replace(', ', '_').replace('--', '')}_rec.onnx")
         costs[name] = ocr.timed([*base, "-o", paths[name], *extra])
-    same = Path(paths["static"]).read_bytes() == Path(paths["static, --smooth"]).read_bytes()
-    print(f"static --smooth {'byte-identical to' if same else 'differs from'} static", flush=True)
+    if smooth:
+        same = Path(paths["static"]).read_bytes() == Path(paths["static, --smooth"]).read_bytes()
+        print(f"static --smooth {'byte-identical to' if same else 'differs from'} static", flush=True)
     return paths, costs
 
 
@@ -105,14 +109,19 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3,7")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--work", default=None, help="keep the outputs here (default: a temporary directory)")
+    ap.add_argument("--given", action="append", default=[], metavar="NAME=PATH",
+                    help="an output compiled elsewhere, read beside the others (an earlier main's default)")
+    ap.add_argument("--paired-vs", default="default", help="the config the paired counts compare with")
+    ap.add_argument("--no-smooth", action="store_true", help="skip the 'static, --smooth' compile")
     args = ap.parse_args()
+    given = dict(g.split("=", 1) for g in args.given)
     print(machine_info(), flush=True)
     src = str(corpus_model(ocr.MODELS["rec"]).path)
     charset = ocr_data.charset(Path(src))
     with tempfile.TemporaryDirectory(prefix="dfq-recforms-") as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        paths, costs = compile_all(src, work, charset)
+        paths, costs = compile_all(src, work, charset, not args.no_smooth, given)
         reads = collections.defaultdict(dict)
         for seed in (int(s) for s in args.seeds.split(",")):
             lines, texts = ocr_data.line_set(args.lines, seed, charset)
@@ -129,7 +138,7 @@ def main() -> None:
         for name in paths:
             beyond = float_ops_between_qdq(paths[name]) - ort_ops if name != "fp32" else collections.Counter()
             per_seed = [f"{e:.1f} / {c:.2f}" for e, c, _ in reads[name].values()]
-            both = [np.concatenate([r for _, _, r in reads[k].values()]) for k in (name, "dynamic")]
+            both = [np.concatenate([r for _, _, r in reads[k].values()]) for k in (name, args.paired_vs)]
             cost = costs.get(name)
             rows.append([name, "; ".join(per_seed), paired(*both),
                          f"{cost['wall_s']:.0f} s / {cost['rss_mb'] / 1024:.2f} GB" if cost else "-",
@@ -138,7 +147,8 @@ def main() -> None:
                          ", ".join(f"{k} {v}" for k, v in sorted(beyond.items())) or "-"])
         seeds = ", ".join(f"seed {s}" for s in args.seeds.split(","))
         print(markdown_table(["config", f"exact % / CER % ({seeds}; {args.lines} lines each)",
-                              "lines right vs dynamic (+ / -, all seeds)", "compile wall / peak RSS",
+                              f"lines right vs {args.paired_vs} (+ / -, all seeds)",
+                              "compile wall / peak RSS",
                               "ms b1 / b32", "vs ORT b1 / b32", "float ops ORT runs int"], rows))
 
 

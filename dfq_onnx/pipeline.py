@@ -31,6 +31,7 @@ from dfq_onnx.passes.probability_output import OutputProbabilitySpan
 from dfq_onnx.passes.quant_groups import FindQuantGroups
 from dfq_onnx.passes.score_prior import ScoreTopPrior
 from dfq_onnx.passes.sensitivity import ScoreSensitivity, SensitivityOptions
+from dfq_onnx.passes.settle_forms import SettleForms
 from dfq_onnx.passes.silu_floor import SiluRangeFloor
 from dfq_onnx.passes.smooth import SmoothActivations
 from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize
@@ -135,6 +136,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([KeepFloat()] if measures_float(options) else []),
         *(_mixed(options) if options.mixed else [UniformPlan()]),
         *([_activations(options)] if not options.mixed and options.act_bits is None else []),
+        SettleForms(),
         *([MeasureInputMoments(full=True, after_plan=True)] if gptq_after_plan(options) else []),
         *([CompensateDFMPC()] if options.dfmpc else []),
         *([CorrectBias()] if options.correct_bias else []),

@@ -29,6 +29,14 @@ conv and a pooled Gemm head::
     input ─ conv1 (bias + offset) ─┬─ Sub(mean) ─ Mul(rsqrt * gamma) ─ Add(beta) ─ conv2 ─ gap ─ fc
                                    └─ statistics (ReduceSum, Mul, Sub, Add, Sqrt, Reciprocal)
 
+``conv_mixer``: a conv stem (`depth` convs) read as a token sequence by a two-MatMul MLP with a residual
+sum and a MatMul head per token (PP-OCR rec's SVTR neck in miniature: MatMuls with a [forms] candidate in
+a model with an integer region); the stem writes channel 0 `scale` times larger and fc1 reads that channel
+`scale` times smaller, so with a large `scale` fc1's input encoding is an outlier::
+
+    input ─ conv1 (x scale on channel 0) ─ Reshape ─ Transpose ─┬─ fc1 (/ scale) ─ Relu ─ fc2 ─ res ─ head
+                                                                └──────────────────────────────┘
+
 All pass the ONNX checker and run in ONNX Runtime (opset 17, LayerNormalization).
 """
 
@@ -39,7 +47,7 @@ import onnx
 from dfq_onnx.models.builders import _init, _model, _vi
 from onnx import helper
 
-__all__ = ["decomposed_layernorm", "outlier_attention", "outlier_residual"]
+__all__ = ["conv_mixer", "decomposed_layernorm", "outlier_attention", "outlier_residual"]
 
 
 def _mm(name: str, x: str, rng, k: int, n: int, inits: list, nodes: list, bias: bool = True,
@@ -170,3 +178,29 @@ def decomposed_layernorm(c: int = 16, hw: int = 8, classes: int = 5, offset: flo
               helper.make_node("Gemm", ["flat_out", "fc.weight", "fc.bias"], ["output"], name="fc", transB=1)]
     return _model(nodes, [_vi("input", ["N", 3, hw, hw])], [_vi("output", ["N", classes])], inits,
                   opset=13, name="decomposed_layernorm")
+
+
+def conv_mixer(c: int = 16, hw: int = 8, classes: int = 6, scale: float = 1.0, depth: int = 4,
+               seed: int = 0) -> onnx.ModelProto:
+    """The network of the module docstring; input [N, 3, hw, hw], output [N, hw * hw, classes]."""
+    rng = np.random.default_rng(seed)
+    big = np.ones(c, np.float32)
+    big[0] = scale
+    inits: list = [_init("tokens_shape", np.array([0, c, hw * hw], np.int64))]
+    nodes: list = []
+    x = "input"
+    for i in range(1, depth):
+        x = _relu(_conv(f"stem{i}", x, rng, 3 if i == 1 else c, c, inits, nodes), f"stem{i}_relu", nodes)
+    x = _conv("conv1", x, rng, 3 if depth == 1 else c, c, inits, nodes, scale=big)
+    nodes += [helper.make_node("Reshape", [x, "tokens_shape"], ["flat_out"], name="flat"),
+              helper.make_node("Transpose", ["flat_out"], ["tokens"], name="tokens", perm=[0, 2, 1])]
+    h = _mm("fc1", "tokens", rng, c, 2 * c, inits, nodes, bias=False)
+    inits[-1].CopyFrom(_init("fc1.weight", onnx.numpy_helper.to_array(inits[-1]) / big[:, None]))
+    h = _relu(h, "fc1_relu", nodes)
+    h = _mm("fc2", h, rng, 2 * c, c, inits, nodes, bias=False)
+    nodes.append(helper.make_node("Add", ["tokens", h], ["res_out"], name="res"))
+    head = (rng.standard_normal((c, classes)) / np.sqrt(c)).astype(np.float32)
+    inits.append(_init("head.weight", head))
+    nodes.append(helper.make_node("MatMul", ["res_out", "head.weight"], ["output"], name="head"))
+    return _model(nodes, [_vi("input", ["N", 3, hw, hw])], [_vi("output", ["N", hw * hw, classes])], inits,
+                  opset=13, name="conv_mixer")

@@ -31,6 +31,7 @@ from dfq_onnx.allocation.problem import Budget, Problem
 from dfq_onnx.backends.act_precision import touched
 from dfq_onnx.backends.budget import evaluations, scoring_rows
 from dfq_onnx.backends.chunks import static_batch
+from dfq_onnx.backends.forms import uniform_fit
 from dfq_onnx.backends.memory import release
 from dfq_onnx.core import cache, ir
 from dfq_onnx.core.graph_utils import is_float, node_label
@@ -50,7 +51,7 @@ from dfq_onnx.sensitivity.probe import Probe, build_probe
 from dfq_onnx.sensitivity.table import SensitivityTable, load_json, save_json_atomic
 
 log = logging.getLogger(__name__)
-ENGINE = 3     # bump when the activation terms change: old cache entries are then ignored
+ENGINE = 5     # bump when the activation terms change: old cache entries are then ignored
 
 
 def decides(state: CompileState) -> bool:
@@ -93,12 +94,27 @@ def plan_evaluator(state: CompileState, options, samples, labels) -> Evaluator:
     return Evaluator(Probe(pm), fp32, samples, labels, options.metric, batch)
 
 
+def option_groups(state: CompileState) -> tuple[str, ...]:
+    """Activation groups holding the input of a form option (passes/settle_forms.py): float there hands
+    the MatMul to its [forms] candidate."""
+    nodes = {node_label(n): n for n in state.graph.nodes}
+    inputs = {nodes[k].inputs[0].name for k, layer in state.spec.layers.items() if layer.form_option}
+    return tuple(ag.id for ag in state.act_groups if inputs & set(ag.tensors))
+
+
+def _form_fed(state: CompileState, ag) -> bool:
+    """Every weighted reader of `ag` is a form option: float costs no float island, the form quantizes its
+    input itself (its declared [forms] cost per MAC includes that) and no layout changes around it."""
+    weighted = [r for r in ag.readers if state.spec.layers[r].role == "weighted"]
+    return bool(weighted) and all(state.spec.layers[r].form_option for r in weighted)
+
+
 def activation_terms(state: CompileState, samples, labels, metric: str, pairs: bool = False,
                      batch: int | None = None, max_evals: int | None = None) -> tuple[ActTerms, Evaluator]:
     """The activation terms (sensitivity/act_scoring.py) and the evaluator that measured them."""
     ev = act_evaluator(state, samples, labels, metric, batch)
     return score_activations(ev, state.act_groups, state.target.default_act_bits, pairs=pairs,
-                             max_evals=max_evals), ev
+                             max_evals=max_evals, options=option_groups(state)), ev
 
 
 def budgeted(state: CompileState, samples, labels) -> tuple[dict, object, int | None, int | None, dict]:
@@ -152,6 +168,25 @@ def node_work(state: CompileState) -> dict[str, int]:
             if layer.role == "weighted"}
 
 
+def kept_forms(state: CompileState, nodes: tuple[str, ...], a: int) -> tuple[str, ...]:
+    """`nodes` without the form options a float precision hands to their [forms] candidate
+    (passes/settle_forms.py), when the target declares that form no dearer per MAC than the static kernel:
+    they keep an integer kernel."""
+    if a != FLOAT_BITS:
+        return nodes
+    target, layers, tensors = state.target, state.spec.layers, state.graph.tensors()
+    cost_int = target.cost.get((target.default_weight_bits, target.default_act_bits), 1.0)
+
+    def keeps(r: str) -> bool:
+        layer = layers[r]
+        if not layer.form_option:
+            return False
+        form = uniform_fit(target, layer.op, tensors[layer.weight].shape, target.default_weight_bits,
+                           target.default_act_bits)
+        return form is not None and target.form_settings.get("cost", {}).get(form, 1.0) <= cost_int
+    return tuple(r for r in nodes if not keeps(r))
+
+
 def act_choices(state: CompileState, terms: ActTerms, allowance: bool = True) -> ActChoices:
     """The ILP's activation part for the outlier groups of `terms` (module docstring)."""
     target, base = state.target, state.target.default_act_bits
@@ -169,10 +204,12 @@ def act_choices(state: CompileState, terms: ActTerms, allowance: bool = True) ->
         cands[k] = tuple(a for a in legal if a == base or a == FLOAT_BITS or a in terms.singles[k])
         base_loss = terms.singles[k][base]
         loss[k] = {a: (0.0 if a == FLOAT_BITS else terms.singles[k][a]) - base_loss for a in cands[k]}
-        elem[k] = {a: ag.elements * target.act_element_cost.get(a, 0.0) for a in cands[k]}
+        free = _form_fed(state, ag)             # the form quantizes its own input (passes/settle_forms.py)
+        elem[k] = {a: 0.0 if free and a == FLOAT_BITS else ag.elements * target.act_element_cost.get(a, 0.0)
+                   for a in cands[k]}
         keep = target.float_output_ops
-        takes[k] = {a: () if a == base else touched(ag, state.spec.layers, keep if a == FLOAT_BITS else ())
-                    for a in cands[k]}
+        takes[k] = {a: () if a == base else kept_forms(state, touched(
+            ag, state.spec.layers, keep if a == FLOAT_BITS else ()), a) for a in cands[k]}
     kernels = {(r, a): work[r] * max(target.cost.get((w, a), 1.0) - cost_int, 0.0)
                for k in groups for a in cands[k] for r in takes[k][a]}
     limit = None
@@ -196,7 +233,9 @@ class ChooseActivationPrecision(Pass):
         if not decides(state):
             return PassResult(False, "no activation group has a choice (target or --act-bits)")
         skip = self._skip(state)
-        if skip:
+        if skip:               # unscored form options keep their form
+            opts = option_groups(state)
+            state.plan = BitPlan(state.plan.bits, acts=dict.fromkeys(opts, FLOAT_BITS), form_inputs=opts)
             state.report.notes["activations"] = {"skipped": skip}
             return PassResult(False, f"skipped: {skip}")
         from dfq_onnx.passes.sensitivity import SensitivityOptions, cache_key, scoring_data
@@ -225,9 +264,16 @@ class ChooseActivationPrecision(Pass):
                 for o in notes["outliers"].values():
                     o["proposed"], o["choice"] = o["choice"], acts.base
                 chosen = {}
+        chosen_by_ilp = set(chosen)
+        if terms.options_form:         # form inputs not cleared for static keep the form (act_scoring.py)
+            chosen.update(dict.fromkeys(terms.options_form, FLOAT_BITS))
+        if option_groups(state):
+            notes["form_option_groups"] = {"static": [g for g in option_groups(state) if g not in chosen],
+                                           "form": [g for g in option_groups(state) if g in chosen]}
         del ev                 # the probe sessions and the prefix cache: freed before the next pass
         release()
-        state.plan = BitPlan(state.plan.bits, acts=dict(sorted(chosen.items())))
+        forced = tuple(g for g in terms.options_form if g not in chosen_by_ilp)
+        state.plan = BitPlan(state.plan.bits, acts=dict(sorted(chosen.items())), form_inputs=forced)
         state.report.notes["activations"] = notes
         names = ", ".join(f"{k}:{'float' if a == FLOAT_BITS else f'A{a}'}" for k, a in chosen.items())
         return PassResult(False, f"{len(acts.groups)} outlier groups of {len(terms.groups)}; "

@@ -27,6 +27,20 @@ applying a decomposed one's statistics): a static head after a transformer's las
 its residual stream float. A CNN's classifier head written as MatMul is static like a Gemm
 (passes/static_heads.py).
 
+Form or static, scored (`scored`: the default plan, whose activation precision is a decision with float
+among the target's choices): in a model that already has an integer region (a statically quantized
+weighted layer: a Conv, a Gemm), a MatMul with a [forms] candidate is laid out static (`form_option`),
+with Q/DQ on its input and output and its elementwise neighbours quantized as a static MatMul's are.
+The activation decision (passes/act_precision.py, sensitivity/act_scoring.py) then scores their input
+encodings at the output: an outlier group (its 8-bit encoding alone costs the output more than all W8
+weights together) goes float, and the input groups of all options together may cost at most that much
+at 8 bits (one shared budget, the groups cheapest per group first, measured together at the end); a
+MatMul whose input goes float takes its form (passes/settle_forms.py: the form quantizes its input per
+call and keeps an integer kernel), and the spec is built again around it. So PP-OCRv4 rec's SVTR neck,
+read by convolutions, runs integer (its static inputs cost 0.2 of the budget); a ViT's MatMuls keep
+forms where its static inputs do not fit. A model whose every weighted layer is a form (a BERT) keeps
+them all: there is no integer region for them to join.
+
 Normalization statistics stay float: a Reduce{Mean,Sum,SumSquare,L1,L2,LogSumExp,Prod} output, what
 is computed from such outputs alone (a decomposed LayerNorm's mean, E[x^2] - E[x]^2, rsqrt(var + eps),
 rsqrt x gamma), the x^2 read only by the reduction, and the elementwise op applying a statistic to the
@@ -34,6 +48,11 @@ features (x_centred * rsqrt) are not quantized. They are [N, .., 1]-sized or che
 is what breaks the normalization: var = E[x^2] - E[x]^2 cancels (Magika's LayerNorm after its max pool:
 E[x^2] 222..257, var 10..19 at one 8-bit step of 0.13 each), and rsqrt amplifies a small variance's
 rounding. Max / Min reductions are pooled features, not statistics, and stay quantizable.
+They stay float in the default plan too: scoring them at the output (A8 or float, as the activation
+decision does) was measured to lose Magika 97.3 -> 93.3 % agreement with FP32 on real files, because on
+the synthetic samples the quantized mean / rsqrt / x - mean cost nothing measurable (BENCHMARKS.md, issue
+14 session 14); PP-OCRv4 rec's five `var + eps` Adds, which ORT's own output runs as QLinearAdd, stay
+float with them.
 
 What a Log reads stays float, back to the layers that compute it (a log-magnitude front end: torch's
 STFT as Conv -> power -> mel MatMul -> Clip(1e-10) -> Log, openWakeWord's melspectrogram). A uniform
@@ -55,6 +74,8 @@ log-mel at W8A8 errs by 26 dB on average on tones over a faint noise floor, 0.1 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx_graphsurgeon as gs
 from dfq_onnx.passes.static_heads import is_static_head
@@ -69,7 +90,7 @@ from dfq_onnx.core.graph_utils import (
     weight_output_axis,
 )
 from dfq_onnx.core.pass_base import Pass, PassResult
-from dfq_onnx.core.state import CompileState, LayerSpec, QuantGroup, QuantSpec
+from dfq_onnx.core.state import FLOAT_BITS, CompileState, LayerSpec, QuantGroup, QuantSpec
 from dfq_onnx.synth.preprocess import prefix_nodes
 
 ABSORBABLE = ("Relu", "Clip")
@@ -165,7 +186,13 @@ ROW_NORMALIZATIONS = ("LayerNormalization", "SimplifiedLayerNormalization", "Ski
                       "InstanceNormalization", "MeanVarianceNormalization", "LpNormalization")
 
 
-def _feeds_weighted(graph: gs.Graph, target, appliers: set[int]) -> set[int]:
+def _static(node: gs.Node, target, options: set[int]) -> bool:
+    """Whether a weighted `node` counts as statically quantized (not encoded by a form)."""
+    return not target.forms_for(node.op) or is_static_head(node, target) or id(node) in options
+
+
+def _feeds_weighted(graph: gs.Graph, target, appliers: set[int],
+                    options: set[int] = frozenset()) -> set[int]:
     """ids of nodes from which a statically quantized weighted layer is reachable along float tensors,
     through any op but a normalization (ops the target encodes by a form, e.g. every MatMul on ORT CPU,
     do not count).
@@ -185,8 +212,13 @@ def _feeds_weighted(graph: gs.Graph, target, appliers: set[int]) -> set[int]:
     reach: set[int] = set()
     for node in reversed(graph.nodes):
         role = target.role(node.op)
-        if role == "weighted" and target.forms_for(node.op) and not is_static_head(node, target):
-            continue        # the target encodes this op by a form (any of them: the attention MatMul too)
+        if role == "weighted" and not _static(node, target, options):
+            # the target encodes this op by a form (any of them: the attention MatMul too); with form
+            # options, an attention product passes the reach on like an elementwise op
+            if options and _activation_product(node) and any(
+                    id(c) in reach for out in node.outputs if is_float(out) for c in out.outputs):
+                reach.add(id(node))
+            continue
         if id(node) in appliers or (node.op in ROW_NORMALIZATIONS and role is None):
             continue        # a normalization: its input stays float unless something else needs it
         if role == "weighted" or any(
@@ -253,11 +285,27 @@ def _activation_product(node: gs.Node) -> bool:
     return len(node.inputs) == 2 and all(is_float(t) and not is_const(t) for t in node.inputs)
 
 
-def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
+def _form_options(graph: gs.Graph, target, forms: frozenset[str] = frozenset()) -> set[int]:
+    """ids of the MatMuls laid out static with their form as the alternative (module docstring): form
+    MatMuls whose static W8A8 is legal, in a graph with a statically quantized weighted layer; those
+    named in `forms` (settled to their form, passes/settle_forms.py) are not."""
+    w, a = target.default_weight_bits, target.default_act_bits
+    mats = [n for n in graph.nodes if n.op == "MatMul" and _form_spec(n, target) is not None
+            and (w, a) in target.pairs_for(["MatMul"]) and _weighted_spec(n, "weighted") is not None]
+    static = any(target.role(n.op) == "weighted" and _static(n, target, set())
+                 and _weighted_spec(n, "weighted") and is_float(n.inputs[0]) for n in graph.nodes)
+    return {id(n) for n in mats if node_label(n) not in forms} if static else set()
+
+
+def quantized_layers(graph: gs.Graph, target, scored: bool = False,
+                     forms: frozenset[str] = frozenset()) -> dict[str, LayerSpec]:
+    """The quantized nodes; `scored`: form options left to the activation decision (module docstring),
+    but the MatMuls named in `forms` in their form."""
     layers = {}
+    options = _form_options(graph, target, forms) if scored else set()
     preprocessing = prefix_nodes(graph)          # the inputs' in-graph scale-and-shift stays float
     statistics, appliers = _statistics_nodes(graph, target)
-    reach = _feeds_weighted(graph, target, appliers)
+    reach = _feeds_weighted(graph, target, appliers, options)
     log_domain = _log_domain_nodes(graph)        # what a Log reads: float (module docstring)
     for node in graph.nodes:
         role = target.role(node.op)
@@ -265,7 +313,9 @@ def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
                 or (role == "elementwise" and id(node) in statistics):
             continue
         form = _form_spec(node, target)
-        if form is not None:
+        if form is not None and id(node) in options:
+            layers[form.node] = dataclasses.replace(_weighted_spec(node, role), form_option=True)
+        elif form is not None:
             layers[form.node] = form
         elif role == "elementwise" and id(node) not in reach:
             continue
@@ -312,8 +362,9 @@ def _output_quantized(graph: gs.Graph, node: gs.Node, out: gs.Tensor, target) ->
                                                and node.op not in target.float_output_ops)
 
 
-def build_spec(graph: gs.Graph, target) -> QuantSpec:
-    layers = quantized_layers(graph, target)
+def build_spec(graph: gs.Graph, target, scored: bool = False,
+               forms: frozenset[str] = frozenset()) -> QuantSpec:
+    layers = quantized_layers(graph, target, scored, forms)
     nodes = {node_label(n): n for n in graph.nodes}
     acts: dict[str, None] = {}
     consts: list[tuple[str, str]] = []
@@ -386,13 +437,22 @@ def build_groups(graph: gs.Graph, spec: QuantSpec) -> list[QuantGroup]:
     return groups
 
 
+def scored(state: CompileState) -> bool:
+    """Whether form options are left to the activation decision (module docstring): the
+    default plan (no budget, no --weight-bits / --act-bits, samples to score on) on a target offering
+    float activations."""
+    opts = state.options
+    return (opts.act_bits is None and opts.weight_bits is None and not opts.mixed
+            and opts.calib != "analytic" and FLOAT_BITS in state.target.act_choices)
+
+
 class FindQuantGroups(Pass):
     """Analysis: quantized nodes, activation quantizers, shared encodings and bit-width groups."""
 
     name = "FindQuantGroups"
 
     def run(self, state: CompileState) -> PassResult:
-        spec = build_spec(state.graph, state.target)
+        spec = build_spec(state.graph, state.target, scored(state))
         state.spec = spec
         state.groups = build_groups(state.graph, spec)
         state.act_groups = build_act_groups(state.graph, spec, state.target)

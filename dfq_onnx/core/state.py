@@ -61,6 +61,8 @@ class BitPlan:
 
     bits: dict[str, tuple[int, int]]
     acts: dict[str, int] = field(default_factory=dict)
+    form_inputs: tuple[str, ...] = ()   # activation groups in `acts` float only to hand their form-option
+                                        # readers the form (passes/settle_forms.py)
 
     @classmethod
     def uniform(cls, groups, w_bits: int, a_bits: int) -> "BitPlan":
@@ -116,6 +118,8 @@ class LayerSpec:
     axis: int | None = None       # per-channel axis of the weight
     weight_index: int = 1         # the node input holding the weight (0: a Gather's table)
     form: bool = False            # encoded by the target's [forms] (core/candidates.py), not static Q/DQ
+    form_option: bool = False     # static Q/DQ unless the plan leaves its input float: then its [forms]
+                                  # candidate (passes/settle_forms.py)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class ActTerms:
     weight_loss: float = 0.0     # L(weights at the default bits, float activations)
     screened: dict[str, float] = field(default_factory=dict)  # D(S) of each tested set (ids joined by ",")
     undecided: int = 0           # groups in sets the screening left unsplit at its evaluation cap
+    options_form: tuple[str, ...] = ()   # form-option input groups not cleared for static: they keep the form
     evaluations: int = 0
     seconds: float = 0.0
 
@@ -60,6 +61,16 @@ def switchable(act_groups: list[ActGroup]) -> list[ActGroup]:
 def scored_bits(act_groups: list[ActGroup]) -> tuple[int, ...]:
     """The bit-widths the activation switches carry: every non-float choice of a switchable group."""
     return tuple(sorted({b for ag in switchable(act_groups) for b in ag.choices if b != FLOAT_BITS}))
+
+
+BROKEN = 1e6   # the loss of an output a quantizer makes non-finite (var < 0 under a square root): above any
+               # finite loss of a usable output, finite for the ILP
+
+
+def _damage(ev: Evaluator, config: dict) -> np.ndarray:
+    """`ev.relative(config)` with a non-finite loss read as BROKEN (NaN compares as no damage)."""
+    d = ev.relative(config)
+    return np.where(np.isfinite(d), d, BROKEN)
 
 
 def _shrunk(term: np.ndarray, lam: float) -> float:
@@ -93,7 +104,7 @@ def screen(ev: Evaluator, ids: list[str], base: int, threshold: float, tested: d
     start, found, heap = ev.evaluations, [], []
 
     def test(group: list[str]) -> None:
-        d = float(ev.relative({a: base for a in group})[0])
+        d = float(_damage(ev, {a: base for a in group})[0])
         tested[",".join(group)] = d
         if d > threshold and len(group) == 1:
             found.append(group[0])
@@ -109,26 +120,69 @@ def screen(ev: Evaluator, ids: list[str], base: int, threshold: float, tested: d
     return sorted(found, key=pos.get)
 
 
+def budget_screen(ev: Evaluator, ids: list[str], base: int, budget: float, tested: dict,
+                  max_evals: int | None = None) -> list[str]:
+    """The groups of `ids` cleared for `base` within one shared `budget` of damage: sets are taken
+    cheapest per group first (D(S) / |S|), a set whose D(S) fits what is left of the budget is cleared
+    and spends it, one that does not is split in two halves (in graph order) while `max_evals` new
+    evaluations last; single groups that do not fit, and sets left unsplit at the cap, are not cleared.
+    The damages of sets measured apart need not add up, so the cleared groups are then measured
+    together: while that exceeds the budget, the cleared set with the most damage per group is put back
+    (one evaluation each). Every tested set's D(S) is recorded in `tested`."""
+    pos = {g: i for i, g in enumerate(ids)}
+    start, total, cleared, heap = ev.evaluations, budget, [], []
+
+    def test(group: list[str]) -> None:
+        d = max(float(_damage(ev, {a: base for a in group})[0]), 0.0)
+        tested[",".join(group)] = d
+        heapq.heappush(heap, (d / len(group), pos[group[0]], d, group))
+
+    if ids:
+        test(list(ids))
+    while heap:
+        _, _, d, group = heapq.heappop(heap)
+        if d <= budget:
+            budget -= d
+            cleared.append((d / len(group), group))
+        elif len(group) > 1 and (max_evals is None or ev.evaluations - start < max_evals):
+            test(group[:len(group) // 2])
+            test(group[len(group) // 2:])
+    cleared.sort()
+    while len(cleared) > 1:
+        joint = [g for _, group in cleared for g in group]
+        d = max(float(_damage(ev, {a: base for a in joint})[0]), 0.0)
+        tested[",".join(sorted(joint, key=pos.get))] = d
+        if d <= total:
+            break
+        cleared.pop()
+    return sorted((g for _, group in cleared for g in group), key=pos.get)
+
+
 def score_singles(ev: Evaluator, ids: list[str], bits: tuple[int, ...],
                   lam: float) -> dict[str, dict[int, float]]:
     """A_k(a) of the groups `ids` at every width (shrunk, monotone in the bits)."""
-    return {a: _monotone({b: max(_shrunk(ev.relative({a: b}), lam), 0.0) for b in bits}) for a in ids}
+    return {a: _monotone({b: max(_shrunk(_damage(ev, {a: b}), lam), 0.0) for b in bits}) for a in ids}
 
 
 def score_pairs(ev: Evaluator, pairs: list[tuple[str, str]], base: int, lam: float) -> dict:
     """A_kl(base, base) for the pairs (shrunk; only the base width, the pair the ILP meets most)."""
     out = {}
     for k, m in pairs:
-        term = ev.relative({k: base, m: base}) - ev.relative({k: base}) - ev.relative({m: base})
+        term = _damage(ev, {k: base, m: base}) - _damage(ev, {k: base}) - _damage(ev, {m: base})
         out[(k, m)] = {(base, base): _shrunk(term, lam)}
     return out
 
 
 def score_activations(ev: Evaluator, act_groups: list[ActGroup], base: int, lam: float = 1.0,
-                      pairs: bool = False, max_evals: int | None = None) -> ActTerms:
+                      pairs: bool = False, max_evals: int | None = None,
+                      options: tuple[str, ...] = ()) -> ActTerms:
     """Gate, screening, the outliers' singles (and pairs among them) on the activation probe behind `ev`;
     `max_evals` caps the gate and screening evaluations (the singles of the groups found are scored
-    whatever the cap: |bits| evaluations each)."""
+    whatever the cap: |bits| evaluations each). `options`: the input groups of form options
+    (passes/settle_forms.py), screened again on their own (`budget_screen`, its own cap of `max_evals`):
+    together, the ones cleared for their static encoding may cost the output at most what every W8
+    weight costs, L_w (the static encodings replace forms that quantize per call, a robustness the
+    synthetic samples cannot show); the others keep their form (`options_form`)."""
     start, e0 = time.perf_counter(), ev.evaluations
     ids = [ag.id for ag in switchable(act_groups)]
     bits = scored_bits(act_groups)
@@ -138,10 +192,15 @@ def score_activations(ev: Evaluator, act_groups: list[ActGroup], base: int, lam:
     found = screen(ev, ids, base, weight_loss, tested, cap)
     covered = {g for k in tested for g in k.split(",") if tested[k] <= weight_loss} | set(found)
     undecided = sum(g not in covered for g in ids)
+    opts = [g for g in ids if g in options]
+    tested_opts: dict[str, float] = {}
+    cleared = set(budget_screen(ev, opts, base, weight_loss, tested_opts, max_evals))
+    tested.update({f"options:{k}": v for k, v in tested_opts.items()})     # the report's record
     singles = score_singles(ev, found, bits, lam)
     near = [(k, m) for i, k in enumerate(found) for m in found[i + 1:]] if pairs else []
     return ActTerms(tuple(ids), bits, singles, score_pairs(ev, near, base, lam), act_loss, weight_loss,
-                    tested, undecided, ev.evaluations - e0, time.perf_counter() - start)
+                    tested, undecided, tuple(g for g in opts if g not in cleared),
+                    ev.evaluations - e0, time.perf_counter() - start)
 
 
 def terms_to_dict(t: ActTerms) -> dict:
@@ -151,7 +210,8 @@ def terms_to_dict(t: ActTerms) -> dict:
             "pairs": [{"groups": [k, m], "terms": {f"{a}|{b}": v for (a, b), v in row.items()}}
                       for (k, m), row in t.pairs.items()],
             "act_loss": t.act_loss, "weight_loss": t.weight_loss, "screened": dict(t.screened),
-            "undecided": t.undecided, "evaluations": t.evaluations, "seconds": round(t.seconds, 3)}
+            "undecided": t.undecided, "options_form": list(t.options_form),
+            "evaluations": t.evaluations, "seconds": round(t.seconds, 3)}
 
 
 def terms_from_dict(d: dict) -> ActTerms:
@@ -162,4 +222,5 @@ def terms_from_dict(d: dict) -> ActTerms:
                                     for ab, v in p["terms"].items()} for p in d["pairs"]},
         act_loss=float(d["act_loss"]), weight_loss=float(d["weight_loss"]),
         screened={k: float(v) for k, v in d["screened"].items()}, undecided=int(d.get("undecided", 0)),
+        options_form=tuple(d.get("options_form", ())),
         evaluations=int(d["evaluations"]), seconds=float(d["seconds"]))

@@ -1,0 +1,83 @@
+"""Settle the form options: each MatMul laid out static with a [forms] alternative (passes/quant_groups.py,
+`form_option`) stays static where the plan quantizes its input, and takes its form where the plan leaves
+its input float (the activation decision found that encoding an outlier, or could not clear it within the
+form options' shared budget, sensitivity/act_scoring.py):
+
+    static     x ──Q──DQ──► MatMul(W8) ──Q──DQ──►          ORT: QLinearMatMul, integer neighbours
+    form       x ─────────► DynamicQuantizeMatMul ──►      x quantized per call, its own range
+
+Decided per quantizer group (layers sharing an input encoding or a weight decide together): the group
+takes its form when every weighted layer of it is a form option and reads a float input. When some do, the
+spec is built again with those in their form (FindQuantGroups' rules: the elementwise and attention ops
+around a form stay float unless a static layer reads them, as without options), and the plan is carried
+over by tensor: the chosen precisions stay, but a float that only handed a MatMul its form
+(`BitPlan.form_inputs`: not an outlier, outside the shared budget) is not carried to its other readers.
+The probe scored the form as float activations with W8 weights: its per-call 8-bit quantization is left
+out. Runs after the plan (ChooseActivationPrecision), before the passes that read `LayerSpec.form` (bias
+correction, Emit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dfq_onnx.backends import forms
+from dfq_onnx.backends.act_precision import build_act_groups, float_tensors
+from dfq_onnx.core.graph_utils import node_label
+from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.state import BitPlan, CompileState
+
+
+def _takes_form(state: CompileState, group, floats: set[str], nodes: dict) -> bool:
+    layers = [state.spec.layers[n] for n in group.layers]
+    quantized = set(state.spec.act_tensors) - floats
+    return bool(layers) and all(layer.form_option for layer in layers) and \
+        all(nodes[layer.node].inputs[0].name not in quantized for layer in layers)
+
+
+def _respec(state: CompileState, formed: list[str]) -> None:
+    """Spec, groups and plan again with `formed` in their form (module docstring)."""
+    from dfq_onnx.passes.quant_groups import build_groups, build_spec
+
+    old_bits = {layer: state.plan.bits[g.id] for g in state.groups for layer in g.ops}
+    old_acts = {t: state.plan.acts[ag.id] for ag in state.act_groups if ag.id in state.plan.acts
+                and ag.id not in state.plan.form_inputs for t in ag.tensors}
+    spec = build_spec(state.graph, state.target, True, frozenset(formed))
+    spec = dataclasses.replace(spec, layers={k: dataclasses.replace(v, form_option=False)
+                                             for k, v in spec.layers.items()})
+    state.spec, state.groups = spec, build_groups(state.graph, spec)
+    state.act_groups = build_act_groups(state.graph, spec, state.target)
+    shapes, bits = state.graph.tensors(), {}
+    for g in state.groups:
+        w, a = old_bits[g.ops[0]][:2]
+        layers = [spec.layers[n] for n in g.layers]
+        if layers and all(layer.form for layer in layers):
+            bits[g.id] = max((forms.uniform_fit(state.target, layer.op, shapes[layer.weight].shape, w, a)
+                              for layer in layers), key=lambda c: c[0])
+        else:
+            bits[g.id] = (w, a)
+    acts = {ag.id: old_acts[t] for ag in state.act_groups for t in ag.tensors if t in old_acts}
+    state.plan = BitPlan(bits, acts=acts)
+
+
+class SettleForms(Pass):
+    """Analysis: form options whose input the plan leaves float take their [forms] candidate; the others
+    are static layers."""
+
+    name = "SettleForms"
+
+    def run(self, state: CompileState) -> PassResult:
+        if not any(layer.form_option for layer in state.spec.layers.values()):
+            return PassResult(False, "no form options")
+        floats = float_tensors(state.plan, state.act_groups)
+        nodes = {node_label(n): n for n in state.graph.nodes}
+        options = [k for k, layer in state.spec.layers.items() if layer.form_option]
+        formed = [n for g in state.groups if _takes_form(state, g, floats, nodes) for n in g.layers]
+        if formed:
+            _respec(state, formed)
+        else:
+            layers = {k: dataclasses.replace(v, form_option=False) for k, v in state.spec.layers.items()}
+            state.spec = dataclasses.replace(state.spec, layers=layers)
+        static = [n for n in options if n not in formed]
+        state.report.notes["form_options"] = {"form": formed, "static": static}
+        return PassResult(True, f"{len(static)} MatMuls static, {len(formed)} in their form")
