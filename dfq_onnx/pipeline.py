@@ -19,6 +19,7 @@ from dfq_onnx.passes.emit_forms import EmitForms
 from dfq_onnx.passes.emit_qdq import EmitQDQ
 from dfq_onnx.passes.equalize import EqualizeCrossLayer
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
+from dfq_onnx.passes.form_options import WeighFormOptions
 from dfq_onnx.passes.hardswish_floor import HardSwishRangeFloor
 from dfq_onnx.passes.inferred_input import CoverInferredInput
 from dfq_onnx.passes.input_moments import MeasureInputMoments
@@ -117,6 +118,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([EqualizeCrossLayer(criterion=options.cle_criterion)] if options.cle else []),
         *([AbsorbHighBias()] if options.bias_absorption else []),
         FindQuantGroups(),
+        WeighFormOptions(),
         *([KeepFloat(options.latency_table)] if options.latency_table and not options.mixed else []),
     ]
     tail = [

@@ -23,6 +23,7 @@ import logging
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from dfq_onnx.passes.form_options import form_fed, kept_forms, option_groups
 
 from dfq_onnx.allocation.act_problem import ActChoices, outliers
 from dfq_onnx.allocation.costs import layer_macs
@@ -31,7 +32,6 @@ from dfq_onnx.allocation.problem import Budget, Problem
 from dfq_onnx.backends.act_precision import touched
 from dfq_onnx.backends.budget import evaluations, scoring_rows
 from dfq_onnx.backends.chunks import static_batch
-from dfq_onnx.backends.forms import uniform_fit
 from dfq_onnx.backends.memory import release
 from dfq_onnx.core import cache, ir
 from dfq_onnx.core.graph_utils import is_float, node_label
@@ -94,21 +94,6 @@ def plan_evaluator(state: CompileState, options, samples, labels) -> Evaluator:
     return Evaluator(Probe(pm), fp32, samples, labels, options.metric, batch)
 
 
-def option_groups(state: CompileState) -> tuple[str, ...]:
-    """Activation groups holding the input of a form option (passes/settle_forms.py): float there hands
-    the MatMul to its [forms] candidate."""
-    nodes = {node_label(n): n for n in state.graph.nodes}
-    inputs = {nodes[k].inputs[0].name for k, layer in state.spec.layers.items() if layer.form_option}
-    return tuple(ag.id for ag in state.act_groups if inputs & set(ag.tensors))
-
-
-def _form_fed(state: CompileState, ag) -> bool:
-    """Every weighted reader of `ag` is a form option: float costs no float island, the form quantizes its
-    input itself (its declared [forms] cost per MAC includes that) and no layout changes around it."""
-    weighted = [r for r in ag.readers if state.spec.layers[r].role == "weighted"]
-    return bool(weighted) and all(state.spec.layers[r].form_option for r in weighted)
-
-
 def activation_terms(state: CompileState, samples, labels, metric: str, pairs: bool = False,
                      batch: int | None = None, max_evals: int | None = None) -> tuple[ActTerms, Evaluator]:
     """The activation terms (sensitivity/act_scoring.py) and the evaluator that measured them."""
@@ -168,25 +153,6 @@ def node_work(state: CompileState) -> dict[str, int]:
             if layer.role == "weighted"}
 
 
-def kept_forms(state: CompileState, nodes: tuple[str, ...], a: int) -> tuple[str, ...]:
-    """`nodes` without the form options a float precision hands to their [forms] candidate
-    (passes/settle_forms.py), when the target declares that form no dearer per MAC than the static kernel:
-    they keep an integer kernel."""
-    if a != FLOAT_BITS:
-        return nodes
-    target, layers, tensors = state.target, state.spec.layers, state.graph.tensors()
-    cost_int = target.cost.get((target.default_weight_bits, target.default_act_bits), 1.0)
-
-    def keeps(r: str) -> bool:
-        layer = layers[r]
-        if not layer.form_option:
-            return False
-        form = uniform_fit(target, layer.op, tensors[layer.weight].shape, target.default_weight_bits,
-                           target.default_act_bits)
-        return form is not None and target.form_settings.get("cost", {}).get(form, 1.0) <= cost_int
-    return tuple(r for r in nodes if not keeps(r))
-
-
 def act_choices(state: CompileState, terms: ActTerms, allowance: bool = True) -> ActChoices:
     """The ILP's activation part for the outlier groups of `terms` (module docstring)."""
     target, base = state.target, state.target.default_act_bits
@@ -204,7 +170,7 @@ def act_choices(state: CompileState, terms: ActTerms, allowance: bool = True) ->
         cands[k] = tuple(a for a in legal if a == base or a == FLOAT_BITS or a in terms.singles[k])
         base_loss = terms.singles[k][base]
         loss[k] = {a: (0.0 if a == FLOAT_BITS else terms.singles[k][a]) - base_loss for a in cands[k]}
-        free = _form_fed(state, ag)             # the form quantizes its own input (passes/settle_forms.py)
+        free = form_fed(state, ag)             # the form quantizes its own input (passes/settle_forms.py)
         elem[k] = {a: 0.0 if free and a == FLOAT_BITS else ag.elements * target.act_element_cost.get(a, 0.0)
                    for a in cands[k]}
         keep = target.float_output_ops

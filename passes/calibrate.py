@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from dfq_onnx.passes.form_options import options_of, settle_nonfinite
 from tqdm import tqdm
 
 from dfq_onnx.backends import observers, runtime
@@ -160,7 +161,8 @@ def measured_rows(state: CompileState, feeds: dict[str, np.ndarray], views: int 
 
 
 def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: list[str],
-                   source: str, views: int = 1, rows: int | None = None) -> dict[str, Range]:
+                   source: str, views: int = 1, rows: int | None = None, strict: bool = True
+                   ) -> dict[str, Range]:
     """Run the FP32 graph over `feeds` (and `views` rows per sample, `synth.augment`; the first `rows`
     of them when given) in chunks and return each tensor's activation range. Min/max: exact reductions
     inside the graph (observers.py), the same whatever the chunk size. Percentile: the mean over rows
@@ -184,7 +186,7 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
         outs = sess.run(None, _chunk(state, feeds, views, start, min(start + step, rows), step, last))
         state.forward_passes += 1
         if not pct:
-            for name, (a, b) in observers.ranges_of(outs, tensors).items():
+            for name, (a, b) in observers.ranges_of(outs, tensors, strict).items():
                 lo[name], hi[name] = min(lo[name], a), max(hi[name], b)
             continue
         n = min(start + step, rows) - start
@@ -197,6 +199,24 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
         return {t: Range(*(float(v) for v in np.concatenate(per_row[t]).mean(axis=0)),
                          f"{source}/p{opts.percentile}") for t in tensors}
     return {t: Range(lo[t], hi[t], source) for t in tensors}
+
+
+def _finite_ranges(state: CompileState, ranges: dict[str, Range]) -> dict[str, Range]:
+    """`ranges` without the non-finite ones, whose tensors only form options laid out static quantize
+    (a Softmax reading a -inf attention mask): those options take their form (passes/form_options.py)
+    and the tensors stay float; a non-finite tensor quantized without them is an error."""
+    bad = {t for t, r in ranges.items() if not (np.isfinite(r.lo) and np.isfinite(r.hi))}
+    if not bad:
+        return ranges
+    settled = settle_nonfinite(state, bad)
+    still = sorted(bad & set(state.spec.act_tensors))
+    if still:
+        raise UnsupportedModelError(f"tensor '{still[0]}' is not finite on the calibration data")
+    state.report.notes["form_options_nonfinite"] = {"tensors": sorted(bad), "form": settled}
+    unmeasured = [t for t in state.spec.act_tensors if t not in ranges and t not in state.ranges]
+    if unmeasured:          # building the spec again removes quantizers, never adds one: a bug if it did
+        raise UnsupportedModelError(f"tensor '{unmeasured[0]}' has no range after settling {settled}")
+    return {t: r for t, r in ranges.items() if t not in bad}
 
 
 def _chunk(state: CompileState, feeds: dict[str, np.ndarray], views: int, start: int, stop: int,
@@ -233,7 +253,8 @@ class Calibrate(Pass):
             state.calib = feeds   # scoring samples for later passes (synthetic ones are kept)
         n = len(next(iter(feeds.values())))
         views, rows = measured_rows(state, feeds, opts.synth_views) if source == "synthetic" else (1, n)
-        state.ranges.update(collect_ranges(state, feeds, missing, source, views, rows))
+        state.ranges.update(_finite_ranges(state, collect_ranges(
+            state, feeds, missing, source, views, rows, strict=not options_of(state))))
         state.report.notes.setdefault("calibration", {})[source] = {"samples": n, "rows": rows,
                                                                     "tensors": len(missing)}
         moved = spill(state.calib)      # later passes read a few rows: keep the set in a file

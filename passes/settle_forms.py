@@ -13,18 +13,24 @@ around a form stay float unless a static layer reads them, as without options), 
 over by tensor: the chosen precisions stay, but a float that only handed a MatMul its form
 (`BitPlan.form_inputs`: not an outlier, outside the shared budget) is not carried to its other readers.
 The probe scored the form as float activations with W8 weights: its per-call 8-bit quantization is left
-out. Runs after the plan (ChooseActivationPrecision), before the passes that read `LayerSpec.form` (bias
-correction, Emit).
+out. When only some options stay static, the whole model is timed again against every option in its form
+(passes/form_options.py: a partial static region can pay less than the whole); static stays only where
+it is not slower. Runs after the plan (ChooseActivationPrecision), before the passes that read
+`LayerSpec.form` (bias correction, Emit).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from dfq_onnx.passes.form_options import options_of, respec, static_pays
+from dfq_onnx.passes.quant_groups import build_groups
+
 from dfq_onnx.backends import forms
-from dfq_onnx.backends.act_precision import build_act_groups, float_tensors
+from dfq_onnx.backends.act_precision import float_tensors
 from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.core.pass_base import Pass, PassResult
+from dfq_onnx.core.report import Report
 from dfq_onnx.core.state import BitPlan, CompileState
 
 
@@ -37,16 +43,13 @@ def _takes_form(state: CompileState, group, floats: set[str], nodes: dict) -> bo
 
 def _respec(state: CompileState, formed: list[str]) -> None:
     """Spec, groups and plan again with `formed` in their form (module docstring)."""
-    from dfq_onnx.passes.quant_groups import build_groups, build_spec
-
     old_bits = {layer: state.plan.bits[g.id] for g in state.groups for layer in g.ops}
     old_acts = {t: state.plan.acts[ag.id] for ag in state.act_groups if ag.id in state.plan.acts
                 and ag.id not in state.plan.form_inputs for t in ag.tensors}
-    spec = build_spec(state.graph, state.target, True, frozenset(formed))
-    spec = dataclasses.replace(spec, layers={k: dataclasses.replace(v, form_option=False)
-                                             for k, v in spec.layers.items()})
+    respec(state, formed)
+    spec = dataclasses.replace(state.spec, layers={k: dataclasses.replace(v, form_option=False)
+                                                   for k, v in state.spec.layers.items()})
     state.spec, state.groups = spec, build_groups(state.graph, spec)
-    state.act_groups = build_act_groups(state.graph, spec, state.target)
     shapes, bits = state.graph.tensors(), {}
     for g in state.groups:
         w, a = old_bits[g.ops[0]][:2]
@@ -67,17 +70,25 @@ class SettleForms(Pass):
     name = "SettleForms"
 
     def run(self, state: CompileState) -> PassResult:
-        if not any(layer.form_option for layer in state.spec.layers.values()):
+        options = options_of(state)
+        if not options:
             return PassResult(False, "no form options")
         floats = float_tensors(state.plan, state.act_groups)
         nodes = {node_label(n): n for n in state.graph.nodes}
-        options = [k for k, layer in state.spec.layers.items() if layer.form_option]
         formed = [n for g in state.groups if _takes_form(state, g, floats, nodes) for n in g.layers]
+        static = [n for n in options if n not in formed]
+        note = {"form": formed, "static": static}
+        if formed and static:        # a partial static region: timed again against every option's form
+            trial, every = (dataclasses.replace(state, report=Report()) for _ in range(2))
+            _respec(trial, formed)
+            _respec(every, options)
+            note["latency"] = static_pays(state, trial, every, static)
+            if not note["latency"]["static_pays"]:
+                formed, static = options, []
         if formed:
             _respec(state, formed)
         else:
             layers = {k: dataclasses.replace(v, form_option=False) for k, v in state.spec.layers.items()}
             state.spec = dataclasses.replace(state.spec, layers=layers)
-        static = [n for n in options if n not in formed]
-        state.report.notes["form_options"] = {"form": formed, "static": static}
+        state.report.notes["form_options"] = {**note, "form": formed, "static": static}
         return PassResult(True, f"{len(static)} MatMuls static, {len(formed)} in their form")

@@ -74,12 +74,14 @@ def range_model(graph: gs.Graph, tensors: list[str]):
     return ir.session_model(g)
 
 
-def ranges_of(outputs: list[np.ndarray], tensors: list[str]) -> dict[str, tuple[float, float]]:
-    """(min, max) per tensor from one call of `range_model`; raises on a non-finite tensor."""
+def ranges_of(outputs: list[np.ndarray], tensors: list[str], strict: bool = True
+              ) -> dict[str, tuple[float, float]]:
+    """(min, max) per tensor from one call of `range_model`; raises on a non-finite tensor (`strict`),
+    else returns its non-finite bounds."""
     out = {}
     for i, name in enumerate(tensors):
         lo, hi = float(np.min(outputs[2 * i])), float(np.max(outputs[2 * i + 1]))
-        if not (np.isfinite(lo) and np.isfinite(hi)):
+        if strict and not (np.isfinite(lo) and np.isfinite(hi)):
             raise UnsupportedModelError(f"tensor '{name}' is not finite on the calibration data")
         out[name] = (lo, hi)
     return out
