@@ -181,8 +181,9 @@ def decomposed_layernorm(c: int = 16, hw: int = 8, classes: int = 5, offset: flo
 
 
 def conv_mixer(c: int = 16, hw: int = 8, classes: int = 6, scale: float = 1.0, depth: int = 4,
-               seed: int = 0) -> onnx.ModelProto:
-    """The network of the module docstring; input [N, 3, hw, hw], output [N, hw * hw, classes]."""
+               norm: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """The network of the module docstring; input [N, 3, hw, hw], output [N, hw * hw, classes]; `norm`:
+    a LayerNormalization before the head (SVTR's, pre-norm: res ─ LayerNorm ─ head)."""
     rng = np.random.default_rng(seed)
     big = np.ones(c, np.float32)
     big[0] = scale
@@ -201,6 +202,7 @@ def conv_mixer(c: int = 16, hw: int = 8, classes: int = 6, scale: float = 1.0, d
     nodes.append(helper.make_node("Add", ["tokens", h], ["res_out"], name="res"))
     head = (rng.standard_normal((c, classes)) / np.sqrt(c)).astype(np.float32)
     inits.append(_init("head.weight", head))
-    nodes.append(helper.make_node("MatMul", ["res_out", "head.weight"], ["output"], name="head"))
+    x = _ln("norm", "res_out", c, inits, nodes) if norm else "res_out"
+    nodes.append(helper.make_node("MatMul", [x, "head.weight"], ["output"], name="head"))
     return _model(nodes, [_vi("input", ["N", 3, hw, hw])], [_vi("output", ["N", hw * hw, classes])], inits,
-                  opset=13, name="conv_mixer")
+                  opset=17 if norm else 13, name="conv_mixer")

@@ -44,6 +44,7 @@ layout draws such a tensor into the spec their form (passes/calibrate.py), so th
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import statistics
 
@@ -157,11 +158,12 @@ def _timeable(state: CompileState) -> str | None:
     return None
 
 
-def _key(state: CompileState, static: list[str], formed: list[str]) -> dict:
+def _key(state: CompileState, static_state: CompileState, static: list[str], formed: list[str]) -> dict:
     t = state.target
+    layout = hashlib.sha256("\n".join(sorted(static_state.spec.act_tensors)).encode()).hexdigest()[:16]
     return {"model": state.model_hash, "target": [t.name, t.default_weight_bits, t.default_act_bits],
             "input_shapes": {k: list(v) for k, v in sorted(state.options.input_shapes.items())},
-            "static": sorted(static), "form": sorted(formed),
+            "static": sorted(static), "form": sorted(formed), "quantized": layout,
             "runtime": integer_pays.runtime_version(t.runtime), "cpu": integer_pays.cpu_name(),
             "engine": ENGINE, "margin": integer_pays.MARGIN}
 
@@ -184,7 +186,7 @@ def static_pays(state: CompileState, static_state: CompileState, form_state: Com
 
 def _measured(state, static_state, form_state, static: list[str], formed: list[str]) -> dict:
     opts = state.options
-    path = cache.cache_path("form-latency", _key(state, static, formed), opts.cache_dir)
+    path = cache.cache_path("form-latency", _key(state, static_state, static, formed), opts.cache_dir)
     hit = cache.load_npz(path) if opts.use_cache else None
     if hit is None:
         m = cpu_work.paired_cpu(integer_model(form_state), integer_model(static_state))

@@ -30,16 +30,21 @@ its residual stream float. A CNN's classifier head written as MatMul is static l
 Form or static, scored (`scored`: the default plan, whose activation precision is a decision with float
 among the target's choices): in a model that already has an integer region (a statically quantized
 weighted layer: a Conv, a Gemm), a MatMul with a [forms] candidate is laid out static (`form_option`),
-with Q/DQ on its input and output and its elementwise neighbours quantized as a static MatMul's are.
-The activation decision (passes/act_precision.py, sensitivity/act_scoring.py) then scores their input
-encodings at the output: an outlier group (its 8-bit encoding alone costs the output more than all W8
-weights together) goes float, and the input groups of all options together may cost at most that much
-at 8 bits (one shared budget, the groups cheapest per group first, measured together at the end); a
-MatMul whose input goes float takes its form (passes/settle_forms.py: the form quantizes its input per
-call and keeps an integer kernel), and the spec is built again around it. So PP-OCRv4 rec's SVTR neck,
-read by convolutions, runs integer (its static inputs cost 0.2 of the budget); a ViT's MatMuls keep
-forms where its static inputs do not fit. A model whose every weighted layer is a form (a BERT) keeps
-them all: there is no integer region for them to join.
+with Q/DQ on its input and output and its elementwise neighbours quantized as a static MatMul's are --
+through the normalizations too: the residual Adds before a LayerNorm sit between static layers, and
+ORT's own output runs them as QLinearAdd (PP-OCRv4 rec: stopping there left 8 more float Adds and a
+float Sigmoid / Mul; BENCHMARKS.md, issue 14 session 15). The options stay only where their static
+layout is not slower than their forms (passes/form_options.py: measured before calibration, or the
+target's tables with --no-latency-check); otherwise the spec is built without them (and the reach stops
+at normalizations as above). The activation decision (passes/act_precision.py,
+sensitivity/act_scoring.py) then scores their input encodings at the output: an outlier group (its
+8-bit encoding alone costs the output more than all W8 weights together) goes float, and the input
+groups of all options together may cost at most that much at 8 bits (one shared budget, the groups
+cheapest per group first, measured together at the end); a MatMul whose input goes float takes its
+form (passes/settle_forms.py: the form quantizes its input per call and keeps an integer kernel), and
+the spec is built again around it. So PP-OCRv4 rec's SVTR neck, read by convolutions, runs integer; a
+ViT's MatMuls keep their forms (static does 1.15x their work). A model whose every weighted layer is a
+form (a BERT) keeps them all: there is no integer region for them to join.
 
 Normalization statistics stay float: a Reduce{Mean,Sum,SumSquare,L1,L2,LogSumExp,Prod} output, what
 is computed from such outputs alone (a decomposed LayerNorm's mean, E[x^2] - E[x]^2, rsqrt(var + eps),
@@ -195,7 +200,7 @@ def _feeds_weighted(graph: gs.Graph, target, appliers: set[int],
                     options: set[int] = frozenset()) -> set[int]:
     """ids of nodes from which a statically quantized weighted layer is reachable along float tensors,
     through any op but a normalization (ops the target encodes by a form, e.g. every MatMul on ORT CPU,
-    do not count).
+    do not count); with form `options` laid out static, through normalizations too (module docstring).
 
     Elementwise ops in the tail after the last weighted layer (detector box decoding, score
     concatenation) stay float: quantizing them buys no integer kernel and can mix unrelated ranges.
@@ -219,7 +224,7 @@ def _feeds_weighted(graph: gs.Graph, target, appliers: set[int],
                     id(c) in reach for out in node.outputs if is_float(out) for c in out.outputs):
                 reach.add(id(node))
             continue
-        if id(node) in appliers or (node.op in ROW_NORMALIZATIONS and role is None):
+        if not options and (id(node) in appliers or (node.op in ROW_NORMALIZATIONS and role is None)):
             continue        # a normalization: its input stays float unless something else needs it
         if role == "weighted" or any(
                 id(c) in reach for out in node.outputs if is_float(out) for c in out.outputs):
