@@ -10,11 +10,12 @@ only where it is within the accuracy budget (the activation decision) AND not sl
                                                   everything around it float
 
 Which wins depends on the shapes, not only on the per-MAC tables: PP-OCRv4 rec's SVTR neck (40 tokens x
-120) does the same work static or in its form at batch 1 and runs faster static at batch 32 (0.875 of
-the form's time), where the float neighbours' per-op costs add up; a ViT (197 tokens x 384) does 1.15x
-the work static, where the MACs dominate (BENCHMARKS.md, issue 14 sessions 14-15). The target's tables
-predict neither: they price a float group by its elements as an island in a convolutional model (130
-FP32 MACs each), which calls the ViT's static layout cheaper. So the default plan measures:
+120) does the same work static or in its form (1.02-1.03 at batch 1, single thread) and runs faster
+static at batch 32 on 2 threads (0.875 of the form's time), where the float neighbours' per-op costs
+add up; a ViT (197 tokens x 384) does 1.10-1.19x the work static, where the MACs dominate
+(BENCHMARKS.md, issue 14 sessions 14-15). The target's tables predict neither: they price a float group
+by its elements as an island in a convolutional model (130 FP32 MACs each), which calls the ViT's
+static layout cheaper. So the default plan measures:
 
     measured   both whole models (every option static / every option in its form; batch 1 at the
                compile's input shape, placeholder ranges: kernel speed does not depend on the values)
@@ -22,9 +23,10 @@ FP32 MACs each), which calls the ViT's static layout cheaper. So the default pla
                of a shared machine barely moves it, where wall time spread 0.3-4.6 per round),
                r_i = least static CPU time of round i / least form CPU time of round i; static stays iff
                median(r) <= 1 + integer_pays.MARGIN: not slower within the drift of a timing (KeepFloat's
-               margin). A tie goes to static: it is ORT quantize_static's own layout and runs the
-               neighbours integer (rec: 1.00-1.03 at batch 1). Cached by model, target, input shapes, the
-               options, runtime and CPU: a compile with the cache reproduces its output byte for byte.
+               margin). A tie goes to static: it is ORT quantize_static's own layout, runs the
+               neighbours integer and scales better over threads (rec above). Cached by model, target,
+               input shapes, the options and their layout, runtime and CPU: a compile with the cache
+               reproduces its output byte for byte.
     modeled    `--no-latency-check`, a --latency-table, a target runtime not timed here, a model too small
                to time (keep_float.MIN_MACS) or without concrete shapes: static stays iff the target
                declares every option's static kernel no dearer per MAC than its form (the neighbours it

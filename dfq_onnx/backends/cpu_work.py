@@ -1,17 +1,19 @@
 """Which of two models of the same network does less work per call: single-thread CPU time, paired.
 
 Wall time of a whole model on a shared 2-core machine spreads too widely to tell two layouts apart when
-they are close: PP-OCRv4 rec's neck static vs in its form at batch 1, 2 threads, load 6, per-round
+they are close: PP-OCRv4 rec's neck static vs in its form at batch 1, 2 threads, load 6-9, per-round
 ratios 0.3-4.6 and medians 0.65-1.50 over five 3-12 s timings (BENCHMARKS.md, issue 14 session 15). The
 CPU time of a call at one intra-op thread with spinning off is the work the call does: a thread another
-process preempts accrues none, so the load barely moves it (the same models: medians 1.00-1.03, rounds
-0.97-1.06). It leaves out how each layout scales over threads; both run the same kernels' threading.
+process preempts accrues none, so the load barely moves it (the same models at load 8-10: medians
+1.016-1.034 over eight timings, a ViT's 1.10-1.19 over three). It leaves out how each layout scales
+over threads (rec's static neck runs 0.875 of the form's wall time at batch 32 on 2 threads, the same
+work); both layouts use the same kernels' threading.
 
     per round i (order alternating, one untimed call of each first):
         r_i = min over k calls of cpu(second) / min over k calls of cpu(first)
-    ratio = median_i r_i;   k = clamp(round(20 ms / t), 2, 10), R = clamp(SECONDS / (2 (k + 1) t), 5, 9)
+    ratio = median_i r_i;   k = clamp(round(20 ms / t), 3, 10), R = clamp(SECONDS / (2 (k + 1) t), 7, 15)
 
-with t the first model's CPU time per call, so a 10 ms model takes ~3 s and a 100 ms one ~6 s.
+with t the first model's CPU time per call, so a 15 ms model takes ~2 s and a 100 ms one ~6 s.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dfq_onnx.backends.latency import random_feeds
 from dfq_onnx.backends.runtime import create
 from dfq_onnx.core import ir
 
-SECONDS = 3.0
+SECONDS = 6.0
 
 
 def _session(model) -> ort.InferenceSession:
@@ -50,8 +52,8 @@ def cpu_ms(fn, runs: int) -> list[float]:
 def schedule(first_ms: float, seconds: float = SECONDS) -> tuple[int, int]:
     """(rounds R, calls per round k) for a first model of `first_ms` per call (module docstring)."""
     t = max(first_ms, 1e-3)
-    k = int(min(10, max(2, round(20.0 / t))))
-    return int(min(9, max(5, seconds * 1e3 // (2 * (k + 1) * t)))), k
+    k = int(min(10, max(3, round(20.0 / t))))
+    return int(min(15, max(7, seconds * 1e3 // (2 * (k + 1) * t)))), k
 
 
 def paired_cpu(first_model, second_model, seconds: float = SECONDS) -> dict:
