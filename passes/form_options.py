@@ -55,6 +55,7 @@ import numpy as np
 from dfq_onnx.backends import cpu_work, forms, integer_pays
 from dfq_onnx.backends.act_precision import build_act_groups
 from dfq_onnx.backends.latency import concrete
+from dfq_onnx.backends.memory import release
 from dfq_onnx.core import cache, ir
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import is_float, node_label
@@ -253,6 +254,7 @@ class WeighFormOptions(Pass):
             return PassResult(False, "no form options")
         base = without_options(state)
         note = static_pays(state, state, base, names)
+        release()                    # the timing sessions' heap back to the system before synthesis
         note["options"] = len(names)
         state.report.notes["form_latency"] = note
         if note["static_pays"]:

@@ -31,9 +31,11 @@ Form or static, scored (`scored`: the default plan, whose activation precision i
 among the target's choices): in a model that already has an integer region (a statically quantized
 weighted layer: a Conv, a Gemm), a MatMul with a [forms] candidate is laid out static (`form_option`),
 with Q/DQ on its input and output and its elementwise neighbours quantized as a static MatMul's are --
-through the normalizations too: the residual Adds before a LayerNorm sit between static layers, and
-ORT's own output runs them as QLinearAdd (PP-OCRv4 rec: stopping there left 8 more float Adds and a
-float Sigmoid / Mul; BENCHMARKS.md, issue 14 session 15). The options stay only where their static
+through the normalizations too where the residual stream starts at a convolution (`_conv_rooted`): its
+Adds before a LayerNorm then sit between static layers, and ORT's own output runs them as QLinearAdd
+(PP-OCRv4 rec: stopping there left 8 more float Adds and a float Sigmoid / Mul, and read 14 lines
+worse; BENCHMARKS.md, issue 14 session 15). A stream from a float embedding (a BERT's) stops there as
+without options. The options stay only where their static
 layout is not slower than their forms (passes/form_options.py: measured before calibration, or the
 target's tables with --no-latency-check); otherwise the spec is built without them (and the reach stops
 at normalizations as above). The activation decision (passes/act_precision.py,
@@ -200,7 +202,8 @@ def _feeds_weighted(graph: gs.Graph, target, appliers: set[int],
                     options: set[int] = frozenset()) -> set[int]:
     """ids of nodes from which a statically quantized weighted layer is reachable along float tensors,
     through any op but a normalization (ops the target encodes by a form, e.g. every MatMul on ORT CPU,
-    do not count); with form `options` laid out static, through normalizations too (module docstring).
+    do not count); with form `options` laid out static, through the normalizations of a stream that
+    starts at a convolution too (`_conv_rooted`, module docstring).
 
     Elementwise ops in the tail after the last weighted layer (detector box decoding, score
     concatenation) stay float: quantizing them buys no integer kernel and can mix unrelated ranges.
@@ -224,12 +227,34 @@ def _feeds_weighted(graph: gs.Graph, target, appliers: set[int],
                     id(c) in reach for out in node.outputs if is_float(out) for c in out.outputs):
                 reach.add(id(node))
             continue
-        if not options and (id(node) in appliers or (node.op in ROW_NORMALIZATIONS and role is None)):
+        if (id(node) in appliers or (node.op in ROW_NORMALIZATIONS and role is None)) \
+                and not (options and _conv_rooted(node, target, options)):
             continue        # a normalization: its input stays float unless something else needs it
         if role == "weighted" or any(
                 id(c) in reach for out in node.outputs if is_float(out) for c in out.outputs):
             reach.add(id(node))
     return reach
+
+
+def _conv_rooted(node: gs.Node, target, options: set[int]) -> bool:
+    """Whether the stream `node` normalizes starts at a statically quantized layer that is not a form
+    option (a convolution: PP-OCR rec's neck), back through residual sums, normalizations and layout ops
+    but not through the options (their outputs are the branches added to the stream). A stream that
+    starts at a float embedding (a BERT's, behind a Gather) is the transformer's residual stream the
+    reach stops at (`_feeds_weighted`)."""
+    frontier, seen = [t for t in node.inputs if is_float(t) and not is_const(t)], set()
+    while frontier:
+        t = frontier.pop()
+        for p in t.inputs:
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if target.role(p.op) == "weighted":
+                if _static(p, target, set()) and id(p) not in options:
+                    return True
+                continue
+            frontier += [x for x in p.inputs if is_float(x) and not is_const(x)]
+    return False
 
 
 STAT_REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp",
