@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 import statistics
 
 import numpy as np
@@ -63,7 +62,6 @@ from dfq_onnx.core.pass_base import Pass, PassResult, run_passes
 from dfq_onnx.core.report import Report
 from dfq_onnx.core.state import FLOAT_BITS, CompileState, Range
 
-log = logging.getLogger(__name__)
 ENGINE = 1            # bump when the rule changes: cached decisions are then ignored
 
 
@@ -106,20 +104,13 @@ def kept_forms(state: CompileState, nodes: tuple[str, ...], a: int) -> tuple[str
     they keep an integer kernel."""
     if a != FLOAT_BITS:
         return nodes
-    target, layers, tensors = state.target, state.spec.layers, state.graph.tensors()
+    target, layers = state.target, state.spec.layers
     cost_int = target.cost.get((target.default_weight_bits, target.default_act_bits), 1.0)
-
-    def keeps(r: str) -> bool:
-        layer = layers[r]
-        if not layer.form_option:
-            return False
-        form = forms.uniform_fit(target, layer.op, tensors[layer.weight].shape, target.default_weight_bits,
-                           target.default_act_bits)
-        return form is not None and target.form_settings.get("cost", {}).get(form, 1.0) <= cost_int
-    return tuple(r for r in nodes if not keeps(r))
+    return tuple(r for r in nodes if not (layers[r].form_option and _form_cost(state, r) <= cost_int))
 
 
 def _form_cost(state: CompileState, name: str) -> float:
+    """The declared cost per MAC of the form a uniform plan gives layer `name` (1.0: float, none fits)."""
     target, layer = state.target, state.spec.layers[name]
     form = forms.uniform_fit(target, layer.op, state.graph.tensors()[layer.weight].shape,
                              target.default_weight_bits, target.default_act_bits)
