@@ -6,8 +6,9 @@ Two sources say whether it pays, both whole-model:
   machine that will run it): `model_ms(default pair) < fp32_ms` at the table's batch;
 * without a table, for the default plan (no budget, no --weight-bits / --act-bits), the compile times
   the normalized FP32 graph against the default integer plan itself, at batch 1 of the compile's input
-  shape (`dfq_onnx.backends.integer_pays`: alternating rounds, "slower" only when the median over rounds
-  of the round's fastest integer call over its fastest FP32 call is above 1 + `integer_pays.MARGIN`).
+  shape (`dfq_onnx.backends.integer_pays`: alternating rounds of single-thread CPU time, "slower" only
+  when the median over rounds of the round's least integer call over its least FP32 call is above
+  1 + `integer_pays.MARGIN`).
   It runs after calibration, so the timed integer model is the output
   the compile would write (its ranges decide which Q/DQ pairs fold away, e.g. a Div rescale), before
   the activation decision and the bias correction (which change values, not kernels). The

@@ -88,15 +88,16 @@ def test_slower_needs_the_median_round_more_than_the_margin_above_one():
     assert not integer_pays.slower([0.8, 0.9, 1.4, 1.5, 0.7])
 
 
-def test_load_on_the_machine_does_not_move_the_decision(monkeypatch):
-    """Another process stealing time lands on whichever model runs then (here two FP32 calls of three,
-    +4 ms each), and one round's integer calls are oddly fast: the integer model, otherwise 30 % slower,
-    still reads slower. On a fake clock, so the test times nothing."""
+def test_the_decision_reads_cpu_work_rounds(monkeypatch):
+    """Per round each model's least CPU time, the median over rounds of their ratio: one round in which
+    the integer calls are oddly cheap does not decide; the integer model, otherwise 30 % more work, reads
+    slower. On a fake process clock, so the test times nothing."""
     import time
 
+    from dfq_onnx.backends import cpu_work
+
     clock = [0.0]
-    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(integer_pays, "median_ms", lambda fn, runs, warmup=1: 2.0)
+    monkeypatch.setattr(time, "process_time", lambda: clock[0])
 
     def model(ms, extra):
         count = [0]
@@ -106,17 +107,34 @@ def test_load_on_the_machine_does_not_move_the_decision(monkeypatch):
             clock[0] += (ms + extra(count[0])) / 1e3
         return call
 
-    fp32 = model(2.0, lambda i: 4.0 if i % 3 else 0.0)
+    fp32 = model(2.0, lambda i: 0.0)
     quant = model(2.6, lambda i: -1.0 if 12 <= i < 24 else 0.0)
-    out = integer_pays.paired_times(fp32, quant)
-    assert len(out["ratios"]) >= 3 and min(out["ratios"]) < 1.0
+    out = cpu_work.paired_calls(fp32, quant)
+    assert len(out["ratios"]) >= 7 and min(out["ratios"]) < 1.0
     assert integer_pays.slower(out["ratios"]) and float(np.median(out["ratios"])) == pytest.approx(1.3)
 
 
 def test_the_schedule_bounds_the_timing():
-    assert integer_pays.schedule(0.5) == (9, 10)              # fast model: 10 calls a round, 9 rounds
-    rounds, calls = integer_pays.schedule(1000.0)             # a 1 s forward: 3 rounds of one call
-    assert (rounds, calls) == (3, 1)
+    from dfq_onnx.backends import cpu_work
+
+    assert cpu_work.schedule(0.5) == (15, 10)                 # fast model: 10 calls a round, 15 rounds
+    assert cpu_work.schedule(1000.0) == (7, 3)                # a 1 s forward: 7 rounds of 3 calls
+
+
+def test_the_timing_is_single_thread_cpu_work(monkeypatch, timed):
+    """KeepFloat's timing is ONNX Runtime CPU time at one thread (cpu_work.paired_cpu), keyed so."""
+    from dfq_onnx.backends import cpu_work
+
+    seen = []
+    real = cpu_work.paired_cpu
+
+    def spy(first, second, seconds=cpu_work.SECONDS):
+        seen.append((first, second))
+        return real(first, second, seconds=0.05)
+    monkeypatch.setattr(cpu_work, "paired_cpu", spy)
+    _, report = dfq_onnx.quantize(builders.conv_bn_relu(), calib="noise", use_cache=False, progress=False)
+    assert len(seen) == 1 and report.notes["keep_float"]["source"] == "measured"
+    assert integer_pays.THREADS == 1
 
 
 def test_a_dynamic_dimension_is_named_not_counted_as_zero_macs(monkeypatch):

@@ -1,0 +1,82 @@
+"""Which of two models of the same network does less work per call: single-thread CPU time, paired.
+
+The wall time of a whole model at 2 threads on a shared machine moves with the other processes' load:
+PP-OCR's direction classifier, integer vs FP32 at batch 1, read medians of per-round ratios 0.93-1.50
+over timings minutes apart (BENCHMARKS.md, issue 14 sessions 14-15), and a compile's KeepFloat decision
+flipped with the load of the minute. The CPU time of a call at one intra-op thread with spinning off is
+the work the call does: a thread another process preempts accrues none, so the load barely moves it
+(the classifier: 1.17-1.18 in two timings at load 1, PP-OCRv4 rec's two layouts 1.016-1.034 over eight
+at load 8-10). It leaves out how each model scales over threads (both use the runtime's threading of
+the same ops).
+
+    per round i (order alternating, one untimed call of each first):
+        r_i = min over k calls of cpu(second) / min over k calls of cpu(first)
+    ratio = median_i r_i;   k = clamp(round(20 ms / t), 3, 10), R = clamp(SECONDS / (2 (k + 1) t), 7, 15)
+
+with t the first model's CPU time per call, so a 15 ms model takes ~2 s and a 100 ms one ~6 s.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import onnxruntime as ort
+
+from dfq_onnx.backends.latency import random_feeds
+from dfq_onnx.backends.runtime import create
+from dfq_onnx.core import ir
+
+SECONDS = 6.0
+
+
+def _session(model) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return create(ir.serialize(model), opts)
+
+
+def cpu_ms(fn, runs: int) -> list[float]:
+    """CPU times (ms, this process) of `runs` calls of `fn()`."""
+    out = []
+    for _ in range(runs):
+        start = time.process_time()
+        fn()
+        out.append((time.process_time() - start) * 1e3)
+    return out
+
+
+def schedule(first_ms: float, seconds: float = SECONDS) -> tuple[int, int]:
+    """(rounds R, calls per round k) for a first model of `first_ms` per call (module docstring)."""
+    t = max(first_ms, 1e-3)
+    k = int(min(10, max(3, round(20.0 / t))))
+    return int(min(15, max(7, seconds * 1e3 // (2 * (k + 1) * t)))), k
+
+
+def paired_cpu(first_model, second_model, seconds: float = SECONDS) -> dict:
+    """Both models (ModelProtos with concrete input shapes, the same inputs) in single-thread sessions,
+    timed by `paired_calls`."""
+    calls = []
+    for model in (first_model, second_model):
+        sess, feeds = _session(model), random_feeds(model)
+        calls.append(lambda sess=sess, feeds=feeds: sess.run(None, feeds))
+    return paired_calls(*calls, seconds=seconds)
+
+
+def paired_calls(first, second, seconds: float = SECONDS) -> dict:
+    """Two callables timed in alternating rounds (module docstring): {"first_ms", "second_ms" (medians
+    over rounds of each round's least CPU time), "ratios" (second / first per round), "rounds", "calls"}."""
+    calls = [first, second]
+    for fn in calls:                                   # warm-up: allocations, kernel selection
+        fn()
+    rounds, k = schedule(statistics.median(cpu_ms(calls[0], 3)), seconds)
+    mins: list[list[float]] = [[], []]
+    for i in range(rounds):
+        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+            calls[j]()
+            mins[j].append(min(cpu_ms(calls[j], k)))
+    return {"first_ms": statistics.median(mins[0]), "second_ms": statistics.median(mins[1]),
+            "ratios": [b / a for a, b in zip(*mins)], "rounds": rounds, "calls": k}
