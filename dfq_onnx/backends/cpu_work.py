@@ -23,7 +23,7 @@ import time
 
 import onnxruntime as ort
 
-from dfq_onnx.backends.latency import random_feeds
+from dfq_onnx.backends.latency import call_ms, random_feeds
 from dfq_onnx.backends.runtime import create
 from dfq_onnx.core import ir
 
@@ -41,12 +41,7 @@ def _session(model) -> ort.InferenceSession:
 
 def cpu_ms(fn, runs: int) -> list[float]:
     """CPU times (ms, this process) of `runs` calls of `fn()`."""
-    out = []
-    for _ in range(runs):
-        start = time.process_time()
-        fn()
-        out.append((time.process_time() - start) * 1e3)
-    return out
+    return call_ms(fn, runs, warmup=0, clock=time.process_time)
 
 
 def schedule(first_ms: float, seconds: float = SECONDS) -> tuple[int, int]:
