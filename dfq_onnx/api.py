@@ -13,7 +13,7 @@ import onnx
 
 from dfq_onnx.core import ir
 from dfq_onnx.core.errors import OutputError, UsageError
-from dfq_onnx.core.input_hints import with_calib_hints, with_config_hints, with_graph_hints
+from dfq_onnx.core.input_hints import with_inferred_shapes
 from dfq_onnx.core.options import QuantizeOptions
 from dfq_onnx.core.pass_base import run_passes
 from dfq_onnx.core.report import Report
@@ -37,9 +37,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     check_outputs(model, output, report_path, opts.pareto, encodings_path)
     source = ir.load_model(model)
-    opts = with_calib_hints(source, opts)       # dynamic input sizes a --calib npz fixes
-    opts = with_graph_hints(source, opts)       # ... or a vision transformer's position table
-    opts = with_config_hints(model, source, opts)   # ... or the exporter's config files beside the model
+    opts = with_inferred_shapes(model, source, opts)     # dynamic input sizes the compile can infer
     report = Report()
     report.model.update({"name": source.graph.name, "producer": source.producer_name,
                          "path": str(model) if not isinstance(model, onnx.ModelProto) else None,
@@ -184,6 +182,7 @@ def synthesize(model, *, output=None, samples: int = 64, steps: int | None = Non
                            seed=seed, progress=progress)
     check_outputs(model, output, None)
     source = ir.load_model(model)
+    opts = with_inferred_shapes(model, source, opts)
     state = CompileState(graph=None, target=load_target("ort-cpu"), options=opts, report=Report(),
                          model_hash=ir.model_hash(source), source=source)
     extra = {"steps": steps} if steps is not None else {}

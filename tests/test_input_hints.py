@@ -110,3 +110,13 @@ def test_the_shape_error_fills_in_the_channels_the_first_conv_reads():
     source.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "channels"
     with pytest.raises(PassError, match=r"--input-shape input:1,3,<"):
         dfq_onnx.quantize(source, progress=False, use_cache=False)
+
+
+def test_synthesize_infers_the_image_size_as_quantize_does():
+    """`dfq-onnx synthesize` on a ViT export with every pixel_values dimension dynamic asked for
+    --input-shape while `quantize` inferred it."""
+    from dfq_onnx import api
+
+    result = api.synthesize(exported.patch_encoder(size=16, patch=4), samples=2, steps=1, use_cache=False,
+                            progress=False)
+    assert result.inputs["pixel_values"].shape == (2, 3, 16, 16)

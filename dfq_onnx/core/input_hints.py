@@ -227,3 +227,10 @@ def with_config_hints(path, model: onnx.ModelProto, options: QuantizeOptions) ->
             log.warning("input '%s': size %dx%dx%d from %s beside the model (pass --input-shape to choose "
                         "another)", k, c, h, w, source)
     return dataclasses.replace(options, input_shapes={**options.input_shapes, **hints}) if hints else options
+
+
+def with_inferred_shapes(path, model: onnx.ModelProto, options: QuantizeOptions) -> QuantizeOptions:
+    """`options` with every hint a compile infers for dynamic input sizes the user did not give: a
+    `--calib` npz's arrays, then a vision transformer's position table, then the exporter's config files
+    beside `path` (when the model came from a file)."""
+    return with_config_hints(path, model, with_graph_hints(model, with_calib_hints(model, options)))
