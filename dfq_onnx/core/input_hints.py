@@ -133,7 +133,7 @@ def _first_conv(name: str, dims: dict, readers: dict) -> onnx.NodeProto | None:
     return None
 
 
-def _patch_size(model: onnx.ModelProto, name: str, dims: dict, readers: dict) -> tuple[int, int, int] | None:
+def _patch_size(name: str, dims: dict, readers: dict) -> tuple[int, int, int] | None:
     """(C, H, W) of image input `name` from its patch embedding and position table (module docstring)."""
     conv = _first_conv(name, dims, readers)
     if conv is None:
@@ -165,7 +165,7 @@ def with_graph_hints(model: onnx.ModelProto, options: QuantizeOptions) -> Quanti
     dims, readers = _const_dims(model), _readers(model)
     found = {}
     for k in dynamic:
-        size = _patch_size(model, k, dims, readers)
+        size = _patch_size(k, dims, readers)
         if size is not None:
             found[k] = (1, *size)
             log.warning("input '%s': size %s from the patch embedding and position table (pass --input-shape "

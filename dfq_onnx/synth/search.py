@@ -100,7 +100,6 @@ class Decoder:
             z = np.einsum("hi,bcij,wj->bchw", self.ah, z, self.aw, optimize=True)
         return u + z
 
-
     def banded(self, gains: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """sum_b gains[r, b, c] * u0_b[idx[r], c], summed band after band as a loop over b would; when `idx`
         repeats each sample m times in order (the search's candidates) without gathering the bands per row
