@@ -183,12 +183,13 @@ def token_lm(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256, laye
 
 
 def token_lm_cache(vocab: int = 256, d: int = 32, width: int | str = "S", seed: int = 0,
-                   masked: bool = False) -> onnx.ModelProto:
+                   masked: bool = False, position_offset: int | None = None) -> onnx.ModelProto:
     """The decoder layer with a key/value cache of the module docstring; outputs logits [N, S, vocab],
     present_key and present_value [N, P + S, d]; `width` 1: the graph takes one token per call.
     `masked`: Llama-style inputs besides -- attention_mask [N, P + S] made an additive bias of 0 / -inf
     (Where, as Hugging Face's exports write it) added to the scores, and position_ids [N, S] read through
-    Cos (a rotary-like scaling of the queries), no position table."""
+    Cos (a rotary-like scaling of the queries), no position table; with `position_offset` (OPT) they
+    are read through Add(offset) -> Gather(a learned table [128 + offset, d]) added to the queries."""
     rng = np.random.default_rng(seed)
     inits: list = [_init("word.weight", _word_table(rng, vocab, d)),
                    _init("scale", np.array(1.0 / np.sqrt(d), np.float32))]
@@ -200,12 +201,19 @@ def token_lm_cache(vocab: int = 256, d: int = 32, width: int | str = "S", seed: 
                   _init("zero", np.array(0.0, np.float32)), _init("axis1", np.array([1], np.int64)),
                   _init("axis_last", np.array([-1], np.int64))]
         f32, b8 = TensorProto.FLOAT, TensorProto.BOOL
-        nodes += [helper.make_node("Cast", ["position_ids"], ["pos_f"], name="pos_cast", to=f32),
-                  helper.make_node("Unsqueeze", ["pos_f", "axis_last"], ["pos_col"], name="pos_col"),
-                  helper.make_node("Mul", ["pos_col", "freq"], ["angles"], name="angles"),
-                  helper.make_node("Cos", ["angles"], ["cos"], name="cos"),
-                  helper.make_node("Mul", [q, "cos"], ["q_rot"], name="rotate"),
-                  helper.make_node("Cast", ["attention_mask"], ["keep"], name="mask_cast", to=b8),
+        if position_offset is None:
+            nodes += [helper.make_node("Cast", ["position_ids"], ["pos_f"], name="pos_cast", to=f32),
+                      helper.make_node("Unsqueeze", ["pos_f", "axis_last"], ["pos_col"], name="pos_col"),
+                      helper.make_node("Mul", ["pos_col", "freq"], ["angles"], name="angles"),
+                      helper.make_node("Cos", ["angles"], ["cos"], name="cos"),
+                      helper.make_node("Mul", [q, "cos"], ["q_rot"], name="rotate")]
+        else:
+            table = rng.normal(0, 0.1, (128 + position_offset, d)).astype(np.float32)
+            inits += [_init("offset", np.array(position_offset, np.int64)), _init("position.weight", table)]
+            nodes += [helper.make_node("Add", ["position_ids", "offset"], ["pos_rows"], name="pos_offset"),
+                      helper.make_node("Gather", ["position.weight", "pos_rows"], ["pos"], name="positions"),
+                      helper.make_node("Add", [q, "pos"], ["q_rot"], name="rotate")]
+        nodes += [helper.make_node("Cast", ["attention_mask"], ["keep"], name="mask_cast", to=b8),
                   helper.make_node("Unsqueeze", ["keep", "axis1"], ["keep_rows"], name="mask_rows")]
         q = "q_rot"
     nodes += [helper.make_node("Concat", ["past_key", k], ["present_key"], name="cat_k", axis=1),

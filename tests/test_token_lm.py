@@ -100,6 +100,20 @@ def test_decode_steps_attend_over_every_context_length_and_rotary_positions_are_
     run(model, step)
 
 
+def test_positions_read_through_an_offset_are_positions():
+    """OPT adds 2 to position_ids before its table lookup: the Add hid the table, the input was taken for
+    a mask, and a decoding step's samples got S position columns for one token (Calibrate: 'Attempting to
+    broadcast an axis by a dimension other than 1')."""
+    model = token_builders.token_lm_cache(masked=True, position_offset=2)
+    roles = {t.name: t.role for t in token_layout(ir.to_graph(model)).inputs}
+    assert roles == {"input_ids": "ids", "attention_mask": "mask", "position_ids": "position"}
+    step = api.synthesize(model, samples=8, seed=0, use_cache=False, progress=False).inputs
+    assert step["position_ids"].shape == step["input_ids"].shape == (8, 1)
+    out, _ = dfq_onnx.quantize(model, progress=False, use_cache=False)
+    want, got = run(model, step)[0], run(out, step)[0]
+    assert np.sum(want ** 2) / np.sum((want - got) ** 2) > 100
+
+
 def test_a_tensor_holding_minus_infinity_stays_float_on_an_all_static_target():
     """Masked attention scores filled with -inf have no integer encoding: Calibrate keeps them float
     (it stopped the compile: 'tensor ... is not finite on the calibration data')."""

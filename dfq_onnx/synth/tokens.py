@@ -6,7 +6,8 @@ the indices of a constant float table [V, D]:
 
     input_ids      ─► Gather(table [V, D])              "ids": the largest table, vocabulary V
     token_type_ids ─► Gather(table [T, D]), T < S       "type": segment ids 0 .. T-1
-    position_ids   ─► Gather(table [P, D]), P >= S      "position": 0 .. S-1
+    position_ids   ─► Gather(table [P, D]), P >= S      "position": 0 .. S-1 (also through an Add of a
+                                                          constant offset: OPT's table starts at row 2)
     attention_mask ─► Unsqueeze / Cast / Sub / Mul ...  "mask": no Gather; 1 on real tokens, 0 on padding
     position_ids   ─► Cast ─ MatMul(inv_freq) ─ Cos/Sin  "position" too: rotary positions (Llama-family),
                                                           no table; an input reaching a Cos or Sin (not
@@ -106,8 +107,8 @@ def lookup_table(node: gs.Node, cur: gs.Tensor) -> gs.Tensor | None:
 def _tables(t: gs.Tensor) -> list[gs.Constant]:
     """Constant float tables of the lookups reading `t` as indices (through index-carrying ops)."""
     def carries(node: gs.Node, cur: gs.Tensor) -> bool:
-        return lookup_table(node, cur) is None and node.op in CARRY and bool(node.inputs) \
-            and node.inputs[0] is cur
+        return lookup_table(node, cur) is None and (
+            node.op in CARRY and bool(node.inputs) and node.inputs[0] is cur or _offset(node, cur))
     found = []
     for node, cur in walk(t, carries):
         if (table := lookup_table(node, cur)) is not None:
@@ -115,6 +116,17 @@ def _tables(t: gs.Tensor) -> list[gs.Constant]:
         elif rows := _one_hot_rows(node, cur):
             found += _one_hot_tables(node, rows)
     return found
+
+
+def _offset(node: gs.Node, cur: gs.Tensor) -> bool:
+    """An Add (or a Sub from `cur`) of a constant integer scalar: ids shifted by an offset (OPT's position
+    table starts at row 2) are still a lookup's indices."""
+    if node.op not in ("Add", "Sub") or len(node.inputs) != 2 or cur not in node.inputs:
+        return False
+    other = node.inputs[1] if node.inputs[0] is cur else node.inputs[0]
+    if node.op == "Sub" and node.inputs[0] is not cur:
+        return False
+    return is_const(other) and not is_float(other) and const_values(other).size == 1
 
 
 def _one_hot_rows(node: gs.Node, cur: gs.Tensor) -> int:
