@@ -8,7 +8,8 @@ Conventions (identical to ONNX QuantizeLinear / DequantizeLinear):
 Weights are symmetric (zero point exactly 0) and may be per-channel along `axis`; the signed range is
 narrowed to [-(2^(b-1) - 1), 2^(b-1) - 1] so that the grid is symmetric around 0.  Activations are
 asymmetric with a range that always contains 0, so that 0 (padding, ReLU) is exactly representable.
-A degenerate range (all values equal to 0) gets scale 1.
+A degenerate range (all values equal to 0, or so close to 0 that the scale is not a normal float32)
+gets scale 1.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+TINY = np.finfo(np.float32).tiny        # the smallest normal float32: a scale below it is degenerate
 
 
 def qrange(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
@@ -36,8 +38,8 @@ def symmetric_scale(absmax: np.ndarray | float, bits: int) -> np.ndarray:
     if np.any(~np.isfinite(absmax)) or np.any(absmax < 0):
         raise ValueError("absmax must be finite and non-negative")
     _, qmax = qrange(bits, signed=True, narrow=True)
-    scale = absmax / qmax
-    return np.where(scale > 0, scale, 1.0).astype(np.float32)
+    scale = (absmax / qmax).astype(np.float32)
+    return np.where(scale >= TINY, scale, np.float32(1.0))
 
 
 def affine_params(lo: float, hi: float, bits: int, signed: bool) -> tuple[np.float32, int]:
@@ -46,9 +48,9 @@ def affine_params(lo: float, hi: float, bits: int, signed: bool) -> tuple[np.flo
         raise ValueError(f"invalid range [{lo}, {hi}]")
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     qmin, qmax = qrange(bits, signed)
-    if hi - lo == 0.0:
-        return np.float32(1.0), (0 if signed else 0)
     scale = np.float32((hi - lo) / (qmax - qmin))
+    if scale < TINY:
+        return np.float32(1.0), 0
     zp = int(np.clip(np.rint(qmin - lo / float(scale)), qmin, qmax))
     return scale, zp
 
