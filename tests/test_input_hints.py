@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
-from dfq_onnx.models import builders, exported
+from dfq_onnx.models import builders, exported, signal_builders
 
 import dfq_onnx
 from dfq_onnx.core import ir
 from dfq_onnx.core.errors import PassError
-from dfq_onnx.core.input_hints import npz_shapes, with_calib_hints, with_config_hints, with_graph_hints
+from dfq_onnx.core.input_hints import (
+    _config_audio,
+    npz_shapes,
+    with_calib_hints,
+    with_config_hints,
+    with_graph_hints,
+)
 from dfq_onnx.core.options import QuantizeOptions
 
 
@@ -103,6 +110,27 @@ def test_a_hugging_face_exports_config_files_size_its_image_input(tmp_path):
     assert with_config_hints(source, source, QuantizeOptions()).input_shapes == {}       # not a path
     out, _ = dfq_onnx.quantize(path, calib="noise", progress=False, latency_check=False)
     assert out.graph.input[0].type.tensor_type.shape.dim[2].dim_param      # the written model stays dynamic
+
+
+def test_an_audio_feature_extractors_config_sizes_a_waveform_input(tmp_path, caplog):
+    """wav2vec2 / HuBERT exports declare input_values [batch, sequence_length]: the compile asked for
+    --input-shape. A raw-waveform feature extractor (feature_size 1) beside the model gives its
+    sampling_rate: 1 s of audio, with a warning; a log-mel one (Whisper) feature_size x nb_max_frames."""
+    source = signal_builders.waveform_classifier(samples="T")
+    path = tmp_path / "model.onnx"
+    ir.save_model(source, path)
+    assert with_config_hints(path, source, QuantizeOptions()).input_shapes == {}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1, "sampling_rate": 400}))
+    with caplog.at_level(logging.WARNING):
+        assert with_config_hints(path, source, QuantizeOptions()).input_shapes == {"audio": (1, 400)}
+    assert "1 s at preprocessor_config.json's sampling_rate 400" in caplog.text
+    out, _ = dfq_onnx.quantize(path, progress=False, latency_check=False, use_cache=False)
+    assert out.graph.input[0].type.tensor_type.shape.dim[1].dim_param == "T"
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"feature_size": 80, "nb_max_frames": 3000, "sampling_rate": 16000}))
+    assert with_config_hints(path, source, QuantizeOptions()).input_shapes == {}      # rank 2: not mel
+    assert _config_audio(tmp_path, 3) == ((80, 3000), "preprocessor_config.json")
 
 
 def test_the_shape_error_fills_in_the_channels_the_first_conv_reads():

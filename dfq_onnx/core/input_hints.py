@@ -23,6 +23,10 @@ Else the exporter's files beside the model (`with_config_hints`): Hugging Face e
 The image the processor hands the model is crop_size when it center-crops, else size ({height, width},
 {shortest_edge: s} -> s x s, or an int); without a processor file, config.json's image_size (or
 vision_config.image_size). Channels: config.json's num_channels, else the first Conv's input channels.
+An audio model's feature extractor says what it hands the model: a raw waveform (feature_size 1,
+wav2vec2 / HuBERT / WavLM) is calibrated on 1 s at its sampling_rate -- the length is the user's, any
+length runs; a frame-wise convolution and attention see the same statistics per frame -- and a
+log-mel input (Whisper) is feature_size x nb_max_frames.
 """
 
 from __future__ import annotations
@@ -208,14 +212,36 @@ def _config_image(folder: Path) -> tuple[tuple[int, int], int | None, str] | Non
     return (size, channels, "config.json") if size else None
 
 
-def with_config_hints(path, model: onnx.ModelProto, options: QuantizeOptions) -> QuantizeOptions:
-    """`options` with the image size a Hugging Face export's files beside `path` give (docstring)."""
-    if not isinstance(path, (str, os.PathLike)):
-        return options
-    dynamic = [k for k, r in _dynamic_rows(model).items() if r == 4 and k not in options.input_shapes]
-    found = _config_image(Path(path).parent) if dynamic else None
+def _config_audio(folder: Path, rank: int) -> tuple[tuple[int, ...], str] | None:
+    """The row a Hugging Face audio feature extractor's preprocessor_config.json describes for a rank-2
+    waveform (1 s at its sampling_rate) or a rank-3 feature input (feature_size x nb_max_frames)."""
+    proc = _read_json(folder / "preprocessor_config.json")
+    def positive(k): return isinstance(proc.get(k), int) and proc[k] > 0   # noqa: E704
+    if rank == 2 and proc.get("feature_size") == 1 and positive("sampling_rate"):
+        rate = proc["sampling_rate"]
+        return (rate,), f"1 s at preprocessor_config.json's sampling_rate {rate}"
+    if rank == 3 and positive("feature_size") and positive("nb_max_frames"):
+        return (proc["feature_size"], proc["nb_max_frames"]), "preprocessor_config.json"
+    return None
+
+
+def _audio_hints(folder: Path, model: onnx.ModelProto, dynamic: dict[str, int]) -> dict:
+    floats = {vi.name for vi in model.graph.input
+              if vi.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    hints = {}
+    for k, rank in dynamic.items():
+        found = _config_audio(folder, rank) if k in floats and rank in (2, 3) else None
+        if found:
+            hints[k] = (1, *found[0])
+            log.warning("input '%s': size %s from %s beside the model (pass --input-shape to choose "
+                        "another)", k, "x".join(map(str, found[0])), found[1])
+    return hints
+
+
+def _image_hints(folder: Path, model: onnx.ModelProto, dynamic: list[str]) -> dict:
+    found = _config_image(folder) if dynamic else None
     if not found:
-        return options
+        return {}
     (h, w), channels, source = found
     dims, readers = _const_dims(model), _readers(model)
     hints = {}
@@ -226,6 +252,18 @@ def with_config_hints(path, model: onnx.ModelProto, options: QuantizeOptions) ->
             hints[k] = (1, c, h, w)
             log.warning("input '%s': size %dx%dx%d from %s beside the model (pass --input-shape to choose "
                         "another)", k, c, h, w, source)
+    return hints
+
+
+def with_config_hints(path, model: onnx.ModelProto, options: QuantizeOptions) -> QuantizeOptions:
+    """`options` with the image or audio size a Hugging Face export's files beside `path` give
+    (docstring)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return options
+    rows = {k: r for k, r in _dynamic_rows(model).items() if k not in options.input_shapes}
+    folder = Path(path).parent
+    hints = {**_audio_hints(folder, model, rows), **_image_hints(folder, model, [k for k, r in rows.items()
+                                                                              if r == 4])}
     return dataclasses.replace(options, input_shapes={**options.input_shapes, **hints}) if hints else options
 
 
