@@ -107,6 +107,16 @@ def _ln_decomposed(name: str, x: str, d: int, inits: list, nodes: list) -> str:
     return f"{name}_out"
 
 
+def _no_norm(name: str, x: str, d: int, inits: list, nodes: list) -> str:
+    """MobileBERT's NoNorm: an elementwise x * gamma + beta, no statistics (gammas spread as trained)."""
+    gamma = np.exp(np.random.default_rng(d).normal(0, 0.5, d)).astype(np.float32)
+    inits += [_init(f"{name}.gamma", gamma), _init(f"{name}.beta", np.zeros(d, np.float32))]
+    nodes += [helper.make_node("Mul", [x, f"{name}.gamma"], [f"{name}_scaled"], name=name + "_gamma"),
+              helper.make_node("Add", [f"{name}_scaled", f"{name}.beta"], [f"{name}_out"],
+                               name=name + "_beta")]
+    return f"{name}_out"
+
+
 def _mask_bias(inits: list, nodes: list) -> None:
     inits += [_init("one", np.array(1.0, np.float32)), _init("neg", np.array(-1e4, np.float32)),
               _init("axis1", np.array([1], np.int64))]
@@ -139,8 +149,9 @@ def token_encoder(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256,
 
 def token_classifier(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256, layers: int = 2,
                      classes: int = 3, outlier: float = 20.0, decomposed: bool = False,
-                     seed: int = 0) -> onnx.ModelProto:
-    """The encoder with a pooler and classifier head (module docstring); output logits [N, classes]."""
+                     no_norm: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """The encoder with a pooler and classifier head (module docstring); output logits [N, classes].
+    `no_norm`: every LayerNorm is MobileBERT's NoNorm (x * gamma + beta)."""
     rng = np.random.default_rng(seed)
     inits: list = [_init("first", np.array([0], np.int64)),
                    _init("pooler.weight", (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)),
@@ -148,7 +159,7 @@ def token_classifier(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 2
                    _init("classifier.weight",
                          (rng.standard_normal((classes, d)) / np.sqrt(d)).astype(np.float32))]
     nodes: list = []
-    ln = _ln_decomposed if decomposed else _ln
+    ln = _no_norm if no_norm else _ln_decomposed if decomposed else _ln
     if decomposed:
         inits += [_init("two", np.array(2.0, np.float32)), _init("eps", np.array(1e-5, np.float32))]
     _mask_bias(inits, nodes)

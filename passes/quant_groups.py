@@ -181,7 +181,11 @@ def _feeds_weighted(graph: gs.Graph, target, appliers: set[int]) -> set[int]:
     a static classifier head after the last LayerNorm reached every residual Add of the model, and
     8-bit steps on a stream with outlier channels cost a small ViT / BERT / GPT-2 3-20 dB of output
     SQNR (ViT 12.7 dB with them, 30.4 without, ORT's quantize_dynamic 32.7; BENCHMARKS.md, session 14).
+    A node writing or reading a tensor a form reads stops the reach too: a stream without normalizations
+    (MobileBERT's NoNorm is an elementwise x * gamma + beta) feeds every block's MatMuls, which quantize
+    it per call; a static grid on it rounds what the forms read and buys no integer kernel (session 16).
     """
+    form_read = {id(t) for n in graph.nodes if _form_spec(n, target) is not None for t in n.inputs}
     reach: set[int] = set()
     for node in reversed(graph.nodes):
         role = target.role(node.op)
@@ -189,6 +193,8 @@ def _feeds_weighted(graph: gs.Graph, target, appliers: set[int]) -> set[int]:
             continue        # the target encodes this op by a form (any of them: the attention MatMul too)
         if id(node) in appliers or (node.op in ROW_NORMALIZATIONS and role is None):
             continue        # a normalization: its input stays float unless something else needs it
+        if any(id(t) in form_read for t in (*node.inputs, *node.outputs)):
+            continue        # writes or reads a form's input: the form quantizes it per call
         if role == "weighted" or any(
                 id(c) in reach for out in node.outputs if is_float(out) for c in out.outputs):
             reach.add(id(node))

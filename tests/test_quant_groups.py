@@ -183,3 +183,14 @@ def test_a_transformers_residual_stream_stays_float_behind_a_static_head(decompo
     feeds = {"input_ids": rng.integers(1, 512, (64, 16)), "attention_mask": mask}
     ref, got = run(model, feeds)[0], run(out, feeds)[0]
     assert 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2)) > 27.0
+
+
+def test_a_stream_without_normalizations_stays_float_where_its_forms_read_it():
+    """MobileBERT's NoNorm (x * gamma + beta) leaves nothing to stop a static head's reach: it went back
+    through every residual Add and NoNorm to the embeddings, rounding on a static grid what the dynamic
+    MatMuls read. A tensor a form reads stops it: only the tail after the last form-read tensor is static."""
+    model = token_builders.token_classifier(no_norm=True)
+    out, _ = dfq_onnx.quantize(model, progress=False, use_cache=False)
+    quantized = {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
+    assert {"l1_ln2_out", "pooled_t"} <= quantized            # the tail after the last form-read tensor
+    assert not {t for t in quantized if t.startswith(("l0_", "ln_emb", "embed", "l1_ln1", "l1_f"))}
