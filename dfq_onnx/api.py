@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 
-from dfq_onnx.core import ir
+from dfq_onnx.core import branches, ir
 from dfq_onnx.core.errors import OutputError, UsageError
 from dfq_onnx.core.input_hints import with_inferred_shapes
 from dfq_onnx.core.options import QuantizeOptions
@@ -20,6 +20,8 @@ from dfq_onnx.core.report import Report
 from dfq_onnx.core.state import CompileState
 from dfq_onnx.core.target import TargetProfile, load_target
 from dfq_onnx.pipeline import default_pipeline
+
+log = logging.getLogger(__name__)
 
 
 def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | TargetProfile = "ort-cpu",
@@ -38,6 +40,11 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     check_outputs(model, output, report_path, opts.pareto, encodings_path)
     source = ir.load_model(model)
     opts = with_inferred_shapes(model, source, opts)     # dynamic input sizes the compile can infer
+    merged = branches.split(source)
+    if merged is not None:
+        out, report = _quantize_branches(source, merged, profile, opts, encodings_path)
+        _write_outputs(out, output, report, report_path)
+        return out, report
     report = Report()
     report.model.update({"name": source.graph.name, "producer": source.producer_name,
                          "path": str(model) if not isinstance(model, onnx.ModelProto) else None,
@@ -81,6 +88,41 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write {exc.filename or opts.pareto}: {exc.strerror or exc}") from None
         raise
+    return out, report
+
+
+def _quantize_branches(source: onnx.ModelProto, merged: branches.FlagSplit, profile: TargetProfile,
+                       opts: QuantizeOptions, encodings_path) -> tuple[onnx.ModelProto, Report]:
+    """Compile each branch of a flag-merged model as its own model and join them (core/branches.py)."""
+    per_model = [name for name, given in (("--calib FILE.npz", opts.calib.endswith(".npz")),
+                                          ("--size-mb", opts.size_mb), ("--latency-ms", opts.latency_ms),
+                                          ("--pareto", opts.pareto), ("--export-encodings", encodings_path))
+                 if given]
+    if per_model:
+        raise UsageError(f"{per_model[0]}: the model is two models behind the flag input '{merged.flag}' "
+                         "(its branches are compiled one at a time); quantize the two exported files "
+                         "(Optimum: decoder_model.onnx and decoder_with_past_model.onnx) with it instead")
+    log.warning("the graph is two models behind the flag input '%s' (an If on it, as Optimum merges a "
+                "decoder with and without its cache): each branch is compiled as its own model", merged.flag)
+    compiled, reports = {}, {}
+    for name, branch in merged.branches.items():
+        names = {i.name for i in branch.graph.input}
+        shapes, ranges = opts.input_shapes.items(), opts.input_ranges.items()
+        sub = dataclasses.replace(opts, input_shapes={k: v for k, v in shapes if k in names},
+                                  input_ranges={k: v for k, v in ranges if k in names})
+        compiled[name], reports[name] = quantize(branch, target=profile, options=sub)
+    out = branches.join(source, compiled)
+    out.producer_name, out.producer_version = "dfq-onnx", _version()
+    ir.check_model(out)
+    report = Report(model={"name": source.graph.name, "producer": source.producer_name,
+                           "target": profile.name, "options": _options_dict(opts), "flag": merged.flag})
+    for name, r in reports.items():
+        for key in ("passes", "layers", "activations", "groups", "skipped"):
+            getattr(report, key).extend({**entry, "branch": name} for entry in getattr(r, key))
+        report.warnings += [f"{name}: {w}" for w in r.warnings]
+        report.forward_passes += r.forward_passes
+        report.notes[name] = r.notes
+    report.model["params"] = sum(r.model.get("params", 0) for r in reports.values())
     return out, report
 
 

@@ -493,10 +493,11 @@ def bad_custom_domain(c: int = 3, hw: int = 8, seed: int = 0) -> onnx.ModelProto
                   name="custom_domain", extra_opsets={"com.example": 1})
 
 
-def bad_if_conv(c: int = 3, hw: int = 8, seed: int = 0, merged: bool = False) -> onnx.ModelProto:
+def bad_if_conv(c: int = 3, hw: int = 8, seed: int = 0, merged: bool = False,
+                after: bool = False) -> onnx.ModelProto:
     """An If node ('branch') on a bool input 'flag' whose then-branch holds a Conv ('branch_conv');
     `merged`: the else-branch holds one too (two models merged behind an input flag, as Optimum merges
-    a decoder with and without its cache)."""
+    a decoder with and without its cache); `after`: a Relu after the If in the outer graph."""
     rng = np.random.default_rng(seed)
     inits = [_init("conv.weight", _conv_w(rng, c, c, 3))]
     then_g = helper.make_graph([_conv("branch_conv", "input", "conv.weight", "then_out")], "then", [],
@@ -504,8 +505,10 @@ def bad_if_conv(c: int = 3, hw: int = 8, seed: int = 0, merged: bool = False) ->
     other = (_conv("else_conv", "input", "conv.weight", "else_out") if merged else
              helper.make_node("Identity", ["input"], ["else_out"], name="branch_id"))
     else_g = helper.make_graph([other], "else", [], [_vi("else_out", ["N", c, hw, hw])])
-    nodes = [helper.make_node("If", ["flag"], ["output"], name="branch", then_branch=then_g,
-                              else_branch=else_g)]
+    nodes = [helper.make_node("If", ["flag"], ["if_out" if after else "output"], name="branch",
+                              then_branch=then_g, else_branch=else_g)]
+    if after:
+        nodes.append(helper.make_node("Relu", ["if_out"], ["output"], name="after"))
     return _model(nodes, [_vi("input", ["N", c, hw, hw]), _vi("flag", [], TensorProto.BOOL)],
                   [_vi("output", ["N", c, hw, hw])], inits, name="if_conv")
 

@@ -26,6 +26,9 @@ initializer read by the Gather and, through a Transpose, by the head MatMul).
 past_key / past_value [N, P, D] (P dynamic, 0 on the first call), outputs present_* = Concat(past_*, new,
 axis 1) beside the logits; no position table and no causal mask (its head is not causal).
 
+``merged_decoder``: Optimum's decoder_model_merged layout: one If on use_cache_branch selecting
+``token_lm_cache`` with or without its cache, the weights in the outer graph.
+
 ``token_decoder_cross``: one cross-attention layer of an encoder-decoder's decoder: input_ids and the
 encoder's states [N, S_enc, D] (a float input read by the key / value MatMuls).
 
@@ -48,8 +51,8 @@ from dfq_onnx.models.act_builders import _ln, _mm
 from dfq_onnx.models.builders import _init, _model, _vi
 from onnx import TensorProto, helper
 
-__all__ = ["one_hot_classifier", "token_classifier", "token_decoder_cross", "token_encoder", "token_lm",
-           "token_lm_cache"]
+__all__ = ["merged_decoder", "one_hot_classifier", "token_classifier", "token_decoder_cross", "token_encoder",
+           "token_lm", "token_lm_cache"]
 
 
 def _word_table(rng, vocab: int, d: int) -> np.ndarray:
@@ -320,3 +323,24 @@ def dual_encoder(vocab: int = 256, seq: int = 8, d: int = 16, hw: int | None = 8
     side = hw if hw else "H"
     ins = [_vi("input_ids", ["Nt", seq], TensorProto.INT64), _vi("pixel_values", ["Ni", 3, side, hw or "W"])]
     return _model(nodes, ins, [_vi("logits_per_image", ["Ni", "Nt"])], inits, name="dual_encoder")
+
+
+def merged_decoder(vocab: int = 256, d: int = 32, seed: int = 0) -> onnx.ModelProto:
+    """Optimum's decoder_model_merged layout on `token_lm_cache`: the graph is one If on the boolean input
+    use_cache_branch [1]; then_branch is the decoder with its cache (present = Concat(past, new)), else_branch
+    the one without (present = new; past_* unread); both read the weights from the outer graph."""
+    with_past, no_past = token_lm_cache(vocab, d, seed=seed), token_lm_cache(vocab, d, seed=seed)
+    for node in no_past.graph.node:
+        if node.op_type == "Concat":
+            node.op_type = "Identity"
+            del node.input[0]
+            del node.attribute[:]
+    branches = {}
+    for name, m in (("then_branch", with_past), ("else_branch", no_past)):
+        g = m.graph
+        branches[name] = helper.make_graph(list(g.node), name, [], list(g.output))
+    cond = _vi("use_cache_branch", [1], TensorProto.BOOL)
+    node = helper.make_node("If", ["use_cache_branch"], [o.name for o in with_past.graph.output],
+                            name="optimum::if", **branches)
+    return _model([node], [*with_past.graph.input, cond], list(with_past.graph.output),
+                  list(with_past.graph.initializer), name="merged_decoder")
