@@ -291,12 +291,19 @@ def _fused_add_input(t: gs.Tensor, node: gs.Node, layers: dict, graph: gs.Graph,
     """An Add input the target fuses into its producer: written by a quantized weighted op, read only here.
 
         Conv ──► Add ◄──Q──DQ── residual         (TensorRT: Conv + residual Add is one INT8 kernel)
+        MatMul ──► Add ◄── bias (constant)        (OpenVINO: a fully connected layer with its bias)
     """
-    if not target.add_fuses_weighted_input or node.op != "Add" or not t.inputs:
+    if node.op != "Add" or not t.inputs or not (target.add_fuses_weighted_input or _bias_add(node, target)):
         return False
     prod = layers.get(node_label(t.inputs[0]))
     return prod is not None and prod.role == "weighted" and len(t.outputs) == 1 \
         and not is_graph_output(graph, t)
+
+
+def _bias_add(node: gs.Node, target) -> bool:
+    """An Add of a constant (a bias), on a target that fuses it into the weighted op writing its input."""
+    return target.bias_add_fuses and node.op == "Add" and len(node.inputs) == 2 \
+        and sum(is_const(t) for t in node.inputs) == 1
 
 
 def _share_encodings(graph: gs.Graph, target, layers: dict, acts: dict, uf: _UnionFind) -> None:
@@ -329,9 +336,11 @@ def build_spec(graph: gs.Graph, target) -> QuantSpec:
             continue
         node = nodes[name]
         ins = node.inputs[:1] if spec.role == "weighted" else node.inputs
+        fused = any(_fused_add_input(t, node, layers, graph, target) for t in ins) and _bias_add(node, target)
         for t in ins:
             if is_const(t) and spec.role == "elementwise" and is_float(t):
-                consts.append((name, t.name))
+                if not fused:             # a fused bias stays float: the kernel adds it in its accumulator
+                    consts.append((name, t.name))
             elif t.name and is_float(t) and not is_const(t) \
                     and not _fused_add_input(t, node, layers, graph, target):
                 acts[t.name] = None
@@ -339,6 +348,10 @@ def build_spec(graph: gs.Graph, target) -> QuantSpec:
             continue
         for out in node.outputs[:1]:
             readers = out.outputs
+            bias = readers[0] if len(readers) == 1 and node_label(readers[0]) in layers else None
+            if bias is not None and _bias_add(bias, target) \
+                    and _fused_add_input(out, bias, layers, graph, target):
+                continue                  # the bias Add's output carries this layer's output quantizer
             if (target.fuse_relu and not target.act_symmetric and len(readers) == 1
                     and readers[0].op in ABSORBABLE and _absorbable(readers[0])
                     and not is_graph_output(graph, out)

@@ -304,3 +304,8 @@ def test_the_openvino_target_keeps_a_transformers_outlier_group_float():
     feeds = {"input_ids": rng.integers(1, 512, (64, 16)), "attention_mask": mask}
     want, got = run(model, feeds)[0], run(out, feeds)[0]
     assert 10 * np.log10(np.sum(want ** 2) / np.sum((want - got) ** 2)) > 12.5
+    # MatMul + constant bias Add is one OpenVINO layer: the quantizer is on the Add's output, the bias float
+    quantized = {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
+    assert {"l0_q_add_out", "l0_k_add_out", "l0_v_add_out"} <= quantized
+    assert not {"l0_q_out", "l0_k_out", "l0_v_out"} & quantized
+    assert not {n.input[0] for n in out.graph.node if n.op_type == "DequantizeLinear"} & {"l0_k.bias"}
