@@ -185,6 +185,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--target", default="ort-cpu")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--input-shape", type=_shape_hint, action="append", default=[], metavar="NAME:D0,..")
+    i.add_argument("--input-value", type=_value_hint, action="append", default=[], metavar="NAME:VALUE",
+                   help=VALUE_HELP)
     sub.add_parser("targets", help="list the available target profiles")
     pt = sub.add_parser("profile-target", help="measure per-group latency at each legal precision (JSON "
                                                "table for --latency-ms budgets)")
@@ -257,7 +259,8 @@ def _cmd_inspect(args) -> int:
     from dfq_onnx.core.target import load_target
 
     info = inspect(args.model, load_target(args.target),
-                   QuantizeOptions(input_shapes=dict(args.input_shape), progress=False))
+                   QuantizeOptions(input_shapes=dict(args.input_shape), input_values=dict(args.input_value),
+                                   progress=False))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

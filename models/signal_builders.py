@@ -155,9 +155,11 @@ def _squeeze_if(name, hidden: int) -> onnx.NodeProto:
                             then_branch=then, else_branch=other)
 
 
-def rate_switched_vad(samples: int = 64, c: int = 8, hidden: int = 16, seed: int = 0) -> onnx.ModelProto:
+def rate_switched_vad(samples: int = 64, c: int = 8, hidden: int = 16, seed: int = 0,
+                      named: bool = False) -> onnx.ModelProto:
     """The VAD of the module docstring: inputs audio [N, samples], state [2, ?, hidden] (batch on axis 1,
-    unnamed), sr (int64 scalar); outputs prob [N, 1], stateN [?, ?, ?]."""
+    unnamed; `named`: [2, N, hidden], as torch.onnx.export's dynamic_axes name it), sr (int64 scalar);
+    outputs prob [N, 1], stateN [?, ?, ?]."""
     rng = np.random.default_rng(seed)
     nodes = [helper.make_node("Constant", [], ["rate16k"], name="rate16k",
                               value=numpy_helper.from_array(np.array(16000, np.int64), "rate16k")),
@@ -165,6 +167,6 @@ def rate_switched_vad(samples: int = 64, c: int = 8, hidden: int = 16, seed: int
              helper.make_node("If", ["is16k"], ["prob", "stateN"], name="rate",
                               then_branch=_vad_branch("r16k", rng, 4, c, hidden),
                               else_branch=_vad_branch("r8k", rng, 2, c, hidden))]
-    return _model(nodes, [_vi("audio", ["N", samples]), _vi("state", [2, None, hidden]),
+    return _model(nodes, [_vi("audio", ["N", samples]), _vi("state", [2, "N" if named else None, hidden]),
                           _vi("sr", [], onnx.TensorProto.INT64)],
                   [_vi("prob", ["N", 1]), _vi("stateN", [None, None, None])], [], name="rate_switched_vad")

@@ -73,18 +73,19 @@ def declared_form(model) -> None:
     symbolic_dims(model)
 
 
-def check_batch_axes(model) -> None:
+def check_batch_axes(model, rnn_states=()) -> None:
     """Samples are batched along axis 0 of every input (synthesis, calibration, scoring). An input that
     carries the batch dimension elsewhere -- an RNN state [layers, batch, hidden] beside an input
     [batch, time], the same symbolic name on another axis -- would be fed a wrong batch: say so once
-    (scalar inputs: `check_scalar_inputs`; an RNN state with unnamed dimensions: `core/batch_axis.py`)."""
+    (scalar inputs: `check_scalar_inputs`). `rnn_states`: inputs found to be an RNN's initial state
+    [layers, batch, hidden], which the compile reads batch-major (`core/batch_axis.py`)."""
     inputs = [(t.name, [d.dim_param if d.HasField("dim_param") else None
                         for d in t.type.tensor_type.shape.dim]) for t in model.graph.input]
     # a name used on several axes of one input is an exporter's placeholder ("?"), not a batch name
     batch = {dims[0] for _, dims in inputs if dims and dims[0] and dims.count(dims[0]) == 1}
     for name, dims in inputs:
         axes = [i for i, d in enumerate(dims) if i > 0 and d in batch and dims.count(d) == 1]
-        if axes:
+        if axes and not (axes == [1] and name in rnn_states):
             raise UnsupportedModelError(
                 f"input '{name}' carries the batch dimension '{dims[axes[0]]}' on axis {axes[0]}, not 0: "
                 "samples are batched along axis 0 of every input, so models with such inputs (e.g. RNN "
@@ -228,7 +229,6 @@ class Normalize(Pass):
         check_scalar_inputs(model)
         state.source_opset = ir.opset_version(model)
         declared_form(model)
-        check_batch_axes(model)
         state.declared = ir.declarations(model)
         model = ir.upgrade_opset(model, max(self.required_opset, state.target.min_opset))
         model = ir.infer_shapes(model)
@@ -246,6 +246,7 @@ class Normalize(Pass):
         graph.cleanup().toposort()
         rewritten = {k: v for k, v in rewritten.items() if v}
         state.batch_axis1 = batch_axis.state_inputs(graph)      # read on the declared dimensions
+        check_batch_axes(model, state.batch_axis1)
         declared = {t.name: t.shape[1] for t in graph.inputs if t.name in state.batch_axis1}
         annotate_shapes(graph, state.options.input_shapes)
         if state.batch_axis1:

@@ -24,8 +24,8 @@ def _feeds(n: int, seed: int = 1) -> dict:
             "state": (rng.standard_normal((2, n, 16)) * 0.5).astype(np.float32)}
 
 
-def _compile(**kw):
-    return dfq_onnx.quantize(rate_switched_vad(), synth_samples=16, synth_steps=2, progress=False,
+def _compile(named: bool = False, **kw):
+    return dfq_onnx.quantize(rate_switched_vad(named=named), synth_samples=16, synth_steps=2, progress=False,
                              use_cache=False, latency_check=False, **kw)
 
 
@@ -44,12 +44,12 @@ def test_an_unpinned_scalar_names_the_input_the_option_and_the_values_it_selects
         check_scalar_inputs(rate_switched_vad())
 
 
-@pytest.mark.parametrize("rate", [16000, 8000])
-def test_a_pinned_rate_compiles_the_branch_it_selects_and_keeps_the_input(rate):
+@pytest.mark.parametrize("rate, named", [(16000, False), (8000, False), (16000, True)])
+def test_a_pinned_rate_compiles_the_branch_it_selects_and_keeps_the_input(rate, named):
     """The If on `sr` folds to the pinned branch (its nested two-output If keeps both outputs), the state
-    is batched on axis 1 (5 rows, not 2), and the written model takes the user's feeds with or without
-    `sr` (an optional input whose default is the pinned value)."""
-    out, report = _compile(input_values={"sr": rate})
+    is batched on axis 1 (5 rows, not 2; its batch dimension unnamed or named like the audio's), and the
+    written model takes the user's feeds with or without `sr` (optional, the pinned value its default)."""
+    out, report = _compile(named, input_values={"sr": rate})
     assert [i.name for i in out.graph.input] == ["audio", "state", "sr"]
     assert report.notes["pinned_inputs"] == {"sr": rate}
     assert report.notes["batch_axis1_inputs"] == ["state"]
