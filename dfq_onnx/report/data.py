@@ -108,17 +108,20 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
     n = min(COMPARE_SAMPLES, len(next(iter(feeds.values()))))
     feeds = {k: v[:n] for k, v in feeds.items()}
 
+    moved = list(getattr(state, "batch_axis1", ()))       # inputs compiled batch-major (core/batch_axis)
+    out_axes = getattr(state, "output_batch_axes", {})
+
     def swap(chunk: dict) -> dict:       # the compile's batch-major state inputs, as the models read them
-        return batch_axis.swap_rows(chunk, state.batch_axis1)
+        return batch_axis.swap_rows(chunk, moved)
 
     try:
         # one session at a time (each keeps an arena of its peak); Calibrate's rows per call
         # (backends/chunks.py) bound the memory; 16 when nothing was measured
         ref_sess = runtime.session(source)
-        static = _static_batch(ref_sess, state.batch_axis1)
+        static = _static_batch(ref_sess, moved)
         batch = static or state.report.notes.get("rows_per_call", {}).get("calibrate", 16)
         names = [meta.name for meta in ref_sess.get_outputs()]
-        axes = [state.output_batch_axes.get(name, (b,))[0]      # a time-major output [T, N, C] or a
+        axes = [out_axes.get(name, (b,))[0]      # a time-major output [T, N, C] or a
                 for name, b in zip(names, _batch_axes(ref_sess))]   # state [2, N, H]: batch-first
         ref = [np.concatenate(parts) for parts in zip(*(
             _run(ref_sess, swap(chunk), axes, static) for chunk in runtime.iter_batches(feeds, batch)))]
