@@ -87,6 +87,20 @@ def test_the_state_input_is_found_by_the_rnn_it_feeds():
     assert batch_axis.state_inputs(graph) == []
 
 
+def test_an_input_that_computes_an_rnn_state_is_not_one():
+    """A batch-1 input [1, T] whose projection initializes an LSTM (an encoder's summary as h0) is data, not
+    a state: only selection and reshaping lead a state to the RNN."""
+    import onnx_graphsurgeon as gs
+
+    x = gs.Variable("x", np.float32, [1, "T"])
+    w = gs.Constant("w", np.ones((1, 4), np.float32))
+    h0 = gs.Variable("h0", np.float32)
+    nodes = [gs.Node("MatMul", inputs=[x, w], outputs=[h0]),
+             gs.Node("LSTM", inputs=[gs.Variable("seq", np.float32), w, w, gs.Variable.empty(),
+                                     gs.Variable.empty(), h0], outputs=[gs.Variable("y", np.float32)])]
+    assert batch_axis.state_inputs(gs.Graph(nodes=nodes, inputs=[x])) == []
+
+
 @pytest.mark.parametrize("values, words", [({"rate": 16000}, ["'rate'", "audio, state, sr"]),
                                            ({"audio": 1}, ["audio", "not a single value"]),
                                            ({"sr": 16000.5}, ["sr:16000.5", "int64"])])

@@ -24,6 +24,9 @@ import onnx_graphsurgeon as gs
 from dfq_onnx.core import ir, rewrites
 
 RNN_STATE_SLOTS = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}
+# what a state passes through on its way to the RNN: selecting a layer, adding or dropping unit axes, joining
+# h and c; anything that computes (a MatMul of an encoder output into h0) ends the path
+PASS_THROUGH = {"Gather", "Unsqueeze", "Squeeze", "Slice", "Split", "Identity", "Cast", "Concat"}
 SUFFIX = "__batch_axis1"
 
 
@@ -46,8 +49,8 @@ def _live(graph: gs.Graph, nodes: dict[int, gs.Node], branch_out: dict[int, gs.T
 
 
 def reaches_rnn_state(graph: gs.Graph, tensor: gs.Tensor) -> bool:
-    """Whether `tensor` flows (through any nodes, into and out of subgraphs) into the initial-state
-    input of an LSTM / GRU / RNN."""
+    """Whether `tensor` flows (through PASS_THROUGH nodes, into and out of If branches) into the
+    initial-state input of an LSTM / GRU / RNN."""
     nodes, branch_out = {}, {}
     _live(graph, nodes, branch_out)
     seen, todo = {id(tensor)}, [tensor]
@@ -60,7 +63,8 @@ def reaches_rnn_state(graph: gs.Graph, tensor: gs.Tensor) -> bool:
             slots = RNN_STATE_SLOTS.get(node.op, ())
             if any(k < len(node.inputs) and node.inputs[k] is t for k in slots):
                 return True
-            nxt += node.outputs
+            if node.op in PASS_THROUGH:
+                nxt += node.outputs
         for u in nxt:
             if id(u) not in seen:
                 seen.add(id(u))
@@ -74,7 +78,8 @@ def state_inputs(graph: gs.Graph) -> list[str]:
     found = []
     for t in graph.inputs:
         shape = t.shape or []
-        if (len(shape) >= 2 and isinstance(shape[0], int) and shape[0] > 0
+        floating = t.dtype is not None and np.dtype(t.dtype).kind == "f"
+        if (floating and len(shape) >= 2 and isinstance(shape[0], int) and shape[0] > 0
                 and not (isinstance(shape[1], int) and shape[1] > 0) and reaches_rnn_state(graph, t)):
             found.append(t.name)
     return found
