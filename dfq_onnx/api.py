@@ -39,13 +39,15 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     check_outputs(model, output, report_path, opts.pareto, encodings_path)
     source = ir.load_model(model)
-    opts = with_inferred_shapes(model, source, opts)     # dynamic input sizes the compile can infer
     merged = branches.split(source)
-    if merged is not None:
+    if merged is not None and merged.flag not in opts.input_values:   # a pinned flag: its branch only
+        opts = with_inferred_shapes(model, source, opts)
         out, report = _quantize_branches(source, merged, profile, opts, encodings_path)
         _write_outputs(out, output, report, report_path)
         return out, report
     report = Report()
+    pinned = pin_inputs(source, opts.input_values, report)
+    opts = with_inferred_shapes(model, source, opts)     # dynamic input sizes the compile can infer
     report.model.update({"name": source.graph.name, "producer": source.producer_name,
                          "path": str(model) if not isinstance(model, onnx.ModelProto) else None,
                          "target": profile.name, "options": _options_dict(opts)})
@@ -59,6 +61,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
         out = ir.to_model(state.graph, ir_version=max(declared.ir_version,
                                                       ir.min_ir_version(state.graph.opset)))
         ir.carry_over(out, declared)
+        ir.restore_pinned(out, pinned, opts.input_values)
         out.producer_name, out.producer_version = "dfq-onnx", _version()
         extra = []
         if encodings_path is not None:
@@ -75,6 +78,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
             from dfq_onnx.report.data import fill
 
             source = ir.load_model(model)       # read again: the compile kept no copy of the weights
+            ir.pin_inputs(source, opts.input_values)
             declared_form(source)
             fill(state, source, out)
     curve: list[Path] = []
@@ -107,9 +111,8 @@ def _quantize_branches(source: onnx.ModelProto, merged: branches.FlagSplit, prof
     compiled, reports = {}, {}
     for name, branch in merged.branches.items():
         names = {i.name for i in branch.graph.input}
-        shapes, ranges = opts.input_shapes.items(), opts.input_ranges.items()
-        sub = dataclasses.replace(opts, input_shapes={k: v for k, v in shapes if k in names},
-                                  input_ranges={k: v for k, v in ranges if k in names})
+        sub = dataclasses.replace(opts, **{f: {k: v for k, v in getattr(opts, f).items() if k in names}
+                                           for f in ("input_shapes", "input_ranges", "input_values")})
         compiled[name], reports[name] = quantize(branch, target=profile, options=sub)
     out = branches.join(source, compiled)
     out.producer_name, out.producer_version = "dfq-onnx", _version()
@@ -124,6 +127,19 @@ def _quantize_branches(source: onnx.ModelProto, merged: branches.FlagSplit, prof
         report.notes[name] = r.notes
     report.model["params"] = sum(r.model.get("params", 0) for r in reports.values())
     return out, report
+
+
+def pin_inputs(source: onnx.ModelProto, values: dict, report: Report) -> list:
+    """`ir.pin_inputs` with one warning per pinned input, kept in the report's notes."""
+    pinned = ir.pin_inputs(source, values)
+    for _, vi in pinned:
+        logging.getLogger(__name__).warning(
+            "input '%s' pinned to %s: the written model keeps it (optional, default %s) but computes as if "
+            "it were %s whatever is fed; compile once per value you serve", vi.name, values[vi.name],
+            values[vi.name], values[vi.name])
+    if pinned:
+        report.notes["pinned_inputs"] = {vi.name: values[vi.name] for _, vi in pinned}
+    return pinned
 
 
 def _with_overrides(options: QuantizeOptions, overrides: dict) -> QuantizeOptions:
@@ -211,7 +227,7 @@ class _ListHandler(logging.Handler):
 
 def synthesize(model, *, output=None, samples: int = 64, steps: int | None = None, seed: int = 0,
                input_shapes: dict | None = None, cache_dir: str | None = None, use_cache: bool = True,
-               progress: bool = True, input_ranges: dict | None = None):
+               progress: bool = True, input_ranges: dict | None = None, input_values: dict | None = None):
     """Synthetic calibration samples for `model` (no data): returns the SynthesisResult; with `output`,
     writes one array per model input (plus `labels` when the objective assigns them) to an .npz."""
     import numpy as np
@@ -221,9 +237,10 @@ def synthesize(model, *, output=None, samples: int = 64, steps: int | None = Non
     from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize
 
     opts = QuantizeOptions(input_shapes=dict(input_shapes or {}), input_ranges=dict(input_ranges or {}),
-                           seed=seed, progress=progress)
+                           input_values=dict(input_values or {}), seed=seed, progress=progress)
     check_outputs(model, output, None)
     source = ir.load_model(model)
+    pin_inputs(source, opts.input_values, Report())
     opts = with_inferred_shapes(model, source, opts)
     state = CompileState(graph=None, target=load_target("ort-cpu"), options=opts, report=Report(),
                          model_hash=ir.model_hash(source), source=source)

@@ -33,6 +33,22 @@ def _range_hint(text: str) -> tuple[str, tuple[float, float]]:
     return name, (lo, hi)
 
 
+def _value_hint(text: str) -> tuple[str, float]:
+    sep = ":" if ":" in text else "="
+    name, _, value = text.rpartition(sep)
+    try:
+        number = float(value)
+    except ValueError:
+        name = ""
+    if not name:
+        raise argparse.ArgumentTypeError(f"'{text}': expected NAME:VALUE with a number, e.g. sr:16000")
+    return name, int(number) if number.is_integer() else number
+
+
+VALUE_HELP = ("pin a scalar input (a sample rate, a flag, how many logits to keep) to one value for the "
+              "compile (repeatable), e.g. sr:16000: it is folded as a constant, so control flow on it "
+              "takes that branch. The written model keeps the input (optional, that value its default) "
+              "but computes as if it were that value whatever is fed: compile once per value you serve")
 RANGE_HELP = ("value range of an image input that is not standardized (repeatable), e.g. images:0,1 for a "
               "model reading [0, 1] pixels (Ultralytics YOLO exports): synthetic samples are drawn in it. "
               "Without it they are standardized (mean 0, std 1), as BN statistics or most exporters' "
@@ -61,6 +77,8 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
                    help="concrete shape for an input with dynamic dims (repeatable)")
     p.add_argument("--input-range", type=_range_hint, action="append", default=[], metavar="NAME:LOW,HIGH",
                    help=RANGE_HELP)
+    p.add_argument("--input-value", type=_value_hint, action="append", default=[], metavar="NAME:VALUE",
+                   help=VALUE_HELP)
     p.add_argument("--seed", type=int, default=0)
     _add_synth_options(p)
     p.add_argument("--synth-views", type=int, default=None,
@@ -167,6 +185,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--target", default="ort-cpu")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--input-shape", type=_shape_hint, action="append", default=[], metavar="NAME:D0,..")
+    i.add_argument("--input-value", type=_value_hint, action="append", default=[], metavar="NAME:VALUE",
+                   help=VALUE_HELP)
     sub.add_parser("targets", help="list the available target profiles")
     pt = sub.add_parser("profile-target", help="measure per-group latency at each legal precision (JSON "
                                                "table for --latency-ms budgets)")
@@ -184,6 +204,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=RANGE_HELP)
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--input-shape", type=_shape_hint, action="append", default=[], metavar="NAME:D0,..")
+    s.add_argument("--input-value", type=_value_hint, action="append", default=[], metavar="NAME:VALUE",
+                   help=VALUE_HELP)
     s.add_argument("--seed", type=int, default=0)
     _add_synth_options(s)
     d = sub.add_parser("demo", help="quantize the bundled digits CNN and compare with FP32")
@@ -200,7 +222,7 @@ def _options(args):
                            calib_samples=args.calib_samples, calib_batch=args.calib_batch,
                            act_range=args.act_range,
                            input_shapes=dict(args.input_shape), input_ranges=dict(args.input_range),
-                           seed=args.seed, progress=not args.quiet,
+                           input_values=dict(args.input_value), seed=args.seed, progress=not args.quiet,
                            synth_samples=args.synth_samples, synth_steps=args.synth_steps,
                            synth_views=args.synth_views,
                            cache_dir=args.cache_dir, use_cache=not args.no_cache,
@@ -237,7 +259,8 @@ def _cmd_inspect(args) -> int:
     from dfq_onnx.core.target import load_target
 
     info = inspect(args.model, load_target(args.target),
-                   QuantizeOptions(input_shapes=dict(args.input_shape), progress=False))
+                   QuantizeOptions(input_shapes=dict(args.input_shape), input_values=dict(args.input_value),
+                                   progress=False))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -265,7 +288,7 @@ def _cmd_synthesize(args) -> int:
     result = synthesize(args.model, output=args.output, samples=args.synth_samples, steps=args.synth_steps,
                         seed=args.seed, input_shapes=dict(args.input_shape), cache_dir=args.cache_dir,
                         use_cache=not args.no_cache, progress=not args.quiet,
-                        input_ranges=dict(args.input_range))
+                        input_ranges=dict(args.input_range), input_values=dict(args.input_value))
     how = (f"objective {result.loss_start:.4f} -> {result.loss_end:.4f}" if result.loss_start is not None
            else f"{'line drawings' if result.start == 'strokes' else '1/f prior'}, no search")
     print(f"wrote {args.output}: {args.synth_samples} samples ({result.objective}), {how}, "

@@ -12,7 +12,18 @@ then a small classifier on the log-mel::
                  ─ MatMul mel filterbank (>= 0) ─ Clip(1e-10) ─ Log ─ Mul 10 / ln 10 (dB)
                  ─ Unsqueeze ─ conv ─ Relu ─ GAP ─ Flatten ─ fc
 
-Both pass the ONNX checker and run in ONNX Runtime (opset 17).
+``rate_switched_vad``: a streaming voice-activity model as silero-vad v5 is exported: a scalar int64
+input `sr` selects the 16 kHz or the 8 kHz network through a top-level If, each branch a conv front end
+and an LSTM cell whose state input [2, N, H] carries the batch on axis 1 (dimensions unnamed), and the
+LSTM's two state outputs pass through a nested two-output If on a shape condition (torch's "is this
+input batched" test)::
+
+    sr ─ Equal 16000 ─ If ─┬─ then: audio ─ conv (stride 4) ─ Relu ─ ReduceMean ─┐
+                           │        state ─ Gather 0 / 1 ─ Unsqueeze ────────────┴─ LSTM ─ If(rank) ─ h, c
+                           │        h ─ MatMul ─ Sigmoid ─ prob;  Concat(h, c) ─ stateN
+                           └─ else: the same with its own weights (conv stride 2)
+
+All pass the ONNX checker and run in ONNX Runtime (opset 17).
 """
 
 from __future__ import annotations
@@ -20,9 +31,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from dfq_onnx.models.builders import _init, _model, _vi
-from onnx import helper
+from onnx import helper, numpy_helper
 
-__all__ = ["log_mel_classifier", "waveform_classifier"]
+__all__ = ["log_mel_classifier", "rate_switched_vad", "waveform_classifier"]
 
 
 def waveform_classifier(samples: int = 256, c: int = 8, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
@@ -89,3 +100,73 @@ def log_mel_classifier(samples: int = 1024, n_fft: int = 128, hop: int = 64, mel
     return _model(stft + head, [_vi("audio", ["N", samples])],
                   [_vi("mel_db", ["N", frames, mels]), _vi("logits", ["N", classes])], inits,
                   name="log_mel_classifier")
+
+
+def _vad_branch(tag: str, rng, stride: int, c: int, hidden: int) -> onnx.GraphProto:
+    """One rate's network of `rate_switched_vad` as an If branch (outputs prob, stateN)."""
+    def name(x: str) -> str:
+        return f"{tag}/{x}"
+    w = {name("conv.weight"): rng.standard_normal((c, 1, 8)) / 3, name("conv.bias"): rng.normal(0, 0.1, c),
+         name("W"): rng.standard_normal((1, 4 * hidden, c)) / np.sqrt(c),
+         name("R"): rng.standard_normal((1, 4 * hidden, hidden)) / np.sqrt(hidden),
+         name("fc.weight"): rng.standard_normal((hidden, 1)) / np.sqrt(hidden)}
+    consts = [helper.make_node("Constant", [], [k], name=f"{k}/const",
+                               value=numpy_helper.from_array(np.asarray(v, np.float32), k))
+              for k, v in w.items()]
+    ints = {name("one"): [1], name("zero"): [0], name("i0"): 0, name("i1"): 1, name("three"): 3}
+    consts += [helper.make_node("Constant", [], [k], name=f"{k}/const",
+                                value=numpy_helper.from_array(np.array(v, np.int64), k))
+               for k, v in ints.items()]
+    n = [helper.make_node("Unsqueeze", ["audio", name("one")], [name("x")], name=name("unsqueeze")),
+         helper.make_node("Conv", [name("x"), name("conv.weight"), name("conv.bias")], [name("c")],
+                          name=name("conv"), strides=[stride]),
+         helper.make_node("Relu", [name("c")], [name("r")], name=name("relu")),
+         helper.make_node("ReduceMean", [name("r")], [name("m")], name=name("pool"), axes=[2], keepdims=0),
+         helper.make_node("Unsqueeze", [name("m"), name("zero")], [name("seq")], name=name("seq")),
+         helper.make_node("Gather", ["state", name("i0")], [name("h0")], name=name("h0"), axis=0),
+         helper.make_node("Gather", ["state", name("i1")], [name("c0")], name=name("c0"), axis=0),
+         helper.make_node("Unsqueeze", [name("h0"), name("zero")], [name("h0u")], name=name("h0u")),
+         helper.make_node("Unsqueeze", [name("c0"), name("zero")], [name("c0u")], name=name("c0u")),
+         helper.make_node("LSTM", [name("seq"), name("W"), name("R"), "", "", name("h0u"), name("c0u")],
+                          ["", name("yh"), name("yc")], name=name("lstm"), hidden_size=hidden),
+         helper.make_node("Shape", [name("yh")], [name("shape")], name=name("shape")),
+         helper.make_node("Size", [name("shape")], [name("rank")], name=name("rank")),
+         helper.make_node("Equal", [name("rank"), name("three")], [name("batched")], name=name("batched")),
+         _squeeze_if(name, hidden),
+         helper.make_node("MatMul", [name("h"), name("fc.weight")], [name("logit")], name=name("fc")),
+         helper.make_node("Sigmoid", [name("logit")], [name("prob")], name=name("sigmoid")),
+         helper.make_node("Unsqueeze", [name("h"), name("zero")], [name("hu")], name=name("hu")),
+         helper.make_node("Unsqueeze", [name("cc"), name("zero")], [name("cu")], name=name("cu")),
+         helper.make_node("Concat", [name("hu"), name("cu")], [name("stateN")], name=name("concat"), axis=0)]
+    return helper.make_graph(consts + n, tag, [], [_vi(name("prob"), None), _vi(name("stateN"), None)])
+
+
+def _squeeze_if(name, hidden: int) -> onnx.NodeProto:
+    """If(batched): the LSTM's Y_h / Y_c squeezed to [N, H] (two outputs), else passed through."""
+    then = helper.make_graph(
+        [helper.make_node("Squeeze", [name("yh"), name("zero")], [name("hs")], name=name("squeeze_h")),
+         helper.make_node("Squeeze", [name("yc"), name("zero")], [name("cs")], name=name("squeeze_c"))],
+        name("batched_then"), [], [_vi(name("hs"), None), _vi(name("cs"), None)])
+    other = helper.make_graph(
+        [helper.make_node("Identity", [name("yh")], [name("hi")], name=name("keep_h")),
+         helper.make_node("Identity", [name("yc")], [name("ci")], name=name("keep_c"))],
+        name("batched_else"), [], [_vi(name("hi"), None), _vi(name("ci"), None)])
+    return helper.make_node("If", [name("batched")], [name("h"), name("cc")], name=name("if_batched"),
+                            then_branch=then, else_branch=other)
+
+
+def rate_switched_vad(samples: int = 64, c: int = 8, hidden: int = 16, seed: int = 0,
+                      named: bool = False) -> onnx.ModelProto:
+    """The VAD of the module docstring: inputs audio [N, samples], state [2, ?, hidden] (batch on axis 1,
+    unnamed; `named`: [2, N, hidden], as torch.onnx.export's dynamic_axes name it), sr (int64 scalar);
+    outputs prob [N, 1], stateN [?, ?, ?]."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Constant", [], ["rate16k"], name="rate16k",
+                              value=numpy_helper.from_array(np.array(16000, np.int64), "rate16k")),
+             helper.make_node("Equal", ["sr", "rate16k"], ["is16k"], name="is16k"),
+             helper.make_node("If", ["is16k"], ["prob", "stateN"], name="rate",
+                              then_branch=_vad_branch("r16k", rng, 4, c, hidden),
+                              else_branch=_vad_branch("r8k", rng, 2, c, hidden))]
+    return _model(nodes, [_vi("audio", ["N", samples]), _vi("state", [2, "N" if named else None, hidden]),
+                          _vi("sr", [], onnx.TensorProto.INT64)],
+                  [_vi("prob", ["N", 1]), _vi("stateN", [None, None, None])], [], name="rate_switched_vad")

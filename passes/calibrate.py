@@ -33,6 +33,7 @@ from dfq_onnx.backends.budget import calibration_rows
 from dfq_onnx.backends.chunks import pad_rows, rows_per_chunk, static_batch
 from dfq_onnx.backends.memory import release
 from dfq_onnx.backends.spill import spill
+from dfq_onnx.core import batch_axis
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import is_float
 from dfq_onnx.core.pass_base import Pass, PassResult
@@ -76,11 +77,12 @@ def noise_inputs(graph: gs.Graph, n: int, seed: int) -> dict[str, np.ndarray]:
     return feeds
 
 
-def load_calib_npz(graph: gs.Graph, path: str) -> dict[str, np.ndarray]:
-    """Read and validate a calibration npz: one preprocessed array per model input name."""
+def load_calib_npz(graph: gs.Graph, path: str, batch_axis1: list[str] = ()) -> dict[str, np.ndarray]:
+    """Read and validate a calibration npz: one preprocessed array per model input name (those in
+    `batch_axis1` as the model declares them, batch on axis 1, and given to the compile batch-major)."""
     try:
         with np.load(Path(path), allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+            arrays = batch_axis.swap_rows({k: data[k] for k in data.files}, list(batch_axis1))
     except (OSError, ValueError) as exc:
         raise UsageError(f"--calib {path}: cannot read npz ({exc})") from None
     feeds = {}
@@ -246,11 +248,11 @@ class Calibrate(Pass):
             if opts.calib.endswith(".npz") and state.calib is None:
                 # no range to measure (a token model's dynamic MatMuls), but the user's samples are still
                 # what a budget's sensitivity scores on
-                state.calib = load_calib_npz(state.graph, opts.calib)
+                state.calib = load_calib_npz(state.graph, opts.calib, state.batch_axis1)
                 spill(state.calib)
             return PassResult(False, "all ranges known")
         if opts.calib.endswith(".npz"):
-            feeds, source = load_calib_npz(state.graph, opts.calib), "data"
+            feeds, source = load_calib_npz(state.graph, opts.calib, state.batch_axis1), "data"
         elif opts.calib == "synthetic" and state.calib is not None:
             feeds, source = state.calib, "synthetic"
         else:

@@ -25,7 +25,7 @@ class DetachTail(Pass):
 
     def run(self, state: CompileState) -> PassResult:
         found, why = tail.split(state.graph)
-        state.batch_first = tail.batch_first(state.graph)      # time-major outputs: core/tail.py
+        state.batch_first = tail.batch_first(state.graph, state.output_batch_axes)   # core/tail.py
         moved = [m.output for m in state.batch_first]
         if moved:
             state.report.notes["batch_first_outputs"] = moved

@@ -1,20 +1,24 @@
-"""Give the written model the source's float16 graph inputs / outputs back (dfq_onnx/core/float16.py)."""
+"""Give the written model the source's interface back: float16 graph inputs / outputs
+(dfq_onnx/core/float16.py) and inputs batched on axis 1 (dfq_onnx/core/batch_axis.py)."""
 
 from __future__ import annotations
 
-from dfq_onnx.core import float16
+from dfq_onnx.core import batch_axis, float16
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
 
 
 class RestoreInterface(Pass):
-    """Cast at the float16 inputs / outputs of a float16 source, which Normalize compiled in float32."""
+    """Cast at the float16 inputs / outputs of a float16 source, which Normalize compiled in float32;
+    the Transpose before an input compiled batch-major removed."""
 
     name = "RestoreInterface"
 
     def run(self, state: CompileState) -> PassResult:
+        moved = batch_axis.restore_layout(state.graph, state.batch_axis1) if state.batch_axis1 else 0
+        said = f"; {moved} inputs batched on axis 1 again" if moved else ""
         if not state.low_precision_io:
-            return PassResult(False, "float32 interface")
+            return PassResult(bool(moved), f"float32 interface{said}")
         n = float16.restore_interface(state.graph, state.low_precision_io)
         state.report.notes["float16_interface"] = sorted(state.low_precision_io)
-        return PassResult(True, f"{n} float16 inputs / outputs restored with a Cast each")
+        return PassResult(True, f"{n} float16 inputs / outputs restored with a Cast each{said}")

@@ -42,12 +42,13 @@ from dfq_onnx.passes.supported import check_control_flow, check_supported
 
 from dfq_onnx.backends.memory import release
 from dfq_onnx.backends.runtime_types import fill_untyped
-from dfq_onnx.core import float16, ir, rewrites
+from dfq_onnx.core import batch_axis, float16, ir, rewrites
 from dfq_onnx.core.affine_fold import fold_affine
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 from dfq_onnx.core.graph_utils import is_float, reroute
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.reader_fold import fold_hard_sigmoid, fold_into_readers
+from dfq_onnx.core.scalar_inputs import check_scalar_inputs
 from dfq_onnx.core.state import CompileState
 from dfq_onnx.core.token_linear import unflatten_token_gemms
 from dfq_onnx.core.unfuse import unfuse_contrib
@@ -72,26 +73,19 @@ def declared_form(model) -> None:
     symbolic_dims(model)
 
 
-def check_batch_axes(model) -> None:
+def check_batch_axes(model, rnn_states=()) -> None:
     """Samples are batched along axis 0 of every input (synthesis, calibration, scoring). An input that
     carries the batch dimension elsewhere -- an RNN state [layers, batch, hidden] beside an input
-    [batch, time], the same symbolic name on another axis -- would be fed a wrong batch, and a scalar
-    input (rank 0: a sampling rate, how many positions' logits to keep) has no batch to take: say so
-    once."""
-    for t in model.graph.input:
-        kind = t.type.tensor_type
-        if t.type.HasField("tensor_type") and kind.HasField("shape") and not kind.shape.dim:
-            raise UnsupportedModelError(
-                f"input '{t.name}' is a scalar (rank 0): samples are batched along axis 0 of every input, "
-                "so a model with an unbatched scalar input is not supported yet; export it with that "
-                "value fixed (a constant in the graph)")
+    [batch, time], the same symbolic name on another axis -- would be fed a wrong batch: say so once
+    (scalar inputs: `check_scalar_inputs`). `rnn_states`: inputs found to be an RNN's initial state
+    [layers, batch, hidden], which the compile reads batch-major (`core/batch_axis.py`)."""
     inputs = [(t.name, [d.dim_param if d.HasField("dim_param") else None
                         for d in t.type.tensor_type.shape.dim]) for t in model.graph.input]
     # a name used on several axes of one input is an exporter's placeholder ("?"), not a batch name
     batch = {dims[0] for _, dims in inputs if dims and dims[0] and dims.count(dims[0]) == 1}
     for name, dims in inputs:
         axes = [i for i, d in enumerate(dims) if i > 0 and d in batch and dims.count(d) == 1]
-        if axes:
+        if axes and not (axes == [1] and name in rnn_states):
             raise UnsupportedModelError(
                 f"input '{name}' carries the batch dimension '{dims[axes[0]]}' on axis {axes[0]}, not 0: "
                 "samples are batched along axis 0 of every input, so models with such inputs (e.g. RNN "
@@ -232,9 +226,9 @@ class Normalize(Pass):
         if model is None:  # already normalized
             return PassResult(False, "already normalized")
         check_supported(model)
+        check_scalar_inputs(model)
         state.source_opset = ir.opset_version(model)
         declared_form(model)
-        check_batch_axes(model)
         state.declared = ir.declarations(model)
         model = ir.upgrade_opset(model, max(self.required_opset, state.target.min_opset))
         model = ir.infer_shapes(model)
@@ -251,7 +245,15 @@ class Normalize(Pass):
         rewritten.update(fusable_forms(graph))
         graph.cleanup().toposort()
         rewritten = {k: v for k, v in rewritten.items() if v}
+        state.batch_axis1 = batch_axis.state_inputs(graph)      # read on the declared dimensions
+        check_batch_axes(model, state.batch_axis1)
+        declared = {t.name: t.shape[1] for t in graph.inputs if t.name in state.batch_axis1}
         annotate_shapes(graph, state.options.input_shapes)
+        if state.batch_axis1:
+            batch_axis.make_batch_major(graph, declared)
+            state.output_batch_axes = batch_axis.output_axes(graph)
+            rewritten["inputs batched on axis 1 (RNN state)"] = len(state.batch_axis1)
+            state.report.notes["batch_axis1_inputs"] = list(state.batch_axis1)
         state.graph = graph
         state.source = None
         # the graph now holds the weights: no reference into the protos (source, inferred) may keep them

@@ -50,7 +50,7 @@ def calibration_feeds(state: CompileState) -> dict[str, np.ndarray]:
     """The samples Calibrate will measure: the user's npz, else the synthetic set, else noise."""
     opts = state.options
     if opts.calib.endswith(".npz"):
-        return load_calib_npz(state.graph, opts.calib)
+        return load_calib_npz(state.graph, opts.calib, state.batch_axis1)
     if state.calib is not None:
         return state.calib
     return noise_inputs(state.graph, opts.calib_samples, opts.seed)

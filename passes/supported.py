@@ -12,6 +12,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from dfq_onnx.core.errors import UnsupportedModelError
+from dfq_onnx.core.scalar_inputs import pin_hint, scalar_names
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
                  "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd"}
@@ -33,7 +34,8 @@ def check_supported(model) -> None:
             raise UnsupportedModelError(f"{where}: the model is already quantized; pass the FP32 model")
         if (node.op_type in CONTROL_FLOW and _subgraph_ops(node) & QUANTIZABLE
                 and not (node.op_type == "If" and _constant_condition(model, node))):
-            _refuse_control_flow(where, _subgraph_ops(node) & QUANTIZABLE, _merged_models(g, node))
+            _refuse_control_flow(where, _subgraph_ops(node) & QUANTIZABLE,
+                                 _merged_models(g, node) or _scalar_condition(model, node))
         if node.domain not in KNOWN_DOMAINS:
             raise UnsupportedModelError(f"{where}: custom domain '{node.domain}' is unknown to ONNX Runtime, "
                                         "so the model cannot be calibrated; export it with standard ops")
@@ -74,6 +76,24 @@ def _merged_models(g, node) -> str | None:
     return (f"its condition is the model input '{node.input[0]}', so the branches are two models merged into "
             "one (Hugging Face Optimum's decoder_model_merged.onnx: quantize decoder_model.onnx and "
             "decoder_with_past_model.onnx, exported beside it, instead)")
+
+
+def _scalar_condition(model, node) -> str | None:
+    """What to do when an If's condition is computed from a scalar model input (silero-vad's sample
+    rate): pin the input, naming the values the graph compares it with."""
+    if node.op_type != "If":
+        return None
+    producers = {o: n for n in model.graph.node for o in n.output}
+    scalars, seen, todo = set(scalar_names(model)), set(), [node.input[0]]
+    while todo:
+        name = todo.pop()
+        if name in scalars:
+            return (f"its condition comes from the scalar input '{name}': to compile the branch one value "
+                    f"selects, {pin_hint(model, name)}")
+        if name not in seen and name in producers:
+            seen.add(name)
+            todo.extend(producers[name].input)
+    return None
 
 
 def _refuse_control_flow(where: str, ops: set[str], hint: str | None = None) -> None:

@@ -67,6 +67,7 @@ from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
 from dfq_onnx.synth import layout, preprocess
+from dfq_onnx.synth.audio_range import FLOAT_AUDIO, INT16_AUDIO, infer_audio_range, is_waveform
 from dfq_onnx.synth.augment import is_image_like
 from dfq_onnx.synth.compose import plan_pieces
 from dfq_onnx.synth.input_range import across_classes, bn_at_first_layer, infer_range
@@ -163,14 +164,18 @@ def _after_prefixes(graph, bn_stats, options: SynthesisOptions, model_hash: str,
 
 
 def _inferred_ranges(graph, shapes: dict, options: SynthesisOptions, bn_stats) -> dict:
-    """The range inference of every image input without BN statistics at its first layer, a
+    """The range inference of every image (and waveform) input without BN statistics at its first layer, a
     `--input-range` or an in-graph prefix (synth/input_range.py); with statistics elsewhere, only a
     pick across scale classes is taken (`across_classes`). The same seed as the samples', on its own
     generator."""
     pick = across_classes if bn_stats else (lambda r: r)
-    return {k: pick(infer_range(graph, k, shape, options.seed)) for k, shape in shapes.items()
-            if k not in options.input_ranges and k not in options.prefixed and is_image_like((1, *shape))
-            and not bn_at_first_layer(graph, k, bn_stats)}
+    free = {k: shape for k, shape in shapes.items() if k not in options.input_ranges
+            and k not in options.prefixed and not bn_at_first_layer(graph, k, bn_stats)}
+    floats = {t.name for t in graph.inputs if t.dtype is not None and np.dtype(t.dtype).kind == "f"}
+    return {**{k: pick(infer_range(graph, k, shape, options.seed)) for k, shape in free.items()
+               if is_image_like((1, *shape))},
+            **{k: infer_audio_range(graph, k, shape, options.seed) for k, shape in free.items()
+               if k in floats and is_waveform((1, *shape))}}     # float audio (synth/audio_range.py)
 
 
 def _images(graph, bn_stats, options: SynthesisOptions, model_hash: str, shapes: dict, kind: str,
@@ -373,7 +378,12 @@ def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: di
     if result.inferred:
         notes["inferred_range"] = {k: r.note() for k, r in result.inferred.items()}
     for k, r in result.inferred.items():
-        if r.range is not None:
+        if r.range is not None and r.convention in AUDIO:
+            log.warning("no BatchNormalization statistics: waveform input %s inferred to read %s (its first "
+                        "biased layer balances biases and responses at a waveform std of %.2g); if it reads "
+                        "another range, pass --input-range %s:LOW,HIGH", k, r.convention,
+                        10 ** r.scores["log10_balance_std"], k)
+        elif r.range is not None:
             log.warning("no BatchNormalization statistics%s: input %s inferred to read %s (the first layer's "
                         "biases match its responses there: %s); if it reads another range, pass "
                         "--input-range %s:LOW,HIGH", where, k, r.convention, _scores(r), k)
@@ -395,13 +405,17 @@ def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: di
                     ", ".join(unsized), f" (range inference, log10 |bias| / response: {why})" if why else "",
                     *[unsized[0]] * 3)
     others = [k for k, shape in first.items() if k not in ranges and k not in result.preprocessed and not bn
-              and k not in unsized and k not in result.inferred and result.inputs[k].dtype.kind == "f"]
+              and k not in unsized and (k not in result.inferred or result.inferred[k].range is None)
+              and result.inputs[k].dtype.kind == "f"]
     if others:       # audio, spectrograms, features: nothing in the graph tells their scale
         notes.setdefault("assumed_range", {}).update({k: "standardized" for k in others})
         log.warning("no BatchNormalization statistics: synthetic samples for %s assume standardized values "
                     "(mean 0, std 1); if it reads another scale (audio in [-1, 1], 16-bit PCM samples), pass "
                     "--input-range %s:LOW,HIGH, or --calib FILE.npz with real inputs", ", ".join(others),
                     others[0])
+
+
+AUDIO = (FLOAT_AUDIO[0], INT16_AUDIO[0])
 
 
 def _scores(r) -> str:

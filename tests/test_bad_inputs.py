@@ -7,7 +7,7 @@ from __future__ import annotations
 import onnx
 import pytest
 from _util import point_external_data_to
-from dfq_onnx.models import builders
+from dfq_onnx.models import builders, signal_builders
 
 from dfq_onnx.cli import main
 
@@ -64,12 +64,17 @@ CASES = {
                   ["'legacy'", "ImageScaler", "opset 7"], ["re-export it with opset >= 13"]),
     "custom-domain": (_model(builders.bad_custom_domain), [], 1, ["'custom'", "com.example"],
                       ["standard ops"]),
-    "if-around-conv": (_model(builders.bad_if_conv), [], 1, ["'branch'", "(If)", "Conv"],
-                       ["without control flow"]),
+    "if-around-conv": (_model(builders.bad_if_conv), [], 1,
+                       ["'branch'", "(If)", "Conv", "scalar input 'flag'"], ["--input-value flag:VALUE"]),
     "merged-models": (_model(lambda: builders.bad_if_conv(merged=True, after=True)), [], 1,
                       ["'branch'", "'flag'"], ["decoder_model.onnx and decoder_with_past_model.onnx"]),
     "loop-around-conv": (_model(builders.bad_loop_conv), [], 1, ["'loop'", "(Loop)", "Conv"],
                          ["without control flow"]),
+    "if-on-scalar-input": (_model(signal_builders.rate_switched_vad), [], 1,
+                           ["'rate'", "(If)", "Conv", "scalar input 'sr'", "16000 at node 'is16k'"],
+                           ["--input-value sr:16000"]),
+    "input-value-unknown": (_model(signal_builders.rate_switched_vad), ["--input-value", "rate:16000"], 2,
+                            ["'rate'"], ["audio, state, sr"]),
     "already-quantized": (_model(builders.bad_already_quantized), [], 1, ["'q_in'", "already quantized"],
                           ["pass the FP32 model"]),
     "bf16": (_model(builders.bad_bf16), [], 1, ["'input'", "bfloat16"], ["convert the model to float32"]),

@@ -70,3 +70,9 @@ def test_an_image_model_merged_behind_a_flag_compiles_and_an_outer_op_keeps_the_
         want, got = (_run(m, {"input": x, "flag": np.array(flag)})[0] for m in (model, out))
         assert np.sum(want ** 2) / np.sum((want - got) ** 2) > 100
     assert branches.split(builders.bad_if_conv(merged=True, after=True)) is None   # test_bad_inputs
+
+
+def test_a_pinned_flag_compiles_its_branch_only():
+    out, _ = dfq_onnx.quantize(token_builders.merged_decoder(), input_values={"use_cache_branch": 1},
+                               progress=False, use_cache=False)
+    assert "If" not in {n.op_type for n in out.graph.node} and "Concat" in {n.op_type for n in out.graph.node}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from dfq_onnx.models import builders, signal_builders
 
@@ -55,9 +56,31 @@ def test_unknown_input_and_empty_range_are_usage_errors():
 
 
 def test_a_bn_free_non_image_input_gets_the_warning_too():
-    model = signal_builders.waveform_classifier()        # raw audio [N, T]: nothing tells its scale
+    """A waveform read through a log-mel before any bias (openWakeWord's melspectrogram): nothing tells
+    its scale (the log hides it from the first biased layer), so the samples stay standardized and the
+    warning names --input-range."""
+    model = signal_builders.log_mel_classifier()
     _, plain = dfq_onnx.quantize(model, **FAST)
     assert any("--input-range audio:LOW,HIGH" in w for w in plain.warnings)
     assert plain.notes["synthesis"]["assumed_range"] == {"audio": "standardized"}
+    assert plain.notes["synthesis"]["inferred_range"]["audio"]["range"] is None
     _, given = dfq_onnx.quantize(model, input_ranges={"audio": (-1.0, 1.0)}, **FAST)
     assert not any("--input-range" in w for w in given.warnings)
+
+
+@pytest.mark.parametrize("level, pick", [(1.0, [-1.0, 1.0]), (30000.0, [-32768.0, 32767.0]), (30.0, None)])
+def test_a_waveform_reads_the_scale_its_first_biased_layer_balances_at(level, pick):
+    """The waveform classifier's conv reads the audio directly (homogeneous: one decade of score per
+    decade of scale; its response std is ~1 at std-1 input); its biases set to +-level / 30 balance them
+    at a waveform std of ~0.03 (speech in [-1, 1]), ~1000 (16-bit values) or ~1 (a standardized
+    feature: no pick, the samples stay standardized)."""
+    model = signal_builders.waveform_classifier()
+    conv_bias = next(t for t in model.graph.initializer if t.name == "conv1.bias")
+    b = onnx.numpy_helper.to_array(conv_bias)
+    biased = (np.sign(b) * level / 30).astype(np.float32)
+    conv_bias.CopyFrom(onnx.numpy_helper.from_array(biased, "conv1.bias"))
+    _, report = dfq_onnx.quantize(model, **FAST)
+    inferred = report.notes["synthesis"]["inferred_range"]["audio"]
+    assert inferred["range"] == pick
+    assert abs(inferred["score_log10_bias_over_response"]["slope_decades_per_decade"] - 1) < 0.05
+    assert any("--input-range audio:LOW,HIGH" in w for w in report.warnings)

@@ -19,6 +19,7 @@ def inspect(path, target: TargetProfile, options: QuantizeOptions) -> dict:
     """Opset, op counts, BN count, quantizable groups and the ops the target leaves in float."""
     source = ir.load_model(path)
     ops_in = Counter(n.op_type for n in source.graph.node)
+    ir.pin_inputs(source, options.input_values)       # --input-value: the branch a pinned scalar selects
     state = CompileState(graph=None, target=target, options=options, report=Report(), source=source,
                          model_hash=ir.model_hash(source))
     run_passes([Normalize(target.min_opset), FoldBatchNorm(), FindQuantGroups()], state)

@@ -19,6 +19,13 @@ def consumers(tensor: gs.Tensor) -> list[gs.Node]:
     return list(tensor.outputs)
 
 
+def reads(node: gs.Node) -> list[gs.Tensor]:
+    """The tensors `node` reads: its inputs and, for control flow, the outer tensors its subgraphs read
+    by name (an If branch's implicit inputs), so a cut or a live range never separates them."""
+    implicit = [t for sub in node.subgraphs() for t in sub._foreign_tensors().values()]
+    return [*node.inputs, *implicit] if implicit else list(node.inputs)
+
+
 def reroute(old: gs.Tensor, new: gs.Tensor, readers=None) -> None:
     """Every reader of `old` (or only `readers`, captured before new nodes read it) reads `new` instead."""
     for node in list(old.outputs) if readers is None else readers:

@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, TensorShapeProto, helper, numpy_helper, version_converter
 
-from dfq_onnx.core.errors import ModelLoadError, UnsupportedModelError
+from dfq_onnx.core.errors import ModelLoadError, UnsupportedModelError, UsageError
 from dfq_onnx.core.external_data import (  # noqa: F401 - has_external_data, model_bytes re-exported
     absolute_locations,
     all_tensors,
@@ -238,6 +238,50 @@ def carry_over(out: onnx.ModelProto, source: onnx.ModelProto) -> None:
     out.graph.doc_string, out.graph.name = source.graph.doc_string, source.graph.name
 
 
+def pin_inputs(model: onnx.ModelProto, values: dict[str, float]) -> list[tuple[int, onnx.ValueInfoProto]]:
+    """Make each input named in `values` an initializer holding that value (one element, the input's
+    element type and declared rank), so constant folding takes the branch it selects (silero-vad's If on
+    its sample rate). Returns the removed declarations with their positions, for `restore_pinned`.
+    Unknown names, inputs of more than one element and values the type cannot hold are usage errors."""
+    inputs = {vi.name: (i, vi) for i, vi in enumerate(model.graph.input)}
+    pinned = []
+    for name, value in sorted(values.items()):
+        if name not in inputs:
+            raise UsageError(f"--input-value names '{name}', but the model's inputs are {', '.join(inputs)}")
+        index, vi = inputs[name]
+        tt = vi.type.tensor_type
+        dims = value_info_shape(vi) or []
+        if not vi.type.HasField("tensor_type") or any(isinstance(d, int) and d > 1 for d in dims):
+            raise UsageError(f"--input-value {name}: the input is {dims}, not a single value; pin only "
+                             "scalar inputs (rank 0, or every dimension 1)")
+        dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        arr = np.asarray(value).astype(dtype)
+        if arr.astype(np.float64) != float(value):
+            raise UsageError(f"--input-value {name}:{value}: the input is {np.dtype(dtype).name}, which "
+                             "cannot hold that value")
+        pinned.append((index, copy.deepcopy(vi)))
+        model.graph.initializer.append(numpy_helper.from_array(arr.reshape([1] * len(dims)), name))
+    for index, _ in sorted(pinned, key=lambda p: -p[0]):
+        del model.graph.input[index]
+    model.ir_version = max(model.ir_version, 4)      # initializers that are not inputs
+    return sorted(pinned, key=lambda p: p[0])
+
+
+def restore_pinned(out: onnx.ModelProto, pinned: list[tuple[int, onnx.ValueInfoProto]],
+                   values: dict[str, float]) -> None:
+    """Give the written model its pinned inputs back, at their places, each with an initializer of its
+    pinned value as the default (an optional input, IR >= 4): code that feeds it runs unchanged, code
+    that does not gets the pinned value. What the compile folded with the value stays folded."""
+    inits = {t.name for t in out.graph.initializer}
+    for index, vi in pinned:
+        out.graph.input.insert(min(index, len(out.graph.input)), vi)
+        if vi.name not in inits:
+            dims = value_info_shape(vi) or []
+            arr = np.asarray(values[vi.name]).astype(helper.tensor_dtype_to_np_dtype(
+                vi.type.tensor_type.elem_type)).reshape([1] * len(dims))
+            out.graph.initializer.append(numpy_helper.from_array(arr, vi.name))
+
+
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
     """Import into onnx-graphsurgeon; constants still in external data become memory maps; 4-bit
     constants get 8-bit storage and `packed_dtype`, as `constant()` makes them (gs cannot export them)."""
@@ -320,16 +364,76 @@ def fold_constants(graph: gs.Graph) -> gs.Graph:
     """`graph` with its constant subexpressions folded and unused nodes removed (the result may be a
     new graph object: use the return value).
 
-    onnx-graphsurgeon also flattens an If whose condition folds to a constant into the chosen branch;
-    with nested multi-output Ifs (a PyTorch-exported LSTM under shape conditions, e.g. silero-vad) the
-    flattened graph reads a tensor nothing writes and ONNX Runtime refuses it. A graph with If nodes is
-    therefore folded on a copy, and folded without flattening when the copy is left dangling."""
+    An If whose condition folds to a constant is replaced by the branch it selects
+    (`flatten_constant_ifs`), then the graph is folded again, until nothing changes: a flattened branch
+    can make the conditions of the Ifs it held constant (silero-vad's If on its pinned sample rate around
+    an LSTM's shape-conditioned multi-output Ifs). onnx-graphsurgeon's own flattening keeps only the
+    first output of a multi-output If, so it is never used."""
     if not any(n.op == "If" for n in graph.nodes):
         return graph.fold_constants(fold_shapes=True, error_ok=True).cleanup()
-    probe = copy_graph(graph).fold_constants(fold_shapes=True, error_ok=True).cleanup()
-    if not dangling_inputs(probe):
-        return probe
-    return graph.fold_constants(fold_shapes=True, error_ok=True, flatten_subgraphs=False).cleanup()
+    for _ in range(32):      # each round flattens at least one If: bounded by the nesting depth
+        graph = graph.fold_constants(fold_shapes=True, error_ok=True, flatten_subgraphs=False).cleanup()
+        if not flatten_constant_ifs(graph):
+            return graph
+    return graph
+
+
+def flatten_constant_ifs(graph: gs.Graph) -> int:
+    """Replace each If of `graph` (and of its subgraphs) whose condition is a constant by the nodes of
+    the branch it selects; every If output becomes an Identity of the matching branch output (a branch
+    may return an outer tensor, a constant or one tensor twice; Normalize drops the Identities). Branch
+    tensors whose names are taken elsewhere are renamed `<name>__<If name>`. Returns how many Ifs."""
+    flattened = 0
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, gs.Graph):
+                    flattened += flatten_constant_ifs(sub)
+    index = 0
+    while index < len(graph.nodes):
+        node = graph.nodes[index]
+        cond = node.inputs[0] if node.op == "If" and node.inputs else None
+        if not isinstance(cond, gs.Constant) or np.asarray(cond.values).size != 1:
+            index += 1
+            continue
+        branch = node.attrs["then_branch" if bool(np.asarray(cond.values).reshape(-1)[0]) else "else_branch"]
+        _rename_taken(graph, branch, node.name or node.outputs[0].name)
+        outputs = list(node.outputs)
+        node.outputs.clear()
+        node.inputs.clear()
+        glue = [gs.Node("Identity", f"{out.name}__flattened", inputs=[res], outputs=[out])
+                for out, res in zip(outputs, branch.outputs)]
+        graph.nodes[index:index + 1] = [*branch.nodes, *glue]
+        index += len(branch.nodes) + len(glue)
+        flattened += 1
+    return flattened
+
+
+def _all_names(graph: gs.Graph, into: dict[str, set[int]]) -> None:
+    for t in graph.tensors().values():
+        into.setdefault(t.name, set()).add(id(t))
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, gs.Graph):
+                    _all_names(sub, into)
+
+
+def _rename_taken(root: gs.Graph, branch: gs.Graph, suffix: str) -> None:
+    """Give the branch's own tensors (node outputs, constants) whose names another tensor of `root` or
+    of any subgraph also uses a unique name, so the flattened graph stays in SSA form."""
+    names: dict[str, set[int]] = {}
+    _all_names(root, names)
+    own = [t for n in branch.nodes for t in n.outputs]
+    own += [t for t in branch.tensors().values() if isinstance(t, gs.Constant)]
+    for t in own:
+        if names.get(t.name, set()) - {id(t)}:
+            new, k = f"{t.name}__{suffix}", 1
+            while new in names:
+                new, k = f"{t.name}__{suffix}_{k}", k + 1
+            names[t.name].discard(id(t))
+            names.setdefault(new, set()).add(id(t))
+            t.name = new
 
 
 def to_model(graph: gs.Graph, *, opset: int | None = None, ir_version: int | None = None,

@@ -27,6 +27,9 @@ class QuantizeOptions:
     input_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # pixel range of image
                                          # inputs that are not standardized, e.g. {"images": (0, 1)}: the
                                          # synthetic samples are drawn in it (synth/search.py squash)
+    input_values: dict[str, float] = field(default_factory=dict)  # scalar inputs pinned for the compile,
+                                         # e.g. {"sr": 16000}: folded as constants (core/ir.py pin_inputs);
+                                         # the written model keeps the input, its value baked in
     seed: int = 0
     act_range: str = "minmax"            # "minmax" | "percentile"
     percentile: float = 99.99

@@ -101,6 +101,8 @@ class CompileState:
     input_moments: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> E[x_j^2] of its input
     tail: object | None = None         # core.tail.Tail set aside by DetachTail until AttachTail
     batch_first: list = field(default_factory=list)   # core.tail.BatchFirst: outputs read batch-first
+    batch_axis1: list = field(default_factory=list)       # inputs compiled batch-major (core/batch_axis)
+    output_batch_axes: dict = field(default_factory=dict)  # outputs' (batch axis, rank) beside them
     low_precision_io: dict = field(default_factory=dict)   # float16 graph inputs / outputs (core/float16)
 
 

@@ -67,15 +67,17 @@ def batch_axis(graph: gs.Graph, t: gs.Tensor) -> int | None:
     return batch_axis_of(graph.inputs[0].shape if graph.inputs else None, t.shape)
 
 
-def batch_first(graph: gs.Graph) -> list[BatchFirst]:
-    """Outputs with the batch on axis b > 0 read through a Transpose moving it first (module docstring)."""
+def batch_first(graph: gs.Graph, known: dict[str, tuple[int, int]] | None = None) -> list[BatchFirst]:
+    """Outputs with the batch on axis b > 0 read through a Transpose moving it first (module docstring);
+    `known`: output name -> (batch axis, rank) found otherwise (a state output, core/batch_axis.py)."""
     moved = []
     for i, t in enumerate(graph.outputs):
-        b = batch_axis(graph, t)
+        b, rank = (known or {}).get(t.name) or (batch_axis(graph, t), len(t.shape or []))
         if not b:
             continue
-        perm = [b] + [k for k in range(len(t.shape)) if k != b]
-        y = gs.Variable(f"{t.name}/batch_first", dtype=t.dtype, shape=[t.shape[k] for k in perm])
+        perm = [b] + [k for k in range(rank) if k != b]
+        shape = [t.shape[k] for k in perm] if t.shape and len(t.shape) == rank else None
+        y = gs.Variable(f"{t.name}/batch_first", dtype=t.dtype, shape=shape)
         node = gs.Node("Transpose", name=f"{t.name}/batch_first", attrs={"perm": perm}, inputs=[t],
                        outputs=[y])
         graph.nodes.append(node)

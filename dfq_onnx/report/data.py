@@ -18,7 +18,7 @@ import numpy as np
 
 from dfq_onnx.backends import runtime
 from dfq_onnx.backends.chunks import pad_rows
-from dfq_onnx.core import candidates, ir
+from dfq_onnx.core import batch_axis, candidates, ir
 from dfq_onnx.core.errors import DfqError
 from dfq_onnx.core.state import CompileState
 from dfq_onnx.core.tail import batch_axis_of
@@ -107,21 +107,29 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
                 "outputs": []}
     n = min(COMPARE_SAMPLES, len(next(iter(feeds.values()))))
     feeds = {k: v[:n] for k, v in feeds.items()}
+
+    moved = list(getattr(state, "batch_axis1", ()))       # inputs compiled batch-major (core/batch_axis)
+    out_axes = getattr(state, "output_batch_axes", {})
+
+    def swap(chunk: dict) -> dict:       # the compile's batch-major state inputs, as the models read them
+        return batch_axis.swap_rows(chunk, moved)
+
     try:
         # one session at a time (each keeps an arena of its peak); Calibrate's rows per call
         # (backends/chunks.py) bound the memory; 16 when nothing was measured
         ref_sess = runtime.session(source)
-        static = _static_batch(ref_sess)
+        static = _static_batch(ref_sess, moved)
         batch = static or state.report.notes.get("rows_per_call", {}).get("calibrate", 16)
         names = [meta.name for meta in ref_sess.get_outputs()]
-        axes = _batch_axes(ref_sess)          # a time-major output [T, N, C] is compared batch-first
+        axes = [out_axes.get(name, (b,))[0]      # a time-major output [T, N, C] or a
+                for name, b in zip(names, _batch_axes(ref_sess))]   # state [2, N, H]: batch-first
         ref = [np.concatenate(parts) for parts in zip(*(
-            _run(ref_sess, chunk, axes, static) for chunk in runtime.iter_batches(feeds, batch)))]
+            _run(ref_sess, swap(chunk), axes, static) for chunk in runtime.iter_batches(feeds, batch)))]
         del ref_sess
         diffs = [_Diff(name, r) for name, r in zip(names, ref)]
         sess = runtime.session(quantized)
         for chunk in runtime.iter_batches(feeds, batch):     # the quantized outputs chunk by chunk
-            for diff, g in zip(diffs, _run(sess, chunk, axes, static)):
+            for diff, g in zip(diffs, _run(sess, swap(chunk), axes, static)):
                 diff.add(g)
     except (DfqError, RuntimeError, ValueError) as exc:   # the comparison never fails the compile
         log.warning("FP32-vs-quantized comparison skipped: %s", str(exc).splitlines()[0])
@@ -173,9 +181,9 @@ def _batch_axes(sess) -> list[int]:
     return [batch_axis_of(first, meta.shape) or 0 for meta in sess.get_outputs()]
 
 
-def _static_batch(sess) -> int | None:
+def _static_batch(sess, batch_axis1=()) -> int | None:
     for inp in sess.get_inputs():
-        if inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] > 0:
+        if inp.name not in batch_axis1 and inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] > 0:
             return inp.shape[0]
     return None
 

@@ -40,7 +40,7 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.backends.chunks import ARENA, DEFAULT_BUDGET
 from dfq_onnx.core import ir
-from dfq_onnx.core.graph_utils import node_label
+from dfq_onnx.core.graph_utils import node_label, reads
 
 log = logging.getLogger(__name__)
 CACHE_BYTES = DEFAULT_BUDGET // ARENA    # bound of the prefix cache over the scoring set (above)
@@ -50,7 +50,7 @@ def _live_sets(nodes: list[gs.Node], skip: set[str]) -> list[list[str]]:
     """live[i]: tensors produced before node i and read at or after it (graph inputs/constants excluded)."""
     produced, last = {}, {}
     for i, n in enumerate(nodes):
-        for t in n.inputs:
+        for t in reads(n):
             if isinstance(t, gs.Variable) and t.name not in skip:
                 last[t.name] = i
         for t in n.outputs:
@@ -133,7 +133,7 @@ class SegmentedRunner:
         ptensors, ftensors = probe_graph.tensors(), fast_graph.tensors()
         for a, b in zip(bounds, bounds[1:]):
             chunk = fast_nodes[a:b]
-            ins = [*(t for t in data_inputs if any(x.name == t for n in chunk for x in n.inputs)),
+            ins = [*(t for t in data_inputs if any(x.name == t for n in chunk for x in reads(n))),
                    *(live[a] if a else [])]
             outs = [*(live[b] if b < len(fast_nodes) else []),
                     *(t for t in self.outputs if any(o.name == t for n in chunk for o in n.outputs))]

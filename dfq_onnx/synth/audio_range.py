@@ -1,0 +1,90 @@
+"""The scale of a float waveform input, read off its first biased layer.
+
+A waveform input [N, T] has no convention the graph declares: torchaudio / librosa / soundfile give
+float audio in [-1, 1] (silero-vad), other front ends take 16-bit sample values as floats
+(openWakeWord's melspectrogram). Synthesis draws standardized samples unless told, and for silero-vad
+v6 those set the STFT magnitudes' encodings ~20x above a speech frame's (frame AUC 0.685 vs 0.974 with
+`--input-range input:-1,1`; BENCHMARKS.md, session 15).
+
+The evidence is the one `input_range` reads for images: a layer whose BN was fused at export (silero's
+RepVGG `reparam_conv`) has |b_c| / std(y_c) = O(1) on inputs like the training inputs. When the path from
+the input to that layer is homogeneous of degree 1 (a framing Pad, the STFT as a Conv, the magnitude
+sqrt(re^2 + im^2): |STFT(s x)| = s |STFT(x)|), the median log-ratio falls by exactly one decade per
+decade of input scale, so the scale at which it crosses 0 -- the *balance std* -- estimates the training
+audio's level:
+
+    score(s) = median_c log10(|b_c| / std(y_c)) on samples of std s,    balance = s 10^score(s)
+
+The slope is measured (standard-normal samples, and the same samples x 0.01); a path that is not
+homogeneous (a log-mel before the first bias) is not read. The pick is a class, decades apart, not a
+fine scale: balance <= FLOAT_BELOW -> float audio in [-1, 1] (speech recorded at full scale in [-1, 1]
+has an rms of 0.01-0.1; silero v6 balances at 0.004); balance >= INT16_ABOVE -> 16-bit sample values
+(an rms of 300-3000); in between (standardized features): no pick. No biased layer (openWakeWord's
+melspectrogram: STFT, mel MatMul, log, no bias anywhere) -> no pick, the samples stay standardized and the
+compile's warning names `--input-range`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from dfq_onnx.backends import runtime
+from dfq_onnx.backends.chunks import static_batch
+from dfq_onnx.core import ir
+from dfq_onnx.synth.input_range import RangeInference, _log_ratios, biased_layers
+
+FLOAT_AUDIO = ("[-1, 1] (float audio)", (-1.0, 1.0))
+INT16_AUDIO = ("16-bit sample values", (-32768.0, 32767.0))
+FLOAT_BELOW = 0.1        # balance std at or below: float audio in [-1, 1]
+INT16_ABOVE = 100.0      # at or above: 16-bit sample values
+SLOPE = (0.85, 1.15)     # decades of score per decade of input scale that count as homogeneous
+MIN_SAMPLES = 256        # a waveform: [N, T] with T at least this
+SAMPLES = 8
+MIN_CHANNELS = 8
+
+
+def is_waveform(shape: tuple[int, ...]) -> bool:
+    """A per-batch shape [N, T] long enough to be audio samples."""
+    return len(shape) == 2 and shape[1] >= MIN_SAMPLES
+
+
+def _observer(graph: gs.Graph, layers):
+    """A session of the graph cut after the layers, their outputs observed, reading input `name` only
+    (a recurrent state beside the waveform is not read before the first biased layer); None when the
+    cut graph reads another input too."""
+    names = [nd.outputs[0].name for nd, _ in layers]
+    g, table = runtime.copy_observing(graph, names)
+    for name in names:
+        table[name].dtype = table[name].dtype or np.float32
+    g.outputs = [table[n] for n in names]
+    g.cleanup(remove_unused_graph_inputs=True)
+    if len(g.inputs) != 1:
+        return None
+    return runtime.session(ir.session_model(g), mem_pattern=False)
+
+
+def infer_audio_range(graph: gs.Graph, name: str, shape: tuple[int, ...], seed: int = 0) -> RangeInference:
+    """The waveform convention input `name` reads (module docstring); `shape` is its per-sample [T]."""
+    layers = biased_layers(graph, name)
+    sess = _observer(graph, layers) if layers else None
+    if sess is None:
+        return RangeInference(name, None, None, {}, 0, ())
+    x = np.random.default_rng(seed).standard_normal((SAMPLES, *shape)).astype(np.float32)
+    fixed = static_batch(graph)
+    at = {}
+    for scale in (1.0, 0.01):
+        ratios = _log_ratios(runtime.run_all(sess, {name: x * np.float32(scale)}, fixed), layers)
+        if len(ratios) < MIN_CHANNELS:
+            return RangeInference(name, None, None, {}, len(ratios), ())
+        at[scale] = float(np.median(ratios))
+    slope = (at[0.01] - at[1.0]) / 2.0
+    balance = 10.0 ** at[1.0]
+    scores = {"standardized": at[1.0], "slope_decades_per_decade": slope, "log10_balance_std": at[1.0]}
+    names = tuple(nd.name for nd, _ in layers)
+    if not SLOPE[0] <= slope <= SLOPE[1]:
+        return RangeInference(name, None, None, scores, len(ratios), names)
+    pick = FLOAT_AUDIO if balance <= FLOAT_BELOW else INT16_AUDIO if balance >= INT16_ABOVE else None
+    if pick is None:
+        return RangeInference(name, None, None, scores, len(ratios), names)
+    return RangeInference(name, pick[0], pick[1], scores, len(ratios), names)

@@ -1,0 +1,118 @@
+"""Streaming audio models as users ship them (silero-vad v5): a scalar `sr` input selecting the network
+through an If, pinned with --input-value; the LSTM state [2, N, H] batched on axis 1 with unnamed
+dimensions; the written model runs with the feeds the user's code sends."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from dfq_onnx.models.signal_builders import rate_switched_vad
+
+import dfq_onnx
+from dfq_onnx.core import batch_axis, ir
+from dfq_onnx.core.errors import PassError, UnsupportedModelError, UsageError
+
+
+def _sqnr(want, got) -> float:
+    return float(10 * np.log10(np.sum(want ** 2) / np.sum((want - got) ** 2)))
+
+
+def _feeds(n: int, seed: int = 1) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"audio": (rng.standard_normal((n, 64)) * 0.5).astype(np.float32),
+            "state": (rng.standard_normal((2, n, 16)) * 0.5).astype(np.float32)}
+
+
+def _compile(named: bool = False, **kw):
+    return dfq_onnx.quantize(rate_switched_vad(named=named), synth_samples=16, synth_steps=2, progress=False,
+                             use_cache=False, latency_check=False, **kw)
+
+
+def test_an_unpinned_scalar_names_the_input_the_option_and_the_values_it_selects():
+    """An If on the scalar: the control-flow refusal says which input to pin and to what; a scalar read
+    elsewhere (the If pinned away by hand): its own error, same hint."""
+    with pytest.raises(PassError, match=r"node 'rate' \(If\).*scalar input 'sr'.*--input-value sr:16000 "
+                                        r"\(the graph compares it with 16000 at node 'is16k', the condition "
+                                        r"of If 'rate'\)") as err:
+        dfq_onnx.quantize(rate_switched_vad(), progress=False, use_cache=False)
+    assert isinstance(err.value.cause, UnsupportedModelError)
+    from dfq_onnx.core.scalar_inputs import check_scalar_inputs
+
+    with pytest.raises(UnsupportedModelError,
+                       match=r"input 'sr' is a scalar \(rank 0\).*--input-value sr:16000"):
+        check_scalar_inputs(rate_switched_vad())
+
+
+@pytest.mark.parametrize("rate, named", [(16000, False), (8000, False), (16000, True)])
+def test_a_pinned_rate_compiles_the_branch_it_selects_and_keeps_the_input(rate, named):
+    """The If on `sr` folds to the pinned branch (its nested two-output If keeps both outputs), the state
+    is batched on axis 1 (5 rows, not 2; its batch dimension unnamed or named like the audio's), and the
+    written model takes the user's feeds with or without `sr` (optional, the pinned value its default)."""
+    out, report = _compile(named, input_values={"sr": rate})
+    assert [i.name for i in out.graph.input] == ["audio", "state", "sr"]
+    assert report.notes["pinned_inputs"] == {"sr": rate}
+    assert report.notes["batch_axis1_inputs"] == ["state"]
+    assert not any("sr" in n.input for n in out.graph.node)
+    assert {"QuantizeLinear", "LSTM"} <= {n.op_type for n in out.graph.node}
+    feeds = _feeds(5)
+    want = ort.InferenceSession(rate_switched_vad().SerializeToString()).run(
+        None, {**feeds, "sr": np.array(rate)})
+    sess = ort.InferenceSession(out.SerializeToString())
+    got = sess.run(None, {**feeds, "sr": np.array(rate)})
+    np.testing.assert_array_equal(sess.run(None, feeds)[0], got[0])
+    assert [g.shape for g in got] == [(5, 1), (2, 5, 16)]
+    assert min(_sqnr(w, g) for w, g in zip(want, got)) > 30      # 55-74 dB (tiny random network)
+
+
+def test_a_state_batched_on_axis_1_takes_a_calibration_npz_in_its_declared_layout(tmp_path):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, **_feeds(12, seed=2))
+    out, _ = _compile(input_values={"sr": 16000}, calib=str(calib))
+    want = ort.InferenceSession(rate_switched_vad().SerializeToString()).run(
+        None, {**_feeds(3), "sr": np.array(16000)})
+    got = ort.InferenceSession(out.SerializeToString()).run(None, _feeds(3))
+    assert min(_sqnr(w, g) for w, g in zip(want, got)) > 30
+
+
+def test_the_state_input_is_found_by_the_rnn_it_feeds():
+    model = rate_switched_vad()
+    ir.pin_inputs(model, {"sr": 16000})
+    graph = ir.fold_constants(ir.to_graph(ir.infer_shapes(model)))
+    assert not any(n.op == "If" and n.name == "rate" for n in graph.nodes)
+    assert batch_axis.state_inputs(graph) == ["state"]
+    for t in graph.inputs:            # a state whose batch axis is fixed (faster-whisper's silero v6
+        if t.name == "state":         # h / c [1, 1, 128]) keeps its layout
+            t.shape = [2, 1, 16]
+    assert batch_axis.state_inputs(graph) == []
+
+
+def test_an_input_that_computes_an_rnn_state_is_not_one():
+    """A batch-1 input [1, T] whose projection initializes an LSTM (an encoder's summary as h0) is data, not
+    a state: only selection and reshaping lead a state to the RNN."""
+    import onnx_graphsurgeon as gs
+
+    x = gs.Variable("x", np.float32, [1, "T"])
+    w = gs.Constant("w", np.ones((1, 4), np.float32))
+    h0 = gs.Variable("h0", np.float32)
+    nodes = [gs.Node("MatMul", inputs=[x, w], outputs=[h0]),
+             gs.Node("LSTM", inputs=[gs.Variable("seq", np.float32), w, w, gs.Variable.empty(),
+                                     gs.Variable.empty(), h0], outputs=[gs.Variable("y", np.float32)])]
+    assert batch_axis.state_inputs(gs.Graph(nodes=nodes, inputs=[x])) == []
+
+
+@pytest.mark.parametrize("values, words", [({"rate": 16000}, ["'rate'", "audio, state, sr"]),
+                                           ({"audio": 1}, ["audio", "not a single value"]),
+                                           ({"sr": 16000.5}, ["sr:16000.5", "int64"])])
+def test_a_bad_pin_is_a_usage_error(values, words):
+    with pytest.raises(UsageError) as err:
+        _compile(input_values=values)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_the_cli_reads_a_pin_both_ways():
+    from dfq_onnx.cli import _value_hint
+
+    assert _value_hint("sr:16000") == _value_hint("sr=16000") == ("sr", 16000)
+    assert _value_hint("scale:0.5") == ("scale", 0.5)
