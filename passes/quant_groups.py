@@ -318,6 +318,21 @@ def _share_encodings(graph: gs.Graph, target, layers: dict, acts: dict, uf: _Uni
             uf.union(members[0], other)
 
 
+def _read_quantized(t: gs.Tensor, layers: dict, target) -> bool:
+    """Whether a quantized (non-form) layer reads `t`, directly or through passthrough ops."""
+    todo, seen = [t], set()
+    while todo:
+        cur = todo.pop()
+        for c in cur.outputs:
+            spec = layers.get(node_label(c))
+            if spec is not None and not spec.form:
+                return True
+            if target.role(c.op) == "passthrough" and id(c) not in seen:
+                seen.add(id(c))
+                todo.extend(o for o in c.outputs if is_float(o))
+    return False
+
+
 def _output_quantized(graph: gs.Graph, node: gs.Node, out: gs.Tensor, target) -> bool:
     """Whether `node`'s output `out` gets a Q/DQ: every tensor but graph outputs the target keeps float
     (all of them, or those of its `float_output_ops`; module docstring)."""
@@ -358,7 +373,8 @@ def build_spec(graph: gs.Graph, target) -> QuantSpec:
                     and _output_quantized(graph, node, readers[0].outputs[0], target)):
                 absorbed[node_label(readers[0])] = out.name
                 out = readers[0].outputs[0]
-            if _output_quantized(graph, node, out, target):
+            read = target.unread_outputs or is_graph_output(graph, out)
+            if (read or _read_quantized(out, layers, target)) and _output_quantized(graph, node, out, target):
                 acts[out.name] = None
     uf = _UnionFind()
     for node in graph.nodes:  # topological order: passthrough chains propagate

@@ -309,3 +309,5 @@ def test_the_openvino_target_keeps_a_transformers_outlier_group_float():
     assert {"l0_q_add_out", "l0_k_add_out", "l0_v_add_out"} <= quantized
     assert not {"l0_q_out", "l0_k_out", "l0_v_out"} & quantized
     assert not {n.input[0] for n in out.graph.node if n.op_type == "DequantizeLinear"} & {"l0_k.bias"}
+    # an output no quantized op reads stays f32 (f2 feeds the float bias Add and residual)
+    assert "l0_f2_out" not in quantized and "l0_f2_add_out" not in quantized

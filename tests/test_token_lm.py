@@ -120,8 +120,8 @@ def test_a_tensor_holding_minus_infinity_stays_float_on_an_all_static_target():
     model = token_builders.token_lm_cache(masked=True)
     out, report = dfq_onnx.quantize(model, target="openvino", progress=False, use_cache=False)
     onnx.checker.check_model(out, full_check=True)
-    assert report.notes["float_unbounded"] == ["filled", "mask_bias"]
-    quantized = {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
+    assert "mask_bias" in report.notes["float_unbounded"]    # 'filled' too while the Add's output was
+    quantized = {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}   # quantized unread
     assert not {"filled", "mask_bias"} & quantized and "scaled" in quantized
     step = api.synthesize(model, samples=8, seed=1, use_cache=False, progress=False).inputs
     want, got = run(model, step)[0], run(out, step)[0]

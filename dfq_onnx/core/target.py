@@ -39,7 +39,8 @@ _SECTIONS = {
     "weight": {"symmetric", "per_channel", "narrow_range", "dtypes", "blocked"},
     "bias": {"mode"},
     "candidates": {"pairs", "integer_kernels", "cost", "ops"},
-    "placement": {"quantize_outputs", "add_fuses_weighted_input", "bias_add_fuses", "shared_encoding_ops"},
+    "placement": {"quantize_outputs", "unread_outputs", "add_fuses_weighted_input", "bias_add_fuses",
+                  "shared_encoding_ops"},
     "latency": {"runtime"},
 }
 RUNTIMES = ("onnxruntime", "openvino", "none")
@@ -71,6 +72,7 @@ class TargetProfile:
     ops: Mapping[str, str]
     blocked_weights: bool = False                  # blocked (block_size) weight DQ allowed
     quantize_outputs: bool = True                  # Q/DQ on quantized ops' outputs, not only their inputs
+    unread_outputs: bool = True                    # also on outputs no quantized op reads (graph outputs too)
     add_fuses_weighted_input: bool = False         # Add input from a weighted op stays float (fused)
     bias_add_fuses: bool = False                   # MatMul -> Add(constant bias): one kernel, no Q/DQ between
     shared_encoding_ops: tuple[str, ...] = ()      # ops whose inputs and output share one encoding
@@ -222,6 +224,7 @@ def _build(data: dict, source: str) -> TargetProfile:
         cost=MappingProxyType(cost), ops=MappingProxyType(ops),
         blocked_weights=bool(wt.get("blocked", False)),
         quantize_outputs=bool(place.get("quantize_outputs", True)),
+        unread_outputs=bool(place.get("unread_outputs", True)),
         add_fuses_weighted_input=bool(place.get("add_fuses_weighted_input", False)),
         bias_add_fuses=bool(place.get("bias_add_fuses", False)),
         shared_encoding_ops=parse_op_list(source, ops, place.get("shared_encoding_ops", [])),
