@@ -264,6 +264,17 @@ def _cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
+    if "branches" in info:
+        print(f"{info['model']}: two models behind the flag input '{info['flag']}' (each compiled alone)")
+        for name, branch in info["branches"].items():
+            print(f"[{name}]")
+            _print_inspect(branch)
+        return 0
+    _print_inspect(info)
+    return 0
+
+
+def _print_inspect(info: dict) -> None:
     print(f"{info['model']}: opset {info['opset']}, IR {info['ir_version']}, {info['producer']}")
     print(f"  inputs   {info['inputs']}\n  outputs  {info['outputs']}")
     print(f"  nodes    {info['nodes']}  BatchNormalization {info['batchnorm']} "
@@ -277,7 +288,6 @@ def _cmd_inspect(args) -> int:
         print(f"  left in float on this target: {left}")
     for s in info["skipped"]:
         print(f"  skipped {s['node']}: {s['reason']}")
-    return 0
 
 
 def _cmd_synthesize(args) -> int:

@@ -76,3 +76,15 @@ def test_a_pinned_flag_compiles_its_branch_only():
     out, _ = dfq_onnx.quantize(token_builders.merged_decoder(), input_values={"use_cache_branch": 1},
                                progress=False, use_cache=False)
     assert "If" not in {n.op_type for n in out.graph.node} and "Concat" in {n.op_type for n in out.graph.node}
+
+
+def test_inspect_shows_each_branch_of_a_merged_decoder(tmp_path, capsys):
+    from dfq_onnx.cli import main
+    from dfq_onnx.core import ir
+
+    path = tmp_path / "decoder_model_merged.onnx"
+    ir.save_model(token_builders.merged_decoder(), path)
+    assert main(["-q", "inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "two models behind the flag input 'use_cache_branch'" in out
+    assert "[then_branch]" in out and "[else_branch]" in out and "quantized nodes" in out

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from dfq_onnx.core import ir
+import onnx
+
+from dfq_onnx.core import branches, ir
 from dfq_onnx.core.options import QuantizeOptions
 from dfq_onnx.core.pass_base import run_passes
 from dfq_onnx.core.report import Report
@@ -16,8 +18,13 @@ from dfq_onnx.passes.quant_groups import FindQuantGroups
 
 
 def inspect(path, target: TargetProfile, options: QuantizeOptions) -> dict:
-    """Opset, op counts, BN count, quantizable groups and the ops the target leaves in float."""
+    """Opset, op counts, BN count, quantizable groups and the ops the target leaves in float; for a
+    model merged behind a flag input (core/branches.py), each branch's, under `branches`."""
     source = ir.load_model(path)
+    merged = branches.split(source)
+    if merged is not None and merged.flag not in options.input_values:
+        return {"model": str(path), "flag": merged.flag,
+                "branches": {name: inspect(m, target, options) for name, m in merged.branches.items()}}
     ops_in = Counter(n.op_type for n in source.graph.node)
     ir.pin_inputs(source, options.input_values)       # --input-value: the branch a pinned scalar selects
     state = CompileState(graph=None, target=target, options=options, report=Report(), source=source,
@@ -27,7 +34,8 @@ def inspect(path, target: TargetProfile, options: QuantizeOptions) -> dict:
     quantized_ops = {layer.op for layer in state.spec.layers.values()}
     float_ops = Counter(n.op for n in graph.nodes if n.op not in quantized_ops and target.role(n.op) is None)
     return {
-        "model": str(path), "opset": state.source_opset, "ir_version": source.ir_version,
+        "model": path.graph.name if isinstance(path, onnx.ModelProto) else str(path),
+        "opset": state.source_opset, "ir_version": source.ir_version,
         "producer": f"{source.producer_name} {source.producer_version}".strip(),
         "inputs": {t.name: [d if isinstance(d, int) else str(d) for d in (t.shape or [])]
                    for t in graph.inputs},
