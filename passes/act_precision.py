@@ -14,8 +14,8 @@ A broken all-A8 plan (L_act > BROKEN x L_w, 16x: sensitivity/act_scoring.py's jo
 exception to the allowance: its screening may run BROKEN_EVALS x its evaluation cap further, and the
 outliers the joint check measured are put back to A16 / float worst-first, past the allowance, until the
 whole plan fits BROKEN x L_w (the report's `activations.joint`). Accuracy first there: an output that
-the activations destroy is not a latency trade-off (PP-PicoDet layout: 30 -> 80 % of FP32's boxes
-kept, 0.36 -> 0.53 of FP32's latency; BENCHMARKS.md, session 16).
+the activations destroy is not a latency trade-off (PP-PicoDet layout: 33.7 -> 81.1 % of FP32's boxes
+kept, 0.40 -> 0.57 of FP32's latency; BENCHMARKS.md, session 16).
 
 With a budget, ScoreSensitivity scores the same terms and AllocateBits decides them jointly with the
 weights (passes/allocate.py).

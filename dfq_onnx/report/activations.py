@@ -54,5 +54,5 @@ def decided_line(notes: dict) -> str:
     joint = act.get("joint")
     if joint and not act.get("reverted"):
         line += (f"; all-A{base} broken (> {joint['factor']:g}x the weights' loss): {len(joint['applied'])} "
-                 "outlier groups float past the cost allowance")
+                 "outlier groups put back past the cost allowance")
     return line
