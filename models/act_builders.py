@@ -29,6 +29,13 @@ conv and a pooled Gemm head::
     input ─ conv1 (bias + offset) ─┬─ Sub(mean) ─ Mul(rsqrt * gamma) ─ Add(beta) ─ conv2 ─ gap ─ fc
                                    └─ statistics (ReduceSum, Mul, Sub, Add, Sqrt, Reciprocal)
 
+``hardswish_disparity``: a PP-LCNet / MobileNetV3-style stack whose hard-swish outputs carry channels
+`spread` times apart in range (a BN-folded conv's gains) and feed depthwise convs that scale them back, so
+one per-tensor 8-bit grid rounds the small channels away at every block and the damage compounds
+(PP-PicoDet's LCNet backbone: 500x); hard-swish written x * Clip(x + 3, 0, 6) / 6 as paddle2onnx does::
+
+    input ─ stem (x gains) ─ hs ─ [dw (/ gains) ─ hs ─ pw (x gains) ─ hs] x blocks ─ dw (/ gains) ─ hs ─ head
+
 All pass the ONNX checker and run in ONNX Runtime (opset 17, LayerNormalization).
 """
 
@@ -39,7 +46,7 @@ import onnx
 from dfq_onnx.models.builders import _init, _model, _vi
 from onnx import helper
 
-__all__ = ["decomposed_layernorm", "outlier_attention", "outlier_residual"]
+__all__ = ["decomposed_layernorm", "hardswish_disparity", "outlier_attention", "outlier_residual"]
 
 
 def _mm(name: str, x: str, rng, k: int, n: int, inits: list, nodes: list, bias: bool = True,
@@ -170,3 +177,38 @@ def decomposed_layernorm(c: int = 16, hw: int = 8, classes: int = 5, offset: flo
               helper.make_node("Gemm", ["flat_out", "fc.weight", "fc.bias"], ["output"], name="fc", transB=1)]
     return _model(nodes, [_vi("input", ["N", 3, hw, hw])], [_vi("output", ["N", classes])], inits,
                   opset=13, name="decomposed_layernorm")
+
+
+def _hardswish(x: str, name: str, inits: list, nodes: list) -> str:
+    """x * Clip(x + 3, 0, 6) / 6, as paddle2onnx writes HardSwish."""
+    if not any(i.name == "hs.three" for i in inits):
+        inits += [_init("hs.three", np.array(3.0, np.float32)), _init("hs.zero", np.array(0.0, np.float32)),
+                  _init("hs.six", np.array(6.0, np.float32))]
+    nodes += [helper.make_node("Add", [x, "hs.three"], [f"{name}_add"], name=f"{name}_add"),
+              helper.make_node("Clip", [f"{name}_add", "hs.zero", "hs.six"], [f"{name}_clip"],
+                               name=f"{name}_clip"),
+              helper.make_node("Mul", [x, f"{name}_clip"], [f"{name}_mul"], name=f"{name}_mul"),
+              helper.make_node("Div", [f"{name}_mul", "hs.six"], [f"{name}_out"], name=f"{name}_div")]
+    return f"{name}_out"
+
+
+def hardswish_disparity(c: int = 16, hw: int = 16, outputs: int = 4, blocks: int = 1,
+                        spread: float = 500.0, seed: int = 0) -> onnx.ModelProto:
+    """The hard-swish network of the module docstring; input [N, 3, hw, hw], output [N, outputs, hw, hw]."""
+    rng = np.random.default_rng(seed)
+    inits: list = []
+    nodes: list = []
+    gains = np.geomspace(1.0, 1.0 / spread, c).astype(np.float32)     # channel i's range: 1 .. 1 / spread
+    x = _hardswish(_conv("stem", "input", rng, 3, c, inits, nodes, scale=gains * 4), "hs0", inits, nodes)
+    for i in range(blocks):
+        x = _conv(f"dw{i}", x, rng, c, c, inits, nodes, group=c, scale=1 / gains)   # a BN-folded gain
+        x = _hardswish(x, f"hs{i}a", inits, nodes)
+        x = _conv(f"pw{i}", x, rng, c, c, inits, nodes, k=1, scale=gains * 4)
+        x = _hardswish(x, f"hs{i}b", inits, nodes)
+    x = _conv("dw_last", x, rng, c, c, inits, nodes, group=c, scale=1 / gains)
+    x = _hardswish(x, "hs_last", inits, nodes)
+    w = (rng.standard_normal((outputs, c, 1, 1)) / np.sqrt(c)).astype(np.float32)
+    inits += [_init("head.weight", w), _init("head.bias", rng.normal(0, 0.1, outputs).astype(np.float32))]
+    nodes.append(helper.make_node("Conv", [x, "head.weight", "head.bias"], ["output"], name="head"))
+    return _model(nodes, [_vi("input", ["N", 3, hw, hw])], [_vi("output", ["N", outputs, hw, hw])], inits,
+                  opset=13, name="hardswish_disparity")

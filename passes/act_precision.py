@@ -8,8 +8,17 @@ weights' damage at the default bits L_w, the outlier groups (damage at A8 alone 
 testing) and their damage at each precision; the ILP (allocation/act_problem.py) then minimizes the
 predicted loss of the outliers' choices within the target's activation-cost allowance
 ([activation] cost_allowance x the all-A8 plan's cost, relative to FP32 multiply-accumulates). Groups
-that are not outliers stay at the target's default bits. With a budget, ScoreSensitivity scores the
-same terms and AllocateBits decides them jointly with the weights (passes/allocate.py).
+that are not outliers stay at the target's default bits.
+
+A broken all-A8 plan (L_act > BROKEN x L_w, 16x: sensitivity/act_scoring.py's joint check) is the
+exception to the allowance: its screening may run BROKEN_EVALS x its evaluation cap further, and the
+outliers the joint check measured are put back to A16 / float worst-first, past the allowance, until the
+whole plan fits BROKEN x L_w (the report's `activations.joint`). Accuracy first there: an output that
+the activations destroy is not a latency trade-off (PP-PicoDet layout: 33.7 -> 81.1 % of FP32's boxes
+kept, 0.40 -> 0.57 of FP32's latency; BENCHMARKS.md, session 16).
+
+With a budget, ScoreSensitivity scores the same terms and AllocateBits decides them jointly with the
+weights (passes/allocate.py).
 
 Work budget (`backends.budget`): on float-input models the decision scores on `scoring_rows` of its
 samples and its gate + screening stop after `evaluations` of them, so
@@ -38,6 +47,7 @@ from dfq_onnx.core.outputs import output_producers
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import FLOAT_BITS, BitPlan, CompileState
 from dfq_onnx.sensitivity.act_scoring import (
+    BROKEN,
     ActTerms,
     score_activations,
     scored_bits,
@@ -50,7 +60,8 @@ from dfq_onnx.sensitivity.probe import Probe, build_probe
 from dfq_onnx.sensitivity.table import SensitivityTable, load_json, save_json_atomic
 
 log = logging.getLogger(__name__)
-ENGINE = 3     # bump when the activation terms change: old cache entries are then ignored
+ENGINE = 4     # bump when the activation terms change: old cache entries are then ignored
+BROKEN_EVALS = 8   # a broken plan's screening may spend this many times its evaluation cap more
 
 
 def decides(state: CompileState) -> bool:
@@ -94,11 +105,12 @@ def plan_evaluator(state: CompileState, options, samples, labels) -> Evaluator:
 
 
 def activation_terms(state: CompileState, samples, labels, metric: str, pairs: bool = False,
-                     batch: int | None = None, max_evals: int | None = None) -> tuple[ActTerms, Evaluator]:
+                     batch: int | None = None, max_evals: int | None = None,
+                     extra_evals: int | None = None) -> tuple[ActTerms, Evaluator]:
     """The activation terms (sensitivity/act_scoring.py) and the evaluator that measured them."""
     ev = act_evaluator(state, samples, labels, metric, batch)
     return score_activations(ev, state.act_groups, state.target.default_act_bits, pairs=pairs,
-                             max_evals=max_evals), ev
+                             max_evals=max_evals, extra_evals=extra_evals), ev
 
 
 def budgeted(state: CompileState, samples, labels) -> tuple[dict, object, int | None, int | None, dict]:
@@ -131,18 +143,37 @@ def cached_terms(state: CompileState, samples, labels, metric: str, key: dict, u
                  cache_dir, max_evals: int | None = None, batch: int | None = None
                  ) -> tuple[ActTerms, Evaluator | None]:
     """`activation_terms` through the cache (a sensitivity-table JSON entry carrying only them)."""
+    extra = broken_evals(max_evals)
     path = cache.cache_path("activations", {**key, "act_engine": ENGINE, "max_evals": max_evals},
                             cache_dir).with_suffix(".json")
     hit = load_json(path) if use_cache else None
     if hit is not None and hit.activations:
         return terms_from_dict(hit.activations), None
-    terms, ev = activation_terms(state, samples, labels, metric, batch=batch, max_evals=max_evals)
+    terms, ev = activation_terms(state, samples, labels, metric, batch=batch, max_evals=max_evals,
+                                 extra_evals=extra)
     if use_cache:
         save_json_atomic(path, SensitivityTable(
             groups=(), candidates=(), singles={}, incontext={}, pairs={}, metric=",".join(ev.kinds),
             samples=ev.n, evaluations=ev.evaluations, forward_passes=ev.forward_passes,
             seconds=terms.seconds, activations=terms_to_dict(terms)))
     return terms, ev
+
+
+def broken_evals(max_evals: int | None) -> int:
+    """Screening evaluations a broken all-base plan may add (act_scoring's joint check): BROKEN_EVALS x the
+    cap (none needed without a cap: the screening then runs to the end)."""
+    return 0 if max_evals is None else BROKEN_EVALS * max_evals
+
+
+def joint_choice(terms: ActTerms, acts: ActChoices) -> dict[str, int]:
+    """The joint check's floats (act_scoring): its shortest prefix that fits BROKEN x L_w, else the prefix
+    with the lowest measured loss; only precisions the decision allows the group (`acts.candidates`)."""
+    if not terms.joint:
+        return {}
+    bound = BROKEN * terms.weight_loss
+    fits = [i for i, (_, _, v) in enumerate(terms.joint) if v <= bound]
+    end = fits[0] if fits else min(range(len(terms.joint)), key=lambda i: (terms.joint[i][2], i))
+    return {k: a for k, a, _ in terms.joint[:end + 1] if a in acts.candidates.get(k, ())}
 
 
 def node_work(state: CompileState) -> dict[str, int]:
@@ -213,7 +244,14 @@ class ChooseActivationPrecision(Pass):
         acts = act_choices(state, terms)
         alloc = solve(Problem((), {}, {}, {}, acts=acts), Budget())
         chosen = {k: a for k, a in alloc.acts.items() if a != acts.base}
+        joint = joint_choice(terms, acts)
+        for k, a in joint.items():          # a broken plan: accuracy before the cost allowance
+            chosen[k] = max(chosen.get(k, acts.base), a)
         notes = summary(state, terms, acts, chosen)
+        if terms.joint:
+            steps = [{"group": k, "precision": a, "loss": v} for k, a, v in terms.joint]
+            notes["joint"] = {"factor": BROKEN, "bound": BROKEN * terms.weight_loss, "applied": sorted(joint),
+                              "measured": steps}
         if budget:
             notes["budget"] = {**budget, "undecided_groups": terms.undecided}
         if ev is not None:

@@ -311,3 +311,46 @@ def test_the_openvino_target_keeps_a_transformers_outlier_group_float():
     assert not {n.input[0] for n in out.graph.node if n.op_type == "DequantizeLinear"} & {"l0_k.bias"}
     # an output no quantized op reads stays f32 (f2 feeds the float bias Add and residual)
     assert "l0_f2_out" not in quantized and "l0_f2_add_out" not in quantized
+
+
+def test_a_broken_all_a8_plan_puts_its_worst_groups_back_to_float():
+    """hard-swish outputs with 500x channel disparity into depthwise convs: the all-A8 plan costs the
+    output far more than 16x the W8 weights; the allowance keeps every outlier A8, the joint check floats
+    the worst until the plan fits (act_scoring's module docstring), and ORT confirms the gain."""
+    model = act_builders.hardswish_disparity()
+    feeds = normal_feeds(model, n=16, seed=5)
+    out, report = dfq_onnx.quantize(model, calib="noise", progress=False, use_cache=False)
+    base, _ = dfq_onnx.quantize(model, calib="noise", progress=False, act_bits=8)
+    notes = report.notes["activations"]
+    assert notes["act_loss"] > 16 * notes["weight_loss"]
+    joint = notes["joint"]
+    assert joint["applied"] and joint["measured"][-1]["loss"] <= joint["bound"]
+    assert all(notes["outliers"][k]["choice"] == FLOAT_BITS for k in joint["applied"])
+    assert notes["cost"] > notes["cost_allowance"]              # beyond the allowance: accuracy first
+    assert notes["measured"]["chosen"] < notes["measured"]["all_base"] / 10
+    ref = run(model, feeds)[0]
+    err = {k: float(np.sum((run(m, feeds)[0] - ref) ** 2) / np.sum(ref ** 2)) for k, m in (("chosen", out),
+                                                                                          ("a8", base))}
+    assert err["chosen"] < err["a8"] / 10, err
+
+
+def test_the_joint_check_resumes_a_capped_screen_and_leaves_sound_plans_alone():
+    from dfq_onnx.passes.sensitivity import SensitivityOptions, scoring_data
+
+    from dfq_onnx.sensitivity.act_scoring import score_activations
+
+    def terms(model, **kw):
+        state = _state(model)
+        samples, labels = scoring_data(state, SensitivityOptions(samples=32))
+        return score_activations(act_evaluator(state, samples, labels, "auto"), state.act_groups, 8, **kw)
+
+    capped = terms(act_builders.hardswish_disparity(), max_evals=3)
+    assert capped.undecided > 0 and not capped.singles and not capped.joint
+    resumed = terms(act_builders.hardswish_disparity(), max_evals=3, extra_evals=60)
+    assert resumed.singles and resumed.joint and resumed.evaluations > capped.evaluations
+    assert [k for k, _, _ in resumed.joint] == sorted(resumed.joint and [k for k, _, _ in resumed.joint],
+                                                      key=lambda k: -resumed.singles[k][8])
+    sound = terms(builders.conv_bn_relu_residual(), extra_evals=60)
+    assert sound.act_loss <= 16 * sound.weight_loss and not sound.joint
+    assert dataclasses.asdict(sound) | {"seconds": 0} == \
+        dataclasses.asdict(terms(builders.conv_bn_relu_residual())) | {"seconds": 0}

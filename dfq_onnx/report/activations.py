@@ -51,4 +51,8 @@ def decided_line(notes: dict) -> str:
         line += f"; output loss {m['all_base']:.3g} -> {m['chosen']:.3g} (all-A8 -> chosen)"
         if act.get("reverted"):
             line += "; the chosen plan measured worse: all-A8 kept"
+    joint = act.get("joint")
+    if joint and not act.get("reverted"):
+        line += (f"; all-A{base} broken (> {joint['factor']:g}x the weights' loss): {len(joint['applied'])} "
+                 "outlier groups put back past the cost allowance")
     return line

@@ -18,6 +18,19 @@ D(S) <= L_w holds no outlier; a set above it is split in two halves (in graph or
 its first member's segment) until single groups remain -- O(m log K) evaluations for m outliers among
 K groups instead of K x |bits| (ResNet-56, no outlier, damage spread over 87 groups: 7 evaluations).
 
+Joint check. The screen tests sets against L_w one at a time; on a model whose all-A8 plan is broken,
+L_act > BROKEN x L_w (the activations cost the output more than two bits' worth of SQNR, 16x in power,
+beyond the W8 weights; the zoo's worst is 8.7x, PP-OCRv4 rec), the damage usually sits in a few groups
+that the evaluation cap left inside an unsplit set (PP-PicoDet's layout detector: 51x; its first 40 groups
+hold 2.29 of 2.43, 7 of them above L_w alone). There the screen continues for up to `extra_evals` more
+evaluations (its tested sets are memoized: it resumes where it stopped), and the outliers are then put
+back to a wider precision (`rescue`: A16 where the target offers it, else float) worst single first,
+measuring the whole plan (L vs FP32) after each, until it fits BROKEN x L_w or the outliers run out:
+
+    joint          J_i          = L(outliers 1..i at their rescue precision, every other group at base)
+
+Models whose L_act fits are scored exactly as before (no extra evaluation).
+
 Float contributes 0 (it is the base). A group is scored from the first segment holding one of its members,
 on the cached float prefix (`dfq_onnx.sensitivity.segments`): about half a forward pass per single.
 The singles are shrunk like the weight terms (|T| - lambda sigma, sigma from the even/odd halves) and
@@ -35,6 +48,8 @@ import numpy as np
 from dfq_onnx.core.state import FLOAT_BITS, ActGroup
 from dfq_onnx.sensitivity.evaluator import Evaluator
 
+BROKEN = 16.0   # L_act above BROKEN x L_w: the all-base plan is broken (module docstring, joint check)
+
 
 @dataclass
 class ActTerms:
@@ -48,6 +63,7 @@ class ActTerms:
     weight_loss: float = 0.0     # L(weights at the default bits, float activations)
     screened: dict[str, float] = field(default_factory=dict)  # D(S) of each tested set (ids joined by ",")
     undecided: int = 0           # groups in sets the screening left unsplit at its evaluation cap
+    joint: list[tuple[str, int, float]] = field(default_factory=list)   # (group, precision, J_i): joint check
     evaluations: int = 0
     seconds: float = 0.0
 
@@ -124,11 +140,51 @@ def score_pairs(ev: Evaluator, pairs: list[tuple[str, str]], base: int, lam: flo
     return out
 
 
+def broken(act_loss: float, weight_loss: float) -> bool:
+    """Whether the all-base plan is broken: L_act > BROKEN x L_w (module docstring)."""
+    return act_loss > BROKEN * weight_loss
+
+
+def rescue(ag: ActGroup) -> int:
+    """The precision the joint check gives an outlier: its widest integer choice above the base (A16:
+    256x less rounding noise, integer kernels kept), else float."""
+    ints = [b for b in ag.choices if b != FLOAT_BITS]
+    return max(ints) if len(ints) > 1 else FLOAT_BITS
+
+
+def joint_check(ev: Evaluator, act_groups: list[ActGroup], found: list[str],
+                singles: dict[str, dict[int, float]], base: int,
+                weight_loss: float) -> list[tuple[str, int, float]]:
+    """J_i of the module docstring: the outliers among `found` (shrunk single above L_w, the decision's
+    rule) at their `rescue` precision, worst single first (graph order among ties), until the whole plan's
+    loss vs FP32 is at most BROKEN x L_w."""
+    by_id = {ag.id: ag for ag in act_groups}
+    ids = [ag.id for ag in switchable(act_groups)]
+    bound = BROKEN * weight_loss
+    worse = [k for k in found if singles[k].get(base, 0.0) > weight_loss]
+    order = sorted(worse, key=lambda k: (-singles[k].get(base, 0.0), ids.index(k)))
+    config = {a: base for a in ids}
+    out = []
+    for k in order:
+        best = rescue(by_id[k])
+        if best == FLOAT_BITS:
+            config.pop(k)
+        else:
+            config[k] = best
+        out.append((k, best, float(ev.loss(config)[0])))
+        if out[-1][2] <= bound:
+            break
+    return out
+
+
 def score_activations(ev: Evaluator, act_groups: list[ActGroup], base: int, lam: float = 1.0,
-                      pairs: bool = False, max_evals: int | None = None) -> ActTerms:
+                      pairs: bool = False, max_evals: int | None = None,
+                      extra_evals: int | None = None) -> ActTerms:
     """Gate, screening, the outliers' singles (and pairs among them) on the activation probe behind `ev`;
     `max_evals` caps the gate and screening evaluations (the singles of the groups found are scored
-    whatever the cap: |bits| evaluations each)."""
+    whatever the cap: |bits| evaluations each). With `extra_evals` given (the default plan's decision;
+    not mixed precision, whose allocator weighs every group itself) a broken plan (`broken`) screens up
+    to `extra_evals` more and gets the joint check."""
     start, e0 = time.perf_counter(), ev.evaluations
     ids = [ag.id for ag in switchable(act_groups)]
     bits = scored_bits(act_groups)
@@ -136,12 +192,17 @@ def score_activations(ev: Evaluator, act_groups: list[ActGroup], base: int, lam:
     tested: dict[str, float] = {}
     cap = None if max_evals is None else max(max_evals - (ev.evaluations - e0), 1)
     found = screen(ev, ids, base, weight_loss, tested, cap)
+    bad = extra_evals is not None and broken(act_loss, weight_loss)
+    if bad and cap is not None and extra_evals > 0:     # resumes: the tested sets are memoized
+        found = screen(ev, ids, base, weight_loss, tested, cap + extra_evals)
     covered = {g for k in tested for g in k.split(",") if tested[k] <= weight_loss} | set(found)
     undecided = sum(g not in covered for g in ids)
     singles = score_singles(ev, found, bits, lam)
     near = [(k, m) for i, k in enumerate(found) for m in found[i + 1:]] if pairs else []
-    return ActTerms(tuple(ids), bits, singles, score_pairs(ev, near, base, lam), act_loss, weight_loss,
-                    tested, undecided, ev.evaluations - e0, time.perf_counter() - start)
+    pair_terms = score_pairs(ev, near, base, lam)
+    joint = joint_check(ev, act_groups, found, singles, base, weight_loss) if bad else []
+    return ActTerms(tuple(ids), bits, singles, pair_terms, act_loss, weight_loss,
+                    tested, undecided, joint, ev.evaluations - e0, time.perf_counter() - start)
 
 
 def terms_to_dict(t: ActTerms) -> dict:
@@ -151,7 +212,8 @@ def terms_to_dict(t: ActTerms) -> dict:
             "pairs": [{"groups": [k, m], "terms": {f"{a}|{b}": v for (a, b), v in row.items()}}
                       for (k, m), row in t.pairs.items()],
             "act_loss": t.act_loss, "weight_loss": t.weight_loss, "screened": dict(t.screened),
-            "undecided": t.undecided, "evaluations": t.evaluations, "seconds": round(t.seconds, 3)}
+            "undecided": t.undecided, "joint": [list(j) for j in t.joint], "evaluations": t.evaluations,
+            "seconds": round(t.seconds, 3)}
 
 
 def terms_from_dict(d: dict) -> ActTerms:
@@ -162,4 +224,5 @@ def terms_from_dict(d: dict) -> ActTerms:
                                     for ab, v in p["terms"].items()} for p in d["pairs"]},
         act_loss=float(d["act_loss"]), weight_loss=float(d["weight_loss"]),
         screened={k: float(v) for k, v in d["screened"].items()}, undecided=int(d.get("undecided", 0)),
+        joint=[(str(k), int(a), float(v)) for k, a, v in d.get("joint", [])],
         evaluations=int(d["evaluations"]), seconds=float(d["seconds"]))
