@@ -640,3 +640,29 @@ def channels_last(model: onnx.ModelProto, scale: float | None = None, mean=None,
         g.node.insert(0, node)
     g.input[0].CopyFrom(_vi(name, [n, h, w, c], TensorProto.UINT8 if uint8 else TensorProto.FLOAT))
     return out
+
+
+def unit_channel_plane(model: onnx.ModelProto, last: bool = False) -> onnx.ModelProto:
+    """A copy of a one-channel image model reading its first input as [N, H, W] (same name), made a
+    one-channel image in the graph as Keras exports a Conv2D over a spectrogram: Unsqueeze of axis 1
+    (`last`: axis 3, then Transpose(perm = [0, 3, 1, 2]), tf2onnx's ExpandDims) into the original
+    [N, 1, H, W] graph (its input becomes NAME_nchw)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    name = g.input[0].name
+    n, c, h, w = [d.dim_value if d.HasField("dim_value") else d.dim_param
+                  for d in g.input[0].type.tensor_type.shape.dim]
+    assert c == 1, "a one-channel model"
+    for node in g.node:
+        node.input[:] = [name + "_nchw" if x == name else x for x in node.input]
+    g.initializer.append(_init("plane_axes", np.array([3 if last else 1], np.int64)))
+    nodes = [helper.make_node("Unsqueeze", [name, "plane_axes"], [name + ("_nhwc" if last else "_nchw")],
+                              name="expand_dims")]
+    if last:
+        nodes.append(helper.make_node("Transpose", [name + "_nhwc"], [name + "_nchw"], name="to_nchw",
+                                      perm=[0, 3, 1, 2]))
+    for node in reversed(nodes):
+        g.node.insert(0, node)
+    g.input[0].CopyFrom(_vi(name, [n, h, w]))
+    return out

@@ -152,11 +152,17 @@ def channels_last(state: CompileState, feeds: dict[str, np.ndarray]) -> list[str
     return layout.channels_last_inputs(state.graph, {k: tuple(v.shape[1:]) for k, v in feeds.items()})
 
 
+def planes(state: CompileState, feeds: dict[str, np.ndarray]) -> list[str]:
+    """[N, H, W] inputs read as one-channel images (synth/layout.py): their views are of [1, H, W]."""
+    return layout.plane_inputs(state.graph, {k: tuple(v.shape[1:]) for k, v in feeds.items()})
+
+
 def measured_rows(state: CompileState, feeds: dict[str, np.ndarray], views: int | None) -> tuple[int, int]:
     """(views per sample, rows) Calibrate measures: `views` given -> all of them; None -> DEFAULT_VIEWS
     within the work budget (`backends.budget.calibration_rows`); 1 for inputs without views."""
     n = len(next(iter(feeds.values())))
-    per = view_count(feeds, DEFAULT_VIEWS if views is None else views, channels_last(state, feeds))
+    per = view_count(feeds, DEFAULT_VIEWS if views is None else views, channels_last(state, feeds),
+                     planes(state, feeds))
     if per == 1:
         return 1, n
     if views is not None:
@@ -178,8 +184,8 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
     observe = runtime.observer_model if pct else observers.range_model
     model = observe(state.graph, tensors)
     sess = runtime.session(model, mem_pattern=False)
-    last = channels_last(state, feeds)          # once: every chunk draws its views with it
-    rows = rows or len(next(iter(feeds.values()))) * view_count(feeds, views, last)
+    last = channels_last(state, feeds), planes(state, feeds)    # once: every chunk draws its views with it
+    rows = rows or len(next(iter(feeds.values()))) * view_count(feeds, views, *last)
     step = chunk_rows(state, held=tensors)
     state.report.notes.setdefault("rows_per_call", {})["calibrate"] = step
     lo = {t: np.inf for t in tensors}
@@ -211,10 +217,11 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
 
 
 def _chunk(state: CompileState, feeds: dict[str, np.ndarray], views: int, start: int, stop: int,
-           step: int, last: list[str]) -> dict[str, np.ndarray]:
-    """Rows [start, stop); a model with a static batch gets its last chunk padded with copies of the
-    last row (which change no min/max; percentile rows beyond `stop` are dropped by the caller)."""
-    chunk = view_rows(feeds, views, state.options.seed, start, stop, last)
+           step: int, last: tuple[list[str], list[str]]) -> dict[str, np.ndarray]:
+    """Rows [start, stop) (`last`: the channels-last and plane inputs); a model with a static batch gets
+    its last chunk padded with copies of the last row (which change no min/max; percentile rows beyond
+    `stop` are dropped by the caller)."""
+    chunk = view_rows(feeds, views, state.options.seed, start, stop, *last)
     return pad_rows(chunk, step) if static_batch(state.graph) and stop - start < step else chunk
 
 

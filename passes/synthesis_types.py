@@ -52,6 +52,7 @@ class SynthesisResult:
                                 #  "tokens" (token sequences)
     preprocessed: tuple[str, ...] = ()   # inputs sampled after their in-graph scale-and-shift (preprocess.py)
     channels_last: tuple[str, ...] = ()  # [N, H, W, C] inputs, sampled channels-first (layout.py)
+    planes: tuple[str, ...] = ()         # [N, H, W] inputs read as one-channel images (layout.py)
     twin: dict[str, np.ndarray] | None = None   # line drawings: the same shapes at the prior's contrast
                                                 #  (synth/strokes.py; passes/twin_ranges.py reads them)
     inferred: dict = field(default_factory=dict)   # {input: RangeInference}: ranges read off the model

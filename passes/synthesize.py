@@ -155,6 +155,12 @@ def _after_prefixes(graph, bn_stats, options: SynthesisOptions, model_hash: str,
         return dataclasses.replace(result, inputs=layout.to_channels_last(result.inputs, last),
                                    channels_last=tuple(last),
                                    twin=result.twin and layout.to_channels_last(result.twin, last))
+    if planes := layout.plane_inputs(graph, shapes):      # one-channel planes [N, H, W]: synth/layout.py
+        hints = {k: v for k, v in (input_shapes or {}).items() if k not in planes}
+        result = synthesize(layout.plane_graph(graph, planes), bn_stats, options, model_hash, hints)
+        twin = result.twin and layout.from_planes(result.twin, planes)
+        return dataclasses.replace(result, inputs=layout.from_planes(result.inputs, planes),
+                                   planes=tuple(planes), twin=twin)
     kind = resolve_objective(options.objective, bn_stats, graph)
     inferred = _inferred_ranges(graph, shapes, options, bn_stats)
     if ranges := {k: r.range for k, r in inferred.items() if r.range is not None}:
@@ -347,6 +353,8 @@ class Synthesize(Pass):
             state.report.notes["synthesis"]["sampled_after_preprocessing"] = list(result.preprocessed)
         if result.channels_last:
             state.report.notes["synthesis"]["channels_last_inputs"] = list(result.channels_last)
+        if result.planes:
+            state.report.notes["synthesis"]["plane_inputs"] = list(result.planes)
         if result.pixel_drawn:
             state.report.notes["synthesis"]["drawn_in_pixel_range"] = {k: list(r) for k, r in
                                                                        result.pixel_drawn.items()}
@@ -388,7 +396,8 @@ def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: di
                         "biases match its responses there: %s); if it reads another range, pass "
                         "--input-range %s:LOW,HIGH", where, k, r.convention, _scores(r), k)
     last = result.channels_last
-    first = {k: v.shape if k not in last else (v.shape[0], *layout.to_channels_first(v.shape[1:]))
+    first = {k: (v.shape[0], *layout.to_channels_first(v.shape[1:])) if k in last
+             else (v.shape[0], 1, *v.shape[1:]) if k in result.planes else v.shape
              for k, v in result.inputs.items()}
     ranges = {**ranges, **result.pixel_drawn}
     unsized = [k for k, shape in first.items()

@@ -170,3 +170,14 @@ def test_bn_only_in_a_decoder_keeps_standardized_samples_within_their_class(trut
     assert report.notes["synthesis"]["assumed_range"] == {"input": "standardized"}
     lo, hi = truth or (-2.0, 2.0)
     assert _sqnr_on_blocky(model, out, lo, hi) > 12
+
+
+def test_sample_count_bounds_the_first_layers_outputs_not_only_the_input():
+    """A wide first layer on a large plane (DNSMOS v1: 128 channels over 901 x 161, 7 samples held
+    2.6 GB) draws one sample; a stride-2 16-channel stem at 320 x 320 (YOLOv8n) keeps SAMPLES."""
+    from dfq_onnx.synth import input_range as ir_
+    wide = gs.Node("Conv", attrs={"strides": [1, 1]})
+    assert ir_.sample_count((1, 901, 161), [(wide, np.zeros(128))]) == 1
+    stem = gs.Node("Conv", attrs={"strides": [2, 2]})
+    assert ir_.sample_count((3, 320, 320), [(stem, np.zeros(16))]) == ir_.SAMPLES
+    assert ir_.sample_count((1, 901, 161), [(stem, np.zeros(16))]) == 7      # PIXELS alone bounds it

@@ -53,3 +53,35 @@ def test_tf_layout_export_gets_the_samples_and_encodings_of_the_channels_first_o
                      for t in ir.load_model(tmp_path / f"{name}.onnx").graph.initializer})
     assert outs[0].keys() == outs[1].keys() and len(outs[0]) > 4
     assert all(np.array_equal(outs[0][k], outs[1][k]) for k in outs[0])
+
+
+def test_plane_input_found_only_where_the_graph_makes_it_a_one_channel_image():
+    first = builders.conv_bn_relu(c_in=1, hw=16)
+    for last in (False, True):          # Unsqueeze axis 1, or axis 3 then Transpose (tf2onnx's ExpandDims)
+        plane = builders.unit_channel_plane(first, last=last)
+        assert layout.plane_inputs(_graph(plane), {"input": (16, 16)}) == ["input"]
+    assert layout.plane_inputs(_graph(first), {"input": (1, 16, 16)}) == []
+    # a waveform [N, T] unsqueezed into a 1-D Conv: not a plane
+    from dfq_onnx.models import signal_builders
+    assert layout.plane_inputs(_graph(signal_builders.waveform_classifier()), {"audio": (256,)}) == []
+
+
+def test_plane_input_gets_the_samples_and_encodings_of_the_one_channel_image_model(tmp_path):
+    """A [N, H, W] input the graph unsqueezes into a one-channel image (a Keras Conv2D over a
+    spectrogram) is synthesized and calibrated as that image: the samples are the squeezed samples of
+    the [N, 1, H, W] model (1/f prior, same seed; white noise before) and every initializer of the
+    quantized model (scales from ranges measured with views) is the same array."""
+    first = builders.with_data_bn_stats(builders.conv_bn_relu(c_in=1, hw=16))
+    a = api.synthesize(first, samples=4, use_cache=False, progress=False).inputs["input"]
+    for last in (False, True):
+        plane = builders.unit_channel_plane(first, last=last)
+        b = api.synthesize(plane, samples=4, use_cache=False, progress=False).inputs["input"]
+        assert b.shape == (4, 16, 16) and np.array_equal(a[:, 0], b)
+    outs = []
+    for name, model in (("first", first), ("plane", builders.unit_channel_plane(first, last=True))):
+        _, report = api.quantize(model, output=tmp_path / f"{name}.onnx", progress=False, use_cache=False)
+        assert report.notes["synthesis"].get("plane_inputs") == (["input"] if name == "plane" else None)
+        outs.append({t.name.replace("input_nchw", "input"): numpy_helper.to_array(t)
+                     for t in ir.load_model(tmp_path / f"{name}.onnx").graph.initializer})
+    shared = outs[0].keys() & outs[1].keys()
+    assert len(shared) > 4 and all(np.array_equal(outs[0][k], outs[1][k]) for k in shared)

@@ -46,31 +46,36 @@ def _view_params(n: int, views: int, seed: int) -> tuple[np.ndarray, np.ndarray]
     return flips, moves
 
 
-def _first(feeds: dict[str, np.ndarray], channels_last: Collection[str]) -> dict[str, np.ndarray]:
-    """The inputs as [N, C, H, W] (a transposed view of those in `channels_last`, synth/layout.py)."""
-    return {k: v.transpose(0, 3, 1, 2) if k in channels_last and v.ndim == 4 else v for k, v in feeds.items()}
+def _first(feeds: dict[str, np.ndarray], channels_last: Collection[str], planes: Collection[str] = ()
+           ) -> dict[str, np.ndarray]:
+    """The inputs as [N, C, H, W] (a transposed view of those in `channels_last`, a one-channel view of
+    the [N, H, W] `planes`: synth/layout.py)."""
+    return {k: v.transpose(0, 3, 1, 2) if k in channels_last and v.ndim == 4
+            else v[:, None] if k in planes and v.ndim == 3 else v for k, v in feeds.items()}
 
 
-def view_count(feeds: dict[str, np.ndarray], views: int, channels_last: Collection[str] = ()) -> int:
+def view_count(feeds: dict[str, np.ndarray], views: int, channels_last: Collection[str] = (),
+               planes: Collection[str] = ()) -> int:
     """Rows per sample that `view_rows` yields: `views` for image-like inputs (channels first, or last
-    for the inputs in `channels_last`), else 1."""
-    first = _first(feeds, channels_last)
+    for the inputs in `channels_last`, one-channel `planes` [N, H, W]), else 1."""
+    first = _first(feeds, channels_last, planes)
     if views <= 1 or not feeds or not all(is_image_like(v.shape) for v in first.values()):
         return 1
     return views
 
 
 def view_rows(feeds: dict[str, np.ndarray], views: int, seed: int, start: int, stop: int,
-              channels_last: Collection[str] = ()) -> dict[str, np.ndarray]:
+              channels_last: Collection[str] = (), planes: Collection[str] = ()) -> dict[str, np.ndarray]:
     """Rows [start, stop) of `with_views(feeds, views, seed)` without building the others: row r is
     view r // n of sample r % n. Any split of the rows into calls yields the same rows. Inputs in
-    `channels_last` ([N, H, W, C]) get the views of their [N, C, H, W] transpose, transposed back."""
+    `channels_last` ([N, H, W, C]) get the views of their [N, C, H, W] transpose, transposed back;
+    `planes` ([N, H, W]) those of their one-channel [N, 1, H, W] view."""
     n = len(next(iter(feeds.values())))
-    if view_count(feeds, views, channels_last) == 1:
+    if view_count(feeds, views, channels_last, planes) == 1:
         return {k: v[start:stop] for k, v in feeds.items()}
     flips, moves = _view_params(n, views, seed)
     out = {}
-    for k, v in _first(feeds, channels_last).items():
+    for k, v in _first(feeds, channels_last, planes).items():
         reach = np.maximum(np.array(v.shape[2:]) // SHIFT_FRACTION, 1)
         rows = []
         for r in range(start, min(stop, n * views)):
@@ -81,7 +86,8 @@ def view_rows(feeds: dict[str, np.ndarray], views: int, seed: int, start: int, s
             dy, dx = (np.sign(moves[view, i]) * np.ceil(np.abs(moves[view, i]) * reach)).astype(int)
             rows.append(_shift(v[i, :, :, ::-1] if flips[view, i] else v[i], int(dy), int(dx)))
         rows = np.stack(rows).astype(v.dtype, copy=False)
-        out[k] = np.ascontiguousarray(rows.transpose(0, 2, 3, 1)) if k in channels_last else rows
+        out[k] = (np.ascontiguousarray(rows.transpose(0, 2, 3, 1)) if k in channels_last
+                  else np.ascontiguousarray(rows[:, 0]) if k in planes else rows)
     return out
 
 

@@ -60,7 +60,8 @@ reads 0..255 pixels: standardized samples clipped every pixel above 2.5, 0 of FP
 BENCHMARKS.md, session 15).
 
 Cost: <= SAMPLES x len(CANDIDATES) rows through the graph cut after that layer (PP-OCRv6 det at 736 x
-736: one sample per candidate, ~2 s on a loaded machine).
+736: one sample per candidate, ~2 s on a loaded machine), fewer where that layer's outputs exceed
+OUT_ELEMENTS per call (`sample_count`).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ OFFSET_TWINS = {"[0, 1]": "[-1, 1]", "[-1, 1]": "[0, 1]", "[0, 255]": "mean-subt
 LAYERS = 1            # biased weighted layers read, in graph order from the input (module docstring)
 SAMPLES = 8           # at most; fewer on large images: PIXELS positions per channel are plenty for a std
 PIXELS = 1 << 20
+OUT_ELEMENTS = 1 << 25   # and the read layers' outputs per call within this (DNSMOS v1's 128-channel first
+                         #  conv on a 901 x 161 plane: 7 samples held 2.6 GB; BENCHMARKS.md, session 16)
 MIN_CHANNELS = 8
 WIDE = frozenset({"[0, 255]", "mean-subtracted 0..255"})   # ~50x the standardized samples' scale
 FAR = np.log10(4.0)   # |score| beyond this for every candidate: no convention balances biases, abstain
@@ -201,6 +204,15 @@ def _log_ratios(outputs: list[np.ndarray], layers) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
+def sample_count(shape: tuple[int, ...], layers: list[tuple[gs.Node, np.ndarray]]) -> int:
+    """Samples the inference draws for a per-sample input shape [C, H, W]: SAMPLES at most, within PIXELS
+    positions per channel and OUT_ELEMENTS outputs of the read `layers` (channels = bias length, positions
+    over the layer's strides), at least one."""
+    pixels = max(int(np.prod(shape[1:])), 1)
+    out = sum(len(b) * pixels // max(int(np.prod(nd.attrs.get("strides", [1]))), 1) for nd, b in layers)
+    return int(np.clip(min(PIXELS // pixels, OUT_ELEMENTS // max(out, 1)), 1, SAMPLES))
+
+
 def infer_range(graph: gs.Graph, name: str, shape: tuple[int, ...], seed: int = 0) -> RangeInference:
     """The convention of CANDIDATES whose samples balance the first layers' biases and responses best
     (module docstring); `shape` is the input's per-sample shape [C, H, W]."""
@@ -210,7 +222,7 @@ def infer_range(graph: gs.Graph, name: str, shape: tuple[int, ...], seed: int = 
     sess = _observer(graph, layers)
     if sess is None:
         return RangeInference(name, None, None, {}, 0, ())
-    n = int(np.clip(PIXELS // max(int(np.prod(shape[1:])), 1), 1, SAMPLES))
+    n = sample_count(shape, layers)
     latent = pink_noise(np.random.default_rng(seed), n, shape)
     scores, channels, fixed = {}, 0, static_batch(graph)
     for label, rng in CANDIDATES:
