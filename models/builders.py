@@ -612,20 +612,27 @@ def affine_input(model: onnx.ModelProto, scale, shift) -> onnx.ModelProto:
     return out
 
 
+def _nchw_reader(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list]:
+    """A copy whose nodes read the first input as NAME_nchw (for a new front end to write), and that
+    input's [N, C, H, W] dims."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    name = out.graph.input[0].name
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param
+            for d in out.graph.input[0].type.tensor_type.shape.dim]
+    for node in out.graph.node:
+        node.input[:] = [name + "_nchw" if x == name else x for x in node.input]
+    return out, dims
+
+
 def channels_last(model: onnx.ModelProto, scale: float | None = None, mean=None, std=None,
                   uint8: bool = False) -> onnx.ModelProto:
     """A copy reading its first input [N, H, W, C] (same name) as tf2onnx exports a TF / Keras model:
     the input (`uint8`: of uint8 pixels, Cast to float first), optionally Keras' preprocessing layers
     in the graph (Rescaling: Mul by `scale`; Normalization: Sub `mean`, Div `std`, per channel), then
     Transpose(perm = [0, 3, 1, 2]) into the original [N, C, H, W] graph (its input becomes NAME_nchw)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    name = g.input[0].name
-    n, c, h, w = [d.dim_value if d.HasField("dim_value") else d.dim_param
-                  for d in g.input[0].type.tensor_type.shape.dim]
-    for node in g.node:
-        node.input[:] = [name + "_nchw" if x == name else x for x in node.input]
+    out, (n, c, h, w) = _nchw_reader(model)
+    g, name = out.graph, out.graph.input[0].name
     src, nodes = name, []
     if uint8:
         nodes.append(helper.make_node("Cast", [src], [name + "_float"], name="cast", to=TensorProto.FLOAT))
@@ -647,15 +654,9 @@ def unit_channel_plane(model: onnx.ModelProto, last: bool = False) -> onnx.Model
     one-channel image in the graph as Keras exports a Conv2D over a spectrogram: Unsqueeze of axis 1
     (`last`: axis 3, then Transpose(perm = [0, 3, 1, 2]), tf2onnx's ExpandDims) into the original
     [N, 1, H, W] graph (its input becomes NAME_nchw)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    name = g.input[0].name
-    n, c, h, w = [d.dim_value if d.HasField("dim_value") else d.dim_param
-                  for d in g.input[0].type.tensor_type.shape.dim]
+    out, (n, c, h, w) = _nchw_reader(model)
+    g, name = out.graph, out.graph.input[0].name
     assert c == 1, "a one-channel model"
-    for node in g.node:
-        node.input[:] = [name + "_nchw" if x == name else x for x in node.input]
     g.initializer.append(_init("plane_axes", np.array([3 if last else 1], np.int64)))
     nodes = [helper.make_node("Unsqueeze", [name, "plane_axes"], [name + ("_nhwc" if last else "_nchw")],
                               name="expand_dims")]

@@ -119,14 +119,7 @@ def annotate_shapes(graph, hints: dict[str, tuple[int, ...]]) -> None:
                              "update_model_dims) to calibrate and run it at another size")
         inputs[name].shape = [d if i == 0 or (isinstance(d, int) and d > 0) else int(v)
                               for i, (d, v) in enumerate(zip(dims, shape))]
-    probe = ir.copy_graph(graph)
-    for _ in range(8):       # inference and folding feed each other: a folded target, the next shapes
-        ir.refresh_shapes(probe)
-        folded = rewrites.fold_shape_reshapes(probe)
-        before = len(probe.nodes)
-        probe = ir.fold_constants(probe)
-        if not folded and len(probe.nodes) == before:
-            break
+    probe = rewrites.settle_shapes(ir.copy_graph(graph))
     known = {t.name: t.shape for t in probe.tensors().values() if isinstance(t, gs.Variable)}
     for t in graph.tensors().values():
         if isinstance(t, gs.Variable) and known.get(t.name) is not None:

@@ -44,6 +44,18 @@ def normal_feeds(model: onnx.ModelProto, n: int = 32, seed: int = 0) -> dict[str
     return feeds
 
 
+def padded_token_feeds(n: int = 64, seq: int = 16, vocab: int = 512, seed: int = 1) -> dict[str, np.ndarray]:
+    """input_ids and an attention_mask with every other row padded after 10 tokens."""
+    rng = np.random.default_rng(seed)
+    mask = np.ones((n, seq), np.int64)
+    mask[::2, 10:] = 0
+    return {"input_ids": rng.integers(1, vocab, (n, seq)), "attention_mask": mask}
+
+
+def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2)))
+
+
 def compile_state(model: onnx.ModelProto, passes, target: str = "ort-cpu", **options) -> CompileState:
     """Run `passes` on a fresh CompileState for `model` (progress bars off)."""
     options.setdefault("progress", False)

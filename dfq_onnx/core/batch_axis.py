@@ -127,13 +127,7 @@ def output_axes(graph: gs.Graph, rows: tuple[int, int] = (5, 7)) -> dict[str, tu
         probe = ir.copy_graph(graph)
         for t in probe.inputs:
             t.shape = [n, *t.shape[1:]] if t.shape else t.shape
-        for _ in range(8):
-            ir.refresh_shapes(probe)
-            folded = rewrites.fold_shape_reshapes(probe)
-            before = len(probe.nodes)
-            probe = ir.fold_constants(probe)
-            if not folded and len(probe.nodes) == before:
-                break
+        probe = rewrites.settle_shapes(probe)
         ir.refresh_shapes(probe)
         sizes.append({t.name: t.shape for t in probe.outputs})
     axes = {}

@@ -36,6 +36,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from dfq_onnx.core import ir
 from dfq_onnx.core.graph_utils import const_values, is_const
 
 POOLS = ("Conv", "AveragePool")
@@ -258,3 +259,17 @@ def fold_flattened_softmax(graph: gs.Graph) -> int:
         node.attrs["axis"] = -1
         folded += 1
     return folded
+
+
+def settle_shapes(graph: gs.Graph, rounds: int = 8) -> gs.Graph:
+    """`graph` with shape inference and constant folding run until neither changes it (they feed each
+    other: a folded Reshape target gives the next shapes), at most `rounds` times."""
+    for _ in range(rounds):
+        ir.refresh_shapes(graph)
+        folded = fold_shape_reshapes(graph)
+        before = len(graph.nodes)
+        graph = ir.fold_constants(graph)
+        if not folded and len(graph.nodes) == before:
+            break
+    return graph
+
