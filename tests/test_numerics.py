@@ -49,7 +49,6 @@ def test_affine_params_degenerate_range_gets_scale_one(signed):
     # ZeroDivisionError in EmitQDQ before
     scale, zp = nx.affine_params(-1e-40, 1e-40, 8, signed)
     assert scale == np.float32(1.0) and zp == 0
-    assert np.all(nx.symmetric_scale(np.array([1e-40, 2.0]), 8) == np.float32([1.0, 2.0 / 127]))
 
 
 @given(lo=st.floats(-100, 0), hi=st.floats(0, 100), bits=st.sampled_from([4, 8, 16]), signed=st.booleans())

@@ -8,8 +8,9 @@ Conventions (identical to ONNX QuantizeLinear / DequantizeLinear):
 Weights are symmetric (zero point exactly 0) and may be per-channel along `axis`; the signed range is
 narrowed to [-(2^(b-1) - 1), 2^(b-1) - 1] so that the grid is symmetric around 0.  Activations are
 asymmetric with a range that always contains 0, so that 0 (padding, ReLU) is exactly representable.
-A degenerate range (all values equal to 0, or so close to 0 that the scale is not a normal float32)
-gets scale 1.
+A degenerate range (all values equal to 0; for activations also one so close to 0 that its step is not
+a normal float32) gets scale 1. A weight channel of subnormal values keeps its subnormal scale: the int32
+bias check raises it to what the bias needs (a dead channel's bias stays exact).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def symmetric_scale(absmax: np.ndarray | float, bits: int) -> np.ndarray:
     if np.any(~np.isfinite(absmax)) or np.any(absmax < 0):
         raise ValueError("absmax must be finite and non-negative")
     _, qmax = qrange(bits, signed=True, narrow=True)
-    scale = (absmax / qmax).astype(np.float32)
-    return np.where(scale >= TINY, scale, np.float32(1.0))
+    scale = absmax / qmax
+    return np.where(scale > 0, scale, 1.0).astype(np.float32)
 
 
 def affine_params(lo: float, hi: float, bits: int, signed: bool) -> tuple[np.float32, int]:
