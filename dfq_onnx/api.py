@@ -133,7 +133,7 @@ def pin_inputs(source: onnx.ModelProto, values: dict, report: Report) -> list:
     """`ir.pin_inputs` with one warning per pinned input, kept in the report's notes."""
     pinned = ir.pin_inputs(source, values)
     for _, vi in pinned:
-        logging.getLogger(__name__).warning(
+        log.warning(
             "input '%s' pinned to %s: the written model keeps it (optional, default %s) but computes as if "
             "it were %s whatever is fed; compile once per value you serve", vi.name, values[vi.name],
             values[vi.name], values[vi.name])
