@@ -181,9 +181,11 @@ def _feeds_weighted(graph: gs.Graph, target, appliers: set[int]) -> set[int]:
     a static classifier head after the last LayerNorm reached every residual Add of the model, and
     8-bit steps on a stream with outlier channels cost a small ViT / BERT / GPT-2 3-20 dB of output
     SQNR (ViT 12.7 dB with them, 30.4 without, ORT's quantize_dynamic 32.7; BENCHMARKS.md, session 14).
-    A node writing or reading a tensor a form reads stops the reach too: a stream without normalizations
-    (MobileBERT's NoNorm is an elementwise x * gamma + beta) feeds every block's MatMuls, which quantize
-    it per call; a static grid on it rounds what the forms read and buys no integer kernel (session 16).
+    On a target that keeps attention's activation products float (`[placement] activation_products`),
+    they stop the reach as a form does. A node writing or reading a tensor a form reads stops it too: a
+    stream without normalizations (MobileBERT's NoNorm is an elementwise x * gamma + beta) feeds every
+    block's MatMuls, which quantize it per call; a static grid on it rounds what the forms read and buys
+    no integer kernel (session 16).
     """
     form_read = {id(t) for n in graph.nodes if _form_spec(n, target) is not None for t in n.inputs}
     reach: set[int] = set()
@@ -193,6 +195,8 @@ def _feeds_weighted(graph: gs.Graph, target, appliers: set[int]) -> set[int]:
             continue        # the target encodes this op by a form (any of them: the attention MatMul too)
         if id(node) in appliers or (node.op in ROW_NORMALIZATIONS and role is None):
             continue        # a normalization: its input stays float unless something else needs it
+        if node.op == "MatMul" and _activation_product(node) and not target.activation_products:
+            continue        # attention's products stay float on this target, and what feeds them
         if any(id(t) in form_read for t in (*node.inputs, *node.outputs)):
             continue        # writes or reads a form's input: the form quantizes it per call
         if role == "weighted" or any(
@@ -279,7 +283,8 @@ def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
             spec = _weighted_spec(node, role)
             if spec and all(is_float(t) for t in node.inputs[:1]):
                 layers[spec.node] = spec
-            elif node.op == "MatMul" and id(node) in reach and _activation_product(node):
+            elif node.op == "MatMul" and id(node) in reach and _activation_product(node) \
+                    and target.activation_products:
                 layers[node_label(node)] = LayerSpec(node=node_label(node), op=node.op, role="elementwise")
         elif role == "elementwise" and any(is_float(t) and not is_const(t) for t in node.inputs):
             if all(is_float(t) for t in node.inputs if t.name):

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import onnx
 import pytest
-from _util import run
+from _util import run, static_matmul_target
 from dfq_onnx.models import token_builders
 
 import dfq_onnx
@@ -114,15 +114,19 @@ def test_positions_read_through_an_offset_are_positions():
     assert np.sum(want ** 2) / np.sum((want - got) ** 2) > 100
 
 
-def test_a_tensor_holding_minus_infinity_stays_float_on_an_all_static_target():
+@pytest.mark.parametrize("target", ["static", "openvino"])
+def test_a_tensor_holding_minus_infinity_stays_float_on_an_all_static_target(target, tmp_path):
     """Masked attention scores filled with -inf have no integer encoding: Calibrate keeps them float
-    (it stopped the compile: 'tensor ... is not finite on the calibration data')."""
+    (it stopped the compile: 'tensor ... is not finite on the calibration data'). On openvino the
+    attention products stay float and nothing reaches the scores."""
     model = token_builders.token_lm_cache(masked=True)
-    out, report = dfq_onnx.quantize(model, target="openvino", progress=False, use_cache=False)
+    profile = static_matmul_target(tmp_path) if target == "static" else target
+    out, report = dfq_onnx.quantize(model, target=profile, progress=False, use_cache=False)
     onnx.checker.check_model(out, full_check=True)
-    assert "mask_bias" in report.notes["float_unbounded"]    # 'filled' too while the Add's output was
-    quantized = {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}   # quantized unread
-    assert not {"filled", "mask_bias"} & quantized and "scaled" in quantized
+    quantized = {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
+    assert not {"filled", "mask_bias"} & quantized
+    if target == "static":
+        assert report.notes["float_unbounded"] == ["filled", "mask_bias"] and "scaled" in quantized
     step = api.synthesize(model, samples=8, seed=1, use_cache=False, progress=False).inputs
     want, got = run(model, step)[0], run(out, step)[0]
     assert np.all(np.isfinite(got)) and np.sum(want ** 2) / np.sum((want - got) ** 2) > 100

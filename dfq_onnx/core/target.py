@@ -40,7 +40,7 @@ _SECTIONS = {
     "bias": {"mode"},
     "candidates": {"pairs", "integer_kernels", "cost", "ops"},
     "placement": {"quantize_outputs", "unread_outputs", "add_fuses_weighted_input", "bias_add_fuses",
-                  "shared_encoding_ops"},
+                  "activation_products", "shared_encoding_ops"},
     "latency": {"runtime"},
 }
 RUNTIMES = ("onnxruntime", "openvino", "none")
@@ -75,6 +75,7 @@ class TargetProfile:
     unread_outputs: bool = True                    # also on outputs no quantized op reads (graph outputs too)
     add_fuses_weighted_input: bool = False         # Add input from a weighted op stays float (fused)
     bias_add_fuses: bool = False                   # MatMul -> Add(constant bias): one kernel, no Q/DQ between
+    activation_products: bool = True               # activation x activation MatMuls (attention) quantized
     shared_encoding_ops: tuple[str, ...] = ()      # ops whose inputs and output share one encoding
     fixed_outputs: Mapping[str, tuple[float, float]] = field(default_factory=dict)   # op -> (min, span)
     op_pairs: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
@@ -227,6 +228,7 @@ def _build(data: dict, source: str) -> TargetProfile:
         unread_outputs=bool(place.get("unread_outputs", True)),
         add_fuses_weighted_input=bool(place.get("add_fuses_weighted_input", False)),
         bias_add_fuses=bool(place.get("bias_add_fuses", False)),
+        activation_products=bool(place.get("activation_products", True)),
         shared_encoding_ops=parse_op_list(source, ops, place.get("shared_encoding_ops", [])),
         fixed_outputs=parse_fixed_outputs(source, ops, data.get("fixed_outputs", {})),
         op_pairs=parse_op_pairs(source, ops, pairs, cand.get("ops", {})),
