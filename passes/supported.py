@@ -9,15 +9,14 @@ as two models merged behind a flag, and the error names the files to use.
 
 from __future__ import annotations
 
-import onnx_graphsurgeon as gs
-
+from dfq_onnx.core import ir
+from dfq_onnx.core.branches import QUANTIZABLE
 from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.scalar_inputs import pin_hint, scalar_names
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
                  "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd"}
 CONTROL_FLOW = {"If", "Loop", "Scan"}
-QUANTIZABLE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 KNOWN_DOMAINS = {"", "ai.onnx", "com.microsoft", "ai.onnx.ml"}
 LOW_PRECISION = {16: "bfloat16"}      # float16 is widened (dfq_onnx/core/float16.py)
 
@@ -48,13 +47,7 @@ def check_supported(model) -> None:
 
 
 def _gs_subgraph_ops(node) -> set[str]:
-    ops = set()
-    for value in node.attrs.values():
-        for g in (value if isinstance(value, list) else [value]):
-            if isinstance(g, gs.Graph):
-                for n in g.nodes:
-                    ops |= {n.op} | _gs_subgraph_ops(n)
-    return ops
+    return {n.op for g in node.subgraphs(recursive=True) for n in g.nodes}
 
 
 def check_control_flow(graph) -> None:
@@ -103,12 +96,7 @@ def _refuse_control_flow(where: str, ops: set[str], hint: str | None = None) -> 
 
 
 def _subgraph_ops(node) -> set[str]:
-    ops = set()
-    for attr in node.attribute:
-        for g in ([attr.g] if attr.HasField("g") else list(attr.graphs)):
-            for n in g.node:
-                ops |= {n.op_type} | _subgraph_ops(n)
-    return ops
+    return {op for g in ir.proto_subgraphs(node) for n in g.node for op in (n.op_type, *_subgraph_ops(n))}
 
 
 def _constant_condition(model, node) -> bool:

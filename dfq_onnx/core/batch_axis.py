@@ -30,18 +30,11 @@ PASS_THROUGH = {"Gather", "Unsqueeze", "Squeeze", "Slice", "Split", "Identity", 
 SUFFIX = "__batch_axis1"
 
 
-def _subgraphs(node: gs.Node):
-    for value in node.attrs.values():
-        for sub in value if isinstance(value, list) else [value]:
-            if isinstance(sub, gs.Graph):
-                yield sub
-
-
 def _live(graph: gs.Graph, nodes: dict[int, gs.Node], branch_out: dict[int, gs.Tensor]) -> None:
     """Every node of `graph` and its subgraphs by id; each branch output mapped to its If's output."""
     for node in graph.nodes:
         nodes[id(node)] = node
-        for sub in _subgraphs(node):
+        for sub in node.subgraphs():
             for k, t in enumerate(sub.outputs):
                 if k < len(node.outputs):
                     branch_out[id(t)] = node.outputs[k]

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import onnx
 
+from dfq_onnx.core import ir
+
 QUANTIZABLE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 BRANCHES = ("then_branch", "else_branch")
 
@@ -41,10 +43,7 @@ def _outer_refs(graph: onnx.GraphProto) -> list[str]:
     local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     refs: list[str] = []
     for node in graph.node:
-        reads = list(node.input)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                reads += _outer_refs(sub)
+        reads = list(node.input) + [n for sub in ir.proto_subgraphs(node) for n in _outer_refs(sub)]
         refs += [n for n in reads if n and n not in local and n not in refs]
         local |= set(node.output)
     return refs

@@ -282,6 +282,11 @@ def restore_pinned(out: onnx.ModelProto, pinned: list[tuple[int, onnx.ValueInfoP
             out.graph.initializer.append(numpy_helper.from_array(arr, vi.name))
 
 
+def proto_subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a NodeProto holds as attributes (an If's branches, a Loop's body)."""
+    return [g for a in node.attribute for g in ([a.g] if a.HasField("g") else list(a.graphs))]
+
+
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
     """Import into onnx-graphsurgeon; constants still in external data become memory maps; 4-bit
     constants get 8-bit storage and `packed_dtype`, as `constant()` makes them (gs cannot export them)."""
@@ -383,12 +388,7 @@ def flatten_constant_ifs(graph: gs.Graph) -> int:
     the branch it selects; every If output becomes an Identity of the matching branch output (a branch
     may return an outer tensor, a constant or one tensor twice; Normalize drops the Identities). Branch
     tensors whose names are taken elsewhere are renamed `<name>__<If name>`. Returns how many Ifs."""
-    flattened = 0
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, gs.Graph):
-                    flattened += flatten_constant_ifs(sub)
+    flattened = sum(flatten_constant_ifs(sub) for node in graph.nodes for sub in node.subgraphs())
     index = 0
     while index < len(graph.nodes):
         node = graph.nodes[index]
@@ -412,11 +412,8 @@ def flatten_constant_ifs(graph: gs.Graph) -> int:
 def _all_names(graph: gs.Graph, into: dict[str, set[int]]) -> None:
     for t in graph.tensors().values():
         into.setdefault(t.name, set()).add(id(t))
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, gs.Graph):
-                    _all_names(sub, into)
+    for sub in (sub for node in graph.nodes for sub in node.subgraphs()):
+        _all_names(sub, into)
 
 
 def _rename_taken(root: gs.Graph, branch: gs.Graph, suffix: str) -> None:

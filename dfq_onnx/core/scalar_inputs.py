@@ -17,11 +17,6 @@ from dfq_onnx.core.errors import UnsupportedModelError
 COMPARISONS = {"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual"}
 
 
-def _subgraphs(node: onnx.NodeProto):
-    for a in node.attribute:
-        yield from ([a.g] if a.HasField("g") else list(a.graphs))
-
-
 def _constants(graph: onnx.GraphProto, into: dict) -> None:
     """Constant values by name: initializers and Constant nodes of `graph` and its subgraphs."""
     for t in graph.initializer:
@@ -33,7 +28,7 @@ def _constants(graph: onnx.GraphProto, into: dict) -> None:
                 into[node.output[0]] = ir.tensor_to_array(a.t)
             elif a.name in ("value_int", "value_float"):
                 into[node.output[0]] = np.asarray(a.i if a.name == "value_int" else a.f)
-        for sub in _subgraphs(node):
+        for sub in ir.proto_subgraphs(node):
             _constants(sub, into)
 
 
@@ -55,7 +50,7 @@ def scalar_candidates(model: onnx.ModelProto, name: str) -> list[tuple[str, list
                              if n.op_type == "If" and n.input and n.input[0] == node.output[0]), None)
                 vals = [v.item() for v in np.asarray(consts[other[0]]).reshape(-1)[:4]]
                 found.append((node.name or node.output[0], vals, cond))
-            for sub in _subgraphs(node):
+            for sub in ir.proto_subgraphs(node):
                 visit(sub, aliases)
 
     visit(model.graph, {name})

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS, is_const
+from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS, is_const, reads
 
 DATA_DEPENDENT = ("NonMaxSuppression", "NonZero", "Compress", "Unique")
 
@@ -104,7 +104,7 @@ def _data_dependent(node: gs.Node) -> bool:
     """A value-dependent-size op, or control flow (tf2onnx's batched NMS is a Loop) holding one."""
     if node.op in DATA_DEPENDENT:
         return True
-    return any(_data_dependent(n) for g in node.attrs.values() if isinstance(g, gs.Graph) for n in g.nodes)
+    return any(_data_dependent(n) for g in node.subgraphs() for n in g.nodes)
 
 
 def _downstream(graph: gs.Graph) -> list[gs.Node]:
@@ -133,29 +133,13 @@ def _downstream(graph: gs.Graph) -> list[gs.Node]:
     return [n for n in graph.nodes if id(n) in seen]
 
 
-def _subgraphs(node: gs.Node) -> list[gs.Graph]:
-    return [g for g in node.attrs.values() if isinstance(g, gs.Graph)]
-
-
-def _outer_reads(graph: gs.Graph) -> list[gs.Tensor]:
-    """Tensors a subgraph reads from the enclosing scopes (implicit inputs of its If / Loop / Scan)."""
-    own = {t.name for t in graph.inputs} | {t.name for n in graph.nodes for t in n.outputs}
-    reads = [t for n in graph.nodes for t in n.inputs if t.name and not is_const(t) and t.name not in own]
-    nested = [t for n in graph.nodes for g in _subgraphs(n) for t in _outer_reads(g)]
-    return reads + [t for t in nested if t.name not in own]
-
-
-def _reads(node: gs.Node) -> list[gs.Tensor]:
-    return list(node.inputs) + [t for g in _subgraphs(node) for t in _outer_reads(g)]
-
-
 def _cut(graph: gs.Graph, nodes: list[gs.Node]) -> list[gs.Tensor]:
     """Computed head tensors the tail nodes read (their subgraphs' implicit inputs too), first-read order."""
     produced = {t.name for n in nodes for t in n.outputs}
     inputs = {t.name for t in graph.inputs}
     cut: dict[str, gs.Tensor] = {}
     for n in nodes:
-        for t in _reads(n):
+        for t in reads(n):
             if t.name and not is_const(t) and t.name not in produced and t.name not in inputs:
                 cut.setdefault(t.name, t)
     return list(cut.values())
@@ -195,7 +179,7 @@ def attach(graph: gs.Graph, tail: Tail) -> None:
     for n, inputs in zip(tail.nodes, tail.node_inputs):
         n.inputs.extend(t if is_const(t) or t.name in own or not t.name else head.get(t.name, t)
                         for t in inputs)
-        for g in _subgraphs(n):
+        for g in n.subgraphs():
             _rebind(g, head, set(tail.cut))
     graph.nodes.extend(tail.nodes)
     every = graph.tensors()
@@ -210,5 +194,5 @@ def _rebind(graph: gs.Graph, head: dict, cut: set[str]) -> None:
         for i, t in enumerate(n.inputs):
             if t.name in cut and t.name not in own and t.name in head:
                 n.inputs[i] = head[t.name]
-        for g in _subgraphs(n):
+        for g in n.subgraphs():
             _rebind(g, head, cut)
