@@ -31,8 +31,7 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.backends import runtime
 from dfq_onnx.backends.chunks import static_batch
-from dfq_onnx.core import ir
-from dfq_onnx.synth.input_range import RangeInference, _log_ratios, biased_layers
+from dfq_onnx.synth.input_range import RangeInference, _log_ratios, biased_layers, observer
 
 FLOAT_AUDIO = ("[-1, 1] (float audio)", (-1.0, 1.0))
 INT16_AUDIO = ("16-bit sample values", (-32768.0, 32767.0))
@@ -49,25 +48,10 @@ def is_waveform(shape: tuple[int, ...]) -> bool:
     return len(shape) == 2 and shape[1] >= MIN_SAMPLES
 
 
-def _observer(graph: gs.Graph, layers):
-    """A session of the graph cut after the layers, their outputs observed, reading input `name` only
-    (a recurrent state beside the waveform is not read before the first biased layer); None when the
-    cut graph reads another input too."""
-    names = [nd.outputs[0].name for nd, _ in layers]
-    g, table = runtime.copy_observing(graph, names)
-    for name in names:
-        table[name].dtype = table[name].dtype or np.float32
-    g.outputs = [table[n] for n in names]
-    g.cleanup(remove_unused_graph_inputs=True)
-    if len(g.inputs) != 1:
-        return None
-    return runtime.session(ir.session_model(g), mem_pattern=False)
-
-
 def infer_audio_range(graph: gs.Graph, name: str, shape: tuple[int, ...], seed: int = 0) -> RangeInference:
     """The waveform convention input `name` reads (module docstring); `shape` is its per-sample [T]."""
     layers = biased_layers(graph, name)
-    sess = _observer(graph, layers) if layers else None
+    sess = observer(graph, layers, prune_inputs=True) if layers else None
     if sess is None:
         return RangeInference(name, None, None, {}, 0, ())
     x = np.random.default_rng(seed).standard_normal((SAMPLES, *shape)).astype(np.float32)

@@ -176,15 +176,16 @@ def across_classes(r: RangeInference) -> RangeInference:
     return r if r.convention in WIDE else dataclasses.replace(r, convention=None, range=None)
 
 
-def _observer(graph: gs.Graph, layers):
-    """A session of the graph cut after the layers, their outputs observed; None when the cut graph
-    reads another input too."""
+def observer(graph: gs.Graph, layers, prune_inputs: bool = False):
+    """A session of the graph cut after the layers, their outputs observed; None when it keeps another
+    input than the one read: any other graph input, or with `prune_inputs` one the cut graph reads
+    (a waveform's recurrent state beside it is not read before the first biased layer)."""
     names = [nd.outputs[0].name for nd, _ in layers]
     g, table = runtime.copy_observing(graph, names)
     for name in names:
         table[name].dtype = table[name].dtype or np.float32
     g.outputs = [table[n] for n in names]
-    g.cleanup()
+    g.cleanup(remove_unused_graph_inputs=prune_inputs)
     if len(g.inputs) != 1:
         return None
     return runtime.session(ir.session_model(g), mem_pattern=False)
@@ -219,7 +220,7 @@ def infer_range(graph: gs.Graph, name: str, shape: tuple[int, ...], seed: int = 
     layers = biased_layers(graph, name)
     if not layers:
         return RangeInference(name, None, None, {}, 0, ())
-    sess = _observer(graph, layers)
+    sess = observer(graph, layers)
     if sess is None:
         return RangeInference(name, None, None, {}, 0, ())
     n = sample_count(shape, layers)
