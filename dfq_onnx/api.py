@@ -39,8 +39,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     check_outputs(model, output, report_path, opts.pareto, encodings_path)
     source = ir.load_model(model)
-    merged = branches.split(source)
-    if merged is not None and merged.flag not in opts.input_values:   # a pinned flag: its branch only
+    merged = branches.split(source, pinned=opts.input_values)
+    if merged is not None:
         opts = with_inferred_shapes(model, source, opts)
         out, report = _quantize_branches(source, merged, profile, opts, encodings_path)
         _write_outputs(out, output, report, report_path)
@@ -110,10 +110,8 @@ def _quantize_branches(source: onnx.ModelProto, merged: branches.FlagSplit, prof
                 "decoder with and without its cache): each branch is compiled as its own model", merged.flag)
     compiled, reports = {}, {}
     for name, branch in merged.branches.items():
-        names = {i.name for i in branch.graph.input}
-        sub = dataclasses.replace(opts, **{f: {k: v for k, v in getattr(opts, f).items() if k in names}
-                                           for f in ("input_shapes", "input_ranges", "input_values")})
-        compiled[name], reports[name] = quantize(branch, target=profile, options=sub)
+        compiled[name], reports[name] = quantize(branch, target=profile,
+                                                 options=branches.branch_options(opts, branch))
     out = branches.join(source, compiled)
     out.producer_name, out.producer_version = "dfq-onnx", _version()
     ir.check_model(out)

@@ -21,10 +21,11 @@ def inspect(path, target: TargetProfile, options: QuantizeOptions) -> dict:
     """Opset, op counts, BN count, quantizable groups and the ops the target leaves in float; for a
     model merged behind a flag input (core/branches.py), each branch's, under `branches`."""
     source = ir.load_model(path)
-    merged = branches.split(source)
-    if merged is not None and merged.flag not in options.input_values:
+    merged = branches.split(source, pinned=options.input_values)
+    if merged is not None:
         return {"model": str(path), "flag": merged.flag,
-                "branches": {name: inspect(m, target, options) for name, m in merged.branches.items()}}
+                "branches": {name: inspect(m, target, branches.branch_options(options, m))
+                             for name, m in merged.branches.items()}}
     ops_in = Counter(n.op_type for n in source.graph.node)
     ir.pin_inputs(source, options.input_values)       # --input-value: the branch a pinned scalar selects
     state = CompileState(graph=None, target=target, options=options, report=Report(), source=source,

@@ -20,11 +20,13 @@ both branches hold quantizable layers; anything else keeps Normalize's checks.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import onnx
 
 from dfq_onnx.core import ir
+from dfq_onnx.core.options import QuantizeOptions
 
 QUANTIZABLE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 BRANCHES = ("then_branch", "else_branch")
@@ -65,10 +67,11 @@ def _flag_if(model: onnx.ModelProto) -> onnx.NodeProto | None:
     return node
 
 
-def split(model: onnx.ModelProto) -> FlagSplit | None:
-    """The standalone branch models of a flag-merged model (module docstring), else None."""
+def split(model: onnx.ModelProto, pinned=()) -> FlagSplit | None:
+    """The standalone branch models of a flag-merged model (module docstring), else None; None too when
+    the flag is among the `pinned` inputs (`--input-value`: the compile takes that branch only)."""
     node = _flag_if(model)
-    if node is None:
+    if node is None or node.input[0] in pinned:
         return None
     g = model.graph
     inputs = {i.name: i for i in g.input}
@@ -94,6 +97,13 @@ def split(model: onnx.ModelProto) -> FlagSplit | None:
                 vi.type.CopyFrom(declared.type)
         out[attr.name] = branch
     return FlagSplit(flag=node.input[0], branches=out)
+
+
+def branch_options(options: QuantizeOptions, branch: onnx.ModelProto) -> QuantizeOptions:
+    """`options` with its per-input entries (shapes, ranges, pinned values) kept for `branch`'s inputs."""
+    names = {i.name for i in branch.graph.input}
+    return dataclasses.replace(options, **{f: {k: v for k, v in getattr(options, f).items() if k in names}
+                                           for f in ("input_shapes", "input_ranges", "input_values")})
 
 
 def join(model: onnx.ModelProto, compiled: dict[str, onnx.ModelProto]) -> onnx.ModelProto:
