@@ -39,6 +39,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     check_outputs(model, output, report_path, opts.pareto, encodings_path)
     source = ir.load_model(model)
+    ir.pin_values(source, opts.input_values)          # a bad pin fails before anything is compiled
     merged = branches.split(source, pinned=opts.input_values)
     if merged is not None:
         opts = with_inferred_shapes(model, source, opts)
@@ -102,16 +103,36 @@ def _quantize_branches(source: onnx.ModelProto, merged: branches.FlagSplit, prof
                                           ("--size-mb", opts.size_mb), ("--latency-ms", opts.latency_ms),
                                           ("--pareto", opts.pareto), ("--export-encodings", encodings_path))
                  if given]
+    if per_model and merged.computed:
+        raise UsageError(f"{per_model[0]}: the model is two networks chosen by the input(s) '{merged.flag}' "
+                         "(its branches are compiled one at a time); pin the value the data is for with "
+                         "--input-value, which compiles that network alone")
     if per_model:
         raise UsageError(f"{per_model[0]}: the model is two models behind the flag input '{merged.flag}' "
                          "(its branches are compiled one at a time); quantize the two exported files "
                          "(Optimum: decoder_model.onnx and decoder_with_past_model.onnx) with it instead")
-    log.warning("the graph is two models behind the flag input '%s' (an If on it, as Optimum merges a "
-                "decoder with and without its cache): each branch is compiled as its own model", merged.flag)
-    compiled, reports = {}, {}
+    if merged.computed:
+        log.warning("the graph is two networks chosen by an If on the input(s) '%s' (silero-vad's sample "
+                    "rate): each is compiled as its own model and the written model still chooses by the "
+                    "value fed (--input-value compiles one)", merged.flag)
+    else:
+        log.warning("the graph is two models behind the flag input '%s' (an If on it, as Optimum merges a "
+                    "decoder with and without its cache): each branch is compiled as its own model",
+                    merged.flag)
+    compiled, reports, left = {}, {}, {}
     for name, branch in merged.branches.items():
-        compiled[name], reports[name] = quantize(branch, target=profile,
-                                                 options=branches.branch_options(opts, branch))
+        branch_opts = branches.branch_options(opts, branch)
+        failure = _fails_at(branch, branch_opts.input_shapes) if merged.computed else None
+        if failure is not None:
+            shapes = " ".join(f"--input-shape {k}:{','.join(map(str, v))}"
+                              for k, v in branch_opts.input_shapes.items())
+            left[name] = (f"does not run at the compile's input shapes ({shapes or 'declared'}; ONNX "
+                          f"Runtime: {failure}): written float; compile it alone with --input-value "
+                          f"{merged.flag}:VALUE and the input shapes of the value it serves")
+            log.warning("%s: %s", name, left[name])
+            compiled[name], reports[name] = branch, Report()
+            continue
+        compiled[name], reports[name] = quantize(branch, target=profile, options=branch_opts)
     out = branches.join(source, compiled)
     out.producer_name, out.producer_version = "dfq-onnx", _version()
     ir.check_model(out)
@@ -124,7 +145,35 @@ def _quantize_branches(source: onnx.ModelProto, merged: branches.FlagSplit, prof
         report.forward_passes += r.forward_passes
         report.notes[name] = r.notes
     report.model["params"] = sum(r.model.get("params", 0) for r in reports.values())
+    if left:
+        report.notes["float_branches"] = left
+        report.warnings += [f"{name}: {why}" for name, why in left.items()]
     return out, report
+
+
+def _fails_at(model: onnx.ModelProto, shapes: dict) -> str | None:
+    """ONNX Runtime's first error line when `model` fails to load or run on zeros of the compile's input
+    `shapes` (a dimension neither given nor fixed taken as 1), else None: a network chosen by a scalar
+    input may only run at its own input length (silero-vad's 8 kHz network at 288 samples)."""
+    import numpy as np
+
+    from dfq_onnx.backends.runtime import session
+    from dfq_onnx.core.errors import UnsupportedModelError
+
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = [d if isinstance(d, int) and d > 0 else 1 for d in ir.value_info_shape(vi) or []]
+        feeds[vi.name] = np.zeros(shapes.get(vi.name, dims), ir.elem_type_name(vi.type.tensor_type.elem_type))
+    try:
+        session(model, threads=1, quiet=True).run(None, feeds)
+    except UnsupportedModelError as exc:
+        return str(exc).removeprefix("ONNX Runtime cannot load the model: ")
+    except Exception as exc:  # noqa: BLE001 -- any ORT run failure is the answer
+        return str(exc).strip().splitlines()[0]
+    return None
 
 
 def pin_inputs(source: onnx.ModelProto, values: dict, report: Report) -> list:

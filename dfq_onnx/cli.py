@@ -265,7 +265,9 @@ def _cmd_inspect(args) -> int:
         print(json.dumps(info, indent=2))
         return 0
     if "branches" in info:
-        print(f"{info['model']}: two models behind the flag input '{info['flag']}' (each compiled alone)")
+        what = ("two networks chosen by the input(s)" if info["computed"]
+                else "two models behind the flag input")
+        print(f"{info['model']}: {what} '{info['flag']}' (each compiled alone)")
         for name, branch in info["branches"].items():
             print(f"[{name}]")
             _print_inspect(branch)

@@ -102,8 +102,9 @@ def log_mel_classifier(samples: int = 1024, n_fft: int = 128, hop: int = 64, mel
                   name="log_mel_classifier")
 
 
-def _vad_branch(tag: str, rng, stride: int, c: int, hidden: int) -> onnx.GraphProto:
-    """One rate's network of `rate_switched_vad` as an If branch (outputs prob, stateN)."""
+def _vad_branch(tag: str, rng, stride: int, c: int, hidden: int, frame: int | None = None) -> onnx.GraphProto:
+    """One rate's network of `rate_switched_vad` as an If branch (outputs prob, stateN); `frame`: the
+    audio is first reshaped to rows of that many samples (the network runs at that length only)."""
     def name(x: str) -> str:
         return f"{tag}/{x}"
     w = {name("conv.weight"): rng.standard_normal((c, 1, 8)) / 3, name("conv.bias"): rng.normal(0, 0.1, c),
@@ -117,7 +118,14 @@ def _vad_branch(tag: str, rng, stride: int, c: int, hidden: int) -> onnx.GraphPr
     consts += [helper.make_node("Constant", [], [k], name=f"{k}/const",
                                 value=numpy_helper.from_array(np.array(v, np.int64), k))
                for k, v in ints.items()]
-    n = [helper.make_node("Unsqueeze", ["audio", name("one")], [name("x")], name=name("unsqueeze")),
+    audio = "audio"
+    if frame is not None:
+        consts.append(helper.make_node("Constant", [], [name("frame")], name=name("frame/const"),
+                                       value=numpy_helper.from_array(np.array([-1, frame], np.int64))))
+        consts.append(helper.make_node("Reshape", ["audio", name("frame")], [name("rows")],
+                                       name=name("rows")))
+        audio = name("rows")
+    n = [helper.make_node("Unsqueeze", [audio, name("one")], [name("x")], name=name("unsqueeze")),
          helper.make_node("Conv", [name("x"), name("conv.weight"), name("conv.bias")], [name("c")],
                           name=name("conv"), strides=[stride]),
          helper.make_node("Relu", [name("c")], [name("r")], name=name("relu")),
@@ -155,18 +163,22 @@ def _squeeze_if(name, hidden: int) -> onnx.NodeProto:
                             then_branch=then, else_branch=other)
 
 
-def rate_switched_vad(samples: int = 64, c: int = 8, hidden: int = 16, seed: int = 0,
-                      named: bool = False) -> onnx.ModelProto:
-    """The VAD of the module docstring: inputs audio [N, samples], state [2, ?, hidden] (batch on axis 1,
-    unnamed; `named`: [2, N, hidden], as torch.onnx.export's dynamic_axes name it), sr (int64 scalar);
-    outputs prob [N, 1], stateN [?, ?, ?]."""
+def rate_switched_vad(samples: int | None = 64, c: int = 8, hidden: int = 16, seed: int = 0,
+                      named: bool = False, frame_8k: int | None = None,
+                      after: bool = False) -> onnx.ModelProto:
+    """The VAD of the module docstring: inputs audio [N, samples] (None: any length), state [2, ?, hidden]
+    (batch on axis 1, unnamed; `named`: [2, N, hidden], as torch.onnx.export's dynamic_axes name it), sr
+    (int64 scalar); outputs prob [N, 1], stateN [?, ?, ?]. `frame_8k`: the 8 kHz network runs at that
+    many samples only (silero-vad's: half the 16 kHz frame); `after`: prob goes through a Relu in the
+    outer graph (the If is not the whole model)."""
     rng = np.random.default_rng(seed)
     nodes = [helper.make_node("Constant", [], ["rate16k"], name="rate16k",
                               value=numpy_helper.from_array(np.array(16000, np.int64), "rate16k")),
              helper.make_node("Equal", ["sr", "rate16k"], ["is16k"], name="is16k"),
-             helper.make_node("If", ["is16k"], ["prob", "stateN"], name="rate",
+             helper.make_node("If", ["is16k"], ["p" if after else "prob", "stateN"], name="rate",
                               then_branch=_vad_branch("r16k", rng, 4, c, hidden),
-                              else_branch=_vad_branch("r8k", rng, 2, c, hidden))]
+                              else_branch=_vad_branch("r8k", rng, 2, c, hidden, frame_8k))]
+    nodes += [helper.make_node("Relu", ["p"], ["prob"], name="after")] if after else []
     return _model(nodes, [_vi("audio", ["N", samples]), _vi("state", [2, "N" if named else None, hidden]),
                           _vi("sr", [], onnx.TensorProto.INT64)],
                   [_vi("prob", ["N", 1]), _vi("stateN", [None, None, None])], [], name="rate_switched_vad")

@@ -1,10 +1,11 @@
 """What Normalize refuses, checked before anything is changed: already-quantized models (Q/DQ or
 QLinear* nodes), bfloat16 tensors, custom-domain ops ORT cannot run, and control flow whose body holds
 quantizable layers -- an If whose condition folds to a constant is checked again after folding (it has
-been replaced by its branch by then). A graph that is only an If on a boolean model input with
-quantizable layers in both branches (Optimum's merged decoder) never gets here: the API compiles its
-branches one by one (core/branches.py); an If on a model input that has other nodes around it is refused
-as two models merged behind a flag, and the error names the files to use.
+been replaced by its branch by then). A graph that is only an If on a boolean model input, or on a
+condition computed from scalar inputs (silero-vad's sample rate), with quantizable layers in both
+branches (Optimum's merged decoder) never gets here: the API compiles its branches one by one
+(core/branches.py); such an If with other nodes around it is refused, and the error names the files
+to use or the input to pin.
 """
 
 from __future__ import annotations

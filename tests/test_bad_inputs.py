@@ -4,6 +4,8 @@ code 2 (usage) or 1 (model), no traceback, and leave no file behind (output, rep
 
 from __future__ import annotations
 
+import functools
+
 import onnx
 import pytest
 from _util import point_external_data_to
@@ -70,7 +72,7 @@ CASES = {
                       ["'branch'", "'flag'"], ["decoder_model.onnx and decoder_with_past_model.onnx"]),
     "loop-around-conv": (_model(builders.bad_loop_conv), [], 1, ["'loop'", "(Loop)", "Conv"],
                          ["without control flow"]),
-    "if-on-scalar-input": (_model(signal_builders.rate_switched_vad), [], 1,
+    "if-on-scalar-input": (_model(functools.partial(signal_builders.rate_switched_vad, after=True)), [], 1,
                            ["'rate'", "(If)", "Conv", "scalar input 'sr'", "16000 at node 'is16k'"],
                            ["--input-value sr:16000"]),
     "input-value-unknown": (_model(signal_builders.rate_switched_vad), ["--input-value", "rate:16000"], 2,

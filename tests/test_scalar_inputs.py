@@ -5,13 +5,15 @@ dimensions; the written model runs with the feeds the user's code sends."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from dfq_onnx.models.signal_builders import rate_switched_vad
+from onnx import numpy_helper
 
 import dfq_onnx
 from dfq_onnx.core import batch_axis, ir
-from dfq_onnx.core.errors import PassError, UnsupportedModelError, UsageError
+from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 
 
 def _sqnr(want, got) -> float:
@@ -24,19 +26,59 @@ def _feeds(n: int, seed: int = 1) -> dict:
             "state": (rng.standard_normal((2, n, 16)) * 0.5).astype(np.float32)}
 
 
-def _compile(named: bool = False, **kw):
-    return dfq_onnx.quantize(rate_switched_vad(named=named), synth_samples=16, synth_steps=2, progress=False,
-                             use_cache=False, latency_check=False, **kw)
+def _compile(named: bool = False, model=None, **kw):
+    return dfq_onnx.quantize(model or rate_switched_vad(named=named), synth_samples=16, synth_steps=2,
+                             progress=False, use_cache=False, latency_check=False,
+                             input_shapes={"audio": (1, 64)}, **kw)
 
 
-def test_an_unpinned_scalar_names_the_input_the_option_and_the_values_it_selects():
-    """An If on the scalar: the control-flow refusal says which input to pin and to what; a scalar read
-    elsewhere (the If pinned away by hand): its own error, same hint."""
-    with pytest.raises(PassError, match=r"node 'rate' \(If\).*scalar input 'sr'.*--input-value sr:16000 "
-                                        r"\(the graph compares it with 16000 at node 'is16k', the condition "
-                                        r"of If 'rate'\)") as err:
-        dfq_onnx.quantize(rate_switched_vad(), progress=False, use_cache=False)
-    assert isinstance(err.value.cause, UnsupportedModelError)
+def _run(model, feeds: dict, rate: int) -> list:
+    return ort.InferenceSession(model.SerializeToString()).run(None, {**feeds, "sr": np.array(rate)})
+
+
+def _rate_as_initializer() -> onnx.ModelProto:
+    """The VAD with 16000 an initializer, not a Constant node (torch 1.12's export of silero-vad v4)."""
+    model = rate_switched_vad()
+    const = model.graph.node[0]
+    model.graph.initializer.append(numpy_helper.from_array(np.array(16000, np.int64), const.output[0]))
+    del model.graph.node[0]
+    return model
+
+
+@pytest.mark.parametrize("build", [rate_switched_vad, _rate_as_initializer])
+def test_an_unpinned_rate_compiles_both_networks_and_the_written_model_still_chooses(build):
+    """No --input-value: the If on `sr` is two networks (core/branches.py); each is compiled as its own
+    model and the written model keeps the Equal on `sr` (and its constant), so each rate runs its own
+    quantized network."""
+    out, report = _compile(model=build())
+    assert [n.op_type for n in out.graph.node][-2:] == ["Equal", "If"]
+    assert report.model["flag"] == "sr" and "float_branches" not in report.notes
+    for branch in out.graph.node[-1].attribute:
+        assert "QuantizeLinear" in {n.op_type for n in branch.g.node}
+    feeds = _feeds(5)
+    for rate in (16000, 8000):
+        want, got = _run(build(), feeds, rate), _run(out, feeds, rate)
+        assert min(_sqnr(w, g) for w, g in zip(want, got)) > 30      # 55-74 dB (tiny random network)
+
+
+def test_a_network_that_cannot_run_at_the_compile_shape_is_written_float():
+    """The 8 kHz network runs at 32 samples only; compiled at 64 its branch stays the source's (float,
+    bit-exact), the 16 kHz one is quantized, and the report says what to pass for the other."""
+    model = rate_switched_vad(samples=None, frame_8k=32)
+    out, report = _compile(model=model)
+    why = report.notes["float_branches"]["else_branch"]
+    assert "--input-shape audio:1,64" in why and "--input-value sr:VALUE" in why
+    ops = {a.name: {n.op_type for n in a.g.node} for a in out.graph.node[2].attribute}
+    assert "QuantizeLinear" in ops["then_branch"] and "QuantizeLinear" not in ops["else_branch"]
+    rng = np.random.default_rng(3)
+    feeds = {"audio": rng.standard_normal((3, 32)).astype(np.float32),
+             "state": rng.standard_normal((2, 3, 16)).astype(np.float32)}
+    for w, g in zip(_run(model, feeds, 8000), _run(out, feeds, 8000)):
+        np.testing.assert_array_equal(w, g)
+
+
+def test_a_scalar_read_outside_a_condition_names_the_input_the_option_and_the_values():
+    """A scalar the graph reads elsewhere (here: the If pinned away by hand) has its own error and hint."""
     from dfq_onnx.core.scalar_inputs import check_scalar_inputs
 
     with pytest.raises(UnsupportedModelError,
@@ -116,3 +158,15 @@ def test_the_cli_reads_a_pin_both_ways():
 
     assert _value_hint("sr:16000") == _value_hint("sr=16000") == ("sr", 16000)
     assert _value_hint("scale:0.5") == ("scale", 0.5)
+
+
+def test_inspect_shows_the_two_networks_a_scalar_chooses(tmp_path, capsys):
+    from dfq_onnx.cli import main
+
+    path = tmp_path / "vad.onnx"
+    path.write_bytes(rate_switched_vad().SerializeToString())
+    assert main(["-q", "inspect", str(path), "--input-shape", "audio:1,64"]) == 0
+    out = capsys.readouterr().out
+    assert "two networks chosen by the input(s) 'sr'" in out and "[then_branch]" in out
+    assert main(["-q", "inspect", str(path), "--input-value", "sr:8000"]) == 0
+    assert "two networks" not in capsys.readouterr().out

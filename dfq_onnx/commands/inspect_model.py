@@ -23,7 +23,7 @@ def inspect(path, target: TargetProfile, options: QuantizeOptions) -> dict:
     source = ir.load_model(path)
     merged = branches.split(source, pinned=options.input_values)
     if merged is not None:
-        return {"model": str(path), "flag": merged.flag,
+        return {"model": str(path), "flag": merged.flag, "computed": merged.computed,
                 "branches": {name: inspect(m, target, branches.branch_options(options, m))
                              for name, m in merged.branches.items()}}
     ops_in = Counter(n.op_type for n in source.graph.node)

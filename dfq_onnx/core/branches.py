@@ -14,8 +14,16 @@ inside control flow are otherwise refused (passes/supported.py); here each branc
             references again); an initializer both compiled branches hold under one name with the same
             bytes (a weight both quantize alike) is stored once in the outer graph, as in the source.
 
-A model qualifies when its graph is exactly one If whose condition is a boolean model input and whose
-both branches hold quantizable layers; anything else keeps Normalize's checks.
+The same holds for a network chosen by a scalar model input: silero-vad v5 computes `If(sr == 16000)`
+and its branches are the 16 kHz and the 8 kHz networks. The nodes computing the condition (a Constant,
+an Equal on the input, a Cast) stay in the outer graph, so the joined model selects its branch from the
+value fed, as the source does, and no value has to be pinned (`--input-value` still compiles the one
+branch its value selects).
+
+A model qualifies when its graph is one If whose outputs are the graph's, whose both branches hold
+quantizable layers, and whose condition is a boolean model input or is computed -- by the graph's
+only other nodes -- from scalar (rank-0) or boolean model inputs and constants; anything else keeps
+Normalize's checks.
 """
 
 from __future__ import annotations
@@ -34,10 +42,12 @@ BRANCHES = ("then_branch", "else_branch")
 
 @dataclass
 class FlagSplit:
-    """A model split at its flag: the condition input and one standalone model per branch."""
+    """A model split at its flag: the model inputs the condition reads (the flag itself, or the scalars
+    it is computed from), whether it is computed, and one standalone model per branch."""
 
     flag: str
     branches: dict[str, onnx.ModelProto]
+    computed: bool = False
 
 
 def _outer_refs(graph: onnx.GraphProto) -> list[str]:
@@ -51,28 +61,74 @@ def _outer_refs(graph: onnx.GraphProto) -> list[str]:
     return refs
 
 
-def _flag_if(model: onnx.ModelProto) -> onnx.NodeProto | None:
+def _output_identities(g: onnx.GraphProto, node: onnx.NodeProto) -> set[int] | None:
+    """Indices of the Identity nodes renaming the If's outputs to the graph's (silero-vad's export),
+    when the graph's outputs are the If's outputs in order, renamed or not; else None."""
+    renamed = {n.output[0]: (k, n.input[0]) for k, n in enumerate(g.node)
+               if n.op_type == "Identity" and n.input and n.input[0] in node.output}
+    names = [renamed.get(o.name, (None, o.name))[1] for o in g.output]
+    if names != list(node.output):
+        return None
+    return {renamed[o.name][0] for o in g.output if o.name in renamed}
+
+
+def _condition_inputs(g: onnx.GraphProto, at: int, skip: set[int]) -> list[str] | None:
+    """The model inputs the condition of the If at node index `at` is computed from, when the graph's
+    other nodes (but the `skip` ones) do that and nothing else, from scalar or boolean inputs and
+    constants; else None."""
+    inputs = {i.name: i for i in g.input}
+    producers = {o: k for k, n in enumerate(g.node) for o in n.output}
+    inits = {t.name for t in g.initializer}
+    used, leaves, todo = set(), [], [g.node[at].input[0]]
+    while todo:
+        name = todo.pop()
+        if name in inputs:
+            t = inputs[name].type.tensor_type
+            if t.elem_type != onnx.TensorProto.BOOL and (not t.HasField("shape") or t.shape.dim):
+                return None     # a tensor input (its shape, its values): not a choice between models
+            leaves += [name] if name not in leaves else []
+        elif name in producers:
+            k = producers[name]
+            if k not in used:
+                used.add(k)
+                todo.extend(i for i in g.node[k].input if i)
+        elif name not in inits:
+            return None
+    others = [n for k, n in enumerate(g.node) if k != at and k not in skip]
+    if len(used) != len(others) or any(n.op_type in QUANTIZABLE or ir.proto_subgraphs(n) for n in others):
+        return None
+    return sorted(leaves) or None
+
+
+def _flag_if(model: onnx.ModelProto) -> tuple[onnx.NodeProto, list[str]] | None:
+    """(the If, the model inputs its condition reads) of a qualifying model (module docstring)."""
     g = model.graph
-    if len(g.node) != 1 or g.node[0].op_type != "If":
+    ifs = [k for k, n in enumerate(g.node) if n.op_type == "If"]
+    if len(ifs) != 1:
         return None
-    node = g.node[0]
-    flag = next((i for i in g.input if i.name == node.input[0]), None)
-    if flag is None or flag.type.tensor_type.elem_type != onnx.TensorProto.BOOL:
-        return None
+    node = g.node[ifs[0]]
     branches = {a.name: a.g for a in node.attribute if a.name in BRANCHES}
     if len(branches) != 2 or not all({n.op_type for n in b.node} & QUANTIZABLE for b in branches.values()):
         return None
-    if [o.name for o in g.output] != list(node.output):
+    renames = _output_identities(g, node)
+    if renames is None:
         return None
-    return node
+    flag = next((i for i in g.input if i.name == node.input[0]), None)
+    if flag is not None:
+        bool_flag = flag.type.tensor_type.elem_type == onnx.TensorProto.BOOL
+        reads = [flag.name] if bool_flag and len(g.node) == 1 + len(renames) else None
+    else:
+        reads = _condition_inputs(g, ifs[0], renames)
+    return (node, reads) if reads else None
 
 
 def split(model: onnx.ModelProto, pinned=()) -> FlagSplit | None:
     """The standalone branch models of a flag-merged model (module docstring), else None; None too when
     the flag is among the `pinned` inputs (`--input-value`: the compile takes that branch only)."""
-    node = _flag_if(model)
-    if node is None or node.input[0] in pinned:
+    found = _flag_if(model)
+    if found is None or set(found[1]) & set(pinned):
         return None
+    node, reads = found
     g = model.graph
     inputs = {i.name: i for i in g.input}
     inits = {t.name: t for t in g.initializer}
@@ -96,7 +152,7 @@ def split(model: onnx.ModelProto, pinned=()) -> FlagSplit | None:
             if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
                 vi.type.CopyFrom(declared.type)
         out[attr.name] = branch
-    return FlagSplit(flag=node.input[0], branches=out)
+    return FlagSplit(flag=", ".join(reads), branches=out, computed=node.input[0] != reads[0])
 
 
 def branch_options(options: QuantizeOptions, branch: onnx.ModelProto) -> QuantizeOptions:
@@ -117,10 +173,12 @@ def join(model: onnx.ModelProto, compiled: dict[str, onnx.ModelProto]) -> onnx.M
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
+    condition = {i for n in g.node if n.op_type != "If" for i in n.input}   # e.g. Equal(sr, 16000)'s constant
+    kept = [t for t in g.initializer if t.name in condition and t.name not in names]
     del g.initializer[:]
-    g.initializer.extend(shared)
+    g.initializer.extend(kept + shared)
     del g.value_info[:]
-    node = g.node[0]
+    node = next(n for n in g.node if n.op_type == "If")
     for attr in node.attribute:
         if attr.name not in BRANCHES:
             continue

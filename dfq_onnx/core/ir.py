@@ -238,13 +238,12 @@ def carry_over(out: onnx.ModelProto, source: onnx.ModelProto) -> None:
     out.graph.doc_string, out.graph.name = source.graph.doc_string, source.graph.name
 
 
-def pin_inputs(model: onnx.ModelProto, values: dict[str, float]) -> list[tuple[int, onnx.ValueInfoProto]]:
-    """Make each input named in `values` an initializer holding that value (one element, the input's
-    element type and declared rank), so constant folding takes the branch it selects (silero-vad's If on
-    its sample rate). Returns the removed declarations with their positions, for `restore_pinned`.
-    Unknown names, inputs of more than one element and values the type cannot hold are usage errors."""
+def pin_values(model: onnx.ModelProto, values: dict[str, float]) -> dict:
+    """{name: (input index, its declaration, the value as an array of the input's type and rank)} for the
+    `--input-value` pins (`model` is only read). Unknown names, inputs of more than one element and
+    values the type cannot hold are usage errors."""
     inputs = {vi.name: (i, vi) for i, vi in enumerate(model.graph.input)}
-    pinned = []
+    out = {}
     for name, value in sorted(values.items()):
         if name not in inputs:
             raise UsageError(f"--input-value names '{name}', but the model's inputs are {', '.join(inputs)}")
@@ -259,8 +258,19 @@ def pin_inputs(model: onnx.ModelProto, values: dict[str, float]) -> list[tuple[i
         if arr.astype(np.float64) != float(value):
             raise UsageError(f"--input-value {name}:{value}: the input is {np.dtype(dtype).name}, which "
                              "cannot hold that value")
+        out[name] = (index, vi, arr.reshape([1] * len(dims)))
+    return out
+
+
+def pin_inputs(model: onnx.ModelProto, values: dict[str, float]) -> list[tuple[int, onnx.ValueInfoProto]]:
+    """Make each input named in `values` an initializer holding that value (one element, the input's
+    element type and declared rank), so constant folding takes the branch it selects (silero-vad's If on
+    its sample rate). Returns the removed declarations with their positions, for `restore_pinned`.
+    Unknown names, inputs of more than one element and values the type cannot hold are usage errors."""
+    pinned = []
+    for name, (index, vi, arr) in pin_values(model, values).items():
         pinned.append((index, copy.deepcopy(vi)))
-        model.graph.initializer.append(numpy_helper.from_array(arr.reshape([1] * len(dims)), name))
+        model.graph.initializer.append(numpy_helper.from_array(arr, name))
     for index, _ in sorted(pinned, key=lambda p: -p[0]):
         del model.graph.input[index]
     model.ir_version = max(model.ir_version, 4)      # initializers that are not inputs
