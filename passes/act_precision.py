@@ -49,6 +49,7 @@ from dfq_onnx.core.state import FLOAT_BITS, BitPlan, CompileState
 from dfq_onnx.sensitivity.act_scoring import (
     BROKEN,
     ActTerms,
+    joint_bound,
     score_activations,
     scored_bits,
     switchable,
@@ -170,7 +171,7 @@ def joint_choice(terms: ActTerms, acts: ActChoices) -> dict[str, int]:
     with the lowest measured loss; only precisions the decision allows the group (`acts.candidates`)."""
     if not terms.joint:
         return {}
-    bound = BROKEN * terms.weight_loss
+    bound = joint_bound(terms.weight_loss)
     fits = [i for i, (_, _, v) in enumerate(terms.joint) if v <= bound]
     end = fits[0] if fits else min(range(len(terms.joint)), key=lambda i: (terms.joint[i][2], i))
     return {k: a for k, a, _ in terms.joint[:end + 1] if a in acts.candidates.get(k, ())}
@@ -250,8 +251,8 @@ class ChooseActivationPrecision(Pass):
         notes = summary(state, terms, acts, chosen)
         if terms.joint:
             steps = [{"group": k, "precision": a, "loss": v} for k, a, v in terms.joint]
-            notes["joint"] = {"factor": BROKEN, "bound": BROKEN * terms.weight_loss, "applied": sorted(joint),
-                              "measured": steps}
+            notes["joint"] = {"factor": BROKEN, "bound": joint_bound(terms.weight_loss),
+                              "applied": sorted(joint), "measured": steps}
         if budget:
             notes["budget"] = {**budget, "undecided_groups": terms.undecided}
         if ev is not None:

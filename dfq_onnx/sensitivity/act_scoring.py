@@ -140,9 +140,15 @@ def score_pairs(ev: Evaluator, pairs: list[tuple[str, str]], base: int, lam: flo
     return out
 
 
+def joint_bound(weight_loss: float) -> float:
+    """BROKEN x L_w: the loss above which the all-base plan is broken and below which the joint check's
+    plan fits (module docstring)."""
+    return BROKEN * weight_loss
+
+
 def broken(act_loss: float, weight_loss: float) -> bool:
     """Whether the all-base plan is broken: L_act > BROKEN x L_w (module docstring)."""
-    return act_loss > BROKEN * weight_loss
+    return act_loss > joint_bound(weight_loss)
 
 
 def rescue(ag: ActGroup) -> int:
@@ -160,7 +166,7 @@ def joint_check(ev: Evaluator, act_groups: list[ActGroup], found: list[str],
     loss vs FP32 is at most BROKEN x L_w."""
     by_id = {ag.id: ag for ag in act_groups}
     ids = [ag.id for ag in switchable(act_groups)]
-    bound = BROKEN * weight_loss
+    bound = joint_bound(weight_loss)
     worse = [k for k in found if singles[k].get(base, 0.0) > weight_loss]
     order = sorted(worse, key=lambda k: (-singles[k].get(base, 0.0), ids.index(k)))
     config = {a: base for a in ids}
