@@ -41,47 +41,15 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     source = ir.load_model(model)
     ir.pin_values(source, opts.input_values)          # a bad pin fails before anything is compiled
     merged = branches.split(source, pinned=opts.input_values)
+    detail = report_path is not None
     if merged is not None:
         opts = with_inferred_shapes(model, source, opts)
-        out, report = _quantize_branches(source, merged, profile, opts, encodings_path)
+        out, report = _quantize_branches(model, source, merged, profile, opts, encodings_path, detail)
         _write_outputs(out, output, report, report_path)
         return out, report
-    report = Report()
-    pinned = pin_inputs(source, opts.input_values, report)
-    opts = with_inferred_shapes(model, source, opts)     # dynamic input sizes the compile can infer
-    report.model.update({"name": source.graph.name, "producer": source.producer_name,
-                         "path": str(model) if not isinstance(model, onnx.ModelProto) else None,
-                         "target": profile.name, "options": _options_dict(opts)})
-    state = CompileState(graph=None, target=profile, options=opts, report=report,
-                         model_hash=ir.model_hash(source), source=source)
-    size = ir.tensor_bytes(source)
-    del source          # Normalize imports the weights into the graph and keeps the declarations
-    with _warnings_into(report):
-        run_passes(default_pipeline(profile, opts), state)
-        declared = state.declared
-        out = ir.to_model(state.graph, ir_version=max(declared.ir_version,
-                                                      ir.min_ir_version(state.graph.opset)))
-        ir.carry_over(out, declared)
-        ir.restore_pinned(out, pinned, opts.input_values)
-        out.producer_name, out.producer_version = "dfq-onnx", _version()
-        extra = []
-        if encodings_path is not None:
-            from dfq_onnx.backends.encodings import export_encodings, to_json
-
-            enc = export_encodings(state.graph, report, profile.act_symmetric)
-            extra.append((encodings_path, to_json(enc).encode()))
-        state.graph = None    # the graph's arrays now live in `out`: free them before the checker's copies
-        ir.collect_if_large(size)
-        ir.check_model(out)
-        report.model["params"] = sum(g.params for g in state.groups)
-        if report_path is not None:
-            from dfq_onnx.passes.normalize import declared_form
-            from dfq_onnx.report.data import fill
-
-            source = ir.load_model(model)       # read again: the compile kept no copy of the weights
-            ir.pin_inputs(source, opts.input_values)
-            declared_form(source)
-            fill(state, source, out)
+    box = [source]
+    del source          # the compile drops the proto after Normalize: no other reference may keep it
+    out, report, state, extra = _compile(model, box, profile, opts, encodings_path, detail)
     curve: list[Path] = []
     try:
         if opts.pareto is not None and state.pareto is not None:
@@ -96,9 +64,57 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     return out, report
 
 
-def _quantize_branches(source: onnx.ModelProto, merged: branches.FlagSplit, profile: TargetProfile,
-                       opts: QuantizeOptions, encodings_path) -> tuple[onnx.ModelProto, Report]:
-    """Compile each branch of a flag-merged model as its own model and join them (core/branches.py)."""
+def _compile(model, box: list[onnx.ModelProto], profile: TargetProfile, opts: QuantizeOptions, encodings_path,
+             detail: bool) -> tuple[onnx.ModelProto, Report, CompileState, list]:
+    """The pipeline on one model (`box` holds it, loaded from `model`; the compile empties the box so that
+    the proto is freed after Normalize): the written model, its report (with the FP32 comparison and the
+    sensitivity sections when `detail`), the final compile state and the (path, bytes) of the encodings
+    file when asked."""
+    source = box.pop()
+    report = Report()
+    pinned = pin_inputs(source, opts.input_values, report)
+    opts = with_inferred_shapes(model, source, opts)     # dynamic input sizes the compile can infer
+    report.model.update({"name": source.graph.name, "producer": source.producer_name,
+                         "path": str(model) if not isinstance(model, onnx.ModelProto) else None,
+                         "target": profile.name, "options": _options_dict(opts)})
+    state = CompileState(graph=None, target=profile, options=opts, report=report,
+                         model_hash=ir.model_hash(source), source=source)
+    size = ir.tensor_bytes(source)
+    del source          # Normalize imports the weights into the graph and keeps the declarations
+    extra = []
+    with _warnings_into(report):
+        run_passes(default_pipeline(profile, opts), state)
+        declared = state.declared
+        out = ir.to_model(state.graph, ir_version=max(declared.ir_version,
+                                                      ir.min_ir_version(state.graph.opset)))
+        ir.carry_over(out, declared)
+        ir.restore_pinned(out, pinned, opts.input_values)
+        out.producer_name, out.producer_version = "dfq-onnx", _version()
+        if encodings_path is not None:
+            from dfq_onnx.backends.encodings import export_encodings, to_json
+
+            enc = export_encodings(state.graph, report, profile.act_symmetric)
+            extra.append((encodings_path, to_json(enc).encode()))
+        state.graph = None    # the graph's arrays now live in `out`: free them before the checker's copies
+        ir.collect_if_large(size)
+        ir.check_model(out)
+        report.model["params"] = sum(g.params for g in state.groups)
+        if detail:
+            from dfq_onnx.passes.normalize import declared_form
+            from dfq_onnx.report.data import fill
+
+            source = ir.load_model(model)       # read again: the compile kept no copy of the weights
+            ir.pin_inputs(source, opts.input_values)
+            declared_form(source)
+            fill(state, source, out)
+    return out, report, state, extra
+
+
+def _quantize_branches(model, source: onnx.ModelProto, merged: branches.FlagSplit, profile: TargetProfile,
+                       opts: QuantizeOptions, encodings_path, detail: bool) -> tuple[onnx.ModelProto, Report]:
+    """Compile each branch of a flag-merged model as its own model and join them (core/branches.py). The
+    report lists every branch's layers, activations and passes (each entry with its `branch`) and holds
+    each branch's whole report under `branches` (the HTML report shows one section per branch)."""
     per_model = [name for name, given in (("--calib FILE.npz", opts.calib.endswith(".npz")),
                                           ("--size-mb", opts.size_mb), ("--latency-ms", opts.latency_ms),
                                           ("--pareto", opts.pareto), ("--export-encodings", encodings_path))
@@ -130,14 +146,18 @@ def _quantize_branches(source: onnx.ModelProto, merged: branches.FlagSplit, prof
                           f"Runtime: {failure}): written float; compile it alone with --input-value "
                           f"{merged.flag}:VALUE and the input shapes of the value it serves")
             log.warning("%s: %s", name, left[name])
-            compiled[name], reports[name] = branch, Report()
+            compiled[name] = branch
+            reports[name] = Report(model={"name": branch.graph.name, "target": profile.name},
+                                   notes={"float": left[name]})
             continue
-        compiled[name], reports[name] = quantize(branch, target=profile, options=branch_opts)
+        compiled[name], reports[name], _, _ = _compile(branch, [branch], profile, branch_opts, None, detail)
     out = branches.join(source, compiled)
     out.producer_name, out.producer_version = "dfq-onnx", _version()
     ir.check_model(out)
     report = Report(model={"name": source.graph.name, "producer": source.producer_name,
-                           "target": profile.name, "options": _options_dict(opts), "flag": merged.flag})
+                           "path": str(model) if not isinstance(model, onnx.ModelProto) else None,
+                           "target": profile.name, "options": _options_dict(opts), "flag": merged.flag},
+                    branches={name: r.to_dict() for name, r in reports.items()})
     for name, r in reports.items():
         for key in ("passes", "layers", "activations", "groups", "skipped"):
             getattr(report, key).extend({**entry, "branch": name} for entry in getattr(r, key))

@@ -170,3 +170,19 @@ def test_inspect_shows_the_two_networks_a_scalar_chooses(tmp_path, capsys):
     assert "two networks chosen by the input(s) 'sr'" in out and "[then_branch]" in out
     assert main(["-q", "inspect", str(path), "--input-value", "sr:8000"]) == 0
     assert "two networks" not in capsys.readouterr().out
+
+
+def test_the_report_of_two_networks_holds_each_ones_report(tmp_path):
+    """--report: each network's whole report (its FP32 comparison too) under `branches`; the HTML page
+    shows one section per branch, a float one with why."""
+    import json
+
+    _compile(model=rate_switched_vad(samples=None, frame_8k=32), report_path=tmp_path / "r.json")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert set(report["branches"]) == {"then_branch", "else_branch"}
+    assert report["branches"]["then_branch"]["comparison"]["outputs"]
+    assert "--input-value sr:VALUE" in report["branches"]["else_branch"]["notes"]["float"]
+    _compile(model=rate_switched_vad(samples=None, frame_8k=32), report_path=tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("<h2>Branch ") == 2 and "<h3>FP32 vs quantized outputs</h3>" in page
+    assert "written float: does not run at the compile" in page

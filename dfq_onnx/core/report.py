@@ -22,6 +22,7 @@ class Report:
     comparison: dict[str, Any] | None = None       # FP32 vs quantized outputs (dfq_onnx.report.data)
     sensitivity: dict[str, Any] | None = None      # groups x candidates loss matrix
     pareto: list[dict[str, Any]] | None = None     # {budget, predicted, measured, bits} points
+    branches: dict[str, dict[str, Any]] | None = None   # a model compiled branch by branch: each one's report
 
     def skip(self, node: str, reason: str) -> None:
         self.skipped.append({"node": node, "reason": reason})
@@ -32,6 +33,8 @@ class Report:
              "skipped": self.skipped,
              "warnings": self.warnings, "notes": self.notes, "comparison": self.comparison,
              "sensitivity": self.sensitivity, "pareto": self.pareto}
+        if self.branches is not None:
+            d["branches"] = self.branches
         return d if timings else _without_timings(d)
 
     def to_json(self, timings: bool = True) -> str:

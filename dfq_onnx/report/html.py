@@ -21,6 +21,7 @@ CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px;color:#1d2330;
 max-width:1200px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde2ea}
+h3{font-size:15px;margin:20px 0 6px}
 .sub{color:#5a6478;font-size:13px}.cards{display:flex;gap:12px;flex-wrap:wrap;margin:14px 0}
 .card{background:#f3f6fa;border-radius:6px;padding:8px 14px;min-width:110px}
 .card b{display:block;font-size:19px}.card span{font-size:12px;color:#5a6478}
@@ -81,8 +82,8 @@ def _summary(r: dict) -> str:
     cards = [("weighted layers", len(layers)), ("parameters", f"{params:,}"),
              ("avg weight bits", f"{avg:.2f}"),
              ("forward passes", r.get("forward_passes", 0)), ("warnings", len(r.get("warnings") or [])),
-             ("nodes", f"{m.get('nodes_in', '-')} → {m.get('nodes', '-')}"),
-             ("opset", f"{m.get('opset_in', '-')} → {m.get('opset', '-')}")]
+             *([("nodes", f"{m.get('nodes_in', '-')} → {m.get('nodes', '-')}"),
+                ("opset", f"{m.get('opset_in', '-')} → {m.get('opset', '-')}")] if "nodes" in m else [])]
     opts = m.get("options") or {}
     shown = {k: v for k, v in sorted(opts.items()) if v not in (None, {}, [], ())}
     return ('<div class="cards">' + "".join(f'<div class="card"><b>{_e(v)}</b><span>{_e(k)}</span></div>'
@@ -262,16 +263,40 @@ def _messages(r: dict) -> str:
     return "<ul>" + "".join(items) + "</ul>" if items else "<p class='sub'>none</p>"
 
 
+def _sections(report: dict) -> list[tuple[str, str]]:
+    return [("Summary", _summary(report)), ("FP32 vs quantized outputs", _comparison(report)),
+            ("Bits per layer", _bits_plot(report.get("layers", []))),
+            ("Sensitivity", _sensitivity(report)), ("Activation precision", _act_precision(report)),
+            ("Pareto curve", _pareto(report)),
+            ("Layers", _layers(report)), ("Activations", _activations(report)),
+            ("Passes", _passes(report)), ("Warnings and skips", _messages(report))]
+
+
+def _branches(report: dict) -> str:
+    """A model compiled branch by branch (an If between two networks): each branch's own report."""
+    m = report.get("model", {})
+    out = [f"<p class='sub'>two networks behind the If on '{_e(m.get('flag'))}', each compiled as its own "
+           "model; the written model still chooses between them by the value fed</p>"]
+    for name, sub in report["branches"].items():
+        out.append(f"<h2>Branch {_e(name)}</h2>")
+        why = (sub.get("notes") or {}).get("float")
+        if why:
+            out.append(f"<p class='w'>written float: {_e(why)}</p>")
+            continue
+        out += [f"<h3>{_e(title)}</h3>{content}" for title, content in _sections(sub)
+                if content and title != "Warnings and skips"]
+    return "".join(out)
+
+
 def render(report: dict) -> str:
     """The HTML page of a report dict."""
     m = report.get("model", {})
     title = f"dfq-onnx report: {m.get('name') or m.get('path') or 'model'}"
-    sections = [("Summary", _summary(report)), ("FP32 vs quantized outputs", _comparison(report)),
-                ("Bits per layer", _bits_plot(report.get("layers", []))),
-                ("Sensitivity", _sensitivity(report)), ("Activation precision", _act_precision(report)),
-                ("Pareto curve", _pareto(report)),
-                ("Layers", _layers(report)), ("Activations", _activations(report)),
-                ("Passes", _passes(report)), ("Warnings and skips", _messages(report))]
+    if report.get("branches"):
+        sections = [("Summary", _summary(report) + _branches(report)),
+                    ("Warnings and skips", _messages(report))]
+    else:
+        sections = _sections(report)
     body = "".join(f"<h2>{_e(name)}</h2>{content}" for name, content in sections if content)
     sub = (f"target {_e(m.get('target'))} · producer {_e(m.get('producer') or '-')} · "
            f"source {_e(m.get('path') or 'in-memory model')}")
