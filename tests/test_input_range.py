@@ -84,3 +84,24 @@ def test_a_waveform_reads_the_scale_its_first_biased_layer_balances_at(level, pi
     assert inferred["range"] == pick
     assert abs(inferred["score_log10_bias_over_response"]["slope_decades_per_decade"] - 1) < 0.05
     assert any("--input-range audio:LOW,HIGH" in w for w in report.warnings)
+
+
+def test_a_long_waveform_draws_the_samples_its_first_layer_outputs_fit(monkeypatch):
+    """The audio inference draws samples within input_range.OUT_ELEMENTS outputs of the read layer, as
+    the image inference does (DNSMOS P.835's 9 s waveform into a 128-channel conv held 3 GB at 8
+    samples); a short frame keeps all of them."""
+    from dfq_onnx.backends import runtime
+    from dfq_onnx.core import ir
+    from dfq_onnx.synth import audio_range, input_range
+
+    rows = []
+    run_all = runtime.run_all
+    monkeypatch.setattr(runtime, "run_all", lambda s, feeds, fixed: rows.append(len(feeds["audio"]))
+                        or run_all(s, feeds, fixed))
+    graph = ir.to_graph(signal_builders.waveform_classifier(samples="T"))
+    audio_range.infer_audio_range(graph, "audio", (256,))
+    assert rows == [input_range.SAMPLES] * 2
+    rows.clear()
+    monkeypatch.setattr(input_range, "OUT_ELEMENTS", 3 * 8 * 4096 // 4)    # 3 x 8 channels x 4096 / 4
+    audio_range.infer_audio_range(graph, "audio", (4096,))
+    assert rows == [3, 3]

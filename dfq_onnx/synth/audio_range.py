@@ -31,7 +31,7 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.backends import runtime
 from dfq_onnx.backends.chunks import static_batch
-from dfq_onnx.synth.input_range import RangeInference, _log_ratios, biased_layers, observer
+from dfq_onnx.synth.input_range import RangeInference, _log_ratios, biased_layers, observer, sample_count
 
 FLOAT_AUDIO = ("[-1, 1] (float audio)", (-1.0, 1.0))
 INT16_AUDIO = ("16-bit sample values", (-32768.0, 32767.0))
@@ -39,7 +39,6 @@ FLOAT_BELOW = 0.1        # balance std at or below: float audio in [-1, 1]
 INT16_ABOVE = 100.0      # at or above: 16-bit sample values
 SLOPE = (0.85, 1.15)     # decades of score per decade of input scale that count as homogeneous
 MIN_SAMPLES = 256        # a waveform: [N, T] with T at least this
-SAMPLES = 8
 MIN_CHANNELS = 8
 
 
@@ -54,7 +53,8 @@ def infer_audio_range(graph: gs.Graph, name: str, shape: tuple[int, ...], seed: 
     sess = observer(graph, layers, prune_inputs=True) if layers else None
     if sess is None:
         return RangeInference(name, None, None, {}, 0, ())
-    x = np.random.default_rng(seed).standard_normal((SAMPLES, *shape)).astype(np.float32)
+    count = sample_count((1, *shape), layers)         # bounded by the layers' outputs (a long waveform)
+    x = np.random.default_rng(seed).standard_normal((count, *shape)).astype(np.float32)
     fixed = static_batch(graph)
     at = {}
     for scale in (1.0, 0.01):
