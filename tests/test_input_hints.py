@@ -144,7 +144,8 @@ def test_a_feature_extractors_size_is_not_given_to_another_models_float_input(tm
         {"feature_size": 80, "nb_max_frames": 3000, "sampling_rate": 16000}))
     assert with_config_hints(path, source, QuantizeOptions()).input_shapes == {}
     out, _ = dfq_onnx.quantize(path, progress=False, latency_check=False, use_cache=False)
-    assert [d.dim_param or d.dim_value for d in out.graph.input[1].type.tensor_type.shape.dim] == ["N", "E", 32]
+    dims = out.graph.input[1].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["N", "E", 32]
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(
         {"feature_size": 80, "nb_max_frames": 32, "sampling_rate": 16000}))
     assert with_config_hints(path, source, QuantizeOptions()).input_shapes == {"encoder_states": (1, 80, 32)}
