@@ -255,8 +255,10 @@ def token_lm_cache(vocab: int = 256, d: int = 32, width: int | str = "S", seed: 
     return _model(nodes, ins, outs, inits, name="token_lm_cache")
 
 
-def token_decoder_cross(vocab: int = 256, d: int = 32, enc_len: int = 10, seed: int = 0) -> onnx.ModelProto:
-    """The cross-attention decoder layer of the module docstring; output logits [N, S, vocab]."""
+def token_decoder_cross(vocab: int = 256, d: int = 32, enc_len: int | str = 10,
+                        seed: int = 0) -> onnx.ModelProto:
+    """The cross-attention decoder layer of the module docstring; output logits [N, S, vocab] (`enc_len` a
+    name: the encoder's length dynamic, as Optimum exports it)."""
     rng = np.random.default_rng(seed)
     inits: list = [_init("word.weight", _word_table(rng, vocab, d)),
                    _init("scale", np.array(1.0 / np.sqrt(d), np.float32))]

@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 import pytest
-from dfq_onnx.models import builders, exported, signal_builders
+from dfq_onnx.models import builders, exported, signal_builders, token_builders
 
 import dfq_onnx
 from dfq_onnx.core import ir
@@ -131,6 +131,24 @@ def test_an_audio_feature_extractors_config_sizes_a_waveform_input(tmp_path, cap
         {"feature_size": 80, "nb_max_frames": 3000, "sampling_rate": 16000}))
     assert with_config_hints(path, source, QuantizeOptions()).input_shapes == {}      # rank 2: not mel
     assert _config_audio(tmp_path, 3) == ((80, 3000), "preprocessor_config.json")
+
+
+def test_a_feature_extractors_size_is_not_given_to_another_models_float_input(tmp_path):
+    """Optimum writes Whisper's preprocessor_config.json beside decoder_model.onnx too, whose float input is
+    encoder_hidden_states [batch, encoder_sequence_length, D]: the log-mel size 80 x 3000 was hinted for it
+    and Normalize refused the hint ("axis 2 is 3000, but the model fixes it at D")."""
+    source = token_builders.token_decoder_cross(enc_len="E")
+    path = tmp_path / "decoder_model.onnx"
+    ir.save_model(source, path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"feature_size": 80, "nb_max_frames": 3000, "sampling_rate": 16000}))
+    assert with_config_hints(path, source, QuantizeOptions()).input_shapes == {}
+    out, _ = dfq_onnx.quantize(path, progress=False, latency_check=False, use_cache=False)
+    dims = out.graph.input[1].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["N", "E", 32]
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"feature_size": 80, "nb_max_frames": 32, "sampling_rate": 16000}))
+    assert with_config_hints(path, source, QuantizeOptions()).input_shapes == {"encoder_states": (1, 80, 32)}
 
 
 def test_the_shape_error_fills_in_the_channels_the_first_conv_reads():

@@ -26,7 +26,11 @@ vision_config.image_size). Channels: config.json's num_channels, else the first 
 An audio model's feature extractor says what it hands the model: a raw waveform (feature_size 1,
 wav2vec2 / HuBERT / WavLM) is calibrated on 1 s at its sampling_rate -- the length is the user's, any
 length runs; a frame-wise convolution and attention see the same statistics per frame -- and a
-log-mel input (Whisper) is feature_size x nb_max_frames.
+log-mel input (Whisper) is feature_size x nb_max_frames. A file's size is taken only for an input whose
+fixed dimensions it agrees with: the processor feeds one input, and the other float inputs of the same
+folder's files are no image or audio (Optimum's Whisper / TrOCR decoder reads encoder_hidden_states
+[batch, encoder_sequence_length, 384] and past_key_values [batch, 6, length, 64]: 80 x 3000 or
+3 x 384 x 384 there made Normalize refuse the hint it had been given).
 """
 
 from __future__ import annotations
@@ -225,13 +229,25 @@ def _config_audio(folder: Path, rank: int) -> tuple[tuple[int, ...], str] | None
     return None
 
 
+def _fixed_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """{graph input: its dimensions, None where dynamic}."""
+    return {vi.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                      for d in vi.type.tensor_type.shape.dim] for vi in model.graph.input}
+
+
+def _agrees(fixed: list[int | None], hint: tuple[int, ...]) -> bool:
+    """A hint [1, *row] fits an input when every fixed non-batch dimension equals the hint's."""
+    return len(fixed) == len(hint) and all(f is None or f == h for f, h in zip(fixed[1:], hint[1:]))
+
+
 def _audio_hints(folder: Path, model: onnx.ModelProto, dynamic: dict[str, int]) -> dict:
     floats = {vi.name for vi in model.graph.input
               if vi.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    fixed = _fixed_dims(model)
     hints = {}
     for k, rank in dynamic.items():
         found = _config_audio(folder, rank) if k in floats and rank in (2, 3) else None
-        if found:
+        if found and _agrees(fixed[k], (1, *found[0])):
             hints[k] = (1, *found[0])
             log.warning("input '%s': size %s from %s beside the model (pass --input-shape to choose "
                         "another)", k, "x".join(map(str, found[0])), found[1])
@@ -243,12 +259,12 @@ def _image_hints(folder: Path, model: onnx.ModelProto, dynamic: list[str]) -> di
     if not found:
         return {}
     (h, w), channels, source = found
-    dims, readers = _const_dims(model), _readers(model)
+    dims, readers, fixed = _const_dims(model), _readers(model), _fixed_dims(model)
     hints = {}
     for k in dynamic:
         conv = _first_conv(k, dims, readers)
         c = channels or (dims[conv.input[1]][1] * _attr(conv, "group", 1) if conv is not None else None)
-        if c:
+        if c and _agrees(fixed[k], (1, c, h, w)):
             hints[k] = (1, c, h, w)
             log.warning("input '%s': size %dx%dx%d from %s beside the model (pass --input-shape to choose "
                         "another)", k, c, h, w, source)
