@@ -186,3 +186,11 @@ def test_the_report_of_two_networks_holds_each_ones_report(tmp_path):
     page = (tmp_path / "r.html").read_text()
     assert page.count("<h2>Branch ") == 2 and "<h3>FP32 vs quantized outputs</h3>" in page
     assert "written float: does not run at the compile" in page
+
+
+def test_inspect_refuses_a_pin_of_an_unknown_input(tmp_path):
+    from dfq_onnx.cli import main
+
+    path = tmp_path / "vad.onnx"
+    path.write_bytes(rate_switched_vad().SerializeToString())
+    assert main(["-q", "inspect", str(path), "--input-value", "rate:16000"]) == 2

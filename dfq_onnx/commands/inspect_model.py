@@ -21,6 +21,7 @@ def inspect(path, target: TargetProfile, options: QuantizeOptions) -> dict:
     """Opset, op counts, BN count, quantizable groups and the ops the target leaves in float; for a
     model merged behind a flag input (core/branches.py), each branch's, under `branches`."""
     source = ir.load_model(path)
+    ir.pin_values(source, options.input_values)       # a bad pin is an error before any split
     merged = branches.split(source, pinned=options.input_values)
     if merged is not None:
         return {"model": str(path), "flag": merged.flag, "computed": merged.computed,
