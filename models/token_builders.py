@@ -315,11 +315,13 @@ def wrapped_tagger(vocab: int = 49, seq: int = 24, d: int = 32, classes: int = 7
                    seed: int = 0) -> onnx.ModelProto:
     """The negative-id-wrapping tagger of the module docstring."""
     rng = np.random.default_rng(seed)
+    normal = rng.standard_normal
     inits: list = [_init("table", rng.normal(0, 0.5, (vocab, d)).astype(np.float32)),
                    _init("vocab", np.array(vocab, np.int32)), _init("zero", np.array(0.0, np.float32)),
-                   _init("conv.weight", (rng.standard_normal((d, d, 3)) / np.sqrt(3 * d)).astype(np.float32)),
+                   _init("conv.weight", (normal((d, d, 3)) / np.sqrt(3 * d)).astype(np.float32)),
                    _init("conv.bias", rng.normal(0, 0.1, d).astype(np.float32)),
-                   _init("tag.weight", (rng.standard_normal((classes, d, 1)) / np.sqrt(d)).astype(np.float32))]
+                   _init("tag.weight", (normal((classes, d, 1)) / np.sqrt(d)).astype(np.float32))]
+    int32 = TensorProto.INT32
     nodes = [helper.make_node("Add", ["ids", "vocab"], ["wrapped"], name="wrap"),
              helper.make_node("Cast", ["ids"], ["ids_f"], name="ids_float", to=TensorProto.FLOAT),
              helper.make_node("Less", ["ids_f", "zero"], ["negative"], name="negative")]
@@ -327,8 +329,8 @@ def wrapped_tagger(vocab: int = 49, seq: int = 24, d: int = 32, classes: int = 7
         nodes.append(helper.make_node("Where", ["negative", "wrapped", "ids"], ["index"], name="select"))
     else:
         nodes += [helper.make_node("Not", ["negative"], ["kept"], name="kept"),
-                  helper.make_node("Cast", ["negative"], ["negative_i"], name="negative_int", to=TensorProto.INT32),
-                  helper.make_node("Cast", ["kept"], ["kept_i"], name="kept_int", to=TensorProto.INT32),
+                  helper.make_node("Cast", ["negative"], ["negative_i"], name="negative_int", to=int32),
+                  helper.make_node("Cast", ["kept"], ["kept_i"], name="kept_int", to=int32),
                   helper.make_node("Mul", ["negative_i", "wrapped"], ["from_wrapped"], name="take_wrapped"),
                   helper.make_node("Mul", ["ids", "kept_i"], ["from_ids"], name="take_ids"),
                   helper.make_node("Add", ["from_wrapped", "from_ids"], ["index"], name="select")]
@@ -340,7 +342,7 @@ def wrapped_tagger(vocab: int = 49, seq: int = 24, d: int = 32, classes: int = 7
               helper.make_node("Conv", ["relu_out", "tag.weight"], ["scores"], name="tag"),
               helper.make_node("Softmax", ["scores"], ["probs"], name="softmax", axis=1),
               helper.make_node("Transpose", ["probs"], ["tags"], name="to_positions", perm=[0, 2, 1])]
-    return _model(nodes, [_vi("ids", ["N", seq], TensorProto.INT32)], [_vi("tags", ["N", seq, classes])], inits,
+    return _model(nodes, [_vi("ids", ["N", seq], int32)], [_vi("tags", ["N", seq, classes])], inits,
                   opset=17, name="wrapped_tagger")
 
 
