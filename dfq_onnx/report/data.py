@@ -5,7 +5,7 @@ The comparison runs the FP32 model and the emitted QDQ model in ONNX Runtime on 
 compile used (synthetic, then calibration data; Gaussian noise when ranges were all analytic), at most
 `COMPARE_SAMPLES` of them, and fewer on large inputs: two forward passes per row within the stages' work
 budget (`budget.comparison_rows` on Calibrate's activation elements per row; an ISNet at 1024 x 1024 ran
-128 passes, 14 min at load 11, after the model was ready); its ORT runs are counted apart from the
+128 passes, ~32 min at 17.7 GB peak, after the model was ready); its ORT runs are counted apart from the
 compile's. It reports per
 output: SQNR (dB), max |error|, and for [N, classes]
 outputs the top-1 agreement.
