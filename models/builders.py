@@ -667,3 +667,23 @@ def unit_channel_plane(model: onnx.ModelProto, last: bool = False) -> onnx.Model
         g.node.insert(0, node)
     g.input[0].CopyFrom(_vi(name, [n, h, w]))
     return out
+
+
+def pinned_batch(d: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """An exporter that specialized the batch inside the graph: input [N, d] declared dynamic, but a
+    Reshape to the constant [1, 4, d / 4] (PyTorch's `x.view(1, ...)`, traced at batch 1) only runs at
+    N = 1, and the output says so ([1, 4, 4])::
+
+        input [N, d] ─ Gemm ─ Relu ─ Reshape([1, 4, d/4]) ─ MatMul(w [d/4, d/4]) ─► output [1, 4, d/4]
+    """
+    rng = np.random.default_rng(seed)
+    k = d // 4
+    inits = [_init("fc.weight", (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)),
+             _init("fc.bias", rng.normal(0, 0.1, d).astype(np.float32)),
+             _init("pin", np.array([1, 4, k], np.int64)),
+             _init("proj.weight", (rng.standard_normal((k, k)) / np.sqrt(k)).astype(np.float32))]
+    nodes = [helper.make_node("Gemm", ["input", "fc.weight", "fc.bias"], ["fc_out"], name="fc", transB=1),
+             helper.make_node("Relu", ["fc_out"], ["relu_out"], name="relu"),
+             helper.make_node("Reshape", ["relu_out", "pin"], ["pinned"], name="pin_batch"),
+             helper.make_node("MatMul", ["pinned", "proj.weight"], ["output"], name="proj")]
+    return _model(nodes, [_vi("input", ["N", d])], [_vi("output", [1, 4, k])], inits, name="pinned_batch")

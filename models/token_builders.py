@@ -36,6 +36,11 @@ encoder's states [N, S_enc, D] (a float input read by the key / value MatMuls).
 exports, e.g. Magika): ids [N, S] ─ Unsqueeze ─ Equal(0 .. V-1) (or OneHot(V)) ─ Cast ─ MatMul(table
 [V, D]) ─ Conv over the sequence (as [N, D, S]) ─ Relu ─ ReduceMax over S ─ Gemm ─► logits [N, classes].
 
+``wrapped_tagger``: a per-position tagger whose lookup first wraps negative ids, as Keras 3's Embedding
+(``ops.take``) writes ``where(ids < 0, ids + V, ids)`` and tf2onnx exports it (`select="arith"`: the select
+as Cast(bool) products and their sum; `"where"`: one Where): ids [N, S] int32 ─ wrap ─ Gather(table [V, D])
+─ Transpose ─ Conv (k 3) ─ Relu ─ Conv (1 x 1) ─ Softmax over the classes ─ Transpose ─► tags [N, S, C].
+
 ``dual_encoder``: a CLIP-style pair, text and image in one graph: input_ids [Nt, S] ─ Gather(word) ─
 ReduceMean ─ MatMul ─► text [Nt, D]; pixel_values [Ni, 3, H, W] ─ Conv ─ Relu ─ GlobalAveragePool ─
 Flatten ─► image [Ni, D]; logits_per_image = image @ text^T [Ni, Nt]. `hw=None`: H, W dynamic.
@@ -130,8 +135,9 @@ def _mask_bias(inits: list, nodes: list) -> None:
 
 
 def token_encoder(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256, layers: int = 1,
-                  outlier: float = 20.0, seed: int = 0) -> onnx.ModelProto:
-    """The encoder of the module docstring; outputs token_states [N, seq, d] and embedding [N, d]."""
+                  outlier: float = 20.0, bool_mask: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """The encoder of the module docstring; outputs token_states [N, seq, d] and embedding [N, d].
+    `bool_mask`: attention_mask is a boolean input (True on real tokens), as PyTorch exports a bool mask."""
     rng = np.random.default_rng(seed)
     inits: list = [_init("axis2", np.array([2], np.int64))]
     nodes: list = []
@@ -145,7 +151,8 @@ def token_encoder(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256,
               helper.make_node("ReduceSum", ["kept", "axis1"], ["pool_sum"], name="pool_sum", keepdims=0),
               helper.make_node("ReduceSum", ["mask3", "axis1"], ["pool_n"], name="pool_n", keepdims=0),
               helper.make_node("Div", ["pool_sum", "pool_n"], ["embedding"], name="pool")]
-    ins = [_vi(n, ["N", seq], TensorProto.INT64) for n in ("input_ids", "attention_mask")]
+    ins = [_vi("input_ids", ["N", seq], TensorProto.INT64),
+           _vi("attention_mask", ["N", seq], TensorProto.BOOL if bool_mask else TensorProto.INT64)]
     return _model(nodes, ins, [_vi("token_states", ["N", seq, d]), _vi("embedding", ["N", d])], inits,
                   name="token_encoder")
 
@@ -304,6 +311,41 @@ def one_hot_classifier(vocab: int = 257, seq: int = 32, d: int = 16, classes: in
     dtype = TensorProto.INT64 if op == "OneHot" else TensorProto.INT32
     return _model(nodes, [_vi("ids", ["N", seq], dtype)], [_vi("logits", ["N", classes])], inits, opset=18,
                   name="one_hot_classifier")
+
+
+def wrapped_tagger(vocab: int = 49, seq: int = 24, d: int = 32, classes: int = 7, select: str = "arith",
+                   seed: int = 0) -> onnx.ModelProto:
+    """The negative-id-wrapping tagger of the module docstring."""
+    rng = np.random.default_rng(seed)
+    normal = rng.standard_normal
+    inits: list = [_init("table", rng.normal(0, 0.5, (vocab, d)).astype(np.float32)),
+                   _init("vocab", np.array(vocab, np.int32)), _init("zero", np.array(0.0, np.float32)),
+                   _init("conv.weight", (normal((d, d, 3)) / np.sqrt(3 * d)).astype(np.float32)),
+                   _init("conv.bias", rng.normal(0, 0.1, d).astype(np.float32)),
+                   _init("tag.weight", (normal((classes, d, 1)) / np.sqrt(d)).astype(np.float32))]
+    int32 = TensorProto.INT32
+    nodes = [helper.make_node("Add", ["ids", "vocab"], ["wrapped"], name="wrap"),
+             helper.make_node("Cast", ["ids"], ["ids_f"], name="ids_float", to=TensorProto.FLOAT),
+             helper.make_node("Less", ["ids_f", "zero"], ["negative"], name="negative")]
+    if select == "where":
+        nodes.append(helper.make_node("Where", ["negative", "wrapped", "ids"], ["index"], name="select"))
+    else:
+        nodes += [helper.make_node("Not", ["negative"], ["kept"], name="kept"),
+                  helper.make_node("Cast", ["negative"], ["negative_i"], name="negative_int", to=int32),
+                  helper.make_node("Cast", ["kept"], ["kept_i"], name="kept_int", to=int32),
+                  helper.make_node("Mul", ["negative_i", "wrapped"], ["from_wrapped"], name="take_wrapped"),
+                  helper.make_node("Mul", ["ids", "kept_i"], ["from_ids"], name="take_ids"),
+                  helper.make_node("Add", ["from_wrapped", "from_ids"], ["index"], name="select")]
+    nodes += [helper.make_node("Gather", ["table", "index"], ["emb"], name="embed", axis=0),
+              helper.make_node("Transpose", ["emb"], ["emb_t"], name="to_channels", perm=[0, 2, 1]),
+              helper.make_node("Conv", ["emb_t", "conv.weight", "conv.bias"], ["conv_out"], name="conv",
+                               pads=[1, 1]),
+              helper.make_node("Relu", ["conv_out"], ["relu_out"], name="relu"),
+              helper.make_node("Conv", ["relu_out", "tag.weight"], ["scores"], name="tag"),
+              helper.make_node("Softmax", ["scores"], ["probs"], name="softmax", axis=1),
+              helper.make_node("Transpose", ["probs"], ["tags"], name="to_positions", perm=[0, 2, 1])]
+    return _model(nodes, [_vi("ids", ["N", seq], int32)], [_vi("tags", ["N", seq, classes])], inits,
+                  opset=17, name="wrapped_tagger")
 
 
 def dual_encoder(vocab: int = 256, seq: int = 8, d: int = 16, hw: int | None = 8, seed: int = 0

@@ -40,3 +40,20 @@ def test_a_static_batch_that_does_not_divide_the_samples(tmp_path):
     assert cmp["samples"] == 8 and cmp["outputs"][0]["shape"] == [8, 10] and cmp["outputs"][0]["sqnr_db"] > 10
     x = {"input": np.random.default_rng(3).standard_normal((3, 8, 8, 8)).astype(np.float32)}
     assert runtime.session(model).run(None, x)[0].shape == (3, 10)
+
+
+def test_the_comparison_rows_stay_within_the_work_budget(monkeypatch):
+    """On large inputs (many activation elements per row) the comparison runs fewer rows, MIN_ROWS at
+    least; on small ones every sample (up to COMPARE_SAMPLES)."""
+    from dfq_onnx.backends import budget
+
+    source = builders.conv_bn_relu_residual(c=8, hw=8, classes=10)
+    model, report = dfq_onnx.quantize(source, calib="noise", progress=False, use_cache=False)
+    feeds = {"input": np.random.default_rng(3).standard_normal((40, 8, 8, 8)).astype(np.float32)}
+    state = type("S", (), {})()
+    state.report = report
+    monkeypatch.setattr(data, "_samples", lambda st, src: (feeds, "test"))
+    state.report.notes["work"] = {"elements_per_row": 10_000}
+    assert data.compare_outputs(state, ir.load_model(source), model)["samples"] == 40
+    state.report.notes["work"] = {"elements_per_row": int(budget.WORK)}
+    assert data.compare_outputs(state, ir.load_model(source), model)["samples"] == budget.MIN_ROWS

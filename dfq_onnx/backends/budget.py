@@ -43,6 +43,12 @@ def scoring_rows(samples: int, elements: int, work: float = WORK) -> int:
     return int(min(samples, max(MIN_ROWS, work // (max(elements, 1) * MIN_EVALS))))
 
 
+def comparison_rows(samples: int, elements: int, work: float = WORK) -> int:
+    """Rows the report's FP32-vs-quantized comparison runs (two forward passes each): at most `samples`,
+    at least MIN_ROWS, within `work`."""
+    return int(min(samples, max(MIN_ROWS, work // (2 * max(elements, 1)))))
+
+
 def evaluations(rows: int, elements: int, work: float = WORK) -> int:
     """Evaluations (whole forward passes of `rows`) the activation decision may spend."""
     return int(max(MIN_EVALS_FLOOR, work // (max(rows, 1) * max(elements, 1))))

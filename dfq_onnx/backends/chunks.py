@@ -31,9 +31,16 @@ ARENA = 2
 
 
 def static_batch(graph: gs.Graph) -> int | None:
-    """The batch size fixed by the graph (the first input whose axis 0 is a positive int), else None."""
-    return next((t.shape[0] for t in graph.inputs
-                 if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0), None)
+    """The batch size fixed by the graph: the first input whose axis 0 is a positive int; else 1 when
+    every graph output's axis 0 is 1 (an exporter that traced the batch into the graph, e.g. a Reshape
+    to [.., 1, ..], declares the inputs' batch dynamic and the outputs' as 1: it only runs one row per
+    call); else None."""
+    fixed = next((t.shape[0] for t in graph.inputs
+                  if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0), None)
+    if fixed is not None or not graph.outputs:
+        return fixed
+    return 1 if all(t.shape and isinstance(t.shape[0], int) and t.shape[0] == 1 for t in graph.outputs) \
+        else None
 
 
 def pad_rows(chunk: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:

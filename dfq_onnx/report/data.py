@@ -3,7 +3,10 @@ the Pareto curve, and the FP32-vs-quantized output comparison.
 
 The comparison runs the FP32 model and the emitted QDQ model in ONNX Runtime on the samples the
 compile used (synthetic, then calibration data; Gaussian noise when ranges were all analytic), at most
-`COMPARE_SAMPLES` of them (its ORT runs are counted apart from the compile's), and reports per
+`COMPARE_SAMPLES` of them, and fewer on large inputs: two forward passes per row within the stages' work
+budget (`budget.comparison_rows` on Calibrate's activation elements per row; an ISNet at 1024 x 1024 ran
+128 passes, ~32 min at 17.7 GB peak, after the model was ready); its ORT runs are counted apart from the
+compile's. It reports per
 output: SQNR (dB), max |error|, and for [N, classes]
 outputs the top-1 agreement.
 
@@ -16,7 +19,7 @@ import logging
 
 import numpy as np
 
-from dfq_onnx.backends import runtime
+from dfq_onnx.backends import budget, runtime
 from dfq_onnx.backends.chunks import pad_rows
 from dfq_onnx.core import batch_axis, candidates, ir
 from dfq_onnx.core.errors import DfqError
@@ -106,6 +109,8 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
         return {"samples": 0, "source": f"skipped: FP32 weights above {ir.LAZY_BYTES >> 20} MiB stay on disk",
                 "outputs": []}
     n = min(COMPARE_SAMPLES, len(next(iter(feeds.values()))))
+    if elements := state.report.notes.get("work", {}).get("elements_per_row"):
+        n = budget.comparison_rows(n, int(elements))
     feeds = {k: v[:n] for k, v in feeds.items()}
 
     moved = list(getattr(state, "batch_axis1", ()))       # inputs compiled batch-major (core/batch_axis)

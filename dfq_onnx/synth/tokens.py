@@ -9,6 +9,7 @@ the indices of a constant float table [V, D]:
     position_ids   ─► Gather(table [P, D]), P >= S      "position": 0 .. S-1 (also through an Add of a
                                                           constant offset: OPT's table starts at row 2)
     attention_mask ─► Unsqueeze / Cast / Sub / Mul ...  "mask": no Gather; 1 on real tokens, 0 on padding
+                                                          (a boolean input too: True on real tokens)
     position_ids   ─► Cast ─ MatMul(inv_freq) ─ Cos/Sin  "position" too: rotary positions (Llama-family),
                                                           no table; an input reaching a Cos or Sin (not
                                                           through a CumSum: positions computed from a mask)
@@ -16,6 +17,11 @@ the indices of a constant float table [V, D]:
 An embedding written as a one-hot product (TF / JAX exports: OneHot(ids, V), or Equal(ids, 0 .. V-1),
 then Cast to float and MatMul with a constant [V, D]) is the same lookup: that MatMul's weight is the
 table.
+
+A lookup that first wraps negative ids, ``where(ids < 0, ids + V, ids)`` (Keras 3's Embedding through
+tf2onnx), selects between index-carrying tensors: the walk goes on through a Where's value inputs, and
+through the arithmetic form of the same select -- a Mul by a Cast of a boolean (a 0/1 mask), and the Add
+of two such products (`_selects`).
 
 A name containing "type"/"segment" or "pos" decides between "type" and "position" first. The sequence
 length S is the inputs' static dimension (above 1: a width of 1 is a decoder's one-token step,
@@ -77,6 +83,13 @@ def is_int(t: gs.Tensor) -> bool:
         return False
 
 
+def is_bool(t: gs.Tensor) -> bool:
+    try:
+        return t.dtype is not None and np.dtype(t.dtype) == np.bool_
+    except TypeError:
+        return False
+
+
 def has_token_inputs(graph: gs.Graph) -> bool:
     """Some graph input is integer and not image pixels (read only through a Cast to float)."""
     return any(is_int(t) and not is_pixel_input(t) for t in graph.inputs)
@@ -108,7 +121,8 @@ def _tables(t: gs.Tensor) -> list[gs.Constant]:
     """Constant float tables of the lookups reading `t` as indices (through index-carrying ops)."""
     def carries(node: gs.Node, cur: gs.Tensor) -> bool:
         return lookup_table(node, cur) is None and (
-            node.op in CARRY and bool(node.inputs) and node.inputs[0] is cur or _offset(node, cur))
+            node.op in CARRY and bool(node.inputs) and node.inputs[0] is cur or _offset(node, cur)
+            or _selects(node, cur))
     found = []
     for node, cur in walk(t, carries):
         if (table := lookup_table(node, cur)) is not None:
@@ -127,6 +141,42 @@ def _offset(node: gs.Node, cur: gs.Tensor) -> bool:
     if node.op == "Sub" and node.inputs[0] is not cur:
         return False
     return is_const(other) and not is_float(other) and const_values(other).size == 1
+
+
+BOOLEAN_OPS = ("Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor")
+
+
+def _boolean(t: gs.Tensor) -> bool:
+    if t.dtype is not None and np.dtype(t.dtype) == np.bool_:
+        return True
+    return len(t.inputs) == 1 and t.inputs[0].op in BOOLEAN_OPS
+
+
+def _bool_mask(t: gs.Tensor) -> bool:
+    """`t` is a Cast of a boolean tensor: 0 / 1 values."""
+    producer = t.inputs[0] if len(t.inputs) == 1 else None
+    return producer is not None and producer.op == "Cast" and bool(producer.inputs) \
+        and _boolean(producer.inputs[0])
+
+
+def _masked(t: gs.Tensor) -> bool:
+    """`t` is a Mul of something by a 0/1 mask (one term of a select written as arithmetic)."""
+    producer = t.inputs[0] if len(t.inputs) == 1 else None
+    return producer is not None and producer.op == "Mul" and len(producer.inputs) == 2 \
+        and any(_bool_mask(x) for x in producer.inputs)
+
+
+def _selects(node: gs.Node, cur: gs.Tensor) -> bool:
+    """`node` passes `cur` on as selected index values: a Where's value input, a Mul by a 0/1 mask, or the
+    Add of two masked terms (a select written as arithmetic: m * a + (1 - m) * b)."""
+    if node.op == "Where":
+        return any(x is cur for x in node.inputs[1:])
+    if len(node.inputs) != 2 or not any(x is cur for x in node.inputs):
+        return False
+    other = node.inputs[1] if node.inputs[0] is cur else node.inputs[0]
+    if node.op == "Mul":
+        return _bool_mask(other)
+    return node.op == "Add" and _masked(cur) and _masked(other)
 
 
 def _one_hot_rows(node: gs.Node, cur: gs.Tensor) -> int:
@@ -183,7 +233,7 @@ def _rotary(t: gs.Tensor) -> bool:
 def token_layout(graph: gs.Graph, hints: dict | None = None) -> TokenLayout:
     """The roles of the graph's integer inputs (module docstring); raises when no ids input is found."""
     hints = hints or {}
-    ints = [t for t in graph.inputs if is_int(t)]
+    ints = [t for t in graph.inputs if is_int(t) or is_bool(t)]      # a boolean input can only be a mask
     for t in ints:
         if t.shape is not None and len(t.shape) != 2:
             raise UsageError(f"input '{t.name}' is an integer tensor of rank {len(t.shape)}; token inputs "
@@ -192,7 +242,8 @@ def token_layout(graph: gs.Graph, hints: dict | None = None) -> TokenLayout:
     rows = {k: max((const_values(c).shape[0] for c in v), default=0) for k, v in tables.items()}
     largest = max(rows.values(), default=0)
     if not largest:
-        raise UsageError(f"input '{ints[0].name}' is {ints[0].dtype} and reaches no embedding table "
+        first = next((t for t in ints if is_int(t)), ints[0])
+        raise UsageError(f"input '{first.name}' is {first.dtype} and reaches no embedding table "
                          "(Gather on a constant [V, D], or EmbedLayerNormalization); pass --calib FILE.npz")
     position_rows = max((r for k, r in rows.items() if r and r != largest and "type" not in k.lower()),
                         default=0)
