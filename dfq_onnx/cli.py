@@ -121,7 +121,8 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--smooth", action=flag, default=d.smooth,
                    help="migrate LayerNorm outputs' outlier channels into statically quantized MatMul "
                         "weights (SmoothQuant; alpha scored at the output, kept only where it helps); "
-                        "default: off (no task-metric gain measured yet, BENCHMARKS.md issue 14 session 9)")
+                        "default: the target's [activation] smoothing -- openvino: the outlier groups "
+                        "only, others: off")
     a.add_argument("--twin-ranges", action=flag, default=d.twin_ranges,
                    help="recognizers calibrated on line drawings: the ranges of the drawings' contrast twins "
                         "for the prefix of the graph (from the input) the output loss prefers, if one wins "
@@ -239,7 +240,7 @@ def _options(args):
 
 def _cmd_quantize(args) -> int:
     from dfq_onnx.api import quantize
-    from dfq_onnx.report.activations import decided_line
+    from dfq_onnx.report.activations import decided_line, smoothed_line
 
     if Path(args.output).resolve() == Path(args.model).resolve():
         raise UsageError("-o/--output must differ from the input model (the input is never modified)")
@@ -248,8 +249,9 @@ def _cmd_quantize(args) -> int:
     n = len(report.layers)
     print(f"wrote {args.output}: {n} weighted layers quantized, {report.forward_passes} forward passes"
           + (f", report {args.report}" if args.report else ""))
-    if line := decided_line(report.notes):
-        print(line)
+    for line in (smoothed_line(report.notes), decided_line(report.notes)):
+        if line:
+            print(line)
     return 0
 
 

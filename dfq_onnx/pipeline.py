@@ -62,6 +62,13 @@ def measures_float(options: QuantizeOptions) -> bool:
     return options.latency_check and default and not options.mixed and not options.latency_table
 
 
+def smoothing(target: TargetProfile, options: QuantizeOptions) -> bool:
+    """Whether SmoothActivations runs: --smooth, or by default where the target's `[activation] smoothing`
+    is "outliers" (OpenVINO) and activations may be 8-bit; never on --calib analytic's ranges."""
+    default = options.smooth is None and target.smoothing == "outliers" and options.act_bits in (None, 8)
+    return (bool(options.smooth) or default) and options.calib != "analytic"
+
+
 def low_bit_weights(target: TargetProfile, options: QuantizeOptions) -> bool:
     """Whether the plan may put weights below 8 bits (a budget, or --weight-bits below 8) and
     --weight-clip / --gptq ask for their moment-weighted clip search or Hessian-aware rounding before
@@ -121,7 +128,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
     tail = [
         *([_synthesis(options)] if synthesize else []),
         *([AnalyticRanges()] if options.calib == "analytic" else []),
-        *([SmoothActivations()] if options.smooth and options.calib != "analytic" else []),
+        *([SmoothActivations(outliers=options.smooth is None)] if smoothing(target, options) else []),
         Calibrate(),
         *([ChooseTwinRanges(ACT_SAMPLES, options.metric)]
           if options.twin_ranges and options.calib == "synthetic" else []),

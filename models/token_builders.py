@@ -16,7 +16,10 @@ dfq_onnx/synth/tokens.py reads a vocabulary prior from.
 embedding: h[:, :1] ─ Flatten ─ Gemm(pooler) ─ Tanh ─ Gemm(classifier) ─► logits [N, classes]; the Gemms are
 statically quantized on ORT CPU (a head, not a [forms] MatMul), the rest of the model is not;
 `decomposed=True` writes each LayerNorm as an opset-13 exporter does (ReduceMean, Sub, Pow, ReduceMean, Add
-eps, Sqrt, Div, Mul gamma, Add beta: PyTorch below opset 17, paddle2onnx).
+eps, Sqrt, Div, Mul gamma, Add beta: PyTorch below opset 17, paddle2onnx). `act="gelu"`: the FFN's Relu
+is GELU as torch.onnx writes it, x ─┬─ Div(sqrt 2) ─ Erf ─ Add(1) ─┬─ Mul ─ Mul(0.5); `ln_outlier`: ln1's
+gamma that large on channels 1-4, f1's rows for them that much smaller (a trained BERT's LayerNorm outlier
+channels).
 
 ``token_lm``: a decoder-only LM: input_ids only, a causal mask (a constant upper triangle of -1e4
 added to the scores), and the word table tied to the LM head (logits = h @ word^T, the same
@@ -68,9 +71,20 @@ def _word_table(rng, vocab: int, d: int) -> np.ndarray:
     return table
 
 
+def _gelu(p: str, x: str, nodes: list) -> str:
+    """GELU as torch.onnx writes it: x * (erf(x / sqrt 2) + 1) * 0.5 (constants `sqrt2`, `one`, `half`)."""
+    nodes += [helper.make_node("Div", [x, "sqrt2"], [p + "gelu_div"], name=p + "gelu_div"),
+              helper.make_node("Erf", [p + "gelu_div"], [p + "gelu_erf"], name=p + "gelu_erf"),
+              helper.make_node("Add", [p + "gelu_erf", "one"], [p + "gelu_add"], name=p + "gelu_add"),
+              helper.make_node("Mul", [x, p + "gelu_add"], [p + "gelu_mul"], name=p + "gelu_mul"),
+              helper.make_node("Mul", [p + "gelu_mul", "half"], [p + "gelu_out"], name=p + "gelu_half")]
+    return p + "gelu_out"
+
+
 def _block(i: int, h: str, bias_term: str, rng, d: int, ffn: int, outlier: float, inits: list,
-           nodes: list, ln=_ln) -> str:
-    """One post-LN encoder/decoder layer on h [N, S, D]; `bias_term` [.., S, S] is added to the scores."""
+           nodes: list, ln=_ln, act: str = "relu") -> str:
+    """One post-LN encoder/decoder layer on h [N, S, D]; `bias_term` [.., S, S] is added to the scores;
+    `act`: the FFN's activation, "relu" or "gelu" (Erf form)."""
     p = f"l{i}_"
     q, k, v = (_mm(p + n, h, rng, d, d, inits, nodes) for n in ("q", "k", "v"))
     nodes += [helper.make_node("Transpose", [k], [p + "kT_out"], name=p + "kT", perm=[0, 2, 1]),
@@ -83,10 +97,14 @@ def _block(i: int, h: str, bias_term: str, rng, d: int, ffn: int, outlier: float
     nodes.append(helper.make_node("Add", [h, o], [p + "res1_out"], name=p + "res1"))
     h1 = ln(p + "ln1", p + "res1_out", d, inits, nodes)
     f = _mm(p + "f1", h1, rng, d, ffn, inits, nodes)
-    nodes.append(helper.make_node("Relu", [f], [p + "relu_out"], name=p + "relu"))
+    if act == "gelu":
+        a = _gelu(p, f, nodes)
+    else:
+        nodes.append(helper.make_node("Relu", [f], [p + "relu_out"], name=p + "relu"))
+        a = p + "relu_out"
     col = np.ones(d, np.float32)
     col[0] = outlier
-    f2 = _mm(p + "f2", p + "relu_out", rng, ffn, d, inits, nodes, col_scale=col)
+    f2 = _mm(p + "f2", a, rng, ffn, d, inits, nodes, col_scale=col)
     nodes.append(helper.make_node("Add", [h1, f2], [p + "res2_out"], name=p + "res2"))
     return ln(p + "ln2", p + "res2_out", d, inits, nodes)
 
@@ -159,9 +177,13 @@ def token_encoder(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256,
 
 def token_classifier(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256, layers: int = 2,
                      classes: int = 3, outlier: float = 20.0, decomposed: bool = False,
-                     no_norm: bool = False, seed: int = 0) -> onnx.ModelProto:
+                     no_norm: bool = False, act: str = "relu", ln_outlier: float = 1.0,
+                     seed: int = 0) -> onnx.ModelProto:
     """The encoder with a pooler and classifier head (module docstring); output logits [N, classes].
-    `no_norm`: every LayerNorm is MobileBERT's NoNorm (x * gamma + beta)."""
+    `no_norm`: every LayerNorm is MobileBERT's NoNorm (x * gamma + beta); `act`: the FFN activation
+    ("gelu": Erf form); `ln_outlier`: each block's ln1 gamma is that large on 4 channels and the FFN's
+    weight rows reading them that much smaller (the outlier channels of trained BERT-family LayerNorm
+    outputs, which the next layer's weights scale back)."""
     rng = np.random.default_rng(seed)
     inits: list = [_init("first", np.array([0], np.int64)),
                    _init("pooler.weight", (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)),
@@ -172,10 +194,21 @@ def token_classifier(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 2
     ln = _no_norm if no_norm else _ln_decomposed if decomposed else _ln
     if decomposed:
         inits += [_init("two", np.array(2.0, np.float32)), _init("eps", np.array(1e-5, np.float32))]
+    if act == "gelu":
+        inits += [_init(n, np.array(v, np.float32)) for n, v in (("sqrt2", np.sqrt(2.0)), ("half", 0.5))]
     _mask_bias(inits, nodes)
     h = _embed(rng, vocab, seq, d, inits, nodes, ln)
     for i in range(layers):
-        h = _block(i, h, "mask_bias", rng, d, ffn, outlier, inits, nodes, ln)
+        h = _block(i, h, "mask_bias", rng, d, ffn, outlier, inits, nodes, ln, act)
+    for t in inits if ln_outlier != 1.0 else ():
+        if t.name.endswith("ln1.gamma"):             # channels 1-4 large, and the FFN's rows for them small
+            g = np.ones(d, np.float32)
+            g[1:5] = ln_outlier
+            t.CopyFrom(_init(t.name, g))
+        elif t.name.endswith("f1.weight"):
+            w = onnx.numpy_helper.to_array(t).copy()
+            w[1:5] /= ln_outlier
+            t.CopyFrom(_init(t.name, w))
     nodes += [helper.make_node("Gather", [h, "first"], ["cls3"], name="cls", axis=1),
               helper.make_node("Flatten", ["cls3"], ["cls"], name="cls_flat", axis=1),
               helper.make_node("Gemm", ["cls", "pooler.weight", "pooler.bias"], ["pooled"], name="pooler"),

@@ -27,6 +27,11 @@ applying a decomposed one's statistics): a static head after a transformer's las
 its residual stream float. A CNN's classifier head written as MatMul is static like a Gemm
 (passes/static_heads.py).
 
+On a target with `[placement] activation_functions = false` (OpenVINO), the ops of an activation
+function written as several pointwise ops (GELU's Div / Erf / Add / Mul, x * Sigmoid(x), hard-swish;
+core/act_functions.py) are not quantized: the backend fuses them into one float op, and only their
+output is quantized where a quantized op reads it.
+
 Normalization statistics stay float: a Reduce{Mean,Sum,SumSquare,L1,L2,LogSumExp,Prod} output, what
 is computed from such outputs alone (a decomposed LayerNorm's mean, E[x^2] - E[x]^2, rsqrt(var + eps),
 rsqrt x gamma), the x^2 read only by the reduction, and the elementwise op applying a statistic to the
@@ -60,6 +65,7 @@ import onnx_graphsurgeon as gs
 from dfq_onnx.passes.static_heads import is_static_head
 
 from dfq_onnx.backends.act_precision import build_act_groups
+from dfq_onnx.core.act_functions import activation_function_nodes
 from dfq_onnx.core.graph_utils import (
     const_values,
     is_const,
@@ -269,9 +275,10 @@ def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
     statistics, appliers = _statistics_nodes(graph, target)
     reach = _feeds_weighted(graph, target, appliers)
     log_domain = _log_domain_nodes(graph)        # what a Log reads: float (module docstring)
+    functions = set() if target.activation_functions else activation_function_nodes(graph)
     for node in graph.nodes:
         role = target.role(node.op)
-        if id(node) in preprocessing or id(node) in log_domain \
+        if id(node) in preprocessing or id(node) in log_domain or id(node) in functions \
                 or (role == "elementwise" and id(node) in statistics):
             continue
         form = _form_spec(node, target)

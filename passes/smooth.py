@@ -19,6 +19,19 @@ distributions, MSE else) on the first SCORE_ROWS samples. alpha = off (s = 1) is
 the group takes the alpha of least loss if it is below off's. Finally all groups at their alphas are
 scored together against all off, and the migration is dropped if the sum of choices is worse (the
 groups interact). Cost: groups x (|ALPHAS| + 1) + 2 forward passes over SCORE_ROWS rows.
+
+Outliers only (`outliers=True`: the default where the target's `[activation] smoothing = "outliers"`,
+OpenVINO; --smooth / --no-smooth override it). The migration is for activations whose channels one
+8-bit grid cannot hold. Which those are is the activation decision's own rule (allocation/act_problem.py):
+a group is an outlier when 8 bits on it alone cost the output more than every weight on the target's
+grid together,
+
+    L_k(off) > L_w,        L_w = L(every static weighted layer's weight on its grid, activations float)
+
+(one more evaluation). Only outlier groups are given alphas (|ALPHAS| evaluations each); the others
+keep s = 1 and cost one evaluation. A model without LayerNorm outliers is written as without the pass.
+On float-input models the statistics and scores use the activation decision's budgeted rows
+(`budget_rows`), so that the default costs what the decision's screening costs, not 32 whole rows.
 """
 
 from __future__ import annotations
@@ -31,9 +44,10 @@ from dfq_onnx.passes.calibrate import batches, load_calib_npz, noise_inputs
 from dfq_onnx.passes.quant_groups import FindQuantGroups
 
 from dfq_onnx.backends import observers, runtime
+from dfq_onnx.backends.budget import scoring_rows
 from dfq_onnx.backends.runtime import copy_observing
 from dfq_onnx.core import ir, numerics
-from dfq_onnx.core.graph_utils import node_label
+from dfq_onnx.core.graph_utils import is_float, node_label
 from dfq_onnx.core.outputs import output_producers
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
@@ -147,10 +161,46 @@ class Scorer:
         return float(total_loss(self.kinds, all_stats(self.kinds, self.ref, self._run(model))))
 
 
+def budget_rows(state: CompileState, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outliers mode on a float-input model: the first rows the activation decision would score on
+    within its work budget (backends/budget.py; a Whisper encoder at 80 x 3000 spent 12 minutes on all 64
+    samples and 32-row evaluations); token models keep their rows (their scoring is counted in tokens)."""
+    from dfq_onnx.passes.calibrate import activation_elements
+
+    if not all(is_float(t) for t in state.graph.inputs):
+        return feeds
+    rows = scoring_rows(len(next(iter(feeds.values()))), activation_elements(state, feeds))
+    return {k: v[:rows] for k, v in feeds.items()}
+
+
+def weights_model(state: CompileState):
+    """The FP32 graph with every static weighted layer's weight on the target's grid (for L_w)."""
+    g = ir.copy_graph(state.graph)
+    bits = state.options.weight_bits or state.target.default_weight_bits
+    nodes = {node_label(n): n for n in g.nodes}
+    done: set[str] = set()
+    for name, spec in state.spec.layers.items():
+        if spec.role != "weighted" or spec.form or name not in nodes:
+            continue
+        w = nodes[name].inputs[spec.weight_index]
+        if not isinstance(w, gs.Constant) or w.name in done:
+            continue
+        done.add(w.name)
+        vals = np.asarray(w.values)
+        axis = spec.axis if state.target.per_channel else None
+        w.values = numerics.fake_quant(vals.astype(np.float64), numerics.weight_scales(vals, bits, axis), 0,
+                                       bits, signed=True, axis=axis, narrow=True).astype(vals.dtype)
+    return ir.session_model(g, ir_version=ir.min_ir_version(g.opset))
+
+
 class SmoothActivations(Pass):
-    """Per-channel outlier migration into statically quantized MatMul / Gemm weights (module docstring)."""
+    """Per-channel outlier migration into statically quantized MatMul / Gemm weights (module docstring);
+    `outliers`: only into the groups the activation decision's rule calls outliers."""
 
     name = "SmoothActivations"
+
+    def __init__(self, outliers: bool = False):
+        self.outliers = outliers
 
     def run(self, state: CompileState) -> PassResult:
         static = {k for k, v in state.spec.layers.items() if v.role == "weighted" and not v.form}
@@ -159,22 +209,25 @@ class SmoothActivations(Pass):
             return PassResult(False, "no statically quantized MatMul / Gemm reads a LayerNorm / Mul output")
         t0 = time.perf_counter()
         feeds = calibration_feeds(state)
+        feeds = budget_rows(state, feeds) if self.outliers else feeds
         stats = channel_stats(state, feeds, groups)
         scorer = Scorer(state, feeds)
         ones = {gr.tensor: np.ones(gr.channels) for gr in groups}
         notes, chosen = [], {}
+        weight_loss = scorer.loss(weights_model(state)) if self.outliers else None
         for gr in groups:
             absmax = np.abs(stats[gr.tensor]).max(axis=0)
             w = sm.weight_absmax(state.graph, gr)
             cands = {a: sm.scales(absmax, w, a) for a in ALPHAS}
             losses = {"off": scorer.loss(probe_model(state, {gr.tensor: ones[gr.tensor]}, groups, stats))}
-            for a, s in cands.items():
+            outlier = weight_loss is None or losses["off"] > weight_loss
+            for a, s in cands.items() if outlier else ():
                 losses[a] = scorer.loss(probe_model(state, {gr.tensor: s}, groups, stats))
-            best = min(ALPHAS, key=lambda a: losses[a])
-            if losses[best] < losses["off"]:
+            best = min(ALPHAS, key=lambda a: losses.get(a, np.inf))
+            if losses.get(best, np.inf) < losses["off"]:
                 chosen[gr.tensor] = cands[best]
             notes.append({"tensor": gr.tensor, "readers": list(gr.readers), "shared": gr.shared,
-                          "loss": {str(k): v for k, v in losses.items()},
+                          "loss": {str(k): v for k, v in losses.items()}, "outlier": outlier,
                           "alpha": best if gr.tensor in chosen else None,
                           "channel_range_ratio": float(absmax.max() / max(np.median(absmax), 1e-30))})
         together = {}
@@ -189,8 +242,11 @@ class SmoothActivations(Pass):
         if chosen:
             state.graph.cleanup().toposort()
             FindQuantGroups().run(state)
-        state.report.notes["smoothing"] = {"groups": notes, "together": together, "applied": sorted(chosen),
+        state.report.notes["smoothing"] = {"mode": "outliers" if self.outliers else "all",
+                                           "weight_loss": weight_loss,
+                                           "groups": notes, "together": together, "applied": sorted(chosen),
                                            "evaluations": scorer.evaluations,
                                            "seconds": round(time.perf_counter() - t0, 3)}
+        found = f"{sum(n['outlier'] for n in notes)} outliers, " if self.outliers else ""
         return PassResult(bool(chosen), f"{len(chosen)} of {len(groups)} activations smoothed "
-                                        f"({scorer.evaluations} evaluations)")
+                                        f"({found}{scorer.evaluations} evaluations)")

@@ -74,16 +74,50 @@ def group_encodings(graph: gs.Graph, act_groups, ranges: Mapping[str, Range], ta
             for ag in act_groups}
 
 
+def float_readers(graph: gs.Graph, spec, target) -> dict[str, frozenset[str]]:
+    """Quantized tensor -> labels of its readers that read it float: on a target with `[placement]
+    quantized_reads_only` (OpenVINO), every reader that is neither a quantized node nor a passthrough op
+    carrying the encoding on (a residual Add beside the MatMuls reading a LayerNorm output: the
+    quantizer buys it no integer kernel, only rounding); {} elsewhere (every reader reads the Q/DQ). A
+    passthrough's output (a Slice of a quantized tensor) keeps every reader on its Q/DQ: its values are
+    on that grid already, and the backend keeps the chain in low precision (CIFAR ResNets' shortcut
+    Slice -> Pad, byte-identical)."""
+    if not target.quantized_reads_only:
+        return {}
+    out, tensors = {}, graph.tensors()
+
+    def quantized(n: gs.Node) -> bool:
+        spec_n = spec.layers.get(node_label(n))
+        if spec_n is not None and not spec_n.form:
+            return True
+        return target.role(n.op) == "passthrough" and any(o.name in spec.encoding_of for o in n.outputs)
+
+    def carried(t: gs.Tensor) -> bool:    # a passthrough's output: its values are on the input's grid
+        return bool(t.inputs) and target.role(t.inputs[0].op) == "passthrough" \
+            and t.inputs[0].inputs[0].name in spec.encoding_of
+
+    for name in spec.act_tensors:
+        t = tensors.get(name)
+        keep = frozenset(node_label(n) for n in t.outputs if not quantized(n)) \
+            if t is not None and not carried(t) else frozenset()
+        if keep:
+            out[name] = keep
+    return out
+
+
 def insert_qdq(graph: gs.Graph, spec, encodings: Mapping[str, Encoding], target) -> dict[str, Encoding]:
     """Absorb the spec's Relu/Clip, put a Q/DQ pair (constants shared per class) on every activation
-    tensor and quantize the elementwise constants; returns DequantizeLinear output name -> encoding."""
+    tensor (read through it by the readers `float_readers` does not keep float) and quantize the
+    elementwise constants; returns DequantizeLinear output name -> encoding."""
+    keep = float_readers(graph, spec, target)
     absorb_activations(graph, spec)
     tensors, shared, by_dq = graph.tensors(), {}, {}
     for name in spec.act_tensors:
         rep = spec.encoding_of[name]
         if rep not in shared:
             shared[rep] = encodings[rep].constants(rep)
-        by_dq[insert_activation_qdq(graph, tensors[name], encodings[rep], shared[rep]).name] = encodings[rep]
+        by_dq[insert_activation_qdq(graph, tensors[name], encodings[rep], shared[rep],
+                                    keep.get(name, frozenset())).name] = encodings[rep]
     nodes = {node_label(n): n for n in graph.nodes}
     for node_name, const_name in spec.const_inputs:
         quantize_constant(graph, nodes[node_name], const_name, target)

@@ -52,9 +52,10 @@ def absorb_activations(graph: gs.Graph, spec) -> None:
 
 
 def insert_activation_qdq(graph: gs.Graph, t: gs.Variable, enc: Encoding,
-                          consts: tuple[gs.Constant, gs.Constant]) -> gs.Variable:
-    """Route every reader of `t` (and the graph output, if `t` is one) through a Q/DQ pair."""
-    readers = list(t.outputs)
+                          consts: tuple[gs.Constant, gs.Constant], keep=frozenset()) -> gs.Variable:
+    """Route every reader of `t` but those labelled in `keep` (and the graph output, if `t` is one)
+    through a Q/DQ pair."""
+    readers = [n for n in t.outputs if node_label(n) not in keep]
     q = gs.Variable(f"{t.name}_quantized", dtype=ir.NP_STORAGE[enc.dtype], shape=t.shape)
     dq = gs.Variable(f"{t.name}_dequantized", dtype=np.float32, shape=t.shape)
     graph.nodes.append(gs.Node("QuantizeLinear", name=f"{t.name}_QuantizeLinear",

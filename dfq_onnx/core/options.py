@@ -58,7 +58,8 @@ class QuantizeOptions:
     # data-free accuracy passes (issue 7; defaults from the ablation in BENCHMARKS.md)
     cle: bool = False                    # cross-layer equalization (passes/equalize.py)
     cle_criterion: str = "weights"       # "weights" (Nagel) | "activations" | "auto" (see passes/equalize.py)
-    smooth: bool = False                 # outlier migration into static MatMul weights (passes/smooth.py)
+    smooth: bool | None = None           # outlier migration into static MatMul weights (passes/smooth.py);
+                                         # None: the target's [activation] smoothing (off, or outliers only)
     twin_ranges: bool = True             # line drawings' contrast twins' ranges (twin_ranges.py)
     bias_absorption: bool = False        # high-bias absorption (passes/absorb_bias.py)
     bias_correction: bool | None = None  # analytic bias correction (passes/bias_correction.py);

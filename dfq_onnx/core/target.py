@@ -35,12 +35,13 @@ _TOP = {"name", "description", "min_opset", "default_weight_bits", "default_act_
         "placement", "fixed_outputs", "latency", "forms"}
 _SECTIONS = {
     "activation": {"symmetric", "dtypes", "fuse_relu", "choices", "element_cost", "float_output_ops",
-                   "cost_allowance"},
+                   "cost_allowance", "smoothing"},
     "weight": {"symmetric", "per_channel", "narrow_range", "dtypes", "blocked"},
     "bias": {"mode"},
     "candidates": {"pairs", "integer_kernels", "cost", "ops"},
     "placement": {"quantize_outputs", "unread_outputs", "add_fuses_weighted_input", "bias_add_fuses",
-                  "activation_products", "shared_encoding_ops"},
+                  "activation_products", "activation_functions", "quantized_reads_only",
+                  "shared_encoding_ops"},
     "latency": {"runtime"},
 }
 RUNTIMES = ("onnxruntime", "openvino", "none")
@@ -76,6 +77,8 @@ class TargetProfile:
     add_fuses_weighted_input: bool = False         # Add input from a weighted op stays float (fused)
     bias_add_fuses: bool = False                   # MatMul -> Add(constant bias): one kernel, no Q/DQ between
     activation_products: bool = True               # activation x activation MatMuls (attention) quantized
+    activation_functions: bool = True              # ops inside a multi-op activation function quantized
+    quantized_reads_only: bool = False             # only quantized readers read a Q/DQ (others: float)
     shared_encoding_ops: tuple[str, ...] = ()      # ops whose inputs and output share one encoding
     fixed_outputs: Mapping[str, tuple[float, float]] = field(default_factory=dict)   # op -> (min, span)
     op_pairs: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
@@ -86,6 +89,7 @@ class TargetProfile:
     act_element_cost: Mapping[int, float] = field(default_factory=dict)   # extra cost per element at bits
     float_output_ops: tuple[str, ...] = ()         # weighted ops keeping an integer kernel, float output
     act_cost_allowance: float = 0.0                # default plan: extra activation cost / all-base cost
+    smoothing: str = "off"                         # --smooth default: "off" / "outliers" (passes/smooth.py)
 
     def forms_for(self, op: str) -> tuple[tuple, ...]:
         """The emit-form candidates of `op` (core/candidates.py); () when it is statically quantized."""
@@ -229,6 +233,8 @@ def _build(data: dict, source: str) -> TargetProfile:
         add_fuses_weighted_input=bool(place.get("add_fuses_weighted_input", False)),
         bias_add_fuses=bool(place.get("bias_add_fuses", False)),
         activation_products=bool(place.get("activation_products", True)),
+        activation_functions=bool(place.get("activation_functions", True)),
+        quantized_reads_only=bool(place.get("quantized_reads_only", False)),
         shared_encoding_ops=parse_op_list(source, ops, place.get("shared_encoding_ops", [])),
         fixed_outputs=parse_fixed_outputs(source, ops, data.get("fixed_outputs", {})),
         op_pairs=parse_op_pairs(source, ops, pairs, cand.get("ops", {})),

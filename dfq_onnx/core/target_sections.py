@@ -15,6 +15,7 @@ FORM_SETTINGS = {"weight_only_kernel": ("MatMulNBits", "DequantizeLinear"),
                  "gather_kernel": ("GatherBlockQuantized", "Gather"), "accuracy_level": (0, 1, 2, 3, 4)}
 FORM_OPS = ("MatMul", "Gather", "Attention", "EmbedLayerNormalization")   # the last two: com.microsoft
 TABLE_OPS = ("Gather", "EmbedLayerNormalization")                        # no activation input
+SMOOTHING = ("off", "outliers")   # [activation] smoothing: the default of --smooth (passes/smooth.py)
 
 
 def parse_pairs(where: str, seq) -> tuple[tuple[int, int], ...]:
@@ -77,7 +78,10 @@ def _form_cost(where: str, value) -> Mapping[tuple, float]:
 
 
 def parse_act_choices(source: str, ops: dict, act: dict, default: int) -> dict:
-    """[activation] choices / element_cost / float_output_ops: the activation-precision decision."""
+    """[activation] choices / element_cost / float_output_ops / cost_allowance: the activation-precision
+    decision; smoothing: what the default (no --smooth / --no-smooth) does -- "off", or "outliers":
+    SmoothQuant migration of the statically quantized MatMul inputs that are outlier groups
+    (passes/smooth.py)."""
     where = f"{source} [activation]"
     choices = act.get("choices", [])
     if not isinstance(choices, list) or not all(isinstance(c, int) for c in choices):
@@ -104,8 +108,12 @@ def parse_act_choices(source: str, ops: dict, act: dict, default: int) -> dict:
     if not isinstance(allowance, (int, float)) or allowance < 0:
         raise TargetError(f"{where} cost_allowance: expected a non-negative number (a share of the "
                           "all-default-bits plan's cost)")
+    smoothing = act.get("smoothing", "off")
+    if smoothing not in SMOOTHING:
+        raise TargetError(f"{where} smoothing: '{smoothing}' must be one of {', '.join(SMOOTHING)}")
     return {"act_choices": tuple(sorted(set(choices))), "act_element_cost": MappingProxyType(cost),
-            "float_output_ops": tuple(str(o) for o in outs), "act_cost_allowance": float(allowance)}
+            "float_output_ops": tuple(str(o) for o in outs), "act_cost_allowance": float(allowance),
+            "smoothing": str(smoothing)}
 
 
 def parse_op_list(source: str, ops: dict, names) -> tuple[str, ...]:

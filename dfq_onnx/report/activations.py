@@ -56,3 +56,23 @@ def decided_line(notes: dict) -> str:
         line += (f"; all-A{base} broken (> {joint['factor']:g}x the weights' loss): {len(joint['applied'])} "
                  "outlier groups put back past the cost allowance")
     return line
+
+
+def smoothed_line(notes: dict) -> str:
+    """'smoothing (outliers): 6 of 6 MatMul inputs outliers, 6 smoothed (alpha 0.75 x6)' (or '')."""
+    sm = notes.get("smoothing")
+    if not sm:
+        return ""
+    groups = sm["groups"]
+    alphas: dict = {}
+    for g in groups:
+        if g["tensor"] in sm["applied"]:
+            alphas[g["alpha"]] = alphas.get(g["alpha"], 0) + 1
+    how = ", ".join(f"alpha {a:g} x{n}" for a, n in sorted(alphas.items()))
+    if sm.get("mode") == "outliers":
+        head = (f"smoothing (the target's default; --no-smooth: off): {sum(g['outlier'] for g in groups)} of "
+                f"{len(groups)} static MatMul inputs outliers (A8 alone > the W8 weights' "
+                f"{sm['weight_loss']:.3g})")
+    else:
+        head = f"smoothing: {len(groups)} static MatMul inputs"
+    return f"{head}; {len(sm['applied'])} smoothed" + (f" ({how})" if how else "")

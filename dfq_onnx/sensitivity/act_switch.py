@@ -9,7 +9,8 @@ bit-width):
 
 Readers keep reading t, so a segment cut that crosses t caches the switched value under the same name
 as the FP32 twin (where t is the producer's float output = slot 0). A member that is a graph input gets
-a switch writing `t_act` that its readers read instead (attached to each reader's segment).
+a switch writing `t_act` that its readers read instead (attached to each reader's segment); so does a
+tensor some of whose readers Emit leaves reading it float (`float_reads`; they keep reading t).
 
 Q/DQ in a branch are those Emit writes for the group's range at that bit-width (the union of its
 members' ranges), so a plan's configuration computes what Emit's model for the plan computes. A
@@ -70,8 +71,10 @@ def select_input(graph: gs.Graph, gid: str, slots: int) -> tuple[gs.Variable, li
 
 
 def insert_act_switches(graph: gs.Graph, groups: list[ActGroup],
-                        encodings: Mapping[str, Mapping[int, Encoding]], bits: tuple[int, ...]):
-    """Switch every member of `groups` over [float, *bits] (see the module docstring).
+                        encodings: Mapping[str, Mapping[int, Encoding]], bits: tuple[int, ...],
+                        float_reads: Mapping[str, frozenset[str]] | None = None):
+    """Switch every member of `groups` over [float, *bits] (see the module docstring); the readers
+    labelled in `float_reads[t]` read t float, as Emit leaves them (backends/act_qdq.float_readers).
 
     Returns (selects: group id -> select input name, attached: node label -> switch node labels that
     belong to its segment, units: node label -> group ids it carries, inputs: switched tensor name ->
@@ -84,15 +87,19 @@ def insert_act_switches(graph: gs.Graph, groups: list[ActGroup],
         selects[ag.id] = select.name
         for t in ag.tensors:
             tensor = tensors[t]
-            if tensor.inputs:     # the producer writes t_act_input, the switch writes t
+            keep = (float_reads or {}).get(t, frozenset())
+            if any(o is tensor for o in graph.outputs):
+                keep = frozenset()
+            if tensor.inputs and not keep:   # the producer writes t_act_input, the switch writes t
                 prod = tensor.inputs[0]
                 owners, out = [node_label(prod)], tensor
                 src = gs.Variable(f"{t}_act_input", dtype=np.float32, shape=tensor.shape)
                 prod.outputs[[o.name for o in prod.outputs].index(t)] = src
-            else:                 # a graph input: its readers read the switched copy t_act
-                owners, src = [node_label(n) for n in tensor.outputs], tensor
+            else:                 # a graph input, or float readers: the others read the switched copy t_act
+                switched = [n for n in tensor.outputs if node_label(n) not in keep]
+                owners, src = [node_label(n) for n in switched], tensor
                 out = gs.Variable(f"{t}_act", dtype=np.float32, shape=tensor.shape)
-                for n in list(tensor.outputs):
+                for n in switched:
                     n.inputs[[i.name for i in n.inputs].index(t)] = out
             branches = [lambda tag, s=src: _branch(s, None, tag, graph.opset)] + [
                 lambda tag, s=src, e=encodings[ag.id][b]: _branch(s, e, tag, graph.opset) for b in bits]

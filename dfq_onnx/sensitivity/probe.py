@@ -50,7 +50,7 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.backends import forms
 from dfq_onnx.backends.act_precision import without
-from dfq_onnx.backends.act_qdq import class_encodings, group_encodings, insert_qdq
+from dfq_onnx.backends.act_qdq import class_encodings, float_readers, group_encodings, insert_qdq
 from dfq_onnx.backends.input_moments import importance
 from dfq_onnx.backends.qdq import (
     Encoding,
@@ -232,6 +232,7 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
     g = ir.copy_graph(graph)
     inputs = tuple(t.name for t in g.inputs)
     by_dq: dict[str, Encoding] = {}
+    floats = float_readers(g, spec, target)      # readers Emit leaves float (OpenVINO)
     fixed = without(spec, g, {t for ag in act_groups for t in ag.tensors}, consts=False)
     encs = group_encodings(g, act_groups, ranges, target, act_choices) if act_groups else {}
     if fixed_weight_bits is not None:   # weights see the base encodings of their inputs (int32 bias)
@@ -247,7 +248,7 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
     fast = ir.copy_graph(g).cleanup().toposort()
     act = ({}, {}, {})
     if act_groups:
-        *act, reads = insert_act_switches(g, list(act_groups), encs, tuple(act_choices))
+        *act, reads = insert_act_switches(g, list(act_groups), encs, tuple(act_choices), floats)
         by_dq.update({reads[t]: encs[ag.id][act_bits] for ag in act_groups for t in ag.tensors
                       if act_bits in encs[ag.id]})   # int32 biases at the base activation scale
     selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target, input_means, form_keys,
