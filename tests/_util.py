@@ -52,6 +52,28 @@ def padded_token_feeds(n: int = 64, seq: int = 16, vocab: int = 512, seed: int =
     return {"input_ids": rng.integers(1, vocab, (n, seq)), "attention_mask": mask}
 
 
+def ids_layout(model: onnx.ModelProto) -> tuple:
+    """(input, vocabulary rows, table, length) of the token layout of `model`'s input 'ids'."""
+    from dfq_onnx.synth.tokens import token_layout
+
+    layout = token_layout(ir.to_graph(model))
+    ids = layout.of("ids")
+    return ids.name, ids.rows, layout.table, layout.length
+
+
+def token_agreement(model: onnx.ModelProto, vocab: int, seq: int, axis: int) -> float:
+    """Compile a one-input token model with no data (checked, samples from the token objective) and return
+    how often its argmax over `axis` agrees with the FP32 model's on 64 random id rows."""
+    import dfq_onnx
+
+    out, report = dfq_onnx.quantize(model, progress=False, use_cache=False, latency_check=False)
+    onnx.checker.check_model(out, full_check=True)
+    assert report.notes["synthesis"]["objective"] == "tokens"
+    ids = np.random.default_rng(1).integers(0, vocab, (64, seq)).astype(np.int32)
+    want, got = run(model, {"ids": ids})[0], run(out, {"ids": ids})[0]
+    return float(np.mean(want.argmax(axis) == got.argmax(axis)))
+
+
 def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2)))
 
