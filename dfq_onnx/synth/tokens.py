@@ -147,9 +147,8 @@ BOOLEAN_OPS = ("Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not
 
 
 def _boolean(t: gs.Tensor) -> bool:
-    if t.dtype is not None and np.dtype(t.dtype) == np.bool_:
-        return True
-    return len(t.inputs) == 1 and t.inputs[0].op in BOOLEAN_OPS
+    """A boolean tensor: of that type, or written by a comparison / logical op."""
+    return is_bool(t) or (len(t.inputs) == 1 and t.inputs[0].op in BOOLEAN_OPS)
 
 
 def _bool_mask(t: gs.Tensor) -> bool:
