@@ -128,9 +128,9 @@ def test_the_timing_is_single_thread_cpu_work(monkeypatch, timed):
     seen = []
     real = cpu_work.paired_cpu
 
-    def spy(first, second, seconds=cpu_work.SECONDS):
+    def spy(first, second, seconds=cpu_work.SECONDS, settled=None):
         seen.append((first, second))
-        return real(first, second, seconds=0.05)
+        return real(first, second, seconds=0.05, settled=settled)
     monkeypatch.setattr(cpu_work, "paired_cpu", spy)
     _, report = dfq_onnx.quantize(builders.conv_bn_relu(), calib="noise", use_cache=False, progress=False)
     assert len(seen) == 1 and report.notes["keep_float"]["source"] == "measured"
@@ -144,3 +144,26 @@ def test_a_dynamic_dimension_is_named_not_counted_as_zero_macs(monkeypatch):
     _, report = dfq_onnx.quantize(model, use_cache=False, progress=False)
     note = report.notes["keep_float"]
     assert "dynamic dimensions" in note["skipped"] and note["macs"] >= 5_000
+
+
+def test_a_settled_timing_stops_after_three_rounds(monkeypatch):
+    """Every round far on one side of 1 + MARGIN: the timing stops after cpu_work.EARLY rounds (a 5 s
+    forward paid the 7-round floor: five minutes); near the line it runs its schedule. Fake clock."""
+    import time
+
+    from dfq_onnx.backends import cpu_work, integer_pays
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "process_time", lambda: clock[0])
+
+    def model(ms):
+        def call():
+            clock[0] += ms / 1e3
+        return call
+
+    out = cpu_work.paired_calls(model(2.0), model(1.0), settled=integer_pays.settled)
+    assert out["rounds"] == cpu_work.EARLY == len(out["ratios"]) and not integer_pays.slower(out["ratios"])
+    assert integer_pays.settled([0.5, 0.6, 0.55]) and integer_pays.settled([1.9, 5.0, 2.2])
+    assert not integer_pays.settled([0.5, 0.6, 1.0]) and not integer_pays.settled([1.05, 1.1, 1.2])
+    near = cpu_work.paired_calls(model(2.0), model(2.1), settled=integer_pays.settled)
+    assert near["rounds"] >= 7

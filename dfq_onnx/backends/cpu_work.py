@@ -13,7 +13,10 @@ the same ops).
         r_i = min over k calls of cpu(second) / min over k calls of cpu(first)
     ratio = median_i r_i;   k = clamp(round(20 ms / t), 3, 10), R = clamp(SECONDS / (2 (k + 1) t), 7, 15)
 
-with t the first model's CPU time per call, so a 15 ms model takes ~2 s and a 100 ms one ~6 s.
+with t the first model's CPU time per call, so a 15 ms model takes ~2 s and a 100 ms one ~6 s. The
+floor of 7 rounds of 3 calls costs a 5 s model (a segmenter at 1024 x 1024) five minutes; a caller that
+knows when the rounds so far settle its question (`settled`: every ratio far on one side of its line)
+stops after EARLY rounds.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dfq_onnx.backends.runtime import create
 from dfq_onnx.core import ir
 
 SECONDS = 6.0
+EARLY = 3             # rounds before a `settled` caller may stop
 
 
 def _session(model) -> ort.InferenceSession:
@@ -51,19 +55,20 @@ def schedule(first_ms: float, seconds: float = SECONDS) -> tuple[int, int]:
     return int(min(15, max(7, seconds * 1e3 // (2 * (k + 1) * t)))), k
 
 
-def paired_cpu(first_model, second_model, seconds: float = SECONDS) -> dict:
+def paired_cpu(first_model, second_model, seconds: float = SECONDS, settled=None) -> dict:
     """Both models (ModelProtos with concrete input shapes, the same inputs) in single-thread sessions,
     timed by `paired_calls`."""
     calls = []
     for model in (first_model, second_model):
         sess, feeds = _session(model), random_feeds(model)
         calls.append(lambda sess=sess, feeds=feeds: sess.run(None, feeds))
-    return paired_calls(*calls, seconds=seconds)
+    return paired_calls(*calls, seconds=seconds, settled=settled)
 
 
-def paired_calls(first, second, seconds: float = SECONDS) -> dict:
+def paired_calls(first, second, seconds: float = SECONDS, settled=None) -> dict:
     """Two callables timed in alternating rounds (module docstring): {"first_ms", "second_ms" (medians
-    over rounds of each round's least CPU time), "ratios" (second / first per round), "rounds", "calls"}."""
+    over rounds of each round's least CPU time), "ratios" (second / first per round), "rounds", "calls"};
+    `settled(ratios) -> bool` ends the timing early once it holds after EARLY rounds."""
     calls = [first, second]
     for fn in calls:                                   # warm-up: allocations, kernel selection
         fn()
@@ -73,5 +78,8 @@ def paired_calls(first, second, seconds: float = SECONDS) -> dict:
         for j in ((0, 1) if i % 2 == 0 else (1, 0)):
             calls[j]()
             mins[j].append(min(cpu_ms(calls[j], k)))
+        if settled is not None and i + 1 >= EARLY and settled([b / a for a, b in zip(*mins)]):
+            rounds = i + 1
+            break
     return {"first_ms": statistics.median(mins[0]), "second_ms": statistics.median(mins[1]),
             "ratios": [b / a for a, b in zip(*mins)], "rounds": rounds, "calls": k}

@@ -12,6 +12,10 @@ kernels run faster in int8 on EfficientNet-Lite0), so the check times the model 
     r_i = min(int calls of round i) / min(fp32 calls of round i),       i = 1..R
     slower  <=>  median(r) > 1 + MARGIN
 
+(R from 7: fewer, from 3, once every round so far sits more than SETTLED away on one side of the line:
+ResNet-20's 0.5 or the direction classifier's 2-5 are settled in 3 rounds, and a 5 s forward then costs
+one minute of timing instead of five).
+
 CPU time, not wall time: the work a call does, which another process on the machine barely moves.
 Session 14's rule timed wall time at 2 threads (fastest call per round, median over rounds); on the
 direction classifier it still read 0.93-1.50 over compiles minutes apart on a shared machine, so the
@@ -34,6 +38,7 @@ from dfq_onnx.backends import cpu_work
 
 THREADS = 1           # ORT intra-op threads of the timing (single-thread CPU work)
 MARGIN = 0.05         # an integer plan at most this much slower than FP32 stays integer (docstring)
+SETTLED = 0.25        # every round this far (relative) on one side of 1 + MARGIN: the timing may stop
 ENGINE = 3            # bump when the rule changes: cached decisions are then ignored
 
 
@@ -64,6 +69,13 @@ def slower(ratios: list[float]) -> bool:
     return bool(statistics.median(ratios) > 1.0 + MARGIN)
 
 
+def settled(ratios: list[float]) -> bool:
+    """Every round's ratio more than SETTLED (relative) below or above the line 1 + MARGIN: more rounds
+    would not move the median across it (cpu_work stops after its EARLY rounds)."""
+    line = 1.0 + MARGIN
+    return all(r < line * (1 - SETTLED) for r in ratios) or all(r > line * (1 + SETTLED) for r in ratios)
+
+
 def decided(ratios: list[float]) -> dict:
     """What the per-round ratios say: {"ratio": their median, "integer_slower"} (a fresh timing or a
     cached one)."""
@@ -76,6 +88,6 @@ def measure(runtime: str, fp32_model, int_model) -> dict:
     "integer_slower"} (times: medians over rounds of each round's least CPU time)."""
     if runtime != "onnxruntime":
         raise ValueError(f"runtime '{runtime}' is not timed here")
-    work = cpu_work.paired_cpu(fp32_model, int_model)
+    work = cpu_work.paired_cpu(fp32_model, int_model, settled=settled)
     return {"rounds": work["rounds"], "calls": work["calls"], "fp32_ms": work["first_ms"],
             "int_ms": work["second_ms"], "ratios": work["ratios"], **decided(work["ratios"])}
