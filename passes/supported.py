@@ -11,7 +11,7 @@ to use or the input to pin.
 from __future__ import annotations
 
 from dfq_onnx.core import ir
-from dfq_onnx.core.branches import QUANTIZABLE
+from dfq_onnx.core.branches import QUANTIZABLE, condition_sources
 from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.scalar_inputs import pin_hint, scalar_names
 
@@ -77,17 +77,12 @@ def _scalar_condition(model, node) -> str | None:
     rate): pin the input, naming the values the graph compares it with."""
     if node.op_type != "If":
         return None
-    producers = {o: n for n in model.graph.node for o in n.output}
-    scalars, seen, todo = set(scalar_names(model)), set(), [node.input[0]]
-    while todo:
-        name = todo.pop()
-        if name in scalars:
-            return (f"its condition comes from the scalar input '{name}': to compile the branch one value "
-                    f"selects, {pin_hint(model, name)}")
-        if name not in seen and name in producers:
-            seen.add(name)
-            todo.extend(producers[name].input)
-    return None
+    scalars = set(scalar_names(model))
+    name = next((t for t in condition_sources(model.graph, node.input[0])[1] if t in scalars), None)
+    if name is None:
+        return None
+    return (f"its condition comes from the scalar input '{name}': to compile the branch one value "
+            f"selects, {pin_hint(model, name)}")
 
 
 def _refuse_control_flow(where: str, ops: set[str], hint: str | None = None) -> None:
@@ -102,14 +97,4 @@ def _subgraph_ops(node) -> set[str]:
 
 def _constant_condition(model, node) -> bool:
     """Whether an If's condition is computed from initializers and Constant nodes alone (it folds)."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    inits, seen, todo = {t.name for t in model.graph.initializer}, set(), [node.input[0]]
-    while todo:
-        name = todo.pop()
-        if name in seen or name in inits or not name:
-            continue
-        seen.add(name)
-        if name not in producers:
-            return False                     # a graph input
-        todo.extend(producers[name].input)
-    return True
+    return not condition_sources(model.graph, node.input[0])[1]

@@ -72,28 +72,35 @@ def _output_identities(g: onnx.GraphProto, node: onnx.NodeProto) -> set[int] | N
     return {renamed[o.name][0] for o in g.output if o.name in renamed}
 
 
+def condition_sources(graph: onnx.GraphProto, name: str) -> tuple[set[int], list[str]]:
+    """What tensor `name` of `graph` is computed from: (indices of the nodes computing it, the names it
+    reads that no node writes and no initializer holds -- model inputs, or outer-scope values -- in the
+    order a depth-first walk back from `name` meets them)."""
+    producers = {o: k for k, n in enumerate(graph.node) for o in n.output}
+    inits = {t.name for t in graph.initializer}
+    used, leaves, todo = set(), [], [name]
+    while todo:
+        t = todo.pop()
+        if t in producers:
+            k = producers[t]
+            if k not in used:
+                used.add(k)
+                todo.extend(i for i in graph.node[k].input if i)
+        elif t not in inits and t not in leaves:
+            leaves.append(t)
+    return used, leaves
+
+
 def _condition_inputs(g: onnx.GraphProto, at: int, skip: set[int]) -> list[str] | None:
     """The model inputs the condition of the If at node index `at` is computed from, when the graph's
     other nodes (but the `skip` ones) do that and nothing else, from scalar or boolean inputs and
     constants; else None."""
-    inputs = {i.name: i for i in g.input}
-    producers = {o: k for k, n in enumerate(g.node) for o in n.output}
-    inits = {t.name for t in g.initializer}
-    used, leaves, todo = set(), [], [g.node[at].input[0]]
-    while todo:
-        name = todo.pop()
-        if name in inputs:
-            t = inputs[name].type.tensor_type
-            if t.elem_type != onnx.TensorProto.BOOL and (not t.HasField("shape") or t.shape.dim):
-                return None     # a tensor input (its shape, its values): not a choice between models
-            leaves += [name] if name not in leaves else []
-        elif name in producers:
-            k = producers[name]
-            if k not in used:
-                used.add(k)
-                todo.extend(i for i in g.node[k].input if i)
-        elif name not in inits:
-            return None
+    inputs = {i.name: i.type.tensor_type for i in g.input}
+    used, leaves = condition_sources(g, g.node[at].input[0])
+    for name in leaves:
+        t = inputs.get(name)
+        if t is None or (t.elem_type != onnx.TensorProto.BOOL and (not t.HasField("shape") or t.shape.dim)):
+            return None     # a tensor input (its shape, its values): not a choice between models
     others = [n for k, n in enumerate(g.node) if k != at and k not in skip]
     if len(used) != len(others) or any(n.op_type in QUANTIZABLE or ir.proto_subgraphs(n) for n in others):
         return None
