@@ -95,10 +95,9 @@ def channel_stats(state: CompileState, feeds, groups: list[sm.SmoothGroup]) -> d
     return {gr.tensor: np.stack([lo[i], hi[i]]) for i, gr in enumerate(groups)}
 
 
-def _fake_weight(rows: np.ndarray, bits: int, per_channel: bool) -> np.ndarray:
-    """Symmetric narrow weight grid on [C_in, C_out] rows: one scale per output column (or per tensor)."""
-    axis = 1 if per_channel else None
-    return numerics.fake_quant(rows, numerics.weight_scales(rows, bits, axis), 0, bits, signed=True,
+def _fake_weight(w: np.ndarray, bits: int, axis: int | None) -> np.ndarray:
+    """Symmetric narrow weight grid on `w`: one scale per index of `axis` (None: per tensor)."""
+    return numerics.fake_quant(w, numerics.weight_scales(w, bits, axis), 0, bits, signed=True,
                                axis=axis, narrow=True)
 
 
@@ -125,7 +124,8 @@ def probe_model(state: CompileState, choices: dict[str, np.ndarray], groups, sta
             node = nodes[r]
             node.inputs[0] = dq
             rows = sm.weight_rows(node)
-            sm.set_weight_rows(node, _fake_weight(rows.astype(np.float64), bits, state.target.per_channel))
+            sm.set_weight_rows(node, _fake_weight(rows.astype(np.float64), bits,
+                                                        1 if state.target.per_channel else None))
     g.toposort()
     return ir.session_model(g, ir_version=ir.min_ir_version(g.opset))
 
@@ -188,8 +188,7 @@ def weights_model(state: CompileState):
         done.add(w.name)
         vals = np.asarray(w.values)
         axis = spec.axis if state.target.per_channel else None
-        w.values = numerics.fake_quant(vals.astype(np.float64), numerics.weight_scales(vals, bits, axis), 0,
-                                       bits, signed=True, axis=axis, narrow=True).astype(vals.dtype)
+        w.values = _fake_weight(vals.astype(np.float64), bits, axis).astype(vals.dtype)
     return ir.session_model(g, ir_version=ir.min_ir_version(g.opset))
 
 
