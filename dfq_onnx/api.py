@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 
 from dfq_onnx.core import branches, ir
-from dfq_onnx.core.errors import OutputError, UsageError
+from dfq_onnx.core.errors import OutputError, UnsupportedModelError, UsageError
 from dfq_onnx.core.input_hints import with_inferred_shapes
 from dfq_onnx.core.options import QuantizeOptions
 from dfq_onnx.core.pass_base import run_passes
@@ -178,7 +178,6 @@ def _fails_at(model: onnx.ModelProto, shapes: dict) -> str | None:
     import numpy as np
 
     from dfq_onnx.backends.runtime import session
-    from dfq_onnx.core.errors import UnsupportedModelError
 
     inits = {t.name for t in model.graph.initializer}
     feeds = {}

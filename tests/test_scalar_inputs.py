@@ -8,16 +8,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from _util import run, sqnr_db
 from dfq_onnx.models.signal_builders import rate_switched_vad
 from onnx import numpy_helper
 
 import dfq_onnx
 from dfq_onnx.core import batch_axis, ir
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
-
-
-def _sqnr(want, got) -> float:
-    return float(10 * np.log10(np.sum(want ** 2) / np.sum((want - got) ** 2)))
 
 
 def _feeds(n: int, seed: int = 1) -> dict:
@@ -33,7 +30,7 @@ def _compile(named: bool = False, model=None, **kw):
 
 
 def _run(model, feeds: dict, rate: int) -> list:
-    return ort.InferenceSession(model.SerializeToString()).run(None, {**feeds, "sr": np.array(rate)})
+    return run(model, {**feeds, "sr": np.array(rate)})
 
 
 def _rate_as_initializer() -> onnx.ModelProto:
@@ -58,7 +55,7 @@ def test_an_unpinned_rate_compiles_both_networks_and_the_written_model_still_cho
     feeds = _feeds(5)
     for rate in (16000, 8000):
         want, got = _run(build(), feeds, rate), _run(out, feeds, rate)
-        assert min(_sqnr(w, g) for w, g in zip(want, got)) > 30      # 55-74 dB (tiny random network)
+        assert min(sqnr_db(w, g) for w, g in zip(want, got)) > 30      # 55-74 dB (tiny random network)
 
 
 def test_a_network_that_cannot_run_at_the_compile_shape_is_written_float():
@@ -104,7 +101,7 @@ def test_a_pinned_rate_compiles_the_branch_it_selects_and_keeps_the_input(rate, 
     got = sess.run(None, {**feeds, "sr": np.array(rate)})
     np.testing.assert_array_equal(sess.run(None, feeds)[0], got[0])
     assert [g.shape for g in got] == [(5, 1), (2, 5, 16)]
-    assert min(_sqnr(w, g) for w, g in zip(want, got)) > 30      # 55-74 dB (tiny random network)
+    assert min(sqnr_db(w, g) for w, g in zip(want, got)) > 30      # 55-74 dB (tiny random network)
 
 
 def test_a_state_batched_on_axis_1_takes_a_calibration_npz_in_its_declared_layout(tmp_path):
@@ -114,7 +111,7 @@ def test_a_state_batched_on_axis_1_takes_a_calibration_npz_in_its_declared_layou
     want = ort.InferenceSession(rate_switched_vad().SerializeToString()).run(
         None, {**_feeds(3), "sr": np.array(16000)})
     got = ort.InferenceSession(out.SerializeToString()).run(None, _feeds(3))
-    assert min(_sqnr(w, g) for w, g in zip(want, got)) > 30
+    assert min(sqnr_db(w, g) for w, g in zip(want, got)) > 30
 
 
 def test_the_state_input_is_found_by_the_rnn_it_feeds():
