@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnx
 
+from dfq_onnx.backends.target_check import check_on_target
 from dfq_onnx.core import branches, ir
 from dfq_onnx.core.errors import OutputError, UnsupportedModelError, UsageError
 from dfq_onnx.core.input_hints import with_inferred_shapes
@@ -45,11 +46,13 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     if merged is not None:
         opts = with_inferred_shapes(model, source, opts)
         out, report = _quantize_branches(model, source, merged, profile, opts, encodings_path, detail)
+        check_on_target(out, profile)
         _write_outputs(out, output, report, report_path)
         return out, report
     box = [source]
     del source          # the compile drops the proto after Normalize: no other reference may keep it
     out, report, state, extra = _compile(model, box, profile, opts, encodings_path, detail)
+    check_on_target(out, profile)
     curve: list[Path] = []
     try:
         if opts.pareto is not None and state.pareto is not None:

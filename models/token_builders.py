@@ -178,12 +178,13 @@ def token_encoder(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256,
 def token_classifier(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256, layers: int = 2,
                      classes: int = 3, outlier: float = 20.0, decomposed: bool = False,
                      no_norm: bool = False, act: str = "relu", ln_outlier: float = 1.0,
-                     seed: int = 0) -> onnx.ModelProto:
+                     hidden_output: bool = False, seed: int = 0) -> onnx.ModelProto:
     """The encoder with a pooler and classifier head (module docstring); output logits [N, classes].
     `no_norm`: every LayerNorm is MobileBERT's NoNorm (x * gamma + beta); `act`: the FFN activation
     ("gelu": Erf form); `ln_outlier`: each block's ln1 gamma is that large on 4 channels and the FFN's
     weight rows reading them that much smaller (the outlier channels of trained BERT-family LayerNorm
-    outputs, which the next layer's weights scale back)."""
+    outputs, which the next layer's weights scale back); `hidden_output`: the last block's output is a
+    graph output too (last_hidden_state [N, seq, d] beside the logits, as Hugging Face exports write it)."""
     rng = np.random.default_rng(seed)
     inits: list = [_init("first", np.array([0], np.int64)),
                    _init("pooler.weight", (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)),
@@ -216,8 +217,8 @@ def token_classifier(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 2
               helper.make_node("Gemm", ["pooled_t", "classifier.weight"], ["logits"], name="classifier",
                                transB=1)]
     ins = [_vi(n, ["N", seq], TensorProto.INT64) for n in ("input_ids", "attention_mask")]
-    return _model(nodes, ins, [_vi("logits", ["N", classes])], inits, opset=13 if decomposed else 17,
-                  name="token_classifier")
+    outs = [_vi("logits", ["N", classes])] + ([_vi(h, ["N", seq, d])] if hidden_output else [])
+    return _model(nodes, ins, outs, inits, opset=13 if decomposed else 17, name="token_classifier")
 
 
 def token_lm(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256, layers: int = 1,

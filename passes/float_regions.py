@@ -8,7 +8,8 @@ leaves its residual stream float. Elementwise ops after the last weighted layer 
 On a target with `[placement] activation_functions = false` (OpenVINO), the ops of an activation
 function written as several pointwise ops (GELU's Div / Erf / Add / Mul, x * Sigmoid(x), hard-swish;
 core/act_functions.py) are not quantized: the backend fuses them into one float op, and only their
-output is quantized where a quantized op reads it.
+output is quantized where a quantized op reads it; with `constant_affine = false`, neither are `x * c`
+or `x + c` with c constant (`constant_affine_nodes`).
 
 Normalization statistics stay float: a Reduce{Mean,Sum,SumSquare,L1,L2,LogSumExp,Prod} output, what
 is computed from such outputs alone (a decomposed LayerNorm's mean, E[x^2] - E[x]^2, rsqrt(var + eps),
@@ -144,3 +145,31 @@ def log_domain_nodes(graph: gs.Graph) -> set[int]:
 def activation_product(node: gs.Node) -> bool:
     """A MatMul of two activations (attention's Q K^T and A V): quantized like an elementwise op."""
     return len(node.inputs) == 2 and all(is_float(t) and not is_const(t) for t in node.inputs)
+
+
+AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
+
+
+def constant_affine_nodes(graph: gs.Graph, target) -> set[int]:
+    """ids of the `x * c`, `x + c` (c constant) nodes a target with `[placement] constant_affine =
+    false` leaves float: OpenVINO runs no integer kernel for them (its low-precision transformations fold
+    them into the dequantization of x: a per-channel scale and shift, NNCF's unquantized ScaleShift), so a
+    quantizer on them only rounds -- and hands the folded shift to the transformations that move a
+    dequantization through a later Gather, which fail on a per-channel constant of lower rank
+    (MobileBERT's NoNorm x * gamma + beta before the pooler's Gather). A bias Add the target fuses into the
+    weighted op writing its input (`bias_add_fuses`) stays that layer's output."""
+    if target.constant_affine:
+        return set()
+    out = set()
+    for node in graph.nodes:
+        if node.op not in AFFINE_OPS or len(node.inputs) != 2 or not all(is_float(t) for t in node.inputs):
+            continue
+        live = [t for t in node.inputs if not is_const(t)]
+        if len(live) != 1:
+            continue
+        producer = live[0].inputs[0] if live[0].inputs else None
+        if node.op == "Add" and target.bias_add_fuses and producer is not None \
+                and target.role(producer.op) == "weighted":
+            continue
+        out.add(id(node))
+    return out

@@ -37,6 +37,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from dfq_onnx.passes.float_regions import (
     activation_product,
+    constant_affine_nodes,
     feeds_weighted,
     log_domain_nodes,
     statistics_nodes,
@@ -152,10 +153,11 @@ def quantized_layers(graph: gs.Graph, target) -> dict[str, LayerSpec]:
     form_read = {id(t) for n in graph.nodes if _form_spec(n, target) is not None for t in n.inputs}
     reach = feeds_weighted(graph, target, appliers, form_read)
     log_domain = log_domain_nodes(graph)         # what a Log reads: float (float_regions)
-    functions = set() if target.activation_functions else activation_function_nodes(graph)
+    folded = set() if target.activation_functions else activation_function_nodes(graph)
+    folded |= constant_affine_nodes(graph, target)   # ops the backend folds into its neighbours' kernels
     for node in graph.nodes:
         role = target.role(node.op)
-        if id(node) in preprocessing or id(node) in log_domain or id(node) in functions \
+        if id(node) in preprocessing or id(node) in log_domain or id(node) in folded \
                 or (role == "elementwise" and id(node) in statistics):
             continue
         form = _form_spec(node, target)

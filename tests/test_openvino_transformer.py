@@ -106,3 +106,32 @@ def test_default_smoothing_scores_float_input_models_on_the_budgeted_rows(monkey
                            target="openvino", calib="noise")
     ids = {"input_ids": np.ones((64, 16), np.int64), "attention_mask": np.ones((64, 16), np.int64)}
     assert len(budget_rows(tokens, ids)["input_ids"]) == 64
+
+
+def test_openvino_leaves_constant_scale_and_shift_float():
+    """MobileBERT's NoNorm (x * gamma + beta, its last one also the graph output last_hidden_state) before
+    the pooler's Gather: OpenVINO folds a constant scale and shift into the dequantization of x, and its
+    GatherTransformation then fails on the per-channel [d] shift ('Axis 1 out of the tensor rank range');
+    the openvino target leaves x * c and x + c float (NNCF's unquantized ScaleShift), and the written
+    model compiles in OpenVINO when it is installed. A MatMul's bias Add stays that layer's output."""
+    model = token_builders.token_classifier(no_norm=True, hidden_output=True)
+    out, _ = dfq_onnx.quantize(model, target="openvino", progress=False, use_cache=False)
+    affine = {n.name for n in model.graph.node if n.name.endswith(("_gamma", "_beta"))}
+    assert affine and all(name in {n.name for n in out.graph.node} for name in affine)
+    dq_read = {n.output[0] for n in out.graph.node if n.op_type == "DequantizeLinear"}
+    for node in out.graph.node:
+        if node.name in affine:
+            assert not set(node.input) & dq_read, node.name       # x and its constant read float
+    quantized = _quantized(out)
+    assert not any(t.endswith("_scaled") for t in quantized)       # x * gamma: no quantizer
+    assert "l0_ln1_out" in quantized                      # + beta: quantized where a MatMul reads it
+    assert "l0_f1_out" not in quantized                   # MatMul + bias: one layer, its output
+    feeds = padded_token_feeds()     # the outlier stream, unnormalized: 9.97 / 18.96 dB quantized
+    logits, hidden = (sqnr_db(a, b) for a, b in zip(run(model, feeds), run(out, feeds)))
+    assert logits > 12.0 and hidden > 20.0
+    try:
+        import openvino as ov
+    except ImportError:
+        return
+    core = ov.Core()
+    core.compile_model(core.read_model(out.SerializeToString(), b""), "CPU")

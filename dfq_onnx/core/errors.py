@@ -43,3 +43,7 @@ class PassError(DfqError):
         self.cause = cause
         if isinstance(cause, DfqError):
             self.exit_code = cause.exit_code
+
+
+class TargetRuntimeError(DfqError):
+    """The target's own runtime cannot compile the written model (exit code 1); nothing is written."""

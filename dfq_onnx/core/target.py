@@ -41,7 +41,7 @@ _SECTIONS = {
     "candidates": {"pairs", "integer_kernels", "cost", "ops"},
     "placement": {"quantize_outputs", "unread_outputs", "add_fuses_weighted_input", "bias_add_fuses",
                   "activation_products", "activation_functions", "quantized_reads_only",
-                  "shared_encoding_ops"},
+                  "constant_affine", "shared_encoding_ops"},
     "latency": {"runtime"},
 }
 RUNTIMES = ("onnxruntime", "openvino", "none")
@@ -79,6 +79,7 @@ class TargetProfile:
     activation_products: bool = True               # activation x activation MatMuls (attention) quantized
     activation_functions: bool = True              # ops inside a multi-op activation function quantized
     quantized_reads_only: bool = False             # only quantized readers read a Q/DQ (others: float)
+    constant_affine: bool = True                   # x * c, x + c (c constant) quantized as elementwise ops
     shared_encoding_ops: tuple[str, ...] = ()      # ops whose inputs and output share one encoding
     fixed_outputs: Mapping[str, tuple[float, float]] = field(default_factory=dict)   # op -> (min, span)
     op_pairs: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
@@ -235,6 +236,7 @@ def _build(data: dict, source: str) -> TargetProfile:
         activation_products=bool(place.get("activation_products", True)),
         activation_functions=bool(place.get("activation_functions", True)),
         quantized_reads_only=bool(place.get("quantized_reads_only", False)),
+        constant_affine=bool(place.get("constant_affine", True)),
         shared_encoding_ops=parse_op_list(source, ops, place.get("shared_encoding_ops", [])),
         fixed_outputs=parse_fixed_outputs(source, ops, data.get("fixed_outputs", {})),
         op_pairs=parse_op_pairs(source, ops, pairs, cand.get("ops", {})),

@@ -1,0 +1,62 @@
+"""The written model is compiled by its target's runtime when that runtime is installed (OpenVINO): a model
+it refuses is an error naming the runtime's message, and nothing is written (backends/target_check.py).
+A stand-in `openvino` module plays the runtime, so these run without it installed."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+from dfq_onnx.models import builders
+
+import dfq_onnx
+from dfq_onnx.core.errors import TargetRuntimeError
+
+GATHER = ("Exception from src/inference/src/cpp/core.cpp:117:\n"
+          "Exception from src/core/src/pass/graph_rewrite.cpp:298:\n"
+          "[GatherTransformation] END: node: opset8::Gather pooler CALLBACK HAS THROWN: Axis 1 out of range")
+
+
+def _stand_in(monkeypatch, failure: str | None) -> list:
+    compiled: list = []
+
+    class Core:
+        def read_model(self, data, weights):
+            return data
+
+        def compile_model(self, model, device):
+            if failure is not None:
+                raise RuntimeError(failure)
+            compiled.append((len(model), device))
+
+    module = types.SimpleNamespace(Core=Core, Tensor=lambda array: array,
+                                   get_version=lambda: "2099.1.0-0-abc-releases/2099/1")
+    monkeypatch.setitem(sys.modules, "openvino", module)
+    return compiled
+
+
+def test_a_model_openvino_cannot_compile_is_an_error_and_nothing_is_written(monkeypatch, tmp_path):
+    _stand_in(monkeypatch, GATHER)
+    out = tmp_path / "q.onnx"
+    with pytest.raises(TargetRuntimeError) as err:
+        dfq_onnx.quantize(builders.conv_bn_relu(), target="openvino", output=out,
+                          report_path=tmp_path / "r.json", progress=False, use_cache=False)
+    message = str(err.value)
+    assert "OpenVINO 2099.1.0 cannot compile the written model ([GatherTransformation]" in message
+    assert "Exception from" not in message and "nothing was written" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_openvino_compiles_is_written(monkeypatch, tmp_path):
+    compiled = _stand_in(monkeypatch, None)
+    out = tmp_path / "q.onnx"
+    dfq_onnx.quantize(builders.conv_bn_relu(), target="openvino", output=out, progress=False, use_cache=False)
+    assert out.exists() and compiled == [(compiled[0][0], "CPU")] and compiled[0][0] > 0
+
+
+def test_onnx_runtime_targets_are_not_compiled_by_openvino(monkeypatch, tmp_path):
+    _stand_in(monkeypatch, GATHER)
+    out = tmp_path / "q.onnx"
+    dfq_onnx.quantize(builders.conv_bn_relu(), target="ort-cpu", output=out, progress=False, use_cache=False)
+    assert out.exists()
