@@ -46,13 +46,13 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     if merged is not None:
         opts = with_inferred_shapes(model, source, opts)
         out, report = _quantize_branches(model, source, merged, profile, opts, encodings_path, detail)
-        check_on_target(out, profile)
+        check_on_target(out, profile, lambda: ir.load_model(model))
         _write_outputs(out, output, report, report_path)
         return out, report
     box = [source]
     del source          # the compile drops the proto after Normalize: no other reference may keep it
     out, report, state, extra = _compile(model, box, profile, opts, encodings_path, detail)
-    check_on_target(out, profile)
+    check_on_target(out, profile, lambda: ir.load_model(model))
     curve: list[Path] = []
     try:
         if opts.pareto is not None and state.pareto is not None:

@@ -18,7 +18,9 @@ GATHER = ("Exception from src/inference/src/cpp/core.cpp:117:\n"
           "[GatherTransformation] END: node: opset8::Gather pooler CALLBACK HAS THROWN: Axis 1 out of range")
 
 
-def _stand_in(monkeypatch, failure: str | None) -> list:
+def _stand_in(monkeypatch, failure: str | None, float_too: bool = False) -> list:
+    """An `openvino` whose compile fails with `failure` on quantized models (and float ones if
+    `float_too`); returns the (bytes, device) of every model it compiled."""
     compiled: list = []
 
     class Core:
@@ -26,7 +28,7 @@ def _stand_in(monkeypatch, failure: str | None) -> list:
             return data
 
         def compile_model(self, model, device):
-            if failure is not None:
+            if failure is not None and (float_too or b"QuantizeLinear" in model):
                 raise RuntimeError(failure)
             compiled.append((len(model), device))
 
@@ -46,6 +48,18 @@ def test_a_model_openvino_cannot_compile_is_an_error_and_nothing_is_written(monk
     assert "OpenVINO 2099.1.0 cannot compile the written model ([GatherTransformation]" in message
     assert "Exception from" not in message and "nothing was written" in message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_openvino_cannot_compile_before_quantization_either_is_written(monkeypatch, tmp_path,
+                                                                              caplog):
+    """PLCMOS v2: OpenVINO's CPU plugin takes neither the FP32 model nor its quantized one (a dynamic
+    rank): the output is no worse than its input, and is written with a warning."""
+    _stand_in(monkeypatch, "Check '!shape.rank().is_dynamic()' failed", float_too=True)
+    out = tmp_path / "q.onnx"
+    dfq_onnx.quantize(builders.conv_bn_relu(), target="openvino", output=out, progress=False, use_cache=False)
+    assert out.exists()
+    assert "cannot compile the written model (Check '!shape.rank().is_dynamic()' failed), nor the model " \
+           "given" in caplog.text
 
 
 def test_a_model_openvino_compiles_is_written(monkeypatch, tmp_path):

@@ -5,14 +5,16 @@ low-precision transformations move a dequantization (and the constant scale and 
 through the ops after it, and some of them fail on what they are handed -- a per-channel shift of lower
 rank than the tensor at a Gather (MobileBERT's NoNorm before the pooler, before the openvino target's
 `[placement] constant_affine = false`). A model its target cannot compile is no output, so the compile
-stops with the runtime's own message and nothing is written. ONNX Runtime targets need no extra check
-(the compile runs the model in ONNX Runtime throughout); without `openvino` installed there is nothing
-to ask, and models beyond protobuf's 2 GB are not serialized for it.
+stops with the runtime's own message and nothing is written -- unless the runtime refuses the model
+given as well (then the output is no worse than its input, and is written with a warning). ONNX Runtime
+targets need no extra check (the compile runs the model in ONNX Runtime throughout); without `openvino`
+installed there is nothing to ask, and models beyond protobuf's 2 GB are not serialized for it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -31,8 +33,20 @@ def _runtime_message(exc: BaseException) -> str:
     return (useful or lines or [type(exc).__name__])[0][:400]
 
 
-def check_on_target(model: onnx.ModelProto, target) -> None:
-    """Raise TargetRuntimeError when the target's runtime (OpenVINO CPU) cannot compile `model`."""
+def _refusal(core, model: onnx.ModelProto, openvino) -> str | None:
+    """OpenVINO's reason for not compiling `model` on CPU, or None when it compiles."""
+    weights = openvino.Tensor(np.empty(0, np.uint8))      # the weights are inside the serialized model
+    try:
+        core.compile_model(core.read_model(ir.serialize(model), weights), "CPU")
+    except Exception as exc:          # OpenVINO raises RuntimeError subclasses of its own
+        return _runtime_message(exc)
+    return None
+
+
+def check_on_target(model: onnx.ModelProto, target, source: Callable[[], onnx.ModelProto]) -> None:
+    """Raise TargetRuntimeError when the target's runtime (OpenVINO CPU) cannot compile `model` but can
+    compile the model given to the compile (`source()` loads it again): one it refuses too (PLCMOS v2:
+    a dynamic rank its CPU plugin does not take) is written as it is, with a warning."""
     if target.runtime != "openvino":
         return
     try:
@@ -44,12 +58,16 @@ def check_on_target(model: onnx.ModelProto, target) -> None:
         log.warning("the written model is over 2 GB: not compiled by OpenVINO here")
         return
     core = openvino.Core()
-    weights = openvino.Tensor(np.empty(0, np.uint8))      # the weights are inside the serialized model
-    try:
-        core.compile_model(core.read_model(ir.serialize(model), weights), "CPU")
-    except Exception as exc:          # OpenVINO raises RuntimeError subclasses of its own
-        version = openvino.get_version().split("-")[0]
-        raise TargetRuntimeError(
-            f"OpenVINO {version} cannot compile the written model ({_runtime_message(exc)}); nothing was "
-            f"written. The Q/DQ placement is dfq-onnx's: please report it with the model; --target ort-cpu, "
-            f"or a target file changing the openvino profile's [placement], may avoid it") from None
+    failure = _refusal(core, model, openvino)
+    if failure is None:
+        return
+    version = openvino.get_version().split("-")[0]
+    given = source()
+    if given.ByteSize() <= PROTO_LIMIT and _refusal(core, given, openvino) is not None:
+        log.warning("OpenVINO %s cannot compile the written model (%s), nor the model given: written as "
+                    "it is", version, failure)
+        return
+    raise TargetRuntimeError(
+        f"OpenVINO {version} cannot compile the written model ({failure}), though it compiles the model "
+        f"given; nothing was written. The Q/DQ placement is dfq-onnx's: please report it with the model; "
+        f"--target ort-cpu, or a target file changing the openvino profile's [placement], may avoid it")
