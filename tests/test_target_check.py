@@ -45,7 +45,7 @@ def test_a_model_openvino_cannot_compile_is_an_error_and_nothing_is_written(monk
         dfq_onnx.quantize(builders.conv_bn_relu(), target="openvino", output=out,
                           report_path=tmp_path / "r.json", progress=False, use_cache=False)
     message = str(err.value)
-    assert "OpenVINO 2099.1.0 cannot compile the written model ([GatherTransformation]" in message
+    assert "OpenVINO 2099.1.0 CPU cannot compile the written model ([GatherTransformation]" in message
     assert "Exception from" not in message and "nothing was written" in message
     assert list(tmp_path.iterdir()) == []
 
@@ -56,8 +56,10 @@ def test_a_model_openvino_cannot_compile_before_quantization_either_is_written(m
     rank): the output is no worse than its input, and is written with a warning."""
     _stand_in(monkeypatch, "Check '!shape.rank().is_dynamic()' failed", float_too=True)
     out = tmp_path / "q.onnx"
-    dfq_onnx.quantize(builders.conv_bn_relu(), target="openvino", output=out, progress=False, use_cache=False)
-    assert out.exists()
+    _, report = dfq_onnx.quantize(builders.conv_bn_relu(), target="openvino", output=out, progress=False,
+                                  use_cache=False)
+    assert out.exists() and report.notes["target_runtime"]["model_given_compiled"] is False
+    assert any("nor the model given" in w for w in report.warnings)
     assert "cannot compile the written model (Check '!shape.rank().is_dynamic()' failed), nor the model " \
            "given" in caplog.text
 
@@ -65,12 +67,15 @@ def test_a_model_openvino_cannot_compile_before_quantization_either_is_written(m
 def test_a_model_openvino_compiles_is_written(monkeypatch, tmp_path):
     compiled = _stand_in(monkeypatch, None)
     out = tmp_path / "q.onnx"
-    dfq_onnx.quantize(builders.conv_bn_relu(), target="openvino", output=out, progress=False, use_cache=False)
+    _, report = dfq_onnx.quantize(builders.conv_bn_relu(), target="openvino", output=out, progress=False,
+                                  use_cache=False)
     assert out.exists() and compiled == [(compiled[0][0], "CPU")] and compiled[0][0] > 0
+    assert report.notes["target_runtime"] == {"runtime": "OpenVINO 2099.1.0 CPU", "compiled": True}
 
 
 def test_onnx_runtime_targets_are_not_compiled_by_openvino(monkeypatch, tmp_path):
     _stand_in(monkeypatch, GATHER)
     out = tmp_path / "q.onnx"
-    dfq_onnx.quantize(builders.conv_bn_relu(), target="ort-cpu", output=out, progress=False, use_cache=False)
-    assert out.exists()
+    _, report = dfq_onnx.quantize(builders.conv_bn_relu(), target="ort-cpu", output=out, progress=False,
+                                  use_cache=False)
+    assert out.exists() and "target_runtime" not in report.notes

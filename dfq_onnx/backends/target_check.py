@@ -43,31 +43,32 @@ def _refusal(core, model: onnx.ModelProto, openvino) -> str | None:
     return None
 
 
-def check_on_target(model: onnx.ModelProto, target, source: Callable[[], onnx.ModelProto]) -> None:
+def check_on_target(model: onnx.ModelProto, target, source: Callable[[], onnx.ModelProto]) -> dict | None:
     """Raise TargetRuntimeError when the target's runtime (OpenVINO CPU) cannot compile `model` but can
     compile the model given to the compile (`source()` loads it again): one it refuses too (PLCMOS v2:
-    a dynamic rank its CPU plugin does not take) is written as it is, with a warning."""
+    a dynamic rank its CPU plugin does not take) is written as it is, with a warning. Returns the
+    report's note of the check ({"runtime", "compiled", and why not}), None when nothing was checked."""
     if target.runtime != "openvino":
-        return
+        return None
     try:
         import openvino
     except ImportError:
         log.debug("openvino is not installed: the written model is not compiled by OpenVINO")
-        return
+        return None
     if model.ByteSize() > PROTO_LIMIT:
         log.warning("the written model is over 2 GB: not compiled by OpenVINO here")
-        return
+        return None
     core = openvino.Core()
+    runtime = f"OpenVINO {openvino.get_version().split('-')[0]} CPU"
     failure = _refusal(core, model, openvino)
     if failure is None:
-        return
-    version = openvino.get_version().split("-")[0]
+        return {"runtime": runtime, "compiled": True}
     given = source()
     if given.ByteSize() <= PROTO_LIMIT and _refusal(core, given, openvino) is not None:
-        log.warning("OpenVINO %s cannot compile the written model (%s), nor the model given: written as "
-                    "it is", version, failure)
-        return
+        log.warning("%s cannot compile the written model (%s), nor the model given: written as it is",
+                    runtime, failure)
+        return {"runtime": runtime, "compiled": False, "reason": failure, "model_given_compiled": False}
     raise TargetRuntimeError(
-        f"OpenVINO {version} cannot compile the written model ({failure}), though it compiles the model "
+        f"{runtime} cannot compile the written model ({failure}), though it compiles the model "
         f"given; nothing was written. The Q/DQ placement is dfq-onnx's: please report it with the model; "
         f"--target ort-cpu, or a target file changing the openvino profile's [placement], may avoid it")
