@@ -278,5 +278,7 @@ class Calibrate(Pass):
         if moved:
             state.report.notes.setdefault("work", {})["samples_in_file_bytes"] = moved
         release()                       # the range session's heap back to the system before the next pass
+        if rows < n:        # the work budget took the first `rows` samples (backends/budget.py)
+            return PassResult(False, f"{len(missing)} ranges from {rows} of {n} {source} samples (budget)")
         views = f" ({rows} rows with views)" if rows != n else ""
         return PassResult(False, f"{len(missing)} ranges from {n} {source} samples{views}")
