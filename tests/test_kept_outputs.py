@@ -72,6 +72,8 @@ def test_segment_cache_keeps_large_outputs_in_a_file(monkeypatch):
     cache = made[0]._cache
     assert cache and all(isinstance(c[t], row_store.Spilled) for c in cache.values() for t in made[0].outputs)
     assert made[0].cache_bytes == sum(v.nbytes for v in feeds.values())     # the inputs only
+    files = [{id(c[t]._file) for t in made[0].outputs} for c in cache.values()]
+    assert all(len(f) == 1 for f in files) and len(set().union(*files)) == len(cache)   # a file per batch
 
 
 def test_an_evaluation_holds_one_call_of_outputs(monkeypatch):

@@ -12,8 +12,9 @@ evaluation's outputs and their float64 loss temporaries (7.8 GB in the activatio
 `segments.CACHE_BYTES`) it is plain arrays, as before; above it the rows go to an unlinked temporary
 file and are read back with `os.pread` for the rows one call compares -- never mapped, so the process
 holds one call's rows, not the set (the file's pages live in the kernel's page cache, which it reclaims
-under pressure). `Spilled` is one array kept the same way. The bytes read back are the bytes written:
-no value changes, only where they live.
+under pressure). `SpillFile` keeps a few arrays the same way (one descriptor for a batch's outputs),
+`Spilled` being one of them. The bytes read back are the bytes written: no value changes, only where
+they live.
 """
 
 from __future__ import annotations
@@ -29,19 +30,32 @@ def _rows(rows, n: int) -> np.ndarray:
     return np.arange(n)[rows] if isinstance(rows, slice) else np.asarray(rows, np.int64)
 
 
-class Spilled:
-    """One array in an unlinked temporary file; `load()` reads it back whole (a copy)."""
+class SpillFile:
+    """One unlinked temporary file holding several arrays (one descriptor for all of a batch's outputs)."""
 
-    def __init__(self, arr: np.ndarray):
-        arr = np.ascontiguousarray(arr)
-        self.shape, self.dtype, self.nbytes = arr.shape, arr.dtype, int(arr.nbytes)
+    def __init__(self):
         self._file = tempfile.TemporaryFile(prefix="dfq-outputs-")
-        self._file.write(memoryview(arr).cast("B"))
-        self._file.flush()
+        self._end = 0
+
+    def add(self, arr: np.ndarray) -> "Spilled":
+        arr = np.ascontiguousarray(arr)
+        data, done = memoryview(arr.reshape(-1)).cast("B"), 0
+        while done < len(data):
+            done += os.pwrite(self._file.fileno(), data[done:], self._end + done)
+        out = Spilled(self._file, self._end, arr.shape, arr.dtype)
+        self._end += len(data)
+        return out
+
+
+class Spilled:
+    """One array in a `SpillFile`; `load()` reads it back whole (a copy)."""
+
+    def __init__(self, file, offset: int, shape: tuple[int, ...], dtype: np.dtype):
+        self._file, self._offset, self.shape, self.dtype = file, offset, shape, dtype
 
     def load(self) -> np.ndarray:
         out = np.empty(self.shape, self.dtype)
-        _read_into(self._file.fileno(), memoryview(out).cast("B"), 0)
+        _read_into(self._file.fileno(), memoryview(out.reshape(-1)).cast("B"), self._offset)
         return out
 
 

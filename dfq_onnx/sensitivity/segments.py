@@ -41,7 +41,7 @@ import onnx_graphsurgeon as gs
 from dfq_onnx.backends.chunks import ARENA, DEFAULT_BUDGET
 from dfq_onnx.core import ir
 from dfq_onnx.core.graph_utils import node_label, reads
-from dfq_onnx.sensitivity.row_store import Spilled
+from dfq_onnx.sensitivity.row_store import Spilled, SpillFile
 
 log = logging.getLogger(__name__)
 CACHE_BYTES = DEFAULT_BUDGET // ARENA    # bound of the prefix cache over the scoring set (above)
@@ -202,7 +202,8 @@ class SegmentedRunner:
         held = sum(v.size for t, v in env.items() if t not in feeds)
         if held <= self.max_cache_elements * rows:
             return env
-        return {t: Spilled(v) if t in self.outputs and t not in feeds else v for t, v in env.items()}
+        spilled = SpillFile()                   # one file per batch: one descriptor, whatever the outputs
+        return {t: spilled.add(v) if t in self.outputs and t not in feeds else v for t, v in env.items()}
 
 
 def _value(v) -> np.ndarray:
