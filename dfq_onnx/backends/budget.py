@@ -19,8 +19,8 @@ row that large holds its many positions' extremes already (a 512 x 512 map: 262 
 The activation decision keeps up to n scoring rows while they leave room for MIN_EVALS evaluations,
 never fewer than MIN_ROWS, and stops its search for outlier groups after K evaluations counted as whole
 forward passes (an upper bound: most start mid-graph on the cached prefix). WORK = 3e9 element-rows is
-about a minute of ORT on 2 cores (measured at idle: PP-OCRv4
-det at 640 x 640, E = 25.5 M, calibrates 2 rows/s). Models whose default fits the budget are untouched
+about a minute of ORT on 2 cores (measured at idle: PP-OCRv4 det at 640 x 640, E = 25.5 M, calibrates
+2 rows/s). Models whose default fits the budget are untouched
 (ResNets, PP-OCR cls); a 224 x 224 mobile classifier (E = 6.7 M) measures 445 rows instead of 512 and
 keeps its 32 scoring rows with at most 13 evaluations; the 640 x 640 detector measures 117 rows and
 scores on 9 rows, at most 13 evaluations (it took ~470 of 32 rows before). The rules are deterministic in
