@@ -13,10 +13,11 @@ inputs are measured together with `synth_views - 1` mirrored/shifted views of ea
 (`dfq_onnx.synth.augment`), built chunk by chunk: more extremes for the min/max at the cost of forward
 rows only; a user's data and noise are measured as given. Without `--synth-views` the views are budgeted
 (`backends.budget.calibration_rows`): up to DEFAULT_VIEWS per sample while rows x activation elements
-per row stay within the stage's work budget, so a large input measures every sample and fewer views; an
-explicit `--synth-views` is measured whole. After measuring, a large sample set moves to a temporary
-file (`backends.spill`): the passes after Calibrate read a few of its rows, and only those are then
-resident.
+per row stay within the stage's work budget, so a large input measures every sample and fewer views, and
+one whose single row per sample overruns the budget measures fewer samples, at least
+`budget.MIN_ROWS` (ISNet at 1024 x 1024: 17 of 64); an explicit `--synth-views` is measured whole.
+After measuring, a large sample set moves to a temporary file (`backends.spill`): the passes after
+Calibrate read a few of its rows, and only those are then resident.
 """
 
 from __future__ import annotations
@@ -277,5 +278,7 @@ class Calibrate(Pass):
         if moved:
             state.report.notes.setdefault("work", {})["samples_in_file_bytes"] = moved
         release()                       # the range session's heap back to the system before the next pass
+        if rows < n:        # the work budget took the first `rows` samples (backends/budget.py)
+            return PassResult(False, f"{len(missing)} ranges from {rows} of {n} {source} samples (budget)")
         views = f" ({rows} rows with views)" if rows != n else ""
         return PassResult(False, f"{len(missing)} ranges from {n} {source} samples{views}")

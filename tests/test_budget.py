@@ -19,10 +19,13 @@ from dfq_onnx.core import ir
 from dfq_onnx.sensitivity.act_scoring import screen
 
 
-def test_calibration_rows_keep_every_sample_and_drop_views_first():
+def test_calibration_rows_drop_views_first_then_samples_down_to_min_rows():
     assert budget.calibration_rows(64, 8, 100, work=1e9) == 512              # small model: all views
     assert budget.calibration_rows(64, 8, 10**6, work=1e8) == 100            # 100 rows: samples + 36 views
-    assert budget.calibration_rows(64, 8, 10**9, work=1e8) == 64             # never fewer than the samples
+    assert budget.calibration_rows(64, 8, 10**6, work=64e6) == 64            # every sample, no view
+    assert budget.calibration_rows(64, 8, 10**6, work=17e6) == 17            # one row each overruns it
+    assert budget.calibration_rows(64, 8, 10**9, work=1e8) == budget.MIN_ROWS   # never fewer than MIN_ROWS
+    assert budget.calibration_rows(4, 8, 10**9, work=1e8) == 4               # nor than the samples given
     assert budget.calibration_rows(64, 1, 100, work=1e9) == 64
 
 

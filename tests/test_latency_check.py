@@ -118,7 +118,33 @@ def test_the_schedule_bounds_the_timing():
     from dfq_onnx.backends import cpu_work
 
     assert cpu_work.schedule(0.5) == (15, 10)                 # fast model: 10 calls a round, 15 rounds
-    assert cpu_work.schedule(1000.0) == (7, 3)                # a 1 s forward: 7 rounds of 3 calls
+    assert cpu_work.schedule(100.0) == (7, 3)                 # 7 rounds of 3 calls
+    assert cpu_work.schedule(1000.0) == (7, 1)                # a 1 s forward: 7 rounds of 1 call
+
+
+def test_a_long_call_is_timed_once_a_round(monkeypatch):
+    """A forward of seconds (ISNet at 1024 x 1024: 5 s) pays a floor in seconds, not calls: its first call
+    sets the schedule, each round times one call of each model with no untimed call before it, so a
+    settled timing is 2 + 2 x EARLY calls (it was 5 + 8 x EARLY = 29). Fake clock."""
+    import time
+
+    from dfq_onnx.backends import cpu_work, integer_pays
+
+    clock, count = [0.0], [0, 0]
+    monkeypatch.setattr(time, "process_time", lambda: clock[0])
+
+    def model(ms, j):
+        def call():
+            clock[0] += ms / 1e3
+            count[j] += 1
+        return call
+
+    out = cpu_work.paired_calls(model(5000.0, 0), model(1500.0, 1), settled=integer_pays.settled)
+    assert out["rounds"] == cpu_work.EARLY and out["calls"] == 1
+    assert count == [1 + cpu_work.EARLY, 1 + cpu_work.EARLY]
+    assert out["ratios"] == [pytest.approx(0.3)] * cpu_work.EARLY
+    fast = cpu_work.paired_calls(model(2.0, 0), model(1.0, 1), settled=integer_pays.settled)
+    assert fast["calls"] == 10 and count[0] == 1 + cpu_work.EARLY + 1 + 3 + cpu_work.EARLY * 11
 
 
 def test_the_timing_is_single_thread_cpu_work(monkeypatch, timed):

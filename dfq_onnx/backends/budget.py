@@ -7,17 +7,20 @@ spends a fixed number of rows (Calibrate's views of every sample, the activation
 times its evaluations) costs 100x more on a 640 x 640 detector than on a 32 x 32 classifier; these rules
 cap each stage's work at WORK element-rows instead:
 
-    calibration rows   R   = clamp(WORK // E, n, n * views)                      (Calibrate)
+    calibration rows   R   = clamp(WORK // E, min(n, MIN_ROWS), n * views)         (Calibrate)
     scoring rows       n_s = min(n, max(MIN_ROWS, WORK // (E * MIN_EVALS)))      (activation decision)
     evaluations        K   = max(MIN_EVALS_FLOOR, WORK // (n_s * E))
 
-n = samples, views = rows per sample the default would measure (`synth.augment`). Calibration keeps
-every sample and drops the last views first (row r is view r // n of sample r % n, so R rows are
-all samples and the first views). The activation decision keeps up to n scoring rows while they leave
-room for MIN_EVALS evaluations, never fewer than MIN_ROWS, and stops its search for outlier groups
-after K evaluations counted as whole forward passes (an upper bound: most start mid-graph on the
-cached prefix). WORK = 3e9 element-rows is about a minute of ORT on 2 cores (measured at idle: PP-OCRv4
-det at 640 x 640, E = 25.5 M, calibrates 2 rows/s). Models whose default fits the budget are untouched
+n = samples, views = rows per sample the default would measure (`synth.augment`). Calibration drops
+the last views first (row r is view r // n of sample r % n, so R rows are all samples and the first
+views); when even one row per sample overruns the work (E > WORK / n: ISNet at 1024 x 1024, E = 167 M,
+64 rows = 3.6 x WORK, 12.6 min) it measures the first WORK // E samples, never fewer than MIN_ROWS: a
+row that large holds its many positions' extremes already (a 512 x 512 map: 262 k per channel).
+The activation decision keeps up to n scoring rows while they leave room for MIN_EVALS evaluations,
+never fewer than MIN_ROWS, and stops its search for outlier groups after K evaluations counted as whole
+forward passes (an upper bound: most start mid-graph on the cached prefix). WORK = 3e9 element-rows is
+about a minute of ORT on 2 cores (measured at idle: PP-OCRv4 det at 640 x 640, E = 25.5 M, calibrates
+2 rows/s). Models whose default fits the budget are untouched
 (ResNets, PP-OCR cls); a 224 x 224 mobile classifier (E = 6.7 M) measures 445 rows instead of 512 and
 keeps its 32 scoring rows with at most 13 evaluations; the 640 x 640 detector measures 117 rows and
 scores on 9 rows, at most 13 evaluations (it took ~470 of 32 rows before). The rules are deterministic in
@@ -33,9 +36,10 @@ MIN_EVALS_FLOOR = 3   # the gate's two evaluations and the first screening set, 
 
 
 def calibration_rows(samples: int, views: int, elements: int, work: float = WORK) -> int:
-    """Rows Calibrate measures: all `samples`, and views up to `views` per sample within `work`."""
+    """Rows Calibrate measures: views up to `views` per sample within `work`; all `samples` unless one
+    row each overruns it, then the first `work // elements` of them, at least MIN_ROWS."""
     full = samples * max(views, 1)
-    return int(min(full, max(samples, work // max(elements, 1))))
+    return int(min(full, max(min(samples, MIN_ROWS), work // max(elements, 1))))
 
 
 def scoring_rows(samples: int, elements: int, work: float = WORK) -> int:

@@ -13,8 +13,8 @@ kernels run faster in int8 on EfficientNet-Lite0), so the check times the model 
     slower  <=>  median(r) > 1 + MARGIN
 
 (R from 7: fewer, from 3, once every round so far sits more than SETTLED away on one side of the line:
-ResNet-20's 0.5 or the direction classifier's 2-5 are settled in 3 rounds, and a 5 s forward then costs
-one minute of timing instead of five).
+ResNet-20's 0.5 or the direction classifier's 2-5 are settled in 3 rounds; a call of 250 ms and more is
+timed once a round with no untimed call, `cpu_work.LONG_MS`, so a 5 s forward costs 8 calls, not 29).
 
 CPU time, not wall time: the work a call does, which another process on the machine barely moves.
 Session 14's rule timed wall time at 2 threads (fastest call per round, median over rounds); on the
@@ -39,7 +39,7 @@ from dfq_onnx.backends import cpu_work
 THREADS = 1           # ORT intra-op threads of the timing (single-thread CPU work)
 MARGIN = 0.05         # an integer plan at most this much slower than FP32 stays integer (docstring)
 SETTLED = 0.25        # every round this far (relative) on one side of 1 + MARGIN: the timing may stop
-ENGINE = 3            # bump when the rule changes: cached decisions are then ignored
+ENGINE = 4            # bump when the rule changes: cached decisions are then ignored
 
 
 def cpu_name() -> str:

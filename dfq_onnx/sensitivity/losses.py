@@ -46,10 +46,22 @@ def _log_probs(y: np.ndarray, axis: int, distribution: bool) -> tuple[np.ndarray
     return logp, np.exp(logp)
 
 
-def _kl(ref: np.ndarray, test: np.ndarray, axis: int) -> np.ndarray:
+def _axis(kind: str) -> int:
+    return int(kind[3:]) if kind.startswith("kl@") else -1
+
+
+def is_distribution(kind: str, ref: np.ndarray) -> bool | None:
+    """For a KL output, whether the reference rows `ref` are distributions on its axis (`_kl`; True for a
+    set of rows iff True for each of its parts); None for other metrics."""
+    return _is_distribution(ref, _axis(kind)) if kind.startswith("kl") else None
+
+
+def _kl(ref: np.ndarray, test: np.ndarray, axis: int, distribution: bool | None = None) -> np.ndarray:
     """Per-sample KL, a few samples at a time: the float64 temporaries of a wide output (a CTC head's
-    [N, T, 6625]) stay near CHUNK_ELEMENTS each instead of N times a sample's size."""
-    distribution = _is_distribution(ref, axis)
+    [N, T, 6625]) stay near CHUNK_ELEMENTS each instead of N times a sample's size. `distribution`: whether
+    the reference is one on `axis` over every sample (read from `ref` when not given)."""
+    if distribution is None:
+        distribution = _is_distribution(ref, axis)
     step = max(1, CHUNK_ELEMENTS // max(1, ref[0].size))
     out = []
     for i in range(0, len(ref), step):
@@ -72,11 +84,13 @@ def _cosine(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
     return 1.0 - np.where((na == 0) & (nb == 0), 1.0, cos)
 
 
-def sample_stats(kind: str, ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None = None) -> Stats:
-    """(num_i, den_i) of one output (see the module docstring)."""
+def sample_stats(kind: str, ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None = None,
+                 distribution: bool | None = None) -> Stats:
+    """(num_i, den_i) of one output (see the module docstring); `distribution`: `is_distribution` of the
+    whole reference when `ref` holds only some of its rows."""
     ones = np.ones(len(ref))
     if kind.startswith("kl"):
-        return _kl(ref, test, int(kind[3:]) if kind.startswith("kl@") else -1), ones
+        return _kl(ref, test, _axis(kind), distribution), ones
     if kind == "cosine":
         return _cosine(ref, test), ones
     if kind == "ce":
@@ -106,8 +120,9 @@ def output_loss(kind: str, ref: np.ndarray, test: np.ndarray, labels: np.ndarray
     return combine(kind, sample_stats(kind, ref, test, labels))
 
 
-def all_stats(kinds, refs, tests, labels=None) -> list[Stats]:
-    return [sample_stats(k, r, t, labels) for k, r, t in zip(kinds, refs, tests)]
+def all_stats(kinds, refs, tests, labels=None, distribution=None) -> list[Stats]:
+    distribution = distribution or [None] * len(kinds)
+    return [sample_stats(k, r, t, labels, d) for k, r, t, d in zip(kinds, refs, tests, distribution)]
 
 
 def total_loss(kinds, stats: list[Stats], rows: np.ndarray | None = None) -> float:
