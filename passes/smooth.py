@@ -253,7 +253,7 @@ class SmoothActivations(Pass):
         static = {k for k, v in state.spec.layers.items() if v.role == "weighted" and not v.form}
         dyn = dynamic_layers(state) if self.dynamic else frozenset()
         groups = sm.find_groups(state.graph, static) if self.static else []
-        more = sm.find_groups(state.graph, set(dyn), insert=True) if dyn else []
+        more = sm.find_groups(state.graph, set(dyn)) if dyn else []
         return groups + more, frozenset(g.tensor for g in more), dyn
 
     def run(self, state: CompileState) -> PassResult:

@@ -21,10 +21,9 @@ def _dynamic_inputs(model: onnx.ModelProto) -> dict[str, str]:
 def test_ort_cpu_smooths_the_dynamic_inputs_with_outlier_channels_by_default():
     """ln1's outlier channels (gamma 30 on 4 channels, the FFN rows for them 30x smaller): the FFN MatMul
     reading them stays dynamic int8 but reads the migrated LayerNorm copy (X / s, its rows diag(s) W),
-    because the dynamic int8 of ln1's output alone costs the output more than its share of the W8
-    weights' loss; the MatMuls reading LayerNorm outputs without outliers (q / k / v) and the GELU
-    output keep the plain tensor. --no-smooth writes every input unsmoothed; the output is closer to
-    FP32 than that."""
+    because the dynamic int8 of ln1's output alone costs the output more than every W8 weight; the
+    MatMuls reading LayerNorm outputs without outliers (q / k / v) keep the plain tensor. --no-smooth
+    writes every input unsmoothed; the output is closer to FP32 than that."""
     model = token_builders.token_classifier(act="gelu", ln_outlier=30.0)
     out, report = dfq_onnx.quantize(model, **OPTS)
     off, off_report = dfq_onnx.quantize(model, **OPTS, smooth=False)
@@ -37,22 +36,19 @@ def test_ort_cpu_smooths_the_dynamic_inputs_with_outlier_channels_by_default():
     assert reads["l1_f1_MatMulInteger"] == "l1_ln1_out/smooth"
     assert plain["l1_f1_MatMulInteger"] == "l1_ln1_out"
     assert reads["l1_q_MatMulInteger"] == plain["l1_q_MatMulInteger"] == "l0_ln2_out"
-    assert reads["l1_f2_MatMulInteger"] == plain["l1_f2_MatMulInteger"] == "l1_gelu_mul"   # no Mul inserted
     assert all(n.op_type != "MatMulNBits" for n in out.graph.node)
     feeds = padded_token_feeds()
     ref = run(model, feeds)[0]
     assert sqnr_db(ref, run(out, feeds)[0]) > sqnr_db(ref, run(off, feeds)[0]) + 1.0
 
 
-def test_ort_cpu_writes_a_model_without_outlier_channels_as_without_smoothing():
-    """No input has outlier channels (every channel range within 2x): the inputs' dynamic int8 still costs
-    more than the W8 weights together, so each is scored alone and the migration at every alpha, which
-    does not beat leaving them; the written model is --no-smooth's, byte for byte."""
+def test_ort_cpu_writes_a_model_without_outlier_inputs_as_without_smoothing():
+    """No dynamic input is an outlier (one screening evaluation says so): the written model is
+    --no-smooth's, byte for byte."""
     model = token_builders.token_classifier(act="gelu", outlier=1.0)
     out, report = dfq_onnx.quantize(model, **OPTS)
     off, _ = dfq_onnx.quantize(model, **OPTS, smooth=False)
     notes = report.notes["smoothing"]
-    assert all(g["channel_range_ratio"] < 2.0 for g in notes["groups"])
-    assert notes["applied"] == [] and np.isfinite(notes["weight_loss"])
-    assert min(notes["dynamic"]["alphas"].values()) >= notes["dynamic"]["off"]
+    assert notes["applied"] == [] and not any(g["outlier"] for g in notes["groups"])
+    assert np.isfinite(notes["weight_loss"])
     assert out.SerializeToString() == off.SerializeToString()

@@ -24,9 +24,7 @@ MatMuls' only input:
                                                                         channel or scalar)
 
 When X has other readers (a post-LN residual Add), the writing op(s) are duplicated for the MatMul
-readers (X' beside X; the LayerNorm's statistics computed twice). A writer that cannot absorb it (a GELU
-output; `find_groups(insert=True)`, for the dynamic int8 form only) gets a Mul by 1 / s before the
-readers. `Shape` readers keep X (same shape).
+readers (X' beside X; the LayerNorm's statistics computed twice). `Shape` readers keep X (same shape).
 The rewrite changes the float function only by float32 rounding (tests/test_smoothing.py).
 """
 
@@ -112,10 +110,9 @@ def _tail(graph_readers: dict, x: gs.Variable, channels: int) -> tuple[gs.Node, 
     return (mul,) if mul is node else (mul, node)
 
 
-def find_groups(graph: gs.Graph, static_layers: set[str], insert: bool = False) -> list[SmoothGroup]:
+def find_groups(graph: gs.Graph, static_layers: set[str]) -> list[SmoothGroup]:
     """Activations read by statically quantized MatMul / Gemm layers (`static_layers`, node labels) whose
-    writing op chain can absorb a per-channel division (module docstring); with `insert`, also the others
-    (any writer: a GELU output), whose division becomes a Mul before the readers (`tail` empty)."""
+    writing op chain can absorb a per-channel division (module docstring)."""
     readers: dict[str, list[gs.Node]] = {}
     for n in graph.nodes:
         for t in n.inputs:
@@ -132,9 +129,8 @@ def find_groups(graph: gs.Graph, static_layers: set[str], insert: bool = False) 
         if len(channels) != 1 or isinstance(x, gs.Constant):
             continue
         tail = _tail(readers, x, channels.pop())
-        if tail is None and not insert:
+        if tail is None:
             continue
-        tail = tail or ()
         others = [n for n in users if n not in smooth and n.op != "Shape"]
         out.append(SmoothGroup(name, tuple(node_label(n) for n in tail),
                                tuple(node_label(n) for n in smooth), int(weight_rows(smooth[0]).shape[0]),
@@ -170,14 +166,7 @@ def apply(graph: gs.Graph, group: SmoothGroup, s: np.ndarray) -> None:
     """Rewrite `graph` in place: the tail writes X / s for the readers, their weights take diag(s) W."""
     nodes = {node_label(n): n for n in graph.nodes}
     tail = [nodes[k] for k in group.tail]
-    if not tail:                     # no writer to absorb 1 / s: a Mul before the readers
-        x = nodes[group.readers[0]].inputs[0]
-        out = gs.Variable(f"{x.name}/smooth", dtype=x.dtype, shape=x.shape)
-        inv = gs.Constant(f"{x.name}/smooth_inverse", (1.0 / s).astype(np.float32))
-        graph.nodes.append(gs.Node("Mul", name=f"{x.name}/smooth_Mul", inputs=[x, inv], outputs=[out]))
-        for r in group.readers:
-            nodes[r].inputs[0] = out
-    elif group.shared:
+    if group.shared:
         copies, prev = [], None
         for i, n in enumerate(tail):
             ins = [prev if (prev is not None and t is tail[i - 1].outputs[0]) else t for t in n.inputs]
