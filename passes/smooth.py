@@ -296,7 +296,7 @@ class SmoothActivations(Pass):
                           "alpha": alpha if gr.tensor in chosen else None,
                           "channel_range_ratio": float(absmax.max() / max(np.median(absmax), 1e-30))})
         together = {}
-        if chosen and any(t not in dynamic for t in chosen):
+        if chosen and (not joint or any(t not in dynamic for t in chosen)):
             together = {"off": loss(ones), "chosen": loss({**ones, **chosen})}
             if together["chosen"] >= together["off"]:
                 chosen = {}
