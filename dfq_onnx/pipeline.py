@@ -71,8 +71,8 @@ def smoothing(target: TargetProfile, options: QuantizeOptions) -> bool:
 
 def dynamic_smoothing(target: TargetProfile, options: QuantizeOptions) -> bool:
     """Whether SmoothActivations also takes the dynamic int8 form's inputs: --smooth, or by default where
-    the target's `[forms] smoothing` is "outliers" (ort-cpu), for the default plan (8-bit weights, no
-    budget: the grid it scores is the dynamic form's W8); never on --calib analytic."""
+    the target's `[forms] smoothing` is "outliers" (ort-cpu ships "off"), for the default plan (8-bit
+    weights, no budget: the grid it scores is the dynamic form's W8); never on --calib analytic."""
     if target.form_settings.get("smoothing", "off") == "off" and not options.smooth:
         return False
     plan = not options.mixed and options.weight_bits in (None, 8) and options.act_bits in (None, 8)
