@@ -69,6 +69,16 @@ def smoothing(target: TargetProfile, options: QuantizeOptions) -> bool:
     return (bool(options.smooth) or default) and options.calib != "analytic"
 
 
+def dynamic_smoothing(target: TargetProfile, options: QuantizeOptions) -> bool:
+    """Whether SmoothActivations also takes the dynamic int8 form's inputs: --smooth, or by default where
+    the target's `[forms] smoothing` is "outliers" (ort-cpu ships "off"), for the default plan (8-bit
+    weights, no budget: the grid it scores is the dynamic form's W8); never on --calib analytic."""
+    if target.form_settings.get("smoothing", "off") == "off" and not options.smooth:
+        return False
+    plan = not options.mixed and options.weight_bits in (None, 8) and options.act_bits in (None, 8)
+    return plan and options.smooth is not False and options.calib != "analytic"
+
+
 def low_bit_weights(target: TargetProfile, options: QuantizeOptions) -> bool:
     """Whether the plan may put weights below 8 bits (a budget, or --weight-bits below 8) and
     --weight-clip / --gptq ask for their moment-weighted clip search or Hessian-aware rounding before
@@ -85,12 +95,12 @@ def gptq_after_plan(options: QuantizeOptions) -> bool:
     return options.gptq is None and not options.weight_clip and options.mixed
 
 
-def _synthesis(options: QuantizeOptions) -> Synthesize:
+def _synthesis(options: QuantizeOptions, forms: bool = False) -> Synthesize:
     extra = {"steps": options.synth_steps} if options.synth_steps is not None else {}
     return Synthesize(SynthesisOptions(samples=options.synth_samples, seed=options.seed,
                                        cache_dir=options.cache_dir, use_cache=options.use_cache,
                                        progress=options.progress, input_ranges=dict(options.input_ranges),
-                                       **extra))
+                                       **extra), forms=forms)
 
 
 def _mixed(options: QuantizeOptions) -> list[Pass]:
@@ -116,6 +126,7 @@ def _activations(options: QuantizeOptions) -> ChooseActivationPrecision:
 def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pass]:
     """The passes for `options`; CheckUsage runs the later passes' usage checks before any of them."""
     synthesize = options.calib == "synthetic" or (options.mixed and not options.calib.endswith(".npz"))
+    dynamic = dynamic_smoothing(target, options)
     head = [
         Normalize(required_opset(target, options)),
         DetachTail(),
@@ -126,9 +137,10 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([KeepFloat(options.latency_table)] if options.latency_table and not options.mixed else []),
     ]
     tail = [
-        *([_synthesis(options)] if synthesize else []),
+        *([_synthesis(options, forms=dynamic)] if synthesize else []),
         *([AnalyticRanges()] if options.calib == "analytic" else []),
-        *([SmoothActivations(outliers=options.smooth is None)] if smoothing(target, options) else []),
+        *([SmoothActivations(outliers=options.smooth is None, static=smoothing(target, options),
+                             dynamic=dynamic)] if smoothing(target, options) or dynamic else []),
         Calibrate(),
         *([ChooseTwinRanges(ACT_SAMPLES, options.metric)]
           if options.twin_ranges and options.calib == "synthetic" else []),

@@ -318,8 +318,9 @@ class Synthesize(Pass):
 
     name = "Synthesize"
 
-    def __init__(self, options: SynthesisOptions | None = None):
+    def __init__(self, options: SynthesisOptions | None = None, forms: bool = False):
         self.options = options or SynthesisOptions()
+        self.forms = forms       # samples also for the dynamic form's inputs (passes/smooth.py scores them)
 
     def check(self, state: CompileState) -> None:
         names = {t.name for t in state.graph.inputs}
@@ -330,7 +331,8 @@ class Synthesize(Pass):
 
     def run(self, state: CompileState) -> PassResult:
         self.check(state)        # also when run alone (api.synthesize), without CheckUsage
-        if state.spec is not None and not state.spec.act_tensors and not state.options.mixed:
+        if (state.spec is not None and not state.spec.act_tensors and not state.options.mixed
+                and not (self.forms and any(v.form for v in state.spec.layers.values()))):
             return PassResult(False, "no quantized activation")     # KeepFloat / forms: nothing to calibrate
         if has_token_inputs(state.graph):
             result = synthesize_tokens(state.graph, self.options, state.options.input_shapes)

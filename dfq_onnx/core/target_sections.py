@@ -12,7 +12,9 @@ from dfq_onnx.core.errors import TargetError
 
 FLOAT_BITS = 32   # activation "bits" of a tensor left in float (no Q/DQ): W8A32 is weight-only quantization
 FORM_SETTINGS = {"weight_only_kernel": ("MatMulNBits", "DequantizeLinear"),
-                 "gather_kernel": ("GatherBlockQuantized", "Gather"), "accuracy_level": (0, 1, 2, 3, 4)}
+                 "gather_kernel": ("GatherBlockQuantized", "Gather"), "accuracy_level": (0, 1, 2, 3, 4),
+                 # the default of --smooth for the dynamic int8 form's inputs (passes/smooth.py)
+                 "smoothing": ("off", "outliers")}
 FORM_OPS = ("MatMul", "Gather", "Attention", "EmbedLayerNormalization")   # the last two: com.microsoft
 TABLE_OPS = ("Gather", "EmbedLayerNormalization")                        # no activation input
 SMOOTHING = ("off", "outliers")   # [activation] smoothing: the default of --smooth (passes/smooth.py)

@@ -69,10 +69,18 @@ def smoothed_line(notes: dict) -> str:
         if g["tensor"] in sm["applied"]:
             alphas[g["alpha"]] = alphas.get(g["alpha"], 0) + 1
     how = ", ".join(f"alpha {a:g} x{n}" for a, n in sorted(alphas.items()))
-    if sm.get("mode") == "outliers":
+    kinds = {g.get("form", "static") for g in groups}
+    what = "dynamic int8 MatMul inputs" if kinds == {"dynamic"} else "static MatMul inputs" \
+        if kinds == {"static"} else "static / dynamic int8 MatMul inputs"
+    dyn = sm.get("dynamic")
+    if sm.get("mode") == "outliers" and dyn:
+        rule = ("all together within the W8 weights' loss" if dyn["screened"] else
+                f"alone > their share {dyn['share']:.3g} of the W8 weights' {sm['weight_loss']:.3g}")
         head = (f"smoothing (the target's default; --no-smooth: off): {sum(g['outlier'] for g in groups)} of "
-                f"{len(groups)} static MatMul inputs outliers (A8 alone > the W8 weights' "
-                f"{sm['weight_loss']:.3g})")
+                f"{len(groups)} {what} outliers ({rule})")
+    elif sm.get("mode") == "outliers":
+        head = (f"smoothing (the target's default; --no-smooth: off): {sum(g['outlier'] for g in groups)} of "
+                f"{len(groups)} {what} outliers (A8 alone > the W8 weights' {sm['weight_loss']:.3g})")
     else:
-        head = f"smoothing: {len(groups)} static MatMul inputs"
+        head = f"smoothing: {len(groups)} {what}"
     return f"{head}; {len(sm['applied'])} smoothed" + (f" ({how})" if how else "")
