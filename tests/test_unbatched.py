@@ -54,3 +54,12 @@ def test_a_model_without_batch_axis_compiles_one_example_per_call(tmp_path):
     assert got.shape == ref.shape == (40,)
     assert sqnr_db(ref, got) > 25
     assert report.comparison["samples"] > 0           # the report fed the source one example per call
+
+
+def test_a_calib_npz_of_examples_sizes_and_calibrates_it(tmp_path):
+    path = tmp_path / "calib.npz"
+    np.savez(path, spec=np.random.default_rng(0).standard_normal((6, 16, 12)).astype(np.float32))
+    out, report = dfq_onnx.quantize(signal_builders.unbatched_spectrogram_net(), calib=str(path),
+                                    use_cache=False, progress=False, latency_check=False)
+    assert report.notes["unbatched_inputs"] == ["spec"]
+    assert any(n.op_type == "QuantizeLinear" for n in out.graph.node)
