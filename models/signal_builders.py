@@ -40,7 +40,8 @@ import onnx
 from dfq_onnx.models.builders import _init, _model, _vi
 from onnx import helper, numpy_helper
 
-__all__ = ["log_mel_classifier", "rate_switched_vad", "unbatched_spectrogram_net", "waveform_classifier"]
+__all__ = ["log_mel_classifier", "rate_switched_vad", "smoothing_signal_net", "unbatched_spectrogram_net",
+           "waveform_classifier"]
 
 
 def waveform_classifier(samples: int = 256, c: int = 8, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
@@ -217,3 +218,28 @@ def unbatched_spectrogram_net(frames: int | None = None, bins: int = 12, c: int 
     t = frames if frames is not None else "T"
     return _model(nodes, [_vi("spec", [t, bins])], [_vi("act", [t])], inits, opset=18,
                   name="unbatched_spectrogram_net")
+
+
+def smoothing_signal_net(channels: int = 2, length: int = 256, taps: int = 15, c: int = 4,
+                         seed: int = 0) -> onnx.ModelProto:
+    """A 1-D Conv net over a multichannel signal (EEG-like [N, C, L], no BatchNormalization), whose first
+    layer averages `taps` samples as a band-pass / envelope filter does::
+
+        signal [N, C, L] ─ conv1 (taps, all-positive kernels, same) ─ Relu ─ conv2 (3) ─ Relu ─► out [N, c, L]
+
+    Its response to a signal correlated along L is ~taps times a sample's scale, to white noise
+    ~sqrt(taps) times."""
+    rng = np.random.default_rng(seed)
+    smooth = rng.uniform(0.5, 1.5, (c, channels, taps)) / taps
+    inits = [_init("conv1.weight", smooth.astype(np.float32)),
+             _init("conv1.bias", rng.normal(0, 0.05, c).astype(np.float32)),
+             _init("conv2.weight", (rng.standard_normal((c, c, 3)) / np.sqrt(3 * c)).astype(np.float32)),
+             _init("conv2.bias", rng.normal(0, 0.05, c).astype(np.float32))]
+    half = taps // 2
+    nodes = [helper.make_node("Conv", ["signal", "conv1.weight", "conv1.bias"], ["c1"], name="conv1",
+                              pads=[half, half]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "conv2.weight", "conv2.bias"], ["c2"], name="conv2", pads=[1, 1]),
+             helper.make_node("Relu", ["c2"], ["out"], name="relu2")]
+    return _model(nodes, [_vi("signal", ["N", channels, length])], [_vi("out", ["N", c, length])], inits,
+                  name="smoothing_signal_net")
