@@ -239,7 +239,8 @@ def smoothing_signal_net(channels: int = 2, length: int = 256, taps: int = 15, c
     nodes = [helper.make_node("Conv", ["signal", "conv1.weight", "conv1.bias"], ["c1"], name="conv1",
                               pads=[half, half]),
              helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-             helper.make_node("Conv", ["r1", "conv2.weight", "conv2.bias"], ["c2"], name="conv2", pads=[1, 1]),
+             helper.make_node("Conv", ["r1", "conv2.weight", "conv2.bias"], ["c2"], name="conv2",
+                              pads=[1, 1]),
              helper.make_node("Relu", ["c2"], ["out"], name="relu2")]
     return _model(nodes, [_vi("signal", ["N", channels, length])], [_vi("out", ["N", c, length])], inits,
                   name="smoothing_signal_net")
