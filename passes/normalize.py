@@ -148,19 +148,14 @@ def _bypass(graph, node) -> bool:
 
 
 def name_nodes(graph) -> int:
-    """Give every unnamed (or duplicate-named) node a unique name: passes key layers by node name. A node
-    named like a tensor (a converter that names each output after its node: madmom's 'matmul_60' writes
-    'matmul_60') is renamed too: Emit derives constants' names from nodes (a dynamic MatMul's
-    `<node>_scale`) and from tensors (a Q/DQ's `<tensor>_scale`), and two tensors of one name are wired
-    as one in the written model (that MatMul read its output's activation scale: 0 dB)."""
-    tensors = set(graph.tensors().keys())
+    """Give every unnamed (or duplicate-named) node a unique name: passes key layers by node name."""
     taken: set[str] = set()
     renamed = 0
     for i, node in enumerate(graph.nodes):
-        if not node.name or node.name in taken or node.name in tensors:
-            base = f"{node.name}/{node.op}" if node.name and node.name not in taken else f"{node.op}_{i}"
+        if not node.name or node.name in taken:
+            base = f"{node.op}_{i}"
             name, k = base, 1
-            while name in taken or name in tensors:
+            while name in taken:
                 name, k = f"{base}_{k}", k + 1
             node.name = name
             renamed += 1

@@ -1,6 +1,6 @@
 """A converter that names each node's output after the node (madmom's: node 'matmul_60' writes tensor
 'matmul_60'): the names the compile derives from a node (a dynamic MatMul's `<node>_scale`) and from a
-tensor (its Q/DQ's `<tensor>_scale`) must not meet (passes/normalize.py: name_nodes)."""
+tensor (its Q/DQ's `<tensor>_scale`) must not meet (backends/act_qdq.py: _free_base)."""
 
 from __future__ import annotations
 
