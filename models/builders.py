@@ -687,3 +687,31 @@ def pinned_batch(d: int = 16, seed: int = 0) -> onnx.ModelProto:
              helper.make_node("Reshape", ["relu_out", "pin"], ["pinned"], name="pin_batch"),
              helper.make_node("MatMul", ["pinned", "proj.weight"], ["output"], name="proj")]
     return _model(nodes, [_vi("input", ["N", d])], [_vi("output", [1, 4, k])], inits, name="pinned_batch")
+
+
+def frame_mlp_conv(frames: int = 12, c: int = 8, seed: int = 0, outputs_named_like_nodes: bool = False
+                   ) -> onnx.ModelProto:
+    """A frame-wise linear layer before a temporal Conv, as madmom's TCN beat tracker is converted::
+
+        input [N, T, c] ─ MatMul(w [c, c]) ─ Add(b) ─ Elu ─ Transpose [N, c, T] ─ conv (k 3) ─ Relu ─► output
+
+    `outputs_named_like_nodes`: every node's output tensor carries the node's name (madmom's model
+    converter: node 'matmul_60' writes tensor 'matmul_60'), so a name the compile derives from a node
+    and one it derives from a tensor (`<name>_scale`) are the same string."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("fc.weight", (rng.standard_normal((c, c)) / np.sqrt(c)).astype(np.float32)),
+             _init("fc.bias", rng.normal(0, 0.1, c).astype(np.float32)),
+             _init("conv.weight", (rng.standard_normal((c, c, 3)) / np.sqrt(3 * c)).astype(np.float32)),
+             _init("conv.bias", rng.normal(0, 0.1, c).astype(np.float32))]
+    names = ["fc", "fc_add", "elu", "to_channels", "conv", "relu"]
+    outs = names if outputs_named_like_nodes else [f"{n}_out" for n in names]
+    outs[-1] = "output"
+    nodes = [helper.make_node("MatMul", ["input", "fc.weight"], [outs[0]], name=names[0]),
+             helper.make_node("Add", [outs[0], "fc.bias"], [outs[1]], name=names[1]),
+             helper.make_node("Elu", [outs[1]], [outs[2]], name=names[2]),
+             helper.make_node("Transpose", [outs[2]], [outs[3]], name=names[3], perm=[0, 2, 1]),
+             helper.make_node("Conv", [outs[3], "conv.weight", "conv.bias"], [outs[4]], name=names[4],
+                              pads=[1, 1]),
+             helper.make_node("Relu", [outs[4]], [outs[5]], name=names[5])]
+    return _model(nodes, [_vi("input", ["N", frames, c])], [_vi("output", ["N", c, frames])], inits,
+                  name="frame_mlp_conv")

@@ -23,6 +23,13 @@ input batched" test)::
                            │        h ─ MatMul ─ Sigmoid ─ prob;  Concat(h, c) ─ stateN
                            └─ else: the same with its own weights (conv stride 2)
 
+``unbatched_spectrogram_net``: a network for one example, as madmom's model converter writes its beat
+and key CNNs: a spectrogram [frames, bins] with no batch axis, which the graph itself makes the Conv
+input [1, 1, frames, bins] (channel and batch axes added, NHWC -> NCHW) and takes back after the Conv::
+
+    spec [T, F] ─ Unsqueeze 2 ─ Unsqueeze 0 ─ Transpose ─ conv (3 x 3, same) ─ Transpose ─ Squeeze 0
+                ─ Elu ─ ReduceMean over F ─ fc (MatMul + Add) ─ Sigmoid ─ Squeeze ─ act [T]
+
 All pass the ONNX checker and run in ONNX Runtime (opset 17).
 """
 
@@ -33,7 +40,8 @@ import onnx
 from dfq_onnx.models.builders import _init, _model, _vi
 from onnx import helper, numpy_helper
 
-__all__ = ["log_mel_classifier", "rate_switched_vad", "waveform_classifier"]
+__all__ = ["log_mel_classifier", "rate_switched_vad", "smoothing_signal_net", "unbatched_spectrogram_net",
+           "waveform_classifier"]
 
 
 def waveform_classifier(samples: int = 256, c: int = 8, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
@@ -182,3 +190,57 @@ def rate_switched_vad(samples: int | None = 64, c: int = 8, hidden: int = 16, se
     return _model(nodes, [_vi("audio", ["N", samples]), _vi("state", [2, "N" if named else None, hidden]),
                           _vi("sr", [], onnx.TensorProto.INT64)],
                   [_vi("prob", ["N", 1]), _vi("stateN", [None, None, None])], [], name="rate_switched_vad")
+
+
+def unbatched_spectrogram_net(frames: int | None = None, bins: int = 12, c: int = 4,
+                              seed: int = 0) -> onnx.ModelProto:
+    """The one-example network of the module docstring; `frames=None`: a dynamic frame count "T"."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("axes2", np.array([2], np.int64)), _init("axes0", np.array([0], np.int64)),
+             _init("axes1", np.array([1], np.int64)),
+             _init("conv.weight", (rng.standard_normal((c, 1, 3, 3)) / 3).astype(np.float32)),
+             _init("conv.bias", rng.normal(0, 0.1, c).astype(np.float32)),
+             _init("fc.weight", (rng.standard_normal((c, 1)) / np.sqrt(c)).astype(np.float32)),
+             _init("fc.bias", np.array([0.1], np.float32))]
+    nodes = [helper.make_node("Unsqueeze", ["spec", "axes2"], ["chan"], name="add_channel"),
+             helper.make_node("Unsqueeze", ["chan", "axes0"], ["nhwc"], name="add_batch"),
+             helper.make_node("Transpose", ["nhwc"], ["nchw"], name="to_nchw", perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "conv.weight", "conv.bias"], ["conv_out"], name="conv",
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["conv_out"], ["back"], name="to_nhwc", perm=[0, 2, 3, 1]),
+             helper.make_node("Squeeze", ["back", "axes0"], ["feat"], name="remove_batch"),
+             helper.make_node("Elu", ["feat"], ["elu"], name="elu"),
+             helper.make_node("ReduceMean", ["elu", "axes1"], ["pooled"], name="pool", keepdims=0),
+             helper.make_node("MatMul", ["pooled", "fc.weight"], ["fc_mm"], name="fc"),
+             helper.make_node("Add", ["fc_mm", "fc.bias"], ["logit"], name="fc_add"),
+             helper.make_node("Sigmoid", ["logit"], ["prob"], name="sigmoid"),
+             helper.make_node("Squeeze", ["prob", "axes1"], ["act"], name="squeeze")]
+    t = frames if frames is not None else "T"
+    return _model(nodes, [_vi("spec", [t, bins])], [_vi("act", [t])], inits, opset=18,
+                  name="unbatched_spectrogram_net")
+
+
+def smoothing_signal_net(channels: int = 2, length: int = 256, taps: int = 15, c: int = 4,
+                         seed: int = 0) -> onnx.ModelProto:
+    """A 1-D Conv net over a multichannel signal (EEG-like [N, C, L], no BatchNormalization), whose first
+    layer averages `taps` samples as a band-pass / envelope filter does::
+
+        signal [N, C, L] ─ conv1 (taps, all-positive kernels, same) ─ Relu ─ conv2 (3) ─ Relu ─► out [N, c, L]
+
+    Its response to a signal correlated along L is ~taps times a sample's scale, to white noise
+    ~sqrt(taps) times."""
+    rng = np.random.default_rng(seed)
+    smooth = rng.uniform(0.5, 1.5, (c, channels, taps)) / taps
+    inits = [_init("conv1.weight", smooth.astype(np.float32)),
+             _init("conv1.bias", rng.normal(0, 0.05, c).astype(np.float32)),
+             _init("conv2.weight", (rng.standard_normal((c, c, 3)) / np.sqrt(3 * c)).astype(np.float32)),
+             _init("conv2.bias", rng.normal(0, 0.05, c).astype(np.float32))]
+    half = taps // 2
+    nodes = [helper.make_node("Conv", ["signal", "conv1.weight", "conv1.bias"], ["c1"], name="conv1",
+                              pads=[half, half]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "conv2.weight", "conv2.bias"], ["c2"], name="conv2",
+                              pads=[1, 1]),
+             helper.make_node("Relu", ["c2"], ["out"], name="relu2")]
+    return _model(nodes, [_vi("signal", ["N", channels, length])], [_vi("out", ["N", c, length])], inits,
+                  name="smoothing_signal_net")

@@ -34,6 +34,7 @@ Steps, in order (each is recorded in the report):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import onnx_graphsurgeon as gs
@@ -42,7 +43,7 @@ from dfq_onnx.passes.supported import check_control_flow, check_supported
 
 from dfq_onnx.backends.memory import release
 from dfq_onnx.backends.runtime_types import fill_untyped
-from dfq_onnx.core import batch_axis, float16, ir, rewrites
+from dfq_onnx.core import batch_axis, float16, ir, rewrites, unbatched
 from dfq_onnx.core.affine_fold import fold_affine
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 from dfq_onnx.core.graph_utils import is_float, reroute
@@ -241,7 +242,15 @@ class Normalize(Pass):
         state.batch_axis1 = batch_axis.state_inputs(graph)      # read on the declared dimensions
         check_batch_axes(model, state.batch_axis1)
         declared = {t.name: t.shape[1] for t in graph.inputs if t.name in state.batch_axis1}
-        annotate_shapes(graph, state.options.input_shapes)
+        hints = state.options.input_shapes
+        state.unbatched = unbatched.unbatched_inputs(graph)
+        if state.unbatched:
+            hints = unbatched.sized_hints(graph, state.unbatched, hints)
+            state.options = dataclasses.replace(state.options, input_shapes=hints)   # the compile's layout
+            unbatched.add_batch_axis(graph)
+            rewritten["batch axis of one added (the model has none)"] = len(state.unbatched)
+            state.report.notes["unbatched_inputs"] = list(state.unbatched)
+        annotate_shapes(graph, hints)
         if state.batch_axis1:
             batch_axis.make_batch_major(graph, declared)
             state.output_batch_axes = batch_axis.output_axes(graph)

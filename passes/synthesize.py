@@ -66,7 +66,7 @@ from dfq_onnx.core import cache
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
-from dfq_onnx.synth import layout, preprocess
+from dfq_onnx.synth import layout, preprocess, signals
 from dfq_onnx.synth.audio_range import FLOAT_AUDIO, INT16_AUDIO, infer_audio_range, is_waveform
 from dfq_onnx.synth.augment import is_image_like
 from dfq_onnx.synth.compose import plan_pieces
@@ -199,11 +199,13 @@ def _images(graph, bn_stats, options: SynthesisOptions, model_hash: str, shapes:
     rng = np.random.default_rng(options.seed)
     n = options.samples
     if steps == 0 and not strokes:
-        latent = {name: pink_noise(rng, n, shape) for name, shape in shapes.items()}
+        latent = signals.prior(rng, n, shapes, signals.signal_inputs(graph, shapes), pink_noise)
         return SynthesisResult(squash(latent, options.input_ranges), None, None, None, probes, probes,
                                time.perf_counter() - start, False, kind, 0)
+    lines = signals.signal_inputs(search_graph, search_shapes)     # 1-D signals: synth/signals.py
     key = {**_key(model_hash, options, kind, shapes, steps), "pieces": plan.pieces if plan else 1,
-           "start": "strokes" if strokes else "pink", **({"twin": 1} if strokes and steps == 0 else {})}
+           "start": "strokes" if strokes else "pink+lines" if lines else "pink",
+           **({"twin": 1} if strokes and steps == 0 else {})}
     path = cache.cache_path("synthetic", key, options.cache_dir)
     use_cache = options.use_cache and bool(model_hash)      # no hash, no safe key
     if use_cache and (hit := _from_cache(path, shapes, start)) is not None:
@@ -215,7 +217,7 @@ def _images(graph, bn_stats, options: SynthesisOptions, model_hash: str, shapes:
         twin = None if steps else plan.compose(squash({k: unsquash(v) for k, v in plan.split(twin).items()},
                                                       options.input_ranges))
     else:
-        latent = {name: pink_noise(rng, n, shape) for name, shape in search_shapes.items()}
+        latent = signals.prior(rng, n, search_shapes, lines, pink_noise)
     result = _searched(latent, kind, search_graph, bn_stats, search_shapes, options, steps, rng)
     images = plan.compose(result.inputs) if plan else result.inputs
     result = dataclasses.replace(result, inputs=images, start=key["start"], twin=twin,

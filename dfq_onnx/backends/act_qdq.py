@@ -112,16 +112,30 @@ def insert_qdq(graph: gs.Graph, spec, encodings: Mapping[str, Encoding], target)
     keep = float_readers(graph, spec, target)
     absorb_activations(graph, spec)
     tensors, shared, by_dq = graph.tensors(), {}, {}
+    taken = set(tensors)
     for name in spec.act_tensors:
         rep = spec.encoding_of[name]
         if rep not in shared:
-            shared[rep] = encodings[rep].constants(rep)
+            shared[rep] = encodings[rep].constants(_free_base(rep, taken))
         by_dq[insert_activation_qdq(graph, tensors[name], encodings[rep], shared[rep],
                                     keep.get(name, frozenset())).name] = encodings[rep]
     nodes = {node_label(n): n for n in graph.nodes}
     for node_name, const_name in spec.const_inputs:
         quantize_constant(graph, nodes[node_name], const_name, target)
     return by_dq
+
+
+def _free_base(base: str, taken: set[str]) -> str:
+    """`base`, or `base`_1, _2, ... when a tensor already bears `<base>_scale` / `<base>_zero_point`: a
+    dynamic MatMul's combined scale is `<node>_scale`, and a converter that names each output after its
+    node (madmom's 'matmul_60' writes 'matmul_60') would give that output's Q/DQ scale the same name --
+    two tensors of one name, wired as one in the written model (the MatMul read the activation scale:
+    0 dB vs FP32)."""
+    name, k = base, 1
+    while f"{name}_scale" in taken or f"{name}_zero_point" in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.update((f"{name}_scale", f"{name}_zero_point"))
+    return name
 
 
 def quantize_constant(graph: gs.Graph, node: gs.Node, const_name: str, target) -> None:

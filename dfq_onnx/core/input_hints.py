@@ -7,6 +7,9 @@ source's dynamic dimensions, as with a user hint). Without it the passes that si
 model's activation footprint (Calibrate's rows per ORT call, the probes) see unknown dimensions and
 could run every calibration row in one call. The user's own `--input-shape` hints always win.
 
+A model with no batch axis (`core/unbatched.py`: the graph adds the batch of one) takes arrays [N, *example]
+of one rank more than its inputs: the hint is then the example's shape, every dimension of it.
+
 Only the arrays' headers are read, not their data. An npz that cannot be read, or whose array does not
 fit the input's rank, gives no hint: Calibrate then reports the problem with its own error.
 
@@ -71,8 +74,9 @@ def npz_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _dynamic_rows(model: onnx.ModelProto) -> dict[str, int]:
-    """{input name: rank} of the graph inputs with a dynamic dimension past the batch axis."""
+def _dynamic_rows(model: onnx.ModelProto, first: int = 1) -> dict[str, int]:
+    """{input name: rank} of the graph inputs with a dynamic dimension past the batch axis (from axis
+    `first`: 0 counts axis 0 too, for a model that may have no batch axis)."""
     params = {i.name for i in model.graph.initializer}
     out = {}
     for vi in model.graph.input:
@@ -80,7 +84,7 @@ def _dynamic_rows(model: onnx.ModelProto) -> dict[str, int]:
         if vi.name in params or tensor is None or not tensor.HasField("shape"):
             continue
         dims = tensor.shape.dim
-        if any(not (d.HasField("dim_value") and d.dim_value > 0) for d in dims[1:]):
+        if any(not (d.HasField("dim_value") and d.dim_value > 0) for d in dims[first:]):
             out[vi.name] = len(dims)
     return out
 
@@ -89,12 +93,15 @@ def with_calib_hints(model: onnx.ModelProto, options: QuantizeOptions) -> Quanti
     """`options` with (1, *row) hints from a `--calib` npz for dynamic inputs the user did not size."""
     if not str(options.calib).endswith(".npz"):
         return options
-    dynamic = {k: r for k, r in _dynamic_rows(model).items() if k not in options.input_shapes}
+    dynamic = {k: r for k, r in _dynamic_rows(model, 0).items() if k not in options.input_shapes}
     if not dynamic:
         return options
     shapes = npz_shapes(options.calib)
+    batched = _dynamic_rows(model)
     found = {k: (1, *shapes[k][1:]) for k, rank in dynamic.items()
-             if k in shapes and len(shapes[k]) == rank and shapes[k][0] > 0}
+             if k in batched and k in shapes and len(shapes[k]) == rank and shapes[k][0] > 0}
+    found.update({k: tuple(shapes[k][1:]) for k, rank in dynamic.items()      # no batch axis: [N, *example]
+                  if k in shapes and len(shapes[k]) == rank + 1 and shapes[k][0] > 0})
     if not found:
         return options
     return dataclasses.replace(options, input_shapes={**options.input_shapes, **found})

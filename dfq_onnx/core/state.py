@@ -103,6 +103,7 @@ class CompileState:
     batch_first: list = field(default_factory=list)   # core.tail.BatchFirst: outputs read batch-first
     batch_axis1: list = field(default_factory=list)       # inputs compiled batch-major (core/batch_axis)
     output_batch_axes: dict = field(default_factory=dict)  # outputs' (batch axis, rank) beside them
+    unbatched: list = field(default_factory=list)      # inputs of a model with no batch axis (core/unbatched)
     low_precision_io: dict = field(default_factory=dict)   # float16 graph inputs / outputs (core/float16)
 
 

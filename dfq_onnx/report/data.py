@@ -116,6 +116,8 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
     moved = list(getattr(state, "batch_axis1", ()))       # inputs compiled batch-major (core/batch_axis)
     out_axes = getattr(state, "output_batch_axes", {})
 
+    single = bool(getattr(state, "unbatched", ()))   # a model with no batch axis (core/unbatched): one row
+
     def swap(chunk: dict) -> dict:       # the compile's batch-major state inputs, as the models read them
         return batch_axis.swap_rows(chunk, moved)
 
@@ -123,18 +125,18 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
         # one session at a time (each keeps an arena of its peak); Calibrate's rows per call
         # (backends/chunks.py) bound the memory; 16 when nothing was measured
         ref_sess = runtime.session(source)
-        static = _static_batch(ref_sess, moved)
+        static = 1 if single else _static_batch(ref_sess, moved)
         batch = static or state.report.notes.get("rows_per_call", {}).get("calibrate", 16)
         names = [meta.name for meta in ref_sess.get_outputs()]
         axes = [out_axes.get(name, (b,))[0]      # a time-major output [T, N, C] or a
                 for name, b in zip(names, _batch_axes(ref_sess))]   # state [2, N, H]: batch-first
-        ref = [np.concatenate(parts) for parts in zip(*(
-            _run(ref_sess, swap(chunk), axes, static) for chunk in runtime.iter_batches(feeds, batch)))]
+        ref = [np.concatenate(parts) for parts in zip(*(_run(ref_sess, swap(chunk), axes, static, single)
+                                                        for chunk in runtime.iter_batches(feeds, batch)))]
         del ref_sess
         diffs = [_Diff(name, r) for name, r in zip(names, ref)]
         sess = runtime.session(quantized)
         for chunk in runtime.iter_batches(feeds, batch):     # the quantized outputs chunk by chunk
-            for diff, g in zip(diffs, _run(sess, swap(chunk), axes, static)):
+            for diff, g in zip(diffs, _run(sess, swap(chunk), axes, static, single)):
                 diff.add(g)
     except (DfqError, RuntimeError, ValueError) as exc:   # the comparison never fails the compile
         log.warning("FP32-vs-quantized comparison skipped: %s", str(exc).splitlines()[0])
@@ -143,10 +145,13 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
             "forward_passes": 2 * -(-n // batch)}
 
 
-def _run(sess, chunk: dict, axes: list[int], static: int | None) -> list[np.ndarray]:
+def _run(sess, chunk: dict, axes: list[int], static: int | None, single: bool = False) -> list[np.ndarray]:
     """The outputs of one chunk, batch-first; a static batch's short last chunk is padded to it
-    (`chunks.pad_rows`) and the padding's outputs dropped (CenterFace ships with a fixed batch of 10)."""
+    (`chunks.pad_rows`) and the padding's outputs dropped (CenterFace ships with a fixed batch of 10);
+    `single`: a model with no batch axis, fed its one row without the axis and its outputs given one."""
     rows = len(next(iter(chunk.values())))
+    if single:
+        return [r[None] for r in sess.run(None, {k: v[0] for k, v in chunk.items()})]
     outs = sess.run(None, pad_rows(chunk, static) if static else chunk)
     return [np.moveaxis(r, b, 0)[:rows] for r, b in zip(outs, axes)]
 
