@@ -10,7 +10,7 @@ evaluation's outputs and their float64 loss temporaries (7.8 GB in the activatio
 
 `RowStore` holds one such set. Up to `limit` bytes (the caller's share of one chunk of activations,
 `segments.CACHE_BYTES`) it is plain arrays, as before; above it the rows go to an unlinked temporary
-file and are read back with `os.pread` for the rows one call compares -- never mapped, so the process
+file and are read back (positioned reads) for the rows one call compares -- never mapped, so the process
 holds one call's rows, not the set (the file's pages live in the kernel's page cache, which it reclaims
 under pressure). `SpillFile` keeps a few arrays the same way (one descriptor for a batch's outputs),
 `Spilled` being one of them. The bytes read back are the bytes written: no value changes, only where
@@ -19,7 +19,6 @@ they live.
 
 from __future__ import annotations
 
-import os
 import tempfile
 
 import numpy as np
@@ -39,9 +38,8 @@ class SpillFile:
 
     def add(self, arr: np.ndarray) -> "Spilled":
         arr = np.ascontiguousarray(arr)
-        data, done = memoryview(arr.reshape(-1)).cast("B"), 0
-        while done < len(data):
-            done += os.pwrite(self._file.fileno(), data[done:], self._end + done)
+        data = memoryview(arr.reshape(-1)).cast("B")
+        _write_at(self._file, data, self._end)
         out = Spilled(self._file, self._end, arr.shape, arr.dtype)
         self._end += len(data)
         return out
@@ -55,15 +53,23 @@ class Spilled:
 
     def load(self) -> np.ndarray:
         out = np.empty(self.shape, self.dtype)
-        _read_into(self._file.fileno(), memoryview(out.reshape(-1)).cast("B"), self._offset)
+        _read_into(self._file, memoryview(out.reshape(-1)).cast("B"), self._offset)
         return out
 
 
-def _read_into(fd: int, buf: memoryview, offset: int) -> None:
+def _write_at(file, data, offset: int) -> None:
+    """Write `data` (bytes-like) at `offset` of `file` (seek + write: every platform; one thread)."""
+    file.seek(offset)
+    file.write(data)
+
+
+def _read_into(file, buf: memoryview, offset: int) -> None:
+    """Fill `buf` from `offset` of `file`."""
+    file.seek(offset)
     done = 0
     while done < len(buf):
-        got = os.preadv(fd, [buf[done:]], offset + done)
-        if got <= 0:
+        got = file.readinto(buf[done:])
+        if not got:
             raise OSError(f"short read from the outputs file at {offset + done}")
         done += got
 
@@ -109,23 +115,22 @@ class RowStore:
             for arr, o in zip(self._arrays, outs):
                 arr[rows] = o
             return
-        fd = self._file.fileno()
         for (_, _, offset, row), o in zip(self._layout, outs):
             data = np.ascontiguousarray(o)
             for i, r in enumerate(_rows(rows, self.n)):
-                os.pwrite(fd, data[i:i + 1].tobytes(), offset + int(r) * row)
+                _write_at(self._file, data[i:i + 1].tobytes(), offset + int(r) * row)
 
     def get(self, rows) -> list[np.ndarray]:
         """The stored rows `rows` of every output (a slice gives views when in memory)."""
         if self._file is None:
             return [arr[rows] for arr in self._arrays]
-        idx, fd, out = _rows(rows, self.n), self._file.fileno(), []
+        idx, out = _rows(rows, self.n), []
         for shape, dtype, offset, row in self._layout:
             arr = np.empty((len(idx), *shape), dtype)
             flat = memoryview(arr.reshape(len(idx), -1)).cast("B") if arr.size else None
             for i, r in enumerate(idx):
                 if flat is not None:
-                    _read_into(fd, flat[i * row:(i + 1) * row], offset + int(r) * row)
+                    _read_into(self._file, flat[i * row:(i + 1) * row], offset + int(r) * row)
             out.append(arr)
         return out
 
