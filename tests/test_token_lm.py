@@ -42,6 +42,34 @@ def test_refine_on_a_fixed_batch_graph_equals_the_dynamic_one():
         np.testing.assert_array_equal(fixed["input_ids"], dynamic["input_ids"])
 
 
+def test_refine_holds_one_calls_logits_and_samples_the_same_whatever_the_rows_per_call(monkeypatch):
+    """The logits of a round are formed a block of rows at a time within LOGIT_BYTES (a Whisper decoder's
+    51,864-word head on every sample at once held 19.3 GB); the samples are the one-call samples."""
+    from dfq_onnx.synth import token_lm
+
+    graph = ir.to_graph(token_builders.token_lm())
+    layout = token_layout(graph)
+    table = next(t for t in graph.tensors().values() if t.name == layout.table)
+    prior, pad = vocab_prior(const_values(table))
+    feeds = sample_tokens(layout, prior, pad, 7, np.random.default_rng(0))
+    whole, passes = refine(graph, layout, feeds, prior, np.random.default_rng(1))
+    seq = feeds["input_ids"].shape[1]
+    assert token_lm.rows_per_call(7, seq, 512, None) == 7                 # a small head: one call
+    assert token_lm.rows_per_call(64, 448, 51864, None) == 1              # Whisper's: a row per call
+    assert token_lm.rows_per_call(64, 448, 51864, 4) == 4                 # a fixed batch: whole calls
+    calls, real = [], token_lm.runtime.run_all
+
+    def counted(session, feeds, static):
+        calls.append(len(feeds["input_ids"]))
+        return real(session, feeds, static)
+
+    monkeypatch.setattr(token_lm.runtime, "run_all", counted)
+    monkeypatch.setattr(token_lm, "LOGIT_BYTES", 3 * seq * 512 * 8)     # 3 rows a call: 3 + 3 + 1
+    blocks, again = refine(graph, layout, feeds, prior, np.random.default_rng(1))
+    assert again == passes and calls[2:5] == [3, 3, 1]
+    np.testing.assert_array_equal(blocks["input_ids"], whole["input_ids"])
+
+
 def test_cache_inputs_are_found_and_filled_by_the_model_itself():
     model = token_builders.token_lm_cache()
     graph = ir.to_graph(model)

@@ -11,6 +11,11 @@ After round k the first k+1 tokens are exact samples of the model given x_0; lat
 from contexts that become the model's own text round by round. Positions past a sample's length keep
 the pad id. K = min(ROUNDS, S - 1). A non-causal head (a masked-LM head predicts each token from the
 whole sequence, itself included) is not used: sampling from it mostly copies the input.
+
+A round runs the samples in calls of as many rows as keep their float64 logits [rows, S, V] within
+LOGIT_BYTES (the sampling holds ~4 arrays of that size): a Whisper decoder's 51,864-word head on every
+sample at once held 19.3 GB. The random draws are taken row block by row block from one stream, so the
+samples are those of a single call whatever the rows per call.
 """
 
 from __future__ import annotations
@@ -22,6 +27,16 @@ from dfq_onnx.backends.chunks import static_batch
 from dfq_onnx.synth.tokens import TokenLayout
 
 ROUNDS = 8
+LOGIT_BYTES = 2 ** 28      # float64 logits of one call's rows
+
+
+def rows_per_call(n: int, positions: int, vocab: int, static: int | None) -> int:
+    """Rows of one call: the float64 logits of `positions` x `vocab` per row within LOGIT_BYTES (at least
+    one row; a whole number of the graph's fixed batch when it has one)."""
+    rows = max(1, LOGIT_BYTES // max(1, positions * vocab * 8))
+    if static:
+        rows = static * max(1, rows // static)
+    return min(n, rows)
 
 
 def lm_head(session, layout: TokenLayout, vocab: int) -> int | None:
@@ -69,14 +84,23 @@ def refine(graph, layout: TokenLayout, feeds: dict[str, np.ndarray], prior: np.n
     mask = feeds[layout.of("mask").name].astype(bool) if layout.of("mask") else np.ones(x.shape, bool)
     allowed = np.full(vocab, -np.inf)
     allowed[prior] = 0.0
-    passes = 2
+    passes, n = 2, len(x)
+    rows = rows_per_call(n, x.shape[1], vocab, static)
     for _ in range(min(ROUNDS, x.shape[1] - 1)):
-        logits = runtime.run_all(session, {**feeds, ids.name: x}, static)[head][:, :-1].astype(np.float64)
-        logits += allowed
+        draws = [_draw(runtime.run_all(session, {**{k: v[lo:lo + rows] for k, v in feeds.items()},
+                                                 ids.name: x[lo:lo + rows]}, static)[head], allowed, rng)
+                 for lo in range(0, n, rows)]
         passes += 1
-        p = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        cdf = np.cumsum(p, axis=-1)
-        u = rng.random(cdf.shape[:2])[..., None] * cdf[..., -1:]
-        draw = np.minimum((cdf < u).sum(axis=-1), vocab - 1)
-        x[:, 1:] = np.where(mask[:, 1:], draw, x[:, 1:])
+        x[:, 1:] = np.where(mask[:, 1:], np.concatenate(draws), x[:, 1:])
     return {**feeds, ids.name: x.astype(feeds[ids.name].dtype)}, passes
+
+
+def _draw(head_out: np.ndarray, allowed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Next-token ids [rows, S - 1] sampled from the logits [rows, S, V] at positions 0..S-2, restricted to
+    the ids `allowed` leaves finite."""
+    logits = head_out[:, :-1].astype(np.float64)
+    logits += allowed
+    p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    cdf = np.cumsum(p, axis=-1)
+    u = rng.random(cdf.shape[:2])[..., None] * cdf[..., -1:]
+    return np.minimum((cdf < u).sum(axis=-1), len(allowed) - 1)
