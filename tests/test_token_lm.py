@@ -27,12 +27,17 @@ def _fixed_batch(graph, batch: int):
     return g
 
 
-def test_refine_on_a_fixed_batch_graph_equals_the_dynamic_one():
+def _lm_samples(rows: int):
+    """The builder LM's graph, token layout, id prior and `rows` prior samples."""
     graph = ir.to_graph(token_builders.token_lm())
     layout = token_layout(graph)
     table = next(t for t in graph.tensors().values() if t.name == layout.table)
     prior, pad = vocab_prior(const_values(table))
-    feeds = sample_tokens(layout, prior, pad, 5, np.random.default_rng(0))
+    return graph, layout, prior, sample_tokens(layout, prior, pad, rows, np.random.default_rng(0))
+
+
+def test_refine_on_a_fixed_batch_graph_equals_the_dynamic_one():
+    graph, layout, prior, feeds = _lm_samples(5)
     dynamic, passes = refine(graph, layout, feeds, prior, np.random.default_rng(1))
     assert passes > 2                                     # an LM head, causal: the samples were redrawn
     assert not np.array_equal(dynamic["input_ids"], feeds["input_ids"])
@@ -47,11 +52,7 @@ def test_refine_holds_one_calls_logits_and_samples_the_same_whatever_the_rows_pe
     51,864-word head on every sample at once held 19.3 GB); the samples are the one-call samples."""
     from dfq_onnx.synth import token_lm
 
-    graph = ir.to_graph(token_builders.token_lm())
-    layout = token_layout(graph)
-    table = next(t for t in graph.tensors().values() if t.name == layout.table)
-    prior, pad = vocab_prior(const_values(table))
-    feeds = sample_tokens(layout, prior, pad, 7, np.random.default_rng(0))
+    graph, layout, prior, feeds = _lm_samples(7)
     whole, passes = refine(graph, layout, feeds, prior, np.random.default_rng(1))
     seq = feeds["input_ids"].shape[1]
     assert token_lm.rows_per_call(7, seq, 512, None) == 7                 # a small head: one call
