@@ -46,13 +46,13 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     if merged is not None:
         opts = with_inferred_shapes(model, source, opts)
         out, report = _quantize_branches(model, source, merged, profile, opts, encodings_path, detail)
-        _note_target_check(report, check_on_target(out, profile, lambda: ir.load_model(model)))
+        _check_on_target(out, profile, model, report)
         _write_outputs(out, output, report, report_path)
         return out, report
     box = [source]
     del source          # the compile drops the proto after Normalize: no other reference may keep it
     out, report, state, extra = _compile(model, box, profile, opts, encodings_path, detail)
-    _note_target_check(report, check_on_target(out, profile, lambda: ir.load_model(model)))
+    _check_on_target(out, profile, model, report)
     curve: list[Path] = []
     try:
         if opts.pareto is not None and state.pareto is not None:
@@ -67,13 +67,13 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     return out, report
 
 
-def _note_target_check(report: Report, note: dict | None) -> None:
-    """The target runtime's compile of the written model (backends/target_check.py) in the report."""
+def _check_on_target(out, profile: TargetProfile, model, report: Report) -> None:
+    """The target runtime's compile of the written model (backends/target_check.py): its note and its
+    warnings in the report."""
+    with _warnings_into(report):
+        note = check_on_target(out, profile, lambda: ir.load_model(model))
     if note is not None:
         report.notes["target_runtime"] = note
-        if not note["compiled"]:
-            report.warnings.append(f"{note['runtime']} cannot compile the written model ({note['reason']}), "
-                                   "nor the model given: written as it is")
 
 
 def _compile(model, box: list[onnx.ModelProto], profile: TargetProfile, opts: QuantizeOptions, encodings_path,
