@@ -79,6 +79,15 @@ def cache_key(state: CompileState, options: SensitivityOptions, bits, act: int, 
             "labels": None if labels is None else _digest(labels)}
 
 
+def token_rows(graph, samples: dict) -> int | None:
+    """A token model's scoring rows: its cost is in tokens, not rows (at most SCORE_TOKENS, at least
+    MIN_TOKEN_ROWS rows); None for other models."""
+    if not has_token_inputs(graph):
+        return None
+    length = max(int(v.shape[1]) for v in samples.values() if v.ndim == 2)
+    return max(MIN_TOKEN_ROWS, SCORE_TOKENS // length)
+
+
 def scoring_data(state: CompileState, options: SensitivityOptions):
     """The scoring samples (calibration/synthetic set, else Gaussian noise) and labels if known."""
     samples = state.calib
@@ -86,9 +95,8 @@ def scoring_data(state: CompileState, options: SensitivityOptions):
         samples = noise_inputs(state.graph, state.options.calib_samples, state.options.seed)
     labels = getattr(getattr(state, "synthetic", None), "labels", None)
     n = options.samples or len(next(iter(samples.values())))
-    if has_token_inputs(state.graph):      # sequences: the scoring cost is in tokens, not rows
-        length = max(int(v.shape[1]) for v in samples.values() if v.ndim == 2)
-        n = min(n, max(MIN_TOKEN_ROWS, SCORE_TOKENS // length))
+    if (tokens := token_rows(state.graph, samples)) is not None:
+        n = min(n, tokens)
     samples = {k: v[:n] for k, v in samples.items()}
     return samples, None if labels is None else np.asarray(labels)[:n]
 

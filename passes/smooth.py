@@ -69,7 +69,6 @@ from dfq_onnx.core.state import CompileState
 from dfq_onnx.corrections import smoothing as sm
 from dfq_onnx.sensitivity.losses import all_stats, total_loss
 from dfq_onnx.sensitivity.table import resolve_metrics
-from dfq_onnx.synth.tokens import has_token_inputs
 
 ALPHAS = (0.25, 0.5, 0.75)
 SCORE_ROWS = 32
@@ -228,14 +227,11 @@ def dynamic_layers(state: CompileState) -> frozenset:
 
 
 def token_rows(state: CompileState, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Token models: the sensitivity scoring's token budget (passes/sensitivity.scoring_data)."""
-    from dfq_onnx.passes.sensitivity import MIN_TOKEN_ROWS, SCORE_TOKENS
+    """Token models: the sensitivity scoring's token budget (passes/sensitivity.token_rows)."""
+    from dfq_onnx.passes.sensitivity import token_rows as budget
 
-    if not has_token_inputs(state.graph):
-        return feeds
-    length = max(int(v.shape[1]) for v in feeds.values() if v.ndim == 2)
-    n = max(MIN_TOKEN_ROWS, SCORE_TOKENS // length)
-    return {k: v[:n] for k, v in feeds.items()}
+    n = budget(state.graph, feeds)
+    return feeds if n is None else {k: v[:n] for k, v in feeds.items()}
 
 
 class SmoothActivations(Pass):
