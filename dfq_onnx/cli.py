@@ -119,10 +119,10 @@ def _add_accuracy_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--cle-criterion", choices=("weights", "activations", "auto"), default=d.cle_criterion,
                    help="CLE ranges: weights (Nagel), activations (per-channel weight grids), auto")
     a.add_argument("--smooth", action=flag, default=d.smooth,
-                   help="migrate LayerNorm outputs' outlier channels into statically quantized MatMul "
-                        "weights (SmoothQuant; alpha scored at the output, kept only where it helps); "
-                        "default: the target's [activation] smoothing -- openvino: the outlier groups "
-                        "only, others: off")
+                   help="migrate LayerNorm outputs' outlier channels into the weights of the quantized "
+                        "MatMuls reading them (SmoothQuant; static ones, and on ort-cpu the dynamic int8 "
+                        "ones; alpha scored at the output, kept only where it helps); default: the "
+                        "target's smoothing -- openvino: the outlier groups only, others: off")
     a.add_argument("--twin-ranges", action=flag, default=d.twin_ranges,
                    help="recognizers calibrated on line drawings: the ranges of the drawings' contrast twins "
                         "for the prefix of the graph (from the input) the output loss prefers, if one wins "

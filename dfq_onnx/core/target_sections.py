@@ -11,13 +11,13 @@ from dfq_onnx.core import candidates
 from dfq_onnx.core.errors import TargetError
 
 FLOAT_BITS = 32   # activation "bits" of a tensor left in float (no Q/DQ): W8A32 is weight-only quantization
+SMOOTHING = ("off", "outliers")   # [activation] / [forms] smoothing: --smooth default (passes/smooth.py)
 FORM_SETTINGS = {"weight_only_kernel": ("MatMulNBits", "DequantizeLinear"),
                  "gather_kernel": ("GatherBlockQuantized", "Gather"), "accuracy_level": (0, 1, 2, 3, 4),
                  # the default of --smooth for the dynamic int8 form's inputs (passes/smooth.py)
-                 "smoothing": ("off", "outliers")}
+                 "smoothing": SMOOTHING}
 FORM_OPS = ("MatMul", "Gather", "Attention", "EmbedLayerNormalization")   # the last two: com.microsoft
 TABLE_OPS = ("Gather", "EmbedLayerNormalization")                        # no activation input
-SMOOTHING = ("off", "outliers")   # [activation] smoothing: the default of --smooth (passes/smooth.py)
 
 
 def parse_pairs(where: str, seq) -> tuple[tuple[int, int], ...]:
