@@ -20,6 +20,7 @@ from dfq_onnx.passes.emit_qdq import EmitQDQ
 from dfq_onnx.passes.equalize import EqualizeCrossLayer
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.hardswish_floor import HardSwishRangeFloor
+from dfq_onnx.passes.head_ranges import HeadMaxRanges
 from dfq_onnx.passes.inferred_input import CoverInferredInput
 from dfq_onnx.passes.input_moments import MeasureInputMoments
 from dfq_onnx.passes.interface import RestoreInterface
@@ -147,7 +148,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([CoverInferredInput()] if options.calib == "synthetic" else []),
         *([MeasureInputMoments(full=options.gptq, clip=options.weight_clip)]
           if low_bit_weights(target, options) else []),
-        *([ScoreTopPrior(), PooledRangeTop(), OutputProbabilitySpan()]
+        *([HeadMaxRanges(), ScoreTopPrior(), PooledRangeTop(), OutputProbabilitySpan()]
           if options.calib == "synthetic" else []),
         SiluRangeFloor(),
         HardSwishRangeFloor(),

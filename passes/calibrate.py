@@ -172,9 +172,11 @@ def measured_rows(state: CompileState, feeds: dict[str, np.ndarray], views: int 
 
 
 def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: list[str],
-                   source: str, views: int = 1, rows: int | None = None) -> dict[str, Range]:
-    """Run the FP32 graph over `feeds` (and `views` rows per sample, `synth.augment`; the first `rows`
-    of them when given) in chunks and return each tensor's activation range. Min/max: exact reductions
+                   source: str, views: int = 1, rows: int | None = None,
+                   graph: gs.Graph | None = None) -> dict[str, Range]:
+    """Run the FP32 graph (or `graph`, a variant of it) over `feeds` (and `views` rows per sample,
+    `synth.augment`; the first `rows` of them when given) in chunks and return each tensor's activation
+    range. Min/max: exact reductions
     inside the graph (observers.py), the same whatever the chunk size. Percentile: the mean over rows
     of each row's percentile, from the tensors themselves (chunks sized to hold them). A tensor holding an
     infinity or NaN on any row gets the range (-inf, inf)."""
@@ -183,7 +185,7 @@ def collect_ranges(state: CompileState, feeds: dict[str, np.ndarray], tensors: l
     opts = state.options
     pct = opts.act_range == "percentile"
     observe = runtime.observer_model if pct else observers.range_model
-    model = observe(state.graph, tensors)
+    model = observe(state.graph if graph is None else graph, tensors)
     sess = runtime.session(model, mem_pattern=False)
     last = channels_last(state, feeds), planes(state, feeds)    # once: every chunk draws its views with it
     rows = rows or len(next(iter(feeds.values()))) * view_count(feeds, views, *last)

@@ -7,10 +7,19 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
+from _util import compile_state
 from dfq_onnx.models import builders
-from dfq_onnx.passes.probability_output import output_probability_inputs
+from dfq_onnx.passes.calibrate import Calibrate
+from dfq_onnx.passes.emit_qdq import EmitQDQ
+from dfq_onnx.passes.fold_bn import FoldBatchNorm
+from dfq_onnx.passes.normalize import Normalize
+from dfq_onnx.passes.plan_uniform import UniformPlan
+from dfq_onnx.passes.probability_output import OutputProbabilitySpan, output_probability_inputs
+from dfq_onnx.passes.quant_groups import FindQuantGroups
 
 import dfq_onnx
+from dfq_onnx.core import ir
+from dfq_onnx.core.pass_base import run_passes
 
 FAST = dict(use_cache=False, progress=False, latency_check=False)
 
@@ -64,18 +73,30 @@ def test_real_calibration_keeps_its_measured_span(tmp_path):
 
 
 def test_softmax_classifier_top_reaches_its_confident_values():
-    """Logits two BN-free layers past the last BN (ScoreTopPrior cannot reach them): the synthetic range
-    [-1.89, 2.05] capped the top class; the top now reaches lo + ln(3 * 255). Mean |p_top - FP32's| on
-    the 145 of 256 blocky images FP32 gives p_top > 0.8: 0.091 before, 0.050 now."""
+    """Logits two BN-free layers past the last BN (ScoreTopPrior cannot reach them), calibrated on
+    inputs whose channels average out over space (as synthetic fields do): the measured range capped
+    the top class; the top now reaches lo + ln(3 * 255). (The default pipeline's HeadMaxRanges widens
+    this head before, and further: tests/test_head_ranges.py; the rule is run without it here.)
+    Mean |p_top - FP32's| on the blocky images FP32 gives p_top > 0.8 goes down."""
     model = builders.with_data_bn_stats(builders.softmax_classifier(hw=16, gain=4.0))
-    q, report = dfq_onnx.quantize(model, **FAST)
-    moved = report.notes["probability_output_span"]["logits"]
+    calib = np.random.default_rng(0).standard_normal((64, 3, 16, 16)).astype(np.float32)
+    calib -= calib.mean(axis=(2, 3), keepdims=True)
+    x = _blocky(256)
+    ref = _session(model).run(None, {"input": x})[0]
+    confident = ref.max(1) > 0.8
+    errors = []
+    for rule in ([], [OutputProbabilitySpan()]):
+        state = compile_state(model, [Normalize(), FoldBatchNorm(), FindQuantGroups()], synth_views=1)
+        state.calib = {"input": calib}
+        run_passes([Calibrate(), *rule, UniformPlan(), EmitQDQ()], state)
+        out = _session(ir.to_model(state.graph)).run(None, {"input": x})[0]
+        errors.append(float(np.abs(out.max(1) - ref.max(1))[confident].mean()))
+        assert confident.sum() > 100 and (out.argmax(1) == ref.argmax(1)).mean() > 0.9
+    moved = state.report.notes["probability_output_span"]["logits"]
     assert moved["op"] == "Softmax" and moved["to"][0] == moved["measured"][0]
     assert math.isclose(moved["to"][1] - moved["to"][0], math.log(3 * 255), rel_tol=1e-3)
-    cells = np.random.default_rng(3).uniform(-2, 2, (256, 3, 4, 4))
-    x = np.kron(cells, np.ones((1, 1, 4, 4))).astype(np.float32)
-    ref, out = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-                .run(None, {"input": x})[0] for m in (model, q))
-    confident = ref.max(1) > 0.8
-    assert confident.sum() > 100 and (out.argmax(1) == ref.argmax(1)).mean() > 0.95
-    assert np.abs(out.max(1) - ref.max(1))[confident].mean() < 0.07
+    assert errors[1] < errors[0]
+
+
+def _session(model):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
