@@ -99,7 +99,8 @@ def test_pipeline_runs_the_prior_for_synthetic_calibration_only(tmp_path):
     target = load_target("ort-cpu")
     names = {c: [repr(p) for p in default_pipeline(target, QuantizeOptions(calib=c))]
              for c in ("synthetic", "analytic", "noise")}
-    syn = names["synthetic"]    # the prior reads the final ranges: after Calibrate, ChooseTwinRanges and
-    assert syn.index("ScoreTopPrior") == syn.index("CoverInferredInput") + 1 \
-        == syn.index("ChooseTwinRanges") + 2 == syn.index("Calibrate") + 3     # CoverInferredInput
+    syn = names["synthetic"]    # the prior reads the final ranges: after Calibrate, ChooseTwinRanges,
+    assert syn.index("ScoreTopPrior") == syn.index("HeadMaxRanges") + 1 \
+        == syn.index("CoverInferredInput") + 2 == syn.index("ChooseTwinRanges") + 3 \
+        == syn.index("Calibrate") + 4     # CoverInferredInput and HeadMaxRanges
     assert "ScoreTopPrior" not in names["analytic"] + names["noise"]
