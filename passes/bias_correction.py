@@ -16,6 +16,13 @@ after ReLU (clip quadrature for ReLU6), sums through Add; graph inputs are taken
 (E[x] = 0, no correction). Layers whose input estimate is missing, not per channel, or went through
 more than one BN-free linear layer are skipped with the reason.
 
+A model with no BN statistics at all (every PyTorch and tf2onnx export folds BN into the convolutions)
+has no analytic estimate anywhere; there E[x] and Var[x] per input channel are measured on the
+calibration samples instead (synthetic or the user's; one ORT pass, `backends.input_moments.
+moment_model(means=True)`, kept on the state for the probe and DF-MPC). EfficientNet-Lite0 with its BN
+folded in the file: 49 of 50 layers were skipped, top-1 76.0 / agreement 93.8 % against the BN file's
+77.0 / 95.8 (BENCHMARKS.md, session 19).
+
 When DF-MPC rescaled a layer's effective weight to c W_hat (`state.weight_gain`, passes/dfmpc.py), the
 reference weight in the stored coordinates is W / c. The sensitivity probe applies the same correction
 for every candidate bit-width (`SensitivityOptions.bias_correction`), so the allocator scores
@@ -29,8 +36,11 @@ import dataclasses
 import numpy as np
 from dfq_onnx.passes.absorb_bias import add_to_bias
 from dfq_onnx.passes.analytic_ranges import MAX_UNANCHORED, estimate
+from dfq_onnx.passes.calibrate import batches
 from dfq_onnx.passes.emit_qdq import plan_encodings
 
+from dfq_onnx.backends import input_moments as im
+from dfq_onnx.backends import runtime
 from dfq_onnx.backends.input_moments import importance
 from dfq_onnx.core.graph_utils import const_values, is_const, is_float, node_label
 from dfq_onnx.core.pass_base import Pass, PassResult
@@ -56,7 +66,8 @@ def input_moments(state: CompileState) -> tuple[dict[str, tuple[np.ndarray, np.n
     """layer -> (E[x], Var[x]) per input channel of each rescalable Conv/Gemm, and the skipped layers."""
     est, depth = estimate(state)
     inputs = {t.name for t in state.graph.inputs}
-    out, skipped = {}, []
+    measure = not state.bn_stats and state.calib is not None     # module docstring: BN-free models
+    out, skipped, reads = {}, [], {}
     for node in state.graph.nodes:
         if node.op not in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
             continue
@@ -68,6 +79,9 @@ def input_moments(state: CompileState) -> tuple[dict[str, tuple[np.ndarray, np.n
             reason = "encoded by a target form (dynamic int8 / weight-only), not static Q/DQ"
         elif kind is None:
             reason = _not_linear(node)
+        elif measure and layer is not None and (t := im.measured_input(node, layer)) is not None:
+            reads[label] = (t, node.op in im.CHANNEL_FIRST, kind.in_channels(const_values(node.inputs[1])))
+            continue
         elif x.name in inputs:
             reason = "reads a graph input (standardized: E[x] = 0)"
         elif e is None:
@@ -85,7 +99,35 @@ def input_moments(state: CompileState) -> tuple[dict[str, tuple[np.ndarray, np.n
             else:
                 reason = f"estimate of '{x.name}' is not finite"
         skipped.append({"layer": label, "reason": reason})
+    for label, (m, v) in measured_moments(state, {k: r[:2] for k, r in reads.items()}).items():
+        cin = reads[label][2]
+        if m.size in (1, cin) and np.all(np.isfinite(m)) and np.all(np.isfinite(v)):
+            out[label] = (np.broadcast_to(m, (cin,)).copy(), np.broadcast_to(v, (cin,)).copy())
+        else:
+            skipped.append({"layer": label, "reason": f"measured moments of '{reads[label][0]}' do not fit "
+                                                      f"its {cin} input channels"})
     return out, skipped
+
+
+def measured_moments(state: CompileState, reads: dict[str, tuple[str, bool]]) -> dict[str, tuple]:
+    """layer -> (E[x], Var[x]) per channel of its input (name, channel-first?) on the calibration
+    samples, one ORT pass for those not measured yet (kept in `state.input_means`)."""
+    todo = {t: first for layer, (t, first) in reads.items() if layer not in state.input_means}
+    if todo:
+        names = list(todo)
+        keys = [f"{n}/{k}" for n in names for k in ("mean", "square")]
+        sess = runtime.session(im.moment_model(state.graph, todo, means=True), mem_pattern=False)
+        sums: dict[str, list] = {}
+        for chunk, rows in batches(state, state.calib, len(next(iter(state.calib.values()))), names):
+            chunk = {k: np.asarray(v) for k, v in chunk.items()}
+            im.accumulate(sums, sess.run(None, chunk), keys, rows, len(next(iter(chunk.values()))))
+            state.forward_passes += 1
+        for layer, (t, _) in reads.items():
+            if layer not in state.input_means:
+                (s1, n), (s2, _) = sums[f"{t}/mean"], sums[f"{t}/square"]
+                mean = s1 / max(n, 1)
+                state.input_means[layer] = (mean, np.maximum(s2 / max(n, 1) - mean ** 2, 0.0))
+    return {layer: state.input_means[layer] for layer in reads}
 
 
 def input_scales(state: CompileState) -> dict[str, float]:

@@ -191,6 +191,29 @@ def test_bias_correction_zeroes_mean_output_error():
     assert errors["on"] < 0.35 * errors["off"], errors
 
 
+def test_bias_correction_measures_moments_of_a_bn_free_model(tmp_path):
+    """A model whose BN is folded in the file (as PyTorch exports write it) has no analytic estimate: E[x]
+    per input channel is measured on the calibration samples and both layers are corrected."""
+    folded = state_model(compile_state(_mlp(k=32, h=24), [Normalize(21), FoldBatchNorm()]))
+    assert not any(n.op_type == "BatchNormalization" for n in folded.graph.node)
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((4096, 32)) + rng.uniform(-1.0, 2.0, 32)).astype(np.float32)   # E[x] != 0
+    np.savez(tmp_path / "calib.npz", input=x[:512])
+    fp32 = run(folded, {"input": x})[0]
+    errors = {}
+    for name, extra in (("off", []), ("on", [CorrectBias()])):
+        passes = [Normalize(21), FoldBatchNorm(), FindQuantGroups(), Calibrate(), UniformPlan(), *extra]
+        state = compile_state(folded, passes, weight_bits=3, act_bits=8, calib=str(tmp_path / "calib.npz"))
+        EmitQDQ().run(state)
+        errors[name] = np.abs((run(state_model(state), {"input": x})[0] - fp32).mean(axis=0)).max()
+    notes = state.report.notes["bias_correction"]
+    assert sorted(d["layer"] for d in notes["layers"]) == ["fc1", "fc2"], notes
+    mean, var = state.input_means["fc1"]
+    np.testing.assert_allclose(mean, x[:512].mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(var, x[:512].var(axis=0), rtol=1e-3)
+    assert errors["on"] < 0.35 * errors["off"], errors
+
+
 def test_bias_correction_is_idempotent_and_reported():
     state = _uniform(_mlp(), 4, [CorrectBias()])
     assert CorrectBias().run(state).modified is False

@@ -47,9 +47,9 @@ def measured_input(node: gs.Node, layer) -> str | None:
     return node.inputs[0].name if rank >= 2 else None
 
 
-def moment_model(graph: gs.Graph, tensors: dict[str, bool]):
+def moment_model(graph: gs.Graph, tensors: dict[str, bool], means: bool = False):
     """A copy of `graph` whose outputs are, per tensor (name -> channel-first?), mean(x^2) per row and
-    channel [rows, C] (module docstring)."""
+    channel [rows, C] (module docstring); with `means`, mean(x) [rows, C] before each of them."""
     g, table = copy_observing(graph, list(tensors))
     outs = []
     for i, (name, first) in enumerate(tensors.items()):
@@ -58,12 +58,14 @@ def moment_model(graph: gs.Graph, tensors: dict[str, bool]):
         sq = gs.Variable(f"__moment_{i}_sq", dtype=np.float32)
         g.nodes.append(gs.Node("Mul", name=f"__moment_{i}_Mul", inputs=[t, t], outputs=[sq]))
         axes = [a for a in range(1, rank) if a != (1 if first else rank - 1)]
-        y = gs.Variable(f"__moment_{i}", dtype=np.float32)
-        if axes:
-            g.nodes.append(reduce_node(g, "ReduceMean", sq, y, f"__moment_{i}_ReduceMean", axes))
-        else:
-            g.nodes.append(gs.Node("Identity", name=f"__moment_{i}_Identity", inputs=[sq], outputs=[y]))
-        outs.append(y)
+        for tag, x in ((("_mean", t),) if means else ()) + (("", sq),):
+            y = gs.Variable(f"__moment_{i}{tag}", dtype=np.float32)
+            if axes:
+                g.nodes.append(reduce_node(g, "ReduceMean", x, y, f"__moment_{i}{tag}_ReduceMean", axes))
+            else:
+                g.nodes.append(gs.Node("Identity", name=f"__moment_{i}{tag}_Identity", inputs=[x],
+                                       outputs=[y]))
+            outs.append(y)
     g.outputs = outs
     return ir.session_model(g)
 

@@ -99,6 +99,7 @@ class CompileState:
     model_out: object | None = None   # the emitted onnx.ModelProto
     weight_gain: dict[str, np.ndarray] = field(default_factory=dict)  # DF-MPC: layer -> c (see passes/dfmpc)
     input_moments: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> E[x_j^2] of its input
+    input_means: dict[str, tuple] = field(default_factory=dict)   # layer -> (E[x_j], Var[x_j]) measured
     tail: object | None = None         # core.tail.Tail set aside by DetachTail until AttachTail
     batch_first: list = field(default_factory=list)   # core.tail.BatchFirst: outputs read batch-first
     batch_axis1: list = field(default_factory=list)       # inputs compiled batch-major (core/batch_axis)
