@@ -21,7 +21,9 @@ round-to-nearest weights (`--no-gptq`), the -dither rows with `--dither-scoring`
 every row on the model behind an input Transpose [0, 3, 1, 2] reading [N, H, W, C] images (a TF export's
 layout, `dfq_onnx.models.builders.channels_last`); `--layout pixels` also puts Keras-style preprocessing in
 the graph (x / 255, then (x - mean) / std per channel) and feeds [0, 255] pixels; `--layout uint8`
-the same with a uint8 input read through a Cast (a TF detection export's input).
+the same with a uint8 input read through a Cast (a TF detection export's input); `--layout folded` runs
+every row on the model with its BatchNormalization folded into the convolutions in the file (as PyTorch's
+and tf2onnx's exporters write a model: no BN statistics for the compile to read).
 """
 
 from __future__ import annotations
@@ -123,6 +125,26 @@ def dfq_row(model: Path, flags: list[str], work: Path, tag: str, seed: int, max_
     return res
 
 
+def bn_folded(path: Path) -> onnx.ModelProto:
+    """The model with every BatchNormalization folded into its convolution (dfq-onnx's Normalize +
+    FoldBatchNorm), written back as a plain FP32 model."""
+    from dfq_onnx.passes.fold_bn import FoldBatchNorm
+    from dfq_onnx.passes.normalize import Normalize
+
+    from dfq_onnx.core import ir
+    from dfq_onnx.core.options import QuantizeOptions
+    from dfq_onnx.core.pass_base import run_passes
+    from dfq_onnx.core.report import Report
+    from dfq_onnx.core.state import CompileState
+    from dfq_onnx.core.target import load_target
+
+    state = CompileState(graph=None, target=load_target("ort-cpu"), options=QuantizeOptions(progress=False),
+                         report=Report(), source=ir.load_model(path))
+    state = run_passes([Normalize(), FoldBatchNorm()], state)
+    assert all(n.op != "BatchNormalization" for n in state.graph.nodes)
+    return ir.to_model(state.graph, ir_version=ir.min_ir_version(state.graph.opset))
+
+
 def start_run(model: Path, calib_images: int, layout: str = "nchw"
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(dev images, labels, the seeded subset real rows calibrate on, FP32 logits); prints the machine."""
@@ -151,10 +173,10 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--calib-images", type=int, default=256)
     ap.add_argument("--max-rss-gb", type=float, default=6.0, help="stop a compile past this peak RSS")
-    ap.add_argument("--layout", choices=("nchw", "nhwc", "pixels", "uint8"), default="nchw",
+    ap.add_argument("--layout", choices=("nchw", "nhwc", "pixels", "uint8", "folded"), default="nchw",
                     help="nhwc: the model behind an input Transpose [0, 3, 1, 2] (as tf2onnx exports TF); "
                          "pixels: also behind Keras-style x / 255, (x - mean) / std in the graph; "
-                         "uint8: the same reading uint8 pixels through a Cast")
+                         "uint8: the same reading uint8 pixels through a Cast; folded: BN folded in the file")
     args = ap.parse_args()
     rows = args.rows.split(",")
     unknown = sorted(set(rows) - set(ROWS))
@@ -164,7 +186,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_imagenet_") as tmp:
         work = Path(tmp)
         model = Path(args.model)
-        if args.layout != "nchw":
+        if args.layout == "folded":
+            model = work / f"{model.stem}_folded.onnx"
+            onnx.save(bn_folded(Path(args.model)), model)
+        elif args.layout != "nchw":
             model = work / f"{model.stem}_{args.layout}.onnx"
             pre = (dict(scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD, uint8=args.layout == "uint8")
                    if args.layout in ("pixels", "uint8") else {})
