@@ -41,6 +41,9 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     check_outputs(model, output, report_path, opts.pareto, encodings_path)
     source = ir.load_model(model)
     ir.pin_values(source, opts.input_values)          # a bad pin fails before anything is compiled
+    if (report := _unchanged(model, source, profile, opts)) is not None:
+        _write_outputs(source, output, report, report_path)
+        return source, report
     merged = branches.split(source, pinned=opts.input_values)
     detail = report_path is not None
     if merged is not None:
@@ -65,6 +68,27 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
             raise OutputError(f"cannot write {exc.filename or opts.pareto}: {exc.strerror or exc}") from None
         raise
     return out, report
+
+
+def _unchanged(model, source: onnx.ModelProto, profile: TargetProfile,
+               opts: QuantizeOptions) -> Report | None:
+    """The report of a model with no layer the target quantizes (passes/supported.nothing_to_quantize),
+    written as it is; None for any other model. What Normalize refuses is refused here too."""
+    from dfq_onnx.passes.supported import check_supported, nothing_to_quantize
+
+    ops = nothing_to_quantize(source, profile)
+    if ops is None:
+        return None
+    check_supported(source)
+    report = Report(model={"name": source.graph.name, "producer": source.producer_name,
+                           "path": str(model) if not isinstance(model, onnx.ModelProto) else None,
+                           "target": profile.name, "options": _options_dict(opts), "params": 0})
+    report.notes["unchanged"] = {"ops": ops}
+    layers = sorted({op for op, role in profile.ops.items() if role == "weighted"} | set(profile.forms))
+    with _warnings_into(report):
+        log.warning("nothing to quantize: none of the model's ops (%s) is a layer %s quantizes (%s); "
+                    "written unchanged", ", ".join(ops), profile.name, ", ".join(layers))
+    return report
 
 
 def _check_on_target(out, profile: TargetProfile, model, report: Report) -> None:

@@ -47,6 +47,24 @@ def check_supported(model) -> None:
                                         "and FP16 models; convert the model to float32 first")
 
 
+def nothing_to_quantize(model, profile) -> list[str] | None:
+    """The model's op types when none of them is a layer `profile` quantizes (its weighted ops and the
+    ops with `[forms]`, e.g. Gather of an embedding table), in the main graph or any subgraph; else None.
+    Such a model (sklearn-onnx's trees and linear models: TreeEnsembleClassifier, LinearClassifier,
+    Scaler, ZipMap) compiles to itself: the API writes it unchanged, without importing its graph (a
+    LightGBM ensemble of 5 M nodes held 5.4 GB as graph attributes before anything was decided)."""
+    ops: set[str] = set()
+    stack = [model.graph]
+    while stack:
+        g = stack.pop()
+        for node in g.node:
+            ops.add(node.op_type)
+            stack.extend(ir.proto_subgraphs(node))
+    if any(profile.role(op) == "weighted" or profile.forms_for(op) for op in ops):
+        return None
+    return sorted(ops)
+
+
 def _gs_subgraph_ops(node) -> set[str]:
     return {n.op for g in node.subgraphs(recursive=True) for n in g.nodes}
 

@@ -9,7 +9,10 @@ ORT types every value when it resolves the graph (its kernels' schemas include t
 session of a copy that lists the untyped values as extra graph outputs (without types) reports each
 one's element type and shape through `get_outputs()`, without running anything. The types are written
 into the model's value_info; dimensions ORT knows as numbers are kept, the names it invents for the
-others are not (they would read as the graph's own symbolic dimensions).
+others are not (they would read as the graph's own symbolic dimensions). ORT reports a value whose shape
+it does not know (an `ai.onnx.ml` Scaler's output, as sklearn-onnx writes it before an MLP) with the
+dimensions [] of a scalar: such a value gets its type only, no shape (a rank-0 declaration made ORT
+refuse the MatMul reading it).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def fill_untyped(model: onnx.ModelProto) -> int:
         elem = ORT_TYPES.get(out.type)
         if out.name not in wanted or elem is None:
             continue
-        dims = None if out.shape is None else [d if isinstance(d, int) else None for d in out.shape]
+        dims = None if not out.shape else [d if isinstance(d, int) else None for d in out.shape]
         ir.add_value_type(model, out.name, elem, dims)
         filled += 1
     return filled

@@ -17,6 +17,12 @@ like any output, and graph inputs only the tail reads are set aside. `attach` pu
 tensor name, after Emit: it computes in float on the head's outputs exactly as in the source model.
 A tail that holds a quantizable layer (a data-dependent op early in the model) is not split.
 
+Ops whose outputs are not tensors are set aside the same way (`NON_TENSOR`): sklearn-onnx ends every
+classifier in a ZipMap, one {class: probability} map per row, which no output metric reads and no ONNX
+Runtime session of the compile can declare (the graph's copies type every output as a tensor):
+
+    X ─► Scaler ─► MatMul ... Softmax ─► probabilities [N, K] ─► ZipMap ─► output_probability (tail)
+
 Outputs that carry the batch on another axis than 0 (a time-major CTC recognizer's logits [T, N, C], as
 PyTorch's nn.LSTM writes them) are read batch-first by everything that scores outputs (the synthesis
 objectives, the activation decision, sensitivity): `batch_first` appends a Transpose moving the batch
@@ -36,6 +42,8 @@ import onnx_graphsurgeon as gs
 from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS, is_const, reads
 
 DATA_DEPENDENT = ("NonMaxSuppression", "NonZero", "Compress", "Unique")
+NON_TENSOR = ("ZipMap", "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase",
+              "SplitToSequence", "Optional")     # write a sequence, map or optional value
 
 
 @dataclass
@@ -101,8 +109,9 @@ def restore_batch_axes(graph: gs.Graph, moved: list[BatchFirst]) -> None:
 
 
 def _data_dependent(node: gs.Node) -> bool:
-    """A value-dependent-size op, or control flow (tf2onnx's batched NMS is a Loop) holding one."""
-    if node.op in DATA_DEPENDENT:
+    """A value-dependent-size op or one writing a non-tensor value, or control flow (tf2onnx's batched
+    NMS is a Loop) holding one."""
+    if node.op in DATA_DEPENDENT or node.op in NON_TENSOR:
         return True
     return any(_data_dependent(n) for g in node.subgraphs() for n in g.nodes)
 
@@ -168,7 +177,8 @@ def split(graph: gs.Graph) -> tuple[Tail | None, str]:
     graph.outputs = head_outputs + cut
     read = {t.name for n in graph.nodes for t in n.inputs} | {t.name for t in graph.outputs}
     graph.inputs = [t for t in graph.inputs if t.name in read]
-    return tail, f"{len(nodes)} nodes from {first} on set aside (sizes depend on values)"
+    why = "non-tensor outputs" if nodes[0].op in NON_TENSOR else "sizes depend on values"
+    return tail, f"{len(nodes)} nodes from {first} on set aside ({why})"
 
 
 def attach(graph: gs.Graph, tail: Tail) -> None:

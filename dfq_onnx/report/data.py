@@ -127,16 +127,20 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
         ref_sess = runtime.session(source)
         static = 1 if single else _static_batch(ref_sess, moved)
         batch = static or state.report.notes.get("rows_per_call", {}).get("calibrate", 16)
-        names = [meta.name for meta in ref_sess.get_outputs()]
-        axes = [out_axes.get(name, (b,))[0]      # a time-major output [T, N, C] or a
-                for name, b in zip(names, _batch_axes(ref_sess))]   # state [2, N, H]: batch-first
-        ref = [np.concatenate(parts) for parts in zip(*(_run(ref_sess, swap(chunk), axes, static, single)
+        tensors = _tensor_outputs(ref_sess)      # a ZipMap's sequence of maps is not compared
+        if not tensors:
+            return {"samples": 0, "source": kind, "outputs": []}
+        names = [meta.name for meta, _ in tensors]
+        axes = [out_axes.get(meta.name, (b,))[0]      # a time-major output [T, N, C] or a
+                for meta, b in tensors]               # state [2, N, H]: batch-first
+        ref = [np.concatenate(parts) for parts in zip(*(_run(ref_sess, swap(chunk), axes, static, single,
+                                                             names)
                                                         for chunk in runtime.iter_batches(feeds, batch)))]
         del ref_sess
         diffs = [_Diff(name, r) for name, r in zip(names, ref)]
         sess = runtime.session(quantized)
         for chunk in runtime.iter_batches(feeds, batch):     # the quantized outputs chunk by chunk
-            for diff, g in zip(diffs, _run(sess, swap(chunk), axes, static, single)):
+            for diff, g in zip(diffs, _run(sess, swap(chunk), axes, static, single, names)):
                 diff.add(g)
     except (DfqError, RuntimeError, ValueError) as exc:   # the comparison never fails the compile
         log.warning("FP32-vs-quantized comparison skipped: %s", str(exc).splitlines()[0])
@@ -145,14 +149,16 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
             "forward_passes": 2 * -(-n // batch)}
 
 
-def _run(sess, chunk: dict, axes: list[int], static: int | None, single: bool = False) -> list[np.ndarray]:
-    """The outputs of one chunk, batch-first; a static batch's short last chunk is padded to it
-    (`chunks.pad_rows`) and the padding's outputs dropped (CenterFace ships with a fixed batch of 10);
-    `single`: a model with no batch axis, fed its one row without the axis and its outputs given one."""
+def _run(sess, chunk: dict, axes: list[int], static: int | None, single: bool = False,
+         names: list[str] | None = None) -> list[np.ndarray]:
+    """The outputs `names` (all when None) of one chunk, batch-first; a static batch's short last chunk
+    is padded to it (`chunks.pad_rows`) and the padding's outputs dropped (CenterFace ships with a fixed
+    batch of 10); `single`: a model with no batch axis, fed its one row without the axis and its outputs
+    given one."""
     rows = len(next(iter(chunk.values())))
     if single:
-        return [r[None] for r in sess.run(None, {k: v[0] for k, v in chunk.items()})]
-    outs = sess.run(None, pad_rows(chunk, static) if static else chunk)
+        return [r[None] for r in sess.run(names, {k: v[0] for k, v in chunk.items()})]
+    outs = sess.run(names, pad_rows(chunk, static) if static else chunk)
     return [np.moveaxis(r, b, 0)[:rows] for r, b in zip(outs, axes)]
 
 
@@ -182,6 +188,13 @@ class _Diff:
         if self.ref.ndim == 2 and self.ref.shape[1] > 1:
             row["top1_agreement"] = self.agree / len(self.ref)
         return row
+
+
+def _tensor_outputs(sess) -> list[tuple]:
+    """(output metadata, batch axis) of each tensor output: a sequence or map output (sklearn-onnx's
+    ZipMap: one {class: probability} dict per row) has no array to compare."""
+    return [(meta, b) for meta, b in zip(sess.get_outputs(), _batch_axes(sess))
+            if meta.type.startswith("tensor(")]
 
 
 def _batch_axes(sess) -> list[int]:
