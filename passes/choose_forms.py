@@ -114,12 +114,13 @@ class ChooseInputForms(Pass):
             state.report.notes["forms"] = {"skipped": "no samples to score on"}
             return PassResult(False, "skipped: no samples")
         units = input_units(state, decided)
-        terms, ev = self._terms(state, decided, units)
+        terms, ev, budget = self._terms(state, decided, units)
         chosen = {g for u in terms.chosen for g in units[u]}
         state.plan = BitPlan({g: (decided[g][1] if g in chosen else c) for g, c in state.plan.bits.items()},
                              acts=dict(state.plan.acts))
         notes = {**terms.to_dict(), "latency": form_latency(state, decided, chosen),
-                 "exact_form": sorted({candidates.name(ex) for _, ex in decided.values()})}
+                 "exact_form": sorted({candidates.name(ex) for _, ex in decided.values()}),
+                 "rows": budget.get("rows"), "samples": budget.get("samples")}
         if ev is not None:
             state.forward_passes += ev.forward_passes
         del ev
@@ -128,21 +129,26 @@ class ChooseInputForms(Pass):
         return PassResult(False, f"{len(terms.chosen)} of {len(units)} dynamic inputs to the exact form "
                                  f"(dynamic {terms.dynamic_loss:.3g} vs exact {terms.exact_loss:.3g})")
 
-    def _terms(self, state: CompileState, decided: dict, units: dict) -> tuple[FormTerms, Evaluator | None]:
+    def _terms(self, state: CompileState, decided: dict, units: dict
+               ) -> tuple[FormTerms, Evaluator | None, dict]:
+        from dfq_onnx.passes.act_precision import budgeted
         from dfq_onnx.passes.sensitivity import SensitivityOptions, cache_key, chunked, scoring_data
 
         opts = SensitivityOptions(weight_bits=(state.target.default_weight_bits,),
                                   base_bits=state.target.default_weight_bits, samples=self.samples,
                                   metric=self.metric, pairs=False, incontext=False)
         samples, labels = scoring_data(state, opts)
+        # the activation decision's rows (a float-input model's within the work budget: a Whisper encoder's
+        # 32 rows of 1500 frames would cost minutes per evaluation); token models keep their 2048 tokens
+        samples, labels, _, batch, budget = budgeted(state, samples, labels)
         key = cache_key(state, opts, (state.target.default_weight_bits,), state.target.default_act_bits,
                         samples, labels)
         key = {**key, "form_engine": ENGINE,
                "decided": sorted((g, [list(c) for c in pair]) for g, pair in decided.items())}
         path = cache.cache_path("forms", key, self.cache_dir).with_suffix(".json")
         if self.use_cache and path.exists():
-            return FormTerms.from_dict(json.loads(path.read_text())), None
-        samples, labels, batch = chunked(state, samples, labels)
+            return FormTerms.from_dict(json.loads(path.read_text())), None, budget
+        samples, labels, batch = chunked(state, samples, labels, batch)
         groups = [g for g in state.groups if g.id in decided]
         pm = build_probe(state.graph, state.spec, groups, state.ranges, state.target, (),
                          state.target.default_act_bits, form_keys={g: c for g, c in decided.items()})
@@ -157,4 +163,4 @@ class ChooseInputForms(Pass):
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(terms.to_dict()))
             tmp.replace(path)
-        return terms, ev
+        return terms, ev, budget
