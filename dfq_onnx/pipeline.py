@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dfq_onnx.allocation.problem import Budget
+from dfq_onnx.core import candidates
 from dfq_onnx.core.options import QuantizeOptions
 from dfq_onnx.core.pass_base import Pass
 from dfq_onnx.core.target import FLOAT_BITS, TargetProfile
@@ -13,6 +14,7 @@ from dfq_onnx.passes.analytic_ranges import AnalyticRanges
 from dfq_onnx.passes.bias_correction import CorrectBias
 from dfq_onnx.passes.calibrate import Calibrate
 from dfq_onnx.passes.check_usage import CheckUsage
+from dfq_onnx.passes.choose_forms import ChooseInputForms
 from dfq_onnx.passes.data_tail import AttachTail, DetachTail
 from dfq_onnx.passes.dfmpc import CompensateDFMPC
 from dfq_onnx.passes.emit_forms import EmitForms
@@ -80,6 +82,14 @@ def dynamic_smoothing(target: TargetProfile, options: QuantizeOptions) -> bool:
     return plan and options.smooth is not False and options.calib != "analytic"
 
 
+def form_decision(target: TargetProfile, options: QuantizeOptions) -> bool:
+    """Whether ChooseInputForms runs: the default plan (no budget, no --weight-bits / --act-bits) on a
+    target whose [forms] may write a MatMul in a dynamic form, on samples (not --calib analytic)."""
+    dynamic = any(candidates.form(c) == "dyn" for op in target.forms for c in target.forms_for(op))
+    default = not options.mixed and options.weight_bits is None and options.act_bits is None
+    return dynamic and default and options.calib != "analytic"
+
+
 def low_bit_weights(target: TargetProfile, options: QuantizeOptions) -> bool:
     """Whether the plan may put weights below 8 bits (a budget, or --weight-bits below 8) and
     --weight-clip / --gptq ask for their moment-weighted clip search or Hessian-aware rounding before
@@ -128,6 +138,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
     """The passes for `options`; CheckUsage runs the later passes' usage checks before any of them."""
     synthesize = options.calib == "synthetic" or (options.mixed and not options.calib.endswith(".npz"))
     dynamic = dynamic_smoothing(target, options)
+    forms = form_decision(target, options)
     head = [
         Normalize(required_opset(target, options)),
         DetachTail(),
@@ -138,7 +149,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([KeepFloat(options.latency_table)] if options.latency_table and not options.mixed else []),
     ]
     tail = [
-        *([_synthesis(options, forms=dynamic)] if synthesize else []),
+        *([_synthesis(options, forms=dynamic or forms)] if synthesize else []),
         *([AnalyticRanges()] if options.calib == "analytic" else []),
         *([SmoothActivations(outliers=options.smooth is None, static=smoothing(target, options),
                              dynamic=dynamic)] if smoothing(target, options) or dynamic else []),
@@ -154,6 +165,8 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         HardSwishRangeFloor(),
         *([KeepFloat()] if measures_float(options) else []),
         *(_mixed(options) if options.mixed else [UniformPlan()]),
+        *([ChooseInputForms(samples=ACT_SAMPLES, metric=options.metric, use_cache=options.use_cache,
+                            cache_dir=options.cache_dir)] if forms else []),
         *([_activations(options)] if not options.mixed and options.act_bits is None else []),
         *([MeasureInputMoments(full=True, after_plan=True)] if gptq_after_plan(options) else []),
         *([CompensateDFMPC()] if options.dfmpc else []),

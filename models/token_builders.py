@@ -178,13 +178,16 @@ def token_encoder(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256,
 def token_classifier(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 256, layers: int = 2,
                      classes: int = 3, outlier: float = 20.0, decomposed: bool = False,
                      no_norm: bool = False, act: str = "relu", ln_outlier: float = 1.0,
-                     hidden_output: bool = False, seed: int = 0) -> onnx.ModelProto:
+                     hidden_output: bool = False, ffn_outlier: float = 1.0, seed: int = 0) -> onnx.ModelProto:
     """The encoder with a pooler and classifier head (module docstring); output logits [N, classes].
     `no_norm`: every LayerNorm is MobileBERT's NoNorm (x * gamma + beta); `act`: the FFN activation
     ("gelu": Erf form); `ln_outlier`: each block's ln1 gamma is that large on 4 channels and the FFN's
     weight rows reading them that much smaller (the outlier channels of trained BERT-family LayerNorm
     outputs, which the next layer's weights scale back); `hidden_output`: the last block's output is a
-    graph output too (last_hidden_state [N, seq, d] beside the logits, as Hugging Face exports write it)."""
+    graph output too (last_hidden_state [N, seq, d] beside the logits, as Hugging Face exports write it);
+    `ffn_outlier`: the first FFN MatMul's columns 1-4 (and bias) that much larger and the second's rows for
+    them that much smaller, so the activation's outputs carry 4 channels ~that much above the rest (the
+    GELU outputs of trained encoders, all-mpnet-base-v2's FFN-out inputs: up to 65x their median)."""
     rng = np.random.default_rng(seed)
     inits: list = [_init("first", np.array([0], np.int64)),
                    _init("pooler.weight", (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)),
@@ -209,6 +212,15 @@ def token_classifier(vocab: int = 512, seq: int = 16, d: int = 128, ffn: int = 2
         elif t.name.endswith("f1.weight"):
             w = onnx.numpy_helper.to_array(t).copy()
             w[1:5] /= ln_outlier
+            t.CopyFrom(_init(t.name, w))
+    for t in inits if ffn_outlier != 1.0 else ():
+        if t.name.endswith(("f1.weight", "f1.bias")):    # output channels 1-4 of the first FFN MatMul
+            w = onnx.numpy_helper.to_array(t).copy()
+            w[..., 1:5] *= ffn_outlier
+            t.CopyFrom(_init(t.name, w))
+        elif t.name.endswith("f2.weight"):               # and the second's input rows for them
+            w = onnx.numpy_helper.to_array(t).copy()
+            w[1:5] /= ffn_outlier
             t.CopyFrom(_init(t.name, w))
     nodes += [helper.make_node("Gather", [h, "first"], ["cls3"], name="cls", axis=1),
               helper.make_node("Flatten", ["cls3"], ["cls"], name="cls_flat", axis=1),

@@ -1,0 +1,67 @@
+"""ort-cpu's default form decision per MatMul input (passes/choose_forms.py): the dynamic int8 form, or its
+exact twin (W8A32-b128: MatMulNBits, int8 activations per block of 128) where the dynamic plan breaks
+the output."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from _util import padded_token_feeds, run, sqnr_db
+from dfq_onnx.models import token_builders
+
+import dfq_onnx
+
+OPTS = {"progress": False, "use_cache": False}
+
+
+def _readers(model: onnx.ModelProto) -> dict[str, set[str]]:
+    """Float tensor -> the kernels reading it: "dyn" (through its DynamicQuantizeLinear) or "nbits"."""
+    quantizer = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DynamicQuantizeLinear"}
+    out: dict[str, set[str]] = {}
+    for n in model.graph.node:
+        if n.op_type == "MatMulInteger":
+            out.setdefault(quantizer[n.input[0]], set()).add("dyn")
+        elif n.op_type == "MatMulNBits":
+            out.setdefault(n.input[0], set()).add("nbits")
+    return out
+
+
+def test_ort_cpu_writes_the_inputs_that_break_the_dynamic_plan_in_the_exact_form(tmp_path):
+    """The GELU outputs carry 4 channels 100x the rest (`ffn_outlier`, as all-mpnet-base-v2's FFN-out
+    inputs): on one per-tensor grid they cost the output more than 16x what the exact form costs. The
+    two GELU outputs are the worst singles by far; the first alone brings the plan within the bound, so
+    its FFN-out MatMul becomes MatMulNBits (accuracy level 4) and every other MatMul input (LayerNorm
+    outputs, attention contexts, the second GELU output) stays dynamic int8. The output is closer to
+    FP32 than the all-dynamic plan's (`weight_bits=8`: a uniform plan, no decision)."""
+    model = token_builders.token_classifier(act="gelu", ffn=2048, ffn_outlier=100.0)
+    out, report = dfq_onnx.quantize(model, **OPTS)
+    dyn, _ = dfq_onnx.quantize(model, weight_bits=8, **OPTS)
+    notes = report.notes["forms"]
+    assert notes["dynamic_loss"] > notes["factor"] * notes["exact_loss"]
+    singles = sorted(notes["singles"], key=notes["singles"].get)
+    assert len(singles) == 8 and sorted(singles[-2:]) == ["l0_gelu_mul", "l1_gelu_mul"]
+    assert notes["chosen"] == [singles[-1]] == ["l0_gelu_mul"]
+    assert notes["joint"] == [[k, v] for k, v in notes["joint"]] and notes["joint"][-1][0] == 1
+    reads = _readers(out)
+    assert reads.pop("l0_gelu_mul") == {"nbits"}
+    assert len(reads) == 7 and all(kinds == {"dyn"} for kinds in reads.values())
+    nbits = [n for n in out.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 1 and all(a.i == 4 for n in nbits for a in n.attribute if a.name == "accuracy_level")
+    assert all(n.op_type != "MatMulNBits" for n in dyn.graph.node)
+    assert notes["latency"]["ratio"] > 1.0
+    feeds = padded_token_feeds()
+    ref = run(model, feeds)[0]
+    assert sqnr_db(ref, run(out, feeds)[0]) > sqnr_db(ref, run(dyn, feeds)[0]) + 2.0
+
+
+def test_a_dynamic_plan_within_the_bound_is_written_as_before():
+    """Without outlier channels the dynamic plan costs the output less than 16x the exact form: three
+    evaluations (the probe's all-FP32 outputs, every input exact, every input dynamic), no single, and
+    the written model is the uniform W8 plan's, byte for byte."""
+    model = token_builders.token_classifier(act="gelu")
+    out, report = dfq_onnx.quantize(model, **OPTS)
+    dyn, _ = dfq_onnx.quantize(model, weight_bits=8, **OPTS)
+    notes = report.notes["forms"]
+    assert notes["chosen"] == [] and notes["singles"] == {} and notes["evaluations"] == 3
+    assert out.SerializeToString() == dyn.SerializeToString()
+    assert np.isfinite(notes["dynamic_loss"])
