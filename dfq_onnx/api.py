@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 
-from dfq_onnx.backends.target_check import check_on_target
+from dfq_onnx.backends.target_check import check_on_target, sample_rows
 from dfq_onnx.core import branches, ir
 from dfq_onnx.core.errors import OutputError, UnsupportedModelError, UsageError
 from dfq_onnx.core.input_hints import with_inferred_shapes
@@ -55,7 +55,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     box = [source]
     del source          # the compile drops the proto after Normalize: no other reference may keep it
     out, report, state, extra = _compile(model, box, profile, opts, encodings_path, detail)
-    _check_on_target(out, profile, model, report)
+    _check_on_target(out, profile, model, report, sample_rows(state))
     curve: list[Path] = []
     try:
         if opts.pareto is not None and state.pareto is not None:
@@ -91,11 +91,11 @@ def _unchanged(model, source: onnx.ModelProto, profile: TargetProfile,
     return report
 
 
-def _check_on_target(out, profile: TargetProfile, model, report: Report) -> None:
-    """The target runtime's compile of the written model (backends/target_check.py): its note and its
-    warnings in the report."""
+def _check_on_target(out, profile: TargetProfile, model, report: Report, feeds=None) -> None:
+    """The target runtime's compile of the written model (backends/target_check.py), and its run on
+    `feeds` beside ONNX Runtime's: its note and its warnings in the report."""
     with _warnings_into(report):
-        note = check_on_target(out, profile, lambda: ir.load_model(model))
+        note = check_on_target(out, profile, lambda: ir.load_model(model), feeds)
     if note is not None:
         report.notes["target_runtime"] = note
 

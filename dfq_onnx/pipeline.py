@@ -34,6 +34,7 @@ from dfq_onnx.passes.probability_output import OutputProbabilitySpan
 from dfq_onnx.passes.quant_groups import FindQuantGroups
 from dfq_onnx.passes.score_prior import ScoreTopPrior
 from dfq_onnx.passes.sensitivity import ScoreSensitivity, SensitivityOptions
+from dfq_onnx.passes.separate_bias import SeparateBias
 from dfq_onnx.passes.silu_floor import SiluRangeFloor
 from dfq_onnx.passes.smooth import SmoothActivations
 from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize
@@ -173,6 +174,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([CorrectBias()] if options.correct_bias else []),
         EmitForms(),
         EmitQDQ(),
+        *([SeparateBias(target.bias_separate)] if target.bias_separate else []),
         AttachTail(),
         RestoreInterface(),
     ]

@@ -30,6 +30,12 @@ input [1, 1, frames, bins] (channel and batch axes added, NHWC -> NCHW) and take
     spec [T, F] ─ Unsqueeze 2 ─ Unsqueeze 0 ─ Transpose ─ conv (3 x 3, same) ─ Transpose ─ Squeeze 0
                 ─ Elu ─ ReduceMean over F ─ fc (MatMul + Add) ─ Sigmoid ─ Squeeze ─ act [T]
 
+``spectrogram_max_head``: a score from a spectrogram as Keras exports DNSMOS's CNN: channel axis added,
+NHWC -> NCHW, a conv, then GlobalMaxPooling2D written back in NHWC as ReduceMax over the two spatial axes
+(keepdims 0), and dense layers::
+
+    spec [N, T, F] ─ Unsqueeze 3 ─ Transpose ─ conv ─ Relu ─ Transpose ─ ReduceMax (1, 2) ─ fc1 ─ Relu ─ fc2
+
 All pass the ONNX checker and run in ONNX Runtime (opset 17).
 """
 
@@ -40,8 +46,8 @@ import onnx
 from dfq_onnx.models.builders import _init, _model, _vi
 from onnx import helper, numpy_helper
 
-__all__ = ["log_mel_classifier", "rate_switched_vad", "smoothing_signal_net", "unbatched_spectrogram_net",
-           "waveform_classifier"]
+__all__ = ["log_mel_classifier", "rate_switched_vad", "smoothing_signal_net", "spectrogram_max_head",
+           "unbatched_spectrogram_net", "waveform_classifier"]
 
 
 def waveform_classifier(samples: int = 256, c: int = 8, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
@@ -244,3 +250,30 @@ def smoothing_signal_net(channels: int = 2, length: int = 256, taps: int = 15, c
              helper.make_node("Relu", ["c2"], ["out"], name="relu2")]
     return _model(nodes, [_vi("signal", ["N", channels, length])], [_vi("out", ["N", c, length])], inits,
                   name="smoothing_signal_net")
+
+
+def spectrogram_max_head(frames: int = 16, bins: int = 12, c: int = 8, hidden: int = 16, seed: int = 0
+                         ) -> onnx.ModelProto:
+    """The score network of the module docstring; input spec [N, frames, bins], output score [N, 1]."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("axes3", np.array([3], np.int64)),
+             _init("conv.weight", (rng.standard_normal((c, 1, 3, 3)) / 3).astype(np.float32)),
+             _init("conv.bias", rng.normal(0, 0.1, c).astype(np.float32)),
+             _init("fc1.weight", (rng.standard_normal((c, hidden)) / np.sqrt(c)).astype(np.float32)),
+             _init("fc1.bias", rng.normal(0, 0.1, hidden).astype(np.float32)),
+             _init("fc2.weight", (rng.standard_normal((hidden, 1)) / np.sqrt(hidden)).astype(np.float32)),
+             _init("fc2.bias", np.array([0.5], np.float32))]
+    nodes = [helper.make_node("Unsqueeze", ["spec", "axes3"], ["nhwc"], name="add_channel"),
+             helper.make_node("Transpose", ["nhwc"], ["nchw"], name="to_nchw", perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "conv.weight", "conv.bias"], ["conv_out"], name="conv",
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv_out"], ["relu_out"], name="relu"),
+             helper.make_node("Transpose", ["relu_out"], ["back"], name="to_nhwc", perm=[0, 2, 3, 1]),
+             helper.make_node("ReduceMax", ["back"], ["pooled"], name="global_max", axes=[1, 2], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "fc1.weight"], ["fc1_mm"], name="fc1"),
+             helper.make_node("Add", ["fc1_mm", "fc1.bias"], ["fc1_out"], name="fc1_add"),
+             helper.make_node("Relu", ["fc1_out"], ["fc1_relu"], name="fc1_relu"),
+             helper.make_node("MatMul", ["fc1_relu", "fc2.weight"], ["fc2_mm"], name="fc2"),
+             helper.make_node("Add", ["fc2_mm", "fc2.bias"], ["score"], name="fc2_add")]
+    return _model(nodes, [_vi("spec", ["N", frames, bins])], [_vi("score", ["N", 1])], inits,
+                  name="spectrogram_max_head")

@@ -37,7 +37,7 @@ _SECTIONS = {
     "activation": {"symmetric", "dtypes", "fuse_relu", "choices", "element_cost", "float_output_ops",
                    "cost_allowance", "smoothing"},
     "weight": {"symmetric", "per_channel", "narrow_range", "dtypes", "blocked"},
-    "bias": {"mode"},
+    "bias": {"mode", "separate"},
     "candidates": {"pairs", "integer_kernels", "cost", "ops"},
     "placement": {"quantize_outputs", "unread_outputs", "add_fuses_weighted_input", "bias_add_fuses",
                   "activation_products", "activation_functions", "quantized_reads_only",
@@ -91,6 +91,7 @@ class TargetProfile:
     float_output_ops: tuple[str, ...] = ()         # weighted ops keeping an integer kernel, float output
     act_cost_allowance: float = 0.0                # default plan: extra activation cost / all-base cost
     smoothing: str = "off"                         # --smooth default: "off" / "outliers" (passes/smooth.py)
+    bias_separate: tuple[str, ...] = ()            # ops whose float bias is written as an Add after them
 
     def forms_for(self, op: str) -> tuple[tuple, ...]:
         """The emit-form candidates of `op` (core/candidates.py); () when it is statically quantized."""
@@ -223,6 +224,7 @@ def _build(data: dict, source: str) -> TargetProfile:
         narrow_range=bool(wt.get("narrow_range", True)),
         weight_dtypes=_bits_map(f"{source} [weight] dtypes", wt.get("dtypes", {8: "int8"})),
         bias_mode=bias_mode,
+        bias_separate=parse_op_list(source, ops, data.get("bias", {}).get("separate", []), "[bias] separate"),
         dtype_opset=MappingProxyType({str(k): int(v) for k, v in data.get("opset", {}).items()}),
         pairs=pairs,
         integer_kernels=parse_pairs(f"{source} [candidates] integer_kernels",

@@ -118,8 +118,9 @@ def parse_act_choices(source: str, ops: dict, act: dict, default: int) -> dict:
             "smoothing": str(smoothing)}
 
 
-def parse_op_list(source: str, ops: dict, names) -> tuple[str, ...]:
-    where = f"{source} [placement] shared_encoding_ops"
+def parse_op_list(source: str, ops: dict, names, key: str = "[placement] shared_encoding_ops"
+                  ) -> tuple[str, ...]:
+    where = f"{source} {key}"
     if not isinstance(names, list):
         raise TargetError(f"{where}: expected a list of op types like [\"Concat\"]")
     for op in names:
