@@ -13,15 +13,18 @@ after UniformPlan / AllocateBits, before EmitQDQ. E[x] per input channel comes f
 statistics through the analytic estimate of `passes.analytic_ranges.estimate`: N(beta, gamma^2) at a
 folded BN's output, the clipped-normal mean E[max(0, X)] = mu Phi(mu/sigma) + sigma phi(mu/sigma)
 after ReLU (clip quadrature for ReLU6), sums through Add; graph inputs are taken as standardized
-(E[x] = 0, no correction). Layers whose input estimate is missing, not per channel, or went through
-more than one BN-free linear layer are skipped with the reason.
+(E[x] = 0, no correction).
 
-A model with no BN statistics at all (every PyTorch and tf2onnx export folds BN into the convolutions)
-has no analytic estimate anywhere; there E[x] and Var[x] per input channel are measured on the
-calibration samples instead (synthetic or the user's; one ORT pass, `backends.input_moments.
-moment_model(means=True)`, kept on the state for the probe and DF-MPC). EfficientNet-Lite0 with its BN
-folded in the file: 49 of 50 layers were skipped, top-1 76.0 / agreement 93.8 % against the BN file's
-77.0 / 95.8 (BENCHMARKS.md, session 19).
+Where the analytic estimate has nothing to say -- a layer whose input estimate is missing (after SiLU,
+hard-swish, a squeeze-excite product, a pool), not per channel, or more than one BN-free linear layer
+from BN statistics, and every layer of a model with no BN statistics at all (every PyTorch and tf2onnx
+export folds BN into the convolutions) -- E[x] and Var[x] per input channel are measured on the
+calibration samples instead (synthetic or the user's; one ORT pass for all of them, `backends.
+input_moments.moment_model(means=True)`, kept in `state.input_means` for the probe and DF-MPC). Layers
+with neither are skipped with the reason. EfficientNet-Lite0 with its BN folded in the file: 49 of 50
+layers were skipped, top-1 76.0 / agreement 93.8 % against the BN file's 77.0 / 95.8; measured, 77.0 /
+94.8. PP-OCRv4 det (SiLU / hard-swish backbone): 1 layer of 61 had an analytic estimate (BENCHMARKS.md,
+session 20).
 
 When DF-MPC rescaled a layer's effective weight to c W_hat (`state.weight_gain`, passes/dfmpc.py), the
 reference weight in the stored coordinates is W / c. The sensitivity probe applies the same correction
@@ -66,38 +69,31 @@ def input_moments(state: CompileState) -> tuple[dict[str, tuple[np.ndarray, np.n
     """layer -> (E[x], Var[x]) per input channel of each rescalable Conv/Gemm, and the skipped layers."""
     est, depth = estimate(state)
     inputs = {t.name for t in state.graph.inputs}
-    measure = not state.bn_stats and state.calib is not None     # module docstring: BN-free models
+    samples = state.calib is not None
     out, skipped, reads = {}, [], {}
     for node in state.graph.nodes:
         if node.op not in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
             continue
         kind, x, label = linear_kind(node), node.inputs[0], node_label(node)
-        e = est.get(x.name)
-        reason = None
         layer = state.spec.layers.get(label) if state.spec is not None else None
         if layer is not None and layer.form:
             reason = "encoded by a target form (dynamic int8 / weight-only), not static Q/DQ"
         elif kind is None:
             reason = _not_linear(node)
-        elif measure and layer is not None and (t := im.measured_input(node, layer)) is not None:
-            reads[label] = (t, node.op in im.CHANNEL_FIRST, kind.in_channels(const_values(node.inputs[1])))
-            continue
-        elif x.name in inputs:
+        elif state.bn_stats and x.name in inputs:
             reason = "reads a graph input (standardized: E[x] = 0)"
-        elif e is None:
-            reason = f"no analytic estimate of '{x.name}'"
-        elif depth.get(x.name, 0) > MAX_UNANCHORED:
-            reason = f"'{x.name}' is more than {MAX_UNANCHORED} BN-free linear layer from BN statistics"
         else:
-            m, v = e.moments()
-            cin = kind.in_channels(const_values(node.inputs[1]))
-            if not e.aligned or m.size not in (1, cin):
-                reason = f"estimate of '{x.name}' is not per channel"
-            elif np.all(np.isfinite(m)) and np.all(np.isfinite(v)):
-                out[label] = (np.broadcast_to(m, (cin,)).copy(), np.broadcast_to(v, (cin,)).copy())
+            moments, reason = _analytic(est, depth, x, kind, node) if state.bn_stats else (None, None)
+            if moments is not None:
+                out[label] = moments
                 continue
-            else:
-                reason = f"estimate of '{x.name}' is not finite"
+            t = im.measured_input(node, layer) if samples and layer is not None else None
+            if t is not None:           # module docstring: measured where there is no analytic estimate
+                cin = kind.in_channels(const_values(node.inputs[1]))
+                reads[label] = (t, node.op in im.CHANNEL_FIRST, cin)
+                continue
+            why = "E[x] not measurable per channel" if samples else "no calibration samples to measure on"
+            reason = f"{reason}; {why}" if reason else why
         skipped.append({"layer": label, "reason": reason})
     for label, (m, v) in measured_moments(state, {k: r[:2] for k, r in reads.items()}).items():
         cin = reads[label][2]
@@ -107,6 +103,22 @@ def input_moments(state: CompileState) -> tuple[dict[str, tuple[np.ndarray, np.n
             skipped.append({"layer": label, "reason": f"measured moments of '{reads[label][0]}' do not fit "
                                                       f"its {cin} input channels"})
     return out, skipped
+
+
+def _analytic(est, depth, x, kind, node) -> tuple[tuple | None, str | None]:
+    """(E[x], Var[x]) per input channel from the BN statistics, or None and why not."""
+    e = est.get(x.name)
+    if e is None:
+        return None, f"no analytic estimate of '{x.name}'"
+    if depth.get(x.name, 0) > MAX_UNANCHORED:
+        return None, f"'{x.name}' is more than {MAX_UNANCHORED} BN-free linear layer from BN statistics"
+    m, v = e.moments()
+    cin = kind.in_channels(const_values(node.inputs[1]))
+    if not e.aligned or m.size not in (1, cin):
+        return None, f"estimate of '{x.name}' is not per channel"
+    if not (np.all(np.isfinite(m)) and np.all(np.isfinite(v))):
+        return None, f"estimate of '{x.name}' is not finite"
+    return (np.broadcast_to(m, (cin,)).copy(), np.broadcast_to(v, (cin,)).copy()), None
 
 
 def measured_moments(state: CompileState, reads: dict[str, tuple[str, bool]]) -> dict[str, tuple]:

@@ -34,8 +34,9 @@ def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
 
 
-def _mlp(k: int = 16, h: int = 12, n: int = 6, beta_shift: float = 0.0, seed: int = 0) -> onnx.ModelProto:
-    """input [N, k] -> fc1 (Gemm) -> bn -> relu -> fc2 (Gemm, transB=1) -> output: no padding anywhere."""
+def _mlp(k: int = 16, h: int = 12, n: int = 6, beta_shift: float = 0.0, seed: int = 0,
+         act: str = "Relu") -> onnx.ModelProto:
+    """input [N, k] -> fc1 (Gemm) -> bn -> `act` -> fc2 (Gemm, transB=1) -> output: no padding anywhere."""
     rng = np.random.default_rng(seed)
     init = numpy_helper.from_array
     gamma = rng.uniform(0.5, 1.5, h).astype(np.float32)
@@ -50,7 +51,7 @@ def _mlp(k: int = 16, h: int = 12, n: int = 6, beta_shift: float = 0.0, seed: in
     nodes = [helper.make_node("Gemm", ["input", "fc1.weight", "fc1.bias"], ["fc1_out"], name="fc1"),
              helper.make_node("BatchNormalization", ["fc1_out", "bn.scale", "bn.bias", "bn.mean", "bn.var"],
                               ["bn_out"], name="bn"),
-             helper.make_node("Relu", ["bn_out"], ["relu_out"], name="relu"),
+             helper.make_node(act, ["bn_out"], ["relu_out"], name="relu"),
              helper.make_node("Gemm", ["relu_out", "fc2.weight", "fc2.bias"], ["output"], name="fc2",
                               transB=1)]
     vi = helper.make_tensor_value_info
@@ -211,6 +212,25 @@ def test_bias_correction_measures_moments_of_a_bn_free_model(tmp_path):
     mean, var = state.input_means["fc1"]
     np.testing.assert_allclose(mean, x[:512].mean(axis=0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(var, x[:512].var(axis=0), rtol=1e-3)
+    assert errors["on"] < 0.35 * errors["off"], errors
+
+
+def test_bias_correction_measures_what_the_bn_statistics_do_not_reach(tmp_path):
+    """fc2 reads a Softplus of BN's output: no analytic estimate, E[x] measured on the calibration
+    samples; fc1 reads the standardized graph input (E[x] = 0, skipped)."""
+    model = _mlp(k=32, h=24, beta_shift=1.0, act="Softplus")
+    x = np.random.default_rng(1).standard_normal((4096, 32)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=x[:512])
+    fp32 = run(model, {"input": x})[0]
+    errors = {}
+    for name, extra in (("off", []), ("on", [CorrectBias()])):
+        passes = [Normalize(21), FoldBatchNorm(), FindQuantGroups(), Calibrate(), UniformPlan(), *extra]
+        state = compile_state(model, passes, weight_bits=3, act_bits=8, calib=str(tmp_path / "calib.npz"))
+        EmitQDQ().run(state)
+        errors[name] = np.abs((run(state_model(state), {"input": x})[0] - fp32).mean(axis=0)).max()
+    notes = state.report.notes["bias_correction"]
+    assert [d["layer"] for d in notes["layers"]] == ["fc2"], notes
+    assert list(state.input_means) == ["fc2"]
     assert errors["on"] < 0.35 * errors["off"], errors
 
 
