@@ -52,7 +52,9 @@ def test_token_model_compiles_with_no_data_to_the_fast_forms(build, objective):
     onnx.checker.check_model(out, full_check=True)
     ops = {n.op_type for n in out.graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger", "GatherBlockQuantized"} <= ops
-    assert "synthesis" not in report.notes        # dynamic / weight-only forms need no calibration
+    # dynamic / weight-only forms need no calibration; the token samples serve ChooseInputForms' gate only
+    # (the dynamic plan within 16x the exact form's loss: every MatMul stays dynamic int8)
+    assert report.notes["synthesis"]["objective"] == objective and report.notes["forms"]["chosen"] == []
     feeds = _token_feeds(model)
     want, got = run(model, feeds)[-1], run(out, feeds)[-1]
     assert _cosine(want, got).min() > 0.99
