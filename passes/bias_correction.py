@@ -78,6 +78,8 @@ def input_moments(state: CompileState) -> tuple[dict[str, tuple[np.ndarray, np.n
         layer = state.spec.layers.get(label) if state.spec is not None else None
         if layer is not None and layer.form:
             reason = "encoded by a target form (dynamic int8 / weight-only), not static Q/DQ"
+        elif state.spec is not None and layer is None:
+            reason = "not quantized"
         elif kind is None:
             reason = _not_linear(node)
         elif state.bn_stats and x.name in inputs:
