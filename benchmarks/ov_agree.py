@@ -180,8 +180,10 @@ def main() -> None:
                 ms = latency({"new": qdq, "old": old, "fp32": fp32}, feeds, args.rounds)
                 times.append([name] + [f"{ms[(k, b)]:.2f}" for b in (1, 8) for k in ("fp32", "old", "new")])
         print(f"{name} done", file=sys.stderr, flush=True)
-    hint = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
-    print(machine_info(), f"openvino {ov.__version__}, INFERENCE_PRECISION_HINT {hint} ({args.precision})")
+    default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    used = config.get("INFERENCE_PRECISION_HINT", default)       # the hint the runs used, not the plugin's
+    print(machine_info(), f"openvino {ov.__version__}, INFERENCE_PRECISION_HINT {used} "
+          f"(--precision {args.precision}; the plugin's default {default})")
     print(markdown_table(["model", "rows", "FP32 OV~ORT dB", "QDQ OV~ORT dB", "QDQ~FP32 dB ORT / OV",
                           "argmax=FP32 ORT / OV", "Pearson ORT / OV"], rows))
     if times:
