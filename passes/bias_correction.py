@@ -82,7 +82,7 @@ def input_moments(state: CompileState) -> tuple[dict[str, tuple[np.ndarray, np.n
             reason = "not quantized"
         elif kind is None:
             reason = _not_linear(node)
-        elif state.bn_stats and x.name in inputs:
+        elif state.bn_stats and _reads_input(x, inputs):
             reason = "reads a graph input (standardized: E[x] = 0)"
         else:
             moments, reason = _analytic(est, depth, x, kind, node) if state.bn_stats else (None, None)
@@ -105,6 +105,16 @@ def input_moments(state: CompileState) -> tuple[dict[str, tuple[np.ndarray, np.n
             skipped.append({"layer": label, "reason": f"measured moments of '{reads[label][0]}' do not fit "
                                                       f"its {cin} input channels"})
     return out, skipped
+
+
+LAYOUT_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+
+
+def _reads_input(x, inputs: set[str]) -> bool:
+    """Whether `x` is a graph input, or one only layout ops moved (a TF export's NHWC -> NCHW Transpose)."""
+    while x.name not in inputs and len(x.inputs) == 1 and x.inputs[0].op in LAYOUT_OPS:
+        x = x.inputs[0].inputs[0]
+    return x.name in inputs
 
 
 def _analytic(est, depth, x, kind, node) -> tuple[tuple | None, str | None]:
