@@ -13,6 +13,7 @@ own min/max.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping
 
 import numpy as np
@@ -105,12 +106,30 @@ def float_readers(graph: gs.Graph, spec, target) -> dict[str, frozenset[str]]:
     return out
 
 
+def absorbed_at_bits(graph: gs.Graph, spec, encodings: Mapping[str, Encoding], target):
+    """The spec with the Relu/Clip nodes whose output encoding has bits the target does not absorb them
+    at (`[activation] fuse_relu_bits`) left in the graph: the Q/DQ then sits on their output. OpenVINO
+    2026.4 drops the clamp of a 16-bit FakeQuantize after a convolution, so a ReLU absorbed into a uint16
+    zero-point-0 encoding was lost there (ResNet-20 `--act-bits 16`: top-1 = FP32 on 0.07 of images in
+    OpenVINO, 0.99 in ONNX Runtime; BENCHMARKS.md, session 20)."""
+    if not target.fuse_relu_bits:
+        return spec
+    nodes = {node_label(n): n for n in graph.nodes}
+    keep = {}
+    for act, src in spec.absorbed.items():
+        out = nodes[act].outputs[0].name
+        rep = spec.encoding_of.get(out)
+        if rep is None or target.absorbs_relu_at(encodings[rep].bits):
+            keep[act] = src
+    return spec if len(keep) == len(spec.absorbed) else dataclasses.replace(spec, absorbed=keep)
+
+
 def insert_qdq(graph: gs.Graph, spec, encodings: Mapping[str, Encoding], target) -> dict[str, Encoding]:
     """Absorb the spec's Relu/Clip, put a Q/DQ pair (constants shared per class) on every activation
     tensor (read through it by the readers `float_readers` does not keep float) and quantize the
     elementwise constants; returns DequantizeLinear output name -> encoding."""
     keep = float_readers(graph, spec, target)
-    absorb_activations(graph, spec)
+    absorb_activations(graph, absorbed_at_bits(graph, spec, encodings, target))
     tensors, shared, by_dq = graph.tensors(), {}, {}
     taken = set(tensors)
     for name in spec.act_tensors:

@@ -34,8 +34,8 @@ _TOP = {"name", "description", "min_opset", "default_weight_bits", "default_act_
         "quantize_graph_outputs", "activation", "weight", "bias", "opset", "candidates", "ops",
         "placement", "fixed_outputs", "latency", "forms"}
 _SECTIONS = {
-    "activation": {"symmetric", "dtypes", "fuse_relu", "choices", "element_cost", "float_output_ops",
-                   "cost_allowance", "smoothing"},
+    "activation": {"symmetric", "dtypes", "fuse_relu", "fuse_relu_bits", "choices", "element_cost",
+                   "float_output_ops", "cost_allowance", "smoothing"},
     "weight": {"symmetric", "per_channel", "narrow_range", "dtypes", "blocked"},
     "bias": {"mode", "separate"},
     "candidates": {"pairs", "integer_kernels", "cost", "ops"},
@@ -92,6 +92,11 @@ class TargetProfile:
     act_cost_allowance: float = 0.0                # default plan: extra activation cost / all-base cost
     smoothing: str = "off"                         # --smooth default: "off" / "outliers" (passes/smooth.py)
     bias_separate: tuple[str, ...] = ()            # ops whose float bias is written as an Add after them
+    fuse_relu_bits: tuple[int, ...] = ()           # activation bits a Relu/Clip is absorbed at; () = any
+
+    def absorbs_relu_at(self, bits: int) -> bool:
+        """Whether a Relu/Clip absorbed into an output encoding of `bits` may be left out of the graph."""
+        return self.fuse_relu and (not self.fuse_relu_bits or bits in self.fuse_relu_bits)
 
     def forms_for(self, op: str) -> tuple[tuple, ...]:
         """The emit-form candidates of `op` (core/candidates.py); () when it is statically quantized."""
@@ -220,6 +225,7 @@ def _build(data: dict, source: str) -> TargetProfile:
         act_symmetric=bool(act.get("symmetric", False)),
         act_dtypes=_bits_map(f"{source} [activation] dtypes", act.get("dtypes", {8: "uint8"})),
         fuse_relu=bool(act.get("fuse_relu", False)),
+        fuse_relu_bits=tuple(int(b) for b in act.get("fuse_relu_bits", [])),
         weight_symmetric=bool(wt.get("symmetric", True)), per_channel=bool(wt.get("per_channel", True)),
         narrow_range=bool(wt.get("narrow_range", True)),
         weight_dtypes=_bits_map(f"{source} [weight] dtypes", wt.get("dtypes", {8: "int8"})),
