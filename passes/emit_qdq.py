@@ -107,8 +107,10 @@ class EmitQDQ(Pass):
         n_q = sum(1 for n in graph.nodes if n.op == "QuantizeLinear")
         n_dq = sum(1 for n in graph.nodes if n.op == "DequantizeLinear")
         folded = f", {divisions} scalar Div read as a rescale" if divisions else ""
+        left = {node_label(n) for n in graph.nodes}     # a Relu kept at bits the target does not absorb at
+        absorbed = sum(1 for a in spec.absorbed if a not in left)
         return PassResult(True, f"{n_q} QuantizeLinear, {n_dq} DequantizeLinear, "
-                                f"{len(spec.absorbed)} activations absorbed{folded}")
+                                f"{absorbed} activations absorbed{folded}")
 
     @staticmethod
     def _quantize_weights(state: CompileState, node: gs.Node, layer, w_bits: int,
