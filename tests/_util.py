@@ -78,6 +78,18 @@ def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2)))
 
 
+def openvino_output(model: onnx.ModelProto, feeds: dict[str, np.ndarray], f32: bool = True) -> np.ndarray:
+    """The first output of `model` compiled by OpenVINO on CPU (at f32 inference precision: its bf16 float
+    parts on some CPUs are OpenVINO's own difference, not the model's); callers importorskip openvino."""
+    import openvino as ov
+
+    core = ov.Core()
+    weights = ov.Tensor(np.empty(0, np.uint8))          # the weights are inside the serialized model
+    config = {"INFERENCE_PRECISION_HINT": "f32"} if f32 else {}
+    compiled = core.compile_model(core.read_model(model.SerializeToString(), weights), "CPU", config)
+    return np.asarray(compiled(feeds)[compiled.outputs[0]])
+
+
 def compile_state(model: onnx.ModelProto, passes, target: str = "ort-cpu", **options) -> CompileState:
     """Run `passes` on a fresh CompileState for `model` (progress bars off)."""
     options.setdefault("progress", False)

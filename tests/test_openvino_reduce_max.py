@@ -5,9 +5,8 @@ the int8 MatMul read wrong codes: 1.1 dB from ONNX Runtime on this graph."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from _util import initializers, normal_feeds, run, sqnr_db
+from _util import initializers, normal_feeds, openvino_output, run, sqnr_db
 from dfq_onnx.models.signal_builders import spectrogram_max_head
 
 from dfq_onnx import quantize
@@ -34,14 +33,10 @@ def test_reduce_max_reads_and_writes_one_encoding_on_openvino():
 
 
 def test_openvino_computes_a_reduce_max_head_as_onnx_runtime_does():
-    ov = pytest.importorskip("openvino")
+    pytest.importorskip("openvino")
     model = spectrogram_max_head()
     q, report = quantize(model, target="openvino", calib="noise", progress=False, use_cache=False)
     feeds = normal_feeds(model, n=8, seed=3)
-    core = ov.Core()
-    weights = ov.Tensor(np.empty(0, np.uint8))          # the weights are inside the serialized model
-    f32 = {"INFERENCE_PRECISION_HINT": "f32"}          # not bf16 float parts: OpenVINO's own difference
-    compiled = core.compile_model(core.read_model(q.SerializeToString(), weights), "CPU", f32)
-    got = np.asarray(compiled(feeds)[compiled.outputs[0]])
+    got = openvino_output(q, feeds)
     assert sqnr_db(run(q, feeds)[0], got) > 40          # only the output quantized: 1.1 dB
     assert not report.notes["target_runtime"]["agreement"]["departs"]
