@@ -140,6 +140,20 @@ def budgeted(state: CompileState, samples, labels) -> tuple[dict, object, int | 
             note)
 
 
+def plan_scoring(state: CompileState, samples: int | None, metric: str) -> tuple:
+    """(samples, labels, evaluation cap, rows per call, report note, cache key) of a decision on the
+    default plan (this pass's, passes/choose_forms.py's): the scoring samples at the target's default
+    bits within the work budget (`budgeted`) and their sensitivity cache key."""
+    from dfq_onnx.passes.sensitivity import SensitivityOptions, cache_key, scoring_data
+
+    bits = state.target.default_weight_bits
+    opts = SensitivityOptions(weight_bits=(bits,), base_bits=bits, samples=samples, metric=metric,
+                              pairs=False, incontext=False)
+    rows, labels, cap, batch, budget = budgeted(state, *scoring_data(state, opts))
+    key = cache_key(state, opts, (bits,), state.target.default_act_bits, rows, labels)
+    return rows, labels, cap, batch, budget, key
+
+
 def cached_terms(state: CompileState, samples, labels, metric: str, key: dict, use_cache: bool,
                  cache_dir, max_evals: int | None = None, batch: int | None = None
                  ) -> tuple[ActTerms, Evaluator | None]:
@@ -231,15 +245,7 @@ class ChooseActivationPrecision(Pass):
         if skip:
             state.report.notes["activations"] = {"skipped": skip}
             return PassResult(False, f"skipped: {skip}")
-        from dfq_onnx.passes.sensitivity import SensitivityOptions, cache_key, scoring_data
-
-        opts = SensitivityOptions(weight_bits=(state.target.default_weight_bits,),
-                                  base_bits=state.target.default_weight_bits, samples=self.samples,
-                                  metric=self.metric, pairs=False, incontext=False)
-        samples, labels = scoring_data(state, opts)
-        samples, labels, cap, batch, budget = budgeted(state, samples, labels)
-        key = cache_key(state, opts, (state.target.default_weight_bits,), state.target.default_act_bits,
-                        samples, labels)
+        samples, labels, cap, batch, budget, key = plan_scoring(state, self.samples, self.metric)
         terms, ev = cached_terms(state, samples, labels, self.metric, key, self.use_cache, self.cache_dir,
                                  cap, batch)
         acts = act_choices(state, terms)

@@ -131,18 +131,12 @@ class ChooseInputForms(Pass):
 
     def _terms(self, state: CompileState, decided: dict, units: dict
                ) -> tuple[FormTerms, Evaluator | None, dict]:
-        from dfq_onnx.passes.act_precision import budgeted
-        from dfq_onnx.passes.sensitivity import SensitivityOptions, cache_key, chunked, scoring_data
+        from dfq_onnx.passes.act_precision import plan_scoring
+        from dfq_onnx.passes.sensitivity import chunked
 
-        opts = SensitivityOptions(weight_bits=(state.target.default_weight_bits,),
-                                  base_bits=state.target.default_weight_bits, samples=self.samples,
-                                  metric=self.metric, pairs=False, incontext=False)
-        samples, labels = scoring_data(state, opts)
         # the activation decision's rows (a float-input model's within the work budget: a Whisper encoder's
         # 32 rows of 1500 frames would cost minutes per evaluation); token models keep their 2048 tokens
-        samples, labels, _, batch, budget = budgeted(state, samples, labels)
-        key = cache_key(state, opts, (state.target.default_weight_bits,), state.target.default_act_bits,
-                        samples, labels)
+        samples, labels, _, batch, budget, key = plan_scoring(state, self.samples, self.metric)
         key = {**key, "form_engine": ENGINE,
                "decided": sorted((g, [list(c) for c in pair]) for g, pair in decided.items())}
         path = cache.cache_path("forms", key, self.cache_dir).with_suffix(".json")
