@@ -90,6 +90,15 @@ def openvino_output(model: onnx.ModelProto, feeds: dict[str, np.ndarray], f32: b
     return np.asarray(compiled(feeds)[compiled.outputs[0]])
 
 
+def model_upto(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """A copy of `model` whose only output is the tensor `name`."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.output[:]
+    out.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return out
+
+
 def compile_state(model: onnx.ModelProto, passes, target: str = "ort-cpu", **options) -> CompileState:
     """Run `passes` on a fresh CompileState for `model` (progress bars off)."""
     options.setdefault("progress", False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from _util import compile_state, session
+from _util import compile_state, model_upto, session
 from dfq_onnx.models import builders
 from dfq_onnx.passes.calibrate import Calibrate
 from dfq_onnx.passes.emit_qdq import EmitQDQ
@@ -108,7 +108,7 @@ def test_spatially_consistent_inputs_are_clipped_less_in_the_head():
         state = compile_state(model, FRONT, synth_views=1)
         state.calib = {"input": calib}
         run_passes([Calibrate(), *rule, UniformPlan()], state)
-        hidden = session(_upto(model, "fc1_relu")).run(None, {"input": held})[0]
+        hidden = session(model_upto(model, "fc1_relu")).run(None, {"input": held})[0]
         clipped.append(float(np.mean(hidden > state.ranges["fc1_relu"].hi)))
         run_passes([EmitQDQ()], state)
         out = session(ir.to_model(state.graph)).run(None, {"input": held})[0]
@@ -117,9 +117,3 @@ def test_spatially_consistent_inputs_are_clipped_less_in_the_head():
     assert error[1] < error[0]
 
 
-def _upto(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.output[:]
-    out.graph.output.append(helper.make_tensor_value_info(name, 1, None))
-    return out

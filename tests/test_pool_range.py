@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from _util import compile_state, run
+from _util import compile_state, model_upto, run
 from dfq_onnx.models import builders
 from dfq_onnx.passes.calibrate import Calibrate
 from dfq_onnx.passes.emit_qdq import EmitQDQ
@@ -119,14 +119,6 @@ def test_spatially_consistent_inputs_are_clipped_less_at_the_pool():
         agree.append(float(np.mean(q.argmax(axis=1) == ref.argmax(axis=1))))
     assert clipped[1] < clipped[0] / 2
     assert agree[1] > agree[0]
-
-
-def model_upto(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.output[:]
-    out.graph.output.append(helper.make_tensor_value_info(name, 1, None))
-    return out
 
 
 def test_pipeline_runs_the_rule_after_the_score_prior_for_synthetic_calibration_only():
