@@ -15,8 +15,13 @@ Runtime (a Conv's bias applied with its first channel's value for every channel:
 19). So the written model also runs on ROWS of the compile's samples in both runtimes (OpenVINO with f32
 inference precision: its bf16 default on some CPUs is its own, documented difference), and a warning says
 when OpenVINO's outputs are further from ONNX Runtime's than the quantized outputs are from the given
-model's (SQNR lower by more than MARGIN_DB): both runtimes round the same Q/DQ, so their difference should
-stay well below the quantization error. The comparison never stops the compile.
+model's (SQNR lower by more than MARGIN_DB). The two runtimes differ even on a correct model, by about the
+quantization error itself: OpenVINO's int8 kernels requantize each output, ONNX Runtime computes a layer
+it does not fuse (a Conv whose bias is a separate Add, on this target) in float between the Q/DQ -- on
+ResNet-56, OpenVINO vs ORT 29.1 dB beside quantized vs given 30.7 dB. The faults seen are far below
+(captcha CRNN's first-channel bias -4.1 dB, an absorbed ReLU lost at 16 bits -71 dB, a fused ReduceMax
+-4.0 dB: BENCHMARKS.md, sessions 19-20), hence a 6 dB margin (two such noises add 3 dB, with a 3 dB
+allowance for 4 rows' spread). The comparison never stops the compile.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from dfq_onnx.core.numerics import sqnr_db
 log = logging.getLogger(__name__)
 PROTO_LIMIT = 2 ** 31 - 1
 ROWS = 4                  # sample rows the two runtimes are compared on, one a call
-MARGIN_DB = 3.0           # OpenVINO vs ORT may be this much below quantized vs given before a warning
+MARGIN_DB = 6.0           # OpenVINO vs ORT may be this much below quantized vs given before a warning
 CAP_DB = 60.0             # agreement beyond this is agreement (an unquantized output: inf)
 
 
