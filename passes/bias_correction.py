@@ -23,8 +23,8 @@ calibration samples instead (synthetic or the user's; one ORT pass for all of th
 input_moments.moment_model(means=True)`, kept in `state.input_means` for the probe and DF-MPC). Layers
 with neither are skipped with the reason. EfficientNet-Lite0 with its BN folded in the file: 49 of 50
 layers were skipped, top-1 76.0 / agreement 93.8 % against the BN file's 77.0 / 95.8; measured, 77.0 /
-94.8. PP-OCRv4 det (SiLU / hard-swish backbone): 1 layer of 61 had an analytic estimate (BENCHMARKS.md,
-session 20).
+94.8. PP-OCRv4 det (hard-swish, squeeze-excite): 1 of its 64 layers had an analytic estimate, 61 are
+corrected now; YOLOv8n (BN folded, SiLU): kept detections 78.5 -> 87.9 % (BENCHMARKS.md, session 20).
 
 When DF-MPC rescaled a layer's effective weight to c W_hat (`state.weight_gain`, passes/dfmpc.py), the
 reference weight in the stored coordinates is W / c. The sensitivity probe applies the same correction
