@@ -16,13 +16,14 @@ the target's first form of the op with the same weight bits and float activation
 the weight (ort-cpu: W8A32-b128); a group without one keeps the dynamic form.
 
 Cost: 3 evaluations on a plan within the bound, on the scoring samples (token models: 2048 tokens); on
-a broken one, for U dynamic input tensors, U singles on every 4th scoring row (each from its tensor's
-segment, about half a forward of a quarter of the rows, and the FP32 reference and base of those rows)
-and whole-plan steps on every row from where the singles predict the prefix (2 where they predict it,
-at most about 2 log2 U). The probe holds three copies of each decided weight (FP32, dynamic, exact).
+a broken one, for U dynamic input tensors: U singles on every 4th scoring row (the screen: each from its
+tensor's segment, about half a forward of a quarter of the rows, plus those rows' FP32 reference and
+base), singles on every row for the few units the screen cannot tell apart where the decision turns,
+and whole-plan steps on every row from the prefix the singles predict (2 where they predict it, at most
+about 2 log2 U). The probe holds three copies of each decided weight (FP32, dynamic, exact).
 
 all-mpnet-base-v2: the 12 FFN-out inputs (GELU outputs [M, 3072]) are the loss (BENCHMARKS.md, sessions
-17-19).
+17-19); its decision in session 20's cheaper search: the same 5 units, 24 s of measuring instead of 51.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class ChooseInputForms(Pass):
         made = []
 
         def rows() -> Evaluator:
-            """The singles' evaluator: every SINGLE_STRIDE-th row, on the same probe (form_scoring)."""
+            """The screen's evaluator: every SINGLE_STRIDE-th row, on the same probe (form_scoring)."""
             keep = np.arange(0, n, SINGLE_STRIDE)
             made.append(Evaluator(RowKeys(probe, "singles"), fp32, {k: v[keep] for k, v in samples.items()},
                                   None if labels is None else labels[keep], self.metric, batch,

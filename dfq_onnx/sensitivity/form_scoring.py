@@ -130,7 +130,7 @@ def shortest_prefix(fits: Callable[[int], bool], n: int, guess: int) -> int:
 def score_forms(ev: Evaluator, units: dict[str, tuple[str, ...]], dyn: dict[str, tuple],
                 exact: dict[str, tuple], rows: Callable[[], Evaluator] | None = None) -> FormTerms:
     """Gate, singles and the prefix search of the module docstring on the form probe behind `ev`; `units`
-    in graph order, `dyn` / `exact` each group's two candidates, `rows()` the singles' evaluator (on
+    in graph order, `dyn` / `exact` each group's two candidates, `rows()` the screen's evaluator (on
     every SINGLE_STRIDE-th row; made only on a broken plan; None: `ev`)."""
     start, e0 = time.perf_counter(), ev.evaluations
     names = list(units)
