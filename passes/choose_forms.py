@@ -15,19 +15,23 @@ evaluations: the probe's all-FP32 outputs and the two plans). The exact twin of 
 the target's first form of the op with the same weight bits and float activations whose blocks divide
 the weight (ort-cpu: W8A32-b128); a group without one keeps the dynamic form.
 
-Cost: 3 evaluations on a plan within the bound; on a broken one 3 + U singles (each from its tensor's
-segment, about half a forward) + log2(U) whole-plan steps for U dynamic input tensors, on the scoring
-samples (token models: 2048 tokens). The probe holds three copies of each decided weight (FP32, dynamic,
-exact).
+Cost: 3 evaluations on a plan within the bound, on the scoring samples (token models: 2048 tokens); on
+a broken one, for U dynamic input tensors: U singles on every 4th scoring row (the screen: each from its
+tensor's segment, about half a forward of a quarter of the rows, plus those rows' FP32 reference and
+base), singles on every row for the few units the screen cannot tell apart where the decision turns,
+and whole-plan steps on every row from the prefix the singles predict (2 where they predict it, at most
+about 2 log2 U). The probe holds three copies of each decided weight (FP32, dynamic, exact).
 
 all-mpnet-base-v2: the 12 FFN-out inputs (GELU outputs [M, 3072]) are the loss (BENCHMARKS.md, sessions
-17-19).
+17-19); its decision in session 20's cheaper search: the same 5 units, 24 s of measuring instead of 51.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+
+import numpy as np
 
 from dfq_onnx.allocation.costs import layer_macs
 from dfq_onnx.backends import forms
@@ -38,11 +42,11 @@ from dfq_onnx.core.outputs import output_producers
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import BitPlan, CompileState
 from dfq_onnx.sensitivity.evaluator import Evaluator
-from dfq_onnx.sensitivity.form_scoring import FormTerms, score_forms
+from dfq_onnx.sensitivity.form_scoring import SINGLE_STRIDE, FormTerms, RowKeys, score_forms
 from dfq_onnx.sensitivity.probe import Probe, build_probe
 
 log = logging.getLogger(__name__)
-ENGINE = 1     # bump when the form terms change: old cache entries are then ignored
+ENGINE = 2     # bump when the form terms change: old cache entries are then ignored
 
 
 def exact_twin(target, op: str, cand: tuple, shape) -> tuple | None:
@@ -148,10 +152,21 @@ class ChooseInputForms(Pass):
                          state.target.default_act_bits, form_keys={g: c for g, c in decided.items()})
         fp32 = ir.session_model(ir.copy_graph(state.graph), ir_version=ir.min_ir_version(state.graph.opset))
         n = len(next(iter(samples.values())))
-        ev = Evaluator(Probe(pm, segmented=True, samples=n), fp32, samples, labels, self.metric, batch,
-                       output_producers(state.graph))
+        probe = Probe(pm, segmented=True, samples=n)
+        ev = Evaluator(probe, fp32, samples, labels, self.metric, batch, output_producers(state.graph))
+        made = []
+
+        def rows() -> Evaluator:
+            """The screen's evaluator: every SINGLE_STRIDE-th row, on the same probe (form_scoring)."""
+            keep = np.arange(0, n, SINGLE_STRIDE)
+            made.append(Evaluator(RowKeys(probe, "singles"), fp32, {k: v[keep] for k, v in samples.items()},
+                                  None if labels is None else labels[keep], self.metric, batch,
+                                  output_producers(state.graph)))
+            return made[0]
         terms = score_forms(ev, units, {g: c[0] for g, c in decided.items()},
-                            {g: c[1] for g, c in decided.items()})
+                            {g: c[1] for g, c in decided.items()}, rows)
+        ev.forward_passes += sum(m.forward_passes for m in made)
+        made.clear()
         if self.use_cache:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")

@@ -10,6 +10,7 @@ from _util import padded_token_feeds, run, sqnr_db
 from dfq_onnx.models import token_builders
 
 import dfq_onnx
+from dfq_onnx.sensitivity.form_scoring import predicted_prefix, shortest_prefix
 
 OPTS = {"progress": False, "use_cache": False}
 
@@ -29,19 +30,28 @@ def _readers(model: onnx.ModelProto) -> dict[str, set[str]]:
 def test_ort_cpu_writes_the_inputs_that_break_the_dynamic_plan_in_the_exact_form(tmp_path):
     """The GELU outputs carry 4 channels 100x the rest (`ffn_outlier`, as all-mpnet-base-v2's FFN-out
     inputs): on one per-tensor grid they cost the output more than 16x what the exact form costs. The
-    two GELU outputs are the worst singles by far; the first alone brings the plan within the bound, so
-    its FFN-out MatMul becomes MatMulNBits (accuracy level 4) and every other MatMul input (LayerNorm
-    outputs, attention contexts, the second GELU output) stays dynamic int8. The output is closer to
-    FP32 than the all-dynamic plan's (`weight_bits=8`: a uniform plan, no decision)."""
+    screen (singles on every 4th row) puts the two GELU outputs first by far, but the other way round;
+    both are within 4x of the predicted prefix's last, so both get singles on every row, which put l0
+    first, and l0 alone brings the plan within the bound (l1 alone does not): its FFN-out MatMul becomes
+    MatMulNBits (accuracy level 4) and every other MatMul input (LayerNorm outputs, attention contexts,
+    the second GELU output) stays dynamic int8, after one whole-plan step where the singles predict it.
+    Ranked by the screen alone, both would move. The output is closer to FP32 than the all-dynamic
+    plan's (`weight_bits=8`: a uniform plan, no decision)."""
     model = token_builders.token_classifier(act="gelu", ffn=2048, ffn_outlier=100.0)
     out, report = dfq_onnx.quantize(model, **OPTS)
     dyn, _ = dfq_onnx.quantize(model, weight_bits=8, **OPTS)
     notes = report.notes["forms"]
     assert notes["dynamic_loss"] > notes["factor"] * notes["exact_loss"]
+    screen = sorted(notes["screen"], key=notes["screen"].get)
+    assert len(screen) == 8 and sorted(screen[-2:]) == ["l0_gelu_mul", "l1_gelu_mul"]
+    assert notes["screen"][screen[-2]] > 10 * notes["screen"][screen[-3]]
     singles = sorted(notes["singles"], key=notes["singles"].get)
-    assert len(singles) == 8 and sorted(singles[-2:]) == ["l0_gelu_mul", "l1_gelu_mul"]
-    assert notes["chosen"] == [singles[-1]] == ["l0_gelu_mul"]
-    assert notes["joint"] == [[k, v] for k, v in notes["joint"]] and notes["joint"][-1][0] == 1
+    assert singles == ["l1_gelu_mul", "l0_gelu_mul"]
+    assert notes["chosen"] == ["l0_gelu_mul"]
+    # the singles predict the prefix: one whole-plan step, J_1 within the bound
+    assert notes["guess"] == 1 and [k for k, _ in notes["joint"]] == [1]
+    assert notes["joint"][0][1] <= notes["factor"] * notes["exact_loss"]
+    assert notes["evaluations"] == 3 + (1 + 8) + 2 + 1    # gate; the screen's base and 8; 2 singles; J_1
     reads = _readers(out)
     assert reads.pop("l0_gelu_mul") == {"nbits"}
     assert len(reads) == 7 and all(kinds == {"dyn"} for kinds in reads.values())
@@ -65,3 +75,29 @@ def test_a_dynamic_plan_within_the_bound_is_written_as_before():
     assert notes["chosen"] == [] and notes["singles"] == {} and notes["evaluations"] == 3
     assert out.SerializeToString() == dyn.SerializeToString()
     assert np.isfinite(notes["dynamic_loss"])
+
+
+def test_the_prefix_search_starts_at_the_guess_and_brackets_the_bound():
+    """shortest_prefix: the least k with fits(k) for every guess; 2 steps where the guess is right, and
+    never more than plain bisection's worst plus a gallop (2 log2 n)."""
+    for n in (1, 2, 5, 48):
+        for true in range(1, n + 1):
+            for guess in range(1, n + 1):
+                asked: list[int] = []
+
+                def fits(j: int, asked=asked, true=true) -> bool:
+                    asked.append(j)
+                    return j >= true
+                k = shortest_prefix(fits, n, guess)
+                assert k == true and len(asked) == len(set(asked))
+                assert len(asked) <= 2 * max(1, n - 1).bit_length()
+                if guess == true and 1 < true < n:
+                    assert asked == [true, true - 1]
+
+
+def test_the_predicted_prefix_is_where_the_other_singles_fit():
+    """predicted_prefix: L_d x (the singles after the first k / all) within the bound."""
+    singles = {"a": 0.6, "b": 0.3, "c": 0.1}
+    assert predicted_prefix(["a", "b", "c"], singles, 1.0, 0.45) == 1
+    assert predicted_prefix(["a", "b", "c"], singles, 1.0, 0.2) == 2
+    assert predicted_prefix(["a", "b", "c"], singles, 1.0, 0.0) == 3
