@@ -103,12 +103,16 @@ def describe(pairs: list[Pair]) -> str:
 
 
 def encode(tokenizer_path: str | Path, texts: list[str], length: int = 128) -> dict[str, np.ndarray]:
-    """input_ids / attention_mask [N, length] int64 (BERT word-piece, truncated and padded)."""
+    """input_ids / attention_mask [N, length] int64, truncated and padded with the tokenizer's own pad
+    token (BERT word-piece's [PAD] = 0; MPNet's / RoBERTa's <pad> = 1, where 0 is the start token)."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_path))
     tok.enable_truncation(length)
-    tok.enable_padding(length=length, pad_id=0, pad_token="[PAD]")
+    own = tok.padding or {}                   # the file's padding settings, when it has them
+    pad = (own["pad_token"], own["pad_id"]) if own else next(
+        ((t, tok.token_to_id(t)) for t in ("<pad>", "[PAD]") if tok.token_to_id(t) is not None), ("[PAD]", 0))
+    tok.enable_padding(length=length, pad_id=pad[1], pad_token=pad[0])
     enc = tok.encode_batch(texts)
     return {"input_ids": np.array([e.ids for e in enc], np.int64),
             "attention_mask": np.array([e.attention_mask for e in enc], np.int64)}
