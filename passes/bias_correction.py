@@ -39,13 +39,12 @@ import dataclasses
 import numpy as np
 from dfq_onnx.passes.absorb_bias import add_to_bias
 from dfq_onnx.passes.analytic_ranges import MAX_UNANCHORED, estimate
-from dfq_onnx.passes.calibrate import batches
 from dfq_onnx.passes.emit_qdq import plan_encodings
+from dfq_onnx.passes.input_moments import MEAN, moment_sums
 
 from dfq_onnx.backends import input_moments as im
-from dfq_onnx.backends import runtime
 from dfq_onnx.backends.input_moments import importance
-from dfq_onnx.core.graph_utils import const_values, is_const, is_float, node_label
+from dfq_onnx.core.graph_utils import LAYOUT_OPS, const_values, is_const, is_float, node_label
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
 from dfq_onnx.corrections import formulas as cm
@@ -107,9 +106,6 @@ def input_moments(state: CompileState) -> tuple[dict[str, tuple[np.ndarray, np.n
     return out, skipped
 
 
-LAYOUT_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
-
-
 def _reads_input(x, inputs: set[str]) -> bool:
     """Whether `x` is a graph input, or one only layout ops moved (a TF export's NHWC -> NCHW Transpose)."""
     while x.name not in inputs and len(x.inputs) == 1 and x.inputs[0].op in LAYOUT_OPS:
@@ -138,17 +134,10 @@ def measured_moments(state: CompileState, reads: dict[str, tuple[str, bool]]) ->
     samples, one ORT pass for those not measured yet (kept in `state.input_means`)."""
     todo = {t: first for layer, (t, first) in reads.items() if layer not in state.input_means}
     if todo:
-        names = list(todo)
-        keys = [f"{n}/{k}" for n in names for k in ("mean", "square")]
-        sess = runtime.session(im.moment_model(state.graph, todo, means=True), mem_pattern=False)
-        sums: dict[str, list] = {}
-        for chunk, rows in batches(state, state.calib, len(next(iter(state.calib.values()))), names):
-            chunk = {k: np.asarray(v) for k, v in chunk.items()}
-            im.accumulate(sums, sess.run(None, chunk), keys, rows, len(next(iter(chunk.values()))))
-            state.forward_passes += 1
+        sums = moment_sums(state, todo, means=True)
         for layer, (t, _) in reads.items():
             if layer not in state.input_means:
-                (s1, n), (s2, _) = sums[f"{t}/mean"], sums[f"{t}/square"]
+                (s1, n), (s2, _) = sums[t + MEAN], sums[t]
                 mean = s1 / max(n, 1)
                 state.input_means[layer] = (mean, np.maximum(s2 / max(n, 1) - mean ** 2, 0.0))
     return {layer: state.input_means[layer] for layer in reads}

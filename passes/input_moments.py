@@ -47,6 +47,25 @@ def taps(geometry: tuple) -> int:
     return int(np.prod(geometry[1])) if geometry[0] == "conv" else 1
 
 
+def moment_sums(state: CompileState, tensors: dict[str, bool], means: bool = False) -> dict[str, list]:
+    """Per tensor (name -> channel-first?), [sum over the calibration samples' rows of mean(x^2) per
+    channel, row count] under its name (`backends.input_moments.accumulate`), in `calibrate.batches`
+    chunks; with `means`, the same of mean(x) under `name + MEAN`. One ORT pass."""
+    names = list(tensors)
+    keys = [k for n in names for k in ((n + MEAN, n) if means else (n,))]
+    sess = runtime.session(im.moment_model(state.graph, tensors, means=means), mem_pattern=False)
+    feeds = state.calib
+    sums: dict[str, list] = {}
+    for chunk, rows in batches(state, feeds, len(next(iter(feeds.values()))), names):
+        chunk = {k: np.asarray(v) for k, v in chunk.items()}
+        im.accumulate(sums, sess.run(None, chunk), keys, rows, len(next(iter(chunk.values()))))
+        state.forward_passes += 1
+    return sums
+
+
+MEAN = "/mean"          # moment_sums' key suffix of a tensor's mean(x)
+
+
 class MeasureInputMoments(Pass):
     """Measure E[x_j^2] of each weighted layer's input on the calibration samples."""
 
@@ -114,15 +133,7 @@ class MeasureInputMoments(Pass):
 
     @staticmethod
     def _measure(state: CompileState, tensors: dict[str, bool]) -> dict[str, list]:
-        names = list(tensors)
-        sess = runtime.session(im.moment_model(state.graph, tensors), mem_pattern=False)
-        feeds = state.calib
-        sums: dict[str, list] = {}
-        for chunk, rows in batches(state, feeds, len(next(iter(feeds.values()))), names):
-            chunk = {k: np.asarray(v) for k, v in chunk.items()}
-            im.accumulate(sums, sess.run(None, chunk), names, rows, len(next(iter(chunk.values()))))
-            state.forward_passes += 1
-        return sums
+        return moment_sums(state, tensors)
 
     @staticmethod
     def _geometries(nodes: dict, reads: dict) -> dict[str, tuple]:
