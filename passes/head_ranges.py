@@ -38,7 +38,7 @@ from dfq_onnx.passes.calibrate import collect_ranges
 from dfq_onnx.passes.pool_range import is_global_average
 from dfq_onnx.passes.score_prior import score_tensors
 
-from dfq_onnx.core.graph_utils import is_float
+from dfq_onnx.core.graph_utils import is_float, walk
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState, Range
 
@@ -53,13 +53,7 @@ def _linear(node: gs.Node) -> bool:
 def _region(pool: gs.Node) -> list[gs.Node] | None:
     """The nodes reached from `pool`'s output, if they read nothing else of the network's data."""
     start = pool.outputs[0]
-    seen: dict[int, gs.Node] = {}
-    todo = list(start.outputs)
-    while todo:
-        node = todo.pop()
-        if id(node) not in seen:
-            seen[id(node)] = node
-            todo += [r for t in node.outputs for r in t.outputs]
+    seen = {id(node): node for node, _ in walk(start, lambda *_: True)}
     made = {id(t) for n in seen.values() for t in n.outputs} | {id(start)}
     for node in seen.values():
         for t in node.inputs:
