@@ -44,6 +44,7 @@ from dfq_onnx.core.state import BitPlan, CompileState
 from dfq_onnx.sensitivity.evaluator import Evaluator
 from dfq_onnx.sensitivity.form_scoring import SINGLE_STRIDE, FormTerms, RowKeys, score_forms
 from dfq_onnx.sensitivity.probe import Probe, build_probe
+from dfq_onnx.sensitivity.table import save_json_atomic
 
 log = logging.getLogger(__name__)
 ENGINE = 2     # bump when the form terms change: old cache entries are then ignored
@@ -168,8 +169,5 @@ class ChooseInputForms(Pass):
         ev.forward_passes += sum(m.forward_passes for m in made)
         made.clear()
         if self.use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(terms.to_dict()))
-            tmp.replace(path)
+            save_json_atomic(path, terms)
         return terms, ev, budget

@@ -42,6 +42,7 @@ This module only measures; passes/choose_forms.py decides.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -76,6 +77,9 @@ class FormTerms:
                 "screen": dict(self.screen),
                 "joint": [list(j) for j in self.joint], "guess": self.guess, "chosen": list(self.chosen),
                 "evaluations": self.evaluations, "seconds": round(self.seconds, 3)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict) -> "FormTerms":

@@ -188,7 +188,9 @@ class SensitivityTable:
         return cls(**d)
 
 
-def save_json_atomic(path: str | os.PathLike, table: SensitivityTable) -> Path:
+def save_json_atomic(path: str | os.PathLike, table) -> Path:
+    """Write `table.to_json()` (a SensitivityTable, or other cached terms: form_scoring.FormTerms) via a
+    temporary file and `os.replace`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.stem + ".", suffix=".tmp.json", dir=path.parent)
