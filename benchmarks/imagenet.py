@@ -127,20 +127,12 @@ def dfq_row(model: Path, flags: list[str], work: Path, tag: str, seed: int, max_
 
 def bn_folded(path: Path) -> onnx.ModelProto:
     """The model with every BatchNormalization folded into its convolution (dfq-onnx's Normalize +
-    FoldBatchNorm), written back as a plain FP32 model."""
-    from dfq_onnx.passes.fold_bn import FoldBatchNorm
-    from dfq_onnx.passes.normalize import Normalize
+    FoldBatchNorm, `synthetic.folded_state`), written back as a plain FP32 model."""
+    from synthetic import folded_state
 
     from dfq_onnx.core import ir
-    from dfq_onnx.core.options import QuantizeOptions
-    from dfq_onnx.core.pass_base import run_passes
-    from dfq_onnx.core.report import Report
-    from dfq_onnx.core.state import CompileState
-    from dfq_onnx.core.target import load_target
 
-    state = CompileState(graph=None, target=load_target("ort-cpu"), options=QuantizeOptions(progress=False),
-                         report=Report(), source=ir.load_model(path))
-    state = run_passes([Normalize(), FoldBatchNorm()], state)
+    state = folded_state(path)
     assert all(n.op != "BatchNormalization" for n in state.graph.nodes)
     return ir.to_model(state.graph, ir_version=ir.min_ir_version(state.graph.opset))
 
