@@ -44,7 +44,7 @@ from dfq_onnx.core.state import BitPlan, CompileState
 from dfq_onnx.sensitivity.evaluator import Evaluator
 from dfq_onnx.sensitivity.form_scoring import SINGLE_STRIDE, FormTerms, RowKeys, score_forms
 from dfq_onnx.sensitivity.probe import Probe, build_probe
-from dfq_onnx.sensitivity.table import save_json_atomic
+from dfq_onnx.sensitivity.table import load_json, save_json_atomic
 
 log = logging.getLogger(__name__)
 ENGINE = 2     # bump when the form terms change: old cache entries are then ignored
@@ -145,8 +145,9 @@ class ChooseInputForms(Pass):
         key = {**key, "form_engine": ENGINE,
                "decided": sorted((g, [list(c) for c in pair]) for g, pair in decided.items())}
         path = cache.cache_path("forms", key, self.cache_dir).with_suffix(".json")
-        if self.use_cache and path.exists():
-            return FormTerms.from_dict(json.loads(path.read_text())), None, budget
+        hit = load_json(path, lambda text: FormTerms.from_dict(json.loads(text))) if self.use_cache else None
+        if hit is not None:
+            return hit, None, budget
         samples, labels, batch = chunked(state, samples, labels, batch)
         groups = [g for g in state.groups if g.id in decided]
         pm = build_probe(state.graph, state.spec, groups, state.ranges, state.target, (),

@@ -4,8 +4,11 @@ the output."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
+import pytest
 from _util import padded_token_feeds, run, sqnr_db
 from dfq_onnx.models import token_builders
 
@@ -75,6 +78,23 @@ def test_a_dynamic_plan_within_the_bound_is_written_as_before():
     assert notes["chosen"] == [] and notes["singles"] == {} and notes["evaluations"] == 3
     assert out.SerializeToString() == dyn.SerializeToString()
     assert np.isfinite(notes["dynamic_loss"])
+
+
+@pytest.mark.parametrize("corrupt", ["{not json", '{"units": []}', "[]"])
+def test_a_corrupt_form_cache_entry_is_recomputed(tmp_path, corrupt):
+    """An unreadable `forms` cache entry (torn, edited, from another version) is measured again and
+    rewritten, as the sensitivity cache's entries are (table.load_json), not raised."""
+    model = token_builders.token_classifier(act="gelu")
+    opts = {"progress": False, "cache_dir": str(tmp_path)}
+    first, _ = dfq_onnx.quantize(model, **opts)
+    (entry,) = (tmp_path / "forms").glob("*.json")
+    good = entry.read_text()
+    entry.write_text(corrupt)
+    again, report = dfq_onnx.quantize(model, **opts)
+    assert report.notes["forms"]["evaluations"] == 3 and report.notes["forms"]["chosen"] == []
+    assert again.SerializeToString() == first.SerializeToString()
+    rewritten, before = json.loads(entry.read_text()), json.loads(good)
+    assert rewritten.pop("seconds") != before.pop("seconds") and rewritten == before     # measured again
 
 
 def test_the_prefix_search_starts_at_the_guess_and_brackets_the_bound():

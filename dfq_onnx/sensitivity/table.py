@@ -204,14 +204,15 @@ def save_json_atomic(path: str | os.PathLike, table) -> Path:
     return path
 
 
-def load_json(path: str | os.PathLike) -> SensitivityTable | None:
-    """A cached table, or None when missing or unreadable (logged)."""
+def load_json(path: str | os.PathLike, parse=None):
+    """A cached table (or `parse(text)`'s entry: another cache's), or None when missing or unreadable
+    (logged): a corrupt entry is recomputed, never raised."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        return SensitivityTable.from_json(path.read_text())
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return (parse or SensitivityTable.from_json)(path.read_text())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("ignoring unreadable sensitivity cache entry %s: %s", path, exc)
         return None
 
