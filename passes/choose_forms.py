@@ -159,11 +159,13 @@ class ChooseInputForms(Pass):
         made = []
 
         def rows() -> Evaluator:
-            """The screen's evaluator: every SINGLE_STRIDE-th row, on the same probe (form_scoring)."""
+            """The screen's evaluator: every SINGLE_STRIDE-th row, on the same probe (form_scoring), its
+            FP32 reference those rows of `ev`'s (no FP32 session beside the probe's)."""
             keep = np.arange(0, n, SINGLE_STRIDE)
+            release()           # the gate's freed heap, before the screen's rows are cached
             made.append(Evaluator(RowKeys(probe, "singles"), fp32, {k: v[keep] for k, v in samples.items()},
                                   None if labels is None else labels[keep], self.metric, batch,
-                                  output_producers(state.graph)))
+                                  output_producers(state.graph), reference=[o[keep] for o in ev.reference]))
             return made[0]
         terms = score_forms(ev, units, {g: c[0] for g, c in decided.items()},
                             {g: c[1] for g, c in decided.items()}, rows)

@@ -30,6 +30,8 @@ class Evaluator:
     (activations still quantized): the damage the weights add on top of activation quantization. That
     one is >= 0 for kl/mse/sqnr and has no cross term with the activation noise (which averages to 0 but
     makes small vs-FP32 differences noisy, often negative), so the scorer builds its terms from it.
+    `reference`: the FP32 outputs of `samples` when another evaluator has them (its rows): then no
+    reference session is made.
 
     `dither` = K > 1 on a probe built with `dither=True` (sensitivity/dither.py): rows r with r mod K = k
     run with the activation grids shifted by k / K of a step (the FP32 reference is not), so the terms
@@ -38,7 +40,8 @@ class Evaluator:
 
     def __init__(self, probe: Probe, reference_model, samples: dict[str, np.ndarray],
                  labels: np.ndarray | None, metric: str, batch: int | None = None,
-                 producers: dict | None = None, dither: int = 1):
+                 producers: dict | None = None, dither: int = 1,
+                 reference: list[np.ndarray] | None = None):
         self.probe, self.samples, self.labels = probe, samples, labels
         self.n = len(next(iter(samples.values())))
         self.batch = batch or self.n
@@ -48,18 +51,28 @@ class Evaluator:
         self._offsets = [offsets(scales, k / self.dither) for k in range(self.dither)]
         self.evaluations = self.forward_passes = 0
         names = [o.name for o in probe.probe.model.graph.output]
-        self._reference(session(reference_model), metric, names, producers)
+        if reference is None:
+            sess = session(reference_model)
+            self._reference(lambda feeds, _key: sess.run(None, feeds), metric, names, producers)
+            del sess
+        else:      # another evaluator's rows: no session beside the probe's, no forward pass
+            if self.dither != 1:
+                raise ValueError("a given FP32 reference needs rows in order (dither 1)")
+            self._reference(lambda feeds, start: [o[start:start + len(next(iter(feeds.values())))]
+                                                  for o in reference], metric, names, producers)
+            self.forward_passes = 0
         self.halves = (np.arange(0, self.n, 2), np.arange(1, self.n, 2))
         self._memo: dict[frozenset, np.ndarray] = {}
         self._relative: dict[frozenset, np.ndarray] = {}
         self._base: RowStore | None = None
 
-    def _reference(self, sess, metric: str, names: list[str], producers) -> None:
-        """The FP32 outputs of every sample kept (`_ref`), the metric of each output (`kinds`) and whether
-        each KL output's reference is a distribution over every sample (`_distribution`)."""
+    def _reference(self, run, metric: str, names: list[str], producers) -> None:
+        """The FP32 outputs of every sample kept (`_ref`, from `run(feeds, batch key)`), the metric of each
+        output (`kinds`) and whether each KL output's reference is a distribution over every sample
+        (`_distribution`)."""
         self._ref = RowStore(self.n, KEPT_BYTES)
         self._distribution: list[bool | None] = []
-        for rows, outs in self._batches(lambda feeds, _key: sess.run(None, feeds)):
+        for rows, outs in self._batches(run):
             if not self._distribution:
                 shapes = [np.broadcast_to(np.zeros((), o.dtype), (self.n, *o.shape[1:])) for o in outs]
                 self.kinds = resolve_metrics(metric, shapes, self.labels, names, producers)

@@ -55,13 +55,14 @@ from dfq_onnx.backends.input_moments import importance
 from dfq_onnx.backends.qdq import (
     Encoding,
 )
-from dfq_onnx.core import candidates, ir
+from dfq_onnx.core import ir
 from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.graph_utils import const_values, node_label
+from dfq_onnx.core.graph_utils import reads as node_reads
 from dfq_onnx.core.state import ActGroup, QuantGroup, QuantSpec, Range
 from dfq_onnx.sensitivity.act_switch import insert_act_switches, select_input
 from dfq_onnx.sensitivity.dither import dither_activations
-from dfq_onnx.sensitivity.form_switch import form_switch
+from dfq_onnx.sensitivity.form_switch import form_switch, slot_weights
 from dfq_onnx.sensitivity.probe_qdq import emitted_weight as emitted_weight
 from dfq_onnx.sensitivity.probe_run import FP32 as FP32
 from dfq_onnx.sensitivity.probe_run import Probe as Probe
@@ -109,23 +110,16 @@ def _slot(w, b, x_scale, bits: int, layer, target, node, mean, h=None) -> tuple:
     return emitted_weight(w, b_corr, x_scale, bits, layer.axis, target, h)
 
 
-def _form_weights(node: gs.Node, layer, keys: tuple, rows: np.ndarray | None, h=None) -> list[np.ndarray]:
-    """Slot weights of a form layer: FP32, then each non-float candidate's (form_switch.py); a Gather
-    with `rows` keeps only those rows of its table; `h` weighs the clip search as Emit's."""
-    w = const_values(node.inputs[layer.weight_index]).astype(np.float32)
-    w = w if rows is None else w[rows]
-    return [w] + [forms.weight_hat(node.op, w, c, h) for c in keys if candidates.form(c) != "float"]
-
-
 def _select_weights(graph: gs.Graph, spec: QuantSpec, groups, bits: tuple[int, ...], by_dq: dict,
                     target, input_means: Mapping[str, tuple] | None = None,
                     form_keys: Mapping[str, tuple] | None = None,
                     form_rows: Mapping[str, np.ndarray] | None = None,
-                    attached: dict | None = None, moments: Mapping[str, np.ndarray] | None = None
-                    ) -> dict[str, str]:
+                    attached: dict | None = None, moments: Mapping[str, np.ndarray] | None = None,
+                    fed: dict | None = None) -> dict[str, str]:
     """Replace every weighted layer by a switch over its K+1 weight slots, driven by select_<group>
     (slot k + 1 = weight bits bits[k]); a form group (`form_keys`) gets form switches instead
-    (sensitivity/form_switch.py), whose added nodes go to `attached` (layer -> node names). `moments`:
+    (sensitivity/form_switch.py), whose added nodes go to `attached` (layer -> node names) and fed
+    arrays to `fed` (input name -> array). `moments`:
     the layers' input E[x_j^2] weighing the low-bit clip search (backends/input_moments.py), as Emit's."""
     nodes = {node_label(n): n for n in graph.nodes}
     selects: dict[str, str] = {}
@@ -141,8 +135,9 @@ def _select_weights(graph: gs.Graph, spec: QuantSpec, groups, bits: tuple[int, .
             h = importance(node, layer, moments)
             if keys:
                 rows = (form_rows or {}).get(name)
-                slots = _form_weights(node, layer, keys, rows, None if rows is not None else h)
-                added = form_switch(graph, node, layer, keys, slots, select, target.form_settings, rows)
+                slots = slot_weights(node, layer, keys, rows, None if rows is not None else h)
+                added = form_switch(graph, node, layer, keys, slots, select, target.form_settings, rows,
+                                    fed if fed is not None else {})
                 (attached if attached is not None else {}).setdefault(name, []).extend(added)
                 continue
             b = const_values(node.inputs[2]).astype(np.float32) if layer.bias else None
@@ -204,6 +199,7 @@ class ProbeModel:
     act_units: dict = field(default_factory=dict)     # node label -> activation group ids it carries
     form_keys: dict = field(default_factory=dict)     # form group -> its candidates (slots 1..K)
     dither: dict = field(default_factory=dict)        # offset input -> its class's scale (dither.py)
+    fed: dict = field(default_factory=dict)           # input -> the array it is fed (form_switch.py)
 
     @property
     def units(self) -> dict[str, tuple[str, ...]]:
@@ -251,8 +247,11 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
         *act, reads = insert_act_switches(g, list(act_groups), encs, tuple(act_choices), floats)
         by_dq.update({reads[t]: encs[ag.id][act_bits] for ag in act_groups for t in ag.tensors
                       if act_bits in encs[ag.id]})   # int32 biases at the base activation scale
+    fed: dict[str, np.ndarray] = {}
     selects = _select_weights(g, spec, groups, tuple(weight_bits), by_dq, target, input_means, form_keys,
-                              form_rows, act[1], input_moments)
+                              form_rows, act[1], input_moments, fed)
+    tensors = {t.name: t for n in g.nodes for t in node_reads(n)}      # If branches read the codes
+    g.inputs += [tensors[name] for name in fed]
     g.cleanup().toposort()
     model = ir.session_model(g, ir_version=ir.min_ir_version(g.opset))
     if model.ByteSize() > ir.TWO_GB:
@@ -263,5 +262,5 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
     layer_group = {layer: grp.id for grp in groups for layer in grp.layers}
     return ProbeModel(model, tuple(weight_bits), selects, inputs, g, fast, layer_group,
                       tuple(act_choices) if act_groups else (), *act, form_keys=dict(form_keys or {}),
-                      dither=scales)
+                      dither=scales, fed=fed)
 

@@ -76,7 +76,7 @@ class Probe:
             self._runner = SegmentedRunner(
                 probe.graph, probe.fast_graph, probe.units, self.selects, inputs,
                 lambda m: session(m, optimize, threads, fuse_qdq=False), max_cache_elements=bound,
-                attached=probe.attached)
+                attached=probe.attached, fed=tuple(probe.fed))
         return self._runner
 
     @property
@@ -91,6 +91,7 @@ class Probe:
         """Outputs for `config` on one batch; with a segmented runner and a batch `key`, from the first
         segment the configuration changes (dfq_onnx.sensitivity.segments)."""
         select = self.select_feeds(config)
+        feeds = {**feeds, **self.probe.fed}      # the form switches' weights (form_switch.py)
         if self.runner is None or key is None:
             return self.session.run(None, {**feeds, **select})
         changed = {g for g, b in config.items() if b is not FP32}
@@ -114,4 +115,4 @@ class Probe:
         return feeds
 
     def run(self, config: Mapping[str, int | None], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, {**feeds, **self.select_feeds(config)})
+        return self.session.run(None, {**feeds, **self.probe.fed, **self.select_feeds(config)})

@@ -109,13 +109,15 @@ class SegmentedRunner:
     `select_<group>_is<k>_Equal`, activation switches listed in `attached` by the node whose segment they
     belong to), `fast_graph` the same graph before switching (FP32 weights, switched activations float);
     `units` maps node label -> the group ids whose select it reads (a weighted layer its group, the
-    producer of a switched activation its activation group), `selects` group id -> select input name.
+    producer of a switched activation its activation group), `selects` group id -> select input name;
+    `fed`: probe inputs fed with every batch (the form switches' weights), inputs of the probe segments
+    that read them.
     """
 
     def __init__(self, probe_graph: gs.Graph, fast_graph: gs.Graph, units: Mapping[str, tuple[str, ...]],
                  selects: Mapping[str, str], data_inputs: tuple[str, ...], session_factory,
                  max_segments: int = 12, max_cache_elements: int | None = None,
-                 attached: Mapping[str, list[str]] | None = None):
+                 attached: Mapping[str, list[str]] | None = None, fed: tuple[str, ...] = ()):
         units = {k: (v,) if isinstance(v, str) else tuple(v) for k, v in units.items()}
         attached = attached or {}
         fast_nodes = list(fast_graph.nodes)
@@ -148,9 +150,11 @@ class SegmentedRunner:
             prefixes = tuple(f"{selects[g]}_is" for g in groups)
             equal = [n for n in probe_graph.nodes if n.op == "Equal" and n.name.startswith(prefixes)]
             pchunk = sorted(equal + pchunk, key=lambda n: order[id(n)])
-            probe = _subgraph(pchunk, ins + [selects[g] for g in groups], outs, ptensors,
+            read = {t.name for n in pchunk for t in reads(n)}
+            weights = [t for t in fed if t in read]
+            probe = _subgraph(pchunk, ins + [selects[g] for g in groups] + weights, outs, ptensors,
                               probe_graph.opset) if groups else None
-            self.segments.append({"inputs": ins, "outputs": outs, "groups": set(groups),
+            self.segments.append({"inputs": ins, "outputs": outs, "groups": set(groups), "fed": weights,
                                   "fast": session_factory(fast),
                                   "probe": session_factory(probe) if probe is not None else None})
         self._cache: dict[object, dict[str, np.ndarray]] = {}
@@ -170,6 +174,7 @@ class SegmentedRunner:
             res = seg["fast"].run(seg["outputs"], feeds)
         else:
             feeds.update({self.selects[g]: select[g] for g in seg["groups"]})
+            feeds.update({t: env[t] for t in seg["fed"]})
             res = seg["probe"].run(seg["outputs"], feeds)
         env.update(zip(seg["outputs"], res))
 
