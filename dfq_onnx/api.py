@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnx
 
+from dfq_onnx.backends.memory import release
 from dfq_onnx.backends.target_check import check_on_target, sample_rows
 from dfq_onnx.core import branches, ir
 from dfq_onnx.core.errors import OutputError, UnsupportedModelError, UsageError
@@ -139,9 +140,12 @@ def _compile(model, box: list[onnx.ModelProto], profile: TargetProfile, opts: Qu
             from dfq_onnx.passes.normalize import declared_form
             from dfq_onnx.report.data import fill
 
-            source = ir.load_model(model)       # read again: the compile kept no copy of the weights
-            ir.pin_inputs(source, opts.input_values)
-            declared_form(source)
+            def source() -> onnx.ModelProto:    # read again: the compile kept no copy of the weights
+                proto = ir.load_model(model)
+                ir.pin_inputs(proto, opts.input_values)
+                declared_form(proto)
+                return proto
+            release()                           # the checker's and the pipeline's freed heap first
             fill(state, source, out)
     return out, report, state, extra
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from dfq_onnx.backends import budget, runtime
 from dfq_onnx.backends.chunks import pad_rows
+from dfq_onnx.backends.memory import release
 from dfq_onnx.core import batch_axis, candidates, ir
 from dfq_onnx.core.errors import DfqError
 from dfq_onnx.core.state import CompileState
@@ -100,14 +101,19 @@ def _samples(state: CompileState, source) -> tuple[dict[str, np.ndarray] | None,
 
 
 def compare_outputs(state: CompileState, source, quantized) -> dict:
-    """FP32 vs quantized outputs on the compile's samples (see module docstring)."""
-    feeds, kind = _samples(state, source)
+    """FP32 vs quantized outputs on the compile's samples (see module docstring). `source`: the FP32
+    proto, or a function returning it (the compile's: the proto is then dropped once serialized, before
+    ONNX Runtime parses it -- one copy of the weights fewer at the session's peak)."""
+    proto = source() if callable(source) else source
+    feeds, kind = _samples(state, proto)
     if feeds is None:
         return {"samples": 0, "source": kind, "outputs": []}
-    if ir.has_external_data(source) or ir.over_two_gb(source) or ir.over_two_gb(quantized):
+    if ir.has_external_data(proto) or ir.over_two_gb(proto) or ir.over_two_gb(quantized):
         # an ORT session would load (and pre-pack) every FP32 weight the compile kept on disk
         return {"samples": 0, "source": f"skipped: FP32 weights above {ir.LAZY_BYTES >> 20} MiB stay on disk",
                 "outputs": []}
+    source = ir.serialize(proto)
+    del proto
     n = min(COMPARE_SAMPLES, len(next(iter(feeds.values()))))
     if elements := state.report.notes.get("work", {}).get("elements_per_row"):
         n = budget.comparison_rows(n, int(elements))
@@ -137,6 +143,7 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
                                                              names)
                                                         for chunk in runtime.iter_batches(feeds, batch)))]
         del ref_sess
+        release()      # the FP32 session's freed heap before the quantized one (glibc keeps it otherwise)
         diffs = [_Diff(name, r) for name, r in zip(names, ref)]
         sess = runtime.session(quantized)
         for chunk in runtime.iter_batches(feeds, batch):     # the quantized outputs chunk by chunk

@@ -48,6 +48,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from dfq_onnx.backends.memory import release
 from dfq_onnx.sensitivity.act_scoring import BROKEN, broken, joint_bound
 from dfq_onnx.sensitivity.evaluator import Evaluator
 
@@ -139,7 +140,10 @@ def score_forms(ev: Evaluator, units: dict[str, tuple[str, ...]], dyn: dict[str,
     start, e0 = time.perf_counter(), ev.evaluations
     names = list(units)
     terms = FormTerms(dict(units))
+    ev.relative({})       # the probe's own FP32 outputs (every term's base; the segment cache filled)
+    release()             # each whole-plan run's freed heap before the next (glibc keeps it otherwise)
     terms.exact_loss = float(ev.relative(_config(units, set(names), dyn, exact))[0])
+    release()
     terms.dynamic_loss = float(ev.relative(_config(units, set(), dyn, exact))[0])
     log.info("forms gate: dynamic %.4g, exact %.4g (%d evaluations, %.0f s)", terms.dynamic_loss,
              terms.exact_loss, ev.evaluations - e0, time.perf_counter() - start)
@@ -163,6 +167,7 @@ def score_forms(ev: Evaluator, units: dict[str, tuple[str, ...]], dyn: dict[str,
         scale = sum(terms.singles.values()) / max(sum(terms.screen[u] for u in top), 1e-30)
         merged = {u: terms.singles.get(u, scale * terms.screen[u]) for u in names}
         terms.guess = predicted_prefix(order, merged, terms.dynamic_loss, bound)
+        release()         # the singles' freed heap before the whole-plan steps
 
         def fits(k: int) -> bool:
             j = float(ev.relative(_config(units, set(order[:k]), dyn, exact))[0])
