@@ -20,7 +20,9 @@ a broken one, for U dynamic input tensors: U singles on every 4th scoring row (t
 tensor's segment, about half a forward of a quarter of the rows, plus those rows' FP32 reference and
 base), singles on every row for the few units the screen cannot tell apart where the decision turns,
 and whole-plan steps on every row from the prefix the singles predict (2 where they predict it, at most
-about 2 log2 U). The probe holds three copies of each decided weight (FP32, dynamic, exact).
+about 2 log2 U). The probe holds each decided weight's two candidates as 8-bit codes beside the
+model's own FP32 array, fed to its segments (sensitivity/form_switch.py): MPNet's compile peaked at
+3.9 GB with three float32 copies in constants ONNX Runtime copied again, 2.0 GB now (session 21).
 
 all-mpnet-base-v2: the 12 FFN-out inputs (GELU outputs [M, 3072]) are the loss (BENCHMARKS.md, sessions
 17-19); its decision in session 20's cheaper search: the same 5 units, 24 s of measuring instead of 51.

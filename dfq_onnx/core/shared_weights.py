@@ -7,8 +7,12 @@ calibration / probe / segment session repeated it. Here the model handed to ONNX
 constant of at least SHARE_BYTES as external data (a placeholder location, never read) and the session
 receives the graph's arrays themselves as in-memory external initializers
 (`SessionOptions.add_external_initializers`): ONNX Runtime reads them where they are, so the proto is a
-few hundred kB and no copy of the weights is made for the session (ORT may still keep prepacked copies
+few hundred kB and no copy of the weights is made for the proto (ORT may still keep prepacked copies
 for its kernels). Same nodes, same values: the session computes what the serialized model computes.
+ONNX Runtime 1.32 still copies each in-memory initializer into its own tensor when the session is made
+(session 21: an 85 MB constant grew a session 92 MB, at every optimization level): what this saves is
+the proto and its serialization; a tensor a probe picks from at run time is fed as an input instead
+(sensitivity/form_switch.py).
 
 `SessionModel` behaves as the proto for reading (`.graph`, `.ByteSize()`); `backends.runtime.session`
 and the probe's session accept it. The arrays must not be written while a session uses them (no pass

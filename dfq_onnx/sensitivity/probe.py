@@ -36,7 +36,8 @@ weight candidates, so the probe's constants take (K+1) x 4 bytes x parameters --
 parameters, K=3): 14 MB; ResNet-50 (25.6 M): 410 MB -- and ORT may keep one prepacked (e.g. NCHWc
 reordered) copy of each, at most doubling that. Activation memory is that of one plain forward pass
 of `batch` samples, since only the taken branch of each switch runs. A probe above protobuf's 2 GB
-is refused (score fewer candidates).
+is refused (score fewer candidates). Form layers are fed, not constants (form_switch.py): a MatMul's
+candidates as 8-bit codes (1 byte per parameter each) beside the model's own FP32 array.
 """
 
 from __future__ import annotations
