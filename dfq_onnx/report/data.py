@@ -114,6 +114,7 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
                 "outputs": []}
     source = ir.serialize(proto)
     del proto
+    release()      # the proto's pages, before ONNX Runtime parses its own copy
     n = min(COMPARE_SAMPLES, len(next(iter(feeds.values()))))
     if elements := state.report.notes.get("work", {}).get("elements_per_row"):
         n = budget.comparison_rows(n, int(elements))
@@ -131,6 +132,7 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
         # one session at a time (each keeps an arena of its peak); Calibrate's rows per call
         # (backends/chunks.py) bound the memory; 16 when nothing was measured
         ref_sess = runtime.session(source)
+        del source     # the serialized FP32 model: ONNX Runtime holds its own tensors
         static = 1 if single else _static_batch(ref_sess, moved)
         batch = static or state.report.notes.get("rows_per_call", {}).get("calibrate", 16)
         tensors = _tensor_outputs(ref_sess)      # a ZipMap's sequence of maps is not compared
