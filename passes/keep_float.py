@@ -33,6 +33,7 @@ import numpy as np
 from dfq_onnx.allocation.costs import layer_macs
 from dfq_onnx.backends import integer_pays
 from dfq_onnx.backends.latency import LatencyTable, concrete
+from dfq_onnx.backends.memory import release
 from dfq_onnx.core import cache, ir
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import node_label
@@ -126,8 +127,8 @@ def _cached_measure(state: CompileState, runtime: str) -> tuple[dict, bool]:
         ratios = [float(r) for r in hit["ratios"]]
         return {"fp32_ms": float(hit["fp32_ms"]), "int_ms": float(hit["int_ms"]), "ratios": ratios,
                 "rounds": len(ratios), "calls": int(hit["calls"]), **integer_pays.decided(ratios)}, True
-    fp32, quant = timing_models(state)
-    m = integer_pays.measure(runtime, fp32, quant)
+    m = integer_pays.measure(runtime, *timing_models(state))
+    release()       # the timed sessions' heap back before the next pass (backends/memory.py: glibc keeps it)
     if opts.use_cache:
         cache.save_npz_atomic(path, {k: np.asarray(m[k]) for k in ("fp32_ms", "int_ms", "ratios", "calls")})
     return m, False

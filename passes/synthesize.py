@@ -33,7 +33,7 @@ where the Conv/Gemm/MatMul outputs alone (E until session 14) spread 3.5-14.6 ms
 Softmax, LayerNorm, GELU and attention reshapes write no MatMul output), and those encoders got the
 full 80 steps, 100-220 s of a compile. 6e9 element-rows is ~10-20 s of ORT on 2 cores (the search
 step adds its numpy decoding; BENCHMARKS.md, session 15 cost15). Runs of the search are chunked in
-rows so that ORT's activations fit a fixed memory budget (`synth_runner`).
+rows so that ORT's activations fit the budget of every stage's calls (`synth_runner`, `backends.chunks`).
 
 Sequence objectives on a model whose output positions follow an input axis search pieces 1/R as wide
 and concatenate them (`dfq_onnx.synth.compose`, the budget counted per piece); on an image recognizer

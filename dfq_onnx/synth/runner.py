@@ -1,24 +1,24 @@
 """ORT side of synthetic-data search: input shapes, the objective's reference run, chunked batch runs.
 
 `Runner` owns one session of the statistics model (`synth_objectives.stats_model`) and evaluates any
-number of rows, split into calls of at most `rows_per_call` rows:
+number of rows, split into calls of at most `rows_per_call` rows: `backends.chunks.rows_per_chunk` of the
+graph with every tensor a statistic reads held to the end of the call -- the budget and the estimate of
+every other stage's calls (Calibrate's chunk, whose FP32 forward issue 14's memory line is read against):
 
-    rows_per_call = MEMORY_BUDGET / (4 bytes * (LIVE * largest per-row activation + peaked per row
-                                                + outputs per row))
+    rows_per_call = DEFAULT_BUDGET / (ARENA * live bytes per row, the statistics' tensors held)
 
-LIVE = 8: in a chain of convolutions with the statistics branch ORT keeps about four tensors of the
-largest size alive (a BN output, its square, the activation, the next layer's output), and its arena
-grows in powers of two. Measured on EfficientNet-Lite0 at 224 x 224 (largest activation 96 x 112 x 112):
-~45 MB of peak RSS per row, the estimate 38.5 MB; with LIVE = 3 the 72-row calls peaked at 7.5 GB.
+ORT keeps the tensors a statistic reads alive until it reads them, and with the statistics appended to
+the graph that is the end of the call, whatever the order of the nodes (ResNet-56, 256 rows of the label
+objective's 56 peaked conv outputs: 577 MB of arena against 65 MB for a plain forward; a captcha CRNN
+with its 105 peak statistics 2.33 GB against 0.68 GB plain, BENCHMARKS.md, session 14). Until session 21
+the calls had a budget of their own, 1 GiB of 4 bytes x (8 x the largest activation + the peaked
+tensors + the outputs) per row: ResNet-56 with its BN folded in the file searched in 256-row calls and
+peaked at 0.73 GB against issue 14's 0.68 GB (BENCHMARKS.md, session 21).
 The session runs without ORT's memory pattern, which plans (and keeps in the arena) one block per
-input shape: the last, shorter chunk of a step would double it. The tensors whose per-sample peak the
-objective reads ("peaked": every conv / gemm output of a label or sequence objective) stay alive until
-their statistic is taken, whatever the node order: a captcha CRNN (24 convs, an unrolled LSTM) peaked at
-0.68 GB for a plain 218-row call and at 2.33 GB with its 105 peak statistics (BENCHMARKS.md, session
-14). Rows are independent, so how they are split into calls does not change any output (BENCHMARKS.md,
-issue 8 memory). A model exported with a static batch dimension is run with that dimension made dynamic
-when the graph allows it (checked by a two-row probe), else in chunks of its static batch, padding the
-last one.
+input shape: the last, shorter chunk of a step would double it. Rows are independent, so how they are
+split into calls does not change any output (BENCHMARKS.md, issue 8 memory; tests). A model exported
+with a static batch dimension is run with that dimension made dynamic when the graph allows it (checked
+by a two-row probe), else in chunks of its static batch, padding the last one.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.backends import runtime
+from dfq_onnx.backends import chunks, runtime
 from dfq_onnx.backends.chunks import pad_rows, static_batch
 from dfq_onnx.core import ir
 from dfq_onnx.core.errors import UsageError
@@ -50,8 +50,6 @@ from dfq_onnx.synth.sequence import build_spec
 
 log = logging.getLogger(__name__)
 
-MEMORY_BUDGET = 1 << 30
-LIVE = 8            # tensors of the largest activation's size per row that ORT's arena holds (above)
 
 
 def shape_example(shape) -> str:
@@ -149,13 +147,10 @@ class Runner:
         self.reference: list[np.ndarray] | None = None    # build_objective's run of the starting images
         self.shapes = shapes
         self.static = static_batch(graph)
-        largest = max(_per_row_numel(graph), *(int(np.prod(s)) for s in shapes.values()))
         self._setup(graph, objective)
-        table = graph.tensors()
-        peaked = sum(int(np.prod(table[n].shape[1:])) for n in objective.act
-                     if n in table and _known(table[n]))
-        per_row = 4 * (LIVE * largest + peaked + sum(int(np.prod(o.shape[1:])) for o in self.probe))
-        self.rows_per_call = max(1, MEMORY_BUDGET // per_row) if self.static is None else self.static
+        held = [t.tensor for t in objective.bn] + list(objective.act)       # each statistic's tensor
+        held += [objective.output] if objective.output else []
+        self.rows_per_call = self.static or chunks.rows_per_chunk(graph, shapes, chunks.DEFAULT_BUDGET, held)
 
     def _setup(self, graph: gs.Graph, objective: Objective) -> None:
         args = (list(objective.bn), list(objective.act), objective.output)
