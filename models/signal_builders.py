@@ -5,6 +5,9 @@ melspectrogram front end and Silero-style models are exported)::
 
     audio [N, T] ─ Unsqueeze [N, 1, T] ─ conv1 (stride 4) ─ Relu ─ conv2 ─ Relu ─ GAP ─ Flatten ─ fc
 
+(`post_bn`: a BatchNormalization after the first Relu, as CREPE's Conv - Relu - BN blocks are exported,
+which no layer can absorb.)
+
 ``log_mel_classifier``: a log-mel front end as torch exports an STFT (openWakeWord's melspectrogram),
 then a small classifier on the log-mel::
 
@@ -50,7 +53,8 @@ __all__ = ["log_mel_classifier", "rate_switched_vad", "smoothing_signal_net", "s
            "unbatched_spectrogram_net", "waveform_classifier"]
 
 
-def waveform_classifier(samples: int = 256, c: int = 8, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+def waveform_classifier(samples: int = 256, c: int = 8, classes: int = 4, seed: int = 0,
+                        post_bn: bool = False) -> onnx.ModelProto:
     """The classifier of the module docstring; input audio [N, samples], output [N, classes]."""
     rng = np.random.default_rng(seed)
     inits = [_init("axes", np.array([1], np.int64)),
@@ -62,12 +66,18 @@ def waveform_classifier(samples: int = 256, c: int = 8, classes: int = 4, seed: 
     nodes = [helper.make_node("Unsqueeze", ["audio", "axes"], ["x"], name="unsqueeze"),
              helper.make_node("Conv", ["x", "conv1.weight", "conv1.bias"], ["c1"], name="conv1", strides=[4]),
              helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-             helper.make_node("Conv", ["r1", "conv2.weight", "conv2.bias"], ["c2"], name="conv2",
-                              pads=[1, 1]),
+             helper.make_node("Conv", ["b1" if post_bn else "r1", "conv2.weight", "conv2.bias"], ["c2"],
+                              name="conv2", pads=[1, 1]),
              helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
              helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
              helper.make_node("Gemm", ["flat", "fc.weight"], ["logits"], name="fc", transB=1)]
+    if post_bn:
+        inits += [_init(f"bn1.{k}", v.astype(np.float32)) for k, v in (
+            ("scale", rng.uniform(0.5, 1.5, c)), ("bias", rng.normal(0, 0.1, c)),
+            ("mean", rng.uniform(0.2, 0.6, c)), ("var", rng.uniform(0.1, 0.4, c)))]
+        nodes.insert(3, helper.make_node("BatchNormalization", ["r1"] + [f"bn1.{k}" for k in
+                                         ("scale", "bias", "mean", "var")], ["b1"], name="bn1"))
     return _model(nodes, [_vi("audio", ["N", samples])], [_vi("logits", ["N", classes])], inits,
                   name="waveform_classifier")
 

@@ -10,6 +10,13 @@ with a 2-D constant weight becomes a Gemm so it can carry the bias. Not folded (
 weights or producer outputs shared with other nodes, training-mode BN, non-constant parameters,
 grouped ConvTranspose. The BN statistics are kept in `state.bn_stats`, keyed by the producing layer:
 later passes use them for analytic activation ranges, synthetic data and bias correction.
+
+A BN left in the graph for its producer alone (one after an activation, Conv - Relu - BN as CREPE and
+Keras' Conv - Activation - BN blocks are exported) still holds the statistics of the training inputs:
+y = gamma (x - mean) / sqrt(var + eps) + beta has mean beta_c and std |gamma_c| per channel there. They
+are kept in `state.bn_kept`, keyed by the BN (`tensor`: its output), for synthesis only (its objective
+and which inputs they pin: synth/input_range.bn_at_first_layer); the passes that read `bn_stats` take a
+folded layer's output as N(beta, gamma^2), which a BN after a Relu does not give its next layer.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ class FoldBatchNorm(Pass):
             reason = self._why_not(graph, bn)
             if reason:
                 state.report.skip(node_label(bn), f"BatchNormalization not folded: {reason}")
+                if self._statistics_fixed(bn):
+                    state.bn_kept[node_label(bn)] = self._stats(node_label(bn), bn)
                 continue
             layer = producer(bn.inputs[0])
             state.bn_stats[node_label(layer)] = self._fold(graph, layer, bn)
@@ -52,7 +61,22 @@ class FoldBatchNorm(Pass):
         if folded:
             graph.cleanup().toposort()
         state.report.notes["bn_folded"] = folded
-        return PassResult(folded > 0, f"{folded} BatchNormalization folded")
+        kept = f", {len(state.bn_kept)} left in the graph (statistics kept)" if state.bn_kept else ""
+        if state.bn_kept:
+            state.report.notes["bn_kept"] = sorted(state.bn_kept)
+        return PassResult(folded > 0, f"{folded} BatchNormalization folded{kept}")
+
+    @staticmethod
+    def _statistics_fixed(bn: gs.Node) -> bool:
+        """Inference-mode BN with constant scale, bias, mean and var (what it normalizes by is known)."""
+        return (not bn.attrs.get("training_mode", 0) and len(bn.inputs) >= 5
+                and all(is_const(t) for t in bn.inputs[1:5]) and not any(o.outputs for o in bn.outputs[1:]))
+
+    @staticmethod
+    def _stats(layer: str, bn: gs.Node) -> BNStats:
+        gamma, beta, mean, var = (const_values(t).astype(np.float64) for t in bn.inputs[1:5])
+        return BNStats(layer=layer, tensor=bn.outputs[0].name, mean=mean, var=var, gamma=gamma, beta=beta,
+                       eps=float(bn.attrs.get("epsilon", 1e-5)))
 
     @staticmethod
     def _why_not(graph: gs.Graph, bn: gs.Node) -> str | None:
@@ -89,8 +113,8 @@ class FoldBatchNorm(Pass):
 
     @staticmethod
     def _fold(graph: gs.Graph, layer: gs.Node, bn: gs.Node) -> BNStats:
-        gamma, beta, mean, var = (const_values(t).astype(np.float64) for t in bn.inputs[1:5])
-        eps = float(bn.attrs.get("epsilon", 1e-5))
+        stats = FoldBatchNorm._stats(node_label(layer), bn)
+        gamma, beta, mean, var, eps = stats.gamma, stats.beta, stats.mean, stats.var, stats.eps
         w = layer.inputs[1]
         has_bias = len(layer.inputs) > 2 and layer.inputs[2].name != ""
         b = const_values(layer.inputs[2]) if has_bias else None
@@ -106,8 +130,6 @@ class FoldBatchNorm(Pass):
         if layer.op == "MatMul":
             layer.op = "Gemm"
             layer.attrs = {"transB": 0}
-        stats = BNStats(layer=node_label(layer), tensor=bn.outputs[0].name, mean=mean, var=var,
-                        gamma=gamma, beta=beta, eps=eps)
         out = bn.outputs[0]
         bn.outputs.clear()
         bn.inputs.clear()

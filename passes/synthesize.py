@@ -339,8 +339,8 @@ class Synthesize(Pass):
         if has_token_inputs(state.graph):
             result = synthesize_tokens(state.graph, self.options, state.options.input_shapes)
         else:
-            result = synthesize(state.graph, state.bn_stats, self.options, state.model_hash,
-                                state.options.input_shapes)
+            result = synthesize(state.graph, {**state.bn_stats, **state.bn_kept}, self.options,
+                                state.model_hash, state.options.input_shapes)
         state.calib = result.inputs
         state.synthetic = result
         state.forward_passes += result.forward_passes

@@ -107,3 +107,20 @@ def test_bn_stats_key_of_unnamed_layer_is_consistent():
     state = _fold(model)
     ((key, stats),) = state.bn_stats.items()
     assert stats.layer == key
+
+
+def test_a_bn_after_an_activation_stays_and_keeps_its_statistics():
+    """Conv - Relu - BN (CREPE's blocks): no layer absorbs the BN, the graph is left as it was, and its
+    statistics are kept by the BN's name for synthesis (not in bn_stats, which other passes read as a
+    folded layer's N(beta, gamma^2) output)."""
+    from dfq_onnx.models import signal_builders
+
+    model = signal_builders.waveform_classifier(post_bn=True)
+    state = _fold(model)
+    assert _ops(state).count("BatchNormalization") == 1 and state.bn_stats == {}
+    kept = state.bn_kept["bn1"]
+    assert kept.tensor == "b1" and kept.layer == "bn1"
+    np.testing.assert_array_equal(kept.mean, to_array(next(t for t in model.graph.initializer
+                                                           if t.name == "bn1.mean")).astype(np.float64))
+    assert state.report.notes["bn_kept"] == ["bn1"]
+    assert state.report.passes[-1]["modified"] is False

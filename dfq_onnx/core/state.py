@@ -85,6 +85,7 @@ class CompileState:
     declared: object | None = None    # Normalize: the source's interface and metadata, without weights
     source_opset: int = 0
     bn_stats: dict[str, BNStats] = field(default_factory=dict)
+    bn_kept: dict[str, BNStats] = field(default_factory=dict)   # BNs left in the graph (fold_bn.py), by BN
     calib: dict[str, np.ndarray] | None = None
     ranges: dict[str, Range] = field(default_factory=dict)
     spec: "QuantSpec | None" = None

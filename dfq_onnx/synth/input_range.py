@@ -75,7 +75,8 @@ import onnx_graphsurgeon as gs
 from dfq_onnx.backends import runtime
 from dfq_onnx.backends.chunks import static_batch
 from dfq_onnx.core import ir
-from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS, node_label
+from dfq_onnx.core.act_functions import POINTWISE
+from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS, is_const, node_label, walk
 from dfq_onnx.synth.search import pink_noise, squash
 
 CANDIDATES: tuple[tuple[str, tuple[float, float] | None], ...] = (
@@ -163,10 +164,17 @@ def first_layer(graph: gs.Graph, name: str) -> gs.Node | None:
 
 
 def bn_at_first_layer(graph: gs.Graph, name: str, bn_stats) -> bool:
-    """Whether input `name`'s first weighted layer carries BN statistics (keyed by `node_label`), the
-    only ones that pin the input's convention (module docstring)."""
+    """Whether input `name`'s first weighted layer carries BN statistics (keyed by `node_label`): folded
+    into it, or a BN left in the graph that reads its output through one-input pointwise ops (Conv - Relu
+    - BN, fold_bn.py). Only these pin the input's convention (module docstring)."""
     layer = first_layer(graph, name)
-    return layer is not None and node_label(layer) in bn_stats
+    if layer is None:
+        return False
+    if node_label(layer) in bn_stats:
+        return True
+    pointwise = lambda nd, _: nd.op in POINTWISE and len([t for t in nd.inputs if not is_const(t)]) == 1  # noqa: E731
+    return any(nd.op == "BatchNormalization" and node_label(nd) in bn_stats
+               for nd, _ in walk(layer.outputs[0], pointwise))
 
 
 def across_classes(r: RangeInference) -> RangeInference:
