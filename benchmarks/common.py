@@ -117,9 +117,14 @@ def session(
     threads: int = 2,
     optimized_path: str | None = None,
 ) -> ort.InferenceSession:
-    """CPU InferenceSession with ORT_ENABLE_ALL and ``threads`` intra-op threads."""
+    """CPU InferenceSession with ORT_ENABLE_ALL and ``threads`` intra-op threads, whose idle threads do
+    not spin. A benchmark keeps several sessions alive and times them in turn: with ORT's default
+    spinning, the threads of the session that ran last spin on the cores the next one runs on (2 cores:
+    ResNet-20 b32 dfq / ORT ratios 0.46-2.14 round to round, 0.92-1.09 without spinning, same files;
+    BENCHMARKS.md, session 21). dfq_onnx's own timing sessions (backends/cpu_work.py) run so too."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
