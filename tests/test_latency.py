@@ -140,3 +140,25 @@ def test_interleaved_medians_times_every_callable_once_per_round(monkeypatch):
     out = latency.interleaved_medians(fns, rounds=2, runs=3, warmup=1)
     assert order == ["a"] * 4 + ["b"] * 4 + ["a"] * 4 + ["b"] * 4      # interleaved, whole rounds
     assert {k: [round(ms, 6) for ms in v] for k, v in out.items()} == {"a": [2.0, 4.0], "b": [6.0, 2.0]}
+
+
+
+def _spin_entry(sess):
+    try:
+        return sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:           # not set: ORT's default (spinning)
+        return None
+
+
+def test_timed_onnxruntime_sessions_do_not_spin(monkeypatch):
+    """Sessions timed in turn: the idle threads of one must not spin on the cores of the next."""
+    from dfq_onnx.backends import runtime
+    from dfq_onnx.backends.latency import Timer
+
+    model = builders.conv_bn_relu_residual()
+    assert _spin_entry(runtime.session(model)) is None
+    made = []
+    real = runtime.session
+    monkeypatch.setattr(runtime, "session", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    Timer("onnxruntime", 1).compile(model)
+    assert [_spin_entry(s) for s in made] == ["0"]

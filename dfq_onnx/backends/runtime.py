@@ -20,12 +20,18 @@ from dfq_onnx.core.shared_weights import SessionModel
 
 
 def session(model, threads: int = 0, optimized_path: str | None = None,
-            mem_pattern: bool = True, optimize: bool = True, quiet: bool = False) -> ort.InferenceSession:
+            mem_pattern: bool = True, optimize: bool = True, quiet: bool = False,
+            spin: bool = True) -> ort.InferenceSession:
     """A CPU session from a ModelProto (or bytes); ORT warnings silenced. `mem_pattern=False` when the
     batch size varies between runs: ORT plans one block per input shape and its arena keeps them all.
     `optimize=False`: no graph optimizations (a session only to resolve the graph's types); `quiet`: ORT
-    logs nothing, not even errors (a try whose failure the caller handles)."""
+    logs nothing, not even errors (a try whose failure the caller handles); `spin=False`: idle intra-op
+    threads sleep -- for sessions timed in turn, where the threads of the one that ran last would spin on
+    the cores of the next (ResNet-20 b32 time ratios 0.46-2.14 round to round on 2 cores; BENCHMARKS.md,
+    session 21)."""
     opts = ort.SessionOptions()
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 4 if quiet else 3
@@ -42,8 +48,9 @@ def session(model, threads: int = 0, optimized_path: str | None = None,
 
 
 def create(model, opts: ort.SessionOptions) -> ort.InferenceSession:
-    """A CPU session from a ModelProto, bytes or SessionModel (whose arrays the session reads in place and
-    keeps alive: ONNX Runtime does not copy in-memory initializers)."""
+    """A CPU session from a ModelProto, bytes or SessionModel (whose arrays are handed to the session as
+    in-memory initializers, kept alive with it; ONNX Runtime 1.32 still copies them:
+    core/shared_weights.py)."""
     if isinstance(model, SessionModel):
         values = [ort.OrtValue.ortvalue_from_numpy(a) for a in model.arrays.values()]
         if values:
