@@ -30,7 +30,6 @@ all-mpnet-base-v2: the 12 FFN-out inputs (GELU outputs [M, 3072]) are the loss (
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
@@ -147,7 +146,7 @@ class ChooseInputForms(Pass):
         key = {**key, "form_engine": ENGINE,
                "decided": sorted((g, [list(c) for c in pair]) for g, pair in decided.items())}
         path = cache.cache_path("forms", key, self.cache_dir).with_suffix(".json")
-        hit = load_json(path, lambda text: FormTerms.from_dict(json.loads(text))) if self.use_cache else None
+        hit = load_json(path, FormTerms.from_json) if self.use_cache else None
         if hit is not None:
             return hit, None, budget
         samples, labels, batch = chunked(state, samples, labels, batch)

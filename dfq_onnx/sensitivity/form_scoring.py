@@ -83,6 +83,10 @@ class FormTerms:
         return json.dumps(self.to_dict())
 
     @classmethod
+    def from_json(cls, text: str) -> "FormTerms":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
     def from_dict(cls, d: dict) -> "FormTerms":
         return cls({k: tuple(v) for k, v in d["units"].items()}, float(d["exact_loss"]),
                    float(d["dynamic_loss"]), {k: float(v) for k, v in d["singles"].items()},
