@@ -58,3 +58,5 @@ class SynthesisResult:
     inferred: dict = field(default_factory=dict)   # {input: RangeInference}: ranges read off the model
     pixel_drawn: dict = field(default_factory=dict)   # {input: (lo, hi)}: a prefix that cannot standardize
                                                       #  its pixels: drawn in them (synth/preprocess.py)
+    kept_bn: dict = field(default_factory=dict)   # the prior measured on BNs left after activations and what
+                                                  #  was picked (synth/envelopes.py)

@@ -53,6 +53,7 @@ input_range`: where the fused biases match the responses); standardized when tha
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from typing import Callable
@@ -62,15 +63,18 @@ from dfq_onnx.passes.synthesis_types import OBJECTIVES, SynthesisOptions, Synthe
 from dfq_onnx.passes.synthesize_tokens import synthesize_tokens
 from tqdm import tqdm
 
+from dfq_onnx.allocation.costs import layer_macs
 from dfq_onnx.core import cache
 from dfq_onnx.core.errors import UsageError
+from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
-from dfq_onnx.synth import layout, preprocess, signals
+from dfq_onnx.synth import envelopes, layout, preprocess, signals
 from dfq_onnx.synth.audio_range import FLOAT_AUDIO, INT16_AUDIO, infer_audio_range, is_waveform
 from dfq_onnx.synth.augment import is_image_like
 from dfq_onnx.synth.compose import plan_pieces
 from dfq_onnx.synth.input_range import across_classes, bn_at_first_layer, infer_range
+from dfq_onnx.synth.kept_range import infer_kept_range
 from dfq_onnx.synth.runner import build_objective, resolve_shapes, row_elements
 from dfq_onnx.synth.search import ESConfig, Stage, es_minimize, pink_noise, squash, stage_factors, unsquash
 from dfq_onnx.synth.sequence import sequence_output
@@ -83,6 +87,7 @@ ENGINE_VERSION = 5      # bump when the algorithm changes: old cache entries are
 STAGES = 3              # coarse-to-fine latent stages (latent short side 4, 8, 16 pixels)
 SIGMA, LR = 0.3, 0.05   # ES perturbation scale and Adam step, in latent (pixel) units
 MAX_STEPS, MIN_STEPS, ELEMENT_BUDGET = 80, 12, 6e9   # default steps: see the module docstring
+MAC_BUDGET = 2e12       # multiply-accumulate rows of the envelope pick (~40 s of ORT on 2 cores at 50 GMAC/s)
 
 
 def resolve_objective(requested: str, bn_stats: dict, graph=None) -> str:
@@ -163,10 +168,28 @@ def _after_prefixes(graph, bn_stats, options: SynthesisOptions, model_hash: str,
                                    planes=tuple(planes), twin=twin)
     kind = resolve_objective(options.objective, bn_stats, graph)
     inferred = _inferred_ranges(graph, shapes, options, bn_stats)
-    if ranges := {k: r.range for k, r in inferred.items() if r.range is not None}:
+    kept = _kept_ranges(graph, shapes, options, bn_stats)      # synth/kept_range.py
+    if ranges := {k: r.range for k, r in {**inferred, **kept}.items() if r.range is not None}:
         options = dataclasses.replace(options, input_ranges={**options.input_ranges, **ranges})
-    return dataclasses.replace(_images(graph, bn_stats, options, model_hash, shapes, kind, start),
-                               inferred=inferred)
+    result = _images(graph, bn_stats, options, model_hash, shapes, kind, start)
+    if kept:
+        notes = {k: {"convention": r.convention, "range": list(r.range) if r.range else None,
+                     "bn": r.layers[0], "score": {c: round(v, 4) for c, v in r.scores.items()}}
+                 for k, r in kept.items()}
+        result = dataclasses.replace(result, kept_bn={**result.kept_bn, "input_range": notes})
+    return dataclasses.replace(result, inferred=inferred)
+
+
+def _kept_ranges(graph, shapes: dict, options: SynthesisOptions, bn_stats) -> dict:
+    """The convention of every image input whose first layer's activation a kept BN reads (no
+    `--input-range`, no in-graph prefix), from that BN's statistics (synth/kept_range.py)."""
+    out = {}
+    for k, shape in shapes.items():
+        if k not in options.input_ranges and k not in options.prefixed and is_image_like((1, *shape)):
+            r = infer_kept_range(graph, k, shape, bn_stats, options.seed)
+            if r is not None:
+                out[k] = r
+    return out
 
 
 def _inferred_ranges(graph, shapes: dict, options: SynthesisOptions, bn_stats) -> dict:
@@ -200,6 +223,8 @@ def _images(graph, bn_stats, options: SynthesisOptions, model_hash: str, shapes:
     n = options.samples
     if steps == 0 and not strokes:
         latent = signals.prior(rng, n, shapes, signals.signal_inputs(graph, shapes), pink_noise)
+        if kind == "bn" and options.steps is None and (kept := envelopes.kept_tensors(graph, bn_stats)):
+            return _fit_kept(graph, bn_stats, options, model_hash, shapes, start, latent, rng, kept)
         return SynthesisResult(squash(latent, options.input_ranges), None, None, None, probes, probes,
                                time.perf_counter() - start, False, kind, 0)
     lines = signals.signal_inputs(search_graph, search_shapes)     # 1-D signals: synth/signals.py
@@ -224,6 +249,50 @@ def _images(graph, bn_stats, options: SynthesisOptions, model_hash: str, shapes:
                                  forward_passes=result.forward_passes + probes,
                                  samples_evaluated=result.samples_evaluated + probes,
                                  seconds=time.perf_counter() - start)
+    if use_cache:
+        try:
+            cache.save_npz_atomic(path, _to_arrays(result))
+        except OSError as exc:          # a read-only or full cache directory must not fail the compile
+            log.warning("cannot write the synthesis cache %s: %s", path, exc)
+    return result
+
+
+def pick_candidates(graph, shapes: dict, samples: int) -> tuple[int, int]:
+    """(envelope candidates per sample, forward passes spent finding the budget): envelopes.CANDIDATES,
+    fewer where samples x candidates rows would overrun MAC_BUDGET multiply-accumulates or ELEMENT_BUDGET
+    activation elements (the label search's, module docstring); below envelopes.MIN_CANDIDATES none."""
+    macs = sum(layer_macs(nd) for nd in graph.nodes if nd.op in WEIGHTED_LAYERS)
+    elements, passes = row_elements(graph, shapes, every=True)
+    count = min(envelopes.CANDIDATES, MAC_BUDGET // (samples * max(macs, 1)),
+                ELEMENT_BUDGET // (samples * max(elements, 1)))
+    return (int(count) if count >= envelopes.MIN_CANDIDATES else 0), passes
+
+
+def _fit_kept(graph, bn_stats, options: SynthesisOptions, model_hash: str, shapes: dict, start: float,
+              latent: dict, rng, kept: set[str]) -> SynthesisResult:
+    """The prior's samples measured on the BN statistics left after activations and, where they miss them
+    by more than 2x, each sample's best spectral envelope of a few candidates (synth/envelopes.py)."""
+    count, probes = pick_candidates(graph, shapes, options.samples)
+    key = {**_key(model_hash, options, "bn", shapes, 0), "start": "envelopes", "candidates": count}
+    path = cache.cache_path("synthetic", key, options.cache_dir)
+    use_cache = options.use_cache and bool(model_hash) and count > 0
+    if use_cache and (hit := _from_cache(path, shapes, start)) is not None:
+        return hit
+    ranges = options.input_ranges
+    objective, runner = build_objective("bn", graph, bn_stats, shapes, squash(latent, ranges), rng)
+    first, ratios = envelopes.measure(latent, runner, objective, ranges)
+    off = envelopes.mismatch(ratios, kept)
+    fire = off is not None and off > envelopes.MISMATCH and count > 0 and envelopes.pickable(latent)
+    note = {"scale_ratio": {k: round(v, 4) for k, v in sorted(ratios.items()) if k in kept},
+            "log_mismatch": None if off is None else round(off, 4), "candidates": count if fire else 0}
+    if not fire:
+        return SynthesisResult(squash(latent, ranges), None, None, None, runner.calls + probes,
+                               runner.rows + probes, time.perf_counter() - start, False, "bn", 0,
+                               kept_bn=note)
+    picked, losses = envelopes.pick(latent, first, runner, objective, ranges, rng, count)
+    result = SynthesisResult(squash(picked, ranges), None, float(first.mean()), float(losses.mean()),
+                             runner.calls + probes, runner.rows + probes, time.perf_counter() - start, False,
+                             "bn", 0, "envelopes", kept_bn=note)
     if use_cache:
         try:
             cache.save_npz_atomic(path, _to_arrays(result))
@@ -294,6 +363,8 @@ def _to_arrays(result: SynthesisResult) -> dict[str, np.ndarray]:
     arrays["objective"] = np.array(result.objective)
     arrays["start"] = np.array(result.start)
     arrays.update({f"twin/{k}": v for k, v in (result.twin or {}).items()})
+    if result.kept_bn:
+        arrays["kept_bn"] = np.array(json.dumps(result.kept_bn))
     return arrays
 
 
@@ -312,7 +383,8 @@ def _from_cache(path, shapes, start) -> SynthesisResult | None:
     twin = {k: arrays[f"twin/{k}"] for k in shapes} if all(f"twin/{k}" in arrays for k in shapes) else None
     return SynthesisResult(inputs, arrays.get("labels"), loss[0], loss[1], 0, 0,
                            time.perf_counter() - start, True, str(arrays["objective"]), int(meta[5]),
-                           str(arrays.get("start", "pink")), twin=twin)
+                           str(arrays.get("start", "pink")), twin=twin,
+                           kept_bn=json.loads(str(arrays["kept_bn"])) if "kept_bn" in arrays else {})
 
 
 class Synthesize(Pass):
@@ -359,6 +431,8 @@ class Synthesize(Pass):
             state.report.notes["synthesis"]["channels_last_inputs"] = list(result.channels_last)
         if result.planes:
             state.report.notes["synthesis"]["plane_inputs"] = list(result.planes)
+        if result.kept_bn:
+            state.report.notes["synthesis"]["kept_bn"] = result.kept_bn
         if result.pixel_drawn:
             state.report.notes["synthesis"]["drawn_in_pixel_range"] = {k: list(r) for k, r in
                                                                        result.pixel_drawn.items()}
@@ -368,11 +442,23 @@ class Synthesize(Pass):
                             "put through it; if it reads another range, pass --input-range %s:LOW,HIGH",
                             k, lo, hi, k)
         _warn_assumed_range(state, result, self.options.input_ranges)
+        for k, r in result.kept_bn.get("input_range", {}).items():
+            if r["range"] is not None:
+                log.warning("input %s inferred to read %s: the BatchNormalization after its first layer's "
+                            "activation (%s) fits samples there best (score %s); if it reads another range, "
+                            "pass --input-range %s:LOW,HIGH", k, r["convention"], r["bn"],
+                            ", ".join(f"{c} {v:.3g}" for c, v in r["score"].items()), k)
         if not searched:
             prior = "line drawings picked by the model" if result.start == "strokes" else "the 1/f prior"
             return PassResult(False, f"{self.options.samples} samples from {prior} (no search: "
                                      f"{result.objective} objective)")
         how = "from cache" if result.cache_hit else f"{result.forward_passes} ORT runs"
+        if result.start == "envelopes":
+            off = np.exp(result.kept_bn["log_mismatch"])
+            return PassResult(False, f"{self.options.samples} samples, each the best of "
+                                     f"{result.kept_bn['candidates']} spectral envelopes of the 1/f prior "
+                                     f"(its scale {off:.1f}x off the BN statistics kept after activations), "
+                                     f"loss {result.loss_start:.4f} -> {result.loss_end:.4f}, {how}")
         return PassResult(False, f"{self.options.samples} samples ({result.objective}), loss "
                                  f"{result.loss_start:.4f} -> {result.loss_end:.4f}, {how}")
 
