@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
-
 from dfq_onnx.models.builders import _conv, _conv_w, _init, _model, _vi
+from onnx import helper, numpy_helper
 
 
 def image_classifier(c_in: int = 3, c: int = 8, hw: int = 16, classes: int = 4, seed: int = 0
@@ -57,7 +56,8 @@ def with_bn_moments(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onn
     for node in [n for n in out.graph.node if n.op_type == "BatchNormalization"]:
         probe = onnx.ModelProto()
         probe.CopyFrom(out)
-        probe.graph.output.extend([helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None)])
+        seen = helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None)
+        probe.graph.output.extend([seen])
         sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
         x = sess.run([node.input[0]], feeds)[0].astype(np.float64)
         axes = tuple(i for i in range(x.ndim) if i != 1)

@@ -48,6 +48,14 @@ are synthesized on a copy of the graph that reads what the network does -- stand
 images -- and the samples are mapped back to the model's inputs. An image input with neither BN
 statistics, a prefix nor a `--input-range` gets the range its first layer implies (`dfq_onnx.synth.
 input_range`: where the fused biases match the responses); standardized when that abstains.
+
+BN statistics left in the graph after an activation (Conv - Relu - BN; passes/fold_bn.py keeps them) are
+not trusted to fit the prior: the prior's samples are measured on them first (one forward pass), and
+where their scale there is more than 2x off, each sample becomes the best of up to 16 random spectral
+envelopes of itself on the BN objective (`dfq_onnx.synth.envelopes`; samples x candidates rows within
+MAC_BUDGET multiply-accumulates and ELEMENT_BUDGET elements, cached like a search). An image input whose
+first activation such a BN reads takes the range convention whose samples fit that BN's statistics
+(`dfq_onnx.synth.kept_range`: Keras' Conv - Activation - BN on [0, 1] pixels), with one warning.
 """
 
 from __future__ import annotations
