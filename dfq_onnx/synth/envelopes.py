@@ -23,8 +23,8 @@ per band, shared by the channels. Concentrating a sample's energy in a few bands
 respond to; candidate 0 keeps the prior wherever nothing fits better, so no sample's loss rises.
 A random pick rather than the ES search: on CREPE tiny 16 candidates (1,024 rows) lower L_A from 0.46
 to 0.32 and keep 99.8 % of FP32's pitches (the prior: 98.55 %), where ES with the same band gains added to
-its latent took 80 steps (20,480 rows) for 0.28 and 99.8 % (BENCHMARKS.md, session 22). The candidates are evaluated one index k at a time over all
-samples, so memory is the samples twice.
+its latent took 80 steps (20,480 rows) for 0.28 and 99.8 % (BENCHMARKS.md, session 22). The candidates
+are evaluated one index k at a time over all samples, so memory is the samples twice.
 """
 
 from __future__ import annotations
