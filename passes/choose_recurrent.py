@@ -5,7 +5,7 @@
                                                                  per step on one uint8 grid each
 
 The uniform plan's candidate for an LSTM is the target's form with the plan's weight bits
-(`uniform_form`); the integer form is ~0.2-0.5x the float LSTM's time on ORT CPU (hidden 128-512,
+(`uniform_form`); the integer form is 0.2-0.6x the float LSTM's time on ORT CPU (hidden 128-512,
 BENCHMARKS.md session 22), so the decision is accuracy only. Like an activation group's precision
 (ChooseActivationPrecision's outliers), each LSTM is scored at the model output on the scoring samples,
 with R the loss against the FP32 model (sensitivity/recurrent_probe.py: the real kernel runs, its per-step
