@@ -14,7 +14,7 @@ from dfq_onnx.models.recurrent_builders import lstm_encoder
 
 import dfq_onnx
 from dfq_onnx.backends import recurrent
-from dfq_onnx.core.errors import TargetError
+from dfq_onnx.core.errors import DfqError, TargetError
 from dfq_onnx.core.target import builtin_targets, load_target
 
 OPTS = {"progress": False, "use_cache": False}
@@ -72,6 +72,14 @@ def test_bidirectional_lstm_with_sequence_lens_states_and_peepholes(tmp_path):
     assert [i.name for i in out.graph.input] == ["frames", "lengths", "h0", "c0"]
     test = feeds(40)
     assert sqnr_db(run(model, test)[0], run(out, test)[0]) > 30
+
+
+def test_a_sequence_lens_input_without_calibration_data_is_named():
+    """Synthesis makes no lengths: the error names the input, the LSTM reading it and --calib (it told the
+    user the input was a malformed token input before)."""
+    model = lstm_encoder(bidirectional=True, sequence_lens=True)
+    with pytest.raises(DfqError, match=r"'lengths' is the sequence_lens of LSTM 'lstm1'.*--calib"):
+        dfq_onnx.quantize(model, **OPTS)
 
 
 def test_lstm_whose_form_breaks_the_output_stays_float():
