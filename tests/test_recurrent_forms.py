@@ -137,3 +137,15 @@ def test_target_rejects_lstm_forms_the_kernel_does_not_have(tmp_path):
     bad.write_text(src.replace('LSTM = ["W8A8-dyn", "W32A32"]', 'LSTM = ["W4A32-b32", "W32A32"]'))
     with pytest.raises(TargetError, match="LSTM"):
         load_target(str(bad))
+
+
+def test_inspect_lists_the_lstms_the_target_may_write_in_integer():
+    """`dfq-onnx inspect`: on ort-cpu the LSTMs are no longer 'left in float' but listed as decided at compile
+    time; on openvino they stay in the float list."""
+    from dfq_onnx.commands.inspect_model import inspect
+    from dfq_onnx.core.options import QuantizeOptions
+
+    info = inspect(lstm_encoder(), load_target("ort-cpu"), QuantizeOptions())
+    assert "LSTM" not in info["float_ops"] and sorted(info["recurrent"]) == ["lstm1", "lstm2"]
+    info = inspect(lstm_encoder(), load_target("openvino"), QuantizeOptions())
+    assert info["float_ops"]["LSTM"] == 2 and info["recurrent"] == {}
