@@ -170,8 +170,8 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *(_mixed(options) if options.mixed else [UniformPlan()]),
         *([ChooseInputForms(samples=ACT_SAMPLES, metric=options.metric, use_cache=options.use_cache,
                             cache_dir=options.cache_dir)] if forms else []),
-        *([ChooseRecurrentForms(samples=ACT_SAMPLES, metric=options.metric)]
-          if recurrent_forms(target) else []),
+        *([ChooseRecurrentForms(samples=ACT_SAMPLES, metric=options.metric, use_cache=options.use_cache,
+                                cache_dir=options.cache_dir)] if recurrent_forms(target) else []),
         *([_activations(options)] if not options.mixed and options.act_bits is None else []),
         *([MeasureInputMoments(full=True, after_plan=True)] if gptq_after_plan(options) else []),
         *([CompensateDFMPC()] if options.dfmpc else []),

@@ -30,6 +30,7 @@ recurrent forms yet), and no samples to score on (--calib analytic).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -38,7 +39,7 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.backends import forms, qdq, recurrent
 from dfq_onnx.backends.memory import release
-from dfq_onnx.core import candidates, ir, numerics
+from dfq_onnx.core import cache, candidates, ir, numerics
 from dfq_onnx.core.graph_utils import const_values, node_label
 from dfq_onnx.core.outputs import output_producers
 from dfq_onnx.core.pass_base import Pass, PassResult
@@ -46,8 +47,17 @@ from dfq_onnx.core.state import CompileState
 from dfq_onnx.sensitivity.act_scoring import BROKEN
 from dfq_onnx.sensitivity.evaluator import Evaluator
 from dfq_onnx.sensitivity.recurrent_probe import WEIGHTS, RecurrentProbe
+from dfq_onnx.sensitivity.table import load_json, save_json_atomic
 
 log = logging.getLogger(__name__)
+ENGINE = 1     # bump when the terms change: old cache entries are then ignored
+
+
+class _Terms(dict):
+    """The decision's terms as a cache entry (save_json_atomic writes `to_json()`)."""
+
+    def to_json(self) -> str:
+        return json.dumps(self)
 
 
 def recurrent_forms(target) -> bool:
@@ -121,8 +131,9 @@ class ChooseRecurrentForms(Pass):
 
     name = "ChooseRecurrentForms"
 
-    def __init__(self, samples: int | None = None, metric: str = "auto"):
-        self.samples, self.metric = samples, metric
+    def __init__(self, samples: int | None = None, metric: str = "auto", use_cache: bool = True,
+                 cache_dir: str | None = None):
+        self.samples, self.metric, self.use_cache, self.cache_dir = samples, metric, use_cache, cache_dir
 
     def run(self, state: CompileState) -> PassResult:
         found = recurrent_nodes(state.graph, state.target)
@@ -139,7 +150,8 @@ class ChooseRecurrentForms(Pass):
                 todo[node_label(node)] = cand
         notes = {"form": sorted({candidates.name(c) for c in todo.values()}), "float": kept}
         if todo:
-            chosen, terms = self._decide(state, todo)
+            terms = self._cached(state, todo)
+            chosen = terms.pop("accepted")
             notes.update(terms)
             for label in todo:
                 if label not in chosen:
@@ -153,12 +165,26 @@ class ChooseRecurrentForms(Pass):
         return PassResult(False, f"{len(state.recurrent)} of {len(found)} recurrent layers in the integer "
                                  "form")
 
-    def _decide(self, state: CompileState, todo: dict) -> tuple[list[str], dict]:
+    def _cached(self, state: CompileState, todo: dict) -> dict:
+        """`_decide`'s terms through the cache (keyed by the scoring rows, the LSTMs and the plan)."""
         from dfq_onnx.passes.act_precision import plan_scoring
+
+        samples, labels, _, batch, _, key = plan_scoring(state, self.samples, self.metric)
+        key = {**key, "recurrent_engine": ENGINE, "todo": sorted([k, list(c)] for k, c in todo.items()),
+               "plan": sorted([g, list(c)] for g, c in state.plan.bits.items())}
+        path = cache.cache_path("recurrent", key, self.cache_dir).with_suffix(".json")
+        hit = load_json(path, json.loads) if self.use_cache else None
+        if hit is not None:
+            return {**hit, "cache_hit": True}
+        terms = self._decide(state, todo, samples, labels, batch)
+        if self.use_cache:
+            save_json_atomic(path, _Terms(terms))
+        return {**terms, "cache_hit": False}
+
+    def _decide(self, state: CompileState, todo: dict, samples, labels, batch) -> dict:
         from dfq_onnx.passes.sensitivity import chunked
 
         start = time.perf_counter()
-        samples, labels, _, batch, _, _ = plan_scoring(state, self.samples, self.metric)
         samples, labels, batch = chunked(state, samples, labels, batch)
         probe = RecurrentProbe(state.graph, _variant(state, todo))
         ev = Evaluator(probe, probe.probe.model, samples, labels, self.metric, batch,
@@ -180,6 +206,6 @@ class ChooseRecurrentForms(Pass):
         del ev
         release()
         log.info("recurrent forms: weights %.4g, singles %s", weights, singles)
-        return chosen, {"weights_loss": weights, "singles": singles, "joint": joint, "dropped": dropped,
-                        "metric": self.metric, "rows": int(len(next(iter(samples.values())))),
-                        "sessions": probe.sessions, "seconds": round(time.perf_counter() - start, 3)}
+        return {"accepted": chosen, "weights_loss": weights, "singles": singles, "joint": joint,
+                "dropped": dropped, "metric": self.metric, "rows": int(len(next(iter(samples.values())))),
+                "sessions": probe.sessions, "seconds": round(time.perf_counter() - start, 3)}

@@ -149,3 +149,16 @@ def test_inspect_lists_the_lstms_the_target_may_write_in_integer():
     assert "LSTM" not in info["float_ops"] and sorted(info["recurrent"]) == ["lstm1", "lstm2"]
     info = inspect(lstm_encoder(), load_target("openvino"), QuantizeOptions())
     assert info["float_ops"]["LSTM"] == 2 and info["recurrent"] == {}
+
+
+def test_the_decision_is_cached_and_a_rerun_writes_the_same_bytes(tmp_path):
+    """The second compile reads the decision's terms from the cache (`recurrent` kind) and writes the same
+    model; --no-cache recomputes them."""
+    model = lstm_encoder(gain=1000.0)
+    opts = {"progress": False, "cache_dir": str(tmp_path)}
+    first, r1 = dfq_onnx.quantize(model, **opts)
+    second, r2 = dfq_onnx.quantize(model, **opts)
+    assert r1.notes["recurrent"]["cache_hit"] is False and r2.notes["recurrent"]["cache_hit"] is True
+    assert list((tmp_path / "recurrent").glob("*.json"))
+    assert first.SerializeToString() == second.SerializeToString()
+    assert r2.notes["recurrent"]["chosen"] == ["lstm2"]
