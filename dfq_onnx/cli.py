@@ -290,6 +290,8 @@ def _print_inspect(info: dict) -> None:
     if info["float_ops"]:
         left = ", ".join(f"{k} x{v}" for k, v in info["float_ops"].items())
         print(f"  left in float on this target: {left}")
+    for name, what in info.get("recurrent", {}).items():
+        print(f"  recurrent {name}: {what}")
     for s in info["skipped"]:
         print(f"  skipped {s['node']}: {s['reason']}")
 

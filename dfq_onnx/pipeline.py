@@ -15,10 +15,12 @@ from dfq_onnx.passes.bias_correction import CorrectBias
 from dfq_onnx.passes.calibrate import Calibrate
 from dfq_onnx.passes.check_usage import CheckUsage
 from dfq_onnx.passes.choose_forms import ChooseInputForms
+from dfq_onnx.passes.choose_recurrent import ChooseRecurrentForms, recurrent_forms
 from dfq_onnx.passes.data_tail import AttachTail, DetachTail
 from dfq_onnx.passes.dfmpc import CompensateDFMPC
 from dfq_onnx.passes.emit_forms import EmitForms
 from dfq_onnx.passes.emit_qdq import EmitQDQ
+from dfq_onnx.passes.emit_recurrent import EmitRecurrentForms
 from dfq_onnx.passes.equalize import EqualizeCrossLayer
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.hardswish_floor import HardSwishRangeFloor
@@ -168,10 +170,13 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *(_mixed(options) if options.mixed else [UniformPlan()]),
         *([ChooseInputForms(samples=ACT_SAMPLES, metric=options.metric, use_cache=options.use_cache,
                             cache_dir=options.cache_dir)] if forms else []),
+        *([ChooseRecurrentForms(samples=ACT_SAMPLES, metric=options.metric, use_cache=options.use_cache,
+                                cache_dir=options.cache_dir)] if recurrent_forms(target) else []),
         *([_activations(options)] if not options.mixed and options.act_bits is None else []),
         *([MeasureInputMoments(full=True, after_plan=True)] if gptq_after_plan(options) else []),
         *([CompensateDFMPC()] if options.dfmpc else []),
         *([CorrectBias()] if options.correct_bias else []),
+        *([EmitRecurrentForms()] if recurrent_forms(target) else []),
         EmitForms(),
         EmitQDQ(),
         *([SeparateBias(target.bias_separate)] if target.bias_separate else []),

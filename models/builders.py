@@ -404,7 +404,8 @@ def fused_stem_decoder(pixel_range: tuple[float, float] | None, c: int = 16, hw:
 
 
 def conv_sequence(c_in: int = 3, c: int = 4, h: int = 4, w: int | None = 8, classes: int = 6, seed: int = 0,
-                  opset: int = 17, time_major: bool = False, bn: bool = True) -> onnx.ModelProto:
+                  opset: int = 17, time_major: bool = False, bn: bool = True, batch: int | str = "N"
+                  ) -> onnx.ModelProto:
     """A tiny CTC-style recognizer: per column of the image, a distribution over `classes`::
 
         input [N, 3, h, W] ─ conv1 ─ bn1 ─ relu1 ─ reshape [N, c*h, W] ─ transpose [N, W, c*h]
@@ -414,7 +415,8 @@ def conv_sequence(c_in: int = 3, c: int = 4, h: int = 4, w: int | None = 8, clas
     The reshape's target reads the width from a Shape subgraph, as exporters write it, so with
     `w=None` (dynamic width "W") nothing may fold it into a constant. `time_major=True` transposes to
     [W, N, c*h] instead and writes the output [W, N, classes] (a PyTorch CRNN's layout, batch on axis
-    1); `bn=False` leaves out bn1 (an export with its BNs fused: no statistics).
+    1); `bn=False` leaves out bn1 (an export with its BNs fused: no statistics); `batch=1` pins the batch
+    (ddddocr's OCR export: input [1, 1, 64, W], output [T, 1, C]).
     """
     rng = np.random.default_rng(seed)
     inits = [_init("conv1.weight", _conv_w(rng, c, c_in, 3)),
@@ -437,8 +439,8 @@ def conv_sequence(c_in: int = 3, c: int = 4, h: int = 4, w: int | None = 8, clas
         nodes[1:3] = [helper.make_node("Relu", ["conv1_out"], ["relu1_out"], name="relu1")]
         inits = [t for t in inits if not t.name.startswith("bn1")]
     width = w if w is not None else "W"
-    out = [width, "N", classes] if time_major else ["N", width, classes]
-    return _model(nodes, [_vi("input", ["N", c_in, h, width])], [_vi("output", out)], inits,
+    out = [width, batch, classes] if time_major else [batch, width, classes]
+    return _model(nodes, [_vi("input", [batch, c_in, h, width])], [_vi("output", out)], inits,
                   opset, "conv_sequence")
 
 

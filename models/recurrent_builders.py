@@ -9,6 +9,18 @@ H)``)::
     features ─ gemm_ih (W_ih, b_ih) ─┐
     h0 ─────── gemm_hh (W_hh) ───────┴─ Add = gates ─ Sigmoid ─ output [N, 4 hidden]
 
+``lstm_encoder``: a sequence encoder with ONNX LSTM nodes, as torch exports nn.LSTM (a speaker encoder,
+a CRNN's recurrent head): a linear projection, a first LSTM (optionally bidirectional, with peepholes,
+with sequence_lens / initial-state inputs), a second forward LSTM, the last
+step's hidden state and a linear head::
+
+    frames [N, T, F] ─ proj (MatMul) ─ Transpose [T, N, I] ─ lstm1 ─ Y [T, D, N, H]
+        ─ Transpose ─ Reshape [T, N, D H] ─ lstm2 ─ Y_h [1, N, H] ─ Squeeze ─ head (Gemm) ─ output [N, K]
+
+`gain` > 1 scales proj's first output channel by it (and lstm1's weights reading it by 1 / gain): the
+same function, but one input channel `gain` x the rest, as a power spectrum without its log reaches a
+speaker encoder's first LSTM -- one grid per call for the LSTM's input spends its levels on that channel.
+
 Passes the ONNX checker and runs in ONNX Runtime (opset 17).
 """
 
@@ -17,9 +29,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from dfq_onnx.models.builders import _bn, _conv, _conv_w, _init, _model, _vi
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["conv_zero_state"]
+__all__ = ["conv_zero_state", "lstm_encoder"]
 
 
 def conv_zero_state(c_in: int = 3, c: int = 8, h: int = 4, w: int = 8, hidden: int = 6, seed: int = 0
@@ -54,3 +66,55 @@ def conv_zero_state(c_in: int = 3, c: int = 8, h: int = 4, w: int = 8, hidden: i
              helper.make_node("Sigmoid", ["gates"], ["output"], name="sigmoid")]
     return _model(nodes, [_vi("input", ["N", c_in, h, w])], [_vi("output", ["N", 4 * hidden])], inits,
                   name="conv_zero_state")
+
+
+def _lstm_weights(rng, d: int, hidden: int, width: int, tag: str, peepholes: bool) -> list[onnx.TensorProto]:
+    w = rng.standard_normal((d, 4 * hidden, width)) / np.sqrt(width)
+    r = rng.standard_normal((d, 4 * hidden, hidden)) / np.sqrt(hidden)
+    out = [_init(f"{tag}.W", w.astype(np.float32)), _init(f"{tag}.R", r.astype(np.float32)),
+           _init(f"{tag}.B", rng.normal(0, 0.1, (d, 8 * hidden)).astype(np.float32))]
+    if peepholes:
+        out.append(_init(f"{tag}.P", rng.normal(0, 0.3, (d, 3 * hidden)).astype(np.float32)))
+    return out
+
+
+def lstm_encoder(features: int = 12, steps: int = 16, width: int = 16, hidden: int = 16, classes: int = 5,
+                 bidirectional: bool = False, sequence_lens: bool = False, initial_state: bool = False,
+                 peepholes: bool = False, gain: float = 1.0, seed: int = 0
+                 ) -> onnx.ModelProto:
+    """The encoder of the module docstring. Inputs `frames` [N, steps, features], with `sequence_lens`
+    also `lengths` [N] int32, with `initial_state` also `h0` / `c0` [D, N, hidden] (lstm1's states)."""
+    rng = np.random.default_rng(seed)
+    d = 2 if bidirectional else 1
+    scaled = lambda shape, fan_in: (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)  # noqa: E731
+    inits = [_init("proj.weight", scaled((features, width), features)),
+             *_lstm_weights(rng, d, hidden, width, "lstm1", peepholes),
+             *_lstm_weights(rng, 1, hidden, d * hidden, "lstm2", False),
+             _init("head.weight", scaled((classes, hidden), hidden)),
+             _init("head.bias", rng.normal(0, 0.1, classes).astype(np.float32)),
+             _init("seq_shape", np.array([0, 0, d * hidden], np.int64)),
+             _init("axis0", np.array([0], np.int64))]
+    if gain != 1.0:
+        for i, scale in ((0, gain), (1, 1.0 / gain)):    # proj's first column up, lstm1's W reading it down
+            w = numpy_helper.to_array(inits[i]).copy()
+            w[(slice(None), 0) if i == 0 else (slice(None), slice(None), 0)] *= scale
+            inits[i].CopyFrom(_init(inits[i].name, w.astype(np.float32)))
+    x = "proj_out"
+    nodes = [helper.make_node("MatMul", ["frames", "proj.weight"], [x], name="proj")]
+    nodes.append(helper.make_node("Transpose", [x], ["seq"], name="to_time_major", perm=[1, 0, 2]))
+    ins = ["seq", "lstm1.W", "lstm1.R", "lstm1.B", "lengths" if sequence_lens else "",
+           "h0" if initial_state else "", "c0" if initial_state else "", "lstm1.P" if peepholes else ""]
+    extra = {"direction": "bidirectional"} if bidirectional else {}
+    nodes.append(helper.make_node("LSTM", ins, ["lstm1_y"], name="lstm1", hidden_size=hidden, **extra))
+    nodes += [helper.make_node("Transpose", ["lstm1_y"], ["lstm1_t"], name="y_steps", perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["lstm1_t", "seq_shape"], ["lstm1_seq"], name="y_merge"),
+              helper.make_node("LSTM", ["lstm1_seq", "lstm2.W", "lstm2.R", "lstm2.B"], ["", "lstm2_h"],
+                               name="lstm2", hidden_size=hidden),
+              helper.make_node("Squeeze", ["lstm2_h", "axis0"], ["last"], name="last"),
+              helper.make_node("Gemm", ["last", "head.weight", "head.bias"], ["output"], name="head",
+                               transB=1)]
+    inputs = [_vi("frames", ["N", steps, features])]
+    inputs += [_vi("lengths", ["N"], TensorProto.INT32)] if sequence_lens else []
+    inputs += [_vi("h0", [d, "N", hidden]), _vi("c0", [d, "N", hidden])] if initial_state else []
+    return _model(nodes, inputs, [_vi("output", ["N", classes])], inits, name="lstm_encoder")
+

@@ -82,10 +82,10 @@ def cache_key(state: CompileState, options: SensitivityOptions, bits, act: int, 
 def token_rows(graph, samples: dict) -> int | None:
     """A token model's scoring rows: its cost is in tokens, not rows (at most SCORE_TOKENS, at least
     MIN_TOKEN_ROWS rows); None for other models."""
-    if not has_token_inputs(graph):
+    lengths = [int(v.shape[1]) for v in samples.values() if v.ndim == 2 and v.dtype.kind in "iub"]
+    if not has_token_inputs(graph) or not lengths:      # (an LSTM's sequence_lens [N] is no token input)
         return None
-    length = max(int(v.shape[1]) for v in samples.values() if v.ndim == 2)
-    return max(MIN_TOKEN_ROWS, SCORE_TOKENS // length)
+    return max(MIN_TOKEN_ROWS, SCORE_TOKENS // max(lengths))
 
 
 def scoring_data(state: CompileState, options: SensitivityOptions):

@@ -72,6 +72,7 @@ from dfq_onnx.passes.synthesize_tokens import synthesize_tokens
 from tqdm import tqdm
 
 from dfq_onnx.allocation.costs import layer_macs
+from dfq_onnx.backends.recurrent import RECURRENT_OPS
 from dfq_onnx.core import cache
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS
@@ -395,6 +396,11 @@ def _from_cache(path, shapes, start) -> SynthesisResult | None:
                            kept_bn=json.loads(str(arrays["kept_bn"])) if "kept_bn" in arrays else {})
 
 
+def recurrent_forms_in(graph, target) -> bool:
+    """Whether an LSTM of `graph` may take a form of `target` (its decision scores it on samples)."""
+    return any(n.op in RECURRENT_OPS and target.forms_for(n.op) for n in graph.nodes)
+
+
 class Synthesize(Pass):
     """Generate synthetic calibration inputs by gradient-free search in ONNX Runtime."""
 
@@ -414,7 +420,8 @@ class Synthesize(Pass):
     def run(self, state: CompileState) -> PassResult:
         self.check(state)        # also when run alone (api.synthesize), without CheckUsage
         if (state.spec is not None and not state.spec.act_tensors and not state.options.mixed
-                and not (self.forms and any(v.form for v in state.spec.layers.values()))):
+                and not (self.forms and any(v.form for v in state.spec.layers.values()))
+                and not recurrent_forms_in(state.graph, state.target)):
             return PassResult(False, "no quantized activation")     # KeepFloat / forms: nothing to calibrate
         if has_token_inputs(state.graph):
             result = synthesize_tokens(state.graph, self.options, state.options.input_shapes)

@@ -6,7 +6,9 @@ from collections import Counter
 
 import onnx
 
+from dfq_onnx.backends import recurrent
 from dfq_onnx.core import branches, ir
+from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.core.options import QuantizeOptions
 from dfq_onnx.core.pass_base import run_passes
 from dfq_onnx.core.report import Report
@@ -34,7 +36,10 @@ def inspect(path, target: TargetProfile, options: QuantizeOptions) -> dict:
     run_passes([Normalize(target.min_opset), FoldBatchNorm(), FindQuantGroups()], state)
     graph = state.graph
     quantized_ops = {layer.op for layer in state.spec.layers.values()}
-    float_ops = Counter(n.op for n in graph.nodes if n.op not in quantized_ops and target.role(n.op) is None)
+    rnn = {node_label(n): recurrent.unsupported(n) for n in graph.nodes
+           if n.op in recurrent.RECURRENT_OPS and target.forms_for(n.op)}     # a form the compile scores
+    float_ops = Counter(n.op for n in graph.nodes if n.op not in quantized_ops and target.role(n.op) is None
+                        and rnn.get(node_label(n), "float") is not None)
     return {
         "model": path.graph.name if isinstance(path, onnx.ModelProto) else str(path),
         "opset": state.source_opset, "ir_version": source.ir_version,
@@ -48,5 +53,7 @@ def inspect(path, target: TargetProfile, options: QuantizeOptions) -> dict:
         "groups": [{"id": g.id, "layers": list(g.layers), "ops": list(g.ops), "params": g.params}
                    for g in state.groups],
         "float_ops": dict(sorted(float_ops.items())),
+        "recurrent": {k: why or "integer form or float: scored at the output when compiling"
+                      for k, why in rnn.items()},
         "skipped": state.report.skipped,
     }

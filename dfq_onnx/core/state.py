@@ -92,6 +92,7 @@ class CompileState:
     groups: list[QuantGroup] = field(default_factory=list)
     act_groups: list[ActGroup] = field(default_factory=list)   # FindQuantGroups: one per encoding class
     plan: BitPlan | None = None
+    recurrent: dict = field(default_factory=dict)   # LSTM -> its form candidate (passes/choose_recurrent)
     synthetic: object | None = None    # SynthesisResult of the Synthesize pass (samples, labels, losses)
     sensitivity: object | None = None  # SensitivityTable of the ScoreSensitivity pass
     meter: object | None = None        # PlanMeter of ScoreSensitivity: measures whole plans on the probe

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS, is_const, reads
@@ -62,12 +63,25 @@ class BatchFirst:
 
 
 def batch_axis_of(first_input_shape, shape) -> int | None:
-    """The one axis of `shape` whose symbolic dimension is the first input's dimension 0, else None."""
+    """The one axis of `shape` whose symbolic dimension is the first input's dimension 0, else None. A
+    model pinned to a batch of 1 (ddddocr's OCR: its Reshape fixes it) has no name to follow: there an
+    output whose axis 0 is not 1 and which has one axis of extent 1 carries the batch on that axis
+    ([T, 1, C] of a time-major recognizer)."""
     first = first_input_shape
-    if not first or not isinstance(first[0], str) or shape is None:
+    if not first or shape is None:
+        return None
+    if isinstance(first[0], (int, np.integer)) and first[0] == 1 and shape and _known(shape[0]) \
+            and shape[0] != 1:
+        axes = [i for i, d in enumerate(shape) if _known(d) and d == 1]
+        return axes[0] if len(axes) == 1 and all(_known(d) for d in shape) else None
+    if not isinstance(first[0], str):
         return None
     axes = [i for i, d in enumerate(shape) if d == first[0]]
     return axes[0] if len(axes) == 1 else None
+
+
+def _known(d) -> bool:
+    return isinstance(d, (int, np.integer)) and d >= 0
 
 
 def batch_axis(graph: gs.Graph, t: gs.Tensor) -> int | None:
@@ -101,11 +115,42 @@ def restore_batch_axes(graph: gs.Graph, moved: list[BatchFirst]) -> None:
     tensors = graph.tensors()
     ids = {id(m.node) for m in moved}
     for m in moved:
-        i = next(k for k, t in enumerate(graph.outputs) if t is m.node.outputs[0])
-        graph.outputs[i] = tensors[m.output]
+        i, chain = _output_after(graph, m.node.outputs[0])
+        source = tensors[m.output]
+        if chain:           # the output quantized after the Transpose: its per-tensor Q/DQ moves before it
+            out = graph.outputs[i]
+            chain[-1].inputs[0] = source
+            for node in chain:
+                node.outputs[0].shape = source.shape
+                node.name = node.name.replace("/batch_first", "")
+                plain = node.outputs[0].name.replace("/batch_first", "")
+                if plain not in tensors:
+                    node.outputs[0].name = plain
+            source.name = f"{m.output}_float"
+            out.name = m.output
+        else:
+            graph.outputs[i] = source
         m.node.inputs.clear()
     graph.nodes = [n for n in graph.nodes if id(n) not in ids]
     graph.cleanup()
+
+
+def _output_after(graph: gs.Graph, t: gs.Tensor) -> tuple[int, list[gs.Node]]:
+    """(index of the graph output that is `t` or reads it through per-tensor Q / DQ nodes only, those nodes
+    from the output back)."""
+    for k, out in enumerate(graph.outputs):
+        cur, chain = out, []
+        while cur is not t and len(cur.inputs) == 1 and cur.inputs[0].op in ("QuantizeLinear",
+                                                                            "DequantizeLinear"):
+            node = cur.inputs[0]
+            scale = node.inputs[1]
+            if not is_const(scale) or np.asarray(scale.values).size != 1:
+                break
+            chain.append(node)
+            cur = node.inputs[0]
+        if cur is t:
+            return k, chain
+    raise ValueError(f"no graph output reads '{t.name}'")
 
 
 def _data_dependent(node: gs.Node) -> bool:

@@ -16,7 +16,9 @@ FORM_SETTINGS = {"weight_only_kernel": ("MatMulNBits", "DequantizeLinear"),
                  "gather_kernel": ("GatherBlockQuantized", "Gather"), "accuracy_level": (0, 1, 2, 3, 4),
                  # the default of --smooth for the dynamic int8 form's inputs (passes/smooth.py)
                  "smoothing": SMOOTHING}
-FORM_OPS = ("MatMul", "Gather", "Attention", "EmbedLayerNormalization")   # the last two: com.microsoft
+FORM_OPS = ("MatMul", "Gather", "Attention", "EmbedLayerNormalization",   # these two: com.microsoft
+            "LSTM")
+RECURRENT_FORMS = ("W8A8-dyn", "W32A32")      # DynamicQuantizeLSTM: int8 W / R (backends/recurrent.py)
 TABLE_OPS = ("Gather", "EmbedLayerNormalization")                        # no activation input
 
 
@@ -49,6 +51,9 @@ def parse_forms(source: str, table: dict) -> dict:
                 raise TargetError(f"{where}: {exc}") from None
             if key in TABLE_OPS and any(candidates.form(c) == "dyn" for c in cands):
                 raise TargetError(f"{where}: a {key} table has no activation input to quantize dynamically")
+            if key == "LSTM" and any(candidates.name(c) not in RECURRENT_FORMS for c in cands):
+                raise TargetError(f"{where}: an LSTM's forms are {' and '.join(RECURRENT_FORMS)} "
+                                  "(DynamicQuantizeLSTM: 8-bit W / R, activations quantized per call)")
             tensor = [candidates.name(c) for c in cands if candidates.form(c) == "tensor"]
             if tensor and (key != "EmbedLayerNormalization" or tensor != ["W8A32-tensor"]):
                 raise TargetError(f"{where}: '{tensor[0]}' is QEmbedLayerNormalization's form: "

@@ -229,11 +229,24 @@ def _rotary(t: gs.Tensor) -> bool:
     return any(node.op in ("Cos", "Sin") for node, _ in walk(t, lambda node, _: node.op != "CumSum"))
 
 
+def _sequence_lens_of(t: gs.Tensor) -> gs.Node | None:
+    """The LSTM / GRU / RNN reading `t` (through Cast / Identity) as sequence_lens (input 4), else None."""
+    for node, cur in walk(t, lambda node, _: node.op in ("Cast", "Identity")):
+        if node.op in ("LSTM", "GRU", "RNN") and len(node.inputs) > 4 and node.inputs[4] is cur:
+            return node
+    return None
+
+
 def token_layout(graph: gs.Graph, hints: dict | None = None) -> TokenLayout:
     """The roles of the graph's integer inputs (module docstring); raises when no ids input is found."""
     hints = hints or {}
     ints = [t for t in graph.inputs if is_int(t) or is_bool(t)]      # a boolean input can only be a mask
     for t in ints:
+        rnn = _sequence_lens_of(t)
+        if rnn is not None:
+            raise UsageError(f"input '{t.name}' is the sequence_lens of {rnn.op} '{rnn.name}': synthetic "
+                             "samples carry no sequence lengths; pass --calib FILE.npz with the lengths your "
+                             f"code feeds (one row per sample, beside the other inputs)")
         if t.shape is not None and len(t.shape) != 2:
             raise UsageError(f"input '{t.name}' is an integer tensor of rank {len(t.shape)}; token inputs "
                              "are [batch, sequence]: pass --calib FILE.npz")
