@@ -259,10 +259,7 @@ def _images(graph, bn_stats, options: SynthesisOptions, model_hash: str, shapes:
                                  samples_evaluated=result.samples_evaluated + probes,
                                  seconds=time.perf_counter() - start)
     if use_cache:
-        try:
-            cache.save_npz_atomic(path, _to_arrays(result))
-        except OSError as exc:          # a read-only or full cache directory must not fail the compile
-            log.warning("cannot write the synthesis cache %s: %s", path, exc)
+        _save(path, result)
     return result
 
 
@@ -303,10 +300,7 @@ def _fit_kept(graph, bn_stats, options: SynthesisOptions, model_hash: str, shape
                              runner.calls + probes, runner.rows + probes, time.perf_counter() - start, False,
                              "bn", 0, "envelopes", kept_bn=note)
     if use_cache:
-        try:
-            cache.save_npz_atomic(path, _to_arrays(result))
-        except OSError as exc:          # a read-only or full cache directory must not fail the compile
-            log.warning("cannot write the synthesis cache %s: %s", path, exc)
+        _save(path, result)
     return result
 
 
@@ -375,6 +369,13 @@ def _to_arrays(result: SynthesisResult) -> dict[str, np.ndarray]:
     if result.kept_bn:
         arrays["kept_bn"] = np.array(json.dumps(result.kept_bn))
     return arrays
+
+
+def _save(path, result: SynthesisResult) -> None:
+    try:
+        cache.save_npz_atomic(path, _to_arrays(result))
+    except OSError as exc:          # a read-only or full cache directory must not fail the compile
+        log.warning("cannot write the synthesis cache %s: %s", path, exc)
 
 
 def _from_cache(path, shapes, start) -> SynthesisResult | None:
