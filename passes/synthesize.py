@@ -53,29 +53,29 @@ BN statistics left in the graph after an activation (Conv - Relu - BN; passes/fo
 not trusted to fit the prior: the prior's samples are measured on them first (one forward pass), and
 where their scale there is more than 2x off, each sample becomes the best of up to 16 random spectral
 envelopes of itself on the BN objective (`dfq_onnx.synth.envelopes`; samples x candidates rows within
-MAC_BUDGET multiply-accumulates and ELEMENT_BUDGET elements, cached like a search). An image input whose
-first activation such a BN reads takes the range convention whose samples fit that BN's statistics
-(`dfq_onnx.synth.kept_range`: Keras' Conv - Activation - BN on [0, 1] pixels), with one warning.
+multiply-accumulate and ELEMENT_BUDGET element budgets, cached like a search: passes/synthesize_kept.py).
+An image input whose first activation such a BN reads takes the range convention whose samples fit that
+BN's statistics (`dfq_onnx.synth.kept_range`: Keras' Conv - Activation - BN on [0, 1] pixels), with one
+warning. Cache entries: passes/synthesis_cache.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from typing import Callable
 
 import numpy as np
+from dfq_onnx.passes.synthesis_cache import cache_key, from_cache, save
 from dfq_onnx.passes.synthesis_types import OBJECTIVES, SynthesisOptions, SynthesisResult  # noqa: F401 (API)
+from dfq_onnx.passes.synthesize_kept import fit_kept, kept_ranges
 from dfq_onnx.passes.synthesize_tokens import synthesize_tokens
 from tqdm import tqdm
 
-from dfq_onnx.allocation.costs import layer_macs
 from dfq_onnx.backends.recurrent import RECURRENT_OPS
 from dfq_onnx.core import cache
 from dfq_onnx.core.errors import UsageError
-from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
 from dfq_onnx.synth import envelopes, layout, preprocess, signals
@@ -83,7 +83,6 @@ from dfq_onnx.synth.audio_range import FLOAT_AUDIO, INT16_AUDIO, infer_audio_ran
 from dfq_onnx.synth.augment import is_image_like
 from dfq_onnx.synth.compose import plan_pieces
 from dfq_onnx.synth.input_range import across_classes, bn_at_first_layer, infer_range
-from dfq_onnx.synth.kept_range import infer_kept_range
 from dfq_onnx.synth.runner import build_objective, resolve_shapes, row_elements
 from dfq_onnx.synth.search import ESConfig, Stage, es_minimize, pink_noise, squash, stage_factors, unsquash
 from dfq_onnx.synth.sequence import sequence_output
@@ -92,11 +91,9 @@ from dfq_onnx.synth.tokens import has_token_inputs
 
 log = logging.getLogger(__name__)
 
-ENGINE_VERSION = 5      # bump when the algorithm changes: old cache entries are then ignored
 STAGES = 3              # coarse-to-fine latent stages (latent short side 4, 8, 16 pixels)
 SIGMA, LR = 0.3, 0.05   # ES perturbation scale and Adam step, in latent (pixel) units
 MAX_STEPS, MIN_STEPS, ELEMENT_BUDGET = 80, 12, 6e9   # default steps: see the module docstring
-MAC_BUDGET = 2e12       # multiply-accumulate rows of the envelope pick (~40 s of ORT on 2 cores at 50 GMAC/s)
 
 
 def resolve_objective(requested: str, bn_stats: dict, graph=None) -> str:
@@ -125,14 +122,6 @@ def budgeted_steps(options: SynthesisOptions, kind: str, elements_per_row: Calla
     per_step = options.samples * 2 * options.population * max(elements, 1)
     steps = int(min(MAX_STEPS, ELEMENT_BUDGET // per_step))
     return (steps if steps >= MIN_STEPS else 0), passes
-
-
-def _key(model_hash: str, options: SynthesisOptions, kind: str, shapes: dict, steps: int) -> dict:
-    return {"engine": ENGINE_VERSION, "model": model_hash, "samples": options.samples,
-            "steps": steps, "population": options.population, "seed": options.seed,
-            "objective": kind, "shapes": {k: list(v) for k, v in sorted(shapes.items())},
-            **({"ranges": {k: list(v) for k, v in sorted(options.input_ranges.items())}}
-               if options.input_ranges else {})}
 
 
 def synthesize(graph, bn_stats, options: SynthesisOptions, model_hash: str,
@@ -177,7 +166,7 @@ def _after_prefixes(graph, bn_stats, options: SynthesisOptions, model_hash: str,
                                    planes=tuple(planes), twin=twin)
     kind = resolve_objective(options.objective, bn_stats, graph)
     inferred = _inferred_ranges(graph, shapes, options, bn_stats)
-    kept = _kept_ranges(graph, shapes, options, bn_stats)      # synth/kept_range.py
+    kept = kept_ranges(graph, shapes, options, bn_stats)      # passes/synthesize_kept.py
     if ranges := {k: r.range for k, r in {**inferred, **kept}.items() if r.range is not None}:
         options = dataclasses.replace(options, input_ranges={**options.input_ranges, **ranges})
     result = _images(graph, bn_stats, options, model_hash, shapes, kind, start)
@@ -187,18 +176,6 @@ def _after_prefixes(graph, bn_stats, options: SynthesisOptions, model_hash: str,
                  for k, r in kept.items()}
         result = dataclasses.replace(result, kept_bn={**result.kept_bn, "input_range": notes})
     return dataclasses.replace(result, inferred=inferred)
-
-
-def _kept_ranges(graph, shapes: dict, options: SynthesisOptions, bn_stats) -> dict:
-    """The convention of every image input whose first layer's activation a kept BN reads (no
-    `--input-range`, no in-graph prefix), from that BN's statistics (synth/kept_range.py)."""
-    out = {}
-    for k, shape in shapes.items():
-        if k not in options.input_ranges and k not in options.prefixed and is_image_like((1, *shape)):
-            r = infer_kept_range(graph, k, shape, bn_stats, options.seed)
-            if r is not None:
-                out[k] = r
-    return out
 
 
 def _inferred_ranges(graph, shapes: dict, options: SynthesisOptions, bn_stats) -> dict:
@@ -233,16 +210,17 @@ def _images(graph, bn_stats, options: SynthesisOptions, model_hash: str, shapes:
     if steps == 0 and not strokes:
         latent = signals.prior(rng, n, shapes, signals.signal_inputs(graph, shapes), pink_noise)
         if kind == "bn" and options.steps is None and (kept := envelopes.kept_tensors(graph, bn_stats)):
-            return _fit_kept(graph, bn_stats, options, model_hash, shapes, start, latent, rng, kept)
+            return fit_kept(graph, bn_stats, options, model_hash, shapes, start, latent, rng, kept,
+                            ELEMENT_BUDGET)
         return SynthesisResult(squash(latent, options.input_ranges), None, None, None, probes, probes,
                                time.perf_counter() - start, False, kind, 0)
     lines = signals.signal_inputs(search_graph, search_shapes)     # 1-D signals: synth/signals.py
-    key = {**_key(model_hash, options, kind, shapes, steps), "pieces": plan.pieces if plan else 1,
+    key = {**cache_key(model_hash, options, kind, shapes, steps), "pieces": plan.pieces if plan else 1,
            "start": "strokes" if strokes else "pink+lines" if lines else "pink",
            **({"twin": 1} if strokes and steps == 0 else {})}
     path = cache.cache_path("synthetic", key, options.cache_dir)
     use_cache = options.use_cache and bool(model_hash)      # no hash, no safe key
-    if use_cache and (hit := _from_cache(path, shapes, start)) is not None:
+    if use_cache and (hit := from_cache(path, shapes, start)) is not None:
         return hit
     twin = None
     if strokes:
@@ -259,48 +237,7 @@ def _images(graph, bn_stats, options: SynthesisOptions, model_hash: str, shapes:
                                  samples_evaluated=result.samples_evaluated + probes,
                                  seconds=time.perf_counter() - start)
     if use_cache:
-        _save(path, result)
-    return result
-
-
-def pick_candidates(graph, shapes: dict, samples: int) -> tuple[int, int]:
-    """(envelope candidates per sample, forward passes spent finding the budget): envelopes.CANDIDATES,
-    fewer where samples x candidates rows would overrun MAC_BUDGET multiply-accumulates or ELEMENT_BUDGET
-    activation elements (the label search's, module docstring); below envelopes.MIN_CANDIDATES none."""
-    macs = sum(layer_macs(nd) for nd in graph.nodes if nd.op in WEIGHTED_LAYERS)
-    elements, passes = row_elements(graph, shapes, every=True)
-    count = min(envelopes.CANDIDATES, MAC_BUDGET // (samples * max(macs, 1)),
-                ELEMENT_BUDGET // (samples * max(elements, 1)))
-    return (int(count) if count >= envelopes.MIN_CANDIDATES else 0), passes
-
-
-def _fit_kept(graph, bn_stats, options: SynthesisOptions, model_hash: str, shapes: dict, start: float,
-              latent: dict, rng, kept: set[str]) -> SynthesisResult:
-    """The prior's samples measured on the BN statistics left after activations and, where they miss them
-    by more than 2x, each sample's best spectral envelope of a few candidates (synth/envelopes.py)."""
-    count, probes = pick_candidates(graph, shapes, options.samples)
-    key = {**_key(model_hash, options, "bn", shapes, 0), "start": "envelopes", "candidates": count}
-    path = cache.cache_path("synthetic", key, options.cache_dir)
-    use_cache = options.use_cache and bool(model_hash) and count > 0
-    if use_cache and (hit := _from_cache(path, shapes, start)) is not None:
-        return hit
-    ranges = options.input_ranges
-    objective, runner = build_objective("bn", graph, bn_stats, shapes, squash(latent, ranges), rng)
-    first, ratios = envelopes.measure(latent, runner, objective, ranges)
-    off = envelopes.mismatch(ratios, kept)
-    fire = off is not None and off > envelopes.MISMATCH and count > 0 and envelopes.pickable(latent)
-    note = {"scale_ratio": {k: round(v, 4) for k, v in sorted(ratios.items()) if k in kept},
-            "log_mismatch": None if off is None else round(off, 4), "candidates": count if fire else 0}
-    if not fire:
-        return SynthesisResult(squash(latent, ranges), None, None, None, runner.calls + probes,
-                               runner.rows + probes, time.perf_counter() - start, False, "bn", 0,
-                               kept_bn=note)
-    picked, losses = envelopes.pick(latent, first, runner, objective, ranges, rng, count)
-    result = SynthesisResult(squash(picked, ranges), None, float(first.mean()), float(losses.mean()),
-                             runner.calls + probes, runner.rows + probes, time.perf_counter() - start, False,
-                             "bn", 0, "envelopes", kept_bn=note)
-    if use_cache:
-        _save(path, result)
+        save(path, result)
     return result
 
 
@@ -354,47 +291,6 @@ def _run_stage(stage: Stage, objective, runner, cfg: ESConfig, steps: int, rng, 
 
     theta = es_minimize(loss, np.zeros((n, stage.dims)), cfg, steps, rng, on_step)
     return stage(theta, np.arange(n))
-
-
-def _to_arrays(result: SynthesisResult) -> dict[str, np.ndarray]:
-    arrays = {f"input/{k}": v for k, v in result.inputs.items()}
-    if result.labels is not None:
-        arrays["labels"] = result.labels
-    losses = [np.nan if v is None else v for v in (result.loss_start, result.loss_end)]   # NaN: no search
-    meta = [*losses, result.forward_passes, result.samples_evaluated, result.seconds, result.steps]
-    arrays["meta"] = np.array(meta, np.float64)
-    arrays["objective"] = np.array(result.objective)
-    arrays["start"] = np.array(result.start)
-    arrays.update({f"twin/{k}": v for k, v in (result.twin or {}).items()})
-    if result.kept_bn:
-        arrays["kept_bn"] = np.array(json.dumps(result.kept_bn))
-    return arrays
-
-
-def _save(path, result: SynthesisResult) -> None:
-    try:
-        cache.save_npz_atomic(path, _to_arrays(result))
-    except OSError as exc:          # a read-only or full cache directory must not fail the compile
-        log.warning("cannot write the synthesis cache %s: %s", path, exc)
-
-
-def _from_cache(path, shapes, start) -> SynthesisResult | None:
-    arrays = cache.load_npz(path)
-    if arrays is None or any(f"input/{k}" not in arrays for k in shapes):
-        return None
-    inputs = {k: arrays[f"input/{k}"] for k in shapes}
-    if any(v.shape[1:] != tuple(shapes[k]) for k, v in inputs.items()):
-        return None
-    meta = arrays.get("meta")
-    if meta is None or meta.shape != (6,) or "objective" not in arrays:
-        return None
-    log.info("synthetic inputs from cache %s (made in %.1fs, %d ORT runs)", path, meta[4], meta[2])
-    loss = [None if np.isnan(v) else float(v) for v in meta[:2]]      # NaN: not searched
-    twin = {k: arrays[f"twin/{k}"] for k in shapes} if all(f"twin/{k}" in arrays for k in shapes) else None
-    return SynthesisResult(inputs, arrays.get("labels"), loss[0], loss[1], 0, 0,
-                           time.perf_counter() - start, True, str(arrays["objective"]), int(meta[5]),
-                           str(arrays.get("start", "pink")), twin=twin,
-                           kept_bn=json.loads(str(arrays["kept_bn"])) if "kept_bn" in arrays else {})
 
 
 def recurrent_forms_in(graph, target) -> bool:

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 from dfq_onnx.models import post_bn_builders, signal_builders
 from dfq_onnx.passes import synthesize as synth_pass
+from dfq_onnx.passes import synthesize_kept
 from onnx import numpy_helper
 
 import dfq_onnx
@@ -78,13 +79,14 @@ def test_no_candidates_beyond_the_budget(monkeypatch):
 
     graph = ir.to_graph(signal_builders.waveform_classifier(post_bn=True))
     shapes = resolve_shapes(graph, {})
-    assert synth_pass.pick_candidates(graph, shapes, 16)[0] == envelopes.CANDIDATES
-    macs = synth_pass.pick_candidates.__globals__["layer_macs"]
+    budget = synth_pass.ELEMENT_BUDGET
+    assert synthesize_kept.pick_candidates(graph, shapes, 16, budget)[0] == envelopes.CANDIDATES
+    macs = synthesize_kept.pick_candidates.__globals__["layer_macs"]
     per_row = sum(macs(nd) for nd in graph.nodes if nd.op in ("Conv", "Gemm"))
-    monkeypatch.setattr(synth_pass, "MAC_BUDGET", 16 * per_row * 5)
-    assert synth_pass.pick_candidates(graph, shapes, 16)[0] == 5
-    monkeypatch.setattr(synth_pass, "MAC_BUDGET", 16 * per_row * 3)
-    assert synth_pass.pick_candidates(graph, shapes, 16)[0] == 0
+    monkeypatch.setattr(synthesize_kept, "MAC_BUDGET", 16 * per_row * 5)
+    assert synthesize_kept.pick_candidates(graph, shapes, 16, budget)[0] == 5
+    monkeypatch.setattr(synthesize_kept, "MAC_BUDGET", 16 * per_row * 3)
+    assert synthesize_kept.pick_candidates(graph, shapes, 16, budget)[0] == 0
     _, report = dfq_onnx.quantize(_louder_statistics(signal_builders.waveform_classifier(post_bn=True), 4.0),
                                   **OPTS)
     assert report.notes["synthesis"]["kept_bn"]["candidates"] == 0

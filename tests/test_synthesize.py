@@ -8,7 +8,8 @@ from _util import compile_state
 from dfq_onnx.models import builders
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.normalize import Normalize
-from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize, _key, synthesize
+from dfq_onnx.passes.synthesis_cache import cache_key as _key
+from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize, synthesize
 
 from dfq_onnx.backends import chunks, runtime
 from dfq_onnx.core import cache, ir
