@@ -65,11 +65,6 @@ def recurrent_forms(target) -> bool:
     return any(target.forms_for(op) for op in recurrent.RECURRENT_OPS)
 
 
-def recurrent_nodes(graph: gs.Graph, target) -> list[gs.Node]:
-    """The graph's top-level nodes of an op the target's [forms] lists among the recurrent ops."""
-    return [n for n in graph.nodes if n.op in recurrent.RECURRENT_OPS and target.forms_for(n.op)]
-
-
 def plan_candidate(state: CompileState, op: str) -> tuple[tuple | None, str | None]:
     """(the uniform plan's form for `op`, None) or (None, why the plan keeps it float)."""
     opts = state.options
@@ -136,7 +131,7 @@ class ChooseRecurrentForms(Pass):
         self.samples, self.metric, self.use_cache, self.cache_dir = samples, metric, use_cache, cache_dir
 
     def run(self, state: CompileState) -> PassResult:
-        found = recurrent_nodes(state.graph, state.target)
+        found = recurrent.recurrent_nodes(state.graph, state.target)
         state.recurrent = {}
         if not found:
             return PassResult(False, "no recurrent layer")

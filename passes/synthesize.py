@@ -73,7 +73,7 @@ from dfq_onnx.passes.synthesize_kept import fit_kept, kept_ranges
 from dfq_onnx.passes.synthesize_tokens import synthesize_tokens
 from tqdm import tqdm
 
-from dfq_onnx.backends.recurrent import RECURRENT_OPS
+from dfq_onnx.backends.recurrent import recurrent_nodes
 from dfq_onnx.core import cache
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
@@ -293,11 +293,6 @@ def _run_stage(stage: Stage, objective, runner, cfg: ESConfig, steps: int, rng, 
     return stage(theta, np.arange(n))
 
 
-def recurrent_forms_in(graph, target) -> bool:
-    """Whether an LSTM of `graph` may take a form of `target` (its decision scores it on samples)."""
-    return any(n.op in RECURRENT_OPS and target.forms_for(n.op) for n in graph.nodes)
-
-
 class Synthesize(Pass):
     """Generate synthetic calibration inputs by gradient-free search in ONNX Runtime."""
 
@@ -318,7 +313,7 @@ class Synthesize(Pass):
         self.check(state)        # also when run alone (api.synthesize), without CheckUsage
         if (state.spec is not None and not state.spec.act_tensors and not state.options.mixed
                 and not (self.forms and any(v.form for v in state.spec.layers.values()))
-                and not recurrent_forms_in(state.graph, state.target)):
+                and not recurrent_nodes(state.graph, state.target)):    # scored on samples
             return PassResult(False, "no quantized activation")     # KeepFloat / forms: nothing to calibrate
         if has_token_inputs(state.graph):
             result = synthesize_tokens(state.graph, self.options, state.options.input_shapes)

@@ -30,6 +30,11 @@ KERNEL_ATTRS = ("activation_alpha", "activation_beta", "activations", "clip", "d
                 "input_forget")
 
 
+def recurrent_nodes(graph: gs.Graph, target) -> list[gs.Node]:
+    """The graph's top-level nodes of a recurrent op the target's [forms] lists: the ones a compile scores."""
+    return [n for n in graph.nodes if n.op in RECURRENT_OPS and target.forms_for(n.op)]
+
+
 def unsupported(node: gs.Node) -> str | None:
     """Why the integer form cannot take this LSTM (None: it can)."""
     if node.attrs.get("layout", 0) != 0:

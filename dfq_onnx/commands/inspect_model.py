@@ -36,8 +36,7 @@ def inspect(path, target: TargetProfile, options: QuantizeOptions) -> dict:
     run_passes([Normalize(target.min_opset), FoldBatchNorm(), FindQuantGroups()], state)
     graph = state.graph
     quantized_ops = {layer.op for layer in state.spec.layers.values()}
-    rnn = {node_label(n): recurrent.unsupported(n) for n in graph.nodes
-           if n.op in recurrent.RECURRENT_OPS and target.forms_for(n.op)}     # a form the compile scores
+    rnn = {node_label(n): recurrent.unsupported(n) for n in recurrent.recurrent_nodes(graph, target)}
     float_ops = Counter(n.op for n in graph.nodes if n.op not in quantized_ops and target.role(n.op) is None
                         and rnn.get(node_label(n), "float") is not None)
     return {
