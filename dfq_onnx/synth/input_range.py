@@ -170,11 +170,26 @@ def bn_at_first_layer(graph: gs.Graph, name: str, bn_stats) -> bool:
     layer = first_layer(graph, name)
     if layer is None:
         return False
-    if node_label(layer) in bn_stats:
-        return True
-    pointwise = lambda nd, _: nd.op in POINTWISE and len([t for t in nd.inputs if not is_const(t)]) == 1  # noqa: E731
-    return any(nd.op == "BatchNormalization" and node_label(nd) in bn_stats
-               for nd, _ in walk(layer.outputs[0], pointwise))
+    return node_label(layer) in bn_stats or _kept_bn_after(layer, bn_stats) is not None
+
+
+def kept_bn_after_first_layer(graph: gs.Graph, name: str, bn_stats: dict) -> gs.Node | None:
+    """The BatchNormalization left in the graph with statistics in `bn_stats` that reads input `name`'s
+    first weighted layer through one-input pointwise ops (None when that layer's own BN was folded)."""
+    layer = first_layer(graph, name)
+    if layer is None or node_label(layer) in bn_stats:
+        return None
+    return _kept_bn_after(layer, bn_stats)
+
+
+def _one_input_pointwise(node: gs.Node, _) -> bool:
+    return node.op in POINTWISE and len([t for t in node.inputs if not is_const(t)]) == 1
+
+
+def _kept_bn_after(layer: gs.Node, bn_stats: dict) -> gs.Node | None:
+    """The first BN with statistics reading `layer`'s output through one-input pointwise ops."""
+    return next((nd for nd, _ in walk(layer.outputs[0], _one_input_pointwise)
+                 if nd.op == "BatchNormalization" and node_label(nd) in bn_stats), None)
 
 
 def across_classes(r: RangeInference) -> RangeInference:

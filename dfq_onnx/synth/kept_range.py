@@ -24,21 +24,15 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.backends import runtime
 from dfq_onnx.backends.chunks import static_batch
-from dfq_onnx.core.act_functions import POINTWISE
-from dfq_onnx.core.graph_utils import is_const, node_label, walk
-from dfq_onnx.synth.input_range import CANDIDATES, RangeInference, first_layer, observer, sample_count
+from dfq_onnx.core.graph_utils import node_label
+from dfq_onnx.synth.input_range import (
+    CANDIDATES,
+    RangeInference,
+    kept_bn_after_first_layer,
+    observer,
+    sample_count,
+)
 from dfq_onnx.synth.search import pink_noise, squash
-
-
-def kept_bn_after_first_layer(graph: gs.Graph, name: str, bn_stats: dict) -> gs.Node | None:
-    """The BatchNormalization left in the graph with statistics in `bn_stats` that reads input `name`'s
-    first weighted layer through one-input pointwise ops (None when that layer's own BN was folded)."""
-    layer = first_layer(graph, name)
-    if layer is None or node_label(layer) in bn_stats:
-        return None
-    pointwise = lambda nd, _: nd.op in POINTWISE and len([t for t in nd.inputs if not is_const(t)]) == 1  # noqa: E731
-    return next((nd for nd, _ in walk(layer.outputs[0], pointwise)
-                 if nd.op == "BatchNormalization" and node_label(nd) in bn_stats), None)
 
 
 def score(y: np.ndarray, stats) -> float:
