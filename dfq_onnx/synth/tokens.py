@@ -50,6 +50,7 @@ import onnx_graphsurgeon as gs
 
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import const_values, is_const, is_float, walk
+from dfq_onnx.core.unbatched import RNN
 from dfq_onnx.synth.preprocess import is_pixel_input
 
 CARRY = ("Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Identity")
@@ -232,7 +233,7 @@ def _rotary(t: gs.Tensor) -> bool:
 def _sequence_lens_of(t: gs.Tensor) -> gs.Node | None:
     """The LSTM / GRU / RNN reading `t` (through Cast / Identity) as sequence_lens (input 4), else None."""
     for node, cur in walk(t, lambda node, _: node.op in ("Cast", "Identity")):
-        if node.op in ("LSTM", "GRU", "RNN") and len(node.inputs) > 4 and node.inputs[4] is cur:
+        if node.op in RNN and len(node.inputs) > 4 and node.inputs[4] is cur:
             return node
     return None
 
