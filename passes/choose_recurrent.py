@@ -53,13 +53,6 @@ log = logging.getLogger(__name__)
 ENGINE = 1     # bump when the terms change: old cache entries are then ignored
 
 
-class _Terms(dict):
-    """The decision's terms as a cache entry (save_json_atomic writes `to_json()`)."""
-
-    def to_json(self) -> str:
-        return json.dumps(self)
-
-
 def recurrent_forms(target) -> bool:
     """Whether the target's [forms] lists a recurrent op (the pipeline's ChooseRecurrentForms)."""
     return any(target.forms_for(op) for op in recurrent.RECURRENT_OPS)
@@ -173,7 +166,7 @@ class ChooseRecurrentForms(Pass):
             return {**hit, "cache_hit": True}
         terms = self._decide(state, todo, samples, labels, batch)
         if self.use_cache:
-            save_json_atomic(path, _Terms(terms))
+            save_json_atomic(path, json.dumps(terms))
         return {**terms, "cache_hit": False}
 
     def _decide(self, state: CompileState, todo: dict, samples, labels, batch) -> dict:

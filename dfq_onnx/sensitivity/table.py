@@ -189,14 +189,14 @@ class SensitivityTable:
 
 
 def save_json_atomic(path: str | os.PathLike, table) -> Path:
-    """Write `table.to_json()` (a SensitivityTable, or other cached terms: form_scoring.FormTerms) via a
-    temporary file and `os.replace`."""
+    """Write `table.to_json()` (a SensitivityTable, or other cached terms: form_scoring.FormTerms), or
+    `table` itself when it is already JSON text, via a temporary file and `os.replace`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.stem + ".", suffix=".tmp.json", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            fh.write(table.to_json())
+            fh.write(table if isinstance(table, str) else table.to_json())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
