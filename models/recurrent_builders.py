@@ -21,6 +21,13 @@ step's hidden state and a linear head::
 same function, but one input channel `gain` x the rest, as a power spectrum without its log reaches a
 speaker encoder's first LSTM -- one grid per call for the LSTM's input spends its levels on that channel.
 
+``framed_lstm``: a streaming voice-activity detector as silero-vad v6 is exported: frames [T, L] (one
+call is one stream), a Conv over each frame (the frames are the Conv's batch), and an LSTM that runs
+over the frames (they are its sequence) from a state h / c [1, 1, H] the caller carries between calls::
+
+    frames [T, L] ─ Unsqueeze 1 ─ conv ─ relu ─ ReduceMean = features [T, C] ─ Unsqueeze 1 [T, 1, C]
+        ─ lstm (h, c) ─ Y [T, 1, 1, H] ─ Squeeze ─ fc (MatMul) ─ Sigmoid ─ prob [T, 1];  hn, cn [1, 1, H]
+
 Passes the ONNX checker and runs in ONNX Runtime (opset 17).
 """
 
@@ -31,7 +38,7 @@ import onnx
 from dfq_onnx.models.builders import _bn, _conv, _conv_w, _init, _model, _vi
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["conv_zero_state", "lstm_encoder"]
+__all__ = ["conv_zero_state", "framed_lstm", "lstm_encoder"]
 
 
 def conv_zero_state(c_in: int = 3, c: int = 8, h: int = 4, w: int = 8, hidden: int = 6, seed: int = 0
@@ -118,3 +125,33 @@ def lstm_encoder(features: int = 12, steps: int = 16, width: int = 16, hidden: i
     inputs += [_vi("h0", [d, "N", hidden]), _vi("c0", [d, "N", hidden])] if initial_state else []
     return _model(nodes, inputs, [_vi("output", ["N", classes])], inits, name="lstm_encoder")
 
+
+
+def framed_lstm(frame: int = 64, c: int = 8, hidden: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """The streaming detector of the module docstring: inputs frames [T, frame], h / c [1, 1, hidden];
+    outputs prob [T, 1], hn / cn [1, 1, hidden]."""
+    rng = np.random.default_rng(seed)
+
+    def gauss(shape: tuple[int, ...], scale: float) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    inits = [_init("conv.weight", gauss((c, 1, 8), 1 / 3)),
+             _init("conv.bias", rng.normal(0, 0.1, c).astype(np.float32)),
+             _init("lstm.W", gauss((1, 4 * hidden, c), c ** -0.5)),
+             _init("lstm.R", gauss((1, 4 * hidden, hidden), hidden ** -0.5)),
+             _init("fc.weight", gauss((hidden, 1), hidden ** -0.5)),
+             _init("axis1", np.array([1], np.int64)), _init("axes12", np.array([1, 2], np.int64))]
+    nodes = [helper.make_node("Unsqueeze", ["frames", "axis1"], ["x"], name="channel"),
+             helper.make_node("Conv", ["x", "conv.weight", "conv.bias"], ["conv_out"], name="conv",
+                              strides=[4]),
+             helper.make_node("Relu", ["conv_out"], ["relu_out"], name="relu"),
+             helper.make_node("ReduceMean", ["relu_out"], ["features"], name="pool", axes=[2], keepdims=0),
+             helper.make_node("Unsqueeze", ["features", "axis1"], ["seq"], name="seq"),
+             helper.make_node("LSTM", ["seq", "lstm.W", "lstm.R", "", "", "h", "c"], ["y", "hn", "cn"],
+                              name="lstm", hidden_size=hidden),
+             helper.make_node("Squeeze", ["y", "axes12"], ["states"], name="squeeze"),
+             helper.make_node("MatMul", ["states", "fc.weight"], ["logit"], name="fc"),
+             helper.make_node("Sigmoid", ["logit"], ["prob"], name="sigmoid")]
+    return _model(nodes, [_vi("frames", ["T", frame]), _vi("h", [1, 1, hidden]), _vi("c", [1, 1, hidden])],
+                  [_vi("prob", ["T", 1]), _vi("hn", [1, 1, hidden]), _vi("cn", [1, 1, hidden])], inits,
+                  name="framed_lstm")

@@ -104,10 +104,21 @@ def load_calib_npz(graph: gs.Graph, path: str, batch_axis1: list[str] = ()) -> d
             raise UsageError(f"--calib {path}: '{t.name}' has shape {list(arr.shape)}, the model expects "
                              f"{list(shape)}")
         feeds[t.name] = arr
-    sizes = {len(v) for v in feeds.values()}
-    if len(sizes) != 1 or 0 in sizes:
-        raise UsageError(f"--calib {path}: arrays must have the same, non-zero number of samples")
-    return feeds
+    return _same_samples(feeds, path)
+
+
+def _same_samples(feeds: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
+    """`feeds` with one sample count: an array given for one sample beside others of N (a recurrent
+    state [1, 1, 128] beside [N, 576] frames: the state every call starts from) is read as that value in
+    every sample (a broadcast view, not a copy)."""
+    sizes = {k: len(v) for k, v in feeds.items()}
+    many = {n for n in sizes.values() if n != 1}
+    if 0 in sizes.values() or len(many) > 1:
+        counts = ", ".join(f"'{k}' {n}" for k, n in sorted(sizes.items()))
+        raise UsageError(f"--calib {path}: arrays must hold the same number of samples (or one, used for "
+                         f"every sample); found {counts}")
+    rows = many.pop() if many else 1
+    return {k: v if len(v) == rows else np.broadcast_to(v, (rows, *v.shape[1:])) for k, v in feeds.items()}
 
 
 def chunk_rows(state: CompileState, held: list[str] = ()) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _util import compile_state
-from dfq_onnx.models import builders
+from dfq_onnx.models import builders, recurrent_builders
 from dfq_onnx.passes.calibrate import Calibrate, load_calib_npz
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.normalize import Normalize
@@ -29,7 +29,7 @@ def graph():
     ({"input": np.zeros((4, 3, 9, 9), np.float32)}, ["'input'", "[4, 3, 9, 9]"]),        # wrong shape
     ({"input": np.zeros((4, 3, 8), np.float32)}, ["'input'", "[4, 3, 8]"]),              # wrong rank
     ({"input": np.zeros((4, 3, 8, 8), np.int64)}, ["'input'", "int64"]),                 # wrong dtype
-    ({"input": np.zeros((0, 3, 8, 8), np.float32)}, ["non-zero number of samples"]),
+    ({"input": np.zeros((0, 3, 8, 8), np.float32)}, ["same number of samples", "'input' 0"]),
 ], ids=["missing-name", "wrong-shape", "wrong-rank", "wrong-dtype", "empty"])
 def test_npz_validation_errors_name_the_array(graph, tmp_path, arrays, words):
     path = tmp_path / "calib.npz"
@@ -46,6 +46,33 @@ def test_npz_error_through_the_api_is_a_usage_error(tmp_path):
         dfq_onnx.quantize(builders.conv_bn_relu(), calib=str(tmp_path / "calib.npz"), progress=False)
     assert isinstance(info.value.cause, UsageError) and info.value.exit_code == 2
     assert "'input'" in str(info.value)
+
+
+def _framed_lstm_npz(tmp_path, state_rows: int = 1):
+    rng = np.random.default_rng(0)
+    state = rng.standard_normal((state_rows, 1, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", frames=rng.standard_normal((12, 64)).astype(np.float32), h=state,
+             c=state)
+    return str(tmp_path / "calib.npz"), state
+
+
+def test_npz_array_of_one_sample_is_read_in_every_sample(tmp_path):
+    """A recurrent state given once beside N frames (what a streaming model's caller feeds every
+    stream: silero-vad's h / c [1, 1, 128] beside [T, 576] frames) is that state in every sample."""
+    model = recurrent_builders.framed_lstm()
+    path, state = _framed_lstm_npz(tmp_path)
+    feeds = load_calib_npz(compile_state(model, [Normalize()]).graph, path)
+    assert feeds["frames"].shape == (12, 64) and feeds["h"].shape == (12, 1, 16)
+    assert all(np.array_equal(row, state[0]) for row in feeds["h"])
+    out, _ = dfq_onnx.quantize(model, calib=path, progress=False)
+    assert any(n.op_type == "QuantizeLinear" for n in out.graph.node)
+
+
+def test_npz_sample_counts_that_differ_are_named(tmp_path):
+    path, _ = _framed_lstm_npz(tmp_path, state_rows=3)
+    graph = compile_state(recurrent_builders.framed_lstm(), [Normalize()]).graph
+    with pytest.raises(UsageError, match=r"'frames' 12, 'h' 3"):
+        load_calib_npz(graph, path)
 
 
 def test_npz_float64_is_accepted_as_float32(graph, tmp_path):
