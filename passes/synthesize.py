@@ -385,9 +385,9 @@ def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: di
     for k, r in result.inferred.items():
         if r.range is not None and r.convention in AUDIO:
             log.warning("no BatchNormalization statistics: waveform input %s inferred to read %s (its first "
-                        "biased layer balances biases and responses at a waveform std of %.2g); if it reads "
-                        "another range, pass --input-range %s:LOW,HIGH", k, r.convention,
-                        10 ** r.scores["log10_balance_std"], k)
+                        "biased layer balances biases and responses at a waveform std of %.2g: samples drawn "
+                        "within +-%.3g); if it reads another range, pass --input-range %s:LOW,HIGH",
+                        k, r.convention, 10 ** r.scores["log10_balance_std"], r.range[1], k)
         elif r.range is not None:
             log.warning("no BatchNormalization statistics%s: input %s inferred to read %s (the first layer's "
                         "biases match its responses there: %s); if it reads another range, pass "
