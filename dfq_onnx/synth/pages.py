@@ -111,11 +111,12 @@ def page(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return (gray[None] * tint + rng.normal(0, 0.02, (c, h, w))).astype(np.float32)
 
 
-def pages(seed: int, n: int, shape: tuple[int, ...], domain: tuple[float, float] | None = None
-          ) -> np.ndarray:
-    """n pages [n, C, H, W] from the pages' own stream of `seed`, in `domain` when given."""
-    rng = np.random.default_rng([seed, PAGE_STREAM])
-    x = np.stack([page(rng, shape) for _ in range(n)])
+def pages(seed: int, n: int, shape: tuple[int, ...], domain: tuple[float, float] | None = None,
+          rng: np.random.Generator | None = None) -> np.ndarray:
+    """n pages [n, C, H, W] from the pages' own stream of `seed` (or the next n of `rng`, that stream
+    part-drawn), in `domain` when given."""
+    rng = np.random.default_rng([seed, PAGE_STREAM]) if rng is None else rng
+    x = np.stack([page(rng, shape) for _ in range(n)]) if n else np.empty((0, *shape), np.float32)
     return to_range(x, *domain) if domain is not None else x
 
 
@@ -145,10 +146,13 @@ def offer(graph: gs.Graph, name: str, prior: np.ndarray, seed: int, n_pages: int
     if len(shape) != 3 or not is_image_like((1, *shape)) or (outs := candidate_outputs(graph, shape)) is None:
         return None, None
     k = min(PROBE, len(prior), n_pages)
-    drawn = pages(seed, n_pages, shape, domain)
-    seen = output_spans(graph, outs, name, np.concatenate([prior[:k], drawn[:k]]))
+    rng = np.random.default_rng([seed, PAGE_STREAM])
+    drawn = pages(seed, k, shape, domain, rng)          # the rest only when taken: the same stream
+    seen = output_spans(graph, outs, name, np.concatenate([prior[:k], drawn]))
     dense = [o for o in outs if is_dense(seen[(o, "shape")], shape)]
     if not dense:
         return None, None
     result = PageOffer({o: (float(seen[o][:k].max()), float(seen[o][k:].max())) for o in dense}, n_pages)
-    return result, drawn if result.taken else None
+    if not result.taken:
+        return result, None
+    return result, np.concatenate([drawn, pages(seed, n_pages - k, shape, domain, rng)])
