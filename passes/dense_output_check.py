@@ -10,8 +10,8 @@ needs no threshold: the layer's weights say what its output is made for. Per out
 row norm |W_k| is the output's change for a unit-norm input; the map is flagged when its calibrated span
 (hi - lo, on synthetic samples) is below FRACTION x max_k |W_k|:
 
-    CRAFT conv_cls.8 (2 x 16 x 1 x 1): row norms 1.09, 1.11; span on the 1/f prior 0.055 (5 %),
-    on real scenes 1.10 (99 %), on the prior with line-drawing pages (synth/pages.py) ~1.
+    CRAFT conv_cls.8 (2 x 16 x 1 x 1): row norms 1.09, 1.11; span on the 1/f prior 0.055 (5 %: flagged),
+    on real scenes 1.10 (99 %), on the prior with line-drawing pages (synth/pages.py) 1.06 (96 %).
 
 One warning line per flagged output (naming it, its layer, the two numbers, and `--calib`), and the
 report's `dense_output_range` note. Analysis only: no range moves.

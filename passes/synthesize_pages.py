@@ -6,7 +6,7 @@ dense output's span GAIN times past the samples', every second sample (the odd o
 the first rows Calibrate and the activation decision measure (`backends.budget`: CRAFT at 480 x 640
 measures 28 of 64) hold both. The probe costs 2 x PROBE forward rows and the pages their drawing, so
 its decision -- taken or not, with what it measured -- is cached under its own key (start
-"pink+pages"; the pages themselves are redrawn from the seed, ~0.1 s per 480 x 640 page idle): the keys
+"pink+pages"; the pages themselves are redrawn from the seed, ~0.8 s per 480 x 640 page at load 5): the keys
 of every other path are unchanged, and a model whose outputs' shapes say no output is a dense map runs
 no probe and writes no entry.
 """
