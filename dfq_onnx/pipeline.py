@@ -17,6 +17,7 @@ from dfq_onnx.passes.check_usage import CheckUsage
 from dfq_onnx.passes.choose_forms import ChooseInputForms
 from dfq_onnx.passes.choose_recurrent import ChooseRecurrentForms, recurrent_forms
 from dfq_onnx.passes.data_tail import AttachTail, DetachTail
+from dfq_onnx.passes.dense_output_check import DenseOutputRange
 from dfq_onnx.passes.dfmpc import CompensateDFMPC
 from dfq_onnx.passes.emit_forms import EmitForms
 from dfq_onnx.passes.emit_qdq import EmitQDQ
@@ -162,7 +163,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([CoverInferredInput()] if options.calib == "synthetic" else []),
         *([MeasureInputMoments(full=options.gptq, clip=options.weight_clip)]
           if low_bit_weights(target, options) else []),
-        *([HeadMaxRanges(), ScoreTopPrior(), PooledRangeTop(), OutputProbabilitySpan()]
+        *([HeadMaxRanges(), ScoreTopPrior(), PooledRangeTop(), OutputProbabilitySpan(), DenseOutputRange()]
           if options.calib == "synthetic" else []),
         SiluRangeFloor(),
         HardSwishRangeFloor(),

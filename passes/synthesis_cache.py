@@ -2,8 +2,9 @@
 
 An entry is one npz under the cache's `synthetic` kind: the inputs (`input/NAME`), labels, the search's
 meta (losses -- NaN where nothing was searched --, forward passes, rows, seconds, steps), the objective,
-the start ("pink", "pink+lines", "strokes", "envelopes"), the twin samples and the kept-BN notes. An entry
-whose inputs do not match the requested shapes, or is unreadable, is a miss (recomputed), never an error.
+the start ("pink", "pink+lines", "strokes", "envelopes", "pink+pages"), the twin samples, the kept-BN
+notes and the pages' probe (synth/pages.py). An entry whose inputs do not match the requested shapes, or
+is unreadable, is a miss (recomputed), never an error.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def to_arrays(result: SynthesisResult) -> dict[str, np.ndarray]:
     arrays.update({f"twin/{k}": v for k, v in (result.twin or {}).items()})
     if result.kept_bn:
         arrays["kept_bn"] = np.array(json.dumps(result.kept_bn))
+    if result.pages:
+        arrays["pages"] = np.array(json.dumps(result.pages))
     return arrays
 
 
@@ -67,4 +70,5 @@ def from_cache(path, shapes, start) -> SynthesisResult | None:
     return SynthesisResult(inputs, arrays.get("labels"), loss[0], loss[1], 0, 0,
                            time.perf_counter() - start, True, str(arrays["objective"]), int(meta[5]),
                            str(arrays.get("start", "pink")), twin=twin,
-                           kept_bn=json.loads(str(arrays["kept_bn"])) if "kept_bn" in arrays else {})
+                           kept_bn=json.loads(str(arrays["kept_bn"])) if "kept_bn" in arrays else {},
+                           pages=json.loads(str(arrays["pages"])) if "pages" in arrays else {})

@@ -58,5 +58,7 @@ class SynthesisResult:
     inferred: dict = field(default_factory=dict)   # {input: RangeInference}: ranges read off the model
     pixel_drawn: dict = field(default_factory=dict)   # {input: (lo, hi)}: a prefix that cannot standardize
                                                       #  its pixels: drawn in them (synth/preprocess.py)
+    pages: dict = field(default_factory=dict)     # line-drawing pages offered to a dense-output model: what
+                                                  #  its probe measured, whether taken (synth/pages.py)
     kept_bn: dict = field(default_factory=dict)   # the prior measured on BNs left after activations and what
                                                   #  was picked (synth/envelopes.py)

@@ -57,6 +57,10 @@ multiply-accumulate and ELEMENT_BUDGET element budgets, cached like a search: pa
 An image input whose first activation such a BN reads takes the range convention whose samples fit that
 BN's statistics (`dfq_onnx.synth.kept_range`: Keras' Conv - Activation - BN on [0, 1] pixels), with one
 warning. Cache entries: passes/synthesis_cache.py.
+
+An image model whose output is a dense map (axes following the input's H and W) and that takes the label
+objective is offered line-drawing pages beside its samples, kept (every second sample) when they drive
+the map's span GAIN times past the samples' (synth/pages.py, passes/synthesize_pages.py).
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ import numpy as np
 from dfq_onnx.passes.synthesis_cache import cache_key, from_cache, save
 from dfq_onnx.passes.synthesis_types import OBJECTIVES, SynthesisOptions, SynthesisResult  # noqa: F401 (API)
 from dfq_onnx.passes.synthesize_kept import fit_kept, kept_ranges
+from dfq_onnx.passes.synthesize_pages import with_pages
 from dfq_onnx.passes.synthesize_tokens import synthesize_tokens
 from tqdm import tqdm
 
@@ -170,6 +175,7 @@ def _after_prefixes(graph, bn_stats, options: SynthesisOptions, model_hash: str,
     if ranges := {k: r.range for k, r in {**inferred, **kept}.items() if r.range is not None}:
         options = dataclasses.replace(options, input_ranges={**options.input_ranges, **ranges})
     result = _images(graph, bn_stats, options, model_hash, shapes, kind, start)
+    result = with_pages(graph, result, options, model_hash, shapes, kind)    # passes/synthesize_pages.py
     if kept:
         notes = {k: {"convention": r.convention, "range": list(r.range) if r.range else None,
                      "bn": r.layers[0], "score": {c: round(v, 4) for c, v in r.scores.items()}}
@@ -340,6 +346,8 @@ class Synthesize(Pass):
             state.report.notes["synthesis"]["plane_inputs"] = list(result.planes)
         if result.kept_bn:
             state.report.notes["synthesis"]["kept_bn"] = result.kept_bn
+        if result.pages:
+            state.report.notes["synthesis"]["pages"] = result.pages
         if result.pixel_drawn:
             state.report.notes["synthesis"]["drawn_in_pixel_range"] = {k: list(r) for k, r in
                                                                        result.pixel_drawn.items()}
@@ -356,7 +364,9 @@ class Synthesize(Pass):
                             "pass --input-range %s:LOW,HIGH", k, r["convention"], r["bn"],
                             ", ".join(f"{c} {v:.3g}" for c, v in r["score"].items()), k)
         if not searched:
-            prior = "line drawings picked by the model" if result.start == "strokes" else "the 1/f prior"
+            prior = {"strokes": "line drawings picked by the model",
+                     "pink+pages": "the 1/f prior, every second one a line-drawing page"}.get(result.start,
+                                                                                            "the 1/f prior")
             return PassResult(False, f"{self.options.samples} samples from {prior} (no search: "
                                      f"{result.objective} objective)")
         how = "from cache" if result.cache_hit else f"{result.forward_passes} ORT runs"
