@@ -49,6 +49,7 @@ from dfq_onnx.core.state import FLOAT_BITS, BitPlan, CompileState
 from dfq_onnx.sensitivity.act_scoring import (
     BROKEN,
     ActTerms,
+    broken,
     joint_bound,
     score_activations,
     scored_bits,
@@ -162,7 +163,7 @@ def cached_terms(state: CompileState, samples, labels, metric: str, key: dict, u
     path = cache.cache_path("activations", {**key, "act_engine": ENGINE, "max_evals": max_evals},
                             cache_dir).with_suffix(".json")
     hit = load_json(path) if use_cache else None
-    if hit is not None and hit.activations:
+    if hit is not None and hit.activations and current(hit.activations):
         return terms_from_dict(hit.activations), None
     terms, ev = activation_terms(state, samples, labels, metric, batch=batch, max_evals=max_evals,
                                  extra_evals=extra)
@@ -172,6 +173,13 @@ def cached_terms(state: CompileState, samples, labels, metric: str, key: dict, u
             samples=ev.n, evaluations=ev.evaluations, forward_passes=ev.forward_passes,
             seconds=terms.seconds, activations=terms_to_dict(terms)))
     return terms, ev
+
+
+def current(entry: dict) -> bool:
+    """Whether a cached entry holds what this engine measures: one whose plan the ratio calls broken was
+    written before the task reading (act_scoring) when it has no "decisions" key; the others are the
+    same terms (the reading adds nothing to a plan the ratio does not call broken)."""
+    return "decisions" in entry or not broken(float(entry["act_loss"]), float(entry["weight_loss"]))
 
 
 def broken_evals(max_evals: int | None) -> int:
@@ -259,6 +267,8 @@ class ChooseActivationPrecision(Pass):
             steps = [{"group": k, "precision": a, "loss": v} for k, a, v in terms.joint]
             notes["joint"] = {"factor": BROKEN, "bound": joint_bound(terms.weight_loss),
                               "applied": sorted(joint), "measured": steps}
+        if terms.decisions is not None:
+            notes["decisions"] = terms.decisions
         if budget:
             notes["budget"] = {**budget, "undecided_groups": terms.undecided}
         if ev is not None:
