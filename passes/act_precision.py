@@ -15,7 +15,9 @@ exception to the allowance: its screening may run BROKEN_EVALS x its evaluation 
 outliers the joint check measured are put back to A16 / float worst-first, past the allowance, until the
 whole plan fits BROKEN x L_w (the report's `activations.joint`). Accuracy first there: an output that
 the activations destroy is not a latency trade-off (PP-PicoDet layout: 33.7 -> 81.1 % of FP32's boxes
-kept, 0.40 -> 0.57 of FP32's latency; BENCHMARKS.md, session 16).
+kept, 0.40 -> 0.57 of FP32's latency; BENCHMARKS.md, session 16). Where every output is read by its
+argmax, a plan the ratio calls broken is read for the task first (act_scoring's task reading): one that
+keeps FP32's decisions is not broken (CREPE full: 44x with its pitches kept; session 23).
 
 With a budget, ScoreSensitivity scores the same terms and AllocateBits decides them jointly with the
 weights (passes/allocate.py).

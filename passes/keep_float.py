@@ -19,9 +19,11 @@ Two sources say whether it pays, both whole-model:
 
 The activation decision (passes/act_precision.py) runs later and may leave groups float past the cost
 allowance (a broken all-A8 plan: accuracy first), so the written plan has float islands with Q/DQ at
-their edges that the first timing did not see. `KeepFloatChosen` re-times that plan (the same rule, its
-own cache entry keyed by the float groups) when KeepFloat measured the all-A8 plan paying and the chosen
-plan has a float group; if it is slower than FP32, FP32 is both faster and exact there, and the model is
+their edges that the first timing did not see and the target's cost model did not price. `KeepFloatChosen`
+re-times that plan (the same rule, its own cache entry keyed by the chosen precisions) when KeepFloat
+measured the all-A8 plan paying and the joint check put groups float past the allowance (floats within
+the allowance are priced by the cost model, at most its share of the all-A8 plan's cost, and are not
+re-timed); if it is slower than FP32, FP32 is both faster and exact there, and the model is
 written float (a Conv - ReLU - BN digits CNN whose two BN outputs the decision floats: 42.6 vs 29.4 ms
 at batch 32; BENCHMARKS.md, session 23).
 
@@ -95,8 +97,12 @@ class KeepFloatChosen(Pass):
     def run(self, state: CompileState) -> PassResult:
         first = state.report.notes.get("keep_float", {})
         floats = sorted(k for k, a in (state.plan.acts if state.plan else {}).items() if a == FLOAT_BITS)
-        if not first.get("integer_pays") or not first.get("source", "").startswith("measured") or not floats:
-            return PassResult(False, "no float group chosen after a measured all-integer plan: not re-timed")
+        act = state.report.notes.get("activations", {})
+        past = act.get("joint", {}).get("applied") and not act.get("reverted")
+        if not first.get("integer_pays") or not first.get("source", "").startswith("measured") or not past \
+                or not floats:
+            return PassResult(False, "no float group put back past the cost allowance after a measured "
+                                     "all-integer plan: not re-timed")
         m, cached = _cached_measure(state, state.target.runtime, acts=state.plan.acts)
         note = {"source": "measured" + (" (cached)" if cached else ""), "batch": 1, "float_groups": floats,
                 "fp32_ms": m["fp32_ms"], "integer_ms": m["int_ms"], "ratio": round(m["ratio"], 4),

@@ -98,8 +98,8 @@ class _Ev:
 
 
 def _groups(n=4):
-    return [ActGroup(id=f"a{i}", rep=f"t{i}", tensors=(f"t{i}",), readers=(), writers=(), elements=10, choices=(8, 32))
-            for i in range(n)]
+    return [ActGroup(id=f"a{i}", rep=f"t{i}", tensors=(f"t{i}",), readers=(), writers=(), elements=10,
+                     choices=(8, 32)) for i in range(n)]
 
 
 @pytest.mark.parametrize("keep", [True, False])
@@ -154,5 +154,22 @@ def test_a_plan_without_float_groups_is_timed_once(tmp_path, monkeypatch):
     monkeypatch.setattr(integer_pays, "measure", measure)
     out, report = dfq_onnx.quantize(builders.conv_bn_relu(), calib="noise", cache_dir=str(tmp_path),
                                     progress=False)
+    assert len(calls) == 1 and "chosen_plan" not in report.notes["keep_float"]
+    assert nodes_by_op(out, "QuantizeLinear")
+
+
+def test_floats_within_the_allowance_are_not_timed_again(tmp_path, monkeypatch):
+    """A float group the ILP took within the cost allowance (priced by the target's cost model): one
+    timing, the plan written as chosen."""
+    from _util import static_matmul_target
+
+    monkeypatch.setattr(keep_float, "MIN_MACS", 0)
+    measure, calls = _timings([[0.5, 0.5, 0.5]])
+    monkeypatch.setattr(integer_pays, "measure", measure)
+    out, report = dfq_onnx.quantize(act_builders.outlier_attention(),
+                                    target=static_matmul_target(tmp_path, allowance=100.0), calib="noise",
+                                    cache_dir=str(tmp_path), progress=False)
+    notes = report.notes["activations"]
+    assert any(o["choice"] == 32 for o in notes["outliers"].values()) and "joint" not in notes
     assert len(calls) == 1 and "chosen_plan" not in report.notes["keep_float"]
     assert nodes_by_op(out, "QuantizeLinear")
