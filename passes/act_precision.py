@@ -270,7 +270,7 @@ class ChooseActivationPrecision(Pass):
             notes["joint"] = {"factor": BROKEN, "bound": joint_bound(terms.weight_loss),
                               "applied": sorted(joint), "measured": steps}
         if terms.decisions is not None:
-            notes["decisions"] = terms.decisions
+            notes["decisions"] = {**terms.decisions, "factor": BROKEN}
         if budget:
             notes["budget"] = {**budget, "undecided_groups": terms.undecided}
         if ev is not None:

@@ -173,3 +173,11 @@ def test_floats_within_the_allowance_are_not_timed_again(tmp_path, monkeypatch):
     assert any(o["choice"] == 32 for o in notes["outliers"].values()) and "joint" not in notes
     assert len(calls) == 1 and "chosen_plan" not in report.notes["keep_float"]
     assert nodes_by_op(out, "QuantizeLinear")
+
+
+def test_the_cli_line_says_a_kept_plan_is_not_broken():
+    from dfq_onnx.report.activations import decided_line
+
+    line = decided_line({"activations": {"outliers": {}, "base": 8, "groups": 14,
+                                         "decisions": {"kept": 1.0, "positions": [17], "factor": 16.0}}})
+    assert "above 16x the weights' loss but keeps FP32's decisions at 100.0 %" in line and "not broken" in line

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.core.state import FLOAT_BITS, CompileState
-from dfq_onnx.sensitivity.act_scoring import BROKEN
 
 
 def precision_name(bits) -> str:
@@ -58,7 +57,7 @@ def decided_line(notes: dict) -> str:
                  "outlier groups put back past the cost allowance")
     task = act.get("decisions")
     if task and not joint:
-        line += (f"; all-A{base} above {BROKEN:g}x the weights' loss but keeps FP32's decisions at "
+        line += (f"; all-A{base} above {task['factor']:g}x the weights' loss but keeps FP32's decisions at "
                  f"{100 * task['kept']:.1f} % of the clear positions: not broken")
     return line
 
