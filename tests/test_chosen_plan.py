@@ -158,21 +158,26 @@ def test_a_plan_without_float_groups_is_timed_once(tmp_path, monkeypatch):
     assert nodes_by_op(out, "QuantizeLinear")
 
 
-def test_floats_within_the_allowance_are_not_timed_again(tmp_path, monkeypatch):
-    """A float group the ILP took within the cost allowance (priced by the target's cost model): one
-    timing, the plan written as chosen."""
+@pytest.mark.parametrize("second, dropped", [([150.0] * 3, True), ([90.0] * 3, False)])
+def test_floats_within_the_allowance_are_timed_against_the_all_a8_plan(tmp_path, monkeypatch, second,
+                                                                        dropped):
+    """A float group the ILP took within the cost allowance: the chosen plan is timed against the all-A8
+    plan and the group goes back to A8 when it costs more than the allowance (+ the margin) measured
+    (this target's allowance is 100x the all-A8 cost: the line is 101.05)."""
     from _util import static_matmul_target
 
     monkeypatch.setattr(keep_float, "MIN_MACS", 0)
-    measure, calls = _timings([[0.5, 0.5, 0.5]])
+    measure, calls = _timings([[0.5, 0.5, 0.5], second])
     monkeypatch.setattr(integer_pays, "measure", measure)
     out, report = dfq_onnx.quantize(act_builders.outlier_attention(),
                                     target=static_matmul_target(tmp_path, allowance=100.0), calib="noise",
                                     cache_dir=str(tmp_path), progress=False)
     notes = report.notes["activations"]
-    assert any(o["choice"] == 32 for o in notes["outliers"].values()) and "joint" not in notes
-    assert len(calls) == 1 and "chosen_plan" not in report.notes["keep_float"]
-    assert nodes_by_op(out, "QuantizeLinear")
+    assert "joint" not in notes and len(calls) == 2
+    assert report.notes["keep_float"]["chosen_plan"]["floats_dropped"] is dropped
+    f2 = next(k for k, o in notes["outliers"].items() if o["tensors"] == ["f2_out"])
+    assert (notes["outliers"][f2]["choice"] == 8) is dropped
+    assert ("f2_out" in {n.input[0] for n in nodes_by_op(out, "QuantizeLinear")}) is dropped
 
 
 def test_the_cli_line_says_a_kept_plan_is_not_broken():
