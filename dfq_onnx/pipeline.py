@@ -29,7 +29,7 @@ from dfq_onnx.passes.head_ranges import HeadMaxRanges
 from dfq_onnx.passes.inferred_input import CoverInferredInput
 from dfq_onnx.passes.input_moments import MeasureInputMoments
 from dfq_onnx.passes.interface import RestoreInterface
-from dfq_onnx.passes.keep_float import KeepFloat
+from dfq_onnx.passes.keep_float import KeepFloat, KeepFloatChosen
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.plan_uniform import UniformPlan
 from dfq_onnx.passes.pool_range import PooledRangeTop
@@ -174,6 +174,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([ChooseRecurrentForms(samples=ACT_SAMPLES, metric=options.metric, use_cache=options.use_cache,
                                 cache_dir=options.cache_dir)] if recurrent_forms(target) else []),
         *([_activations(options)] if not options.mixed and options.act_bits is None else []),
+        *([KeepFloatChosen()] if measures_float(options) else []),
         *([MeasureInputMoments(full=True, after_plan=True)] if gptq_after_plan(options) else []),
         *([CompensateDFMPC()] if options.dfmpc else []),
         *([CorrectBias()] if options.correct_bias else []),

@@ -15,7 +15,9 @@ exception to the allowance: its screening may run BROKEN_EVALS x its evaluation 
 outliers the joint check measured are put back to A16 / float worst-first, past the allowance, until the
 whole plan fits BROKEN x L_w (the report's `activations.joint`). Accuracy first there: an output that
 the activations destroy is not a latency trade-off (PP-PicoDet layout: 33.7 -> 81.1 % of FP32's boxes
-kept, 0.40 -> 0.57 of FP32's latency; BENCHMARKS.md, session 16).
+kept, 0.40 -> 0.57 of FP32's latency; BENCHMARKS.md, session 16). Where every output is read by its
+argmax, a plan the ratio calls broken is read for the task first (act_scoring's task reading): one that
+keeps FP32's decisions is not broken (CREPE full: 44x with its pitches kept; session 23).
 
 With a budget, ScoreSensitivity scores the same terms and AllocateBits decides them jointly with the
 weights (passes/allocate.py).
@@ -49,6 +51,7 @@ from dfq_onnx.core.state import FLOAT_BITS, BitPlan, CompileState
 from dfq_onnx.sensitivity.act_scoring import (
     BROKEN,
     ActTerms,
+    broken,
     joint_bound,
     score_activations,
     scored_bits,
@@ -162,7 +165,7 @@ def cached_terms(state: CompileState, samples, labels, metric: str, key: dict, u
     path = cache.cache_path("activations", {**key, "act_engine": ENGINE, "max_evals": max_evals},
                             cache_dir).with_suffix(".json")
     hit = load_json(path) if use_cache else None
-    if hit is not None and hit.activations:
+    if hit is not None and hit.activations and current(hit.activations):
         return terms_from_dict(hit.activations), None
     terms, ev = activation_terms(state, samples, labels, metric, batch=batch, max_evals=max_evals,
                                  extra_evals=extra)
@@ -172,6 +175,13 @@ def cached_terms(state: CompileState, samples, labels, metric: str, key: dict, u
             samples=ev.n, evaluations=ev.evaluations, forward_passes=ev.forward_passes,
             seconds=terms.seconds, activations=terms_to_dict(terms)))
     return terms, ev
+
+
+def current(entry: dict) -> bool:
+    """Whether a cached entry holds what this engine measures: one whose plan the ratio calls broken was
+    written before the task reading (act_scoring) when it has no "decisions" key; the others are the
+    same terms (the reading adds nothing to a plan the ratio does not call broken)."""
+    return "decisions" in entry or not broken(float(entry["act_loss"]), float(entry["weight_loss"]))
 
 
 def broken_evals(max_evals: int | None) -> int:
@@ -259,6 +269,8 @@ class ChooseActivationPrecision(Pass):
             steps = [{"group": k, "precision": a, "loss": v} for k, a, v in terms.joint]
             notes["joint"] = {"factor": BROKEN, "bound": joint_bound(terms.weight_loss),
                               "applied": sorted(joint), "measured": steps}
+        if terms.decisions is not None:
+            notes["decisions"] = {**terms.decisions, "factor": BROKEN}
         if budget:
             notes["budget"] = {**budget, "undecided_groups": terms.undecided}
         if ev is not None:

@@ -17,6 +17,18 @@ Two sources say whether it pays, both whole-model:
   `MIN_MACS` multiply-accumulates per sample are not timed: there a session call's fixed cost, not the
   kernels, decides and the time at stake is microseconds.
 
+The activation decision (passes/act_precision.py) runs later and may leave groups float past the cost
+allowance (a broken all-A8 plan: accuracy first), so the written plan has float islands with Q/DQ at
+their edges that the first timing did not see and the target's cost model did not price. `KeepFloatChosen`
+re-times that plan (the same rule, its own cache entry keyed by the chosen precisions) when KeepFloat
+measured the all-A8 plan paying and the joint check put groups float past the allowance; if it is
+slower than FP32, FP32 is both faster and exact there, and the model is written float (a Conv - ReLU -
+BN digits CNN whose two BN outputs the decision floats: 1.5x FP32 at batch 32). Floats the ILP took
+within the allowance were priced by the target's cost model at most `act_cost_allowance` of the all-A8
+plan's cost; that plan is timed against the all-A8 plan instead, and measured beyond the allowance
+(median ratio above 1 + allowance + MARGIN) those floats go back to the default bits (CREPE full: three
+allowance floats 1.2x the all-A8 plan; BENCHMARKS.md, session 23).
+
 When the integer form does not pay (a small model of depthwise convolutions and elementwise ops, whose
 integer kernels and Q/DQ pairs cost more than the float kernels they replace), every quantizer group
 stays float: the output is the normalized FP32 graph, with the figures and the reason in the report's
@@ -39,7 +51,7 @@ from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.core.pass_base import Pass, PassResult, run_passes
 from dfq_onnx.core.report import Report
-from dfq_onnx.core.state import CompileState, QuantSpec, Range
+from dfq_onnx.core.state import FLOAT_BITS, BitPlan, CompileState, QuantSpec, Range
 
 log = logging.getLogger(__name__)
 MIN_MACS = 1_000_000     # below: not timed (module docstring)
@@ -60,15 +72,75 @@ class KeepFloat(Pass):
         if pays is None or pays:
             why = note.get("skipped") or ("integer form pays" if pays else "table has no whole-model timings")
             return PassResult(False, why)
-        dropped = len(state.groups)
-        state.spec = QuantSpec(layers={}, act_tensors=(), encoding_of={}, absorbed={}, const_inputs=())
-        state.groups = []
-        state.act_groups = []
-        log.warning("the integer model ran slower than FP32 (%.3f vs %.3f ms at batch %d, %s): writing the "
-                    "model float", note["integer_ms"], note["fp32_ms"], note["batch"], note["source"])
-        return PassResult(False, f"integer form does not pay ({note['integer_ms']:.3f} ms vs FP32 "
-                                 f"{note['fp32_ms']:.3f} ms at batch {note['batch']}): "
-                                 f"{dropped} groups float")
+        return PassResult(False, _drop(state, note, "integer model"))
+
+
+def _drop(state: CompileState, note: dict, what: str) -> str:
+    """Every quantizer group float (the output is the normalized FP32 graph); the warning and the pass
+    line."""
+    dropped = len(state.groups)
+    state.spec = QuantSpec(layers={}, act_tensors=(), encoding_of={}, absorbed={}, const_inputs=())
+    state.groups = []
+    state.act_groups = []
+    if state.plan is not None:
+        state.plan = BitPlan({})
+    log.warning("the %s ran slower than FP32 (%.3f vs %.3f ms at batch %d, %s): writing the model float",
+                what, note["integer_ms"], note["fp32_ms"], note["batch"], note["source"])
+    return (f"{what} does not pay ({note['integer_ms']:.3f} ms vs FP32 {note['fp32_ms']:.3f} ms at batch "
+            f"{note['batch']}): {dropped} groups float")
+
+
+class KeepFloatChosen(Pass):
+    """After the activation decision: drop every quantizer when the chosen plan, with the float groups a
+    broken plan's joint check took, is slower than FP32; put floats taken within the allowance back to
+    the default bits when they cost more than the allowance measured (module docstring)."""
+
+    name = "KeepFloatChosen"
+
+    def run(self, state: CompileState) -> PassResult:
+        first = state.report.notes.get("keep_float", {})
+        floats = sorted(k for k, a in (state.plan.acts if state.plan else {}).items() if a == FLOAT_BITS)
+        act = state.report.notes.get("activations", {})
+        past = act.get("joint", {}).get("applied") and not act.get("reverted")
+        if not first.get("integer_pays") or not first.get("source", "").startswith("measured") or not floats:
+            return PassResult(False, "no float group chosen after a measured all-integer plan: not re-timed")
+        if not past:
+            return _within_allowance(state, first, floats)
+        m, cached = _cached_measure(state, state.target.runtime, acts=state.plan.acts)
+        note = {"source": "measured" + (" (cached)" if cached else ""), "batch": 1, "float_groups": floats,
+                "fp32_ms": m["fp32_ms"], "integer_ms": m["int_ms"], "ratio": round(m["ratio"], 4),
+                "ratios": [round(r, 4) for r in m["ratios"]], "integer_pays": not m["integer_slower"]}
+        first["chosen_plan"] = note
+        if note["integer_pays"]:
+            return PassResult(False, f"chosen plan ({len(floats)} float groups) pays: "
+                                     f"{note['integer_ms']:.3f} ms vs FP32 {note['fp32_ms']:.3f} ms")
+        what = f"chosen plan ({len(floats)} float activation groups)"
+        return PassResult(False, _drop(state, note, what))
+
+
+def _within_allowance(state: CompileState, first: dict, floats: list[str]) -> PassResult:
+    """Floats the ILP took within the cost allowance (module docstring): the chosen plan timed against the
+    all-A8 plan; measured beyond the allowance (median ratio > 1 + allowance + MARGIN) -> they go back to
+    the default bits."""
+    m, cached = _cached_measure(state, state.target.runtime, acts=state.plan.acts, against_base=True)
+    line = 1.0 + state.target.act_cost_allowance + integer_pays.MARGIN
+    beyond = bool(float(np.median(m["ratios"])) > line)
+    first["chosen_plan"] = {"source": "measured" + (" (cached)" if cached else ""), "batch": 1,
+                            "float_groups": floats, "against": "all-base plan", "base_ms": m["fp32_ms"],
+                            "chosen_ms": m["int_ms"], "ratios": [round(r, 4) for r in m["ratios"]],
+                            "line": round(line, 4), "floats_dropped": beyond}
+    if not beyond:
+        return PassResult(False, f"chosen plan ({len(floats)} float groups within the allowance) "
+                                 f"{m['ratio']:.3f}x the all-base plan: kept")
+    base = state.target.default_act_bits
+    state.plan = BitPlan(state.plan.bits, acts={k: a for k, a in state.plan.acts.items() if a != FLOAT_BITS})
+    for k, o in state.report.notes.get("activations", {}).get("outliers", {}).items():
+        if k in floats:
+            o["proposed"], o["choice"] = o["choice"], base
+    log.warning("the chosen plan's %d float activation groups ran %.2fx the all-A%d plan (allowance %.0f %%):"
+                " kept at A%d", len(floats), m["ratio"], base, 100 * state.target.act_cost_allowance, base)
+    return PassResult(False, f"chosen plan's {len(floats)} float groups {m['ratio']:.3f}x the all-base plan "
+                             f"(> {line:.3f}): back to A{base}")
 
 
 def _from_table(state: CompileState, path: str) -> dict:
@@ -119,15 +191,26 @@ def _key(state: CompileState, runtime: str) -> dict:
             "threads": integer_pays.THREADS, "engine": integer_pays.ENGINE}
 
 
-def _cached_measure(state: CompileState, runtime: str) -> tuple[dict, bool]:
+def _cached_measure(state: CompileState, runtime: str, acts: dict[str, int] | None = None,
+                    against_base: bool = False) -> tuple[dict, bool]:
+    """The timing of the default plan (with `acts`: the chosen activation precisions, keyed by them)
+    against FP32, or with `against_base` against the all-base plan (then "fp32_ms" is that plan's)."""
     opts = state.options
-    path = cache.cache_path("latency-check", _key(state, runtime), opts.cache_dir)
+    key = _key(state, runtime)
+    if acts:
+        key["acts"] = {k: int(a) for k, a in sorted(acts.items())}
+    if against_base:
+        key["against"] = "base"
+    path = cache.cache_path("latency-check", key, opts.cache_dir)
     hit = cache.load_npz(path) if opts.use_cache else None
     if hit is not None:
         ratios = [float(r) for r in hit["ratios"]]
         return {"fp32_ms": float(hit["fp32_ms"]), "int_ms": float(hit["int_ms"]), "ratios": ratios,
                 "rounds": len(ratios), "calls": int(hit["calls"]), **integer_pays.decided(ratios)}, True
-    m = integer_pays.measure(runtime, *timing_models(state))
+    models = timing_models(state, acts=acts)
+    if against_base:
+        models = (timing_models(state)[1], models[1])
+    m = integer_pays.measure(runtime, *models)
     release()       # the timed sessions' heap back before the next pass (backends/memory.py: glibc keeps it)
     if opts.use_cache:
         cache.save_npz_atomic(path, {k: np.asarray(m[k]) for k in ("fp32_ms", "int_ms", "ratios", "calls")})

@@ -55,6 +55,10 @@ def decided_line(notes: dict) -> str:
     if joint and not act.get("reverted"):
         line += (f"; all-A{base} broken (> {joint['factor']:g}x the weights' loss): {len(joint['applied'])} "
                  "outlier groups put back past the cost allowance")
+    task = act.get("decisions")
+    if task and not joint:
+        line += (f"; all-A{base} above {task['factor']:g}x the weights' loss but keeps FP32's decisions at "
+                 f"{100 * task['kept']:.1f} % of the clear positions: not broken")
     return line
 
 

@@ -31,6 +31,15 @@ measuring the whole plan (L vs FP32) after each, until it fits BROKEN x L_w or t
 
 Models whose L_act fits are scored exactly as before (no extra evaluation).
 
+The task reading. L_act > BROKEN x L_w compares two losses; where the W8 weights are nearly exact (L_w
+tiny: CREPE full's 1024-channel convolutions, 44x with 99.9 % of FP32's pitches kept on real frames) it
+reads any 8-bit plan as broken. Where every output is read by its argmax (sensitivity/decisions.py: a
+classifier, per-position distributions, a vector of sigmoid scores) the all-base plan's outputs (one more
+evaluation, only on a plan the ratio calls broken) are read for the task: a plan that keeps FP32's pick
+at >= 99 % of the clearly decided positions is not broken (no extra screening, no joint check; the
+default rule and the cost allowance decide as on any model). Outputs without a class axis (maps, states,
+embeddings: PP-PicoDet's boxes) have no such reading and the ratio decides alone, as before.
+
 Float contributes 0 (it is the base). A group is scored from the first segment holding one of its members,
 on the cached float prefix (`dfq_onnx.sensitivity.segments`): about half a forward pass per single.
 The singles are shrunk like the weight terms (|T| - lambda sigma, sigma from the even/odd halves) and
@@ -46,6 +55,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dfq_onnx.core.state import FLOAT_BITS, ActGroup
+from dfq_onnx.sensitivity.decisions import class_axis, decisions_kept, keeps_decisions
 from dfq_onnx.sensitivity.evaluator import Evaluator
 
 BROKEN = 16.0   # L_act above BROKEN x L_w: the all-base plan is broken (module docstring, joint check)
@@ -66,6 +76,7 @@ class ActTerms:
     joint: list[tuple[str, int, float]] = field(default_factory=list)   # (group, precision, J_i): joint check
     evaluations: int = 0
     seconds: float = 0.0
+    decisions: dict | None = None   # the task reading of a plan the ratio calls broken (module docstring)
 
 
 def switchable(act_groups: list[ActGroup]) -> list[ActGroup]:
@@ -151,6 +162,16 @@ def broken(act_loss: float, weight_loss: float) -> bool:
     return act_loss > joint_bound(weight_loss)
 
 
+def task_reading(ev: Evaluator, ids: list[str], base: int) -> dict | None:
+    """The all-base plan's outputs read for the task (module docstring): `decisions.decisions_kept`, or
+    None where an output has no class axis."""
+    if any(class_axis(k, r.shape) is None for k, r in zip(ev.kinds, ev.reference)):
+        return None          # an output without a class axis: nothing to read, no forward pass
+    outs = ev.outputs({a: base for a in ids})
+    ev.evaluations += 1
+    return decisions_kept(ev.kinds, ev.reference, outs)
+
+
 def rescue(ag: ActGroup) -> int:
     """The precision the joint check gives an outlier: its widest integer choice above the base (A16:
     256x less rounding noise, integer kernels kept), else float."""
@@ -199,6 +220,8 @@ def score_activations(ev: Evaluator, act_groups: list[ActGroup], base: int, lam:
     cap = None if max_evals is None else max(max_evals - (ev.evaluations - e0), 1)
     found = screen(ev, ids, base, weight_loss, tested, cap)
     bad = extra_evals is not None and broken(act_loss, weight_loss)
+    reading = task_reading(ev, ids, base) if bad else None
+    bad = bad and not keeps_decisions(reading)
     if bad and cap is not None and extra_evals > 0:     # resumes: the tested sets are memoized
         found = screen(ev, ids, base, weight_loss, tested, cap + extra_evals)
     covered = {g for k in tested for g in k.split(",") if tested[k] <= weight_loss} | set(found)
@@ -208,7 +231,7 @@ def score_activations(ev: Evaluator, act_groups: list[ActGroup], base: int, lam:
     pair_terms = score_pairs(ev, near, base, lam)
     joint = joint_check(ev, act_groups, found, singles, base, weight_loss) if bad else []
     return ActTerms(tuple(ids), bits, singles, pair_terms, act_loss, weight_loss,
-                    tested, undecided, joint, ev.evaluations - e0, time.perf_counter() - start)
+                    tested, undecided, joint, ev.evaluations - e0, time.perf_counter() - start, reading)
 
 
 def terms_to_dict(t: ActTerms) -> dict:
@@ -219,7 +242,7 @@ def terms_to_dict(t: ActTerms) -> dict:
                       for (k, m), row in t.pairs.items()],
             "act_loss": t.act_loss, "weight_loss": t.weight_loss, "screened": dict(t.screened),
             "undecided": t.undecided, "joint": [list(j) for j in t.joint], "evaluations": t.evaluations,
-            "seconds": round(t.seconds, 3)}
+            "seconds": round(t.seconds, 3), "decisions": t.decisions}
 
 
 def terms_from_dict(d: dict) -> ActTerms:
@@ -231,4 +254,4 @@ def terms_from_dict(d: dict) -> ActTerms:
         act_loss=float(d["act_loss"]), weight_loss=float(d["weight_loss"]),
         screened={k: float(v) for k, v in d["screened"].items()}, undecided=int(d.get("undecided", 0)),
         joint=[(str(k), int(a), float(v)) for k, a, v in d.get("joint", [])],
-        evaluations=int(d["evaluations"]), seconds=float(d["seconds"]))
+        evaluations=int(d["evaluations"]), seconds=float(d["seconds"]), decisions=d.get("decisions"))
