@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import interleaved_latency_ms, machine_info, markdown_table  # noqa: E402
-from dfq_onnx.passes.keep_float import timing_models  # noqa: E402
+from dfq_onnx.passes.keep_float import integer_timing_model, timing_models  # noqa: E402
 
 from dfq_onnx.core import ir  # noqa: E402
 from dfq_onnx.core.options import QuantizeOptions  # noqa: E402
@@ -61,7 +61,7 @@ def row(c: int, h: int, batch: int, rounds: int, target) -> list:
     st = prepared(builders.conv_silu(c_in=c, c=c, c_out=c, hw=h), target)
     group = next(ag for ag in st.act_groups if "conv1_out" in ag.tensors)
     fp32, a8 = timing_models(st, batch)
-    _, flt = timing_models(st, batch, {group.id: FLOAT_BITS})
+    flt = integer_timing_model(st, batch, {group.id: FLOAT_BITS})
     x = np.random.default_rng(0).standard_normal((batch, c, h, h)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {k: ir.save_model(m, Path(tmp) / f"{k}.onnx") for k, m in

@@ -41,6 +41,7 @@ import dataclasses
 import logging
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from dfq_onnx.allocation.costs import layer_macs
 from dfq_onnx.backends import integer_pays
@@ -166,21 +167,26 @@ def model_macs(state: CompileState, symbolic: int | None = None) -> int:
 
 
 def timing_models(state: CompileState, batch: int = 1, acts: dict[str, int] | None = None) -> tuple:
-    """(FP32 model, default integer plan's model) at `batch`: the plan (with `acts`, activation group ->
-    precision) emitted with the calibrated ranges (a tensor without one gets a placeholder: kernel speed
-    does not depend on the values)."""
+    """(FP32 model, default integer plan's model) at `batch` (`integer_timing_model`)."""
+    return _at_batch(state.graph, batch), integer_timing_model(state, batch, acts)
+
+
+def integer_timing_model(state: CompileState, batch: int = 1, acts: dict[str, int] | None = None):
+    """The default integer plan's model at `batch`: the plan (with `acts`, activation group -> precision)
+    emitted with the calibrated ranges (a tensor without one gets a placeholder: kernel speed does not
+    depend on the values)."""
     from dfq_onnx.passes.emit_qdq import emitted_graph
     from dfq_onnx.passes.plan_uniform import UniformPlan
 
     ranges = {t: state.ranges.get(t, Range(-1.0, 1.0, "timing")) for t in state.spec.act_tensors}
     st = dataclasses.replace(state, report=Report(), ranges=ranges, plan=None, bn_stats={}, weight_gain={})
     run_passes([UniformPlan()], st)
-    integer = emitted_graph(st, dataclasses.replace(st.plan, acts=dict(acts or {})))
-    out = []
-    for graph in (state.graph, integer):
-        g = concrete(graph, batch)
-        out.append(ir.to_model(g, ir_version=ir.min_ir_version(g.opset)))
-    return tuple(out)
+    return _at_batch(emitted_graph(st, dataclasses.replace(st.plan, acts=dict(acts or {}))), batch)
+
+
+def _at_batch(graph: gs.Graph, batch: int):
+    g = concrete(graph, batch)
+    return ir.to_model(g, ir_version=ir.min_ir_version(g.opset))
 
 
 def _key(state: CompileState, runtime: str) -> dict:
@@ -207,10 +213,9 @@ def _cached_measure(state: CompileState, runtime: str, acts: dict[str, int] | No
         ratios = [float(r) for r in hit["ratios"]]
         return {"fp32_ms": float(hit["fp32_ms"]), "int_ms": float(hit["int_ms"]), "ratios": ratios,
                 "rounds": len(ratios), "calls": int(hit["calls"]), **integer_pays.decided(ratios)}, True
-    models = timing_models(state, acts=acts)
-    if against_base:
-        models = (timing_models(state)[1], models[1])
-    m = integer_pays.measure(runtime, *models)
+    chosen = integer_timing_model(state, acts=acts)
+    reference = integer_timing_model(state) if against_base else _at_batch(state.graph, 1)
+    m = integer_pays.measure(runtime, reference, chosen)
     release()       # the timed sessions' heap back before the next pass (backends/memory.py: glibc keeps it)
     if opts.use_cache:
         cache.save_npz_atomic(path, {k: np.asarray(m[k]) for k in ("fp32_ms", "int_ms", "ratios", "calls")})
