@@ -48,9 +48,14 @@ def to_arrays(result: SynthesisResult) -> dict[str, np.ndarray]:
 
 
 def save(path, result: SynthesisResult) -> None:
+    save_arrays(path, to_arrays(result))
+
+
+def save_arrays(path, arrays: dict[str, np.ndarray]) -> None:
+    """One synthesis cache entry; a read-only or full cache directory warns, it does not fail the compile."""
     try:
-        cache.save_npz_atomic(path, to_arrays(result))
-    except OSError as exc:          # a read-only or full cache directory must not fail the compile
+        cache.save_npz_atomic(path, arrays)
+    except OSError as exc:
         log.warning("cannot write the synthesis cache %s: %s", path, exc)
 
 

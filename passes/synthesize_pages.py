@@ -19,7 +19,7 @@ import logging
 import time
 
 import numpy as np
-from dfq_onnx.passes.synthesis_cache import cache_key
+from dfq_onnx.passes.synthesis_cache import cache_key, save_arrays
 from dfq_onnx.passes.synthesis_types import SynthesisOptions, SynthesisResult
 
 from dfq_onnx.core import cache
@@ -50,7 +50,7 @@ def with_pages(graph, result: SynthesisResult, options: SynthesisOptions, model_
         probe, drawn = pages.offer(graph, name, x, options.seed, k, domain)
         note = {"dense": False} if probe is None else probe.note()
         if use_cache:
-            _save_decision(path, note)
+            save_arrays(path, {"pages": np.array(json.dumps(note))})
         result = dataclasses.replace(result, forward_passes=result.forward_passes + (probe is not None))
     result = dataclasses.replace(result, pages=note, seconds=result.seconds + time.perf_counter() - start)
     if drawn is None:
@@ -70,10 +70,3 @@ def _decision(path) -> dict | None:
         return json.loads(str(arrays["pages"]))
     except ValueError:
         return None
-
-
-def _save_decision(path, note: dict) -> None:
-    try:
-        cache.save_npz_atomic(path, {"pages": np.array(json.dumps(note))})
-    except OSError as exc:          # a read-only or full cache directory must not fail the compile
-        log.warning("cannot write the synthesis cache %s: %s", path, exc)
