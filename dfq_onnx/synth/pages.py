@@ -16,7 +16,7 @@ CRAFT at 480 x 640: prior span 0.055, pages 1.05 (gain 19.0): its calibrated sco
 [-0.06, 1.00] (real scenes [-0.04, 1.06]) and it finds 99.1 % of 1361 rendered words (FP32 99.0 %, main
 0 %; BENCHMARKS.md, session 23).
 
-A page: paper p and ink q from `strokes._paper_ink` scaled by LEVEL (x 2: a standardized input's
+A page: paper p and ink q from `strokes.paper_ink` scaled by LEVEL (x 2: a standardized input's
 levels, inside the squash bound 2.5) -- one paper per page, an ink per line --; lines of height
 U(16, 48) px (at most H / 2) stacked down the page with gaps U(0.3, 1.5) x their height, each a
 drawing of width U(0.2, 0.9) W at a random left offset; a per-channel tint U(0.9, 1) and N(0, 0.02).
@@ -38,7 +38,7 @@ from dfq_onnx.core import ir
 from dfq_onnx.core.graph_utils import is_float
 from dfq_onnx.synth.augment import is_image_like
 from dfq_onnx.synth.search import to_range
-from dfq_onnx.synth.strokes import _paper_ink, drawing
+from dfq_onnx.synth.strokes import drawing, paper_ink
 
 PROBE, GAIN, LEVEL = 8, 2.0, 2.0
 LINE_PX = (16, 48)
@@ -96,7 +96,7 @@ def candidate_outputs(graph: gs.Graph, shape: tuple) -> list[str] | None:
 def page(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """One page [C, H, W], standardized levels (module docstring)."""
     c, h, w = shape
-    paper, _ = _paper_ink(rng)
+    paper, _ = paper_ink(rng)
     gray = np.full((h, w), LEVEL * paper)
     y = rng.uniform(0.0, 0.1) * h
     while True:
@@ -106,7 +106,7 @@ def page(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
         lw = int(rng.uniform(0.2, 0.9) * w)
         x0, y0 = int(rng.uniform(0, w - lw)), int(y)
         cover = drawing(rng, lh, lw)
-        _, ink = _paper_ink(rng)
+        _, ink = paper_ink(rng)
         ink = -abs(ink) if paper > 0 else abs(ink)
         region = gray[y0:y0 + lh, x0:x0 + lw]
         region += (LEVEL * ink - region) * cover
@@ -124,9 +124,10 @@ def pages(seed: int, n: int, shape: tuple[int, ...], domain: tuple[float, float]
     return to_range(x, *domain) if domain is not None else x
 
 
-def output_spans(graph: gs.Graph, outputs: list[str], name: str, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Per row of x, max - min of each of `outputs` (float graph, memory-bounded chunks), with the
-    outputs' per-sample shapes under key (output, "shape")."""
+def output_spans(graph: gs.Graph, outputs: list[str], name: str, x: np.ndarray
+                 ) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
+    """(per row of x, max - min of each of `outputs`; the outputs' per-sample shapes), on the float graph
+    in memory-bounded chunks."""
     g = ir.copy_graph(graph)
     g.outputs = [g.tensors()[o] for o in outputs]
     sess = runtime.session(ir.session_model(g.cleanup()), mem_pattern=False)
@@ -138,8 +139,7 @@ def output_spans(graph: gs.Graph, outputs: list[str], name: str, x: np.ndarray) 
             flat = y.reshape(len(y), -1)
             spans[o].append(flat.max(axis=1) - flat.min(axis=1))
             shapes[o] = y.shape[1:]
-    return {**{o: np.concatenate(v) for o, v in spans.items()},
-            **{(o, "shape"): s for o, s in shapes.items()}}
+    return {o: np.concatenate(v) for o, v in spans.items()}, shapes
 
 
 def offer(graph: gs.Graph, name: str, prior: np.ndarray, seed: int, n_pages: int,
@@ -152,8 +152,8 @@ def offer(graph: gs.Graph, name: str, prior: np.ndarray, seed: int, n_pages: int
     k = min(PROBE, len(prior), n_pages)
     rng = np.random.default_rng([seed, PAGE_STREAM])
     drawn = pages(seed, k, shape, domain, rng)          # the rest only when taken: the same stream
-    seen = output_spans(graph, outs, name, np.concatenate([prior[:k], drawn]))
-    dense = [o for o in outs if is_dense(seen[(o, "shape")], shape)]
+    seen, shapes = output_spans(graph, outs, name, np.concatenate([prior[:k], drawn]))
+    dense = [o for o in outs if is_dense(shapes[o], shape)]
     if not dense:
         return None, None
     result = PageOffer({o: (float(seen[o][:k].max()), float(seen[o][k:].max())) for o in dense}, n_pages)

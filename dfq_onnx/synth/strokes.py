@@ -79,7 +79,7 @@ def drawing(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return cover
 
 
-def _paper_ink(rng: np.random.Generator) -> tuple[float, float]:
+def paper_ink(rng: np.random.Generator) -> tuple[float, float]:
     """Paper and ink levels of one drawing (module docstring)."""
     paper, ink = rng.uniform(0.3, 1.0), rng.uniform(-1.0, -0.2)
     if rng.random() < 1 / 8:
@@ -99,13 +99,13 @@ def stroke_images(rng: np.random.Generator, n: int, shape: tuple[int, ...], axis
         along, across = (shape[2], shape[1]) if axis == 2 else (shape[1], shape[2])
         cover = drawing(rng, across, along)
         cover = cover if axis == 2 else cover.T
-        paper, ink = _paper_ink(rng)
+        paper, ink = paper_ink(rng)
         gray = paper + (ink - paper) * cover
         tint = rng.uniform(0.9, 1.0, c)[:, None, None]
         noise = rng.normal(0, 0.02, (c,) + gray.shape)
         out[i] = gray[None] * tint + noise
         if twin is not None:
-            paper, ink = _paper_ink(twin_rng)
+            paper, ink = paper_ink(twin_rng)
             twin[i] = (paper + (ink - paper) * cover)[None] * tint + noise
     return np.clip(out, -1.0, 1.0), None if twin is None else np.clip(twin, -1.0, 1.0)
 
