@@ -28,6 +28,9 @@ over the frames (they are its sequence) from a state h / c [1, 1, H] the caller 
     frames [T, L] ─ Unsqueeze 1 ─ conv ─ relu ─ ReduceMean = features [T, C] ─ Unsqueeze 1 [T, 1, C]
         ─ lstm (h, c) ─ Y [T, 1, 1, H] ─ Squeeze ─ fc (MatMul) ─ Sigmoid ─ prob [T, 1];  hn, cn [1, 1, H]
 
+With `summary` the state is internal (zeros, no h / c inputs or outputs) and a second output reads the
+final state, one row for the T rows of a call: hn ─ Reshape [1, H] ─ head (MatMul) ─ Relu ─ summary [1, 2H].
+
 Passes the ONNX checker and runs in ONNX Runtime (opset 17).
 """
 
@@ -127,9 +130,10 @@ def lstm_encoder(features: int = 12, steps: int = 16, width: int = 16, hidden: i
 
 
 
-def framed_lstm(frame: int = 64, c: int = 8, hidden: int = 16, seed: int = 0) -> onnx.ModelProto:
+def framed_lstm(frame: int = 64, c: int = 8, hidden: int = 16, seed: int = 0,
+                summary: bool = False) -> onnx.ModelProto:
     """The streaming detector of the module docstring: inputs frames [T, frame], h / c [1, 1, hidden];
-    outputs prob [T, 1], hn / cn [1, 1, hidden]."""
+    outputs prob [T, 1], hn / cn [1, 1, hidden] (`summary`: frames in; prob and summary [1, 2 hidden] out)."""
     rng = np.random.default_rng(seed)
 
     def gauss(shape: tuple[int, ...], scale: float) -> np.ndarray:
@@ -152,6 +156,24 @@ def framed_lstm(frame: int = 64, c: int = 8, hidden: int = 16, seed: int = 0) ->
              helper.make_node("Squeeze", ["y", "axes12"], ["states"], name="squeeze"),
              helper.make_node("MatMul", ["states", "fc.weight"], ["logit"], name="fc"),
              helper.make_node("Sigmoid", ["logit"], ["prob"], name="sigmoid")]
+    if summary:
+        return _with_summary(nodes, inits, rng, frame, hidden)
     return _model(nodes, [_vi("frames", ["T", frame]), _vi("h", [1, 1, hidden]), _vi("c", [1, 1, hidden])],
                   [_vi("prob", ["T", 1]), _vi("hn", [1, 1, hidden]), _vi("cn", [1, 1, hidden])], inits,
                   name="framed_lstm")
+
+
+def _with_summary(nodes: list, inits: list, rng: np.random.Generator, frame: int,
+                  hidden: int) -> onnx.ModelProto:
+    """`framed_lstm`'s graph with its state internal and a head on the final state (`summary`)."""
+    lstm = next(n for n in nodes if n.op_type == "LSTM")
+    lstm.input[5:] = ["", ""]
+    del lstm.output[2:]
+    head = (rng.standard_normal((hidden, 2 * hidden)) * hidden ** -0.5).astype(np.float32)
+    inits += [_init("head.weight", head),
+              _init("row", np.array([1, hidden], np.int64))]
+    nodes += [helper.make_node("Reshape", ["hn", "row"], ["final"], name="final"),
+              helper.make_node("MatMul", ["final", "head.weight"], ["head_out"], name="head"),
+              helper.make_node("Relu", ["head_out"], ["summary"], name="head_relu")]
+    outputs = [_vi("prob", ["T", 1]), _vi("summary", [1, 2 * hidden])]
+    return _model(nodes, [_vi("frames", ["T", frame])], outputs, inits, name="framed_lstm_summary")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _util import compile_state
-from dfq_onnx.models import builders
+from dfq_onnx.models import builders, recurrent_builders
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
 from dfq_onnx.passes.normalize import Normalize
 from dfq_onnx.passes.synthesis_cache import cache_key as _key
 from dfq_onnx.passes.synthesize import SynthesisOptions, Synthesize, synthesize
 
+import dfq_onnx
 from dfq_onnx.backends import chunks, runtime
 from dfq_onnx.core import cache, ir
 from dfq_onnx.core.errors import UsageError
@@ -170,6 +171,27 @@ def test_label_objective_on_a_spatial_output():
     assert result.objective == "label" and set(result.labels) <= set(range(4))
     assert result.loss_end < result.loss_start
 
+
+
+def test_layers_not_kept_per_row_have_no_peak_term():
+    """An LSTM run along the rows with its state internal, a layer on its final state ([1, 2H] for the
+    T rows of a call): that layer has no per-row peak, so the label objective leaves it out (its
+    [1, 1] peak beside the [T, 1] ones raised a raw numpy error) and the compile runs to the end."""
+    model = recurrent_builders.framed_lstm(summary=True)
+    state = compile_state(model, [Normalize(), FoldBatchNorm()])
+    rng = np.random.default_rng(0)
+    reference = {"frames": rng.standard_normal((6, 64)).astype(np.float32)}
+    objective, runner = build_objective("label", state.graph, {}, {"frames": (64,)}, reference, rng)
+    assert "conv_out" in objective.act and "head_out" not in objective.act
+    _, peaks, _ = objective.split(runner.reference)
+    assert peaks.shape == (6, len(objective.act))
+    out, _ = dfq_onnx.quantize(model, progress=False, use_cache=False)
+    x = rng.standard_normal((20, 64)).astype(np.float32)
+    want = runtime.session(model).run(None, {"frames": x})
+    got = runtime.session(out).run(None, {"frames": x})
+    assert [g.shape for g in got] == [(20, 1), (1, 32)]
+    assert np.abs(got[0] - want[0]).max() < 0.05 * np.abs(want[0]).max()
+    assert np.abs(got[1] - want[1]).max() < 0.25 * np.abs(want[1]).max()   # ranged on a call or two
 
 def _held(objective) -> list[str]:
     output = [objective.output] if objective.output else []

@@ -215,6 +215,23 @@ def _labels(rng: np.random.Generator, n: int, channels: int) -> np.ndarray:
     return rng.permutation(channels)[np.arange(n) % channels]
 
 
+def _per_row_peaks(objective: Objective, runner: Runner, graph: gs.Graph, shapes: dict,
+                   reference: dict[str, np.ndarray]) -> tuple[Objective, Runner]:
+    """The objective without the activation peaks that are not one per row: a layer whose output the
+    graph does not keep per row (an LSTM run along the rows, its final state read by a layer: [1, H]
+    for N rows) has no per-sample peak. Measured on the reference run; rebuilt only when one is found."""
+    n = len(next(iter(reference.values())))
+    n_bn = sum(2 if t.spatial else 1 for t in objective.bn)
+    peaks = runner.reference[n_bn:n_bn + len(objective.act)]
+    kept = tuple(name for name, p in zip(objective.act, peaks) if len(p) == n)
+    if len(kept) == len(objective.act):
+        return objective, runner
+    objective = dataclasses.replace(objective, act=kept)
+    runner = Runner(graph, objective, shapes)
+    runner.reference = runner.run(reference)
+    return objective, runner
+
+
 def build_objective(kind: str, graph: gs.Graph, bn_stats: dict, shapes: dict,
                     reference: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[Objective, Runner]:
     """The objective of `kind` and its runner. Label and sequence objectives take their output scale
@@ -236,6 +253,7 @@ def build_objective(kind: str, graph: gs.Graph, bn_stats: dict, shapes: dict,
     if output is None:
         return objective, runner
     runner.reference = runner.run(reference)      # kept: the search's starting loss reads it (no second run)
+    objective, runner = _per_row_peaks(objective, runner, graph, shapes, reference)
     _, peaks, y = objective.split(runner.reference)
     act_ref = np.maximum(peaks.mean(axis=0), 1e-12) if peaks is not None else np.zeros(0)
     if "sequence" in kind:
