@@ -10,7 +10,6 @@ from pathlib import Path
 
 from dfq_onnx.core.errors import DfqError, UsageError
 
-START_WORDS = {"strokes": "line drawings", "pink+pages": "1/f prior and line-drawing pages"}   # `synthesize`
 
 def _shape_hint(text: str) -> tuple[str, tuple[int, ...]]:
     name, _, dims = text.rpartition(":")
@@ -299,6 +298,7 @@ def _print_inspect(info: dict) -> None:
 
 def _cmd_synthesize(args) -> int:
     from dfq_onnx.api import synthesize
+    from dfq_onnx.passes.synthesis_notes import start_words
 
     if not args.output.endswith(".npz"):
         raise UsageError(f"-o {args.output}: the samples are written as an .npz file")
@@ -307,7 +307,7 @@ def _cmd_synthesize(args) -> int:
                         use_cache=not args.no_cache, progress=not args.quiet,
                         input_ranges=dict(args.input_range), input_values=dict(args.input_value))
     how = (f"objective {result.loss_start:.4f} -> {result.loss_end:.4f}" if result.loss_start is not None
-           else f"{START_WORDS.get(result.start, '1/f prior')}, no search")
+           else f"{start_words(result.start)}, no search")
     print(f"wrote {args.output}: {args.synth_samples} samples ({result.objective}), {how}, "
           f"{result.forward_passes} ORT runs" + (" (cache hit)" if result.cache_hit else ""))
     return 0

@@ -17,6 +17,17 @@ from dfq_onnx.synth.augment import is_image_like
 
 log = logging.getLogger("dfq_onnx.passes.synthesize")
 
+# where samples that no search moved came from: (short words, the pass line's words) per start
+STARTS = {"strokes": ("line drawings", "line drawings picked by the model"),
+          "pink+pages": ("1/f prior and line-drawing pages",
+                         "the 1/f prior, every second one a line-drawing page")}
+
+
+def start_words(start: str | None, long: bool = False) -> str:
+    """Where unsearched samples came from, in words (`long`: the pass line's form)."""
+    short, full = STARTS.get(start, ("1/f prior", "the 1/f prior"))
+    return full if long else short
+
 
 def record(state: CompileState, result: SynthesisResult, options: SynthesisOptions) -> None:
     """The report's `synthesis` notes and the warnings about what the samples assume."""
@@ -59,9 +70,7 @@ def record(state: CompileState, result: SynthesisResult, options: SynthesisOptio
 def summary(result: SynthesisResult, samples: int) -> str:
     """The pass's one line: where the samples came from, the search's loss, its cost or the cache."""
     if result.loss_start is None:
-        prior = {"strokes": "line drawings picked by the model",
-                 "pink+pages": "the 1/f prior, every second one a line-drawing page"}.get(result.start,
-                                                                                        "the 1/f prior")
+        prior = start_words(result.start, long=True)
         return f"{samples} samples from {prior} (no search: {result.objective} objective)"
     how = "from cache" if result.cache_hit else f"{result.forward_passes} ORT runs"
     loss = f"loss {result.loss_start:.4f} -> {result.loss_end:.4f}, {how}"
