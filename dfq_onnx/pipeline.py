@@ -11,6 +11,7 @@ from dfq_onnx.passes.absorb_bias import AbsorbHighBias
 from dfq_onnx.passes.act_precision import ChooseActivationPrecision
 from dfq_onnx.passes.allocate import AllocateBits
 from dfq_onnx.passes.analytic_ranges import AnalyticRanges
+from dfq_onnx.passes.assumed_input import FloatAssumedInput
 from dfq_onnx.passes.bias_correction import CorrectBias
 from dfq_onnx.passes.calibrate import Calibrate
 from dfq_onnx.passes.check_usage import CheckUsage
@@ -160,7 +161,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         Calibrate(),
         *([ChooseTwinRanges(ACT_SAMPLES, options.metric)]
           if options.twin_ranges and options.calib == "synthetic" else []),
-        *([CoverInferredInput()] if options.calib == "synthetic" else []),
+        *([CoverInferredInput(), FloatAssumedInput()] if options.calib == "synthetic" else []),
         *([MeasureInputMoments(full=options.gptq, clip=options.weight_clip)]
           if low_bit_weights(target, options) else []),
         *([HeadMaxRanges(), ScoreTopPrior(), PooledRangeTop(), OutputProbabilitySpan(), DenseOutputRange()]

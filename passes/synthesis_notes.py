@@ -103,10 +103,7 @@ def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: di
             log.warning("no BatchNormalization statistics%s: input %s inferred to read %s (the first layer's "
                         "biases match its responses there: %s); if it reads another range, pass "
                         "--input-range %s:LOW,HIGH", where, k, r.convention, _scores(r), k)
-    last = result.channels_last
-    first = {k: (v.shape[0], *layout.to_channels_first(v.shape[1:])) if k in last
-             else (v.shape[0], 1, *v.shape[1:]) if k in result.planes else v.shape
-             for k, v in result.inputs.items()}
+    first = channels_first_shapes(result)
     ranges = {**ranges, **result.pixel_drawn}
     unsized = [k for k, shape in first.items()
                if k not in ranges and k not in result.preprocessed and is_image_like(shape)
@@ -133,6 +130,15 @@ def _warn_assumed_range(state: CompileState, result: SynthesisResult, ranges: di
 
 
 AUDIO = (FLOAT_AUDIO[0], INT16_AUDIO[0])
+
+
+def channels_first_shapes(result: SynthesisResult) -> dict[str, tuple]:
+    """Each input's sample shape as synthesis read it: channels-last inputs moved channels-first, plane
+    inputs given their one channel."""
+    last = result.channels_last
+    return {k: (v.shape[0], *layout.to_channels_first(v.shape[1:])) if k in last
+            else (v.shape[0], 1, *v.shape[1:]) if k in result.planes else v.shape
+            for k, v in result.inputs.items()}
 
 
 def _scores(r) -> str:

@@ -8,6 +8,7 @@ import pytest
 from dfq_onnx.models import builders, signal_builders
 
 import dfq_onnx
+from dfq_onnx.backends import runtime
 from dfq_onnx.core.errors import DfqError, UsageError
 from dfq_onnx.synth import audio_range
 from dfq_onnx.synth.search import BOUND, pink_noise, squash
@@ -135,3 +136,27 @@ def test_a_long_waveform_draws_the_samples_its_first_layer_outputs_fit(monkeypat
     monkeypatch.setattr(input_range, "OUT_ELEMENTS", 3 * 8 * 4096 // 4)    # 3 x 8 channels x 4096 / 4
     audio_range.infer_audio_range(graph, "audio", (4096,))
     assert rows == [3, 3]
+
+
+def _reads_quantized(model: onnx.ModelProto, name: str) -> bool:
+    return any(n.op_type == "QuantizeLinear" and n.input[0] == name for n in model.graph.node)
+
+
+def test_a_non_image_input_whose_range_is_assumed_is_read_float():
+    """Nothing tells a BN-free signal's scale: its samples are standardized (a guess), and the input's
+    own encoding would clip what lies beyond the guess before any layer sees it; the input is left
+    float (passes/assumed_input.py). A given range or an image input keeps its quantizer."""
+    model = signal_builders.smoothing_signal_net()
+    out, report = dfq_onnx.quantize(model, **FAST)
+    assert report.notes["synthesis"]["assumed_range"] == {"signal": "standardized"}
+    assert report.notes["float_assumed_input"] == {"signal": ["signal"]}
+    assert not _reads_quantized(out, "signal") and any("read float" in w for w in report.warnings)
+    x = (np.random.default_rng(1).standard_normal((64, 2, 256)) * 5).astype(np.float32)   # 5x the guess
+    want = runtime.session(model).run(None, {"signal": x})[0]
+    got = runtime.session(out).run(None, {"signal": x})[0]
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.98          # 0.87 with the input quantized
+    given, report = dfq_onnx.quantize(model, input_ranges={"signal": (-15.0, 15.0)}, **FAST)
+    assert _reads_quantized(given, "signal") and "float_assumed_input" not in report.notes
+    image, report = dfq_onnx.quantize(builders.constant_weights(c_in=3, c=8, classes=5, hw=8), **FAST)
+    assert report.notes["synthesis"]["assumed_range"] == {"input": "standardized"}
+    assert _reads_quantized(image, "input") and "float_assumed_input" not in report.notes

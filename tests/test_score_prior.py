@@ -101,6 +101,6 @@ def test_pipeline_runs_the_prior_for_synthetic_calibration_only(tmp_path):
              for c in ("synthetic", "analytic", "noise")}
     syn = names["synthetic"]    # the prior reads the final ranges: after Calibrate, ChooseTwinRanges,
     assert syn.index("ScoreTopPrior") == syn.index("HeadMaxRanges") + 1 \
-        == syn.index("CoverInferredInput") + 2 == syn.index("ChooseTwinRanges") + 3 \
-        == syn.index("Calibrate") + 4     # CoverInferredInput and HeadMaxRanges
+        == syn.index("FloatAssumedInput") + 2 == syn.index("CoverInferredInput") + 3 \
+        == syn.index("ChooseTwinRanges") + 4 == syn.index("Calibrate") + 5
     assert "ScoreTopPrior" not in names["analytic"] + names["noise"]
