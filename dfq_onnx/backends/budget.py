@@ -32,8 +32,9 @@ needs (`act_scoring.to_finish`), never fewer than MIN_ROWS,
 
     finishing rows     n_f = min(n_s, max(MIN_ROWS, WORK // (E * needed)))
 
-(PP-OCRv5 mobile rec at 48 x 320, E = 6.3 M: 32 rows and 14 evaluations left 128 of 167 groups
-undecided; 8 rows buy 59.) A model whose screen finishes is scored as before.
+(PP-OCRv5 mobile rec at 48 x 320, E = 6.3 M: 32 rows and 14 evaluations left 134 of 167 groups
+undecided; its record asks for 50 evaluations, 9 rows buy 52; BENCHMARKS.md, session 24). A model whose
+screen finishes is scored as before; where even MIN_ROWS rows cannot buy what it needs, no second screen.
 """
 
 from __future__ import annotations
