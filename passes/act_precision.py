@@ -25,7 +25,10 @@ weights (passes/allocate.py).
 Work budget (`backends.budget`): on float-input models the decision scores on `scoring_rows` of its
 samples and its gate + screening stop after `evaluations` of them, so
 rows x activation elements x evaluations stays within the stage's budget; groups the screening could
-not reach keep the default bits (the report's `activations.budget`).
+not reach keep the default bits (the report's `activations.budget`). Where that cap left most groups
+undecided, the decision is scored again on `finishing_rows` (fewer rows, more evaluations in the same
+work; `budget.first_screen` keeps the first screen's figures): "no outlier" then means none was found,
+not that most groups were never looked at.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from dfq_onnx.allocation.costs import layer_macs
 from dfq_onnx.allocation.ilp import solve
 from dfq_onnx.allocation.problem import Budget, Problem
 from dfq_onnx.backends.act_precision import touched
-from dfq_onnx.backends.budget import evaluations, scoring_rows
+from dfq_onnx.backends.budget import evaluations, finishing_rows, scoring_rows
 from dfq_onnx.backends.chunks import static_batch
 from dfq_onnx.backends.memory import release
 from dfq_onnx.core import cache, ir
@@ -52,12 +55,14 @@ from dfq_onnx.sensitivity.act_scoring import (
     BROKEN,
     ActTerms,
     broken,
+    cut_short,
     joint_bound,
     score_activations,
     scored_bits,
     switchable,
     terms_from_dict,
     terms_to_dict,
+    to_finish,
 )
 from dfq_onnx.sensitivity.evaluator import Evaluator
 from dfq_onnx.sensitivity.probe import Probe, build_probe
@@ -117,9 +122,11 @@ def activation_terms(state: CompileState, samples, labels, metric: str, pairs: b
                              max_evals=max_evals, extra_evals=extra_evals), ev
 
 
-def budgeted(state: CompileState, samples, labels) -> tuple[dict, object, int | None, int | None, dict]:
+def budgeted(state: CompileState, samples, labels, rows: int | None = None
+             ) -> tuple[dict, object, int | None, int | None, dict]:
     """(samples, labels, evaluation cap, rows per call, report note) within the work budget (module
-    docstring). Models with non-float inputs keep their rows (token ids: scored on a token budget
+    docstring); `rows` (float inputs): score on that many rows instead of `scoring_rows`' (the finishing
+    screen's). Models with non-float inputs keep their rows (token ids: scored on a token budget
     already, passes/sensitivity.scoring_data) and get the evaluation cap only: a BERT-base spent 11
     minutes screening 104 groups without it. Rows per call: Calibrate's chunk (`calibrate.chunk_rows`,
     every activation observed), so the probe's memory is that of one calibration chunk."""
@@ -131,7 +138,7 @@ def budgeted(state: CompileState, samples, labels) -> tuple[dict, object, int | 
         cap = evaluations(n, elements)
         return samples, labels, cap, None, {"elements_per_row": elements, "rows": n, "samples": n,
                                             "max_evaluations": cap}
-    rows = scoring_rows(n, elements)
+    rows = scoring_rows(n, elements) if rows is None else min(rows, n)
     static = static_batch(state.graph)
     if static:                 # whole static batches of at least two rows
         rows = min(n, -(-max(rows, 2) // static) * static)
@@ -143,16 +150,16 @@ def budgeted(state: CompileState, samples, labels) -> tuple[dict, object, int | 
             note)
 
 
-def plan_scoring(state: CompileState, samples: int | None, metric: str) -> tuple:
+def plan_scoring(state: CompileState, samples: int | None, metric: str, rows: int | None = None) -> tuple:
     """(samples, labels, evaluation cap, rows per call, report note, cache key) of a decision on the
     default plan (this pass's, passes/choose_forms.py's): the scoring samples at the target's default
-    bits within the work budget (`budgeted`) and their sensitivity cache key."""
+    bits within the work budget (`budgeted`, `rows` passed on) and their sensitivity cache key."""
     from dfq_onnx.passes.sensitivity import SensitivityOptions, cache_key, scoring_data
 
     bits = state.target.default_weight_bits
     opts = SensitivityOptions(weight_bits=(bits,), base_bits=bits, samples=samples, metric=metric,
                               pairs=False, incontext=False)
-    rows, labels, cap, batch, budget = budgeted(state, *scoring_data(state, opts))
+    rows, labels, cap, batch, budget = budgeted(state, *scoring_data(state, opts), rows=rows)
     key = cache_key(state, opts, (bits,), state.target.default_act_bits, rows, labels)
     return rows, labels, cap, batch, budget, key
 
@@ -177,6 +184,19 @@ def cached_terms(state: CompileState, samples, labels, metric: str, key: dict, u
     return terms, ev
 
 
+def finishing(terms: ActTerms, budget: dict) -> int | None:
+    """Scoring rows for a second screen when the first, on float inputs, left most groups undecided at
+    its evaluation cap (`act_scoring.cut_short`): the most rows whose cap covers `act_scoring.to_finish`
+    (`budget.finishing_rows`); None when it finished, or when even MIN_ROWS rows cannot buy that many
+    evaluations (a second screen cut short again would cost the work twice for little; module
+    docstring)."""
+    if "rows_per_call" not in budget or not cut_short(terms):
+        return None
+    needed, elements = to_finish(terms), budget["elements_per_row"]
+    rows = finishing_rows(budget["rows"], elements, needed)
+    return rows if rows < budget["rows"] and evaluations(rows, elements) >= needed else None
+
+
 def current(entry: dict) -> bool:
     """Whether a cached entry holds what this engine measures: one whose plan the ratio calls broken was
     written before the task reading (act_scoring) when it has no "decisions" key; the others are the
@@ -199,6 +219,21 @@ def joint_choice(terms: ActTerms, acts: ActChoices) -> dict[str, int]:
     fits = [i for i, (_, _, v) in enumerate(terms.joint) if v <= bound]
     end = fits[0] if fits else min(range(len(terms.joint)), key=lambda i: (terms.joint[i][2], i))
     return {k: a for k, a, _ in terms.joint[:end + 1] if a in acts.candidates.get(k, ())}
+
+
+def ilp_choice(acts: ActChoices) -> dict[str, int]:
+    """The ILP's precisions for the outlier groups of `acts` that leave the base bits."""
+    alloc = solve(Problem((), {}, {}, {}, acts=acts), Budget())
+    return {k: a for k, a in alloc.acts.items() if a != acts.base}
+
+
+def timed(state: CompileState) -> bool:
+    """Whether the chosen plan's cost is measured after the decision (KeepFloatChosen): KeepFloat timed
+    the all-integer plan on the target's runtime and it paid. There the outliers the screen found are
+    chosen without the cost model's allowance, and KeepFloatChosen times the plan against the all-base
+    plan: within the allowance measured it stays, beyond it the allowance's choice replaces it."""
+    first = state.report.notes.get("keep_float", {})
+    return bool(first.get("integer_pays")) and str(first.get("source", "")).startswith("measured")
 
 
 def node_work(state: CompileState) -> dict[str, int]:
@@ -255,16 +290,19 @@ class ChooseActivationPrecision(Pass):
         if skip:
             state.report.notes["activations"] = {"skipped": skip}
             return PassResult(False, f"skipped: {skip}")
-        samples, labels, cap, batch, budget, key = plan_scoring(state, self.samples, self.metric)
-        terms, ev = cached_terms(state, samples, labels, self.metric, key, self.use_cache, self.cache_dir,
-                                 cap, batch)
+        terms, ev, budget = self._scored(state)
         acts = act_choices(state, terms)
-        alloc = solve(Problem((), {}, {}, {}, acts=acts), Budget())
-        chosen = {k: a for k, a in alloc.acts.items() if a != acts.base}
+        chosen = ilp_choice(acts)
         joint = joint_choice(terms, acts)
         for k, a in joint.items():          # a broken plan: accuracy before the cost allowance
             chosen[k] = max(chosen.get(k, acts.base), a)
+        priced = chosen if not joint and timed(state) else None
+        if priced is not None:              # the outliers' cost measured, not priced (KeepFloatChosen)
+            chosen = ilp_choice(act_choices(state, terms, allowance=False))
         notes = summary(state, terms, acts, chosen)
+        if priced is not None and chosen != priced:
+            past = sorted(k for k in chosen if chosen[k] != priced.get(k))
+            notes["measured_cost"] = {"priced": dict(sorted(priced.items())), "past_allowance": past}
         if terms.joint:
             steps = [{"group": k, "precision": a, "loss": v} for k, a, v in terms.joint]
             notes["joint"] = {"factor": BROKEN, "bound": joint_bound(terms.weight_loss),
@@ -290,6 +328,24 @@ class ChooseActivationPrecision(Pass):
         return PassResult(False, f"{len(acts.groups)} outlier groups of {len(terms.groups)}; "
                                  f"{len(chosen)} changed" + (f" ({names})" if names else ""))
 
+
+    def _scored(self, state: CompileState) -> tuple[ActTerms, Evaluator | None, dict]:
+        """The activation terms within the work budget; again on `finishing` rows where the evaluation cap
+        cut the screen short (`budget.first_screen` keeps the first screen's figures)."""
+        samples, labels, cap, batch, budget, key = plan_scoring(state, self.samples, self.metric)
+        terms, ev = cached_terms(state, samples, labels, self.metric, key, self.use_cache, self.cache_dir,
+                                 cap, batch)
+        rows = finishing(terms, budget)
+        if not rows:
+            return terms, ev, budget
+        first = {"rows": budget["rows"], "max_evaluations": cap, "undecided_groups": terms.undecided,
+                 "evaluations_to_finish": to_finish(terms)}
+        del ev
+        release()
+        samples, labels, cap, batch, budget, key = plan_scoring(state, self.samples, self.metric, rows)
+        terms, ev = cached_terms(state, samples, labels, self.metric, key, self.use_cache, self.cache_dir,
+                                 cap, batch)
+        return terms, ev, {**budget, "first_screen": first}
 
     @staticmethod
     def _skip(state: CompileState) -> str | None:

@@ -8,7 +8,10 @@ Steps, in order (each is recorded in the report):
    model the source's float16 inputs / outputs back);
 2. drop initializers listed as graph inputs (IR < 4 exports) so they become constants;
 3. dimensions written as -1 (Paddle's spelling of a dynamic dimension) become symbolic, as ONNX spells
-   one ("N" for the batch axis), in the written model's declarations too;
+   one ("N" for the batch axis), in the written model's declarations too; graph outputs declared
+   scalar (`shape {}`, PaddleOCR v5's exports) take the rank ONNX Runtime's optimized session resolves
+   (`backends.runtime_types.fill_output_ranks`), so the metric and the synthesis read them by their shape
+   and the written model declares it;
 4. upgrade the opset to what the requested encodings need (13 for per-channel, 21 for int4/16-bit);
 5. shape inference, then constant folding of shape subgraphs and `Constant` nodes into initializers
    (Paddle keeps all weights as Constant nodes; PyTorch computes pads with Shape/Gather/Concat);
@@ -42,7 +45,7 @@ import onnxruntime as ort
 from dfq_onnx.passes.supported import check_control_flow, check_supported
 
 from dfq_onnx.backends.memory import release
-from dfq_onnx.backends.runtime_types import fill_untyped
+from dfq_onnx.backends.runtime_types import fill_output_ranks, fill_untyped
 from dfq_onnx.core import batch_axis, float16, ir, rewrites, unbatched
 from dfq_onnx.core.affine_fold import fold_affine
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
@@ -223,6 +226,7 @@ class Normalize(Pass):
         check_scalar_inputs(model)
         state.source_opset = ir.opset_version(model)
         declared_form(model)
+        ranked = fill_output_ranks(model)     # outputs declared scalar: the rank ORT resolves
         state.declared = ir.declarations(model)
         model = ir.upgrade_opset(model, max(self.required_opset, state.target.min_opset))
         model = ir.infer_shapes(model)
@@ -235,6 +239,7 @@ class Normalize(Pass):
         check_control_flow(graph)
         rewritten = canonicalize(graph)
         rewritten["types from ONNX Runtime"] = typed_by_ort
+        rewritten["output ranks from ONNX Runtime (declared scalar)"] = ranked
         rewritten["nodes named"] = name_nodes(graph)
         rewritten.update(fusable_forms(graph))
         graph.cleanup().toposort()

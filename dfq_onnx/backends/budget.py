@@ -25,6 +25,16 @@ about a minute of ORT on 2 cores (measured at idle: PP-OCRv4 det at 640 x 640, E
 keeps its 32 scoring rows with at most 13 evaluations; the 640 x 640 detector measures 117 rows and
 scores on 9 rows, at most 13 evaluations (it took ~470 of 32 rows before). The rules are deterministic in
 the model and the options, never in time or load.
+
+A screen the cap cuts short (most groups left in sets it could not split) is run again on fewer rows,
+which buy evaluations at the same work: the most rows whose cap covers what the first screen shows it
+needs (`act_scoring.to_finish`), never fewer than MIN_ROWS,
+
+    finishing rows     n_f = min(n_s, max(MIN_ROWS, WORK // (E * needed)))
+
+(PP-OCRv5 mobile rec at 48 x 320, E = 6.3 M: 32 rows and 14 evaluations left 134 of 167 groups
+undecided; its record asks for 50 evaluations, 9 rows buy 52; BENCHMARKS.md, session 24). A model whose
+screen finishes is scored as before; where even MIN_ROWS rows cannot buy what it needs, no second screen.
 """
 
 from __future__ import annotations
@@ -56,3 +66,9 @@ def comparison_rows(samples: int, elements: int, work: float = WORK) -> int:
 def evaluations(rows: int, elements: int, work: float = WORK) -> int:
     """Evaluations (whole forward passes of `rows`) the activation decision may spend."""
     return int(max(MIN_EVALS_FLOOR, work // (max(rows, 1) * max(elements, 1))))
+
+
+def finishing_rows(rows: int, elements: int, needed: int, work: float = WORK) -> int:
+    """The most scoring rows, at most `rows` and at least MIN_ROWS, whose evaluation cap (`evaluations`)
+    covers `needed` evaluations (module docstring)."""
+    return int(min(rows, max(MIN_ROWS, work // (max(elements, 1) * max(needed, 1)))))

@@ -13,6 +13,13 @@ others are not (they would read as the graph's own symbolic dimensions). ORT rep
 it does not know (an `ai.onnx.ml` Scaler's output, as sklearn-onnx writes it before an MLP) with the
 dimensions [] of a scalar: such a value gets its type only, no shape (a rank-0 declaration made ORT
 refuse the MatMul reading it).
+
+Graph outputs declared scalar (a `shape` with no dimension: some exporters write `shape {}` for every
+output) hide their rank from every pass that reads outputs by their shape (the metric, the synthesis
+objective of a per-position distribution): ONNX's shape inference keeps a declaration it cannot check,
+and ORT without optimizations reports [] too. ORT's optimized resolution (constant folding,
+then its own shape inference) computes the rank; `fill_output_ranks` writes it into the declaration
+(numbers kept, the other dimensions unnamed). A true scalar (ORT reports [] there too) keeps its `{}`.
 """
 
 from __future__ import annotations
@@ -59,4 +66,29 @@ def fill_untyped(model: onnx.ModelProto) -> int:
         dims = None if not out.shape else [d if isinstance(d, int) else None for d in out.shape]
         ir.add_value_type(model, out.name, elem, dims)
         filled += 1
+    return filled
+
+
+def scalar_outputs(model: onnx.ModelProto) -> list[str]:
+    """Graph outputs declared with a shape of no dimension (a scalar, or an exporter's placeholder)."""
+    return [o.name for o in model.graph.output if o.type.HasField("tensor_type")
+            and o.type.tensor_type.HasField("shape") and not o.type.tensor_type.shape.dim]
+
+
+def fill_output_ranks(model: onnx.ModelProto) -> int:
+    """Declare the rank ORT's optimized session resolves for the outputs declared scalar (module
+    docstring); returns how many. Best effort: a model ORT cannot load, or one above 2 GB, is left."""
+    names = scalar_outputs(model)
+    if not names or ir.over_two_gb(model):
+        return 0
+    try:
+        outputs = runtime.session(model, threads=1, quiet=True).get_outputs()
+    except Exception:       # noqa: BLE001 - ORT cannot load it either; Synthesize will say so
+        return 0
+    resolved = {o.name: o.shape for o in outputs if o.shape}
+    filled = 0
+    for name in names:
+        if resolved.get(name):
+            ir.declare_dims(model, name, [d if isinstance(d, int) else None for d in resolved[name]])
+            filled += 1
     return filled

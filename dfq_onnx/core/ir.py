@@ -204,6 +204,17 @@ def add_value_type(model: onnx.ModelProto, name: str, elem: int, dims: list | No
     model.graph.value_info.append(helper.make_tensor_value_info(name, elem, dims))
 
 
+def declare_dims(model: onnx.ModelProto, name: str, dims: list) -> None:
+    """Declare graph output `name`'s dimensions (ints; None for an unnamed dynamic one)."""
+    out = next(o for o in model.graph.output if o.name == name)
+    shape = out.type.tensor_type.shape
+    shape.ClearField("dim")
+    for d in dims:
+        dim = shape.dim.add()
+        if d is not None:
+            dim.dim_value = int(d)
+
+
 def value_info_shape(vi: onnx.ValueInfoProto) -> list | None:
     """Dims of a tensor value info: ints where known, the symbolic name (or None) where dynamic."""
     tt = vi.type.tensor_type

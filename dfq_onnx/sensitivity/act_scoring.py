@@ -49,6 +49,7 @@ made monotone (fewer bits never cost less). This module only measures; allocatio
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -232,6 +233,25 @@ def score_activations(ev: Evaluator, act_groups: list[ActGroup], base: int, lam:
     joint = joint_check(ev, act_groups, found, singles, base, weight_loss) if bad else []
     return ActTerms(tuple(ids), bits, singles, pair_terms, act_loss, weight_loss,
                     tested, undecided, joint, ev.evaluations - e0, time.perf_counter() - start, reading)
+
+
+def unsplit(terms: ActTerms) -> list[int]:
+    """Sizes of the screened sets above L_w that the screen left unsplit (their groups are undecided)."""
+    tested = terms.screened
+    return [len(k.split(",")) for k, d in tested.items() if d > terms.weight_loss and "," in k
+            and ",".join(k.split(",")[:len(k.split(",")) // 2]) not in tested]
+
+
+def to_finish(terms: ActTerms) -> int:
+    """Evaluations the screen would have needed to decide every group: those it spent, plus for each set
+    it left unsplit the halvings down to one group (two evaluations a level; one outlier a set, so a
+    lower bound)."""
+    return terms.evaluations + sum(2 * math.ceil(math.log2(s)) for s in unsplit(terms))
+
+
+def cut_short(terms: ActTerms) -> bool:
+    """Whether the evaluation cap left most groups undecided (the screen did not finish)."""
+    return 2 * terms.undecided > len(terms.groups)
 
 
 def terms_to_dict(t: ActTerms) -> dict:

@@ -1,0 +1,65 @@
+"""Outliers the screen found are chosen without the cost model's allowance where the plan is timed after the
+decision (passes/act_precision.timed); KeepFloatChosen keeps them within the allowance measured against
+the all-A8 plan, and puts the allowance's own choice back beyond it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _util import nodes_by_op, static_matmul_target
+from dfq_onnx.models import act_builders
+from dfq_onnx.passes import keep_float
+
+import dfq_onnx
+from dfq_onnx.backends import integer_pays
+
+
+def _timings(ratios_per_call):
+    calls = []
+
+    def measure(runtime, fp32_model, int_model, **_):
+        ratios = ratios_per_call[len(calls)]
+        calls.append(len(nodes_by_op(int_model, "QuantizeLinear")))
+        return {"fp32_ms": 1.0, "int_ms": float(np.median(ratios)), "ratios": list(ratios), "calls": 3,
+                "rounds": len(ratios), "ratio": float(np.median(ratios)),
+                "integer_slower": integer_pays.slower(ratios)}
+    return measure, calls
+
+
+def _compile(tmp_path, monkeypatch, ratios_per_call):
+    """outlier_attention on a target whose allowance (0: no float is affordable by the cost model) rejects
+    its outlier f2_out; the all-A8 plan timed 0.5x FP32, then the timings given."""
+    monkeypatch.setattr(keep_float, "MIN_MACS", 0)
+    measure, calls = _timings(ratios_per_call)
+    monkeypatch.setattr(integer_pays, "measure", measure)
+    out, report = dfq_onnx.quantize(act_builders.outlier_attention(),
+                                    target=static_matmul_target(tmp_path, allowance=0.0), calib="noise",
+                                    cache_dir=str(tmp_path), progress=False)
+    return out, report, calls
+
+
+@pytest.mark.parametrize("second, kept", [([1.01] * 3, True), ([1.5] * 3, False)])
+def test_outliers_past_the_allowance_are_kept_when_they_measure_within_it(tmp_path, monkeypatch, second,
+                                                                          kept):
+    out, report, calls = _compile(tmp_path, monkeypatch, [[0.5] * 3, second])
+    notes = report.notes["activations"]
+    f2 = next(k for k, o in notes["outliers"].items() if o["tensors"] == ["f2_out"])
+    cost = notes["measured_cost"]
+    assert cost["priced"] == {} and f2 in cost["past_allowance"] and cost["kept"] is kept
+    assert len(calls) == 2                     # the all-A8 plan against FP32, the chosen against all-A8
+    assert (notes["outliers"][f2]["choice"] == 8) is (not kept)
+    assert ("f2_out" in {n.input[0] for n in nodes_by_op(out, "QuantizeLinear")}) is (not kept)
+    kf = report.notes["keep_float"]
+    assert ("unpriced_plan" in kf) is (not kept)
+
+
+def test_without_a_timing_the_allowance_decides(tmp_path, monkeypatch):
+    """No measured all-integer plan (--no-latency-check): the cost model's price stands, as before."""
+    monkeypatch.setattr(keep_float, "MIN_MACS", 0)
+    out, report = dfq_onnx.quantize(act_builders.outlier_attention(),
+                                    target=static_matmul_target(tmp_path, allowance=0.0), calib="noise",
+                                    cache_dir=str(tmp_path), progress=False, latency_check=False)
+    notes = report.notes["activations"]
+    assert "measured_cost" not in notes and notes["outliers"]
+    assert all(o["choice"] == 8 for o in notes["outliers"].values())
+    assert "f2_out" in {n.input[0] for n in nodes_by_op(out, "QuantizeLinear")}
