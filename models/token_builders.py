@@ -44,6 +44,10 @@ exports, e.g. Magika): ids [N, S] ─ Unsqueeze ─ Equal(0 .. V-1) (or OneHot(V
 as Cast(bool) products and their sum; `"where"`: one Where): ids [N, S] int32 ─ wrap ─ Gather(table [V, D])
 ─ Transpose ─ Conv (k 3) ─ Relu ─ Conv (1 x 1) ─ Softmax over the classes ─ Transpose ─► tags [N, S, C].
 
+``last_token_step``: a step decoder that reads the whole prefix ids [N, S] and embeds its last token only
+(a GRU transliterator's decoder as torch.onnx writes it): Gather(ids, -1, axis 1) (or `pick="slice"`:
+Slice(ids, -1:, axis 1)) ─ Gather(table [V, D]) ─ MatMul ─ Relu ─ MatMul ─► logits [N, V] ([N, 1, V]).
+
 ``dual_encoder``: a CLIP-style pair, text and image in one graph: input_ids [Nt, S] ─ Gather(word) ─
 ReduceMean ─ MatMul ─► text [Nt, D]; pixel_values [Ni, 3, H, W] ─ Conv ─ Relu ─ GlobalAveragePool ─
 Flatten ─► image [Ni, D]; logits_per_image = image @ text^T [Ni, Nt]. `hw=None`: H, W dynamic.
@@ -59,8 +63,8 @@ from dfq_onnx.models.act_builders import _ln, _mm
 from dfq_onnx.models.builders import _init, _model, _vi
 from onnx import TensorProto, helper
 
-__all__ = ["merged_decoder", "one_hot_classifier", "token_classifier", "token_decoder_cross", "token_encoder",
-           "token_lm", "token_lm_cache"]
+__all__ = ["last_token_step", "merged_decoder", "one_hot_classifier", "token_classifier",
+           "token_decoder_cross", "token_encoder", "token_lm", "token_lm_cache"]
 
 
 def _word_table(rng, vocab: int, d: int) -> np.ndarray:
@@ -392,6 +396,29 @@ def wrapped_tagger(vocab: int = 49, seq: int = 24, d: int = 32, classes: int = 7
               helper.make_node("Transpose", ["probs"], ["tags"], name="to_positions", perm=[0, 2, 1])]
     return _model(nodes, [_vi("ids", ["N", seq], int32)], [_vi("tags", ["N", seq, classes])], inits,
                   opset=17, name="wrapped_tagger")
+
+
+def last_token_step(vocab: int = 49, seq: int = 12, d: int = 32, hidden: int = 64, pick: str = "gather",
+                    seed: int = 0) -> onnx.ModelProto:
+    """The last-token step decoder of the module docstring."""
+    rng = np.random.default_rng(seed)
+    inits: list = [_init("table", rng.normal(0, 0.5, (vocab, d)).astype(np.float32)),
+                   _init("last", np.array(-1, np.int64)), _init("start", np.array([-1], np.int64)),
+                   _init("end", np.array([seq], np.int64)), _init("axis1", np.array([1], np.int64)),
+                   _init("w1", (rng.standard_normal((d, hidden)) / np.sqrt(d)).astype(np.float32)),
+                   _init("w2", (rng.standard_normal((hidden, vocab)) / np.sqrt(hidden)).astype(np.float32))]
+    if pick == "gather":
+        nodes = [helper.make_node("Gather", ["ids", "last"], ["token"], name="last_token", axis=1)]
+        out = _vi("logits", ["N", vocab])
+    else:
+        nodes = [helper.make_node("Slice", ["ids", "start", "end", "axis1"], ["token"], name="last_token")]
+        out = _vi("logits", ["N", 1, vocab])
+    nodes += [helper.make_node("Gather", ["table", "token"], ["emb"], name="embed", axis=0),
+              helper.make_node("MatMul", ["emb", "w1"], ["h"], name="fc1"),
+              helper.make_node("Relu", ["h"], ["h_relu"], name="relu"),
+              helper.make_node("MatMul", ["h_relu", "w2"], ["logits"], name="fc2")]
+    return _model(nodes, [_vi("ids", ["N", seq], TensorProto.INT32)], [out], inits, opset=17,
+                  name="last_token_step")
 
 
 def dual_encoder(vocab: int = 256, seq: int = 8, d: int = 16, hw: int | None = 8, seed: int = 0

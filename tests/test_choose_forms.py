@@ -46,17 +46,17 @@ def test_ort_cpu_writes_the_inputs_that_break_the_dynamic_plan_in_the_exact_form
     notes = report.notes["forms"]
     assert notes["dynamic_loss"] > notes["factor"] * notes["exact_loss"]
     screen = sorted(notes["screen"], key=notes["screen"].get)
-    assert len(screen) == 8 and sorted(screen[-2:]) == ["l0_gelu_mul", "l1_gelu_mul"]
+    assert len(screen) == 8 and sorted(screen[-2:]) == ["l0_gelu_out", "l1_gelu_out"]
     assert notes["screen"][screen[-2]] > 10 * notes["screen"][screen[-3]]
     singles = sorted(notes["singles"], key=notes["singles"].get)
-    assert singles == ["l1_gelu_mul", "l0_gelu_mul"]
-    assert notes["chosen"] == ["l0_gelu_mul"]
+    assert singles == ["l1_gelu_out", "l0_gelu_out"]
+    assert notes["chosen"] == ["l0_gelu_out"]
     # the singles predict the prefix: one whole-plan step, J_1 within the bound
     assert notes["guess"] == 1 and [k for k, _ in notes["joint"]] == [1]
     assert notes["joint"][0][1] <= notes["factor"] * notes["exact_loss"]
     assert notes["evaluations"] == 3 + (1 + 8) + 2 + 1    # gate; the screen's base and 8; 2 singles; J_1
     reads = _readers(out)
-    assert reads.pop("l0_gelu_mul") == {"nbits"}
+    assert reads.pop("l0_gelu_out") == {"nbits"}
     assert len(reads) == 7 and all(kinds == {"dyn"} for kinds in reads.values())
     nbits = [n for n in out.graph.node if n.op_type == "MatMulNBits"]
     assert len(nbits) == 1 and all(a.i == 4 for n in nbits for a in n.attribute if a.name == "accuracy_level")

@@ -179,3 +179,21 @@ def test_an_integer_input_behind_a_non_standardizing_scale_keeps_only_its_cast()
     model = builders.channels_last(first, scale=1 / 255, uint8=True)
     x = api.synthesize(model, samples=4, use_cache=False, progress=False).inputs["input"]
     assert x.dtype == np.uint8 and (x == 0).mean() < 0.05 and x.max() - x.min() > 150
+
+
+def test_timing_feeds_give_a_boolean_mask_booleans():
+    """KeepFloat's timing fed a boolean mask input float32 ('Unexpected input data type ... expected
+    tensor(bool)': the compile of a GRU step decoder with a boolean source mask stopped there)."""
+    from dfq_onnx.models.token_builders import token_encoder
+
+    from dfq_onnx.backends.latency import random_feeds
+
+    model = token_encoder(bool_mask=True)
+    for inp in model.graph.input:
+        inp.type.tensor_type.shape.dim[0].dim_value = 2
+    feeds = random_feeds(model)
+    assert feeds["attention_mask"].dtype == np.bool_ and feeds["attention_mask"].all()
+    from _util import run
+
+    outs = run(model, feeds)
+    assert np.isfinite(outs[1]).all()

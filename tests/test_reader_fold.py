@@ -112,3 +112,23 @@ def test_division_between_quantizers_becomes_a_rescale(monkeypatch):
     for got, ref in zip(session(out).run(None, feeds), session(kept).run(None, feeds)):
         step = float(np.ptp(ref)) / 255
         assert np.max(np.abs(got - ref)) <= 2 * step
+
+
+def test_gelus_closing_half_stays_so_the_quantized_model_runs_one_gelu_kernel():
+    """GELU as torch.onnx writes it ends in a scalar Mul(0.5) read only by the FFN's second MatMul; folded
+    into that MatMul's weights, ORT no longer recognizes the pattern and runs Div, Erf, Add, Mul as four
+    kernels (a BERT-style NER tagger: 6 Gelu in ORT's own dynamic int8 model, none in dfq's). It stays:
+    the quantized model fuses one Gelu per layer, as the float model does (BiasGelu there)."""
+    from dfq_onnx.models.token_builders import token_classifier
+
+    from dfq_onnx.backends.fusion import optimized_graph
+
+    model = token_classifier(act="gelu", layers=2)
+    state, norm = _normalized(model)
+    assert state.report.model["canonicalized"].get("scalar Mul/Div folded into readers", 0) == 0
+    assert len([n for n in norm.graph.node if n.op_type == "Mul" and n.name.endswith("gelu_half")]) == 2
+    fp32_ops = [n.op_type for n in optimized_graph(model).node]
+    out, _ = dfq_onnx.quantize(model, seed=0, progress=False)
+    ops = [n.op_type for n in optimized_graph(out).node]
+    assert fp32_ops.count("BiasGelu") == 2 and ops.count("Gelu") == 2, ops   # float: the bias Add fused too
+    assert "Erf" not in ops

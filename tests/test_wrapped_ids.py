@@ -43,3 +43,12 @@ def test_a_boolean_mask_is_sampled_true_on_the_real_tokens():
     want, got = run(model, feeds)[1], run(out, feeds)[1]
     cos = np.sum(want * got, 1) / np.linalg.norm(want, axis=1) / np.linalg.norm(got, axis=1)
     assert cos.min() > 0.99
+
+
+@pytest.mark.parametrize("pick", ["gather", "slice"])
+def test_a_step_decoder_that_embeds_its_prefixs_last_token_has_token_inputs(pick):
+    """Gather(ids, -1, axis 1) / Slice(ids, -1:) before the lookup picks ids: before, 'input ids ... reaches
+    no embedding table' (arabic-name-romanizer's GRU decoder, which embeds the last token of its prefix)."""
+    model = token_builders.last_token_step(pick=pick)
+    assert ids_layout(model) == ("ids", 49, "table", 12)
+    assert token_agreement(model, 49, 12, axis=-1) > 0.9

@@ -179,8 +179,9 @@ def cut_group(graph: gs.Graph, ops: tuple[str, ...]):
 
 
 def random_feeds(model, seed: int = 0) -> dict[str, np.ndarray]:
-    """Timing feeds: float inputs ~ N(0, 1); an integer input that indexes a constant table (Gather),
-    ids spread over its rows; any other integer input (masks, type ids), ones."""
+    """Timing feeds: float inputs ~ N(0, 1) in their own float type; an integer input that indexes a
+    constant table (Gather), ids spread over its rows; any other integer input (masks, type ids), ones;
+    a boolean input (a mask), all True."""
     rng = np.random.default_rng(seed)
     tables = {i.name: i.dims[0] for i in model.graph.initializer if len(i.dims) == 2}
     rows = {n.input[1]: tables[n.input[0]] for n in model.graph.node
@@ -195,11 +196,14 @@ def random_feeds(model, seed: int = 0) -> dict[str, np.ndarray]:
             dtype = np.int64 if elem == 7 else np.int32
             feeds[inp.name] = (rng.integers(0, rows[inp.name], dims) if inp.name in rows
                                else np.ones(dims)).astype(dtype)
+        elif elem == 9:                         # bool
+            feeds[inp.name] = np.ones(dims, bool)
         elif is_pixel_dtype(name := ir.elem_type_name(elem)):      # 8 / 16-bit image pixels
             info = np.iinfo(name)
             feeds[inp.name] = rng.integers(info.min, info.max, dims, endpoint=True).astype(info.dtype)
         else:
-            feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
+            kind = name if name in ("float16", "float64") else "float32"
+            feeds[inp.name] = rng.standard_normal(dims).astype(kind)
     return feeds
 
 

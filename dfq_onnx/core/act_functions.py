@@ -17,7 +17,9 @@ A backend that recognizes these patterns fuses them into one activation op and r
 OpenVINO CPU plugin's GeluFusion / SwishFusion / HSwishFusion, NNCF's fused patterns, which place no
 FakeQuantize inside them): a quantizer on x or inside R splits the pattern and only rounds. The
 target's `[placement] activation_functions = false` keeps R's ops unquantized (passes/quant_groups.py);
-y is quantized where a quantized op reads it.
+y is quantized where a quantized op reads it. The scalar Mul(0.5) that ends GELU stays in the graph
+(core/reader_fold.py does not fold it into the next layer's weights): without it neither runtime
+recognizes the pattern and ORT runs GELU as four elementwise kernels instead of one.
 """
 
 from __future__ import annotations
@@ -79,9 +81,9 @@ def _region(graph: gs.Graph, x: gs.Tensor, order: dict[int, int]) -> list[gs.Nod
     return derived if _nonlinear(derived) else []
 
 
-def activation_function_nodes(graph: gs.Graph) -> set[int]:
-    """ids of the nodes of every multi-op activation function in `graph` (module docstring)."""
-    nodes: set[int] = set()
+def activation_functions(graph: gs.Graph) -> list[list[gs.Node]]:
+    """Every multi-op activation function in `graph` (module docstring), each as its nodes."""
+    regions: list[list[gs.Node]] = []
     order = {id(n): i for i, n in enumerate(graph.nodes)}
     seen: set[int] = set()
     for node in graph.nodes:
@@ -90,5 +92,20 @@ def activation_function_nodes(graph: gs.Graph) -> set[int]:
                 continue
             seen.add(id(t))
             if any(r.op in POINTWISE for r in t.outputs):
-                nodes.update(id(n) for n in _region(graph, t, order))
-    return nodes
+                region = _region(graph, t, order)
+                if region:
+                    regions.append(region)
+    return regions
+
+
+def activation_function_nodes(graph: gs.Graph) -> set[int]:
+    """ids of the nodes of every multi-op activation function in `graph` (module docstring)."""
+    return {id(n) for region in activation_functions(graph) for n in region}
+
+
+def gelu_nodes(graph: gs.Graph) -> set[int]:
+    """ids of the nodes of every activation function computing an Erf or a Tanh: GELU's exact and tanh
+    forms, which the runtimes fuse into one kernel only as the whole pattern, its scalar factors included
+    (ORT's GeluFusion / FastGeluFusion, OpenVINO's GeluFusion)."""
+    return {id(n) for region in activation_functions(graph) if any(n.op in ("Erf", "Tanh") for n in region)
+            for n in region}

@@ -8,7 +8,9 @@ of the runtime takes, so the quantized graph runs it as DequantizeLinear -> op -
 
        W y + b = (c W) x + b          (scalar c, finite, non-zero for Div; any padding: pad(c x) = c pad(x))
 
-   so every reader's weight takes the factor and the node goes.
+   so every reader's weight takes the factor and the node goes. Not GELU's closing Mul(0.5): the
+   runtimes fuse x (1 + erf(x / sqrt 2)) * 0.5 into one Gelu kernel only with it (act_functions.gelu_nodes;
+   folded, ORT runs Div, Erf, Add, Mul as four kernels over the FFN's widest tensor).
 2. A HardSigmoid of a layer's output (squeeze-excitation gates): with y = W x + b read by it alone,
 
        HardSigmoid(y) = Clip(alpha y + beta, 0, 1) = Clip((alpha W) x + (alpha b + beta), 0, 1)
@@ -26,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from dfq_onnx.core.act_functions import gelu_nodes
 from dfq_onnx.core.affine_fold import bias_of, layer_ok, out_channels, scale_weight, set_bias
 from dfq_onnx.core.graph_utils import (
     WEIGHTED_LAYERS,
@@ -62,9 +65,10 @@ def _reads_as_data(reader: gs.Node, y: gs.Tensor) -> bool:
 def fold_into_readers(graph: gs.Graph) -> int:
     """Rewrite 1 (module docstring); returns how many nodes went."""
     folded = 0
+    gelu = gelu_nodes(graph)
     for node in [n for n in graph.nodes if n.op in ("Mul", "Div")]:
         found = _scalar(node)
-        if found is None or not node.outputs:
+        if found is None or not node.outputs or id(node) in gelu:
             continue
         x, factor = found
         y = node.outputs[0]

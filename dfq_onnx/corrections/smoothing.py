@@ -23,6 +23,9 @@ MatMuls' only input:
     X = Mul(u, g) [-> Add(., b)]              ->  g / s [, b / s]      (g, b constant, per last-axis
                                                                         channel or scalar)
 
+Not the scalar Mul(0.5) that closes a GELU (core/act_functions.gelu_nodes): made per channel, ORT's and
+OpenVINO's GELU fusions no longer see it.
+
 When X has other readers (a post-LN residual Add), the writing op(s) are duplicated for the MatMul
 readers (X' beside X; the LayerNorm's statistics computed twice). `Shape` readers keep X (same shape).
 The rewrite changes the float function only by float32 rounding (tests/test_smoothing.py).
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from dfq_onnx.core.act_functions import gelu_nodes
 from dfq_onnx.core.graph_utils import const_values, is_const, node_label
 
 SMOOTHED_OPS = ("MatMul", "Gemm")
@@ -117,6 +121,7 @@ def find_groups(graph: gs.Graph, static_layers: set[str]) -> list[SmoothGroup]:
     for n in graph.nodes:
         for t in n.inputs:
             readers.setdefault(t.name, []).append(n)
+    gelu = gelu_nodes(graph)        # GELU's closing Mul(0.5): the runtimes fuse GELU only with its scalar
     out = []
     for name, users in readers.items():
         smooth = [n for n in users if n.op in SMOOTHED_OPS and node_label(n) in static_layers
@@ -129,7 +134,7 @@ def find_groups(graph: gs.Graph, static_layers: set[str]) -> list[SmoothGroup]:
         if len(channels) != 1 or isinstance(x, gs.Constant):
             continue
         tail = _tail(readers, x, channels.pop())
-        if tail is None:
+        if tail is None or any(id(n) in gelu for n in tail):
             continue
         others = [n for n in users if n not in smooth and n.op != "Shape"]
         out.append(SmoothGroup(name, tuple(node_label(n) for n in tail),

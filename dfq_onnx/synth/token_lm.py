@@ -1,7 +1,9 @@
 """Token sequences the model itself finds plausible, when it has a language-model head.
 
-An LM head is a float output [N, S, V] over the word table's vocabulary V. It is causal when the outputs
-at positions < t do not change with the token at t (one probe of two sequences differing at t = S/2).
+An LM head is a float output [N, S, V] over the word table's vocabulary V, one distribution per input
+position (a step decoder's [N, 1, V] for the last token of its prefix is not one: the probe below says
+so). It is causal when the outputs at positions < t do not change with the token at t (one probe of two
+sequences differing at t = S/2).
 A causal LM refines the prior samples (`dfq_onnx.synth.tokens`) by parallel ancestral sampling:
 
     round k = 1..K:   x_t <- sample softmax(z_{t-1}(x)) restricted to the prior's ids,  for all t >= 1
@@ -59,7 +61,10 @@ def is_causal(session, feeds: dict[str, np.ndarray], layout: TokenLayout, head: 
     if t < 1:
         return False
     probe = {k: v[row:row + 1].copy() for k, v in feeds.items()}
-    before = runtime.run_all(session, probe, static)[head][:, :t]
+    before = runtime.run_all(session, probe, static)[head]
+    if before.shape[1] != probe[ids].shape[1]:
+        return False        # not one distribution per input position (a step decoder's [N, 1, V])
+    before = before[:, :t]
     probe[ids][0, t] = prior[0] if probe[ids][0, t] != prior[0] else prior[-1]
     after = runtime.run_all(session, probe, static)[head][:, :t]
     return bool(np.allclose(before, after, rtol=1e-4, atol=1e-5))

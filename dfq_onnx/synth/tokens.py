@@ -21,7 +21,9 @@ table.
 A lookup that first wraps negative ids, ``where(ids < 0, ids + V, ids)`` (Keras 3's Embedding through
 tf2onnx), selects between index-carrying tensors: the walk goes on through a Where's value inputs, and
 through the arithmetic form of the same select -- a Mul by a Cast of a boolean (a 0/1 mask), and the Add
-of two such products (`_selects`).
+of two such products (`_selects`). A step decoder that reads the whole prefix [N, T] but embeds only its
+last token picks it first (Gather(prefix, -1, axis=1), a Slice): a Gather / Slice whose data input is the
+walked tensor and whose other inputs are constants passes ids on too (`_picks`).
 
 A name containing "type"/"segment" or "pos" decides between "type" and "position" first. The sequence
 length S is the inputs' static dimension (above 1: a width of 1 is a decoder's one-token step,
@@ -123,7 +125,7 @@ def _tables(t: gs.Tensor) -> list[gs.Constant]:
     def carries(node: gs.Node, cur: gs.Tensor) -> bool:
         return lookup_table(node, cur) is None and (
             node.op in CARRY and bool(node.inputs) and node.inputs[0] is cur or _offset(node, cur)
-            or _selects(node, cur))
+            or _selects(node, cur) or _picks(node, cur))
     found = []
     for node, cur in walk(t, carries):
         if (table := lookup_table(node, cur)) is not None:
@@ -142,6 +144,13 @@ def _offset(node: gs.Node, cur: gs.Tensor) -> bool:
     if node.op == "Sub" and node.inputs[0] is not cur:
         return False
     return is_const(other) and not is_float(other) and const_values(other).size == 1
+
+
+def _picks(node: gs.Node, cur: gs.Tensor) -> bool:
+    """A Gather or Slice of `cur` at constant positions: some of the ids, still ids (a step decoder's last
+    token of its prefix)."""
+    return node.op in ("Gather", "Slice") and len(node.inputs) > 1 and node.inputs[0] is cur \
+        and all(is_const(t) for t in node.inputs[1:] if t.name)
 
 
 BOOLEAN_OPS = ("Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor")
