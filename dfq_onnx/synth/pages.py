@@ -127,11 +127,11 @@ def pages(seed: int, n: int, shape: tuple[int, ...], domain: tuple[float, float]
 def output_spans(graph: gs.Graph, outputs: list[str], name: str, x: np.ndarray
                  ) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
     """(per row of x, max - min of each of `outputs`; the outputs' per-sample shapes), on the float graph
-    in memory-bounded chunks."""
+    in memory-bounded chunks (the batch the graph fixes, when it fixes one, its last call padded)."""
     g = ir.copy_graph(graph)
     g.outputs = [g.tensors()[o] for o in outputs]
     sess = runtime.session(ir.session_model(g.cleanup()), mem_pattern=False)
-    fixed = static_batch(graph)                 # a batch fixed by the graph: that many rows per call
+    fixed = static_batch(graph)
     step = fixed or rows_per_chunk(g, {name: x.shape[1:]})
     spans = {o: [] for o in outputs}
     shapes = {}
