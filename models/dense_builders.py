@@ -20,8 +20,9 @@ EDGES = np.array([[[0, -1, 0], [-1, 4, -1], [0, -1, 0]], [[0, 0, 0], [-1, 0, 1],
 
 
 def stroke_map(hw: int = 32, c: int = 8, threshold: float = 1.5, channels_last: bool = True,
-               classify: bool = False, seed: int = 0) -> onnx.ModelProto:
-    """The module docstring's graph (`channels_last`: the map transposed to [N, H, W, 2], as CRAFT's)."""
+               classify: bool = False, seed: int = 0, batch: int | str = "N") -> onnx.ModelProto:
+    """The module docstring's graph (`channels_last`: the map transposed to [N, H, W, 2], as CRAFT's;
+    `batch`: the batch axis declared, "N" dynamic, 1 as an export traced at one row)."""
     rng = np.random.default_rng(seed)
     w1 = np.repeat(EDGES[:, None], 3, axis=1) / 3.0
     inits = [_init("edges.weight", w1.astype(np.float32)),
@@ -36,13 +37,13 @@ def stroke_map(hw: int = 32, c: int = 8, threshold: float = 1.5, channels_last: 
              helper.make_node("Relu", ["h"], ["h_relu"], name="conv2_relu"),
              _conv("head", "h_relu", "head.weight", "raw" if channels_last or classify else "map",
                    "head.bias", pads=[0, 0, 0, 0])]
-    out = _vi("map", ["N", hw, hw, 2] if channels_last else ["N", 2, hw, hw])
+    out = _vi("map", [batch, hw, hw, 2] if channels_last else [batch, 2, hw, hw])
     if classify:
         inits += [_init("fc.weight", rng.normal(0, 0.5, (2, 2)).astype(np.float32))]
         nodes += [helper.make_node("GlobalAveragePool", ["raw"], ["pool"], name="pool"),
                   helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"),
                   helper.make_node("Gemm", ["flat", "fc.weight"], ["map"], name="fc")]
-        out = _vi("map", ["N", 2])
+        out = _vi("map", [batch, 2])
     elif channels_last:
         nodes.append(helper.make_node("Transpose", ["raw"], ["map"], name="to_nhwc", perm=[0, 2, 3, 1]))
-    return _model(nodes, [_vi("input", ["N", 3, hw, hw])], [out], inits, name="stroke_map")
+    return _model(nodes, [_vi("input", [batch, 3, hw, hw])], [out], inits, name="stroke_map")

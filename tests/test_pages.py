@@ -111,3 +111,12 @@ def test_default_compile_is_deterministic_with_pages(tmp_path):
     cached, r3 = _compile(model, tmp_path / "a", synth_steps=None, act_bits=None)
     assert r1.notes["synthesis"]["start"] == "pink+pages" and r1.notes["synthesis"]["pages"]["taken"]
     assert ir.serialize(first) == ir.serialize(again) == ir.serialize(cached)
+
+
+def test_probe_runs_a_batch_fixed_by_the_graph_one_row_per_call():
+    """A graph exported at batch 1 (MediaPipe's selfie segmenter through a tflite converter): the probe fed 16
+    rows at once and ORT refused the input (Synthesize failed)."""
+    fixed = _synth(stroke_map(threshold=2.5, batch=1))
+    dynamic = _synth(stroke_map(threshold=2.5))
+    assert fixed.pages == dynamic.pages and fixed.start == "pink+pages"
+    np.testing.assert_array_equal(fixed.inputs["input"], dynamic.inputs["input"])

@@ -33,7 +33,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfq_onnx.backends import runtime
-from dfq_onnx.backends.chunks import rows_per_chunk
+from dfq_onnx.backends.chunks import pad_rows, rows_per_chunk, static_batch
 from dfq_onnx.core import ir
 from dfq_onnx.core.graph_utils import is_float
 from dfq_onnx.synth.augment import is_image_like
@@ -127,16 +127,19 @@ def pages(seed: int, n: int, shape: tuple[int, ...], domain: tuple[float, float]
 def output_spans(graph: gs.Graph, outputs: list[str], name: str, x: np.ndarray
                  ) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
     """(per row of x, max - min of each of `outputs`; the outputs' per-sample shapes), on the float graph
-    in memory-bounded chunks."""
+    in memory-bounded chunks (the batch the graph fixes, when it fixes one, its last call padded)."""
     g = ir.copy_graph(graph)
     g.outputs = [g.tensors()[o] for o in outputs]
     sess = runtime.session(ir.session_model(g.cleanup()), mem_pattern=False)
-    step = rows_per_chunk(g, {name: x.shape[1:]})
+    fixed = static_batch(graph)
+    step = fixed or rows_per_chunk(g, {name: x.shape[1:]})
     spans = {o: [] for o in outputs}
     shapes = {}
     for i in range(0, len(x), step):
-        for o, y in zip(outputs, sess.run(None, {name: x[i:i + step]})):
-            flat = y.reshape(len(y), -1)
+        rows = len(x[i:i + step])
+        feed = pad_rows({name: x[i:i + step]}, fixed) if fixed else {name: x[i:i + step]}
+        for o, y in zip(outputs, sess.run(None, feed)):
+            flat = y[:rows].reshape(rows, -1)
             spans[o].append(flat.max(axis=1) - flat.min(axis=1))
             shapes[o] = y.shape[1:]
     return {o: np.concatenate(v) for o, v in spans.items()}, shapes
