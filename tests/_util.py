@@ -141,3 +141,18 @@ def static_matmul_target(tmp_path, allowance: float | None = None) -> str:
     path = tmp_path / "ort_cpu_static_matmul.toml"
     path.write_text(text[:text.index("[forms]")] + text[text.index("[latency]"):])
     return str(path)
+
+
+def stub_timings(ratios_per_call):
+    """A stand-in for `backends.integer_pays.measure` returning the given integer / FP32 ratios per call
+    (one list per call, in order); `calls` records each timed model's QuantizeLinear count."""
+    from dfq_onnx.backends import integer_pays
+    calls = []
+
+    def measure(runtime, fp32_model, int_model, **_):
+        ratios = ratios_per_call[len(calls)]
+        calls.append(len(nodes_by_op(int_model, "QuantizeLinear")))
+        return {"fp32_ms": 1.0, "int_ms": float(np.median(ratios)), "ratios": list(ratios), "calls": 3,
+                "rounds": len(ratios), "ratio": float(np.median(ratios)),
+                "integer_slower": integer_pays.slower(ratios)}
+    return measure, calls

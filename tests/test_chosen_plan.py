@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _util import nodes_by_op
+from _util import nodes_by_op, stub_timings
 from dfq_onnx.models import act_builders, builders
 from dfq_onnx.passes import keep_float
 
@@ -120,24 +120,12 @@ def test_no_reading_without_a_class_axis():
     assert notes["joint"]["applied"] and "decisions" not in notes
 
 
-def _timings(ratios_per_call):
-    calls = []
-
-    def measure(runtime, fp32_model, int_model, **_):
-        ratios = ratios_per_call[len(calls)]
-        calls.append(len(nodes_by_op(int_model, "QuantizeLinear")))
-        return {"fp32_ms": 1.0, "int_ms": float(np.median(ratios)), "ratios": list(ratios), "calls": 3,
-                "rounds": len(ratios), "ratio": float(np.median(ratios)),
-                "integer_slower": integer_pays.slower(ratios)}
-    return measure, calls
-
-
 @pytest.mark.parametrize("second, float_out", [([2.0, 2.0, 2.0], True), ([0.6, 0.6, 0.6], False)])
 def test_the_chosen_plan_with_float_groups_is_timed_again(tmp_path, monkeypatch, second, float_out):
     """The all-A8 plan pays (first timing); the decision floats groups of a broken plan; the plan with
     those float islands is timed again and written float when it is slower than FP32."""
     monkeypatch.setattr(keep_float, "MIN_MACS", 0)
-    measure, calls = _timings([[0.5, 0.5, 0.5], second])
+    measure, calls = stub_timings([[0.5, 0.5, 0.5], second])
     monkeypatch.setattr(integer_pays, "measure", measure)
     out, report = dfq_onnx.quantize(act_builders.hardswish_disparity(), calib="noise",
                                     cache_dir=str(tmp_path), progress=False)
@@ -150,7 +138,7 @@ def test_the_chosen_plan_with_float_groups_is_timed_again(tmp_path, monkeypatch,
 
 def test_a_plan_without_float_groups_is_timed_once(tmp_path, monkeypatch):
     monkeypatch.setattr(keep_float, "MIN_MACS", 0)
-    measure, calls = _timings([[0.5, 0.5, 0.5]])
+    measure, calls = stub_timings([[0.5, 0.5, 0.5]])
     monkeypatch.setattr(integer_pays, "measure", measure)
     out, report = dfq_onnx.quantize(builders.conv_bn_relu(), calib="noise", cache_dir=str(tmp_path),
                                     progress=False)
@@ -167,7 +155,7 @@ def test_floats_within_the_allowance_are_timed_against_the_all_a8_plan(tmp_path,
     from _util import static_matmul_target
 
     monkeypatch.setattr(keep_float, "MIN_MACS", 0)
-    measure, calls = _timings([[0.5, 0.5, 0.5], second])
+    measure, calls = stub_timings([[0.5, 0.5, 0.5], second])
     monkeypatch.setattr(integer_pays, "measure", measure)
     out, report = dfq_onnx.quantize(act_builders.outlier_attention(),
                                     target=static_matmul_target(tmp_path, allowance=100.0), calib="noise",

@@ -4,9 +4,8 @@ the all-A8 plan, and puts the allowance's own choice back beyond it."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from _util import nodes_by_op, static_matmul_target
+from _util import nodes_by_op, static_matmul_target, stub_timings
 from dfq_onnx.models import act_builders
 from dfq_onnx.passes import keep_float
 
@@ -14,23 +13,11 @@ import dfq_onnx
 from dfq_onnx.backends import integer_pays
 
 
-def _timings(ratios_per_call):
-    calls = []
-
-    def measure(runtime, fp32_model, int_model, **_):
-        ratios = ratios_per_call[len(calls)]
-        calls.append(len(nodes_by_op(int_model, "QuantizeLinear")))
-        return {"fp32_ms": 1.0, "int_ms": float(np.median(ratios)), "ratios": list(ratios), "calls": 3,
-                "rounds": len(ratios), "ratio": float(np.median(ratios)),
-                "integer_slower": integer_pays.slower(ratios)}
-    return measure, calls
-
-
 def _compile(tmp_path, monkeypatch, ratios_per_call):
     """outlier_attention on a target whose allowance (0: no float is affordable by the cost model) rejects
     its outlier f2_out; the all-A8 plan timed 0.5x FP32, then the timings given."""
     monkeypatch.setattr(keep_float, "MIN_MACS", 0)
-    measure, calls = _timings(ratios_per_call)
+    measure, calls = stub_timings(ratios_per_call)
     monkeypatch.setattr(integer_pays, "measure", measure)
     out, report = dfq_onnx.quantize(act_builders.outlier_attention(),
                                     target=static_matmul_target(tmp_path, allowance=0.0), calib="noise",
