@@ -328,7 +328,6 @@ class ChooseActivationPrecision(Pass):
         return PassResult(False, f"{len(acts.groups)} outlier groups of {len(terms.groups)}; "
                                  f"{len(chosen)} changed" + (f" ({names})" if names else ""))
 
-
     def _scored(self, state: CompileState) -> tuple[ActTerms, Evaluator | None, dict]:
         """The activation terms within the work budget; again on `finishing` rows where the evaluation cap
         cut the screen short (`budget.first_screen` keeps the first screen's figures)."""
