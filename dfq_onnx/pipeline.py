@@ -36,6 +36,7 @@ from dfq_onnx.passes.plan_uniform import UniformPlan
 from dfq_onnx.passes.pool_range import PooledRangeTop
 from dfq_onnx.passes.probability_output import OutputProbabilitySpan
 from dfq_onnx.passes.quant_groups import FindQuantGroups
+from dfq_onnx.passes.residual_sum import ResidualSum
 from dfq_onnx.passes.score_prior import ScoreTopPrior
 from dfq_onnx.passes.sensitivity import ScoreSensitivity, SensitivityOptions
 from dfq_onnx.passes.separate_bias import SeparateBias
@@ -183,6 +184,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         EmitForms(),
         EmitQDQ(),
         *([SeparateBias(target.bias_separate)] if target.bias_separate else []),
+        *([ResidualSum()] if target.residual_sum else []),
         AttachTail(),
         RestoreInterface(),
     ]

@@ -41,7 +41,7 @@ _SECTIONS = {
     "candidates": {"pairs", "integer_kernels", "cost", "ops"},
     "placement": {"quantize_outputs", "unread_outputs", "add_fuses_weighted_input", "bias_add_fuses",
                   "activation_products", "activation_functions", "quantized_reads_only",
-                  "constant_affine", "shared_encoding_ops"},
+                  "constant_affine", "shared_encoding_ops", "residual_sum"},
     "latency": {"runtime"},
 }
 RUNTIMES = ("onnxruntime", "openvino", "none")
@@ -81,6 +81,7 @@ class TargetProfile:
     quantized_reads_only: bool = False             # only quantized readers read a Q/DQ (others: float)
     constant_affine: bool = True                   # x * c, x + c (c constant) quantized as elementwise ops
     shared_encoding_ops: tuple[str, ...] = ()      # ops whose inputs and output share one encoding
+    residual_sum: bool = False                     # a float Add read only by a LayerNorm written as Sum
     fixed_outputs: Mapping[str, tuple[float, float]] = field(default_factory=dict)   # op -> (min, span)
     op_pairs: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     runtime: str = "none"                          # runtime that profile-target measures with
@@ -246,6 +247,7 @@ def _build(data: dict, source: str) -> TargetProfile:
         quantized_reads_only=bool(place.get("quantized_reads_only", False)),
         constant_affine=bool(place.get("constant_affine", True)),
         shared_encoding_ops=parse_op_list(source, ops, place.get("shared_encoding_ops", [])),
+        residual_sum=bool(place.get("residual_sum", False)),
         fixed_outputs=parse_fixed_outputs(source, ops, data.get("fixed_outputs", {})),
         op_pairs=parse_op_pairs(source, ops, pairs, cand.get("ops", {})),
         runtime=runtime,
