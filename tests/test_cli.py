@@ -27,7 +27,8 @@ def test_quantize_end_to_end(model_path, tmp_path, capsys):
     data = json.loads(report.read_text())
     assert len(data["layers"]) == 3                      # conv1, conv2, fc
     names = [p["pass"] for p in data["passes"]]
-    assert names[0] == "Normalize" and names[-3:] == ["EmitQDQ", "AttachTail", "RestoreInterface"]
+    assert names[0] == "Normalize"
+    assert names[-4:] == ["EmitQDQ", "ResidualSum", "AttachTail", "RestoreInterface"]     # ort-cpu's list
     assert data["forward_passes"] == 0                   # all ranges analytic
     assert capsys.readouterr().out.startswith(f"wrote {out}: 3 weighted layers quantized")
 
