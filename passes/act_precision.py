@@ -232,8 +232,9 @@ def timed(state: CompileState) -> bool:
     the all-integer plan on the target's runtime and it paid. There the outliers the screen found are
     chosen without the cost model's allowance, and KeepFloatChosen times the plan against the all-base
     plan: within the allowance measured it stays, beyond it the allowance's choice replaces it."""
-    first = state.report.notes.get("keep_float", {})
-    return bool(first.get("integer_pays")) and str(first.get("source", "")).startswith("measured")
+    from dfq_onnx.passes.keep_float import measured_pays
+
+    return measured_pays(state)
 
 
 def node_work(state: CompileState) -> dict[str, int]:

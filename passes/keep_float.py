@@ -94,6 +94,13 @@ def _drop(state: CompileState, note: dict, what: str) -> str:
             f"{note['batch']}): {dropped} groups float")
 
 
+def measured_pays(state: CompileState) -> bool:
+    """Whether KeepFloat timed the all-integer plan on the target's runtime and it paid (KeepFloatChosen
+    re-times the chosen plan only then)."""
+    first = state.report.notes.get("keep_float", {})
+    return bool(first.get("integer_pays")) and str(first.get("source", "")).startswith("measured")
+
+
 class KeepFloatChosen(Pass):
     """After the activation decision: drop every quantizer when the chosen plan, with the float groups a
     broken plan's joint check took, is slower than FP32; put floats taken within the allowance back to
@@ -106,7 +113,7 @@ class KeepFloatChosen(Pass):
         floats = sorted(k for k, a in (state.plan.acts if state.plan else {}).items() if a == FLOAT_BITS)
         act = state.report.notes.get("activations", {})
         past = act.get("joint", {}).get("applied") and not act.get("reverted")
-        if not first.get("integer_pays") or not first.get("source", "").startswith("measured") or not floats:
+        if not measured_pays(state) or not floats:
             return PassResult(False, "no float group chosen after a measured all-integer plan: not re-timed")
         if not past:
             return _within_allowance(state, first, floats, act.get("measured_cost"))
