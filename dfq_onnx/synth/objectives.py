@@ -210,10 +210,19 @@ class Objective:
     sequence: SequenceSpec | None = None   # objective S (`dfq_onnx.synth.sequence`)
     act_ref: np.ndarray | None = None      # [T] activation peaks on the starting images (objective S)
 
+    def _stat_count(self) -> int:
+        """How many model outputs the BN statistics take (two per spatial target, one per flat)."""
+        return sum(2 if t.spatial else 1 for t in self.bn)
+
+    def act_outputs(self, outs: list[np.ndarray]) -> list[np.ndarray]:
+        """Each activation's peak output [B, 1], in `act` order, from the model outputs."""
+        n_bn = self._stat_count()
+        return outs[n_bn:n_bn + len(self.act)]
+
     def split(self, outs: list[np.ndarray]):
         """(BN stats, activation peaks [B, T] or None, output or None) from the model outputs."""
-        n_bn = sum(2 if t.spatial else 1 for t in self.bn)
-        peaks = np.concatenate(outs[n_bn:n_bn + len(self.act)], axis=1) if self.act else None
+        n_bn = self._stat_count()
+        peaks = np.concatenate(self.act_outputs(outs), axis=1) if self.act else None
         y = outs[n_bn + len(self.act)] if self.output is not None else None
         return outs[:n_bn], peaks, y
 

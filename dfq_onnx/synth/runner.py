@@ -221,8 +221,7 @@ def _per_row_peaks(objective: Objective, runner: Runner, graph: gs.Graph, shapes
     graph does not keep per row (an LSTM run along the rows, its final state read by a layer: [1, H]
     for N rows) has no per-sample peak. Measured on the reference run; rebuilt only when one is found."""
     n = len(next(iter(reference.values())))
-    n_bn = sum(2 if t.spatial else 1 for t in objective.bn)
-    peaks = runner.reference[n_bn:n_bn + len(objective.act)]
+    peaks = objective.act_outputs(runner.reference)
     kept = tuple(name for name, p in zip(objective.act, peaks) if len(p) == n)
     if len(kept) == len(objective.act):
         return objective, runner
