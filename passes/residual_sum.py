@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from dfq_onnx.core.graph_utils import producer
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
 
@@ -48,7 +49,7 @@ def _residual(graph: gs.Graph, node: gs.Node) -> bool:
     out = node.outputs[0]
     if out in graph.outputs or not _normalized(out):
         return False
-    return all(isinstance(t, gs.Variable) and not (t.inputs and t.inputs[0].op == "DequantizeLinear")
+    return all(isinstance(t, gs.Variable) and getattr(producer(t), "op", None) != "DequantizeLinear"
                for t in node.inputs)
 
 

@@ -237,9 +237,12 @@ def score_activations(ev: Evaluator, act_groups: list[ActGroup], base: int, lam:
 
 def unsplit(terms: ActTerms) -> list[int]:
     """Sizes of the screened sets above L_w that the screen left unsplit (their groups are undecided)."""
-    tested = terms.screened
-    return [len(k.split(",")) for k, d in tested.items() if d > terms.weight_loss and "," in k
-            and ",".join(k.split(",")[:len(k.split(",")) // 2]) not in tested]
+    tested, sizes = terms.screened, []
+    for key, d in tested.items():
+        group = key.split(",")          # `screen`'s key; a split set's first half is `screen`'s next key
+        if d > terms.weight_loss and len(group) > 1 and ",".join(group[:len(group) // 2]) not in tested:
+            sizes.append(len(group))
+    return sizes
 
 
 def to_finish(terms: ActTerms) -> int:
