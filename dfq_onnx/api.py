@@ -13,7 +13,7 @@ import onnx
 
 from dfq_onnx.backends.memory import release
 from dfq_onnx.backends.target_check import check_on_target, sample_rows
-from dfq_onnx.core import branches, ir
+from dfq_onnx.core import branches, declared_io, ir
 from dfq_onnx.core.errors import OutputError, UnsupportedModelError, UsageError
 from dfq_onnx.core.input_hints import with_inferred_shapes
 from dfq_onnx.core.options import QuantizeOptions
@@ -41,7 +41,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, *, target: str | Target
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     check_outputs(model, output, report_path, opts.pareto, encodings_path)
     source = ir.load_model(model)
-    ir.pin_values(source, opts.input_values)          # a bad pin fails before anything is compiled
+    declared_io.pin_values(source, opts.input_values)          # a bad pin fails before anything is compiled
     if (report := _unchanged(model, source, profile, opts)) is not None:
         _write_outputs(source, output, report, report_path)
         return source, report
@@ -124,8 +124,8 @@ def _compile(model, box: list[onnx.ModelProto], profile: TargetProfile, opts: Qu
         declared = state.declared
         out = ir.to_model(state.graph, ir_version=max(declared.ir_version,
                                                       ir.min_ir_version(state.graph.opset)))
-        ir.carry_over(out, declared)
-        ir.restore_pinned(out, pinned, opts.input_values)
+        declared_io.carry_over(out, declared)
+        declared_io.restore_pinned(out, pinned, opts.input_values)
         out.producer_name, out.producer_version = "dfq-onnx", _version()
         if encodings_path is not None:
             from dfq_onnx.backends.encodings import export_encodings, to_json
@@ -142,7 +142,7 @@ def _compile(model, box: list[onnx.ModelProto], profile: TargetProfile, opts: Qu
 
             def source() -> onnx.ModelProto:    # read again: the compile kept no copy of the weights
                 proto = ir.load_model(model)
-                ir.pin_inputs(proto, opts.input_values)
+                declared_io.pin_inputs(proto, opts.input_values)
                 declared_form(proto)
                 return proto
             release()                           # the checker's and the pipeline's freed heap first
@@ -224,7 +224,7 @@ def _fails_at(model: onnx.ModelProto, shapes: dict) -> str | None:
     for vi in model.graph.input:
         if vi.name in inits:
             continue
-        dims = [d if isinstance(d, int) and d > 0 else 1 for d in ir.value_info_shape(vi) or []]
+        dims = [d if isinstance(d, int) and d > 0 else 1 for d in declared_io.value_info_shape(vi) or []]
         feeds[vi.name] = np.zeros(shapes.get(vi.name, dims), ir.elem_type_name(vi.type.tensor_type.elem_type))
     try:
         session(model, threads=1, quiet=True).run(None, feeds)
@@ -236,8 +236,8 @@ def _fails_at(model: onnx.ModelProto, shapes: dict) -> str | None:
 
 
 def pin_inputs(source: onnx.ModelProto, values: dict, report: Report) -> list:
-    """`ir.pin_inputs` with one warning per pinned input, kept in the report's notes."""
-    pinned = ir.pin_inputs(source, values)
+    """`declared_io.pin_inputs` with one warning per pinned input, kept in the report's notes."""
+    pinned = declared_io.pin_inputs(source, values)
     for _, vi in pinned:
         log.warning(
             "input '%s' pinned to %s: the written model keeps it (optional, default %s) but computes as if "

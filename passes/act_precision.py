@@ -46,7 +46,7 @@ from dfq_onnx.backends.act_precision import touched
 from dfq_onnx.backends.budget import evaluations, finishing_rows, scoring_rows
 from dfq_onnx.backends.chunks import static_batch
 from dfq_onnx.backends.memory import release
-from dfq_onnx.core import cache, ir
+from dfq_onnx.core import cache, ir, model_files
 from dfq_onnx.core.graph_utils import is_float, node_label
 from dfq_onnx.core.outputs import output_producers
 from dfq_onnx.core.pass_base import Pass, PassResult
@@ -353,7 +353,7 @@ class ChooseActivationPrecision(Pass):
         pass), or a model too large for one protobuf (the probe is a model of the same size)."""
         if state.options.calib == "analytic":
             return "--calib analytic runs no forward pass; every activation group keeps the default bits"
-        if _constant_bytes(state.graph) > ir.TWO_GB // 2:
+        if _constant_bytes(state.graph) > model_files.TWO_GB // 2:
             return "model above 1 GB: activation precision not scored; every group keeps the default bits"
         return None
 

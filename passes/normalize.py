@@ -31,8 +31,8 @@ Steps, in order (each is recorded in the report):
    calibration only: the graph's tensors are then *annotated* with the shapes inferred for the hinted
    sizes, while the computation stays what it was. Folding and the rewrites run before the hints are
    applied, so a shape subgraph that reads a dynamic dimension (Shape -> Gather -> Reshape) is never
-   baked into a constant, and the written model keeps the source's dynamic dimensions (`ir.carry_over`
-   restores its declared inputs and outputs).
+   baked into a constant, and the written model keeps the source's dynamic dimensions
+   (`declared_io.carry_over` restores its declared inputs and outputs).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from dfq_onnx.passes.supported import check_control_flow, check_supported
 
 from dfq_onnx.backends.memory import release
 from dfq_onnx.backends.runtime_types import fill_output_ranks, fill_untyped
-from dfq_onnx.core import batch_axis, float16, ir, rewrites, unbatched
+from dfq_onnx.core import batch_axis, constant_fold, float16, ir, rewrites, unbatched
 from dfq_onnx.core.affine_fold import fold_affine
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 from dfq_onnx.core.graph_utils import is_float, reroute
@@ -235,7 +235,7 @@ class Normalize(Pass):
         graph = ir.to_graph(model)
         state.low_precision_io = float16.widen(graph)
         before = len(graph.nodes)
-        graph = ir.fold_constants(graph).toposort()
+        graph = constant_fold.fold_constants(graph).toposort()
         check_control_flow(graph)
         rewritten = canonicalize(graph)
         rewritten["types from ONNX Runtime"] = typed_by_ort

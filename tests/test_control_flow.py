@@ -12,7 +12,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 
 import dfq_onnx
-from dfq_onnx.core import ir
+from dfq_onnx.core import constant_fold, ir
 from dfq_onnx.core.errors import PassError, UnsupportedModelError
 
 
@@ -45,7 +45,7 @@ def _run(model, feeds):
 
 def test_folding_keeps_every_output_of_a_flattened_nested_if():
     model = _nested_if()
-    graph = ir.fold_constants(ir.to_graph(model))
+    graph = constant_fold.fold_constants(ir.to_graph(model))
     assert not ir.dangling_inputs(graph)
     # the outer If (on a shape the graph fixes) is flattened; the inner one, on input c, stays
     assert [[t.name for t in n.inputs] for n in graph.nodes if n.op == "If"] == [["c"]]
@@ -61,7 +61,7 @@ def test_folding_without_if_is_the_plain_fold():
         [h.make_node("Shape", ["x"], ["s"]), h.make_node("Cast", ["s"], ["f"], to=T.FLOAT),
          h.make_node("Add", ["x", "f"], ["y"])], "g", [h.make_tensor_value_info("x", T.FLOAT, [3])],
         [h.make_tensor_value_info("y", T.FLOAT, [3])]), opset_imports=[h.make_opsetid("", 17)])
-    graph = ir.fold_constants(ir.to_graph(model))
+    graph = constant_fold.fold_constants(ir.to_graph(model))
     assert [n.op for n in graph.nodes] == ["Add"]          # Shape -> Cast folded to a constant
 
 

@@ -10,7 +10,7 @@ from dfq_onnx.models import builders
 from onnx import helper
 
 import dfq_onnx
-from dfq_onnx.core import ir
+from dfq_onnx.core import declared_io, ir
 
 HINT = {"input": (1, 3, 4, 8)}
 
@@ -20,7 +20,7 @@ def _session(model) -> ort.InferenceSession:
 
 
 def _dims(vi) -> list:
-    return ir.value_info_shape(vi)
+    return declared_io.value_info_shape(vi)
 
 
 @pytest.mark.parametrize("calib", ["synthetic", "noise"])

@@ -10,7 +10,7 @@ import pytest
 from dfq_onnx.models import builders, exported, signal_builders, token_builders
 
 import dfq_onnx
-from dfq_onnx.core import ir
+from dfq_onnx.core import declared_io, ir
 from dfq_onnx.core.errors import PassError
 from dfq_onnx.core.input_hints import (
     _config_audio,
@@ -62,7 +62,7 @@ def test_inferred_hint_compiles_as_the_explicit_one(tmp_path):
                                     progress=False, use_cache=False)
     assert source.SerializeToString() == before
     assert inferred.SerializeToString() == explicit.SerializeToString()
-    assert ir.value_info_shape(inferred.graph.input[0]) == ["N", 3, "H", "W"]   # still drop-in
+    assert declared_io.value_info_shape(inferred.graph.input[0]) == ["N", 3, "H", "W"]   # still drop-in
     assert dict(report.model["options"]["input_shapes"]) == {"input": (1, 3, 8, 8)}
 
 

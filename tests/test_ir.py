@@ -7,7 +7,7 @@ import pytest
 from _util import point_external_data_to
 from dfq_onnx.models import builders
 
-from dfq_onnx.core import ir
+from dfq_onnx.core import declared_io, ir, model_files
 from dfq_onnx.core.errors import ModelLoadError
 
 
@@ -69,7 +69,7 @@ def test_large_external_data_is_memory_mapped_and_quantizes_identically(tmp_path
 def test_save_above_two_gb_writes_external_data_and_keeps_the_proto(tmp_path, monkeypatch):
     model = builders.conv_bn_relu()
     before = model.SerializeToString()
-    monkeypatch.setattr(ir, "TWO_GB", 100)                  # pretend the model is too large to inline
+    monkeypatch.setattr(model_files, "TWO_GB", 100)           # pretend the model is too large to inline
     paths = ir.save_model(model, tmp_path / "big.onnx", return_all=True)
     assert sorted(p.name for p in paths) == ["big.onnx", "big.onnx.data"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
@@ -100,7 +100,7 @@ def test_ort_sessions_of_models_above_two_gb_go_through_external_data(tmp_path, 
 
     model = builders.conv_bn_relu_residual()
     want, _ = dfq_onnx.quantize(model, calib="noise", progress=False)
-    monkeypatch.setattr(ir, "TWO_GB", 1000)
+    monkeypatch.setattr(model_files, "TWO_GB", 1000)
     monkeypatch.setattr(ir, "LIGHT_BYTES", 0)                    # large: inferred without its weights
     real_copy, light = ir.copy_light, []
     monkeypatch.setattr(ir, "copy_light", lambda m, min_bytes: light.append(1) or real_copy(m, min_bytes=256))
@@ -164,7 +164,7 @@ def test_a_stale_output_declaration_gives_way_to_the_inferred_shape(tmp_path):
     name = model.graph.output[0].name
     declared = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["N", "k"])
     model.graph.output[0].CopyFrom(declared)
-    assert not ir.contradicts(["N", "k"], ["N", 7]) and ir.contradicts(["N", 3], ["N", 7])
+    assert not declared_io.contradicts(["N", "k"], ["N", 7]) and declared_io.contradicts(["N", 3], ["N", 7])
     graph = compile_state(model, [Normalize()]).graph
     assert len(graph.outputs[0].shape) == 4
     enc = Encoding(np.float32(0.05), np.uint8(0), "uint8", 8)
@@ -175,4 +175,4 @@ def test_a_stale_output_declaration_gives_way_to_the_inferred_shape(tmp_path):
     assert sess.run(None, feeds)[0].shape[0] == 2
     q, _ = dfq_onnx.quantize(model, output=tmp_path / "q.onnx", progress=False, use_cache=False,
                              latency_check=False)
-    assert q.graph.output[0].name == name and ir.value_info_shape(q.graph.output[0]) == [None] * 4
+    assert q.graph.output[0].name == name and declared_io.value_info_shape(q.graph.output[0]) == [None] * 4

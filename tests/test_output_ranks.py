@@ -11,7 +11,7 @@ from onnx import helper
 import dfq_onnx
 from dfq_onnx.backends import runtime
 from dfq_onnx.backends.runtime_types import fill_output_ranks
-from dfq_onnx.core import ir
+from dfq_onnx.core import declared_io
 
 
 def _declared_scalar(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -24,9 +24,9 @@ def test_an_output_declared_scalar_gets_the_rank_ort_resolves():
     """A CTC-style recognizer at a dynamic width, its output declared `shape {}`: [?, ?, 6] (the class
     count kept, the batch and width unnamed), so the metric reads it as a sequence of distributions."""
     model = _declared_scalar(builders.conv_sequence(w=None))
-    assert ir.value_info_shape(model.graph.output[0]) == []
+    assert declared_io.value_info_shape(model.graph.output[0]) == []
     assert fill_output_ranks(model) == 1
-    assert ir.value_info_shape(model.graph.output[0]) == [None, None, 6]
+    assert declared_io.value_info_shape(model.graph.output[0]) == [None, None, 6]
     assert fill_output_ranks(model) == 0                  # nothing declared scalar any more
 
 
@@ -54,7 +54,7 @@ def test_the_written_model_declares_the_rank_and_runs(tmp_path):
     out, report = dfq_onnx.quantize(model, calib="noise", input_shapes={"input": (1, 3, 4, 8)},
                                     cache_dir=str(tmp_path), progress=False)
     assert report.model["canonicalized"]["output ranks from ONNX Runtime (declared scalar)"] == 1
-    assert len(ir.value_info_shape(out.graph.output[0])) == 3
+    assert len(declared_io.value_info_shape(out.graph.output[0])) == 3
     x = np.random.default_rng(0).standard_normal((2, 3, 4, 12)).astype(np.float32)
     y = runtime.session(out).run(None, {"input": x})[0]
     assert y.shape == (2, 12, 6)

@@ -13,7 +13,7 @@ from dfq_onnx.models.signal_builders import rate_switched_vad
 from onnx import numpy_helper
 
 import dfq_onnx
-from dfq_onnx.core import batch_axis, ir
+from dfq_onnx.core import batch_axis, constant_fold, declared_io, ir
 from dfq_onnx.core.errors import UnsupportedModelError, UsageError
 
 
@@ -116,8 +116,8 @@ def test_a_state_batched_on_axis_1_takes_a_calibration_npz_in_its_declared_layou
 
 def test_the_state_input_is_found_by_the_rnn_it_feeds():
     model = rate_switched_vad()
-    ir.pin_inputs(model, {"sr": 16000})
-    graph = ir.fold_constants(ir.to_graph(ir.infer_shapes(model)))
+    declared_io.pin_inputs(model, {"sr": 16000})
+    graph = constant_fold.fold_constants(ir.to_graph(ir.infer_shapes(model)))
     assert not any(n.op == "If" and n.name == "rate" for n in graph.nodes)
     assert batch_axis.state_inputs(graph) == ["state"]
     for t in graph.inputs:            # a state whose batch axis is fixed (faster-whisper's silero v6

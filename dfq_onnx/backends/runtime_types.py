@@ -27,7 +27,7 @@ from __future__ import annotations
 import onnx
 
 from dfq_onnx.backends import runtime
-from dfq_onnx.core import ir
+from dfq_onnx.core import declared_io, ir
 
 ORT_TYPES = {"tensor(float)": onnx.TensorProto.FLOAT, "tensor(float16)": onnx.TensorProto.FLOAT16,
              "tensor(double)": onnx.TensorProto.DOUBLE, "tensor(bfloat16)": onnx.TensorProto.BFLOAT16,
@@ -53,7 +53,7 @@ def fill_untyped(model: onnx.ModelProto) -> int:
     names = untyped_values(model)
     if not names or ir.over_two_gb(model):
         return 0
-    probe = ir.untyped_outputs_probe(model, names)
+    probe = declared_io.untyped_outputs_probe(model, names)
     try:
         outputs = runtime.session(probe, threads=1, optimize=False, quiet=True).get_outputs()
     except Exception:       # noqa: BLE001 - ORT cannot load it either; Synthesize will say so
@@ -64,7 +64,7 @@ def fill_untyped(model: onnx.ModelProto) -> int:
         if out.name not in wanted or elem is None:
             continue
         dims = None if not out.shape else [d if isinstance(d, int) else None for d in out.shape]
-        ir.add_value_type(model, out.name, elem, dims)
+        declared_io.add_value_type(model, out.name, elem, dims)
         filled += 1
     return filled
 
@@ -89,6 +89,6 @@ def fill_output_ranks(model: onnx.ModelProto) -> int:
     filled = 0
     for name in names:
         if resolved.get(name):
-            ir.declare_dims(model, name, [d if isinstance(d, int) else None for d in resolved[name]])
+            declared_io.declare_dims(model, name, [d if isinstance(d, int) else None for d in resolved[name]])
             filled += 1
     return filled

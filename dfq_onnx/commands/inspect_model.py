@@ -7,7 +7,7 @@ from collections import Counter
 import onnx
 
 from dfq_onnx.backends import recurrent
-from dfq_onnx.core import branches, ir
+from dfq_onnx.core import branches, declared_io, ir
 from dfq_onnx.core.graph_utils import node_label
 from dfq_onnx.core.options import QuantizeOptions
 from dfq_onnx.core.pass_base import run_passes
@@ -23,14 +23,14 @@ def inspect(path, target: TargetProfile, options: QuantizeOptions) -> dict:
     """Opset, op counts, BN count, quantizable groups and the ops the target leaves in float; for a
     model merged behind a flag input (core/branches.py), each branch's, under `branches`."""
     source = ir.load_model(path)
-    ir.pin_values(source, options.input_values)       # a bad pin is an error before any split
+    declared_io.pin_values(source, options.input_values)       # a bad pin is an error before any split
     merged = branches.split(source, pinned=options.input_values)
     if merged is not None:
         return {"model": str(path), "flag": merged.flag, "computed": merged.computed,
                 "branches": {name: inspect(m, target, branches.branch_options(options, m))
                              for name, m in merged.branches.items()}}
     ops_in = Counter(n.op_type for n in source.graph.node)
-    ir.pin_inputs(source, options.input_values)       # --input-value: the branch a pinned scalar selects
+    declared_io.pin_inputs(source, options.input_values)   # --input-value: the branch a pinned scalar selects
     state = CompileState(graph=None, target=target, options=options, report=Report(), source=source,
                          model_hash=ir.model_hash(source))
     run_passes([Normalize(target.min_opset), FoldBatchNorm(), FindQuantGroups()], state)

@@ -28,7 +28,7 @@ class QuantizeOptions:
                                          # inputs that are not standardized, e.g. {"images": (0, 1)}: the
                                          # synthetic samples are drawn in it (synth/search.py squash)
     input_values: dict[str, float] = field(default_factory=dict)  # scalar inputs pinned for the compile,
-                                         # e.g. {"sr": 16000}: folded as constants (core/ir.py pin_inputs);
+                                         # e.g. {"sr": 16000}: folded as constants (declared_io.pin_inputs);
                                          # the written model keeps the input, its value baked in
     seed: int = 0
     act_range: str = "minmax"            # "minmax" | "percentile"

@@ -4,7 +4,7 @@ the weights' bytes.
 Under upb every sub-message keeps its whole model's arena alive, and onnx-graphsurgeon's import keeps
 sub-messages: the model's `opset_import` and each constant it has not read yet (a LazyValues over the
 initializer). `detach_from_protos` removes those references, so the source and the shape-inferred
-protos are freed once the compile drops them; `declarations` keeps what `ir.carry_over` needs of the
+protos are freed once the compile drops them; `declarations` keeps what `declared_io.carry_over` needs of the
 source. Re-exported by `dfq_onnx.core.ir`; no onnx.helper / numpy_helper here.
 """
 

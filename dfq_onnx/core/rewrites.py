@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.core import ir
+from dfq_onnx.core import constant_fold, ir
 from dfq_onnx.core.graph_utils import const_values, is_const
 
 POOLS = ("Conv", "AveragePool")
@@ -268,7 +268,7 @@ def settle_shapes(graph: gs.Graph, rounds: int = 8) -> gs.Graph:
         ir.refresh_shapes(graph)
         folded = fold_shape_reshapes(graph)
         before = len(graph.nodes)
-        graph = ir.fold_constants(graph)
+        graph = constant_fold.fold_constants(graph)
         if not folded and len(graph.nodes) == before:
             break
     return graph

@@ -3,7 +3,7 @@
 Samples are batched along axis 0 of every input, so a scalar has no batch to take and no value the
 compile could sample. A model that is one If between two networks on a condition computed from it is
 compiled network by network (core/branches.py); anywhere else the user pins it (`--input-value
-NAME:VALUE`, `ir.pin_inputs`). Until then one error names the input, the option, and the values the
+NAME:VALUE`, `declared_io.pin_inputs`). Until then one error names the input, the option, and the values the
 graph itself compares the input with -- the branches it selects between (silero-vad v5: `If(sr ==
 16000)` selects the 16 kHz network).
 """

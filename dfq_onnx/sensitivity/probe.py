@@ -56,7 +56,7 @@ from dfq_onnx.backends.input_moments import importance
 from dfq_onnx.backends.qdq import (
     Encoding,
 )
-from dfq_onnx.core import ir
+from dfq_onnx.core import ir, model_files
 from dfq_onnx.core.errors import UnsupportedModelError
 from dfq_onnx.core.graph_utils import const_values, node_label
 from dfq_onnx.core.graph_utils import reads as node_reads
@@ -255,7 +255,7 @@ def build_probe(graph: gs.Graph, spec: QuantSpec, groups: list[QuantGroup], rang
     g.inputs += [tensors[name] for name in fed]
     g.cleanup().toposort()
     model = ir.session_model(g, ir_version=ir.min_ir_version(g.opset))
-    if model.ByteSize() > ir.TWO_GB:
+    if model.ByteSize() > model_files.TWO_GB:
         raise UnsupportedModelError(f"the probe model ({model.ByteSize() / 2**30:.1f} GB) exceeds 2 GB; "
                                     "score fewer weight candidates")
     log.debug("probe: %d groups, %d activation switches, %d nodes, %.1f MB", len(selects), len(act[0]),
