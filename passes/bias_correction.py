@@ -38,13 +38,13 @@ import dataclasses
 
 import numpy as np
 from dfq_onnx.passes.absorb_bias import add_to_bias
-from dfq_onnx.passes.analytic_ranges import MAX_UNANCHORED, estimate
 from dfq_onnx.passes.emit_qdq import plan_encodings
 from dfq_onnx.passes.input_moments import MEAN, moment_sums
 
 from dfq_onnx.backends import input_moments as im
 from dfq_onnx.backends.input_moments import importance
 from dfq_onnx.core.graph_utils import LAYOUT_OPS, const_values, is_const, is_float, node_label
+from dfq_onnx.core.moment_propagation import MAX_UNANCHORED, estimate
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
 from dfq_onnx.corrections import formulas as cm

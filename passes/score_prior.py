@@ -10,7 +10,7 @@ issues 3 and 13), while the bottom of the range, which K - 1 scores of every sam
 measured as well as on real data.
 
 Rule, for each score tensor whose range came from synthetic samples and that the BN statistics reach
-(`analytic_ranges.estimate`, at most MAX_UNANCHORED linear layers without BN since the last anchor):
+(`core.moment_propagation.estimate`, at most MAX_UNANCHORED linear layers without BN since the last anchor):
 
     hi = max(hi_measured, max_c (mu_c + k sigma_c)),      lo = lo_measured
 
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from dfq_onnx.passes.analytic_ranges import MAX_UNANCHORED, estimate
 
+from dfq_onnx.core.moment_propagation import MAX_UNANCHORED, estimate
 from dfq_onnx.core.moments import laplace_clip_k
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState, Range
