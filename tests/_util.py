@@ -75,7 +75,9 @@ def token_agreement(model: onnx.ModelProto, vocab: int, seq: int, axis: int) -> 
 
 
 def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    return float(10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2)))
+    """Signal-to-quantization-noise ratio in dB (inf for identical outputs)."""
+    noise = np.sum((ref - got) ** 2, dtype=np.float64)
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref ** 2, dtype=np.float64) / noise))
 
 
 def openvino_output(model: onnx.ModelProto, feeds: dict[str, np.ndarray], f32: bool = True) -> np.ndarray:
