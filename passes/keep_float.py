@@ -111,6 +111,9 @@ class KeepFloatChosen(Pass):
 
     name = "KeepFloatChosen"
 
+    def __init__(self, samples: int | None = None, metric: str = "auto"):
+        self.samples, self.metric = samples, metric       # the activation decision's (its probe's rows)
+
     def run(self, state: CompileState) -> PassResult:
         first = state.report.notes.get("keep_float", {})
         floats = sorted(k for k, a in (state.plan.acts if state.plan else {}).items() if a == FLOAT_BITS)
@@ -119,7 +122,8 @@ class KeepFloatChosen(Pass):
         if not measured_pays(state) or not floats:
             return PassResult(False, "no float group chosen after a measured all-integer plan: not re-timed")
         if not past:
-            return _within_allowance(state, first, floats, act.get("measured_cost"))
+            scoring = (self.samples, self.metric)
+            return _within_allowance(state, first, floats, act.get("measured_cost"), scoring)
         m, cached = _cached_measure(state, state.target.runtime, acts=state.plan.acts)
         note = {"source": "measured" + (" (cached)" if cached else ""), "batch": 1, "float_groups": floats,
                 "fp32_ms": m["fp32_ms"], "integer_ms": m["int_ms"], "ratio": round(m["ratio"], 4),
@@ -133,11 +137,12 @@ class KeepFloatChosen(Pass):
 
 
 def _within_allowance(state: CompileState, first: dict, floats: list[str],
-                      unpriced: dict | None = None) -> PassResult:
+                      unpriced: dict | None = None, scoring: tuple = (None, "auto")) -> PassResult:
     """Floats the ILP took within the cost allowance (module docstring): the chosen plan timed against the
     all-A8 plan; measured beyond the allowance (median ratio > 1 + allowance + MARGIN) -> they go back to
     the default bits. `unpriced` (the activation note's `measured_cost`): the plan's outliers were chosen
-    without the allowance; beyond it, the allowance's choice (`priced`) replaces them and is timed in turn."""
+    without the allowance; beyond it, the fallback (`_priced`; `scoring`: the decision's samples and
+    metric)."""
     t = _against_base(state, state.plan.acts)
     m, line, beyond = t["m"], t["note"]["line"], not t["within"]
     first["chosen_plan"] = t["note"]
@@ -148,7 +153,7 @@ def _within_allowance(state: CompileState, first: dict, floats: list[str],
         return PassResult(False, f"chosen plan ({len(floats)} float groups, {which}) "
                                  f"{m['ratio']:.3f}x the all-base plan: kept")
     if unpriced is not None:
-        return _priced(state, first, unpriced, m["ratio"])
+        return _priced(state, first, unpriced, m["ratio"], scoring)
     base = state.target.default_act_bits
     state.plan = BitPlan(state.plan.bits, acts={k: a for k, a in state.plan.acts.items() if a != FLOAT_BITS})
     for k, o in state.report.notes.get("activations", {}).get("outliers", {}).items():
@@ -174,16 +179,20 @@ def _against_base(state: CompileState, acts: dict[str, int]) -> dict:
     return {"m": m, "ratio": m["ratio"], "ratios": m["ratios"], "within": within, "note": note}
 
 
-def _priced(state: CompileState, first: dict, unpriced: dict, ratio: float) -> PassResult:
+def _priced(state: CompileState, first: dict, unpriced: dict, ratio: float, scoring: tuple) -> PassResult:
     """The outliers chosen without the allowance cost more than it measured: the prefix of them with the
-    most screened gain that times within the line (passes/outlier_fallback.py), else the allowance's
-    choice (its floats, if any, timed in turn by `_within_allowance`)."""
+    most gain measured on the activation probe that times within the line (passes/outlier_fallback.py),
+    else the allowance's choice (its floats, if any, timed in turn by `_within_allowance`)."""
+    from dfq_onnx.passes.act_precision import plan_loss
+
     priced = {k: int(a) for k, a in unpriced["priced"].items()}
     base = state.target.default_act_bits
     first["unpriced_plan"] = first.pop("chosen_plan")
     outliers = state.report.notes.get("activations", {}).get("outliers", {})
     fb = outlier_fallback.fallback(priced, dict(state.plan.acts), outliers, unpriced["past_allowance"], base,
-                                   state.act_groups, lambda acts: _against_base(state, acts))
+                                   state.act_groups, lambda acts: _against_base(state, acts),
+                                   plan_loss(state, *scoring))
+    release()                       # the probe's sessions, if the fallback built them
     if fb["acts"] is not None:
         return outlier_fallback.apply(state, first, unpriced, fb, ratio)
     if fb["tried"]:

@@ -86,26 +86,56 @@ def largest_within(n: int, within: Callable[[int], bool]) -> int:
     return lo
 
 
+def in_context(order: list[tuple[list[str], float]], priced: dict[str, int], chosen: dict[str, int],
+               loss: Callable[[dict[str, int]], float]) -> tuple[list[tuple[list[str], float]], dict]:
+    """The units re-ordered by what each buys in the chosen plan, measured on the activation probe:
+    loss(chosen plan with the unit at the allowance's choice) - loss(chosen plan), largest first (ties:
+    the screened order), and the record of those losses."""
+    full = loss(chosen)
+    without = {}
+    for u, _ in order:
+        without[",".join(u)] = loss({**{k: a for k, a in chosen.items() if k not in u},
+                                     **{k: priced[k] for k in u if k in priced}})
+    rank = {",".join(u): i for i, (u, _) in enumerate(order)}
+    measured = sorted(((u, without[",".join(u)] - full) for u, _ in order),
+                      key=lambda ug: (-ug[1], rank[",".join(ug[0])]))
+    return measured, {"chosen": full, "without": without}
+
+
 def fallback(priced: dict[str, int], chosen: dict[str, int], outliers: dict, past: list[str], base: int,
-             act_groups, time_plan: Callable[[dict[str, int]], dict]) -> dict:
+             act_groups, time_plan: Callable[[dict[str, int]], dict],
+             loss: Callable[[dict[str, int]], float] | None = None) -> dict:
     """The fallback's record: its plan ("acts", None when no prefix fits), the groups kept and given up
-    with their screened gain, every timing tried. `time_plan(acts)` times a plan against the all-base
-    plan: {"ratio", "within", "note"}."""
+    with their gain, every timing tried. `time_plan(acts)` times a plan against the all-base plan:
+    {"ratio", "within", "note"}. With `loss(acts)` (the activation probe's loss of a plan) the units are
+    ordered by their measured gain in the chosen plan (`in_context`), and a prefix measured no better
+    than the allowance's choice is not a candidate (it would cost time for nothing)."""
     order = ordered(outliers, past, base, act_groups)
+    probe = None
+    ks = list(range(1, len(order)))
+    if loss is not None and ks:
+        order, probe = in_context(order, priced, chosen, loss)
+        floor = loss(priced)
+        probe["allowance_choice"] = floor
+        probe["prefix"] = {k: loss(prefix_plan(priced, chosen, order, k)) for k in ks}
+        ks = [k for k in ks if probe["prefix"][k] < floor]
     timed: dict[int, dict] = {}
 
-    def within(k: int) -> bool:
+    def within(i: int) -> bool:
+        k = ks[i - 1]
         timed[k] = time_plan(prefix_plan(priced, chosen, order, k))
         return timed[k]["within"]
 
-    k = largest_within(len(order), within)
+    i = largest_within(len(ks) + 1, within)
+    k = ks[i - 1] if i else 0
     tried = [{"groups": [g for u, _ in order[:j] for g in u], "ratio": round(t["ratio"], 4),
               "within": t["within"]} for j, t in sorted(timed.items())]
     kept, given = order[:k], order[k:]
     return {"acts": prefix_plan(priced, chosen, order, k) if k else None,
             "kept": [g for u, _ in kept for g in u], "given_up": [g for u, _ in given for g in u],
             "gain_kept": round(sum(v for _, v in kept), 6),
-            "gain_given_up": round(sum(v for _, v in given), 6),
+            "gain_given_up": round(sum(v for _, v in given), 6), "gain": "probe" if probe else "screened",
+            "probe": probe and {**probe, "prefix": {str(j): v for j, v in probe["prefix"].items()}},
             "ratio": round(timed[k]["ratio"], 4) if k else None, "timing": timed.get(k), "tried": tried}
 
 
@@ -124,9 +154,9 @@ def apply(state: CompileState, first: dict, unpriced: dict, fb: dict, ratio: flo
     unpriced["fallback"] = {k: v for k, v in fb.items() if k not in ("acts", "timing")}
     floats = sum(a == FLOAT_BITS for a in fb["acts"].values())
     log.warning("the outliers chosen past the cost allowance ran %.2fx the all-A%d plan (line %.3f): kept "
-                "%s (%.2fx, screened gain %.3g), gave up %s (screened gain %.3g)", ratio, base,
-                t["note"]["line"], ", ".join(fb["kept"]), fb["ratio"], fb["gain_kept"],
-                ", ".join(fb["given_up"]), fb["gain_given_up"])
+                "%s (%.2fx, %s gain %.3g), gave up %s (%s gain %.3g)", ratio, base, t["note"]["line"],
+                ", ".join(fb["kept"]), fb["ratio"], fb["gain"], fb["gain_kept"], ", ".join(fb["given_up"]),
+                fb["gain"], fb["gain_given_up"])
     return PassResult(False, f"outliers past the allowance {ratio:.3f}x the all-base plan; the "
-                             f"{len(fb['kept'])} with the most screened gain {fb['ratio']:.3f}x: kept "
+                             f"{len(fb['kept'])} with the most {fb['gain']} gain {fb['ratio']:.3f}x: kept "
                              f"({floats} float groups)")

@@ -65,7 +65,8 @@ def test_beyond_the_line_the_outlier_with_the_most_screened_gain_stays_float(tmp
     notes = report.notes["activations"]
     f1, f2 = _group(notes, "f1_out"), _group(notes, "f2_out")
     fb = notes["measured_cost"]["fallback"]
-    assert (fb["kept"], fb["given_up"]) == ([f2], [f1]) and fb["ratio"] == 1.01
+    assert (fb["kept"], fb["given_up"]) == ([f2], [f1]) and fb["ratio"] == 1.01 and fb["gain"] == "probe"
+    assert fb["probe"]["without"][f2] > fb["probe"]["without"][f1] > fb["probe"]["chosen"]
     assert notes["outliers"][f2]["choice"] == 32 and notes["outliers"][f1]["choice"] == 8
     quantized = {n.input[0] for n in nodes_by_op(out, "QuantizeLinear")}
     assert "f2_out" not in quantized and "f1_out" in quantized

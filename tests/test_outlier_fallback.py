@@ -83,3 +83,44 @@ def test_a_single_outlier_has_no_prefix_to_time():
     fb = of.fallback({}, {"a1": 32}, _outliers({"a1": 0.2}), ["a1"], 8, _groups(["a1"]),
                      _additive({"a1": 0.0}, 1.07, seen))
     assert fb["acts"] is None and seen == []
+
+
+V5_GAINS = {"a1": 0.193, "a118": 0.1459, "a119": 0.1458, "a137": 0.1513, "a138": 0.1512, "a139": 0.2006}
+V5_CHAINS = (["a118", "a119"], ["a137", "a138", "a139"])
+V5_PRICE = {"a1": 0.0078, "a118": 0.026, "a119": 0.026, "a137": 0.013, "a138": 0.013, "a139": 0.014}
+
+
+def _probe(losses: dict[frozenset, float]):
+    """A probe loss per set of float groups (every chain whole)."""
+    return lambda acts: losses[frozenset(k for k, a in acts.items() if a == 32)]
+
+
+def test_the_probe_orders_the_units_by_what_they_buy_in_the_chosen_plan():
+    """PP-OCRv5 rec's probe losses (session 25): the screen ranks the a118 chain last, the chosen plan
+    without it measures 1.29 (worse than all-A8, 1.09): it goes first; the six at 1.10x, the line 1.07 ->
+    the a118 chain alone (1.052x) is kept, the a137 chain (gain 0.20) and a1 (0.06) are given up."""
+    u118, u137, a1 = frozenset(V5_CHAINS[0]), frozenset(V5_CHAINS[1]), frozenset(["a1"])
+    losses = {frozenset(): 1.095, u118 | u137 | a1: 0.567, u118 | u137: 0.623, u137 | a1: 1.292,
+              u118 | a1: 0.770, u118: 0.770}
+    seen = []
+    fb = of.fallback({}, dict.fromkeys(V5_GAINS, 32), _outliers(V5_GAINS), sorted(V5_GAINS), 8,
+                     _groups(sorted(V5_GAINS), V5_CHAINS), _additive(V5_PRICE, 1.07, seen), _probe(losses))
+    assert fb["gain"] == "probe" and fb["kept"] == ["a118", "a119"]
+    assert fb["given_up"] == ["a137", "a138", "a139", "a1"] and abs(fb["ratio"] - 1.052) < 1e-9
+    assert fb["probe"]["without"]["a118,a119"] == 1.292 and fb["probe"]["prefix"] == {"1": 0.770, "2": 0.623}
+    # by the screen's order: the a137 chain and a1 (1.048x) kept, the a118 chain given up
+    screened = of.fallback({}, dict.fromkeys(V5_GAINS, 32), _outliers(V5_GAINS), sorted(V5_GAINS), 8,
+                           _groups(sorted(V5_GAINS), V5_CHAINS), _additive(V5_PRICE, 1.07, []))
+    assert screened["gain"] == "screened" and screened["kept"] == ["a137", "a138", "a139", "a1"]
+
+
+def test_a_prefix_measured_no_better_than_the_allowance_choice_is_not_timed():
+    """The first unit alone measures worse than the allowance's choice (all-base): only the two-unit
+    prefix is a candidate, and it is beyond the line -> no plan, one timing."""
+    gains = {"a1": 0.2, "a2": 0.1, "a3": 0.05}
+    losses = {frozenset(): 1.0, frozenset(gains): 0.5, frozenset(["a2", "a3"]): 0.9,
+              frozenset(["a1", "a3"]): 0.8, frozenset(["a1", "a2"]): 0.7, frozenset(["a1"]): 1.2}
+    seen = []
+    fb = of.fallback({}, dict.fromkeys(gains, 32), _outliers(gains), sorted(gains), 8, _groups(gains),
+                     _additive({"a1": 0.05, "a2": 0.05, "a3": 0.01}, 1.07, seen), _probe(losses))
+    assert fb["probe"]["prefix"] == {"1": 1.2, "2": 0.7} and seen == [["a1", "a2"]] and fb["acts"] is None
