@@ -231,8 +231,9 @@ def timed(state: CompileState) -> bool:
     """Whether the chosen plan's cost is measured after the decision (KeepFloatChosen): KeepFloat timed
     the all-integer plan on the target's runtime and it paid. There the outliers the screen found are
     chosen without the cost model's allowance, and KeepFloatChosen times the plan against the all-base
-    plan: within the allowance measured it stays, beyond it the longest prefix of the outliers (by screened
-    gain) that times within it (passes/outlier_fallback.py), else the allowance's choice."""
+    plan: within the allowance measured it stays, beyond it the longest prefix of the outliers (by what
+    each buys in the chosen plan on the probe) that times within it (passes/outlier_fallback.py), else the
+    allowance's choice."""
     from dfq_onnx.passes.keep_float import measured_pays
 
     return measured_pays(state)

@@ -30,9 +30,10 @@ plan's cost; that plan is timed against the all-A8 plan instead, and measured be
 allowance floats 1.2x the all-A8 plan; BENCHMARKS.md, session 23). Where that timing runs, the activation
 decision chooses the outliers its screen found without the allowance (the cost model priced PP-OCRv5
 rec's six at 13x the allowance; measured they cost 6 %): the chosen plan is timed the same way, kept
-within the line; beyond it, the longest prefix of those outliers (ordered by their screened gain) whose
-plan times within the line is kept (passes/outlier_fallback.py: a bisection, a few cached timings), and
-only when none fits does the allowance's own choice replace it (timed in turn if it has floats).
+within the line; beyond it, the longest prefix of those outliers (chains of them whole, ordered by what
+each buys in the chosen plan on the activation probe) whose plan times within the line is kept
+(passes/outlier_fallback.py: a bisection, a few cached timings), and only when none fits does the
+allowance's own choice replace it (timed in turn if it has floats).
 
 When the integer form does not pay (a small model of depthwise convolutions and elementwise ops, whose
 integer kernels and Q/DQ pairs cost more than the float kernels they replace), every quantizer group

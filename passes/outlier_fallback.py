@@ -1,29 +1,35 @@
 """KeepFloatChosen's fallback when the outliers chosen past the cost allowance time beyond its line: keep the
-prefix of them that buys the most screened gain within the line, not none of them.
+prefix of them that buys the most measured gain within the line, not none of them.
 
 The activation decision chose n outliers without the allowance (passes/act_precision.timed); timed against
 the all-base plan they ran beyond the line 1 + allowance + MARGIN. Going straight back to the allowance's
 choice (often the all-base plan) throws away every float, though most of the measured cost may sit in a
 few of them. Instead:
 
-    gain(g)  = loss(g alone at the base bits) - loss(g at its chosen precision)   (the screen's singles,
-               the activation note's `outliers`)
     units    = the groups joined where one's writer reads the other (a float island: its inner Q/DQ
                pairs go and its nodes run float together; a chain of elementwise ops -- LCNetV3's
                hard-swish -> x * a -> + b -- carries one rounding error through every link, so floating
                part of it buys nothing: PP-OCRv5 rec's a118 / a119 and a137-a139)
-    order    = the units by their largest gain, largest first (ties: first group id)
+    gain(u)  = L(chosen plan with u at the allowance's choice) - L(chosen plan)   (`in_context`: L the
+               activation probe's loss on the decision's scoring rows, `act_precision.plan_loss`, built
+               only on this path; without it, the screen's largest single in u: loss(g alone at the base
+               bits) - loss(g at its choice))
+    order    = the units by gain, largest first (ties: the screen's order, then group id)
     plan(k)  = the allowance's choice + the first k units at their chosen precision,  0 <= k <= n units
-    k*       = the largest k < n whose plan times within the line against the all-base plan
+    k*       = the largest k < n whose plan times within the line against the all-base plan, among the k
+               whose probe loss is below plan(0)'s (a float that measures no gain is not worth timing)
+
+The screen's singles (each group alone at the base bits, the rest float) rank PP-OCRv5 rec's a118-a119
+chain last; in the chosen plan it is the one whose removal costs most (1.29 vs 0.57; all-A8 1.09), and on
+real lines it alone reads 84.7 % exact against 30-34 % for the others (BENCHMARKS.md, session 25).
 
 plan(n) is the chosen plan (timed beyond), plan(0) the allowance's own choice (`keep_float._priced`, taken
 when no k > 0 fits). A float group's cost is near-additive (its readers' kernels at float speed plus the
 Q/DQ at its edges), so the ratio grows with k and k* is found by bisection: at most ceil(log2 n) timings,
 each cached by its precisions like every KeepFloatChosen timing (deterministic given the cache).
 
-What it gives up -- the groups left at the allowance's choice and their screened gain -- is in the report
-(`activations.measured_cost.fallback`) and a warning. PP-OCRv5 mobile rec (six outliers, 92.7 % exact lines
-when all six float, 26 % with none; BENCHMARKS.md, session 25) is the case it is for.
+What it gives up -- the groups left at the allowance's choice and their gain -- is in the report
+(`activations.measured_cost.fallback`) and a warning.
 """
 
 from __future__ import annotations
