@@ -176,7 +176,7 @@ def default_pipeline(target: TargetProfile, options: QuantizeOptions) -> list[Pa
         *([ChooseRecurrentForms(samples=ACT_SAMPLES, metric=options.metric, use_cache=options.use_cache,
                                 cache_dir=options.cache_dir)] if recurrent_forms(target) else []),
         *([_activations(options)] if not options.mixed and options.act_bits is None else []),
-        *([KeepFloatChosen()] if measures_float(options) else []),
+        *([KeepFloatChosen(ACT_SAMPLES, options.metric)] if measures_float(options) else []),
         *([MeasureInputMoments(full=True, after_plan=True)] if gptq_after_plan(options) else []),
         *([CompensateDFMPC()] if options.dfmpc else []),
         *([CorrectBias()] if options.correct_bias else []),

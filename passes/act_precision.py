@@ -231,10 +231,29 @@ def timed(state: CompileState) -> bool:
     """Whether the chosen plan's cost is measured after the decision (KeepFloatChosen): KeepFloat timed
     the all-integer plan on the target's runtime and it paid. There the outliers the screen found are
     chosen without the cost model's allowance, and KeepFloatChosen times the plan against the all-base
-    plan: within the allowance measured it stays, beyond it the allowance's choice replaces it."""
+    plan: within the allowance measured it stays, beyond it the longest prefix of the outliers (by what
+    each buys in the chosen plan on the probe) that times within it (passes/outlier_fallback.py), else the
+    allowance's choice."""
     from dfq_onnx.passes.keep_float import measured_pays
 
     return measured_pays(state)
+
+
+def plan_loss(state: CompileState, samples: int | None, metric: str):
+    """loss(acts): the activation probe's loss vs FP32 of a plan (group -> precision, every other
+    switchable group at the base bits) on the decision's scoring rows (the rows its report note keeps),
+    the probe built on the first call (KeepFloatChosen's fallback, passes/outlier_fallback.py)."""
+    built = []
+
+    def loss(acts: dict[str, int]) -> float:
+        if not built:
+            rows = state.report.notes.get("activations", {}).get("budget", {}).get("rows")
+            rows_, labels, _, batch, _, _ = plan_scoring(state, samples, metric, rows)
+            built.append(act_evaluator(state, rows_, labels, metric, batch))
+        base = {ag.id: state.target.default_act_bits for ag in switchable(state.act_groups)}
+        plan = {**base, **{k: None if a == FLOAT_BITS else a for k, a in acts.items()}}
+        return float(built[0].loss(plan)[0])
+    return loss
 
 
 def node_work(state: CompileState) -> dict[str, int]:

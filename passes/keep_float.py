@@ -30,7 +30,10 @@ plan's cost; that plan is timed against the all-A8 plan instead, and measured be
 allowance floats 1.2x the all-A8 plan; BENCHMARKS.md, session 23). Where that timing runs, the activation
 decision chooses the outliers its screen found without the allowance (the cost model priced PP-OCRv5
 rec's six at 13x the allowance; measured they cost 6 %): the chosen plan is timed the same way, kept
-within the line, and beyond it the allowance's own choice replaces it (timed in turn if it has floats).
+within the line; beyond it, the longest prefix of those outliers (chains of them whole, ordered by what
+each buys in the chosen plan on the activation probe) whose plan times within the line is kept
+(passes/outlier_fallback.py: a bisection, a few cached timings), and only when none fits does the
+allowance's own choice replace it (timed in turn if it has floats).
 
 When the integer form does not pay (a small model of depthwise convolutions and elementwise ops, whose
 integer kernels and Q/DQ pairs cost more than the float kernels they replace), every quantizer group
@@ -45,6 +48,7 @@ import logging
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from dfq_onnx.passes import outlier_fallback
 
 from dfq_onnx.allocation.costs import layer_macs
 from dfq_onnx.backends import integer_pays
@@ -108,6 +112,9 @@ class KeepFloatChosen(Pass):
 
     name = "KeepFloatChosen"
 
+    def __init__(self, samples: int | None = None, metric: str = "auto"):
+        self.samples, self.metric = samples, metric       # the activation decision's (its probe's rows)
+
     def run(self, state: CompileState) -> PassResult:
         first = state.report.notes.get("keep_float", {})
         floats = sorted(k for k, a in (state.plan.acts if state.plan else {}).items() if a == FLOAT_BITS)
@@ -116,7 +123,8 @@ class KeepFloatChosen(Pass):
         if not measured_pays(state) or not floats:
             return PassResult(False, "no float group chosen after a measured all-integer plan: not re-timed")
         if not past:
-            return _within_allowance(state, first, floats, act.get("measured_cost"))
+            scoring = (self.samples, self.metric)
+            return _within_allowance(state, first, floats, act.get("measured_cost"), scoring)
         m, cached = _cached_measure(state, state.target.runtime, acts=state.plan.acts)
         note = {"source": "measured" + (" (cached)" if cached else ""), "batch": 1, "float_groups": floats,
                 "fp32_ms": m["fp32_ms"], "integer_ms": m["int_ms"], "ratio": round(m["ratio"], 4),
@@ -130,18 +138,15 @@ class KeepFloatChosen(Pass):
 
 
 def _within_allowance(state: CompileState, first: dict, floats: list[str],
-                      unpriced: dict | None = None) -> PassResult:
+                      unpriced: dict | None = None, scoring: tuple = (None, "auto")) -> PassResult:
     """Floats the ILP took within the cost allowance (module docstring): the chosen plan timed against the
     all-A8 plan; measured beyond the allowance (median ratio > 1 + allowance + MARGIN) -> they go back to
     the default bits. `unpriced` (the activation note's `measured_cost`): the plan's outliers were chosen
-    without the allowance; beyond it, the allowance's choice (`priced`) replaces them and is timed in turn."""
-    m, cached = _cached_measure(state, state.target.runtime, acts=state.plan.acts, against_base=True)
-    line = 1.0 + state.target.act_cost_allowance + integer_pays.MARGIN
-    beyond = bool(float(np.median(m["ratios"])) > line)
-    first["chosen_plan"] = {"source": "measured" + (" (cached)" if cached else ""), "batch": 1,
-                            "float_groups": floats, "against": "all-base plan", "base_ms": m["fp32_ms"],
-                            "chosen_ms": m["int_ms"], "ratios": [round(r, 4) for r in m["ratios"]],
-                            "line": round(line, 4), "floats_dropped": beyond}
+    without the allowance; beyond it, the fallback (`_priced`; `scoring`: the decision's samples and
+    metric)."""
+    t = _against_base(state, state.plan.acts)
+    m, line, beyond = t["m"], t["note"]["line"], not t["within"]
+    first["chosen_plan"] = t["note"]
     if unpriced is not None:
         unpriced["kept"] = not beyond
     if not beyond:
@@ -149,7 +154,7 @@ def _within_allowance(state: CompileState, first: dict, floats: list[str],
         return PassResult(False, f"chosen plan ({len(floats)} float groups, {which}) "
                                  f"{m['ratio']:.3f}x the all-base plan: kept")
     if unpriced is not None:
-        return _priced(state, first, unpriced, m["ratio"])
+        return _priced(state, first, unpriced, m["ratio"], scoring)
     base = state.target.default_act_bits
     state.plan = BitPlan(state.plan.bits, acts={k: a for k, a in state.plan.acts.items() if a != FLOAT_BITS})
     for k, o in state.report.notes.get("activations", {}).get("outliers", {}).items():
@@ -161,12 +166,38 @@ def _within_allowance(state: CompileState, first: dict, floats: list[str],
                              f"(> {line:.3f}): back to A{base}")
 
 
-def _priced(state: CompileState, first: dict, unpriced: dict, ratio: float) -> PassResult:
-    """The outliers chosen without the allowance cost more than it measured: the allowance's choice
-    instead (its floats, if any, timed in turn by `_within_allowance`)."""
+def _against_base(state: CompileState, acts: dict[str, int]) -> dict:
+    """The plan with `acts` timed against the all-base plan (cached): {"m", "ratio", "within" the line
+    1 + allowance + MARGIN, "note" for the report}."""
+    m, cached = _cached_measure(state, state.target.runtime, acts=acts, against_base=True)
+    line = 1.0 + state.target.act_cost_allowance + integer_pays.MARGIN
+    within = bool(float(np.median(m["ratios"])) <= line)
+    floats = sorted(k for k, a in acts.items() if a == FLOAT_BITS)
+    note = {"source": "measured" + (" (cached)" if cached else ""), "batch": 1, "float_groups": floats,
+            "against": "all-base plan", "base_ms": m["fp32_ms"], "chosen_ms": m["int_ms"],
+            "ratios": [round(r, 4) for r in m["ratios"]], "line": round(line, 4),
+            "floats_dropped": not within}
+    return {"m": m, "ratio": m["ratio"], "ratios": m["ratios"], "within": within, "note": note}
+
+
+def _priced(state: CompileState, first: dict, unpriced: dict, ratio: float, scoring: tuple) -> PassResult:
+    """The outliers chosen without the allowance cost more than it measured: the prefix of them with the
+    most gain measured on the activation probe that times within the line (passes/outlier_fallback.py),
+    else the allowance's choice (its floats, if any, timed in turn by `_within_allowance`)."""
+    from dfq_onnx.passes.act_precision import plan_loss
+
     priced = {k: int(a) for k, a in unpriced["priced"].items()}
     base = state.target.default_act_bits
     first["unpriced_plan"] = first.pop("chosen_plan")
+    outliers = state.report.notes.get("activations", {}).get("outliers", {})
+    fb = outlier_fallback.fallback(priced, dict(state.plan.acts), outliers, unpriced["past_allowance"], base,
+                                   state.act_groups, lambda acts: _against_base(state, acts),
+                                   plan_loss(state, *scoring))
+    release()                       # the probe's sessions, if the fallback built them
+    if fb["acts"] is not None:
+        return outlier_fallback.apply(state, first, unpriced, fb, ratio)
+    if fb["tried"]:
+        unpriced["fallback"] = {"kept": [], "tried": fb["tried"]}
     state.plan = BitPlan(state.plan.bits, acts=priced)
     for k, o in state.report.notes.get("activations", {}).get("outliers", {}).items():
         if k in unpriced["past_allowance"]:
