@@ -1,0 +1,67 @@
+"""A recognizer that decodes in its graph and takes each line's width (trueocr's rec.onnx layout): the
+width input is a length input the samples fill (synth/lengths.py), the ArgMax decoding is set aside so the
+compile scores the logits it picks from (core/tail.py), and a transposed pointwise Conv1d head's output
+reads as logits (core/outputs.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+import pytest
+from dfq_onnx.models.decoded_builders import decoded_recognizer
+
+import dfq_onnx
+from dfq_onnx.core import tail
+from dfq_onnx.core.outputs import producer_of
+
+FAST = dict(synth_samples=8, use_cache=False, progress=False)
+
+
+def _run(model, feeds):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def test_a_width_input_beside_the_image_is_a_length_input():
+    from dfq_onnx.synth.lengths import length_inputs
+    found = length_inputs(gs.import_onnx(decoded_recognizer()))
+    assert [(k.name, k.source, k.axis) for k in found] == [("widths", "x", 3)]
+    assert length_inputs(gs.import_onnx(decoded_recognizer(widths=False))) == []
+
+
+def test_a_recognizer_with_a_width_input_compiles_data_free_with_full_widths(tmp_path):
+    model, report = dfq_onnx.quantize(decoded_recognizer(), input_shapes={"x": (1, 1, 8, 16)},
+                                      output=tmp_path / "q.onnx", **FAST)
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 0
+    rng = np.random.default_rng(1)
+    x = (rng.random((16, 1, 8, 16)) < 0.3).astype(np.float32)
+    feeds = {"x": x, "widths": rng.integers(6, 17, 16).astype(np.int64)}
+    ids_ref, conf_ref = _run(decoded_recognizer(), feeds)
+    ids, conf = _run(model, feeds)
+    assert ids.dtype == np.int64 and ids.shape == ids_ref.shape
+    assert np.mean(ids == ids_ref) > 0.9
+    assert np.abs(conf - conf_ref).max() < 0.1
+
+
+def test_outputs_decoded_by_argmax_are_scored_at_the_logits_they_pick_from():
+    graph = gs.import_onnx(decoded_recognizer())
+    found, why = tail.split(graph)
+    assert found is not None and "decoded by ArgMax" in why
+    assert sorted(n.op for n in found.nodes) == ["ArgMax", "ReduceMax", "Softmax"]
+    assert found.cut == ["logits"] and [t.name for t in graph.outputs] == ["logits"]
+    assert [t.name for t in graph.inputs] == ["x", "widths"]
+    tail.attach(graph, found)
+    assert [t.name for t in graph.outputs] == ["ids", "conf"]
+
+
+def test_an_argmax_with_a_weighted_layer_after_its_scores_is_not_a_tail():
+    graph = gs.import_onnx(decoded_recognizer(weighted_after=True))
+    found, why = tail.split(graph)
+    assert found is None and why == ""
+
+
+@pytest.mark.parametrize(("kernel", "role"), [(1, "logits"), (3, "other")])
+def test_a_transposed_pointwise_conv1d_head_writes_logits(kernel, role):
+    graph = gs.import_onnx(decoded_recognizer(decode=False, kernel=kernel))
+    assert producer_of(graph.outputs[0]).role == role
