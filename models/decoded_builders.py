@@ -64,3 +64,40 @@ def decoded_recognizer(c: int = 8, h: int = 8, classes: int = 6, widths: bool = 
         nodes.append(helper.make_node("MatMul", ["logits", "after.weight"], ["after"], name="after"))
         outputs.append(_vi("after", ["N", "W", 3]))
     return _model(nodes, inputs, outputs, inits, name="decoded_recognizer")
+
+
+def topk_detector(hw: int = 8, classes: int = 2, k: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """An NMS-free detector that picks its top-k anchors in the graph (YOLOv10 / YOLO26 end-to-end exports,
+    isbnx's ISBN detector)::
+
+        input ─ conv1 ─ Relu ─ head (1x1, 4+K) ─ Reshape, Transpose [N, HW, 4+K] ─ Split ─┬─ boxes [N, HW, 4]
+                                                                  Sigmoid ─ scores [N, HW, K] ─┘
+        scores ─ ReduceMax ─ best [N, HW] ─ TopK(k) ─┬─ values ─► det_scores [N, k]
+                                      indices ─ Unsqueeze ─ Expand ─ GatherElements(boxes) ─► det_boxes
+    """
+    rng = np.random.default_rng(seed)
+    c = 4 + classes
+    inits = [_init("conv1.weight", rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32)),
+             _init("conv1.bias", rng.normal(0, 0.1, 8).astype(np.float32)),
+             _init("head.weight", rng.normal(0, 0.4, (c, 8, 1, 1)).astype(np.float32)),
+             _init("head.bias", rng.normal(0, 0.1, c).astype(np.float32)),
+             _init("shape", np.array([0, c, -1], np.int64)), _init("split", np.array([4, classes], np.int64)),
+             _init("k", np.array([k], np.int64)), _init("ax_last", np.array([-1], np.int64)),
+             _init("box_shape", np.array([1, 1, 4], np.int64))]
+    nodes = [_conv("conv1", "input", "conv1.weight", "c1", "conv1.bias"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             _conv("head", "r1", "head.weight", "h", "head.bias", pads=[0, 0, 0, 0]),
+             helper.make_node("Reshape", ["h", "shape"], ["flat"], name="flat"),
+             helper.make_node("Transpose", ["flat"], ["anchors"], name="anchors", perm=[0, 2, 1]),
+             helper.make_node("Split", ["anchors", "split"], ["boxes", "raw_scores"], name="split", axis=2),
+             helper.make_node("Sigmoid", ["raw_scores"], ["scores"], name="sigmoid"),
+             helper.make_node("ReduceMax", ["scores"], ["best"], name="best", axes=[-1], keepdims=0),
+             helper.make_node("TopK", ["best", "k"], ["det_scores", "top"], name="topk", axis=-1),
+             helper.make_node("Unsqueeze", ["top", "ax_last"], ["top3"], name="top3"),
+             helper.make_node("Shape", ["top3"], ["top3_shape"], name="top3_shape"),
+             helper.make_node("Max", ["top3_shape", "box_shape"], ["pick_shape"], name="pick_shape"),
+             helper.make_node("Expand", ["top3", "pick_shape"], ["pick"], name="pick"),
+             helper.make_node("GatherElements", ["boxes", "pick"], ["det_boxes"], name="gather_boxes",
+                              axis=1)]
+    return _model(nodes, [_vi("input", ["N", 3, hw, hw])],
+                  [_vi("det_boxes", ["N", k, 4]), _vi("det_scores", ["N", k])], inits, name="topk_detector")

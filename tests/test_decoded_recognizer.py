@@ -9,7 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
-from dfq_onnx.models.decoded_builders import decoded_recognizer
+from dfq_onnx.models.decoded_builders import decoded_recognizer, topk_detector
 
 import dfq_onnx
 from dfq_onnx.core import tail
@@ -47,7 +47,7 @@ def test_a_recognizer_with_a_width_input_compiles_data_free_with_full_widths(tmp
 def test_outputs_decoded_by_argmax_are_scored_at_the_logits_they_pick_from():
     graph = gs.import_onnx(decoded_recognizer())
     found, why = tail.split(graph)
-    assert found is not None and "decoded by ArgMax" in why
+    assert found is not None and "picked by ArgMax / TopK" in why
     assert sorted(n.op for n in found.nodes) == ["ArgMax", "ReduceMax", "Softmax"]
     assert found.cut == ["logits"] and [t.name for t in graph.outputs] == ["logits"]
     assert [t.name for t in graph.inputs] == ["x", "widths"]
@@ -65,3 +65,22 @@ def test_an_argmax_with_a_weighted_layer_after_its_scores_is_not_a_tail():
 def test_a_transposed_pointwise_conv1d_head_writes_logits(kernel, role):
     graph = gs.import_onnx(decoded_recognizer(decode=False, kernel=kernel))
     assert producer_of(graph.outputs[0]).role == role
+
+
+def test_an_nms_free_detectors_top_k_is_set_aside_and_its_anchors_scored():
+    graph = gs.import_onnx(topk_detector())
+    found, why = tail.split(graph)
+    assert found is not None and "TopK 'topk'" in why
+    assert [n.op for n in found.nodes][0] == "TopK" and "GatherElements" in [n.op for n in found.nodes]
+    assert found.cut == ["best", "boxes"] and [t.name for t in graph.outputs] == ["best", "boxes"]
+    tail.attach(graph, found)
+    assert [t.name for t in graph.outputs] == ["det_boxes", "det_scores"]
+
+
+def test_an_nms_free_detector_compiles_and_keeps_its_picks(tmp_path):
+    model, _ = dfq_onnx.quantize(topk_detector(), output=tmp_path / "q.onnx", **FAST)
+    assert [o.name for o in model.graph.output] == ["det_boxes", "det_scores"]
+    assert any(n.op_type == "TopK" for n in model.graph.node)
+    x = np.random.default_rng(2).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    (b_ref, s_ref), (b, s) = _run(topk_detector(), {"input": x}), _run(model, {"input": x})
+    assert b.shape == b_ref.shape and np.abs(s - s_ref).max() < 0.05    # (near-equal scores may swap rows)

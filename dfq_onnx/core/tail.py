@@ -23,12 +23,17 @@ Runtime session of the compile can declare (the graph's copies type every output
 
     X ─► Scaler ─► MatMul ... Softmax ─► probabilities [N, K] ─► ZipMap ─► output_probability (tail)
 
-Outputs decoded from per-position scores are set aside too (`DECODES`): a recognizer that ends in its
-greedy decoding writes integer ids and a confidence that no output metric reads as the scores they come
-from, so the tensor an ArgMax reads becomes the head's output when nothing after it is a weighted layer:
+Outputs picked from scores are set aside too (`DECODES`): a recognizer that ends in its greedy decoding
+writes integer ids and a confidence that no output metric reads as the scores they come from, and an
+NMS-free detector (YOLOv10 / YOLO26 end-to-end exports) writes its top-k anchors sorted by score, so a
+small change of scores reorders the rows any metric compares. The tensor an ArgMax or a TopK reads
+becomes the head's output when nothing after it is a weighted layer:
 
     ... ─► logits [N, T, C] ─┬─► ArgMax ─► ids [N, T]                                 (tail)
                              └─► ReduceMax, Exp, ReduceSum ... ─► conf [N, T]         (tail)
+
+    ... ─► boxes [N, A, 4], scores [N, A, K] ─► ReduceMax ─► best [N, A]
+                            best ─► TopK ─► GatherElements(boxes) ... ─► dets [N, k, 6]   (tail)
 
 Outputs that carry the batch on another axis than 0 (a time-major CTC recognizer's logits [T, N, C], as
 PyTorch's nn.LSTM writes them) are read batch-first by everything that scores outputs (the synthesis
@@ -50,7 +55,7 @@ import onnx_graphsurgeon as gs
 from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS, is_const, reads, walk
 
 DATA_DEPENDENT = ("NonMaxSuppression", "NonZero", "Compress", "Unique")
-DECODES = ("ArgMax", "ArgMin")          # picks from scores: the scores are compiled and measured
+DECODES = ("ArgMax", "ArgMin", "TopK")  # picks from scores: the scores are compiled and measured
 NON_TENSOR = ("ZipMap", "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase",
               "SplitToSequence", "Optional")     # write a sequence, map or optional value
 
@@ -174,8 +179,8 @@ def _weighted(node: gs.Node) -> bool:
 
 
 def _decoding(graph: gs.Graph) -> list[gs.Node]:
-    """The readers of each tensor an ArgMax / ArgMin reads, where nothing downstream of it is a weighted
-    layer (module docstring)."""
+    """The readers of each tensor an ArgMax / ArgMin / TopK reads, where nothing downstream of it is a
+    weighted layer (module docstring)."""
     found = []
     for n in graph.nodes:
         if n.op in DECODES and n.inputs and not is_const(n.inputs[0]):
@@ -247,7 +252,7 @@ def split(graph: gs.Graph) -> tuple[Tail | None, str]:
     read = {t.name for n in graph.nodes for t in n.inputs} | {t.name for t in graph.outputs}
     graph.inputs = [t for t in graph.inputs if t.name in read]
     why = ("non-tensor outputs" if nodes[0].op in NON_TENSOR else "sizes depend on values"
-           if any(_data_dependent(n) for n in nodes) else "outputs decoded by ArgMax")
+           if any(_data_dependent(n) for n in nodes) else "outputs picked by ArgMax / TopK")
     return tail, f"{len(nodes)} nodes from {first} on set aside ({why})"
 
 
