@@ -101,3 +101,23 @@ def topk_detector(hw: int = 8, classes: int = 2, k: int = 5, seed: int = 0) -> o
                               axis=1)]
     return _model(nodes, [_vi("input", ["N", 3, hw, hw])],
                   [_vi("det_boxes", ["N", k, 4]), _vi("det_scores", ["N", k])], inits, name="topk_detector")
+
+
+def masked_set_encoder(d: int = 8, features: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """A tiny encoder over a set of items with a boolean mask of valid ones (trueocr's reading-order
+    transformer: `feats [1, N, 16]`, `mask [1, N]`)::
+
+        feats [1, N, F] ─ MatMul (F x d) ─ Relu ─ Where(mask, ., 0) ─ MatMul (d x 3) ─► scores [1, N, 3]
+        mask [1, N] ─ Unsqueeze ─────────────┘
+    """
+    rng = np.random.default_rng(seed)
+    inits = [_init("w1", rng.normal(0, 0.5, (features, d)).astype(np.float32)),
+             _init("w2", rng.normal(0, 0.5, (d, 3)).astype(np.float32)),
+             _init("zero", np.zeros(1, np.float32)), _init("ax_last", np.array([-1], np.int64))]
+    nodes = [helper.make_node("MatMul", ["feats", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+             helper.make_node("Unsqueeze", ["mask", "ax_last"], ["mask3"], name="mask3"),
+             helper.make_node("Where", ["mask3", "hr", "zero"], ["hm"], name="apply_mask"),
+             helper.make_node("MatMul", ["hm", "w2"], ["scores"], name="fc2")]
+    inputs = [_vi("feats", [1, "N", features]), _vi("mask", [1, "N"], TensorProto.BOOL)]
+    return _model(nodes, inputs, [_vi("scores", [1, "N", 3])], inits, name="masked_set_encoder")

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
-from dfq_onnx.models.decoded_builders import decoded_recognizer, topk_detector
+from dfq_onnx.models.decoded_builders import decoded_recognizer, masked_set_encoder, topk_detector
 
 import dfq_onnx
 from dfq_onnx.core import tail
@@ -84,3 +84,15 @@ def test_an_nms_free_detector_compiles_and_keeps_its_picks(tmp_path):
     x = np.random.default_rng(2).standard_normal((8, 3, 8, 8)).astype(np.float32)
     (b_ref, s_ref), (b, s) = _run(topk_detector(), {"input": x}), _run(model, {"input": x})
     assert b.shape == b_ref.shape and np.abs(s - s_ref).max() < 0.05    # (near-equal scores may swap rows)
+
+
+def test_a_boolean_mask_over_a_float_inputs_positions_is_all_valid_in_the_samples(tmp_path):
+    from dfq_onnx.synth.lengths import length_inputs
+    found = length_inputs(gs.import_onnx(masked_set_encoder()))
+    assert [(k.name, k.source, k.axis, k.mask) for k in found] == [("mask", "feats", 1, True)]
+    model, report = dfq_onnx.quantize(masked_set_encoder(), input_shapes={"feats": (1, 6, 4)},
+                                      output=tmp_path / "q.onnx", **FAST)
+    x = np.random.default_rng(3).standard_normal((1, 6, 4)).astype(np.float32)
+    feeds = {"feats": x, "mask": np.array([[True] * 4 + [False] * 2])}
+    ref, got = _run(masked_set_encoder(), feeds)[0], _run(model, feeds)[0]
+    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
