@@ -56,6 +56,7 @@ from dfq_onnx.core.scalar_inputs import check_scalar_inputs
 from dfq_onnx.core.state import CompileState
 from dfq_onnx.core.token_linear import unflatten_token_gemms
 from dfq_onnx.core.unfuse import unfuse_contrib
+from dfq_onnx.synth.lengths import length_inputs, mask_hints
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,10 @@ class Normalize(Pass):
             unbatched.add_batch_axis(graph)
             rewritten["batch axis of one added (the model has none)"] = len(state.unbatched)
             state.report.notes["unbatched_inputs"] = list(state.unbatched)
+        state.length_inputs = length_inputs(graph)      # read before the hints size the dynamic axes
+        if sized := mask_hints(state.length_inputs, hints):     # a mask is sized with its float input
+            hints = {**hints, **sized}
+            state.options = dataclasses.replace(state.options, input_shapes=hints)
         annotate_shapes(graph, hints)
         if state.batch_axis1:
             batch_axis.make_batch_major(graph, declared)

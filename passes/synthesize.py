@@ -85,7 +85,7 @@ from dfq_onnx.core import cache
 from dfq_onnx.core.errors import UsageError
 from dfq_onnx.core.pass_base import Pass, PassResult
 from dfq_onnx.core.state import CompileState
-from dfq_onnx.synth import envelopes, layout, preprocess, signals
+from dfq_onnx.synth import envelopes, layout, lengths, preprocess, signals
 from dfq_onnx.synth.audio_range import infer_audio_range, is_waveform
 from dfq_onnx.synth.augment import is_image_like
 from dfq_onnx.synth.compose import plan_pieces
@@ -323,11 +323,16 @@ class Synthesize(Pass):
                 and not (self.forms and any(v.form for v in state.spec.layers.values()))
                 and not recurrent_nodes(state.graph, state.target)):    # scored on samples
             return PassResult(False, "no quantized activation")     # KeepFloat / forms: nothing to calibrate
-        if has_token_inputs(state.graph):
-            result = synthesize_tokens(state.graph, self.options, state.options.input_shapes)
+        found = state.length_inputs               # widths [N] beside an image: synth/lengths.py
+        graph = lengths.length_graph(state.graph, found) if found else state.graph
+        if has_token_inputs(graph):
+            result = synthesize_tokens(graph, self.options, state.options.input_shapes)
         else:
-            result = synthesize(state.graph, {**state.bn_stats, **state.bn_kept}, self.options,
+            result = synthesize(graph, {**state.bn_stats, **state.bn_kept}, self.options,
                                 state.model_hash, state.options.input_shapes)
+        if found:
+            result = dataclasses.replace(result, inputs=lengths.with_lengths(result.inputs, found),
+                                         twin=result.twin and lengths.with_lengths(result.twin, found))
         state.calib = result.inputs
         state.synthetic = result
         state.forward_passes += result.forward_passes

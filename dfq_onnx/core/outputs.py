@@ -6,7 +6,9 @@ Squeeze, Unsqueeze, Flatten, Slice, Gather, Split, Dropout, a Concat of one comp
 op that computes it, which gives the output's role:
 
     distribution   Softmax (probabilities on its axis, kept when only Identity/Cast follow it)
-    logits         LogSoftmax; Gemm / MatMul, or a constant added to one (a linear layer's output)
+    logits         LogSoftmax; Gemm / MatMul, or a constant added to one (a linear layer's output);
+                   a pointwise Conv1d [N, C, T] transposed to [N, T, C] (a convolutional CTC head:
+                   per position, a linear layer whose outputs are the last axis)
     embedding      pooling or normalization: ReduceMean/Sum/Max/L1/L2, Global*Pool, LpNormalization,
                    or a Div/Mul one of whose inputs comes from such an op or a Sqrt (mean pooling
                    sum(x * mask) / sum(mask), L2 normalization x / ||x||)
@@ -78,6 +80,17 @@ def _pooled(tensor: gs.Tensor, depth: int = 3) -> bool:
     return False
 
 
+def _pointwise_head(tensor: gs.Tensor, node: gs.Node) -> bool:
+    """`tensor` [N, T, C] is Transpose(perm [0, 2, 1]) of a kernel-1 Conv's [N, C, T] output."""
+    move = tensor.inputs[0] if tensor.inputs else None
+    if node.op != "Conv" or move is None or move.op != "Transpose" or move.inputs[0] is not node.outputs[0]:
+        return False
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    kernel = node.attrs.get("kernel_shape") or (list(weight.shape[2:]) if weight is not None and weight.shape
+                                               else None)
+    return list(move.attrs.get("perm", [])) == [0, 2, 1] and bool(kernel) and all(k == 1 for k in kernel)
+
+
 def producer_of(tensor: gs.Tensor) -> Producer:
     node, same = _walk(tensor)
     if node is None:
@@ -87,7 +100,7 @@ def producer_of(tensor: gs.Tensor) -> Producer:
         axis = node.attrs.get("axis", -1)
         axis = axis % rank if (rank and same) else None
         return Producer(node.op, "distribution", axis)
-    if node.op == "LogSoftmax" or node.op in LINEAR:
+    if node.op == "LogSoftmax" or node.op in LINEAR or _pointwise_head(tensor, node):
         return Producer(node.op, "logits")
     if node.op == "Add" and any(is_const(t) for t in node.inputs):
         inner = [t for t in node.inputs if not is_const(t)]

@@ -83,6 +83,7 @@ class CompileState:
     model_hash: str = ""
     source: object | None = None      # the loaded onnx.ModelProto until Normalize imports it
     declared: object | None = None    # Normalize: the source's interface and metadata, without weights
+    length_inputs: list = field(default_factory=list)   # Normalize: synth/lengths.py, on the declared dims
     source_opset: int = 0
     bn_stats: dict[str, BNStats] = field(default_factory=dict)
     bn_kept: dict[str, BNStats] = field(default_factory=dict)   # BNs left in the graph (fold_bn.py), by BN

@@ -23,6 +23,18 @@ Runtime session of the compile can declare (the graph's copies type every output
 
     X ─► Scaler ─► MatMul ... Softmax ─► probabilities [N, K] ─► ZipMap ─► output_probability (tail)
 
+Outputs picked from scores are set aside too (`DECODES`): a recognizer that ends in its greedy decoding
+writes integer ids and a confidence that no output metric reads as the scores they come from, and an
+NMS-free detector (YOLOv10 / YOLO26 end-to-end exports) writes its top-k anchors sorted by score, so a
+small change of scores reorders the rows any metric compares. The tensor an ArgMax or a TopK reads
+becomes the head's output when nothing after it is a weighted layer:
+
+    ... ─► logits [N, T, C] ─┬─► ArgMax ─► ids [N, T]                                 (tail)
+                             └─► ReduceMax, Exp, ReduceSum ... ─► conf [N, T]         (tail)
+
+    ... ─► boxes [N, A, 4], scores [N, A, K] ─► ReduceMax ─► best [N, A]
+                            best ─► TopK ─► GatherElements(boxes) ... ─► dets [N, k, 6]   (tail)
+
 Outputs that carry the batch on another axis than 0 (a time-major CTC recognizer's logits [T, N, C], as
 PyTorch's nn.LSTM writes them) are read batch-first by everything that scores outputs (the synthesis
 objectives, the activation decision, sensitivity): `batch_first` appends a Transpose moving the batch
@@ -40,9 +52,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS, is_const, reads
+from dfq_onnx.core.graph_utils import WEIGHTED_LAYERS, is_const, reads, walk
 
 DATA_DEPENDENT = ("NonMaxSuppression", "NonZero", "Compress", "Unique")
+DECODES = ("ArgMax", "ArgMin", "TopK")  # picks from scores: the scores are compiled and measured
 NON_TENSOR = ("ZipMap", "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase",
               "SplitToSequence", "Optional")     # write a sequence, map or optional value
 
@@ -161,11 +174,27 @@ def _data_dependent(node: gs.Node) -> bool:
     return any(_data_dependent(n) for g in node.subgraphs() for n in g.nodes)
 
 
+def _weighted(node: gs.Node) -> bool:
+    return node.op in WEIGHTED_LAYERS and any(is_const(t) for t in node.inputs[1:2])
+
+
+def _decoding(graph: gs.Graph) -> list[gs.Node]:
+    """The readers of each tensor an ArgMax / ArgMin / TopK reads, where nothing downstream of it is a
+    weighted layer (module docstring)."""
+    found = []
+    for n in graph.nodes:
+        if n.op in DECODES and n.inputs and not is_const(n.inputs[0]):
+            scores = n.inputs[0]
+            if not any(_weighted(m) for m, _ in walk(scores, lambda *_: True)):
+                found += [m for m in scores.outputs if m not in found]
+    return found
+
+
 def _downstream(graph: gs.Graph) -> list[gs.Node]:
     """Nodes reached from a data-dependent op's outputs (the op included), and the nodes that feed only
     them from graph inputs (e.g. a scale-factor input's Unsqueeze), in graph order."""
     seen: set[int] = set()
-    stack = [n for n in graph.nodes if _data_dependent(n)]
+    stack = [n for n in graph.nodes if _data_dependent(n)] + _decoding(graph)
     while stack:
         node = stack.pop()
         if id(node) in seen:
@@ -205,7 +234,7 @@ def split(graph: gs.Graph) -> tuple[Tail | None, str]:
     if not nodes:
         return None, ""
     first = f"{nodes[0].op} '{nodes[0].name}'"
-    weighted = [n.name for n in nodes if n.op in WEIGHTED_LAYERS and any(is_const(t) for t in n.inputs[1:2])]
+    weighted = [n.name for n in nodes if _weighted(n)]
     if weighted:
         return None, f"{first} precedes quantizable layers ({weighted[0]}, ...): the whole model is compiled"
     produced = {t.name for n in nodes for t in n.outputs}
@@ -222,7 +251,8 @@ def split(graph: gs.Graph) -> tuple[Tail | None, str]:
     graph.outputs = head_outputs + cut
     read = {t.name for n in graph.nodes for t in n.inputs} | {t.name for t in graph.outputs}
     graph.inputs = [t for t in graph.inputs if t.name in read]
-    why = "non-tensor outputs" if nodes[0].op in NON_TENSOR else "sizes depend on values"
+    why = ("non-tensor outputs" if nodes[0].op in NON_TENSOR else "sizes depend on values"
+           if any(_data_dependent(n) for n in nodes) else "outputs picked by ArgMax / TopK")
     return tail, f"{len(nodes)} nodes from {first} on set aside ({why})"
 
 
