@@ -11,7 +11,8 @@ predicted loss of the outliers' choices within the target's activation-cost allo
 that are not outliers stay at the target's default bits.
 
 A broken all-A8 plan (L_act > BROKEN x L_w, 16x: sensitivity/act_scoring.py's joint check) is the
-exception to the allowance: its screening may run BROKEN_EVALS x its evaluation cap further, and the
+exception to the allowance: its screening may run BROKEN_EVALS x its evaluation cap further (not where
+that cap sits at its floor: `budget.broken_evaluations`), and the
 outliers the joint check measured are put back to A16 / float worst-first, past the allowance, until the
 whole plan fits BROKEN x L_w (the report's `activations.joint`). Accuracy first there: an output that
 the activations destroy is not a latency trade-off (PP-PicoDet layout: 33.7 -> 81.1 % of FP32's boxes
@@ -43,7 +44,7 @@ from dfq_onnx.allocation.costs import layer_macs
 from dfq_onnx.allocation.ilp import solve
 from dfq_onnx.allocation.problem import Budget, Problem
 from dfq_onnx.backends.act_precision import touched
-from dfq_onnx.backends.budget import evaluations, finishing_rows, scoring_rows
+from dfq_onnx.backends.budget import broken_evaluations, evaluations, finishing_rows, scoring_rows
 from dfq_onnx.backends.chunks import static_batch
 from dfq_onnx.backends.memory import release
 from dfq_onnx.core import cache, ir
@@ -165,12 +166,15 @@ def plan_scoring(state: CompileState, samples: int | None, metric: str, rows: in
 
 
 def cached_terms(state: CompileState, samples, labels, metric: str, key: dict, use_cache: bool,
-                 cache_dir, max_evals: int | None = None, batch: int | None = None
-                 ) -> tuple[ActTerms, Evaluator | None]:
-    """`activation_terms` through the cache (a sensitivity-table JSON entry carrying only them)."""
-    extra = broken_evals(max_evals)
-    path = cache.cache_path("activations", {**key, "act_engine": ENGINE, "max_evals": max_evals},
-                            cache_dir).with_suffix(".json")
+                 cache_dir, max_evals: int | None = None, batch: int | None = None,
+                 budget: dict | None = None) -> tuple[ActTerms, Evaluator | None]:
+    """`activation_terms` through the cache (a sensitivity-table JSON entry carrying only them); a
+    broken plan's extension (`broken_evals`) in the key where it is not BROKEN_EVALS x the cap."""
+    extra = broken_evals(max_evals, budget)
+    key = {**key, "act_engine": ENGINE, "max_evals": max_evals}
+    if max_evals is not None and extra != BROKEN_EVALS * max_evals:
+        key["broken_evals"] = extra
+    path = cache.cache_path("activations", key, cache_dir).with_suffix(".json")
     hit = load_json(path) if use_cache else None
     if hit is not None and hit.activations and current(hit.activations):
         return terms_from_dict(hit.activations), None
@@ -204,10 +208,15 @@ def current(entry: dict) -> bool:
     return "decisions" in entry or not broken(float(entry["act_loss"]), float(entry["weight_loss"]))
 
 
-def broken_evals(max_evals: int | None) -> int:
+def broken_evals(max_evals: int | None, budget: dict | None = None) -> int:
     """Screening evaluations a broken all-base plan may add (act_scoring's joint check): BROKEN_EVALS x the
-    cap (none needed without a cap: the screening then runs to the end)."""
-    return 0 if max_evals is None else BROKEN_EVALS * max_evals
+    cap, none where the cap sits at its floor on `budget`'s rows (`budget.broken_evaluations`; none
+    needed without a cap: the screening then runs to the end)."""
+    if max_evals is None:
+        return 0
+    if budget and "elements_per_row" in budget:
+        return broken_evaluations(budget["rows"], budget["elements_per_row"], BROKEN_EVALS)
+    return BROKEN_EVALS * max_evals
 
 
 def joint_choice(terms: ActTerms, acts: ActChoices) -> dict[str, int]:
@@ -334,7 +343,7 @@ class ChooseActivationPrecision(Pass):
         cut the screen short (`budget.first_screen` keeps the first screen's figures)."""
         samples, labels, cap, batch, budget, key = plan_scoring(state, self.samples, self.metric)
         terms, ev = cached_terms(state, samples, labels, self.metric, key, self.use_cache, self.cache_dir,
-                                 cap, batch)
+                                 cap, batch, budget)
         rows = finishing(terms, budget)
         if not rows:
             return terms, ev, budget
@@ -344,7 +353,7 @@ class ChooseActivationPrecision(Pass):
         release()
         samples, labels, cap, batch, budget, key = plan_scoring(state, self.samples, self.metric, rows)
         terms, ev = cached_terms(state, samples, labels, self.metric, key, self.use_cache, self.cache_dir,
-                                 cap, batch)
+                                 cap, batch, budget)
         return terms, ev, {**budget, "first_screen": first}
 
     @staticmethod
