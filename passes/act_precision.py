@@ -65,6 +65,7 @@ from dfq_onnx.sensitivity.act_scoring import (
     terms_to_dict,
     to_finish,
 )
+from dfq_onnx.sensitivity.decisions import keeps_decisions
 from dfq_onnx.sensitivity.evaluator import Evaluator
 from dfq_onnx.sensitivity.probe import Probe, build_probe
 from dfq_onnx.sensitivity.table import SensitivityTable, load_json, save_json_atomic
@@ -201,6 +202,14 @@ def finishing(terms: ActTerms, budget: dict) -> int | None:
     return rows if rows < budget["rows"] and evaluations(rows, elements) >= needed else None
 
 
+def unsearched(terms: ActTerms, budget: dict) -> bool:
+    """A plan the ratio calls broken (and the task reading does not keep) whose outlier groups the work
+    budget left unsearched: a capped screen with no extension (`broken_evals`: the cap at its floor)."""
+    cap = budget.get("max_evaluations") if budget else None
+    return (cap is not None and broken(terms.act_loss, terms.weight_loss)
+            and not keeps_decisions(terms.decisions) and not terms.joint and broken_evals(cap, budget) == 0)
+
+
 def current(entry: dict) -> bool:
     """Whether a cached entry holds what this engine measures: one whose plan the ratio calls broken was
     written before the task reading (act_scoring) when it has no "decisions" key; the others are the
@@ -301,6 +310,13 @@ class ChooseActivationPrecision(Pass):
             state.report.notes["activations"] = {"skipped": skip}
             return PassResult(False, f"skipped: {skip}")
         terms, ev, budget = self._scored(state)
+        if unsearched(terms, budget):
+            a, ratio = state.target.default_act_bits, terms.act_loss / max(terms.weight_loss, 1e-30)
+            log.warning("the all-A%d plan is broken (output loss %.3g, %.0fx the W8 weights' %.3g) and its "
+                        "outlier groups were not searched: one evaluation of its %d scoring rows is past the "
+                        "work budget; kept all-A%d (calibration ranges holding rare extremes -- a few "
+                        "pixels far above the rest -- break it; the synthetic samples' ranges may not)",
+                        a, terms.act_loss, ratio, terms.weight_loss, budget["rows"], a)
         acts = act_choices(state, terms)
         chosen = ilp_choice(acts)
         joint = joint_choice(terms, acts)
