@@ -11,7 +11,8 @@ predicted loss of the outliers' choices within the target's activation-cost allo
 that are not outliers stay at the target's default bits.
 
 A broken all-A8 plan (L_act > BROKEN x L_w, 16x: sensitivity/act_scoring.py's joint check) is the
-exception to the allowance: its screening may run BROKEN_EVALS x its evaluation cap further, and the
+exception to the allowance: its screening may run BROKEN_EVALS x its evaluation cap further (not where
+that cap sits at its floor: `budget.broken_evaluations`), and the
 outliers the joint check measured are put back to A16 / float worst-first, past the allowance, until the
 whole plan fits BROKEN x L_w (the report's `activations.joint`). Accuracy first there: an output that
 the activations destroy is not a latency trade-off (PP-PicoDet layout: 33.7 -> 81.1 % of FP32's boxes
@@ -43,7 +44,7 @@ from dfq_onnx.allocation.costs import layer_macs
 from dfq_onnx.allocation.ilp import solve
 from dfq_onnx.allocation.problem import Budget, Problem
 from dfq_onnx.backends.act_precision import touched
-from dfq_onnx.backends.budget import evaluations, finishing_rows, scoring_rows
+from dfq_onnx.backends.budget import broken_evaluations, evaluations, finishing_rows, scoring_rows
 from dfq_onnx.backends.chunks import static_batch
 from dfq_onnx.backends.memory import release
 from dfq_onnx.core import cache, ir, model_files
@@ -64,6 +65,7 @@ from dfq_onnx.sensitivity.act_scoring import (
     terms_to_dict,
     to_finish,
 )
+from dfq_onnx.sensitivity.decisions import keeps_decisions
 from dfq_onnx.sensitivity.evaluator import Evaluator
 from dfq_onnx.sensitivity.probe import Probe, build_probe
 from dfq_onnx.sensitivity.table import SensitivityTable, load_json, save_json_atomic
@@ -165,12 +167,15 @@ def plan_scoring(state: CompileState, samples: int | None, metric: str, rows: in
 
 
 def cached_terms(state: CompileState, samples, labels, metric: str, key: dict, use_cache: bool,
-                 cache_dir, max_evals: int | None = None, batch: int | None = None
-                 ) -> tuple[ActTerms, Evaluator | None]:
-    """`activation_terms` through the cache (a sensitivity-table JSON entry carrying only them)."""
-    extra = broken_evals(max_evals)
-    path = cache.cache_path("activations", {**key, "act_engine": ENGINE, "max_evals": max_evals},
-                            cache_dir).with_suffix(".json")
+                 cache_dir, max_evals: int | None = None, batch: int | None = None,
+                 budget: dict | None = None) -> tuple[ActTerms, Evaluator | None]:
+    """`activation_terms` through the cache (a sensitivity-table JSON entry carrying only them); a
+    broken plan's extension (`broken_evals`) in the key where it is not BROKEN_EVALS x the cap."""
+    extra = broken_evals(max_evals, budget)
+    key = {**key, "act_engine": ENGINE, "max_evals": max_evals}
+    if max_evals is not None and extra != BROKEN_EVALS * max_evals:
+        key["broken_evals"] = extra
+    path = cache.cache_path("activations", key, cache_dir).with_suffix(".json")
     hit = load_json(path) if use_cache else None
     if hit is not None and hit.activations and current(hit.activations):
         return terms_from_dict(hit.activations), None
@@ -197,6 +202,14 @@ def finishing(terms: ActTerms, budget: dict) -> int | None:
     return rows if rows < budget["rows"] and evaluations(rows, elements) >= needed else None
 
 
+def unsearched(terms: ActTerms, budget: dict) -> bool:
+    """A plan the ratio calls broken (and the task reading does not keep) whose outlier groups the work
+    budget left unsearched: a capped screen with no extension (`broken_evals`: the cap at its floor)."""
+    cap = budget.get("max_evaluations") if budget else None
+    return (cap is not None and broken(terms.act_loss, terms.weight_loss)
+            and not keeps_decisions(terms.decisions) and not terms.joint and broken_evals(cap, budget) == 0)
+
+
 def current(entry: dict) -> bool:
     """Whether a cached entry holds what this engine measures: one whose plan the ratio calls broken was
     written before the task reading (act_scoring) when it has no "decisions" key; the others are the
@@ -204,10 +217,15 @@ def current(entry: dict) -> bool:
     return "decisions" in entry or not broken(float(entry["act_loss"]), float(entry["weight_loss"]))
 
 
-def broken_evals(max_evals: int | None) -> int:
+def broken_evals(max_evals: int | None, budget: dict | None = None) -> int:
     """Screening evaluations a broken all-base plan may add (act_scoring's joint check): BROKEN_EVALS x the
-    cap (none needed without a cap: the screening then runs to the end)."""
-    return 0 if max_evals is None else BROKEN_EVALS * max_evals
+    cap, none where the cap sits at its floor on `budget`'s rows (`budget.broken_evaluations`; none
+    needed without a cap: the screening then runs to the end)."""
+    if max_evals is None:
+        return 0
+    if budget and "elements_per_row" in budget:
+        return broken_evaluations(budget["rows"], budget["elements_per_row"], BROKEN_EVALS)
+    return BROKEN_EVALS * max_evals
 
 
 def joint_choice(terms: ActTerms, acts: ActChoices) -> dict[str, int]:
@@ -311,6 +329,13 @@ class ChooseActivationPrecision(Pass):
             state.report.notes["activations"] = {"skipped": skip}
             return PassResult(False, f"skipped: {skip}")
         terms, ev, budget = self._scored(state)
+        if unsearched(terms, budget):
+            a, ratio = state.target.default_act_bits, terms.act_loss / max(terms.weight_loss, 1e-30)
+            log.warning("the all-A%d plan is broken (output loss %.3g, %.0fx the W8 weights' %.3g) and its "
+                        "outlier groups were not searched: one evaluation of its %d scoring rows is past the "
+                        "work budget; kept all-A%d (calibration ranges holding rare extremes -- a few "
+                        "pixels far above the rest -- break it; the synthetic samples' ranges may not)",
+                        a, terms.act_loss, ratio, terms.weight_loss, budget["rows"], a)
         acts = act_choices(state, terms)
         chosen = ilp_choice(acts)
         joint = joint_choice(terms, acts)
@@ -353,7 +378,7 @@ class ChooseActivationPrecision(Pass):
         cut the screen short (`budget.first_screen` keeps the first screen's figures)."""
         samples, labels, cap, batch, budget, key = plan_scoring(state, self.samples, self.metric)
         terms, ev = cached_terms(state, samples, labels, self.metric, key, self.use_cache, self.cache_dir,
-                                 cap, batch)
+                                 cap, batch, budget)
         rows = finishing(terms, budget)
         if not rows:
             return terms, ev, budget
@@ -363,7 +388,7 @@ class ChooseActivationPrecision(Pass):
         release()
         samples, labels, cap, batch, budget, key = plan_scoring(state, self.samples, self.metric, rows)
         terms, ev = cached_terms(state, samples, labels, self.metric, key, self.use_cache, self.cache_dir,
-                                 cap, batch)
+                                 cap, batch, budget)
         return terms, ev, {**budget, "first_screen": first}
 
     @staticmethod

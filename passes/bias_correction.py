@@ -19,8 +19,10 @@ Where the analytic estimate has nothing to say -- a layer whose input estimate i
 hard-swish, a squeeze-excite product, a pool), not per channel, or more than one BN-free linear layer
 from BN statistics, and every layer of a model with no BN statistics at all (every PyTorch and tf2onnx
 export folds BN into the convolutions) -- E[x] and Var[x] per input channel are measured on the
-calibration samples instead (synthetic or the user's; one ORT pass for all of them, `backends.
-input_moments.moment_model(means=True)`, kept in `state.input_means` for the probe and DF-MPC). Layers
+calibration samples instead (synthetic or the user's; one ORT pass over the samples Calibrate measured,
+`backends.input_moments.moment_model(means=True)`, kept in `state.input_means` for the probe and
+DF-MPC: where Calibrate's work budget took fewer samples than the set holds, the same first ones --
+ISNet at 1024 x 1024: 17 of 64 rows, CorrectBias 287 -> 65 s at load 6; BENCHMARKS.md, session 25). Layers
 with neither are skipped with the reason. EfficientNet-Lite0 with its BN folded in the file: 49 of 50
 layers were skipped, top-1 76.0 / agreement 93.8 % against the BN file's 77.0 / 95.8; measured, 77.0 /
 94.8. PP-OCRv4 det (hard-swish, squeeze-excite): 1 of its 64 layers had an analytic estimate, 61 are

@@ -30,7 +30,7 @@ Emit writes (`measured_loss`; on the samples H came from) and the round-to-neare
 from __future__ import annotations
 
 import numpy as np
-from dfq_onnx.passes.calibrate import batches
+from dfq_onnx.passes.calibrate import batches, measured_samples
 
 from dfq_onnx.backends import input_moments as im
 from dfq_onnx.backends import runtime
@@ -50,13 +50,15 @@ def taps(geometry: tuple) -> int:
 def moment_sums(state: CompileState, tensors: dict[str, bool], means: bool = False) -> dict[str, list]:
     """Per tensor (name -> channel-first?), [sum over the calibration samples' rows of mean(x^2) per
     channel, row count] under its name (`backends.input_moments.accumulate`), in `calibrate.batches`
-    chunks; with `means`, the same of mean(x) under `name + MEAN`. One ORT pass."""
+    chunks; with `means`, the same of mean(x) under `name + MEAN`. One ORT pass over the samples
+    Calibrate measured (`calibrate.measured_samples`: all of them unless its work budget took fewer)."""
     names = list(tensors)
     keys = [k for n in names for k in ((n + MEAN, n) if means else (n,))]
     sess = runtime.session(im.moment_model(state.graph, tensors, means=means), mem_pattern=False)
     feeds = state.calib
     sums: dict[str, list] = {}
-    for chunk, rows in batches(state, feeds, len(next(iter(feeds.values()))), names):
+    total = measured_samples(state, len(next(iter(feeds.values()))))
+    for chunk, rows in batches(state, feeds, total, names):
         chunk = {k: np.asarray(v) for k, v in chunk.items()}
         im.accumulate(sums, sess.run(None, chunk), keys, rows, len(next(iter(chunk.values()))))
         state.forward_passes += 1

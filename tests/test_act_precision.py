@@ -362,3 +362,22 @@ def test_the_joint_check_resumes_a_capped_screen_and_leaves_sound_plans_alone():
     assert sound.act_loss <= 16 * sound.weight_loss and not sound.joint
     assert dataclasses.asdict(sound) | {"seconds": 0} == \
         dataclasses.asdict(terms(builders.conv_bn_relu_residual())) | {"seconds": 0}
+
+
+def test_a_broken_plan_the_budget_leaves_unsearched_is_said(monkeypatch):
+    """Where one evaluation of the scoring rows is past the work budget (the cap at its floor: ISNet at
+    1024 x 1024 on real photos, 577x), a broken plan gets no extended screen; the compile says so in one
+    warning instead of keeping a broken all-A8 plan silently. A plan the budget searched says nothing."""
+    from dfq_onnx.passes import act_precision
+
+    model = act_builders.hardswish_disparity()
+    monkeypatch.setattr(act_precision, "evaluations", lambda rows, elements: 3)
+    monkeypatch.setattr(act_precision, "broken_evaluations", lambda rows, elements, factor: 0)
+    _, report = dfq_onnx.quantize(model, calib="noise", progress=False, use_cache=False)
+    notes = report.notes["activations"]
+    assert notes["act_loss"] > 16 * notes["weight_loss"] and "joint" not in notes
+    assert any("outlier groups were not searched" in w for w in report.warnings)
+    monkeypatch.undo()
+    _, searched = dfq_onnx.quantize(model, calib="noise", progress=False, use_cache=False)
+    assert searched.notes["activations"]["joint"]["applied"]
+    assert not any("not searched" in w for w in searched.warnings)

@@ -38,6 +38,22 @@ def test_scoring_rows_and_evaluations_stay_within_the_work():
     assert budget.evaluations(budget.MIN_ROWS, 10**9, work=1e8) == budget.MIN_EVALS_FLOOR
 
 
+def test_a_broken_plan_extends_its_screen_only_where_the_work_buys_the_cap():
+    """A broken plan screens BROKEN_EVALS x the cap further where the work budget set the cap (PP-OCRv4
+    det at 640 x 640: 9 rows, 13 evaluations, 104 more), but not where the cap sits at its floor (ISNet at
+    1024 x 1024: 8 rows of 167 M elements, the work buys 2 evaluations, the floor gives 3: main added 24)."""
+    from dfq_onnx.passes.act_precision import BROKEN_EVALS, broken_evals
+
+    det, isnet = 25_509_888, 167_421_184
+    cap = budget.evaluations(9, det)
+    assert cap == 13 and broken_evals(cap, {"rows": 9, "elements_per_row": det}) == BROKEN_EVALS * cap
+    assert budget.evaluations(8, isnet) == budget.MIN_EVALS_FLOOR
+    assert broken_evals(budget.MIN_EVALS_FLOOR, {"rows": 8, "elements_per_row": isnet}) == 0
+    assert broken_evals(budget.MIN_EVALS_FLOOR, {"rows": 8, "elements_per_row": budget.WORK // 24}) == 8 * 3
+    assert broken_evals(None, {"rows": 8, "elements_per_row": isnet}) == 0      # no cap: runs to the end
+    assert broken_evals(5) == BROKEN_EVALS * 5                                   # no budget note: as before
+
+
 class _AdditiveEvaluator:
     """D(S) = sum of the members' damages; counts distinct evaluations like the real Evaluator."""
 

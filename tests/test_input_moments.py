@@ -89,3 +89,30 @@ def test_probe_slots_are_emits_weighted_low_bit_weights(name, full):
         np.testing.assert_array_equal(g, w)
     other = probe.Probe(plain, optimize=False).run(config, feeds)
     assert any(not np.array_equal(a, b) for a, b in zip(got, other))      # the moments moved a weight
+
+
+def test_moments_read_the_samples_calibrate_measured(monkeypatch):
+    """Where Calibrate's work budget measured the first 8 of 24 synthetic samples (a large input: ISNet at
+    1024 x 1024 measures 17 of 64), the moments -- and bias correction's means, the same pass -- are
+    measured on those 8, not on all 24 (main ran every sample: CorrectBias 153 s on ISNet)."""
+    from dfq_onnx.passes import calibrate
+
+    from dfq_onnx.backends import budget
+    from dfq_onnx.core.pass_base import run_passes
+
+    model = builders.conv_bn_relu(c_in=3, hw=8)                # an image input [N, 3, 8, 8]: views
+    state = compile_state(model, [Normalize(21), FoldBatchNorm(), FindQuantGroups()])
+    state.calib = normal_feeds(model, n=24, seed=31)          # as Synthesize leaves its samples
+    monkeypatch.setattr(calibrate, "calibration_rows",          # a work budget of 8 rows
+                        lambda n, views, e: budget.calibration_rows(n, views, e, work=8 * e))
+    run_passes([Calibrate(), MeasureInputMoments()], state)
+    assert state.report.notes["calibration"]["synthetic"] == {"samples": 24, "rows": 8,
+                                                              "tensors": len(state.spec.act_tensors)}
+    nodes = {node_label(n): n for n in state.graph.nodes}
+    label, m = next(iter(state.input_moments.items()))
+    x = nodes[label].inputs[0]
+    arr = np.asarray(runtime.session(runtime.observer_model(state.graph, [x.name])).run(
+        None, {k: np.asarray(v) for k, v in state.calib.items()})[0], np.float64)
+    per_row = np.mean(np.moveaxis(arr, 1, -1).reshape(24, -1, arr.shape[1]) ** 2, axis=1)
+    np.testing.assert_allclose(m, per_row[:8].mean(0), rtol=1e-4)
+    assert not np.allclose(m, per_row.mean(0), rtol=1e-3)

@@ -1,4 +1,4 @@
-"""Outputs the scorer keeps (sensitivity/row_store.py): its losses are formed a call at a time against
+"""Outputs the scorer keeps (backends/row_store.py): its losses are formed a call at a time against
 the kept reference and base rows, in memory or in a file, and the segmented runner's cache keeps large
 model outputs in a file -- the same losses whatever the rows per call or where the rows live, and the
 memory of an evaluation is one call's outputs, not the scoring set's."""
@@ -13,7 +13,8 @@ from _util import normal_feeds
 from dfq_onnx.models import builders
 from test_sensitivity import _fp32, _probe, _state
 
-from dfq_onnx.sensitivity import evaluator, probe, row_store, segments
+from dfq_onnx.backends import row_store
+from dfq_onnx.sensitivity import evaluator, probe, segments
 
 
 def _configs(pm):

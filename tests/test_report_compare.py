@@ -57,3 +57,37 @@ def test_the_comparison_rows_stay_within_the_work_budget(monkeypatch):
     assert data.compare_outputs(state, ir.load_model(source), model)["samples"] == 40
     state.report.notes["work"] = {"elements_per_row": int(budget.WORK)}
     assert data.compare_outputs(state, ir.load_model(source), model)["samples"] == budget.MIN_ROWS
+
+
+def _map_comparison(monkeypatch, kept: int):
+    """The comparison of a quantized sigmoid map ([N, 1, 128, 128]: 64 KB a row) on 32 rows, one per call,
+    with the FP32 outputs kept in memory up to `kept` bytes; tracemalloc's peak over it."""
+    import tracemalloc
+
+    source = builders.sigmoid_map(hw=64)
+    model, report = dfq_onnx.quantize(source, calib="noise", progress=False, use_cache=False,
+                                      latency_check=False)
+    feeds = {"input": np.random.default_rng(5).standard_normal((32, 3, 64, 64)).astype(np.float32)}
+    state = type("S", (), {})()
+    state.report = report
+    state.report.notes["rows_per_call"] = {"calibrate": 1}
+    monkeypatch.setattr(data, "_samples", lambda st, src: (feeds, "test"))
+    monkeypatch.setattr(data, "KEPT_BYTES", kept)
+    monkeypatch.setattr(data, "BLOCK", 4096)
+    fp32 = ir.load_model(source)
+    tracemalloc.start()
+    got = data.compare_outputs(state, fp32, model)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return got, peak
+
+
+def test_the_comparison_holds_one_call_of_outputs_above_the_kept_bound(monkeypatch):
+    """A model with large outputs (ISNet's 124 MB a row): the FP32 outputs go to a file above KEPT_BYTES
+    and the error is summed in float64 blocks, so the comparison holds about one call's outputs, not
+    every row's (main held the 32 rows' FP32 outputs, their concatenation and a row's float64 copies:
+    > 32 rows) -- with the same figures as with every row in memory."""
+    in_memory, _ = _map_comparison(monkeypatch, 1 << 40)
+    in_file, peak = _map_comparison(monkeypatch, 0)
+    assert in_file == in_memory and in_file["samples"] == 32 and in_file["outputs"][0]["sqnr_db"] > 5
+    assert peak < 8 * 128 * 128 * 4                 # 8 rows of outputs; the 32 rows alone are 32

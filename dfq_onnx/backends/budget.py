@@ -26,6 +26,13 @@ keeps its 32 scoring rows with at most 13 evaluations; the 640 x 640 detector me
 scores on 9 rows, at most 13 evaluations (it took ~470 of 32 rows before). The rules are deterministic in
 the model and the options, never in time or load.
 
+A broken all-A8 plan (passes/act_precision.py) may screen BROKEN_EVALS x K evaluations further, accuracy
+first. Where K sits at its floor -- the work buys fewer than MIN_EVALS_FLOOR evaluations of the scoring
+rows, so even the gate and one screening set overrun it -- there is no such extension: 8 x the floor would
+be 8 x an overrun (ISNet at 1024 x 1024 on 16 real photos, E = 167 M on 8 rows, K = 3 where the work
+buys 2: 24 more evaluations, 11 x WORK, still screening after 20 min where the synthetic samples' decision,
+not broken, took 102 s; BENCHMARKS.md, session 25). The joint check still rescues what the screen found.
+
 A screen the cap cuts short (most groups left in sets it could not split) is run again on fewer rows,
 which buy evaluations at the same work: the most rows whose cap covers what the first screen shows it
 needs (`act_scoring.to_finish`), never fewer than MIN_ROWS,
@@ -66,6 +73,14 @@ def comparison_rows(samples: int, elements: int, work: float = WORK) -> int:
 def evaluations(rows: int, elements: int, work: float = WORK) -> int:
     """Evaluations (whole forward passes of `rows`) the activation decision may spend."""
     return int(max(MIN_EVALS_FLOOR, work // (max(rows, 1) * max(elements, 1))))
+
+
+def broken_evaluations(rows: int, elements: int, factor: int, work: float = WORK) -> int:
+    """Screening evaluations a broken all-base plan may add (passes/act_precision.py): `factor` x the
+    evaluations the work buys on `rows` where it buys at least MIN_EVALS_FLOOR -- `factor` x `evaluations`,
+    as before -- and none where the cap sits at its floor (module docstring)."""
+    bought = int(work // (max(rows, 1) * max(elements, 1)))
+    return factor * bought if bought >= MIN_EVALS_FLOOR else 0
 
 
 def finishing_rows(rows: int, elements: int, needed: int, work: float = WORK) -> int:

@@ -6,9 +6,12 @@ compile used (synthetic, then calibration data; Gaussian noise when ranges were 
 `COMPARE_SAMPLES` of them, and fewer on large inputs: two forward passes per row within the stages' work
 budget (`budget.comparison_rows` on Calibrate's activation elements per row; an ISNet at 1024 x 1024 ran
 128 passes, ~32 min at 17.7 GB peak, after the model was ready); its ORT runs are counted apart from the
-compile's. It reports per
-output: SQNR (dB), max |error|, and for [N, classes]
-outputs the top-1 agreement.
+compile's. Its memory is one session and one call's outputs, as the compile's scorer: the FP32 outputs
+are kept in memory up to KEPT_BYTES, else in a temporary file read back a call's rows at a time
+(`backends.row_store`, the scorer's rule), and each output's error is summed in float64 blocks of
+BLOCK elements (ISNet's six 1024 x 1024 maps and six feature maps, 124 MB a row: its 8 FP32 rows and
+float64 copies of a call took the compile from 3.2 to 5.3 GB; BENCHMARKS.md, session 25). It reports per
+output: SQNR (dB), max |error|, and for [N, classes] outputs the top-1 agreement.
 
     SQNR = 10 log10( sum(y_fp32^2) / sum((y_fp32 - y_q)^2) )
 """
@@ -20,8 +23,9 @@ import logging
 import numpy as np
 
 from dfq_onnx.backends import budget, runtime
-from dfq_onnx.backends.chunks import pad_rows
+from dfq_onnx.backends.chunks import ARENA, DEFAULT_BUDGET, pad_rows
 from dfq_onnx.backends.memory import release
+from dfq_onnx.backends.row_store import RowStore
 from dfq_onnx.core import batch_axis, candidates, ir
 from dfq_onnx.core.errors import DfqError
 from dfq_onnx.core.state import CompileState
@@ -30,6 +34,8 @@ from dfq_onnx.core.tail import batch_axis_of
 log = logging.getLogger(__name__)
 
 COMPARE_SAMPLES = 64
+KEPT_BYTES = DEFAULT_BUDGET // ARENA // 2   # FP32 outputs kept in memory up to this (the scorer's bound)
+BLOCK = 1 << 20                             # elements per float64 block of an output's error sums
 
 
 def _cand_name(c) -> str:
@@ -141,16 +147,24 @@ def compare_outputs(state: CompileState, source, quantized) -> dict:
         names = [meta.name for meta, _ in tensors]
         axes = [out_axes.get(meta.name, (b,))[0]      # a time-major output [T, N, C] or a
                 for meta, b in tensors]               # state [2, N, H]: batch-first
-        ref = [np.concatenate(parts) for parts in zip(*(_run(ref_sess, swap(chunk), axes, static, single,
-                                                             names)
-                                                        for chunk in runtime.iter_batches(feeds, batch)))]
+        ref, at = RowStore(n, KEPT_BYTES), 0     # the FP32 outputs: in a file above KEPT_BYTES
+        for chunk in runtime.iter_batches(feeds, batch):
+            outs = _run(ref_sess, swap(chunk), axes, static, single, names)
+            ref.put(slice(at, at + len(outs[0])), outs)
+            at += len(outs[0])
+            del outs
         del ref_sess
         release()      # the FP32 session's freed heap before the quantized one (glibc keeps it otherwise)
-        diffs = [_Diff(name, r) for name, r in zip(names, ref)]
+        diffs = [_Diff(name, shape) for name, shape in zip(names, ref.shapes)]
         sess = runtime.session(quantized)
+        at = 0
         for chunk in runtime.iter_batches(feeds, batch):     # the quantized outputs chunk by chunk
-            for diff, g in zip(diffs, _run(sess, swap(chunk), axes, static, single, names)):
-                diff.add(g)
+            got = _run(sess, swap(chunk), axes, static, single, names)
+            rows = slice(at, at + len(got[0]))
+            at = rows.stop
+            for diff, r, g in zip(diffs, ref.get(rows), got):
+                diff.add(r, g)
+            del got
     except (DfqError, RuntimeError, ValueError) as exc:   # the comparison never fails the compile
         log.warning("FP32-vs-quantized comparison skipped: %s", str(exc).splitlines()[0])
         return {"samples": 0, "source": kind, "outputs": []}
@@ -172,30 +186,33 @@ def _run(sess, chunk: dict, axes: list[int], static: int | None, single: bool = 
 
 
 class _Diff:
-    """One output's comparison, summed chunk by chunk (float64 per chunk, never of the whole output:
-    a 640 x 640 map of 64 samples is 0.1 GB in float32, ~1 GB in whole float64 temporaries)."""
+    """One output's comparison, summed chunk by chunk and within a chunk in float64 blocks of BLOCK
+    elements (never whole float64 copies: a 640 x 640 map of 64 samples is 0.1 GB in float32, ~1 GB in
+    whole float64 temporaries; one ISNet row's outputs 124 MB, ~0.5 GB)."""
 
-    def __init__(self, name: str, ref: np.ndarray):
-        self.name, self.ref, self.at = name, ref, 0
+    def __init__(self, name: str, shape: tuple[int, ...]):
+        self.name, self.shape = name, tuple(shape)
         self.noise = self.signal = self.max_abs = 0.0
         self.agree = 0
 
-    def add(self, got: np.ndarray) -> None:
-        r = self.ref[self.at:self.at + len(got)].astype(np.float64)
-        self.at += len(got)
-        d = r - got
-        self.noise += float(np.sum(d * d))
-        self.signal += float(np.sum(r * r))
-        self.max_abs = max(self.max_abs, float(np.max(np.abs(d))) if d.size else 0.0)
-        if r.ndim == 2 and r.shape[1] > 1:
-            self.agree += int(np.sum(r.argmax(1) == got.argmax(1)))
+    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
+        """Add one call's rows: `ref` the FP32 outputs, `got` the quantized ones."""
+        flat_r, flat_g = ref.reshape(-1), got.reshape(-1)
+        for start in range(0, flat_r.size, BLOCK):
+            r = flat_r[start:start + BLOCK].astype(np.float64)
+            d = r - flat_g[start:start + BLOCK]
+            self.noise += float(np.dot(d, d))
+            self.signal += float(np.dot(r, r))
+            self.max_abs = max(self.max_abs, float(np.max(np.abs(d))))
+        if ref.ndim == 2 and ref.shape[1] > 1:
+            self.agree += int(np.sum(ref.argmax(1) == got.argmax(1)))
 
     def row(self) -> dict:
         sqnr = None if self.noise == 0 else round(10 * np.log10(max(self.signal, 1e-30) / self.noise), 4)
-        row = {"output": self.name, "shape": list(self.ref.shape), "sqnr_db": sqnr,   # None: identical
+        row = {"output": self.name, "shape": list(self.shape), "sqnr_db": sqnr,   # None: identical
                "max_abs_error": self.max_abs}
-        if self.ref.ndim == 2 and self.ref.shape[1] > 1:
-            row["top1_agreement"] = self.agree / len(self.ref)
+        if len(self.shape) == 2 and self.shape[1] > 1:
+            row["top1_agreement"] = self.agree / self.shape[0]
         return row
 
 

@@ -39,9 +39,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfq_onnx.backends.chunks import ARENA, DEFAULT_BUDGET
+from dfq_onnx.backends.row_store import Spilled, SpillFile
 from dfq_onnx.core import ir
 from dfq_onnx.core.graph_utils import node_label, reads
-from dfq_onnx.sensitivity.row_store import Spilled, SpillFile
 
 log = logging.getLogger(__name__)
 CACHE_BYTES = DEFAULT_BUDGET // ARENA    # bound of the prefix cache over the scoring set (above)
