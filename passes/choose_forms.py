@@ -137,7 +137,7 @@ class ChooseInputForms(Pass):
 
     def _terms(self, state: CompileState, decided: dict, units: dict
                ) -> tuple[FormTerms, Evaluator | None, dict]:
-        from dfq_onnx.passes.act_precision import plan_scoring
+        from dfq_onnx.passes.act_terms import plan_scoring
         from dfq_onnx.passes.sensitivity import chunked
 
         # the activation decision's rows (a float-input model's within the work budget: a Whisper encoder's

@@ -155,7 +155,7 @@ class ChooseRecurrentForms(Pass):
 
     def _cached(self, state: CompileState, todo: dict) -> dict:
         """`_decide`'s terms through the cache (keyed by the scoring rows, the LSTMs and the plan)."""
-        from dfq_onnx.passes.act_precision import plan_scoring
+        from dfq_onnx.passes.act_terms import plan_scoring
 
         samples, labels, _, batch, _, key = plan_scoring(state, self.samples, self.metric)
         key = {**key, "recurrent_engine": ENGINE, "todo": sorted([k, list(c)] for k, c in todo.items()),

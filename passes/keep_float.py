@@ -184,7 +184,7 @@ def _priced(state: CompileState, first: dict, unpriced: dict, ratio: float, scor
     """The outliers chosen without the allowance cost more than it measured: the prefix of them with the
     most gain measured on the activation probe that times within the line (passes/outlier_fallback.py),
     else the allowance's choice (its floats, if any, timed in turn by `_within_allowance`)."""
-    from dfq_onnx.passes.act_precision import plan_loss
+    from dfq_onnx.passes.act_terms import plan_loss
 
     priced = {k: int(a) for k, a in unpriced["priced"].items()}
     base = state.target.default_act_bits

@@ -11,7 +11,7 @@ few of them. Instead:
                hard-swish -> x * a -> + b -- carries one rounding error through every link, so floating
                part of it buys nothing: PP-OCRv5 rec's a118 / a119 and a137-a139)
     gain(u)  = L(chosen plan with u at the allowance's choice) - L(chosen plan)   (`in_context`: L the
-               activation probe's loss on the decision's scoring rows, `act_precision.plan_loss`, built
+               activation probe's loss on the decision's scoring rows, `act_terms.plan_loss`, built
                only on this path; without it, the screen's largest single in u: loss(g alone at the base
                bits) - loss(g at its choice))
     order    = the units by gain, largest first (ties: the screen's order, then group id)

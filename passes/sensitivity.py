@@ -16,7 +16,8 @@ import logging
 import time
 
 import numpy as np
-from dfq_onnx.passes.act_precision import activation_terms, decides
+from dfq_onnx.passes.act_precision import decides
+from dfq_onnx.passes.act_terms import activation_terms
 from dfq_onnx.passes.calibrate import noise_inputs
 
 from dfq_onnx.backends.chunks import rows_per_chunk, static_batch
@@ -199,7 +200,7 @@ class PlanMeter:
 
     def _act_evaluator(self) -> Evaluator:
         if self._acts is None:
-            from dfq_onnx.passes.act_precision import plan_evaluator
+            from dfq_onnx.passes.act_terms import plan_evaluator
 
             self._acts = plan_evaluator(self._state, self._options, self._samples, self._labels)
         return self._acts

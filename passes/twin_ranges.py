@@ -118,7 +118,7 @@ class ChooseTwinRanges(Pass):
 
     def _scorer(self, state: CompileState, twin: dict):
         """L(R) of the module docstring: a function of the ranges R."""
-        from dfq_onnx.passes.act_precision import budgeted
+        from dfq_onnx.passes.act_terms import budgeted
 
         calib = state.calib
         n = min(self.samples, len(next(iter(calib.values()))), len(next(iter(twin.values()))))

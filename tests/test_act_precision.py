@@ -20,7 +20,8 @@ from _util import (
     static_matmul_target,
 )
 from dfq_onnx.models import act_builders, builders, token_builders
-from dfq_onnx.passes.act_precision import act_evaluator, node_work
+from dfq_onnx.passes.act_precision import node_work
+from dfq_onnx.passes.act_terms import act_evaluator
 from dfq_onnx.passes.calibrate import Calibrate
 from dfq_onnx.passes.emit_qdq import EmitQDQ
 from dfq_onnx.passes.fold_bn import FoldBatchNorm
@@ -368,11 +369,12 @@ def test_a_broken_plan_the_budget_leaves_unsearched_is_said(monkeypatch):
     """Where one evaluation of the scoring rows is past the work budget (the cap at its floor: ISNet at
     1024 x 1024 on real photos, 577x), a broken plan gets no extended screen; the compile says so in one
     warning instead of keeping a broken all-A8 plan silently. A plan the budget searched says nothing."""
-    from dfq_onnx.passes import act_precision
+    from dfq_onnx.passes import act_precision, act_terms
 
     model = act_builders.hardswish_disparity()
-    monkeypatch.setattr(act_precision, "evaluations", lambda rows, elements: 3)
-    monkeypatch.setattr(act_precision, "broken_evaluations", lambda rows, elements, factor: 0)
+    for module in (act_precision, act_terms):
+        monkeypatch.setattr(module, "evaluations", lambda rows, elements: 3)
+    monkeypatch.setattr(act_terms, "broken_evaluations", lambda rows, elements, factor: 0)
     _, report = dfq_onnx.quantize(model, calib="noise", progress=False, use_cache=False)
     notes = report.notes["activations"]
     assert notes["act_loss"] > 16 * notes["weight_loss"] and "joint" not in notes

@@ -42,7 +42,7 @@ def test_a_broken_plan_extends_its_screen_only_where_the_work_buys_the_cap():
     """A broken plan screens BROKEN_EVALS x the cap further where the work budget set the cap (PP-OCRv4
     det at 640 x 640: 9 rows, 13 evaluations, 104 more), but not where the cap sits at its floor (ISNet at
     1024 x 1024: 8 rows of 167 M elements, the work buys 2 evaluations, the floor gives 3: main added 24)."""
-    from dfq_onnx.passes.act_precision import BROKEN_EVALS, broken_evals
+    from dfq_onnx.passes.act_terms import BROKEN_EVALS, broken_evals
 
     det, isnet = 25_509_888, 167_421_184
     cap = budget.evaluations(9, det)
@@ -125,8 +125,9 @@ def test_calibrate_budgets_its_views_and_an_explicit_count_is_kept(tmp_path, mon
 
 @pytest.mark.parametrize("batch", [1, 5])
 def test_budgeted_decision_output_is_byte_identical_whatever_the_chunk(batch, monkeypatch):
-    monkeypatch.setattr("dfq_onnx.passes.act_precision.scoring_rows", lambda n, e: 6)
-    monkeypatch.setattr("dfq_onnx.passes.act_precision.evaluations", lambda r, e: 4)
+    monkeypatch.setattr("dfq_onnx.passes.act_terms.scoring_rows", lambda n, e: 6)
+    for module in ("act_precision", "act_terms"):
+        monkeypatch.setattr(f"dfq_onnx.passes.{module}.evaluations", lambda r, e: 4)
     model = builders.conv_bn_relu_residual()
     opts = dict(calib="noise", calib_samples=13, progress=False, use_cache=False)
     out, report = dfq_onnx.quantize(model, calib_batch=batch, **opts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from dfq_onnx.models import act_builders
-from dfq_onnx.passes import act_precision
+from dfq_onnx.passes import act_precision, act_terms
 
 import dfq_onnx
 from dfq_onnx.backends import budget
@@ -50,8 +50,9 @@ def test_finishing_decides_from_the_budget(needed, rows):
 
 def _capped(monkeypatch, first_cap: int):
     """The decision's budget on a tiny model: `first_cap` evaluations at the budget's rows, 60 at 8 rows."""
-    monkeypatch.setattr(act_precision, "scoring_rows", lambda n, e: min(n, 32))
-    monkeypatch.setattr(act_precision, "evaluations", lambda rows, e: first_cap if rows > 8 else 60)
+    monkeypatch.setattr(act_terms, "scoring_rows", lambda n, e: min(n, 32))
+    for module in (act_precision, act_terms):
+        monkeypatch.setattr(module, "evaluations", lambda rows, e: first_cap if rows > 8 else 60)
     monkeypatch.setattr(act_precision, "finishing_rows", lambda rows, e, needed: 8)
 
 
