@@ -19,7 +19,8 @@ from dfq_onnx.passes.synthesis_types import SynthesisOptions, SynthesisResult
 from dfq_onnx.core import cache
 
 log = logging.getLogger("dfq_onnx.passes.synthesize")
-ENGINE_VERSION = 5      # bump when the synthesis algorithm changes: old cache entries are then ignored
+ENGINE_VERSION = 6      # bump when the synthesis algorithm changes: old cache entries are then ignored
+                        # (6: ArgMax / TopK picks set aside, length inputs filled: samples of another head)
 
 
 def cache_key(model_hash: str, options: SynthesisOptions, kind: str, shapes: dict, steps: int) -> dict:
