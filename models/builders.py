@@ -8,7 +8,7 @@ custom domain, control flow around a Conv, opset 7 (Upsample, which the version 
 into Resize, or the experimental ImageScaler, which it cannot convert).
 
 ``with_data_bn_stats`` refits BN statistics to the model's own activations (it runs ONNX Runtime).
-This module (with ``dfq_onnx/core/ir.py``) may use the protobuf helpers.
+This module (with ``dfq_onnx/core/ir.py`` and ``declared_io.py``) may use the protobuf helpers.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ correction exact on average over the feature map; on an 8x8 map a 3x3 conv's cor
 W_hat is exactly the weight EmitQDQ writes for the plan's bit-width (`backends.qdq.quantize_weight` with
 the same input scale, hence the same int32-bias scale floor), so the pass needs the plan: it runs
 after UniformPlan / AllocateBits, before EmitQDQ. E[x] per input channel comes from the kept BN
-statistics through the analytic estimate of `passes.analytic_ranges.estimate`: N(beta, gamma^2) at a
+statistics through the analytic estimate of `core.moment_propagation.estimate`: N(beta, gamma^2) at a
 folded BN's output, the clipped-normal mean E[max(0, X)] = mu Phi(mu/sigma) + sigma phi(mu/sigma)
 after ReLU (clip quadrature for ReLU6), sums through Add; graph inputs are taken as standardized
 (E[x] = 0, no correction).
