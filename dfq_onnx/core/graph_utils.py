@@ -105,6 +105,13 @@ def is_float(tensor: gs.Tensor) -> bool:
         return dtype == 1  # TensorProto.FLOAT
 
 
+def is_bool(tensor: gs.Tensor) -> bool:
+    try:
+        return tensor.dtype is not None and np.dtype(tensor.dtype) == np.bool_
+    except TypeError:
+        return False
+
+
 def unique_name(graph: gs.Graph, base: str, taken: set[str] | None = None) -> str:
     """A tensor/node name not used in the graph (`taken` caches names across calls)."""
     if taken is None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfq_onnx.core.graph_utils import is_float, walk
+from dfq_onnx.core.graph_utils import is_bool, is_float, walk
 from dfq_onnx.core.scalar_inputs import COMPARISONS
 
 CAST_TO = {np.dtype(np.int64): 7, np.dtype(np.int32): 6}    # ONNX element types (Cast's `to`)
@@ -55,18 +55,11 @@ def _dynamic_axis(t: gs.Tensor) -> int | None:
     return axes[0] if len(axes) == 1 else None
 
 
-def _is_bool(t: gs.Tensor) -> bool:
-    try:
-        return t.dtype is not None and np.dtype(t.dtype) == np.bool_
-    except TypeError:
-        return False
-
-
 def _masks(graph: gs.Graph) -> list[LengthInput]:
     """Boolean inputs [N, S] naming a float input's batch and dynamic dimensions (module docstring)."""
     found = []
     for t in graph.inputs:
-        if not (_is_bool(t) and t.shape is not None and len(t.shape) == 2 and isinstance(t.shape[1], str)):
+        if not (is_bool(t) and t.shape is not None and len(t.shape) == 2 and isinstance(t.shape[1], str)):
             continue
         sources = [(s, a) for s in graph.inputs if is_float(s) and s.shape and (a := _dynamic_axis(s))
                    and [s.shape[0], s.shape[a]] == list(t.shape)]
@@ -81,8 +74,8 @@ def length_inputs(graph: gs.Graph) -> list[LengthInput]:
     for t in graph.inputs:
         if not (_is_length_type(t) and t.shape is not None and len(t.shape) == 1):
             continue
-        sources = [(s, _dynamic_axis(s)) for s in graph.inputs if is_float(s) and s.shape
-                   and s.shape[0] == t.shape[0] and _dynamic_axis(s) is not None]
+        sources = [(s, a) for s in graph.inputs if is_float(s) and s.shape and s.shape[0] == t.shape[0]
+                   and (a := _dynamic_axis(s)) is not None]
         if len(sources) != 1 or not any(node.op in COMPARISONS for node, _ in walk(t, lambda *_: True)):
             continue
         source, axis = sources[0]

@@ -51,7 +51,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfq_onnx.core.errors import UsageError
-from dfq_onnx.core.graph_utils import const_values, is_const, is_float, walk
+from dfq_onnx.core.graph_utils import const_values, is_bool, is_const, is_float, walk
 from dfq_onnx.core.unbatched import RNN
 from dfq_onnx.synth.preprocess import is_pixel_input
 
@@ -82,13 +82,6 @@ class TokenLayout:
 def is_int(t: gs.Tensor) -> bool:
     try:
         return t.dtype is not None and np.issubdtype(np.dtype(t.dtype), np.integer)
-    except TypeError:
-        return False
-
-
-def is_bool(t: gs.Tensor) -> bool:
-    try:
-        return t.dtype is not None and np.dtype(t.dtype) == np.bool_
     except TypeError:
         return False
 
