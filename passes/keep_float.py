@@ -177,7 +177,7 @@ def _against_base(state: CompileState, acts: dict[str, int]) -> dict:
             "against": "all-base plan", "base_ms": m["fp32_ms"], "chosen_ms": m["int_ms"],
             "ratios": [round(r, 4) for r in m["ratios"]], "line": round(line, 4),
             "floats_dropped": not within}
-    return {"m": m, "ratio": m["ratio"], "ratios": m["ratios"], "within": within, "note": note}
+    return {"m": m, "ratio": m["ratio"], "within": within, "note": note}
 
 
 def _priced(state: CompileState, first: dict, unpriced: dict, ratio: float, scoring: tuple) -> PassResult:
@@ -199,9 +199,7 @@ def _priced(state: CompileState, first: dict, unpriced: dict, ratio: float, scor
     if fb["tried"]:
         unpriced["fallback"] = {"kept": [], "tried": fb["tried"]}
     state.plan = BitPlan(state.plan.bits, acts=priced)
-    for k, o in state.report.notes.get("activations", {}).get("outliers", {}).items():
-        if k in unpriced["past_allowance"]:
-            o["proposed"], o["choice"] = o["choice"], priced.get(k, base)
+    outlier_fallback.give_back(outliers, unpriced["past_allowance"], priced, base)
     log.warning("the outliers chosen past the cost allowance ran %.2fx the all-A%d plan: the allowance's "
                 "choice kept", ratio, base)
     floats = sorted(k for k, a in priced.items() if a == FLOAT_BITS)

@@ -145,16 +145,21 @@ def fallback(priced: dict[str, int], chosen: dict[str, int], outliers: dict, pas
             "ratio": round(timed[k]["ratio"], 4) if k else None, "timing": timed.get(k), "tried": tried}
 
 
+def give_back(outliers: dict, groups: list[str], priced: dict[str, int], base: int) -> None:
+    """The activation note's record of `groups` given up: each one's choice becomes the allowance's (the
+    base bits where it chose none), the choice it had is kept as `proposed`."""
+    for k in groups:
+        if k in outliers:
+            outliers[k]["proposed"], outliers[k]["choice"] = outliers[k]["choice"], priced.get(k, base)
+
+
 def apply(state: CompileState, first: dict, unpriced: dict, fb: dict, ratio: float) -> PassResult:
     """Write the fallback plan `fb` into the state and the report (keep_float's `chosen_plan` note is the
     fallback's timing, `unpriced_plan` the chosen plan's), with the warning saying what it gave up."""
     base = state.target.default_act_bits
     priced = {k: int(a) for k, a in unpriced["priced"].items()}
     state.plan = BitPlan(state.plan.bits, acts=dict(sorted(fb["acts"].items())))
-    outliers = state.report.notes.get("activations", {}).get("outliers", {})
-    for k in fb["given_up"]:
-        o = outliers[k]
-        o["proposed"], o["choice"] = o["choice"], priced.get(k, base)
+    give_back(state.report.notes.get("activations", {}).get("outliers", {}), fb["given_up"], priced, base)
     t = fb["timing"]
     first["chosen_plan"] = {**t["note"], "fallback": True}
     unpriced["fallback"] = {k: v for k, v in fb.items() if k not in ("acts", "timing")}
