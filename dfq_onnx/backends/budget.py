@@ -70,16 +70,21 @@ def comparison_rows(samples: int, elements: int, work: float = WORK) -> int:
     return int(min(samples, max(MIN_ROWS, work // (2 * max(elements, 1)))))
 
 
+def _bought(rows: int, elements: int, work: float) -> int:
+    """Whole forward passes of `rows` the work pays for."""
+    return int(work // (max(rows, 1) * max(elements, 1)))
+
+
 def evaluations(rows: int, elements: int, work: float = WORK) -> int:
     """Evaluations (whole forward passes of `rows`) the activation decision may spend."""
-    return int(max(MIN_EVALS_FLOOR, work // (max(rows, 1) * max(elements, 1))))
+    return max(MIN_EVALS_FLOOR, _bought(rows, elements, work))
 
 
 def broken_evaluations(rows: int, elements: int, factor: int, work: float = WORK) -> int:
     """Screening evaluations a broken all-base plan may add (passes/act_precision.py): `factor` x the
     evaluations the work buys on `rows` where it buys at least MIN_EVALS_FLOOR -- `factor` x `evaluations`,
     as before -- and none where the cap sits at its floor (module docstring)."""
-    bought = int(work // (max(rows, 1) * max(elements, 1)))
+    bought = _bought(rows, elements, work)
     return factor * bought if bought >= MIN_EVALS_FLOOR else 0
 
 

@@ -23,6 +23,10 @@ import tempfile
 
 import numpy as np
 
+from dfq_onnx.backends.chunks import ARENA, DEFAULT_BUDGET
+
+KEPT_BYTES = DEFAULT_BUDGET // ARENA // 2   # one kept set in memory up to this (half a chunk's share)
+
 
 def _rows(rows, n: int) -> np.ndarray:
     """Row indices of a slice or an index array over `n` rows."""

@@ -23,9 +23,9 @@ import logging
 import numpy as np
 
 from dfq_onnx.backends import budget, runtime
-from dfq_onnx.backends.chunks import ARENA, DEFAULT_BUDGET, pad_rows
+from dfq_onnx.backends.chunks import pad_rows
 from dfq_onnx.backends.memory import release
-from dfq_onnx.backends.row_store import RowStore
+from dfq_onnx.backends.row_store import KEPT_BYTES, RowStore
 from dfq_onnx.core import batch_axis, candidates, ir
 from dfq_onnx.core.errors import DfqError
 from dfq_onnx.core.state import CompileState
@@ -34,7 +34,6 @@ from dfq_onnx.core.tail import batch_axis_of
 log = logging.getLogger(__name__)
 
 COMPARE_SAMPLES = 64
-KEPT_BYTES = DEFAULT_BUDGET // ARENA // 2   # FP32 outputs kept in memory up to this (the scorer's bound)
 BLOCK = 1 << 20                             # elements per float64 block of an output's error sums
 
 

@@ -7,14 +7,11 @@ from typing import Mapping
 
 import numpy as np
 
-from dfq_onnx.backends.row_store import RowStore
+from dfq_onnx.backends.row_store import KEPT_BYTES, RowStore
 from dfq_onnx.sensitivity.dither import offsets
 from dfq_onnx.sensitivity.losses import all_stats, is_distribution, total_loss
 from dfq_onnx.sensitivity.probe import FP32, Probe, session
-from dfq_onnx.sensitivity.segments import CACHE_BYTES
 from dfq_onnx.sensitivity.table import resolve_metrics
-
-KEPT_BYTES = CACHE_BYTES // 2   # in memory up to this much per kept set (reference, base); above: a file
 
 
 class Evaluator:
